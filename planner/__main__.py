@@ -1,0 +1,8 @@
+"""``python -m planner`` runs the ftplan CLI."""
+
+from __future__ import annotations
+
+from planner.cli import main
+
+if __name__ == "__main__":
+    main()

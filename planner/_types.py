@@ -1,0 +1,163 @@
+"""Planner records: the user's job and limits, a priced candidate, and the plan ftplan answers with."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from catalog import Offer
+from profiler import Measurement, Method, TuningConfig
+
+
+class NoFeasiblePlanError(RuntimeError):
+    """Every candidate violates memory, budget or deadline. The plan is still reported."""
+
+
+class Task(str, enum.Enum):
+    """What the fine-tune teaches: instruction tuning, continued pre-training, or RL."""
+
+    SFT = "sft"
+    CPT = "cpt"
+    RL = "rl"
+
+
+class QualityPolicy(str, enum.Enum):
+    """How much quality risk the user accepts in exchange for cost."""
+
+    STRICT = "strict"
+    BALANCED = "balanced"
+    CHEAPEST = "cheapest"
+
+
+class RiskLevel(str, enum.Enum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class TokensSource(str, enum.Enum):
+    """Where the dataset size came from: the user's flag, a counted file, or ftplan's default."""
+
+    GIVEN = "given"
+    COUNTED = "counted"
+    ASSUMED = "assumed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Budget:
+    """The job and its limits. ``dataset_tokens`` is per epoch."""
+
+    max_usd: float
+    dataset_tokens: int
+    epochs: float
+    tokens_source: TokensSource
+    max_hours: float | None = None
+    task: Task = Task.SFT
+    quality: QualityPolicy = QualityPolicy.BALANCED
+    longest_sample_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.max_usd > 0:
+            raise ValueError(f"budget must be > 0 USD, got {self.max_usd}")
+        if self.dataset_tokens <= 0:
+            raise ValueError(f"dataset_tokens must be > 0, got {self.dataset_tokens}")
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.max_hours is not None and not self.max_hours > 0:
+            raise ValueError(f"max_hours must be > 0, got {self.max_hours}")
+
+    @property
+    def total_tokens(self) -> float:
+        return self.dataset_tokens * self.epochs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CostEstimate:
+    """Wall-clock hours and USD of one candidate, with the terms that make them up."""
+
+    train_hours: float
+    startup_hours: float
+    spot_overhead_hours: float
+    hours: float
+    usd: float
+    usd_per_hour: float
+    checkpoint_interval_minutes: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QualityRisk:
+    """One reason a candidate may learn less than full fine-tuning, with its source."""
+
+    level: RiskLevel
+    message: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Candidate:
+    """A config on an offer, with its memory/speed figure, cost and quality risks.
+
+    ``nodes`` × ``offer.gpu_count`` = ``config.gpu_count``. ``fits`` compares the per-GPU peak
+    reserved memory with the GPU's usable memory minus headroom.
+    """
+
+    config: TuningConfig
+    offer: Offer
+    nodes: int
+    measurement: Measurement
+    cost: CostEstimate
+    fits: bool
+    usable_memory_gib: float
+    risks: tuple[QualityRisk, ...] = ()
+    suggested_learning_rate: float | None = None
+    within_budget: bool = True
+    within_deadline: bool = True
+
+    @property
+    def feasible(self) -> bool:
+        return self.fits and self.within_budget and self.within_deadline
+
+    @property
+    def risk_level(self) -> RiskLevel:
+        order = [RiskLevel.LOW, RiskLevel.MEDIUM, RiskLevel.HIGH]
+        return max((r.level for r in self.risks), key=order.index, default=RiskLevel.LOW)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MethodVerdict:
+    """The best a method could reach and, in one sentence with numbers, why it wins or loses."""
+
+    method: Method
+    best: Candidate | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchInfo:
+    """How the plan was found, for reproducibility."""
+
+    sampler: str
+    seed: int
+    trials: int
+    evaluated: int
+    catalog_as_of: str
+    catalog_source: str
+    storage: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """ftplan's answer: the chosen candidate (None when nothing is feasible), the ranking, the
+    per-method verdicts, the Pareto front (cost vs hours) and every assumption made."""
+
+    model: str
+    model_hf_id: str
+    budget: Budget
+    chosen: Candidate | None
+    ranked: tuple[Candidate, ...]
+    verdicts: tuple[MethodVerdict, ...]
+    pareto: tuple[Candidate, ...]
+    assumptions: tuple[str, ...]
+    search: SearchInfo
+    ftplan_version: str
+    warnings: tuple[str, ...] = ()

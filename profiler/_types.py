@@ -1,0 +1,238 @@
+"""Profiler records: what a training config is, and what it needs (memory, time), with provenance.
+
+These types are shared by the analytic estimator, the GPU measurement code, the planner and the
+runners, so that what ftplan prices is what it launches.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Method(str, enum.Enum):
+    """Fine-tuning method (DESIGN.md, "The recipes")."""
+
+    FULL = "full"
+    LORA = "lora"
+    QLORA = "qlora"
+
+
+class Precision(str, enum.Enum):
+    """Numeric recipe.
+
+    ``BF16_MIXED``: fp32 master weights, bf16 autocast (full FT); for LoRA/QLoRA the frozen base is
+    bf16 and compute runs under bf16 autocast. ``BF16``: pure bf16 weights and AdamW states (full FT
+    only). ``FP16_MIXED``: fp16 autocast with a gradient scaler, for GPUs without bf16 (T4, V100).
+    """
+
+    BF16_MIXED = "bf16-mixed"
+    BF16 = "bf16"
+    FP16_MIXED = "fp16-mixed"
+
+
+class OptimizerKind(str, enum.Enum):
+    """Optimizer of the trainable parameters. 8-bit variants come from bitsandbytes."""
+
+    ADAMW = "adamw"
+    ADAMW_8BIT = "adamw-8bit"
+    PAGED_ADAMW_8BIT = "paged-adamw-8bit"
+
+
+class Sharding(str, enum.Enum):
+    """How work is split over several GPUs: DDP replicates, FSDP full-shard splits params/grads/
+    optimizer states (ZeRO-3)."""
+
+    NONE = "none"
+    DDP = "ddp"
+    FSDP = "fsdp-full-shard"
+
+
+class Status(str, enum.Enum):
+    """Outcome of one measured config. An OOM is data, not a crash."""
+
+    OK = "ok"
+    OOM = "oom"
+    ERROR = "error"
+
+
+class Source(str, enum.Enum):
+    """Where a figure came from: a run at full depth, a 2/4-layer fit, or the analytic formula."""
+
+    MEASURED = "measured"
+    EXTRAPOLATED = "extrapolated"
+    ESTIMATED = "estimated"
+
+
+# Named LoRA target presets; anything else is an explicit comma-separated module list.
+TARGETS_ALL_LINEAR = "all-linear"
+TARGETS_ATTENTION = "attention"
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+ALL_LINEAR_MODULES = ATTENTION_MODULES + MLP_MODULES
+
+
+def resolve_targets(targets: str) -> tuple[str, ...]:
+    """Module names a LoRA target spec covers, in a stable order.
+
+    Args:
+        targets: ``all-linear``, ``attention`` or a comma-separated list such as ``q_proj,v_proj``.
+
+    Raises:
+        ValueError: If the list is empty or names a module that is not a decoder-layer linear.
+    """
+    spec = targets.strip().lower()
+    if spec == TARGETS_ALL_LINEAR:
+        return ALL_LINEAR_MODULES
+    if spec == TARGETS_ATTENTION:
+        return ATTENTION_MODULES
+    names = tuple(n.strip() for n in spec.split(",") if n.strip())
+    unknown = [n for n in names if n not in ALL_LINEAR_MODULES]
+    if not names or unknown:
+        raise ValueError(
+            f"LoRA targets {targets!r} name unknown modules {unknown}: use 'all-linear', "
+            f"'attention' or a comma-separated list of {', '.join(ALL_LINEAR_MODULES)}"
+        )
+    return tuple(n for n in ALL_LINEAR_MODULES if n in names)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TuningConfig:
+    """One training configuration, per GPU: what the profiler measures and the runners launch.
+
+    ``micro_batch_size`` and ``seq_len`` (tokens) are per GPU per step; ``gpu_count`` is the total
+    number of GPUs (over all nodes).
+    """
+
+    method: Method
+    precision: Precision = Precision.BF16_MIXED
+    lora_rank: int | None = None
+    lora_alpha: int | None = None
+    lora_targets: str | None = None
+    micro_batch_size: int = 1
+    seq_len: int = 2048
+    grad_checkpointing: bool = False
+    optimizer: OptimizerKind = OptimizerKind.ADAMW
+    gpu_count: int = 1
+    sharding: Sharding = Sharding.NONE
+
+    def __post_init__(self) -> None:
+        if self.method is Method.FULL:
+            if self.lora_rank is not None or self.lora_targets is not None:
+                raise ValueError("lora_rank/lora_targets are meaningless for method=full")
+        else:
+            if self.lora_rank is None or self.lora_rank <= 0:
+                raise ValueError(f"method={self.method.value} needs lora_rank > 0, "
+                                 f"got {self.lora_rank}")
+            if self.lora_targets is None:
+                raise ValueError(f"method={self.method.value} needs lora_targets")
+            resolve_targets(self.lora_targets)
+            if self.precision is Precision.BF16:
+                raise ValueError(
+                    "precision=bf16 (pure bf16 weights and states) applies to full FT only; "
+                    "LoRA/QLoRA use bf16-mixed or fp16-mixed"
+                )
+        if self.micro_batch_size <= 0:
+            raise ValueError(f"micro_batch_size must be > 0, got {self.micro_batch_size}")
+        if self.seq_len <= 0:
+            raise ValueError(f"seq_len must be > 0, got {self.seq_len}")
+        if self.gpu_count <= 0:
+            raise ValueError(f"gpu_count must be > 0, got {self.gpu_count}")
+        if self.gpu_count == 1 and self.sharding is not Sharding.NONE:
+            raise ValueError(f"sharding={self.sharding.value} needs gpu_count > 1")
+        if self.gpu_count > 1 and self.sharding is Sharding.NONE:
+            raise ValueError("gpu_count > 1 needs sharding=ddp or fsdp-full-shard")
+
+    @property
+    def effective_lora_alpha(self) -> int | None:
+        """LoRA alpha, defaulting to 2 × rank (DESIGN.md default r=16, alpha=32)."""
+        if self.lora_rank is None:
+            return None
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens one GPU processes per optimizer micro-step."""
+        return self.micro_batch_size * self.seq_len
+
+    def label(self) -> str:
+        """Short human-readable description, e.g. ``lora r16 all-linear bf16-mixed b4 s1024 ckpt``."""
+        parts = [self.method.value]
+        if self.method is not Method.FULL:
+            parts += [f"r{self.lora_rank}", str(self.lora_targets)]
+        parts += [self.precision.value, f"b{self.micro_batch_size}", f"s{self.seq_len}"]
+        if self.grad_checkpointing:
+            parts.append("ckpt")
+        if self.optimizer is not OptimizerKind.ADAMW:
+            parts.append(self.optimizer.value)
+        if self.gpu_count > 1:
+            parts.append(f"{self.gpu_count}gpu-{self.sharding.value}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Provenance:
+    """Where and when a figure was produced.
+
+    ``versions`` holds (package, version) pairs, e.g. ``(("torch", "2.11.0"), ...)``.
+    """
+
+    device: str
+    date: str
+    versions: tuple[tuple[str, str], ...] = ()
+    method: str = ""
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryBreakdown:
+    """Peak memory by component, GiB per GPU. Sums to the estimator's peak allocated memory."""
+
+    weights_gib: float
+    gradients_gib: float
+    optimizer_gib: float
+    activations_gib: float
+    logits_gib: float
+    overhead_gib: float
+
+    @property
+    def total_gib(self) -> float:
+        return (self.weights_gib + self.gradients_gib + self.optimizer_gib
+                + self.activations_gib + self.logits_gib + self.overhead_gib)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Measurement:
+    """Memory and speed of one (model, config, GPU), measured, extrapolated or estimated.
+
+    Memory is per GPU in GiB (``torch.cuda.max_memory_allocated``/``max_memory_reserved`` when
+    measured); ``step_time_s`` is one optimizer step of ``config.micro_batch_size`` ×
+    ``config.seq_len`` tokens per GPU; ``tokens_per_s`` is over all GPUs. ``phase_peaks_gib`` holds
+    the peak of each phase (e.g. ``forward_backward``, ``optimizer_step``) where known.
+    """
+
+    model: str
+    gpu: str
+    config: TuningConfig
+    status: Status
+    source: Source
+    provenance: Provenance
+    peak_allocated_gib: float | None = None
+    peak_reserved_gib: float | None = None
+    step_time_s: float | None = None
+    tokens_per_s: float | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    breakdown: MemoryBreakdown | None = None
+    phase_peaks_gib: tuple[tuple[str, float], ...] = ()
+    error: str = ""
+    fit: tuple[tuple[str, float], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.status is Status.OK:
+            # Memory may be absent (a CPU run claims no GPU memory); time may not.
+            missing = [n for n in ("step_time_s", "tokens_per_s") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"an ok {self.source.value} figure needs {missing}")
+        if self.step_time_s is not None and self.step_time_s <= 0:
+            raise ValueError(f"step_time_s must be > 0, got {self.step_time_s}")
