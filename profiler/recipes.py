@@ -1,0 +1,434 @@
+"""Training recipes: the one definition of full, LoRA and QLoRA fine-tuning in ftplan.
+
+The profiler measures these functions and the runners launch them, so what ftplan prices is what
+it trains (DESIGN.md, "The recipes"). torch, transformers, peft and bitsandbytes are imported
+inside the functions only, so that ``import profiler`` stays light.
+
+On CPU the recipes are unchanged except where CPU lacks a feature: bitsandbytes 8-bit and paged
+optimizers need CUDA, so on CPU they fail with a clear error instead of being swapped silently.
+CPU autocast (bf16 and fp16) is supported by torch and kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from profiler._types import Method, OptimizerKind, Precision, TuningConfig, resolve_targets
+
+if TYPE_CHECKING:
+    from catalog import ModelSpec
+
+DEFAULT_FULL_LEARNING_RATE = 1e-5
+# LoRA wants ~10x the full-FT learning rate (Schulman et al., "LoRA Without Regret", 2025).
+DEFAULT_LORA_LEARNING_RATE = 2e-4
+
+# Architectures whose decoder layers fuse some Llama-named linears into one module.
+# phi3: q/k/v live in ``qkv_proj`` and gate/up in ``gate_up_proj`` (transformers modeling_phi3).
+_FUSED_LINEAR_NAMES: dict[str, dict[str, str]] = {
+    "phi3": {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+             "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"},
+}
+_MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(slots=True)
+class PreparedModel:
+    """Live torch objects of one recipe, ready for :func:`train_step` (a holder, not a record).
+
+    Attributes:
+        model: transformers causal LM (PEFT-wrapped for LoRA/QLoRA).
+        optimizer: torch optimizer over the trainable parameters.
+        trainable_params: Number of trainable parameters.
+        total_params: Number of parameters (4-bit weights counted unpacked, as PEFT counts them).
+        autocast_dtype: ``torch.bfloat16`` / ``torch.float16`` for autocast, ``None`` for none.
+        grad_scaler: ``torch.amp.GradScaler`` for fp16-mixed, else ``None``.
+        device: torch device string, e.g. ``cuda`` or ``cpu``.
+    """
+
+    model: Any
+    optimizer: Any
+    trainable_params: int
+    total_params: int
+    autocast_dtype: Any | None
+    grad_scaler: Any | None
+    device: str
+
+
+def hf_config_for(spec: ModelSpec, *, num_layers: int | None = None) -> Any:
+    """A transformers config built from the catalog's architecture facts.
+
+    Args:
+        spec: The model's architecture facts.
+        num_layers: Keep only this many decoder layers (same embeddings and head); ``None`` keeps
+            ``spec.num_layers``.
+
+    Returns:
+        A ``transformers.PretrainedConfig`` for ``spec.model_type`` with SDPA attention and no KV
+        cache (training).
+
+    Raises:
+        ValueError: If ``num_layers`` is not positive or transformers does not know the model type.
+    """
+    from transformers import AutoConfig
+
+    layers = spec.num_layers if num_layers is None else num_layers
+    if layers <= 0:
+        raise ValueError(f"num_layers must be > 0, got {layers}")
+    kwargs: dict[str, Any] = {
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.intermediate_size,
+        "num_hidden_layers": layers,
+        "num_attention_heads": spec.num_heads,
+        "num_key_value_heads": spec.num_kv_heads,
+        "head_dim": spec.head_dim,
+        "tie_word_embeddings": spec.tied_embeddings,
+        "max_position_embeddings": spec.max_seq_len,
+        "use_cache": False,
+        # Token ids of the shipped tokenizer may exceed a shrunk vocabulary; they do not matter
+        # for memory or time, so drop them rather than fail the embedding's padding_idx check.
+        "pad_token_id": None,
+        "bos_token_id": None,
+        "eos_token_id": None,
+    }
+    if spec.num_experts > 1:
+        kwargs["num_local_experts"] = spec.num_experts
+        kwargs["num_experts_per_tok"] = spec.experts_per_token
+    try:
+        config = AutoConfig.for_model(spec.model_type, **kwargs)
+    except ValueError as exc:
+        raise ValueError(
+            f"model {spec.name!r}: transformers does not know model_type {spec.model_type!r} "
+            f"({exc}); fix the catalog entry or upgrade transformers"
+        ) from None
+    # Some architectures carry a per-layer list that must match the truncated depth.
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) != layers:
+        config.layer_types = [layer_types[i % len(layer_types)] for i in range(layers)]
+    config._attn_implementation = "sdpa"
+    return config
+
+
+def peft_target_modules(spec: ModelSpec, config: TuningConfig) -> list[str]:
+    """PEFT ``target_modules`` names for ``config.lora_targets`` in this architecture.
+
+    Llama-style names are mapped to fused modules where the architecture fuses them (phi3:
+    ``q_proj`` -> ``qkv_proj``). For mixture-of-experts models the experts are fused parameters,
+    not linear modules, so MLP targets are dropped and LoRA covers attention (a known limit).
+
+    Raises:
+        ValueError: If the config has no LoRA targets or none remain for this architecture.
+    """
+    if config.lora_targets is None:
+        raise ValueError(f"method={config.method.value} needs lora_targets")
+    names = resolve_targets(config.lora_targets)
+    if spec.num_experts > 1:
+        names = tuple(n for n in names if n not in _MLP_NAMES)
+    fused = _FUSED_LINEAR_NAMES.get(spec.model_type, {})
+    mapped: list[str] = []
+    for name in names:
+        module = fused.get(name, name)
+        if module not in mapped:
+            mapped.append(module)
+    if not mapped:
+        raise ValueError(
+            f"LoRA targets {config.lora_targets!r} leave no module of {spec.name!r} to adapt "
+            f"(MoE experts are fused parameters); use 'attention' or 'all-linear'"
+        )
+    return mapped
+
+
+def _weight_dtype(config: TuningConfig) -> Any:
+    import torch
+
+    if config.method is Method.FULL:
+        return torch.bfloat16 if config.precision is Precision.BF16 else torch.float32
+    return torch.float16 if config.precision is Precision.FP16_MIXED else torch.bfloat16
+
+
+def _compute_dtype(config: TuningConfig) -> Any:
+    import torch
+
+    return torch.float16 if config.precision is Precision.FP16_MIXED else torch.bfloat16
+
+
+def build_base_model(spec: ModelSpec, config: TuningConfig, *, device: str,
+                     num_layers: int | None = None, checkpoint: str | None = None) -> Any:
+    """The base causal LM of a recipe, in the recipe's weight dtype, on ``device``.
+
+    Full bf16-mixed and fp16-mixed: fp32 weights; full bf16: bf16 weights; LoRA: 16-bit frozen
+    weights; QLoRA: bitsandbytes NF4 with double quantization and 16-bit compute.
+
+    Args:
+        spec: Architecture facts.
+        config: The training config (method and precision pick the weight format).
+        device: torch device string (``cuda``, ``cuda:1``, ``cpu``).
+        num_layers: Truncate to this many decoder layers (``None``: all).
+        checkpoint: Hub id or local path of real weights; ``None`` builds random weights from the
+            architecture config (weights' values do not change memory or time).
+
+    Returns:
+        A ``transformers`` causal LM in train mode.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    hf_config = hf_config_for(spec, num_layers=num_layers)
+    dtype = _weight_dtype(config)
+    if config.method is Method.QLORA:
+        return _build_nf4_model(hf_config, config, device=device, checkpoint=checkpoint)
+    if checkpoint is not None:
+        model = AutoModelForCausalLM.from_pretrained(
+            checkpoint, config=hf_config, dtype=dtype, attn_implementation="sdpa")
+        model.to(device)
+    else:
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(
+                hf_config, dtype=dtype, attn_implementation="sdpa")
+    model.train()
+    return model
+
+
+def _build_nf4_model(hf_config: Any, config: TuningConfig, *, device: str,
+                     checkpoint: str | None) -> Any:
+    """Load a 4-bit NF4 model. ``from_config`` takes no quantization config, so random weights
+    are saved to a temporary folder first and loaded back through ``from_pretrained``."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_compute_dtype(config),
+    )
+    device_map = {"": device}
+    with contextlib.ExitStack() as stack:
+        source = checkpoint
+        if source is None:
+            source = stack.enter_context(tempfile.TemporaryDirectory(prefix="ftplan-nf4-"))
+            torch.manual_seed(0)
+            with torch.device(device):
+                random_model = AutoModelForCausalLM.from_config(
+                    hf_config, dtype=_weight_dtype(config), attn_implementation="sdpa")
+            random_model.save_pretrained(source)
+            del random_model
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        model = AutoModelForCausalLM.from_pretrained(
+            source, config=hf_config, quantization_config=quantization, device_map=device_map,
+            dtype=_weight_dtype(config), attn_implementation="sdpa")
+    model.train()
+    return model
+
+
+def _make_optimizer(params: list[Any], config: TuningConfig, *, learning_rate: float,
+                    device: str) -> Any:
+    import torch
+
+    if config.optimizer is OptimizerKind.ADAMW:
+        return torch.optim.AdamW(params, lr=learning_rate)
+    if not device.startswith("cuda"):
+        raise ValueError(
+            f"optimizer {config.optimizer.value} (bitsandbytes) needs a CUDA GPU; "
+            f"use --optimizer adamw on {device}"
+        )
+    import bitsandbytes as bnb
+
+    if config.optimizer is OptimizerKind.ADAMW_8BIT:
+        return bnb.optim.AdamW8bit(params, lr=learning_rate)
+    return bnb.optim.PagedAdamW8bit(params, lr=learning_rate)
+
+
+def _grad_scaler(config: TuningConfig, device: str) -> Any | None:
+    import torch
+
+    if config.precision is not Precision.FP16_MIXED:
+        return None
+    return torch.amp.GradScaler(device.split(":")[0])
+
+
+def _enable_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing, as in the reference H100 measurements."""
+    with warnings.catch_warnings():
+        # transformers 5 renamed it activation_checkpointing_enable; the old name still works.
+        warnings.simplefilter("ignore", FutureWarning)
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def setup_full(spec: ModelSpec, config: TuningConfig, *, device: str,
+               num_layers: int | None = None, checkpoint: str | None = None,
+               learning_rate: float = DEFAULT_FULL_LEARNING_RATE) -> PreparedModel:
+    """Full fine-tuning: every parameter trains.
+
+    bf16-mixed: fp32 weights + bf16 autocast + AdamW (fp32 states). bf16: bf16 weights, no
+    autocast, AdamW (bf16 states). fp16-mixed: fp32 weights + fp16 autocast + GradScaler.
+
+    Args:
+        spec: Architecture facts.
+        config: A ``method=full`` config.
+        device: torch device string.
+        num_layers: Truncate to this many decoder layers (``None``: all).
+        checkpoint: Hub id or local path of real weights (``None``: random weights).
+        learning_rate: AdamW learning rate.
+
+    Raises:
+        ValueError: If ``config.method`` is not full.
+    """
+    if config.method is not Method.FULL:
+        raise ValueError(f"setup_full got method={config.method.value}")
+    model = build_base_model(spec, config, device=device, num_layers=num_layers,
+                             checkpoint=checkpoint)
+    if config.grad_checkpointing:
+        _enable_checkpointing(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    count = sum(p.numel() for p in params)
+    autocast = None if config.precision is Precision.BF16 else _compute_dtype(config)
+    return PreparedModel(
+        model=model,
+        optimizer=_make_optimizer(params, config, learning_rate=learning_rate, device=device),
+        trainable_params=count,
+        total_params=sum(p.numel() for p in model.parameters()),
+        autocast_dtype=autocast,
+        grad_scaler=_grad_scaler(config, device),
+        device=device,
+    )
+
+
+def _lora_config(spec: ModelSpec, config: TuningConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.effective_lora_alpha,
+        lora_dropout=0.0,
+        target_modules=peft_target_modules(spec, config),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _prepared_lora(model: Any, config: TuningConfig, *, device: str,
+                   learning_rate: float) -> PreparedModel:
+    trainable, total = model.get_nb_trainable_parameters()
+    params = [p for p in model.parameters() if p.requires_grad]
+    return PreparedModel(
+        model=model,
+        optimizer=_make_optimizer(params, config, learning_rate=learning_rate, device=device),
+        trainable_params=int(trainable),
+        total_params=int(total),
+        autocast_dtype=_compute_dtype(config),
+        grad_scaler=_grad_scaler(config, device),
+        device=device,
+    )
+
+
+def setup_lora(spec: ModelSpec, config: TuningConfig, *, device: str,
+               num_layers: int | None = None, checkpoint: str | None = None,
+               learning_rate: float = DEFAULT_LORA_LEARNING_RATE) -> PreparedModel:
+    """LoRA: 16-bit frozen base, PEFT adapters (PEFT's default fp32 adapter dtype), autocast.
+
+    Args and Raises: as :func:`setup_full`, for a ``method=lora`` config.
+    """
+    from peft import get_peft_model
+
+    if config.method is not Method.LORA:
+        raise ValueError(f"setup_lora got method={config.method.value}")
+    model = build_base_model(spec, config, device=device, num_layers=num_layers,
+                             checkpoint=checkpoint)
+    if config.grad_checkpointing:
+        _enable_checkpointing(model)
+        # Frozen embeddings output no grad; checkpointed blocks need an input that requires one.
+        model.enable_input_require_grads()
+    model = get_peft_model(model, _lora_config(spec, config))
+    return _prepared_lora(model, config, device=device, learning_rate=learning_rate)
+
+
+def setup_qlora(spec: ModelSpec, config: TuningConfig, *, device: str,
+                num_layers: int | None = None, checkpoint: str | None = None,
+                learning_rate: float = DEFAULT_LORA_LEARNING_RATE) -> PreparedModel:
+    """QLoRA: NF4 + double-quant base, ``prepare_model_for_kbit_training``, then LoRA.
+
+    ``prepare_model_for_kbit_training`` casts embeddings, head and norms to fp32, so without
+    checkpointing QLoRA can need more memory than LoRA (DESIGN.md).
+
+    Args and Raises: as :func:`setup_full`, for a ``method=qlora`` config.
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if config.method is not Method.QLORA:
+        raise ValueError(f"setup_qlora got method={config.method.value}")
+    model = build_base_model(spec, config, device=device, num_layers=num_layers,
+                             checkpoint=checkpoint)
+    model = prepare_model_for_kbit_training(
+        model,
+        use_gradient_checkpointing=config.grad_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+    model = get_peft_model(model, _lora_config(spec, config))
+    return _prepared_lora(model, config, device=device, learning_rate=learning_rate)
+
+
+SETUP_FUNCTIONS: dict[Method, Callable[..., PreparedModel]] = {
+    Method.FULL: setup_full,
+    Method.LORA: setup_lora,
+    Method.QLORA: setup_qlora,
+}
+
+
+def forward_backward(prepared: PreparedModel, input_ids: Any, labels: Any, *,
+                     attention_mask: Any = None) -> Any:
+    """Forward (under the recipe's autocast) with causal-LM loss, then backward.
+
+    Returns:
+        The loss tensor (detached), not yet synchronized to the host.
+    """
+    import torch
+
+    device_type = prepared.device.split(":")[0]
+    autocast = (torch.autocast(device_type=device_type, dtype=prepared.autocast_dtype)
+                if prepared.autocast_dtype is not None else contextlib.nullcontext())
+    with autocast:
+        outputs = prepared.model(input_ids=input_ids, attention_mask=attention_mask,
+                                 labels=labels)
+    loss = outputs.loss
+    if prepared.grad_scaler is not None:
+        prepared.grad_scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    return loss.detach()
+
+
+def optimizer_step(prepared: PreparedModel) -> None:
+    """Optimizer step (through the GradScaler for fp16-mixed), then ``zero_grad(set_to_none)``."""
+    if prepared.grad_scaler is not None:
+        prepared.grad_scaler.step(prepared.optimizer)
+        prepared.grad_scaler.update()
+    else:
+        prepared.optimizer.step()
+    prepared.optimizer.zero_grad(set_to_none=True)
+
+
+def train_step(prepared: PreparedModel, input_ids: Any, labels: Any, *,
+               attention_mask: Any = None) -> float:
+    """One training step: forward, causal-LM loss, backward, optimizer step, zero_grad.
+
+    Args:
+        prepared: Output of a ``setup_*`` function.
+        input_ids: Token ids, shape (micro_batch, seq_len), on ``prepared.device``.
+        labels: Target ids (the inputs for causal LM; the model shifts them).
+        attention_mask: Optional mask of shape (micro_batch, seq_len).
+
+    Returns:
+        The loss of this step (float; synchronizes with the device).
+    """
+    loss = forward_backward(prepared, input_ids, labels, attention_mask=attention_mask)
+    optimizer_step(prepared)
+    return float(loss)
