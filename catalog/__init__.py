@@ -5,16 +5,52 @@ from __future__ import annotations
 
 from catalog._codec import from_jsonable, to_jsonable
 from catalog._io import atomic_write_text
+from catalog._load import (
+    PRICE_AGE_WARNING_DAYS,
+    CatalogInfo,
+    cache_dir,
+    catalog_age_warning,
+    catalog_info,
+    get_gpu,
+    get_model,
+    list_gpus,
+    list_models,
+    list_offers,
+    local_offer,
+    model_aliases,
+    model_from_hf_config,
+    parse_provider,
+    user_offers_path,
+)
 from catalog._types import GPU, CatalogError, Interconnect, ModelSpec, Offer, Provider
+from catalog.refresh import PriceChange, RefreshResult, refresh_aws
 
 __all__ = [
     "GPU",
+    "PRICE_AGE_WARNING_DAYS",
     "CatalogError",
+    "CatalogInfo",
     "Interconnect",
     "ModelSpec",
     "Offer",
+    "PriceChange",
     "Provider",
+    "RefreshResult",
     "atomic_write_text",
+    "cache_dir",
+    "catalog_age_warning",
+    "catalog_info",
     "from_jsonable",
+    "get_gpu",
+    "get_model",
+    "list_gpus",
+    "list_models",
+    "list_offers",
+    "local_offer",
+    "model_aliases",
+    "model_from_hf_config",
+    "parse_provider",
+    "refresh_aws",
     "to_jsonable",
+    "user_offers_path",
 ]
