@@ -1,0 +1,247 @@
+"""Runner records: what to launch (LaunchSpec), what a launch returned, and a run's status.
+
+A LaunchSpec is everything the training entrypoint needs, so one JSON file (or one SageMaker
+hyperparameter) fully describes a run. The planner converts its chosen Candidate into one; the
+runners never import the planner.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from typing import Protocol
+
+from catalog import ModelSpec, Offer, from_jsonable, to_jsonable
+from profiler import TuningConfig
+
+LAUNCH_SPEC_FORMAT = "ftplan-launch/1"
+
+# Default accuracy the summary judges a run against. Peak memory: the 2/4-layer extrapolation
+# came within 0.2% on the H100 in 22 of 24 configs, and the analytic estimator is looser, so 10%
+# is the stated band for "as planned". Throughput: step time extrapolated within ~4% for 4k+
+# token steps but -10%..+46% for short steps (DESIGN.md, "Facts established on real hardware"),
+# so 15%.
+DEFAULT_MEMORY_TOLERANCE_FRACTION = 0.10
+DEFAULT_THROUGHPUT_TOLERANCE_FRACTION = 0.15
+
+BYTE_TOKENIZER = "byte"
+
+
+class RunnerError(RuntimeError):
+    """A launch that cannot go ahead (missing GPUs, no role, unknown region, ...).
+
+    The message says what is wrong, why, and how to fix it. Nothing was started or sent.
+    """
+
+
+class RunState(enum.StrEnum):
+    """Life cycle of a run, common to local processes and SageMaker jobs."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.STOPPED)
+
+
+class Target(enum.StrEnum):
+    """Where a run goes."""
+
+    LOCAL = "local"
+    SAGEMAKER = "sagemaker"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LaunchSpec:
+    """One training run, fully specified.
+
+    Attributes:
+        model: Architecture of the model (builds the random-init model and names the hub id).
+        config: Per-GPU tuning config (method, rank, precision, micro-batch, seq_len, ...).
+        checkpoint: Hub id or local folder with the weights (and tokenizer) to fine-tune; None
+            uses ``model.hf_id``.
+        random_init: Build the model from its config with random weights (tests, dry runs of
+            memory and speed); the weights' values do not change memory or time.
+        tokenizer: None uses the model's tokenizer (falls back to bytes when it cannot be loaded
+            offline); ``"byte"`` forces the byte-level tokenizer.
+        offer: The priced offer the plan chose (instance type, GPUs per node, spot); None for a
+            plain local run.
+        nodes: Number of machines; ``config.gpu_count`` = nodes × GPUs per node.
+        device: ``"cuda"`` or ``"cpu"`` (CPU runs are for tests and smoke checks).
+        grad_accum_steps: Micro-batches accumulated per optimizer step.
+        learning_rate: Peak learning rate (constant schedule).
+        epochs: Passes over the dataset (may be fractional).
+        max_steps: Stop after this many optimizer steps (None: run all epochs).
+        checkpoint_every_steps: Save a checkpoint every N optimizer steps (None: off).
+        checkpoint_every_minutes: Save a checkpoint when this many minutes passed since the last.
+        expected_peak_allocated_gib: The plan's per-GPU peak allocated memory, GiB.
+        expected_tokens_per_s: The plan's throughput over all GPUs, tokens/s.
+        expected_source: Where the expectation came from (measured / extrapolated / estimated).
+        memory_tolerance_fraction: Relative band within which peak memory counts as planned.
+        throughput_tolerance_fraction: Relative band within which tokens/s counts as planned.
+        max_hours: Wall-clock limit of the run in hours (SageMaker stopping condition).
+        seed: Seed for weights (random init), data order and dropout.
+        log_every_steps: Emit a metrics line every N optimizer steps.
+    """
+
+    model: ModelSpec
+    config: TuningConfig
+    checkpoint: str | None = None
+    random_init: bool = False
+    tokenizer: str | None = None
+    offer: Offer | None = None
+    nodes: int = 1
+    device: str = "cuda"
+    grad_accum_steps: int = 1
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int | None = None
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_minutes: float | None = 30.0
+    expected_peak_allocated_gib: float | None = None
+    expected_tokens_per_s: float | None = None
+    expected_source: str = ""
+    memory_tolerance_fraction: float = DEFAULT_MEMORY_TOLERANCE_FRACTION
+    throughput_tolerance_fraction: float = DEFAULT_THROUGHPUT_TOLERANCE_FRACTION
+    max_hours: float = 24.0
+    seed: int = 0
+    log_every_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cuda", "cpu"):
+            raise ValueError(f"device must be 'cuda' or 'cpu', got {self.device!r}")
+        for name in ("grad_accum_steps", "nodes", "log_every_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ValueError(f"max_steps must be > 0, got {self.max_steps}")
+        if self.checkpoint_every_steps is not None and self.checkpoint_every_steps <= 0:
+            raise ValueError(f"checkpoint_every_steps must be > 0, got "
+                             f"{self.checkpoint_every_steps}")
+        if self.checkpoint_every_minutes is not None and not self.checkpoint_every_minutes > 0:
+            raise ValueError(f"checkpoint_every_minutes must be > 0, got "
+                             f"{self.checkpoint_every_minutes}")
+        if not self.max_hours > 0:
+            raise ValueError(f"max_hours must be > 0, got {self.max_hours}")
+        if self.tokenizer not in (None, BYTE_TOKENIZER):
+            raise ValueError(f"tokenizer must be None (the model's) or 'byte', "
+                             f"got {self.tokenizer!r}")
+        if self.config.gpu_count % self.nodes:
+            raise ValueError(f"config.gpu_count={self.config.gpu_count} is not a multiple of "
+                             f"nodes={self.nodes}")
+        if self.offer is not None and self.offer.gpu_count * self.nodes != self.config.gpu_count:
+            raise ValueError(
+                f"offer {self.offer.instance_type} has {self.offer.gpu_count} GPUs × {self.nodes} "
+                f"nodes, but config.gpu_count={self.config.gpu_count}"
+            )
+
+    @property
+    def gpus_per_node(self) -> int:
+        """GPUs (processes) per machine."""
+        return self.config.gpu_count // self.nodes
+
+    @property
+    def weights_source(self) -> str:
+        """Hub id or local folder the weights and tokenizer come from."""
+        return self.checkpoint or self.model.hf_id
+
+
+def launch_spec_to_json(spec: LaunchSpec, *, indent: int | None = 2) -> str:
+    """The spec as stable JSON (sorted keys), wrapped with its format tag."""
+    separators = (",", ":") if indent is None else None
+    return json.dumps({"format": LAUNCH_SPEC_FORMAT, "spec": to_jsonable(spec)}, indent=indent,
+                      sort_keys=True, separators=separators)
+
+
+def launch_spec_from_json(text: str | dict[str, object], *,
+                          where: str = "launch spec") -> LaunchSpec:
+    """Parse :func:`launch_spec_to_json` output (a string, or the already-decoded object).
+
+    Raises:
+        ValueError: If the text is not JSON, not a launch spec, or holds invalid fields.
+    """
+    if isinstance(text, str):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where} is not valid JSON ({exc})") from None
+    else:
+        data = text
+    if not isinstance(data, dict) or data.get("format") != LAUNCH_SPEC_FORMAT:
+        raise ValueError(f"{where} is not an ftplan launch spec (expected format "
+                         f"{LAUNCH_SPEC_FORMAT!r}); write it with 'ftplan launch --dry-run'")
+    try:
+        return from_jsonable(LaunchSpec, data.get("spec"))
+    except ValueError as exc:
+        raise ValueError(f"{where} is invalid: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LaunchResult:
+    """What a launch did (or, for a dry run, would do).
+
+    ``command`` is the local argv; ``request`` the SageMaker CreateTrainingJob request as JSON;
+    ``env`` the extra environment variables the local command runs with.
+    """
+
+    run_id: str
+    target: Target
+    dry_run: bool
+    command: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    request_json: str = ""
+    run_dir: str = ""
+    log_path: str = ""
+    spec_json: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunStatus:
+    """Where a run stands. ``detail`` is a one-line human explanation (failure reason, phase)."""
+
+    run_id: str
+    target: Target
+    state: RunState
+    detail: str = ""
+    started_at: str = ""
+    ended_at: str = ""
+    log_path: str = ""
+    pid: int | None = None
+    summary_path: str = ""
+
+
+class Runner(Protocol):
+    """Launches a LaunchSpec somewhere and reports on it. Implemented by LocalRunner and
+    SageMakerRunner; tests/test_runner_contract.py holds both to the same contract."""
+
+    target: Target
+
+    def launch(self, spec: LaunchSpec, *, data: str, dry_run: bool = False) -> LaunchResult:
+        """Start the run (or, with ``dry_run``, only describe it: nothing started or sent).
+
+        Args:
+            spec: The run.
+            data: Training data: a local JSONL file, or (SageMaker) an ``s3://`` prefix.
+            dry_run: Describe the exact command/request without starting anything.
+
+        Raises:
+            RunnerError: If the run cannot go ahead; nothing was started or sent.
+        """
+        ...
+
+    def status(self, run_id: str) -> RunStatus:
+        """The run's current state.
+
+        Raises:
+            RunnerError: If no such run exists.
+        """
+        ...

@@ -1,0 +1,392 @@
+"""Training entrypoint: runs one LaunchSpec with the profiler's recipe (what ftplan measured is
+what it trains), logs JSON lines, checkpoints atomically, resumes, and compares the measured
+throughput and peak memory with the plan's prediction.
+
+Usage::
+
+    python -m runners.train --spec launch.json --data train.jsonl --output-dir runs/x [--resume]
+
+On SageMaker the same module is the entry point: the spec comes from the ``ftplan_spec``
+hyperparameter (``SM_HPS``), the data from the ``train`` channel (``SM_CHANNEL_TRAIN``), the final
+model goes to ``SM_MODEL_DIR`` and checkpoints to ``/opt/ml/checkpoints`` (synced to S3 by
+SageMaker), and a restarted spot job resumes from them automatically.
+
+Several GPUs: started by ``accelerate launch`` (see runners/local.py), the model and optimizer
+are wrapped by ``Accelerator.prepare`` (DDP or FSDP full-shard, per the accelerate config) and
+each process takes a disjoint slice of every batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from catalog import atomic_write_text
+from runners._checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from runners._types import BYTE_TOKENIZER, LaunchSpec, launch_spec_from_json
+from runners.data import BlockSchedule, find_jsonl, load_tokenizer, pack, read_texts
+
+SUMMARY_FORMAT = "ftplan-run-summary/1"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+FINAL_MODEL_DIR = "final"
+SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # CheckpointConfig.LocalPath default
+SPEC_HYPERPARAMETER = "ftplan_spec"
+# Steps left out of the throughput median: the first steps pay for allocator growth, kernel
+# selection and clock ramp-up (DESIGN.md, "Measuring on the GPU": warm-up, then the median).
+WARMUP_STEPS = 2
+_GIB = 1024**3
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunPaths:
+    """Where one run reads and writes."""
+
+    data: Path
+    output_dir: Path
+    checkpoint_dir: Path
+    final_model_dir: Path
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m runners.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", help="launch spec JSON file (ftplan launch writes one)")
+    parser.add_argument("--data", help="training JSONL file (or a folder holding one)")
+    parser.add_argument("--output-dir", help="folder for metrics, checkpoints and the model")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in the output folder")
+    parser.add_argument("--random-init", action="store_true",
+                        help="random weights from the model's config (no download)")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    parser.add_argument("--device", choices=("cuda", "cpu"), help="override the spec's device")
+    parser.add_argument(f"--{SPEC_HYPERPARAMETER}", dest="spec_json",
+                        help="the launch spec as JSON (SageMaker hyperparameter)")
+    args, _unknown = parser.parse_known_args(argv)  # SageMaker may pass extra hyperparameters
+    return args
+
+
+def resolve_spec(args: argparse.Namespace, env: dict[str, str]) -> LaunchSpec:
+    """The launch spec from ``--spec``, ``--ftplan_spec`` or ``SM_HPS``, with CLI overrides.
+
+    Raises:
+        ValueError: If no spec is given or it is invalid.
+    """
+    if args.spec:
+        spec = launch_spec_from_json(Path(args.spec).read_text(encoding="utf-8"),
+                                     where=f"launch spec {args.spec!r}")
+    elif args.spec_json:
+        spec = launch_spec_from_json(args.spec_json, where=f"--{SPEC_HYPERPARAMETER}")
+    elif SPEC_HYPERPARAMETER in json.loads(env.get("SM_HPS", "{}")):
+        value = json.loads(env["SM_HPS"])[SPEC_HYPERPARAMETER]
+        # The SageMaker toolkit JSON-decodes hyperparameter values, so this may be an object.
+        spec = launch_spec_from_json(value, where=f"SM_HPS[{SPEC_HYPERPARAMETER!r}]")
+    else:
+        raise ValueError("no launch spec: pass --spec launch.json (ftplan launch --dry-run "
+                         "writes one) or run on SageMaker with the ftplan_spec hyperparameter")
+    overrides: dict[str, Any] = {}
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    if args.random_init:
+        overrides["random_init"] = True
+    if args.device:
+        overrides["device"] = args.device
+    return dataclasses.replace(spec, **overrides) if overrides else spec
+
+
+def resolve_paths(args: argparse.Namespace, env: dict[str, str]) -> RunPaths:
+    """Data and output folders from the flags, else from SageMaker's environment.
+
+    Raises:
+        ValueError: If neither says where the data or the output go.
+    """
+    data = args.data or env.get("SM_CHANNEL_TRAIN")
+    if not data:
+        raise ValueError("no training data: pass --data FILE.jsonl")
+    model_dir = env.get("SM_MODEL_DIR")
+    output = args.output_dir or env.get("SM_OUTPUT_DATA_DIR") or model_dir
+    if not output:
+        raise ValueError("no output folder: pass --output-dir DIR")
+    on_sagemaker = "SM_MODEL_DIR" in env and Path(SAGEMAKER_CHECKPOINT_DIR).parent.is_dir()
+    checkpoint_dir = (Path(SAGEMAKER_CHECKPOINT_DIR) if on_sagemaker
+                      else Path(output) / "checkpoints")
+    final_dir = Path(model_dir) if model_dir and not args.output_dir else (
+        Path(output) / FINAL_MODEL_DIR)
+    return RunPaths(data=find_jsonl(data), output_dir=Path(output),
+                    checkpoint_dir=checkpoint_dir, final_model_dir=final_dir)
+
+
+class _Log:
+    """JSON-lines metrics to stdout and ``metrics.jsonl`` (main process only)."""
+
+    def __init__(self, path: Path, *, enabled: bool) -> None:
+        self._path = path
+        self._enabled = enabled
+
+    def __call__(self, record: dict[str, Any] | str) -> None:
+        if not self._enabled:
+            return
+        line = record if isinstance(record, str) else json.dumps(record, sort_keys=True)
+        print(line, flush=True)
+        with self._path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+def _accelerator_if_distributed() -> Any:
+    """An accelerate Accelerator when started by ``accelerate launch`` with several processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator()
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"):
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return found
+
+
+def _compare(measured: float | None, expected: float | None, tolerance: float,
+             why_missing: str) -> dict[str, Any]:
+    if measured is None or expected is None or expected <= 0:
+        reason = why_missing if measured is None else "the plan gave no prediction"
+        return {"measured": measured, "expected": expected, "ratio": None,
+                "tolerance_fraction": tolerance, "within": None, "note": reason}
+    ratio = measured / expected
+    return {"measured": measured, "expected": expected, "ratio": ratio,
+            "tolerance_fraction": tolerance, "within": abs(ratio - 1.0) <= tolerance}
+
+
+def build_summary(spec: LaunchSpec, *, step_times_s: list[float], tokens_per_step: int,
+                  peak_allocated_gib: float | None, peak_reserved_gib: float | None,
+                  first_loss: float | None, last_loss: float | None, steps_done: int,
+                  start_step: int, device_name: str) -> dict[str, Any]:
+    """The end-of-run summary: measured vs planned tokens/s and peak allocated memory.
+
+    Throughput is the median over the steps after :data:`WARMUP_STEPS` (all steps when the
+    run is shorter); memory is ``torch.cuda.max_memory_allocated`` of this process, GiB.
+    """
+    timed = step_times_s[WARMUP_STEPS:] if len(step_times_s) > WARMUP_STEPS else step_times_s
+    step_time = statistics.median(timed) if timed else None
+    tokens_per_s = tokens_per_step / step_time if step_time else None
+    no_cuda = "not measured: no CUDA device (peak memory is read from torch.cuda)"
+    return {
+        "format": SUMMARY_FORMAT,
+        "model": spec.model.name,
+        "config": spec.config.label(),
+        "device": device_name,
+        "versions": _versions(),
+        "steps_completed": steps_done,
+        "resumed_from_step": start_step,
+        "first_loss": first_loss,
+        "last_loss": last_loss,
+        "measured": {"step_time_s": step_time, "tokens_per_s": tokens_per_s,
+                     "peak_allocated_gib": peak_allocated_gib,
+                     "peak_reserved_gib": peak_reserved_gib,
+                     "timed_steps": len(timed)},
+        "expected_source": spec.expected_source,
+        "comparison": {
+            "tokens_per_s": _compare(tokens_per_s, spec.expected_tokens_per_s,
+                                     spec.throughput_tolerance_fraction, "no timed steps"),
+            "peak_allocated_gib": _compare(peak_allocated_gib, spec.expected_peak_allocated_gib,
+                                           spec.memory_tolerance_fraction, no_cuda),
+        },
+    }
+
+
+def _batch(blocks: list[list[int]], indices: list[int], device: str) -> Any:
+    import torch
+
+    return torch.tensor([blocks[i] for i in indices], dtype=torch.long, device=device)
+
+
+def _run_step(prepared: Any, batches: list[Any], *, accelerator: Any,
+              forward_backward: Callable[..., Any], optimizer_step: Callable[..., None],
+              train_step: Callable[..., float]) -> float:
+    """One optimizer step over ``len(batches)`` micro-batches; returns the mean loss."""
+    import contextlib
+
+    if len(batches) == 1 and accelerator is None:
+        return train_step(prepared, batches[0], batches[0])
+    losses = []
+    for i, ids in enumerate(batches):
+        last = i == len(batches) - 1
+        sync = (contextlib.nullcontext() if accelerator is None or last
+                else accelerator.no_sync(prepared.model))
+        with sync:
+            losses.append(forward_backward(prepared, ids, ids))
+    if len(batches) > 1:
+        # The recipe's loss is a per-micro-batch mean; average the accumulated gradients.
+        for param in prepared.model.parameters():
+            if param.grad is not None:
+                param.grad.div_(len(batches))
+    optimizer_step(prepared)
+    return float(sum(float(loss) for loss in losses) / len(losses))
+
+
+def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[str, Any]:
+    """Train ``spec`` on ``paths.data``; returns the summary (also written to summary.json).
+
+    Raises:
+        ValueError: On a bad dataset (the message names the line) or a mismatched checkpoint.
+        RuntimeError: If the spec asks for CUDA and none is available.
+    """
+    import torch
+
+    from profiler.recipes import SETUP_FUNCTIONS, forward_backward, optimizer_step, train_step
+
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("the launch spec asks for CUDA but torch sees no GPU; run on a GPU "
+                           "machine or pass --device cpu for a smoke run")
+    accelerator = _accelerator_if_distributed()
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    is_main = rank == 0
+    device = (str(accelerator.device) if accelerator is not None and spec.device == "cuda"
+              else spec.device)
+    paths.output_dir.mkdir(parents=True, exist_ok=True)
+    log = _Log(paths.output_dir / METRICS_FILE, enabled=is_main)
+
+    # Random weights without a checkpoint: use a tokenizer only if it is already on disk.
+    tokenizer = load_tokenizer(spec.weights_source, vocab_size=spec.model.vocab_size,
+                               force_byte=spec.tokenizer == BYTE_TOKENIZER,
+                               allow_download=not (spec.random_init and spec.checkpoint is None),
+                               log=log)
+    texts = read_texts(paths.data, tokenizer)
+    blocks = pack((tokenizer.encode_text(t) for t in texts), seq_len=spec.config.seq_len,
+                  eos_token_id=tokenizer.eos_token_id)
+    schedule = BlockSchedule(num_blocks=len(blocks), micro_batch_size=spec.config.micro_batch_size,
+                             grad_accum_steps=spec.grad_accum_steps, world_size=world,
+                             seed=spec.seed)
+    total_steps = schedule.total_steps(epochs=spec.epochs, max_steps=spec.max_steps)
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(spec.seed)
+    setup = SETUP_FUNCTIONS[spec.config.method]
+    prepared = setup(spec.model, spec.config, device=device,
+                     checkpoint=None if spec.random_init else spec.weights_source,
+                     learning_rate=spec.learning_rate)
+    if accelerator is not None:
+        prepared.model, prepared.optimizer = accelerator.prepare(prepared.model,
+                                                                 prepared.optimizer)
+
+    start_step = 0
+    found = latest_checkpoint(paths.checkpoint_dir) if resume else None
+    if found is not None:
+        load_checkpoint(found, prepared=prepared, method=spec.config.method,
+                        accelerator=accelerator)
+        start_step = found.step
+    tokens_per_step = spec.config.tokens_per_step * spec.grad_accum_steps * world
+    log({"event": "start", "model": spec.model.name, "config": spec.config.label(),
+         "device": device, "world_size": world, "tokenizer": tokenizer.name,
+         "sequences": len(blocks), "steps_per_epoch": schedule.steps_per_epoch,
+         "total_steps": total_steps, "start_step": start_step,
+         "resumed_from": str(found.path) if found else None,
+         "trainable_params": prepared.trainable_params, "total_params": prepared.total_params})
+
+    step_times: list[float] = []
+    first_loss: float | None = None
+    loss = math.nan
+    last_save = time.monotonic()
+    for step in range(start_step, total_steps):
+        batches = [_batch(blocks, schedule.blocks_for(step=step, micro=k, rank=rank), device)
+                   for k in range(spec.grad_accum_steps)]
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        loss = _run_step(prepared, batches, accelerator=accelerator,
+                         forward_backward=forward_backward, optimizer_step=optimizer_step,
+                         train_step=train_step)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - began
+        step_times.append(elapsed)
+        first_loss = loss if first_loss is None else first_loss
+        done = step + 1
+        if done % spec.log_every_steps == 0 or done == total_steps:
+            record: dict[str, Any] = {"event": "step", "step": done, "loss": loss,
+                                      "step_time_s": elapsed,
+                                      "tokens_per_s": tokens_per_step / elapsed,
+                                      "epoch": done / schedule.steps_per_epoch}
+            if device.startswith("cuda"):
+                record["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / _GIB
+            log(record)
+        due_steps = (spec.checkpoint_every_steps is not None
+                     and done % spec.checkpoint_every_steps == 0)
+        due_time = (spec.checkpoint_every_minutes is not None
+                    and time.monotonic() - last_save >= spec.checkpoint_every_minutes * 60)
+        if (due_steps or due_time) and done < total_steps:
+            path = save_checkpoint(paths.checkpoint_dir, prepared=prepared, step=done,
+                                   tokens_seen=done * tokens_per_step,
+                                   epoch=done / schedule.steps_per_epoch,
+                                   label=spec.config.label(), accelerator=accelerator)
+            last_save = time.monotonic()
+            log({"event": "checkpoint", "step": done, "path": str(path)})
+
+    end_step = max(total_steps, start_step)
+    if end_step > start_step or found is None:
+        save_checkpoint(paths.checkpoint_dir, prepared=prepared, step=end_step,
+                        tokens_seen=end_step * tokens_per_step,
+                        epoch=end_step / schedule.steps_per_epoch,
+                        label=spec.config.label(), accelerator=accelerator)
+    _save_final_model(prepared, paths.final_model_dir, accelerator=accelerator)
+    peak_alloc = peak_res = None
+    if device.startswith("cuda"):
+        peak_alloc = torch.cuda.max_memory_allocated() / _GIB
+        peak_res = torch.cuda.max_memory_reserved() / _GIB
+    device_name = (torch.cuda.get_device_name() if device.startswith("cuda") else "cpu")
+    summary = build_summary(spec, step_times_s=step_times, tokens_per_step=tokens_per_step,
+                            peak_allocated_gib=peak_alloc, peak_reserved_gib=peak_res,
+                            first_loss=first_loss, last_loss=None if math.isnan(loss) else loss,
+                            steps_done=end_step, start_step=start_step, device_name=device_name)
+    if is_main:
+        atomic_write_text(paths.output_dir / SUMMARY_FILE,
+                          json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        log({"event": "summary", **summary["comparison"]})
+    return summary
+
+
+def _save_final_model(prepared: Any, folder: Path, *, accelerator: Any) -> None:
+    """``save_pretrained`` of the trained model: adapters only for LoRA/QLoRA."""
+    if accelerator is None:
+        prepared.model.save_pretrained(str(folder))
+        return
+    state = accelerator.get_state_dict(prepared.model)
+    accelerator.unwrap_model(prepared.model).save_pretrained(
+        str(folder), state_dict=state, is_main_process=accelerator.is_main_process)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry; returns the process exit code (2 on bad input)."""
+    args = _parse_args(argv)
+    env = dict(os.environ)
+    try:
+        spec = resolve_spec(args, env)
+        paths = resolve_paths(args, env)
+        resume = args.resume or (paths.checkpoint_dir == Path(SAGEMAKER_CHECKPOINT_DIR))
+        train(spec, paths, resume=resume)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
