@@ -1,7 +1,212 @@
-"""CLI commands: catalog (to be written)."""
+"""CLI commands: ``ftplan catalog models|gpus|offers|refresh`` (list catalog, refresh prices)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from datetime import date
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from catalog import (
+    GPU,
+    ModelSpec,
+    Offer,
+    RefreshResult,
+    catalog_age_warning,
+    catalog_info,
+    list_gpus,
+    list_models,
+    list_offers,
+    model_aliases,
+    parse_provider,
+    refresh_aws,
+    to_jsonable,
+)
+
+_FORMAT = click.option("--format", "output_format", type=click.Choice(["table", "json"]),
+                       default="table", show_default=True, help="Output format.")
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(to_jsonable(value), indent=2, sort_keys=True))
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]],
+           *, caption: str | None = None) -> None:
+    from rich.console import Console  # deferred: only table output needs rich
+    from rich.table import Table
+
+    table = Table(title=title, caption=caption, header_style="bold")
+    for column in columns:
+        numeric = column.endswith(("GiB", "$/h", "TB/s", "TFLOP/s", "GB/s", "B", "#"))
+        table.add_column(column, justify="right" if numeric else "left")
+    for row in rows:
+        table.add_row(*row)
+    console = Console(width=max(160, shutil.get_terminal_size().columns))
+    with console.capture() as captured:  # through click.echo, so CliRunner sees it
+        console.print(table)
+    click.echo(captured.get(), nl=False)
+
+
+def _model_row(spec: ModelSpec) -> list[str]:
+    moe = f"{spec.num_experts}x (top {spec.experts_per_token})" if spec.num_experts > 1 else ""
+    return [spec.name, spec.hf_id, f"{spec.param_count / 1e9:.2f}", str(spec.num_layers),
+            str(spec.hidden_size), f"{spec.num_heads}/{spec.num_kv_heads}", str(spec.vocab_size),
+            "yes" if spec.tied_embeddings else "no", str(spec.max_seq_len), moe]
+
+
+@click.command("models")
+@_FORMAT
+def models_command(output_format: str) -> None:
+    """List the models ftplan knows (architecture facts from each Hugging Face config.json).
+
+    \b
+    Examples:
+      ftplan catalog models
+      ftplan catalog models --format json
+    Any other model: pass --model PATH/TO/config.json (or its folder) to other commands.
+    """
+    models = list_models()
+    if output_format == "json":
+        _echo_json([{**to_jsonable(m), "aliases": list(model_aliases(m.name))} for m in models])
+        return
+    _table("Models", ["name", "hf id", "params B", "layers", "hidden", "heads/kv", "vocab",
+                      "tied", "max seq", "experts"], [_model_row(m) for m in models])
+
+
+def _gpu_row(gpu: GPU) -> list[str]:
+    bf16 = f"{gpu.bf16_tflops:g}" if gpu.bf16_supported and gpu.bf16_tflops else "no bf16"
+    return [gpu.name, ", ".join(gpu.aliases), f"{gpu.usable_memory_gib:.1f}",
+            f"{gpu.memory_bandwidth_tbps:g}", bf16, f"{gpu.fp16_tflops:g}",
+            f"{gpu.intra_node_interconnect.value} {gpu.intra_node_gbps:g}"]
+
+
+@click.command("gpus")
+@_FORMAT
+def gpus_command(output_format: str) -> None:
+    """List GPUs: usable memory, bandwidth, dense 16-bit TFLOP/s, GPU-to-GPU link.
+
+    \b
+    Examples:
+      ftplan catalog gpus
+      ftplan catalog gpus --format json
+    Any name or alias in the second column works for --gpu (case-insensitive).
+    """
+    gpus = list_gpus()
+    if output_format == "json":
+        _echo_json(list(gpus))
+        return
+    _table("GPUs", ["name", "aliases", "usable GiB", "mem TB/s", "bf16 TFLOP/s",
+                    "fp16 TFLOP/s", "link GB/s"], [_gpu_row(g) for g in gpus],
+           caption="TFLOP/s are dense peaks; link = intra-node GPU-to-GPU bandwidth")
+
+
+def _offer_row(offer: Offer) -> list[str]:
+    return [offer.provider.value, offer.service, offer.instance_type, offer.region, offer.gpu,
+            str(offer.gpu_count), f"{offer.usd_per_hour:.4g}",
+            f"{offer.usd_per_hour / offer.gpu_count:.4g}", "spot" if offer.spot else "on-demand",
+            offer.as_of + (" (stale)" if offer.stale else "")]
+
+
+@click.command("offers")
+@click.option("--gpu", "gpu_names", multiple=True, metavar="NAME",
+              help="Only offers with this GPU (name or alias; repeatable).")
+@click.option("--provider", "provider_names", multiple=True, metavar="NAME",
+              help="Only this provider: aws, gcp, azure, lambda, runpod (repeatable).")
+@click.option("--spot/--no-spot", default=True, show_default=True,
+              help="Include spot / interruptible prices.")
+@_FORMAT
+def offers_command(gpu_names: tuple[str, ...], provider_names: tuple[str, ...], spot: bool,
+                   output_format: str) -> None:
+    """List priced offers (USD per instance-hour), cheapest per GPU first.
+
+    \b
+    Examples:
+      ftplan catalog offers --gpu h100
+      ftplan catalog offers --provider aws --no-spot
+      ftplan catalog offers --gpu a100 --gpu a100-40gb --format json
+    """
+    providers = [parse_provider(p) for p in provider_names] or None
+    offers = list_offers(providers=providers, gpus=list(gpu_names) or None, include_spot=spot)
+    offers = tuple(sorted(offers, key=lambda o: (o.usd_per_hour / o.gpu_count, o.key)))
+    if output_format == "json":
+        _echo_json(list(offers))
+        return
+    info = catalog_info()
+    caption = f"{len(offers)} offers from {info.offers_path}"
+    warning = catalog_age_warning(info, date.today())
+    _table("Offers", ["provider", "service", "instance", "region", "gpu", "#", "$/h",
+                      "per GPU $/h", "pricing", "as of"], [_offer_row(o) for o in offers],
+           caption=caption)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+
+
+def _status_printer() -> tuple[Callable[[str], None], Callable[[], None]]:
+    from rich.console import Console  # deferred: only the refresh command needs a spinner
+
+    status = Console(stderr=True).status("asking AWS for prices ...")
+    status.start()
+    return (lambda line: status.update(f"pricing {line}")), status.stop
+
+
+def _print_changes(result: RefreshResult) -> None:
+    click.echo(f"wrote {result.offer_count} offers to {result.offers_path} "
+               f"({result.refreshed_count} AWS prices as of {result.as_of})")
+    for change in result.changes:
+        old = "-" if change.old_usd_per_hour is None else f"{change.old_usd_per_hour:.4g}"
+        new = "-" if change.new_usd_per_hour is None else f"{change.new_usd_per_hour:.4g}"
+        click.echo(f"  {change.key}: {old} -> {new} USD/h")
+    if not result.changes:
+        click.echo("  no price changed")
+    if result.not_offered:
+        click.echo(f"not offered there: {', '.join(result.not_offered)}")
+
+
+@click.command("refresh")
+@click.option("--provider", "provider_name", default="aws", show_default=True,
+              help="Provider to refresh (only aws has a price API ftplan reads).")
+@click.option("--region", "regions", multiple=True, default=("us-east-1",), show_default=True,
+              help="AWS region to price (repeatable).")
+def refresh_command(provider_name: str, regions: tuple[str, ...]) -> None:
+    """Fetch current AWS on-demand (Pricing API) and spot (EC2) prices into your cache.
+
+    Needs AWS credentials allowed pricing:GetProducts and ec2:DescribeSpotPriceHistory. Writes
+    $FTPLAN_CACHE_DIR/offers.csv (default ~/.cache/ftplan); on any error nothing is written.
+
+    \b
+    Examples:
+      ftplan catalog refresh --provider aws --region us-east-1
+      ftplan catalog refresh --region us-east-1 --region us-west-2
+    """
+    if parse_provider(provider_name).value != "aws":
+        raise click.UsageError(f"ftplan can refresh only aws prices, not {provider_name!r}; "
+                               f"other providers' prices come with ftplan releases.")
+    update, stop = _status_printer()
+    try:
+        result = refresh_aws(regions=regions, progress=update)
+    finally:
+        stop()
+    _print_changes(result)
+
+
+@click.group("catalog")
+def catalog_group() -> None:
+    """What ftplan knows: models, GPUs, priced offers; refresh AWS prices.
+
+    \b
+    Examples:
+      ftplan catalog models
+      ftplan catalog gpus --format json
+      ftplan catalog offers --gpu h100 --no-spot
+      ftplan catalog refresh --provider aws --region us-east-1
+    """
+
+
+for _command in (models_command, gpus_command, offers_command, refresh_command):
+    catalog_group.add_command(_command)
+
+COMMANDS: list[click.Command] = [catalog_group]
