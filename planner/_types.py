@@ -112,10 +112,14 @@ class Candidate:
     suggested_learning_rate: float | None = None
     within_budget: bool = True
     within_deadline: bool = True
+    quality_accepted: bool = True
+    grad_accum_steps: int = 1
+    global_batch_tokens: int | None = None
 
     @property
     def feasible(self) -> bool:
-        return self.fits and self.within_budget and self.within_deadline
+        return (self.fits and self.within_budget and self.within_deadline
+                and self.quality_accepted)
 
     @property
     def risk_level(self) -> RiskLevel:
@@ -161,3 +165,5 @@ class Plan:
     search: SearchInfo
     ftplan_version: str
     warnings: tuple[str, ...] = ()
+    near_misses: tuple[Candidate, ...] = ()
+    suggestions: tuple[str, ...] = ()

@@ -1,0 +1,194 @@
+"""Cost model: turns a Measurement and an Offer into wall-clock hours and USD. Pure; no I/O.
+
+hours = start-up + total tokens ÷ tokens/s (+ spot interruption and checkpoint overhead);
+USD = hours × the offer's instance price × nodes. Every constant is a documented assumption that
+the plan repeats in its ``assumptions``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from catalog import ModelSpec, Offer, Provider
+from planner._types import Budget, CostEstimate
+from profiler import Measurement, Method, OptimizerKind, Precision, TuningConfig
+
+_GIB = 1024**3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpotAssumptions:
+    """What ftplan assumes about spot capacity. Adjustable with ``ftplan recommend`` flags.
+
+    Attributes:
+        interruptions_per_hour: Expected reclaims per instance-hour. 0.1 (one every 10 h) is a
+            deliberately pessimistic assumption for GPU spot capacity: the AWS Spot Instance
+            Advisor only publishes monthly buckets (the worst being ">20% of instances
+            interrupted per month"), which understate what large GPU instances see in busy
+            regions. Not a measurement.
+        restart_minutes: Time from a reclaim to training again (new instance, container,
+            reload weights and the last checkpoint). Assumption, same order as the start-up.
+        checkpoint_write_gib_per_s: Bandwidth to save a checkpoint (local NVMe then an
+            asynchronous upload, as SageMaker checkpoint sync does). Assumption: 1 GiB/s.
+    """
+
+    interruptions_per_hour: float = 0.1
+    restart_minutes: float = 10.0
+    checkpoint_write_gib_per_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.interruptions_per_hour < 0:
+            raise ValueError(
+                f"spot interruptions per hour must be >= 0, got {self.interruptions_per_hour}"
+            )
+        if self.restart_minutes < 0:
+            raise ValueError(f"spot restart minutes must be >= 0, got {self.restart_minutes}")
+        if not self.checkpoint_write_gib_per_s > 0:
+            raise ValueError(
+                "checkpoint write bandwidth must be > 0 GiB/s, got "
+                f"{self.checkpoint_write_gib_per_s}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartupAssumptions:
+    """Time before the first training step, billed like the rest of the run.
+
+    Attributes:
+        provision_minutes: Instance start, container pull and library import on a cloud offer
+            (SageMaker training jobs typically spend several minutes in "Starting" and
+            "Downloading"). Assumption: 5 min; 0 for ``local`` offers.
+        download_gib_per_s: Bandwidth to fetch the weights from the hub or S3. Assumption:
+            0.5 GiB/s (≈ 4 Gbit/s), then loading from local disk is included.
+    """
+
+    provision_minutes: float = 5.0
+    download_gib_per_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.provision_minutes < 0:
+            raise ValueError(f"provision minutes must be >= 0, got {self.provision_minutes}")
+        if not self.download_gib_per_s > 0:
+            raise ValueError(f"download bandwidth must be > 0, got {self.download_gib_per_s}")
+
+
+def weights_download_gib(spec: ModelSpec) -> float:
+    """Size of the bf16 checkpoint a run downloads, GiB (2 bytes per parameter)."""
+    return spec.param_count * 2 / _GIB
+
+
+def trainable_param_count(spec: ModelSpec, config: TuningConfig) -> int:
+    """Parameters the optimizer updates: all for full FT, the LoRA A and B matrices otherwise.
+
+    A LoRA adapter of rank r on an (in, out) linear adds r × (in + out) parameters (Hu et al.,
+    2021); MoE models carry one adapter per expert MLP.
+    """
+    if config.method is Method.FULL:
+        return spec.param_count
+    from profiler import resolve_targets
+
+    rank = config.lora_rank or 0
+    modules = resolve_targets(config.lora_targets or "all-linear")
+    per_layer = 0
+    for name, (n_in, n_out) in spec.linear_shapes().items():
+        if name in modules:
+            copies = spec.num_experts if name in ("gate_proj", "up_proj", "down_proj") else 1
+            per_layer += rank * (n_in + n_out) * copies
+    return per_layer * spec.num_layers
+
+
+def checkpoint_gib(spec: ModelSpec, config: TuningConfig) -> float:
+    """Size of a resumable checkpoint (trainable weights + optimizer states), GiB.
+
+    Bytes per trainable parameter: full bf16-mixed saves fp32 weights (4) and two fp32 AdamW
+    moments (8); pure bf16 saves 2 + 4; LoRA adapters are saved with fp32 AdamW moments (4 + 8).
+    8-bit AdamW keeps 2 bytes of moments instead of 8 (bitsandbytes, Dettmers et al. 2022).
+    """
+    params = trainable_param_count(spec, config)
+    if config.method is Method.FULL and config.precision is Precision.BF16:
+        weight_bytes, state_bytes = 2.0, 4.0
+    else:
+        weight_bytes, state_bytes = 4.0, 8.0
+    if config.optimizer is not OptimizerKind.ADAMW:
+        state_bytes = 2.0
+    return params * (weight_bytes + state_bytes) / _GIB
+
+
+def checkpoint_interval_s(*, step_time_s: float, save_s: float,
+                          interruptions_per_hour: float) -> float:
+    """Seconds between checkpoints: Young's optimum sqrt(2 × save time × MTBF), whole steps.
+
+    Young, J. W. (1974), "A first order approximation to the optimum checkpoint interval",
+    CACM 17(9). Rounded up to a whole number of optimizer steps and at least one step.
+    """
+    if interruptions_per_hour <= 0:
+        return math.inf
+    mtbf_s = 3600.0 / interruptions_per_hour
+    young_s = math.sqrt(2.0 * max(save_s, 1e-3) * mtbf_s)
+    return max(1, math.ceil(young_s / step_time_s)) * step_time_s
+
+
+def estimate_cost(measurement: Measurement, offer: Offer, budget: Budget, *, nodes: int,
+                  spot_policy: SpotAssumptions, startup: StartupAssumptions | None = None,
+                  weights_gib: float = 0.0, checkpoint_size_gib: float = 0.0) -> CostEstimate:
+    """Estimate wall-clock hours and USD for one candidate.
+
+    Args:
+        measurement: Throughput (``tokens_per_s`` over all GPUs) and ``step_time_s`` of the
+            config; from a stored profile or the estimator.
+        offer: Instance price in USD/hour for ``offer.gpu_count`` GPUs.
+        budget: Dataset tokens per epoch and epochs.
+        nodes: Number of instances (each billed at ``offer.usd_per_hour``).
+        spot_policy: Interruption rate, restart time and checkpoint bandwidth (spot offers only).
+        startup: Provisioning and weight download; defaults to :class:`StartupAssumptions`.
+        weights_gib: Size of the weights downloaded at start-up, GiB.
+        checkpoint_size_gib: Size of one resumable checkpoint, GiB (spot offers save one every
+            checkpoint interval).
+
+    Returns:
+        A CostEstimate whose ``hours`` = train + start-up + spot overhead hours and whose ``usd``
+        = hours × ``offer.usd_per_hour`` × ``nodes``. ``checkpoint_interval_minutes`` is set for
+        spot offers only.
+
+    Raises:
+        ValueError: If the measurement has no positive throughput or ``nodes`` < 1.
+    """
+    if nodes < 1:
+        raise ValueError(f"nodes must be >= 1, got {nodes}")
+    tokens_per_s = measurement.tokens_per_s
+    if tokens_per_s is None or not tokens_per_s > 0:
+        raise ValueError(
+            f"cannot price {measurement.config.label()} on {offer.instance_type}: "
+            f"tokens_per_s is {tokens_per_s}"
+        )
+    startup = startup or StartupAssumptions()
+    train_s = budget.total_tokens / tokens_per_s
+    provision_s = 0.0 if offer.provider is Provider.LOCAL else startup.provision_minutes * 60
+    startup_s = provision_s + weights_gib / startup.download_gib_per_s
+    overhead_s = 0.0
+    interval_minutes: float | None = None
+    if offer.spot:
+        step_s = measurement.step_time_s or 1.0
+        save_s = checkpoint_size_gib / spot_policy.checkpoint_write_gib_per_s
+        interval_s = checkpoint_interval_s(
+            step_time_s=step_s, save_s=save_s,
+            interruptions_per_hour=spot_policy.interruptions_per_hour)
+        checkpoints_s = 0.0 if math.isinf(interval_s) else train_s / interval_s * save_s
+        # Any node's reclaim stops the whole job, so the rate scales with the node count.
+        exposed_hours = (train_s + checkpoints_s) / 3600
+        interruptions = spot_policy.interruptions_per_hour * nodes * exposed_hours
+        redo_s = 0.0 if math.isinf(interval_s) else interval_s / 2
+        overhead_s = checkpoints_s + interruptions * (redo_s + spot_policy.restart_minutes * 60)
+        interval_minutes = None if math.isinf(interval_s) else interval_s / 60
+    hours = (train_s + startup_s + overhead_s) / 3600
+    usd_per_hour = offer.usd_per_hour * nodes
+    return CostEstimate(
+        train_hours=train_s / 3600,
+        startup_hours=startup_s / 3600,
+        spot_overhead_hours=overhead_s / 3600,
+        hours=hours,
+        usd=hours * usd_per_hour,
+        usd_per_hour=usd_per_hour,
+        checkpoint_interval_minutes=interval_minutes,
+    )

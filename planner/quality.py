@@ -1,0 +1,160 @@
+"""Quality risk: why a candidate may learn less than full fine-tuning, each with its source. Pure.
+
+The rules follow published results, not measurements of ftplan's own:
+
+* Schulman et al., "LoRA Without Regret", Thinking Machines Lab (2025): LoRA on all layers
+  (incl. MLP) matches full FT on small/medium instruction data; attention-only LoRA
+  underperforms; LoRA underperforms once the data exceeds adapter capacity (~2 bits per
+  trainable parameter); LoRA is less tolerant of large batches; its best learning rate is ~10×
+  full FT's; RL needs little capacity (even rank 1 matches full FT).
+* Biderman et al., "LoRA Learns Less and Forgets Less" (2024, arXiv:2405.09673): LoRA trails
+  full FT on continued pre-training of large code/math corpora.
+* Dettmers et al., "QLoRA: Efficient Finetuning of Quantized LLMs" (2023, arXiv:2305.14314):
+  NF4 QLoRA reaches 16-bit LoRA quality.
+* Zamirai et al., "Revisiting BFloat16 Training" (2020, arXiv:2010.06192): pure bf16 weight
+  updates with nearest rounding lose small updates.
+"""
+
+from __future__ import annotations
+
+from catalog import ModelSpec
+from planner._types import Budget, QualityPolicy, QualityRisk, RiskLevel, Task
+from planner.cost import trainable_param_count
+from profiler import Method, Precision, TuningConfig, resolve_targets
+
+SCHULMAN_2025 = "Schulman et al., \"LoRA Without Regret\", Thinking Machines Lab, 2025"
+BIDERMAN_2024 = ("Biderman et al., \"LoRA Learns Less and Forgets Less\", 2024 "
+                 "(arXiv:2405.09673)")
+DETTMERS_2023 = ("Dettmers et al., \"QLoRA: Efficient Finetuning of Quantized LLMs\", 2023 "
+                 "(arXiv:2305.14314)")
+ZAMIRAI_2020 = "Zamirai et al., \"Revisiting BFloat16 Training\", 2020 (arXiv:2010.06192)"
+
+# Schulman et al. (2025): LoRA stores ~2 bits of information per trainable parameter.
+LORA_BITS_PER_PARAM = 2.0
+# ftplan's proxy for the information a dataset asks the adapter to absorb, bits per unique
+# training token. An upper-bound style assumption: SFT losses fall by well under 1 bit per token
+# and continued pre-training text carries more novelty, so CPT counts 1 bit and SFT 0.5 bit.
+BITS_PER_TOKEN = {Task.SFT: 0.5, Task.CPT: 1.0, Task.RL: 0.0}
+# Data over this fraction of capacity is a medium risk, over 1× a high risk.
+CAPACITY_MEDIUM_FRACTION = 0.5
+# Continued pre-training at or beyond this many tokens is where Biderman et al. (2024) saw the
+# largest LoRA gap (their code/math CPT runs used 1B–20B tokens).
+CPT_HIGH_RISK_TOKENS = 1_000_000_000
+# Schulman et al. (2025) see LoRA fall behind full FT as the batch grows; ftplan flags global
+# batches above this many tokens (≈ 512 sequences of 2048 tokens).
+LORA_LARGE_BATCH_TOKENS = 1_048_576
+# Typical full-FT AdamW learning rate for 7B-class SFT (e.g. Llama-2 chat SFT used 2e-5);
+# LoRA's best rate is ~10× that (Schulman et al., 2025).
+FULL_FT_LEARNING_RATE = 2e-5
+LORA_LR_MULTIPLIER = 10.0
+
+_ORDER = (RiskLevel.LOW, RiskLevel.MEDIUM, RiskLevel.HIGH)
+ACCEPTED_LEVELS: dict[QualityPolicy, tuple[RiskLevel, ...]] = {
+    QualityPolicy.STRICT: (RiskLevel.LOW,),
+    QualityPolicy.BALANCED: (RiskLevel.LOW, RiskLevel.MEDIUM),
+    QualityPolicy.CHEAPEST: (RiskLevel.LOW, RiskLevel.MEDIUM, RiskLevel.HIGH),
+}
+
+
+def max_level(risks: tuple[QualityRisk, ...]) -> RiskLevel:
+    """The highest risk level among ``risks`` (LOW when there are none)."""
+    return max((r.level for r in risks), key=_ORDER.index, default=RiskLevel.LOW)
+
+
+def accepted(risks: tuple[QualityRisk, ...], policy: QualityPolicy) -> bool:
+    """Whether ``--quality policy`` accepts a candidate with these risks."""
+    return max_level(risks) in ACCEPTED_LEVELS[policy]
+
+
+def suggested_learning_rate(config: TuningConfig) -> float:
+    """A starting AdamW learning rate: 2e-5 for full FT, 10× that for LoRA/QLoRA."""
+    if config.method is Method.FULL:
+        return FULL_FT_LEARNING_RATE
+    return FULL_FT_LEARNING_RATE * LORA_LR_MULTIPLIER
+
+
+def capacity_ratio(spec: ModelSpec, config: TuningConfig, budget: Budget) -> float:
+    """Bits the data asks for ÷ bits the adapters hold (0 for full FT and RL)."""
+    if config.method is Method.FULL:
+        return 0.0
+    capacity_bits = LORA_BITS_PER_PARAM * trainable_param_count(spec, config)
+    return budget.dataset_tokens * BITS_PER_TOKEN[budget.task] / capacity_bits
+
+
+def assess_quality(spec: ModelSpec, config: TuningConfig, budget: Budget, *,
+                   global_batch_tokens: int | None = None) -> tuple[QualityRisk, ...]:
+    """Quality risks of one candidate, highest level first, each with its source.
+
+    Args:
+        spec: The model (for the adapter's parameter count).
+        config: The candidate's config.
+        budget: Dataset tokens per epoch and the task (sft, cpt, rl).
+        global_batch_tokens: Tokens per optimizer step over all GPUs and accumulation steps.
+
+    Returns:
+        The risks; an empty tuple means nothing is known to cost quality.
+    """
+    risks: list[QualityRisk] = []
+    if config.method is Method.FULL:
+        if config.precision is Precision.BF16:
+            risks.append(QualityRisk(
+                level=RiskLevel.MEDIUM,
+                message="pure bf16 weights and AdamW states round away small updates; "
+                        "bf16-mixed (fp32 master weights) or a Kahan-summation optimizer avoids "
+                        "it",
+                source=ZAMIRAI_2020))
+        return tuple(risks)
+    risks.extend(_lora_risks(spec, config, budget, global_batch_tokens))
+    if config.method is Method.QLORA:
+        risks.append(QualityRisk(
+            level=RiskLevel.LOW,
+            message="NF4 QLoRA reaches 16-bit LoRA quality",
+            source=DETTMERS_2023))
+    return tuple(sorted(risks, key=lambda r: -_ORDER.index(r.level)))
+
+
+def _lora_risks(spec: ModelSpec, config: TuningConfig, budget: Budget,
+                global_batch_tokens: int | None) -> list[QualityRisk]:
+    risks: list[QualityRisk] = []
+    modules = resolve_targets(config.lora_targets or "all-linear")
+    if budget.task is Task.RL:
+        risks.append(QualityRisk(
+            level=RiskLevel.LOW,
+            message=f"RL needs little capacity: LoRA r{config.lora_rank} matches full FT "
+                    "(even rank 1 did)",
+            source=SCHULMAN_2025))
+    else:
+        ratio = capacity_ratio(spec, config, budget)
+        params_m = trainable_param_count(spec, config) / 1e6
+        text = (f"{budget.dataset_tokens / 1e6:,.0f}M tokens × "
+                f"{BITS_PER_TOKEN[budget.task]:g} bit ask for {ratio:.0%} of what r"
+                f"{config.lora_rank} adapters hold ({params_m:,.1f}M parameters × ~2 bits)")
+        if ratio > 1.0:
+            risks.append(QualityRisk(level=RiskLevel.HIGH, source=SCHULMAN_2025,
+                                     message=text + "; LoRA will learn less than full FT: "
+                                     "raise the rank or use full FT"))
+        elif ratio > CAPACITY_MEDIUM_FRACTION:
+            risks.append(QualityRisk(level=RiskLevel.MEDIUM, source=SCHULMAN_2025,
+                                     message=text + "; close to capacity: a higher rank is "
+                                     "safer"))
+    if not any(m in modules for m in ("gate_proj", "up_proj", "down_proj")):
+        risks.append(QualityRisk(
+            level=RiskLevel.MEDIUM,
+            message="adapters without the MLP layers underperform even at matched parameter "
+                    "count: target all-linear",
+            source=SCHULMAN_2025))
+    if budget.task is Task.CPT:
+        big = budget.dataset_tokens >= CPT_HIGH_RISK_TOKENS
+        risks.append(QualityRisk(
+            level=RiskLevel.HIGH if big else RiskLevel.MEDIUM,
+            message=f"continued pre-training on {budget.dataset_tokens / 1e6:,.0f}M tokens: "
+                    "LoRA learns less than full FT on large code/math corpora (but forgets "
+                    "less)",
+            source=BIDERMAN_2024))
+    if global_batch_tokens is not None and global_batch_tokens > LORA_LARGE_BATCH_TOKENS:
+        risks.append(QualityRisk(
+            level=RiskLevel.MEDIUM,
+            message=f"global batch of {global_batch_tokens:,} tokens: LoRA falls behind full "
+                    "FT at large batch sizes; use fewer GPUs or a smaller micro-batch",
+            source=SCHULMAN_2025))
+    return risks
