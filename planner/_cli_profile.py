@@ -1,7 +1,213 @@
-"""CLI commands: profile (to be written)."""
+"""CLI command: ``ftplan profile``: measure configs on this machine's GPU (or time them on CPU).
+
+Each config runs in its own subprocess (``profiler.measure``); by default the model is measured
+truncated to 2 and 4 decoder layers and extrapolated to its real depth. Records go to the user's
+profile store, where ``ftplan recommend`` and ``ftplan estimate`` find them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from catalog import ModelSpec, get_model, to_jsonable
+from profiler import Measurement, Method, OptimizerKind, Precision, TuningConfig
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+# CPU runs time a tiny stand-in of the model: wide layers and a 100k+ vocabulary would take
+# minutes per step on a laptop CPU and tell nothing about GPU memory anyway.
+CPU_MAX_LAYERS = 2
+CPU_MAX_HIDDEN = 256
+CPU_MAX_VOCAB = 4096
+
+
+def cpu_stand_in(spec: ModelSpec) -> tuple[ModelSpec, str]:
+    """A tiny model of the same architecture type for CPU timing, and a note on what shrank.
+
+    Layers are cut to 2, and hidden size, heads, MLP width and vocabulary are scaled down where
+    they exceed 256 / 4096, keeping the attention grouping (heads per KV head) and head size.
+    """
+    heads, kv_heads, head_dim, hidden = (spec.num_heads, spec.num_kv_heads, spec.head_dim,
+                                         spec.hidden_size)
+    if hidden > CPU_MAX_HIDDEN:
+        group = spec.num_heads // spec.num_kv_heads  # query heads per KV head, kept
+        head_dim = min(spec.head_dim, 32)
+        kv_heads = max(1, CPU_MAX_HIDDEN // (group * head_dim))
+        heads = kv_heads * group
+        hidden = heads * head_dim
+    layers = min(spec.num_layers, CPU_MAX_LAYERS)
+    vocab = min(spec.vocab_size, CPU_MAX_VOCAB)
+    tiny = dataclasses.replace(
+        spec, name=f"{spec.name}-cpu-tiny", num_layers=layers, hidden_size=hidden,
+        intermediate_size=max(1, round(spec.intermediate_size * hidden / spec.hidden_size)),
+        num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, vocab_size=vocab,
+        param_count=1, source=f"CPU stand-in of {spec.name}")
+    note = (f"CPU run on a tiny stand-in of {spec.name}: {layers} of {spec.num_layers} layers, "
+            f"hidden {hidden} (was {spec.hidden_size}), vocab {vocab} (was {spec.vocab_size}); "
+            f"step time only, no memory figures, not representative of a GPU")
+    return tiny, note
+
+
+def _parse_layers(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        counts = ()
+    if len(counts) < 2 or counts[0] <= 0:
+        raise ValueError(f"--layers {text!r}: give at least two positive layer counts, e.g. 2,4")
+    return counts
+
+
+def _configs(method: Method, *, precision: Precision, rank: int, alpha: int | None,
+             targets: str, batches: Sequence[int], seq_lens: Sequence[int],
+             grad_checkpointing: bool, optimizer: OptimizerKind) -> list[TuningConfig]:
+    lora = method is not Method.FULL
+    return [TuningConfig(method=method, precision=precision, lora_rank=rank if lora else None,
+                         lora_alpha=alpha if lora else None,
+                         lora_targets=targets if lora else None, micro_batch_size=batch,
+                         seq_len=seq_len, grad_checkpointing=grad_checkpointing,
+                         optimizer=optimizer)
+            for batch in batches for seq_len in seq_lens]
+
+
+def _require_cuda(device: str) -> None:
+    import torch  # deferred: only profiling needs torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            "ftplan profile measures GPU memory and needs a CUDA GPU, and torch sees none "
+            f"(torch {torch.__version__}). Run it on a machine with an NVIDIA GPU, or pass "
+            "--device cpu to time a tiny stand-in of the model on CPU (no memory figures)."
+        )
+
+
+def _run(spec: ModelSpec, config: TuningConfig, *, layers: tuple[int, ...] | None,
+         options: dict[str, Any], progress: Progress, task: Any) -> list[Measurement]:
+    from profiler.measure import measure, profile_extrapolated
+
+    if layers is None:
+        result = measure(spec, config, **options)
+        progress.advance(task)
+        return [result]
+    inputs: list[Measurement] = []
+
+    def done(measurement: Measurement) -> None:
+        inputs.append(measurement)
+        progress.advance(task)
+
+    result = profile_extrapolated(spec, config, layers=layers, on_measured=done, **options)
+    progress.advance(task, len(layers) - len(inputs))  # steps skipped after an OOM
+    return [*inputs, result]
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _render_table(results: Sequence[Measurement], note: str) -> None:
+    from rich.console import Console  # deferred: only table output needs rich
+    from rich.table import Table
+
+    table = Table(title="ftplan profile", caption=note or None, header_style="bold")
+    for column in ("model", "config", "gpu", "source", "status", "peak alloc GiB",
+                   "peak reserved GiB", "phase peaks GiB", "step s", "tokens/s", "note"):
+        table.add_column(column, justify="right" if column.endswith(("GiB", "s")) else "left")
+    for m in results:
+        phases = ", ".join(f"{name} {value:.2f}" for name, value in m.phase_peaks_gib) or "-"
+        table.add_row(m.model, m.config.label(), m.gpu, m.source.value, m.status.value,
+                      _cell(m.peak_allocated_gib, 2), _cell(m.peak_reserved_gib, 2), phases,
+                      _cell(m.step_time_s, 4), _cell(m.tokens_per_s, 0), m.error[:120])
+    console = Console(width=max(160, shutil.get_terminal_size().columns))
+    with console.capture() as captured:  # through click.echo, so CliRunner sees it
+        console.print(table)
+    click.echo(captured.get(), nl=False)
+
+
+@click.command("profile")
+@click.option("--model", "model_name", required=True,
+              help="Catalog model name, Hugging Face id, or path to a config.json.")
+@click.option("--method", type=click.Choice([m.value for m in Method]), required=True)
+@click.option("--precision", type=click.Choice([p.value for p in Precision]),
+              default=Precision.BF16_MIXED.value, show_default=True)
+@click.option("--rank", type=int, default=16, show_default=True, help="LoRA rank.")
+@click.option("--alpha", type=int, default=None, help="LoRA alpha [default: 2 x rank].")
+@click.option("--targets", default="all-linear", show_default=True,
+              help="LoRA targets: all-linear, attention, or e.g. q_proj,v_proj.")
+@click.option("--batch", "batches", type=int, multiple=True, help="Micro-batch (repeatable).")
+@click.option("--seq-len", "seq_lens", type=int, multiple=True, help="Tokens (repeatable).")
+@click.option("--grad-checkpointing", is_flag=True, help="Non-reentrant activation checkpointing.")
+@click.option("--optimizer", type=click.Choice([o.value for o in OptimizerKind]),
+              default=OptimizerKind.ADAMW.value, show_default=True)
+@click.option("--layers", "layers_text", default="2,4", show_default=True,
+              help="Truncated depths to measure and extrapolate from.")
+@click.option("--full-depth", is_flag=True, help="Measure the whole model instead.")
+@click.option("--device", default="cuda", show_default=True, help="cuda, cuda:<i> or cpu.")
+@click.option("--checkpoint", default=None, help="Real weights: hub id or local path.")
+@click.option("--gpu", "gpu_name", default=None, help="Catalog GPU name to record.")
+@click.option("--warmup-steps", type=int, default=3, show_default=True)
+@click.option("--timed-steps", type=int, default=10, show_default=True)
+@click.option("--timeout-s", type=float, default=1800.0, show_default=True,
+              help="Limit per measurement subprocess, seconds.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSONL file to append to [default: the user profile store].")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]),
+              default="table", show_default=True)
+def profile_command(model_name: str, method: str, precision: str, rank: int, alpha: int | None,
+                    targets: str, batches: tuple[int, ...], seq_lens: tuple[int, ...],
+                    grad_checkpointing: bool, optimizer: str, layers_text: str,
+                    full_depth: bool, device: str, checkpoint: str | None,
+                    gpu_name: str | None, warmup_steps: int, timed_steps: int,
+                    timeout_s: float, out: Path | None, output_format: str) -> None:
+    """Measure peak GPU memory and step time of configs (subprocess per config), and store them.
+
+    \b
+    Examples:
+      ftplan profile --model llama2-7b --method qlora --batch 1 --batch 4 --seq-len 1024
+      ftplan profile --model llama3.2-1b --method full --full-depth --grad-checkpointing
+      ftplan profile --model llama2-7b --method lora --device cpu      (tiny stand-in, time only)
+    """
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from profiler.store import ProfileStore, default_store, user_profiles_path
+
+    spec, note = get_model(model_name), ""
+    cpu = device == "cpu"
+    if cpu:
+        spec, note = cpu_stand_in(spec)
+    if not cpu:
+        _require_cuda(device)
+    configs = _configs(Method(method), precision=Precision(precision), rank=rank, alpha=alpha,
+                       targets=targets, batches=batches or (1,), seq_lens=seq_lens or (2048,),
+                       grad_checkpointing=grad_checkpointing, optimizer=OptimizerKind(optimizer))
+    layers = None if (full_depth or cpu) else _parse_layers(layers_text)
+    options = dict(device=device, warmup_steps=warmup_steps, timed_steps=timed_steps,
+                   checkpoint=checkpoint, timeout_s=timeout_s, gpu=gpu_name)
+    results: list[Measurement] = []
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"profiling {spec.name}",
+                                 total=len(configs) * (len(layers) if layers else 1))
+        for config in configs:
+            results.extend(_run(spec, config, layers=layers, options=options,
+                                progress=progress, task=task))
+    target = out or user_profiles_path()
+    ProfileStore([target]).append(target, results)
+    default_store.cache_clear()
+    if output_format == "json":
+        click.echo(json.dumps([to_jsonable(m) for m in results], indent=2, sort_keys=True))
+    else:
+        _render_table(results, note)
+    if note and output_format == "json":
+        click.echo(note, err=True)
+    click.echo(f"{len(results)} records appended to {target}", err=True)
+
+
+COMMANDS: list[click.Command] = [profile_command]

@@ -37,24 +37,29 @@ FIT_KERNEL_TIME_S = "kernel_time_s"  # median of CUDA-event time per step (GPU-s
 FIT_STEP_TIME_MEAN_S = "step_time_mean_s"
 FIT_STEP_TIME_STDEV_S = "step_time_stdev_s"
 
-# Device name (torch.cuda.get_device_name) substrings -> ftplan catalog GPU names; first match
-# wins, so the more specific entries come first.
+# Device name (torch.cuda.get_device_name) substrings -> ftplan catalog GPU names (catalog/data/
+# gpus.csv); first match wins, so the more specific entries come first.
 _DEVICE_TO_CATALOG: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("H100", "PCIe"), "H100 PCIe 80GB"),
-    (("H100", "NVL"), "H100 NVL 94GB"),
+    (("GH200",), "GH200"),
+    (("H100", "PCIE"), "H100 PCIe"),
+    (("H100", "NVL"), "H100 NVL"),
     (("H100",), "H100 SXM 80GB"),
-    (("H200",), "H200 SXM 141GB"),
+    (("H200",), "H200"),
+    (("B200",), "B200"),
     (("A100", "PCIE"), "A100 PCIe 80GB"),
     (("A100", "40GB"), "A100 SXM 40GB"),
     (("A100",), "A100 SXM 80GB"),
     (("A10G",), "A10G"),
+    (("A10",), "A10"),
     (("L40S",), "L40S"),
     (("L4",), "L4"),
     (("T4",), "T4"),
-    (("V100",), "V100"),
+    (("V100", "32GB"), "V100 32GB"),
+    (("V100",), "V100 16GB"),
     (("RTX 4090",), "RTX 4090"),
     (("RTX 3090",), "RTX 3090"),
-    (("B200",), "B200"),
+    (("RTX 6000 ADA",), "RTX 6000 Ada"),
+    (("RTX A6000",), "RTX A6000"),
 )
 
 
@@ -97,12 +102,8 @@ def parse_job(data: dict[str, Any]) -> Job:
     """
     model = data.get("model")
     if isinstance(model, str):
-        import catalog
+        from catalog import get_model
 
-        get_model = getattr(catalog, "get_model", None)
-        if get_model is None:
-            raise ValueError(f"model {model!r} given by name, but this ftplan has no catalog "
-                             f"lookup; pass the ModelSpec object instead")
         spec = get_model(model)
     else:
         spec = from_jsonable(ModelSpec, model)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from catalog import atomic_write_text, from_jsonable, to_jsonable
+from catalog import atomic_write_text, cache_dir, from_jsonable, to_jsonable
 from profiler._types import (
     ALL_LINEAR_MODULES,
     ATTENTION_MODULES,
@@ -29,7 +28,6 @@ from profiler._types import (
 
 SHIPPED_DATA_DIR = Path(__file__).resolve().parent / "data"
 USER_PROFILES_FILE = "profiles.jsonl"
-CACHE_DIR_ENV = "FTPLAN_CACHE_DIR"
 
 # Lower is preferred: a full-depth run beats a 2/4-layer fit, which beats the formula.
 _SOURCE_RANK = {Source.MEASURED: 0, Source.EXTRAPOLATED: 1, Source.ESTIMATED: 2}
@@ -37,15 +35,9 @@ _SOURCE_RANK = {Source.MEASURED: 0, Source.EXTRAPOLATED: 1, Source.ESTIMATED: 2}
 _Key = tuple[str, TuningConfig, str]
 
 
-def user_cache_dir() -> Path:
-    """The user's ftplan cache folder: ``$FTPLAN_CACHE_DIR`` or ``~/.cache/ftplan``."""
-    override = os.environ.get(CACHE_DIR_ENV)
-    return Path(override).expanduser() if override else Path.home() / ".cache" / "ftplan"
-
-
 def user_profiles_path() -> Path:
     """Where ``ftplan profile`` stores its records by default."""
-    return user_cache_dir() / USER_PROFILES_FILE
+    return cache_dir() / USER_PROFILES_FILE
 
 
 def canonical_config(config: TuningConfig) -> TuningConfig:
