@@ -1,0 +1,58 @@
+"""Supervisor of one local run: starts the training command with its output in ``train.log``,
+records the pid, and records the exit (succeeded / failed with the return code) in
+``status.json``. Started detached by :class:`runners.local.LocalRunner`.
+
+Usage: ``python -m runners._supervise RUN_DIR -- COMMAND...``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+
+from runners._types import RunState
+from runners.local import LOG_FILE, STATUS_FILE, _now, write_status
+
+
+def supervise(run_dir: Path, command: list[str]) -> int:
+    """Run ``command`` to completion, keeping ``status.json`` current; returns its exit code."""
+    status = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    with (run_dir / LOG_FILE).open("ab") as log:
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
+                                 stdin=subprocess.DEVNULL)
+
+        def forward(signum: int, _frame: FrameType | None) -> None:
+            child.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        status.update({"state": RunState.RUNNING.value, "pid": child.pid,
+                       "supervisor_pid": os.getpid()})
+        write_status(run_dir, status)
+        code = child.wait()
+    if code == 0:
+        state, detail = RunState.SUCCEEDED, ""
+    elif code < 0:
+        state, detail = RunState.STOPPED, f"killed by signal {-code}"
+    else:
+        state, detail = RunState.FAILED, f"exit code {code}; see {run_dir / LOG_FILE}"
+    status.update({"state": state.value, "returncode": code, "ended_at": _now(),
+                   "detail": detail})
+    write_status(run_dir, status)
+    return code
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3 or argv[1] != "--":
+        print("usage: python -m runners._supervise RUN_DIR -- COMMAND...", file=sys.stderr)
+        return 2
+    return supervise(Path(argv[0]), argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,383 @@
+"""Local runner: trains a LaunchSpec on this machine's GPUs (or CPU, for smoke runs).
+
+One GPU (or CPU): ``python -m runners.train ...``. Several GPUs: ``accelerate launch`` with a
+written accelerate config: FSDP full-shard for full fine-tuning, DDP for LoRA/QLoRA (DESIGN.md,
+"Cost, search, quality"). The training process runs under a small supervisor
+(``runners._supervise``) that writes its log and records the exit in ``status.json``, so
+``ftplan status RUN_ID`` works after the launching terminal is gone.
+
+A run folder ``<runs_dir>/<run_id>/`` holds ``launch.json`` (the spec), ``command.json``,
+``accelerate_config.yaml`` (several GPUs), ``train.log``, ``status.json`` and ``output/``
+(metrics.jsonl, checkpoints/, final/, summary.json).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from catalog import atomic_write_text
+from profiler import Method
+from runners._types import (
+    LaunchResult,
+    LaunchSpec,
+    RunnerError,
+    RunState,
+    RunStatus,
+    Target,
+    launch_spec_to_json,
+)
+
+DEFAULT_RUNS_DIR = Path("runs")
+STATUS_FILE = "status.json"
+LOG_FILE = "train.log"
+SPEC_FILE = "launch.json"
+ACCELERATE_CONFIG_FILE = "accelerate_config.yaml"
+OUTPUT_DIR = "output"
+# Free memory the CUDA context and the allocator's fragmentation take beyond peak allocated
+# memory; PyTorch's caching allocator typically reserves a few percent more than it allocates.
+# A coarse guard: the planner already sized the config against usable memory with headroom.
+CONTEXT_RESERVE_GIB = 1.0
+_GIB = 1024**3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostGPUs:
+    """The GPUs this machine has: one (name, total memory GiB) pair per device."""
+
+    devices: tuple[tuple[str, float], ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.devices)
+
+
+def probe_host_gpus() -> HostGPUs:
+    """This machine's GPUs via ``nvidia-smi``, else ``torch.cuda`` (imported only here)."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, check=True, timeout=30).stdout
+            devices = []
+            for line in out.strip().splitlines():
+                name, mib = (part.strip() for part in line.rsplit(",", 1))
+                devices.append((name, float(mib) / 1024))
+            return HostGPUs(devices=tuple(devices))
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+    try:
+        import torch
+    except ImportError:
+        return HostGPUs(devices=())
+    if not torch.cuda.is_available():
+        return HostGPUs(devices=())
+    return HostGPUs(devices=tuple(
+        (torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / _GIB)
+        for i in range(torch.cuda.device_count())))
+
+
+def new_run_id(spec: LaunchSpec, *, now: dt.datetime | None = None) -> str:
+    """``<model>-<method>-<UTC time>-<4 hex>``, safe as a folder name."""
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d-%H%M%S")
+    model = re.sub(r"[^a-z0-9]+", "-", spec.model.name.lower()).strip("-")
+    return f"{model}-{spec.config.method.value}-{stamp}-{secrets.token_hex(2)}"
+
+
+def accelerate_config_yaml(spec: LaunchSpec) -> str:
+    """The accelerate config for a multi-GPU run: FSDP full-shard for full FT, else DDP.
+
+    Mixed precision stays ``no``: the recipe applies its own autocast, exactly as measured.
+    FSDP wraps each decoder layer (accelerate reads the layer class from the model's
+    ``_no_split_modules``) and keeps original parameters so the recipe's optimizer maps over.
+    """
+    lines = [
+        "# Written by ftplan for this run.",
+        "compute_environment: LOCAL_MACHINE",
+        f"distributed_type: {'FSDP' if spec.config.method is Method.FULL else 'MULTI_GPU'}",
+        "mixed_precision: 'no'",
+        "downcast_bf16: 'no'",
+        f"num_processes: {spec.gpus_per_node}",
+        "num_machines: 1",
+        "machine_rank: 0",
+        "gpu_ids: all",
+        "rdzv_backend: static",
+        "same_network: true",
+        "use_cpu: false",
+        "main_training_function: main",
+    ]
+    if spec.config.method is Method.FULL:
+        lines += [
+            "fsdp_config:",
+            "  fsdp_version: 1",
+            "  fsdp_reshard_after_forward: FULL_SHARD",
+            "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP",
+            "  fsdp_backward_prefetch: BACKWARD_PRE",
+            "  fsdp_state_dict_type: FULL_STATE_DICT",
+            "  fsdp_use_orig_params: true",
+            "  fsdp_sync_module_states: true",
+            "  fsdp_cpu_ram_efficient_loading: false",
+            "  fsdp_offload_params: false",
+            f"  fsdp_activation_checkpointing: false  # the recipe's own: "
+            f"{str(spec.config.grad_checkpointing).lower()}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LocalRunner:
+    """Launch on this machine. See the module docstring for the layout of a run folder.
+
+    Args:
+        runs_dir: Folder holding one sub-folder per run.
+        python: Interpreter that runs the training (default: this one).
+        gpu_probe: Returns this machine's GPUs (injectable for tests).
+        echo: Where dry-run descriptions and followed logs are printed (None: silent).
+    """
+
+    target = Target.LOCAL
+
+    def __init__(self, *, runs_dir: str | Path = DEFAULT_RUNS_DIR, python: str = sys.executable,
+                 gpu_probe: Callable[[], HostGPUs] = probe_host_gpus,
+                 echo: TextIO | None = None) -> None:
+        self.runs_dir = Path(runs_dir)
+        self._python = python
+        self._probe = gpu_probe
+        self._echo = echo
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- building -------------------------------------------------------------------------
+    def command(self, spec: LaunchSpec, *, data: str, run_dir: Path,
+                resume: bool = False) -> tuple[str, ...]:
+        """The exact argv of the run (training under accelerate for several GPUs)."""
+        train_args = ["-m", "runners.train", "--spec", str(run_dir / SPEC_FILE), "--data", data,
+                      "--output-dir", str(run_dir / OUTPUT_DIR)]
+        if resume:
+            train_args.append("--resume")
+        if spec.device == "cuda" and spec.gpus_per_node > 1:
+            return (self._python, "-m", "accelerate.commands.launch", "--config_file",
+                    str(run_dir / ACCELERATE_CONFIG_FILE), *train_args)
+        return (self._python, *train_args)
+
+    def environment(self, spec: LaunchSpec) -> dict[str, str]:
+        """Extra environment variables of the run."""
+        code_root = str(Path(__file__).resolve().parent.parent)
+        env = {"PYTHONPATH": code_root, "PYTHONUNBUFFERED": "1",
+               "TOKENIZERS_PARALLELISM": "false"}
+        if spec.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        return env
+
+    def check_host(self, spec: LaunchSpec) -> list[str]:
+        """Refuse a run this machine cannot hold; returns warnings for softer mismatches.
+
+        Raises:
+            RunnerError: Several nodes, too few GPUs, or less GPU memory than the plan's peak.
+        """
+        if spec.nodes > 1:
+            raise RunnerError(
+                f"the plan uses {spec.nodes} nodes; the local runner drives one machine. "
+                "To fix: launch with --target sagemaker, or re-plan with one node")
+        if spec.device == "cpu":
+            return ["device=cpu: a smoke run; speed and memory say nothing about the GPU plan"]
+        host = self._probe()
+        need = spec.gpus_per_node
+        planned_gpu = spec.offer.gpu if spec.offer is not None else "GPU"
+        if host.count < need:
+            raise RunnerError(
+                f"the plan needs {need} × {planned_gpu} but this machine has {host.count} GPU(s)"
+                f"{' (' + ', '.join(n for n, _ in host.devices) + ')' if host.devices else ''}. "
+                "To fix: run on a machine with those GPUs, use --target sagemaker, or re-plan "
+                "with --provider local and the GPUs you have")
+        warnings: list[str] = []
+        peak = spec.expected_peak_allocated_gib
+        for index, (name, total_gib) in enumerate(host.devices[:need]):
+            if peak is not None and total_gib < peak + CONTEXT_RESERVE_GIB:
+                raise RunnerError(
+                    f"GPU {index} ({name}) has {total_gib:.1f} GiB but the plan's peak is "
+                    f"{peak:.1f} GiB per GPU (+{CONTEXT_RESERVE_GIB:.1f} GiB for the CUDA "
+                    "context). To fix: use the planned GPU, or re-plan for this one with "
+                    f"--gpu '{name}'")
+            if spec.offer is not None and spec.offer.gpu.lower() not in name.lower():
+                warnings.append(f"GPU {index} is {name}, the plan priced {spec.offer.gpu}: "
+                                "expect different speed")
+        return warnings
+
+    # -- Runner protocol ------------------------------------------------------------------
+    def launch(self, spec: LaunchSpec, *, data: str, dry_run: bool = False,
+               resume_run_id: str | None = None) -> LaunchResult:
+        """Start the run in the background (or only describe it with ``dry_run``).
+
+        Args:
+            spec: The run.
+            data: Local JSONL file.
+            dry_run: Print and return the command, environment and spec; start nothing.
+            resume_run_id: Continue that run (its folder, newest checkpoint) instead of a new one.
+
+        Raises:
+            RunnerError: If the data file is missing or the host lacks the planned GPUs/memory.
+        """
+        if not Path(data).exists():
+            raise RunnerError(f"data file {data!r} does not exist. To fix: pass --data with a "
+                              "JSONL file of 'text', 'prompt'/'completion' or 'messages' lines")
+        warnings = self.check_host(spec)
+        run_id = resume_run_id or new_run_id(spec)
+        run_dir = (self.runs_dir / run_id).resolve()
+        argv = self.command(spec, data=str(Path(data).resolve()), run_dir=run_dir,
+                            resume=resume_run_id is not None)
+        env = self.environment(spec)
+        spec_json = launch_spec_to_json(spec)
+        result = LaunchResult(run_id=run_id, target=Target.LOCAL, dry_run=dry_run,
+                              command=argv, env=tuple(sorted(env.items())),
+                              run_dir=str(run_dir), log_path=str(run_dir / LOG_FILE),
+                              spec_json=spec_json)
+        for warning in warnings:
+            self._say(f"warning: {warning}")
+        if dry_run:
+            self._say(describe(result))
+            return result
+        self._start(result, spec, env)
+        return result
+
+    def status(self, run_id: str) -> RunStatus:
+        """Read ``status.json``; a run whose processes vanished without an exit is failed.
+
+        Raises:
+            RunnerError: If there is no such run folder.
+        """
+        path = self.runs_dir / run_id / STATUS_FILE
+        if not path.is_file():
+            raise RunnerError(f"no local run {run_id!r} under {str(self.runs_dir)!r}. To fix: "
+                              "check the id printed by 'ftplan launch' (or pass --runs-dir)")
+        child = self._children.get(run_id)
+        if child is not None:
+            child.poll()  # reap a finished supervisor so its pid reads as gone
+        data = json.loads(path.read_text(encoding="utf-8"))
+        state = RunState(data["state"])
+        detail = data.get("detail", "")
+        supervisor = data.get("supervisor_pid")
+        if (not state.finished and supervisor is not None and not _pid_alive(int(supervisor))
+                and (child is None or child.returncode is not None)):
+            data = json.loads(path.read_text(encoding="utf-8"))  # it may have just finished
+            state = RunState(data["state"])
+            if not state.finished:
+                state, detail = RunState.FAILED, "the training process is gone (no exit recorded)"
+        progress = _progress(Path(data["log_path"]).parent / OUTPUT_DIR / "metrics.jsonl")
+        summary = Path(data["log_path"]).parent / OUTPUT_DIR / "summary.json"
+        return RunStatus(run_id=run_id, target=Target.LOCAL, state=state,
+                         detail="; ".join(x for x in (detail, progress) if x),
+                         started_at=data.get("started_at", ""), ended_at=data.get("ended_at", ""),
+                         log_path=data["log_path"], pid=data.get("pid"),
+                         summary_path=str(summary) if summary.is_file() else "")
+
+    def wait(self, run_id: str, *, poll_s: float = 2.0, follow: bool = True) -> RunStatus:
+        """Block until the run finishes, echoing new log lines when ``follow``."""
+        for line in self.follow(run_id, poll_s=poll_s):
+            if follow:
+                self._say(line)
+        return self.status(run_id)
+
+    def follow(self, run_id: str, *, poll_s: float = 2.0) -> Iterator[str]:
+        """Yield the run's log lines as they appear, until the run has finished."""
+        log_path = self.runs_dir / run_id / LOG_FILE
+        position = 0
+        while True:
+            finished = self.status(run_id).state.finished
+            if log_path.is_file():
+                with log_path.open(encoding="utf-8", errors="replace") as handle:
+                    handle.seek(position)
+                    chunk = handle.read()
+                    position = handle.tell()
+                yield from chunk.splitlines()
+            if finished:
+                return
+            time.sleep(poll_s)
+
+    # -- effects --------------------------------------------------------------------------
+    def _start(self, result: LaunchResult, spec: LaunchSpec, env: dict[str, str]) -> None:
+        run_dir = Path(result.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / SPEC_FILE, result.spec_json + "\n")
+        if spec.device == "cuda" and spec.gpus_per_node > 1:
+            atomic_write_text(run_dir / ACCELERATE_CONFIG_FILE, accelerate_config_yaml(spec))
+        atomic_write_text(run_dir / "command.json", json.dumps(
+            {"argv": list(result.command), "env": dict(result.env)}, indent=2) + "\n")
+        write_status(run_dir, {"run_id": result.run_id, "state": RunState.PENDING.value,
+                               "log_path": result.log_path, "started_at": _now(),
+                               "command": list(result.command)})
+        supervisor = [self._python, "-m", "runners._supervise", str(run_dir), "--",
+                      *result.command]
+        child = subprocess.Popen(  # noqa: S603 - argv built above, no shell
+            supervisor, env={**os.environ, **env}, cwd=str(run_dir),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # survives Ctrl-C in the launching terminal
+        self._children[result.run_id] = child
+        self._say(f"started run {result.run_id} (log: {result.log_path})")
+
+    def _say(self, text: str) -> None:
+        if self._echo is not None:
+            print(text, file=self._echo, flush=True)
+
+
+def write_status(run_dir: Path, data: dict[str, Any]) -> None:
+    """Atomically write ``status.json`` in ``run_dir``."""
+    atomic_write_text(run_dir / STATUS_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _progress(metrics: Path) -> str:
+    """``step N/M, loss L`` from the newest metrics line, or ``""``."""
+    if not metrics.is_file():
+        return ""
+    total = None
+    last: dict[str, Any] | None = None
+    for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("event") == "start":
+            total = record.get("total_steps")
+        elif record.get("event") == "step":
+            last = record
+    if last is None:
+        return ""
+    return f"step {last['step']}/{total}, loss {last['loss']:.4f}"
+
+
+def describe(result: LaunchResult) -> str:
+    """Human-readable dry run: the command, its environment and the spec."""
+    import shlex
+
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in result.env)
+    return "\n".join([
+        f"run id:  {result.run_id}",
+        f"run dir: {result.run_dir}",
+        f"command: {env} {shlex.join(result.command)}",
+        "launch spec:",
+        result.spec_json,
+    ])
