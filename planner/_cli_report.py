@@ -1,7 +1,51 @@
-"""CLI commands: report (to be written)."""
+"""CLI command: ``ftplan report`` re-renders a saved plan as HTML or markdown."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from catalog import atomic_write_text
+
+_FORMATS = ("html", "md")
+
+
+@click.command("report")
+@click.argument("plan_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(_FORMATS), default="html", show_default=True,
+              help="html: one self-contained file with charts (opens offline); md: GitHub "
+                   "markdown tables.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False),
+              default=None,
+              help="File to write. Default: next to PLAN_FILE with the format's suffix "
+                   "(.html or .md). Use '-' to print to stdout.")
+def report(plan_file: Path, fmt: str, out_path: Path | None) -> None:
+    """Render a plan written by 'ftplan recommend' (reports/<slug>.json) as HTML or markdown.
+
+    \b
+    Examples:
+      ftplan report reports/llama2-7b-200usd-3f9a1c2e.json
+      ftplan report reports/llama2-7b-200usd-3f9a1c2e.json --format md --out plan.md
+      ftplan report reports/llama2-7b-200usd-3f9a1c2e.json --format md --out -
+    """
+    from planner.plan_io import read_plan
+
+    plan = read_plan(plan_file)
+    if fmt == "html":
+        from planner.report_html import render_html
+
+        text = render_html(plan)
+    else:
+        from planner.report_md import render_markdown
+
+        text = render_markdown(plan)
+    if out_path is not None and str(out_path) == "-":
+        click.echo(text, nl=False)
+        return
+    target = out_path if out_path is not None else plan_file.with_suffix(f".{fmt}")
+    written = atomic_write_text(target, text)
+    click.echo(f"wrote {written}")
+
+
+COMMANDS: list[click.Command] = [report]

@@ -1,0 +1,295 @@
+"""The plan as one self-contained HTML file: tables, two plotly charts, inline CSS and plotly.js.
+
+The file opens offline (plotly.js is embedded once, inline; nothing is fetched from a URL). The
+template is rendered by jinja2 with autoescaping on, so every user- or catalog-supplied string
+is escaped; chart data goes in as JSON with ``<``, ``>`` and ``&`` written as ``\\u003c`` etc.,
+so it cannot close its ``<script>`` element. jinja2 and plotly are imported only here, lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from planner._types import Candidate, Plan
+from planner.reports import (
+    candidate_rows,
+    candidate_status,
+    fmt_gib,
+    fmt_hours,
+    fmt_tokens,
+    fmt_usd,
+    fmt_usd_per_hour,
+    gpu_label,
+    memory_candidates,
+    memory_used_gib,
+    offer_label,
+    offers_in,
+    risk_rows,
+    source_counts,
+    source_rows,
+)
+from profiler import Method
+
+if TYPE_CHECKING:
+    import jinja2
+
+TEMPLATE_NAME = "report.html.j2"
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+_METHOD_NAMES = {Method.FULL: "Full fine-tuning", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
+# Okabe & Ito (2008) colour-blind-safe palette, one colour per method.
+_METHOD_COLOURS = {Method.FULL: "#D55E00", Method.LORA: "#0072B2", Method.QLORA: "#009E73"}
+_COMPONENTS = (
+    ("weights_gib", "weights", "#0072B2"),
+    ("gradients_gib", "gradients", "#E69F00"),
+    ("optimizer_gib", "optimizer states", "#CC79A7"),
+    ("activations_gib", "activations", "#009E73"),
+    ("logits_gib", "logits", "#D55E00"),
+    ("overhead_gib", "overhead", "#999999"),
+)
+
+
+def _bytecode_cache_dir() -> Path:
+    """Compiled templates live in the ftplan user cache (``$FTPLAN_CACHE_DIR`` or
+    ``~/.cache/ftplan``), so later runs skip jinja2's ~60 ms compile."""
+    configured = os.environ.get("FTPLAN_CACHE_DIR")
+    root = Path(configured).expanduser() if configured else Path.home() / ".cache" / "ftplan"
+    return root / "templates"
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    import jinja2
+    import jinja2.bccache
+
+    class _BestEffortBytecodeCache(jinja2.bccache.FileSystemBytecodeCache):
+        """A cache that never fails a report: an unwritable cache folder just means no cache."""
+
+        def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+            with contextlib.suppress(OSError):
+                super().dump_bytecode(bucket)
+
+    cache: jinja2.BytecodeCache | None = None
+    try:
+        folder = _bytecode_cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        cache = _BestEffortBytecodeCache(str(folder))
+    except OSError:
+        cache = None
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,  # every {{ value }} is HTML-escaped unless marked safe here
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        bytecode_cache=cache,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _plotly_js() -> str:
+    """plotly.js (minified) from the installed plotly package, embedded once per report.
+
+    Read straight from plotly's package data (what ``plotly.offline.get_plotlyjs`` returns),
+    which skips ~60 ms of importing plotly; falls back to plotly's own function.
+    """
+    from importlib import resources
+
+    try:
+        bundled = resources.files("plotly") / "package_data" / "plotly.min.js"
+        return bundled.read_text(encoding="utf-8")
+    except (FileNotFoundError, ModuleNotFoundError, NotADirectoryError):
+        from plotly.offline import get_plotlyjs
+
+        return get_plotlyjs()
+
+
+def script_json(value: Any) -> str:
+    """JSON safe to place inside a ``<script>`` element (no ``</script>``, no ``<!--``)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _chart_text(text: str) -> str:
+    """plotly.js reads a few HTML tags in labels; entities make user text show literally."""
+    return html.escape(text, quote=False)
+
+
+def _hover(cand: Candidate) -> str:
+    return "<br>".join(_chart_text(line) for line in (
+        cand.config.label(), f"{gpu_label(cand)}: {offer_label(cand.offer)}",
+        f"{fmt_hours(cand.cost.hours)}, {fmt_usd(cand.cost.usd)}", candidate_status(cand)))
+
+
+def cost_time_figure(plan: Plan) -> dict[str, Any]:
+    """Scatter of every candidate's hours (x, log) vs USD (y), the Pareto front, the chosen
+    candidate, the budget line and, when set, the deadline line."""
+    traces: list[dict[str, Any]] = []
+    for method in Method:
+        for feasible in (True, False):
+            group = [c for c in plan.ranked
+                     if c.config.method is method and c.feasible is feasible]
+            if not group:
+                continue
+            traces.append({
+                "type": "scatter", "mode": "markers",
+                "name": f"{_METHOD_NAMES[method]}{'' if feasible else ' (infeasible)'}",
+                "x": [c.cost.hours for c in group], "y": [c.cost.usd for c in group],
+                "text": [_hover(c) for c in group], "hoverinfo": "text",
+                "marker": {"color": _METHOD_COLOURS[method], "size": 11 if feasible else 10,
+                           "symbol": "circle" if feasible else "x-open",
+                           "line": {"width": 1, "color": "#ffffff"} if feasible else {}},
+            })
+    if plan.pareto:
+        front = sorted(plan.pareto, key=lambda c: (c.cost.hours, c.cost.usd))
+        traces.append({
+            "type": "scatter", "mode": "lines+markers", "name": "Pareto front",
+            "x": [c.cost.hours for c in front], "y": [c.cost.usd for c in front],
+            "text": [_hover(c) for c in front], "hoverinfo": "text",
+            "line": {"color": "#222222", "width": 2, "dash": "dot"},
+            "marker": {"size": 16, "symbol": "circle-open", "color": "#222222",
+                       "line": {"width": 2}},
+        })
+    if plan.chosen is not None:
+        traces.append({
+            "type": "scatter", "mode": "markers", "name": "recommended",
+            "x": [plan.chosen.cost.hours], "y": [plan.chosen.cost.usd],
+            "text": [_hover(plan.chosen)], "hoverinfo": "text",
+            "marker": {"size": 22, "symbol": "star", "color": "#F0E442",
+                       "line": {"width": 1.5, "color": "#222222"}},
+        })
+    budget = plan.budget
+    shapes: list[dict[str, Any]] = [{
+        "type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
+        "y0": budget.max_usd, "y1": budget.max_usd,
+        "line": {"color": "#B00020", "width": 2, "dash": "dash"},
+    }]
+    annotations: list[dict[str, Any]] = [{
+        "xref": "paper", "x": 0, "xanchor": "left", "yref": "y", "y": budget.max_usd,
+        "yanchor": "bottom", "showarrow": False, "font": {"color": "#B00020"},
+        "text": f"budget {fmt_usd(budget.max_usd)}",
+    }]
+    if budget.max_hours is not None:
+        # On a log axis plotly.js places annotations in log10 units (shapes in data units).
+        deadline_x = math.log10(budget.max_hours)
+        shapes.append({
+            "type": "line", "yref": "paper", "y0": 0, "y1": 1, "xref": "x",
+            "x0": budget.max_hours, "x1": budget.max_hours,
+            "line": {"color": "#6A3D9A", "width": 2, "dash": "dash"},
+        })
+        annotations.append({
+            "yref": "paper", "y": 1, "yanchor": "bottom", "xref": "x", "x": deadline_x,
+            "xanchor": "right", "showarrow": False, "font": {"color": "#6A3D9A"},
+            "text": f"deadline {fmt_hours(budget.max_hours)}",
+        })
+    layout = {
+        "xaxis": {"title": {"text": "wall-clock hours (log scale)"}, "type": "log",
+                  "zeroline": False},
+        "yaxis": {"title": {"text": "total cost, USD"}, "rangemode": "tozero",
+                  "tickprefix": "$"},
+        "shapes": shapes, "annotations": annotations,
+        "legend": {"orientation": "h", "y": -0.2}, "hovermode": "closest",
+        "margin": {"l": 70, "r": 20, "t": 30, "b": 40}, "height": 440,
+        "paper_bgcolor": "#ffffff", "plot_bgcolor": "#fafafa",
+    }
+    return {"data": traces, "layout": layout}
+
+
+def memory_figure(plan: Plan) -> dict[str, Any]:
+    """Stacked bars of each method's best candidate's per-GPU memory by component, with the
+    GPU's usable memory marked on each bar."""
+    cands = memory_candidates(plan)
+    labels = [f"{_chart_text(c.config.method.value)} {_chart_text(c.config.precision.value)}"
+              f"<br>{_chart_text(gpu_label(c))}{'' if c.fits else '<br>(does not fit)'}"
+              for c in cands]
+    traces: list[dict[str, Any]] = []
+    for field, name, colour in _COMPONENTS:
+        values = [getattr(c.measurement.breakdown, field) if c.measurement.breakdown else None
+                  for c in cands]
+        if all(v is None for v in values):
+            continue
+        traces.append({"type": "bar", "name": name, "x": labels, "y": values,
+                       "marker": {"color": colour},
+                       "hovertemplate": f"{name}: %{{y:.2f}} GiB<extra></extra>"})
+    unsplit = [c.measurement.peak_allocated_gib if c.measurement.breakdown is None else None
+               for c in cands]
+    if any(v is not None for v in unsplit):
+        traces.append({"type": "bar", "name": "peak (no breakdown)", "x": labels, "y": unsplit,
+                       "marker": {"color": "#56B4E9"},
+                       "hovertemplate": "peak: %{y:.2f} GiB<extra></extra>"})
+    traces.append({
+        "type": "scatter", "mode": "markers", "name": "usable GPU memory", "x": labels,
+        "y": [c.usable_memory_gib for c in cands],
+        "marker": {"symbol": "line-ew-open", "size": 70, "color": "#B00020",
+                   "line": {"width": 3, "color": "#B00020"}},
+        "hovertemplate": "usable: %{y:.2f} GiB<extra></extra>",
+    })
+    layout = {
+        "barmode": "stack", "yaxis": {"title": {"text": "GiB per GPU"}, "rangemode": "tozero"},
+        "xaxis": {"tickangle": 0, "tickfont": {"size": 11}, "automargin": True},
+        "legend": {"orientation": "h", "y": -0.3}, "height": 440,
+        "margin": {"l": 70, "r": 20, "t": 30, "b": 40},
+        "paper_bgcolor": "#ffffff", "plot_bgcolor": "#fafafa",
+    }
+    return {"data": traces, "layout": layout}
+
+
+def _verdicts(plan: Plan) -> list[dict[str, Any]]:
+    return [{
+        "method": _METHOD_NAMES.get(v.method, v.method.value),
+        "best": None if v.best is None else (
+            f"{v.best.config.label()} on {gpu_label(v.best)} ({offer_label(v.best.offer)})"),
+        "usd": None if v.best is None else fmt_usd(v.best.cost.usd),
+        "hours": None if v.best is None else fmt_hours(v.best.cost.hours),
+        "reason": v.reason,
+        "chosen": plan.chosen is not None and v.best is not None
+        and v.best.config.method is plan.chosen.config.method,
+    } for v in plan.verdicts]
+
+
+def _memory_rows(plan: Plan) -> list[dict[str, Any]]:
+    rows = []
+    for c in memory_candidates(plan):
+        bd = c.measurement.breakdown
+        rows.append({
+            "label": f"{c.config.label()} on {gpu_label(c)}",
+            "parts": ["n/a"] * 6 if bd is None else [
+                f"{getattr(bd, f):,.2f}" for f, _, _ in _COMPONENTS],
+            "allocated": fmt_gib(c.measurement.peak_allocated_gib),
+            "reserved": fmt_gib(c.measurement.peak_reserved_gib),
+            "usable": fmt_gib(c.usable_memory_gib),
+        })
+    return rows
+
+
+def render_html(plan: Plan) -> str:
+    """The whole report as one HTML document that needs no network to display."""
+    chosen = plan.chosen
+    context = {
+        "plan": plan,
+        "budget": plan.budget,
+        "chosen": chosen,
+        "chosen_gpus": None if chosen is None else gpu_label(chosen),
+        "chosen_offer": None if chosen is None else offer_label(chosen.offer),
+        "chosen_memory": None if chosen is None else fmt_gib(memory_used_gib(chosen.measurement)),
+        "fmt_usd": fmt_usd, "fmt_hours": fmt_hours, "fmt_gib": fmt_gib,
+        "fmt_tokens": fmt_tokens, "fmt_usd_per_hour": fmt_usd_per_hour,
+        "rows": candidate_rows(plan),
+        "verdicts": _verdicts(plan),
+        "memory_rows": _memory_rows(plan),
+        "components": [name for _, name, _ in _COMPONENTS],
+        "risks": risk_rows(plan),
+        "sources": source_rows(plan),
+        "source_counts": source_counts(plan),
+        "offers": [(offer_label(o), o) for o in offers_in(plan)],
+        "plotly_js": _plotly_js(),
+        "figures_json": script_json({"cost-time": cost_time_figure(plan),
+                                     "memory": memory_figure(plan)}),
+    }
+    return _environment().get_template(TEMPLATE_NAME).render(**context)

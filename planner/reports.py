@@ -1,0 +1,279 @@
+"""Reports a person reads: ``<slug>.md``, a self-contained ``<slug>.html`` and the ``<slug>.json``
+plan they were made from.
+
+:func:`write_reports` is called at the end of ``ftplan recommend``; ``ftplan report`` re-renders
+one format from a plan file. This module also holds the pure row builders both renderers share,
+so the markdown and the HTML always say the same thing. Rendering imports jinja2 and plotly only
+when it runs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from catalog import Offer, atomic_write_text
+from planner._types import Candidate, Plan, RiskLevel
+from planner.plan_io import write_plan
+from profiler import Measurement, Method
+
+_SLUG_UNSAFE = re.compile(r"[^a-z0-9._-]+")
+_SLUG_MAX_CHARS = 100
+_METHOD_ORDER = {Method.FULL: 0, Method.LORA: 1, Method.QLORA: 2}
+_RISK_ORDER = {RiskLevel.HIGH: 0, RiskLevel.MEDIUM: 1, RiskLevel.LOW: 2}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportPaths:
+    """Where :func:`write_reports` put the three files of one plan."""
+
+    markdown: Path
+    html: Path
+    json: Path
+
+
+def _sanitize(text: str) -> str:
+    """Lower-case ``text`` and keep only ``[a-z0-9._-]``; no leading dots, no ``..``."""
+    cleaned = _SLUG_UNSAFE.sub("-", text.strip().lower())
+    cleaned = re.sub(r"\.{2,}", ".", cleaned)
+    cleaned = re.sub(r"-{2,}", "-", cleaned)
+    return cleaned.strip(".-_")
+
+
+def report_slug(model: str, budget_usd: float, inputs_hash: str) -> str:
+    """File-name stem for a plan's reports, e.g. ``llama2-7b-200usd-3f9a1c2e``.
+
+    Only ``[a-z0-9._-]`` survive, so any model name (``../x``, ``<script>``) gives a plain file
+    name inside the reports folder, never a path.
+
+    Args:
+        model: The model name as the user typed it.
+        budget_usd: The budget in USD.
+        inputs_hash: A hash of the recommend inputs (first 8 safe characters are used).
+    """
+    budget = f"{budget_usd:.2f}".rstrip("0").rstrip(".")
+    model_part = _sanitize(model)[:_SLUG_MAX_CHARS] or "model"
+    hash_part = _sanitize(inputs_hash)[:8]
+    parts = [model_part, f"{_sanitize(budget) or '0'}usd"] + ([hash_part] if hash_part else [])
+    return "-".join(parts)
+
+
+def write_reports(plan: Plan, out_dir: Path, *, slug: str) -> ReportPaths:
+    """Write ``<out_dir>/<slug>.md``, ``.html`` and ``.json``, each atomically.
+
+    Args:
+        plan: The plan to report.
+        out_dir: Folder for the reports (created if missing).
+        slug: File-name stem, normally from :func:`report_slug`.
+
+    Raises:
+        ValueError: If ``slug`` is not a plain ``[a-z0-9._-]`` file-name stem.
+    """
+    from planner.report_html import render_html
+    from planner.report_md import render_markdown
+
+    if not slug or _sanitize(slug) != slug:
+        raise ValueError(
+            f"report slug {slug!r} is not a safe file name: use report_slug(...) to build one "
+            "(only a-z, 0-9, '.', '_' and '-')"
+        )
+    folder = Path(out_dir)
+    json_path = write_plan(plan, folder / f"{slug}.json")
+    md_path = atomic_write_text(folder / f"{slug}.md", render_markdown(plan))
+    html_path = atomic_write_text(folder / f"{slug}.html", render_html(plan))
+    return ReportPaths(markdown=md_path, html=html_path, json=json_path)
+
+
+# --- shared, pure row builders ------------------------------------------------------------------
+
+def fmt_usd(usd: float) -> str:
+    """``$1,234.56``."""
+    return f"${usd:,.2f}"
+
+
+def fmt_usd_per_hour(usd_per_hour: float) -> str:
+    """A price per hour with its catalog precision: ``$0.3879``, ``$98.32``."""
+    if usd_per_hour >= 100:
+        return f"${usd_per_hour:,.2f}"
+    return f"${usd_per_hour:.4g}"
+
+
+def fmt_hours(hours: float) -> str:
+    """Hours with one decimal (two below 1 h), e.g. ``4.1 h``."""
+    return f"{hours:.2f} h" if hours < 1 else f"{hours:,.1f} h"
+
+
+def fmt_gib(gib: float | None) -> str:
+    """``16.96 GiB`` or ``n/a``."""
+    return "n/a" if gib is None else f"{gib:,.2f} GiB"
+
+
+def fmt_tokens(tokens: float) -> str:
+    """``50,000,000``."""
+    return f"{tokens:,.0f}"
+
+
+def gpu_label(candidate: Candidate) -> str:
+    """GPU type × count over all nodes, e.g. ``8× H100 SXM 80GB``."""
+    return f"{candidate.config.gpu_count}× {candidate.offer.gpu}"
+
+
+def offer_label(offer: Offer) -> str:
+    """``aws ec2 g6.xlarge, us-east-1, spot``."""
+    kind = "spot" if offer.spot else "on-demand"
+    return (f"{offer.provider.value} {offer.service} {offer.instance_type}, {offer.region}, "
+            f"{kind}")
+
+
+def memory_used_gib(measurement: Measurement) -> float | None:
+    """The per-GPU figure compared with usable memory: reserved if known, else allocated."""
+    if measurement.peak_reserved_gib is not None:
+        return measurement.peak_reserved_gib
+    return measurement.peak_allocated_gib
+
+
+def candidate_status(candidate: Candidate) -> str:
+    """``feasible`` or the constraints the candidate breaks, e.g. ``does not fit``."""
+    problems = []
+    if not candidate.fits:
+        problems.append("does not fit")
+    if not candidate.within_budget:
+        problems.append("over budget")
+    if not candidate.within_deadline:
+        problems.append("over deadline")
+    return ", ".join(problems) if problems else "feasible"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CandidateRow:
+    """One line of the candidates table, already formatted (units in the strings)."""
+
+    rank: int
+    method: str
+    config: str
+    gpus: str
+    offer: str
+    usd_per_hour: str
+    hours: str
+    usd: str
+    peak_memory: str
+    usable_memory: str
+    status: str
+    risk: str
+    source: str
+    chosen: bool
+    pareto: bool
+
+
+def candidate_rows(plan: Plan) -> list[CandidateRow]:
+    """The plan's ranked candidates, in the plan's order, as formatted rows."""
+    pareto_keys = {_candidate_key(c) for c in plan.pareto}
+    chosen_key = _candidate_key(plan.chosen) if plan.chosen is not None else None
+    rows = []
+    for rank, cand in enumerate(plan.ranked, start=1):
+        key = _candidate_key(cand)
+        rows.append(CandidateRow(
+            rank=rank, method=cand.config.method.value, config=cand.config.label(),
+            gpus=gpu_label(cand), offer=offer_label(cand.offer),
+            usd_per_hour=fmt_usd_per_hour(cand.cost.usd_per_hour),
+            hours=fmt_hours(cand.cost.hours),
+            usd=fmt_usd(cand.cost.usd), peak_memory=fmt_gib(memory_used_gib(cand.measurement)),
+            usable_memory=fmt_gib(cand.usable_memory_gib), status=candidate_status(cand),
+            risk=cand.risk_level.value, source=cand.measurement.source.value,
+            chosen=key == chosen_key, pareto=key in pareto_keys))
+    return rows
+
+
+def _candidate_key(candidate: Candidate) -> tuple[str, str, int]:
+    return (candidate.config.label(), candidate.offer.key, candidate.nodes)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RiskRow:
+    """A quality risk of a method's best candidate, with its source."""
+
+    method: str
+    level: str
+    message: str
+    source: str
+
+
+def risk_rows(plan: Plan) -> list[RiskRow]:
+    """Risks of the chosen candidate and of each method's best, deduplicated and sorted by
+    method, then severity (high first), then text."""
+    seen: set[tuple[str, str, str]] = set()
+    items = []
+    bests = [plan.chosen] + [v.best for v in plan.verdicts]
+    for cand in bests:
+        if cand is None:
+            continue
+        for risk in cand.risks:
+            key = (cand.config.method.value, risk.message, risk.source)
+            if key in seen:
+                continue
+            seen.add(key)
+            items.append((_METHOD_ORDER.get(cand.config.method, 9), _RISK_ORDER[risk.level],
+                          RiskRow(method=cand.config.method.value, level=risk.level.value,
+                                  message=risk.message, source=risk.source)))
+    items.sort(key=lambda t: (t[0], t[1], t[2].message))
+    return [row for _, _, row in items]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceRow:
+    """Where one memory/speed figure in the plan came from."""
+
+    config: str
+    gpu: str
+    source: str
+    device: str
+    versions: str
+    date: str
+    method: str
+    notes: str
+
+
+def source_rows(plan: Plan) -> list[SourceRow]:
+    """Distinct measurements behind the ranked candidates, sorted by source then config."""
+    rows = {}
+    for cand in plan.ranked:
+        m = cand.measurement
+        prov = m.provenance
+        row = SourceRow(
+            config=m.config.label(), gpu=m.gpu, source=m.source.value, device=prov.device,
+            versions=", ".join(f"{name} {version}" for name, version in sorted(prov.versions)),
+            date=prov.date, method=prov.method, notes=prov.notes)
+        rows[(row.source, row.config, row.gpu, row.device, row.date)] = row
+    return [rows[k] for k in sorted(rows)]
+
+
+def offers_in(plan: Plan) -> list[Offer]:
+    """Distinct offers priced in the plan, sorted by their key."""
+    offers = {c.offer.key: c.offer for c in plan.ranked}
+    return [offers[k] for k in sorted(offers)]
+
+
+def memory_candidates(plan: Plan) -> list[Candidate]:
+    """The chosen candidate, each method's best and each method's cheapest candidate that does
+    not fit in memory (it shows why the method needs bigger GPUs), deduplicated, ordered
+    full/lora/qlora then by cost."""
+    picked: dict[tuple[str, str, int], Candidate] = {}
+    for cand in [plan.chosen] + [v.best for v in plan.verdicts]:
+        if cand is not None:
+            picked.setdefault(_candidate_key(cand), cand)
+    for method in Method:
+        too_big = [c for c in plan.ranked if c.config.method is method and not c.fits]
+        if too_big:
+            cheapest = min(too_big, key=lambda c: c.cost.usd)
+            picked.setdefault(_candidate_key(cheapest), cheapest)
+    return sorted(picked.values(),
+                  key=lambda c: (_METHOD_ORDER.get(c.config.method, 9), c.cost.usd))
+
+
+def source_counts(plan: Plan) -> dict[str, int]:
+    """How many ranked candidates rest on measured, extrapolated and estimated figures."""
+    counts = {"measured": 0, "extrapolated": 0, "estimated": 0}
+    for cand in plan.ranked:
+        counts[cand.measurement.source.value] = counts.get(cand.measurement.source.value, 0) + 1
+    return counts
