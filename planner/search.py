@@ -1,0 +1,545 @@
+"""Search: finds the cheapest feasible (config, offer, nodes) with an optuna study.
+
+The space is method × LoRA rank × targets × precision × optimizer × micro-batch × gradient
+checkpointing × GPU type × GPUs per node × nodes × offer. optuna chooses the *structural* cell
+(method variant × hardware) and each cell's inner dimensions are solved exactly (micro-batches
+in increasing order until one runs out of memory, the cheapest offer of the hardware, the
+smallest LoRA rank the quality policy accepts). Constraints (memory, budget, deadline, quality)
+are set with optuna's ``Trial.set_constraint`` (each value ≤ 0 means satisfied), never as
+penalties. :func:`exhaustive_search` walks the same space point by point for tests and the regret
+benchmark. optuna itself is imported only inside :func:`search`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from catalog import GPU, ModelSpec, Offer
+from planner._types import Budget, Candidate
+from planner.cost import (
+    SpotAssumptions,
+    StartupAssumptions,
+    checkpoint_gib,
+    estimate_cost,
+    weights_download_gib,
+)
+from planner.quality import accepted, assess_quality, suggested_learning_rate
+from profiler import (
+    TARGETS_ALL_LINEAR,
+    TARGETS_ATTENTION,
+    Measurement,
+    Method,
+    OptimizerKind,
+    Precision,
+    Sharding,
+    Status,
+    TuningConfig,
+)
+
+if TYPE_CHECKING:
+    import optuna
+
+EstimateFn = Callable[..., Measurement]
+"""``estimate(spec, config, gpu, *, nodes, inter_node_gbps) -> Measurement`` (profiler)."""
+LookupFn = Callable[[str, TuningConfig, str], "Measurement | None"]
+"""``lookup(model_name, config, gpu_name)``: a stored measured/extrapolated profile or None."""
+FitsFn = Callable[[float, GPU], bool]
+"""``fits(peak_reserved_gib, gpu)``: whether a per-GPU peak fits the card (with headroom)."""
+
+# Tokens per optimizer step that gradient accumulation aims for: 128 Ki tokens (64 sequences of
+# 2048), in the 64 Ki–1 Mi range common for SFT recipes. A step that already exceeds it runs with
+# one accumulation step; above 1 Mi tokens quality.py flags LoRA's large-batch risk.
+GLOBAL_BATCH_TARGET_TOKENS = 131_072
+# Bytes per parameter of the weights alone, used to prune hardware that cannot even hold them:
+# bf16 (2) for LoRA and pure-bf16 full FT, fp32 (4) for bf16-mixed full FT, NF4 with double
+# quantization ≈ 0.52 B/param for QLoRA (Dettmers et al., 2023: 4.127 bits per parameter).
+_WEIGHT_BYTES = {Method.LORA: 2.0, Method.QLORA: 0.52}
+_GIB = 1024**3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchSpace:
+    """The values each dimension may take."""
+
+    methods: tuple[Method, ...] = (Method.FULL, Method.LORA, Method.QLORA)
+    lora_ranks: tuple[int, ...] = (8, 16, 32, 64, 128)
+    lora_targets: tuple[str, ...] = (TARGETS_ALL_LINEAR, TARGETS_ATTENTION)
+    full_precisions: tuple[Precision, ...] = (Precision.BF16_MIXED, Precision.BF16)
+    optimizers: tuple[OptimizerKind, ...] = (OptimizerKind.ADAMW, OptimizerKind.ADAMW_8BIT)
+    micro_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    grad_checkpointing: tuple[bool, ...] = (False, True)
+    node_counts: tuple[int, ...] = (1, 2, 4, 8)
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("the search space needs at least one method")
+        if any(b <= 0 for b in self.micro_batches) or not self.micro_batches:
+            raise ValueError(f"micro-batches must be > 0, got {self.micro_batches}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchProblem:
+    """Everything the search needs, as values: the model, the job, the offers and assumptions.
+
+    ``gpus`` maps each offer's ``gpu`` name to its :class:`GPU`.
+    """
+
+    spec: ModelSpec
+    budget: Budget
+    seq_len: int
+    offers: tuple[Offer, ...]
+    gpus: Mapping[str, GPU]
+    space: SearchSpace = field(default_factory=SearchSpace)
+    spot: SpotAssumptions = field(default_factory=SpotAssumptions)
+    startup: StartupAssumptions = field(default_factory=StartupAssumptions)
+
+    def fingerprint(self) -> str:
+        """Short hash of the inputs, used to name a stored optuna study."""
+        text = repr((self.spec.name, self.budget, self.seq_len,
+                     sorted(o.key for o in self.offers), self.space, self.spot, self.startup))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Variant:
+    """The method-level structural choice: method plus targets (LoRA) or precision (full)."""
+
+    method: Method
+    precision: Precision
+    targets: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.method.value}/{self.targets or self.precision.value}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hardware:
+    """The hardware-level structural choice: GPU type × GPUs per node × nodes, and its offers."""
+
+    gpu: GPU
+    gpus_per_node: int
+    nodes: int
+    offers: tuple[Offer, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.gpu.name}|x{self.gpus_per_node}|n{self.nodes}"
+
+    @property
+    def gpu_count(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchResult:
+    """What a search found. ``candidates`` holds every priced point, sorted by
+    (feasible first, USD, hours, instance type, offer key, config label)."""
+
+    candidates: tuple[Candidate, ...]
+    sampler: str
+    trials: int
+    evaluated: int
+    storage: str | None = None
+
+    @property
+    def feasible(self) -> tuple[Candidate, ...]:
+        return tuple(c for c in self.candidates if c.feasible)
+
+    @property
+    def best(self) -> Candidate | None:
+        feasible = self.feasible
+        return feasible[0] if feasible else None
+
+
+def sort_key(candidate: Candidate) -> tuple[Any, ...]:
+    """Explicit, total ranking key: feasible first, then USD, hours and names."""
+    return (not candidate.feasible, round(candidate.cost.usd, 6), round(candidate.cost.hours, 6),
+            candidate.offer.instance_type, candidate.offer.key, candidate.nodes,
+            candidate.config.label())
+
+
+def default_fits(peak_reserved_gib: float, gpu: GPU) -> bool:
+    """Fits with the profiler's rule when available (headroom included), else ≤ usable memory."""
+    try:
+        from profiler import memory_fits  # type: ignore[attr-defined]
+    except ImportError:  # the estimator module is optional for pure tests
+        return peak_reserved_gib <= gpu.usable_memory_gib
+    return bool(memory_fits(peak_reserved_gib, gpu))
+
+
+class Evaluator:
+    """Prices configs on hardware, caching every estimator call and quality assessment."""
+
+    def __init__(self, problem: SearchProblem, *, estimate: EstimateFn,
+                 lookup: LookupFn | None = None, fits: FitsFn = default_fits) -> None:
+        self.problem = problem
+        self._estimate = estimate
+        self._lookup = lookup
+        self._fits = fits
+        self._measurements: dict[tuple[Any, ...], Measurement] = {}
+        self._risks: dict[tuple[Any, ...], Any] = {}
+        self.estimator_calls = 0
+
+    def variants(self) -> tuple[Variant, ...]:
+        """Method variants of the space, respecting bf16 support later per GPU."""
+        space = self.problem.space
+        out: list[Variant] = []
+        for method in space.methods:
+            if method is Method.FULL:
+                out += [Variant(method=method, precision=p) for p in space.full_precisions]
+            else:
+                out += [Variant(method=method, precision=Precision.BF16_MIXED, targets=t)
+                        for t in space.lora_targets]
+        return tuple(out)
+
+    def hardware(self) -> tuple[Hardware, ...]:
+        """Hardware cells: (GPU, GPUs per node, nodes) with their offers, in a stable order."""
+        groups: dict[tuple[str, int], list[Offer]] = {}
+        for offer in self.problem.offers:
+            groups.setdefault((offer.gpu, offer.gpu_count), []).append(offer)
+        cells: list[Hardware] = []
+        for (gpu_name, count), offers in sorted(groups.items()):
+            gpu = self.problem.gpus[gpu_name]
+            for nodes in self.problem.space.node_counts:
+                usable = tuple(o for o in offers if o.max_nodes >= nodes)
+                if usable:
+                    cells.append(Hardware(gpu=gpu, gpus_per_node=count, nodes=nodes,
+                                          offers=tuple(sorted(usable, key=lambda o: o.key))))
+        return tuple(cells)
+
+    def can_hold_weights(self, variant: Variant, hw: Hardware) -> bool:
+        """False when the per-GPU memory is below the weights alone (an obvious OOM)."""
+        spec = self.problem.spec
+        if variant.method is Method.FULL:
+            per_param = 2.0 if variant.precision is Precision.BF16 else 4.0
+            # FSDP full-shard splits weights, gradients and states over all GPUs.
+            weights = spec.param_count * per_param / hw.gpu_count
+        else:
+            weights = spec.param_count * _WEIGHT_BYTES[variant.method]
+        return weights / _GIB < hw.gpu.usable_memory_gib
+
+    def config(self, variant: Variant, hw: Hardware, *, rank: int | None,
+               optimizer: OptimizerKind, micro_batch: int, ckpt: bool) -> TuningConfig:
+        """The TuningConfig of one point; fp16-mixed replaces bf16 on GPUs without bf16."""
+        precision = variant.precision
+        if not hw.gpu.bf16_supported:
+            precision = Precision.FP16_MIXED
+        if hw.gpu_count == 1:
+            sharding = Sharding.NONE
+        else:
+            sharding = Sharding.FSDP if variant.method is Method.FULL else Sharding.DDP
+        return TuningConfig(
+            method=variant.method, precision=precision, lora_rank=rank,
+            lora_alpha=None if rank is None else 2 * rank, lora_targets=variant.targets,
+            micro_batch_size=micro_batch, seq_len=self.problem.seq_len, grad_checkpointing=ckpt,
+            optimizer=optimizer, gpu_count=hw.gpu_count, sharding=sharding)
+
+    def measure(self, config: TuningConfig, hw: Hardware, inter_node_gbps: float) -> Measurement:
+        """A stored profile when one matches (single node), else the estimator; cached."""
+        key = (config, hw.gpu.name, hw.nodes, inter_node_gbps if hw.nodes > 1 else 0.0)
+        found = self._measurements.get(key)
+        if found is not None:
+            return found
+        measurement = None
+        if self._lookup is not None and hw.nodes == 1:
+            measurement = self._lookup(self.problem.spec.name, config, hw.gpu.name)
+        if measurement is None:
+            self.estimator_calls += 1
+            measurement = self._estimate(self.problem.spec, config, hw.gpu, nodes=hw.nodes,
+                                         inter_node_gbps=key[3])
+        self._measurements[key] = measurement
+        return measurement
+
+    def peak_gib(self, measurement: Measurement) -> float:
+        """Per-GPU peak reserved memory (allocated when reserved is unknown); inf on OOM."""
+        if measurement.status is Status.OOM:
+            return math.inf
+        peak = measurement.peak_reserved_gib or measurement.peak_allocated_gib
+        return math.inf if peak is None else peak
+
+    def fits(self, measurement: Measurement, gpu: GPU) -> bool:
+        return measurement.status is Status.OK and self._fits(self.peak_gib(measurement), gpu)
+
+    def price(self, config: TuningConfig, hw: Hardware) -> list[Candidate]:
+        """Candidates of one config on every offer of ``hw`` (one measurement per interconnect)."""
+        problem = self.problem
+        per_step = config.micro_batch_size * config.seq_len * hw.gpu_count
+        accum = max(1, round(GLOBAL_BATCH_TARGET_TOKENS / per_step))
+        global_tokens = accum * per_step
+        risks = self._risks_for(config, global_tokens)
+        ok_quality = accepted(risks, problem.budget.quality)
+        ckpt_size = checkpoint_gib(problem.spec, config)
+        weights = weights_download_gib(problem.spec)
+        out: list[Candidate] = []
+        for offer in hw.offers:
+            measurement = self.measure(config, hw, offer.inter_node_gbps)
+            fits = self.fits(measurement, hw.gpu)
+            if measurement.status is not Status.OK or not measurement.tokens_per_s:
+                continue
+            cost = estimate_cost(measurement, offer, problem.budget, nodes=hw.nodes,
+                                 spot_policy=problem.spot, startup=problem.startup,
+                                 weights_gib=weights, checkpoint_size_gib=ckpt_size)
+            out.append(Candidate(
+                config=config, offer=offer, nodes=hw.nodes, measurement=measurement, cost=cost,
+                fits=fits, usable_memory_gib=hw.gpu.usable_memory_gib, risks=risks,
+                suggested_learning_rate=suggested_learning_rate(config),
+                within_budget=cost.usd <= problem.budget.max_usd,
+                within_deadline=(problem.budget.max_hours is None
+                                 or cost.hours <= problem.budget.max_hours),
+                quality_accepted=ok_quality, grad_accum_steps=accum,
+                global_batch_tokens=global_tokens))
+        return out
+
+    def _risks_for(self, config: TuningConfig, global_tokens: int) -> Any:
+        key = (config.method, config.lora_rank, config.lora_targets, config.precision,
+               global_tokens)
+        risks = self._risks.get(key)
+        if risks is None:
+            risks = assess_quality(self.problem.spec, config, self.problem.budget,
+                                   global_batch_tokens=global_tokens)
+            self._risks[key] = risks
+        return risks
+
+    def rank_accepted(self, variant: Variant, rank: int) -> bool:
+        """Whether the quality policy accepts this rank before batch-size effects."""
+        probe = TuningConfig(method=variant.method, lora_rank=rank, lora_targets=variant.targets,
+                             seq_len=self.problem.seq_len)
+        risks = self._risks_for(probe, 0)
+        return accepted(risks, self.problem.budget.quality)
+
+    # -- the two ways of walking a cell -------------------------------------------------------
+
+    def solve_cell(self, variant: Variant, hw: Hardware) -> list[Candidate]:
+        """Fast exact-by-construction inner solve of one structural cell.
+
+        Ranks: the smallest the quality policy accepts (larger ranks only add memory and time).
+        For each optimizer: micro-batches upward without checkpointing until one does not fit,
+        then with checkpointing from the next size up (checkpointing only pays when it lets a
+        larger micro-batch fit). Every fitting point is priced on every offer of the cell.
+        """
+        if not self.can_hold_weights(variant, hw):
+            return []
+        space = self.problem.space
+        ranks: tuple[int | None, ...] = (None,)
+        if variant.method is not Method.FULL:
+            acceptable = [r for r in sorted(space.lora_ranks) if self.rank_accepted(variant, r)]
+            ranks = (acceptable[0],) if acceptable else (max(space.lora_ranks),)
+        out: list[Candidate] = []
+        batches = sorted(space.micro_batches)
+        for rank in ranks:
+            for optimizer in space.optimizers:
+                start = 0
+                for ckpt in sorted(space.grad_checkpointing):
+                    start = self._walk_batches(variant, hw, rank, optimizer, ckpt,
+                                               batches[start:], out, start)
+        return out
+
+    def _walk_batches(self, variant: Variant, hw: Hardware, rank: int | None,
+                      optimizer: OptimizerKind, ckpt: bool, batches: list[int],
+                      out: list[Candidate], offset: int) -> int:
+        """Price micro-batches upward until one does not fit; return the index to resume at."""
+        for i, batch in enumerate(batches):
+            config = self.config(variant, hw, rank=rank, optimizer=optimizer, micro_batch=batch,
+                                 ckpt=ckpt)
+            priced = self.price(config, hw)
+            if not priced or not priced[0].fits:
+                out.extend(priced[:1])  # keep one near miss for the verdicts
+                return offset + i
+            out.extend(priced)
+        return offset + len(batches)
+
+    def walk_cell_exhaustively(self, variant: Variant, hw: Hardware) -> list[Candidate]:
+        """Every point of the cell: all ranks, optimizers, checkpointing and micro-batches."""
+        space = self.problem.space
+        ranks: tuple[int | None, ...] = (None,)
+        if variant.method is not Method.FULL:
+            ranks = tuple(sorted(space.lora_ranks))
+        out: list[Candidate] = []
+        for rank in ranks:
+            for optimizer in space.optimizers:
+                for ckpt in space.grad_checkpointing:
+                    for batch in space.micro_batches:
+                        out.extend(self.price(self.config(
+                            variant, hw, rank=rank, optimizer=optimizer, micro_batch=batch,
+                            ckpt=ckpt), hw))
+        return out
+
+
+CONSTRAINT_NAMES = ("memory_gib_over", "usd_over", "hours_over", "quality_rejected")
+
+
+def constraints(candidate: Candidate, budget: Budget) -> tuple[float, float, float, float]:
+    """optuna-style constraint values (≤ 0 satisfied): memory GiB over, USD over, hours over,
+    and 1 when the quality policy rejects the candidate."""
+    memory_over = (0.0 if candidate.fits
+                   else max(1e-6, (candidate.measurement.peak_reserved_gib or math.inf)
+                            - candidate.usable_memory_gib))
+    hours_over = (0.0 if budget.max_hours is None
+                  else candidate.cost.hours - budget.max_hours)
+    return (memory_over, candidate.cost.usd - budget.max_usd, hours_over,
+            0.0 if candidate.quality_accepted else 1.0)
+
+
+def _finish(candidates: Iterable[Candidate], *, sampler: str, trials: int, evaluated: int,
+            storage: str | None = None) -> SearchResult:
+    unique = {(c.config, c.offer.key, c.nodes): c for c in candidates}
+    ranked = tuple(sorted(unique.values(), key=sort_key))
+    return SearchResult(candidates=ranked, sampler=sampler, trials=trials, evaluated=evaluated,
+                        storage=storage)
+
+
+def exhaustive_search(problem: SearchProblem, *, estimate: EstimateFn,
+                      lookup: LookupFn | None = None,
+                      fits: FitsFn = default_fits) -> SearchResult:
+    """Price every point of the space (no pruning): the reference the optuna search must match.
+
+    Args:
+        problem: Model, job, offers and assumptions.
+        estimate: The estimator (``profiler.estimate``).
+        lookup: Stored-profile lookup, or None.
+        fits: Memory-fit rule.
+
+    Returns:
+        Every priced candidate, best first.
+    """
+    evaluator = Evaluator(problem, estimate=estimate, lookup=lookup, fits=fits)
+    out: list[Candidate] = []
+    cells = 0
+    for variant in evaluator.variants():
+        for hw in evaluator.hardware():
+            cells += 1
+            out += evaluator.walk_cell_exhaustively(variant, hw)
+    return _finish(out, sampler="exhaustive grid", trials=cells,
+                   evaluated=evaluator.estimator_calls)
+
+
+def search(problem: SearchProblem, *, estimate: EstimateFn, lookup: LookupFn | None = None,
+           fits: FitsFn = default_fits, seed: int = 0, trials: int | None = None,
+           storage: str | None = None) -> SearchResult:
+    """The default search: an optuna study over structural cells with exact inner solves.
+
+    Cells whose per-GPU memory cannot hold the weights are pruned before the study. When
+    ``trials`` is None or covers every remaining cell, a seeded ``GridSampler`` visits each cell
+    once (exact over the reduced space); otherwise a seeded multi-objective ``TPESampler``
+    (constraints via ``Trial.set_constraint``) runs ``trials`` trials, warm-started with
+    ``enqueue_trial`` on the cheapest-per-GPU-hour hardware of each variant.
+
+    Args:
+        problem: Model, job, offers and assumptions.
+        estimate: The estimator (``profiler.estimate``).
+        lookup: Stored-profile lookup, or None.
+        fits: Memory-fit rule.
+        seed: Sampler seed (same inputs and seed give the same result).
+        trials: Trial budget; None means every cell.
+        storage: optuna storage URL (e.g. ``sqlite:///study.db``); an existing study of the
+            same inputs is resumed (``load_if_exists``) and its finished cells are not re-run.
+
+    Returns:
+        Every priced candidate, best first, with the sampler, trial and estimator-call counts.
+
+    Raises:
+        ValueError: If ``trials`` is not positive.
+    """
+    import optuna
+
+    if trials is not None and trials <= 0:
+        raise ValueError(f"--trials must be > 0, got {trials}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    evaluator = Evaluator(problem, estimate=estimate, lookup=lookup, fits=fits)
+    cells = {f"{v.key}@{h.key}": (v, h) for v in evaluator.variants()
+             for h in evaluator.hardware() if evaluator.can_hold_weights(v, h)}
+    names = sorted(cells)
+    if not names:
+        return _finish([], sampler="none (no hardware can hold the weights)", trials=0,
+                       evaluated=0)
+    exact = trials is None or trials >= len(names)
+    study = _create_study(optuna, problem, names, exact=exact, seed=seed, storage=storage)
+    done = {t.params.get("cell") for t in study.trials if t.state.is_finished()}
+    todo = len([n for n in names if n not in done]) if exact else max(0, trials - len(done))
+    if not exact:
+        _warm_start(study, evaluator, cells, names, done)
+    out: list[Candidate] = []
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        name = trial.suggest_categorical("cell", names)
+        found = evaluator.solve_cell(*cells[name])
+        out.extend(found)
+        values, cons = _trial_values(found, problem.budget)
+        for key, value in zip(CONSTRAINT_NAMES, cons, strict=True):
+            trial.set_constraint(key, value)
+        return values
+
+    if todo:
+        study.optimize(objective, n_trials=todo, gc_after_trial=False)
+    for name in sorted(n for n in done if n in cells):  # cells finished by an earlier run
+        out += evaluator.solve_cell(*cells[name])
+    sampler = type(study.sampler).__name__
+    return _finish(out, sampler=f"{sampler}(seed={seed}) + exact inner solve",
+                   trials=len(study.trials), evaluated=evaluator.estimator_calls,
+                   storage=storage)
+
+
+def _create_study(optuna: Any, problem: SearchProblem, names: list[str], *, exact: bool,
+                  seed: int, storage: str | None) -> optuna.Study:
+    if exact:
+        sampler = optuna.samplers.GridSampler({"cell": names}, seed=seed)
+    else:
+        # Constraints reach TPE through Trial.set_constraint (optuna >= 5).
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
+    return optuna.create_study(
+        study_name=f"ftplan-{problem.fingerprint()}-{'grid' if exact else 'tpe'}",
+        storage=storage, load_if_exists=storage is not None, sampler=sampler,
+        directions=["minimize", "minimize"])
+
+
+def _warm_start(study: Any, evaluator: Evaluator, cells: Mapping[str, tuple[Variant, Hardware]],
+                names: list[str], done: set[Any]) -> None:
+    """Enqueue, per variant, the cell with the cheapest on-demand price per GPU-hour."""
+    best: dict[str, tuple[float, str]] = {}
+    for name in names:
+        variant, hw = cells[name]
+        usd_per_gpu_hour = min(o.usd_per_hour for o in hw.offers) / hw.gpus_per_node
+        current = best.get(variant.key)
+        if current is None or (usd_per_gpu_hour, name) < current:
+            best[variant.key] = (usd_per_gpu_hour, name)
+    for _, name in sorted(best.values()):
+        if name not in done:
+            study.enqueue_trial({"cell": name}, skip_if_exists=True)
+
+
+def _trial_values(found: list[Candidate], budget: Budget
+                  ) -> tuple[tuple[float, float], tuple[float, ...]]:
+    """The cell's best candidate as (USD, hours) and its constraints (nearest miss if none)."""
+    if not found:
+        return (math.inf, math.inf), (1.0, 1.0, 1.0, 1.0)
+    best = min(found, key=lambda c: (sum(max(0.0, v) for v in constraints(c, budget)),
+                                     *sort_key(c)))
+    values = (best.cost.usd, best.cost.hours)
+    if not all(math.isfinite(v) for v in values):
+        values = (1e18, 1e18)
+    return values, constraints(best, budget)
+
+
+def with_nodes_label(candidate: Candidate) -> str:
+    """``H100 SXM 80GB × 8 × 2 nodes`` style hardware label."""
+    text = f"{candidate.offer.gpu} × {candidate.offer.gpu_count}"
+    return text + (f" × {candidate.nodes} nodes" if candidate.nodes > 1 else "")
+
+
+__all__ = [
+    "GLOBAL_BATCH_TARGET_TOKENS",
+    "Evaluator",
+    "SearchProblem",
+    "SearchResult",
+    "SearchSpace",
+    "constraints",
+    "exhaustive_search",
+    "search",
+    "sort_key",
+    "with_nodes_label",
+]

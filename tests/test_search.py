@@ -1,0 +1,217 @@
+"""The optuna search against the exhaustive grid, on a small space with a deterministic fake
+estimator (a simple analytic memory/time model; its numbers are made up for the test and stand
+for no GPU)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from catalog import GPU, Interconnect, ModelSpec, Offer, Provider
+from planner import Budget, QualityPolicy, TokensSource
+from planner.search import (
+    SearchProblem,
+    SearchSpace,
+    constraints,
+    exhaustive_search,
+    search,
+)
+from profiler import (
+    Measurement,
+    Method,
+    OptimizerKind,
+    Precision,
+    Provenance,
+    Sharding,
+    Source,
+    Status,
+    TuningConfig,
+)
+
+GIB = 1024**3
+SPEC = ModelSpec(name="toy-7b", hf_id="toy/7b", model_type="llama", num_layers=32,
+                 hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32,
+                 head_dim=128, vocab_size=32000, tied_embeddings=False, param_count=6_738_415_616,
+                 max_seq_len=4096, source="test", as_of="2023-07-18")
+
+
+def make_gpu(name: str, memory_gib: float, tflops: float, *, bf16: bool = True) -> GPU:
+    return GPU(name=name, aliases=(), arch="x", memory_gib=memory_gib,
+               usable_memory_gib=memory_gib, memory_bandwidth_tbps=2.0,
+               bf16_tflops=tflops if bf16 else None, fp16_tflops=tflops, bf16_supported=bf16,
+               intra_node_interconnect=Interconnect.NVLINK, intra_node_gbps=400.0, source="test",
+               as_of="2025-01-01")
+
+
+GPUS = {g.name: g for g in (make_gpu("H100", 80.0, 989.0), make_gpu("A10G", 22.0, 125.0),
+                            make_gpu("T4", 15.0, 65.0, bf16=False))}
+
+
+def make_offer(instance: str, gpu: str, count: int, usd: float, *, spot: bool = False,
+               max_nodes: int = 1, gbps: float = 0.0) -> Offer:
+    return Offer(provider=Provider.AWS, service="ec2", instance_type=instance, region="us-east-1",
+                 gpu=gpu, gpu_count=count, usd_per_hour=usd, spot=spot, as_of="2025-05-31",
+                 source="test", max_nodes=max_nodes, inter_node_gbps=gbps)
+
+
+OFFERS = (
+    make_offer("h1", "H100", 1, 3.3),
+    make_offer("h8", "H100", 8, 98.3, max_nodes=2, gbps=400.0),
+    make_offer("h8", "H100", 8, 40.0, spot=True, max_nodes=2, gbps=400.0),
+    make_offer("a1", "A10G", 1, 1.2),
+    make_offer("a1", "A10G", 1, 0.45, spot=True),
+    make_offer("a4", "A10G", 4, 5.7),
+    make_offer("t1", "T4", 1, 0.53),
+)
+
+
+def fake_estimate(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: int = 1,
+                  inter_node_gbps: float = 0.0, calibration: object = None) -> Measurement:
+    """A monotone analytic stand-in for profiler.estimate (made-up coefficients)."""
+    params = spec.param_count
+    shard = config.gpu_count if config.sharding is Sharding.FSDP else 1
+    if config.method is Method.FULL:
+        weight_b = 2.0 if config.precision is Precision.BF16 else 4.0
+        state_b = 2.0 if config.optimizer is OptimizerKind.ADAMW_8BIT else 2 * weight_b
+        static = params * (2 * weight_b + state_b) / shard
+        flops_per_token = 6.0 * params
+    else:
+        rank = config.lora_rank or 1
+        per_rank = 32_768 if config.lora_targets == "attention" else 78_080
+        trainable = rank * per_rank * spec.num_layers
+        base_b = 2.0 if config.method is Method.LORA else 0.55
+        state_b = 2.0 if config.optimizer is OptimizerKind.ADAMW_8BIT else 8.0
+        static = params * base_b + trainable * (4 + state_b)
+        flops_per_token = 4.0 * params + 6.0 * trainable
+    tokens = config.micro_batch_size * config.seq_len
+    per_layer = 2.0 if config.grad_checkpointing else 34.0
+    acts = tokens * spec.hidden_size * spec.num_layers * per_layer
+    logits = tokens * spec.vocab_size * 8.0
+    peak_gib = (static + acts + logits) / GIB + 1.0
+    if config.grad_checkpointing:
+        flops_per_token *= 4 / 3
+    mfu = 0.5 * tokens / (tokens + 4096)
+    per_gpu = gpu.matmul_tflops * 1e12 * mfu / flops_per_token
+    comm = 1.0 if nodes == 1 else 1.0 / (1.0 + 50.0 / max(inter_node_gbps, 1.0))
+    tokens_per_s = per_gpu * config.gpu_count * comm
+    return Measurement(model=spec.name, gpu=gpu.name, config=config, status=Status.OK,
+                       source=Source.ESTIMATED, provenance=Provenance(device="fake", date="x"),
+                       peak_allocated_gib=peak_gib * 0.95, peak_reserved_gib=peak_gib,
+                       step_time_s=tokens * config.gpu_count / tokens_per_s,
+                       tokens_per_s=tokens_per_s)
+
+
+def fits_usable(peak_gib: float, gpu: GPU) -> bool:
+    return peak_gib <= gpu.usable_memory_gib
+
+
+SPACE = SearchSpace(lora_ranks=(8, 16, 64), micro_batches=(1, 2, 4, 8, 16), node_counts=(1, 2))
+
+
+def problem(*, max_usd: float = 200.0, quality: QualityPolicy = QualityPolicy.BALANCED,
+            max_hours: float | None = None, tokens: int = 30_000_000,
+            offers: tuple[Offer, ...] = OFFERS) -> SearchProblem:
+    budget = Budget(max_usd=max_usd, dataset_tokens=tokens, epochs=1.0,
+                    tokens_source=TokensSource.GIVEN, quality=quality, max_hours=max_hours)
+    return SearchProblem(spec=SPEC, budget=budget, seq_len=2048, offers=offers, gpus=GPUS,
+                         space=SPACE)
+
+
+def _run(p: SearchProblem, **kwargs: object):  # type: ignore[no-untyped-def]
+    return search(p, estimate=fake_estimate, fits=fits_usable, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},
+    {"max_usd": 5.0},
+    {"quality": QualityPolicy.STRICT},
+    {"quality": QualityPolicy.CHEAPEST},
+    {"max_hours": 1.0, "max_usd": 1000.0},
+    {"tokens": 400_000_000, "max_usd": 5000.0},
+])
+def test_search_matches_exhaustive_grid(kwargs: dict[str, object]) -> None:
+    p = problem(**kwargs)  # type: ignore[arg-type]
+    fast = _run(p)
+    full = exhaustive_search(p, estimate=fake_estimate, fits=fits_usable)
+    assert full.best is not None and fast.best is not None
+    assert fast.best.cost.usd == pytest.approx(full.best.cost.usd, rel=1e-9)
+    assert fast.evaluated < full.evaluated
+
+
+def test_search_respects_budget_deadline_and_memory() -> None:
+    result = _run(problem(max_hours=0.4, max_usd=1000.0))
+    best = result.best
+    assert best is not None
+    assert best.cost.hours <= 0.4 and best.cost.usd <= 1000.0
+    assert best.measurement.peak_reserved_gib is not None
+    assert best.measurement.peak_reserved_gib <= best.usable_memory_gib
+    assert all(v <= 0 for v in constraints(best, problem(max_hours=0.4).budget))
+    # A 0.4-hour deadline on 30M tokens needs several GPUs in this fake model.
+    assert best.config.gpu_count > 1
+
+
+def test_no_bf16_on_gpus_without_it() -> None:
+    result = exhaustive_search(problem(), estimate=fake_estimate, fits=fits_usable)
+    on_t4 = [c for c in result.candidates if c.offer.gpu == "T4"]
+    assert on_t4
+    assert all(c.config.precision is Precision.FP16_MIXED for c in on_t4)
+
+
+def test_full_ft_is_fsdp_and_lora_is_ddp_on_several_gpus() -> None:
+    result = _run(problem())
+    multi = [c for c in result.candidates if c.config.gpu_count > 1]
+    assert multi
+    for c in multi:
+        expected = Sharding.FSDP if c.config.method is Method.FULL else Sharding.DDP
+        assert c.config.sharding is expected
+        assert c.config.gpu_count == c.offer.gpu_count * c.nodes
+
+
+def test_same_seed_same_result_and_sorted() -> None:
+    a = _run(problem(), seed=7)
+    b = _run(problem(), seed=7)
+    assert [(c.offer.key, c.config, c.nodes) for c in a.candidates] == \
+        [(c.offer.key, c.config, c.nodes) for c in b.candidates]
+    usd = [round(c.cost.usd, 6) for c in a.feasible]
+    assert usd == sorted(usd)
+
+
+def test_tpe_mode_with_few_trials_is_reproducible() -> None:
+    a = _run(problem(), seed=3, trials=12)
+    b = _run(problem(), seed=3, trials=12)
+    assert a.sampler.startswith("TPESampler")
+    assert a.trials == 12
+    assert a.best is not None and b.best is not None
+    assert a.best.cost.usd == b.best.cost.usd
+
+
+def test_storage_resume(tmp_path: object) -> None:
+    import optuna
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    first = _run(problem(), storage=url)
+    second = _run(problem(), storage=url)
+    assert first.best is not None and second.best is not None
+    assert second.best.cost.usd == first.best.cost.usd
+    assert second.trials == first.trials  # resumed: nothing left to run
+    names = optuna.get_all_study_names(storage=url)
+    assert len(names) == 1
+    stored = optuna.load_study(study_name=names[0], storage=url)
+    assert len(stored.trials) == first.trials
+
+
+def test_nothing_fits_gives_no_best_but_near_misses() -> None:
+    tiny = (make_offer("t1", "T4", 1, 0.53),)
+    result = _run(problem(offers=tiny, max_usd=0.01, quality=QualityPolicy.CHEAPEST))
+    assert result.best is None
+    assert all(not c.feasible for c in result.candidates)
+
+
+def test_infeasible_trials_record_positive_constraints() -> None:
+    p = problem(max_usd=0.5)
+    result = _run(p)
+    over = [c for c in result.candidates if not c.within_budget]
+    assert over
+    assert all(constraints(c, p.budget)[1] > 0 for c in over)
+    assert not math.isnan(over[0].cost.usd)
