@@ -105,7 +105,8 @@ def extrapolate(points: Sequence[Measurement], *, layer_counts: Sequence[int] | 
 
     Returns:
         ``Source.EXTRAPOLATED`` record. If any input is oom/error, a record with that status and
-        the reason (an OOM of a truncated model propagates as an OOM).
+        the reason (an OOM of a truncated model propagates as an OOM); a step time that
+        extrapolates to <= 0 s (noisy timings) gives an error record.
 
     Raises:
         ValueError: If inputs are missing, differ in config or GPU, or have too few depths.
@@ -132,8 +133,17 @@ def extrapolate(points: Sequence[Measurement], *, layer_counts: Sequence[int] | 
 
     step_time_s = predict("step_time_s", [p.step_time_s for p in points])  # type: ignore[misc]
     if step_time_s <= 0:
-        raise ValueError(f"extrapolated step time {step_time_s:.4g} s is not positive; the "
-                         f"truncated timings are too noisy: use more timed steps or longer steps")
+        first = points[0]
+        return Measurement(
+            model=model, gpu=first.gpu, config=first.config, status=Status.ERROR,
+            source=Source.EXTRAPOLATED,
+            provenance=Provenance(device=first.provenance.device,
+                                  date=max(p.provenance.date for p in points),
+                                  versions=first.provenance.versions,
+                                  method="truncated-layer extrapolation (rejected)"),
+            error=f"extrapolated step time {step_time_s:.4g} s is not positive: the truncated "
+                  f"timings are too noisy; use more timed steps or longer steps",
+            fit=tuple(fit))
     phases = _phase_names(points)
     phase_peaks = tuple(
         (name, predict(f"phase_{name}_gib", [dict(p.phase_peaks_gib)[name] for p in points]))

@@ -1,0 +1,163 @@
+"""The training recipes on CPU: parameter counts against PEFT and the analytic formula, dtypes per
+recipe, and one real training step each (tiny Llama from config, no downloads)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from catalog import ModelSpec
+from profiler import Method, OptimizerKind, Precision, TuningConfig, resolve_targets
+
+torch = pytest.importorskip("torch")
+recipes = pytest.importorskip("profiler.recipes")
+
+pytestmark = pytest.mark.slow
+
+TINY = ModelSpec(
+    name="tiny-llama", hf_id="tiny/llama", model_type="llama", num_layers=2, hidden_size=64,
+    intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=256,
+    tied_embeddings=False, param_count=1, max_seq_len=256, source="test", as_of="2026-11-23",
+)
+TINY_PHI3 = dataclasses.replace(TINY, name="tiny-phi3", model_type="phi3", num_kv_heads=4)
+
+
+def _lora(targets: str = "all-linear", rank: int = 4, **kwargs: object) -> TuningConfig:
+    return TuningConfig(method=Method.LORA, lora_rank=rank, lora_targets=targets,
+                        seq_len=32, **kwargs)  # type: ignore[arg-type]
+
+
+def _batch(spec: ModelSpec = TINY, batch: int = 2, seq: int = 32) -> object:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, spec.vocab_size, (batch, seq), generator=generator)
+
+
+def _analytic_lora_params(spec: ModelSpec, rank: int, targets: str) -> int:
+    """r x (in + out) per targeted linear, per layer (Hu et al., 2021)."""
+    shapes = spec.linear_shapes()
+    return spec.num_layers * sum(rank * sum(shapes[name]) for name in resolve_targets(targets))
+
+
+def test_hf_config_carries_catalog_facts_and_truncates() -> None:
+    config = recipes.hf_config_for(TINY, num_layers=1)
+    assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (1, 64, 128)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (4, 2, 16)
+    assert config.vocab_size == 256 and config.tie_word_embeddings is False
+    assert config.use_cache is False
+    with pytest.raises(ValueError, match="num_layers must be > 0"):
+        recipes.hf_config_for(TINY, num_layers=0)
+
+
+def test_full_counts_every_parameter_and_matches_the_formula() -> None:
+    prepared = recipes.setup_full(TINY, TuningConfig(method=Method.FULL, seq_len=32),
+                                  device="cpu")
+    norms = TINY.hidden_size * (2 * TINY.num_layers + 1)
+    expected = TINY.params_per_layer() * TINY.num_layers + TINY.embedding_params() + norms
+    assert prepared.trainable_params == prepared.total_params == expected
+    assert all(p.dtype == torch.float32 for p in prepared.model.parameters())
+    assert prepared.autocast_dtype == torch.bfloat16 and prepared.grad_scaler is None
+
+
+def test_full_bf16_has_bf16_weights_and_no_autocast() -> None:
+    config = TuningConfig(method=Method.FULL, precision=Precision.BF16, seq_len=32)
+    prepared = recipes.setup_full(TINY, config, device="cpu")
+    assert all(p.dtype == torch.bfloat16 for p in prepared.model.parameters())
+    assert prepared.autocast_dtype is None
+    assert isinstance(prepared.optimizer, torch.optim.AdamW)
+
+
+@pytest.mark.parametrize("targets", ["all-linear", "attention", "q_proj,v_proj"])
+def test_lora_trainable_params_match_peft_and_formula(targets: str) -> None:
+    prepared = recipes.setup_lora(TINY, _lora(targets), device="cpu")
+    peft_trainable, peft_total = prepared.model.get_nb_trainable_parameters()
+    assert prepared.trainable_params == peft_trainable
+    assert prepared.trainable_params == _analytic_lora_params(TINY, 4, targets)
+    frozen = [p for p in prepared.model.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert prepared.total_params == peft_total
+
+
+def test_phi3_fused_modules_are_mapped() -> None:
+    config = _lora("all-linear")
+    assert recipes.peft_target_modules(TINY_PHI3, config) == [
+        "qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    prepared = recipes.setup_lora(TINY_PHI3, config, device="cpu")
+    h, i, r = TINY_PHI3.hidden_size, TINY_PHI3.intermediate_size, 4
+    q_kv = TINY_PHI3.q_dim + 2 * TINY_PHI3.kv_dim
+    per_layer = r * ((h + q_kv) + (TINY_PHI3.q_dim + h) + (h + 2 * i) + (i + h))
+    assert prepared.trainable_params == TINY_PHI3.num_layers * per_layer
+
+
+def test_moe_targets_drop_fused_experts() -> None:
+    moe = dataclasses.replace(TINY, model_type="mixtral", num_experts=4, experts_per_token=2)
+    assert recipes.peft_target_modules(moe, _lora("all-linear")) == [
+        "q_proj", "k_proj", "v_proj", "o_proj"]
+    with pytest.raises(ValueError, match="no module"):
+        recipes.peft_target_modules(moe, _lora("gate_proj,up_proj"))
+
+
+def test_bitsandbytes_optimizers_need_cuda() -> None:
+    config = TuningConfig(method=Method.FULL, optimizer=OptimizerKind.ADAMW_8BIT, seq_len=32)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        recipes.setup_full(TINY, config, device="cpu")
+
+
+def test_setup_rejects_the_wrong_method() -> None:
+    with pytest.raises(ValueError, match="setup_full got method=lora"):
+        recipes.setup_full(TINY, _lora(), device="cpu")
+    assert set(recipes.SETUP_FUNCTIONS) == set(Method)
+
+
+@pytest.mark.parametrize("config", [
+    TuningConfig(method=Method.FULL, seq_len=32),
+    TuningConfig(method=Method.FULL, precision=Precision.BF16, seq_len=32,
+                 grad_checkpointing=True),
+    _lora(grad_checkpointing=True),
+    _lora(precision=Precision.FP16_MIXED),
+], ids=lambda c: c.label())
+def test_train_step_runs_and_loss_is_finite(config: TuningConfig) -> None:
+    prepared = recipes.SETUP_FUNCTIONS[config.method](TINY, config, device="cpu")
+    ids = _batch()
+    losses = [recipes.train_step(prepared, ids, ids) for _ in range(2)]
+    assert all(math.isfinite(loss) for loss in losses)
+    # Random init over 256 tokens: cross-entropy starts near ln(256) = 5.55.
+    assert abs(losses[0] - math.log(TINY.vocab_size)) < 0.5
+    if config.precision is Precision.FP16_MIXED:
+        assert prepared.grad_scaler is not None and prepared.autocast_dtype == torch.float16
+
+
+def test_training_reduces_the_loss_on_a_repeated_batch() -> None:
+    prepared = recipes.setup_lora(TINY, _lora(rank=8), device="cpu", learning_rate=1e-2)
+    ids = _batch()
+    losses = [recipes.train_step(prepared, ids, ids) for _ in range(6)]
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+def _bnb_cpu_works() -> str:
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        return f"bitsandbytes unavailable: {exc}"
+    return ""
+
+
+@pytest.mark.skipif(bool(_bnb_cpu_works()), reason=_bnb_cpu_works() or "ok")
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_qlora_quantizes_to_nf4_and_trains(checkpointing: bool) -> None:
+    import bitsandbytes as bnb
+
+    config = TuningConfig(method=Method.QLORA, lora_rank=4, lora_targets="all-linear",
+                          seq_len=32, grad_checkpointing=checkpointing)
+    prepared = recipes.setup_qlora(TINY, config, device="cpu")
+    base = prepared.model.base_model.model
+    q_proj = base.model.layers[0].self_attn.q_proj.base_layer
+    assert isinstance(q_proj, bnb.nn.Linear4bit)
+    assert q_proj.weight.quant_state.quant_type == "nf4"
+    # prepare_model_for_kbit_training casts the non-quantized parameters to fp32 (DESIGN.md).
+    assert base.lm_head.weight.dtype == torch.float32
+    assert prepared.trainable_params == _analytic_lora_params(TINY, 4, "all-linear")
+    ids = _batch()
+    assert math.isfinite(recipes.train_step(prepared, ids, ids))
