@@ -1,7 +1,212 @@
-"""CLI commands: launch (to be written)."""
+"""CLI commands: ``launch`` (a plan's chosen candidate, locally or on SageMaker) and ``status``.
+
+The plan's candidate becomes a :class:`runners.LaunchSpec` here, because runners may not import
+the planner. Bad input (plan file, no chosen candidate, no role, unknown region, missing data)
+is a one-line error with exit code 2 and nothing started or sent.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from catalog import get_model
+from planner._types import Candidate, Plan
+from profiler import Method
+from runners import (
+    LaunchSpec,
+    LocalRunner,
+    RunnerError,
+    RunStatus,
+    SageMakerRunner,
+    Target,
+)
+from runners.local import DEFAULT_RUNS_DIR
+
+# Learning rates when the plan suggests none: LoRA wants ~10× the full-FT rate (Schulman et al.,
+# "LoRA Without Regret", 2025); the values match profiler.recipes' defaults.
+DEFAULT_LEARNING_RATE = {Method.FULL: 1e-5, Method.LORA: 2e-4, Method.QLORA: 2e-4}
+DEFAULT_CHECKPOINT_MINUTES = 30.0
+
+
+def plan_candidate(plan: Plan, *, rank: int | None = None) -> Candidate:
+    """The plan's chosen candidate, or its ``rank``-th ranked one (1-based).
+
+    Raises:
+        ValueError: If nothing was chosen or the rank is out of range.
+    """
+    if rank is not None:
+        if not 1 <= rank <= len(plan.ranked):
+            raise ValueError(f"--candidate {rank} is out of range: the plan ranks "
+                             f"{len(plan.ranked)} candidates (1..{len(plan.ranked)})")
+        return plan.ranked[rank - 1]
+    if plan.chosen is None:
+        raise ValueError(
+            "the plan has no chosen candidate (nothing was feasible within the budget). To fix: "
+            "re-run 'ftplan recommend' with a larger --budget, or pick one with --candidate N")
+    return plan.chosen
+
+
+def launch_spec_from_plan(plan: Plan, candidate: Candidate, *, device: str = "cuda",
+                          max_steps: int | None = None, weights: str | None = None,
+                          random_init: bool = False, grad_accum_steps: int = 1,
+                          learning_rate: float | None = None) -> LaunchSpec:
+    """Turn a plan's candidate into the runners' LaunchSpec.
+
+    Weights come from ``weights`` or else the catalog model's hub id.
+
+    The expectation carried along (peak allocated GiB per GPU, tokens/s over all GPUs) is the
+    candidate's measurement, which the run's summary compares with what it measures.
+
+    Raises:
+        CatalogError: If the plan's model is not in the catalog.
+    """
+    measurement = candidate.measurement
+    method = candidate.config.method
+    return LaunchSpec(
+        model=get_model(plan.model),
+        config=candidate.config,
+        checkpoint=weights,
+        random_init=random_init,
+        offer=candidate.offer,
+        nodes=candidate.nodes,
+        device=device,
+        grad_accum_steps=grad_accum_steps,
+        learning_rate=learning_rate or candidate.suggested_learning_rate
+        or DEFAULT_LEARNING_RATE[method],
+        epochs=plan.budget.epochs,
+        max_steps=max_steps,
+        checkpoint_every_minutes=(candidate.cost.checkpoint_interval_minutes
+                                  or DEFAULT_CHECKPOINT_MINUTES),
+        expected_peak_allocated_gib=measurement.peak_allocated_gib,
+        expected_tokens_per_s=measurement.tokens_per_s,
+        expected_source=measurement.source.value,
+        max_hours=candidate.cost.hours,
+    )
+
+
+def _user_error(exc: Exception) -> click.ClickException:
+    from planner.cli import UserInputError  # deferred: planner.cli imports this module
+
+    return UserInputError(str(exc))
+
+
+@click.command("launch")
+@click.argument("plan_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", type=click.Choice([t.value for t in Target]), required=True,
+              help="Run on this machine's GPUs or as a SageMaker training job.")
+@click.option("--data", required=True,
+              help="Training JSONL (local file; for SageMaker an s3:// file or prefix).")
+@click.option("--dry-run", is_flag=True, help="Print the exact command / request; start nothing.")
+@click.option("--role", help="SageMaker execution role ARN (default: $FTPLAN_SAGEMAKER_ROLE).")
+@click.option("--region", help="AWS region (default: the offer's region).")
+@click.option("--output-dir", help="Local runs folder (default: runs/); for SageMaker an s3:// "
+                                   "prefix for source, output and checkpoints.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps.")
+@click.option("--candidate", "rank", type=click.IntRange(min=1),
+              help="Launch the N-th ranked candidate instead of the chosen one.")
+@click.option("--weights", help="Hub id or local folder of the weights (default: the plan's "
+                                "model id).")
+@click.option("--random-init", is_flag=True,
+              help="Random weights from the model's config (memory/speed check; no download).")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="cpu: a local smoke run only.")
+@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Micro-batches per optimizer step.")
+@click.option("--wait", is_flag=True, help="Follow the run until it ends.")
+def launch_command(plan_file: Path, target: str, data: str, dry_run: bool, role: str | None,
+                   region: str | None, output_dir: str | None, max_steps: int | None,
+                   rank: int | None, weights: str | None, random_init: bool, device: str,
+                   grad_accum: int, wait: bool) -> None:
+    """Launch the plan's chosen candidate: a real fine-tune whose measured peak memory and
+    tokens/s are compared with the plan's prediction (output/summary.json).
+
+    \b
+    Examples:
+      ftplan launch reports/llama2-7b.json --target local --data train.jsonl --dry-run
+      ftplan launch reports/llama2-7b.json --target sagemaker --data s3://b/train/ --role ARN
+    """
+    from planner.plan_io import read_plan
+
+    plan = read_plan(plan_file)
+    candidate = plan_candidate(plan, rank=rank)
+    spec = launch_spec_from_plan(plan, candidate, device=device, max_steps=max_steps,
+                                 weights=weights, random_init=random_init,
+                                 grad_accum_steps=grad_accum)
+    try:
+        if Target(target) is Target.LOCAL:
+            _launch_local(spec, data=data, dry_run=dry_run, runs_dir=output_dir, wait=wait)
+        else:
+            _launch_sagemaker(spec, data=data, dry_run=dry_run, role=role, region=region,
+                              prefix=output_dir, wait=wait)
+    except RunnerError as exc:
+        raise _user_error(exc) from None
+
+
+def _launch_local(spec: LaunchSpec, *, data: str, dry_run: bool, runs_dir: str | None,
+                  wait: bool) -> None:
+    runner = LocalRunner(runs_dir=runs_dir or DEFAULT_RUNS_DIR, echo=sys.stdout)
+    result = runner.launch(spec, data=data, dry_run=dry_run)
+    if dry_run:
+        return
+    click.echo(f"status: ftplan status {result.run_id} --target local"
+               + (f" --runs-dir {runs_dir}" if runs_dir else ""))
+    if wait:
+        _print_status(runner.wait(result.run_id), fmt="table")
+
+
+def _launch_sagemaker(spec: LaunchSpec, *, data: str, dry_run: bool, role: str | None,
+                      region: str | None, prefix: str | None, wait: bool) -> None:
+    if prefix is not None and not prefix.startswith("s3://"):
+        raise RunnerError(f"--output-dir {prefix!r} must be an s3:// prefix for SageMaker")
+    runner = SageMakerRunner(role_arn=role, region=region, s3_prefix=prefix, echo=sys.stdout)
+    result = runner.launch(spec, data=data, dry_run=dry_run)
+    if dry_run:
+        return
+    click.echo(f"status: ftplan status {result.run_id} --target sagemaker")
+    if wait:
+        _print_status(runner.wait(result.run_id), fmt="table")
+
+
+def _print_status(status: RunStatus, *, fmt: str) -> None:
+    record: dict[str, Any] = {"run_id": status.run_id, "target": status.target.value,
+                              "state": status.state.value, "detail": status.detail,
+                              "started_at": status.started_at, "ended_at": status.ended_at,
+                              "log": status.log_path, "summary": status.summary_path}
+    if fmt == "json":
+        click.echo(json.dumps(record, indent=2, sort_keys=True))
+        return
+    for key, value in record.items():
+        if value not in ("", None):
+            click.echo(f"{key + ':':12}{value}")
+
+
+@click.command("status")
+@click.argument("run_id")
+@click.option("--target", type=click.Choice([t.value for t in Target]),
+              help="Where the run is (default: local when runs/RUN_ID exists, else sagemaker).")
+@click.option("--runs-dir", default=str(DEFAULT_RUNS_DIR), show_default=True,
+              help="Local runs folder.")
+@click.option("--region", help="AWS region of a SageMaker job.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+def status_command(run_id: str, target: str | None, runs_dir: str, region: str | None,
+                   fmt: str) -> None:
+    """Show where a local run or SageMaker job stands (state, progress, log, summary)."""
+    chosen = Target(target) if target else (
+        Target.LOCAL if (Path(runs_dir) / run_id).is_dir() else Target.SAGEMAKER)
+    try:
+        if chosen is Target.LOCAL:
+            status = LocalRunner(runs_dir=runs_dir).status(run_id)
+        else:
+            status = SageMakerRunner(region=region).status(run_id)
+    except RunnerError as exc:
+        raise _user_error(exc) from None
+    _print_status(status, fmt=fmt)
+
+
+COMMANDS: list[click.Command] = [launch_command, status_command]

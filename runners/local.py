@@ -245,7 +245,12 @@ class LocalRunner:
         if not Path(data).exists():
             raise RunnerError(f"data file {data!r} does not exist. To fix: pass --data with a "
                               "JSONL file of 'text', 'prompt'/'completion' or 'messages' lines")
-        warnings = self.check_host(spec)
+        try:
+            warnings = self.check_host(spec)
+        except RunnerError as exc:
+            if not dry_run:
+                raise
+            warnings = [f"this machine could not run it: {exc}"]
         run_id = resume_run_id or new_run_id(spec)
         run_dir = (self.runs_dir / run_id).resolve()
         argv = self.command(spec, data=str(Path(data).resolve()), run_dir=run_dir,
