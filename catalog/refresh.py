@@ -271,12 +271,15 @@ def refresh_aws(
                                                             region_name=PRICING_API_REGION)
             ec2_clients = ec2_clients or {r: boto3.client("ec2", region_name=r)
                                           for r in region_list}
+        missing_clients = [r for r in region_list if r not in ec2_clients]
+        if missing_clients:
+            raise CatalogError(f"no EC2 client given for region(s) {', '.join(missing_clients)}")
         fresh: list[dict[str, str]] = []
         not_offered: list[str] = []
         for region in region_list:
             fresh += _price_rows(templates, region, pricing_client, ec2_clients[region], stamp,
                                  now, not_offered, report)
-    except (boto_errors.ClientError, boto_errors.BotoCoreError, KeyError) as exc:
+    except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
         raise CatalogError(
             f"AWS price refresh failed: {exc}. Nothing was written; ftplan keeps using "
             f"{previous}. Check your AWS credentials (pricing:GetProducts and "
