@@ -79,9 +79,11 @@ def write_reports(plan: Plan, out_dir: Path, *, slug: str) -> ReportPaths:
             "(only a-z, 0-9, '.', '_' and '-')"
         )
     folder = Path(out_dir)
+    # Render everything before writing anything: a rendering error leaves old files untouched.
+    markdown, page = render_markdown(plan), render_html(plan)
     json_path = write_plan(plan, folder / f"{slug}.json")
-    md_path = atomic_write_text(folder / f"{slug}.md", render_markdown(plan))
-    html_path = atomic_write_text(folder / f"{slug}.html", render_html(plan))
+    md_path = atomic_write_text(folder / f"{slug}.md", markdown)
+    html_path = atomic_write_text(folder / f"{slug}.html", page)
     return ReportPaths(markdown=md_path, html=html_path, json=json_path)
 
 
