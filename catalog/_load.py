@@ -8,7 +8,6 @@ only: this runs in every ``ftplan recommend`` and must stay fast (a few ms) and 
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
 import os
@@ -166,6 +165,8 @@ def _build_index(path: Path, entries: Iterable[tuple[str, tuple[str, ...]]]) -> 
 
 def _unknown(kind: str, name: str, names: Iterable[str], index: dict[str, str], hint: str) -> str:
     """'unknown <kind> ...' message with close matches found by difflib."""
+    import difflib  # deferred: only needed on the error path
+
     candidates = {n.lower(): index[_norm(n)] for n in names}
     close = difflib.get_close_matches(name.strip().lower(), list(candidates), n=6, cutoff=0.6)
     suggestions = list(dict.fromkeys(candidates[c] for c in close))[:3]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -150,7 +149,11 @@ def spot_price_usd(
     if not latest:
         return None
     prices = [price for _, price in latest.values()]
-    return max(prices) if statistic == "max" else float(statistics.median(prices))
+    if statistic == "max":
+        return max(prices)
+    import statistics  # deferred: keeps 'import catalog' light
+
+    return float(statistics.median(prices))
 
 
 def _get_products(client: Any, service_code: str, filters: list[dict[str, str]]) -> list[str]:
