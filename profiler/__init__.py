@@ -22,8 +22,33 @@ from profiler._types import (
     TuningConfig,
     resolve_targets,
 )
+from profiler.extrapolate import extrapolate
+from profiler.measure import profile_extrapolated
+from profiler.recipes import (
+    SETUP_FUNCTIONS,
+    PreparedModel,
+    build_base_model,
+    hf_config_for,
+    setup_full,
+    setup_lora,
+    setup_qlora,
+    train_step,
+)
+from profiler.store import ProfileStore, default_store
 
 __all__ = [
+    "SETUP_FUNCTIONS",
+    "PreparedModel",
+    "ProfileStore",
+    "build_base_model",
+    "default_store",
+    "extrapolate",
+    "hf_config_for",
+    "profile_extrapolated",
+    "setup_full",
+    "setup_lora",
+    "setup_qlora",
+    "train_step",
     "ALL_LINEAR_MODULES",
     "ATTENTION_MODULES",
     "MLP_MODULES",
