@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from planner._types import Candidate, Plan
 from planner.reports import (
+    all_candidates,
     candidate_rows,
     candidate_status,
     fmt_gib,
@@ -133,7 +134,7 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
     traces: list[dict[str, Any]] = []
     for method in Method:
         for feasible in (True, False):
-            group = [c for c in plan.ranked
+            group = [c for c in all_candidates(plan)
                      if c.config.method is method and c.feasible is feasible]
             if not group:
                 continue
@@ -281,6 +282,7 @@ def render_html(plan: Plan) -> str:
         "fmt_usd": fmt_usd, "fmt_hours": fmt_hours, "fmt_gib": fmt_gib,
         "fmt_tokens": fmt_tokens, "fmt_usd_per_hour": fmt_usd_per_hour,
         "rows": candidate_rows(plan),
+        "near_rows": candidate_rows(plan, near_misses=True),
         "verdicts": _verdicts(plan),
         "memory_rows": _memory_rows(plan),
         "components": [name for _, name, _ in _COMPONENTS],

@@ -71,6 +71,10 @@ def _recommendation(plan: Plan) -> list[str]:
          else f"{cfg.lora_rank} / {cfg.effective_lora_alpha} / {md_escape(cfg.lora_targets)}"],
         ["Precision", cfg.precision.value],
         ["Micro-batch × sequence", f"{cfg.micro_batch_size} × {cfg.seq_len} tokens"],
+        ["Gradient accumulation", f"{cand.grad_accum_steps} step(s)"
+                                  + ("" if cand.global_batch_tokens is None else
+                                     f", {fmt_tokens(cand.global_batch_tokens)} tokens per "
+                                     "optimizer step")],
         ["Gradient checkpointing", "yes" if cfg.grad_checkpointing else "no"],
         ["Optimizer", cfg.optimizer.value],
         ["GPUs", f"{md_escape(gpu_label(cand))} on {cand.nodes} node(s), sharding "
@@ -123,19 +127,26 @@ def _verdicts(plan: Plan) -> list[str]:
             "n/a" if best is None else fmt_hours(best.cost.hours),
             md_escape(v.reason),
         ])
-    return (["## Why this plan: each method's best", ""]
+    return (["## Each method's best option, and why it wins or loses", ""]
             + _table(["Method", "Best option", "Cost", "Time", "Verdict"], rows))
 
 
-def _candidates(plan: Plan) -> list[str]:
+def _candidates(plan: Plan, *, near_misses: bool = False) -> list[str]:
+    listed = plan.near_misses if near_misses else plan.ranked
+    if not listed:
+        return []
     rows = []
-    for r in candidate_rows(plan):
+    for r in candidate_rows(plan, near_misses=near_misses):
         notes = ", ".join(n for n, on in (("chosen", r.chosen), ("Pareto", r.pareto)) if on)
         rows.append([str(r.rank), md_escape(r.config), md_escape(r.gpus), md_escape(r.offer),
                      r.usd_per_hour, r.hours, r.usd, f"{r.peak_memory} / {r.usable_memory}",
                      r.status, r.risk, r.source, notes])
     header = ["#", "Config", "GPUs", "Offer", "$/h", "Time", "Cost", "Peak / usable memory",
               "Status", "Risk", "Figures", "Notes"]
+    if near_misses:
+        intro = (f"Nothing is feasible; the {len(rows)} closest candidates and the limits they "
+                 "break:")
+        return ["## Near misses", "", intro, ""] + _table(header, rows)
     return ["## Candidates", "", f"{len(rows)} candidates, in ranked order.", ""] + _table(
         header, rows)
 
@@ -223,9 +234,11 @@ def render_markdown(plan: Plan) -> str:
     lines = [f"# ftplan plan: {md_escape(plan.model)}", ""]
     lines += _bullets("Warnings", plan.warnings)
     lines += _recommendation(plan)
+    lines += _bullets("What would make it work", plan.suggestions)
     lines += _job(plan)
     lines += _verdicts(plan)
     lines += _candidates(plan)
+    lines += _candidates(plan, near_misses=True)
     lines += _pareto(plan)
     lines += _memory(plan)
     lines += _risks(plan)

@@ -135,6 +135,16 @@ def memory_used_gib(measurement: Measurement) -> float | None:
     return measurement.peak_allocated_gib
 
 
+def all_candidates(plan: Plan) -> list[Candidate]:
+    """Every priced candidate the plan holds: ranked ones, near misses (when nothing is
+    feasible) and each method's best, without duplicates, in that order."""
+    picked: dict[tuple[str, str, int], Candidate] = {}
+    for cand in (*plan.ranked, *plan.near_misses, *(v.best for v in plan.verdicts)):
+        if cand is not None:
+            picked.setdefault(_candidate_key(cand), cand)
+    return list(picked.values())
+
+
 def candidate_status(candidate: Candidate) -> str:
     """``feasible`` or the constraints the candidate breaks, e.g. ``does not fit``."""
     problems = []
@@ -144,6 +154,8 @@ def candidate_status(candidate: Candidate) -> str:
         problems.append("over budget")
     if not candidate.within_deadline:
         problems.append("over deadline")
+    if not candidate.quality_accepted:
+        problems.append("quality risk not accepted")
     return ", ".join(problems) if problems else "feasible"
 
 
@@ -168,12 +180,14 @@ class CandidateRow:
     pareto: bool
 
 
-def candidate_rows(plan: Plan) -> list[CandidateRow]:
-    """The plan's ranked candidates, in the plan's order, as formatted rows."""
+def candidate_rows(plan: Plan, *, near_misses: bool = False) -> list[CandidateRow]:
+    """The plan's ranked candidates (or, with ``near_misses``, the closest infeasible ones), in
+    the plan's order, as formatted rows."""
     pareto_keys = {_candidate_key(c) for c in plan.pareto}
     chosen_key = _candidate_key(plan.chosen) if plan.chosen is not None else None
     rows = []
-    for rank, cand in enumerate(plan.ranked, start=1):
+    listed = plan.near_misses if near_misses else plan.ranked
+    for rank, cand in enumerate(listed, start=1):
         key = _candidate_key(cand)
         rows.append(CandidateRow(
             rank=rank, method=cand.config.method.value, config=cand.config.label(),
@@ -237,9 +251,9 @@ class SourceRow:
 
 
 def source_rows(plan: Plan) -> list[SourceRow]:
-    """Distinct measurements behind the ranked candidates, sorted by source then config."""
+    """Distinct measurements behind the plan's candidates, sorted by source then config."""
     rows = {}
-    for cand in plan.ranked:
+    for cand in all_candidates(plan):
         m = cand.measurement
         prov = m.provenance
         row = SourceRow(
@@ -252,7 +266,7 @@ def source_rows(plan: Plan) -> list[SourceRow]:
 
 def offers_in(plan: Plan) -> list[Offer]:
     """Distinct offers priced in the plan, sorted by their key."""
-    offers = {c.offer.key: c.offer for c in plan.ranked}
+    offers = {c.offer.key: c.offer for c in all_candidates(plan)}
     return [offers[k] for k in sorted(offers)]
 
 
@@ -265,7 +279,8 @@ def memory_candidates(plan: Plan) -> list[Candidate]:
         if cand is not None:
             picked.setdefault(_candidate_key(cand), cand)
     for method in Method:
-        too_big = [c for c in plan.ranked if c.config.method is method and not c.fits]
+        too_big = [c for c in all_candidates(plan)
+                   if c.config.method is method and not c.fits]
         if too_big:
             cheapest = min(too_big, key=lambda c: c.cost.usd)
             picked.setdefault(_candidate_key(cheapest), cheapest)
@@ -274,8 +289,8 @@ def memory_candidates(plan: Plan) -> list[Candidate]:
 
 
 def source_counts(plan: Plan) -> dict[str, int]:
-    """How many ranked candidates rest on measured, extrapolated and estimated figures."""
+    """How many of the plan's candidates rest on measured, extrapolated and estimated figures."""
     counts = {"measured": 0, "extrapolated": 0, "estimated": 0}
-    for cand in plan.ranked:
+    for cand in all_candidates(plan):
         counts[cand.measurement.source.value] = counts.get(cand.measurement.source.value, 0) + 1
     return counts

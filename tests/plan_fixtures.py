@@ -45,6 +45,7 @@ DATASET_TOKENS = 50_000_000
 EPOCHS = 2.0
 STARTUP_HOURS = 0.25
 SPOT_OVERHEAD_FRACTION = 0.10
+GLOBAL_BATCH_TOKENS = 131_072
 
 H100_PROVENANCE = Provenance(
     device="NVIDIA H100 80GB HBM3",
@@ -126,7 +127,11 @@ def _candidate(config: TuningConfig, offer: Offer, measurement: Measurement, *,
     cost = _cost(measurement.tokens_per_s, offer)
     usable = USABLE_GIB[offer.gpu]
     peak = measurement.peak_reserved_gib or 0.0
+    # Gradient accumulation up to ~131,072 tokens per optimizer step (planner.search's target).
+    step_tokens = config.tokens_per_step * config.gpu_count
+    accum = max(1, GLOBAL_BATCH_TOKENS // step_tokens)
     return Candidate(config=config, offer=offer, nodes=1, measurement=measurement, cost=cost,
+                     grad_accum_steps=accum, global_batch_tokens=accum * step_tokens,
                      fits=peak <= usable * 0.95, usable_memory_gib=usable, risks=risks,
                      suggested_learning_rate=lr, within_budget=cost.usd <= max_usd,
                      within_deadline=max_hours is None or cost.hours <= max_hours)
@@ -258,7 +263,8 @@ def make_plan(**overrides: Any) -> Plan:
 
 
 def make_no_feasible_plan() -> Plan:
-    """Same job with a $5 budget: every candidate misses it, so nothing is chosen."""
+    """Same job with a $5 budget: every candidate misses it, so nothing is chosen or ranked; the
+    closest candidates are near misses, with suggestions."""
     ranked = make_candidates(max_usd=5.0)
     verdicts = tuple(
         MethodVerdict(method=m, best=_best(ranked, m), reason=reason) for m, reason in (
@@ -271,10 +277,14 @@ def make_no_feasible_plan() -> Plan:
         ))
     base = _base_plan()
     return dataclasses.replace(
-        base, budget=dataclasses.replace(base.budget, max_usd=5.0), chosen=None, ranked=ranked,
-        verdicts=verdicts, pareto=(),
-        warnings=("No candidate meets the $5.00 budget: the cheapest needs $13.38. Raise "
-                  "--budget to at least $14 or reduce --tokens/--epochs.",))
+        base, budget=dataclasses.replace(base.budget, max_usd=5.0), chosen=None, ranked=(),
+        verdicts=verdicts, pareto=(), near_misses=ranked[:5],
+        warnings=("No candidate meets the $5.00 budget: the cheapest needs $13.38.",),
+        suggestions=(
+            "raise --budget to $14 (lora r16 all-linear bf16-mixed b4 s1024 ckpt on 1× H100 SXM "
+            "80GB, lambda gpu_1x_h100_sxm5, on-demand)",
+            "reduce --tokens or --epochs: 50,000,000 tokens × 2 epochs cost at least $13.38",
+        ))
 
 
 def make_hostile_plan() -> Plan:

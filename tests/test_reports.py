@@ -8,6 +8,7 @@ Regenerate the golden files after an intended change:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -28,7 +29,7 @@ from planner.cli import main
 from planner.plan_io import read_plan
 from planner.report_html import cost_time_figure, memory_figure, render_html, script_json
 from planner.report_md import md_escape, render_markdown
-from planner.reports import candidate_rows, report_slug, write_reports
+from planner.reports import candidate_rows, candidate_status, report_slug, write_reports
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 SAFE_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -78,6 +79,9 @@ def test_markdown_states_the_recommendation_with_numbers() -> None:
 def test_markdown_without_a_feasible_plan_says_so() -> None:
     text = render_markdown(make_no_feasible_plan())
     assert "**No feasible plan.**" in text
+    assert "## What would make it work\n\n- raise --budget to $14" in text
+    assert "## Candidates" not in text and "## Near misses" in text
+    assert text.count("| over budget |") == 4 and "| does not fit, over budget |" in text
     assert "No feasible candidate, so no Pareto front." in text
     assert "2.7× the $5.00 budget" in text
 
@@ -130,7 +134,7 @@ def test_html_has_recommendation_table_and_charts() -> None:
     assert table.count("<tr") == 1 + 6
     assert 'id="chart-cost-time"' in rest and 'id="chart-memory"' in rest
     assert rest.count("Plotly.newPlot(") == 2
-    for heading in ("Why this plan", "Quality risks", "Assumptions", "Where the numbers come from",
+    for heading in ("Each method", "Quality risks", "Assumptions", "Where the numbers come from",
                     "Prices", "Search"):
         assert f"<h2>{heading}" in rest
     assert "NVIDIA H100 80GB HBM3" in rest and "torch 2.11.0" in rest
@@ -159,7 +163,21 @@ def test_html_escapes_the_hostile_model_name() -> None:
 def test_html_without_a_feasible_plan() -> None:
     rest = _without_plotly_js(render_html(make_no_feasible_plan()))
     assert "No feasible plan." in rest
-    assert "Raise --budget to at least $14" in rest
+    assert '<section class="card" id="suggestions">' in rest
+    assert "raise --budget to $14" in rest
+    assert '<table id="candidates">' not in rest
+    near = rest[rest.index('<table id="near-misses">'):]
+    near = near[:near.index("</table>")]
+    assert near.count("<tr") == 1 + 5 and near.count("over budget") == 5
+
+
+def test_cost_time_figure_plots_near_misses_when_nothing_is_feasible() -> None:
+    plan = make_no_feasible_plan()
+    fig = cost_time_figure(plan)
+    names = [t["name"] for t in fig["data"]]
+    assert "Pareto front" not in names and "recommended" not in names
+    assert sum(len(t["x"]) for t in fig["data"]) == 5
+    assert fig["layout"]["shapes"][0]["y0"] == 5.0
 
 
 def test_script_json_cannot_close_its_script_element() -> None:
@@ -270,6 +288,14 @@ def test_write_reports_rejects_unsafe_slugs(tmp_path: Path, slug: str) -> None:
     with pytest.raises(ValueError, match="not a safe file name"):
         write_reports(make_plan(), tmp_path, slug=slug)
     assert not any(p.suffix in (".md", ".html", ".json") for p in tmp_path.rglob("*"))
+
+
+def test_candidate_status_names_every_broken_limit() -> None:
+    ranked = make_plan().ranked
+    assert candidate_status(ranked[0]) == "feasible"
+    rejected = dataclasses.replace(ranked[0], quality_accepted=False, within_budget=False)
+    assert candidate_status(rejected) == "over budget, quality risk not accepted"
+    assert not rejected.feasible
 
 
 def test_candidate_rows_flag_chosen_and_pareto_after_round_trip(tmp_path: Path) -> None:
