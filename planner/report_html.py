@@ -165,6 +165,9 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
             "marker": {"size": 22, "symbol": "star", "color": "#F0E442",
                        "line": {"width": 1.5, "color": "#222222"}},
         })
+    # Both axes are logarithmic: costs and times span decades, and a budget far above every
+    # candidate would otherwise squash them onto the x axis. On a log axis plotly.js places
+    # annotations in log10 units, shapes in data units.
     budget = plan.budget
     shapes: list[dict[str, Any]] = [{
         "type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
@@ -172,12 +175,12 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
         "line": {"color": "#B00020", "width": 2, "dash": "dash"},
     }]
     annotations: list[dict[str, Any]] = [{
-        "xref": "paper", "x": 0, "xanchor": "left", "yref": "y", "y": budget.max_usd,
+        "xref": "paper", "x": 0, "xanchor": "left", "yref": "y",
+        "y": math.log10(budget.max_usd),
         "yanchor": "bottom", "showarrow": False, "font": {"color": "#B00020"},
         "text": f"budget {fmt_usd(budget.max_usd)}",
     }]
     if budget.max_hours is not None:
-        # On a log axis plotly.js places annotations in log10 units (shapes in data units).
         deadline_x = math.log10(budget.max_hours)
         shapes.append({
             "type": "line", "yref": "paper", "y0": 0, "y1": 1, "xref": "x",
@@ -192,7 +195,7 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
     layout = {
         "xaxis": {"title": {"text": "wall-clock hours (log scale)"}, "type": "log",
                   "zeroline": False},
-        "yaxis": {"title": {"text": "total cost, USD"}, "rangemode": "tozero",
+        "yaxis": {"title": {"text": "total cost, USD (log scale)"}, "type": "log",
                   "tickprefix": "$"},
         "shapes": shapes, "annotations": annotations,
         "legend": {"orientation": "h", "y": -0.2}, "hovermode": "closest",

@@ -136,10 +136,11 @@ def memory_used_gib(measurement: Measurement) -> float | None:
 
 
 def all_candidates(plan: Plan) -> list[Candidate]:
-    """Every priced candidate the plan holds: ranked ones, near misses (when nothing is
-    feasible) and each method's best, without duplicates, in that order."""
+    """Every priced candidate the plan holds: ranked ones, the Pareto front, near misses (when
+    nothing is feasible) and each method's best, without duplicates, in that order."""
     picked: dict[tuple[str, str, int], Candidate] = {}
-    for cand in (*plan.ranked, *plan.near_misses, *(v.best for v in plan.verdicts)):
+    for cand in (*plan.ranked, *plan.pareto, *plan.near_misses,
+                 *(v.best for v in plan.verdicts)):
         if cand is not None:
             picked.setdefault(_candidate_key(cand), cand)
     return list(picked.values())

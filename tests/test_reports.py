@@ -202,6 +202,7 @@ def test_cost_time_figure_marks_pareto_budget_and_deadline() -> None:
     assert budget["y0"] == budget["y1"] == 200.0
     assert deadline["x0"] == deadline["x1"] == 48.0
     # Annotations on a log axis take log10 positions.
+    assert fig["layout"]["annotations"][0]["y"] == pytest.approx(math.log10(200.0))
     assert fig["layout"]["annotations"][1]["x"] == pytest.approx(math.log10(48.0))
 
 
