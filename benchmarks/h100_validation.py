@@ -118,20 +118,24 @@ def run(args: argparse.Namespace) -> None:
             result = profile_extrapolated(spec, config, layers=layers,
                                           on_measured=lambda m: _append(out, m), **common)
             _append(out, result)
-            print(f"{spec.name:14} {label:44} extrapolated {result.status.value:5} "
+            print(f"{spec.name:14} {label:48} extrapolated {result.status.value:5} "
                   f"{_gib(result.peak_allocated_gib)} GiB ({time.perf_counter() - started:.0f} s)",
                   flush=True)
         if full_depth and (spec.name, label, Source.MEASURED.value) not in done:
             started = time.perf_counter()
             result = measure(spec, config, **common)
             _append(out, result)
-            print(f"{spec.name:14} {label:44} measured     {result.status.value:5} "
+            print(f"{spec.name:14} {label:48} measured     {result.status.value:5} "
                   f"{_gib(result.peak_allocated_gib)} GiB ({time.perf_counter() - started:.0f} s)",
                   flush=True)
 
 
 def _gib(value: float | None) -> str:
     return "    -" if value is None else f"{value:6.2f}"
+
+
+def _seconds(value: float | None) -> str:
+    return f"{'-':>8}" if value is None else f"{value:8.4f}"
 
 
 def _error_pct(predicted: float | None, measured: float | None) -> str:
@@ -146,7 +150,7 @@ def table(records: list[Measurement]) -> str:
     for record in records:
         if "@" not in record.model:
             latest[(record.model, record.config.label(), record.source.value)] = record
-    rows = [f"{'model':14} {'config':44} {'pred GiB':>9} {'meas GiB':>9} {'err':>7} "
+    rows = [f"{'model':14} {'config':48} {'pred GiB':>9} {'meas GiB':>9} {'err':>7} "
             f"{'pred s':>8} {'meas s':>8} {'err':>7} {'kernel err':>10}"]
     for (model, label, source), predicted in sorted(latest.items()):
         if source != Source.EXTRAPOLATED.value:
@@ -163,9 +167,9 @@ def table(records: list[Measurement]) -> str:
         meas_alloc = measured.peak_allocated_gib if measured else None
         meas_step = measured.step_time_s if measured else None
         rows.append(
-            f"{model:14} {label:44} {pred_gib} {meas_gib} "
+            f"{model:14} {label:48} {pred_gib} {meas_gib} "
             f"{_error_pct(predicted.peak_allocated_gib, meas_alloc):>7} "
-            f"{predicted.step_time_s or 0:8.4f} {meas_step or 0:8.4f} "
+            f"{_seconds(predicted.step_time_s)} {_seconds(meas_step)} "
             f"{_error_pct(predicted.step_time_s, meas_step):>7} "
             f"{_error_pct(kernel_pred, kernel_meas):>10}")
     return "\n".join(rows)
