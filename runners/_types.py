@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from catalog import ModelSpec, Offer, from_jsonable, to_jsonable
 from profiler import TuningConfig
@@ -219,6 +219,7 @@ class RunStatus:
     summary_path: str = ""
 
 
+@runtime_checkable
 class Runner(Protocol):
     """Launches a LaunchSpec somewhere and reports on it. Implemented by LocalRunner and
     SageMakerRunner; tests/test_runner_contract.py holds both to the same contract."""
