@@ -238,3 +238,40 @@ def test_cli_refresh_rejects_other_providers() -> None:
     result = CliRunner().invoke(main, ["catalog", "refresh", "--provider", "gcp"])
     assert result.exit_code == 2 and "only aws" in result.output
     assert "Traceback" not in result.output
+
+
+def test_refresh_follows_next_tokens(cache: Path, clients: Any) -> None:
+    pricing, ec2, pricing_stub, ec2_stub = clients
+    filters = ec2_price_filters("g5.xlarge", "us-east-1")
+    pricing_stub.add_response(
+        "get_products", {"FormatVersion": "aws_v1", "PriceList": [], "NextToken": "page-2"},
+        {"ServiceCode": "AmazonEC2", "Filters": filters, "FormatVersion": "aws_v1"},
+    )
+    pricing_stub.add_response(
+        "get_products",
+        {"FormatVersion": "aws_v1", "PriceList": [_price_entry("g5.xlarge", "1.1000000000")]},
+        {"ServiceCode": "AmazonEC2", "Filters": filters, "FormatVersion": "aws_v1",
+         "NextToken": "page-2"},
+    )
+    ec2_stub.add_response(
+        "describe_spot_price_history",
+        {"SpotPriceHistory": [_spot("us-east-1a", "0.5000", 9)], "NextToken": "more"},
+        {"InstanceTypes": ["g5.xlarge"], "ProductDescriptions": ["Linux/UNIX"], "StartTime": ANY},
+    )
+    ec2_stub.add_response(
+        "describe_spot_price_history", {"SpotPriceHistory": [_spot("us-east-1b", "0.6000", 9)]},
+        {"InstanceTypes": ["g5.xlarge"], "ProductDescriptions": ["Linux/UNIX"],
+         "StartTime": ANY, "NextToken": "more"},
+    )
+    pricing_stub.add_response(
+        "get_products",
+        {"FormatVersion": "aws_v1", "PriceList": [_price_entry("ml.g5.xlarge", "1.5")]},
+        {"ServiceCode": "AmazonSageMaker", "Filters": ANY, "FormatVersion": "aws_v1"},
+    )
+    refresh_aws(regions=["us-east-1"], pricing_client=pricing, ec2_clients={"us-east-1": ec2},
+                today=TODAY)
+    pricing_stub.assert_no_pending_responses()
+    offers = {o.key: o.usd_per_hour for o in list_offers(providers=["aws"])}
+    assert offers["aws/ec2/g5.xlarge/us-east-1/on-demand"] == 1.1
+    assert offers["aws/ec2/g5.xlarge/us-east-1/spot"] == 0.6  # zone b, from the second page
+    assert offers["aws/sagemaker/ml.g5.xlarge/us-east-1/on-demand"] == 1.5
