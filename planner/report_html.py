@@ -129,8 +129,10 @@ def _hover(cand: Candidate) -> str:
 
 
 def cost_time_figure(plan: Plan) -> dict[str, Any]:
-    """Scatter of every candidate's hours (x, log) vs USD (y), the Pareto front, the chosen
-    candidate, the budget line and, when set, the deadline line."""
+    """Scatter of every candidate's hours (x, log) vs USD (y, log unless some cost is $0, as on
+    the user's own GPUs), the Pareto front, the chosen candidate, the budget line and, when
+    set, the deadline line."""
+    log_usd = all(c.cost.usd > 0 for c in all_candidates(plan))
     traces: list[dict[str, Any]] = []
     for method in Method:
         for feasible in (True, False):
@@ -176,7 +178,7 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
     }]
     annotations: list[dict[str, Any]] = [{
         "xref": "paper", "x": 0, "xanchor": "left", "yref": "y",
-        "y": math.log10(budget.max_usd),
+        "y": math.log10(budget.max_usd) if log_usd else budget.max_usd,
         "yanchor": "bottom", "showarrow": False, "font": {"color": "#B00020"},
         "text": f"budget {fmt_usd(budget.max_usd)}",
     }]
@@ -195,8 +197,9 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
     layout = {
         "xaxis": {"title": {"text": "wall-clock hours (log scale)"}, "type": "log",
                   "zeroline": False},
-        "yaxis": {"title": {"text": "total cost, USD (log scale)"}, "type": "log",
-                  "tickprefix": "$"},
+        "yaxis": ({"title": {"text": "total cost, USD (log scale)"}, "type": "log"} if log_usd
+                  else {"title": {"text": "total cost, USD"}, "rangemode": "tozero"})
+        | {"tickprefix": "$"},
         "shapes": shapes, "annotations": annotations,
         "legend": {"orientation": "h", "y": -0.2}, "hovermode": "closest",
         "margin": {"l": 70, "r": 20, "t": 30, "b": 40}, "height": 440,

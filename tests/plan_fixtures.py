@@ -294,3 +294,13 @@ def make_hostile_plan() -> Plan:
         model_hf_id=f"evil/{HOSTILE_NAME}|x",
         assumptions=(f"Model {HOSTILE_NAME} | pipes | and <b>bold</b> & ampersands.",),
     )
+
+
+def make_empty_plan() -> Plan:
+    """Nothing fits any offered GPU: no candidates, no near misses, verdicts without a best."""
+    base = make_no_feasible_plan()
+    verdicts = tuple(MethodVerdict(method=v.method, best=None, reason=(
+        f"{v.method.value} fits no offered GPU: the weights alone need more than the largest "
+        "card's 22.35 GiB.")) for v in base.verdicts)
+    return dataclasses.replace(base, near_misses=(), verdicts=verdicts,
+                               suggestions=("use a larger GPU (--gpu h100)",))

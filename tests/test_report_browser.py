@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plan_fixtures import HOSTILE_NAME, make_hostile_plan, make_no_feasible_plan, make_plan
+from plan_fixtures import (
+    HOSTILE_NAME,
+    make_empty_plan,
+    make_hostile_plan,
+    make_no_feasible_plan,
+    make_plan,
+)
 
 from planner.reports import write_reports
 
@@ -147,3 +153,12 @@ def test_no_feasible_plan_renders(browser: Any, tmp_path: Path) -> None:
     assert "No feasible plan" in page.page.locator("#recommendation").inner_text()
     assert "$5.00" in page.page.locator("#warnings").inner_text()
     page.screenshot(tmp_path, "report-no-feasible.png")
+
+
+def test_plan_without_any_candidate_renders(browser: Any, tmp_path: Path) -> None:
+    paths = write_reports(make_empty_plan(), tmp_path, slug="empty")
+    page = _Page(browser)
+    page.open(paths.html)
+    _assert_clean(page, paths.html)
+    assert "use a larger GPU" in page.page.locator("#suggestions").inner_text()
+    assert page.page.locator("#candidates").count() == 0

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 from plan_fixtures import (
     HOSTILE_NAME,
+    make_empty_plan,
     make_hostile_plan,
     make_no_feasible_plan,
     make_plan,
@@ -215,6 +216,16 @@ def test_cost_time_figure_without_deadline_has_only_the_budget_line() -> None:
     assert len(fig["layout"]["shapes"]) == 1
 
 
+def test_cost_time_figure_uses_a_linear_cost_axis_when_a_run_is_free() -> None:
+    plan = make_plan()
+    free = dataclasses.replace(plan.ranked[0], cost=dataclasses.replace(
+        plan.ranked[0].cost, usd=0.0, usd_per_hour=0.0))
+    fig = cost_time_figure(make_plan(ranked=(free, *plan.ranked[1:]), chosen=free))
+    assert fig["layout"]["yaxis"].get("type") != "log"
+    assert fig["layout"]["annotations"][0]["y"] == 200.0
+    assert cost_time_figure(plan)["layout"]["yaxis"]["type"] == "log"
+
+
 def test_memory_figure_stacks_components_against_usable_memory() -> None:
     plan = make_plan()
     fig = memory_figure(plan)
@@ -363,3 +374,15 @@ def test_cli_report_help_has_examples() -> None:
     result = CliRunner().invoke(main, ["report", "--help"])
     assert result.exit_code == 0
     assert "Examples:" in result.output and "--format md --out plan.md" in result.output
+
+
+def test_plan_without_any_candidate_still_renders(tmp_path: Path) -> None:
+    plan = make_empty_plan()
+    paths = write_reports(plan, tmp_path, slug="empty")
+    text = paths.markdown.read_text(encoding="utf-8")
+    assert "**No feasible plan.**" in text and "## Candidates" not in text
+    assert "| LoRA | none | n/a | n/a |" in text
+    page = paths.html.read_text(encoding="utf-8")
+    assert "use a larger GPU (--gpu h100)" in page
+    assert cost_time_figure(plan)["data"] == []
+    assert read_plan(paths.json) == plan
