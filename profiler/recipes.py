@@ -34,6 +34,14 @@ _FUSED_LINEAR_NAMES: dict[str, dict[str, str]] = {
              "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"},
 }
 _MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
+# transformers refuses SDPA for gemma2 (attention-logit soft-capping), so it runs eager attention.
+_EAGER_ATTENTION_MODEL_TYPES = frozenset({"gemma2"})
+
+
+def attention_implementation(spec: ModelSpec) -> str:
+    """``sdpa`` (PyTorch scaled-dot-product attention), or ``eager`` where transformers has no
+    SDPA path for the architecture."""
+    return "eager" if spec.model_type in _EAGER_ATTENTION_MODEL_TYPES else "sdpa"
 
 
 @dataclass(slots=True)
@@ -68,8 +76,8 @@ def hf_config_for(spec: ModelSpec, *, num_layers: int | None = None) -> Any:
             ``spec.num_layers``.
 
     Returns:
-        A ``transformers.PretrainedConfig`` for ``spec.model_type`` with SDPA attention and no KV
-        cache (training).
+        A ``transformers.PretrainedConfig`` for ``spec.model_type`` with SDPA attention (eager
+        where transformers has no SDPA path) and no KV cache (training).
 
     Raises:
         ValueError: If ``num_layers`` is not positive or transformers does not know the model type.
@@ -110,7 +118,7 @@ def hf_config_for(spec: ModelSpec, *, num_layers: int | None = None) -> Any:
     layer_types = getattr(config, "layer_types", None)
     if isinstance(layer_types, list) and len(layer_types) != layers:
         config.layer_types = [layer_types[i % len(layer_types)] for i in range(layers)]
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = attention_implementation(spec)
     return config
 
 
@@ -180,23 +188,25 @@ def build_base_model(spec: ModelSpec, config: TuningConfig, *, device: str,
 
     hf_config = hf_config_for(spec, num_layers=num_layers)
     dtype = _weight_dtype(config)
+    attention = attention_implementation(spec)
     if config.method is Method.QLORA:
-        return _build_nf4_model(hf_config, config, device=device, checkpoint=checkpoint)
+        return _build_nf4_model(hf_config, config, device=device, checkpoint=checkpoint,
+                                attention=attention)
     if checkpoint is not None:
         model = AutoModelForCausalLM.from_pretrained(
-            checkpoint, config=hf_config, dtype=dtype, attn_implementation="sdpa")
+            checkpoint, config=hf_config, dtype=dtype, attn_implementation=attention)
         model.to(device)
     else:
         torch.manual_seed(0)
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(
-                hf_config, dtype=dtype, attn_implementation="sdpa")
+                hf_config, dtype=dtype, attn_implementation=attention)
     model.train()
     return model
 
 
 def _build_nf4_model(hf_config: Any, config: TuningConfig, *, device: str,
-                     checkpoint: str | None) -> Any:
+                     checkpoint: str | None, attention: str) -> Any:
     """Load a 4-bit NF4 model. ``from_config`` takes no quantization config, so random weights
     are saved to a temporary folder first and loaded back through ``from_pretrained``."""
     import torch
@@ -208,7 +218,11 @@ def _build_nf4_model(hf_config: Any, config: TuningConfig, *, device: str,
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=_compute_dtype(config),
     )
-    device_map = {"": device}
+    # accelerate wants a device index for CUDA ("cuda" alone names the current device).
+    device_map: dict[str, int | str] = {"": device}
+    if device.startswith("cuda"):
+        index = torch.device(device).index
+        device_map = {"": torch.cuda.current_device() if index is None else index}
     with contextlib.ExitStack() as stack:
         source = checkpoint
         if source is None:
@@ -216,14 +230,14 @@ def _build_nf4_model(hf_config: Any, config: TuningConfig, *, device: str,
             torch.manual_seed(0)
             with torch.device(device):
                 random_model = AutoModelForCausalLM.from_config(
-                    hf_config, dtype=_weight_dtype(config), attn_implementation="sdpa")
+                    hf_config, dtype=_weight_dtype(config), attn_implementation=attention)
             random_model.save_pretrained(source)
             del random_model
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
         model = AutoModelForCausalLM.from_pretrained(
             source, config=hf_config, quantization_config=quantization, device_map=device_map,
-            dtype=_weight_dtype(config), attn_implementation="sdpa")
+            dtype=_weight_dtype(config), attn_implementation=attention)
     model.train()
     return model
 

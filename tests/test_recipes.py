@@ -161,3 +161,24 @@ def test_qlora_quantizes_to_nf4_and_trains(checkpointing: bool) -> None:
     assert prepared.trainable_params == _analytic_lora_params(TINY, 4, "all-linear")
     ids = _batch()
     assert math.isfinite(recipes.train_step(prepared, ids, ids))
+
+
+@pytest.mark.parametrize("name", ["llama2-7b", "llama3.2-1b", "qwen2.5-1.5b", "phi3-mini",
+                                  "gemma-2b", "gemma2-2b", "mixtral-8x7b"])
+def test_built_architecture_matches_the_catalog_param_count(name: str) -> None:
+    """1- and 2-layer models on the meta device (no memory), extended to full depth, reproduce
+    the catalog's parameter count exactly: the config carries every architecture fact."""
+    from transformers import AutoModelForCausalLM
+
+    from catalog import get_model
+
+    spec = get_model(name)
+    counts = []
+    for layers in (1, 2):
+        config = recipes.hf_config_for(spec, num_layers=layers)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        counts.append(sum(p.numel() for p in model.parameters()))
+    assert counts[0] + (spec.num_layers - 1) * (counts[1] - counts[0]) == spec.param_count
+    expected_attention = "eager" if spec.model_type == "gemma2" else "sdpa"
+    assert model.config._attn_implementation == expected_attention
