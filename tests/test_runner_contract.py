@@ -1,0 +1,145 @@
+"""One contract, two runners: LocalRunner (a real CPU training run of a tiny Llama) and
+SageMakerRunner (moto's SageMaker and S3) launch, dry-run and report status the same way."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from catalog import ModelSpec, Offer, Provider
+from profiler import Method, TuningConfig
+from runners import (
+    LaunchResult,
+    LaunchSpec,
+    LocalRunner,
+    Runner,
+    RunnerError,
+    RunState,
+    SageMakerRunner,
+    Target,
+)
+
+TINY = ModelSpec(
+    name="tiny-llama", hf_id="tiny/llama", model_type="llama", num_layers=2, hidden_size=64,
+    intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=256,
+    tied_embeddings=False, param_count=106_816, max_seq_len=256, source="test",
+    as_of="2026-11-23",
+)
+CONFIG = TuningConfig(method=Method.LORA, lora_rank=4, lora_targets="all-linear",
+                      micro_batch_size=2, seq_len=32)
+SAGEMAKER_OFFER = Offer(provider=Provider.AWS, service="sagemaker", instance_type="ml.g5.xlarge",
+                        region="us-east-1", gpu="A10G", gpu_count=1, usd_per_hour=1.4084,
+                        spot=False, as_of="2025-05-01", source="test")
+BUCKET = "ftplan-contract"
+
+
+@dataclass
+class Harness:
+    """A runner, a spec it can run, its data, and a way to see what it created."""
+
+    runner: Runner
+    spec: LaunchSpec
+    data: str
+    missing_data: str
+    created: Callable[[], list[str]]
+
+
+def _local(tmp_path: Path) -> Iterator[Harness]:
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps({"text": "abc " * 40}) for _ in range(20)) + "\n")
+    spec = LaunchSpec(model=TINY, config=CONFIG, random_init=True, tokenizer="byte",
+                      device="cpu", max_steps=3, checkpoint_every_minutes=None)
+    runs = tmp_path / "runs"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")  # a tiny model; spare the shared CPU cores
+        yield Harness(runner=LocalRunner(runs_dir=runs), spec=spec, data=str(data),
+                      missing_data=str(tmp_path / "missing.jsonl"),
+                      created=lambda: sorted(p.name for p in runs.iterdir())
+                      if runs.exists() else [])
+
+
+def _sagemaker(tmp_path: Path) -> Iterator[Harness]:
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    with pytest.MonkeyPatch.context() as env, moto.mock_aws():
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            env.setenv(key, value)
+        s3 = boto3.client("s3", region_name="us-east-1")
+        sm = boto3.client("sagemaker", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        s3.put_object(Bucket=BUCKET, Key="data/train.jsonl", Body=b'{"text": "abc"}\n')
+
+        def created() -> list[str]:
+            jobs = [j["TrainingJobName"] for j in sm.list_training_jobs()["TrainingJobSummaries"]]
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+                    if not o["Key"].startswith("data/")]
+            return sorted(jobs + keys)
+
+        runner = SageMakerRunner(client=sm, s3_client=s3, role_arn="arn:aws:iam::123456789012:"
+                                 "role/ftplan", env={})
+        spec = LaunchSpec(model=TINY, config=CONFIG, offer=SAGEMAKER_OFFER, max_hours=0.5)
+        yield Harness(runner=runner, spec=spec, data=f"s3://{BUCKET}/data/",
+                      missing_data="/not/on/s3.jsonl", created=created)
+
+
+@pytest.fixture(params=["local", "sagemaker"])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    factory = {"local": _local, "sagemaker": _sagemaker}[request.param]
+    yield from factory(tmp_path)
+
+
+def _wait(harness: Harness, run_id: str) -> Any:
+    runner = harness.runner
+    if isinstance(runner, LocalRunner):
+        return runner.wait(run_id, poll_s=0.5, follow=False)
+    assert isinstance(runner, SageMakerRunner)
+    return runner.wait(run_id, poll_s=0.0, sleep=lambda _s: None)
+
+
+def test_is_a_runner(harness: Harness) -> None:
+    assert isinstance(harness.runner, Runner)
+    assert harness.runner.target in (Target.LOCAL, Target.SAGEMAKER)
+
+
+def test_dry_run_describes_and_creates_nothing(harness: Harness) -> None:
+    result = harness.runner.launch(harness.spec, data=harness.data, dry_run=True)
+    assert isinstance(result, LaunchResult)
+    assert result.dry_run and result.run_id and result.target is harness.runner.target
+    assert result.command or result.request_json
+    assert json.loads(result.spec_json)["spec"]["config"]["lora_rank"] == 4
+    assert harness.created() == []
+
+
+def test_missing_data_is_refused_before_anything_is_created(harness: Harness) -> None:
+    with pytest.raises(RunnerError, match="To fix"):
+        harness.runner.launch(harness.spec, data=harness.missing_data)
+    assert harness.created() == []
+
+
+def test_unknown_run_is_an_error(harness: Harness) -> None:
+    with pytest.raises(RunnerError):
+        harness.runner.status("ftplan-no-such-run-000")
+
+
+@pytest.mark.slow
+def test_launch_then_status_until_it_succeeds(harness: Harness) -> None:
+    result = harness.runner.launch(harness.spec, data=harness.data)
+    assert not result.dry_run and result.run_id in "".join(harness.created())
+    first = harness.runner.status(result.run_id)
+    assert first.run_id == result.run_id and first.target is harness.runner.target
+    final = _wait(harness, result.run_id)
+    assert final.state is RunState.SUCCEEDED, final.detail
+    assert final.ended_at and final.summary_path
+    if isinstance(harness.runner, LocalRunner):
+        # A real training run happened: 3 steps, a checkpoint, a summary with throughput.
+        assert final.detail.startswith("step 3/3")
+        summary = json.loads(Path(final.summary_path).read_text())
+        assert summary["steps_completed"] == 3 and summary["measured"]["tokens_per_s"] > 0
+        assert (Path(result.run_dir) / "output/checkpoints/checkpoint-00000003").is_dir()
