@@ -200,15 +200,15 @@ def _bullets(title: str, items: tuple[str, ...]) -> list[str]:
 def _sources(plan: Plan) -> list[str]:
     counts = source_counts(plan)
     summary = ", ".join(f"{n} {name}" for name, n in counts.items())
-    rows = [[md_escape(r.config), md_escape(r.gpu), r.source, md_escape(r.device),
-             md_escape(r.versions or "n/a"), md_escape(r.date), md_escape(r.method or "n/a"),
-             md_escape(r.notes or "")] for r in source_rows(plan)]
+    rows = [[r.source, md_escape(r.device), md_escape(r.versions or "n/a"),
+             md_escape(r.date or "n/a"), md_escape(r.method or "n/a"), md_escape(r.notes),
+             str(r.count), md_escape(r.figures)] for r in source_rows(plan)]
     return (["## Where the numbers come from", "",
              f"Candidates by figure source: {summary}. Measured = a run of the full model; "
              "extrapolated = a 2/4-layer fit evaluated at full depth; estimated = ftplan's "
              "analytic formula.", ""]
-            + _table(["Config", "GPU", "Source", "Device", "Versions", "Date", "How", "Notes"],
-                     rows))
+            + _table(["Source", "Device", "Versions", "Date", "How", "Notes", "Figures",
+                      "For"], rows))
 
 
 def _prices(plan: Plan) -> list[str]:

@@ -237,32 +237,47 @@ def risk_rows(plan: Plan) -> list[RiskRow]:
     return [row for _, _, row in items]
 
 
+_SOURCE_ORDER = {"measured": 0, "extrapolated": 1, "estimated": 2}
+_FIGURES_LISTED = 4
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SourceRow:
-    """Where one memory/speed figure in the plan came from."""
+    """One provenance (source, device, versions, date, method, notes) and the figures from it.
 
-    config: str
-    gpu: str
+    ``figures`` lists up to four ``config on GPU`` descriptions, sorted, then ``+N more``.
+    """
+
     source: str
     device: str
     versions: str
     date: str
     method: str
     notes: str
+    count: int
+    figures: str
 
 
 def source_rows(plan: Plan) -> list[SourceRow]:
-    """Distinct measurements behind the plan's candidates, sorted by source then config."""
-    rows = {}
+    """The provenances behind the plan's candidates, measured first, then extrapolated, then
+    estimated; each with how many distinct figures it gave and which."""
+    groups: dict[tuple[str, str, str, str, str, str], set[str]] = {}
     for cand in all_candidates(plan):
         m = cand.measurement
         prov = m.provenance
-        row = SourceRow(
-            config=m.config.label(), gpu=m.gpu, source=m.source.value, device=prov.device,
-            versions=", ".join(f"{name} {version}" for name, version in sorted(prov.versions)),
-            date=prov.date, method=prov.method, notes=prov.notes)
-        rows[(row.source, row.config, row.gpu, row.device, row.date)] = row
-    return [rows[k] for k in sorted(rows)]
+        versions = ", ".join(f"{name} {version}" for name, version in sorted(prov.versions))
+        key = (m.source.value, prov.device, versions, prov.date, prov.method, prov.notes)
+        groups.setdefault(key, set()).add(f"{m.config.label()} on {m.gpu}")
+    rows = []
+    for key in sorted(groups, key=lambda k: (_SOURCE_ORDER.get(k[0], 9), k)):
+        figures = sorted(groups[key])
+        listed = "; ".join(figures[:_FIGURES_LISTED])
+        if len(figures) > _FIGURES_LISTED:
+            listed += f"; +{len(figures) - _FIGURES_LISTED} more"
+        source, device, versions, date, method, notes = key
+        rows.append(SourceRow(source=source, device=device, versions=versions, date=date,
+                              method=method, notes=notes, count=len(figures), figures=listed))
+    return rows
 
 
 def offers_in(plan: Plan) -> list[Offer]:

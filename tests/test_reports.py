@@ -30,7 +30,13 @@ from planner.cli import main
 from planner.plan_io import read_plan
 from planner.report_html import cost_time_figure, memory_figure, render_html, script_json
 from planner.report_md import md_escape, render_markdown
-from planner.reports import candidate_rows, candidate_status, report_slug, write_reports
+from planner.reports import (
+    candidate_rows,
+    candidate_status,
+    report_slug,
+    source_rows,
+    write_reports,
+)
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 SAFE_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -386,3 +392,21 @@ def test_plan_without_any_candidate_still_renders(tmp_path: Path) -> None:
     assert "use a larger GPU (--gpu h100)" in page
     assert cost_time_figure(plan)["data"] == []
     assert read_plan(paths.json) == plan
+
+
+def test_source_rows_group_figures_by_provenance() -> None:
+    plan = make_plan()
+    rows = source_rows(plan)
+    assert [(r.source, r.count) for r in rows] == [("measured", 1), ("extrapolated", 1),
+                                                   ("estimated", 3)]
+    assert rows[0].versions == ("bitsandbytes 0.50.2, peft 0.21.0, torch 2.11.0, "
+                                "transformers 5.17.0")
+    estimated = plan.ranked[3]
+    many = tuple(
+        dataclasses.replace(estimated, measurement=dataclasses.replace(
+            estimated.measurement,
+            config=dataclasses.replace(estimated.measurement.config, micro_batch_size=b)))
+        for b in range(1, 7))
+    rows = source_rows(make_plan(ranked=many, pareto=(), chosen=many[0], verdicts=()))
+    assert [(r.source, r.count) for r in rows] == [("estimated", 6)]
+    assert rows[0].figures.endswith("; +2 more") and rows[0].figures.count(";") == 4
