@@ -402,11 +402,11 @@ def test_source_rows_group_figures_by_provenance() -> None:
     assert rows[0].versions == ("bitsandbytes 0.50.2, peft 0.21.0, torch 2.11.0, "
                                 "transformers 5.17.0")
     estimated = plan.ranked[3]
+    configs = [dataclasses.replace(estimated.config, micro_batch_size=b) for b in range(1, 7)]
     many = tuple(
-        dataclasses.replace(estimated, measurement=dataclasses.replace(
-            estimated.measurement,
-            config=dataclasses.replace(estimated.measurement.config, micro_batch_size=b)))
-        for b in range(1, 7))
+        dataclasses.replace(estimated, config=cfg,
+                            measurement=dataclasses.replace(estimated.measurement, config=cfg))
+        for cfg in configs)
     rows = source_rows(make_plan(ranked=many, pareto=(), chosen=many[0], verdicts=()))
     assert [(r.source, r.count) for r in rows] == [("estimated", 6)]
     assert rows[0].figures.endswith("; +2 more") and rows[0].figures.count(";") == 4
