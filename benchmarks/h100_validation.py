@@ -38,6 +38,7 @@ from profiler import (  # noqa: E402
     TuningConfig,
     profile_extrapolated,
 )
+from profiler.extrapolate import FIT_KERNEL_BUSY_S  # noqa: E402
 from profiler.measure import measure  # noqa: E402
 
 DEFAULT_MODELS = ("llama3.2-1b", "qwen2.5-1.5b", "phi3-mini", "llama2-7b")
@@ -162,8 +163,8 @@ def table(records: list[Measurement]) -> str:
             meas_gib = f"{_gib(measured.peak_allocated_gib if measured else None):>9}"
         pred_gib = (f"{_gib(predicted.peak_allocated_gib):>9}" if predicted.status is Status.OK
                     else f"{predicted.status.value:>9}")
-        kernel_pred = dict(predicted.fit).get("kernel_time_s")
-        kernel_meas = dict(measured.fit).get("kernel_time_s") if measured else None
+        kernel_pred = dict(predicted.fit).get(FIT_KERNEL_BUSY_S)
+        kernel_meas = dict(measured.fit).get(FIT_KERNEL_BUSY_S) if measured else None
         meas_alloc = measured.peak_allocated_gib if measured else None
         meas_step = measured.step_time_s if measured else None
         rows.append(

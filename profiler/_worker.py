@@ -28,12 +28,11 @@ from typing import Any
 
 from catalog import ModelSpec, from_jsonable, to_jsonable
 from profiler._types import Measurement, Provenance, Source, Status, TuningConfig
-from profiler.extrapolate import FIT_NUM_LAYERS
+from profiler.extrapolate import FIT_CUDA_EVENT_TIME_S, FIT_KERNEL_BUSY_S, FIT_NUM_LAYERS
 
 GIB = 1024**3
 PHASE_FORWARD_BACKWARD = "forward_backward"
 PHASE_OPTIMIZER_STEP = "optimizer_step"
-FIT_KERNEL_TIME_S = "kernel_time_s"  # median of CUDA-event time per step (GPU-side)
 FIT_STEP_TIME_MEAN_S = "step_time_mean_s"
 FIT_STEP_TIME_STDEV_S = "step_time_stdev_s"
 
@@ -239,7 +238,7 @@ def _measure(job: Job, *, gpu: str) -> Measurement:
         torch.cuda.reset_peak_memory_stats(job.device)
 
     wall_s: list[float] = []
-    kernel_s: list[float] = []
+    event_s: list[float] = []
     fb_peak = opt_peak = 0
     alloc_peak = reserved_peak = 0
     loss = float("nan")
@@ -265,7 +264,7 @@ def _measure(job: Job, *, gpu: str) -> Measurement:
             torch.cuda.synchronize(job.device)
             opt_peak = max(opt_peak, torch.cuda.max_memory_allocated(job.device))
             reserved_peak = max(reserved_peak, torch.cuda.max_memory_reserved(job.device))
-            kernel_s.append(start_event.elapsed_time(end_event) / 1000.0)
+            event_s.append(start_event.elapsed_time(end_event) / 1000.0)
         loss = float(loss_tensor)
         wall_s.append(time.perf_counter() - start)
     if loss != loss:  # NaN: the recipe diverged, so the figures would not describe a real run
@@ -279,7 +278,10 @@ def _measure(job: Job, *, gpu: str) -> Measurement:
     values: dict[str, Any] = {}
     if cuda:
         alloc_peak = max(fb_peak, opt_peak)
-        fit += ((FIT_KERNEL_TIME_S, statistics.median(kernel_s)),)
+        fit += ((FIT_CUDA_EVENT_TIME_S, statistics.median(event_s)),)
+        busy_s = _kernel_busy_s(prepared, input_ids, device=job.device)
+        if busy_s is not None:
+            fit += ((FIT_KERNEL_BUSY_S, busy_s),)
         values = {
             "peak_allocated_gib": alloc_peak / GIB,
             "peak_reserved_gib": reserved_peak / GIB,
@@ -296,6 +298,30 @@ def _measure(job: Job, *, gpu: str) -> Measurement:
         fit=fit,
         **values,
     )
+
+
+def _kernel_busy_s(prepared: Any, input_ids: Any, *, device: str) -> float | None:
+    """Summed CUDA kernel time (seconds) of one extra step under torch.profiler, or None.
+
+    Runs after the timed steps and after their peaks were read, so it changes neither.
+    """
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from profiler.recipes import forward_backward, optimizer_step
+
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            forward_backward(prepared, input_ids, input_ids)
+            optimizer_step(prepared)
+            torch.cuda.synchronize(device)
+        total_us = sum(getattr(e, "self_device_time_total", 0.0)
+                       for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
+    except Exception as exc:  # noqa: BLE001 - an optional diagnostic must not fail the record
+        print(f"warning: kernel time not recorded: {exc}", file=sys.stderr)
+        return None
+    return total_us / 1e6 if total_us > 0 else None
 
 
 def main() -> int:

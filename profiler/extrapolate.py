@@ -14,6 +14,13 @@ from collections.abc import Sequence
 from profiler._types import Measurement, Provenance, Source, Status
 
 FIT_NUM_LAYERS = "num_layers"  # same key the worker records on each measurement
+# GPU-side timings the worker records in ``fit`` (seconds per step), extrapolated like step time:
+# the CUDA-event span of a step (GPU timeline, idle gaps included) and the summed kernel
+# durations of one profiled step (torch.profiler). Wall time far above kernel time means the
+# step is bound by launches, not by GPU work.
+FIT_CUDA_EVENT_TIME_S = "cuda_event_time_s"
+FIT_KERNEL_BUSY_S = "kernel_busy_s"
+TIMING_FIT_KEYS = (FIT_CUDA_EVENT_TIME_S, FIT_KERNEL_BUSY_S)
 
 
 def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
@@ -95,7 +102,7 @@ def extrapolate(points: Sequence[Measurement], *, layer_counts: Sequence[int] | 
     Peak allocated memory is the maximum of the extrapolated phase peaks when the inputs record
     phases (else the line through the peaks); peak reserved memory is at least the predicted
     allocated peak plus the smallest reserved-minus-allocated gap seen in the inputs. Step time,
-    parameter counts and GPU kernel time are fitted the same way.
+    parameter counts and the GPU timings (``TIMING_FIT_KEYS``) are fitted the same way.
 
     Args:
         points: Measurements of one config on one GPU at different depths.
@@ -160,9 +167,10 @@ def extrapolate(points: Sequence[Measurement], *, layer_counts: Sequence[int] | 
         if peak_allocated is not None and allocated is not None:
             gap = min(max(r - a, 0.0) for r, a in zip(reserved, allocated, strict=True))
             peak_reserved = max(peak_reserved, peak_allocated + gap)
-    kernel = [dict(p.fit).get("kernel_time_s") for p in points]
-    if all(k is not None for k in kernel):
-        fit.append(("kernel_time_s", predict("kernel_time_s", kernel)))  # type: ignore[arg-type]
+    for key in TIMING_FIT_KEYS:
+        timings = [dict(p.fit).get(key) for p in points]
+        if all(t is not None for t in timings):
+            fit.append((key, predict(key, timings)))  # type: ignore[arg-type]
 
     def count(attr: str) -> int | None:
         values = column(attr)

@@ -192,10 +192,11 @@ def build_base_model(spec: ModelSpec, config: TuningConfig, *, device: str,
     if config.method is Method.QLORA:
         return _build_nf4_model(hf_config, config, device=device, checkpoint=checkpoint,
                                 attention=attention)
+    model: Any
     if checkpoint is not None:
         model = AutoModelForCausalLM.from_pretrained(
             checkpoint, config=hf_config, dtype=dtype, attn_implementation=attention)
-        model.to(device)
+        model = model.to(device)
     else:
         torch.manual_seed(0)
         with torch.device(device):
@@ -319,9 +320,12 @@ def setup_full(spec: ModelSpec, config: TuningConfig, *, device: str,
 def _lora_config(spec: ModelSpec, config: TuningConfig) -> Any:
     from peft import LoraConfig
 
+    rank, alpha = config.lora_rank, config.effective_lora_alpha
+    if rank is None or alpha is None:
+        raise ValueError(f"method={config.method.value} needs lora_rank")
     return LoraConfig(
-        r=config.lora_rank,
-        lora_alpha=config.effective_lora_alpha,
+        r=rank,
+        lora_alpha=alpha,
         lora_dropout=0.0,
         target_modules=peft_target_modules(spec, config),
         bias="none",

@@ -120,3 +120,17 @@ def test_noisy_timings_that_extrapolate_below_zero_are_rejected() -> None:
     result = extrapolate(points, target_layers=32, model="m")
     assert result.status is Status.ERROR and "not positive" in result.error
     assert result.step_time_s is None
+
+
+def test_gpu_timings_are_extrapolated_when_every_input_has_them() -> None:
+    points = []
+    for layers in (2, 4):
+        base = _point(layers, fb=1.0, opt=1.0, step_s=0.02 * layers)
+        fit = base.fit + (("cuda_event_time_s", 0.018 * layers), ("kernel_busy_s", 0.01 * layers))
+        points.append(Measurement(**{**{f: getattr(base, f) for f in base.__dataclass_fields__},
+                                     "fit": fit}))
+    fit = dict(extrapolate(points, target_layers=32, model="m").fit)
+    assert fit["cuda_event_time_s"] == pytest.approx(0.018 * 32)
+    assert fit["kernel_busy_s"] == pytest.approx(0.01 * 32)
+    points[0] = _point(2, fb=1.0, opt=1.0)
+    assert "kernel_busy_s" not in dict(extrapolate(points, target_layers=32, model="m").fit)

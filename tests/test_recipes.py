@@ -155,7 +155,7 @@ def test_qlora_quantizes_to_nf4_and_trains(checkpointing: bool) -> None:
     base = prepared.model.base_model.model
     q_proj = base.model.layers[0].self_attn.q_proj.base_layer
     assert isinstance(q_proj, bnb.nn.Linear4bit)
-    assert q_proj.weight.quant_state.quant_type == "nf4"
+    assert q_proj.weight.quant_state.quant_type == "nf4"  # type: ignore[attr-defined]
     # prepare_model_for_kbit_training casts the non-quantized parameters to fp32 (DESIGN.md).
     assert base.lm_head.weight.dtype == torch.float32
     assert prepared.trainable_params == _analytic_lora_params(TINY, 4, "all-linear")
