@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from catalog import ModelSpec, get_model, to_jsonable
+from catalog import ModelSpec, get_gpu, get_model, to_jsonable
 from profiler import Measurement, Method, OptimizerKind, Precision, TuningConfig
 
 if TYPE_CHECKING:
@@ -149,9 +149,11 @@ def _render_table(results: Sequence[Measurement], note: str) -> None:
 @click.option("--layers", "layers_text", default="2,4", show_default=True,
               help="Truncated depths to measure and extrapolate from.")
 @click.option("--full-depth", is_flag=True, help="Measure the whole model instead.")
-@click.option("--device", default="cuda", show_default=True, help="cuda, cuda:<i> or cpu.")
+@click.option("--device", default="cuda", show_default=True,
+              help="cuda, cuda:<i>, or cpu (a 2-layer tiny stand-in at full depth, time only).")
 @click.option("--checkpoint", default=None, help="Real weights: hub id or local path.")
-@click.option("--gpu", "gpu_name", default=None, help="Catalog GPU name to record.")
+@click.option("--gpu", "gpu_name", default=None,
+              help="Catalog GPU name or alias to record [default: from the device name].")
 @click.option("--warmup-steps", type=int, default=3, show_default=True)
 @click.option("--timed-steps", type=int, default=10, show_default=True)
 @click.option("--timeout-s", type=float, default=1800.0, show_default=True,
@@ -190,7 +192,8 @@ def profile_command(model_name: str, method: str, precision: str, rank: int, alp
                        grad_checkpointing=grad_checkpointing, optimizer=OptimizerKind(optimizer))
     layers = None if (full_depth or cpu) else _parse_layers(layers_text)
     options = dict(device=device, warmup_steps=warmup_steps, timed_steps=timed_steps,
-                   checkpoint=checkpoint, timeout_s=timeout_s, gpu=gpu_name)
+                   checkpoint=checkpoint, timeout_s=timeout_s,
+                   gpu=get_gpu(gpu_name).name if gpu_name else None)
     results: list[Measurement] = []
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"profiling {spec.name}",
