@@ -13,13 +13,22 @@ _FORMATS = ("html", "md")
 
 @click.command("report")
 @click.argument("plan_file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(_FORMATS), default="html", show_default=True,
-              help="html: one self-contained file with charts (opens offline); md: GitHub "
-                   "markdown tables.")
-@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False),
-              default=None,
-              help="File to write. Default: next to PLAN_FILE with the format's suffix "
-                   "(.html or .md). Use '-' to print to stdout.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(_FORMATS),
+    default="html",
+    show_default=True,
+    help="html: one self-contained file with charts (opens offline); md: GitHub markdown tables.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="File to write. Default: next to PLAN_FILE with the format's suffix "
+    "(.html or .md). Use '-' to print to stdout.",
+)
 def report(plan_file: Path, fmt: str, out_path: Path | None) -> None:
     """Render a plan written by 'ftplan recommend' (reports/<slug>.json) as HTML or markdown.
 

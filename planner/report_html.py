@@ -123,9 +123,15 @@ def _chart_text(text: str) -> str:
 
 
 def _hover(cand: Candidate) -> str:
-    return "<br>".join(_chart_text(line) for line in (
-        cand.config.label(), f"{gpu_label(cand)}: {offer_label(cand.offer)}",
-        f"{fmt_hours(cand.cost.hours)}, {fmt_usd(cand.cost.usd)}", candidate_status(cand)))
+    return "<br>".join(
+        _chart_text(line)
+        for line in (
+            cand.config.label(),
+            f"{gpu_label(cand)}: {offer_label(cand.offer)}",
+            f"{fmt_hours(cand.cost.hours)}, {fmt_usd(cand.cost.usd)}",
+            candidate_status(cand),
+        )
+    )
 
 
 def cost_time_figure(plan: Plan) -> dict[str, Any]:
@@ -136,74 +142,144 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
     traces: list[dict[str, Any]] = []
     for method in Method:
         for feasible in (True, False):
-            group = [c for c in all_candidates(plan)
-                     if c.config.method is method and c.feasible is feasible]
+            group = [
+                c
+                for c in all_candidates(plan)
+                if c.config.method is method and c.feasible is feasible
+            ]
             if not group:
                 continue
-            traces.append({
-                "type": "scatter", "mode": "markers",
-                "name": f"{_METHOD_NAMES[method]}{'' if feasible else ' (infeasible)'}",
-                "x": [c.cost.hours for c in group], "y": [c.cost.usd for c in group],
-                "text": [_hover(c) for c in group], "hoverinfo": "text",
-                "marker": {"color": _METHOD_COLOURS[method], "size": 11 if feasible else 10,
-                           "symbol": "circle" if feasible else "x-open",
-                           "line": {"width": 1, "color": "#ffffff"} if feasible else {}},
-            })
+            traces.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "name": f"{_METHOD_NAMES[method]}{'' if feasible else ' (infeasible)'}",
+                    "x": [c.cost.hours for c in group],
+                    "y": [c.cost.usd for c in group],
+                    "text": [_hover(c) for c in group],
+                    "hoverinfo": "text",
+                    "marker": {
+                        "color": _METHOD_COLOURS[method],
+                        "size": 11 if feasible else 10,
+                        "symbol": "circle" if feasible else "x-open",
+                        "line": {"width": 1, "color": "#ffffff"} if feasible else {},
+                    },
+                }
+            )
     if plan.pareto:
         front = sorted(plan.pareto, key=lambda c: (c.cost.hours, c.cost.usd))
-        traces.append({
-            "type": "scatter", "mode": "lines+markers", "name": "Pareto front",
-            "x": [c.cost.hours for c in front], "y": [c.cost.usd for c in front],
-            "text": [_hover(c) for c in front], "hoverinfo": "text",
-            "line": {"color": "#222222", "width": 2, "dash": "dot"},
-            "marker": {"size": 16, "symbol": "circle-open", "color": "#222222",
-                       "line": {"width": 2}},
-        })
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": "Pareto front",
+                "x": [c.cost.hours for c in front],
+                "y": [c.cost.usd for c in front],
+                "text": [_hover(c) for c in front],
+                "hoverinfo": "text",
+                "line": {"color": "#222222", "width": 2, "dash": "dot"},
+                "marker": {
+                    "size": 16,
+                    "symbol": "circle-open",
+                    "color": "#222222",
+                    "line": {"width": 2},
+                },
+            }
+        )
     if plan.chosen is not None:
-        traces.append({
-            "type": "scatter", "mode": "markers", "name": "recommended",
-            "x": [plan.chosen.cost.hours], "y": [plan.chosen.cost.usd],
-            "text": [_hover(plan.chosen)], "hoverinfo": "text",
-            "marker": {"size": 22, "symbol": "star", "color": "#F0E442",
-                       "line": {"width": 1.5, "color": "#222222"}},
-        })
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": "recommended",
+                "x": [plan.chosen.cost.hours],
+                "y": [plan.chosen.cost.usd],
+                "text": [_hover(plan.chosen)],
+                "hoverinfo": "text",
+                "marker": {
+                    "size": 22,
+                    "symbol": "star",
+                    "color": "#F0E442",
+                    "line": {"width": 1.5, "color": "#222222"},
+                },
+            }
+        )
     # Both axes are logarithmic: costs and times span decades, and a budget far above every
     # candidate would otherwise squash them onto the x axis. On a log axis plotly.js places
     # annotations in log10 units, shapes in data units.
     budget = plan.budget
-    shapes: list[dict[str, Any]] = [{
-        "type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
-        "y0": budget.max_usd, "y1": budget.max_usd,
-        "line": {"color": "#B00020", "width": 2, "dash": "dash"},
-    }]
-    annotations: list[dict[str, Any]] = [{
-        "xref": "paper", "x": 0, "xanchor": "left", "yref": "y",
-        "y": math.log10(budget.max_usd) if log_usd else budget.max_usd,
-        "yanchor": "bottom", "showarrow": False, "font": {"color": "#B00020"},
-        "text": f"budget {fmt_usd(budget.max_usd)}",
-    }]
+    shapes: list[dict[str, Any]] = [
+        {
+            "type": "line",
+            "xref": "paper",
+            "x0": 0,
+            "x1": 1,
+            "yref": "y",
+            "y0": budget.max_usd,
+            "y1": budget.max_usd,
+            "line": {"color": "#B00020", "width": 2, "dash": "dash"},
+        }
+    ]
+    annotations: list[dict[str, Any]] = [
+        {
+            "xref": "paper",
+            "x": 0,
+            "xanchor": "left",
+            "yref": "y",
+            "y": math.log10(budget.max_usd) if log_usd else budget.max_usd,
+            "yanchor": "bottom",
+            "showarrow": False,
+            "font": {"color": "#B00020"},
+            "text": f"budget {fmt_usd(budget.max_usd)}",
+        }
+    ]
     if budget.max_hours is not None:
         deadline_x = math.log10(budget.max_hours)
-        shapes.append({
-            "type": "line", "yref": "paper", "y0": 0, "y1": 1, "xref": "x",
-            "x0": budget.max_hours, "x1": budget.max_hours,
-            "line": {"color": "#6A3D9A", "width": 2, "dash": "dash"},
-        })
-        annotations.append({
-            "yref": "paper", "y": 1, "yanchor": "bottom", "xref": "x", "x": deadline_x,
-            "xanchor": "right", "showarrow": False, "font": {"color": "#6A3D9A"},
-            "text": f"deadline {fmt_hours(budget.max_hours)}",
-        })
+        shapes.append(
+            {
+                "type": "line",
+                "yref": "paper",
+                "y0": 0,
+                "y1": 1,
+                "xref": "x",
+                "x0": budget.max_hours,
+                "x1": budget.max_hours,
+                "line": {"color": "#6A3D9A", "width": 2, "dash": "dash"},
+            }
+        )
+        annotations.append(
+            {
+                "yref": "paper",
+                "y": 1,
+                "yanchor": "bottom",
+                "xref": "x",
+                "x": deadline_x,
+                "xanchor": "right",
+                "showarrow": False,
+                "font": {"color": "#6A3D9A"},
+                "text": f"deadline {fmt_hours(budget.max_hours)}",
+            }
+        )
     layout = {
-        "xaxis": {"title": {"text": "wall-clock hours (log scale)"}, "type": "log",
-                  "zeroline": False},
-        "yaxis": ({"title": {"text": "total cost, USD (log scale)"}, "type": "log"} if log_usd
-                  else {"title": {"text": "total cost, USD"}, "rangemode": "tozero"})
+        "xaxis": {
+            "title": {"text": "wall-clock hours (log scale)"},
+            "type": "log",
+            "zeroline": False,
+        },
+        "yaxis": (
+            {"title": {"text": "total cost, USD (log scale)"}, "type": "log"}
+            if log_usd
+            else {"title": {"text": "total cost, USD"}, "rangemode": "tozero"}
+        )
         | {"tickprefix": "$"},
-        "shapes": shapes, "annotations": annotations,
-        "legend": {"orientation": "h", "y": -0.2}, "hovermode": "closest",
-        "margin": {"l": 70, "r": 20, "t": 30, "b": 40}, "height": 440,
-        "paper_bgcolor": "#ffffff", "plot_bgcolor": "#fafafa",
+        "shapes": shapes,
+        "annotations": annotations,
+        "legend": {"orientation": "h", "y": -0.2},
+        "hovermode": "closest",
+        "margin": {"l": 70, "r": 20, "t": 30, "b": 40},
+        "height": 440,
+        "paper_bgcolor": "#ffffff",
+        "plot_bgcolor": "#fafafa",
     }
     return {"data": traces, "layout": layout}
 
@@ -212,66 +288,106 @@ def memory_figure(plan: Plan) -> dict[str, Any]:
     """Stacked bars of each method's best candidate's per-GPU memory by component, with the
     GPU's usable memory marked on each bar."""
     cands = memory_candidates(plan)
-    labels = [f"{_chart_text(c.config.method.value)} {_chart_text(c.config.precision.value)}"
-              f"<br>{_chart_text(gpu_label(c))}{'' if c.fits else '<br>(does not fit)'}"
-              for c in cands]
+    labels = [
+        f"{_chart_text(c.config.method.value)} {_chart_text(c.config.precision.value)}"
+        f"<br>{_chart_text(gpu_label(c))}{'' if c.fits else '<br>(does not fit)'}"
+        for c in cands
+    ]
     traces: list[dict[str, Any]] = []
     for field, name, colour in _COMPONENTS:
-        values = [getattr(c.measurement.breakdown, field) if c.measurement.breakdown else None
-                  for c in cands]
+        values = [
+            getattr(c.measurement.breakdown, field) if c.measurement.breakdown else None
+            for c in cands
+        ]
         if all(v is None for v in values):
             continue
-        traces.append({"type": "bar", "name": name, "x": labels, "y": values,
-                       "marker": {"color": colour},
-                       "hovertemplate": f"{name}: %{{y:.2f}} GiB<extra></extra>"})
-    unsplit = [c.measurement.peak_allocated_gib if c.measurement.breakdown is None else None
-               for c in cands]
+        traces.append(
+            {
+                "type": "bar",
+                "name": name,
+                "x": labels,
+                "y": values,
+                "marker": {"color": colour},
+                "hovertemplate": f"{name}: %{{y:.2f}} GiB<extra></extra>",
+            }
+        )
+    unsplit = [
+        c.measurement.peak_allocated_gib if c.measurement.breakdown is None else None
+        for c in cands
+    ]
     if any(v is not None for v in unsplit):
-        traces.append({"type": "bar", "name": "peak (no breakdown)", "x": labels, "y": unsplit,
-                       "marker": {"color": "#56B4E9"},
-                       "hovertemplate": "peak: %{y:.2f} GiB<extra></extra>"})
-    traces.append({
-        "type": "scatter", "mode": "markers", "name": "usable GPU memory", "x": labels,
-        "y": [c.usable_memory_gib for c in cands],
-        "marker": {"symbol": "line-ew-open", "size": 70, "color": "#B00020",
-                   "line": {"width": 3, "color": "#B00020"}},
-        "hovertemplate": "usable: %{y:.2f} GiB<extra></extra>",
-    })
+        traces.append(
+            {
+                "type": "bar",
+                "name": "peak (no breakdown)",
+                "x": labels,
+                "y": unsplit,
+                "marker": {"color": "#56B4E9"},
+                "hovertemplate": "peak: %{y:.2f} GiB<extra></extra>",
+            }
+        )
+    traces.append(
+        {
+            "type": "scatter",
+            "mode": "markers",
+            "name": "usable GPU memory",
+            "x": labels,
+            "y": [c.usable_memory_gib for c in cands],
+            "marker": {
+                "symbol": "line-ew-open",
+                "size": 70,
+                "color": "#B00020",
+                "line": {"width": 3, "color": "#B00020"},
+            },
+            "hovertemplate": "usable: %{y:.2f} GiB<extra></extra>",
+        }
+    )
     layout = {
-        "barmode": "stack", "yaxis": {"title": {"text": "GiB per GPU"}, "rangemode": "tozero"},
+        "barmode": "stack",
+        "yaxis": {"title": {"text": "GiB per GPU"}, "rangemode": "tozero"},
         "xaxis": {"tickangle": 0, "tickfont": {"size": 11}, "automargin": True},
-        "legend": {"orientation": "h", "y": -0.3}, "height": 440,
+        "legend": {"orientation": "h", "y": -0.3},
+        "height": 440,
         "margin": {"l": 70, "r": 20, "t": 30, "b": 40},
-        "paper_bgcolor": "#ffffff", "plot_bgcolor": "#fafafa",
+        "paper_bgcolor": "#ffffff",
+        "plot_bgcolor": "#fafafa",
     }
     return {"data": traces, "layout": layout}
 
 
 def _verdicts(plan: Plan) -> list[dict[str, Any]]:
-    return [{
-        "method": _METHOD_NAMES.get(v.method, v.method.value),
-        "best": None if v.best is None else (
-            f"{v.best.config.label()} on {gpu_label(v.best)} ({offer_label(v.best.offer)})"),
-        "usd": None if v.best is None else fmt_usd(v.best.cost.usd),
-        "hours": None if v.best is None else fmt_hours(v.best.cost.hours),
-        "reason": v.reason,
-        "chosen": plan.chosen is not None and v.best is not None
-        and v.best.config.method is plan.chosen.config.method,
-    } for v in plan.verdicts]
+    return [
+        {
+            "method": _METHOD_NAMES.get(v.method, v.method.value),
+            "best": None
+            if v.best is None
+            else (f"{v.best.config.label()} on {gpu_label(v.best)} ({offer_label(v.best.offer)})"),
+            "usd": None if v.best is None else fmt_usd(v.best.cost.usd),
+            "hours": None if v.best is None else fmt_hours(v.best.cost.hours),
+            "reason": v.reason,
+            "chosen": plan.chosen is not None
+            and v.best is not None
+            and v.best.config.method is plan.chosen.config.method,
+        }
+        for v in plan.verdicts
+    ]
 
 
 def _memory_rows(plan: Plan) -> list[dict[str, Any]]:
     rows = []
     for c in memory_candidates(plan):
         bd = c.measurement.breakdown
-        rows.append({
-            "label": f"{c.config.label()} on {gpu_label(c)}",
-            "parts": ["n/a"] * 6 if bd is None else [
-                f"{getattr(bd, f):,.2f}" for f, _, _ in _COMPONENTS],
-            "allocated": fmt_gib(c.measurement.peak_allocated_gib),
-            "reserved": fmt_gib(c.measurement.peak_reserved_gib),
-            "usable": fmt_gib(c.usable_memory_gib),
-        })
+        rows.append(
+            {
+                "label": f"{c.config.label()} on {gpu_label(c)}",
+                "parts": ["n/a"] * 6
+                if bd is None
+                else [f"{getattr(bd, f):,.2f}" for f, _, _ in _COMPONENTS],
+                "allocated": fmt_gib(c.measurement.peak_allocated_gib),
+                "reserved": fmt_gib(c.measurement.peak_reserved_gib),
+                "usable": fmt_gib(c.usable_memory_gib),
+            }
+        )
     return rows
 
 
@@ -285,8 +401,11 @@ def render_html(plan: Plan) -> str:
         "chosen_gpus": None if chosen is None else gpu_label(chosen),
         "chosen_offer": None if chosen is None else offer_label(chosen.offer),
         "chosen_memory": None if chosen is None else fmt_gib(memory_used_gib(chosen.measurement)),
-        "fmt_usd": fmt_usd, "fmt_hours": fmt_hours, "fmt_gib": fmt_gib,
-        "fmt_tokens": fmt_tokens, "fmt_usd_per_hour": fmt_usd_per_hour,
+        "fmt_usd": fmt_usd,
+        "fmt_hours": fmt_hours,
+        "fmt_gib": fmt_gib,
+        "fmt_tokens": fmt_tokens,
+        "fmt_usd_per_hour": fmt_usd_per_hour,
         "rows": candidate_rows(plan),
         "near_rows": candidate_rows(plan, near_misses=True),
         "verdicts": _verdicts(plan),
@@ -297,7 +416,8 @@ def render_html(plan: Plan) -> str:
         "source_counts": source_counts(plan),
         "offers": [(offer_label(o), o) for o in offers_in(plan)],
         "plotly_js": _plotly_js(),
-        "figures_json": script_json({"cost-time": cost_time_figure(plan),
-                                     "memory": memory_figure(plan)}),
+        "figures_json": script_json(
+            {"cost-time": cost_time_figure(plan), "memory": memory_figure(plan)}
+        ),
     }
     return _environment().get_template(TEMPLATE_NAME).render(**context)

@@ -50,43 +50,67 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _describe(cand: Candidate) -> str:
-    return (f"{md_escape(cand.config.label())} on {md_escape(gpu_label(cand))} "
-            f"({md_escape(offer_label(cand.offer))})")
+    return (
+        f"{md_escape(cand.config.label())} on {md_escape(gpu_label(cand))} "
+        f"({md_escape(offer_label(cand.offer))})"
+    )
 
 
 def _recommendation(plan: Plan) -> list[str]:
     lines = ["## Recommendation", ""]
     cand = plan.chosen
     if cand is None:
-        lines += ["**No feasible plan.** Every candidate breaks the memory, budget or deadline "
-                  "limit; the per-method verdicts below say by how much.", ""]
+        lines += [
+            "**No feasible plan.** Every candidate breaks the memory, budget or deadline "
+            "limit; the per-method verdicts below say by how much.",
+            "",
+        ]
         return lines
     cfg, cost, m = cand.config, cand.cost, cand.measurement
-    lines += [f"**{_describe(cand)}**: **{fmt_usd(cost.usd)}** in **{fmt_hours(cost.hours)}**.",
-              ""]
+    lines += [
+        f"**{_describe(cand)}**: **{fmt_usd(cost.usd)}** in **{fmt_hours(cost.hours)}**.",
+        "",
+    ]
     rows = [
         ["Method", cfg.method.value],
-        ["LoRA rank / alpha / targets",
-         "n/a" if cfg.lora_rank is None
-         else f"{cfg.lora_rank} / {cfg.effective_lora_alpha} / {md_escape(cfg.lora_targets)}"],
+        [
+            "LoRA rank / alpha / targets",
+            "n/a"
+            if cfg.lora_rank is None
+            else f"{cfg.lora_rank} / {cfg.effective_lora_alpha} / {md_escape(cfg.lora_targets)}",
+        ],
         ["Precision", cfg.precision.value],
         ["Micro-batch × sequence", f"{cfg.micro_batch_size} × {cfg.seq_len} tokens"],
-        ["Gradient accumulation", f"{cand.grad_accum_steps} step(s)"
-                                  + ("" if cand.global_batch_tokens is None else
-                                     f", {fmt_tokens(cand.global_batch_tokens)} tokens per "
-                                     "optimizer step")],
+        [
+            "Gradient accumulation",
+            f"{cand.grad_accum_steps} step(s)"
+            + (
+                ""
+                if cand.global_batch_tokens is None
+                else f", {fmt_tokens(cand.global_batch_tokens)} tokens per optimizer step"
+            ),
+        ],
         ["Gradient checkpointing", "yes" if cfg.grad_checkpointing else "no"],
         ["Optimizer", cfg.optimizer.value],
-        ["GPUs", f"{md_escape(gpu_label(cand))} on {cand.nodes} node(s), sharding "
-                 f"{cfg.sharding.value}"],
-        ["Offer", f"{md_escape(offer_label(cand.offer))} at "
-                  f"{fmt_usd_per_hour(cost.usd_per_hour)}/h"],
-        ["Time", f"{fmt_hours(cost.hours)} = {fmt_hours(cost.train_hours)} training + "
-                 f"{fmt_hours(cost.startup_hours)} start-up + "
-                 f"{fmt_hours(cost.spot_overhead_hours)} spot overhead"],
+        [
+            "GPUs",
+            f"{md_escape(gpu_label(cand))} on {cand.nodes} node(s), sharding {cfg.sharding.value}",
+        ],
+        [
+            "Offer",
+            f"{md_escape(offer_label(cand.offer))} at {fmt_usd_per_hour(cost.usd_per_hour)}/h",
+        ],
+        [
+            "Time",
+            f"{fmt_hours(cost.hours)} = {fmt_hours(cost.train_hours)} training + "
+            f"{fmt_hours(cost.startup_hours)} start-up + "
+            f"{fmt_hours(cost.spot_overhead_hours)} spot overhead",
+        ],
         ["Cost", fmt_usd(cost.usd)],
-        ["Peak memory per GPU", f"{fmt_gib(memory_used_gib(m))} of "
-                                f"{fmt_gib(cand.usable_memory_gib)} usable"],
+        [
+            "Peak memory per GPU",
+            f"{fmt_gib(memory_used_gib(m))} of {fmt_gib(cand.usable_memory_gib)} usable",
+        ],
         ["Throughput", "n/a" if m.tokens_per_s is None else f"{m.tokens_per_s:,.0f} tokens/s"],
         ["Figures are", m.source.value],
         ["Quality risk", cand.risk_level.value],
@@ -102,8 +126,7 @@ def _job(plan: Plan) -> list[str]:
     b = plan.budget
     rows = [
         ["Model", f"{md_escape(plan.model)} ({md_escape(plan.model_hf_id)})"],
-        ["Dataset", f"{fmt_tokens(b.dataset_tokens)} tokens per epoch "
-                    f"({b.tokens_source.value})"],
+        ["Dataset", f"{fmt_tokens(b.dataset_tokens)} tokens per epoch ({b.tokens_source.value})"],
         ["Epochs", f"{b.epochs:g}"],
         ["Total tokens", fmt_tokens(b.total_tokens)],
         ["Budget", fmt_usd(b.max_usd)],
@@ -120,15 +143,18 @@ def _verdicts(plan: Plan) -> list[str]:
     rows = []
     for v in plan.verdicts:
         best = v.best
-        rows.append([
-            _METHOD_NAMES.get(v.method, v.method.value),
-            "none" if best is None else _describe(best),
-            "n/a" if best is None else fmt_usd(best.cost.usd),
-            "n/a" if best is None else fmt_hours(best.cost.hours),
-            md_escape(v.reason),
-        ])
-    return (["## Each method's best option, and why it wins or loses", ""]
-            + _table(["Method", "Best option", "Cost", "Time", "Verdict"], rows))
+        rows.append(
+            [
+                _METHOD_NAMES.get(v.method, v.method.value),
+                "none" if best is None else _describe(best),
+                "n/a" if best is None else fmt_usd(best.cost.usd),
+                "n/a" if best is None else fmt_hours(best.cost.hours),
+                md_escape(v.reason),
+            ]
+        )
+    return ["## Each method's best option, and why it wins or loses", ""] + _table(
+        ["Method", "Best option", "Cost", "Time", "Verdict"], rows
+    )
 
 
 def _candidates(plan: Plan, *, near_misses: bool = False) -> list[str]:
@@ -138,17 +164,44 @@ def _candidates(plan: Plan, *, near_misses: bool = False) -> list[str]:
     rows = []
     for r in candidate_rows(plan, near_misses=near_misses):
         notes = ", ".join(n for n, on in (("chosen", r.chosen), ("Pareto", r.pareto)) if on)
-        rows.append([str(r.rank), md_escape(r.config), md_escape(r.gpus), md_escape(r.offer),
-                     r.usd_per_hour, r.hours, r.usd, f"{r.peak_memory} / {r.usable_memory}",
-                     r.status, r.risk, r.source, notes])
-    header = ["#", "Config", "GPUs", "Offer", "$/h", "Time", "Cost", "Peak / usable memory",
-              "Status", "Risk", "Figures", "Notes"]
+        rows.append(
+            [
+                str(r.rank),
+                md_escape(r.config),
+                md_escape(r.gpus),
+                md_escape(r.offer),
+                r.usd_per_hour,
+                r.hours,
+                r.usd,
+                f"{r.peak_memory} / {r.usable_memory}",
+                r.status,
+                r.risk,
+                r.source,
+                notes,
+            ]
+        )
+    header = [
+        "#",
+        "Config",
+        "GPUs",
+        "Offer",
+        "$/h",
+        "Time",
+        "Cost",
+        "Peak / usable memory",
+        "Status",
+        "Risk",
+        "Figures",
+        "Notes",
+    ]
     if near_misses:
-        intro = (f"Nothing is feasible; the {len(rows)} closest candidates and the limits they "
-                 "break:")
+        intro = (
+            f"Nothing is feasible; the {len(rows)} closest candidates and the limits they break:"
+        )
         return ["## Near misses", "", intro, ""] + _table(header, rows)
     return ["## Candidates", "", f"{len(rows)} candidates, in ranked order.", ""] + _table(
-        header, rows)
+        header, rows
+    )
 
 
 def _pareto(plan: Plan) -> list[str]:
@@ -156,13 +209,19 @@ def _pareto(plan: Plan) -> list[str]:
     limits = f"budget {fmt_usd(b.max_usd)}"
     if b.max_hours is not None:
         limits += f", deadline {fmt_hours(b.max_hours)}"
-    lines = ["## Cost vs time", "",
-             f"The HTML report plots every candidate's cost against its time ({limits}). "
-             "The Pareto front (no other feasible candidate is both cheaper and faster):", ""]
+    lines = [
+        "## Cost vs time",
+        "",
+        f"The HTML report plots every candidate's cost against its time ({limits}). "
+        "The Pareto front (no other feasible candidate is both cheaper and faster):",
+        "",
+    ]
     if not plan.pareto:
         return lines + ["No feasible candidate, so no Pareto front.", ""]
-    rows = [[_describe(c), fmt_hours(c.cost.hours), fmt_usd(c.cost.usd)]
-            for c in sorted(plan.pareto, key=lambda c: (c.cost.hours, c.cost.usd))]
+    rows = [
+        [_describe(c), fmt_hours(c.cost.hours), fmt_usd(c.cost.usd)]
+        for c in sorted(plan.pareto, key=lambda c: (c.cost.hours, c.cost.usd))
+    ]
     return lines + _table(["Candidate", "Time", "Cost"], rows)
 
 
@@ -170,22 +229,48 @@ def _memory(plan: Plan) -> list[str]:
     rows = []
     for c in memory_candidates(plan):
         bd = c.measurement.breakdown
-        parts = (["n/a"] * 6 if bd is None else
-                 [f"{x:,.2f}" for x in (bd.weights_gib, bd.gradients_gib, bd.optimizer_gib,
-                                        bd.activations_gib, bd.logits_gib, bd.overhead_gib)])
+        parts = (
+            ["n/a"] * 6
+            if bd is None
+            else [
+                f"{x:,.2f}"
+                for x in (
+                    bd.weights_gib,
+                    bd.gradients_gib,
+                    bd.optimizer_gib,
+                    bd.activations_gib,
+                    bd.logits_gib,
+                    bd.overhead_gib,
+                )
+            ]
+        )
         alloc = c.measurement.peak_allocated_gib
-        rows.append([f"{c.config.method.value}: {md_escape(c.config.label())} on "
-                     f"{md_escape(gpu_label(c))}"] + parts
-                    + ["n/a" if alloc is None else f"{alloc:,.2f}",
-                       f"{c.usable_memory_gib:,.2f}"])
-    header = ["Candidate", "Weights", "Gradients", "Optimizer", "Activations", "Logits",
-              "Overhead", "Peak allocated", "Usable"]
-    return (["## Memory per GPU by component (GiB)", ""] + _table(header, rows))
+        rows.append(
+            [
+                f"{c.config.method.value}: {md_escape(c.config.label())} on "
+                f"{md_escape(gpu_label(c))}"
+            ]
+            + parts
+            + ["n/a" if alloc is None else f"{alloc:,.2f}", f"{c.usable_memory_gib:,.2f}"]
+        )
+    header = [
+        "Candidate",
+        "Weights",
+        "Gradients",
+        "Optimizer",
+        "Activations",
+        "Logits",
+        "Overhead",
+        "Peak allocated",
+        "Usable",
+    ]
+    return ["## Memory per GPU by component (GiB)", ""] + _table(header, rows)
 
 
 def _risks(plan: Plan) -> list[str]:
-    rows = [[r.method, r.level, md_escape(r.message), md_escape(r.source)]
-            for r in risk_rows(plan)]
+    rows = [
+        [r.method, r.level, md_escape(r.message), md_escape(r.source)] for r in risk_rows(plan)
+    ]
     if not rows:
         return ["## Quality risks", "", "None identified.", ""]
     return ["## Quality risks", ""] + _table(["Method", "Level", "Risk", "Source"], rows)
@@ -200,32 +285,59 @@ def _bullets(title: str, items: tuple[str, ...]) -> list[str]:
 def _sources(plan: Plan) -> list[str]:
     counts = source_counts(plan)
     summary = ", ".join(f"{n} {name}" for name, n in counts.items())
-    rows = [[r.source, md_escape(r.device), md_escape(r.versions or "n/a"),
-             md_escape(r.date or "n/a"), md_escape(r.method or "n/a"), md_escape(r.notes),
-             str(r.count), md_escape(r.figures)] for r in source_rows(plan)]
-    return (["## Where the numbers come from", "",
-             f"Candidates by figure source: {summary}. Measured = a run of the full model; "
-             "extrapolated = a 2/4-layer fit evaluated at full depth; estimated = ftplan's "
-             "analytic formula.", ""]
-            + _table(["Source", "Device", "Versions", "Date", "How", "Notes", "Figures",
-                      "For"], rows))
+    rows = [
+        [
+            r.source,
+            md_escape(r.device),
+            md_escape(r.versions or "n/a"),
+            md_escape(r.date or "n/a"),
+            md_escape(r.method or "n/a"),
+            md_escape(r.notes),
+            str(r.count),
+            md_escape(r.figures),
+        ]
+        for r in source_rows(plan)
+    ]
+    return [
+        "## Where the numbers come from",
+        "",
+        f"Candidates by figure source: {summary}. Measured = a run of the full model; "
+        "extrapolated = a 2/4-layer fit evaluated at full depth; estimated = ftplan's "
+        "analytic formula.",
+        "",
+    ] + _table(["Source", "Device", "Versions", "Date", "How", "Notes", "Figures", "For"], rows)
 
 
 def _prices(plan: Plan) -> list[str]:
-    rows = [[md_escape(offer_label(o)), md_escape(f"{o.gpu_count}× {o.gpu}"),
-             fmt_usd_per_hour(o.usd_per_hour), md_escape(o.as_of), md_escape(o.source),
-             "**stale**" if o.stale else "no"] for o in offers_in(plan)]
+    rows = [
+        [
+            md_escape(offer_label(o)),
+            md_escape(f"{o.gpu_count}× {o.gpu}"),
+            fmt_usd_per_hour(o.usd_per_hour),
+            md_escape(o.as_of),
+            md_escape(o.source),
+            "**stale**" if o.stale else "no",
+        ]
+        for o in offers_in(plan)
+    ]
     s = plan.search
-    return (["## Prices", "",
-             f"Catalog as of {md_escape(s.catalog_as_of)} ({md_escape(s.catalog_source)}).", ""]
-            + _table(["Offer", "GPUs", "$/h", "As of", "Source", "Stale"], rows))
+    return [
+        "## Prices",
+        "",
+        f"Catalog as of {md_escape(s.catalog_as_of)} ({md_escape(s.catalog_source)}).",
+        "",
+    ] + _table(["Offer", "GPUs", "$/h", "As of", "Source", "Stale"], rows)
 
 
 def _search(plan: Plan) -> list[str]:
     s = plan.search
-    rows = [["Sampler", md_escape(s.sampler)], ["Seed", str(s.seed)],
-            ["Trials", str(s.trials)], ["Configs evaluated", str(s.evaluated)],
-            ["Study storage", md_escape(s.storage or "in memory")]]
+    rows = [
+        ["Sampler", md_escape(s.sampler)],
+        ["Seed", str(s.seed)],
+        ["Trials", str(s.trials)],
+        ["Configs evaluated", str(s.evaluated)],
+        ["Study storage", md_escape(s.storage or "in memory")],
+    ]
     return ["## Search", ""] + _table(["", ""], rows)
 
 
@@ -246,6 +358,9 @@ def render_markdown(plan: Plan) -> str:
     lines += _sources(plan)
     lines += _prices(plan)
     lines += _search(plan)
-    lines += [f"Generated by ftplan {md_escape(plan.ftplan_version)} from the plan file; the only "
-              "dates are those of the data.", ""]
+    lines += [
+        f"Generated by ftplan {md_escape(plan.ftplan_version)} from the plan file; the only "
+        "dates are those of the data.",
+        "",
+    ]
     return "\n".join(lines)

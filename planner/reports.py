@@ -89,6 +89,7 @@ def write_reports(plan: Plan, out_dir: Path, *, slug: str) -> ReportPaths:
 
 # --- shared, pure row builders ------------------------------------------------------------------
 
+
 def fmt_usd(usd: float) -> str:
     """``$1,234.56``."""
     return f"${usd:,.2f}"
@@ -124,8 +125,7 @@ def gpu_label(candidate: Candidate) -> str:
 def offer_label(offer: Offer) -> str:
     """``aws ec2 g6.xlarge, us-east-1, spot``."""
     kind = "spot" if offer.spot else "on-demand"
-    return (f"{offer.provider.value} {offer.service} {offer.instance_type}, {offer.region}, "
-            f"{kind}")
+    return f"{offer.provider.value} {offer.service} {offer.instance_type}, {offer.region}, {kind}"
 
 
 def memory_used_gib(measurement: Measurement) -> float | None:
@@ -139,8 +139,7 @@ def all_candidates(plan: Plan) -> list[Candidate]:
     """Every priced candidate the plan holds: ranked ones, the Pareto front, near misses (when
     nothing is feasible) and each method's best, without duplicates, in that order."""
     picked: dict[tuple[str, str, int], Candidate] = {}
-    for cand in (*plan.ranked, *plan.pareto, *plan.near_misses,
-                 *(v.best for v in plan.verdicts)):
+    for cand in (*plan.ranked, *plan.pareto, *plan.near_misses, *(v.best for v in plan.verdicts)):
         if cand is not None:
             picked.setdefault(_candidate_key(cand), cand)
     return list(picked.values())
@@ -190,15 +189,25 @@ def candidate_rows(plan: Plan, *, near_misses: bool = False) -> list[CandidateRo
     listed = plan.near_misses if near_misses else plan.ranked
     for rank, cand in enumerate(listed, start=1):
         key = _candidate_key(cand)
-        rows.append(CandidateRow(
-            rank=rank, method=cand.config.method.value, config=cand.config.label(),
-            gpus=gpu_label(cand), offer=offer_label(cand.offer),
-            usd_per_hour=fmt_usd_per_hour(cand.cost.usd_per_hour),
-            hours=fmt_hours(cand.cost.hours),
-            usd=fmt_usd(cand.cost.usd), peak_memory=fmt_gib(memory_used_gib(cand.measurement)),
-            usable_memory=fmt_gib(cand.usable_memory_gib), status=candidate_status(cand),
-            risk=cand.risk_level.value, source=cand.measurement.source.value,
-            chosen=key == chosen_key, pareto=key in pareto_keys))
+        rows.append(
+            CandidateRow(
+                rank=rank,
+                method=cand.config.method.value,
+                config=cand.config.label(),
+                gpus=gpu_label(cand),
+                offer=offer_label(cand.offer),
+                usd_per_hour=fmt_usd_per_hour(cand.cost.usd_per_hour),
+                hours=fmt_hours(cand.cost.hours),
+                usd=fmt_usd(cand.cost.usd),
+                peak_memory=fmt_gib(memory_used_gib(cand.measurement)),
+                usable_memory=fmt_gib(cand.usable_memory_gib),
+                status=candidate_status(cand),
+                risk=cand.risk_level.value,
+                source=cand.measurement.source.value,
+                chosen=key == chosen_key,
+                pareto=key in pareto_keys,
+            )
+        )
     return rows
 
 
@@ -230,9 +239,18 @@ def risk_rows(plan: Plan) -> list[RiskRow]:
             if key in seen:
                 continue
             seen.add(key)
-            items.append((_METHOD_ORDER.get(cand.config.method, 9), _RISK_ORDER[risk.level],
-                          RiskRow(method=cand.config.method.value, level=risk.level.value,
-                                  message=risk.message, source=risk.source)))
+            items.append(
+                (
+                    _METHOD_ORDER.get(cand.config.method, 9),
+                    _RISK_ORDER[risk.level],
+                    RiskRow(
+                        method=cand.config.method.value,
+                        level=risk.level.value,
+                        message=risk.message,
+                        source=risk.source,
+                    ),
+                )
+            )
     items.sort(key=lambda t: (t[0], t[1], t[2].message))
     return [row for _, _, row in items]
 
@@ -275,8 +293,18 @@ def source_rows(plan: Plan) -> list[SourceRow]:
         if len(figures) > _FIGURES_LISTED:
             listed += f"; +{len(figures) - _FIGURES_LISTED} more"
         source, device, versions, date, method, notes = key
-        rows.append(SourceRow(source=source, device=device, versions=versions, date=date,
-                              method=method, notes=notes, count=len(figures), figures=listed))
+        rows.append(
+            SourceRow(
+                source=source,
+                device=device,
+                versions=versions,
+                date=date,
+                method=method,
+                notes=notes,
+                count=len(figures),
+                figures=listed,
+            )
+        )
     return rows
 
 
@@ -295,13 +323,13 @@ def memory_candidates(plan: Plan) -> list[Candidate]:
         if cand is not None:
             picked.setdefault(_candidate_key(cand), cand)
     for method in Method:
-        too_big = [c for c in all_candidates(plan)
-                   if c.config.method is method and not c.fits]
+        too_big = [c for c in all_candidates(plan) if c.config.method is method and not c.fits]
         if too_big:
             cheapest = min(too_big, key=lambda c: c.cost.usd)
             picked.setdefault(_candidate_key(cheapest), cheapest)
-    return sorted(picked.values(),
-                  key=lambda c: (_METHOD_ORDER.get(c.config.method, 9), c.cost.usd))
+    return sorted(
+        picked.values(), key=lambda c: (_METHOD_ORDER.get(c.config.method, 9), c.cost.usd)
+    )
 
 
 def source_counts(plan: Plan) -> dict[str, int]:

@@ -50,8 +50,12 @@ GLOBAL_BATCH_TOKENS = 131_072
 H100_PROVENANCE = Provenance(
     device="NVIDIA H100 80GB HBM3",
     date="2026-11-20",
-    versions=(("bitsandbytes", "0.50.2"), ("peft", "0.21.0"), ("torch", "2.11.0"),
-              ("transformers", "5.17.0")),
+    versions=(
+        ("bitsandbytes", "0.50.2"),
+        ("peft", "0.21.0"),
+        ("torch", "2.11.0"),
+        ("transformers", "5.17.0"),
+    ),
     method="full-depth run, median of 5 timed steps after 2 warm-up steps",
     notes="shared/reference/h100-measurements.jsonl",
 )
@@ -71,42 +75,97 @@ ESTIMATOR_PROVENANCE = Provenance(
 _RISK_LORA = QualityRisk(
     level=RiskLevel.LOW,
     message="LoRA on all linear layers (incl. MLP) matches full fine-tuning on small/medium "
-            "instruction data; use ~10× the full-FT learning rate.",
-    source="Schulman et al., \"LoRA Without Regret\", Thinking Machines Lab, 2025",
+    "instruction data; use ~10× the full-FT learning rate.",
+    source='Schulman et al., "LoRA Without Regret", Thinking Machines Lab, 2025',
 )
 _RISK_CAPACITY = QualityRisk(
     level=RiskLevel.MEDIUM,
     message="100M training tokens approach the capacity of r=16 adapters (40.0M parameters × "
-            "~2 bits); LoRA may learn less than full FT here.",
-    source="Biderman et al., \"LoRA Learns Less and Forgets Less\", 2024 (arXiv:2405.09673)",
+    "~2 bits); LoRA may learn less than full FT here.",
+    source='Biderman et al., "LoRA Learns Less and Forgets Less", 2024 (arXiv:2405.09673)',
 )
 _RISK_NF4 = QualityRisk(
     level=RiskLevel.LOW,
     message="NF4 QLoRA reaches 16-bit LoRA quality.",
-    source="Dettmers et al., \"QLoRA: Efficient Finetuning of Quantized LLMs\", 2023 "
-           "(arXiv:2305.14314)",
+    source='Dettmers et al., "QLoRA: Efficient Finetuning of Quantized LLMs", 2023 '
+    "(arXiv:2305.14314)",
 )
 
 
-def _offer(*, provider: Provider, service: str, instance: str, region: str, gpu: str,
-           count: int, usd_per_hour: float, spot: bool = False, stale: bool = False) -> Offer:
-    return Offer(provider=provider, service=service, instance_type=instance, region=region,
-                 gpu=gpu, gpu_count=count, usd_per_hour=usd_per_hour, spot=spot,
-                 as_of="2025-05-01", source="skypilot-org/skypilot-catalog catalogs/v7",
-                 stale=stale)
+def _offer(
+    *,
+    provider: Provider,
+    service: str,
+    instance: str,
+    region: str,
+    gpu: str,
+    count: int,
+    usd_per_hour: float,
+    spot: bool = False,
+    stale: bool = False,
+) -> Offer:
+    return Offer(
+        provider=provider,
+        service=service,
+        instance_type=instance,
+        region=region,
+        gpu=gpu,
+        gpu_count=count,
+        usd_per_hour=usd_per_hour,
+        spot=spot,
+        as_of="2025-05-01",
+        source="skypilot-org/skypilot-catalog catalogs/v7",
+        stale=stale,
+    )
 
 
-OFFER_H100 = _offer(provider=Provider.LAMBDA, service="cloud", instance="gpu_1x_h100_sxm5",
-                    region="us-east-1", gpu="H100 SXM 80GB", count=1, usd_per_hour=3.29)
-OFFER_P5 = _offer(provider=Provider.AWS, service="ec2", instance="p5.48xlarge",
-                  region="us-east-1", gpu="H100 SXM 80GB", count=8, usd_per_hour=98.32,
-                  stale=True)
-OFFER_L4 = _offer(provider=Provider.AWS, service="ec2", instance="g6.xlarge", region="us-east-1",
-                  gpu="L4", count=1, usd_per_hour=0.8048)
-OFFER_L4_SPOT = _offer(provider=Provider.AWS, service="ec2", instance="g6.xlarge",
-                       region="us-east-1", gpu="L4", count=1, usd_per_hour=0.3879, spot=True)
-OFFER_A10G = _offer(provider=Provider.AWS, service="ec2", instance="g5.2xlarge",
-                    region="us-east-1", gpu="A10G", count=1, usd_per_hour=1.212)
+OFFER_H100 = _offer(
+    provider=Provider.LAMBDA,
+    service="cloud",
+    instance="gpu_1x_h100_sxm5",
+    region="us-east-1",
+    gpu="H100 SXM 80GB",
+    count=1,
+    usd_per_hour=3.29,
+)
+OFFER_P5 = _offer(
+    provider=Provider.AWS,
+    service="ec2",
+    instance="p5.48xlarge",
+    region="us-east-1",
+    gpu="H100 SXM 80GB",
+    count=8,
+    usd_per_hour=98.32,
+    stale=True,
+)
+OFFER_L4 = _offer(
+    provider=Provider.AWS,
+    service="ec2",
+    instance="g6.xlarge",
+    region="us-east-1",
+    gpu="L4",
+    count=1,
+    usd_per_hour=0.8048,
+)
+OFFER_L4_SPOT = _offer(
+    provider=Provider.AWS,
+    service="ec2",
+    instance="g6.xlarge",
+    region="us-east-1",
+    gpu="L4",
+    count=1,
+    usd_per_hour=0.3879,
+    spot=True,
+)
+OFFER_A10G = _offer(
+    provider=Provider.AWS,
+    service="ec2",
+    instance="g5.2xlarge",
+    region="us-east-1",
+    gpu="A10G",
+    count=1,
+    usd_per_hour=1.212,
+)
 
 USABLE_GIB = {"H100 SXM 80GB": 80.0, "L4": 22.35, "A10G": 22.35}
 
@@ -116,20 +175,39 @@ def _cost(tokens_per_s: float, offer: Offer, *, nodes: int = 1) -> CostEstimate:
     spot_hours = train_hours * SPOT_OVERHEAD_FRACTION if offer.spot else 0.0
     hours = train_hours + STARTUP_HOURS + spot_hours
     usd_per_hour = offer.usd_per_hour * nodes
-    return CostEstimate(train_hours=train_hours, startup_hours=STARTUP_HOURS,
-                        spot_overhead_hours=spot_hours, hours=hours, usd=hours * usd_per_hour,
-                        usd_per_hour=usd_per_hour,
-                        checkpoint_interval_minutes=30.0 if offer.spot else None)
+    return CostEstimate(
+        train_hours=train_hours,
+        startup_hours=STARTUP_HOURS,
+        spot_overhead_hours=spot_hours,
+        hours=hours,
+        usd=hours * usd_per_hour,
+        usd_per_hour=usd_per_hour,
+        checkpoint_interval_minutes=30.0 if offer.spot else None,
+    )
 
 
 def _lora(method: Method) -> TuningConfig:
-    return TuningConfig(method=method, lora_rank=16, lora_alpha=32, lora_targets="all-linear",
-                        micro_batch_size=4, seq_len=1024, grad_checkpointing=True)
+    return TuningConfig(
+        method=method,
+        lora_rank=16,
+        lora_alpha=32,
+        lora_targets="all-linear",
+        micro_batch_size=4,
+        seq_len=1024,
+        grad_checkpointing=True,
+    )
 
 
-def _candidate(config: TuningConfig, offer: Offer, measurement: Measurement, *,
-               risks: tuple[QualityRisk, ...], lr: float, max_usd: float = 200.0,
-               max_hours: float | None = 48.0) -> Candidate:
+def _candidate(
+    config: TuningConfig,
+    offer: Offer,
+    measurement: Measurement,
+    *,
+    risks: tuple[QualityRisk, ...],
+    lr: float,
+    max_usd: float = 200.0,
+    max_hours: float | None = 48.0,
+) -> Candidate:
     assert measurement.tokens_per_s is not None
     cost = _cost(measurement.tokens_per_s, offer)
     usable = USABLE_GIB[offer.gpu]
@@ -137,63 +215,161 @@ def _candidate(config: TuningConfig, offer: Offer, measurement: Measurement, *,
     # Gradient accumulation up to ~131,072 tokens per optimizer step (planner.search's target).
     step_tokens = config.tokens_per_step * config.gpu_count
     accum = max(1, GLOBAL_BATCH_TOKENS // step_tokens)
-    return Candidate(config=config, offer=offer, nodes=1, measurement=measurement, cost=cost,
-                     grad_accum_steps=accum, global_batch_tokens=accum * step_tokens,
-                     fits=peak <= usable * 0.95, usable_memory_gib=usable, risks=risks,
-                     suggested_learning_rate=lr, within_budget=cost.usd <= max_usd,
-                     within_deadline=max_hours is None or cost.hours <= max_hours)
+    return Candidate(
+        config=config,
+        offer=offer,
+        nodes=1,
+        measurement=measurement,
+        cost=cost,
+        grad_accum_steps=accum,
+        global_batch_tokens=accum * step_tokens,
+        fits=peak <= usable * 0.95,
+        usable_memory_gib=usable,
+        risks=risks,
+        suggested_learning_rate=lr,
+        within_budget=cost.usd <= max_usd,
+        within_deadline=max_hours is None or cost.hours <= max_hours,
+    )
 
 
-def _measurement(config: TuningConfig, gpu: str, *, source: Source, alloc: float,
-                 reserved: float, tokens_per_s: float, breakdown: MemoryBreakdown | None,
-                 provenance: Provenance = ESTIMATOR_PROVENANCE,
-                 fit: tuple[tuple[str, float], ...] = ()) -> Measurement:
+def _measurement(
+    config: TuningConfig,
+    gpu: str,
+    *,
+    source: Source,
+    alloc: float,
+    reserved: float,
+    tokens_per_s: float,
+    breakdown: MemoryBreakdown | None,
+    provenance: Provenance = ESTIMATOR_PROVENANCE,
+    fit: tuple[tuple[str, float], ...] = (),
+) -> Measurement:
     tokens = config.tokens_per_step * config.gpu_count
-    return Measurement(model="llama2-7b", gpu=gpu, config=config, status=Status.OK,
-                       source=source, provenance=provenance, peak_allocated_gib=alloc,
-                       peak_reserved_gib=reserved, step_time_s=tokens / tokens_per_s,
-                       tokens_per_s=tokens_per_s, trainable_params=(
-                           6_738_415_616 if config.method is Method.FULL else 39_976_960),
-                       total_params=6_778_392_576, breakdown=breakdown, fit=fit)
+    return Measurement(
+        model="llama2-7b",
+        gpu=gpu,
+        config=config,
+        status=Status.OK,
+        source=source,
+        provenance=provenance,
+        peak_allocated_gib=alloc,
+        peak_reserved_gib=reserved,
+        step_time_s=tokens / tokens_per_s,
+        tokens_per_s=tokens_per_s,
+        trainable_params=(6_738_415_616 if config.method is Method.FULL else 39_976_960),
+        total_params=6_778_392_576,
+        breakdown=breakdown,
+        fit=fit,
+    )
 
 
-def make_candidates(*, max_usd: float = 200.0,
-                    max_hours: float | None = 48.0) -> tuple[Candidate, ...]:
+def make_candidates(
+    *, max_usd: float = 200.0, max_hours: float | None = 48.0
+) -> tuple[Candidate, ...]:
     """Six priced candidates, feasible ones first by USD, then the infeasible ones."""
     lora, qlora = _lora(Method.LORA), _lora(Method.QLORA)
-    full_fsdp = TuningConfig(method=Method.FULL, precision=Precision.BF16, micro_batch_size=4,
-                             seq_len=1024, grad_checkpointing=True, gpu_count=8,
-                             sharding=Sharding.FSDP)
-    full_mixed = TuningConfig(method=Method.FULL, precision=Precision.BF16_MIXED,
-                              micro_batch_size=1, seq_len=1024, grad_checkpointing=True,
-                              optimizer=OptimizerKind.ADAMW)
+    full_fsdp = TuningConfig(
+        method=Method.FULL,
+        precision=Precision.BF16,
+        micro_batch_size=4,
+        seq_len=1024,
+        grad_checkpointing=True,
+        gpu_count=8,
+        sharding=Sharding.FSDP,
+    )
+    full_mixed = TuningConfig(
+        method=Method.FULL,
+        precision=Precision.BF16_MIXED,
+        micro_batch_size=1,
+        seq_len=1024,
+        grad_checkpointing=True,
+        optimizer=OptimizerKind.ADAMW,
+    )
     m_lora_h100 = _measurement(
-        lora, "H100 SXM 80GB", source=Source.MEASURED, alloc=15.588, reserved=16.961,
-        tokens_per_s=7277.6, provenance=H100_PROVENANCE,
-        breakdown=MemoryBreakdown(weights_gib=12.55, gradients_gib=0.149, optimizer_gib=0.298,
-                                  activations_gib=1.65, logits_gib=0.488, overhead_gib=0.453))
-    qlora_breakdown = MemoryBreakdown(weights_gib=3.70, gradients_gib=0.149, optimizer_gib=0.298,
-                                      activations_gib=1.65, logits_gib=0.488,
-                                      overhead_gib=2.112)
-    qlora_fit = (("layers_fitted_2", 5.912), ("layers_fitted_4", 6.069),
-                 ("gib_per_layer", 0.0786))
-    m_qlora_l4 = _measurement(qlora, "L4", source=Source.EXTRAPOLATED, alloc=8.397,
-                              reserved=10.467, tokens_per_s=690.0, breakdown=qlora_breakdown,
-                              provenance=FIT_PROVENANCE, fit=qlora_fit)
+        lora,
+        "H100 SXM 80GB",
+        source=Source.MEASURED,
+        alloc=15.588,
+        reserved=16.961,
+        tokens_per_s=7277.6,
+        provenance=H100_PROVENANCE,
+        breakdown=MemoryBreakdown(
+            weights_gib=12.55,
+            gradients_gib=0.149,
+            optimizer_gib=0.298,
+            activations_gib=1.65,
+            logits_gib=0.488,
+            overhead_gib=0.453,
+        ),
+    )
+    qlora_breakdown = MemoryBreakdown(
+        weights_gib=3.70,
+        gradients_gib=0.149,
+        optimizer_gib=0.298,
+        activations_gib=1.65,
+        logits_gib=0.488,
+        overhead_gib=2.112,
+    )
+    qlora_fit = (("layers_fitted_2", 5.912), ("layers_fitted_4", 6.069), ("gib_per_layer", 0.0786))
+    m_qlora_l4 = _measurement(
+        qlora,
+        "L4",
+        source=Source.EXTRAPOLATED,
+        alloc=8.397,
+        reserved=10.467,
+        tokens_per_s=690.0,
+        breakdown=qlora_breakdown,
+        provenance=FIT_PROVENANCE,
+        fit=qlora_fit,
+    )
     m_lora_a10g = _measurement(
-        lora, "A10G", source=Source.ESTIMATED, alloc=15.60, reserved=17.05, tokens_per_s=520.0,
-        breakdown=MemoryBreakdown(weights_gib=12.55, gradients_gib=0.149, optimizer_gib=0.298,
-                                  activations_gib=1.65, logits_gib=0.488, overhead_gib=0.465))
+        lora,
+        "A10G",
+        source=Source.ESTIMATED,
+        alloc=15.60,
+        reserved=17.05,
+        tokens_per_s=520.0,
+        breakdown=MemoryBreakdown(
+            weights_gib=12.55,
+            gradients_gib=0.149,
+            optimizer_gib=0.298,
+            activations_gib=1.65,
+            logits_gib=0.488,
+            overhead_gib=0.465,
+        ),
+    )
     m_full_fsdp = _measurement(
-        full_fsdp, "H100 SXM 80GB", source=Source.ESTIMATED, alloc=19.10, reserved=21.40,
+        full_fsdp,
+        "H100 SXM 80GB",
+        source=Source.ESTIMATED,
+        alloc=19.10,
+        reserved=21.40,
         tokens_per_s=31000.0,
-        breakdown=MemoryBreakdown(weights_gib=1.57, gradients_gib=1.57, optimizer_gib=3.14,
-                                  activations_gib=9.80, logits_gib=0.98, overhead_gib=2.04))
+        breakdown=MemoryBreakdown(
+            weights_gib=1.57,
+            gradients_gib=1.57,
+            optimizer_gib=3.14,
+            activations_gib=9.80,
+            logits_gib=0.98,
+            overhead_gib=2.04,
+        ),
+    )
     m_full_mixed = _measurement(
-        full_mixed, "H100 SXM 80GB", source=Source.ESTIMATED, alloc=125.3, reserved=127.9,
+        full_mixed,
+        "H100 SXM 80GB",
+        source=Source.ESTIMATED,
+        alloc=125.3,
+        reserved=127.9,
         tokens_per_s=2900.0,
-        breakdown=MemoryBreakdown(weights_gib=25.10, gradients_gib=25.10, optimizer_gib=50.20,
-                                  activations_gib=21.50, logits_gib=0.24, overhead_gib=3.16))
+        breakdown=MemoryBreakdown(
+            weights_gib=25.10,
+            gradients_gib=25.10,
+            optimizer_gib=50.20,
+            activations_gib=21.50,
+            logits_gib=0.24,
+            overhead_gib=3.16,
+        ),
+    )
     kw: dict[str, Any] = {"max_usd": max_usd, "max_hours": max_hours}
     lora_risks = (_RISK_LORA, _RISK_CAPACITY)
     qlora_risks = (_RISK_NF4, _RISK_CAPACITY)
@@ -211,10 +387,16 @@ def make_candidates(*, max_usd: float = 200.0,
 
 def _pareto(candidates: tuple[Candidate, ...]) -> tuple[Candidate, ...]:
     feasible = [c for c in candidates if c.feasible]
-    front = [c for c in feasible
-             if not any(o.cost.usd <= c.cost.usd and o.cost.hours <= c.cost.hours
-                        and (o.cost.usd, o.cost.hours) != (c.cost.usd, c.cost.hours)
-                        for o in feasible)]
+    front = [
+        c
+        for c in feasible
+        if not any(
+            o.cost.usd <= c.cost.usd
+            and o.cost.hours <= c.cost.hours
+            and (o.cost.usd, o.cost.hours) != (c.cost.usd, c.cost.hours)
+            for o in feasible
+        )
+    ]
     return tuple(sorted(front, key=lambda c: c.cost.hours))
 
 
@@ -227,22 +409,43 @@ def _base_plan() -> Plan:
     ranked = make_candidates()
     best = {m: _best(ranked, m) for m in Method}
     verdicts = (
-        MethodVerdict(method=Method.LORA, best=best[Method.LORA], reason=(
-            "LoRA r16 all-linear on 1× H100 SXM 80GB (lambda gpu_1x_h100_sxm5): $13.38 in "
-            "4.1 h, measured peak 17.0 of 80.0 GiB: the cheapest feasible plan.")),
-        MethodVerdict(method=Method.QLORA, best=best[Method.QLORA], reason=(
-            "QLoRA fits a 24 GB L4 (10.5 GiB peak) but runs at ~690 tokens/s: $17.27 on spot "
-            "in 44.5 h, 1.29× the LoRA plan's cost and 10.9× its time.")),
-        MethodVerdict(method=Method.FULL, best=best[Method.FULL], reason=(
-            "Full FT in bf16-mixed needs ~127.9 GiB per GPU (> 80.0 GiB on one H100); pure-bf16 "
-            "FSDP on 8× H100 fits at 21.4 GiB per GPU but costs $112.68, 8.4× the LoRA plan.")),
+        MethodVerdict(
+            method=Method.LORA,
+            best=best[Method.LORA],
+            reason=(
+                "LoRA r16 all-linear on 1× H100 SXM 80GB (lambda gpu_1x_h100_sxm5): $13.38 in "
+                "4.1 h, measured peak 17.0 of 80.0 GiB: the cheapest feasible plan."
+            ),
+        ),
+        MethodVerdict(
+            method=Method.QLORA,
+            best=best[Method.QLORA],
+            reason=(
+                "QLoRA fits a 24 GB L4 (10.5 GiB peak) but runs at ~690 tokens/s: $17.27 on spot "
+                "in 44.5 h, 1.29× the LoRA plan's cost and 10.9× its time."
+            ),
+        ),
+        MethodVerdict(
+            method=Method.FULL,
+            best=best[Method.FULL],
+            reason=(
+                "Full FT in bf16-mixed needs ~127.9 GiB per GPU (> 80.0 GiB on one H100); "
+                "pure-bf16 FSDP on 8× H100 fits at 21.4 GiB per GPU but costs $112.68, 8.4× the "
+                "LoRA plan."
+            ),
+        ),
     )
     return Plan(
         model="llama2-7b",
         model_hf_id="meta-llama/Llama-2-7b-hf",
-        budget=Budget(max_usd=200.0, dataset_tokens=DATASET_TOKENS, epochs=EPOCHS,
-                      tokens_source=TokensSource.GIVEN, max_hours=48.0,
-                      longest_sample_tokens=1024),
+        budget=Budget(
+            max_usd=200.0,
+            dataset_tokens=DATASET_TOKENS,
+            epochs=EPOCHS,
+            tokens_source=TokensSource.GIVEN,
+            max_hours=48.0,
+            longest_sample_tokens=1024,
+        ),
         chosen=ranked[0],
         ranked=ranked,
         verdicts=verdicts,
@@ -255,12 +458,19 @@ def _base_plan() -> Plan:
             "Memory must stay under 95% of the GPU's usable memory (5% headroom).",
             "PyTorch SDPA attention; loss over the full sequence.",
         ),
-        search=SearchInfo(sampler="TPESampler", seed=0, trials=200, evaluated=184,
-                          catalog_as_of="2025-05-01",
-                          catalog_source="ftplan catalog (skypilot-catalog v7 snapshot)"),
+        search=SearchInfo(
+            sampler="TPESampler",
+            seed=0,
+            trials=200,
+            evaluated=184,
+            catalog_as_of="2025-05-01",
+            catalog_source="ftplan catalog (skypilot-catalog v7 snapshot)",
+        ),
         ftplan_version="0.1.0",
-        warnings=("AWS p5.48xlarge price predates the June 2025 P5 price cut (stale): refresh "
-                  "with 'ftplan catalog refresh'.",),
+        warnings=(
+            "AWS p5.48xlarge price predates the June 2025 P5 price cut (stale): refresh "
+            "with 'ftplan catalog refresh'.",
+        ),
     )
 
 
@@ -274,24 +484,39 @@ def make_no_feasible_plan() -> Plan:
     closest candidates are near misses, with suggestions."""
     ranked = make_candidates(max_usd=5.0)
     verdicts = tuple(
-        MethodVerdict(method=m, best=_best(ranked, m), reason=reason) for m, reason in (
-            (Method.LORA, "LoRA's cheapest run (1× H100, 4.1 h) costs $13.38, 2.7× the $5.00 "
-                          "budget."),
-            (Method.QLORA, "QLoRA's cheapest run (L4 spot, 44.5 h) costs $17.27, 3.5× the "
-                           "$5.00 budget."),
-            (Method.FULL, "Full FT's cheapest fitting run (8× H100 FSDP) costs $112.68, 22.5× "
-                          "the $5.00 budget."),
-        ))
+        MethodVerdict(method=m, best=_best(ranked, m), reason=reason)
+        for m, reason in (
+            (
+                Method.LORA,
+                "LoRA's cheapest run (1× H100, 4.1 h) costs $13.38, 2.7× the $5.00 budget.",
+            ),
+            (
+                Method.QLORA,
+                "QLoRA's cheapest run (L4 spot, 44.5 h) costs $17.27, 3.5× the $5.00 budget.",
+            ),
+            (
+                Method.FULL,
+                "Full FT's cheapest fitting run (8× H100 FSDP) costs $112.68, 22.5× "
+                "the $5.00 budget.",
+            ),
+        )
+    )
     base = _base_plan()
     return dataclasses.replace(
-        base, budget=dataclasses.replace(base.budget, max_usd=5.0), chosen=None, ranked=(),
-        verdicts=verdicts, pareto=(), near_misses=ranked[:5],
+        base,
+        budget=dataclasses.replace(base.budget, max_usd=5.0),
+        chosen=None,
+        ranked=(),
+        verdicts=verdicts,
+        pareto=(),
+        near_misses=ranked[:5],
         warnings=("No candidate meets the $5.00 budget: the cheapest needs $13.38.",),
         suggestions=(
             "raise --budget to $14 (lora r16 all-linear bf16-mixed b4 s1024 ckpt on 1× H100 SXM "
             "80GB, lambda gpu_1x_h100_sxm5, on-demand)",
             "reduce --tokens or --epochs: 50,000,000 tokens × 2 epochs cost at least $13.38",
-        ))
+        ),
+    )
 
 
 def make_hostile_plan() -> Plan:
@@ -306,8 +531,17 @@ def make_hostile_plan() -> Plan:
 def make_empty_plan() -> Plan:
     """Nothing fits any offered GPU: no candidates, no near misses, verdicts without a best."""
     base = make_no_feasible_plan()
-    verdicts = tuple(MethodVerdict(method=v.method, best=None, reason=(
-        f"{v.method.value} fits no offered GPU: the weights alone need more than the largest "
-        "card's 22.35 GiB.")) for v in base.verdicts)
-    return dataclasses.replace(base, near_misses=(), verdicts=verdicts,
-                               suggestions=("use a larger GPU (--gpu h100)",))
+    verdicts = tuple(
+        MethodVerdict(
+            method=v.method,
+            best=None,
+            reason=(
+                f"{v.method.value} fits no offered GPU: the weights alone need more than the "
+                "largest card's 22.35 GiB."
+            ),
+        )
+        for v in base.verdicts
+    )
+    return dataclasses.replace(
+        base, near_misses=(), verdicts=verdicts, suggestions=("use a larger GPU (--gpu h100)",)
+    )

@@ -51,10 +51,14 @@ def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --- markdown ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("name", "plan_factory"), [
-    ("report.md", make_plan),
-    ("report-no-feasible.md", make_no_feasible_plan),
-])
+
+@pytest.mark.parametrize(
+    ("name", "plan_factory"),
+    [
+        ("report.md", make_plan),
+        ("report-no-feasible.md", make_no_feasible_plan),
+    ],
+)
 def test_markdown_matches_golden(name: str, plan_factory: object) -> None:
     assert callable(plan_factory)
     text = render_markdown(plan_factory())
@@ -94,8 +98,9 @@ def test_markdown_without_a_feasible_plan_says_so() -> None:
 
 
 def _table_cell_counts(text: str) -> list[int]:
-    return [len(UNESCAPED_PIPE.findall(line)) for line in text.splitlines()
-            if line.startswith("|")]
+    return [
+        len(UNESCAPED_PIPE.findall(line)) for line in text.splitlines() if line.startswith("|")
+    ]
 
 
 def test_markdown_escapes_user_strings() -> None:
@@ -110,19 +115,23 @@ def test_markdown_escapes_user_strings() -> None:
         assert len(set(counts)) <= 1, block
 
 
-@pytest.mark.parametrize(("raw", "escaped"), [
-    ("a|b", "a\\|b"),
-    ("<script>", "&lt;script&gt;"),
-    ("x & y", "x &amp; y"),
-    ("[link](u)", "\\[link\\](u)"),
-    ("two\nlines", "two lines"),
-    ("*bold* `code` \\", "\\*bold\\* \\`code\\` \\\\"),
-])
+@pytest.mark.parametrize(
+    ("raw", "escaped"),
+    [
+        ("a|b", "a\\|b"),
+        ("<script>", "&lt;script&gt;"),
+        ("x & y", "x &amp; y"),
+        ("[link](u)", "\\[link\\](u)"),
+        ("two\nlines", "two lines"),
+        ("*bold* `code` \\", "\\*bold\\* \\`code\\` \\\\"),
+    ],
+)
 def test_md_escape(raw: str, escaped: str) -> None:
     assert md_escape(raw) == escaped
 
 
 # --- HTML ----------------------------------------------------------------------------------------
+
 
 def _without_plotly_js(page: str) -> str:
     from planner.report_html import _plotly_js
@@ -136,13 +145,19 @@ def test_html_has_recommendation_table_and_charts() -> None:
     page = render_html(make_plan())
     rest = _without_plotly_js(page)
     assert 'id="recommendation"' in rest and "$13.38" in rest and "gpu_1x_h100_sxm5" in rest
-    table = rest[rest.index('<table id="candidates">'):]
-    table = table[:table.index("</table>")]
+    table = rest[rest.index('<table id="candidates">') :]
+    table = table[: table.index("</table>")]
     assert table.count("<tr") == 1 + 6
     assert 'id="chart-cost-time"' in rest and 'id="chart-memory"' in rest
     assert rest.count("Plotly.newPlot(") == 2
-    for heading in ("Each method", "Quality risks", "Assumptions", "Where the numbers come from",
-                    "Prices", "Search"):
+    for heading in (
+        "Each method",
+        "Quality risks",
+        "Assumptions",
+        "Where the numbers come from",
+        "Prices",
+        "Search",
+    ):
         assert f"<h2>{heading}" in rest
     assert "NVIDIA H100 80GB HBM3" in rest and "torch 2.11.0" in rest
     assert '<span class="badge stale">stale</span>' in rest
@@ -173,8 +188,8 @@ def test_html_without_a_feasible_plan() -> None:
     assert '<section class="card" id="suggestions">' in rest
     assert "raise --budget to $14" in rest
     assert '<table id="candidates">' not in rest
-    near = rest[rest.index('<table id="near-misses">'):]
-    near = near[:near.index("</table>")]
+    near = rest[rest.index('<table id="near-misses">') :]
+    near = near[: near.index("</table>")]
     assert near.count("<tr") == 1 + 5 and near.count("over budget") == 5
 
 
@@ -202,8 +217,9 @@ def test_cost_time_figure_marks_pareto_budget_and_deadline() -> None:
     assert front["y"] == pytest.approx([112.68, 13.38], abs=0.01)
     assert traces["recommended"]["y"] == pytest.approx([13.38], abs=0.01)
     assert len(traces["LoRA (infeasible)"]["x"]) == 1
-    plotted = sum(len(t["x"]) for name, t in traces.items()
-                  if name not in ("Pareto front", "recommended"))
+    plotted = sum(
+        len(t["x"]) for name, t in traces.items() if name not in ("Pareto front", "recommended")
+    )
     assert plotted == len(plan.ranked)
     budget, deadline = fig["layout"]["shapes"]
     assert budget["y0"] == budget["y1"] == 200.0
@@ -215,17 +231,23 @@ def test_cost_time_figure_marks_pareto_budget_and_deadline() -> None:
 
 def test_cost_time_figure_without_deadline_has_only_the_budget_line() -> None:
     plan = make_plan()
-    plan = make_plan(budget=type(plan.budget)(**{
-        **{f: getattr(plan.budget, f) for f in plan.budget.__dataclass_fields__},
-        "max_hours": None}))
+    plan = make_plan(
+        budget=type(plan.budget)(
+            **{
+                **{f: getattr(plan.budget, f) for f in plan.budget.__dataclass_fields__},
+                "max_hours": None,
+            }
+        )
+    )
     fig = cost_time_figure(plan)
     assert len(fig["layout"]["shapes"]) == 1
 
 
 def test_cost_time_figure_uses_a_linear_cost_axis_when_a_run_is_free() -> None:
     plan = make_plan()
-    free = dataclasses.replace(plan.ranked[0], cost=dataclasses.replace(
-        plan.ranked[0].cost, usd=0.0, usd_per_hour=0.0))
+    free = dataclasses.replace(
+        plan.ranked[0], cost=dataclasses.replace(plan.ranked[0].cost, usd=0.0, usd_per_hour=0.0)
+    )
     fig = cost_time_figure(make_plan(ranked=(free, *plan.ranked[1:]), chosen=free))
     assert fig["layout"]["yaxis"].get("type") != "log"
     assert fig["layout"]["annotations"][0]["y"] == 200.0
@@ -236,8 +258,14 @@ def test_memory_figure_stacks_components_against_usable_memory() -> None:
     plan = make_plan()
     fig = memory_figure(plan)
     bars = [t for t in fig["data"] if t["type"] == "bar"]
-    assert [b["name"] for b in bars] == ["weights", "gradients", "optimizer states",
-                                         "activations", "logits", "overhead"]
+    assert [b["name"] for b in bars] == [
+        "weights",
+        "gradients",
+        "optimizer states",
+        "activations",
+        "logits",
+        "overhead",
+    ]
     totals = [sum(values) for values in zip(*(b["y"] for b in bars), strict=True)]
     # full bf16-mixed on 1×H100 (does not fit), full FSDP, LoRA H100, QLoRA L4.
     assert totals == pytest.approx([125.3, 19.1, 15.588, 8.397], abs=1e-3)
@@ -248,6 +276,7 @@ def test_memory_figure_stacks_components_against_usable_memory() -> None:
 
 # --- files, slugs, JSON --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("plan_factory", [make_plan, make_no_feasible_plan, make_hostile_plan])
 def test_write_reports_round_trips_the_plan(tmp_path: Path, plan_factory: object) -> None:
     assert callable(plan_factory)
@@ -255,12 +284,12 @@ def test_write_reports_round_trips_the_plan(tmp_path: Path, plan_factory: object
     paths = write_reports(plan, tmp_path / "reports", slug="p")
     assert (paths.markdown.name, paths.html.name, paths.json.name) == ("p.md", "p.html", "p.json")
     assert read_plan(paths.json) == plan
-    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["p.html", "p.json",
-                                                                         "p.md"]
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["p.html", "p.json", "p.md"]
 
 
 def test_failed_render_leaves_previous_reports_and_no_temp_files(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     paths = write_reports(make_plan(), tmp_path, slug="p")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
 
@@ -278,21 +307,34 @@ def test_failed_render_leaves_previous_reports_and_no_temp_files(
     assert read_plan(paths.json) == make_plan()
 
 
-@pytest.mark.parametrize(("model", "budget", "inputs_hash", "expected"), [
-    ("llama2-7b", 200.0, "3f9a1c2e77", "llama2-7b-200usd-3f9a1c2e"),
-    ("Llama-3.1-8B", 12.5, "ABCDEF12", "llama-3.1-8b-12.5usd-abcdef12"),
-    ("../x", 200.0, "h", "x-200usd-h"),
-    ("meta-llama/Llama-2-7b-hf", 99.999, "0", "meta-llama-llama-2-7b-hf-100usd-0"),
-    ("", 5.0, "", "model-5usd"),
-])
+@pytest.mark.parametrize(
+    ("model", "budget", "inputs_hash", "expected"),
+    [
+        ("llama2-7b", 200.0, "3f9a1c2e77", "llama2-7b-200usd-3f9a1c2e"),
+        ("Llama-3.1-8B", 12.5, "ABCDEF12", "llama-3.1-8b-12.5usd-abcdef12"),
+        ("../x", 200.0, "h", "x-200usd-h"),
+        ("meta-llama/Llama-2-7b-hf", 99.999, "0", "meta-llama-llama-2-7b-hf-100usd-0"),
+        ("", 5.0, "", "model-5usd"),
+    ],
+)
 def test_report_slug(model: str, budget: float, inputs_hash: str, expected: str) -> None:
     assert report_slug(model, budget, inputs_hash) == expected
 
 
-@pytest.mark.parametrize("model", [
-    HOSTILE_NAME, "../../etc/passwd", "..", ".hidden", "a/b\\c", "x\x00y", "名前 モデル",
-    "A" * 500, "-rf ~",
-])
+@pytest.mark.parametrize(
+    "model",
+    [
+        HOSTILE_NAME,
+        "../../etc/passwd",
+        "..",
+        ".hidden",
+        "a/b\\c",
+        "x\x00y",
+        "名前 モデル",
+        "A" * 500,
+        "-rf ~",
+    ],
+)
 def test_report_slug_is_always_a_plain_file_name(tmp_path: Path, model: str) -> None:
     slug = report_slug(model, 200.0, "deadbeef99")
     assert SAFE_SLUG.match(slug), slug
@@ -326,6 +368,7 @@ def test_candidate_rows_flag_chosen_and_pareto_after_round_trip(tmp_path: Path) 
 
 # --- CLI -----------------------------------------------------------------------------------------
 
+
 @pytest.fixture()
 def plan_file(tmp_path: Path) -> Path:
     return write_reports(make_plan(), tmp_path / "reports", slug="llama2-7b-200usd-x").json
@@ -333,8 +376,9 @@ def plan_file(tmp_path: Path) -> Path:
 
 def test_cli_report_markdown_to_file(plan_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "plan.md"
-    result = CliRunner().invoke(main, ["report", str(plan_file), "--format", "md", "--out",
-                                       str(out)])
+    result = CliRunner().invoke(
+        main, ["report", str(plan_file), "--format", "md", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert out.read_text(encoding="utf-8") == render_markdown(make_plan())
     assert f"wrote {out}" in result.output
@@ -354,13 +398,17 @@ def test_cli_report_markdown_to_stdout(plan_file: Path) -> None:
     assert result.stdout == render_markdown(make_plan())
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("{not json", "is not valid JSON"),
-    ('{"format": "something-else"}', "is not an ftplan plan"),
-    ('{"format": "ftplan-plan/1", "plan": {"model": 3}}', "is invalid"),
-])
-def test_cli_report_bad_file_is_a_one_line_error(tmp_path: Path, content: str,
-                                                  message: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"format": "something-else"}', "is not an ftplan plan"),
+        ('{"format": "ftplan-plan/1", "plan": {"model": 3}}', "is invalid"),
+    ],
+)
+def test_cli_report_bad_file_is_a_one_line_error(
+    tmp_path: Path, content: str, message: str
+) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(content, encoding="utf-8")
     result = CliRunner().invoke(main, ["report", str(bad), "--format", "md"])
@@ -397,16 +445,24 @@ def test_plan_without_any_candidate_still_renders(tmp_path: Path) -> None:
 def test_source_rows_group_figures_by_provenance() -> None:
     plan = make_plan()
     rows = source_rows(plan)
-    assert [(r.source, r.count) for r in rows] == [("measured", 1), ("extrapolated", 1),
-                                                   ("estimated", 3)]
-    assert rows[0].versions == ("bitsandbytes 0.50.2, peft 0.21.0, torch 2.11.0, "
-                                "transformers 5.17.0")
+    assert [(r.source, r.count) for r in rows] == [
+        ("measured", 1),
+        ("extrapolated", 1),
+        ("estimated", 3),
+    ]
+    assert rows[0].versions == (
+        "bitsandbytes 0.50.2, peft 0.21.0, torch 2.11.0, transformers 5.17.0"
+    )
     estimated = plan.ranked[3]
     configs = [dataclasses.replace(estimated.config, micro_batch_size=b) for b in range(1, 7)]
     many = tuple(
-        dataclasses.replace(estimated, config=cfg,
-                            measurement=dataclasses.replace(estimated.measurement, config=cfg))
-        for cfg in configs)
+        dataclasses.replace(
+            estimated,
+            config=cfg,
+            measurement=dataclasses.replace(estimated.measurement, config=cfg),
+        )
+        for cfg in configs
+    )
     rows = source_rows(make_plan(ranked=many, pareto=(), chosen=many[0], verdicts=()))
     assert [(r.source, r.count) for r in rows] == [("estimated", 6)]
     assert rows[0].figures.endswith("; +2 more") and rows[0].figures.count(";") == 4
