@@ -141,13 +141,14 @@ class _Log:
             handle.write(line + "\n")
 
 
-def _accelerator_if_distributed() -> Any:
-    """An accelerate Accelerator when started by ``accelerate launch`` with several processes."""
+def _accelerator_if_distributed(device: str) -> Any:
+    """An accelerate Accelerator when started by ``accelerate launch`` / torchrun with several
+    processes (gloo on CPU, for smoke runs of the multi-process path)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import Accelerator
 
-    return Accelerator()
+    return Accelerator(cpu=device == "cpu")
 
 
 def _versions() -> dict[str, str]:
@@ -254,7 +255,7 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("the launch spec asks for CUDA but torch sees no GPU; run on a GPU "
                            "machine or pass --device cpu for a smoke run")
-    accelerator = _accelerator_if_distributed()
+    accelerator = _accelerator_if_distributed(spec.device)
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     is_main = rank == 0
