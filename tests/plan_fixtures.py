@@ -41,6 +41,7 @@ from profiler._types import (
 )
 
 HOSTILE_NAME = "<script>alert(1)</script>"
+HOSTILE_INSTANCE = "<b>g6</b><img src=x onerror=alert(2)>"
 DATASET_TOKENS = 50_000_000
 EPOCHS = 2.0
 STARTUP_HOURS = 0.25
@@ -520,11 +521,29 @@ def make_no_feasible_plan() -> Plan:
 
 
 def make_hostile_plan() -> Plan:
-    """A plan whose user-supplied strings try to inject HTML and break markdown tables."""
-    return make_plan(
+    """A plan whose user-supplied strings try to inject HTML and break markdown tables: the
+    model name, and the chosen offer's instance type (shown in tables and chart hover text)."""
+    base = _base_plan()
+    chosen = base.chosen
+    assert chosen is not None
+    hostile_offer = dataclasses.replace(chosen.offer, instance_type=HOSTILE_INSTANCE)
+    hostile_chosen = dataclasses.replace(chosen, offer=hostile_offer)
+
+    def swap(cands: tuple[Candidate, ...]) -> tuple[Candidate, ...]:
+        return tuple(hostile_chosen if c is chosen else c for c in cands)
+
+    return dataclasses.replace(
+        base,
         model=HOSTILE_NAME,
         model_hf_id=f"evil/{HOSTILE_NAME}|x",
         assumptions=(f"Model {HOSTILE_NAME} | pipes | and <b>bold</b> & ampersands.",),
+        chosen=hostile_chosen,
+        ranked=swap(base.ranked),
+        pareto=swap(base.pareto),
+        verdicts=tuple(
+            dataclasses.replace(v, best=hostile_chosen) if v.best is chosen else v
+            for v in base.verdicts
+        ),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from plan_fixtures import (
+    HOSTILE_INSTANCE,
     HOSTILE_NAME,
     make_empty_plan,
     make_hostile_plan,
@@ -144,9 +145,19 @@ def test_hostile_model_name_shows_as_text_and_runs_nothing(browser: Any, tmp_pat
     assert page.page.locator("h1 .model-name").inner_text() == HOSTILE_NAME
     assert page.page.title() == f"ftplan plan: {HOSTILE_NAME}"
     assert HOSTILE_NAME in page.page.locator("#assumptions").inner_text()
-    # No element was injected from the name: the only scripts are the report's own two.
+    assert HOSTILE_INSTANCE in page.page.locator("#recommendation").inner_text()
+    # No element was injected: the only scripts are the report's own two, no <b>, no <img>.
     assert page.page.locator("script").count() == 2
     assert page.page.locator("b").count() == 0
+    assert page.page.locator("img").count() == 0
+    # The chart's hover text for the recommended point shows the instance type literally.
+    star = page.page.locator("#chart-cost-time .scatterlayer .trace").last.locator(".point")
+    star.hover(force=True)
+    page.page.wait_for_selector("#chart-cost-time .hoverlayer .hovertext", timeout=5000)
+    hover = page.page.locator("#chart-cost-time .hoverlayer .hovertext").first.text_content()
+    assert hover is not None and HOSTILE_INSTANCE in hover
+    assert page.page.locator("#chart-cost-time image").count() == 0
+    assert page.dialogs == []
     page.screenshot(tmp_path, "report-hostile.png")
 
 

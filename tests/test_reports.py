@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from plan_fixtures import (
+    HOSTILE_INSTANCE,
     HOSTILE_NAME,
     make_empty_plan,
     make_hostile_plan,
@@ -176,7 +177,8 @@ def test_html_loads_nothing_from_the_network() -> None:
 def test_html_escapes_the_hostile_model_name() -> None:
     page = render_html(make_hostile_plan())
     assert HOSTILE_NAME not in page
-    assert "<b>bold</b>" not in page
+    assert "<b>bold</b>" not in page and HOSTILE_INSTANCE not in page
+    assert "&lt;b&gt;g6&lt;/b&gt;&lt;img src=x onerror=alert(2)&gt;" in page
     assert page.count("<script") == 2  # plotly.js and the chart set-up, nothing injected
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<title>ftplan plan: &lt;script&gt;alert(1)&lt;/script&gt;</title>" in page
