@@ -178,11 +178,11 @@ def load_checkpoint(info: CheckpointInfo, *, prepared: Any, method: Method,
     else:
         from peft import set_peft_model_state_dict
 
-        result = set_peft_model_state_dict(prepared.model, weights)
-        if result.unexpected_keys:
+        outcome: Any = set_peft_model_state_dict(prepared.model, weights)
+        if outcome.unexpected_keys:
             raise ValueError(
                 f"checkpoint {str(info.path)!r} holds adapters this model lacks "
-                f"({sorted(result.unexpected_keys)[:5]}); resume with the launch spec that "
+                f"({sorted(outcome.unexpected_keys)[:5]}); resume with the launch spec that "
                 "wrote it"
             )
     state = torch.load(info.path / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)

@@ -31,8 +31,11 @@ class DataFormatError(ValueError):
 class Tokenizer(Protocol):
     """The little ftplan needs from a tokenizer."""
 
-    name: str
-    eos_token_id: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def eos_token_id(self) -> int: ...
 
     def encode_text(self, text: str) -> list[int]: ...
 

@@ -9,6 +9,7 @@ client is needed.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import io
 import json
 import math
@@ -227,7 +228,7 @@ def source_tarball(spec_json: str, *, code_root: Path | None = None) -> bytes:
         info.mode = 0o644
         tar.addfile(info, io.BytesIO(data))
 
-    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for package in SOURCE_PACKAGES:
             for path in sorted((root / package).rglob("*")):
                 if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
@@ -235,7 +236,7 @@ def source_tarball(spec_json: str, *, code_root: Path | None = None) -> bytes:
         add(ENTRY_POINT, _entry_script().encode())
         add(SPEC_FILE_IN_SOURCE, spec_json.encode())
         add("requirements.txt", ("\n".join(SOURCE_REQUIREMENTS) + "\n").encode())
-    return buffer.getvalue()
+    return gzip.compress(buffer.getvalue(), mtime=0)  # mtime=0: same bytes for the same input
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
