@@ -117,11 +117,13 @@ def _user_error(exc: Exception) -> click.ClickException:
               help="cpu: a local smoke run only.")
 @click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True,
               help="Micro-batches per optimizer step.")
+@click.option("--image-uri", help="SageMaker training image (default: the Hugging Face PyTorch "
+                                  "training image of the region).")
 @click.option("--wait", is_flag=True, help="Follow the run until it ends.")
 def launch_command(plan_file: Path, target: str, data: str, dry_run: bool, role: str | None,
                    region: str | None, output_dir: str | None, max_steps: int | None,
                    rank: int | None, weights: str | None, random_init: bool, device: str,
-                   grad_accum: int, wait: bool) -> None:
+                   grad_accum: int, image_uri: str | None, wait: bool) -> None:
     """Launch the plan's chosen candidate: a real fine-tune whose measured peak memory and
     tokens/s are compared with the plan's prediction (output/summary.json).
 
@@ -142,7 +144,7 @@ def launch_command(plan_file: Path, target: str, data: str, dry_run: bool, role:
             _launch_local(spec, data=data, dry_run=dry_run, runs_dir=output_dir, wait=wait)
         else:
             _launch_sagemaker(spec, data=data, dry_run=dry_run, role=role, region=region,
-                              prefix=output_dir, wait=wait)
+                              prefix=output_dir, image=image_uri, wait=wait)
     except RunnerError as exc:
         raise _user_error(exc) from None
 
@@ -160,10 +162,12 @@ def _launch_local(spec: LaunchSpec, *, data: str, dry_run: bool, runs_dir: str |
 
 
 def _launch_sagemaker(spec: LaunchSpec, *, data: str, dry_run: bool, role: str | None,
-                      region: str | None, prefix: str | None, wait: bool) -> None:
+                      region: str | None, prefix: str | None, image: str | None,
+                      wait: bool) -> None:
     if prefix is not None and not prefix.startswith("s3://"):
         raise RunnerError(f"--output-dir {prefix!r} must be an s3:// prefix for SageMaker")
-    runner = SageMakerRunner(role_arn=role, region=region, s3_prefix=prefix, echo=sys.stdout)
+    runner = SageMakerRunner(role_arn=role, region=region, s3_prefix=prefix, image=image,
+                             echo=sys.stdout)
     result = runner.launch(spec, data=data, dry_run=dry_run)
     if dry_run:
         return

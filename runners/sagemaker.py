@@ -65,12 +65,15 @@ IMAGE_REGISTRIES: dict[str, str] = {
     "us-west-2": "763104351884",
 }
 IMAGE_REPOSITORY = "huggingface-pytorch-training"
-# <torch>-transformers<version>-gpu-<py>-<cuda>-<os>: a released Hugging Face DLC (torch 2.1,
-# transformers 4.36, py310, CUDA 12.1). requirements.txt in the source tarball upgrades
-# transformers/peft/accelerate/bitsandbytes to what ftplan needs; override with image_uri=.
-DEFAULT_IMAGE_TAG = "2.1.0-transformers4.36.0-gpu-py310-cu121-ubuntu20.04"
+# <torch>-transformers<version>-gpu-<py>-<cuda>-<os>: a Hugging Face DLC with torch 2.8 and
+# transformers 4.56.2 (the first transformers with the ``dtype=`` argument the recipes use), as
+# used in public SageMaker launch scripts in 2025. Not verified against AWS from here: check
+# github.com/aws/deep-learning-containers available_images.md and override with --image-uri.
+DEFAULT_IMAGE_TAG = "2.8.0-transformers4.56.2-gpu-py312-cu129-ubuntu22.04"
+# Installed by the SageMaker toolkit before the entry point runs; already satisfied in the image
+# except bitsandbytes (QLoRA) where the image lacks it.
 SOURCE_REQUIREMENTS = (
-    "transformers>=4.45", "peft>=0.13", "accelerate>=1.0", "bitsandbytes>=0.45",
+    "transformers>=4.56", "peft>=0.13", "accelerate>=1.0", "bitsandbytes>=0.45",
     "safetensors>=0.4",
 )
 ENTRY_POINT = "ftplan_entry.py"

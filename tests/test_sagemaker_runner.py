@@ -95,7 +95,7 @@ def test_request_for_each_plan(name: str) -> None:
     assert request["TrainingJobName"] == JOB and request["RoleArn"] == ROLE
     assert request["AlgorithmSpecification"]["TrainingImage"] == (
         "763104351884.dkr.ecr.us-west-2.amazonaws.com/huggingface-pytorch-training:"
-        "2.1.0-transformers4.36.0-gpu-py310-cu121-ubuntu20.04")
+        "2.8.0-transformers4.56.2-gpu-py312-cu129-ubuntu22.04")
     assert request["ResourceConfig"]["InstanceType"] == instance
     assert request["ResourceConfig"]["InstanceCount"] == count
     assert request["EnableManagedSpotTraining"] is spot
@@ -271,9 +271,12 @@ def test_cli_sagemaker_dry_run_prints_the_request(plan_file: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FTPLAN_SAGEMAKER_ROLE", ROLE)
     out = CliRunner().invoke(cli, ["launch", str(plan_file), "--target", "sagemaker", "--data",
-                                   DATA, "--dry-run", "--max-steps", "100"])
+                                   DATA, "--dry-run", "--max-steps", "100", "--image-uri",
+                                   "1.dkr.ecr.us-east-1.amazonaws.com/mine:1"])
     assert out.exit_code == 0, out.output
     request = json.loads(out.output)
+    assert request["AlgorithmSpecification"]["TrainingImage"] == (
+        "1.dkr.ecr.us-east-1.amazonaws.com/mine:1")
     assert request["ResourceConfig"]["InstanceType"] == "ml.g6.xlarge"  # EC2 g6.xlarge, mapped
     assert request["EnableManagedSpotTraining"] is True
     assert request["StoppingCondition"]["MaxWaitTimeInSeconds"] >= (
