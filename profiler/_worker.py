@@ -24,7 +24,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from catalog import ModelSpec, from_jsonable, to_jsonable
 from profiler._types import Measurement, Provenance, Source, Status, TuningConfig
@@ -324,23 +324,33 @@ def _kernel_busy_s(prepared: Any, input_ids: Any, *, device: str) -> float | Non
     return total_us / 1e6 if total_us > 0 else None
 
 
-def main() -> int:
-    """Read one job from stdin, write one Measurement JSON line to stdout. Exit 0 if a record
-    (ok, oom or error) was written; 2 if the job itself could not be read."""
-    # Libraries print progress and warnings; keep stdout for the one JSON record.
-    real_stdout = sys.stdout
-    sys.stdout = sys.stderr
+def main(*, record_stream: TextIO | None = None) -> int:
+    """Read one job from stdin, write one Measurement JSON line to ``record_stream`` (stdout).
+
+    Returns:
+        0 if a record (ok, oom or error) was written; 2 if the job itself could not be read.
+    """
+    stream = record_stream or sys.stdout
+    # Libraries print progress and warnings; only the record may reach the record stream.
+    saved_stdout, sys.stdout = sys.stdout, sys.stderr
     try:
-        job = parse_job(json.loads(sys.stdin.read()))
-    except (ValueError, TypeError, json.JSONDecodeError) as exc:
-        print(f"error: bad job: {exc}", file=sys.stderr)
-        return 2
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    measurement = run_job(job)
-    real_stdout.write(json.dumps(to_jsonable(measurement), sort_keys=True) + "\n")
-    real_stdout.flush()
-    return 0
+        try:
+            job = parse_job(json.loads(sys.stdin.read()))
+        except (ValueError, TypeError, json.JSONDecodeError) as exc:
+            print(f"error: bad job: {exc}", file=sys.stderr)
+            return 2
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        measurement = run_job(job)
+        stream.write(json.dumps(to_jsonable(measurement), sort_keys=True) + "\n")
+        stream.flush()
+        return 0
+    finally:
+        sys.stdout = saved_stdout
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Native code (CUDA, bitsandbytes) writes to file descriptor 1 directly: point it at stderr
+    # and keep a private duplicate of the real stdout for the record.
+    _record_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.exit(main(record_stream=os.fdopen(_record_fd, "w", encoding="utf-8")))
