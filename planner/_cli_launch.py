@@ -119,11 +119,14 @@ def _user_error(exc: Exception) -> click.ClickException:
               help="Micro-batches per optimizer step.")
 @click.option("--image-uri", help="SageMaker training image (default: the Hugging Face PyTorch "
                                   "training image of the region).")
+@click.option("--resume", "resume_run", metavar="RUN_ID",
+              help="Local: continue that run from its newest checkpoint.")
 @click.option("--wait", is_flag=True, help="Follow the run until it ends.")
 def launch_command(plan_file: Path, target: str, data: str, dry_run: bool, role: str | None,
                    region: str | None, output_dir: str | None, max_steps: int | None,
                    rank: int | None, weights: str | None, random_init: bool, device: str,
-                   grad_accum: int, image_uri: str | None, wait: bool) -> None:
+                   grad_accum: int, image_uri: str | None, resume_run: str | None,
+                   wait: bool) -> None:
     """Launch the plan's chosen candidate: a real fine-tune whose measured peak memory and
     tokens/s are compared with the plan's prediction (output/summary.json).
 
@@ -141,8 +144,12 @@ def launch_command(plan_file: Path, target: str, data: str, dry_run: bool, role:
                                  grad_accum_steps=grad_accum)
     try:
         if Target(target) is Target.LOCAL:
-            _launch_local(spec, data=data, dry_run=dry_run, runs_dir=output_dir, wait=wait)
+            _launch_local(spec, data=data, dry_run=dry_run, runs_dir=output_dir, wait=wait,
+                          resume_run=resume_run)
         else:
+            if resume_run:
+                raise RunnerError("--resume is for local runs; a SageMaker job resumes from its "
+                                  "S3 checkpoints by itself when restarted")
             _launch_sagemaker(spec, data=data, dry_run=dry_run, role=role, region=region,
                               prefix=output_dir, image=image_uri, wait=wait)
     except RunnerError as exc:
@@ -150,9 +157,9 @@ def launch_command(plan_file: Path, target: str, data: str, dry_run: bool, role:
 
 
 def _launch_local(spec: LaunchSpec, *, data: str, dry_run: bool, runs_dir: str | None,
-                  wait: bool) -> None:
+                  wait: bool, resume_run: str | None) -> None:
     runner = LocalRunner(runs_dir=runs_dir or DEFAULT_RUNS_DIR, echo=sys.stdout)
-    result = runner.launch(spec, data=data, dry_run=dry_run)
+    result = runner.launch(spec, data=data, dry_run=dry_run, resume_run_id=resume_run)
     if dry_run:
         return
     click.echo(f"status: ftplan status {result.run_id} --target local"

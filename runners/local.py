@@ -245,6 +245,9 @@ class LocalRunner:
         if not Path(data).exists():
             raise RunnerError(f"data file {data!r} does not exist. To fix: pass --data with a "
                               "JSONL file of 'text', 'prompt'/'completion' or 'messages' lines")
+        if resume_run_id is not None and not (self.runs_dir / resume_run_id).is_dir():
+            raise RunnerError(f"no local run {resume_run_id!r} to resume under "
+                              f"{str(self.runs_dir)!r}. To fix: check the id (ftplan status)")
         try:
             warnings = self.check_host(spec)
         except RunnerError as exc:

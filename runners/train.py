@@ -211,6 +211,21 @@ def build_summary(spec: LaunchSpec, *, step_times_s: list[float], tokens_per_ste
     }
 
 
+def weights_checkpoint(spec: LaunchSpec, *, log: Callable[[dict[str, Any]], None]) -> str | None:
+    """Where the recipe loads weights from: None (random weights from the architecture) for
+    ``random_init`` or a local folder that holds a config but no weight files (offline checks);
+    else the hub id or local path."""
+    if spec.random_init:
+        return None
+    source = Path(spec.weights_source)
+    if source.is_dir() and not any(source.glob("*.safetensors")) and not any(
+            source.glob("*.bin")):
+        log({"event": "random_init", "reason": f"{source} holds no weight files; random "
+                                               "weights from the architecture"})
+        return None
+    return spec.weights_source
+
+
 def _batch(blocks: list[list[int]], indices: list[int], device: str) -> Any:
     import torch
 
@@ -282,7 +297,7 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
     torch.manual_seed(spec.seed)
     setup = SETUP_FUNCTIONS[spec.config.method]
     prepared = setup(spec.model, spec.config, device=device,
-                     checkpoint=None if spec.random_init else spec.weights_source,
+                     checkpoint=weights_checkpoint(spec, log=log),
                      learning_rate=spec.learning_rate)
     if accelerator is not None:
         prepared.model, prepared.optimizer = accelerator.prepare(prepared.model,

@@ -256,3 +256,17 @@ def test_gpu_launch_from_a_plan_matches_the_prediction(tmp_path: Path) -> None:
     assert summary["steps_completed"] == 30
     assert memory["within"] is True, memory
     assert speed["within"] is True, speed
+
+
+def test_cli_resume_reuses_the_run_folder(tmp_path: Path, data: Path) -> None:
+    plan = write_plan(make_plan(), tmp_path / "plan.json")
+    (tmp_path / "r" / "old-run").mkdir(parents=True)
+    base = ["launch", str(plan), "--target", "local", "--data", str(data), "--output-dir",
+            str(tmp_path / "r")]
+    out = CliRunner().invoke(cli, [*base, "--dry-run", "--resume", "old-run"])
+    assert out.exit_code == 0, out.output
+    assert f"run dir: {(tmp_path / 'r' / 'old-run').resolve()}" in out.output
+    assert "--output-dir " + str((tmp_path / "r" / "old-run" / "output").resolve()) + \
+        " --resume" in out.output
+    missing = CliRunner().invoke(cli, [*base, "--resume", "nope"])
+    assert missing.exit_code == 2 and "error: no local run 'nope' to resume" in missing.output

@@ -255,3 +255,18 @@ def test_main_reports_a_malformed_line_and_exits_2(tmp_path: Path,
                  str(tmp_path / "o")])
     assert code == 2
     assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
+
+
+def test_weights_come_from_the_hub_id_a_folder_or_nowhere(tmp_path: Path) -> None:
+    from runners.train import weights_checkpoint
+
+    events: list[dict[str, Any]] = []
+    real = dataclasses.replace(tiny_spec(Method.LORA), random_init=False)
+    assert weights_checkpoint(real, log=events.append) == "tiny/llama"  # the catalog hub id
+    (tmp_path / "config.json").write_text("{}")
+    config_only = dataclasses.replace(real, checkpoint=str(tmp_path))
+    assert weights_checkpoint(config_only, log=events.append) is None
+    assert events and events[0]["event"] == "random_init"
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert weights_checkpoint(config_only, log=events.append) == str(tmp_path)
+    assert weights_checkpoint(tiny_spec(Method.LORA), log=events.append) is None
