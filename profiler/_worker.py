@@ -181,7 +181,7 @@ def _inject_fault(job: Job) -> None:
     if job.fault == "oom":
         import torch
 
-        raise torch.OutOfMemoryError("CUDA out of memory. (fault injected by the job)")
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. (fault injected by the job)")
     if job.fault == "error":
         raise RuntimeError("fault injected by the job")
     if job.fault == "hard-exit":
@@ -203,7 +203,7 @@ def run_job(job: Job) -> Measurement:
     try:
         _inject_fault(job)
         return _measure(job, gpu=gpu)
-    except torch.OutOfMemoryError as exc:
+    except torch.cuda.OutOfMemoryError as exc:  # = torch.OutOfMemoryError; both names exist
         return _record(job, status=Status.OOM, gpu=gpu, provenance=_provenance(job),
                        error=str(exc).split("\n")[0][:500])
     except Exception as exc:  # noqa: BLE001 - any failure is data for the caller

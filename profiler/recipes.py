@@ -151,6 +151,15 @@ def peft_target_modules(spec: ModelSpec, config: TuningConfig) -> list[str]:
     return mapped
 
 
+def _dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """transformers >= 4.56 names the load dtype ``dtype``; older releases ``torch_dtype`` (the
+    SageMaker images ftplan launches on may carry an older transformers)."""
+    import transformers
+
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
 def _weight_dtype(config: TuningConfig) -> Any:
     import torch
 
@@ -195,13 +204,13 @@ def build_base_model(spec: ModelSpec, config: TuningConfig, *, device: str,
     model: Any
     if checkpoint is not None:
         model = AutoModelForCausalLM.from_pretrained(
-            checkpoint, config=hf_config, dtype=dtype, attn_implementation=attention)
+            checkpoint, config=hf_config, attn_implementation=attention, **_dtype_kwarg(dtype))
         model = model.to(device)
     else:
         torch.manual_seed(0)
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(
-                hf_config, dtype=dtype, attn_implementation=attention)
+                hf_config, attn_implementation=attention, **_dtype_kwarg(dtype))
     model.train()
     return model
 
@@ -231,14 +240,15 @@ def _build_nf4_model(hf_config: Any, config: TuningConfig, *, device: str,
             torch.manual_seed(0)
             with torch.device(device):
                 random_model = AutoModelForCausalLM.from_config(
-                    hf_config, dtype=_weight_dtype(config), attn_implementation=attention)
+                    hf_config, attn_implementation=attention,
+                    **_dtype_kwarg(_weight_dtype(config)))
             random_model.save_pretrained(source)
             del random_model
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
         model = AutoModelForCausalLM.from_pretrained(
             source, config=hf_config, quantization_config=quantization, device_map=device_map,
-            dtype=_weight_dtype(config), attn_implementation=attention)
+            attn_implementation=attention, **_dtype_kwarg(_weight_dtype(config)))
     model.train()
     return model
 
