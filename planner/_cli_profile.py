@@ -18,6 +18,7 @@ import click
 
 from catalog import ModelSpec, get_gpu, get_model, to_jsonable
 from profiler import Measurement, Method, OptimizerKind, Precision, TuningConfig
+from profiler._worker import PHASE_FORWARD_BACKWARD, PHASE_OPTIMIZER_STEP
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -117,18 +118,25 @@ def _render_table(results: Sequence[Measurement], note: str) -> None:
     from rich.table import Table
 
     table = Table(title="ftplan profile", caption=note or None, header_style="bold")
-    for column in ("model", "config", "gpu", "source", "status", "peak alloc GiB",
-                   "peak reserved GiB", "phase peaks GiB", "step s", "tokens/s", "note"):
-        table.add_column(column, justify="right" if column.endswith(("GiB", "s")) else "left")
+    for column in ("model", "config", "gpu", "source", "status", "alloc GiB", "reserved GiB",
+                   "fwd+bwd GiB", "optim GiB", "step s", "tokens/s"):
+        numeric = column.endswith(("GiB", "s"))
+        table.add_column(column, justify="right" if numeric else "left",
+                         no_wrap=column in ("model", "config", "gpu", "source"))
     for m in results:
-        phases = ", ".join(f"{name} {value:.2f}" for name, value in m.phase_peaks_gib) or "-"
+        phases = dict(m.phase_peaks_gib)
         table.add_row(m.model, m.config.label(), m.gpu, m.source.value, m.status.value,
-                      _cell(m.peak_allocated_gib, 2), _cell(m.peak_reserved_gib, 2), phases,
-                      _cell(m.step_time_s, 4), _cell(m.tokens_per_s, 0), m.error[:120])
-    console = Console(width=max(160, shutil.get_terminal_size().columns))
+                      _cell(m.peak_allocated_gib, 2), _cell(m.peak_reserved_gib, 2),
+                      _cell(phases.get(PHASE_FORWARD_BACKWARD), 2),
+                      _cell(phases.get(PHASE_OPTIMIZER_STEP), 2),
+                      _cell(m.step_time_s, 4), _cell(m.tokens_per_s, 0))
+    console = Console(width=max(200, shutil.get_terminal_size().columns))
     with console.capture() as captured:  # through click.echo, so CliRunner sees it
         console.print(table)
     click.echo(captured.get(), nl=False)
+    for m in results:
+        if m.error:
+            click.echo(f"{m.model} {m.config.label()}: {m.status.value}: {m.error[:300]}")
 
 
 @click.command("profile")

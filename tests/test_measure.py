@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -20,6 +21,7 @@ from profiler import (
     _worker,
     measure,
 )
+from profiler.extrapolate import extrapolate
 from profiler.store import ProfileStore
 
 TINY = ModelSpec(
@@ -154,3 +156,35 @@ def test_ftplan_profile_without_cuda_says_how_to_fix() -> None:
     result = CliRunner().invoke(main, ["profile", "--model", "llama2-7b", "--method", "qlora"])
     assert result.exit_code == 2
     assert "needs a CUDA GPU" in result.stderr and "--device cpu" in result.stderr
+
+
+def test_ftplan_profile_sweeps_and_stores_extrapolations(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU path of the command, with the GPU work replaced by synthetic measurements."""
+    from planner import _cli_profile
+    from planner.cli import main
+
+    def fake_extrapolated(spec: ModelSpec, config: TuningConfig, *, layers: tuple[int, ...],
+                          on_measured: object, gpu: str | None, **_: object) -> Measurement:
+        assert gpu == "H100 SXM 80GB" and layers == (2, 4)
+        points = [dataclasses.replace(_fake(n, peak=1.0 + n), config=config,
+                                      model=f"{spec.name}@{n}-layers") for n in layers]
+        for point in points:
+            on_measured(point)  # type: ignore[operator]
+        return extrapolate(points, target_layers=spec.num_layers, model=spec.name)
+
+    monkeypatch.setattr(_cli_profile, "_require_cuda", lambda device: None)
+    monkeypatch.setattr(measure, "profile_extrapolated", fake_extrapolated)
+    out = tmp_path / "p.jsonl"
+    result = CliRunner().invoke(main, [
+        "profile", "--model", "llama2-7b", "--method", "qlora", "--gpu", "h100",
+        "--batch", "1", "--batch", "4", "--seq-len", "1024", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "extrapolated" in result.stdout and "llama2-7b@4-layers" in result.stdout
+    store = ProfileStore([out])
+    assert len(store.records()) == 6
+    config = TuningConfig(method=Method.QLORA, lora_rank=16, lora_targets="all-linear",
+                          micro_batch_size=4, seq_len=1024)
+    found = store.lookup(model="llama2-7b", config=config, gpu="H100 SXM 80GB")
+    assert found is not None and found.source is Source.EXTRAPOLATED
+    assert found.peak_allocated_gib == pytest.approx(1.0 + 32)
