@@ -29,9 +29,11 @@ from planner.reports import (
     fmt_usd_per_hour,
     gpu_label,
     memory_candidates,
+    memory_rows,
     memory_used_gib,
     offer_label,
     offers_in,
+    params_text,
     risk_rows,
     source_counts,
     source_rows,
@@ -373,24 +375,6 @@ def _verdicts(plan: Plan) -> list[dict[str, Any]]:
     ]
 
 
-def _memory_rows(plan: Plan) -> list[dict[str, Any]]:
-    rows = []
-    for c in memory_candidates(plan):
-        bd = c.measurement.breakdown
-        rows.append(
-            {
-                "label": f"{c.config.label()} on {gpu_label(c)}",
-                "parts": ["n/a"] * 6
-                if bd is None
-                else [f"{getattr(bd, f):,.2f}" for f, _, _ in _COMPONENTS],
-                "allocated": fmt_gib(c.measurement.peak_allocated_gib),
-                "reserved": fmt_gib(c.measurement.peak_reserved_gib),
-                "usable": fmt_gib(c.usable_memory_gib),
-            }
-        )
-    return rows
-
-
 def render_html(plan: Plan) -> str:
     """The whole report as one HTML document that needs no network to display."""
     chosen = plan.chosen
@@ -409,7 +393,8 @@ def render_html(plan: Plan) -> str:
         "rows": candidate_rows(plan),
         "near_rows": candidate_rows(plan, near_misses=True),
         "verdicts": _verdicts(plan),
-        "memory_rows": _memory_rows(plan),
+        "memory_rows": memory_rows(plan),
+        "chosen_params": None if chosen is None else params_text(chosen.measurement),
         "components": [name for _, name, _ in _COMPONENTS],
         "risks": risk_rows(plan),
         "sources": source_rows(plan),

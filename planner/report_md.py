@@ -11,6 +11,7 @@ import re
 
 from planner._types import Candidate, Plan
 from planner.reports import (
+    MEMORY_COMPONENTS,
     candidate_rows,
     fmt_gib,
     fmt_hours,
@@ -18,10 +19,11 @@ from planner.reports import (
     fmt_usd,
     fmt_usd_per_hour,
     gpu_label,
-    memory_candidates,
+    memory_rows,
     memory_used_gib,
     offer_label,
     offers_in,
+    params_text,
     risk_rows,
     source_counts,
     source_rows,
@@ -112,6 +114,7 @@ def _recommendation(plan: Plan) -> list[str]:
             f"{fmt_gib(memory_used_gib(m))} of {fmt_gib(cand.usable_memory_gib)} usable",
         ],
         ["Throughput", "n/a" if m.tokens_per_s is None else f"{m.tokens_per_s:,.0f} tokens/s"],
+        ["Trainable parameters", params_text(m)],
         ["Figures are", m.source.value],
         ["Quality risk", cand.risk_level.value],
     ]
@@ -226,43 +229,24 @@ def _pareto(plan: Plan) -> list[str]:
 
 
 def _memory(plan: Plan) -> list[str]:
-    rows = []
-    for c in memory_candidates(plan):
-        bd = c.measurement.breakdown
-        parts = (
-            ["n/a"] * 6
-            if bd is None
-            else [
-                f"{x:,.2f}"
-                for x in (
-                    bd.weights_gib,
-                    bd.gradients_gib,
-                    bd.optimizer_gib,
-                    bd.activations_gib,
-                    bd.logits_gib,
-                    bd.overhead_gib,
-                )
-            ]
-        )
-        alloc = c.measurement.peak_allocated_gib
-        rows.append(
-            [
-                f"{c.config.method.value}: {md_escape(c.config.label())} on "
-                f"{md_escape(gpu_label(c))}"
-            ]
-            + parts
-            + ["n/a" if alloc is None else f"{alloc:,.2f}", f"{c.usable_memory_gib:,.2f}"]
-        )
+    rows = [
+        [
+            md_escape(r.label),
+            *r.parts,
+            r.allocated,
+            r.reserved,
+            r.usable,
+            md_escape(r.phases),
+        ]
+        for r in memory_rows(plan)
+    ]
     header = [
         "Candidate",
-        "Weights",
-        "Gradients",
-        "Optimizer",
-        "Activations",
-        "Logits",
-        "Overhead",
+        *(name.capitalize() for _, name in MEMORY_COMPONENTS),
         "Peak allocated",
+        "Peak reserved",
         "Usable",
+        "Phase peaks",
     ]
     return ["## Memory per GPU by component (GiB)", ""] + _table(header, rows)
 

@@ -338,3 +338,70 @@ def source_counts(plan: Plan) -> dict[str, int]:
     for cand in all_candidates(plan):
         counts[cand.measurement.source.value] = counts.get(cand.measurement.source.value, 0) + 1
     return counts
+
+
+MEMORY_COMPONENTS = (
+    ("weights_gib", "weights"),
+    ("gradients_gib", "gradients"),
+    ("optimizer_gib", "optimizer states"),
+    ("activations_gib", "activations"),
+    ("logits_gib", "logits"),
+    ("overhead_gib", "overhead"),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryRow:
+    """Per-GPU memory of one candidate: components (GiB, formatted), peaks and phase peaks."""
+
+    method: str
+    label: str
+    parts: tuple[str, ...]
+    allocated: str
+    reserved: str
+    usable: str
+    phases: str
+
+
+def _gib_number(gib: float | None) -> str:
+    return "n/a" if gib is None else f"{gib:,.2f}"
+
+
+def phase_peaks_text(measurement: Measurement) -> str:
+    """``forward_backward 15.20, optimizer_step 14.10`` (GiB), or ``n/a``."""
+    if not measurement.phase_peaks_gib:
+        return "n/a"
+    return ", ".join(f"{name} {gib:,.2f}" for name, gib in measurement.phase_peaks_gib)
+
+
+def params_text(measurement: Measurement) -> str:
+    """``39,976,960 of 6,778,392,576 (0.59%)`` trainable parameters, or ``n/a``."""
+    trainable, total = measurement.trainable_params, measurement.total_params
+    if trainable is None:
+        return "n/a"
+    if not total:
+        return f"{trainable:,}"
+    return f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+
+
+def memory_rows(plan: Plan) -> list[MemoryRow]:
+    """The :func:`memory_candidates` as formatted rows."""
+    rows = []
+    for c in memory_candidates(plan):
+        m = c.measurement
+        bd = m.breakdown
+        parts = tuple(
+            "n/a" if bd is None else f"{getattr(bd, name):,.2f}" for name, _ in MEMORY_COMPONENTS
+        )
+        rows.append(
+            MemoryRow(
+                method=c.config.method.value,
+                label=f"{c.config.label()} on {gpu_label(c)}",
+                parts=parts,
+                allocated=_gib_number(m.peak_allocated_gib),
+                reserved=_gib_number(m.peak_reserved_gib),
+                usable=_gib_number(c.usable_memory_gib),
+                phases=phase_peaks_text(m),
+            )
+        )
+    return rows

@@ -244,6 +244,7 @@ def _measurement(
     breakdown: MemoryBreakdown | None,
     provenance: Provenance = ESTIMATOR_PROVENANCE,
     fit: tuple[tuple[str, float], ...] = (),
+    phase_peaks: tuple[tuple[str, float], ...] = (),
 ) -> Measurement:
     tokens = config.tokens_per_step * config.gpu_count
     return Measurement(
@@ -261,6 +262,7 @@ def _measurement(
         total_params=6_778_392_576,
         breakdown=breakdown,
         fit=fit,
+        phase_peaks_gib=phase_peaks,
     )
 
 
@@ -362,6 +364,7 @@ def make_candidates(
         alloc=125.3,
         reserved=127.9,
         tokens_per_s=2900.0,
+        phase_peaks=(("forward_backward", 125.3), ("optimizer_step", 103.56)),
         breakdown=MemoryBreakdown(
             weights_gib=25.10,
             gradients_gib=25.10,

@@ -86,6 +86,8 @@ def test_markdown_states_the_recommendation_with_numbers() -> None:
     assert "127.90 GiB / 80.00 GiB | does not fit" in text
     assert "over deadline" in text
     assert "**stale**" in text
+    assert "| Trainable parameters | 39,976,960 of 6,778,392,576 (0.59%) |" in text
+    assert "| 125.30 | 127.90 | 80.00 | forward_backward 125.30, optimizer_step 103.56 |" in text
 
 
 def test_markdown_without_a_feasible_plan_says_so() -> None:
