@@ -135,7 +135,8 @@ def _provenance(job: Job, *, notes: str = "") -> Provenance:
     if job.device.startswith("cuda"):
         import torch
 
-        device = torch.cuda.get_device_name(job.device)
+        device = (torch.cuda.get_device_name(job.device) if torch.cuda.is_available()
+                  else f"{job.device} (not available)")
         versions.append(("cuda", str(torch.version.cuda)))
         try:
             driver = subprocess.run(
@@ -198,6 +199,11 @@ def run_job(job: Job) -> Measurement:
             return _error_record(job, gpu=job.gpu or job.device, exc=exc)
     import torch
 
+    if job.device.startswith("cuda") and not torch.cuda.is_available():
+        return _record(job, status=Status.ERROR, gpu=job.gpu or job.device,
+                       provenance=_provenance(job),
+                       error=f"device {job.device!r} asked for, but torch {torch.__version__} "
+                             f"sees no CUDA GPU; run on a GPU machine or use device 'cpu'")
     gpu = job.gpu or (catalog_gpu_name(torch.cuda.get_device_name(job.device))
                       if job.device.startswith("cuda") else "cpu")
     try:

@@ -55,6 +55,16 @@ def test_an_out_of_memory_error_becomes_an_oom_record() -> None:
     assert result.peak_allocated_gib is None and result.step_time_s is None
 
 
+@pytest.mark.slow
+def test_cuda_without_a_gpu_is_an_error_record() -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    result = measure.measure(TINY, LORA, num_layers=2, device="cuda")
+    assert result.status is Status.ERROR and "sees no CUDA GPU" in result.error
+    assert result.provenance.device == "cuda (not available)"
+
+
 def test_a_hanging_worker_times_out_into_an_error_record() -> None:
     result = measure.measure(TINY, LORA, device="cpu", timeout_s=0.05)
     assert result.status is Status.ERROR and "timed out after" in result.error
