@@ -53,11 +53,12 @@ def plan_candidate(plan: Plan, *, rank: int | None = None) -> Candidate:
 
 def launch_spec_from_plan(plan: Plan, candidate: Candidate, *, device: str = "cuda",
                           max_steps: int | None = None, weights: str | None = None,
-                          random_init: bool = False, grad_accum_steps: int = 1,
+                          random_init: bool = False, grad_accum_steps: int | None = None,
                           learning_rate: float | None = None) -> LaunchSpec:
     """Turn a plan's candidate into the runners' LaunchSpec.
 
-    Weights come from ``weights`` or else the catalog model's hub id.
+    Weights come from ``weights`` or else the catalog model's hub id; gradient accumulation
+    and learning rate from the arguments when given, else from the candidate.
 
     The expectation carried along (peak allocated GiB per GPU, tokens/s over all GPUs) is the
     candidate's measurement, which the run's summary compares with what it measures.
@@ -75,7 +76,7 @@ def launch_spec_from_plan(plan: Plan, candidate: Candidate, *, device: str = "cu
         offer=candidate.offer,
         nodes=candidate.nodes,
         device=device,
-        grad_accum_steps=grad_accum_steps,
+        grad_accum_steps=grad_accum_steps or candidate.grad_accum_steps,
         learning_rate=learning_rate or candidate.suggested_learning_rate
         or DEFAULT_LEARNING_RATE[method],
         epochs=plan.budget.epochs,
@@ -115,8 +116,8 @@ def _user_error(exc: Exception) -> click.ClickException:
               help="Random weights from the model's config (memory/speed check; no download).")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
               help="cpu: a local smoke run only.")
-@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Micro-batches per optimizer step.")
+@click.option("--grad-accum", type=click.IntRange(min=1),
+              help="Micro-batches per optimizer step (default: the plan's).")
 @click.option("--image-uri", help="SageMaker training image (default: the Hugging Face PyTorch "
                                   "training image of the region).")
 @click.option("--resume", "resume_run", metavar="RUN_ID",
@@ -125,7 +126,7 @@ def _user_error(exc: Exception) -> click.ClickException:
 def launch_command(plan_file: Path, target: str, data: str, dry_run: bool, role: str | None,
                    region: str | None, output_dir: str | None, max_steps: int | None,
                    rank: int | None, weights: str | None, random_init: bool, device: str,
-                   grad_accum: int, image_uri: str | None, resume_run: str | None,
+                   grad_accum: int | None, image_uri: str | None, resume_run: str | None,
                    wait: bool) -> None:
     """Launch the plan's chosen candidate: a real fine-tune whose measured peak memory and
     tokens/s are compared with the plan's prediction (output/summary.json).

@@ -270,3 +270,21 @@ def test_cli_resume_reuses_the_run_folder(tmp_path: Path, data: Path) -> None:
         " --resume" in out.output
     missing = CliRunner().invoke(cli, [*base, "--resume", "nope"])
     assert missing.exit_code == 2 and "error: no local run 'nope' to resume" in missing.output
+
+
+def test_launch_spec_takes_accumulation_and_learning_rate_from_the_candidate() -> None:
+    from planner._cli_launch import launch_spec_from_plan
+
+    plan = make_plan()
+    assert plan.chosen is not None
+    candidate = dataclasses.replace(plan.chosen, grad_accum_steps=16,
+                                    suggested_learning_rate=3e-4)
+    spec = launch_spec_from_plan(plan, candidate)
+    assert (spec.grad_accum_steps, spec.learning_rate) == (16, 3e-4)
+    assert spec.config == candidate.config and spec.offer == candidate.offer
+    assert spec.max_hours == pytest.approx(candidate.cost.hours)
+    assert spec.checkpoint is None and spec.weights_source == "meta-llama/Llama-2-7b-hf"
+    overridden = launch_spec_from_plan(plan, candidate, grad_accum_steps=2, learning_rate=1e-4,
+                                       weights="/models/llama")
+    assert (overridden.grad_accum_steps, overridden.learning_rate) == (2, 1e-4)
+    assert overridden.weights_source == "/models/llama"
