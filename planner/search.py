@@ -223,6 +223,39 @@ class Evaluator:
             weights = spec.param_count * _WEIGHT_BYTES[variant.method]
         return weights / _GIB < hw.gpu.usable_memory_gib
 
+    def worth_searching(self, variant: Variant, hw: Hardware) -> bool:
+        """Prune cells that cannot win: the weights do not fit, or several nodes of DDP
+        (LoRA/QLoRA) without a deadline. DDP replicates the model, so more nodes never lower the
+        per-GPU memory or raise per-GPU speed: they only buy time, at a higher price."""
+        if not self.can_hold_weights(variant, hw):
+            return False
+        return (hw.nodes == 1 or variant.method is Method.FULL
+                or self.problem.budget.max_hours is not None)
+
+    def lower_bound_usd(self, variant: Variant, hw: Hardware) -> float:
+        """USD the cell costs at least: every GPU at its dense 16-bit peak FLOP/s.
+
+        FLOPs per token ≥ 6 × (decoder-layer parameters) for full FT and ≥ 4 × for LoRA/QLoRA
+        (forward plus input gradients; adapters, attention scores, the LM head and
+        recomputation only add). Start-up is included, spot overhead is not (it is ≥ 0).
+        """
+        spec, budget = self.problem.spec, self.problem.budget
+        attn = sum(a * b for n, (a, b) in spec.linear_shapes().items()
+                   if n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        mlp = spec.params_per_layer() - attn
+        active = (attn + mlp * spec.experts_per_token / spec.num_experts) * spec.num_layers
+        flops_per_token = (6.0 if variant.method is Method.FULL else 4.0) * active
+        peak_flops = hw.gpu.matmul_tflops * 1e12 * hw.gpu_count
+        train_s = budget.total_tokens * flops_per_token / peak_flops
+        startup = self.problem.startup
+        download_s = weights_download_gib(spec) / startup.download_gib_per_s
+        best = math.inf
+        for offer in hw.offers:
+            local = offer.provider.value == "local"
+            provision_s = 0.0 if local else startup.provision_minutes * 60
+            best = min(best, (train_s + provision_s + download_s) / 3600 * offer.usd_per_hour)
+        return best * hw.nodes
+
     def config(self, variant: Variant, hw: Hardware, *, rank: int | None,
                optimizer: OptimizerKind, micro_batch: int, ckpt: bool) -> TuningConfig:
         """The TuningConfig of one point; fp16-mixed replaces bf16 on GPUs without bf16."""
@@ -452,53 +485,87 @@ def search(problem: SearchProblem, *, estimate: EstimateFn, lookup: LookupFn | N
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     evaluator = Evaluator(problem, estimate=estimate, lookup=lookup, fits=fits)
     cells = {f"{v.key}@{h.key}": (v, h) for v in evaluator.variants()
-             for h in evaluator.hardware() if evaluator.can_hold_weights(v, h)}
+             for h in evaluator.hardware() if evaluator.worth_searching(v, h)}
     names = sorted(cells)
     if not names:
         return _finish([], sampler="none (no hardware can hold the weights)", trials=0,
                        evaluated=0)
+    bound = {n: evaluator.lower_bound_usd(*cells[n]) for n in names}
     exact = trials is None or trials >= len(names)
-    study = _create_study(optuna, problem, names, exact=exact, seed=seed, storage=storage)
-    done = {t.params.get("cell") for t in study.trials if t.state.is_finished()}
-    todo = len([n for n in names if n not in done]) if exact else max(0, trials - len(done))
-    if not exact:
-        _warm_start(study, evaluator, cells, names, done)
+    study = _create_study(optuna, problem, exact=exact, seed=seed, storage=storage)
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    done = {_cell_name(t.params, names) for t in finished}
     out: list[Candidate] = []
+    incumbent: dict[Method, float] = {}
 
-    def objective(trial: optuna.Trial) -> tuple[float, float]:
-        name = trial.suggest_categorical("cell", names)
+    def solve(name: str) -> list[Candidate]:
         found = evaluator.solve_cell(*cells[name])
         out.extend(found)
-        values, cons = _trial_values(found, problem.budget)
+        for c in found:
+            if c.fits and c.quality_accepted and c.within_deadline:
+                method = c.config.method
+                incumbent[method] = min(incumbent.get(method, math.inf), c.cost.usd)
+        return found
+
+    for t in finished:  # cells an earlier run of this stored study completed
+        name = _cell_name(t.params, names)
+        if t.state == optuna.trial.TrialState.COMPLETE and name in cells:
+            solve(name)
+    if exact:
+        todo = [n for n in sorted(names, key=lambda n: (bound[n], n)) if n not in done]
+        for name in todo:  # cheapest lower bound first, so incumbents prune early
+            study.enqueue_trial({"cell_index": names.index(name)})
+        n_trials = len(todo)
+    else:
+        _warm_start(study, cells, names, done)
+        n_trials = max(0, trials - len(finished))
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        if exact:  # an int index: a 300-way categorical costs optuna ms per trial to compare
+            name = names[trial.suggest_int("cell_index", 0, len(names) - 1)]
+        else:
+            name = str(trial.suggest_categorical("cell", names))
+        method = cells[name][0].method
+        if bound[name] > incumbent.get(method, math.inf):
+            # Branch and bound: even at peak FLOP/s this cell costs more than a plan already
+            # found for the same method, so it cannot hold that method's optimum.
+            trial.set_user_attr("lower_bound_usd", bound[name])
+            raise optuna.TrialPruned()
+        values, cons = _trial_values(solve(name), problem.budget)
         for key, value in zip(CONSTRAINT_NAMES, cons, strict=True):
             trial.set_constraint(key, value)
         return values
 
-    if todo:
-        study.optimize(objective, n_trials=todo, gc_after_trial=False)
-    for name in sorted(n for n in done if n in cells):  # cells finished by an earlier run
-        out += evaluator.solve_cell(*cells[name])
-    sampler = type(study.sampler).__name__
-    return _finish(out, sampler=f"{sampler}(seed={seed}) + exact inner solve",
-                   trials=len(study.trials), evaluated=evaluator.estimator_calls,
-                   storage=storage)
+    if n_trials:
+        study.optimize(objective, n_trials=n_trials, gc_after_trial=False)
+    label = ("optuna: every cell enqueued in lower-bound order, branch-and-bound pruning"
+             if exact else f"optuna TPESampler(seed={seed}), warm-started")
+    return _finish(out, sampler=f"{label}; exact inner solve",
+                   trials=len(study.get_trials(deepcopy=False)),
+                   evaluated=evaluator.estimator_calls, storage=storage)
 
 
-def _create_study(optuna: Any, problem: SearchProblem, names: list[str], *, exact: bool,
-                  seed: int, storage: str | None) -> optuna.Study:
-    if exact:
-        sampler = optuna.samplers.GridSampler({"cell": names}, seed=seed)
-    else:
-        # Constraints reach TPE through Trial.set_constraint (optuna >= 5).
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
+def _cell_name(params: Mapping[str, Any], names: list[str]) -> str | None:
+    if "cell_index" in params:
+        index = int(params["cell_index"])
+        return names[index] if 0 <= index < len(names) else None
+    cell = params.get("cell")
+    return None if cell is None else str(cell)
+
+
+def _create_study(optuna: Any, problem: SearchProblem, *, exact: bool, seed: int,
+                  storage: str | None) -> optuna.Study:
+    # Constraints reach TPE through Trial.set_constraint (optuna >= 5). In exact mode every
+    # trial is enqueued, so the sampler only records them.
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
     return optuna.create_study(
-        study_name=f"ftplan-{problem.fingerprint()}-{'grid' if exact else 'tpe'}",
+        study_name=f"ftplan-{problem.fingerprint()}-{'exact' if exact else 'tpe'}",
         storage=storage, load_if_exists=storage is not None, sampler=sampler,
         directions=["minimize", "minimize"])
 
 
-def _warm_start(study: Any, evaluator: Evaluator, cells: Mapping[str, tuple[Variant, Hardware]],
-                names: list[str], done: set[Any]) -> None:
+def _warm_start(study: Any, cells: Mapping[str, tuple[Variant, Hardware]], names: list[str],
+                done: set[Any]) -> None:
     """Enqueue, per variant, the cell with the cheapest on-demand price per GPU-hour."""
     best: dict[str, tuple[float, str]] = {}
     for name in names:
