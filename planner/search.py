@@ -511,10 +511,16 @@ def search(problem: SearchProblem, *, estimate: EstimateFn, lookup: LookupFn | N
         name = _cell_name(t.params, names)
         if t.state == optuna.trial.TrialState.COMPLETE and name in cells:
             solve(name)
+    todo: list[str] = []
     if exact:
         todo = [n for n in sorted(names, key=lambda n: (bound[n], n)) if n not in done]
+        waiting = {_cell_name(t.system_attrs.get("fixed_params", t.params), names)
+                   for t in study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.WAITING,))}
         for name in todo:  # cheapest lower bound first, so incumbents prune early
-            study.enqueue_trial({"cell_index": names.index(name)})
+            if name not in waiting:  # a stored study may hold queued cells already
+                study.enqueue_trial({"cell_index": names.index(name)})
+        todo = [n for n in todo if n in waiting] + [n for n in todo if n not in waiting]
         n_trials = len(todo)
     else:
         _warm_start(study, cells, names, done)
@@ -536,12 +542,26 @@ def search(problem: SearchProblem, *, estimate: EstimateFn, lookup: LookupFn | N
             trial.set_constraint(key, value)
         return values
 
-    if n_trials:
-        study.optimize(objective, n_trials=n_trials, gc_after_trial=False)
+    pending = list(todo) if exact else []
+
+    def bounded() -> bool:
+        return exact and all(bound[n] > incumbent.get(cells[n][0].method, math.inf)
+                             for n in pending)
+
+    def stop_when_bounded(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Stop once every cell still queued would be pruned (they come in bound order)."""
+        if pending:
+            pending.pop(0)
+        if bounded():
+            study.stop()
+
+    if n_trials and not bounded():
+        study.optimize(objective, n_trials=n_trials, gc_after_trial=False,
+                       callbacks=[stop_when_bounded])
     label = ("optuna: every cell enqueued in lower-bound order, branch-and-bound pruning"
              if exact else f"optuna TPESampler(seed={seed}), warm-started")
     return _finish(out, sampler=f"{label}; exact inner solve",
-                   trials=len(study.get_trials(deepcopy=False)),
+                   trials=sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)),
                    evaluated=evaluator.estimator_calls, storage=storage)
 
 
