@@ -59,9 +59,15 @@ def config_for(recipe: str, *, batch: int, seq_len: int, checkpointing: bool) ->
     """The TuningConfig of a recipe name (LoRA: r16, alpha 32, all-linear)."""
     method, precision = RECIPES[recipe]
     lora = method is not Method.FULL
-    return TuningConfig(method=method, precision=precision, lora_rank=16 if lora else None,
-                        lora_targets="all-linear" if lora else None, micro_batch_size=batch,
-                        seq_len=seq_len, grad_checkpointing=checkpointing)
+    return TuningConfig(
+        method=method,
+        precision=precision,
+        lora_rank=16 if lora else None,
+        lora_targets="all-linear" if lora else None,
+        micro_batch_size=batch,
+        seq_len=seq_len,
+        grad_checkpointing=checkpointing,
+    )
 
 
 def _shapes(text: str) -> list[tuple[int, int]]:
@@ -75,8 +81,11 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 def _load(path: Path) -> list[Measurement]:
     if not path.is_file():
         return []
-    return [from_jsonable(Measurement, json.loads(line))
-            for line in path.read_text().splitlines() if line.strip()]
+    return [
+        from_jsonable(Measurement, json.loads(line))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
 
 
 def _append(path: Path, record: Measurement) -> None:
@@ -97,8 +106,13 @@ def _jobs(args: argparse.Namespace) -> Iterator[tuple[ModelSpec, TuningConfig, b
             for recipe in args.recipes.split(","):
                 for checkpointing in (False, True):
                     for batch, seq in _shapes(args.shapes):
-                        yield spec, config_for(recipe, batch=batch, seq_len=seq,
-                                               checkpointing=checkpointing), True
+                        yield (
+                            spec,
+                            config_for(
+                                recipe, batch=batch, seq_len=seq, checkpointing=checkpointing
+                            ),
+                            True,
+                        )
     if args.with_70b or args.only_70b:
         spec = get_model(BIG_MODEL)
         for recipe in BIG_RECIPES:
@@ -110,25 +124,34 @@ def run(args: argparse.Namespace) -> None:
     out: Path = args.out
     done = _done(_load(out)) if args.resume else set()
     layers = tuple(int(x) for x in args.layers.split(","))
-    common = dict(device=args.device, warmup_steps=args.warmup_steps,
-                  timed_steps=args.timed_steps, timeout_s=args.timeout_s)
+    common = dict(
+        device=args.device,
+        warmup_steps=args.warmup_steps,
+        timed_steps=args.timed_steps,
+        timeout_s=args.timeout_s,
+    )
     for spec, config, full_depth in _jobs(args):
         label = config.label()
         if (spec.name, label, Source.EXTRAPOLATED.value) not in done:
             started = time.perf_counter()
-            result = profile_extrapolated(spec, config, layers=layers,
-                                          on_measured=lambda m: _append(out, m), **common)
+            result = profile_extrapolated(
+                spec, config, layers=layers, on_measured=lambda m: _append(out, m), **common
+            )
             _append(out, result)
-            print(f"{spec.name:14} {label:48} extrapolated {result.status.value:5} "
-                  f"{_gib(result.peak_allocated_gib)} GiB ({time.perf_counter() - started:.0f} s)",
-                  flush=True)
+            print(
+                f"{spec.name:14} {label:48} extrapolated {result.status.value:5} "
+                f"{_gib(result.peak_allocated_gib)} GiB ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
         if full_depth and (spec.name, label, Source.MEASURED.value) not in done:
             started = time.perf_counter()
             result = measure(spec, config, **common)
             _append(out, result)
-            print(f"{spec.name:14} {label:48} measured     {result.status.value:5} "
-                  f"{_gib(result.peak_allocated_gib)} GiB ({time.perf_counter() - started:.0f} s)",
-                  flush=True)
+            print(
+                f"{spec.name:14} {label:48} measured     {result.status.value:5} "
+                f"{_gib(result.peak_allocated_gib)} GiB ({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
 
 
 def _gib(value: float | None) -> str:
@@ -151,8 +174,10 @@ def table(records: list[Measurement]) -> str:
     for record in records:
         if "@" not in record.model:
             latest[(record.model, record.config.label(), record.source.value)] = record
-    rows = [f"{'model':14} {'config':48} {'pred GiB':>9} {'meas GiB':>9} {'err':>7} "
-            f"{'pred s':>8} {'meas s':>8} {'err':>7} {'kernel err':>10}"]
+    rows = [
+        f"{'model':14} {'config':48} {'pred GiB':>9} {'meas GiB':>9} {'err':>7} "
+        f"{'pred s':>8} {'meas s':>8} {'err':>7} {'kernel err':>10}"
+    ]
     for (model, label, source), predicted in sorted(latest.items()):
         if source != Source.EXTRAPOLATED.value:
             continue
@@ -161,8 +186,11 @@ def table(records: list[Measurement]) -> str:
             meas_gib = f"{measured.status.value:>9}"
         else:
             meas_gib = f"{_gib(measured.peak_allocated_gib if measured else None):>9}"
-        pred_gib = (f"{_gib(predicted.peak_allocated_gib):>9}" if predicted.status is Status.OK
-                    else f"{predicted.status.value:>9}")
+        pred_gib = (
+            f"{_gib(predicted.peak_allocated_gib):>9}"
+            if predicted.status is Status.OK
+            else f"{predicted.status.value:>9}"
+        )
         kernel_pred = dict(predicted.fit).get(FIT_KERNEL_BUSY_S)
         kernel_meas = dict(measured.fit).get(FIT_KERNEL_BUSY_S) if measured else None
         meas_alloc = measured.peak_allocated_gib if measured else None
@@ -172,19 +200,24 @@ def table(records: list[Measurement]) -> str:
             f"{_error_pct(predicted.peak_allocated_gib, meas_alloc):>7} "
             f"{_seconds(predicted.step_time_s)} {_seconds(meas_step)} "
             f"{_error_pct(predicted.step_time_s, meas_step):>7} "
-            f"{_error_pct(kernel_pred, kernel_meas):>10}")
+            f"{_error_pct(kernel_pred, kernel_meas):>10}"
+        )
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, measure, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path,
-                        default=Path("benchmarks/results/h100-validation.jsonl"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results/h100-validation.jsonl")
+    )
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
     parser.add_argument("--recipes", default=",".join(RECIPES))
-    parser.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
-                        help="micro-batch x seq_len list, e.g. 4x1024,1x2048")
+    parser.add_argument(
+        "--shapes",
+        default=",".join(DEFAULT_SHAPES),
+        help="micro-batch x seq_len list, e.g. 4x1024,1x2048",
+    )
     parser.add_argument("--layers", default="2,4")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--warmup-steps", type=int, default=3)

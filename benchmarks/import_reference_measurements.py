@@ -35,14 +35,20 @@ from profiler import (  # noqa: E402
 
 GPU_NAME = "H100 SXM 80GB"
 DEVICE_NAME = "NVIDIA H100 80GB HBM3"
-VERSIONS = (("torch", "2.11"), ("transformers", "5.17"), ("peft", "0.21.0"),
-            ("bitsandbytes", "0.50.2"))
+VERSIONS = (
+    ("torch", "2.11"),
+    ("transformers", "5.17"),
+    ("peft", "0.21.0"),
+    ("bitsandbytes", "0.50.2"),
+)
 # The reference set carries no date of its own; "2026-11" marks it (sorts before any dated run).
 REFERENCE_DATE = "2026-11"
-METHOD_NOTE = ("reference set: random weights from the architecture config, random token ids, "
-               "labels = inputs, 7 steps, step time = median of the last 5 (synchronized), "
-               "peaks = torch.cuda.max_memory_allocated/reserved reset before those steps, "
-               "PyTorch SDPA attention")
+METHOD_NOTE = (
+    "reference set: random weights from the architecture config, random token ids, "
+    "labels = inputs, 7 steps, step time = median of the last 5 (synchronized), "
+    "peaks = torch.cuda.max_memory_allocated/reserved reset before those steps, "
+    "PyTorch SDPA attention"
+)
 _MODES: dict[str, tuple[Method, Precision]] = {
     "full-mixed": (Method.FULL, Precision.BF16_MIXED),
     "full-bf16": (Method.FULL, Precision.BF16),
@@ -86,9 +92,11 @@ def convert(row: dict[str, Any]) -> Measurement:
             date=REFERENCE_DATE,
             versions=VERSIONS,
             method=METHOD_NOTE,
-            notes=(f"{row['layers']} layers; static allocation {row['static_alloc_gib']} GiB; "
-                   f"device used (total - free) {row['device_used_gib']} GiB; conditions in "
-                   f"shared/reference/README.md (h100-measurements.jsonl)"),
+            notes=(
+                f"{row['layers']} layers; static allocation {row['static_alloc_gib']} GiB; "
+                f"device used (total - free) {row['device_used_gib']} GiB; conditions in "
+                f"shared/reference/README.md (h100-measurements.jsonl)"
+            ),
         ),
         peak_allocated_gib=float(row["peak_alloc_gib"]) if ok else None,
         peak_reserved_gib=float(row["peak_reserved_gib"]) if ok else None,
@@ -104,15 +112,20 @@ def main(argv: list[str] | None = None) -> int:
     """Convert the file; print how many records were written."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     root = Path(__file__).resolve().parent.parent
-    parser.add_argument("--source", type=Path,
-                        default=root.parent / "shared" / "reference" / "h100-measurements.jsonl")
-    parser.add_argument("--out", type=Path,
-                        default=root / "profiler" / "data" / "profiles-h100-reference.jsonl")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=root.parent / "shared" / "reference" / "h100-measurements.jsonl",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=root / "profiler" / "data" / "profiles-h100-reference.jsonl"
+    )
     args = parser.parse_args(argv)
     rows = [json.loads(line) for line in args.source.read_text().splitlines() if line.strip()]
     records = [convert(row) for row in rows]
-    atomic_write_text(args.out, "".join(
-        json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in records))
+    atomic_write_text(
+        args.out, "".join(json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in records)
+    )
     print(f"wrote {len(records)} records to {args.out}")
     return 0
 

@@ -36,8 +36,12 @@ def cpu_stand_in(spec: ModelSpec) -> tuple[ModelSpec, str]:
     Layers are cut to 2, and hidden size, heads, MLP width and vocabulary are scaled down where
     they exceed 256 / 4096, keeping the attention grouping (heads per KV head) and head size.
     """
-    heads, kv_heads, head_dim, hidden = (spec.num_heads, spec.num_kv_heads, spec.head_dim,
-                                         spec.hidden_size)
+    heads, kv_heads, head_dim, hidden = (
+        spec.num_heads,
+        spec.num_kv_heads,
+        spec.head_dim,
+        spec.hidden_size,
+    )
     if hidden > CPU_MAX_HIDDEN:
         group = spec.num_heads // spec.num_kv_heads  # query heads per KV head, kept
         head_dim = min(spec.head_dim, 32)
@@ -47,13 +51,23 @@ def cpu_stand_in(spec: ModelSpec) -> tuple[ModelSpec, str]:
     layers = min(spec.num_layers, CPU_MAX_LAYERS)
     vocab = min(spec.vocab_size, CPU_MAX_VOCAB)
     tiny = dataclasses.replace(
-        spec, name=f"{spec.name}-cpu-tiny", num_layers=layers, hidden_size=hidden,
+        spec,
+        name=f"{spec.name}-cpu-tiny",
+        num_layers=layers,
+        hidden_size=hidden,
         intermediate_size=max(1, round(spec.intermediate_size * hidden / spec.hidden_size)),
-        num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim, vocab_size=vocab,
-        param_count=1, source=f"CPU stand-in of {spec.name}")
-    note = (f"CPU run on a tiny stand-in of {spec.name}: {layers} of {spec.num_layers} layers, "
-            f"hidden {hidden} (was {spec.hidden_size}), vocab {vocab} (was {spec.vocab_size}); "
-            f"step time only, no memory figures, not representative of a GPU")
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        vocab_size=vocab,
+        param_count=1,
+        source=f"CPU stand-in of {spec.name}",
+    )
+    note = (
+        f"CPU run on a tiny stand-in of {spec.name}: {layers} of {spec.num_layers} layers, "
+        f"hidden {hidden} (was {spec.hidden_size}), vocab {vocab} (was {spec.vocab_size}); "
+        f"step time only, no memory figures, not representative of a GPU"
+    )
     return tiny, note
 
 
@@ -67,16 +81,34 @@ def _parse_layers(text: str) -> tuple[int, ...]:
     return counts
 
 
-def _configs(method: Method, *, precision: Precision, rank: int, alpha: int | None,
-             targets: str, batches: Sequence[int], seq_lens: Sequence[int],
-             grad_checkpointing: bool, optimizer: OptimizerKind) -> list[TuningConfig]:
+def _configs(
+    method: Method,
+    *,
+    precision: Precision,
+    rank: int,
+    alpha: int | None,
+    targets: str,
+    batches: Sequence[int],
+    seq_lens: Sequence[int],
+    grad_checkpointing: bool,
+    optimizer: OptimizerKind,
+) -> list[TuningConfig]:
     lora = method is not Method.FULL
-    return [TuningConfig(method=method, precision=precision, lora_rank=rank if lora else None,
-                         lora_alpha=alpha if lora else None,
-                         lora_targets=targets if lora else None, micro_batch_size=batch,
-                         seq_len=seq_len, grad_checkpointing=grad_checkpointing,
-                         optimizer=optimizer)
-            for batch in batches for seq_len in seq_lens]
+    return [
+        TuningConfig(
+            method=method,
+            precision=precision,
+            lora_rank=rank if lora else None,
+            lora_alpha=alpha if lora else None,
+            lora_targets=targets if lora else None,
+            micro_batch_size=batch,
+            seq_len=seq_len,
+            grad_checkpointing=grad_checkpointing,
+            optimizer=optimizer,
+        )
+        for batch in batches
+        for seq_len in seq_lens
+    ]
 
 
 def _require_cuda(device: str) -> None:
@@ -90,8 +122,15 @@ def _require_cuda(device: str) -> None:
         )
 
 
-def _run(spec: ModelSpec, config: TuningConfig, *, layers: tuple[int, ...] | None,
-         options: dict[str, Any], progress: Progress, task: Any) -> list[Measurement]:
+def _run(
+    spec: ModelSpec,
+    config: TuningConfig,
+    *,
+    layers: tuple[int, ...] | None,
+    options: dict[str, Any],
+    progress: Progress,
+    task: Any,
+) -> list[Measurement]:
     from profiler.measure import measure, profile_extrapolated
 
     if layers is None:
@@ -118,18 +157,40 @@ def _render_table(results: Sequence[Measurement], note: str) -> None:
     from rich.table import Table
 
     table = Table(title="ftplan profile", caption=note or None, header_style="bold")
-    for column in ("model", "config", "gpu", "source", "status", "alloc GiB", "reserved GiB",
-                   "fwd+bwd GiB", "optim GiB", "step s", "tokens/s"):
+    for column in (
+        "model",
+        "config",
+        "gpu",
+        "source",
+        "status",
+        "alloc GiB",
+        "reserved GiB",
+        "fwd+bwd GiB",
+        "optim GiB",
+        "step s",
+        "tokens/s",
+    ):
         numeric = column.endswith(("GiB", "s"))
-        table.add_column(column, justify="right" if numeric else "left",
-                         no_wrap=column in ("model", "config", "gpu", "source"))
+        table.add_column(
+            column,
+            justify="right" if numeric else "left",
+            no_wrap=column in ("model", "config", "gpu", "source"),
+        )
     for m in results:
         phases = dict(m.phase_peaks_gib)
-        table.add_row(m.model, m.config.label(), m.gpu, m.source.value, m.status.value,
-                      _cell(m.peak_allocated_gib, 2), _cell(m.peak_reserved_gib, 2),
-                      _cell(phases.get(PHASE_FORWARD_BACKWARD), 2),
-                      _cell(phases.get(PHASE_OPTIMIZER_STEP), 2),
-                      _cell(m.step_time_s, 4), _cell(m.tokens_per_s, 0))
+        table.add_row(
+            m.model,
+            m.config.label(),
+            m.gpu,
+            m.source.value,
+            m.status.value,
+            _cell(m.peak_allocated_gib, 2),
+            _cell(m.peak_reserved_gib, 2),
+            _cell(phases.get(PHASE_FORWARD_BACKWARD), 2),
+            _cell(phases.get(PHASE_OPTIMIZER_STEP), 2),
+            _cell(m.step_time_s, 4),
+            _cell(m.tokens_per_s, 0),
+        )
     console = Console(width=max(200, shutil.get_terminal_size().columns))
     with console.capture() as captured:  # through click.echo, so CliRunner sees it
         console.print(table)
@@ -140,42 +201,101 @@ def _render_table(results: Sequence[Measurement], note: str) -> None:
 
 
 @click.command("profile")
-@click.option("--model", "model_name", required=True,
-              help="Catalog model name, Hugging Face id, or path to a config.json.")
+@click.option(
+    "--model",
+    "model_name",
+    required=True,
+    help="Catalog model name, Hugging Face id, or path to a config.json.",
+)
 @click.option("--method", type=click.Choice([m.value for m in Method]), required=True)
-@click.option("--precision", type=click.Choice([p.value for p in Precision]),
-              default=Precision.BF16_MIXED.value, show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice([p.value for p in Precision]),
+    default=Precision.BF16_MIXED.value,
+    show_default=True,
+)
 @click.option("--rank", type=int, default=16, show_default=True, help="LoRA rank.")
 @click.option("--alpha", type=int, default=None, help="LoRA alpha [default: 2 x rank].")
-@click.option("--targets", default="all-linear", show_default=True,
-              help="LoRA targets: all-linear, attention, or e.g. q_proj,v_proj.")
+@click.option(
+    "--targets",
+    default="all-linear",
+    show_default=True,
+    help="LoRA targets: all-linear, attention, or e.g. q_proj,v_proj.",
+)
 @click.option("--batch", "batches", type=int, multiple=True, help="Micro-batch (repeatable).")
 @click.option("--seq-len", "seq_lens", type=int, multiple=True, help="Tokens (repeatable).")
 @click.option("--grad-checkpointing", is_flag=True, help="Non-reentrant activation checkpointing.")
-@click.option("--optimizer", type=click.Choice([o.value for o in OptimizerKind]),
-              default=OptimizerKind.ADAMW.value, show_default=True)
-@click.option("--layers", "layers_text", default="2,4", show_default=True,
-              help="Truncated depths to measure and extrapolate from.")
+@click.option(
+    "--optimizer",
+    type=click.Choice([o.value for o in OptimizerKind]),
+    default=OptimizerKind.ADAMW.value,
+    show_default=True,
+)
+@click.option(
+    "--layers",
+    "layers_text",
+    default="2,4",
+    show_default=True,
+    help="Truncated depths to measure and extrapolate from.",
+)
 @click.option("--full-depth", is_flag=True, help="Measure the whole model instead.")
-@click.option("--device", default="cuda", show_default=True,
-              help="cuda, cuda:<i>, or cpu (a 2-layer tiny stand-in at full depth, time only).")
+@click.option(
+    "--device",
+    default="cuda",
+    show_default=True,
+    help="cuda, cuda:<i>, or cpu (a 2-layer tiny stand-in at full depth, time only).",
+)
 @click.option("--checkpoint", default=None, help="Real weights: hub id or local path.")
-@click.option("--gpu", "gpu_name", default=None,
-              help="Catalog GPU name or alias to record [default: from the device name].")
+@click.option(
+    "--gpu",
+    "gpu_name",
+    default=None,
+    help="Catalog GPU name or alias to record [default: from the device name].",
+)
 @click.option("--warmup-steps", type=int, default=3, show_default=True)
 @click.option("--timed-steps", type=int, default=10, show_default=True)
-@click.option("--timeout-s", type=float, default=1800.0, show_default=True,
-              help="Limit per measurement subprocess, seconds.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="JSONL file to append to [default: the user profile store].")
-@click.option("--format", "output_format", type=click.Choice(["table", "json"]),
-              default="table", show_default=True)
-def profile_command(model_name: str, method: str, precision: str, rank: int, alpha: int | None,
-                    targets: str, batches: tuple[int, ...], seq_lens: tuple[int, ...],
-                    grad_checkpointing: bool, optimizer: str, layers_text: str,
-                    full_depth: bool, device: str, checkpoint: str | None,
-                    gpu_name: str | None, warmup_steps: int, timed_steps: int,
-                    timeout_s: float, out: Path | None, output_format: str) -> None:
+@click.option(
+    "--timeout-s",
+    type=float,
+    default=1800.0,
+    show_default=True,
+    help="Limit per measurement subprocess, seconds.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="JSONL file to append to [default: the user profile store].",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+)
+def profile_command(
+    model_name: str,
+    method: str,
+    precision: str,
+    rank: int,
+    alpha: int | None,
+    targets: str,
+    batches: tuple[int, ...],
+    seq_lens: tuple[int, ...],
+    grad_checkpointing: bool,
+    optimizer: str,
+    layers_text: str,
+    full_depth: bool,
+    device: str,
+    checkpoint: str | None,
+    gpu_name: str | None,
+    warmup_steps: int,
+    timed_steps: int,
+    timeout_s: float,
+    out: Path | None,
+    output_format: str,
+) -> None:
     """Measure peak GPU memory and step time of configs (subprocess per config), and store them.
 
     \b
@@ -195,20 +315,35 @@ def profile_command(model_name: str, method: str, precision: str, rank: int, alp
         spec, note = cpu_stand_in(spec)
     if not cpu:
         _require_cuda(device)
-    configs = _configs(Method(method), precision=Precision(precision), rank=rank, alpha=alpha,
-                       targets=targets, batches=batches or (1,), seq_lens=seq_lens or (2048,),
-                       grad_checkpointing=grad_checkpointing, optimizer=OptimizerKind(optimizer))
+    configs = _configs(
+        Method(method),
+        precision=Precision(precision),
+        rank=rank,
+        alpha=alpha,
+        targets=targets,
+        batches=batches or (1,),
+        seq_lens=seq_lens or (2048,),
+        grad_checkpointing=grad_checkpointing,
+        optimizer=OptimizerKind(optimizer),
+    )
     layers = None if (full_depth or cpu) else _parse_layers(layers_text)
-    options = dict(device=device, warmup_steps=warmup_steps, timed_steps=timed_steps,
-                   checkpoint=checkpoint, timeout_s=timeout_s,
-                   gpu=get_gpu(gpu_name).name if gpu_name else None)
+    options = dict(
+        device=device,
+        warmup_steps=warmup_steps,
+        timed_steps=timed_steps,
+        checkpoint=checkpoint,
+        timeout_s=timeout_s,
+        gpu=get_gpu(gpu_name).name if gpu_name else None,
+    )
     results: list[Measurement] = []
     with Progress(console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(f"profiling {spec.name}",
-                                 total=len(configs) * (len(layers) if layers else 1))
+        task = progress.add_task(
+            f"profiling {spec.name}", total=len(configs) * (len(layers) if layers else 1)
+        )
         for config in configs:
-            results.extend(_run(spec, config, layers=layers, options=options,
-                                progress=progress, task=task))
+            results.extend(
+                _run(spec, config, layers=layers, options=options, progress=progress, task=task)
+            )
     target = out or user_profiles_path()
     ProfileStore([target]).append(target, results)
     default_store.cache_clear()

@@ -109,8 +109,18 @@ def parse_job(data: dict[str, Any]) -> Job:
         spec = from_jsonable(ModelSpec, model)
     if "config" not in data:
         raise ValueError("job has no 'config'")
-    known = {"model", "config", "num_layers", "device", "warmup_steps", "timed_steps",
-             "checkpoint", "gpu", "seed", "fault"}
+    known = {
+        "model",
+        "config",
+        "num_layers",
+        "device",
+        "warmup_steps",
+        "timed_steps",
+        "checkpoint",
+        "gpu",
+        "seed",
+        "fault",
+    }
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"job has unknown fields {unknown}")
@@ -120,8 +130,10 @@ def parse_job(data: dict[str, Any]) -> Job:
         **{k: data[k] for k in known - {"model", "config"} if k in data},
     )
     if job.timed_steps <= 0 or job.warmup_steps < 0:
-        raise ValueError(f"need timed_steps > 0 and warmup_steps >= 0, got "
-                         f"{job.timed_steps} and {job.warmup_steps}")
+        raise ValueError(
+            f"need timed_steps > 0 and warmup_steps >= 0, got "
+            f"{job.timed_steps} and {job.warmup_steps}"
+        )
     return job
 
 
@@ -136,34 +148,48 @@ def _provenance(job: Job, *, notes: str = "") -> Provenance:
     if job.device.startswith("cuda"):
         import torch
 
-        device = (torch.cuda.get_device_name(job.device) if torch.cuda.is_available()
-                  else f"{job.device} (not available)")
+        device = (
+            torch.cuda.get_device_name(job.device)
+            if torch.cuda.is_available()
+            else f"{job.device} (not available)"
+        )
         versions.append(("cuda", str(torch.version.cuda)))
         try:
             driver = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20, check=False).stdout.split("\n")[0]
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            ).stdout.split("\n")[0]
             versions.append(("nvidia-driver", driver.strip() or "unknown"))
         except (OSError, subprocess.SubprocessError):
             versions.append(("nvidia-driver", "unknown"))
     layers = job.spec.num_layers if job.num_layers is None else job.num_layers
-    base = (f"{layers} of {job.spec.num_layers} decoder layers; random weights"
-            if job.checkpoint is None else f"{layers} of {job.spec.num_layers} layers; "
-            f"weights from {job.checkpoint}")
+    base = (
+        f"{layers} of {job.spec.num_layers} decoder layers; random weights"
+        if job.checkpoint is None
+        else f"{layers} of {job.spec.num_layers} layers; weights from {job.checkpoint}"
+    )
     return Provenance(
         device=device,
         date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         versions=tuple(versions),
         method=f"ftplan profiler worker: {job.warmup_steps} warm-up + {job.timed_steps} timed "
-               f"steps, median wall time (synchronized); peaks reset before the timed steps",
+        f"steps, median wall time (synchronized); peaks reset before the timed steps",
         notes="; ".join(n for n in (base, notes) if n),
     )
 
 
-def _record(job: Job, *, status: Status, gpu: str, provenance: Provenance,
-            error: str = "", **values: Any) -> Measurement:
-    fit = ((FIT_NUM_LAYERS, float(job.num_layers if job.num_layers is not None
-                                  else job.spec.num_layers)),) + values.pop("fit", ())
+def _record(
+    job: Job, *, status: Status, gpu: str, provenance: Provenance, error: str = "", **values: Any
+) -> Measurement:
+    fit = (
+        (
+            FIT_NUM_LAYERS,
+            float(job.num_layers if job.num_layers is not None else job.spec.num_layers),
+        ),
+    ) + values.pop("fit", ())
     return Measurement(
         model=truncated_model_name(job.spec.name, job.num_layers),
         gpu=gpu,
@@ -201,26 +227,43 @@ def run_job(job: Job) -> Measurement:
     import torch
 
     if job.device.startswith("cuda") and not torch.cuda.is_available():
-        return _record(job, status=Status.ERROR, gpu=job.gpu or job.device,
-                       provenance=_provenance(job),
-                       error=f"device {job.device!r} asked for, but torch {torch.__version__} "
-                             f"sees no CUDA GPU; run on a GPU machine or use device 'cpu'")
-    gpu = job.gpu or (catalog_gpu_name(torch.cuda.get_device_name(job.device))
-                      if job.device.startswith("cuda") else "cpu")
+        return _record(
+            job,
+            status=Status.ERROR,
+            gpu=job.gpu or job.device,
+            provenance=_provenance(job),
+            error=f"device {job.device!r} asked for, but torch {torch.__version__} "
+            f"sees no CUDA GPU; run on a GPU machine or use device 'cpu'",
+        )
+    gpu = job.gpu or (
+        catalog_gpu_name(torch.cuda.get_device_name(job.device))
+        if job.device.startswith("cuda")
+        else "cpu"
+    )
     try:
         _inject_fault(job)
         return _measure(job, gpu=gpu)
     except torch.cuda.OutOfMemoryError as exc:  # = torch.OutOfMemoryError; both names exist
-        return _record(job, status=Status.OOM, gpu=gpu, provenance=_provenance(job),
-                       error=str(exc).split("\n")[0][:500])
+        return _record(
+            job,
+            status=Status.OOM,
+            gpu=gpu,
+            provenance=_provenance(job),
+            error=str(exc).split("\n")[0][:500],
+        )
     except Exception as exc:  # noqa: BLE001 - any failure is data for the caller
         return _error_record(job, gpu=gpu, exc=exc)
 
 
 def _error_record(job: Job, *, gpu: str, exc: BaseException) -> Measurement:
     tail = traceback.format_exc().strip().splitlines()[-3:]
-    return _record(job, status=Status.ERROR, gpu=gpu, provenance=_provenance(job),
-                   error=f"{type(exc).__name__}: {exc} | {' / '.join(tail)}"[:2000])
+    return _record(
+        job,
+        status=Status.ERROR,
+        gpu=gpu,
+        provenance=_provenance(job),
+        error=f"{type(exc).__name__}: {exc} | {' / '.join(tail)}"[:2000],
+    )
 
 
 def _measure(job: Job, *, gpu: str) -> Measurement:
@@ -231,8 +274,12 @@ def _measure(job: Job, *, gpu: str) -> Measurement:
     cuda = job.device.startswith("cuda")
     torch.manual_seed(job.seed)
     prepared = SETUP_FUNCTIONS[job.config.method](
-        job.spec, job.config, device=job.device, num_layers=job.num_layers,
-        checkpoint=job.checkpoint)
+        job.spec,
+        job.config,
+        device=job.device,
+        num_layers=job.num_layers,
+        checkpoint=job.checkpoint,
+    )
     shape = (job.config.micro_batch_size, job.config.seq_len)
     generator = torch.Generator(device="cpu").manual_seed(job.seed)
     input_ids = torch.randint(0, job.spec.vocab_size, shape, generator=generator).to(job.device)
@@ -292,13 +339,21 @@ def _measure(job: Job, *, gpu: str) -> Measurement:
         values = {
             "peak_allocated_gib": alloc_peak / GIB,
             "peak_reserved_gib": reserved_peak / GIB,
-            "phase_peaks_gib": ((PHASE_FORWARD_BACKWARD, fb_peak / GIB),
-                                (PHASE_OPTIMIZER_STEP, opt_peak / GIB)),
+            "phase_peaks_gib": (
+                (PHASE_FORWARD_BACKWARD, fb_peak / GIB),
+                (PHASE_OPTIMIZER_STEP, opt_peak / GIB),
+            ),
         }
-    notes = "; ".join(n for n in (
-        "" if cuda else "CPU run: step time only, no GPU memory figures", loss_note) if n)
+    notes = "; ".join(
+        n
+        for n in ("" if cuda else "CPU run: step time only, no GPU memory figures", loss_note)
+        if n
+    )
     return _record(
-        job, status=Status.OK, gpu=gpu, provenance=_provenance(job, notes=notes),
+        job,
+        status=Status.OK,
+        gpu=gpu,
+        provenance=_provenance(job, notes=notes),
         step_time_s=step_time_s,
         tokens_per_s=job.config.tokens_per_step * job.config.gpu_count / step_time_s,
         trainable_params=prepared.trainable_params,
@@ -324,8 +379,11 @@ def _kernel_busy_s(prepared: Any, input_ids: Any, *, device: str) -> float | Non
             forward_backward(prepared, input_ids, input_ids)
             optimizer_step(prepared)
             torch.cuda.synchronize(device)
-        total_us = sum(getattr(e, "self_device_time_total", 0.0)
-                       for e in prof.key_averages() if e.device_type == DeviceType.CUDA)
+        total_us = sum(
+            getattr(e, "self_device_time_total", 0.0)
+            for e in prof.key_averages()
+            if e.device_type == DeviceType.CUDA
+        )
     except Exception as exc:  # noqa: BLE001 - an optional diagnostic must not fail the record
         print(f"warning: kernel time not recorded: {exc}", file=sys.stderr)
         return None

@@ -73,30 +73,45 @@ def _check_inputs(points: Sequence[Measurement], counts: Sequence[int]) -> None:
         )
 
 
-def _failed(points: Sequence[Measurement], counts: Sequence[int], *, target_layers: int,
-            model: str) -> Measurement:
+def _failed(
+    points: Sequence[Measurement], counts: Sequence[int], *, target_layers: int, model: str
+) -> Measurement:
     """The record when an input is not ok: an OOM at few layers means an OOM at full depth."""
     bad_index = next(i for i, p in enumerate(points) if p.status is not Status.OK)
     bad = points[bad_index]
     status = Status.OOM if bad.status is Status.OOM else Status.ERROR
-    why = (f"the {counts[bad_index]}-layer model already ran out of memory, so the "
-           f"{target_layers}-layer model cannot fit" if status is Status.OOM else
-           f"the {counts[bad_index]}-layer measurement failed")
+    why = (
+        f"the {counts[bad_index]}-layer model already ran out of memory, so the "
+        f"{target_layers}-layer model cannot fit"
+        if status is Status.OOM
+        else f"the {counts[bad_index]}-layer measurement failed"
+    )
     return Measurement(
-        model=model, gpu=bad.gpu, config=bad.config, status=status,
+        model=model,
+        gpu=bad.gpu,
+        config=bad.config,
+        status=status,
         source=Source.EXTRAPOLATED,
-        provenance=Provenance(device=bad.provenance.device, date=bad.provenance.date,
-                              versions=bad.provenance.versions,
-                              method="truncated-layer extrapolation (not fitted)",
-                              notes=f"input {bad.model}: {bad.error}"[:2000]),
+        provenance=Provenance(
+            device=bad.provenance.device,
+            date=bad.provenance.date,
+            versions=bad.provenance.versions,
+            method="truncated-layer extrapolation (not fitted)",
+            notes=f"input {bad.model}: {bad.error}"[:2000],
+        ),
         error=f"{why}: {bad.error}"[:2000],
         fit=tuple((f"layers_measured_{i}", float(c)) for i, c in enumerate(counts))
         + (("target_layers", float(target_layers)),),
     )
 
 
-def extrapolate(points: Sequence[Measurement], *, layer_counts: Sequence[int] | None = None,
-                target_layers: int, model: str) -> Measurement:
+def extrapolate(
+    points: Sequence[Measurement],
+    *,
+    layer_counts: Sequence[int] | None = None,
+    target_layers: int,
+    model: str,
+) -> Measurement:
     """Fit each figure linearly in the layer count and evaluate it at ``target_layers``.
 
     Peak allocated memory is the maximum of the extrapolated phase peaks when the inputs record
@@ -142,19 +157,26 @@ def extrapolate(points: Sequence[Measurement], *, layer_counts: Sequence[int] | 
     if step_time_s <= 0:
         first = points[0]
         return Measurement(
-            model=model, gpu=first.gpu, config=first.config, status=Status.ERROR,
+            model=model,
+            gpu=first.gpu,
+            config=first.config,
+            status=Status.ERROR,
             source=Source.EXTRAPOLATED,
-            provenance=Provenance(device=first.provenance.device,
-                                  date=max(p.provenance.date for p in points),
-                                  versions=first.provenance.versions,
-                                  method="truncated-layer extrapolation (rejected)"),
+            provenance=Provenance(
+                device=first.provenance.device,
+                date=max(p.provenance.date for p in points),
+                versions=first.provenance.versions,
+                method="truncated-layer extrapolation (rejected)",
+            ),
             error=f"extrapolated step time {step_time_s:.4g} s is not positive: the truncated "
-                  f"timings are too noisy; use more timed steps or longer steps",
-            fit=tuple(fit))
+            f"timings are too noisy; use more timed steps or longer steps",
+            fit=tuple(fit),
+        )
     phases = _phase_names(points)
     phase_peaks = tuple(
         (name, predict(f"phase_{name}_gib", [dict(p.phase_peaks_gib)[name] for p in points]))
-        for name in phases)
+        for name in phases
+    )
     peak_allocated: float | None = None
     allocated = column("peak_allocated_gib")
     if allocated is not None:
@@ -180,7 +202,9 @@ def extrapolate(points: Sequence[Measurement], *, layer_counts: Sequence[int] | 
     summary = "; ".join(
         f"{c} layers: "
         + (f"{p.peak_allocated_gib:.3f} GiB alloc, " if p.peak_allocated_gib is not None else "")
-        + f"{p.step_time_s:.4f} s" for c, p in zip(ints, points, strict=True))
+        + f"{p.step_time_s:.4f} s"
+        for c, p in zip(ints, points, strict=True)
+    )
     return Measurement(
         model=model,
         gpu=first.gpu,
@@ -192,7 +216,7 @@ def extrapolate(points: Sequence[Measurement], *, layer_counts: Sequence[int] | 
             date=max(p.provenance.date for p in points),
             versions=first.provenance.versions,
             method=f"least-squares line in the decoder-layer count over {len(points)} truncated "
-                   f"measurements, evaluated at {target_layers} layers; peak = max of phase fits",
+            f"measurements, evaluated at {target_layers} layers; peak = max of phase fits",
             notes=f"inputs: {summary}",
         ),
         peak_allocated_gib=peak_allocated,

@@ -31,10 +31,18 @@ _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _OOM_MARKERS = ("out of memory", "OutOfMemoryError", "CUDA_ERROR_OUT_OF_MEMORY")
 
 
-def build_job(spec: ModelSpec, config: TuningConfig, *, num_layers: int | None = None,
-              device: str = "cuda", warmup_steps: int = 3, timed_steps: int = 10,
-              checkpoint: str | None = None, gpu: str | None = None,
-              fault: str | None = None) -> dict[str, Any]:
+def build_job(
+    spec: ModelSpec,
+    config: TuningConfig,
+    *,
+    num_layers: int | None = None,
+    device: str = "cuda",
+    warmup_steps: int = 3,
+    timed_steps: int = 10,
+    checkpoint: str | None = None,
+    gpu: str | None = None,
+    fault: str | None = None,
+) -> dict[str, Any]:
     """The worker's job as JSON-ready data (see :mod:`profiler._worker`)."""
     job: dict[str, Any] = {
         "model": to_jsonable(spec),
@@ -51,8 +59,16 @@ def build_job(spec: ModelSpec, config: TuningConfig, *, num_layers: int | None =
     return job
 
 
-def _failure(spec: ModelSpec, config: TuningConfig, *, num_layers: int | None, device: str,
-             gpu: str | None, status: Status, error: str) -> Measurement:
+def _failure(
+    spec: ModelSpec,
+    config: TuningConfig,
+    *,
+    num_layers: int | None,
+    device: str,
+    gpu: str | None,
+    status: Status,
+    error: str,
+) -> Measurement:
     layers = spec.num_layers if num_layers is None else num_layers
     return Measurement(
         model=truncated_model_name(spec.name, num_layers),
@@ -70,10 +86,19 @@ def _failure(spec: ModelSpec, config: TuningConfig, *, num_layers: int | None, d
     )
 
 
-def measure(spec: ModelSpec, config: TuningConfig, *, num_layers: int | None = None,
-            device: str = "cuda", warmup_steps: int = 3, timed_steps: int = 10,
-            checkpoint: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-            gpu: str | None = None, fault: str | None = None) -> Measurement:
+def measure(
+    spec: ModelSpec,
+    config: TuningConfig,
+    *,
+    num_layers: int | None = None,
+    device: str = "cuda",
+    warmup_steps: int = 3,
+    timed_steps: int = 10,
+    checkpoint: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    gpu: str | None = None,
+    fault: str | None = None,
+) -> Measurement:
     """Measure one config in a fresh ``python -m profiler._worker`` process.
 
     Args:
@@ -92,42 +117,67 @@ def measure(spec: ModelSpec, config: TuningConfig, *, num_layers: int | None = N
     Returns:
         A measured record with status ok, oom or error; never raises for a failed run.
     """
-    job = build_job(spec, config, num_layers=num_layers, device=device,
-                    warmup_steps=warmup_steps, timed_steps=timed_steps, checkpoint=checkpoint,
-                    gpu=gpu, fault=fault)
+    job = build_job(
+        spec,
+        config,
+        num_layers=num_layers,
+        device=device,
+        warmup_steps=warmup_steps,
+        timed_steps=timed_steps,
+        checkpoint=checkpoint,
+        gpu=gpu,
+        fault=fault,
+    )
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+        p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+    )
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    fail = dict(spec=spec, config=config, num_layers=num_layers, device=device, gpu=gpu)
+
+    def fail(status: Status, error: str) -> Measurement:
+        return _failure(
+            spec, config, num_layers=num_layers, device=device, gpu=gpu, status=status, error=error
+        )
+
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "profiler._worker"], input=json.dumps(job),
-            capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+            [sys.executable, "-m", "profiler._worker"],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=env,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        return _failure(**fail, status=Status.ERROR,  # type: ignore[arg-type]
-                        error=f"timed out after {timeout_s:.0f} s")
+        return fail(Status.ERROR, f"timed out after {timeout_s:.0f} s")
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode == 0 and lines:
         try:
             return from_jsonable(Measurement, json.loads(lines[-1]))
         except (ValueError, json.JSONDecodeError) as exc:
-            return _failure(**fail, status=Status.ERROR,  # type: ignore[arg-type]
-                            error=f"unreadable worker output ({exc}): {lines[-1][:500]}")
+            return fail(Status.ERROR, f"unreadable worker output ({exc}): {lines[-1][:500]}")
     stderr_tail = proc.stderr.strip()[-1500:]
     oom = any(marker in proc.stderr for marker in _OOM_MARKERS)
-    return _failure(**fail,  # type: ignore[arg-type]
-                    status=Status.OOM if oom else Status.ERROR,
-                    error=f"worker exited with code {proc.returncode}: {stderr_tail}")
+    return fail(
+        Status.OOM if oom else Status.ERROR,
+        f"worker exited with code {proc.returncode}: {stderr_tail}",
+    )
 
 
-def profile_extrapolated(spec: ModelSpec, config: TuningConfig, *,
-                         layers: Sequence[int] = DEFAULT_LAYERS, device: str = "cuda",
-                         warmup_steps: int = 3, timed_steps: int = 10,
-                         checkpoint: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                         gpu: str | None = None,
-                         on_measured: Callable[[Measurement], None] | None = None
-                         ) -> Measurement:
+def profile_extrapolated(
+    spec: ModelSpec,
+    config: TuningConfig,
+    *,
+    layers: Sequence[int] = DEFAULT_LAYERS,
+    device: str = "cuda",
+    warmup_steps: int = 3,
+    timed_steps: int = 10,
+    checkpoint: str | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    gpu: str | None = None,
+    on_measured: Callable[[Measurement], None] | None = None,
+) -> Measurement:
     """Measure the model truncated to each of ``layers`` decoder layers and extrapolate.
 
     Args:
@@ -148,13 +198,22 @@ def profile_extrapolated(spec: ModelSpec, config: TuningConfig, *,
         raise ValueError(f"extrapolation needs at least two distinct layer counts, got {layers}")
     points: list[Measurement] = []
     for count in counts:
-        measurement = measure(spec, config, num_layers=count, device=device,
-                              warmup_steps=warmup_steps, timed_steps=timed_steps,
-                              checkpoint=checkpoint, timeout_s=timeout_s, gpu=gpu)
+        measurement = measure(
+            spec,
+            config,
+            num_layers=count,
+            device=device,
+            warmup_steps=warmup_steps,
+            timed_steps=timed_steps,
+            checkpoint=checkpoint,
+            timeout_s=timeout_s,
+            gpu=gpu,
+        )
         if on_measured is not None:
             on_measured(measurement)
         points.append(measurement)
         if measurement.status is not Status.OK:
             break  # a larger truncation will not fit either; the fit reports the failure
-    return extrapolate(points, layer_counts=counts[:len(points)], target_layers=spec.num_layers,
-                       model=spec.name)
+    return extrapolate(
+        points, layer_counts=counts[: len(points)], target_layers=spec.num_layers, model=spec.name
+    )

@@ -30,8 +30,13 @@ DEFAULT_LORA_LEARNING_RATE = 2e-4
 # Architectures whose decoder layers fuse some Llama-named linears into one module.
 # phi3: q/k/v live in ``qkv_proj`` and gate/up in ``gate_up_proj`` (transformers modeling_phi3).
 _FUSED_LINEAR_NAMES: dict[str, dict[str, str]] = {
-    "phi3": {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
-             "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"},
+    "phi3": {
+        "q_proj": "qkv_proj",
+        "k_proj": "qkv_proj",
+        "v_proj": "qkv_proj",
+        "gate_proj": "gate_up_proj",
+        "up_proj": "gate_up_proj",
+    },
 }
 _MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
 # transformers refuses SDPA for gemma2 (attention-logit soft-capping), so it runs eager attention.
@@ -174,8 +179,14 @@ def _compute_dtype(config: TuningConfig) -> Any:
     return torch.float16 if config.precision is Precision.FP16_MIXED else torch.bfloat16
 
 
-def build_base_model(spec: ModelSpec, config: TuningConfig, *, device: str,
-                     num_layers: int | None = None, checkpoint: str | None = None) -> Any:
+def build_base_model(
+    spec: ModelSpec,
+    config: TuningConfig,
+    *,
+    device: str,
+    num_layers: int | None = None,
+    checkpoint: str | None = None,
+) -> Any:
     """The base causal LM of a recipe, in the recipe's weight dtype, on ``device``.
 
     Full bf16-mixed and fp16-mixed: fp32 weights; full bf16: bf16 weights; LoRA: 16-bit frozen
@@ -199,24 +210,28 @@ def build_base_model(spec: ModelSpec, config: TuningConfig, *, device: str,
     dtype = _weight_dtype(config)
     attention = attention_implementation(spec)
     if config.method is Method.QLORA:
-        return _build_nf4_model(hf_config, config, device=device, checkpoint=checkpoint,
-                                attention=attention)
+        return _build_nf4_model(
+            hf_config, config, device=device, checkpoint=checkpoint, attention=attention
+        )
     model: Any
     if checkpoint is not None:
         model = AutoModelForCausalLM.from_pretrained(
-            checkpoint, config=hf_config, attn_implementation=attention, **_dtype_kwarg(dtype))
+            checkpoint, config=hf_config, attn_implementation=attention, **_dtype_kwarg(dtype)
+        )
         model = model.to(device)
     else:
         torch.manual_seed(0)
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(
-                hf_config, attn_implementation=attention, **_dtype_kwarg(dtype))
+                hf_config, attn_implementation=attention, **_dtype_kwarg(dtype)
+            )
     model.train()
     return model
 
 
-def _build_nf4_model(hf_config: Any, config: TuningConfig, *, device: str,
-                     checkpoint: str | None, attention: str) -> Any:
+def _build_nf4_model(
+    hf_config: Any, config: TuningConfig, *, device: str, checkpoint: str | None, attention: str
+) -> Any:
     """Load a 4-bit NF4 model. ``from_config`` takes no quantization config, so random weights
     are saved to a temporary folder first and loaded back through ``from_pretrained``."""
     import torch
@@ -240,21 +255,27 @@ def _build_nf4_model(hf_config: Any, config: TuningConfig, *, device: str,
             torch.manual_seed(0)
             with torch.device(device):
                 random_model = AutoModelForCausalLM.from_config(
-                    hf_config, attn_implementation=attention,
-                    **_dtype_kwarg(_weight_dtype(config)))
+                    hf_config, attn_implementation=attention, **_dtype_kwarg(_weight_dtype(config))
+                )
             random_model.save_pretrained(source)
             del random_model
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
         model = AutoModelForCausalLM.from_pretrained(
-            source, config=hf_config, quantization_config=quantization, device_map=device_map,
-            attn_implementation=attention, **_dtype_kwarg(_weight_dtype(config)))
+            source,
+            config=hf_config,
+            quantization_config=quantization,
+            device_map=device_map,
+            attn_implementation=attention,
+            **_dtype_kwarg(_weight_dtype(config)),
+        )
     model.train()
     return model
 
 
-def _make_optimizer(params: list[Any], config: TuningConfig, *, learning_rate: float,
-                    device: str) -> Any:
+def _make_optimizer(
+    params: list[Any], config: TuningConfig, *, learning_rate: float, device: str
+) -> Any:
     import torch
 
     if config.optimizer is OptimizerKind.ADAMW:
@@ -284,13 +305,18 @@ def _enable_checkpointing(model: Any) -> None:
     with warnings.catch_warnings():
         # transformers 5 renamed it activation_checkpointing_enable; the old name still works.
         warnings.simplefilter("ignore", FutureWarning)
-        model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def setup_full(spec: ModelSpec, config: TuningConfig, *, device: str,
-               num_layers: int | None = None, checkpoint: str | None = None,
-               learning_rate: float = DEFAULT_FULL_LEARNING_RATE) -> PreparedModel:
+def setup_full(
+    spec: ModelSpec,
+    config: TuningConfig,
+    *,
+    device: str,
+    num_layers: int | None = None,
+    checkpoint: str | None = None,
+    learning_rate: float = DEFAULT_FULL_LEARNING_RATE,
+) -> PreparedModel:
     """Full fine-tuning: every parameter trains.
 
     bf16-mixed: fp32 weights + bf16 autocast + AdamW (fp32 states). bf16: bf16 weights, no
@@ -309,8 +335,9 @@ def setup_full(spec: ModelSpec, config: TuningConfig, *, device: str,
     """
     if config.method is not Method.FULL:
         raise ValueError(f"setup_full got method={config.method.value}")
-    model = build_base_model(spec, config, device=device, num_layers=num_layers,
-                             checkpoint=checkpoint)
+    model = build_base_model(
+        spec, config, device=device, num_layers=num_layers, checkpoint=checkpoint
+    )
     if config.grad_checkpointing:
         _enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -343,8 +370,9 @@ def _lora_config(spec: ModelSpec, config: TuningConfig) -> Any:
     )
 
 
-def _prepared_lora(model: Any, config: TuningConfig, *, device: str,
-                   learning_rate: float) -> PreparedModel:
+def _prepared_lora(
+    model: Any, config: TuningConfig, *, device: str, learning_rate: float
+) -> PreparedModel:
     trainable, total = model.get_nb_trainable_parameters()
     params = [p for p in model.parameters() if p.requires_grad]
     return PreparedModel(
@@ -358,9 +386,15 @@ def _prepared_lora(model: Any, config: TuningConfig, *, device: str,
     )
 
 
-def setup_lora(spec: ModelSpec, config: TuningConfig, *, device: str,
-               num_layers: int | None = None, checkpoint: str | None = None,
-               learning_rate: float = DEFAULT_LORA_LEARNING_RATE) -> PreparedModel:
+def setup_lora(
+    spec: ModelSpec,
+    config: TuningConfig,
+    *,
+    device: str,
+    num_layers: int | None = None,
+    checkpoint: str | None = None,
+    learning_rate: float = DEFAULT_LORA_LEARNING_RATE,
+) -> PreparedModel:
     """LoRA: 16-bit frozen base, PEFT adapters (PEFT's default fp32 adapter dtype), autocast.
 
     Args and Raises: as :func:`setup_full`, for a ``method=lora`` config.
@@ -369,8 +403,9 @@ def setup_lora(spec: ModelSpec, config: TuningConfig, *, device: str,
 
     if config.method is not Method.LORA:
         raise ValueError(f"setup_lora got method={config.method.value}")
-    model = build_base_model(spec, config, device=device, num_layers=num_layers,
-                             checkpoint=checkpoint)
+    model = build_base_model(
+        spec, config, device=device, num_layers=num_layers, checkpoint=checkpoint
+    )
     if config.grad_checkpointing:
         _enable_checkpointing(model)
         # Frozen embeddings output no grad; checkpointed blocks need an input that requires one.
@@ -379,9 +414,15 @@ def setup_lora(spec: ModelSpec, config: TuningConfig, *, device: str,
     return _prepared_lora(model, config, device=device, learning_rate=learning_rate)
 
 
-def setup_qlora(spec: ModelSpec, config: TuningConfig, *, device: str,
-                num_layers: int | None = None, checkpoint: str | None = None,
-                learning_rate: float = DEFAULT_LORA_LEARNING_RATE) -> PreparedModel:
+def setup_qlora(
+    spec: ModelSpec,
+    config: TuningConfig,
+    *,
+    device: str,
+    num_layers: int | None = None,
+    checkpoint: str | None = None,
+    learning_rate: float = DEFAULT_LORA_LEARNING_RATE,
+) -> PreparedModel:
     """QLoRA: NF4 + double-quant base, ``prepare_model_for_kbit_training``, then LoRA.
 
     ``prepare_model_for_kbit_training`` casts embeddings, head and norms to fp32, so without
@@ -393,8 +434,9 @@ def setup_qlora(spec: ModelSpec, config: TuningConfig, *, device: str,
 
     if config.method is not Method.QLORA:
         raise ValueError(f"setup_qlora got method={config.method.value}")
-    model = build_base_model(spec, config, device=device, num_layers=num_layers,
-                             checkpoint=checkpoint)
+    model = build_base_model(
+        spec, config, device=device, num_layers=num_layers, checkpoint=checkpoint
+    )
     model = prepare_model_for_kbit_training(
         model,
         use_gradient_checkpointing=config.grad_checkpointing,
@@ -411,8 +453,9 @@ SETUP_FUNCTIONS: dict[Method, Callable[..., PreparedModel]] = {
 }
 
 
-def forward_backward(prepared: PreparedModel, input_ids: Any, labels: Any, *,
-                     attention_mask: Any = None) -> Any:
+def forward_backward(
+    prepared: PreparedModel, input_ids: Any, labels: Any, *, attention_mask: Any = None
+) -> Any:
     """Forward (under the recipe's autocast) with causal-LM loss, then backward.
 
     Returns:
@@ -421,11 +464,13 @@ def forward_backward(prepared: PreparedModel, input_ids: Any, labels: Any, *,
     import torch
 
     device_type = prepared.device.split(":")[0]
-    autocast = (torch.autocast(device_type=device_type, dtype=prepared.autocast_dtype)
-                if prepared.autocast_dtype is not None else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device_type=device_type, dtype=prepared.autocast_dtype)
+        if prepared.autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
     with autocast:
-        outputs = prepared.model(input_ids=input_ids, attention_mask=attention_mask,
-                                 labels=labels)
+        outputs = prepared.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
     loss = outputs.loss
     if prepared.grad_scaler is not None:
         prepared.grad_scaler.scale(loss).backward()
@@ -444,8 +489,9 @@ def optimizer_step(prepared: PreparedModel) -> None:
     prepared.optimizer.zero_grad(set_to_none=True)
 
 
-def train_step(prepared: PreparedModel, input_ids: Any, labels: Any, *,
-               attention_mask: Any = None) -> float:
+def train_step(
+    prepared: PreparedModel, input_ids: Any, labels: Any, *, attention_mask: Any = None
+) -> float:
     """One training step: forward, causal-LM loss, backward, optimizer step, zero_grad.
 
     Args:

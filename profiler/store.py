@@ -55,8 +55,9 @@ def canonical_config(config: TuningConfig) -> TuningConfig:
         targets = TARGETS_ATTENTION
     else:
         targets = ",".join(modules)
-    return dataclasses.replace(config, lora_alpha=config.effective_lora_alpha,
-                               lora_targets=targets)
+    return dataclasses.replace(
+        config, lora_alpha=config.effective_lora_alpha, lora_targets=targets
+    )
 
 
 def _key(model: str, config: TuningConfig, gpu: str) -> _Key:
@@ -113,7 +114,8 @@ class ProfileStore:
     def _add(self, records: Iterable[Measurement]) -> None:
         for record in records:
             self._index.setdefault(_key(record.model, record.config, record.gpu), []).append(
-                (len(self._records), record))
+                (len(self._records), record)
+            )
             self._records.append(record)
 
     def records(self) -> list[Measurement]:

@@ -22,16 +22,34 @@ pytestmark = [
 
 # Small enough to build in seconds, large enough that per-layer memory dominates noise.
 SMALL = ModelSpec(
-    name="small-llama", hf_id="small/llama", model_type="llama", num_layers=8, hidden_size=1024,
-    intermediate_size=2816, num_heads=16, num_kv_heads=4, head_dim=64, vocab_size=32000,
-    tied_embeddings=False, param_count=1, max_seq_len=4096, source="test", as_of="2026-11-23",
+    name="small-llama",
+    hf_id="small/llama",
+    model_type="llama",
+    num_layers=8,
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_heads=16,
+    num_kv_heads=4,
+    head_dim=64,
+    vocab_size=32000,
+    tied_embeddings=False,
+    param_count=1,
+    max_seq_len=4096,
+    source="test",
+    as_of="2026-11-23",
 )
-LORA = TuningConfig(method=Method.LORA, lora_rank=16, lora_targets="all-linear",
-                    micro_batch_size=4, seq_len=1024)
-FULL = TuningConfig(method=Method.FULL, micro_batch_size=2, seq_len=1024,
-                    grad_checkpointing=True)
-QLORA = TuningConfig(method=Method.QLORA, lora_rank=16, lora_targets="all-linear",
-                     micro_batch_size=2, seq_len=1024, grad_checkpointing=True)
+LORA = TuningConfig(
+    method=Method.LORA, lora_rank=16, lora_targets="all-linear", micro_batch_size=4, seq_len=1024
+)
+FULL = TuningConfig(method=Method.FULL, micro_batch_size=2, seq_len=1024, grad_checkpointing=True)
+QLORA = TuningConfig(
+    method=Method.QLORA,
+    lora_rank=16,
+    lora_targets="all-linear",
+    micro_batch_size=2,
+    seq_len=1024,
+    grad_checkpointing=True,
+)
 
 
 @pytest.mark.parametrize("config", [LORA, FULL, QLORA], ids=lambda c: c.label())
@@ -54,8 +72,7 @@ def test_measurement_records_memory_phases_and_gpu_time(config: TuningConfig) ->
 
 @pytest.mark.parametrize("config", [LORA, FULL], ids=lambda c: c.label())
 def test_two_and_four_layers_predict_eight_layers_memory(config: TuningConfig) -> None:
-    predicted = profile_extrapolated(SMALL, config, layers=(2, 4), warmup_steps=2,
-                                     timed_steps=5)
+    predicted = profile_extrapolated(SMALL, config, layers=(2, 4), warmup_steps=2, timed_steps=5)
     measured = measure(SMALL, config, warmup_steps=2, timed_steps=5)
     assert predicted.source is Source.EXTRAPOLATED and predicted.status is Status.OK
     assert measured.status is Status.OK, measured.error
@@ -68,8 +85,9 @@ def test_two_and_four_layers_predict_eight_layers_memory(config: TuningConfig) -
 def test_a_real_oom_is_a_record() -> None:
     # llama2-70b full FT in fp32 with AdamW at 16 of 80 layers: ~14B params x 16 B > 80 GB.
     spec = get_model("llama2-70b")
-    config = TuningConfig(method=Method.FULL, precision=Precision.BF16_MIXED,
-                          micro_batch_size=1, seq_len=512)
+    config = TuningConfig(
+        method=Method.FULL, precision=Precision.BF16_MIXED, micro_batch_size=1, seq_len=512
+    )
     result = measure(spec, config, num_layers=16, warmup_steps=1, timed_steps=1)
     assert result.status is Status.OOM, (result.status, result.error)
     assert result.peak_allocated_gib is None

@@ -25,9 +25,21 @@ from profiler.extrapolate import extrapolate
 from profiler.store import ProfileStore
 
 TINY = ModelSpec(
-    name="tiny-llama", hf_id="tiny/llama", model_type="llama", num_layers=8, hidden_size=64,
-    intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=256,
-    tied_embeddings=False, param_count=1, max_seq_len=256, source="test", as_of="2026-11-23",
+    name="tiny-llama",
+    hf_id="tiny/llama",
+    model_type="llama",
+    num_layers=8,
+    hidden_size=64,
+    intermediate_size=128,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    vocab_size=256,
+    tied_embeddings=False,
+    param_count=1,
+    max_seq_len=256,
+    source="test",
+    as_of="2026-11-23",
 )
 LORA = TuningConfig(method=Method.LORA, lora_rank=4, lora_targets="all-linear", seq_len=32)
 
@@ -70,8 +82,9 @@ def test_a_hanging_worker_times_out_into_an_error_record() -> None:
     assert result.status is Status.ERROR and "timed out after" in result.error
 
 
-def test_the_worker_rejects_a_malformed_job(monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_worker_rejects_a_malformed_job(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO('{"model": {}, "config": {}}'))
     assert _worker.main() == 2
     assert "bad job" in capsys.readouterr().err
@@ -89,20 +102,26 @@ def test_catalog_gpu_names_from_device_names() -> None:
 def _fake(layers: int, *, peak: float | None, status: Status = Status.OK) -> Measurement:
     ok = status is Status.OK
     return Measurement(
-        model=f"tiny-llama@{layers}-layers", gpu="H100 SXM 80GB", config=LORA, status=status,
-        source=Source.MEASURED, provenance=Provenance(device="d", date="2026-11-23"),
-        peak_allocated_gib=peak, peak_reserved_gib=peak,
+        model=f"tiny-llama@{layers}-layers",
+        gpu="H100 SXM 80GB",
+        config=LORA,
+        status=status,
+        source=Source.MEASURED,
+        provenance=Provenance(device="d", date="2026-11-23"),
+        peak_allocated_gib=peak,
+        peak_reserved_gib=peak,
         step_time_s=0.01 * layers if ok else None,
         tokens_per_s=LORA.tokens_per_step / (0.01 * layers) if ok else None,
-        fit=(("num_layers", float(layers)),))
+        fit=(("num_layers", float(layers)),),
+    )
 
 
-def test_profile_extrapolated_fits_and_stops_after_an_oom(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_profile_extrapolated_fits_and_stops_after_an_oom(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int | None] = []
 
-    def fake_measure(spec: ModelSpec, config: TuningConfig, *, num_layers: int | None,
-                     **_: object) -> Measurement:
+    def fake_measure(
+        spec: ModelSpec, config: TuningConfig, *, num_layers: int | None, **_: object
+    ) -> Measurement:
         calls.append(num_layers)
         assert num_layers is not None
         return _fake(num_layers, peak=1.0 + 0.5 * num_layers)
@@ -116,8 +135,9 @@ def test_profile_extrapolated_fits_and_stops_after_an_oom(
 
     calls.clear()
 
-    def oom_measure(spec: ModelSpec, config: TuningConfig, *, num_layers: int | None,
-                    **_: object) -> Measurement:
+    def oom_measure(
+        spec: ModelSpec, config: TuningConfig, *, num_layers: int | None, **_: object
+    ) -> Measurement:
         calls.append(num_layers)
         return _fake(2, peak=None, status=Status.OOM)
 
@@ -134,10 +154,30 @@ def test_ftplan_profile_on_cpu_end_to_end(tmp_path: Path) -> None:
     from planner.cli import main
 
     out = tmp_path / "profiles.jsonl"
-    result = CliRunner().invoke(main, [
-        "profile", "--model", "llama3.2-1b", "--method", "lora", "--rank", "4",
-        "--device", "cpu", "--seq-len", "16", "--warmup-steps", "1", "--timed-steps", "2",
-        "--out", str(out), "--format", "json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "profile",
+            "--model",
+            "llama3.2-1b",
+            "--method",
+            "lora",
+            "--rank",
+            "4",
+            "--device",
+            "cpu",
+            "--seq-len",
+            "16",
+            "--warmup-steps",
+            "1",
+            "--timed-steps",
+            "2",
+            "--out",
+            str(out),
+            "--format",
+            "json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = [from_jsonable(Measurement, r) for r in json.loads(result.stdout)]
     assert len(records) == 1
@@ -148,12 +188,12 @@ def test_ftplan_profile_on_cpu_end_to_end(tmp_path: Path) -> None:
     assert record.step_time_s is not None and record.step_time_s > 0
     assert record.tokens_per_s == pytest.approx(16 / record.step_time_s)
     # Stand-in: 2 layers, hidden 256, 8 heads / 2 KV heads of 32, MLP 1024 (8192 x 256/2048).
-    per_layer = 4 * ((256 + 256) + 2 * (256 + 64) + (256 + 256) + 2 * (256 + 1024)
-                     + (1024 + 256))
+    per_layer = 4 * ((256 + 256) + 2 * (256 + 64) + (256 + 256) + 2 * (256 + 1024) + (1024 + 256))
     assert record.trainable_params == 2 * per_layer
     assert "tiny stand-in of llama3.2-1b" in result.stderr
-    stored = ProfileStore([out]).lookup(model="llama3.2-1b-cpu-tiny", config=record.config,
-                                        gpu="cpu")
+    stored = ProfileStore([out]).lookup(
+        model="llama3.2-1b-cpu-tiny", config=record.config, gpu="cpu"
+    )
     assert stored == record
 
 
@@ -169,16 +209,28 @@ def test_ftplan_profile_without_cuda_says_how_to_fix() -> None:
 
 
 def test_ftplan_profile_sweeps_and_stores_extrapolations(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The GPU path of the command, with the GPU work replaced by synthetic measurements."""
     from planner import _cli_profile
     from planner.cli import main
 
-    def fake_extrapolated(spec: ModelSpec, config: TuningConfig, *, layers: tuple[int, ...],
-                          on_measured: object, gpu: str | None, **_: object) -> Measurement:
+    def fake_extrapolated(
+        spec: ModelSpec,
+        config: TuningConfig,
+        *,
+        layers: tuple[int, ...],
+        on_measured: object,
+        gpu: str | None,
+        **_: object,
+    ) -> Measurement:
         assert gpu == "H100 SXM 80GB" and layers == (2, 4)
-        points = [dataclasses.replace(_fake(n, peak=1.0 + n), config=config,
-                                      model=f"{spec.name}@{n}-layers") for n in layers]
+        points = [
+            dataclasses.replace(
+                _fake(n, peak=1.0 + n), config=config, model=f"{spec.name}@{n}-layers"
+            )
+            for n in layers
+        ]
         for point in points:
             on_measured(point)  # type: ignore[operator]
         return extrapolate(points, target_layers=spec.num_layers, model=spec.name)
@@ -186,15 +238,37 @@ def test_ftplan_profile_sweeps_and_stores_extrapolations(
     monkeypatch.setattr(_cli_profile, "_require_cuda", lambda device: None)
     monkeypatch.setattr(measure, "profile_extrapolated", fake_extrapolated)
     out = tmp_path / "p.jsonl"
-    result = CliRunner().invoke(main, [
-        "profile", "--model", "llama2-7b", "--method", "qlora", "--gpu", "h100",
-        "--batch", "1", "--batch", "4", "--seq-len", "1024", "--out", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "profile",
+            "--model",
+            "llama2-7b",
+            "--method",
+            "qlora",
+            "--gpu",
+            "h100",
+            "--batch",
+            "1",
+            "--batch",
+            "4",
+            "--seq-len",
+            "1024",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "extrapolated" in result.stdout and "llama2-7b@4-layers" in result.stdout
     store = ProfileStore([out])
     assert len(store.records()) == 6
-    config = TuningConfig(method=Method.QLORA, lora_rank=16, lora_targets="all-linear",
-                          micro_batch_size=4, seq_len=1024)
+    config = TuningConfig(
+        method=Method.QLORA,
+        lora_rank=16,
+        lora_targets="all-linear",
+        micro_batch_size=4,
+        seq_len=1024,
+    )
     found = store.lookup(model="llama2-7b", config=config, gpu="H100 SXM 80GB")
     assert found is not None and found.source is Source.EXTRAPOLATED
     assert found.peak_allocated_gib == pytest.approx(1.0 + 32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import pytest
 
@@ -17,16 +18,29 @@ recipes = pytest.importorskip("profiler.recipes")
 pytestmark = pytest.mark.slow
 
 TINY = ModelSpec(
-    name="tiny-llama", hf_id="tiny/llama", model_type="llama", num_layers=2, hidden_size=64,
-    intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=256,
-    tied_embeddings=False, param_count=1, max_seq_len=256, source="test", as_of="2026-11-23",
+    name="tiny-llama",
+    hf_id="tiny/llama",
+    model_type="llama",
+    num_layers=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    vocab_size=256,
+    tied_embeddings=False,
+    param_count=1,
+    max_seq_len=256,
+    source="test",
+    as_of="2026-11-23",
 )
 TINY_PHI3 = dataclasses.replace(TINY, name="tiny-phi3", model_type="phi3", num_kv_heads=4)
 
 
-def _lora(targets: str = "all-linear", rank: int = 4, **kwargs: object) -> TuningConfig:
-    return TuningConfig(method=Method.LORA, lora_rank=rank, lora_targets=targets,
-                        seq_len=32, **kwargs)  # type: ignore[arg-type]
+def _lora(targets: str = "all-linear", rank: int = 4, **kwargs: Any) -> TuningConfig:
+    return TuningConfig(
+        method=Method.LORA, lora_rank=rank, lora_targets=targets, seq_len=32, **kwargs
+    )
 
 
 def _batch(spec: ModelSpec = TINY, batch: int = 2, seq: int = 32) -> object:
@@ -51,8 +65,7 @@ def test_hf_config_carries_catalog_facts_and_truncates() -> None:
 
 
 def test_full_counts_every_parameter_and_matches_the_formula() -> None:
-    prepared = recipes.setup_full(TINY, TuningConfig(method=Method.FULL, seq_len=32),
-                                  device="cpu")
+    prepared = recipes.setup_full(TINY, TuningConfig(method=Method.FULL, seq_len=32), device="cpu")
     norms = TINY.hidden_size * (2 * TINY.num_layers + 1)
     expected = TINY.params_per_layer() * TINY.num_layers + TINY.embedding_params() + norms
     assert prepared.trainable_params == prepared.total_params == expected
@@ -82,7 +95,11 @@ def test_lora_trainable_params_match_peft_and_formula(targets: str) -> None:
 def test_phi3_fused_modules_are_mapped() -> None:
     config = _lora("all-linear")
     assert recipes.peft_target_modules(TINY_PHI3, config) == [
-        "qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+        "qkv_proj",
+        "o_proj",
+        "gate_up_proj",
+        "down_proj",
+    ]
     prepared = recipes.setup_lora(TINY_PHI3, config, device="cpu")
     h, i, r = TINY_PHI3.hidden_size, TINY_PHI3.intermediate_size, 4
     q_kv = TINY_PHI3.q_dim + 2 * TINY_PHI3.kv_dim
@@ -93,7 +110,11 @@ def test_phi3_fused_modules_are_mapped() -> None:
 def test_moe_targets_drop_fused_experts() -> None:
     moe = dataclasses.replace(TINY, model_type="mixtral", num_experts=4, experts_per_token=2)
     assert recipes.peft_target_modules(moe, _lora("all-linear")) == [
-        "q_proj", "k_proj", "v_proj", "o_proj"]
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+    ]
     with pytest.raises(ValueError, match="no module"):
         recipes.peft_target_modules(moe, _lora("gate_proj,up_proj"))
 
@@ -110,13 +131,18 @@ def test_setup_rejects_the_wrong_method() -> None:
     assert set(recipes.SETUP_FUNCTIONS) == set(Method)
 
 
-@pytest.mark.parametrize("config", [
-    TuningConfig(method=Method.FULL, seq_len=32),
-    TuningConfig(method=Method.FULL, precision=Precision.BF16, seq_len=32,
-                 grad_checkpointing=True),
-    _lora(grad_checkpointing=True),
-    _lora(precision=Precision.FP16_MIXED),
-], ids=lambda c: c.label())
+@pytest.mark.parametrize(
+    "config",
+    [
+        TuningConfig(method=Method.FULL, seq_len=32),
+        TuningConfig(
+            method=Method.FULL, precision=Precision.BF16, seq_len=32, grad_checkpointing=True
+        ),
+        _lora(grad_checkpointing=True),
+        _lora(precision=Precision.FP16_MIXED),
+    ],
+    ids=lambda c: c.label(),
+)
 def test_train_step_runs_and_loss_is_finite(config: TuningConfig) -> None:
     prepared = recipes.SETUP_FUNCTIONS[config.method](TINY, config, device="cpu")
     ids = _batch()
@@ -149,8 +175,13 @@ def _bnb_cpu_works() -> str:
 def test_qlora_quantizes_to_nf4_and_trains(checkpointing: bool) -> None:
     import bitsandbytes as bnb
 
-    config = TuningConfig(method=Method.QLORA, lora_rank=4, lora_targets="all-linear",
-                          seq_len=32, grad_checkpointing=checkpointing)
+    config = TuningConfig(
+        method=Method.QLORA,
+        lora_rank=4,
+        lora_targets="all-linear",
+        seq_len=32,
+        grad_checkpointing=checkpointing,
+    )
     prepared = recipes.setup_qlora(TINY, config, device="cpu")
     base = prepared.model.base_model.model
     q_proj = base.model.layers[0].self_attn.q_proj.base_layer
@@ -163,8 +194,18 @@ def test_qlora_quantizes_to_nf4_and_trains(checkpointing: bool) -> None:
     assert math.isfinite(recipes.train_step(prepared, ids, ids))
 
 
-@pytest.mark.parametrize("name", ["llama2-7b", "llama3.2-1b", "qwen2.5-1.5b", "phi3-mini",
-                                  "gemma-2b", "gemma2-2b", "mixtral-8x7b"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "llama2-7b",
+        "llama3.2-1b",
+        "qwen2.5-1.5b",
+        "phi3-mini",
+        "gemma-2b",
+        "gemma2-2b",
+        "mixtral-8x7b",
+    ],
+)
 def test_built_architecture_matches_the_catalog_param_count(name: str) -> None:
     """1- and 2-layer models on the meta device (no memory), extended to full depth, reproduce
     the catalog's parameter count exactly: the config carries every architecture fact."""

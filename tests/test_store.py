@@ -12,22 +12,37 @@ from catalog import to_jsonable
 from profiler import Measurement, Method, Provenance, Source, Status, TuningConfig
 from profiler.store import ProfileStore, canonical_config, default_store, shipped_profile_paths
 
-LORA = TuningConfig(method=Method.LORA, lora_rank=16, lora_targets="all-linear",
-                    micro_batch_size=4, seq_len=1024)
+LORA = TuningConfig(
+    method=Method.LORA, lora_rank=16, lora_targets="all-linear", micro_batch_size=4, seq_len=1024
+)
 GPU = "H100 SXM 80GB"
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO.parent / "shared" / "reference" / "h100-measurements.jsonl"
 
 
-def _record(*, peak: float, source: Source = Source.MEASURED, date: str = "2026-11-23",
-            model: str = "llama2-7b", config: TuningConfig = LORA,
-            status: Status = Status.OK) -> Measurement:
+def _record(
+    *,
+    peak: float,
+    source: Source = Source.MEASURED,
+    date: str = "2026-11-23",
+    model: str = "llama2-7b",
+    config: TuningConfig = LORA,
+    status: Status = Status.OK,
+) -> Measurement:
     return Measurement(
-        model=model, gpu=GPU, config=config, status=status, source=source,
-        provenance=Provenance(device="NVIDIA H100 80GB HBM3", date=date,
-                              versions=(("torch", "2.11"),)),
-        peak_allocated_gib=peak, peak_reserved_gib=peak + 1, step_time_s=0.4,
-        tokens_per_s=10240.0, phase_peaks_gib=(("forward_backward", peak),),
+        model=model,
+        gpu=GPU,
+        config=config,
+        status=status,
+        source=source,
+        provenance=Provenance(
+            device="NVIDIA H100 80GB HBM3", date=date, versions=(("torch", "2.11"),)
+        ),
+        peak_allocated_gib=peak,
+        peak_reserved_gib=peak + 1,
+        step_time_s=0.4,
+        tokens_per_s=10240.0,
+        phase_peaks_gib=(("forward_backward", peak),),
         fit=(("num_layers", 32.0),),
     )
 
@@ -47,37 +62,58 @@ def test_append_round_trips_and_keeps_existing_lines(tmp_path: Path) -> None:
 def test_lookup_prefers_measured_then_newest(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     store = ProfileStore([path])
-    store.append(path, [
-        _record(peak=10.0, source=Source.EXTRAPOLATED, date="2026-12-01"),
-        _record(peak=11.0, date="2026-11-01"),
-        _record(peak=12.0, date="2026-11-20"),
-        _record(peak=13.0, source=Source.ESTIMATED, date="2026-12-31"),
-    ])
+    store.append(
+        path,
+        [
+            _record(peak=10.0, source=Source.EXTRAPOLATED, date="2026-12-01"),
+            _record(peak=11.0, date="2026-11-01"),
+            _record(peak=12.0, date="2026-11-20"),
+            _record(peak=13.0, source=Source.ESTIMATED, date="2026-12-31"),
+        ],
+    )
     found = ProfileStore([path]).lookup(model="llama2-7b", config=LORA, gpu=GPU)
     assert found is not None and found.peak_allocated_gib == 12.0
     unmeasured = tmp_path / "unmeasured.jsonl"
     ProfileStore([unmeasured]).append(
-        unmeasured, [r for r in ProfileStore([path]).records() if r.source is not Source.MEASURED])
+        unmeasured, [r for r in ProfileStore([path]).records() if r.source is not Source.MEASURED]
+    )
     found = ProfileStore([unmeasured]).lookup(model="llama2-7b", config=LORA, gpu=GPU)
     assert found is not None and found.source is Source.EXTRAPOLATED
 
 
 def test_lookup_matches_equivalent_spellings_only(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
-    ProfileStore([path]).append(path, [
-        _record(peak=5.0), _record(peak=6.0, model="llama2-7b@2-layers")])
+    ProfileStore([path]).append(
+        path, [_record(peak=5.0), _record(peak=6.0, model="llama2-7b@2-layers")]
+    )
     store = ProfileStore([path])
-    spelled = TuningConfig(method=Method.LORA, lora_rank=16, lora_alpha=32,
-                           lora_targets="down_proj,up_proj,gate_proj,o_proj,v_proj,k_proj,q_proj",
-                           micro_batch_size=4, seq_len=1024)
+    spelled = TuningConfig(
+        method=Method.LORA,
+        lora_rank=16,
+        lora_alpha=32,
+        lora_targets="down_proj,up_proj,gate_proj,o_proj,v_proj,k_proj,q_proj",
+        micro_batch_size=4,
+        seq_len=1024,
+    )
     assert canonical_config(spelled) == canonical_config(LORA)
     found = store.lookup(model="Llama2-7B", config=spelled, gpu="h100 sxm 80gb")
     assert found is not None and found.peak_allocated_gib == 5.0
-    other_seq = TuningConfig(method=Method.LORA, lora_rank=16, lora_targets="all-linear",
-                             micro_batch_size=4, seq_len=2048)
+    other_seq = TuningConfig(
+        method=Method.LORA,
+        lora_rank=16,
+        lora_targets="all-linear",
+        micro_batch_size=4,
+        seq_len=2048,
+    )
     assert store.lookup(model="llama2-7b", config=other_seq, gpu=GPU) is None
-    other_alpha = TuningConfig(method=Method.LORA, lora_rank=16, lora_alpha=16,
-                               lora_targets="all-linear", micro_batch_size=4, seq_len=1024)
+    other_alpha = TuningConfig(
+        method=Method.LORA,
+        lora_rank=16,
+        lora_alpha=16,
+        lora_targets="all-linear",
+        micro_batch_size=4,
+        seq_len=1024,
+    )
     assert store.lookup(model="llama2-7b", config=other_alpha, gpu=GPU) is None
     assert store.lookup(model="llama2-7b", config=LORA, gpu="A100 SXM 80GB") is None
 
@@ -85,13 +121,14 @@ def test_lookup_matches_equivalent_spellings_only(tmp_path: Path) -> None:
 def test_missing_files_are_empty_and_bad_lines_say_where(tmp_path: Path) -> None:
     assert ProfileStore([tmp_path / "absent.jsonl"]).records() == []
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(to_jsonable(_record(peak=1.0))) + "\n{\"model\": 1}\n")
+    bad.write_text(json.dumps(to_jsonable(_record(peak=1.0))) + '\n{"model": 1}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2 is not a profile record"):
         ProfileStore([bad])
 
 
 def test_shipped_reference_set_is_found_by_the_default_store(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FTPLAN_CACHE_DIR", str(tmp_path))
     default_store.cache_clear()
     try:
@@ -103,8 +140,12 @@ def test_shipped_reference_set_is_found_by_the_default_store(
         assert found.step_time_s == pytest.approx(0.3938)
         assert found.provenance.device == "NVIDIA H100 80GB HBM3"
         assert ("bitsandbytes", "0.50.2") in found.provenance.versions
-        full_bf16 = TuningConfig(method=Method.FULL, precision="bf16",  # type: ignore[arg-type]
-                                 micro_batch_size=1, seq_len=2048)
+        full_bf16 = TuningConfig(
+            method=Method.FULL,
+            precision="bf16",  # type: ignore[arg-type]
+            micro_batch_size=1,
+            seq_len=2048,
+        )
         found = store.lookup(model="llama3.2-1b", config=full_bf16, gpu="H100 SXM 80GB")
         assert found is not None and found.peak_allocated_gib == pytest.approx(13.254)
         # The user's own records join the shipped ones and win when newer.
@@ -120,7 +161,8 @@ def test_shipped_reference_set_is_found_by_the_default_store(
 @pytest.mark.skipif(not REFERENCE.is_file(), reason=f"{REFERENCE} not present")
 def test_shipped_reference_file_is_reproducible(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location(
-        "import_reference", REPO / "benchmarks" / "import_reference_measurements.py")
+        "import_reference", REPO / "benchmarks" / "import_reference_measurements.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
