@@ -470,3 +470,9 @@ def test_source_rows_group_figures_by_provenance() -> None:
     rows = source_rows(make_plan(ranked=many, pareto=(), chosen=many[0], verdicts=()))
     assert [(r.source, r.count) for r in rows] == [("estimated", 6)]
     assert rows[0].figures.endswith("; +2 more") and rows[0].figures.count(";") == 4
+
+
+def test_plotly_js_slot_cannot_be_forged_by_plan_strings() -> None:
+    page = render_html(make_plan(model="/*plotly.js 00000000000000000000000000000000*/"))
+    rest = _without_plotly_js(page)
+    assert "ftplan plan: /*plotly.js 00000000000000000000000000000000*/" in rest
