@@ -1,7 +1,255 @@
-"""CLI commands: recommend (to be written)."""
+"""CLI command: ``ftplan recommend`` (flags -> RecommendRequest -> Plan -> table + reports).
+
+Never imports torch: the estimator is pure Python and optuna is imported inside the search.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import math
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from planner._types import Budget, Plan, QualityPolicy, Task, TokensSource
+
+EXIT_NO_PLAN = 1
+
+
+def _build_request(o: dict[str, Any]) -> Any:
+    """Resolve flags against the catalog into a RecommendRequest (raises ValueError/CatalogError
+    with close matches on bad input)."""
+    import catalog
+    from planner.cost import SpotAssumptions
+    from planner.recommend import (
+        DEFAULT_DATASET_TOKENS,
+        DEFAULT_EPOCHS,
+        DEFAULT_SEQ_LEN,
+        RecommendRequest,
+        count_dataset,
+    )
+
+    if not math.isfinite(o["budget"]) or o["budget"] <= 0:
+        raise ValueError(f"--budget must be a positive number of USD, got {o['budget']}")
+    if o["tokens"] is not None and o["dataset"] is not None:
+        raise ValueError("give either --tokens or --dataset, not both")
+    spec = catalog.get_model(o["model"])
+    tokens, source, longest = DEFAULT_DATASET_TOKENS, TokensSource.ASSUMED, None
+    if o["tokens"] is not None:
+        tokens, source = o["tokens"], TokensSource.GIVEN
+    elif o["dataset"] is not None:
+        stats = count_dataset(o["dataset"])
+        tokens, source, longest = stats.tokens, TokensSource.COUNTED, stats.longest_sample_tokens
+    seq_len = o["seq_len"] or DEFAULT_SEQ_LEN
+    if o["seq_len"] is None and longest is not None and longest > seq_len:
+        # Size the plan for the longest sample (rounded up to 256 tokens), within the model.
+        seq_len = min(spec.max_seq_len, math.ceil(longest / 256) * 256)
+    budget = Budget(max_usd=o["budget"], dataset_tokens=tokens,
+                    epochs=o["epochs"] if o["epochs"] is not None else DEFAULT_EPOCHS,
+                    tokens_source=source, max_hours=o["max_hours"], task=Task(o["task"]),
+                    quality=QualityPolicy(o["quality"]), longest_sample_tokens=longest)
+    gpus = [catalog.get_gpu(g) for g in o["gpu"]]
+    providers = [catalog.parse_provider(p) for p in o["provider"]] or None
+    offers = _offers(providers, gpus, o)
+    info = catalog.catalog_info()
+    warnings = tuple(w for w in [catalog.catalog_age_warning(info, date.today())] if w)
+    if seq_len > spec.max_seq_len:
+        warnings += (f"--seq-len {seq_len} exceeds {spec.name}'s context of "
+                     f"{spec.max_seq_len} tokens",)
+    gpu_by_name = {g.name: g for g in catalog.list_gpus()}
+    spot = SpotAssumptions(interruptions_per_hour=o["spot_interruptions_per_hour"],
+                           restart_minutes=o["spot_restart_minutes"])
+    return RecommendRequest(
+        spec=spec, budget=budget, offers=offers, seq_len=seq_len,
+        seq_len_given=o["seq_len"] is not None,
+        gpus={o_.gpu: gpu_by_name[o_.gpu] for o_ in offers}, spot=spot,
+        spot_allowed=o["spot"], seed=o["seed"], trials=o["trials"], storage=o["storage"],
+        catalog_as_of=f"{info.oldest_price_as_of}..{info.newest_price_as_of}",
+        catalog_source=info.offers_path,
+        warnings=warnings, ftplan_version=_version())
+
+
+def _offers(providers: list[Any] | None, gpus: list[Any], o: dict[str, Any]) -> tuple[Any, ...]:
+    import catalog
+    from catalog import Provider
+
+    offers: list[Any] = []
+    cloud = None if providers is None else [p for p in providers if p is not Provider.LOCAL]
+    if cloud is None or cloud:
+        offers += catalog.list_offers(providers=cloud, gpus=gpus or None,
+                                      include_spot=o["spot"])
+        if o["gpu_count"] is not None:
+            offers = [x for x in offers if x.gpu_count == o["gpu_count"]]
+    if providers is not None and Provider.LOCAL in providers:
+        if len(gpus) != 1:
+            raise ValueError("--provider local needs exactly one --gpu NAME (your card) and "
+                             "--gpu-count N")
+        offers.append(catalog.local_offer(gpu=gpus[0], gpu_count=o["gpu_count"] or 1,
+                                          usd_per_hour=o["usd_per_hour"] or 0.0))
+    elif o["usd_per_hour"] is not None:
+        raise ValueError("--usd-per-hour prices your own machine: use it with --provider local")
+    return tuple(offers)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ftplan")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _inputs_hash(o: dict[str, Any]) -> str:
+    keys = sorted(k for k in o if k not in ("out", "format", "quiet"))
+    return hashlib.sha256(repr([(k, o[k]) for k in keys]).encode()).hexdigest()[:8]
+
+
+def _write(plan: Plan, out_dir: Path, slug: str) -> Path:
+    """Reports (.md, .html, .json); the JSON alone if the report renderers are unavailable."""
+    try:
+        from planner.reports import write_reports
+    except ImportError:
+        from planner.plan_io import write_plan
+
+        return write_plan(plan, out_dir / f"{slug}.json")
+    return write_reports(plan, out_dir, slug=slug).json
+
+
+def _slug(model: str, budget: float, digest: str) -> str:
+    try:
+        from planner.reports import report_slug
+    except ImportError:
+        from planner.recommend import plan_slug
+
+        return plan_slug(model, budget, digest)
+    return report_slug(model, budget, digest)
+
+
+@click.command("recommend")
+@click.option("--model", required=True, help="Catalog name, HF id or path to a config.json.")
+@click.option("--budget", type=float, required=True, help="Most you will spend, USD.")
+@click.option("--tokens", type=click.IntRange(min=1), help="Dataset tokens per epoch.")
+@click.option("--dataset", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSONL dataset; tokens counted as characters ÷ 4 (no tokenizer).")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Default 3.")
+@click.option("--seq-len", type=click.IntRange(min=1), help="Tokens per sample (default 2048).")
+@click.option("--gpu", multiple=True, help="Limit to these GPUs (name or alias; repeatable).")
+@click.option("--gpu-count", type=click.IntRange(min=1), help="GPUs per machine.")
+@click.option("--provider", multiple=True,
+              help="aws, gcp, azure, lambda, runpod or local (repeatable; default all clouds).")
+@click.option("--usd-per-hour", type=click.FloatRange(min=0),
+              help="What an hour of your own machine costs (with --provider local).")
+@click.option("--max-hours", type=click.FloatRange(min=0, min_open=True), help="Deadline, h.")
+@click.option("--spot/--no-spot", default=False, help="Consider spot offers (default: no).")
+@click.option("--spot-interruptions-per-hour", type=click.FloatRange(min=0), default=0.1,
+              show_default=True, help="Assumed spot reclaims per instance-hour.")
+@click.option("--spot-restart-minutes", type=click.FloatRange(min=0), default=10.0,
+              show_default=True, help="Assumed minutes from a reclaim to training again.")
+@click.option("--task", type=click.Choice([t.value for t in Task]), default="sft",
+              show_default=True)
+@click.option("--quality", type=click.Choice([q.value for q in QualityPolicy]),
+              default="balanced", show_default=True, help="Quality risk you accept.")
+@click.option("--trials", type=click.IntRange(min=1),
+              help="optuna trials (default: every structural cell, exact).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--storage", help="optuna storage URL to store/resume the study, e.g. "
+              "sqlite:///study.db")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
+              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "md"]), default="table",
+              show_default=True)
+@click.option("--quiet", is_flag=True, help="Print only the chosen plan's line.")
+def recommend_command(**o: Any) -> None:
+    """Rank fine-tuning plans (method, rank, GPU offer, ...) that fit a budget.
+
+    \b
+    Example: ftplan recommend --model llama2-7b --budget 200
+    Exit codes: 0 plan found, 1 no feasible plan (report still written), 2 bad input.
+    """
+    request = _build_request(o)
+    plan = _plan(request)
+    path = _write(plan, o["out"], _slug(o["model"], o["budget"], _inputs_hash(o)))
+    render(plan, fmt=o["fmt"], quiet=o["quiet"], report=path)
+    if plan.chosen is None:
+        sys.exit(EXIT_NO_PLAN)
+
+
+def _plan(request: Any) -> Plan:
+    from planner.recommend import recommend
+    from profiler.estimator import estimate, memory_fits
+    from profiler.store import default_store
+
+    store = default_store()
+
+    def lookup(model: str, config: Any, gpu: str) -> Any:
+        return store.lookup(model=model, config=config, gpu=gpu)
+
+    return recommend(request, estimate=estimate, lookup=lookup, fits=memory_fits)
+
+
+def render(plan: Plan, *, fmt: str, quiet: bool, report: Path) -> None:
+    """Print the plan: one line (--quiet), JSON, markdown or rich tables."""
+    from planner.recommend import describe
+
+    if fmt == "json":
+        from planner.plan_io import plan_to_json
+
+        click.echo(plan_to_json(plan), nl=False)
+    elif quiet:
+        click.echo(describe(plan.chosen) if plan.chosen else
+                   "no feasible plan: " + "; ".join(plan.suggestions[:1]))
+    elif fmt == "md":
+        click.echo(report.with_suffix(".md").read_text(encoding="utf-8")
+                   if report.with_suffix(".md").is_file() else f"report: {report}")
+    else:
+        _render_table(plan, report)
+    if plan.chosen is None:
+        click.echo("error: no feasible plan. To fix: " + "; or ".join(plan.suggestions),
+                   err=True)
+
+
+def _render_table(plan: Plan, report: Path) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from planner.recommend import describe
+    from planner.search import with_nodes_label
+
+    console = Console(highlight=False, soft_wrap=True)
+    rows = plan.ranked or plan.near_misses
+    title = (f"ftplan: {plan.model}, budget ${plan.budget.max_usd:,.2f}" if plan.ranked
+             else f"ftplan: no feasible plan for {plan.model}; nearest misses")
+    table = Table(title=escape(title))
+    for name in ("#", "method", "rank", "targets", "precision", "batch", "ckpt", "GPUs",
+                 "offer", "kind", "hours", "USD", "VRAM GiB", "risk", "source"):
+        table.add_column(name, justify="right" if name in ("hours", "USD") else "left")
+    for i, c in enumerate(rows, start=1):
+        cfg, m = c.config, c.measurement
+        peak = m.peak_reserved_gib or m.peak_allocated_gib or 0.0
+        table.add_row(*(escape(cell) for cell in (
+            str(i), cfg.method.value, str(cfg.lora_rank or "-"), cfg.lora_targets or "-",
+            cfg.precision.value + (" 8bit-opt" if cfg.optimizer.value != "adamw" else ""),
+            f"{cfg.micro_batch_size}×{c.grad_accum_steps}", "yes" if cfg.grad_checkpointing
+            else "no", with_nodes_label(c), f"{c.offer.provider.value} {c.offer.instance_type}",
+            "spot" if c.offer.spot else "on-demand", f"{c.cost.hours:,.1f}",
+            f"${c.cost.usd:,.2f}", f"{peak:.1f}/{c.usable_memory_gib:.1f}",
+            c.risk_level.value, m.source.value)))
+    console.print(table)
+    if plan.chosen is not None:
+        console.print(f"[bold]Chosen:[/bold] {escape(describe(plan.chosen))}")
+    for verdict in plan.verdicts:
+        console.print(f"- {verdict.reason}", markup=False)
+    for warning in plan.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    console.print("Assumptions: " + "; ".join(plan.assumptions), markup=False)
+    console.print(f"Search: {plan.search.sampler}, {plan.search.trials} trials, "
+                  f"{plan.search.evaluated} estimates; prices {plan.search.catalog_as_of}")
+    console.print(f"Report: {report.with_suffix('.md')} (.html, .json)", markup=False)
+
+
+COMMANDS: list[click.Command] = [recommend_command]

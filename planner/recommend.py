@@ -1,0 +1,365 @@
+"""recommend: builds ftplan's answer (the Plan) from a request, the search and the verdicts.
+
+:func:`recommend` is pure apart from what it is given (offers, GPUs, the estimator and the
+profile store); :func:`count_dataset` is the one file reader, used by the CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from catalog import GPU, ModelSpec, Offer
+from planner._types import Budget, Candidate, MethodVerdict, Plan, SearchInfo, TokensSource
+from planner.cost import SpotAssumptions, StartupAssumptions
+from planner.quality import ACCEPTED_LEVELS, BITS_PER_TOKEN, LORA_BITS_PER_PARAM
+from planner.search import (
+    GLOBAL_BATCH_TARGET_TOKENS,
+    EstimateFn,
+    FitsFn,
+    LookupFn,
+    SearchProblem,
+    SearchResult,
+    SearchSpace,
+    default_fits,
+    search,
+    with_nodes_label,
+)
+from profiler import Method, Source
+
+# Default dataset when the user gives neither --tokens nor --dataset: 10M tokens per epoch, about
+# Alpaca-sized (52k instruction samples of ~200 tokens), trained for 3 epochs as in the Stanford
+# Alpaca recipe. Stated in every plan as an assumption.
+DEFAULT_DATASET_TOKENS = 10_000_000
+DEFAULT_EPOCHS = 3.0
+DEFAULT_SEQ_LEN = 2048
+# --dataset token count: ~4 characters per token for English text with BPE tokenizers (OpenAI's
+# tokenizer guidance; Llama/Mistral tokenizers land between 3.5 and 4.5). No tokenizer is loaded.
+CHARS_PER_TOKEN = 4.0
+RANKED_SIZE = 8
+PARETO_SIZE = 12
+METHOD_NAMES = {Method.FULL: "full FT", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatasetStats:
+    """Approximate size of a JSONL dataset: tokens (chars ÷ 4) in all samples and the longest."""
+
+    path: str
+    samples: int
+    tokens: int
+    longest_sample_tokens: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecommendRequest:
+    """Everything :func:`recommend` needs, resolved from flags and the catalog.
+
+    ``gpus`` maps each offer's GPU name to its :class:`GPU`; ``catalog_as_of`` is the date range of
+    the prices and ``catalog_source`` the offers file.
+    """
+
+    spec: ModelSpec
+    budget: Budget
+    offers: tuple[Offer, ...]
+    gpus: Mapping[str, GPU]
+    seq_len: int = DEFAULT_SEQ_LEN
+    seq_len_given: bool = False
+    space: SearchSpace = field(default_factory=SearchSpace)
+    spot: SpotAssumptions = field(default_factory=SpotAssumptions)
+    startup: StartupAssumptions = field(default_factory=StartupAssumptions)
+    spot_allowed: bool = False
+    seed: int = 0
+    trials: int | None = None
+    storage: str | None = None
+    catalog_as_of: str = ""
+    catalog_source: str = ""
+    warnings: tuple[str, ...] = ()
+    ftplan_version: str = "0"
+
+    def __post_init__(self) -> None:
+        if self.seq_len <= 0:
+            raise ValueError(f"--seq-len must be > 0, got {self.seq_len}")
+        if not self.offers:
+            raise ValueError(
+                "no GPU offers match the filters: widen --gpu/--provider/--gpu-count, or use "
+                "--provider local --gpu NAME --gpu-count N for your own machine"
+            )
+
+
+def count_dataset(path: str | Path) -> DatasetStats:
+    """Approximate tokens of a JSONL dataset without a tokenizer (characters ÷ 4).
+
+    Each line is one sample; the characters of every string value in it (any nesting, e.g.
+    chat ``messages``) are counted.
+
+    Raises:
+        ValueError: If the file cannot be read, is empty, or a line is not JSON (line number
+            given).
+    """
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"cannot read dataset {str(source)!r}: {reason}; pass a readable "
+                         "UTF-8 .jsonl file or --tokens N") from None
+    samples = tokens = longest = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"dataset {str(source)!r} line {number} is not JSON ({exc.msg}); "
+                             "each line must be one JSON object") from None
+        sample_tokens = math.ceil(_chars(record) / CHARS_PER_TOKEN)
+        samples += 1
+        tokens += sample_tokens
+        longest = max(longest, sample_tokens)
+    if not samples or not tokens:
+        raise ValueError(f"dataset {str(source)!r} has no text samples; pass --tokens N instead")
+    return DatasetStats(path=str(source), samples=samples, tokens=tokens,
+                        longest_sample_tokens=longest)
+
+
+def _chars(value: object) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_chars(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_chars(v) for v in value)
+    return 0
+
+
+def plan_slug(model: str, budget_usd: float, fingerprint: str) -> str:
+    """File-name-safe slug: model, budget and a short hash of the inputs (no '/', '<', ...)."""
+    safe = re.sub(r"[^a-z0-9.]+", "-", model.lower()).strip("-.")[:48] or "model"
+    digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:8]
+    return f"{safe}-{budget_usd:g}usd-{digest}".replace("+", "")
+
+
+def recommend(request: RecommendRequest, *, estimate: EstimateFn, lookup: LookupFn | None = None,
+              fits: FitsFn = default_fits) -> Plan:
+    """Search the space and build the Plan (``chosen`` is None when nothing is feasible).
+
+    Args:
+        request: The job, limits, offers and assumptions.
+        estimate: ``profiler.estimate`` (or a stand-in with its signature).
+        lookup: Stored-profile lookup ``(model, config, gpu) -> Measurement | None``.
+        fits: Memory-fit rule ``(peak_reserved_gib, gpu) -> bool``.
+
+    Returns:
+        The plan; when ``chosen`` is None, ``near_misses`` and ``suggestions`` say what would work.
+    """
+    problem = SearchProblem(spec=request.spec, budget=request.budget, seq_len=request.seq_len,
+                            offers=request.offers, gpus=request.gpus, space=request.space,
+                            spot=request.spot, startup=request.startup)
+    result = search(problem, estimate=estimate, lookup=lookup, fits=fits, seed=request.seed,
+                    trials=request.trials, storage=request.storage)
+    ranked = _distinct(result.feasible, RANKED_SIZE)
+    chosen = ranked[0] if ranked else None
+    near = () if chosen else _near_misses(result)
+    return Plan(
+        model=request.spec.name, model_hf_id=request.spec.hf_id, budget=request.budget,
+        chosen=chosen, ranked=ranked,
+        verdicts=tuple(_verdict(m, result, chosen, request) for m in request.space.methods),
+        pareto=pareto_front(result.feasible), assumptions=_assumptions(request),
+        search=SearchInfo(sampler=result.sampler, seed=request.seed, trials=result.trials,
+                          evaluated=result.evaluated, catalog_as_of=request.catalog_as_of,
+                          catalog_source=request.catalog_source, storage=request.storage),
+        ftplan_version=request.ftplan_version,
+        warnings=request.warnings + _plan_warnings(request, ranked),
+        near_misses=near, suggestions=() if chosen else _suggestions(result, request))
+
+
+def _distinct(candidates: tuple[Candidate, ...], size: int) -> tuple[Candidate, ...]:
+    """The best candidate per (method, GPU, GPUs per node, nodes, spot), best first."""
+    seen: set[tuple[object, ...]] = set()
+    out: list[Candidate] = []
+    for c in candidates:
+        key = (c.config.method, c.offer.gpu, c.offer.gpu_count, c.nodes, c.offer.spot)
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+        if len(out) == size:
+            break
+    return tuple(out)
+
+
+def pareto_front(candidates: tuple[Candidate, ...]) -> tuple[Candidate, ...]:
+    """Candidates no other beats on both USD and hours, cheapest first (at most 12)."""
+    front: list[Candidate] = []
+    best_hours = math.inf
+    for c in sorted(candidates, key=lambda c: (c.cost.usd, c.cost.hours, c.offer.key)):
+        if c.cost.hours < best_hours - 1e-9:
+            front.append(c)
+            best_hours = c.cost.hours
+    if len(front) > PARETO_SIZE:  # keep the ends and evenly spaced points between
+        step = (len(front) - 1) / (PARETO_SIZE - 1)
+        front = [front[round(i * step)] for i in range(PARETO_SIZE)]
+    return tuple(front)
+
+
+def describe(c: Candidate) -> str:
+    """One-line description of a candidate, e.g. for ``--quiet``."""
+    kind = "spot" if c.offer.spot else "on-demand"
+    peak = c.measurement.peak_reserved_gib or c.measurement.peak_allocated_gib or 0.0
+    return (f"{c.config.label()} on {with_nodes_label(c)} ({c.offer.provider.value} "
+            f"{c.offer.instance_type}, {kind}): ${c.cost.usd:,.2f}, {c.cost.hours:,.1f} h, "
+            f"{peak:.1f}/{c.usable_memory_gib:.1f} GiB per GPU ({c.measurement.source.value})")
+
+
+def _peak(c: Candidate) -> float:
+    return c.measurement.peak_reserved_gib or c.measurement.peak_allocated_gib or math.inf
+
+
+def _verdict(method: Method, result: SearchResult, chosen: Candidate | None,
+             request: RecommendRequest) -> MethodVerdict:
+    name = METHOD_NAMES[method]
+    mine = [c for c in result.candidates if c.config.method is method]
+    feasible = [c for c in mine if c.feasible]
+    budget = request.budget
+    if feasible:
+        best = feasible[0]
+        if chosen is not None and best is chosen:
+            return MethodVerdict(method=method, best=best,
+                                 reason=f"{name} wins: {describe(best)}.")
+        ratio = best.cost.usd / chosen.cost.usd if chosen and chosen.cost.usd > 0 else math.inf
+        extra = f", {ratio:.1f}× the chosen plan" if math.isfinite(ratio) else ""
+        return MethodVerdict(method=method, best=best, reason=(
+            f"{name} also works but costs ${best.cost.usd:,.2f}{extra}: {describe(best)}."))
+    fitting = [c for c in mine if c.fits and c.quality_accepted]
+    if fitting:
+        best = fitting[0]
+        misses = []
+        if not best.within_budget:
+            misses.append(f"{best.cost.usd / budget.max_usd:.1f}× the ${budget.max_usd:,.2f} "
+                          "budget")
+        if not best.within_deadline and budget.max_hours is not None:
+            misses.append(f"{best.cost.hours / budget.max_hours:.1f}× the "
+                          f"{budget.max_hours:g} h limit")
+        return MethodVerdict(method=method, best=best, reason=(
+            f"{name} at its cheapest needs {with_nodes_label(best)} ({_peak(best):.1f} GiB per "
+            f"GPU at b{best.config.micro_batch_size} s{best.config.seq_len}): "
+            f"${best.cost.usd:,.2f} and {best.cost.hours:,.1f} h on {best.offer.instance_type}, "
+            f"{' and '.join(misses) or 'over a limit'}."))
+    rejected = [c for c in mine if c.fits]
+    if rejected:
+        best = rejected[0]
+        risk = best.risks[0]  # assess_quality sorts the highest level first
+        return MethodVerdict(method=method, best=best, reason=(
+            f"{name} is rejected by --quality {budget.quality.value} ({risk.level.value} risk: "
+            f"{risk.message}); it would cost ${best.cost.usd:,.2f} on "
+            f"{with_nodes_label(best)}."))
+    return MethodVerdict(method=method, best=None, reason=_memory_reason(name, method, mine,
+                                                                         request))
+
+
+def _memory_reason(name: str, method: Method, mine: list[Candidate],
+                   request: RecommendRequest) -> str:
+    largest = max((g.usable_memory_gib for g in request.gpus.values()), default=0.0)
+    if mine:
+        smallest = min(mine, key=_peak)
+        return (f"{name} fits no offered GPU: at least {_peak(smallest):.1f} GiB per GPU "
+                f"(b{smallest.config.micro_batch_size} s{smallest.config.seq_len}"
+                f"{' ckpt' if smallest.config.grad_checkpointing else ''} on "
+                f"{with_nodes_label(smallest)}) vs {smallest.usable_memory_gib:.1f} GiB usable.")
+    spec = request.spec
+    per_param = {Method.FULL: 2.0, Method.LORA: 2.0, Method.QLORA: 0.52}[method]
+    weights = spec.param_count * per_param / 1024**3
+    where = "over all GPUs of the largest offer (FSDP)" if method is Method.FULL else "per GPU"
+    return (f"{name} fits no offered GPU: the weights alone need ≥ {weights:,.1f} GiB {where} "
+            f"(largest card here: {largest:.1f} GiB usable).")
+
+
+def _near_misses(result: SearchResult) -> tuple[Candidate, ...]:
+    """Closest candidates when nothing is feasible: fitting ones by USD, then by memory."""
+    fitting = [c for c in result.candidates if c.fits]
+    rest = sorted((c for c in result.candidates if not c.fits), key=lambda c: (_peak(c),
+                                                                               c.cost.usd))
+    return _distinct(tuple(fitting) + tuple(rest), 5)
+
+
+def _suggestions(result: SearchResult, request: RecommendRequest) -> tuple[str, ...]:
+    budget = request.budget
+    out: list[str] = []
+    ok = [c for c in result.candidates if c.fits and c.quality_accepted]
+    in_time = [c for c in ok if c.within_deadline]
+    if in_time:
+        c = in_time[0]
+        out.append(f"raise --budget to ${math.ceil(c.cost.usd):,} ({describe(c)})")
+    if budget.max_hours is not None and ok:
+        fastest = min(ok, key=lambda c: (c.cost.hours, c.cost.usd))
+        if not fastest.within_deadline or not in_time:
+            out.append(f"raise --max-hours to {math.ceil(fastest.cost.hours * 10) / 10:g} "
+                       f"(fastest: {describe(fastest)})")
+    rejected = [c for c in result.candidates if c.fits and not c.quality_accepted]
+    if rejected and (not ok or rejected[0].cost.usd < ok[0].cost.usd):
+        out.append(f"accept more quality risk (--quality cheapest): {describe(rejected[0])}")
+    if not request.spot_allowed:
+        out.append("allow spot offers with --spot (cheaper, with interruption overhead)")
+    if not ok:
+        out.append("fit in memory: use QLoRA, a shorter --seq-len, or more/larger GPUs "
+                   "(--gpu h100 --gpu h200, drop --gpu-count)")
+    return tuple(out)
+
+
+def _assumptions(request: RecommendRequest) -> tuple[str, ...]:
+    budget = request.budget
+    tokens = {TokensSource.GIVEN: "given with --tokens", TokensSource.COUNTED:
+              f"counted from --dataset at {CHARS_PER_TOKEN:g} characters per token",
+              TokensSource.ASSUMED: "ASSUMED (no --tokens/--dataset): an Alpaca-sized "
+              "instruction set"}[budget.tokens_source]
+    spot, start = request.spot, request.startup
+    out = [
+        f"dataset: {budget.dataset_tokens:,} tokens per epoch ({tokens}) × {budget.epochs:g} "
+        f"epoch(s) = {budget.total_tokens:,.0f} training tokens",
+        f"sequence length {request.seq_len} tokens"
+        + ("" if request.seq_len_given else " (default; set --seq-len)"),
+        f"gradient accumulation keeps ~{GLOBAL_BATCH_TARGET_TOKENS:,} tokens per optimizer step",
+        f"start-up: {start.provision_minutes:g} min provisioning (0 for local) + weights "
+        f"download at {start.download_gib_per_s:g} GiB/s, billed",
+        "memory fits when the per-GPU peak reserved memory leaves the profiler's headroom "
+        "free (5% of usable memory, at least 1 GiB)",
+        "speed and memory: stored profiles (measured/extrapolated) where they match, else the "
+        "analytic estimator",
+        f"quality: --task {budget.task.value}, --quality {budget.quality.value} accepts "
+        f"{'/'.join(r.value for r in ACCEPTED_LEVELS[budget.quality])} risk; LoRA capacity "
+        f"~{LORA_BITS_PER_PARAM:g} bits per trainable parameter vs "
+        f"{BITS_PER_TOKEN[budget.task]:g} bit per training token",
+        "multi-GPU: DDP for LoRA/QLoRA, FSDP full-shard for full FT; several nodes only on "
+        "offers that support them",
+    ]
+    if request.spot_allowed:
+        out.append(
+            f"spot: {spot.interruptions_per_hour:g} interruptions per instance-hour, "
+            f"{spot.restart_minutes:g} min to restart, checkpoints written at "
+            f"{spot.checkpoint_write_gib_per_s:g} GiB/s every Young-optimal interval; spot "
+            "plans require checkpointing")
+    else:
+        out.append("on-demand prices only (--spot to consider spot offers)")
+    return tuple(out)
+
+
+def _plan_warnings(request: RecommendRequest, ranked: tuple[Candidate, ...]) -> tuple[str, ...]:
+    out: list[str] = []
+    longest = request.budget.longest_sample_tokens
+    if longest is not None and longest > request.seq_len:
+        out.append(f"the longest sample has ~{longest:,} tokens but the plan uses --seq-len "
+                   f"{request.seq_len}: longer samples are truncated; raise --seq-len to size "
+                   "the plan for them")
+    stale = sorted({c.offer.instance_type for c in ranked if c.offer.stale})
+    if stale:
+        out.append(f"stale prices used ({', '.join(stale)}): run 'ftplan catalog refresh "
+                   "--provider aws'")
+    if ranked and ranked[0].measurement.source is Source.ESTIMATED:
+        out.append("the chosen plan's memory and speed are analytic estimates, not "
+                   "measurements: profile it with 'ftplan profile' before a long run")
+    return tuple(out)
