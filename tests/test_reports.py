@@ -476,3 +476,17 @@ def test_plotly_js_slot_cannot_be_forged_by_plan_strings() -> None:
     page = render_html(make_plan(model="/*plotly.js 00000000000000000000000000000000*/"))
     rest = _without_plotly_js(page)
     assert "ftplan plan: /*plotly.js 00000000000000000000000000000000*/" in rest
+
+
+def test_committed_example_plan_renders() -> None:
+    """The example in reports/examples/ is a real planner output: it must load and render."""
+    examples = sorted((Path(__file__).parent.parent / "reports" / "examples").glob("*.json"))
+    assert examples, "reports/examples/ holds no plan"
+    plan = read_plan(examples[0])
+    text = render_markdown(plan)
+    assert text.count("\n| ") >= len(plan.ranked)
+    rest = _without_plotly_js(render_html(plan))
+    assert rest.count("Plotly.newPlot(") == 2
+    if plan.ranked:
+        table = rest[rest.index('<table id="candidates">') :]
+        assert table[: table.index("</table>")].count("<tr") == 1 + len(plan.ranked)
