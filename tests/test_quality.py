@@ -1,0 +1,105 @@
+"""Quality rules: each risk, its level and its source, and what each --quality policy accepts."""
+
+from __future__ import annotations
+
+import pytest
+
+from catalog import get_model
+from planner import Budget, QualityPolicy, RiskLevel, Task, TokensSource
+from planner.quality import (
+    BIDERMAN_2024,
+    DETTMERS_2023,
+    SCHULMAN_2025,
+    ZAMIRAI_2020,
+    accepted,
+    assess_quality,
+    capacity_ratio,
+    max_level,
+    suggested_learning_rate,
+)
+from profiler import Method, Precision, TuningConfig
+
+SPEC = get_model("llama2-7b")
+
+
+def _budget(tokens: int = 10_000_000, task: Task = Task.SFT) -> Budget:
+    return Budget(max_usd=100.0, dataset_tokens=tokens, epochs=1.0,
+                  tokens_source=TokensSource.GIVEN, task=task)
+
+
+def _lora(rank: int = 16, targets: str = "all-linear",
+          method: Method = Method.LORA) -> TuningConfig:
+    return TuningConfig(method=method, lora_rank=rank, lora_targets=targets)
+
+
+def test_small_sft_on_all_linear_lora_is_low_risk() -> None:
+    risks = assess_quality(SPEC, _lora(), _budget())
+    assert max_level(risks) is RiskLevel.LOW
+    assert risks == ()
+
+
+def test_capacity_ratio_by_hand() -> None:
+    # r16 all-linear on llama2-7b: 39,976,960 params × 2 bits = 79.95M bits;
+    # 100M SFT tokens × 0.5 bit = 50M bits -> 62.5% of capacity.
+    ratio = capacity_ratio(SPEC, _lora(16), _budget(100_000_000))
+    assert ratio == pytest.approx(50e6 / (2 * 39_976_960))
+    risks = assess_quality(SPEC, _lora(16), _budget(100_000_000))
+    assert max_level(risks) is RiskLevel.MEDIUM
+    assert risks[0].source == SCHULMAN_2025
+    assert "63%" in risks[0].message
+
+
+def test_data_beyond_capacity_is_high_and_a_larger_rank_fixes_it() -> None:
+    budget = _budget(400_000_000)
+    assert max_level(assess_quality(SPEC, _lora(8), budget)) is RiskLevel.HIGH
+    assert max_level(assess_quality(SPEC, _lora(128), budget)) is RiskLevel.LOW
+
+
+def test_attention_only_targets_are_medium_risk() -> None:
+    risks = assess_quality(SPEC, _lora(64, "attention"), _budget())
+    assert [r.level for r in risks] == [RiskLevel.MEDIUM]
+    assert "MLP" in risks[0].message and risks[0].source == SCHULMAN_2025
+
+
+def test_continued_pretraining_with_lora() -> None:
+    medium = assess_quality(SPEC, _lora(128), _budget(50_000_000, Task.CPT))
+    assert any(r.source == BIDERMAN_2024 and r.level is RiskLevel.MEDIUM for r in medium)
+    high = assess_quality(SPEC, _lora(128), _budget(2_000_000_000, Task.CPT))
+    assert max_level(high) is RiskLevel.HIGH
+    full = assess_quality(SPEC, TuningConfig(method=Method.FULL), _budget(2_000_000_000, Task.CPT))
+    assert full == ()
+
+
+def test_rl_needs_little_capacity() -> None:
+    risks = assess_quality(SPEC, _lora(8), _budget(5_000_000_000, Task.RL))
+    assert max_level(risks) is RiskLevel.LOW
+    assert any("RL" in r.message for r in risks)
+
+
+def test_large_global_batch_is_a_lora_risk() -> None:
+    risks = assess_quality(SPEC, _lora(), _budget(), global_batch_tokens=4_194_304)
+    assert max_level(risks) is RiskLevel.MEDIUM
+    assert "batch" in risks[0].message
+
+
+def test_qlora_notes_dettmers_and_pure_bf16_full_ft_is_medium() -> None:
+    qlora = assess_quality(SPEC, _lora(method=Method.QLORA), _budget())
+    assert [(r.level, r.source) for r in qlora] == [(RiskLevel.LOW, DETTMERS_2023)]
+    bf16 = assess_quality(SPEC, TuningConfig(method=Method.FULL, precision=Precision.BF16),
+                          _budget())
+    assert [(r.level, r.source) for r in bf16] == [(RiskLevel.MEDIUM, ZAMIRAI_2020)]
+
+
+def test_policies_accept_levels() -> None:
+    medium = assess_quality(SPEC, _lora(64, "attention"), _budget())
+    high = assess_quality(SPEC, _lora(8), _budget(400_000_000))
+    assert not accepted(medium, QualityPolicy.STRICT)
+    assert accepted(medium, QualityPolicy.BALANCED)
+    assert not accepted(high, QualityPolicy.BALANCED)
+    assert accepted(high, QualityPolicy.CHEAPEST)
+    assert accepted((), QualityPolicy.STRICT)
+
+
+def test_lora_learning_rate_is_ten_times_full() -> None:
+    full = suggested_learning_rate(TuningConfig(method=Method.FULL))
+    assert suggested_learning_rate(_lora()) == pytest.approx(10 * full)
