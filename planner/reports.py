@@ -53,8 +53,8 @@ def report_slug(model: str, budget_usd: float, inputs_hash: str) -> str:
         inputs_hash: A hash of the recommend inputs (first 8 safe characters are used).
     """
     budget = f"{budget_usd:.2f}".rstrip("0").rstrip(".")
-    model_part = _sanitize(model)[:_SLUG_MAX_CHARS] or "model"
-    hash_part = _sanitize(inputs_hash)[:8]
+    model_part = _sanitize(model)[:_SLUG_MAX_CHARS].strip(".-_") or "model"
+    hash_part = _sanitize(inputs_hash)[:8].strip(".-_")
     parts = [model_part, f"{_sanitize(budget) or '0'}usd"] + ([hash_part] if hash_part else [])
     return "-".join(parts)
 

@@ -336,6 +336,8 @@ def test_report_slug(model: str, budget: float, inputs_hash: str, expected: str)
         "x\x00y",
         "名前 モデル",
         "A" * 500,
+        "a" * 99 + "-b",
+        "a" * 99 + ".b",
         "-rf ~",
     ],
 )
