@@ -140,7 +140,8 @@ def _chars(value: object) -> int:
 
 def plan_slug(model: str, budget_usd: float, fingerprint: str) -> str:
     """File-name-safe slug: model, budget and a short hash of the inputs (no '/', '<', ...)."""
-    safe = re.sub(r"[^a-z0-9.]+", "-", model.lower()).strip("-.")[:48] or "model"
+    safe = re.sub(r"[^a-z0-9.]+", "-", model.lower())
+    safe = re.sub(r"\.{2,}", ".", safe).strip("-.")[:48] or "model"
     digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:8]
     return f"{safe}-{budget_usd:g}usd-{digest}".replace("+", "")
 

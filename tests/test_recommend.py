@@ -1,0 +1,180 @@
+"""``ftplan recommend`` end to end on the shipped catalog, the analytic estimator and the stored
+profiles (CPU, offline), plus recommend() with the fake estimator of test_search."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from planner.cli import main
+from planner.recommend import count_dataset, plan_slug
+from profiler import Method
+
+
+def _invoke(*args: str, out: Path) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["recommend", *args, "--out", str(out)])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _json_plan(*args: str, out: Path) -> dict:  # type: ignore[type-arg]
+    code, stdout, stderr = _invoke(*args, "--format", "json", out=out)
+    assert code == 0, stderr
+    return json.loads(stdout)["plan"]  # type: ignore[no-any-return]
+
+
+def test_default_recommend_is_within_budget_and_writes_reports(tmp_path: Path) -> None:
+    plan = _json_plan("--model", "llama2-7b", "--budget", "200", out=tmp_path)
+    chosen = plan["chosen"]
+    assert chosen is not None
+    assert 0 < chosen["cost"]["usd"] <= 200
+    assert chosen["cost"]["usd"] == pytest.approx(
+        chosen["cost"]["hours"] * chosen["cost"]["usd_per_hour"])
+    assert chosen["measurement"]["peak_reserved_gib"] <= chosen["usable_memory_gib"]
+    assert {v["method"] for v in plan["verdicts"]} == {"full", "lora", "qlora"}
+    assert all("$" in v["reason"] for v in plan["verdicts"])
+    usd = [c["cost"]["usd"] for c in plan["ranked"]]
+    assert usd == sorted(usd)
+    assert any("ASSUMED" in a for a in plan["assumptions"])
+    assert plan["search"]["seed"] == 0 and plan["search"]["evaluated"] > 0
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".html", ".json", ".md"]
+
+
+def test_same_seed_gives_the_same_plan(tmp_path: Path) -> None:
+    args = ("--model", "llama3.2-1b", "--budget", "50", "--seed", "3")
+    assert _json_plan(*args, out=tmp_path) == _json_plan(*args, out=tmp_path)
+
+
+def test_70b_never_full_ft_on_one_80gb_gpu_and_states_memory(tmp_path: Path) -> None:
+    plan = _json_plan("--model", "llama2-70b", "--budget", "500", out=tmp_path)
+    shown = plan["ranked"] + plan["pareto"] + [v["best"] for v in plan["verdicts"] if v["best"]]
+    for c in shown:
+        if c["config"]["method"] == "full":
+            assert c["config"]["gpu_count"] > 1
+        peak = c["measurement"]["peak_reserved_gib"]
+        assert peak is not None and peak <= c["usable_memory_gib"]
+    assert plan["chosen"]["config"]["method"] == "qlora"
+
+
+def test_70b_full_ft_goes_multi_node_when_the_budget_allows(tmp_path: Path) -> None:
+    plan = _json_plan("--model", "llama2-70b", "--budget", "20000", "--gpu", "h100",
+                      "--gpu-count", "8", "--quality", "strict", "--tokens", "100000000",
+                      "--epochs", "1", out=tmp_path)
+    full = next(v for v in plan["verdicts"] if v["method"] == "full")
+    assert full["best"] is not None
+    assert full["best"]["nodes"] > 1
+    assert full["best"]["config"]["sharding"] == "fsdp-full-shard"
+    assert full["best"]["config"]["gpu_count"] == 8 * full["best"]["nodes"]
+
+
+def test_no_feasible_plan_exits_1_writes_report_and_says_what_works(tmp_path: Path) -> None:
+    code, stdout, stderr = _invoke("--model", "llama2-7b", "--budget", "0.05", out=tmp_path)
+    assert code == 1
+    assert "raise --budget to $" in stderr
+    assert "Traceback" not in stdout + stderr
+    (report,) = tmp_path.glob("*.json")
+    plan = json.loads(report.read_text())["plan"]
+    assert plan["chosen"] is None and plan["near_misses"] and plan["suggestions"]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("--model", "llama2-7b", "--budget", "-5"), "budget"),
+    (("--model", "llama2-7b", "--budget", "abc"), "abc"),
+    (("--model", "llama2-7", "--budget", "10"), "llama2-7b"),
+    (("--model", "<script>alert(1)</script>", "--budget", "10"), "model"),
+    (("--model", "llama2-7b", "--budget", "10", "--gpu", "h1000"), "h100"),
+    (("--model", "llama2-7b", "--budget", "10", "--provider", "awz"), "aws"),
+    (("--model", "llama2-7b", "--budget", "10", "--dataset", "/nonexistent.jsonl"),
+     "nonexistent"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: tuple[str, ...],
+                                         expected: str) -> None:
+    code, stdout, stderr = _invoke(*args, out=tmp_path)
+    assert code == 2
+    assert expected in stderr
+    assert "Traceback" not in stdout + stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_quiet_prints_one_line(tmp_path: Path) -> None:
+    code, stdout, _ = _invoke("--model", "llama2-7b", "--budget", "200", "--quiet", out=tmp_path)
+    assert code == 0
+    assert len(stdout.strip().splitlines()) == 1
+    assert "$" in stdout and "GiB per GPU" in stdout
+
+
+def test_dataset_is_counted_and_sizes_the_sequence(tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    rows = [{"messages": [{"role": "user", "content": "x" * 400}]}] * 9
+    rows.append({"text": "y" * 12_000})  # 3,000 tokens: longer than the 2048 default
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    stats = count_dataset(data)
+    assert stats.samples == 10
+    assert stats.tokens == 9 * math.ceil(404 / 4) + 3000
+    assert stats.longest_sample_tokens == 3000
+    plan = _json_plan("--model", "llama3.2-1b", "--budget", "50", "--dataset", str(data),
+                      out=tmp_path / "r")
+    assert plan["budget"]["tokens_source"] == "counted"
+    assert plan["budget"]["longest_sample_tokens"] == 3000
+    assert plan["chosen"]["config"]["seq_len"] == 3072
+
+
+def test_seq_len_shorter_than_the_longest_sample_warns(tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"text": "z" * 20_000}) + "\n")
+    plan = _json_plan("--model", "llama3.2-1b", "--budget", "50", "--dataset", str(data),
+                      "--seq-len", "1024", out=tmp_path / "r")
+    assert any("longest sample" in w for w in plan["warnings"])
+
+
+def test_bad_dataset_line_is_a_clear_error(tmp_path: Path) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"text": "ok"}\nnot json\n')
+    code, _, stderr = _invoke("--model", "llama2-7b", "--budget", "10", "--dataset", str(data),
+                              out=tmp_path / "r")
+    assert code == 2 and "line 2" in stderr
+
+
+def test_spot_plans_carry_a_checkpoint_interval(tmp_path: Path) -> None:
+    plan = _json_plan("--model", "llama2-7b", "--budget", "200", "--spot", out=tmp_path)
+    spot = [c for c in plan["ranked"] if c["offer"]["spot"]]
+    assert spot
+    for c in spot:
+        assert c["cost"]["checkpoint_interval_minutes"] > 0
+        assert c["cost"]["spot_overhead_hours"] > 0
+    assert any("interruptions per instance-hour" in a for a in plan["assumptions"])
+
+
+def test_local_offer_is_free_when_no_price_is_given(tmp_path: Path) -> None:
+    plan = _json_plan("--model", "llama3.2-1b", "--budget", "1", "--provider", "local",
+                      "--gpu", "rtx4090", "--gpu-count", "1", out=tmp_path)
+    assert plan["chosen"]["offer"]["provider"] == "local"
+    assert plan["chosen"]["cost"]["usd"] == 0.0
+
+
+def test_slug_is_safe_for_hostile_names() -> None:
+    slug = plan_slug("<script>/../x", 200.0, "abc")
+    assert "/" not in slug and "<" not in slug and ".." not in slug
+
+
+def test_recommend_with_fake_estimator_explains_losing_methods() -> None:
+    from test_search import GPUS, OFFERS, SPEC, fake_estimate, fits_usable
+
+    from planner import Budget, TokensSource
+    from planner.recommend import RecommendRequest, recommend
+
+    budget = Budget(max_usd=3.0, dataset_tokens=30_000_000, epochs=1.0,
+                    tokens_source=TokensSource.GIVEN)
+    plan = recommend(RecommendRequest(spec=SPEC, budget=budget, offers=OFFERS, gpus=GPUS),
+                     estimate=fake_estimate, fits=fits_usable)
+    assert plan.chosen is not None and plan.chosen.cost.usd <= 3.0
+    verdicts = {v.method: v for v in plan.verdicts}
+    assert verdicts[plan.chosen.config.method].reason.endswith(".")
+    full = verdicts[Method.FULL]
+    assert full.best is not None and not full.best.within_budget
+    assert "× the $3.00 budget" in full.reason
+    hours = [c.cost.hours for c in plan.pareto]
+    assert hours == sorted(hours, reverse=True)
