@@ -1,0 +1,420 @@
+"""Analytic estimator: peak GPU memory and step time of a training config, without a GPU.
+
+Pure Python (no torch, no numpy) and fast (the planner calls it thousands of times per
+``ftplan recommend``). Memory is counted tensor by tensor for the recipes in DESIGN.md (weights,
+gradients, AdamW states, activations after Korthikanti et al. 2022, the logits/cross-entropy chain,
+allocator overhead) and the peak is the maximum of two phases (forward/backward and optimizer
+step). Time is FLOPs at a fitted efficiency plus fixed per-layer costs and memory-bound terms,
+with the few free parameters taken from a :class:`~profiler.calibration.Calibration`.
+docs/estimator.md derives each term and gives its validation against real H100 runs.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from profiler._types import (
+    ATTENTION_MODULES,
+    Measurement,
+    MemoryBreakdown,
+    Method,
+    OptimizerKind,
+    Precision,
+    Provenance,
+    Sharding,
+    Source,
+    Status,
+    TuningConfig,
+    resolve_targets,
+)
+from profiler.calibration import Calibration, calibration_for
+
+if TYPE_CHECKING:
+    from catalog import GPU, ModelSpec
+
+GIB = 1024**3
+
+# Fraction of usable memory kept free for what max_memory_reserved does not see: the CUDA context
+# (0.75 GiB measured on the H100 reference runs as device_used - peak_reserved), NCCL buffers and
+# allocator growth between steps. memory_fits keeps at least MIN_HEADROOM_GIB free.
+HEADROOM = 0.05
+MIN_HEADROOM_GIB = 1.0
+
+# NF4 with double quantization: 4 bits per weight + one 8-bit absmax per 64-weight block + one
+# fp32 second-level absmax per 256 blocks (Dettmers et al. 2023, QLoRA, section 3):
+# 0.5 + 1/64 + 4/(64*256) bytes per parameter.
+NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
+
+# Bytes per token per vocabulary entry at the cross-entropy peak: bf16 logits (2, kept by the
+# model output) + fp32 log-softmax output saved for backward (4) + its fp32 gradient (4) + the
+# bf16 gradient cast back for the lm_head (2). Matches the H100 reference runs with gradient
+# checkpointing (where this chain dominates) within 2%.
+LOGITS_BYTES_PER_TOKEN_VOCAB = 12.0
+
+# Activation bytes saved per token per decoder layer, as coefficients on hidden (h), query width
+# (q = heads*head_dim), key/value width (kv) and MLP width (i), for bf16 activations. Counted per
+# saved tensor for HF Llama-style layers with PyTorch SDPA (no s^2 term): q, k, v and the
+# attention output saved by SDPA and the o_proj input copy (6q + 4kv); gate, up, SiLU output and
+# their product in the gated MLP (8i); RMSNorm saves its fp32 upcast and its bf16 output (the
+# h term, larger when the residual stream is fp32: full bf16-mixed and QLoRA after
+# prepare_model_for_kbit_training). QLoRA's Linear4bit returns the input dtype, so part of the
+# MLP chain is fp32 (+5.5i). Reconciled with the 24 H100 reference runs (docs/estimator.md).
+_H_COEF = {("full", True): 25.0, ("full", False): 14.5, ("lora", False): 18.0,
+           ("qlora", False): 18.0}
+_Q_COEF = 6.0
+_KV_COEF = 4.0
+_I_COEF = {"full": 8.0, "lora": 8.0, "qlora": 13.5}
+
+# Allocated memory no tensor formula covers (cuBLAS workspaces, RoPE caches, small buffers):
+# 0.06 GiB, the mean gap between static memory and the weight count on the bf16 reference rows.
+ALLOCATOR_OVERHEAD_GIB = 0.06
+
+# Multi-GPU communication: NCCL reaches ~70% of link peak as bus bandwidth on large messages
+# (nccl-tests all_reduce_perf on NVLink/InfiniBand); half of the communication is assumed hidden
+# behind compute (FSDP prefetch, DDP bucketed all-reduce during backward).
+COMM_EFFICIENCY = 0.7
+COMM_OVERLAP = 0.5
+
+# Optimizer step traffic, bytes per trainable parameter: torch AdamW (foreach) reads param, grad,
+# exp_avg, exp_avg_sq, writes param and both states, and writes and reads one temporary
+# (sqrt(exp_avg_sq)): 9 tensor passes of the state dtype. 8-bit AdamW (bitsandbytes, fused):
+# param r/w, grad read and two 1-byte states r/w.
+_OPT_PASSES = 9
+
+
+@dataclass(frozen=True, slots=True)
+class _SpecTerms:
+    """Per-model quantities that do not depend on the config (cached)."""
+
+    linear_params: int  # all decoder-layer linear weights, all experts
+    active_linear_params: int  # linear weights one token passes through (experts_per_token)
+    other_params: int  # embeddings, head, norms, biases
+    layer_params: int  # one decoder layer's linear weights (FSDP unit)
+    head_params: int  # vocab x hidden
+
+
+@functools.lru_cache(maxsize=512)
+def _spec_terms(spec: ModelSpec) -> _SpecTerms:
+    shapes = spec.linear_shapes()
+    attn = sum(a * b for n, (a, b) in shapes.items() if n in ATTENTION_MODULES)
+    mlp = sum(a * b for n, (a, b) in shapes.items() if n not in ATTENTION_MODULES)
+    layer = attn + mlp * spec.num_experts
+    linear = layer * spec.num_layers
+    return _SpecTerms(
+        linear_params=linear,
+        active_linear_params=(attn + mlp * spec.experts_per_token) * spec.num_layers,
+        other_params=max(spec.param_count - linear, spec.embedding_params()),
+        layer_params=layer,
+        head_params=spec.vocab_size * spec.hidden_size,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def lora_params(spec: ModelSpec, rank: int, targets: str) -> int:
+    """Trainable LoRA parameters: ``rank × (in + out)`` per adapted linear, all layers and experts.
+
+    Args:
+        spec: Model architecture.
+        rank: LoRA rank r.
+        targets: ``all-linear``, ``attention`` or a comma-separated module list.
+    """
+    per_layer = 0
+    for name, (fan_in, fan_out) in spec.linear_shapes().items():
+        if name in resolve_targets(targets):
+            copies = 1 if name in ATTENTION_MODULES else spec.num_experts
+            per_layer += rank * (fan_in + fan_out) * copies
+    return per_layer * spec.num_layers
+
+
+def trainable_params(spec: ModelSpec, config: TuningConfig) -> int:
+    """Parameters the optimizer updates: all for full FT, the adapters for LoRA/QLoRA."""
+    if config.method is Method.FULL:
+        return spec.param_count
+    assert config.lora_rank is not None and config.lora_targets is not None
+    return lora_params(spec, config.lora_rank, config.lora_targets)
+
+
+def _shard_divisor(config: TuningConfig) -> int:
+    return config.gpu_count if config.sharding is Sharding.FSDP else 1
+
+
+def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, float]:
+    """Memory components of one config per GPU, GiB, before calibration scaling.
+
+    Keys: ``weights_gib``, ``gradients_gib``, ``optimizer_gib``, ``autocast_cache_gib``,
+    ``optimizer_temp_gib``, ``activations_gib``, ``logits_gib`` (activations and logits at the
+    forward/backward peak), ``dynamic_gib`` (their sum, the part a calibration scales),
+    ``fb_static_gib`` (what is resident during forward/backward besides ``dynamic_gib``) and
+    ``optimizer_step_gib`` (the optimizer-step phase peak).
+    """
+    t = _spec_terms(spec)
+    method = config.method
+    trainable = trainable_params(spec, config)
+    shard = _shard_divisor(config)
+    full_mixed = method is Method.FULL and config.precision is not Precision.BF16
+    if method is Method.FULL:
+        weight_bytes = spec.param_count * (4 if full_mixed else 2)
+        state_bytes_each = 4 if full_mixed else 2
+    elif method is Method.LORA:
+        weight_bytes = spec.param_count * 2 + trainable * 4  # bf16 base, fp32 adapters (PEFT)
+        state_bytes_each = 4
+    else:  # QLoRA: NF4 linears, fp32 non-quantized params (prepare_model_for_kbit_training)
+        weight_bytes = (t.linear_params * NF4_BYTES_PER_PARAM + t.other_params * 4
+                        + trainable * 4)
+        state_bytes_each = 4
+    grad_bytes = trainable * state_bytes_each
+    if config.optimizer is OptimizerKind.ADAMW:
+        state_bytes = trainable * 2 * state_bytes_each
+        temp_bytes = trainable * state_bytes_each  # foreach sqrt(exp_avg_sq) temporary
+    else:  # bitsandbytes 8-bit AdamW: two 1-byte states, fused update without temporaries
+        state_bytes = trainable * 2
+        temp_bytes = 0
+    # Autocast keeps a bf16 copy of every fp32 weight that requires grad until it exits.
+    cache_bytes = spec.param_count * 2 if full_mixed else 0
+    weight_bytes /= shard
+    grad_bytes /= shard
+    state_bytes /= shard
+    temp_bytes /= shard
+    cache_bytes /= shard
+    extra_bytes = 0.0
+    if config.sharding is Sharding.FSDP:
+        # Unsharded working set: the current and the prefetched unit in 16-bit (the embedding or
+        # head when larger than a layer) plus one unit's unsharded gradients.
+        unit = max(t.layer_params, t.head_params)
+        unit_grads = t.layer_params * state_bytes_each if method is Method.FULL else 0
+        extra_bytes = 2 * unit * 2 + unit_grads
+    elif config.sharding is Sharding.DDP:
+        extra_bytes = grad_bytes  # DDP's gradient buckets are a second copy of the gradients
+
+    tokens = config.micro_batch_size * config.seq_len
+    h_coef = _H_COEF[(method.value, full_mixed) if method is Method.FULL else (method.value,
+                                                                             False)]
+    mlp_width = spec.intermediate_size * spec.experts_per_token
+    layer_bytes_per_token = (h_coef * spec.hidden_size + _Q_COEF * spec.q_dim
+                             + _KV_COEF * spec.kv_dim + _I_COEF[method.value] * mlp_width)
+    logits = LOGITS_BYTES_PER_TOKEN_VOCAB * tokens * spec.vocab_size
+    if method is Method.QLORA:
+        logits += 2 * t.head_params  # the fp32 head is cast to bf16 (uncached: frozen weight)
+    if config.grad_checkpointing:
+        residual_bytes = 4 if (full_mixed or method is Method.QLORA) else 2
+        saved = spec.num_layers * tokens * residual_bytes * spec.hidden_size
+        recompute = tokens * layer_bytes_per_token
+        activations = saved + max(0.0, recompute - logits)
+    else:
+        activations = spec.num_layers * tokens * layer_bytes_per_token
+    overhead = ALLOCATOR_OVERHEAD_GIB * GIB + extra_bytes
+    dynamic = activations + logits
+    fb_static = weight_bytes + cache_bytes + state_bytes + overhead
+    opt_step = weight_bytes + grad_bytes + state_bytes + temp_bytes + overhead
+    return {
+        "weights_gib": weight_bytes / GIB,
+        "gradients_gib": grad_bytes / GIB,
+        "optimizer_gib": state_bytes / GIB,
+        "autocast_cache_gib": cache_bytes / GIB,
+        "optimizer_temp_gib": temp_bytes / GIB,
+        "activations_gib": activations / GIB,
+        "logits_gib": logits / GIB,
+        "overhead_gib": overhead / GIB,
+        "dynamic_gib": dynamic / GIB,
+        "fb_static_gib": fb_static / GIB,
+        "fb_end_gib": (fb_static + grad_bytes) / GIB,
+        "optimizer_step_gib": opt_step / GIB,
+        "layer_bytes_per_token": layer_bytes_per_token,
+    }
+
+
+def _passes(config: TuningConfig) -> int:
+    """Passes over the decoder layers per step: forward, backward, and a recompute with ckpt."""
+    return 3 if config.grad_checkpointing else 2
+
+
+def _step_flops(spec: ModelSpec, config: TuningConfig) -> float:
+    """Model FLOPs of one step per GPU (matmuls and attention; elementwise work is timed apart).
+
+    Forward linears cost 2 FLOPs per weight per token; backward costs 2× forward when weights are
+    trained (input and weight gradients) and 1× when frozen (input gradients only; LoRA/QLoRA),
+    plus 6 FLOPs per adapter parameter per token. Causal SDPA attention costs 2·b·s²·q per layer
+    forward (QKᵀ and AV at half of 4·b·s²·q thanks to the causal mask) and 2× that backward.
+    Gradient checkpointing re-runs the decoder layers' forward.
+    """
+    t = _spec_terms(spec)
+    tokens = config.micro_batch_size * config.seq_len
+    layers_fwd = 2.0 * tokens * t.active_linear_params
+    head_fwd = 2.0 * tokens * t.head_params
+    attn_fwd = (2.0 * config.micro_batch_size * config.seq_len * config.seq_len * spec.q_dim
+                * spec.num_layers)
+    if config.method is Method.FULL:
+        flops = 3.0 * (layers_fwd + head_fwd)
+    else:
+        flops = 2.0 * (layers_fwd + head_fwd) + 6.0 * tokens * trainable_params(spec, config)
+    flops += 3.0 * attn_fwd
+    if config.grad_checkpointing:
+        flops += layers_fwd + attn_fwd
+    return flops
+
+
+def time_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU, *,
+               calibration: Calibration) -> dict[str, float]:
+    """The step-time features of one config on one GPU, before the fitted coefficients.
+
+    Keys: ``compute_s_at_peak`` (model FLOPs at the GPU's dense peak, s), ``layer_passes``
+    (decoder layers × passes), ``elementwise_s`` (activation bytes once per pass plus the logits
+    chain, at peak bandwidth, s), ``dequant_s`` (seconds per byte-per-NF4-parameter
+    dequantization traffic over all passes) and ``optimizer_s`` (the optimizer step at the
+    calibration's bandwidth efficiency, s). Per GPU; FSDP divides the optimizer work by n.
+    """
+    bandwidth_bytes_per_s = gpu.memory_bandwidth_tbps * 1e12
+    passes = _passes(config)
+    tokens = config.micro_batch_size * config.seq_len
+    terms = memory_terms(spec, config, gpu)
+    # Decoder-layer activations once per pass, plus the logits/cross-entropy chain once.
+    elementwise_bytes = (passes * spec.num_layers * tokens * terms["layer_bytes_per_token"]
+                         + terms["logits_gib"] * GIB)
+    state_bytes = 1 if config.optimizer is not OptimizerKind.ADAMW else (
+        2 if config.method is Method.FULL and config.precision is Precision.BF16 else 4)
+    trainable = trainable_params(spec, config) / _shard_divisor(config)
+    opt_bytes = trainable * (_OPT_PASSES * state_bytes if state_bytes > 1 else 16)
+    dequant = 0.0
+    if config.method is Method.QLORA:
+        dequant = _spec_terms(spec).linear_params * passes / bandwidth_bytes_per_s
+    return {
+        "compute_s_at_peak": _step_flops(spec, config) / (gpu.matmul_tflops * 1e12),
+        "layer_passes": float(spec.num_layers * passes),
+        "elementwise_s": elementwise_bytes / bandwidth_bytes_per_s,
+        "dequant_s": dequant,
+        "optimizer_s": opt_bytes / (bandwidth_bytes_per_s
+                                    * calibration.optimizer_bandwidth_efficiency),
+    }
+
+
+def _communication_s(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: int,
+                     inter_node_gbps: float) -> float:
+    """Seconds of collective communication per step (before overlap with compute).
+
+    DDP all-reduces the trainable gradients (ring: 2·(n−1)/n of their bytes per GPU). FSDP
+    full-shard all-gathers the 16-bit parameters in forward and again in backward and
+    reduce-scatters the gradients: about 3× the parameter bytes × (n−1)/n per GPU. Bandwidth is
+    the GPU's intra-node link (GB/s) on one node; over several nodes each GPU gets its share of
+    the node's network bandwidth (``inter_node_gbps`` / GPUs per node), the ring's slowest hop.
+    """
+    n = config.gpu_count
+    if n == 1:
+        return 0.0
+    if nodes > 1:
+        if inter_node_gbps <= 0:
+            raise ValueError(
+                f"{nodes} nodes need the network bandwidth between them: inter_node_gbps must be "
+                f"> 0, got {inter_node_gbps}. To fix: use an offer with inter_node_gbps set")
+        link_gbps = min(gpu.intra_node_gbps or inter_node_gbps,
+                        inter_node_gbps / max(1, n // nodes))
+    else:
+        link_gbps = gpu.intra_node_gbps
+    if link_gbps <= 0:
+        raise ValueError(f"{gpu.name} has no GPU-to-GPU link in the catalog (intra_node_gbps=0); "
+                         f"{n} GPUs cannot be estimated. To fix: use one GPU per node")
+    bytes_per_s = link_gbps * 1e9 * COMM_EFFICIENCY
+    fraction = (n - 1) / n
+    if config.sharding is Sharding.FSDP:
+        grad_bytes = 2 if config.method is Method.FULL else 0
+        volume = spec.param_count * (2 + 2 + grad_bytes) * fraction
+        if config.method is not Method.FULL:
+            volume += trainable_params(spec, config) * 4 * fraction
+    else:
+        grad_bytes_each = (2 if config.method is Method.FULL
+                           and config.precision is Precision.BF16 else 4)
+        volume = 2 * fraction * trainable_params(spec, config) * grad_bytes_each
+    return volume / bytes_per_s
+
+
+@functools.lru_cache(maxsize=64)
+def _provenance(calibration: Calibration) -> Provenance:
+    fitted = (f"calibration {calibration.gpu} fitted on {calibration.fit_inputs} runs "
+              f"({calibration.provenance.device}, {calibration.provenance.date})"
+              if calibration.fit_inputs else "first-principles defaults, no calibration")
+    return Provenance(device="none (analytic)", date="", method="analytic estimator",
+                      notes=fitted)
+
+
+def estimate(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: int = 1,
+             inter_node_gbps: float = 0.0,
+             calibration: Calibration | None = None) -> Measurement:
+    """Estimate peak memory per GPU and step time of a training config, analytically.
+
+    Args:
+        spec: Model architecture.
+        config: Training config (per-GPU micro-batch and sequence length, GPU count, sharding).
+        gpu: The GPU model (all GPUs alike).
+        nodes: Machines the ``config.gpu_count`` GPUs are spread over.
+        inter_node_gbps: Network bandwidth between nodes, GB/s per node (used when nodes > 1).
+        calibration: Fitted parameters; ``None`` uses :func:`calibration_for` (the GPU's own fit,
+            else the H100 fit with this GPU's FLOP/s and bandwidth).
+
+    Returns:
+        A Measurement with ``source=estimated``: peak allocated and reserved GiB per GPU (the
+        maximum of the forward/backward and optimizer-step phases, both in ``phase_peaks_gib``),
+        step time in seconds, tokens/s over all GPUs, parameter counts and a breakdown.
+
+    Raises:
+        ValueError: For bf16 on a GPU without bf16, or several nodes without a bandwidth.
+    """
+    if config.precision is not Precision.FP16_MIXED and not gpu.bf16_supported:
+        raise ValueError(
+            f"{gpu.name} has no bf16; precision={config.precision.value} cannot run on it. "
+            f"To fix: use precision fp16-mixed")
+    cal = calibration if calibration is not None else calibration_for(gpu)
+    mem = memory_terms(spec, config, gpu)
+    scaled_dynamic = mem["dynamic_gib"] * cal.activation_scale
+    fb_peak = mem["fb_static_gib"] + max(scaled_dynamic, mem["gradients_gib"])
+    opt_peak = mem["optimizer_step_gib"]
+    peak = max(fb_peak, opt_peak)
+    if fb_peak >= opt_peak:
+        breakdown = MemoryBreakdown(
+            weights_gib=mem["weights_gib"] + mem["autocast_cache_gib"],
+            gradients_gib=max(0.0, mem["gradients_gib"] - scaled_dynamic),
+            optimizer_gib=mem["optimizer_gib"],
+            activations_gib=mem["activations_gib"] * cal.activation_scale,
+            logits_gib=mem["logits_gib"] * cal.activation_scale,
+            overhead_gib=mem["overhead_gib"])
+    else:
+        breakdown = MemoryBreakdown(
+            weights_gib=mem["weights_gib"], gradients_gib=mem["gradients_gib"],
+            optimizer_gib=mem["optimizer_gib"] + mem["optimizer_temp_gib"],
+            activations_gib=0.0, logits_gib=0.0, overhead_gib=mem["overhead_gib"])
+
+    tt = time_terms(spec, config, gpu, calibration=cal)
+    compute_s = (tt["compute_s_at_peak"] / cal.compute_efficiency
+                 + tt["layer_passes"] * cal.layer_pass_overhead_s
+                 + tt["elementwise_s"] * cal.elementwise_traffic_factor
+                 + tt["dequant_s"] * cal.dequant_bytes_per_param
+                 + tt["optimizer_s"])
+    comm_s = _communication_s(spec, config, gpu, nodes=nodes, inter_node_gbps=inter_node_gbps)
+    step_s = compute_s + comm_s - COMM_OVERLAP * min(compute_s, comm_s)
+    tokens = config.micro_batch_size * config.seq_len
+    trainable = trainable_params(spec, config)
+    return Measurement(
+        model=spec.name, gpu=gpu.name, config=config, status=Status.OK,
+        source=Source.ESTIMATED, provenance=_provenance(cal),
+        peak_allocated_gib=peak, peak_reserved_gib=peak * cal.reserved_ratio,
+        step_time_s=step_s, tokens_per_s=tokens * config.gpu_count / step_s,
+        trainable_params=trainable,
+        total_params=spec.param_count + (0 if config.method is Method.FULL else trainable),
+        breakdown=breakdown,
+        phase_peaks_gib=(("forward_backward", fb_peak), ("optimizer_step", opt_peak)),
+    )
+
+
+def usable_after_headroom_gib(gpu: GPU) -> float:
+    """GiB a config may reserve on ``gpu``: usable memory minus :data:`HEADROOM` (at least
+    :data:`MIN_HEADROOM_GIB`)."""
+    return gpu.usable_memory_gib - max(HEADROOM * gpu.usable_memory_gib, MIN_HEADROOM_GIB)
+
+
+def memory_fits(peak_reserved_gib: float, gpu: GPU) -> bool:
+    """Whether a config with this peak reserved memory (GiB per GPU) fits on ``gpu``.
+
+    Keeps :data:`HEADROOM` (5%) of the usable memory free, and at least 1 GiB, for the CUDA
+    context and allocator growth that ``max_memory_reserved`` does not count.
+    """
+    return peak_reserved_gib <= usable_after_headroom_gib(gpu)
