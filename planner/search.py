@@ -524,7 +524,7 @@ def search(problem: SearchProblem, *, estimate: EstimateFn, lookup: LookupFn | N
         n_trials = len(todo)
     else:
         _warm_start(study, cells, names, done)
-        n_trials = max(0, trials - len(finished))
+        n_trials = max(0, (trials or 0) - len(finished))
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         if exact:  # an int index: a 300-way categorical costs optuna ms per trial to compare
