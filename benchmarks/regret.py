@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import catalog
 from planner import Budget, QualityPolicy, TokensSource
 from planner.search import Evaluator, SearchProblem, SearchSpace, exhaustive_search, search
-from profiler import Method
+from profiler import Measurement, Method, TuningConfig
 from profiler.estimator import estimate, memory_fits
 from profiler.store import default_store
 
@@ -79,8 +79,8 @@ def run(s: Scenario) -> dict[str, object]:
     problem = build_problem(s)
     store = default_store()
 
-    def lookup(model: str, config: object, gpu: str) -> object:
-        return store.lookup(model=model, config=config, gpu=gpu)  # type: ignore[arg-type]
+    def lookup(model: str, config: TuningConfig, gpu: str) -> Measurement | None:
+        return store.lookup(model=model, config=config, gpu=gpu)
 
     t0 = time.perf_counter()
     fast = search(problem, estimate=estimate, lookup=lookup, fits=memory_fits, seed=0)

@@ -17,6 +17,10 @@ from planner._types import (
     Task,
     TokensSource,
 )
+from planner.cost import SpotAssumptions, StartupAssumptions, estimate_cost
+from planner.quality import assess_quality
+from planner.recommend import RecommendRequest, recommend
+from planner.search import SearchProblem, SearchSpace, exhaustive_search, search
 
 __all__ = [
     "Budget",
@@ -27,8 +31,18 @@ __all__ = [
     "Plan",
     "QualityPolicy",
     "QualityRisk",
+    "RecommendRequest",
     "RiskLevel",
     "SearchInfo",
+    "SearchProblem",
+    "SearchSpace",
+    "SpotAssumptions",
+    "StartupAssumptions",
     "Task",
     "TokensSource",
+    "assess_quality",
+    "estimate_cost",
+    "exhaustive_search",
+    "recommend",
+    "search",
 ]
