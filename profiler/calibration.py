@@ -52,6 +52,7 @@ class Calibration:
         memory_error_max_pct: Worst absolute error of peak allocated memory on the inputs, %.
         time_error_median_pct: Median absolute error of step time on the inputs, %.
         time_error_max_pct: Worst absolute error of step time on the inputs, %.
+        fitted_date: UTC date of the fit (ISO ``YYYY-MM-DD``).
         provenance: Data source, device, library versions and the date of the fit.
     """
 
@@ -68,6 +69,7 @@ class Calibration:
     memory_error_max_pct: float | None = None
     time_error_median_pct: float | None = None
     time_error_max_pct: float | None = None
+    fitted_date: str = ""
     provenance: Provenance
 
     def __post_init__(self) -> None:
@@ -213,7 +215,8 @@ def usable_rows(measurements: Sequence[Measurement], gpu: GPU) -> list[Measureme
 
 
 def fit_calibration(measurements: Sequence[Measurement], spec_lookup: SpecLookup, gpu: GPU, *,
-                    provenance: Provenance | None = None) -> Calibration:
+                    provenance: Provenance | None = None,
+                    fitted_date: str | None = None) -> Calibration:
     """Fit the estimator's free parameters to measurements of one GPU by least squares.
 
     Time: ``step_time = flops/(peak·eff) + layer_passes·t_layer + elementwise_bytes·k/bandwidth
@@ -230,6 +233,7 @@ def fit_calibration(measurements: Sequence[Measurement], spec_lookup: SpecLookup
         spec_lookup: Model name to architecture facts (``catalog.get_model``).
         gpu: The GPU the measurements were taken on.
         provenance: Where the data came from; defaults to the first usable record's provenance.
+        fitted_date: ISO date to stamp; defaults to today (UTC).
 
     Returns:
         The fitted calibration, with its in-sample error statistics.
@@ -281,6 +285,11 @@ def fit_calibration(measurements: Sequence[Measurement], spec_lookup: SpecLookup
         else base.dequant_bytes_per_param,
     )
     fitted = _fit_memory(fitted, rows, specs, gpu)
+    if fitted_date is None:
+        import datetime
+
+        fitted_date = datetime.datetime.now(datetime.UTC).date().isoformat()
+    fitted = replace(fitted, fitted_date=fitted_date)
     return _with_errors(fitted, rows, specs, gpu, provenance, estimate)
 
 

@@ -93,10 +93,27 @@ class _SpecTerms:
     other_params: int  # embeddings, head, norms, biases
     layer_params: int  # one decoder layer's linear weights (FSDP unit)
     head_params: int  # vocab x hidden
+    param_count: int
+    adapters: dict[tuple[int, str], int]  # (rank, targets) -> LoRA parameters
 
 
-@functools.lru_cache(maxsize=512)
+# Keyed by id() with an identity check: hashing a ModelSpec (17 fields) costs more than the
+# whole memory formula, and the planner passes the same spec object to every call.
+_SPEC_CACHE: dict[int, tuple[ModelSpec, _SpecTerms]] = {}
+
+
 def _spec_terms(spec: ModelSpec) -> _SpecTerms:
+    hit = _SPEC_CACHE.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    if len(_SPEC_CACHE) > 512:
+        _SPEC_CACHE.clear()
+    terms = _compute_spec_terms(spec)
+    _SPEC_CACHE[id(spec)] = (spec, terms)
+    return terms
+
+
+def _compute_spec_terms(spec: ModelSpec) -> _SpecTerms:
     shapes = spec.linear_shapes()
     attn = sum(a * b for n, (a, b) in shapes.items() if n in ATTENTION_MODULES)
     mlp = sum(a * b for n, (a, b) in shapes.items() if n not in ATTENTION_MODULES)
@@ -108,7 +125,19 @@ def _spec_terms(spec: ModelSpec) -> _SpecTerms:
         other_params=max(spec.param_count - linear, spec.embedding_params()),
         layer_params=layer,
         head_params=spec.vocab_size * spec.hidden_size,
+        param_count=spec.param_count,
+        adapters={},
     )
+
+
+def _adapter_params(spec: ModelSpec, config: TuningConfig) -> int:
+    assert config.lora_rank is not None and config.lora_targets is not None
+    cache = _spec_terms(spec).adapters
+    key = (config.lora_rank, config.lora_targets)
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = lora_params(spec, config.lora_rank, config.lora_targets)
+    return found
 
 
 @functools.lru_cache(maxsize=4096)
@@ -132,8 +161,7 @@ def trainable_params(spec: ModelSpec, config: TuningConfig) -> int:
     """Parameters the optimizer updates: all for full FT, the adapters for LoRA/QLoRA."""
     if config.method is Method.FULL:
         return spec.param_count
-    assert config.lora_rank is not None and config.lora_targets is not None
-    return lora_params(spec, config.lora_rank, config.lora_targets)
+    return _adapter_params(spec, config)
 
 
 def _shard_divisor(config: TuningConfig) -> int:
@@ -151,7 +179,7 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
     """
     t = _spec_terms(spec)
     method = config.method
-    trainable = trainable_params(spec, config)
+    trainable = t.param_count if method is Method.FULL else _adapter_params(spec, config)
     shard = _shard_divisor(config)
     full_mixed = method is Method.FULL and config.precision is not Precision.BF16
     if method is Method.FULL:
@@ -222,6 +250,7 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
         "fb_end_gib": (fb_static + grad_bytes) / GIB,
         "optimizer_step_gib": opt_step / GIB,
         "layer_bytes_per_token": layer_bytes_per_token,
+        "trainable_params": trainable,
     }
 
 
@@ -230,7 +259,7 @@ def _passes(config: TuningConfig) -> int:
     return 3 if config.grad_checkpointing else 2
 
 
-def _step_flops(spec: ModelSpec, config: TuningConfig) -> float:
+def _step_flops(spec: ModelSpec, config: TuningConfig, trainable: float) -> float:
     """Model FLOPs of one step per GPU (matmuls and attention; elementwise work is timed apart).
 
     Forward linears cost 2 FLOPs per weight per token; backward costs 2× forward when weights are
@@ -248,7 +277,7 @@ def _step_flops(spec: ModelSpec, config: TuningConfig) -> float:
     if config.method is Method.FULL:
         flops = 3.0 * (layers_fwd + head_fwd)
     else:
-        flops = 2.0 * (layers_fwd + head_fwd) + 6.0 * tokens * trainable_params(spec, config)
+        flops = 2.0 * (layers_fwd + head_fwd) + 6.0 * tokens * trainable
     flops += 3.0 * attn_fwd
     if config.grad_checkpointing:
         flops += layers_fwd + attn_fwd
@@ -265,27 +294,32 @@ def time_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU, *,
     dequantization traffic over all passes) and ``optimizer_s`` (the optimizer step at the
     calibration's bandwidth efficiency, s). Per GPU; FSDP divides the optimizer work by n.
     """
+    return _time_terms(spec, config, gpu, memory_terms(spec, config, gpu),
+                       calibration.optimizer_bandwidth_efficiency)
+
+
+def _time_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU, terms: dict[str, float],
+                optimizer_bandwidth_efficiency: float) -> dict[str, float]:
     bandwidth_bytes_per_s = gpu.memory_bandwidth_tbps * 1e12
     passes = _passes(config)
     tokens = config.micro_batch_size * config.seq_len
-    terms = memory_terms(spec, config, gpu)
     # Decoder-layer activations once per pass, plus the logits/cross-entropy chain once.
     elementwise_bytes = (passes * spec.num_layers * tokens * terms["layer_bytes_per_token"]
                          + terms["logits_gib"] * GIB)
     state_bytes = 1 if config.optimizer is not OptimizerKind.ADAMW else (
         2 if config.method is Method.FULL and config.precision is Precision.BF16 else 4)
-    trainable = trainable_params(spec, config) / _shard_divisor(config)
+    trainable = terms["trainable_params"] / _shard_divisor(config)
     opt_bytes = trainable * (_OPT_PASSES * state_bytes if state_bytes > 1 else 16)
     dequant = 0.0
     if config.method is Method.QLORA:
         dequant = _spec_terms(spec).linear_params * passes / bandwidth_bytes_per_s
     return {
-        "compute_s_at_peak": _step_flops(spec, config) / (gpu.matmul_tflops * 1e12),
+        "compute_s_at_peak": (_step_flops(spec, config, terms["trainable_params"])
+                              / (gpu.matmul_tflops * 1e12)),
         "layer_passes": float(spec.num_layers * passes),
         "elementwise_s": elementwise_bytes / bandwidth_bytes_per_s,
         "dequant_s": dequant,
-        "optimizer_s": opt_bytes / (bandwidth_bytes_per_s
-                                    * calibration.optimizer_bandwidth_efficiency),
+        "optimizer_s": opt_bytes / (bandwidth_bytes_per_s * optimizer_bandwidth_efficiency),
     }
 
 
@@ -330,8 +364,9 @@ def _communication_s(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: 
 
 @functools.lru_cache(maxsize=64)
 def _provenance(calibration: Calibration) -> Provenance:
-    fitted = (f"calibration {calibration.gpu} fitted on {calibration.fit_inputs} runs "
-              f"({calibration.provenance.device}, {calibration.provenance.date})"
+    fitted = (f"calibration {calibration.gpu} fitted {calibration.fitted_date} on "
+              f"{calibration.fit_inputs} runs ({calibration.provenance.device}, data "
+              f"{calibration.provenance.date})"
               if calibration.fit_inputs else "first-principles defaults, no calibration")
     return Provenance(device="none (analytic)", date="", method="analytic estimator",
                       notes=fitted)
@@ -383,7 +418,7 @@ def estimate(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: int = 1,
             optimizer_gib=mem["optimizer_gib"] + mem["optimizer_temp_gib"],
             activations_gib=0.0, logits_gib=0.0, overhead_gib=mem["overhead_gib"])
 
-    tt = time_terms(spec, config, gpu, calibration=cal)
+    tt = _time_terms(spec, config, gpu, mem, cal.optimizer_bandwidth_efficiency)
     compute_s = (tt["compute_s_at_peak"] / cal.compute_efficiency
                  + tt["layer_passes"] * cal.layer_pass_overhead_s
                  + tt["elementwise_s"] * cal.elementwise_traffic_factor
@@ -392,7 +427,7 @@ def estimate(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: int = 1,
     comm_s = _communication_s(spec, config, gpu, nodes=nodes, inter_node_gbps=inter_node_gbps)
     step_s = compute_s + comm_s - COMM_OVERLAP * min(compute_s, comm_s)
     tokens = config.micro_batch_size * config.seq_len
-    trainable = trainable_params(spec, config)
+    trainable = int(mem["trainable_params"])
     return Measurement(
         model=spec.name, gpu=gpu.name, config=config, status=Status.OK,
         source=Source.ESTIMATED, provenance=_provenance(cal),
