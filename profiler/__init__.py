@@ -22,6 +22,8 @@ from profiler._types import (
     TuningConfig,
     resolve_targets,
 )
+from profiler.calibration import Calibration, fit_calibration, load_calibration
+from profiler.estimator import HEADROOM, estimate, memory_fits
 from profiler.extrapolate import extrapolate
 from profiler.measure import profile_extrapolated
 from profiler.recipes import (
@@ -37,6 +39,12 @@ from profiler.recipes import (
 from profiler.store import ProfileStore, default_store
 
 __all__ = [
+    "HEADROOM",
+    "Calibration",
+    "estimate",
+    "fit_calibration",
+    "load_calibration",
+    "memory_fits",
     "SETUP_FUNCTIONS",
     "PreparedModel",
     "ProfileStore",
