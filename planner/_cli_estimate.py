@@ -1,7 +1,233 @@
-"""CLI commands: estimate (to be written)."""
+"""CLI commands: ``ftplan estimate`` (memory and speed of one config, without a GPU) and
+``ftplan calibrate`` (fit the estimator to measurements of one GPU).
+
+``estimate`` prefers a stored measured/extrapolated profile (the profile store) and falls back to
+the analytic estimator; ``--analytic-only`` skips the store.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from catalog import GPU, atomic_write_text, get_gpu, get_model, to_jsonable
+from planner.cli import UserInputError
+from profiler import Measurement, Method, OptimizerKind, Precision, Sharding, TuningConfig
+
+
+def _build_config(*, method: Method, precision: Precision | None, rank: int | None,
+                  alpha: int | None, targets: str | None, batch: int, seq_len: int,
+                  grad_checkpointing: bool, optimizer: OptimizerKind, gpu: GPU,
+                  gpu_count: int) -> tuple[TuningConfig, list[str]]:
+    """The TuningConfig the flags describe, with notes on defaults that were switched."""
+    notes: list[str] = []
+    if method is Method.FULL and (rank is not None or alpha is not None or targets is not None):
+        raise UserInputError("--rank/--alpha/--targets apply to LoRA and QLoRA only, not "
+                             "--method full. To fix: drop them or use --method lora")
+    if precision is None:
+        precision = Precision.BF16_MIXED if gpu.bf16_supported else Precision.FP16_MIXED
+        if not gpu.bf16_supported:
+            notes.append(f"{gpu.name} has no bf16: using fp16-mixed")
+    elif precision is not Precision.FP16_MIXED and not gpu.bf16_supported:
+        raise UserInputError(f"{gpu.name} has no bf16, so --precision {precision.value} cannot "
+                             f"run on it. To fix: use --precision fp16-mixed")
+    lora = method is not Method.FULL
+    sharding = Sharding.NONE
+    if gpu_count > 1:
+        sharding = Sharding.FSDP if method is Method.FULL else Sharding.DDP
+    config = TuningConfig(
+        method=method, precision=precision,
+        lora_rank=(rank if rank is not None else 16) if lora else None,
+        lora_alpha=(alpha if alpha is not None else 32) if lora else None,
+        lora_targets=(targets or "all-linear") if lora else None,
+        micro_batch_size=batch, seq_len=seq_len, grad_checkpointing=grad_checkpointing,
+        optimizer=optimizer, gpu_count=gpu_count, sharding=sharding)
+    return config, notes
+
+
+def _stored(model: str, config: TuningConfig, gpu: GPU) -> Measurement | None:
+    """A stored measured/extrapolated profile for this config, if the store is available."""
+    try:
+        from profiler.store import default_store
+    except ImportError:
+        return None
+    found = default_store().lookup(model=model, config=config, gpu=gpu.name)
+    return found if found is not None and found.peak_reserved_gib is not None else None
+
+
+def _result(measurement: Measurement, gpu: GPU, notes: Sequence[str]) -> dict[str, Any]:
+    from profiler.estimator import memory_fits, usable_after_headroom_gib
+
+    reserved = measurement.peak_reserved_gib
+    return {
+        "model": measurement.model,
+        "gpu": gpu.name,
+        "config": to_jsonable(measurement.config),
+        "source": measurement.source.value,
+        "status": measurement.status.value,
+        "peak_allocated_gib": measurement.peak_allocated_gib,
+        "peak_reserved_gib": reserved,
+        "step_time_s": measurement.step_time_s,
+        "tokens_per_s": measurement.tokens_per_s,
+        "trainable_params": measurement.trainable_params,
+        "total_params": measurement.total_params,
+        "usable_memory_gib": gpu.usable_memory_gib,
+        "memory_limit_gib": usable_after_headroom_gib(gpu),
+        "fits": bool(reserved is not None and memory_fits(reserved, gpu)),
+        "breakdown": to_jsonable(measurement.breakdown) if measurement.breakdown else None,
+        "phase_peaks_gib": dict(measurement.phase_peaks_gib),
+        "provenance": to_jsonable(measurement.provenance),
+        "notes": list(notes),
+    }
+
+
+def _render_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['model']} on {result['gpu']} ({result['source']})")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+
+    def fmt(value: Any, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    table.add_row("peak allocated", f"{fmt(result['peak_allocated_gib'], '.2f')} GiB")
+    table.add_row("peak reserved", f"{fmt(result['peak_reserved_gib'], '.2f')} GiB")
+    table.add_row("memory limit (usable − headroom)", f"{result['memory_limit_gib']:.2f} GiB")
+    table.add_row("fits", "yes" if result["fits"] else "NO")
+    table.add_row("step time", f"{fmt(result['step_time_s'], '.4f')} s")
+    table.add_row("throughput", f"{fmt(result['tokens_per_s'], ',.0f')} tokens/s")
+    table.add_row("trainable params", fmt(result["trainable_params"], ","))
+    for name, value in (result["breakdown"] or {}).items():
+        table.add_row(f"  {name.removesuffix('_gib')}", f"{value:.2f} GiB")
+    for phase, value in result["phase_peaks_gib"].items():
+        table.add_row(f"  phase {phase}", f"{value:.2f} GiB")
+    console = Console()
+    console.print(table)
+    for note in result["notes"]:
+        console.print(f"note: {note}")
+
+
+@click.command("estimate")
+@click.option("--model", required=True, help="Catalog model name, alias or config.json path.")
+@click.option("--method", required=True, type=click.Choice([m.value for m in Method]))
+@click.option("--precision", type=click.Choice([p.value for p in Precision]), default=None,
+              help="Default bf16-mixed (fp16-mixed on GPUs without bf16).")
+@click.option("--rank", type=int, default=None, help="LoRA rank (default 16).")
+@click.option("--alpha", type=int, default=None, help="LoRA alpha (default 32).")
+@click.option("--targets", default=None,
+              help="all-linear (default), attention, or a list such as q_proj,v_proj.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Micro-batch per GPU.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=2048, show_default=True)
+@click.option("--grad-checkpointing", is_flag=True)
+@click.option("--optimizer", type=click.Choice([o.value for o in OptimizerKind]),
+              default=OptimizerKind.ADAMW.value, show_default=True)
+@click.option("--gpu", "gpu_name", default="h100", show_default=True)
+@click.option("--gpu-count", type=click.IntRange(min=1), default=1, show_default=True,
+              help="GPUs on one node: DDP for LoRA/QLoRA, FSDP full-shard for full FT.")
+@click.option("--analytic-only", is_flag=True, help="Skip stored profiles; use the formula.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
+def estimate_command(model: str, method: str, precision: str | None, rank: int | None,
+                     alpha: int | None, targets: str | None, batch: int, seq_len: int,
+                     grad_checkpointing: bool, optimizer: str, gpu_name: str, gpu_count: int,
+                     analytic_only: bool, fmt: str) -> None:
+    """Peak GPU memory and step time of one fine-tuning config, without a GPU."""
+    from profiler.estimator import estimate
+
+    spec, gpu = get_model(model), get_gpu(gpu_name)
+    config, notes = _build_config(
+        method=Method(method), precision=Precision(precision) if precision else None,
+        rank=rank, alpha=alpha, targets=targets, batch=batch, seq_len=seq_len,
+        grad_checkpointing=grad_checkpointing, optimizer=OptimizerKind(optimizer), gpu=gpu,
+        gpu_count=gpu_count)
+    stored = None if analytic_only else _stored(spec.name, config, gpu)
+    measurement = stored if stored is not None else estimate(spec, config, gpu)
+    result = _result(measurement, gpu, notes)
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        _render_table(result)
+
+
+@click.command("calibrate")
+@click.option("--gpu", "gpu_name", required=True, help="GPU the measurements were taken on.")
+@click.option("--from", "sources", multiple=True, type=click.Path(path_type=Path),
+              help="Measurement JSONL files (default: the profile store).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Where to write (default: the user cache, where the estimator finds it).")
+def calibrate_command(gpu_name: str, sources: tuple[Path, ...], out: Path | None) -> None:
+    """Fit the estimator to stored measurements of one GPU and save the calibration."""
+    from profiler.calibration import (
+        FIRST_PRINCIPLES,
+        calibration_file_name,
+        calibration_for,
+        calibration_to_json,
+        fit_calibration,
+        load_calibration,
+        user_calibration_dir,
+    )
+    from profiler.store import default_store
+
+    gpu = get_gpu(gpu_name)
+    records = _read_sources(sources, gpu) if sources else default_store().records()
+    fitted = fit_calibration(records, get_model, gpu)
+    before = load_calibration(gpu.name) or calibration_for(gpu)
+    before_errors = _errors(records, gpu, before if before.fit_inputs else FIRST_PRINCIPLES)
+    target = out or user_calibration_dir() / calibration_file_name(gpu.name)
+    atomic_write_text(target, calibration_to_json(fitted))
+    load_calibration.cache_clear()  # type: ignore[attr-defined]
+    click.echo(f"fitted {gpu.name} on {fitted.fit_inputs} measurements")
+    click.echo(f"before: peak memory error median {before_errors[0]:.1f}% (worst "
+               f"{before_errors[1]:.1f}%), step time median {before_errors[2]:.1f}% (worst "
+               f"{before_errors[3]:.1f}%)")
+    click.echo(f"after:  peak memory error median {fitted.memory_error_median_pct:.1f}% (worst "
+               f"{fitted.memory_error_max_pct:.1f}%), step time median "
+               f"{fitted.time_error_median_pct:.1f}% (worst {fitted.time_error_max_pct:.1f}%)")
+    click.echo(f"wrote {target}")
+
+
+def _read_sources(sources: Sequence[Path], gpu: GPU) -> list[Measurement]:
+    """Measurements from JSONL files: profile-store records, or raw reference rows (``mode``)."""
+    from profiler.calibration import reference_measurements
+    from profiler.store import ProfileStore
+
+    records: list[Measurement] = []
+    for path in sources:
+        if not path.is_file():
+            raise FileNotFoundError(f"--from {path}: no such file. To fix: give a JSONL file "
+                                    f"written by 'ftplan profile'")
+        first = next((line for line in path.read_text(encoding="utf-8").splitlines()
+                      if line.strip()), "{}")
+        if "mode" in json.loads(first):
+            records += reference_measurements(path, gpu_name=gpu.name)
+        else:
+            records += ProfileStore([path]).records()
+    return records
+
+
+def _errors(records: Sequence[Measurement], gpu: GPU, calibration: Any
+            ) -> tuple[float, float, float, float]:
+    """Median and worst absolute % error of peak allocated memory and step time."""
+    from profiler.calibration import usable_rows
+    from profiler.estimator import estimate
+
+    memory, time = [], []
+    for m in usable_rows(records, gpu):
+        predicted = estimate(get_model(m.model), m.config, gpu, calibration=calibration)
+        assert m.peak_allocated_gib and m.step_time_s
+        assert predicted.peak_allocated_gib and predicted.step_time_s
+        memory.append(abs(predicted.peak_allocated_gib / m.peak_allocated_gib - 1) * 100)
+        time.append(abs(predicted.step_time_s / m.step_time_s - 1) * 100)
+    memory.sort()
+    time.sort()
+    return (memory[len(memory) // 2], memory[-1], time[len(time) // 2], time[-1])
+
+
+COMMANDS: list[click.Command] = [estimate_command, calibrate_command]
