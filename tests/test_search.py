@@ -227,3 +227,20 @@ def test_infeasible_trials_record_positive_constraints() -> None:
     assert over
     assert all(constraints(c, p.budget)[1] > 0 for c in over)
     assert not math.isnan(over[0].cost.usd)
+
+
+def test_stored_profile_is_used_and_labelled() -> None:
+    from dataclasses import replace
+
+    def lookup(model: str, config: TuningConfig, gpu: str) -> Measurement | None:
+        if gpu == "H100" and config.method is Method.QLORA and config.gpu_count == 1:
+            measured = fake_estimate(SPEC, config, GPUS["H100"])
+            return replace(measured, source=Source.MEASURED, tokens_per_s=1e6)
+        return None
+
+    p = problem()
+    result = search(p, estimate=fake_estimate, lookup=lookup, fits=fits_usable)
+    best = result.best
+    assert best is not None
+    assert best.measurement.source is Source.MEASURED  # the (fast) stored profile wins
+    assert best.offer.instance_type == "h1" and best.config.method is Method.QLORA
