@@ -1,0 +1,272 @@
+"""Tests of the analytic estimator: hand arithmetic on a tiny model, reference counts and runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+
+import pytest
+from click.testing import CliRunner
+
+from catalog import GPU, Interconnect, ModelSpec, get_gpu, get_model
+from planner.cli import main
+from profiler import Method, OptimizerKind, Precision, Sharding, Source, TuningConfig
+from profiler.calibration import FIRST_PRINCIPLES, reference_measurements
+from profiler.estimator import (
+    ALLOCATOR_OVERHEAD_GIB,
+    GIB,
+    HEADROOM,
+    LOGITS_BYTES_PER_TOKEN_VOCAB,
+    NF4_BYTES_PER_PARAM,
+    estimate,
+    lora_params,
+    memory_fits,
+    memory_terms,
+    time_terms,
+)
+
+# A tiny Llama-shaped model whose numbers are easy to do by hand.
+H, FFN, V, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 64, 128, 1000, 2, 4, 2, 16
+Q, KV = HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM  # 64, 32
+LAYER_LINEAR = H * Q + 2 * H * KV + Q * H + 3 * H * FFN  # 4096 + 4096 + 4096 + 24576 = 36864
+NORMS = (2 * LAYERS + 1) * H
+PARAMS = LAYERS * LAYER_LINEAR + 2 * V * H + NORMS
+TINY = ModelSpec(
+    name="tiny", hf_id="tiny", model_type="llama", num_layers=LAYERS, hidden_size=H,
+    intermediate_size=FFN, num_heads=HEADS, num_kv_heads=KV_HEADS, head_dim=HEAD_DIM, vocab_size=V,
+    tied_embeddings=False, param_count=PARAMS, max_seq_len=4096, source="test", as_of="2026-01-01")
+H100 = GPU(name="H100 SXM 80GB", aliases=("h100",), arch="Hopper", memory_gib=80,
+           usable_memory_gib=80.0, memory_bandwidth_tbps=3.35, bf16_tflops=989, fp16_tflops=989,
+           bf16_supported=True, intra_node_interconnect=Interconnect.NVLINK, intra_node_gbps=900,
+           source="test", as_of="2026-01-01")
+T4 = dataclasses.replace(H100, name="T4", aliases=("t4",), memory_gib=16, usable_memory_gib=14.9,
+                         memory_bandwidth_tbps=0.32, bf16_tflops=None, fp16_tflops=65,
+                         bf16_supported=False)
+TOKENS = 2 * 8  # batch 2, seq 8
+
+
+def _config(method: Method, **kwargs: object) -> TuningConfig:
+    lora = {} if method is Method.FULL else {"lora_rank": 4, "lora_targets": "all-linear"}
+    return TuningConfig(method=method, micro_batch_size=2, seq_len=8, **lora, **kwargs)
+
+
+def _gib(nbytes: float) -> float:
+    return nbytes / GIB
+
+
+ADAPTERS = LAYERS * 4 * ((H + Q) + 2 * (H + KV) + (Q + H) + 2 * (H + FFN) + (FFN + H))
+
+
+def test_tiny_lora_adapter_count_by_hand() -> None:
+    assert lora_params(TINY, 4, "all-linear") == ADAPTERS == 8192
+    assert lora_params(TINY, 4, "q_proj,v_proj") == LAYERS * 4 * ((H + Q) + (H + KV))
+
+
+def test_full_bf16_mixed_components_by_hand() -> None:
+    terms = memory_terms(TINY, _config(Method.FULL), H100)
+    assert terms["weights_gib"] == pytest.approx(_gib(4 * PARAMS))
+    assert terms["autocast_cache_gib"] == pytest.approx(_gib(2 * PARAMS))
+    assert terms["gradients_gib"] == pytest.approx(_gib(4 * PARAMS))
+    assert terms["optimizer_gib"] == pytest.approx(_gib(8 * PARAMS))
+    assert terms["optimizer_step_gib"] == pytest.approx(_gib(20 * PARAMS) + ALLOCATOR_OVERHEAD_GIB)
+    layer = 25 * H + 6 * Q + 4 * KV + 8 * FFN
+    assert terms["activations_gib"] == pytest.approx(_gib(LAYERS * TOKENS * layer))
+    assert terms["logits_gib"] == pytest.approx(_gib(LOGITS_BYTES_PER_TOKEN_VOCAB * TOKENS * V))
+
+
+def test_full_pure_bf16_components_by_hand() -> None:
+    terms = memory_terms(TINY, _config(Method.FULL, precision=Precision.BF16), H100)
+    assert terms["weights_gib"] == pytest.approx(_gib(2 * PARAMS))
+    assert terms["autocast_cache_gib"] == 0
+    assert terms["optimizer_gib"] == pytest.approx(_gib(4 * PARAMS))
+    assert terms["optimizer_step_gib"] == pytest.approx(_gib(10 * PARAMS) + ALLOCATOR_OVERHEAD_GIB)
+
+
+def test_lora_components_by_hand() -> None:
+    terms = memory_terms(TINY, _config(Method.LORA), H100)
+    assert terms["weights_gib"] == pytest.approx(_gib(2 * PARAMS + 4 * ADAPTERS))
+    assert terms["gradients_gib"] == pytest.approx(_gib(4 * ADAPTERS))
+    assert terms["optimizer_gib"] == pytest.approx(_gib(8 * ADAPTERS))
+    layer = 18 * H + 6 * Q + 4 * KV + 8 * FFN
+    assert terms["activations_gib"] == pytest.approx(_gib(LAYERS * TOKENS * layer))
+
+
+def test_qlora_components_by_hand() -> None:
+    terms = memory_terms(TINY, _config(Method.QLORA), H100)
+    other = PARAMS - LAYERS * LAYER_LINEAR  # embeddings, head, norms: upcast to fp32
+    expected = LAYERS * LAYER_LINEAR * NF4_BYTES_PER_PARAM + 4 * other + 4 * ADAPTERS
+    assert abs(NF4_BYTES_PER_PARAM - 0.516) < 1e-3
+    assert terms["weights_gib"] == pytest.approx(_gib(expected))
+    assert terms["logits_gib"] == pytest.approx(
+        _gib(LOGITS_BYTES_PER_TOKEN_VOCAB * TOKENS * V + 2 * V * H))
+
+
+def test_8bit_adamw_states_are_two_bytes_per_param() -> None:
+    terms = memory_terms(TINY, _config(Method.FULL, optimizer=OptimizerKind.ADAMW_8BIT), H100)
+    assert terms["optimizer_gib"] == pytest.approx(_gib(2 * PARAMS))
+    assert terms["optimizer_temp_gib"] == 0
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("llama2-7b", 39976960), ("llama3.2-1b", 11272192), ("qwen2.5-1.5b", 18464768)])
+def test_lora_r16_all_linear_counts_match_the_reference_runs(model: str, expected: int) -> None:
+    assert lora_params(get_model(model), 16, "all-linear") == expected
+
+
+def test_target_presets_are_ordered_by_size() -> None:
+    spec = get_model("llama2-7b")
+    qv = lora_params(spec, 16, "q_proj,v_proj")
+    assert qv == 32 * 16 * (2 * 4096 + 2 * 4096)
+    assert qv < lora_params(spec, 16, "attention") < lora_params(spec, 16, "all-linear")
+
+
+def test_qlora_uses_more_than_lora_on_a_128k_vocab_1b_model_without_checkpointing() -> None:
+    spec, gpu = get_model("llama3.2-1b"), get_gpu("h100")
+    kwargs = {"lora_rank": 16, "lora_targets": "all-linear", "micro_batch_size": 4,
+              "seq_len": 1024}
+    lora = estimate(spec, TuningConfig(method=Method.LORA, **kwargs), gpu)
+    qlora = estimate(spec, TuningConfig(method=Method.QLORA, **kwargs), gpu)
+    assert qlora.peak_allocated_gib > lora.peak_allocated_gib + 1.0  # measured: 17.9 vs 15.5
+
+
+def test_full_bf16_mixed_7b_does_not_fit_on_80gb_but_pure_bf16_does() -> None:
+    spec, gpu = get_model("llama2-7b"), get_gpu("h100")
+    mixed = estimate(spec, TuningConfig(method=Method.FULL, seq_len=512), gpu)
+    assert mixed.peak_allocated_gib > 120  # ~16 B/param + the foreach temporary
+    assert dict(mixed.phase_peaks_gib)["optimizer_step"] == mixed.peak_allocated_gib
+    assert not memory_fits(mixed.peak_reserved_gib, gpu)
+    pure = estimate(spec, TuningConfig(method=Method.FULL, precision=Precision.BF16,
+                                       seq_len=512, grad_checkpointing=True), gpu)
+    assert memory_fits(pure.peak_reserved_gib, gpu)
+
+
+def test_checkpointing_cuts_activations_but_not_logits() -> None:
+    spec, gpu = get_model("llama3.2-1b"), get_gpu("h100")
+    base = TuningConfig(method=Method.LORA, lora_rank=16, lora_targets="all-linear",
+                        micro_batch_size=4, seq_len=1024)
+    plain = memory_terms(spec, base, gpu)
+    ckpt = memory_terms(spec, dataclasses.replace(base, grad_checkpointing=True), gpu)
+    assert ckpt["activations_gib"] < plain["activations_gib"] / 10
+    assert ckpt["logits_gib"] == plain["logits_gib"] > 5  # 12 B x 4096 tokens x 128256 vocab
+
+
+def test_peak_is_the_max_of_phases_and_reserved_exceeds_allocated() -> None:
+    m = estimate(TINY, _config(Method.FULL), H100)
+    phases = dict(m.phase_peaks_gib)
+    assert set(phases) == {"forward_backward", "optimizer_step"}
+    assert m.peak_allocated_gib == max(phases.values())
+    assert m.peak_reserved_gib >= m.peak_allocated_gib
+    assert m.breakdown is not None
+    assert m.breakdown.total_gib == pytest.approx(m.peak_allocated_gib, rel=1e-9)
+    assert m.source is Source.ESTIMATED and "analytic estimator" in m.provenance.method
+
+
+def test_reference_runs_within_tolerance() -> None:
+    gpu = get_gpu("h100")
+    memory, time = [], []
+    for m in reference_measurements():
+        e = estimate(get_model(m.model), m.config, gpu)
+        assert e.trainable_params == m.trainable_params
+        memory.append(abs(e.peak_allocated_gib / m.peak_allocated_gib - 1))
+        time.append(abs(e.step_time_s / m.step_time_s - 1))
+    assert len(memory) == 24
+    assert statistics.median(memory) < 0.10 and max(memory) < 0.20
+    assert statistics.median(time) < 0.25
+
+
+def test_first_principles_memory_needs_no_calibration() -> None:
+    gpu = get_gpu("h100")
+    errors = [abs(estimate(get_model(m.model), m.config, gpu, calibration=FIRST_PRINCIPLES)
+                  .peak_allocated_gib / m.peak_allocated_gib - 1)
+              for m in reference_measurements()]
+    assert max(errors) < 0.05
+
+
+def test_fsdp_per_gpu_memory_shrinks_with_gpu_count() -> None:
+    spec, gpu = get_model("llama2-7b"), get_gpu("h100")
+    peaks = []
+    for n in (1, 2, 4, 8):
+        config = TuningConfig(method=Method.FULL, seq_len=1024, gpu_count=n,
+                              sharding=Sharding.FSDP if n > 1 else Sharding.NONE)
+        peaks.append(estimate(spec, config, gpu).peak_allocated_gib)
+    assert peaks == sorted(peaks, reverse=True) and peaks[-1] < peaks[0] / 4
+    assert peaks[-1] < 76  # 8-way FSDP full FT of a 7B fits an 80 GB GPU
+
+
+def test_multi_gpu_time_includes_communication() -> None:
+    spec, gpu = get_model("llama2-7b"), get_gpu("h100")
+    one = TuningConfig(method=Method.FULL, seq_len=1024)
+    eight = dataclasses.replace(one, gpu_count=8, sharding=Sharding.FSDP)
+    t_one = estimate(spec, one, gpu).step_time_s
+    t_nvlink = estimate(spec, eight, gpu).step_time_s
+    t_network = estimate(spec, eight, gpu, nodes=2, inter_node_gbps=12.5).step_time_s
+    assert t_nvlink < t_network and t_one < t_network
+    assert estimate(spec, eight, gpu).tokens_per_s > 6 * estimate(spec, one, gpu).tokens_per_s
+    with pytest.raises(ValueError, match="inter_node_gbps"):
+        estimate(spec, eight, gpu, nodes=2)
+
+
+def test_moe_keeps_all_experts_resident_but_computes_with_active_ones() -> None:
+    dense = dataclasses.replace(TINY, name="dense")
+    moe = dataclasses.replace(TINY, name="moe", num_experts=8, experts_per_token=1,
+                              param_count=PARAMS + 7 * LAYERS * 3 * H * FFN)
+    config = _config(Method.FULL)
+    extra_experts = 7 * LAYERS * 3 * H * FFN
+    assert (memory_terms(moe, config, H100)["weights_gib"]
+            - memory_terms(dense, config, H100)["weights_gib"]) == pytest.approx(
+        _gib(4 * extra_experts))
+    # One expert per token: the same matmul FLOPs as the dense model.
+    flops = [time_terms(s, config, H100, calibration=FIRST_PRINCIPLES)["compute_s_at_peak"]
+             for s in (dense, moe)]
+    assert flops[0] == pytest.approx(flops[1])
+    assert memory_terms(moe, config, H100)["activations_gib"] == pytest.approx(
+        memory_terms(dense, config, H100)["activations_gib"])
+
+
+def test_bf16_on_a_gpu_without_bf16_is_refused_and_fp16_works() -> None:
+    with pytest.raises(ValueError, match="fp16-mixed"):
+        estimate(TINY, _config(Method.LORA), T4)
+    m = estimate(TINY, _config(Method.LORA, precision=Precision.FP16_MIXED), T4)
+    slower = estimate(TINY, _config(Method.LORA), H100)
+    assert m.step_time_s > slower.step_time_s
+
+
+def test_memory_fits_keeps_headroom() -> None:
+    limit = 80.0 * (1 - HEADROOM)
+    assert memory_fits(limit - 0.01, H100) and not memory_fits(limit + 0.01, H100)
+    assert not memory_fits(14.9 - 0.5, T4)  # at least 1 GiB stays free
+
+
+def test_cli_estimate_json_keys() -> None:
+    result = CliRunner().invoke(main, ["estimate", "--model", "llama3.2-1b", "--method", "lora",
+                                       "--batch", "4", "--seq-len", "1024", "--analytic-only",
+                                       "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    for key in ("peak_allocated_gib", "peak_reserved_gib", "step_time_s", "tokens_per_s", "fits",
+                "source", "usable_memory_gib", "gpu", "breakdown", "config"):
+        assert key in data
+    assert data["source"] == "estimated" and data["fits"] is True
+    assert data["config"]["lora_rank"] == 16 and data["config"]["lora_targets"] == "all-linear"
+    assert data["peak_allocated_gib"] == pytest.approx(15.53, rel=0.05)  # measured on an H100
+
+
+@pytest.mark.parametrize("args", [
+    ["--method", "full", "--rank", "8"],
+    ["--method", "lora", "--gpu", "t4", "--precision", "bf16-mixed"],
+    ["--method", "lora", "--targets", "mlp_proj"],
+])
+def test_cli_estimate_bad_combinations_exit_2(args: list[str]) -> None:
+    result = CliRunner().invoke(main, ["estimate", "--model", "llama2-7b", *args,
+                                       "--analytic-only"])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "Traceback" not in result.output
+
+
+def test_cli_estimate_switches_to_fp16_on_t4() -> None:
+    result = CliRunner().invoke(main, ["estimate", "--model", "llama3.2-1b", "--method", "qlora",
+                                       "--gpu", "t4", "--analytic-only", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["config"]["precision"] == "fp16-mixed" and data["notes"]
