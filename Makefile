@@ -20,7 +20,7 @@ recommend: $(STAMP)
 	$(BIN)/ftplan recommend --model llama2-7b --budget 200
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy catalog profiler runners planner
