@@ -1,0 +1,146 @@
+"""Tests of the estimator calibration: the fit, held-out accuracy, files and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from catalog import get_gpu, get_model
+from planner.cli import main
+from profiler.calibration import (
+    FIRST_PRINCIPLES,
+    MAX_COMPUTE_EFFICIENCY,
+    SHIPPED_DATA_DIR,
+    Calibration,
+    calibration_file_name,
+    calibration_for,
+    calibration_to_json,
+    fit_calibration,
+    load_calibration,
+    read_calibration,
+    reference_measurements,
+)
+from profiler.estimator import estimate
+
+H100_NAME = "H100 SXM 80GB"
+
+
+@pytest.fixture(autouse=True)
+def _empty_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(tmp_path / "cache"))
+    load_calibration.cache_clear()  # type: ignore[attr-defined]
+    yield
+    load_calibration.cache_clear()  # type: ignore[attr-defined]
+
+
+def test_reference_rows_convert_to_measurements() -> None:
+    rows = reference_measurements()
+    assert len(rows) == 24
+    assert {m.config.method.value for m in rows} == {"full", "lora", "qlora"}
+    assert {m.config.precision.value for m in rows} == {"bf16-mixed", "bf16"}
+    lora = [m for m in rows if m.config.lora_rank is not None]
+    assert all(m.config.lora_rank == 16 and m.config.lora_alpha == 32 for m in lora)
+
+
+def test_fit_on_reference_rows_is_physical_and_accurate() -> None:
+    fitted = fit_calibration(reference_measurements(), get_model, get_gpu("h100"),
+                             fitted_date="2026-01-01")
+    assert fitted.fit_inputs == 24 and fitted.gpu == H100_NAME
+    assert 0.2 <= fitted.compute_efficiency <= MAX_COMPUTE_EFFICIENCY
+    assert 0 < fitted.layer_pass_overhead_s < 0.01  # ms per layer pass, not seconds
+    assert fitted.dequant_bytes_per_param > 4.5  # bitsandbytes is below peak bandwidth
+    assert 0.95 < fitted.activation_scale < 1.05
+    assert 1.0 <= fitted.reserved_ratio < 1.2
+    assert fitted.memory_error_median_pct is not None and fitted.memory_error_median_pct < 5
+    assert fitted.time_error_median_pct is not None and fitted.time_error_median_pct < 25
+
+
+def test_leave_one_model_out_holds_memory_and_time() -> None:
+    rows = reference_measurements()
+    gpu = get_gpu("h100")
+    memory, time = [], []
+    for held_out in sorted({m.model for m in rows}):
+        fitted = fit_calibration([m for m in rows if m.model != held_out], get_model, gpu)
+        for m in rows:
+            if m.model != held_out:
+                continue
+            e = estimate(get_model(m.model), m.config, gpu, calibration=fitted)
+            memory.append(abs(e.peak_allocated_gib / m.peak_allocated_gib - 1))
+            time.append(abs(e.step_time_s / m.step_time_s - 1))
+    assert max(memory) < 0.05
+    assert statistics.median(time) < 0.25
+
+
+def test_fit_needs_enough_rows() -> None:
+    with pytest.raises(ValueError, match="at least 4"):
+        fit_calibration(reference_measurements()[:3], get_model, get_gpu("h100"))
+    with pytest.raises(ValueError, match="at least 4"):  # rows of another GPU do not count
+        fit_calibration(reference_measurements(), get_model, get_gpu("a100"))
+
+
+def test_shipped_calibration_loads_and_round_trips(tmp_path: Path) -> None:
+    shipped = load_calibration(H100_NAME)
+    assert shipped is not None and shipped.fit_inputs == 24
+    assert (SHIPPED_DATA_DIR / calibration_file_name(H100_NAME)).is_file()
+    path = tmp_path / "c.json"
+    path.write_text(calibration_to_json(shipped), encoding="utf-8")
+    assert read_calibration(path) == shipped
+
+
+def test_user_cache_overrides_shipped(tmp_path: Path) -> None:
+    shipped = load_calibration(H100_NAME)
+    assert shipped is not None
+    mine = dataclasses.replace(shipped, compute_efficiency=0.25)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / calibration_file_name(H100_NAME)).write_text(calibration_to_json(mine))
+    load_calibration.cache_clear()  # type: ignore[attr-defined]
+    assert load_calibration(H100_NAME) == mine
+
+
+def test_gpu_without_its_own_fit_uses_the_h100_fit_with_its_own_bandwidth() -> None:
+    a100, h100 = get_gpu("a100"), get_gpu("h100")
+    assert load_calibration(a100.name) is None
+    assert calibration_for(a100) == load_calibration(H100_NAME)
+    spec = get_model("llama3.2-1b")
+    m = reference_measurements()[6].config  # lora b4 s1024
+    ratio = estimate(spec, m, a100).step_time_s / estimate(spec, m, h100).step_time_s
+    # Between the bandwidth ratio (3.35/2.039 = 1.64) and the FLOP/s ratio (989/312 = 3.17).
+    assert 3.35 / 2.039 < ratio < 989 / 312
+
+
+def test_invalid_calibration_values_are_refused() -> None:
+    with pytest.raises(ValueError, match="compute_efficiency"):
+        dataclasses.replace(FIRST_PRINCIPLES, compute_efficiency=1.5)
+    with pytest.raises(ValueError, match="reserved_ratio"):
+        dataclasses.replace(FIRST_PRINCIPLES, reserved_ratio=0.9)
+
+
+def test_broken_calibration_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        read_calibration(path)
+
+
+def test_cli_calibrate_writes_a_calibration(tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(main, ["calibrate", "--gpu", "h100", "--from",
+                                       str(SHIPPED_DATA_DIR / "reference-h100.jsonl"),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "before:" in result.output and "after:" in result.output
+    written = read_calibration(out)
+    assert isinstance(written, Calibration) and written.fit_inputs == 24
+    assert json.loads(out.read_text())["gpu"] == H100_NAME
+
+
+def test_cli_calibrate_missing_file_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["calibrate", "--gpu", "h100", "--from",
+                                       str(tmp_path / "nope.jsonl")])
+    assert result.exit_code == 2 and "error:" in result.output
