@@ -59,6 +59,9 @@ SCENARIOS = (
              tokens=100_000_000, epochs=1.0),
     Scenario(name="70B full FT only (FSDP, multi-node)", model="llama2-70b", budget_usd=20000.0,
              gpu_count=8, tokens=100_000_000, epochs=1.0, methods=(Method.FULL,)),
+    Scenario(name="70B full FT bf16-mixed (strict), H100 nodes", model="llama2-70b",
+             budget_usd=20000.0, gpus=("h100",), gpu_count=8, tokens=100_000_000, epochs=1.0,
+             methods=(Method.FULL,), quality=QualityPolicy.STRICT),
 )
 
 
