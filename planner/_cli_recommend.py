@@ -221,6 +221,8 @@ def _render_table(plan: Plan, report: Path) -> None:
     from planner.search import with_nodes_label
 
     console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # piped or captured: do not squash 15 columns into 80
+        console = Console(highlight=False, soft_wrap=True, width=max(console.width, 200))
     rows = plan.ranked or plan.near_misses
     title = (f"ftplan: {plan.model}, budget ${plan.budget.max_usd:,.2f}" if plan.ranked
              else f"ftplan: no feasible plan for {plan.model}; nearest misses")
