@@ -182,6 +182,7 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
     trainable = t.param_count if method is Method.FULL else _adapter_params(spec, config)
     shard = _shard_divisor(config)
     full_mixed = method is Method.FULL and config.precision is not Precision.BF16
+    weight_bytes: float
     if method is Method.FULL:
         weight_bytes = spec.param_count * (4 if full_mixed else 2)
         state_bytes_each = 4 if full_mixed else 2
@@ -192,7 +193,9 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
         weight_bytes = (t.linear_params * NF4_BYTES_PER_PARAM + t.other_params * 4
                         + trainable * 4)
         state_bytes_each = 4
-    grad_bytes = trainable * state_bytes_each
+    grad_bytes: float = trainable * state_bytes_each
+    state_bytes: float
+    temp_bytes: float
     if config.optimizer is OptimizerKind.ADAMW:
         state_bytes = trainable * 2 * state_bytes_each
         temp_bytes = trainable * state_bytes_each  # foreach sqrt(exp_avg_sq) temporary
@@ -200,7 +203,7 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
         state_bytes = trainable * 2
         temp_bytes = 0
     # Autocast keeps a bf16 copy of every fp32 weight that requires grad until it exits.
-    cache_bytes = spec.param_count * 2 if full_mixed else 0
+    cache_bytes: float = spec.param_count * 2 if full_mixed else 0
     weight_bytes /= shard
     grad_bytes /= shard
     state_bytes /= shard
