@@ -365,8 +365,22 @@ def _communication_s(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: 
     return volume / bytes_per_s
 
 
-@functools.lru_cache(maxsize=64)
+_PROVENANCE_CACHE: dict[int, tuple[Calibration, Provenance]] = {}
+
+
 def _provenance(calibration: Calibration) -> Provenance:
+    # By id() with an identity check: hashing a Calibration on every call costs ~5 µs.
+    hit = _PROVENANCE_CACHE.get(id(calibration))
+    if hit is not None and hit[0] is calibration:
+        return hit[1]
+    if len(_PROVENANCE_CACHE) > 64:
+        _PROVENANCE_CACHE.clear()
+    provenance = _make_provenance(calibration)
+    _PROVENANCE_CACHE[id(calibration)] = (calibration, provenance)
+    return provenance
+
+
+def _make_provenance(calibration: Calibration) -> Provenance:
     fitted = (f"calibration {calibration.gpu} fitted {calibration.fitted_date} on "
               f"{calibration.fit_inputs} runs ({calibration.provenance.device}, data "
               f"{calibration.provenance.date})"
