@@ -166,7 +166,7 @@ def sort_key(candidate: Candidate) -> tuple[Any, ...]:
 def default_fits(peak_reserved_gib: float, gpu: GPU) -> bool:
     """Fits with the profiler's rule when available (headroom included), else ≤ usable memory."""
     try:
-        from profiler import memory_fits  # type: ignore[attr-defined]
+        from profiler import memory_fits
     except ImportError:  # the estimator module is optional for pure tests
         return peak_reserved_gib <= gpu.usable_memory_gib
     return bool(memory_fits(peak_reserved_gib, gpu))
@@ -512,15 +512,15 @@ def search(problem: SearchProblem, *, estimate: EstimateFn, lookup: LookupFn | N
         if t.state == optuna.trial.TrialState.COMPLETE and name in cells:
             solve(name)
     todo: list[str] = []
+    waiting: set[str | None] = set()
     if exact:
-        todo = [n for n in sorted(names, key=lambda n: (bound[n], n)) if n not in done]
         waiting = {_cell_name(t.system_attrs.get("fixed_params", t.params), names)
-                   for t in study.get_trials(
-            deepcopy=False, states=(optuna.trial.TrialState.WAITING,))}
-        for name in todo:  # cheapest lower bound first, so incumbents prune early
-            if name not in waiting:  # a stored study may hold queued cells already
-                study.enqueue_trial({"cell_index": names.index(name)})
-        todo = [n for n in todo if n in waiting] + [n for n in todo if n not in waiting]
+                   for t in study.get_trials(deepcopy=False,
+                                             states=(optuna.trial.TrialState.WAITING,))}
+        ordered = [n for n in sorted(names, key=lambda n: (bound[n], n)) if n not in done]
+        # Cells a stored study already queued run first; the rest are queued one at a time, in
+        # lower-bound order, so incumbents prune early and bounded-out cells are never written.
+        todo = [n for n in ordered if n in waiting] + [n for n in ordered if n not in waiting]
         n_trials = len(todo)
     else:
         _warm_start(study, cells, names, done)
@@ -548,17 +548,27 @@ def search(problem: SearchProblem, *, estimate: EstimateFn, lookup: LookupFn | N
         return exact and all(bound[n] > incumbent.get(cells[n][0].method, math.inf)
                              for n in pending)
 
+    def enqueue_next() -> None:
+        if exact and pending and pending[0] not in waiting:
+            study.enqueue_trial({"cell_index": names.index(pending[0])})
+
     def stop_when_bounded(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """Stop once every cell still queued would be pruned (they come in bound order)."""
+        """Stop once every cell left would be pruned (they come in bound order), else queue
+        the next one."""
+        if not exact:
+            return
         if pending:
             pending.pop(0)
-        if bounded():
+        if not pending or bounded():
             study.stop()
+        else:
+            enqueue_next()
 
     if n_trials and not bounded():
+        enqueue_next()
         study.optimize(objective, n_trials=n_trials, gc_after_trial=False,
                        callbacks=[stop_when_bounded])
-    label = ("optuna: every cell enqueued in lower-bound order, branch-and-bound pruning"
+    label = ("optuna: every cell queued in lower-bound order, branch-and-bound pruning"
              if exact else f"optuna TPESampler(seed={seed}), warm-started")
     return _finish(out, sampler=f"{label}; exact inner solve",
                    trials=sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)),

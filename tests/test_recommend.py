@@ -178,3 +178,22 @@ def test_recommend_with_fake_estimator_explains_losing_methods() -> None:
     assert "× the $3.00 budget" in full.reason
     hours = [c.cost.hours for c in plan.pareto]
     assert hours == sorted(hours, reverse=True)
+
+
+def test_storage_resume_from_the_cli(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/study.db"
+    args = ("--model", "llama3.2-1b", "--budget", "50", "--gpu", "l4", "--storage", url)
+    first = _json_plan(*args, out=tmp_path / "a")
+    second = _json_plan(*args, out=tmp_path / "b")
+    assert first["chosen"] == second["chosen"]
+    assert first["search"]["trials"] == second["search"]["trials"]
+    assert second["search"]["storage"] == url
+
+
+def test_few_trials_use_seeded_tpe(tmp_path: Path) -> None:
+    args = ("--model", "llama2-7b", "--budget", "200", "--trials", "15", "--seed", "5")
+    a = _json_plan(*args, out=tmp_path)
+    b = _json_plan(*args, out=tmp_path)
+    assert "TPESampler(seed=5)" in a["search"]["sampler"]
+    assert a["search"]["trials"] == 15
+    assert a["chosen"] == b["chosen"]
