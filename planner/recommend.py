@@ -304,11 +304,11 @@ def _suggestions(result: SearchResult, request: RecommendRequest) -> tuple[str, 
     rejected = [c for c in result.candidates if c.fits and not c.quality_accepted]
     if rejected and (not ok or rejected[0].cost.usd < ok[0].cost.usd):
         out.append(f"accept more quality risk (--quality cheapest): {describe(rejected[0])}")
-    if not request.spot_allowed:
+    if ok and not request.spot_allowed:
         out.append("allow spot offers with --spot (cheaper, with interruption overhead)")
     if not ok:
-        out.append("fit in memory: use QLoRA, a shorter --seq-len, or more/larger GPUs "
-                   "(--gpu h100 --gpu h200, drop --gpu-count)")
+        out.append("fit in memory: allow larger or more GPUs (drop --gpu/--gpu-count, e.g. "
+                   "--gpu h100 --gpu h200), use QLoRA, or a shorter --seq-len")
     return tuple(out)
 
 

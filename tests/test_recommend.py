@@ -197,3 +197,14 @@ def test_few_trials_use_seeded_tpe(tmp_path: Path) -> None:
     assert "TPESampler(seed=5)" in a["search"]["sampler"]
     assert a["search"]["trials"] == 15
     assert a["chosen"] == b["chosen"]
+
+
+def test_70b_on_one_l4_fits_nowhere_and_says_so(tmp_path: Path) -> None:
+    code, _, stderr = _invoke("--model", "llama2-70b", "--budget", "100", "--gpu", "l4",
+                              "--gpu-count", "1", out=tmp_path)
+    assert code == 1
+    assert "fit in memory" in stderr and "--spot" not in stderr
+    (report,) = tmp_path.glob("*.json")
+    plan = json.loads(report.read_text())["plan"]
+    qlora = next(v for v in plan["verdicts"] if v["method"] == "qlora")
+    assert "fits no offered GPU" in qlora["reason"] and "GiB" in qlora["reason"]
