@@ -1,7 +1,7 @@
 """Calibration of the analytic estimator: a few fitted efficiencies per GPU, with provenance.
 
 A :class:`Calibration` holds the handful of numbers the estimator cannot derive from first
-principles (matmul efficiency, fixed per-layer launch cost, NF4 dequantization traffic, an
+principles (matmul efficiency, fixed per-layer launch cost, a fixed cost per NF4 linear call, an
 activation-memory scale and the reserved/allocated ratio). ftplan ships one fitted on real H100
 measurements (``profiler/data/calibration-h100.json``); ``ftplan calibrate`` fits one from the
 user's own measurements into the user cache, which then overrides the shipped one.
@@ -40,9 +40,8 @@ class Calibration:
             recomputation): kernel launches and Python dispatch that do not shrink with size.
         elementwise_traffic_factor: Multiplier on the activation bytes one pass reads and writes
             in memory-bound kernels (norms, SiLU, RoPE, adds, casts), timed at the GPU bandwidth.
-        dequant_bytes_per_param: Effective bytes of memory traffic per NF4 parameter per pass
-            (dequantize to bf16, then the bf16 matmul reads it): 4.5 in theory, larger in
-            practice because the bitsandbytes kernels do not reach peak bandwidth.
+        nf4_call_overhead_s: Fixed seconds per NF4 (bitsandbytes Linear4bit) call per pass, on top
+            of its dequantization traffic: the extra kernels and Python of the 4-bit path.
         optimizer_bandwidth_efficiency: Fraction of the memory bandwidth the optimizer step
             reaches (it is memory-bound).
         activation_scale: Multiplier on the estimator's activation and logits bytes.
@@ -60,7 +59,7 @@ class Calibration:
     compute_efficiency: float
     layer_pass_overhead_s: float
     elementwise_traffic_factor: float
-    dequant_bytes_per_param: float
+    nf4_call_overhead_s: float
     optimizer_bandwidth_efficiency: float
     activation_scale: float = 1.0
     reserved_ratio: float = 1.08
@@ -80,7 +79,7 @@ class Calibration:
             raise ValueError(f"calibration {self.gpu!r}: optimizer_bandwidth_efficiency must be "
                              f"in (0, 1], got {self.optimizer_bandwidth_efficiency}")
         for name in ("layer_pass_overhead_s", "elementwise_traffic_factor",
-                     "dequant_bytes_per_param"):
+                     "nf4_call_overhead_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"calibration {self.gpu!r}: {name} must be >= 0")
         if self.activation_scale <= 0 or self.reserved_ratio < 1:
@@ -90,15 +89,15 @@ class Calibration:
 
 
 # First-principles defaults, used when no fit exists for any GPU. MFU 0.5 is a common large-model
-# training figure (PaLM, Chowdhery et al. 2022, Table 3: 46%); 4.5 B/param dequant traffic reads
-# 0.5 B of NF4, writes 2 B of bf16 and reads it again in the matmul; the optimizer step is
+# training figure (PaLM, Chowdhery et al. 2022, Table 3: 46%); no fixed per-call costs; the
+# optimizer step is
 # elementwise and reaches ~80% of peak bandwidth in STREAM-like kernels.
 FIRST_PRINCIPLES = Calibration(
     gpu="any",
     compute_efficiency=0.5,
     layer_pass_overhead_s=0.0,
     elementwise_traffic_factor=1.0,
-    dequant_bytes_per_param=4.5,
+    nf4_call_overhead_s=0.0,
     optimizer_bandwidth_efficiency=0.8,
     provenance=Provenance(device="none", date="", method="first principles",
                           notes="defaults before any fit; see docs/estimator.md"),
@@ -178,7 +177,7 @@ def calibration_for(gpu: GPU) -> Calibration:
     """The calibration to use for ``gpu``: its own, else the reference H100 fit, else defaults.
 
     The generic rule for a GPU without its own fit: the H100's MFU, per-layer fixed cost and
-    dequantization traffic are reused unchanged, while FLOP/s and bandwidth come from the GPU's
+    NF4 per-call cost are reused unchanged, while FLOP/s and bandwidth come from the GPU's
     catalog row, so a GPU with half the bandwidth gets twice the memory-bound time.
     """
     own = load_calibration(gpu.name)
@@ -220,13 +219,12 @@ def fit_calibration(measurements: Sequence[Measurement], spec_lookup: SpecLookup
     """Fit the estimator's free parameters to measurements of one GPU by least squares.
 
     Time: ``step_time = flops/(peak·eff) + layer_passes·t_layer + elementwise_bytes·k/bandwidth
-    + nf4_bytes·d/bandwidth + optimizer_bytes/(bandwidth·e)`` is linear in ``1/eff``, ``t_layer``,
-    ``k`` and ``d`` (the optimizer efficiency stays at its default; ``eff`` is capped at
-    :data:`MAX_COMPUTE_EFFICIENCY`); it is fitted on relative
-    error (each row divided by its measured time) so short and long steps weigh the same, and a
-    coefficient that comes out negative is fixed at zero and the rest refitted. Memory: one scale
-    on activation + logits bytes (relative least squares on rows whose peak is the
-    forward/backward phase) and the median reserved/allocated ratio.
+    + nf4_calls·t_nf4 + fixed`` (fixed: the optimizer step and NF4 dequantization traffic) is
+    linear in ``1/eff``, ``t_layer``, ``k`` and ``t_nf4``. It is fitted on relative error (each
+    row divided by its measured time) so short and long steps weigh the same; ``eff`` is capped
+    at :data:`MAX_COMPUTE_EFFICIENCY`, and a coefficient that comes out negative is fixed at zero
+    and the rest refitted. Memory: one scale on activation + logits bytes (relative least squares
+    on rows whose peak is the forward/backward phase) and the median reserved/allocated ratio.
 
     Args:
         measurements: Records of real runs; only ok, measured, full-depth rows on ``gpu`` count.
@@ -255,9 +253,9 @@ def fit_calibration(measurements: Sequence[Measurement], spec_lookup: SpecLookup
     measured_s = np.array([m.step_time_s for m in rows], dtype=float)
     terms = [time_terms(spec, m.config, gpu, calibration=base)
              for spec, m in zip(specs, rows, strict=True)]
-    columns = ["compute_s_at_peak", "layer_passes", "elementwise_s", "dequant_s"]
+    columns = ["compute_s_at_peak", "layer_passes", "elementwise_s", "nf4_calls"]
     design = np.array([[t[c] for c in columns] for t in terms], dtype=float)
-    fixed = np.array([t["optimizer_s"] for t in terms], dtype=float)
+    fixed = np.array([t["fixed_s"] for t in terms], dtype=float)
     active = [j for j in range(len(columns)) if design[:, j].any()]
     coef = np.zeros(len(columns))
     weights = 1.0 / measured_s
@@ -275,14 +273,13 @@ def fit_calibration(measurements: Sequence[Measurement], spec_lookup: SpecLookup
             coef[active] = solution
             break
         active = [j for j, s in zip(active, solution, strict=True) if s >= 0]
-    efficiency = 1.0 / coef[0] if coef[0] > 0 else base.compute_efficiency
+    efficiency = float(1.0 / coef[0]) if coef[0] > 0 else base.compute_efficiency
     fitted = replace(
         base,
         compute_efficiency=min(MAX_COMPUTE_EFFICIENCY, efficiency),
         layer_pass_overhead_s=float(coef[1]),
         elementwise_traffic_factor=float(coef[2]),
-        dequant_bytes_per_param=float(coef[3]) if design[:, 3].any()
-        else base.dequant_bytes_per_param,
+        nf4_call_overhead_s=float(coef[3]),
     )
     fitted = _fit_memory(fitted, rows, specs, gpu)
     if fitted_date is None:
@@ -325,8 +322,8 @@ def _with_errors(calibration: Calibration, rows: Sequence[Measurement],
         predicted = estimate(spec, m.config, gpu, calibration=calibration)
         assert predicted.peak_allocated_gib is not None and predicted.step_time_s is not None
         assert m.peak_allocated_gib is not None and m.step_time_s is not None
-        memory_errors.append(_abs_pct(predicted.peak_allocated_gib, m.peak_allocated_gib))
-        time_errors.append(_abs_pct(predicted.step_time_s, m.step_time_s))
+        memory_errors.append(float(_abs_pct(predicted.peak_allocated_gib, m.peak_allocated_gib)))
+        time_errors.append(float(_abs_pct(predicted.step_time_s, m.step_time_s)))
     source = provenance if provenance is not None else rows[0].provenance
     return replace(
         calibration,
@@ -338,7 +335,7 @@ def _with_errors(calibration: Calibration, rows: Sequence[Measurement],
         compute_efficiency=_round(calibration.compute_efficiency),
         layer_pass_overhead_s=_round(calibration.layer_pass_overhead_s),
         elementwise_traffic_factor=_round(calibration.elementwise_traffic_factor),
-        dequant_bytes_per_param=_round(calibration.dequant_bytes_per_param),
+        nf4_call_overhead_s=_round(calibration.nf4_call_overhead_s),
         activation_scale=_round(calibration.activation_scale),
         reserved_ratio=_round(calibration.reserved_ratio),
         provenance=source,

@@ -67,6 +67,10 @@ _Q_COEF = 6.0
 _KV_COEF = 4.0
 _I_COEF = {"full": 8.0, "lora": 8.0, "qlora": 13.5}
 
+# NF4 dequantization traffic per parameter per pass: read 0.5 B of NF4, write 2 B of bf16, read
+# them again in the matmul (bitsandbytes dequantizes the whole weight for inputs of >1 token).
+NF4_DEQUANT_BYTES_PER_PARAM = 4.5
+
 # Allocated memory no tensor formula covers (cuBLAS workspaces, RoPE caches, small buffers):
 # 0.06 GiB, the mean gap between static memory and the weight count on the bf16 reference rows.
 ALLOCATOR_OVERHEAD_GIB = 0.06
@@ -293,9 +297,10 @@ def time_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU, *,
 
     Keys: ``compute_s_at_peak`` (model FLOPs at the GPU's dense peak, s), ``layer_passes``
     (decoder layers × passes), ``elementwise_s`` (activation bytes once per pass plus the logits
-    chain, at peak bandwidth, s), ``dequant_s`` (seconds per byte-per-NF4-parameter
-    dequantization traffic over all passes) and ``optimizer_s`` (the optimizer step at the
-    calibration's bandwidth efficiency, s). Per GPU; FSDP divides the optimizer work by n.
+    chain, at peak bandwidth, s), ``nf4_calls`` (NF4 linear calls over all passes, QLoRA only)
+    and ``fixed_s`` (the optimizer step at the calibration's bandwidth efficiency plus NF4
+    dequantization traffic at peak bandwidth, s; not fitted). Per GPU; FSDP divides the optimizer
+    work by n. The optimizer step alone is ``optimizer_s``.
     """
     return _time_terms(spec, config, gpu, memory_terms(spec, config, gpu),
                        calibration.optimizer_bandwidth_efficiency)
@@ -313,16 +318,21 @@ def _time_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU, terms: dict[str
         2 if config.method is Method.FULL and config.precision is Precision.BF16 else 4)
     trainable = terms["trainable_params"] / _shard_divisor(config)
     opt_bytes = trainable * (_OPT_PASSES * state_bytes if state_bytes > 1 else 16)
-    dequant = 0.0
+    dequant_s = nf4_calls = 0.0
     if config.method is Method.QLORA:
-        dequant = _spec_terms(spec).linear_params * passes / bandwidth_bytes_per_s
+        dequant_s = (_spec_terms(spec).linear_params * passes * NF4_DEQUANT_BYTES_PER_PARAM
+                     / bandwidth_bytes_per_s)
+        linears_per_layer = 4 + 3 * spec.experts_per_token
+        nf4_calls = float(spec.num_layers * linears_per_layer * passes)
+    optimizer_s = opt_bytes / (bandwidth_bytes_per_s * optimizer_bandwidth_efficiency)
     return {
         "compute_s_at_peak": (_step_flops(spec, config, terms["trainable_params"])
                               / (gpu.matmul_tflops * 1e12)),
         "layer_passes": float(spec.num_layers * passes),
         "elementwise_s": elementwise_bytes / bandwidth_bytes_per_s,
-        "dequant_s": dequant,
-        "optimizer_s": opt_bytes / (bandwidth_bytes_per_s * optimizer_bandwidth_efficiency),
+        "nf4_calls": nf4_calls,
+        "optimizer_s": optimizer_s,
+        "fixed_s": optimizer_s + dequant_s,
     }
 
 
@@ -439,8 +449,8 @@ def estimate(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: int = 1,
     compute_s = (tt["compute_s_at_peak"] / cal.compute_efficiency
                  + tt["layer_passes"] * cal.layer_pass_overhead_s
                  + tt["elementwise_s"] * cal.elementwise_traffic_factor
-                 + tt["dequant_s"] * cal.dequant_bytes_per_param
-                 + tt["optimizer_s"])
+                 + tt["nf4_calls"] * cal.nf4_call_overhead_s
+                 + tt["fixed_s"])
     comm_s = _communication_s(spec, config, gpu, nodes=nodes, inter_node_gbps=inter_node_gbps)
     step_s = compute_s + comm_s - COMM_OVERLAP * min(compute_s, comm_s)
     tokens = config.micro_batch_size * config.seq_len
