@@ -352,8 +352,9 @@ class Evaluator:
 
         Ranks: the smallest the quality policy accepts (larger ranks only add memory and time).
         For each optimizer: micro-batches upward without checkpointing until one does not fit,
-        then with checkpointing from the next size up (checkpointing only pays when it lets a
-        larger micro-batch fit). Every fitting point is priced on every offer of the cell.
+        then with checkpointing from the first size that did not fit (checkpointing only pays
+        when it lets a larger micro-batch fit; at a size that fits without it, it only adds
+        recomputation). Every fitting point is priced on every offer of the cell.
         """
         if not self.can_hold_weights(variant, hw):
             return []
