@@ -59,13 +59,16 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
             return tuple(_decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(data))
         if len(args) != len(data):
             raise ValueError(f"{where}: expected {len(args)} items, got {len(data)}")
-        return tuple(_decode(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, data)))
+        return tuple(
+            _decode(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, data, strict=True))
+        )
     if origin is dict:
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected an object, got {data!r}")
-        return {_decode(key_tp, k, where): _decode(val_tp, v, f"{where}.{k}")
-                for k, v in data.items()}
+        return {
+            _decode(key_tp, k, where): _decode(val_tp, v, f"{where}.{k}") for k, v in data.items()
+        }
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected an object, got {data!r}")
@@ -74,8 +77,11 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise ValueError(f"{where}: unknown fields {unknown}")
-        kwargs = {name: _decode(hints[name], data[name], f"{where}.{name}")
-                  for name in fields if name in data}
+        kwargs = {
+            name: _decode(hints[name], data[name], f"{where}.{name}")
+            for name in fields
+            if name in data
+        }
         try:
             return tp(**kwargs)
         except TypeError as exc:

@@ -13,7 +13,7 @@ class CatalogError(ValueError):
     """
 
 
-class Provider(str, enum.Enum):
+class Provider(enum.StrEnum):
     """Where an offer runs. ``LOCAL`` is the user's own GPUs."""
 
     AWS = "aws"
@@ -24,7 +24,7 @@ class Provider(str, enum.Enum):
     LOCAL = "local"
 
 
-class Interconnect(str, enum.Enum):
+class Interconnect(enum.StrEnum):
     """How GPUs inside one machine talk to each other (sets the FSDP/DDP communication term)."""
 
     NVLINK = "nvlink"
@@ -59,9 +59,19 @@ class ModelSpec:
     as_of: str
 
     def __post_init__(self) -> None:
-        for field in ("num_layers", "hidden_size", "intermediate_size", "num_heads",
-                      "num_kv_heads", "head_dim", "vocab_size", "param_count", "max_seq_len",
-                      "num_experts", "experts_per_token"):
+        for field in (
+            "num_layers",
+            "hidden_size",
+            "intermediate_size",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "vocab_size",
+            "param_count",
+            "max_seq_len",
+            "num_experts",
+            "experts_per_token",
+        ):
             value = getattr(self, field)
             if value <= 0:
                 raise ValueError(f"model {self.name!r}: {field} must be > 0, got {value}")
@@ -100,10 +110,16 @@ class ModelSpec:
 
     def params_per_layer(self) -> int:
         """Parameters in one decoder layer's linear layers (all experts), norms excluded."""
-        attn = sum(a * b for name, (a, b) in self.linear_shapes().items()
-                   if name in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        mlp = sum(a * b for name, (a, b) in self.linear_shapes().items()
-                  if name in ("gate_proj", "up_proj", "down_proj"))
+        attn = sum(
+            a * b
+            for name, (a, b) in self.linear_shapes().items()
+            if name in ("q_proj", "k_proj", "v_proj", "o_proj")
+        )
+        mlp = sum(
+            a * b
+            for name, (a, b) in self.linear_shapes().items()
+            if name in ("gate_proj", "up_proj", "down_proj")
+        )
         return attn + mlp * self.num_experts
 
     def embedding_params(self) -> int:

@@ -1,4 +1,4 @@
-"""Planner records: the user's job and limits, a priced candidate, and the plan ftplan answers with."""
+"""Planner records: the user's job and limits, a priced candidate, and ftplan's plan."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class NoFeasiblePlanError(RuntimeError):
     """Every candidate violates memory, budget or deadline. The plan is still reported."""
 
 
-class Task(str, enum.Enum):
+class Task(enum.StrEnum):
     """What the fine-tune teaches: instruction tuning, continued pre-training, or RL."""
 
     SFT = "sft"
@@ -21,7 +21,7 @@ class Task(str, enum.Enum):
     RL = "rl"
 
 
-class QualityPolicy(str, enum.Enum):
+class QualityPolicy(enum.StrEnum):
     """How much quality risk the user accepts in exchange for cost."""
 
     STRICT = "strict"
@@ -29,13 +29,13 @@ class QualityPolicy(str, enum.Enum):
     CHEAPEST = "cheapest"
 
 
-class RiskLevel(str, enum.Enum):
+class RiskLevel(enum.StrEnum):
     LOW = "low"
     MEDIUM = "medium"
     HIGH = "high"
 
 
-class TokensSource(str, enum.Enum):
+class TokensSource(enum.StrEnum):
     """Where the dataset size came from: the user's flag, a counted file, or ftplan's default."""
 
     GIVEN = "given"
@@ -118,8 +118,7 @@ class Candidate:
 
     @property
     def feasible(self) -> bool:
-        return (self.fits and self.within_budget and self.within_deadline
-                and self.quality_accepted)
+        return self.fits and self.within_budget and self.within_deadline and self.quality_accepted
 
     @property
     def risk_level(self) -> RiskLevel:

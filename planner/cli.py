@@ -31,8 +31,13 @@ class _FtplanGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (CatalogError, ValueError, FileNotFoundError, PermissionError,
-                IsADirectoryError) as exc:
+        except (
+            CatalogError,
+            ValueError,
+            FileNotFoundError,
+            PermissionError,
+            IsADirectoryError,
+        ) as exc:
             raise UserInputError(str(exc)) from None
 
 
@@ -50,11 +55,23 @@ def main() -> None:
 
 
 def _register() -> None:
-    from planner import _cli_catalog, _cli_estimate, _cli_launch, _cli_profile, _cli_recommend
-    from planner import _cli_report
+    from planner import (
+        _cli_catalog,
+        _cli_estimate,
+        _cli_launch,
+        _cli_profile,
+        _cli_recommend,
+        _cli_report,
+    )
 
-    for module in (_cli_recommend, _cli_estimate, _cli_catalog, _cli_profile, _cli_report,
-                   _cli_launch):
+    for module in (
+        _cli_recommend,
+        _cli_estimate,
+        _cli_catalog,
+        _cli_profile,
+        _cli_report,
+        _cli_launch,
+    ):
         for command in module.COMMANDS:
             main.add_command(command)
 

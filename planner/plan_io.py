@@ -14,8 +14,10 @@ PLAN_FORMAT = "ftplan-plan/1"
 
 def plan_to_json(plan: Plan) -> str:
     """The plan as stable, pretty JSON (sorted keys), wrapped with its format tag."""
-    return json.dumps({"format": PLAN_FORMAT, "plan": to_jsonable(plan)}, indent=2,
-                      sort_keys=True) + "\n"
+    return (
+        json.dumps({"format": PLAN_FORMAT, "plan": to_jsonable(plan)}, indent=2, sort_keys=True)
+        + "\n"
+    )
 
 
 def write_plan(plan: Plan, path: str | Path) -> Path:

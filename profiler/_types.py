@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 
-class Method(str, enum.Enum):
+class Method(enum.StrEnum):
     """Fine-tuning method (DESIGN.md, "The recipes")."""
 
     FULL = "full"
@@ -18,12 +18,13 @@ class Method(str, enum.Enum):
     QLORA = "qlora"
 
 
-class Precision(str, enum.Enum):
+class Precision(enum.StrEnum):
     """Numeric recipe.
 
-    ``BF16_MIXED``: fp32 master weights, bf16 autocast (full FT); for LoRA/QLoRA the frozen base is
-    bf16 and compute runs under bf16 autocast. ``BF16``: pure bf16 weights and AdamW states (full FT
-    only). ``FP16_MIXED``: fp16 autocast with a gradient scaler, for GPUs without bf16 (T4, V100).
+    ``BF16_MIXED``: fp32 master weights, bf16 autocast (full FT); for LoRA/QLoRA the frozen base
+    is bf16 and compute runs under bf16 autocast. ``BF16``: pure bf16 weights and AdamW states
+    (full FT only). ``FP16_MIXED``: fp16 autocast with a gradient scaler, for GPUs without bf16
+    (T4, V100).
     """
 
     BF16_MIXED = "bf16-mixed"
@@ -31,7 +32,7 @@ class Precision(str, enum.Enum):
     FP16_MIXED = "fp16-mixed"
 
 
-class OptimizerKind(str, enum.Enum):
+class OptimizerKind(enum.StrEnum):
     """Optimizer of the trainable parameters. 8-bit variants come from bitsandbytes."""
 
     ADAMW = "adamw"
@@ -39,7 +40,7 @@ class OptimizerKind(str, enum.Enum):
     PAGED_ADAMW_8BIT = "paged-adamw-8bit"
 
 
-class Sharding(str, enum.Enum):
+class Sharding(enum.StrEnum):
     """How work is split over several GPUs: DDP replicates, FSDP full-shard splits params/grads/
     optimizer states (ZeRO-3)."""
 
@@ -48,7 +49,7 @@ class Sharding(str, enum.Enum):
     FSDP = "fsdp-full-shard"
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """Outcome of one measured config. An OOM is data, not a crash."""
 
     OK = "ok"
@@ -56,7 +57,7 @@ class Status(str, enum.Enum):
     ERROR = "error"
 
 
-class Source(str, enum.Enum):
+class Source(enum.StrEnum):
     """Where a figure came from: a run at full depth, a 2/4-layer fit, or the analytic formula."""
 
     MEASURED = "measured"
@@ -122,8 +123,9 @@ class TuningConfig:
                 raise ValueError("lora_rank/lora_targets are meaningless for method=full")
         else:
             if self.lora_rank is None or self.lora_rank <= 0:
-                raise ValueError(f"method={self.method.value} needs lora_rank > 0, "
-                                 f"got {self.lora_rank}")
+                raise ValueError(
+                    f"method={self.method.value} needs lora_rank > 0, got {self.lora_rank}"
+                )
             if self.lora_targets is None:
                 raise ValueError(f"method={self.method.value} needs lora_targets")
             resolve_targets(self.lora_targets)
@@ -156,7 +158,7 @@ class TuningConfig:
         return self.micro_batch_size * self.seq_len
 
     def label(self) -> str:
-        """Short human-readable description, e.g. ``lora r16 all-linear bf16-mixed b4 s1024 ckpt``."""
+        """Short description, e.g. ``lora r16 all-linear bf16-mixed b4 s1024 ckpt``."""
         parts = [self.method.value]
         if self.method is not Method.FULL:
             parts += [f"r{self.lora_rank}", str(self.lora_targets)]
@@ -197,8 +199,14 @@ class MemoryBreakdown:
 
     @property
     def total_gib(self) -> float:
-        return (self.weights_gib + self.gradients_gib + self.optimizer_gib
-                + self.activations_gib + self.logits_gib + self.overhead_gib)
+        return (
+            self.weights_gib
+            + self.gradients_gib
+            + self.optimizer_gib
+            + self.activations_gib
+            + self.logits_gib
+            + self.overhead_gib
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
