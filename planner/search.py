@@ -12,127 +12,32 @@ benchmark. optuna itself is imported only inside :func:`search`.
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from catalog import GPU, ModelSpec, Offer
 from planner._types import Budget, Candidate
-from planner.cost import (
-    SpotAssumptions,
-    StartupAssumptions,
-    checkpoint_gib,
-    estimate_cost,
-    weights_download_gib,
+from planner.candidates import (
+    CONSTRAINT_NAMES,
+    GLOBAL_BATCH_TARGET_TOKENS,
+    EstimateFn,
+    Evaluator,
+    FitsFn,
+    Hardware,
+    LookupFn,
+    SearchProblem,
+    SearchSpace,
+    Variant,
+    constraints,
+    default_fits,
+    sort_key,
+    with_nodes_label,
 )
-from planner.quality import accepted, assess_quality, suggested_learning_rate
-from profiler import (
-    TARGETS_ALL_LINEAR,
-    TARGETS_ATTENTION,
-    Measurement,
-    Method,
-    OptimizerKind,
-    Precision,
-    Sharding,
-    Status,
-    TuningConfig,
-)
+from profiler import Method
 
 if TYPE_CHECKING:
     import optuna
-
-EstimateFn = Callable[..., Measurement]
-"""``estimate(spec, config, gpu, *, nodes, inter_node_gbps) -> Measurement`` (profiler)."""
-LookupFn = Callable[[str, TuningConfig, str], "Measurement | None"]
-"""``lookup(model_name, config, gpu_name)``: a stored measured/extrapolated profile or None."""
-FitsFn = Callable[[float, GPU], bool]
-"""``fits(peak_reserved_gib, gpu)``: whether a per-GPU peak fits the card (with headroom)."""
-
-# Tokens per optimizer step that gradient accumulation aims for: 128 Ki tokens (64 sequences of
-# 2048), in the 64 Ki–1 Mi range common for SFT recipes. A step that already exceeds it runs with
-# one accumulation step; above 1 Mi tokens quality.py flags LoRA's large-batch risk.
-GLOBAL_BATCH_TARGET_TOKENS = 131_072
-# Bytes per parameter of the weights alone, used to prune hardware that cannot even hold them:
-# bf16 (2) for LoRA and pure-bf16 full FT, fp32 (4) for bf16-mixed full FT, NF4 with double
-# quantization ≈ 0.52 B/param for QLoRA (Dettmers et al., 2023: 4.127 bits per parameter).
-_WEIGHT_BYTES = {Method.LORA: 2.0, Method.QLORA: 0.52}
-_GIB = 1024**3
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SearchSpace:
-    """The values each dimension may take."""
-
-    methods: tuple[Method, ...] = (Method.FULL, Method.LORA, Method.QLORA)
-    lora_ranks: tuple[int, ...] = (8, 16, 32, 64, 128)
-    lora_targets: tuple[str, ...] = (TARGETS_ALL_LINEAR, TARGETS_ATTENTION)
-    full_precisions: tuple[Precision, ...] = (Precision.BF16_MIXED, Precision.BF16)
-    optimizers: tuple[OptimizerKind, ...] = (OptimizerKind.ADAMW, OptimizerKind.ADAMW_8BIT)
-    micro_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-    grad_checkpointing: tuple[bool, ...] = (False, True)
-    node_counts: tuple[int, ...] = (1, 2, 4, 8)
-
-    def __post_init__(self) -> None:
-        if not self.methods:
-            raise ValueError("the search space needs at least one method")
-        if any(b <= 0 for b in self.micro_batches) or not self.micro_batches:
-            raise ValueError(f"micro-batches must be > 0, got {self.micro_batches}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SearchProblem:
-    """Everything the search needs, as values: the model, the job, the offers and assumptions.
-
-    ``gpus`` maps each offer's ``gpu`` name to its :class:`GPU`.
-    """
-
-    spec: ModelSpec
-    budget: Budget
-    seq_len: int
-    offers: tuple[Offer, ...]
-    gpus: Mapping[str, GPU]
-    space: SearchSpace = field(default_factory=SearchSpace)
-    spot: SpotAssumptions = field(default_factory=SpotAssumptions)
-    startup: StartupAssumptions = field(default_factory=StartupAssumptions)
-
-    def fingerprint(self) -> str:
-        """Short hash of the inputs, used to name a stored optuna study."""
-        text = repr((self.spec.name, self.budget, self.seq_len,
-                     sorted(o.key for o in self.offers), self.space, self.spot, self.startup))
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Variant:
-    """The method-level structural choice: method plus targets (LoRA) or precision (full)."""
-
-    method: Method
-    precision: Precision
-    targets: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.method.value}/{self.targets or self.precision.value}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Hardware:
-    """The hardware-level structural choice: GPU type × GPUs per node × nodes, and its offers."""
-
-    gpu: GPU
-    gpus_per_node: int
-    nodes: int
-    offers: tuple[Offer, ...]
-
-    @property
-    def key(self) -> str:
-        return f"{self.gpu.name}|x{self.gpus_per_node}|n{self.nodes}"
-
-    @property
-    def gpu_count(self) -> int:
-        return self.gpus_per_node * self.nodes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,269 +59,6 @@ class SearchResult:
     def best(self) -> Candidate | None:
         feasible = self.feasible
         return feasible[0] if feasible else None
-
-
-def sort_key(candidate: Candidate) -> tuple[Any, ...]:
-    """Explicit, total ranking key: feasible first, then USD, hours and names."""
-    return (not candidate.feasible, round(candidate.cost.usd, 6), round(candidate.cost.hours, 6),
-            candidate.offer.instance_type, candidate.offer.key, candidate.nodes,
-            candidate.config.label())
-
-
-def default_fits(peak_reserved_gib: float, gpu: GPU) -> bool:
-    """Fits with the profiler's rule when available (headroom included), else ≤ usable memory."""
-    try:
-        from profiler import memory_fits
-    except ImportError:  # the estimator module is optional for pure tests
-        return peak_reserved_gib <= gpu.usable_memory_gib
-    return bool(memory_fits(peak_reserved_gib, gpu))
-
-
-class Evaluator:
-    """Prices configs on hardware, caching every estimator call and quality assessment."""
-
-    def __init__(self, problem: SearchProblem, *, estimate: EstimateFn,
-                 lookup: LookupFn | None = None, fits: FitsFn = default_fits) -> None:
-        self.problem = problem
-        self._estimate = estimate
-        self._lookup = lookup
-        self._fits = fits
-        self._measurements: dict[tuple[Any, ...], Measurement] = {}
-        self._risks: dict[tuple[Any, ...], Any] = {}
-        self.estimator_calls = 0
-
-    def variants(self) -> tuple[Variant, ...]:
-        """Method variants of the space, respecting bf16 support later per GPU."""
-        space = self.problem.space
-        out: list[Variant] = []
-        for method in space.methods:
-            if method is Method.FULL:
-                out += [Variant(method=method, precision=p) for p in space.full_precisions]
-            else:
-                out += [Variant(method=method, precision=Precision.BF16_MIXED, targets=t)
-                        for t in space.lora_targets]
-        return tuple(out)
-
-    def hardware(self) -> tuple[Hardware, ...]:
-        """Hardware cells: (GPU, GPUs per node, nodes) with their offers, in a stable order."""
-        groups: dict[tuple[str, int], list[Offer]] = {}
-        for offer in self.problem.offers:
-            groups.setdefault((offer.gpu, offer.gpu_count), []).append(offer)
-        cells: list[Hardware] = []
-        for (gpu_name, count), offers in sorted(groups.items()):
-            gpu = self.problem.gpus[gpu_name]
-            for nodes in self.problem.space.node_counts:
-                usable = tuple(o for o in offers if o.max_nodes >= nodes)
-                if usable:
-                    cells.append(Hardware(gpu=gpu, gpus_per_node=count, nodes=nodes,
-                                          offers=tuple(sorted(usable, key=lambda o: o.key))))
-        return tuple(cells)
-
-    def can_hold_weights(self, variant: Variant, hw: Hardware) -> bool:
-        """False when the per-GPU memory is below the weights alone (an obvious OOM)."""
-        spec = self.problem.spec
-        if variant.method is Method.FULL:
-            per_param = 2.0 if variant.precision is Precision.BF16 else 4.0
-            # FSDP full-shard splits weights, gradients and states over all GPUs.
-            weights = spec.param_count * per_param / hw.gpu_count
-        else:
-            weights = spec.param_count * _WEIGHT_BYTES[variant.method]
-        return weights / _GIB < hw.gpu.usable_memory_gib
-
-    def worth_searching(self, variant: Variant, hw: Hardware) -> bool:
-        """Prune cells that cannot win: the weights do not fit, or several nodes of DDP
-        (LoRA/QLoRA) without a deadline. DDP replicates the model, so more nodes never lower the
-        per-GPU memory or raise per-GPU speed: they only buy time, at a higher price."""
-        if not self.can_hold_weights(variant, hw):
-            return False
-        return (hw.nodes == 1 or variant.method is Method.FULL
-                or self.problem.budget.max_hours is not None)
-
-    def lower_bound_usd(self, variant: Variant, hw: Hardware) -> float:
-        """USD the cell costs at least: every GPU at its dense 16-bit peak FLOP/s.
-
-        FLOPs per token ≥ 6 × (decoder-layer parameters) for full FT and ≥ 4 × for LoRA/QLoRA
-        (forward plus input gradients; adapters, attention scores, the LM head and
-        recomputation only add). Start-up is included, spot overhead is not (it is ≥ 0).
-        """
-        spec, budget = self.problem.spec, self.problem.budget
-        attn = sum(a * b for n, (a, b) in spec.linear_shapes().items()
-                   if n in ("q_proj", "k_proj", "v_proj", "o_proj"))
-        mlp = spec.params_per_layer() - attn
-        active = (attn + mlp * spec.experts_per_token / spec.num_experts) * spec.num_layers
-        flops_per_token = (6.0 if variant.method is Method.FULL else 4.0) * active
-        peak_flops = hw.gpu.matmul_tflops * 1e12 * hw.gpu_count
-        train_s = budget.total_tokens * flops_per_token / peak_flops
-        startup = self.problem.startup
-        download_s = weights_download_gib(spec) / startup.download_gib_per_s
-        best = math.inf
-        for offer in hw.offers:
-            local = offer.provider.value == "local"
-            provision_s = 0.0 if local else startup.provision_minutes * 60
-            best = min(best, (train_s + provision_s + download_s) / 3600 * offer.usd_per_hour)
-        return best * hw.nodes
-
-    def config(self, variant: Variant, hw: Hardware, *, rank: int | None,
-               optimizer: OptimizerKind, micro_batch: int, ckpt: bool) -> TuningConfig:
-        """The TuningConfig of one point; fp16-mixed replaces bf16 on GPUs without bf16."""
-        precision = variant.precision
-        if not hw.gpu.bf16_supported:
-            precision = Precision.FP16_MIXED
-        if hw.gpu_count == 1:
-            sharding = Sharding.NONE
-        else:
-            sharding = Sharding.FSDP if variant.method is Method.FULL else Sharding.DDP
-        return TuningConfig(
-            method=variant.method, precision=precision, lora_rank=rank,
-            lora_alpha=None if rank is None else 2 * rank, lora_targets=variant.targets,
-            micro_batch_size=micro_batch, seq_len=self.problem.seq_len, grad_checkpointing=ckpt,
-            optimizer=optimizer, gpu_count=hw.gpu_count, sharding=sharding)
-
-    def measure(self, config: TuningConfig, hw: Hardware, inter_node_gbps: float) -> Measurement:
-        """A stored profile when one matches (single node), else the estimator; cached."""
-        key = (config, hw.gpu.name, hw.nodes, inter_node_gbps if hw.nodes > 1 else 0.0)
-        found = self._measurements.get(key)
-        if found is not None:
-            return found
-        measurement = None
-        if self._lookup is not None and hw.nodes == 1:
-            measurement = self._lookup(self.problem.spec.name, config, hw.gpu.name)
-        if measurement is None:
-            self.estimator_calls += 1
-            measurement = self._estimate(self.problem.spec, config, hw.gpu, nodes=hw.nodes,
-                                         inter_node_gbps=key[3])
-        self._measurements[key] = measurement
-        return measurement
-
-    def peak_gib(self, measurement: Measurement) -> float:
-        """Per-GPU peak reserved memory (allocated when reserved is unknown); inf on OOM."""
-        if measurement.status is Status.OOM:
-            return math.inf
-        peak = measurement.peak_reserved_gib or measurement.peak_allocated_gib
-        return math.inf if peak is None else peak
-
-    def fits(self, measurement: Measurement, gpu: GPU) -> bool:
-        return measurement.status is Status.OK and self._fits(self.peak_gib(measurement), gpu)
-
-    def price(self, config: TuningConfig, hw: Hardware) -> list[Candidate]:
-        """Candidates of one config on every offer of ``hw`` (one measurement per interconnect)."""
-        problem = self.problem
-        per_step = config.micro_batch_size * config.seq_len * hw.gpu_count
-        accum = max(1, round(GLOBAL_BATCH_TARGET_TOKENS / per_step))
-        global_tokens = accum * per_step
-        risks = self._risks_for(config, global_tokens)
-        ok_quality = accepted(risks, problem.budget.quality)
-        ckpt_size = checkpoint_gib(problem.spec, config)
-        weights = weights_download_gib(problem.spec)
-        out: list[Candidate] = []
-        for offer in hw.offers:
-            measurement = self.measure(config, hw, offer.inter_node_gbps)
-            fits = self.fits(measurement, hw.gpu)
-            if measurement.status is not Status.OK or not measurement.tokens_per_s:
-                continue
-            cost = estimate_cost(measurement, offer, problem.budget, nodes=hw.nodes,
-                                 spot_policy=problem.spot, startup=problem.startup,
-                                 weights_gib=weights, checkpoint_size_gib=ckpt_size)
-            out.append(Candidate(
-                config=config, offer=offer, nodes=hw.nodes, measurement=measurement, cost=cost,
-                fits=fits, usable_memory_gib=hw.gpu.usable_memory_gib, risks=risks,
-                suggested_learning_rate=suggested_learning_rate(config),
-                within_budget=cost.usd <= problem.budget.max_usd,
-                within_deadline=(problem.budget.max_hours is None
-                                 or cost.hours <= problem.budget.max_hours),
-                quality_accepted=ok_quality, grad_accum_steps=accum,
-                global_batch_tokens=global_tokens))
-        return out
-
-    def _risks_for(self, config: TuningConfig, global_tokens: int) -> Any:
-        key = (config.method, config.lora_rank, config.lora_targets, config.precision,
-               global_tokens)
-        risks = self._risks.get(key)
-        if risks is None:
-            risks = assess_quality(self.problem.spec, config, self.problem.budget,
-                                   global_batch_tokens=global_tokens)
-            self._risks[key] = risks
-        return risks
-
-    def rank_accepted(self, variant: Variant, rank: int) -> bool:
-        """Whether the quality policy accepts this rank before batch-size effects."""
-        probe = TuningConfig(method=variant.method, lora_rank=rank, lora_targets=variant.targets,
-                             seq_len=self.problem.seq_len)
-        risks = self._risks_for(probe, 0)
-        return accepted(risks, self.problem.budget.quality)
-
-    # -- the two ways of walking a cell -------------------------------------------------------
-
-    def solve_cell(self, variant: Variant, hw: Hardware) -> list[Candidate]:
-        """Fast exact-by-construction inner solve of one structural cell.
-
-        Ranks: the smallest the quality policy accepts (larger ranks only add memory and time).
-        For each optimizer: micro-batches upward without checkpointing until one does not fit,
-        then with checkpointing from the first size that did not fit (checkpointing only pays
-        when it lets a larger micro-batch fit; at a size that fits without it, it only adds
-        recomputation). Every fitting point is priced on every offer of the cell.
-        """
-        if not self.can_hold_weights(variant, hw):
-            return []
-        space = self.problem.space
-        ranks: tuple[int | None, ...] = (None,)
-        if variant.method is not Method.FULL:
-            acceptable = [r for r in sorted(space.lora_ranks) if self.rank_accepted(variant, r)]
-            ranks = (acceptable[0],) if acceptable else (max(space.lora_ranks),)
-        out: list[Candidate] = []
-        batches = sorted(space.micro_batches)
-        for rank in ranks:
-            for optimizer in space.optimizers:
-                start = 0
-                for ckpt in sorted(space.grad_checkpointing):
-                    start = self._walk_batches(variant, hw, rank, optimizer, ckpt,
-                                               batches[start:], out, start)
-        return out
-
-    def _walk_batches(self, variant: Variant, hw: Hardware, rank: int | None,
-                      optimizer: OptimizerKind, ckpt: bool, batches: list[int],
-                      out: list[Candidate], offset: int) -> int:
-        """Price micro-batches upward until one does not fit; return the index to resume at."""
-        for i, batch in enumerate(batches):
-            config = self.config(variant, hw, rank=rank, optimizer=optimizer, micro_batch=batch,
-                                 ckpt=ckpt)
-            priced = self.price(config, hw)
-            if not priced or not priced[0].fits:
-                out.extend(priced[:1])  # keep one near miss for the verdicts
-                return offset + i
-            out.extend(priced)
-        return offset + len(batches)
-
-    def walk_cell_exhaustively(self, variant: Variant, hw: Hardware) -> list[Candidate]:
-        """Every point of the cell: all ranks, optimizers, checkpointing and micro-batches."""
-        space = self.problem.space
-        ranks: tuple[int | None, ...] = (None,)
-        if variant.method is not Method.FULL:
-            ranks = tuple(sorted(space.lora_ranks))
-        out: list[Candidate] = []
-        for rank in ranks:
-            for optimizer in space.optimizers:
-                for ckpt in space.grad_checkpointing:
-                    for batch in space.micro_batches:
-                        out.extend(self.price(self.config(
-                            variant, hw, rank=rank, optimizer=optimizer, micro_batch=batch,
-                            ckpt=ckpt), hw))
-        return out
-
-
-CONSTRAINT_NAMES = ("memory_gib_over", "usd_over", "hours_over", "quality_rejected")
-
-
-def constraints(candidate: Candidate, budget: Budget) -> tuple[float, float, float, float]:
-    """optuna-style constraint values (≤ 0 satisfied): memory GiB over, USD over, hours over,
-    and 1 when the quality policy rejects the candidate."""
-    memory_over = (0.0 if candidate.fits
-                   else max(1e-6, (candidate.measurement.peak_reserved_gib or math.inf)
-                            - candidate.usable_memory_gib))
-    hours_over = (0.0 if budget.max_hours is None
-                  else candidate.cost.hours - budget.max_hours)
-    return (memory_over, candidate.cost.usd - budget.max_usd, hours_over,
-            0.0 if candidate.quality_accepted else 1.0)
 
 
 def _finish(candidates: Iterable[Candidate], *, sampler: str, trials: int, evaluated: int,
@@ -621,12 +263,6 @@ def _trial_values(found: list[Candidate], budget: Budget
     if not all(math.isfinite(v) for v in values):
         values = (1e18, 1e18)
     return values, constraints(best, budget)
-
-
-def with_nodes_label(candidate: Candidate) -> str:
-    """``H100 SXM 80GB × 8 × 2 nodes`` style hardware label."""
-    text = f"{candidate.offer.gpu} × {candidate.offer.gpu_count}"
-    return text + (f" × {candidate.nodes} nodes" if candidate.nodes > 1 else "")
 
 
 __all__ = [
