@@ -221,37 +221,56 @@ def _render_table(plan: Plan, report: Path) -> None:
     from planner.search import with_nodes_label
 
     console = Console(highlight=False, soft_wrap=True)
-    if not console.is_terminal:  # piped or captured: do not squash 15 columns into 80
-        console = Console(highlight=False, soft_wrap=True, width=max(console.width, 200))
+    if not console.is_terminal:  # piped or captured: no terminal width to respect
+        console = Console(highlight=False, soft_wrap=True, width=max(console.width, 160))
     rows = plan.ranked or plan.near_misses
     title = (f"ftplan: {plan.model}, budget ${plan.budget.max_usd:,.2f}" if plan.ranked
              else f"ftplan: no feasible plan for {plan.model}; nearest misses")
-    table = Table(title=escape(title))
-    for name in ("#", "method", "rank", "targets", "precision", "batch", "ckpt", "GPUs",
-                 "offer", "kind", "hours", "USD", "VRAM GiB", "risk", "source"):
-        table.add_column(name, justify="right" if name in ("hours", "USD") else "left")
+    table = Table(title=escape(title), title_justify="left", pad_edge=False)
+    for name in ("#", "method", "batch", "GPUs", "offer", "hours", "USD", "GiB/GPU", "risk",
+                 "figures"):
+        numeric = name in ("hours", "USD", "GiB/GPU")
+        table.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for i, c in enumerate(rows, start=1):
-        cfg, m = c.config, c.measurement
-        peak = m.peak_reserved_gib or m.peak_allocated_gib or 0.0
-        table.add_row(*(escape(cell) for cell in (
-            str(i), cfg.method.value, str(cfg.lora_rank or "-"), cfg.lora_targets or "-",
-            cfg.precision.value + (" 8bit-opt" if cfg.optimizer.value != "adamw" else ""),
-            f"{cfg.micro_batch_size}×{c.grad_accum_steps}", "yes" if cfg.grad_checkpointing
-            else "no", with_nodes_label(c), f"{c.offer.provider.value} {c.offer.instance_type}",
-            "spot" if c.offer.spot else "on-demand", f"{c.cost.hours:,.1f}",
-            f"${c.cost.usd:,.2f}", f"{peak:.1f}/{c.usable_memory_gib:.1f}",
-            c.risk_level.value, m.source.value)))
+        table.add_row(*(escape(cell) for cell in _row(i, c, with_nodes_label(c))))
     console.print(table)
     if plan.chosen is not None:
         console.print(f"[bold]Chosen:[/bold] {escape(describe(plan.chosen))}")
+        if plan.chosen.suggested_learning_rate:
+            console.print(f"  learning rate ~{plan.chosen.suggested_learning_rate:.0e}, "
+                          f"gradient accumulation {plan.chosen.grad_accum_steps}", markup=False)
+    console.print("[bold]Why:[/bold]")
     for verdict in plan.verdicts:
-        console.print(f"- {verdict.reason}", markup=False)
+        console.print(f"  - {verdict.reason}", markup=False)
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-    console.print("Assumptions: " + "; ".join(plan.assumptions), markup=False)
+    console.print("[bold]Assumptions:[/bold]")
+    for assumption in plan.assumptions:
+        console.print(f"  - {assumption}", markup=False)
     console.print(f"Search: {plan.search.sampler}, {plan.search.trials} trials, "
-                  f"{plan.search.evaluated} estimates; prices {plan.search.catalog_as_of}")
+                  f"{plan.search.evaluated} estimates; prices {plan.search.catalog_as_of}",
+                  markup=False)
     console.print(f"Report: {report.with_suffix('.md')} (.html, .json)", markup=False)
+
+
+def _row(rank: int, c: Any, gpus: str) -> tuple[str, ...]:
+    """One table row: compact cells so the table reads in a 100-column terminal."""
+    cfg, m = c.config, c.measurement
+    if cfg.method.value == "full":
+        method = f"full {cfg.precision.value}"
+    else:
+        method = f"{cfg.method.value} r{cfg.lora_rank} {cfg.lora_targets}"
+        if cfg.precision.value != "bf16-mixed":
+            method += f" {cfg.precision.value}"
+    if cfg.optimizer.value != "adamw":
+        method += f" {cfg.optimizer.value}"
+    batch = f"{cfg.micro_batch_size}×{c.grad_accum_steps}" + (" ckpt" if cfg.grad_checkpointing
+                                                              else "")
+    offer = f"{c.offer.provider.value} {c.offer.instance_type}" + (" spot" if c.offer.spot
+                                                                   else "")
+    peak = m.peak_reserved_gib or m.peak_allocated_gib or 0.0
+    return (str(rank), method, batch, gpus, offer, f"{c.cost.hours:,.1f}", f"${c.cost.usd:,.2f}",
+            f"{peak:.1f}/{c.usable_memory_gib:.0f}", c.risk_level.value, m.source.value)
 
 
 COMMANDS: list[click.Command] = [recommend_command]

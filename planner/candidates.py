@@ -338,12 +338,24 @@ class Evaluator:
         out: list[Candidate] = []
         batches = sorted(space.micro_batches)
         for rank in ranks:
-            for optimizer in space.optimizers:
+            for optimizer in self.optimizers_for(variant):
                 start = 0
                 for ckpt in sorted(space.grad_checkpointing):
                     start = self._walk_batches(variant, hw, rank, optimizer, ckpt,
                                                batches[start:], out, start)
         return out
+
+    def optimizers_for(self, variant: Variant) -> tuple[OptimizerKind, ...]:
+        """Optimizers worth trying for a variant.
+
+        LoRA/QLoRA train <1% of the parameters, so 8-bit AdamW states would save well under
+        0.1 GiB while adding bitsandbytes' optimizer to the run: they keep torch AdamW, as in
+        DESIGN.md's recipes. Full fine-tuning tries every optimizer in the space.
+        """
+        space = self.problem.space
+        if variant.method is not Method.FULL and OptimizerKind.ADAMW in space.optimizers:
+            return (OptimizerKind.ADAMW,)
+        return space.optimizers
 
     def _walk_batches(self, variant: Variant, hw: Hardware, rank: int | None,
                       optimizer: OptimizerKind, ckpt: bool, batches: list[int],
@@ -367,7 +379,7 @@ class Evaluator:
             ranks = tuple(sorted(space.lora_ranks))
         out: list[Candidate] = []
         for rank in ranks:
-            for optimizer in space.optimizers:
+            for optimizer in self.optimizers_for(variant):
                 for ckpt in space.grad_checkpointing:
                     for batch in space.micro_batches:
                         out.extend(self.price(self.config(

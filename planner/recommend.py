@@ -6,6 +6,7 @@ profile store); :func:`count_dataset` is the one file reader, used by the CLI.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -15,7 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catalog import GPU, ModelSpec, Offer
-from planner._types import Budget, Candidate, MethodVerdict, Plan, SearchInfo, TokensSource
+from planner._types import (
+    Budget,
+    Candidate,
+    MethodVerdict,
+    Plan,
+    QualityPolicy,
+    RiskLevel,
+    SearchInfo,
+    TokensSource,
+)
 from planner.cost import SpotAssumptions, StartupAssumptions
 from planner.quality import ACCEPTED_LEVELS, BITS_PER_TOKEN, LORA_BITS_PER_PARAM
 from planner.search import (
@@ -43,6 +53,9 @@ DEFAULT_SEQ_LEN = 2048
 CHARS_PER_TOKEN = 4.0
 RANKED_SIZE = 8
 PARETO_SIZE = 12
+# --quality balanced accepts medium quality risk only when it is more than this much cheaper than
+# the best low-risk plan (a judgement call, stated in every plan that it affects).
+BALANCED_RISK_PREMIUM = 0.20
 METHOD_NAMES = {Method.FULL: "full FT", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
 
 
@@ -159,11 +172,11 @@ def recommend(request: RecommendRequest, *, estimate: EstimateFn, lookup: Lookup
     Returns:
         The plan; when ``chosen`` is None, ``near_misses`` and ``suggestions`` say what would work.
     """
-    problem = SearchProblem(spec=request.spec, budget=request.budget, seq_len=request.seq_len,
-                            offers=request.offers, gpus=request.gpus, space=request.space,
-                            spot=request.spot, startup=request.startup)
-    result = search(problem, estimate=estimate, lookup=lookup, fits=fits, seed=request.seed,
-                    trials=request.trials, storage=request.storage)
+    result = _search(request, request.budget, estimate=estimate, lookup=lookup, fits=fits)
+    notes: tuple[str, ...] = ()
+    if request.budget.quality is QualityPolicy.BALANCED:
+        result, notes = _prefer_low_risk(request, result, estimate=estimate, lookup=lookup,
+                                         fits=fits)
     ranked = _distinct(result.feasible, RANKED_SIZE)
     chosen = ranked[0] if ranked else None
     near = () if chosen else _near_misses(result)
@@ -171,13 +184,53 @@ def recommend(request: RecommendRequest, *, estimate: EstimateFn, lookup: Lookup
         model=request.spec.name, model_hf_id=request.spec.hf_id, budget=request.budget,
         chosen=chosen, ranked=ranked,
         verdicts=tuple(_verdict(m, result, chosen, request) for m in request.space.methods),
-        pareto=pareto_front(result.feasible), assumptions=_assumptions(request),
+        pareto=pareto_front(result.feasible), assumptions=_assumptions(request) + notes,
         search=SearchInfo(sampler=result.sampler, seed=request.seed, trials=result.trials,
                           evaluated=result.evaluated, catalog_as_of=request.catalog_as_of,
                           catalog_source=request.catalog_source, storage=request.storage),
         ftplan_version=request.ftplan_version,
         warnings=request.warnings + _plan_warnings(request, ranked),
         near_misses=near, suggestions=() if chosen else _suggestions(result, request))
+
+
+def _search(request: RecommendRequest, budget: Budget, *, estimate: EstimateFn,
+            lookup: LookupFn | None, fits: FitsFn) -> SearchResult:
+    problem = SearchProblem(spec=request.spec, budget=budget, seq_len=request.seq_len,
+                            offers=request.offers, gpus=request.gpus, space=request.space,
+                            spot=request.spot, startup=request.startup)
+    return search(problem, estimate=estimate, lookup=lookup, fits=fits, seed=request.seed,
+                  trials=request.trials, storage=request.storage)
+
+
+def _prefer_low_risk(request: RecommendRequest, balanced: SearchResult, *,
+                     estimate: EstimateFn, lookup: LookupFn | None,
+                     fits: FitsFn) -> tuple[SearchResult, tuple[str, ...]]:
+    """``--quality balanced``: take medium quality risk only where it saves real money.
+
+    The cheapest plan that accepts medium risk (e.g. attention-only LoRA) often saves a few
+    cents over a low-risk one (all-linear LoRA, which matches full FT on instruction data per
+    Schulman et al. 2025). Balanced keeps the low-risk plan unless the medium-risk one is more
+    than ``BALANCED_RISK_PREMIUM`` cheaper.
+    """
+    best = balanced.feasible[0] if balanced.feasible else None
+    if best is None or best.risk_level is RiskLevel.LOW:
+        return balanced, ()
+    strict_budget = dataclasses.replace(request.budget, quality=QualityPolicy.STRICT)
+    strict = _search(request, strict_budget, estimate=estimate, lookup=lookup, fits=fits)
+    low = strict.feasible[0] if strict.feasible else None
+    premium = f"{BALANCED_RISK_PREMIUM:.0%}"
+    if low is not None and low.cost.usd <= best.cost.usd * (1 + BALANCED_RISK_PREMIUM):
+        return strict, (
+            f"quality balanced: chose the low-risk plan (${low.cost.usd:,.2f}) over the "
+            f"cheapest medium-risk one (${best.cost.usd:,.2f}, {best.config.label()}): it costs "
+            f"less than {premium} more",)
+    if low is None:
+        return balanced, ("quality balanced: no low-risk plan fits the limits, so the plan "
+                          "accepts medium risk",)
+    return balanced, (
+        f"quality balanced: the medium-risk plan saves more than {premium} over the cheapest "
+        f"low-risk one (${low.cost.usd:,.2f}, {low.config.label()}); use --quality strict for "
+        "that one",)
 
 
 def _distinct(candidates: tuple[Candidate, ...], size: int) -> tuple[Candidate, ...]:

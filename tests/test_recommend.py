@@ -208,3 +208,26 @@ def test_70b_on_one_l4_fits_nowhere_and_says_so(tmp_path: Path) -> None:
     plan = json.loads(report.read_text())["plan"]
     qlora = next(v for v in plan["verdicts"] if v["method"] == "qlora")
     assert "fits no offered GPU" in qlora["reason"] and "GiB" in qlora["reason"]
+
+
+def test_balanced_quality_keeps_low_risk_unless_medium_risk_saves_real_money(
+    tmp_path: Path,
+) -> None:
+    balanced = _json_plan("--model", "llama2-7b", "--budget", "200", out=tmp_path)
+    cheapest = _json_plan("--model", "llama2-7b", "--budget", "200", "--quality", "cheapest",
+                          out=tmp_path)
+    # Attention-only LoRA (medium risk: no MLP adapters) is what 'cheapest' takes; 'balanced'
+    # pays the few cents for all-linear adapters and says why.
+    assert cheapest["chosen"]["config"]["lora_targets"] == "attention"
+    assert balanced["chosen"]["config"]["lora_targets"] == "all-linear"
+    assert all(r["level"] == "low" for r in balanced["chosen"]["risks"])
+    premium = balanced["chosen"]["cost"]["usd"] / cheapest["chosen"]["cost"]["usd"] - 1
+    assert 0 <= premium <= 0.20
+    assert any("chose the low-risk plan" in a for a in balanced["assumptions"])
+
+
+def test_lora_keeps_torch_adamw(tmp_path: Path) -> None:
+    plan = _json_plan("--model", "llama3.2-1b", "--budget", "50", out=tmp_path)
+    for c in plan["ranked"]:
+        if c["config"]["method"] != "full":
+            assert c["config"]["optimizer"] == "adamw"
