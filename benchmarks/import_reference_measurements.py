@@ -1,13 +1,13 @@
 """Convert the reference H100 measurements into ftplan profile records.
 
-Reads ``h100-measurements.jsonl`` (real training steps on one NVIDIA H100 80GB HBM3; conditions in
-the README next to it) and writes ``profiler/data/profiles-h100-reference.jsonl`` as
+Reads ``profiler/data/reference-h100.jsonl`` (real training steps on one NVIDIA H100 80GB HBM3;
+conditions in ``profiler/data/README.md``) and writes ``profiler/data/profiles-h100-reference.jsonl`` as
 ``Source.MEASURED`` records that ``profiler.store.default_store()`` ships.
 
 Usage::
 
     python benchmarks/import_reference_measurements.py \\
-        --source ../shared/reference/h100-measurements.jsonl \\
+        --source profiler/data/reference-h100.jsonl \\
         --out profiler/data/profiles-h100-reference.jsonl
 """
 
@@ -95,7 +95,7 @@ def convert(row: dict[str, Any]) -> Measurement:
             notes=(
                 f"{row['layers']} layers; static allocation {row['static_alloc_gib']} GiB; "
                 f"device used (total - free) {row['device_used_gib']} GiB; conditions in "
-                f"shared/reference/README.md (h100-measurements.jsonl)"
+                f"profiler/data/README.md (reference-h100.jsonl)"
             ),
         ),
         peak_allocated_gib=float(row["peak_alloc_gib"]) if ok else None,
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--source",
         type=Path,
-        default=root.parent / "shared" / "reference" / "h100-measurements.jsonl",
+        default=root / "profiler" / "data" / "reference-h100.jsonl",
     )
     parser.add_argument(
         "--out", type=Path, default=root / "profiler" / "data" / "profiles-h100-reference.jsonl"

@@ -1,7 +1,7 @@
 """A realistic :class:`Plan` built from fixed numbers, for report, CLI and launch tests.
 
 llama2-7b, 50M tokens × 2 epochs, $200 budget, 48 h deadline, priced on H100, A10G and L4 offers.
-The H100 LoRA figure is a real measurement (shared/reference/h100-measurements.jsonl: llama2-7b
+The H100 LoRA figure is a real measurement (profiler/data/reference-h100.jsonl: llama2-7b
 LoRA r16 all-linear, batch 4, seq 1024, gradient checkpointing, on an H100 80GB HBM3 with torch
 2.11, transformers 5.17, peft 0.21.0, bitsandbytes 0.50.2). The QLoRA memory is that
 measurement's peak labelled as a 2/4-layer extrapolation, and every other figure is a plausible
@@ -58,7 +58,7 @@ H100_PROVENANCE = Provenance(
         ("transformers", "5.17.0"),
     ),
     method="full-depth run, median of 5 timed steps after 2 warm-up steps",
-    notes="shared/reference/h100-measurements.jsonl",
+    notes="profiler/data/reference-h100.jsonl",
 )
 FIT_PROVENANCE = Provenance(
     device="NVIDIA H100 80GB HBM3",

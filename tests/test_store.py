@@ -17,7 +17,7 @@ LORA = TuningConfig(
 )
 GPU = "H100 SXM 80GB"
 REPO = Path(__file__).resolve().parent.parent
-REFERENCE = REPO.parent / "shared" / "reference" / "h100-measurements.jsonl"
+REFERENCE = REPO / "profiler" / "data" / "reference-h100.jsonl"
 
 
 def _record(
