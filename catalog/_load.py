@@ -423,8 +423,14 @@ def parse_provider(name: str) -> Provider:
     try:
         return Provider(name.strip().lower())
     except ValueError:
-        known = ", ".join(p.value for p in Provider)
-        raise CatalogError(f"unknown provider {name!r}; known providers: {known}.") from None
+        import difflib  # deferred: only needed on the error path
+
+        known = [p.value for p in Provider]
+        close = difflib.get_close_matches(name.strip().lower(), known, n=2, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise CatalogError(
+            f"unknown provider {name!r}.{hint} Known providers: {', '.join(known)}."
+        ) from None
 
 
 def _offer_from_row(row: _Row) -> Offer:

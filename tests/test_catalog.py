@@ -198,7 +198,7 @@ def test_local_offer() -> None:
     assert (offer.gpu, offer.gpu_count, offer.usd_per_hour) == ("RTX 4090", 2, 0.3)
     assert offer.as_of == "2026-01-02" and not offer.spot
     assert parse_provider("AWS") is Provider.AWS
-    with pytest.raises(CatalogError, match="known providers: aws"):
+    with pytest.raises(CatalogError, match="Known providers: aws"):
         parse_provider("oracle")
 
 
@@ -303,3 +303,8 @@ def test_cli_unknown_name_exits_2_without_traceback(args: list[str]) -> None:
 def test_cli_help_has_examples() -> None:
     result = CliRunner().invoke(main, ["catalog", "--help"])
     assert result.exit_code == 0 and "ftplan catalog offers --gpu h100" in result.output
+
+
+def test_misspelt_provider_gets_close_matches() -> None:
+    with pytest.raises(CatalogError, match="Did you mean: aws"):
+        parse_provider("awz")
