@@ -1,7 +1,8 @@
 """Convert the reference H100 measurements into ftplan profile records.
 
 Reads ``profiler/data/reference-h100.jsonl`` (real training steps on one NVIDIA H100 80GB HBM3;
-conditions in ``profiler/data/README.md``) and writes ``profiler/data/profiles-h100-reference.jsonl`` as
+conditions in ``profiler/data/README.md``) and writes
+``profiler/data/profiles-h100-reference.jsonl`` as
 ``Source.MEASURED`` records that ``profiler.store.default_store()`` ships.
 
 Usage::

@@ -29,19 +29,57 @@ OFFERS_FILENAME = "offers.csv"
 PRICE_AGE_WARNING_DAYS = 90
 
 MODEL_COLUMNS = (
-    "name", "hf_id", "model_type", "num_hidden_layers", "hidden_size", "intermediate_size",
-    "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
-    "tie_word_embeddings", "max_position_embeddings", "param_count", "num_experts",
-    "experts_per_token", "aliases", "source", "as_of",
+    "name",
+    "hf_id",
+    "model_type",
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+    "max_position_embeddings",
+    "param_count",
+    "num_experts",
+    "experts_per_token",
+    "aliases",
+    "source",
+    "as_of",
 )
 GPU_COLUMNS = (
-    "name", "aliases", "arch", "memory_gib", "usable_memory_gib", "memory_bandwidth_tbps",
-    "bf16_tflops", "fp16_tflops", "bf16_supported", "intra_node_interconnect", "intra_node_gbps",
-    "source", "as_of",
+    "name",
+    "aliases",
+    "arch",
+    "memory_gib",
+    "usable_memory_gib",
+    "memory_bandwidth_tbps",
+    "bf16_tflops",
+    "fp16_tflops",
+    "bf16_supported",
+    "intra_node_interconnect",
+    "intra_node_gbps",
+    "source",
+    "as_of",
 )
 OFFER_COLUMNS = (
-    "provider", "service", "instance_type", "region", "gpu", "gpu_count", "usd_per_hour", "spot",
-    "as_of", "source", "inter_node_gbps", "max_nodes", "stale", "vcpus", "memory_gib", "note",
+    "provider",
+    "service",
+    "instance_type",
+    "region",
+    "gpu",
+    "gpu_count",
+    "usd_per_hour",
+    "spot",
+    "as_of",
+    "source",
+    "inter_node_gbps",
+    "max_nodes",
+    "stale",
+    "vcpus",
+    "memory_gib",
+    "note",
 )
 
 
@@ -181,18 +219,23 @@ def _unknown(kind: str, name: str, names: Iterable[str], index: dict[str, str], 
 def _model_from_row(row: _Row) -> ModelSpec:
     try:
         return ModelSpec(
-            name=row.text("name"), hf_id=row.text("hf_id"), model_type=row.text("model_type"),
-            num_layers=row.integer("num_hidden_layers"), hidden_size=row.integer("hidden_size"),
+            name=row.text("name"),
+            hf_id=row.text("hf_id"),
+            model_type=row.text("model_type"),
+            num_layers=row.integer("num_hidden_layers"),
+            hidden_size=row.integer("hidden_size"),
             intermediate_size=row.integer("intermediate_size"),
             num_heads=row.integer("num_attention_heads"),
-            num_kv_heads=row.integer("num_key_value_heads"), head_dim=row.integer("head_dim"),
+            num_kv_heads=row.integer("num_key_value_heads"),
+            head_dim=row.integer("head_dim"),
             vocab_size=row.integer("vocab_size"),
             tied_embeddings=row.boolean("tie_word_embeddings"),
             param_count=row.integer("param_count"),
             max_seq_len=row.integer("max_position_embeddings"),
             num_experts=row.integer("num_experts"),
             experts_per_token=row.integer("experts_per_token"),
-            source=row.text("source"), as_of=row.iso_date("as_of"),
+            source=row.text("source"),
+            as_of=row.iso_date("as_of"),
         )
     except ValueError as exc:
         if isinstance(exc, CatalogError):
@@ -246,10 +289,15 @@ def get_model(name: str) -> ModelSpec:
     path = Path(name).expanduser()
     if path.is_dir() or path.suffix == ".json" or path.exists():
         return model_from_hf_config(path)
-    raise CatalogError(_unknown(
-        "model", name, _index_names(specs, index), index,
-        "See 'ftplan catalog models', or pass a path to a Hugging Face config.json.",
-    ))
+    raise CatalogError(
+        _unknown(
+            "model",
+            name,
+            _index_names(specs, index),
+            index,
+            "See 'ftplan catalog models', or pass a path to a Hugging Face config.json.",
+        )
+    )
 
 
 def _index_names(specs: dict[str, ModelSpec], index: dict[str, str]) -> list[str]:
@@ -306,18 +354,28 @@ def model_from_hf_config(path: str | os.PathLike[str]) -> ModelSpec:
     tied = config.get("tie_word_embeddings", model_type not in _UNTIED_BY_DEFAULT)
     experts = config.get("num_local_experts") or config.get("num_experts") or 1
     fields = dict(
-        num_layers=layers, hidden_size=hidden, intermediate_size=need("intermediate_size"),
-        num_heads=heads, num_kv_heads=int(kv_heads), head_dim=int(head_dim),
-        vocab_size=need("vocab_size"), tied_embeddings=bool(tied),
+        num_layers=layers,
+        hidden_size=hidden,
+        intermediate_size=need("intermediate_size"),
+        num_heads=heads,
+        num_kv_heads=int(kv_heads),
+        head_dim=int(head_dim),
+        vocab_size=need("vocab_size"),
+        tied_embeddings=bool(tied),
         max_seq_len=int(config.get("max_position_embeddings") or 2048),
-        num_experts=int(experts), experts_per_token=int(config.get("num_experts_per_tok") or 1),
+        num_experts=int(experts),
+        experts_per_token=int(config.get("num_experts_per_tok") or 1),
     )
-    probe = ModelSpec(name="probe", hf_id="", model_type=model_type, param_count=1, source="",
-                      as_of="", **fields)  # type: ignore[arg-type]
+    probe = ModelSpec(
+        name="probe", hf_id="", model_type=model_type, param_count=1, source="", as_of="", **fields
+    )  # type: ignore[arg-type]
     folder = config_path.parent.name or str(config_path)
     return ModelSpec(
-        name=folder, hf_id=str(config.get("_name_or_path") or config_path.parent),
-        model_type=model_type, param_count=_param_count(probe, config), source=str(config_path),
+        name=folder,
+        hf_id=str(config.get("_name_or_path") or config_path.parent),
+        model_type=model_type,
+        param_count=_param_count(probe, config),
+        source=str(config_path),
         as_of=date.fromtimestamp(config_path.stat().st_mtime).isoformat(),
         **fields,  # type: ignore[arg-type]
     )
@@ -350,7 +408,8 @@ def _gpus(path: Path = DATA_DIR / "gpus.csv") -> tuple[dict[str, GPU], dict[str,
             gpu = GPU(
                 name=row.text("name"),
                 aliases=tuple(a for a in row.text("aliases", required=False).split(";") if a),
-                arch=row.text("arch"), memory_gib=row.number("memory_gib"),
+                arch=row.text("arch"),
+                memory_gib=row.number("memory_gib"),
                 usable_memory_gib=row.number("usable_memory_gib"),
                 memory_bandwidth_tbps=row.number("memory_bandwidth_tbps"),
                 bf16_tflops=row.optional_number("bf16_tflops"),
@@ -358,7 +417,8 @@ def _gpus(path: Path = DATA_DIR / "gpus.csv") -> tuple[dict[str, GPU], dict[str,
                 bf16_supported=row.boolean("bf16_supported"),
                 intra_node_interconnect=interconnect,
                 intra_node_gbps=row.number("intra_node_gbps"),
-                source=row.text("source"), as_of=row.iso_date("as_of"),
+                source=row.text("source"),
+                as_of=row.iso_date("as_of"),
             )
         except ValueError as exc:
             if isinstance(exc, CatalogError):
@@ -383,8 +443,9 @@ def get_gpu(name: str) -> GPU:
     canonical = index.get(_norm(name))
     if canonical is None:
         aliases = [a for g in gpus.values() for a in g.aliases]
-        raise CatalogError(_unknown("GPU", name, [*gpus, *aliases], index,
-                                    "See 'ftplan catalog gpus'."))
+        raise CatalogError(
+            _unknown("GPU", name, [*gpus, *aliases], index, "See 'ftplan catalog gpus'.")
+        )
     return gpus[canonical]
 
 
@@ -446,12 +507,20 @@ def _offer_from_row(row: _Row) -> Offer:
     memory = row.text("memory_gib", required=False)
     try:
         return Offer(
-            provider=provider, service=row.text("service"),
-            instance_type=row.text("instance_type"), region=row.text("region"), gpu=gpu,
-            gpu_count=row.integer("gpu_count"), usd_per_hour=row.number("usd_per_hour"),
-            spot=row.boolean("spot"), as_of=row.iso_date("as_of"), source=row.text("source"),
-            inter_node_gbps=row.number("inter_node_gbps"), max_nodes=row.integer("max_nodes"),
-            stale=row.boolean("stale"), vcpus=row.integer("vcpus") if vcpus else None,
+            provider=provider,
+            service=row.text("service"),
+            instance_type=row.text("instance_type"),
+            region=row.text("region"),
+            gpu=gpu,
+            gpu_count=row.integer("gpu_count"),
+            usd_per_hour=row.number("usd_per_hour"),
+            spot=row.boolean("spot"),
+            as_of=row.iso_date("as_of"),
+            source=row.text("source"),
+            inter_node_gbps=row.number("inter_node_gbps"),
+            max_nodes=row.integer("max_nodes"),
+            stale=row.boolean("stale"),
+            vcpus=row.integer("vcpus") if vcpus else None,
             memory_gib=row.number("memory_gib") if memory else None,
         )
     except ValueError as exc:
@@ -515,8 +584,9 @@ def list_offers(
     return offers
 
 
-def local_offer(*, gpu: GPU, gpu_count: int, usd_per_hour: float = 0.0,
-                as_of: str | None = None) -> Offer:
+def local_offer(
+    *, gpu: GPU, gpu_count: int, usd_per_hour: float = 0.0, as_of: str | None = None
+) -> Offer:
     """An offer for the user's own machine with ``gpu_count`` × ``gpu``.
 
     Args:
@@ -527,10 +597,17 @@ def local_offer(*, gpu: GPU, gpu_count: int, usd_per_hour: float = 0.0,
     """
     slug = _norm(gpu.name)
     return Offer(
-        provider=Provider.LOCAL, service="local", instance_type=f"local-{gpu_count}x{slug}",
-        region="local", gpu=gpu.name, gpu_count=gpu_count, usd_per_hour=usd_per_hour,
-        spot=False, as_of=as_of or date.today().isoformat(),
-        source="the user's own machine (price given by the user)", max_nodes=1,
+        provider=Provider.LOCAL,
+        service="local",
+        instance_type=f"local-{gpu_count}x{slug}",
+        region="local",
+        gpu=gpu.name,
+        gpu_count=gpu_count,
+        usd_per_hour=usd_per_hour,
+        spot=False,
+        as_of=as_of or date.today().isoformat(),
+        source="the user's own machine (price given by the user)",
+        max_nodes=1,
     )
 
 
@@ -544,8 +621,11 @@ def catalog_info(*, today: date | None = None) -> CatalogInfo:
     dates = sorted(o.as_of for o in offers) or [date.today().isoformat()]
     today = today or date.today()
     return CatalogInfo(
-        offers_path=str(path), refreshed=path != shipped_offers_path(), offer_count=len(offers),
-        oldest_price_as_of=dates[0], newest_price_as_of=dates[-1],
+        offers_path=str(path),
+        refreshed=path != shipped_offers_path(),
+        offer_count=len(offers),
+        oldest_price_as_of=dates[0],
+        newest_price_as_of=dates[-1],
         stale_offer_count=sum(o.stale for o in offers),
         age_days=(today - date.fromisoformat(dates[0])).days,
     )
@@ -556,10 +636,13 @@ def catalog_age_warning(info: CatalogInfo, today: date) -> str | None:
     age_days = (today - date.fromisoformat(info.oldest_price_as_of)).days
     if age_days <= PRICE_AGE_WARNING_DAYS and not info.stale_offer_count:
         return None
-    stale = (f"; {info.stale_offer_count} offers are marked stale"
-             if info.stale_offer_count else "")
+    stale = f"; {info.stale_offer_count} offers are marked stale" if info.stale_offer_count else ""
     if age_days <= PRICE_AGE_WARNING_DAYS:
-        return (f"{info.stale_offer_count} offers are marked stale (prices known to have "
-                f"changed); run 'ftplan catalog refresh --provider aws'")
-    return (f"prices are {age_days} days old (oldest {info.oldest_price_as_of}){stale}; run "
-            f"'ftplan catalog refresh --provider aws'")
+        return (
+            f"{info.stale_offer_count} offers are marked stale (prices known to have "
+            f"changed); run 'ftplan catalog refresh --provider aws'"
+        )
+    return (
+        f"prices are {age_days} days old (oldest {info.oldest_price_as_of}){stale}; run "
+        f"'ftplan catalog refresh --provider aws'"
+    )

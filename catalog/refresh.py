@@ -92,16 +92,20 @@ def _term(field: str, value: str) -> dict[str, str]:
 def ec2_price_filters(instance_type: str, region: str) -> list[dict[str, str]]:
     """get_products filters for one EC2 instance's Linux, shared-tenancy on-demand price."""
     return [
-        _term("instanceType", instance_type), _location_filter(region),
-        _term("operatingSystem", "Linux"), _term("tenancy", "Shared"),
-        _term("preInstalledSw", "NA"), _term("capacitystatus", "Used"),
+        _term("instanceType", instance_type),
+        _location_filter(region),
+        _term("operatingSystem", "Linux"),
+        _term("tenancy", "Shared"),
+        _term("preInstalledSw", "NA"),
+        _term("capacitystatus", "Used"),
     ]
 
 
 def sagemaker_price_filters(instance_type: str, region: str) -> list[dict[str, str]]:
     """get_products filters for one SageMaker training instance (``ml.*``)."""
     return [
-        _term("instanceName", instance_type), _term("regionCode", region),
+        _term("instanceName", instance_type),
+        _term("regionCode", region),
         _term("platoinstancetype", "Training"),
     ]
 
@@ -158,8 +162,11 @@ def spot_price_usd(
 
 def _get_products(client: Any, service_code: str, filters: list[dict[str, str]]) -> list[str]:
     entries: list[str] = []
-    kwargs: dict[str, Any] = {"ServiceCode": service_code, "Filters": filters,
-                              "FormatVersion": "aws_v1"}
+    kwargs: dict[str, Any] = {
+        "ServiceCode": service_code,
+        "Filters": filters,
+        "FormatVersion": "aws_v1",
+    }
     while True:
         response = client.get_products(**kwargs)
         entries.extend(response.get("PriceList", []))
@@ -171,8 +178,11 @@ def _get_products(client: Any, service_code: str, filters: list[dict[str, str]])
 
 def _spot_history(client: Any, instance_type: str, now: datetime) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"InstanceTypes": [instance_type],
-                              "ProductDescriptions": ["Linux/UNIX"], "StartTime": now}
+    kwargs: dict[str, Any] = {
+        "InstanceTypes": [instance_type],
+        "ProductDescriptions": ["Linux/UNIX"],
+        "StartTime": now,
+    }
     while True:
         response = client.describe_spot_price_history(**kwargs)
         records.extend(response.get("SpotPriceHistory", []))
@@ -193,9 +203,16 @@ def _key(row: Mapping[str, str]) -> str:
     return f"{row['provider']}/{row['service']}/{row['instance_type']}/{row['region']}/{kind}"
 
 
-def _price_rows(templates: dict[tuple[str, str], dict[str, str]], region: str, pricing: Any,
-                ec2: Any, today: str, now: datetime, not_offered: list[str],
-                progress: Callable[[str], None]) -> list[dict[str, str]]:
+def _price_rows(
+    templates: dict[tuple[str, str], dict[str, str]],
+    region: str,
+    pricing: Any,
+    ec2: Any,
+    today: str,
+    now: datetime,
+    not_offered: list[str],
+    progress: Callable[[str], None],
+) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
     for (service, instance_type), template in sorted(templates.items()):
         progress(f"{region}: {instance_type}")
@@ -203,20 +220,34 @@ def _price_rows(templates: dict[tuple[str, str], dict[str, str]], region: str, p
         if service == "ec2":
             entries = _get_products(pricing, "AmazonEC2", ec2_price_filters(instance_type, region))
         else:
-            entries = _get_products(pricing, "AmazonSageMaker",
-                                    sagemaker_price_filters(instance_type, region))
+            entries = _get_products(
+                pricing, "AmazonSageMaker", sagemaker_price_filters(instance_type, region)
+            )
         on_demand = parse_on_demand_usd(entries)
         if on_demand is None:
             not_offered.append(f"{service}/{instance_type}/{region}")
             continue
-        rows.append({**base, "usd_per_hour": f"{on_demand:g}", "spot": "false",
-                     "source": PRICING_SOURCE, "note": f"refreshed {today}"})
+        rows.append(
+            {
+                **base,
+                "usd_per_hour": f"{on_demand:g}",
+                "spot": "false",
+                "source": PRICING_SOURCE,
+                "note": f"refreshed {today}",
+            }
+        )
         if service == "ec2":
             spot = spot_price_usd(_spot_history(ec2, instance_type, now))
             if spot is not None:
-                rows.append({**base, "usd_per_hour": f"{spot:g}", "spot": "true",
-                             "source": SPOT_SOURCE,
-                             "note": f"refreshed {today}; spot = highest latest per-zone price"})
+                rows.append(
+                    {
+                        **base,
+                        "usd_per_hour": f"{spot:g}",
+                        "spot": "true",
+                        "source": SPOT_SOURCE,
+                        "note": f"refreshed {today}; spot = highest latest per-zone price",
+                    }
+                )
     return rows
 
 
@@ -258,9 +289,11 @@ def refresh_aws(
     target = (cache_dir or default_cache_dir()) / OFFERS_FILENAME
     previous = active_offers_path()
     old_rows = _read_rows(previous)
-    templates = {(r["service"], r["instance_type"]): r for r in old_rows
-                 if r["provider"] == "aws" and r["service"] in _REFRESHED_SERVICES
-                 and r["spot"] == "false"}
+    templates = {
+        (r["service"], r["instance_type"]): r
+        for r in old_rows
+        if r["provider"] == "aws" and r["service"] in _REFRESHED_SERVICES and r["spot"] == "false"
+    }
     stamp = (today or date.today()).isoformat()
     now = datetime.now(UTC)
     report = progress or (lambda _line: None)
@@ -270,18 +303,28 @@ def refresh_aws(
         if pricing_client is None or ec2_clients is None:
             import boto3  # deferred: only refresh needs boto3
 
-            pricing_client = pricing_client or boto3.client("pricing",
-                                                            region_name=PRICING_API_REGION)
-            ec2_clients = ec2_clients or {r: boto3.client("ec2", region_name=r)
-                                          for r in region_list}
+            pricing_client = pricing_client or boto3.client(
+                "pricing", region_name=PRICING_API_REGION
+            )
+            ec2_clients = ec2_clients or {
+                r: boto3.client("ec2", region_name=r) for r in region_list
+            }
         missing_clients = [r for r in region_list if r not in ec2_clients]
         if missing_clients:
             raise CatalogError(f"no EC2 client given for region(s) {', '.join(missing_clients)}")
         fresh: list[dict[str, str]] = []
         not_offered: list[str] = []
         for region in region_list:
-            fresh += _price_rows(templates, region, pricing_client, ec2_clients[region], stamp,
-                                 now, not_offered, report)
+            fresh += _price_rows(
+                templates,
+                region,
+                pricing_client,
+                ec2_clients[region],
+                stamp,
+                now,
+                not_offered,
+                report,
+            )
     except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
         raise CatalogError(
             f"AWS price refresh failed: {exc}. Nothing was written; ftplan keeps using "
@@ -293,24 +336,34 @@ def refresh_aws(
             f"AWS price refresh found no prices in {', '.join(region_list)}; nothing was "
             f"written. Check the region names (e.g. us-east-1)."
         )
-    replaced = [r for r in old_rows if r["provider"] == "aws"
-                and r["service"] in _REFRESHED_SERVICES and r["region"] in region_list]
+    replaced = [
+        r
+        for r in old_rows
+        if r["provider"] == "aws"
+        and r["service"] in _REFRESHED_SERVICES
+        and r["region"] in region_list
+    ]
     kept = [r for r in old_rows if not any(r is x for x in replaced)]
     new_rows = [*kept, *fresh]
     text = _to_csv(new_rows)
     parse_offers_csv(text, path=target)  # never write a file the loader would reject
     atomic_write_text(target, text)
     return RefreshResult(
-        offers_path=str(target), regions=region_list, as_of=stamp, offer_count=len(new_rows),
-        refreshed_count=len(fresh), changes=_changes(replaced, fresh),
+        offers_path=str(target),
+        regions=region_list,
+        as_of=stamp,
+        offer_count=len(new_rows),
+        refreshed_count=len(fresh),
+        changes=_changes(replaced, fresh),
         not_offered=tuple(not_offered),
     )
 
 
 def _to_csv(rows: list[dict[str, str]]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(OFFER_COLUMNS), lineterminator="\n",
-                            extrasaction="ignore")
+    writer = csv.DictWriter(
+        out, fieldnames=list(OFFER_COLUMNS), lineterminator="\n", extrasaction="ignore"
+    )
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()

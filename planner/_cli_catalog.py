@@ -26,16 +26,27 @@ from catalog import (
     to_jsonable,
 )
 
-_FORMAT = click.option("--format", "output_format", type=click.Choice(["table", "json"]),
-                       default="table", show_default=True, help="Output format.")
+_FORMAT = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
 
 
 def _echo_json(value: Any) -> None:
     click.echo(json.dumps(to_jsonable(value), indent=2, sort_keys=True))
 
 
-def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]],
-           *, caption: str | None = None) -> None:
+def _table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    caption: str | None = None,
+) -> None:
     from rich.console import Console  # deferred: only table output needs rich
     from rich.table import Table
 
@@ -53,9 +64,18 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]],
 
 def _model_row(spec: ModelSpec) -> list[str]:
     moe = f"{spec.num_experts}x (top {spec.experts_per_token})" if spec.num_experts > 1 else ""
-    return [spec.name, spec.hf_id, f"{spec.param_count / 1e9:.2f}", str(spec.num_layers),
-            str(spec.hidden_size), f"{spec.num_heads}/{spec.num_kv_heads}", str(spec.vocab_size),
-            "yes" if spec.tied_embeddings else "no", str(spec.max_seq_len), moe]
+    return [
+        spec.name,
+        spec.hf_id,
+        f"{spec.param_count / 1e9:.2f}",
+        str(spec.num_layers),
+        str(spec.hidden_size),
+        f"{spec.num_heads}/{spec.num_kv_heads}",
+        str(spec.vocab_size),
+        "yes" if spec.tied_embeddings else "no",
+        str(spec.max_seq_len),
+        moe,
+    ]
 
 
 @click.command("models")
@@ -73,15 +93,35 @@ def models_command(output_format: str) -> None:
     if output_format == "json":
         _echo_json([{**to_jsonable(m), "aliases": list(model_aliases(m.name))} for m in models])
         return
-    _table("Models", ["name", "hf id", "params B", "layers", "hidden", "heads/kv", "vocab",
-                      "tied", "max seq", "experts"], [_model_row(m) for m in models])
+    _table(
+        "Models",
+        [
+            "name",
+            "hf id",
+            "params B",
+            "layers",
+            "hidden",
+            "heads/kv",
+            "vocab",
+            "tied",
+            "max seq",
+            "experts",
+        ],
+        [_model_row(m) for m in models],
+    )
 
 
 def _gpu_row(gpu: GPU) -> list[str]:
     bf16 = f"{gpu.bf16_tflops:g}" if gpu.bf16_supported and gpu.bf16_tflops else "no bf16"
-    return [gpu.name, ", ".join(gpu.aliases), f"{gpu.usable_memory_gib:.1f}",
-            f"{gpu.memory_bandwidth_tbps:g}", bf16, f"{gpu.fp16_tflops:g}",
-            f"{gpu.intra_node_interconnect.value} {gpu.intra_node_gbps:g}"]
+    return [
+        gpu.name,
+        ", ".join(gpu.aliases),
+        f"{gpu.usable_memory_gib:.1f}",
+        f"{gpu.memory_bandwidth_tbps:g}",
+        bf16,
+        f"{gpu.fp16_tflops:g}",
+        f"{gpu.intra_node_interconnect.value} {gpu.intra_node_gbps:g}",
+    ]
 
 
 @click.command("gpus")
@@ -99,28 +139,54 @@ def gpus_command(output_format: str) -> None:
     if output_format == "json":
         _echo_json(list(gpus))
         return
-    _table("GPUs", ["name", "aliases", "usable GiB", "mem TB/s", "bf16 TFLOP/s",
-                    "fp16 TFLOP/s", "link GB/s"], [_gpu_row(g) for g in gpus],
-           caption="TFLOP/s are dense peaks; link = intra-node GPU-to-GPU bandwidth")
+    _table(
+        "GPUs",
+        ["name", "aliases", "usable GiB", "mem TB/s", "bf16 TFLOP/s", "fp16 TFLOP/s", "link GB/s"],
+        [_gpu_row(g) for g in gpus],
+        caption="TFLOP/s are dense peaks; link = intra-node GPU-to-GPU bandwidth",
+    )
 
 
 def _offer_row(offer: Offer) -> list[str]:
-    return [offer.provider.value, offer.service, offer.instance_type, offer.region, offer.gpu,
-            str(offer.gpu_count), f"{offer.usd_per_hour:.4g}",
-            f"{offer.usd_per_hour / offer.gpu_count:.4g}", "spot" if offer.spot else "on-demand",
-            offer.as_of + (" (stale)" if offer.stale else "")]
+    return [
+        offer.provider.value,
+        offer.service,
+        offer.instance_type,
+        offer.region,
+        offer.gpu,
+        str(offer.gpu_count),
+        f"{offer.usd_per_hour:.4g}",
+        f"{offer.usd_per_hour / offer.gpu_count:.4g}",
+        "spot" if offer.spot else "on-demand",
+        offer.as_of + (" (stale)" if offer.stale else ""),
+    ]
 
 
 @click.command("offers")
-@click.option("--gpu", "gpu_names", multiple=True, metavar="NAME",
-              help="Only offers with this GPU (name or alias; repeatable).")
-@click.option("--provider", "provider_names", multiple=True, metavar="NAME",
-              help="Only this provider: aws, gcp, azure, lambda, runpod (repeatable).")
-@click.option("--spot/--no-spot", default=True, show_default=True,
-              help="Include spot / interruptible prices.")
+@click.option(
+    "--gpu",
+    "gpu_names",
+    multiple=True,
+    metavar="NAME",
+    help="Only offers with this GPU (name or alias; repeatable).",
+)
+@click.option(
+    "--provider",
+    "provider_names",
+    multiple=True,
+    metavar="NAME",
+    help="Only this provider: aws, gcp, azure, lambda, runpod (repeatable).",
+)
+@click.option(
+    "--spot/--no-spot",
+    default=True,
+    show_default=True,
+    help="Include spot / interruptible prices.",
+)
 @_FORMAT
-def offers_command(gpu_names: tuple[str, ...], provider_names: tuple[str, ...], spot: bool,
-                   output_format: str) -> None:
+def offers_command(
+    gpu_names: tuple[str, ...], provider_names: tuple[str, ...], spot: bool, output_format: str
+) -> None:
     """List priced offers (USD per instance-hour), cheapest per GPU first.
 
     \b
@@ -138,9 +204,23 @@ def offers_command(gpu_names: tuple[str, ...], provider_names: tuple[str, ...], 
     info = catalog_info()
     caption = f"{len(offers)} offers from {info.offers_path}"
     warning = catalog_age_warning(info, date.today())
-    _table("Offers", ["provider", "service", "instance", "region", "gpu", "#", "$/h",
-                      "per GPU $/h", "pricing", "as of"], [_offer_row(o) for o in offers],
-           caption=caption)
+    _table(
+        "Offers",
+        [
+            "provider",
+            "service",
+            "instance",
+            "region",
+            "gpu",
+            "#",
+            "$/h",
+            "per GPU $/h",
+            "pricing",
+            "as of",
+        ],
+        [_offer_row(o) for o in offers],
+        caption=caption,
+    )
     if warning:
         click.echo(f"warning: {warning}", err=True)
 
@@ -154,8 +234,10 @@ def _status_printer() -> tuple[Callable[[str], None], Callable[[], None]]:
 
 
 def _print_changes(result: RefreshResult) -> None:
-    click.echo(f"wrote {result.offer_count} offers to {result.offers_path} "
-               f"({result.refreshed_count} AWS prices as of {result.as_of})")
+    click.echo(
+        f"wrote {result.offer_count} offers to {result.offers_path} "
+        f"({result.refreshed_count} AWS prices as of {result.as_of})"
+    )
     for change in result.changes:
         old = "-" if change.old_usd_per_hour is None else f"{change.old_usd_per_hour:.4g}"
         new = "-" if change.new_usd_per_hour is None else f"{change.new_usd_per_hour:.4g}"
@@ -167,10 +249,21 @@ def _print_changes(result: RefreshResult) -> None:
 
 
 @click.command("refresh")
-@click.option("--provider", "provider_name", default="aws", show_default=True,
-              help="Provider to refresh (only aws has a price API ftplan reads).")
-@click.option("--region", "regions", multiple=True, default=("us-east-1",), show_default=True,
-              help="AWS region to price (repeatable).")
+@click.option(
+    "--provider",
+    "provider_name",
+    default="aws",
+    show_default=True,
+    help="Provider to refresh (only aws has a price API ftplan reads).",
+)
+@click.option(
+    "--region",
+    "regions",
+    multiple=True,
+    default=("us-east-1",),
+    show_default=True,
+    help="AWS region to price (repeatable).",
+)
 def refresh_command(provider_name: str, regions: tuple[str, ...]) -> None:
     """Fetch current AWS on-demand (Pricing API) and spot (EC2) prices into your cache.
 
@@ -183,8 +276,10 @@ def refresh_command(provider_name: str, regions: tuple[str, ...]) -> None:
       ftplan catalog refresh --region us-east-1 --region us-west-2
     """
     if parse_provider(provider_name).value != "aws":
-        raise click.UsageError(f"ftplan can refresh only aws prices, not {provider_name!r}; "
-                               f"other providers' prices come with ftplan releases.")
+        raise click.UsageError(
+            f"ftplan can refresh only aws prices, not {provider_name!r}; "
+            f"other providers' prices come with ftplan releases."
+        )
     update, stop = _status_printer()
     try:
         result = refresh_aws(regions=regions, progress=update)

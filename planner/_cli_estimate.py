@@ -19,33 +19,53 @@ from planner.cli import UserInputError
 from profiler import Measurement, Method, OptimizerKind, Precision, Sharding, TuningConfig
 
 
-def _build_config(*, method: Method, precision: Precision | None, rank: int | None,
-                  alpha: int | None, targets: str | None, batch: int, seq_len: int,
-                  grad_checkpointing: bool, optimizer: OptimizerKind, gpu: GPU,
-                  gpu_count: int) -> tuple[TuningConfig, list[str]]:
+def _build_config(
+    *,
+    method: Method,
+    precision: Precision | None,
+    rank: int | None,
+    alpha: int | None,
+    targets: str | None,
+    batch: int,
+    seq_len: int,
+    grad_checkpointing: bool,
+    optimizer: OptimizerKind,
+    gpu: GPU,
+    gpu_count: int,
+) -> tuple[TuningConfig, list[str]]:
     """The TuningConfig the flags describe, with notes on defaults that were switched."""
     notes: list[str] = []
     if method is Method.FULL and (rank is not None or alpha is not None or targets is not None):
-        raise UserInputError("--rank/--alpha/--targets apply to LoRA and QLoRA only, not "
-                             "--method full. To fix: drop them or use --method lora")
+        raise UserInputError(
+            "--rank/--alpha/--targets apply to LoRA and QLoRA only, not "
+            "--method full. To fix: drop them or use --method lora"
+        )
     if precision is None:
         precision = Precision.BF16_MIXED if gpu.bf16_supported else Precision.FP16_MIXED
         if not gpu.bf16_supported:
             notes.append(f"{gpu.name} has no bf16: using fp16-mixed")
     elif precision is not Precision.FP16_MIXED and not gpu.bf16_supported:
-        raise UserInputError(f"{gpu.name} has no bf16, so --precision {precision.value} cannot "
-                             f"run on it. To fix: use --precision fp16-mixed")
+        raise UserInputError(
+            f"{gpu.name} has no bf16, so --precision {precision.value} cannot "
+            f"run on it. To fix: use --precision fp16-mixed"
+        )
     lora = method is not Method.FULL
     sharding = Sharding.NONE
     if gpu_count > 1:
         sharding = Sharding.FSDP if method is Method.FULL else Sharding.DDP
     config = TuningConfig(
-        method=method, precision=precision,
+        method=method,
+        precision=precision,
         lora_rank=(rank if rank is not None else 16) if lora else None,
         lora_alpha=(alpha if alpha is not None else 32) if lora else None,
         lora_targets=(targets or "all-linear") if lora else None,
-        micro_batch_size=batch, seq_len=seq_len, grad_checkpointing=grad_checkpointing,
-        optimizer=optimizer, gpu_count=gpu_count, sharding=sharding)
+        micro_batch_size=batch,
+        seq_len=seq_len,
+        grad_checkpointing=grad_checkpointing,
+        optimizer=optimizer,
+        gpu_count=gpu_count,
+        sharding=sharding,
+    )
     return config, notes
 
 
@@ -116,37 +136,79 @@ def _render_table(result: dict[str, Any]) -> None:
 @click.command("estimate")
 @click.option("--model", required=True, help="Catalog model name, alias or config.json path.")
 @click.option("--method", required=True, type=click.Choice([m.value for m in Method]))
-@click.option("--precision", type=click.Choice([p.value for p in Precision]), default=None,
-              help="Default bf16-mixed (fp16-mixed on GPUs without bf16).")
+@click.option(
+    "--precision",
+    type=click.Choice([p.value for p in Precision]),
+    default=None,
+    help="Default bf16-mixed (fp16-mixed on GPUs without bf16).",
+)
 @click.option("--rank", type=int, default=None, help="LoRA rank (default 16).")
 @click.option("--alpha", type=int, default=None, help="LoRA alpha (default 32).")
-@click.option("--targets", default=None,
-              help="all-linear (default), attention, or a list such as q_proj,v_proj.")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Micro-batch per GPU.")
+@click.option(
+    "--targets",
+    default=None,
+    help="all-linear (default), attention, or a list such as q_proj,v_proj.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Micro-batch per GPU.",
+)
 @click.option("--seq-len", type=click.IntRange(min=1), default=2048, show_default=True)
 @click.option("--grad-checkpointing", is_flag=True)
-@click.option("--optimizer", type=click.Choice([o.value for o in OptimizerKind]),
-              default=OptimizerKind.ADAMW.value, show_default=True)
+@click.option(
+    "--optimizer",
+    type=click.Choice([o.value for o in OptimizerKind]),
+    default=OptimizerKind.ADAMW.value,
+    show_default=True,
+)
 @click.option("--gpu", "gpu_name", default="h100", show_default=True)
-@click.option("--gpu-count", type=click.IntRange(min=1), default=1, show_default=True,
-              help="GPUs on one node: DDP for LoRA/QLoRA, FSDP full-shard for full FT.")
+@click.option(
+    "--gpu-count",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="GPUs on one node: DDP for LoRA/QLoRA, FSDP full-shard for full FT.",
+)
 @click.option("--analytic-only", is_flag=True, help="Skip stored profiles; use the formula.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
-def estimate_command(model: str, method: str, precision: str | None, rank: int | None,
-                     alpha: int | None, targets: str | None, batch: int, seq_len: int,
-                     grad_checkpointing: bool, optimizer: str, gpu_name: str, gpu_count: int,
-                     analytic_only: bool, fmt: str) -> None:
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def estimate_command(
+    model: str,
+    method: str,
+    precision: str | None,
+    rank: int | None,
+    alpha: int | None,
+    targets: str | None,
+    batch: int,
+    seq_len: int,
+    grad_checkpointing: bool,
+    optimizer: str,
+    gpu_name: str,
+    gpu_count: int,
+    analytic_only: bool,
+    fmt: str,
+) -> None:
     """Peak GPU memory and step time of one fine-tuning config, without a GPU."""
     from profiler.estimator import estimate
 
     spec, gpu = get_model(model), get_gpu(gpu_name)
     config, notes = _build_config(
-        method=Method(method), precision=Precision(precision) if precision else None,
-        rank=rank, alpha=alpha, targets=targets, batch=batch, seq_len=seq_len,
-        grad_checkpointing=grad_checkpointing, optimizer=OptimizerKind(optimizer), gpu=gpu,
-        gpu_count=gpu_count)
+        method=Method(method),
+        precision=Precision(precision) if precision else None,
+        rank=rank,
+        alpha=alpha,
+        targets=targets,
+        batch=batch,
+        seq_len=seq_len,
+        grad_checkpointing=grad_checkpointing,
+        optimizer=OptimizerKind(optimizer),
+        gpu=gpu,
+        gpu_count=gpu_count,
+    )
     stored = None if analytic_only else _stored(spec.name, config, gpu)
     measurement = stored if stored is not None else estimate(spec, config, gpu)
     result = _result(measurement, gpu, notes)
@@ -158,10 +220,19 @@ def estimate_command(model: str, method: str, precision: str | None, rank: int |
 
 @click.command("calibrate")
 @click.option("--gpu", "gpu_name", required=True, help="GPU the measurements were taken on.")
-@click.option("--from", "sources", multiple=True, type=click.Path(path_type=Path),
-              help="Measurement JSONL files (default: the profile store).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Where to write (default: the user cache, where the estimator finds it).")
+@click.option(
+    "--from",
+    "sources",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Measurement JSONL files (default: the profile store).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write (default: the user cache, where the estimator finds it).",
+)
 def calibrate_command(gpu_name: str, sources: tuple[Path, ...], out: Path | None) -> None:
     """Fit the estimator to stored measurements of one GPU and save the calibration."""
     from profiler.calibration import (
@@ -184,12 +255,16 @@ def calibrate_command(gpu_name: str, sources: tuple[Path, ...], out: Path | None
     atomic_write_text(target, calibration_to_json(fitted))
     load_calibration.cache_clear()  # type: ignore[attr-defined]
     click.echo(f"fitted {gpu.name} on {fitted.fit_inputs} measurements")
-    click.echo(f"before: peak memory error median {before_errors[0]:.1f}% (worst "
-               f"{before_errors[1]:.1f}%), step time median {before_errors[2]:.1f}% (worst "
-               f"{before_errors[3]:.1f}%)")
-    click.echo(f"after:  peak memory error median {fitted.memory_error_median_pct:.1f}% (worst "
-               f"{fitted.memory_error_max_pct:.1f}%), step time median "
-               f"{fitted.time_error_median_pct:.1f}% (worst {fitted.time_error_max_pct:.1f}%)")
+    click.echo(
+        f"before: peak memory error median {before_errors[0]:.1f}% (worst "
+        f"{before_errors[1]:.1f}%), step time median {before_errors[2]:.1f}% (worst "
+        f"{before_errors[3]:.1f}%)"
+    )
+    click.echo(
+        f"after:  peak memory error median {fitted.memory_error_median_pct:.1f}% (worst "
+        f"{fitted.memory_error_max_pct:.1f}%), step time median "
+        f"{fitted.time_error_median_pct:.1f}% (worst {fitted.time_error_max_pct:.1f}%)"
+    )
     click.echo(f"wrote {target}")
 
 
@@ -201,10 +276,13 @@ def _read_sources(sources: Sequence[Path], gpu: GPU) -> list[Measurement]:
     records: list[Measurement] = []
     for path in sources:
         if not path.is_file():
-            raise FileNotFoundError(f"--from {path}: no such file. To fix: give a JSONL file "
-                                    f"written by 'ftplan profile'")
-        first = next((line for line in path.read_text(encoding="utf-8").splitlines()
-                      if line.strip()), "{}")
+            raise FileNotFoundError(
+                f"--from {path}: no such file. To fix: give a JSONL file "
+                f"written by 'ftplan profile'"
+            )
+        first = next(
+            (line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()), "{}"
+        )
         if "mode" in json.loads(first):
             records += reference_measurements(path, gpu_name=gpu.name)
         else:
@@ -212,8 +290,9 @@ def _read_sources(sources: Sequence[Path], gpu: GPU) -> list[Measurement]:
     return records
 
 
-def _errors(records: Sequence[Measurement], gpu: GPU, calibration: Any
-            ) -> tuple[float, float, float, float]:
+def _errors(
+    records: Sequence[Measurement], gpu: GPU, calibration: Any
+) -> tuple[float, float, float, float]:
     """Median and worst absolute % error of peak allocated memory and step time."""
     from profiler.calibration import usable_rows
     from profiler.estimator import estimate

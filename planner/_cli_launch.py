@@ -41,20 +41,30 @@ def plan_candidate(plan: Plan, *, rank: int | None = None) -> Candidate:
     """
     if rank is not None:
         if not 1 <= rank <= len(plan.ranked):
-            raise ValueError(f"--candidate {rank} is out of range: the plan ranks "
-                             f"{len(plan.ranked)} candidates (1..{len(plan.ranked)})")
+            raise ValueError(
+                f"--candidate {rank} is out of range: the plan ranks "
+                f"{len(plan.ranked)} candidates (1..{len(plan.ranked)})"
+            )
         return plan.ranked[rank - 1]
     if plan.chosen is None:
         raise ValueError(
             "the plan has no chosen candidate (nothing was feasible within the budget). To fix: "
-            "re-run 'ftplan recommend' with a larger --budget, or pick one with --candidate N")
+            "re-run 'ftplan recommend' with a larger --budget, or pick one with --candidate N"
+        )
     return plan.chosen
 
 
-def launch_spec_from_plan(plan: Plan, candidate: Candidate, *, device: str = "cuda",
-                          max_steps: int | None = None, weights: str | None = None,
-                          random_init: bool = False, grad_accum_steps: int | None = None,
-                          learning_rate: float | None = None) -> LaunchSpec:
+def launch_spec_from_plan(
+    plan: Plan,
+    candidate: Candidate,
+    *,
+    device: str = "cuda",
+    max_steps: int | None = None,
+    weights: str | None = None,
+    random_init: bool = False,
+    grad_accum_steps: int | None = None,
+    learning_rate: float | None = None,
+) -> LaunchSpec:
     """Turn a plan's candidate into the runners' LaunchSpec.
 
     Weights come from ``weights`` or else the catalog model's hub id; gradient accumulation
@@ -77,12 +87,14 @@ def launch_spec_from_plan(plan: Plan, candidate: Candidate, *, device: str = "cu
         nodes=candidate.nodes,
         device=device,
         grad_accum_steps=grad_accum_steps or candidate.grad_accum_steps,
-        learning_rate=learning_rate or candidate.suggested_learning_rate
+        learning_rate=learning_rate
+        or candidate.suggested_learning_rate
         or DEFAULT_LEARNING_RATE[method],
         epochs=plan.budget.epochs,
         max_steps=max_steps,
-        checkpoint_every_minutes=(candidate.cost.checkpoint_interval_minutes
-                                  or DEFAULT_CHECKPOINT_MINUTES),
+        checkpoint_every_minutes=(
+            candidate.cost.checkpoint_interval_minutes or DEFAULT_CHECKPOINT_MINUTES
+        ),
         expected_peak_allocated_gib=measurement.peak_allocated_gib,
         expected_tokens_per_s=measurement.tokens_per_s,
         expected_source=measurement.source.value,
@@ -98,36 +110,82 @@ def _user_error(exc: Exception) -> click.ClickException:
 
 @click.command("launch")
 @click.argument("plan_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--target", type=click.Choice([t.value for t in Target]), required=True,
-              help="Run on this machine's GPUs or as a SageMaker training job.")
-@click.option("--data", required=True,
-              help="Training JSONL (local file; for SageMaker an s3:// file or prefix).")
+@click.option(
+    "--target",
+    type=click.Choice([t.value for t in Target]),
+    required=True,
+    help="Run on this machine's GPUs or as a SageMaker training job.",
+)
+@click.option(
+    "--data",
+    required=True,
+    help="Training JSONL (local file; for SageMaker an s3:// file or prefix).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the exact command / request; start nothing.")
 @click.option("--role", help="SageMaker execution role ARN (default: $FTPLAN_SAGEMAKER_ROLE).")
 @click.option("--region", help="AWS region (default: the offer's region).")
-@click.option("--output-dir", help="Local runs folder (default: runs/); for SageMaker an s3:// "
-                                   "prefix for source, output and checkpoints.")
+@click.option(
+    "--output-dir",
+    help="Local runs folder (default: runs/); for SageMaker an s3:// "
+    "prefix for source, output and checkpoints.",
+)
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps.")
-@click.option("--candidate", "rank", type=click.IntRange(min=1),
-              help="Launch the N-th ranked candidate instead of the chosen one.")
-@click.option("--weights", help="Hub id or local folder of the weights (default: the plan's "
-                                "model id).")
-@click.option("--random-init", is_flag=True,
-              help="Random weights from the model's config (memory/speed check; no download).")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
-              help="cpu: a local smoke run only.")
-@click.option("--grad-accum", type=click.IntRange(min=1),
-              help="Micro-batches per optimizer step (default: the plan's).")
-@click.option("--image-uri", help="SageMaker training image (default: the Hugging Face PyTorch "
-                                  "training image of the region).")
-@click.option("--resume", "resume_run", metavar="RUN_ID",
-              help="Local: continue that run from its newest checkpoint.")
+@click.option(
+    "--candidate",
+    "rank",
+    type=click.IntRange(min=1),
+    help="Launch the N-th ranked candidate instead of the chosen one.",
+)
+@click.option(
+    "--weights", help="Hub id or local folder of the weights (default: the plan's model id)."
+)
+@click.option(
+    "--random-init",
+    is_flag=True,
+    help="Random weights from the model's config (memory/speed check; no download).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cuda", "cpu"]),
+    default="cuda",
+    show_default=True,
+    help="cpu: a local smoke run only.",
+)
+@click.option(
+    "--grad-accum",
+    type=click.IntRange(min=1),
+    help="Micro-batches per optimizer step (default: the plan's).",
+)
+@click.option(
+    "--image-uri",
+    help="SageMaker training image (default: the Hugging Face PyTorch "
+    "training image of the region).",
+)
+@click.option(
+    "--resume",
+    "resume_run",
+    metavar="RUN_ID",
+    help="Local: continue that run from its newest checkpoint.",
+)
 @click.option("--wait", is_flag=True, help="Follow the run until it ends.")
-def launch_command(plan_file: Path, target: str, data: str, dry_run: bool, role: str | None,
-                   region: str | None, output_dir: str | None, max_steps: int | None,
-                   rank: int | None, weights: str | None, random_init: bool, device: str,
-                   grad_accum: int | None, image_uri: str | None, resume_run: str | None,
-                   wait: bool) -> None:
+def launch_command(
+    plan_file: Path,
+    target: str,
+    data: str,
+    dry_run: bool,
+    role: str | None,
+    region: str | None,
+    output_dir: str | None,
+    max_steps: int | None,
+    rank: int | None,
+    weights: str | None,
+    random_init: bool,
+    device: str,
+    grad_accum: int | None,
+    image_uri: str | None,
+    resume_run: str | None,
+    wait: bool,
+) -> None:
     """Launch the plan's chosen candidate: a real fine-tune whose measured peak memory and
     tokens/s are compared with the plan's prediction (output/summary.json).
 
@@ -140,42 +198,82 @@ def launch_command(plan_file: Path, target: str, data: str, dry_run: bool, role:
 
     plan = read_plan(plan_file)
     candidate = plan_candidate(plan, rank=rank)
-    spec = launch_spec_from_plan(plan, candidate, device=device, max_steps=max_steps,
-                                 weights=weights, random_init=random_init,
-                                 grad_accum_steps=grad_accum)
+    spec = launch_spec_from_plan(
+        plan,
+        candidate,
+        device=device,
+        max_steps=max_steps,
+        weights=weights,
+        random_init=random_init,
+        grad_accum_steps=grad_accum,
+    )
     try:
         if Target(target) is Target.LOCAL:
-            _launch_local(spec, data=data, dry_run=dry_run, runs_dir=output_dir, wait=wait,
-                          resume_run=resume_run)
+            _launch_local(
+                spec,
+                data=data,
+                dry_run=dry_run,
+                runs_dir=output_dir,
+                wait=wait,
+                resume_run=resume_run,
+            )
         else:
             if resume_run:
-                raise RunnerError("--resume is for local runs; a SageMaker job resumes from its "
-                                  "S3 checkpoints by itself when restarted")
-            _launch_sagemaker(spec, data=data, dry_run=dry_run, role=role, region=region,
-                              prefix=output_dir, image=image_uri, wait=wait)
+                raise RunnerError(
+                    "--resume is for local runs; a SageMaker job resumes from its "
+                    "S3 checkpoints by itself when restarted"
+                )
+            _launch_sagemaker(
+                spec,
+                data=data,
+                dry_run=dry_run,
+                role=role,
+                region=region,
+                prefix=output_dir,
+                image=image_uri,
+                wait=wait,
+            )
     except RunnerError as exc:
         raise _user_error(exc) from None
 
 
-def _launch_local(spec: LaunchSpec, *, data: str, dry_run: bool, runs_dir: str | None,
-                  wait: bool, resume_run: str | None) -> None:
+def _launch_local(
+    spec: LaunchSpec,
+    *,
+    data: str,
+    dry_run: bool,
+    runs_dir: str | None,
+    wait: bool,
+    resume_run: str | None,
+) -> None:
     runner = LocalRunner(runs_dir=runs_dir or DEFAULT_RUNS_DIR, echo=sys.stdout)
     result = runner.launch(spec, data=data, dry_run=dry_run, resume_run_id=resume_run)
     if dry_run:
         return
-    click.echo(f"status: ftplan status {result.run_id} --target local"
-               + (f" --runs-dir {runs_dir}" if runs_dir else ""))
+    click.echo(
+        f"status: ftplan status {result.run_id} --target local"
+        + (f" --runs-dir {runs_dir}" if runs_dir else "")
+    )
     if wait:
         _print_status(runner.wait(result.run_id), fmt="table")
 
 
-def _launch_sagemaker(spec: LaunchSpec, *, data: str, dry_run: bool, role: str | None,
-                      region: str | None, prefix: str | None, image: str | None,
-                      wait: bool) -> None:
+def _launch_sagemaker(
+    spec: LaunchSpec,
+    *,
+    data: str,
+    dry_run: bool,
+    role: str | None,
+    region: str | None,
+    prefix: str | None,
+    image: str | None,
+    wait: bool,
+) -> None:
     if prefix is not None and not prefix.startswith("s3://"):
         raise RunnerError(f"--output-dir {prefix!r} must be an s3:// prefix for SageMaker")
-    runner = SageMakerRunner(role_arn=role, region=region, s3_prefix=prefix, image=image,
-                             echo=sys.stdout)
+    runner = SageMakerRunner(
+        role_arn=role, region=region, s3_prefix=prefix, image=image, echo=sys.stdout
+    )
     result = runner.launch(spec, data=data, dry_run=dry_run)
     if dry_run:
         return
@@ -185,10 +283,16 @@ def _launch_sagemaker(spec: LaunchSpec, *, data: str, dry_run: bool, role: str |
 
 
 def _print_status(status: RunStatus, *, fmt: str) -> None:
-    record: dict[str, Any] = {"run_id": status.run_id, "target": status.target.value,
-                              "state": status.state.value, "detail": status.detail,
-                              "started_at": status.started_at, "ended_at": status.ended_at,
-                              "log": status.log_path, "summary": status.summary_path}
+    record: dict[str, Any] = {
+        "run_id": status.run_id,
+        "target": status.target.value,
+        "state": status.state.value,
+        "detail": status.detail,
+        "started_at": status.started_at,
+        "ended_at": status.ended_at,
+        "log": status.log_path,
+        "summary": status.summary_path,
+    }
     if fmt == "json":
         click.echo(json.dumps(record, indent=2, sort_keys=True))
         return
@@ -199,18 +303,27 @@ def _print_status(status: RunStatus, *, fmt: str) -> None:
 
 @click.command("status")
 @click.argument("run_id")
-@click.option("--target", type=click.Choice([t.value for t in Target]),
-              help="Where the run is (default: local when runs/RUN_ID exists, else sagemaker).")
-@click.option("--runs-dir", default=str(DEFAULT_RUNS_DIR), show_default=True,
-              help="Local runs folder.")
+@click.option(
+    "--target",
+    type=click.Choice([t.value for t in Target]),
+    help="Where the run is (default: local when runs/RUN_ID exists, else sagemaker).",
+)
+@click.option(
+    "--runs-dir", default=str(DEFAULT_RUNS_DIR), show_default=True, help="Local runs folder."
+)
 @click.option("--region", help="AWS region of a SageMaker job.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True)
-def status_command(run_id: str, target: str | None, runs_dir: str, region: str | None,
-                   fmt: str) -> None:
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def status_command(
+    run_id: str, target: str | None, runs_dir: str, region: str | None, fmt: str
+) -> None:
     """Show where a local run or SageMaker job stands (state, progress, log, summary)."""
-    chosen = Target(target) if target else (
-        Target.LOCAL if (Path(runs_dir) / run_id).is_dir() else Target.SAGEMAKER)
+    chosen = (
+        Target(target)
+        if target
+        else (Target.LOCAL if (Path(runs_dir) / run_id).is_dir() else Target.SAGEMAKER)
+    )
     try:
         if chosen is Target.LOCAL:
             status = LocalRunner(runs_dir=runs_dir).status(run_id)

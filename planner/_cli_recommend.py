@@ -47,29 +47,47 @@ def _build_request(o: dict[str, Any]) -> Any:
     if o["seq_len"] is None and longest is not None and longest > seq_len:
         # Size the plan for the longest sample (rounded up to 256 tokens), within the model.
         seq_len = min(spec.max_seq_len, math.ceil(longest / 256) * 256)
-    budget = Budget(max_usd=o["budget"], dataset_tokens=tokens,
-                    epochs=o["epochs"] if o["epochs"] is not None else DEFAULT_EPOCHS,
-                    tokens_source=source, max_hours=o["max_hours"], task=Task(o["task"]),
-                    quality=QualityPolicy(o["quality"]), longest_sample_tokens=longest)
+    budget = Budget(
+        max_usd=o["budget"],
+        dataset_tokens=tokens,
+        epochs=o["epochs"] if o["epochs"] is not None else DEFAULT_EPOCHS,
+        tokens_source=source,
+        max_hours=o["max_hours"],
+        task=Task(o["task"]),
+        quality=QualityPolicy(o["quality"]),
+        longest_sample_tokens=longest,
+    )
     gpus = [catalog.get_gpu(g) for g in o["gpu"]]
     providers = [catalog.parse_provider(p) for p in o["provider"]] or None
     offers = _offers(providers, gpus, o)
     info = catalog.catalog_info()
     warnings = tuple(w for w in [catalog.catalog_age_warning(info, date.today())] if w)
     if seq_len > spec.max_seq_len:
-        warnings += (f"--seq-len {seq_len} exceeds {spec.name}'s context of "
-                     f"{spec.max_seq_len} tokens",)
+        warnings += (
+            f"--seq-len {seq_len} exceeds {spec.name}'s context of {spec.max_seq_len} tokens",
+        )
     gpu_by_name = {g.name: g for g in catalog.list_gpus()}
-    spot = SpotAssumptions(interruptions_per_hour=o["spot_interruptions_per_hour"],
-                           restart_minutes=o["spot_restart_minutes"])
+    spot = SpotAssumptions(
+        interruptions_per_hour=o["spot_interruptions_per_hour"],
+        restart_minutes=o["spot_restart_minutes"],
+    )
     return RecommendRequest(
-        spec=spec, budget=budget, offers=offers, seq_len=seq_len,
+        spec=spec,
+        budget=budget,
+        offers=offers,
+        seq_len=seq_len,
         seq_len_given=o["seq_len"] is not None,
-        gpus={o_.gpu: gpu_by_name[o_.gpu] for o_ in offers}, spot=spot,
-        spot_allowed=o["spot"], seed=o["seed"], trials=o["trials"], storage=o["storage"],
+        gpus={o_.gpu: gpu_by_name[o_.gpu] for o_ in offers},
+        spot=spot,
+        spot_allowed=o["spot"],
+        seed=o["seed"],
+        trials=o["trials"],
+        storage=o["storage"],
         catalog_as_of=f"{info.oldest_price_as_of}..{info.newest_price_as_of}",
         catalog_source=info.offers_path,
-        warnings=warnings, ftplan_version=_version())
+        warnings=warnings,
+        ftplan_version=_version(),
+    )
 
 
 def _offers(providers: list[Any] | None, gpus: list[Any], o: dict[str, Any]) -> tuple[Any, ...]:
@@ -79,16 +97,19 @@ def _offers(providers: list[Any] | None, gpus: list[Any], o: dict[str, Any]) -> 
     offers: list[Any] = []
     cloud = None if providers is None else [p for p in providers if p is not Provider.LOCAL]
     if cloud is None or cloud:
-        offers += catalog.list_offers(providers=cloud, gpus=gpus or None,
-                                      include_spot=o["spot"])
+        offers += catalog.list_offers(providers=cloud, gpus=gpus or None, include_spot=o["spot"])
         if o["gpu_count"] is not None:
             offers = [x for x in offers if x.gpu_count == o["gpu_count"]]
     if providers is not None and Provider.LOCAL in providers:
         if len(gpus) != 1:
-            raise ValueError("--provider local needs exactly one --gpu NAME (your card) and "
-                             "--gpu-count N")
-        offers.append(catalog.local_offer(gpu=gpus[0], gpu_count=o["gpu_count"] or 1,
-                                          usd_per_hour=o["usd_per_hour"] or 0.0))
+            raise ValueError(
+                "--provider local needs exactly one --gpu NAME (your card) and --gpu-count N"
+            )
+        offers.append(
+            catalog.local_offer(
+                gpu=gpus[0], gpu_count=o["gpu_count"] or 1, usd_per_hour=o["usd_per_hour"] or 0.0
+            )
+        )
     elif o["usd_per_hour"] is not None:
         raise ValueError("--usd-per-hour prices your own machine: use it with --provider local")
     return tuple(offers)
@@ -133,35 +154,73 @@ def _slug(model: str, budget: float, digest: str) -> str:
 @click.option("--model", required=True, help="Catalog name, HF id or path to a config.json.")
 @click.option("--budget", type=float, required=True, help="Most you will spend, USD.")
 @click.option("--tokens", type=click.IntRange(min=1), help="Dataset tokens per epoch.")
-@click.option("--dataset", type=click.Path(dir_okay=False, path_type=Path),
-              help="JSONL dataset; tokens counted as characters ÷ 4 (no tokenizer).")
+@click.option(
+    "--dataset",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSONL dataset; tokens counted as characters ÷ 4 (no tokenizer).",
+)
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Default 3.")
 @click.option("--seq-len", type=click.IntRange(min=1), help="Tokens per sample (default 2048).")
 @click.option("--gpu", multiple=True, help="Limit to these GPUs (name or alias; repeatable).")
 @click.option("--gpu-count", type=click.IntRange(min=1), help="GPUs per machine.")
-@click.option("--provider", multiple=True,
-              help="aws, gcp, azure, lambda, runpod or local (repeatable; default all clouds).")
-@click.option("--usd-per-hour", type=click.FloatRange(min=0),
-              help="What an hour of your own machine costs (with --provider local).")
+@click.option(
+    "--provider",
+    multiple=True,
+    help="aws, gcp, azure, lambda, runpod or local (repeatable; default all clouds).",
+)
+@click.option(
+    "--usd-per-hour",
+    type=click.FloatRange(min=0),
+    help="What an hour of your own machine costs (with --provider local).",
+)
 @click.option("--max-hours", type=click.FloatRange(min=0, min_open=True), help="Deadline, h.")
 @click.option("--spot/--no-spot", default=False, help="Consider spot offers (default: no).")
-@click.option("--spot-interruptions-per-hour", type=click.FloatRange(min=0), default=0.1,
-              show_default=True, help="Assumed spot reclaims per instance-hour.")
-@click.option("--spot-restart-minutes", type=click.FloatRange(min=0), default=10.0,
-              show_default=True, help="Assumed minutes from a reclaim to training again.")
-@click.option("--task", type=click.Choice([t.value for t in Task]), default="sft",
-              show_default=True)
-@click.option("--quality", type=click.Choice([q.value for q in QualityPolicy]),
-              default="balanced", show_default=True, help="Quality risk you accept.")
-@click.option("--trials", type=click.IntRange(min=1),
-              help="optuna trials (default: every structural cell, exact).")
+@click.option(
+    "--spot-interruptions-per-hour",
+    type=click.FloatRange(min=0),
+    default=0.1,
+    show_default=True,
+    help="Assumed spot reclaims per instance-hour.",
+)
+@click.option(
+    "--spot-restart-minutes",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Assumed minutes from a reclaim to training again.",
+)
+@click.option(
+    "--task", type=click.Choice([t.value for t in Task]), default="sft", show_default=True
+)
+@click.option(
+    "--quality",
+    type=click.Choice([q.value for q in QualityPolicy]),
+    default="balanced",
+    show_default=True,
+    help="Quality risk you accept.",
+)
+@click.option(
+    "--trials",
+    type=click.IntRange(min=1),
+    help="optuna trials (default: every structural cell, exact).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--storage", help="optuna storage URL to store/resume the study, e.g. "
-              "sqlite:///study.db")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
-              show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "md"]), default="table",
-              show_default=True)
+@click.option(
+    "--storage", help="optuna storage URL to store/resume the study, e.g. sqlite:///study.db"
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "md"]),
+    default="table",
+    show_default=True,
+)
 @click.option("--quiet", is_flag=True, help="Print only the chosen plan's line.")
 def recommend_command(**o: Any) -> None:
     """Rank fine-tuning plans (method, rank, GPU offer, ...) that fit a budget.
@@ -200,16 +259,21 @@ def render(plan: Plan, *, fmt: str, quiet: bool, report: Path) -> None:
 
         click.echo(plan_to_json(plan), nl=False)
     elif quiet:
-        click.echo(describe(plan.chosen) if plan.chosen else
-                   "no feasible plan: " + "; ".join(plan.suggestions[:1]))
+        click.echo(
+            describe(plan.chosen)
+            if plan.chosen
+            else "no feasible plan: " + "; ".join(plan.suggestions[:1])
+        )
     elif fmt == "md":
-        click.echo(report.with_suffix(".md").read_text(encoding="utf-8")
-                   if report.with_suffix(".md").is_file() else f"report: {report}")
+        click.echo(
+            report.with_suffix(".md").read_text(encoding="utf-8")
+            if report.with_suffix(".md").is_file()
+            else f"report: {report}"
+        )
     else:
         _render_table(plan, report)
     if plan.chosen is None:
-        click.echo("error: no feasible plan. To fix: " + "; or ".join(plan.suggestions),
-                   err=True)
+        click.echo("error: no feasible plan. To fix: " + "; or ".join(plan.suggestions), err=True)
 
 
 def _render_table(plan: Plan, report: Path) -> None:
@@ -224,11 +288,24 @@ def _render_table(plan: Plan, report: Path) -> None:
     if not console.is_terminal:  # piped or captured: no terminal width to respect
         console = Console(highlight=False, soft_wrap=True, width=max(console.width, 160))
     rows = plan.ranked or plan.near_misses
-    title = (f"ftplan: {plan.model}, budget ${plan.budget.max_usd:,.2f}" if plan.ranked
-             else f"ftplan: no feasible plan for {plan.model}; nearest misses")
+    title = (
+        f"ftplan: {plan.model}, budget ${plan.budget.max_usd:,.2f}"
+        if plan.ranked
+        else f"ftplan: no feasible plan for {plan.model}; nearest misses"
+    )
     table = Table(title=escape(title), title_justify="left", pad_edge=False)
-    for name in ("#", "method", "batch", "GPUs", "offer", "hours", "USD", "GiB/GPU", "risk",
-                 "figures"):
+    for name in (
+        "#",
+        "method",
+        "batch",
+        "GPUs",
+        "offer",
+        "hours",
+        "USD",
+        "GiB/GPU",
+        "risk",
+        "figures",
+    ):
         numeric = name in ("hours", "USD", "GiB/GPU")
         table.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for i, c in enumerate(rows, start=1):
@@ -237,8 +314,11 @@ def _render_table(plan: Plan, report: Path) -> None:
     if plan.chosen is not None:
         console.print(f"[bold]Chosen:[/bold] {escape(describe(plan.chosen))}")
         if plan.chosen.suggested_learning_rate:
-            console.print(f"  learning rate ~{plan.chosen.suggested_learning_rate:.0e}, "
-                          f"gradient accumulation {plan.chosen.grad_accum_steps}", markup=False)
+            console.print(
+                f"  learning rate ~{plan.chosen.suggested_learning_rate:.0e}, "
+                f"gradient accumulation {plan.chosen.grad_accum_steps}",
+                markup=False,
+            )
     console.print("[bold]Why:[/bold]")
     for verdict in plan.verdicts:
         console.print(f"  - {verdict.reason}", markup=False)
@@ -247,9 +327,11 @@ def _render_table(plan: Plan, report: Path) -> None:
     console.print("[bold]Assumptions:[/bold]")
     for assumption in plan.assumptions:
         console.print(f"  - {assumption}", markup=False)
-    console.print(f"Search: {plan.search.sampler}, {plan.search.trials} trials, "
-                  f"{plan.search.evaluated} estimates; prices {plan.search.catalog_as_of}",
-                  markup=False)
+    console.print(
+        f"Search: {plan.search.sampler}, {plan.search.trials} trials, "
+        f"{plan.search.evaluated} estimates; prices {plan.search.catalog_as_of}",
+        markup=False,
+    )
     console.print(f"Report: {report.with_suffix('.md')} (.html, .json)", markup=False)
 
 
@@ -264,13 +346,23 @@ def _row(rank: int, c: Any, gpus: str) -> tuple[str, ...]:
             method += f" {cfg.precision.value}"
     if cfg.optimizer.value != "adamw":
         method += f" {cfg.optimizer.value}"
-    batch = f"{cfg.micro_batch_size}×{c.grad_accum_steps}" + (" ckpt" if cfg.grad_checkpointing
-                                                              else "")
-    offer = f"{c.offer.provider.value} {c.offer.instance_type}" + (" spot" if c.offer.spot
-                                                                   else "")
+    batch = f"{cfg.micro_batch_size}×{c.grad_accum_steps}" + (
+        " ckpt" if cfg.grad_checkpointing else ""
+    )
+    offer = f"{c.offer.provider.value} {c.offer.instance_type}" + (" spot" if c.offer.spot else "")
     peak = m.peak_reserved_gib or m.peak_allocated_gib or 0.0
-    return (str(rank), method, batch, gpus, offer, f"{c.cost.hours:,.1f}", f"${c.cost.usd:,.2f}",
-            f"{peak:.1f}/{c.usable_memory_gib:.0f}", c.risk_level.value, m.source.value)
+    return (
+        str(rank),
+        method,
+        batch,
+        gpus,
+        offer,
+        f"{c.cost.hours:,.1f}",
+        f"${c.cost.usd:,.2f}",
+        f"{peak:.1f}/{c.usable_memory_gib:.0f}",
+        c.risk_level.value,
+        m.source.value,
+    )
 
 
 COMMANDS: list[click.Command] = [recommend_command]

@@ -92,8 +92,17 @@ class SearchProblem:
 
     def fingerprint(self) -> str:
         """Short hash of the inputs, used to name a stored optuna study."""
-        text = repr((self.spec.name, self.budget, self.seq_len,
-                     sorted(o.key for o in self.offers), self.space, self.spot, self.startup))
+        text = repr(
+            (
+                self.spec.name,
+                self.budget,
+                self.seq_len,
+                sorted(o.key for o in self.offers),
+                self.space,
+                self.spot,
+                self.startup,
+            )
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -130,9 +139,15 @@ class Hardware:
 
 def sort_key(candidate: Candidate) -> tuple[Any, ...]:
     """Explicit, total ranking key: feasible first, then USD, hours and names."""
-    return (not candidate.feasible, round(candidate.cost.usd, 6), round(candidate.cost.hours, 6),
-            candidate.offer.instance_type, candidate.offer.key, candidate.nodes,
-            candidate.config.label())
+    return (
+        not candidate.feasible,
+        round(candidate.cost.usd, 6),
+        round(candidate.cost.hours, 6),
+        candidate.offer.instance_type,
+        candidate.offer.key,
+        candidate.nodes,
+        candidate.config.label(),
+    )
 
 
 def default_fits(peak_reserved_gib: float, gpu: GPU) -> bool:
@@ -147,8 +162,14 @@ def default_fits(peak_reserved_gib: float, gpu: GPU) -> bool:
 class Evaluator:
     """Prices configs on hardware, caching every estimator call and quality assessment."""
 
-    def __init__(self, problem: SearchProblem, *, estimate: EstimateFn,
-                 lookup: LookupFn | None = None, fits: FitsFn = default_fits) -> None:
+    def __init__(
+        self,
+        problem: SearchProblem,
+        *,
+        estimate: EstimateFn,
+        lookup: LookupFn | None = None,
+        fits: FitsFn = default_fits,
+    ) -> None:
         self.problem = problem
         self._estimate = estimate
         self._lookup = lookup
@@ -165,8 +186,10 @@ class Evaluator:
             if method is Method.FULL:
                 out += [Variant(method=method, precision=p) for p in space.full_precisions]
             else:
-                out += [Variant(method=method, precision=Precision.BF16_MIXED, targets=t)
-                        for t in space.lora_targets]
+                out += [
+                    Variant(method=method, precision=Precision.BF16_MIXED, targets=t)
+                    for t in space.lora_targets
+                ]
         return tuple(out)
 
     def hardware(self) -> tuple[Hardware, ...]:
@@ -180,8 +203,14 @@ class Evaluator:
             for nodes in self.problem.space.node_counts:
                 usable = tuple(o for o in offers if o.max_nodes >= nodes)
                 if usable:
-                    cells.append(Hardware(gpu=gpu, gpus_per_node=count, nodes=nodes,
-                                          offers=tuple(sorted(usable, key=lambda o: o.key))))
+                    cells.append(
+                        Hardware(
+                            gpu=gpu,
+                            gpus_per_node=count,
+                            nodes=nodes,
+                            offers=tuple(sorted(usable, key=lambda o: o.key)),
+                        )
+                    )
         return tuple(cells)
 
     def can_hold_weights(self, variant: Variant, hw: Hardware) -> bool:
@@ -201,8 +230,11 @@ class Evaluator:
         per-GPU memory or raise per-GPU speed: they only buy time, at a higher price."""
         if not self.can_hold_weights(variant, hw):
             return False
-        return (hw.nodes == 1 or variant.method is Method.FULL
-                or self.problem.budget.max_hours is not None)
+        return (
+            hw.nodes == 1
+            or variant.method is Method.FULL
+            or self.problem.budget.max_hours is not None
+        )
 
     def lower_bound_usd(self, variant: Variant, hw: Hardware) -> float:
         """USD the cell costs at least: every GPU at its dense 16-bit peak FLOP/s.
@@ -212,8 +244,11 @@ class Evaluator:
         recomputation only add). Start-up is included, spot overhead is not (it is ≥ 0).
         """
         spec, budget = self.problem.spec, self.problem.budget
-        attn = sum(a * b for n, (a, b) in spec.linear_shapes().items()
-                   if n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        attn = sum(
+            a * b
+            for n, (a, b) in spec.linear_shapes().items()
+            if n in ("q_proj", "k_proj", "v_proj", "o_proj")
+        )
         mlp = spec.params_per_layer() - attn
         active = (attn + mlp * spec.experts_per_token / spec.num_experts) * spec.num_layers
         flops_per_token = (6.0 if variant.method is Method.FULL else 4.0) * active
@@ -228,8 +263,16 @@ class Evaluator:
             best = min(best, (train_s + provision_s + download_s) / 3600 * offer.usd_per_hour)
         return best * hw.nodes
 
-    def config(self, variant: Variant, hw: Hardware, *, rank: int | None,
-               optimizer: OptimizerKind, micro_batch: int, ckpt: bool) -> TuningConfig:
+    def config(
+        self,
+        variant: Variant,
+        hw: Hardware,
+        *,
+        rank: int | None,
+        optimizer: OptimizerKind,
+        micro_batch: int,
+        ckpt: bool,
+    ) -> TuningConfig:
         """The TuningConfig of one point; fp16-mixed replaces bf16 on GPUs without bf16."""
         precision = variant.precision
         if not hw.gpu.bf16_supported:
@@ -239,10 +282,18 @@ class Evaluator:
         else:
             sharding = Sharding.FSDP if variant.method is Method.FULL else Sharding.DDP
         return TuningConfig(
-            method=variant.method, precision=precision, lora_rank=rank,
-            lora_alpha=None if rank is None else 2 * rank, lora_targets=variant.targets,
-            micro_batch_size=micro_batch, seq_len=self.problem.seq_len, grad_checkpointing=ckpt,
-            optimizer=optimizer, gpu_count=hw.gpu_count, sharding=sharding)
+            method=variant.method,
+            precision=precision,
+            lora_rank=rank,
+            lora_alpha=None if rank is None else 2 * rank,
+            lora_targets=variant.targets,
+            micro_batch_size=micro_batch,
+            seq_len=self.problem.seq_len,
+            grad_checkpointing=ckpt,
+            optimizer=optimizer,
+            gpu_count=hw.gpu_count,
+            sharding=sharding,
+        )
 
     def measure(self, config: TuningConfig, hw: Hardware, inter_node_gbps: float) -> Measurement:
         """A stored profile when one matches (single node), else the estimator; cached."""
@@ -255,8 +306,9 @@ class Evaluator:
             measurement = self._lookup(self.problem.spec.name, config, hw.gpu.name)
         if measurement is None:
             self.estimator_calls += 1
-            measurement = self._estimate(self.problem.spec, config, hw.gpu, nodes=hw.nodes,
-                                         inter_node_gbps=key[3])
+            measurement = self._estimate(
+                self.problem.spec, config, hw.gpu, nodes=hw.nodes, inter_node_gbps=key[3]
+            )
         self._measurements[key] = measurement
         return measurement
 
@@ -286,34 +338,62 @@ class Evaluator:
             fits = self.fits(measurement, hw.gpu)
             if measurement.status is not Status.OK or not measurement.tokens_per_s:
                 continue
-            cost = estimate_cost(measurement, offer, problem.budget, nodes=hw.nodes,
-                                 spot_policy=problem.spot, startup=problem.startup,
-                                 weights_gib=weights, checkpoint_size_gib=ckpt_size)
-            out.append(Candidate(
-                config=config, offer=offer, nodes=hw.nodes, measurement=measurement, cost=cost,
-                fits=fits, usable_memory_gib=hw.gpu.usable_memory_gib, risks=risks,
-                suggested_learning_rate=suggested_learning_rate(config),
-                within_budget=cost.usd <= problem.budget.max_usd,
-                within_deadline=(problem.budget.max_hours is None
-                                 or cost.hours <= problem.budget.max_hours),
-                quality_accepted=ok_quality, grad_accum_steps=accum,
-                global_batch_tokens=global_tokens))
+            cost = estimate_cost(
+                measurement,
+                offer,
+                problem.budget,
+                nodes=hw.nodes,
+                spot_policy=problem.spot,
+                startup=problem.startup,
+                weights_gib=weights,
+                checkpoint_size_gib=ckpt_size,
+            )
+            out.append(
+                Candidate(
+                    config=config,
+                    offer=offer,
+                    nodes=hw.nodes,
+                    measurement=measurement,
+                    cost=cost,
+                    fits=fits,
+                    usable_memory_gib=hw.gpu.usable_memory_gib,
+                    risks=risks,
+                    suggested_learning_rate=suggested_learning_rate(config),
+                    within_budget=cost.usd <= problem.budget.max_usd,
+                    within_deadline=(
+                        problem.budget.max_hours is None or cost.hours <= problem.budget.max_hours
+                    ),
+                    quality_accepted=ok_quality,
+                    grad_accum_steps=accum,
+                    global_batch_tokens=global_tokens,
+                )
+            )
         return out
 
     def _risks_for(self, config: TuningConfig, global_tokens: int) -> Any:
-        key = (config.method, config.lora_rank, config.lora_targets, config.precision,
-               global_tokens)
+        key = (
+            config.method,
+            config.lora_rank,
+            config.lora_targets,
+            config.precision,
+            global_tokens,
+        )
         risks = self._risks.get(key)
         if risks is None:
-            risks = assess_quality(self.problem.spec, config, self.problem.budget,
-                                   global_batch_tokens=global_tokens)
+            risks = assess_quality(
+                self.problem.spec, config, self.problem.budget, global_batch_tokens=global_tokens
+            )
             self._risks[key] = risks
         return risks
 
     def rank_accepted(self, variant: Variant, rank: int) -> bool:
         """Whether the quality policy accepts this rank before batch-size effects."""
-        probe = TuningConfig(method=variant.method, lora_rank=rank, lora_targets=variant.targets,
-                             seq_len=self.problem.seq_len)
+        probe = TuningConfig(
+            method=variant.method,
+            lora_rank=rank,
+            lora_targets=variant.targets,
+            seq_len=self.problem.seq_len,
+        )
         risks = self._risks_for(probe, 0)
         return accepted(risks, self.problem.budget.quality)
 
@@ -341,8 +421,9 @@ class Evaluator:
             for optimizer in self.optimizers_for(variant):
                 start = 0
                 for ckpt in sorted(space.grad_checkpointing):
-                    start = self._walk_batches(variant, hw, rank, optimizer, ckpt,
-                                               batches[start:], out, start)
+                    start = self._walk_batches(
+                        variant, hw, rank, optimizer, ckpt, batches[start:], out, start
+                    )
         return out
 
     def optimizers_for(self, variant: Variant) -> tuple[OptimizerKind, ...]:
@@ -357,13 +438,22 @@ class Evaluator:
             return (OptimizerKind.ADAMW,)
         return space.optimizers
 
-    def _walk_batches(self, variant: Variant, hw: Hardware, rank: int | None,
-                      optimizer: OptimizerKind, ckpt: bool, batches: list[int],
-                      out: list[Candidate], offset: int) -> int:
+    def _walk_batches(
+        self,
+        variant: Variant,
+        hw: Hardware,
+        rank: int | None,
+        optimizer: OptimizerKind,
+        ckpt: bool,
+        batches: list[int],
+        out: list[Candidate],
+        offset: int,
+    ) -> int:
         """Price micro-batches upward until one does not fit; return the index to resume at."""
         for i, batch in enumerate(batches):
-            config = self.config(variant, hw, rank=rank, optimizer=optimizer, micro_batch=batch,
-                                 ckpt=ckpt)
+            config = self.config(
+                variant, hw, rank=rank, optimizer=optimizer, micro_batch=batch, ckpt=ckpt
+            )
             priced = self.price(config, hw)
             if not priced or not priced[0].fits:
                 out.extend(priced[:1])  # keep one near miss for the verdicts
@@ -382,9 +472,19 @@ class Evaluator:
             for optimizer in self.optimizers_for(variant):
                 for ckpt in space.grad_checkpointing:
                     for batch in space.micro_batches:
-                        out.extend(self.price(self.config(
-                            variant, hw, rank=rank, optimizer=optimizer, micro_batch=batch,
-                            ckpt=ckpt), hw))
+                        out.extend(
+                            self.price(
+                                self.config(
+                                    variant,
+                                    hw,
+                                    rank=rank,
+                                    optimizer=optimizer,
+                                    micro_batch=batch,
+                                    ckpt=ckpt,
+                                ),
+                                hw,
+                            )
+                        )
         return out
 
 
@@ -394,13 +494,21 @@ CONSTRAINT_NAMES = ("memory_gib_over", "usd_over", "hours_over", "quality_reject
 def constraints(candidate: Candidate, budget: Budget) -> tuple[float, float, float, float]:
     """optuna-style constraint values (≤ 0 satisfied): memory GiB over, USD over, hours over,
     and 1 when the quality policy rejects the candidate."""
-    memory_over = (0.0 if candidate.fits
-                   else max(1e-6, (candidate.measurement.peak_reserved_gib or math.inf)
-                            - candidate.usable_memory_gib))
-    hours_over = (0.0 if budget.max_hours is None
-                  else candidate.cost.hours - budget.max_hours)
-    return (memory_over, candidate.cost.usd - budget.max_usd, hours_over,
-            0.0 if candidate.quality_accepted else 1.0)
+    memory_over = (
+        0.0
+        if candidate.fits
+        else max(
+            1e-6,
+            (candidate.measurement.peak_reserved_gib or math.inf) - candidate.usable_memory_gib,
+        )
+    )
+    hours_over = 0.0 if budget.max_hours is None else candidate.cost.hours - budget.max_hours
+    return (
+        memory_over,
+        candidate.cost.usd - budget.max_usd,
+        hours_over,
+        0.0 if candidate.quality_accepted else 1.0,
+    )
 
 
 def with_nodes_label(candidate: Candidate) -> str:

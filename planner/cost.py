@@ -115,8 +115,9 @@ def checkpoint_gib(spec: ModelSpec, config: TuningConfig) -> float:
     return params * (weight_bytes + state_bytes) / _GIB
 
 
-def checkpoint_interval_s(*, step_time_s: float, save_s: float,
-                          interruptions_per_hour: float) -> float:
+def checkpoint_interval_s(
+    *, step_time_s: float, save_s: float, interruptions_per_hour: float
+) -> float:
     """Seconds between checkpoints: Young's optimum sqrt(2 × save time × MTBF), whole steps.
 
     Young, J. W. (1974), "A first order approximation to the optimum checkpoint interval",
@@ -129,9 +130,17 @@ def checkpoint_interval_s(*, step_time_s: float, save_s: float,
     return max(1, math.ceil(young_s / step_time_s)) * step_time_s
 
 
-def estimate_cost(measurement: Measurement, offer: Offer, budget: Budget, *, nodes: int,
-                  spot_policy: SpotAssumptions, startup: StartupAssumptions | None = None,
-                  weights_gib: float = 0.0, checkpoint_size_gib: float = 0.0) -> CostEstimate:
+def estimate_cost(
+    measurement: Measurement,
+    offer: Offer,
+    budget: Budget,
+    *,
+    nodes: int,
+    spot_policy: SpotAssumptions,
+    startup: StartupAssumptions | None = None,
+    weights_gib: float = 0.0,
+    checkpoint_size_gib: float = 0.0,
+) -> CostEstimate:
     """Estimate wall-clock hours and USD for one candidate.
 
     Args:
@@ -172,8 +181,10 @@ def estimate_cost(measurement: Measurement, offer: Offer, budget: Budget, *, nod
         step_s = measurement.step_time_s or 1.0
         save_s = checkpoint_size_gib / spot_policy.checkpoint_write_gib_per_s
         interval_s = checkpoint_interval_s(
-            step_time_s=step_s, save_s=save_s,
-            interruptions_per_hour=spot_policy.interruptions_per_hour)
+            step_time_s=step_s,
+            save_s=save_s,
+            interruptions_per_hour=spot_policy.interruptions_per_hour,
+        )
         checkpoints_s = 0.0 if math.isinf(interval_s) else train_s / interval_s * save_s
         # Any node's reclaim stops the whole job, so the rate scales with the node count.
         exposed_hours = (train_s + checkpoints_s) / 3600

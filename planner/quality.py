@@ -22,12 +22,12 @@ from planner._types import Budget, QualityPolicy, QualityRisk, RiskLevel, Task
 from planner.cost import trainable_param_count
 from profiler import Method, Precision, TuningConfig, resolve_targets
 
-SCHULMAN_2025 = "Schulman et al., \"LoRA Without Regret\", Thinking Machines Lab, 2025"
-BIDERMAN_2024 = ("Biderman et al., \"LoRA Learns Less and Forgets Less\", 2024 "
-                 "(arXiv:2405.09673)")
-DETTMERS_2023 = ("Dettmers et al., \"QLoRA: Efficient Finetuning of Quantized LLMs\", 2023 "
-                 "(arXiv:2305.14314)")
-ZAMIRAI_2020 = "Zamirai et al., \"Revisiting BFloat16 Training\", 2020 (arXiv:2010.06192)"
+SCHULMAN_2025 = 'Schulman et al., "LoRA Without Regret", Thinking Machines Lab, 2025'
+BIDERMAN_2024 = 'Biderman et al., "LoRA Learns Less and Forgets Less", 2024 (arXiv:2405.09673)'
+DETTMERS_2023 = (
+    'Dettmers et al., "QLoRA: Efficient Finetuning of Quantized LLMs", 2023 (arXiv:2305.14314)'
+)
+ZAMIRAI_2020 = 'Zamirai et al., "Revisiting BFloat16 Training", 2020 (arXiv:2010.06192)'
 
 # Schulman et al. (2025): LoRA stores ~2 bits of information per trainable parameter.
 LORA_BITS_PER_PARAM = 2.0
@@ -81,8 +81,13 @@ def capacity_ratio(spec: ModelSpec, config: TuningConfig, budget: Budget) -> flo
     return budget.dataset_tokens * BITS_PER_TOKEN[budget.task] / capacity_bits
 
 
-def assess_quality(spec: ModelSpec, config: TuningConfig, budget: Budget, *,
-                   global_batch_tokens: int | None = None) -> tuple[QualityRisk, ...]:
+def assess_quality(
+    spec: ModelSpec,
+    config: TuningConfig,
+    budget: Budget,
+    *,
+    global_batch_tokens: int | None = None,
+) -> tuple[QualityRisk, ...]:
     """Quality risks of one candidate, highest level first, each with its source.
 
     Args:
@@ -97,64 +102,94 @@ def assess_quality(spec: ModelSpec, config: TuningConfig, budget: Budget, *,
     risks: list[QualityRisk] = []
     if config.method is Method.FULL:
         if config.precision is Precision.BF16:
-            risks.append(QualityRisk(
-                level=RiskLevel.MEDIUM,
-                message="pure bf16 weights and AdamW states round away small updates; "
-                        "bf16-mixed (fp32 master weights) or a Kahan-summation optimizer avoids "
-                        "it",
-                source=ZAMIRAI_2020))
+            risks.append(
+                QualityRisk(
+                    level=RiskLevel.MEDIUM,
+                    message="pure bf16 weights and AdamW states round away small updates; "
+                    "bf16-mixed (fp32 master weights) or a Kahan-summation optimizer avoids "
+                    "it",
+                    source=ZAMIRAI_2020,
+                )
+            )
         return tuple(risks)
     risks.extend(_lora_risks(spec, config, budget, global_batch_tokens))
     if config.method is Method.QLORA:
-        risks.append(QualityRisk(
-            level=RiskLevel.LOW,
-            message="NF4 QLoRA reaches 16-bit LoRA quality",
-            source=DETTMERS_2023))
+        risks.append(
+            QualityRisk(
+                level=RiskLevel.LOW,
+                message="NF4 QLoRA reaches 16-bit LoRA quality",
+                source=DETTMERS_2023,
+            )
+        )
     return tuple(sorted(risks, key=lambda r: -_ORDER.index(r.level)))
 
 
-def _lora_risks(spec: ModelSpec, config: TuningConfig, budget: Budget,
-                global_batch_tokens: int | None) -> list[QualityRisk]:
+def _lora_risks(
+    spec: ModelSpec, config: TuningConfig, budget: Budget, global_batch_tokens: int | None
+) -> list[QualityRisk]:
     risks: list[QualityRisk] = []
     modules = resolve_targets(config.lora_targets or "all-linear")
     if budget.task is Task.RL:
-        risks.append(QualityRisk(
-            level=RiskLevel.LOW,
-            message=f"RL needs little capacity: LoRA r{config.lora_rank} matches full FT "
-                    "(even rank 1 did)",
-            source=SCHULMAN_2025))
+        risks.append(
+            QualityRisk(
+                level=RiskLevel.LOW,
+                message=f"RL needs little capacity: LoRA r{config.lora_rank} matches full FT "
+                "(even rank 1 did)",
+                source=SCHULMAN_2025,
+            )
+        )
     else:
         ratio = capacity_ratio(spec, config, budget)
         params_m = trainable_param_count(spec, config) / 1e6
-        text = (f"{budget.dataset_tokens / 1e6:,.0f}M tokens × "
-                f"{BITS_PER_TOKEN[budget.task]:g} bit ask for {ratio:.0%} of what r"
-                f"{config.lora_rank} adapters hold ({params_m:,.1f}M parameters × ~2 bits)")
+        text = (
+            f"{budget.dataset_tokens / 1e6:,.0f}M tokens × "
+            f"{BITS_PER_TOKEN[budget.task]:g} bit ask for {ratio:.0%} of what r"
+            f"{config.lora_rank} adapters hold ({params_m:,.1f}M parameters × ~2 bits)"
+        )
         if ratio > 1.0:
-            risks.append(QualityRisk(level=RiskLevel.HIGH, source=SCHULMAN_2025,
-                                     message=text + "; LoRA will learn less than full FT: "
-                                     "raise the rank or use full FT"))
+            risks.append(
+                QualityRisk(
+                    level=RiskLevel.HIGH,
+                    source=SCHULMAN_2025,
+                    message=text + "; LoRA will learn less than full FT: "
+                    "raise the rank or use full FT",
+                )
+            )
         elif ratio > CAPACITY_MEDIUM_FRACTION:
-            risks.append(QualityRisk(level=RiskLevel.MEDIUM, source=SCHULMAN_2025,
-                                     message=text + "; close to capacity: a higher rank is "
-                                     "safer"))
+            risks.append(
+                QualityRisk(
+                    level=RiskLevel.MEDIUM,
+                    source=SCHULMAN_2025,
+                    message=text + "; close to capacity: a higher rank is safer",
+                )
+            )
     if not any(m in modules for m in ("gate_proj", "up_proj", "down_proj")):
-        risks.append(QualityRisk(
-            level=RiskLevel.MEDIUM,
-            message="adapters without the MLP layers underperform even at matched parameter "
-                    "count: target all-linear",
-            source=SCHULMAN_2025))
+        risks.append(
+            QualityRisk(
+                level=RiskLevel.MEDIUM,
+                message="adapters without the MLP layers underperform even at matched parameter "
+                "count: target all-linear",
+                source=SCHULMAN_2025,
+            )
+        )
     if budget.task is Task.CPT:
         big = budget.dataset_tokens >= CPT_HIGH_RISK_TOKENS
-        risks.append(QualityRisk(
-            level=RiskLevel.HIGH if big else RiskLevel.MEDIUM,
-            message=f"continued pre-training on {budget.dataset_tokens / 1e6:,.0f}M tokens: "
-                    "LoRA learns less than full FT on large code/math corpora (but forgets "
-                    "less)",
-            source=BIDERMAN_2024))
+        risks.append(
+            QualityRisk(
+                level=RiskLevel.HIGH if big else RiskLevel.MEDIUM,
+                message=f"continued pre-training on {budget.dataset_tokens / 1e6:,.0f}M tokens: "
+                "LoRA learns less than full FT on large code/math corpora (but forgets "
+                "less)",
+                source=BIDERMAN_2024,
+            )
+        )
     if global_batch_tokens is not None and global_batch_tokens > LORA_LARGE_BATCH_TOKENS:
-        risks.append(QualityRisk(
-            level=RiskLevel.MEDIUM,
-            message=f"global batch of {global_batch_tokens:,} tokens: LoRA falls behind full "
-                    "FT at large batch sizes; use fewer GPUs or a smaller micro-batch",
-            source=SCHULMAN_2025))
+        risks.append(
+            QualityRisk(
+                level=RiskLevel.MEDIUM,
+                message=f"global batch of {global_batch_tokens:,} tokens: LoRA falls behind full "
+                "FT at large batch sizes; use fewer GPUs or a smaller micro-batch",
+                source=SCHULMAN_2025,
+            )
+        )
     return risks

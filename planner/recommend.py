@@ -120,8 +120,10 @@ def count_dataset(path: str | Path) -> DatasetStats:
         text = source.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ValueError(f"cannot read dataset {str(source)!r}: {reason}; pass a readable "
-                         "UTF-8 .jsonl file or --tokens N") from None
+        raise ValueError(
+            f"cannot read dataset {str(source)!r}: {reason}; pass a readable "
+            "UTF-8 .jsonl file or --tokens N"
+        ) from None
     samples = tokens = longest = 0
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -129,16 +131,19 @@ def count_dataset(path: str | Path) -> DatasetStats:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"dataset {str(source)!r} line {number} is not JSON ({exc.msg}); "
-                             "each line must be one JSON object") from None
+            raise ValueError(
+                f"dataset {str(source)!r} line {number} is not JSON ({exc.msg}); "
+                "each line must be one JSON object"
+            ) from None
         sample_tokens = math.ceil(_chars(record) / CHARS_PER_TOKEN)
         samples += 1
         tokens += sample_tokens
         longest = max(longest, sample_tokens)
     if not samples or not tokens:
         raise ValueError(f"dataset {str(source)!r} has no text samples; pass --tokens N instead")
-    return DatasetStats(path=str(source), samples=samples, tokens=tokens,
-                        longest_sample_tokens=longest)
+    return DatasetStats(
+        path=str(source), samples=samples, tokens=tokens, longest_sample_tokens=longest
+    )
 
 
 def _chars(value: object) -> int:
@@ -159,8 +164,13 @@ def plan_slug(model: str, budget_usd: float, fingerprint: str) -> str:
     return f"{safe}-{budget_usd:g}usd-{digest}".replace("+", "")
 
 
-def recommend(request: RecommendRequest, *, estimate: EstimateFn, lookup: LookupFn | None = None,
-              fits: FitsFn = default_fits) -> Plan:
+def recommend(
+    request: RecommendRequest,
+    *,
+    estimate: EstimateFn,
+    lookup: LookupFn | None = None,
+    fits: FitsFn = default_fits,
+) -> Plan:
     """Search the space and build the Plan (``chosen`` is None when nothing is feasible).
 
     Args:
@@ -175,36 +185,74 @@ def recommend(request: RecommendRequest, *, estimate: EstimateFn, lookup: Lookup
     result = _search(request, request.budget, estimate=estimate, lookup=lookup, fits=fits)
     notes: tuple[str, ...] = ()
     if request.budget.quality is QualityPolicy.BALANCED:
-        result, notes = _prefer_low_risk(request, result, estimate=estimate, lookup=lookup,
-                                         fits=fits)
+        result, notes = _prefer_low_risk(
+            request, result, estimate=estimate, lookup=lookup, fits=fits
+        )
     ranked = _distinct(result.feasible, RANKED_SIZE)
     chosen = ranked[0] if ranked else None
     near = () if chosen else _near_misses(result)
     return Plan(
-        model=request.spec.name, model_hf_id=request.spec.hf_id, budget=request.budget,
-        chosen=chosen, ranked=ranked,
+        model=request.spec.name,
+        model_hf_id=request.spec.hf_id,
+        budget=request.budget,
+        chosen=chosen,
+        ranked=ranked,
         verdicts=tuple(_verdict(m, result, chosen, request) for m in request.space.methods),
-        pareto=pareto_front(result.feasible), assumptions=_assumptions(request) + notes,
-        search=SearchInfo(sampler=result.sampler, seed=request.seed, trials=result.trials,
-                          evaluated=result.evaluated, catalog_as_of=request.catalog_as_of,
-                          catalog_source=request.catalog_source, storage=request.storage),
+        pareto=pareto_front(result.feasible),
+        assumptions=_assumptions(request) + notes,
+        search=SearchInfo(
+            sampler=result.sampler,
+            seed=request.seed,
+            trials=result.trials,
+            evaluated=result.evaluated,
+            catalog_as_of=request.catalog_as_of,
+            catalog_source=request.catalog_source,
+            storage=request.storage,
+        ),
         ftplan_version=request.ftplan_version,
         warnings=request.warnings + _plan_warnings(request, ranked),
-        near_misses=near, suggestions=() if chosen else _suggestions(result, request))
+        near_misses=near,
+        suggestions=() if chosen else _suggestions(result, request),
+    )
 
 
-def _search(request: RecommendRequest, budget: Budget, *, estimate: EstimateFn,
-            lookup: LookupFn | None, fits: FitsFn) -> SearchResult:
-    problem = SearchProblem(spec=request.spec, budget=budget, seq_len=request.seq_len,
-                            offers=request.offers, gpus=request.gpus, space=request.space,
-                            spot=request.spot, startup=request.startup)
-    return search(problem, estimate=estimate, lookup=lookup, fits=fits, seed=request.seed,
-                  trials=request.trials, storage=request.storage)
+def _search(
+    request: RecommendRequest,
+    budget: Budget,
+    *,
+    estimate: EstimateFn,
+    lookup: LookupFn | None,
+    fits: FitsFn,
+) -> SearchResult:
+    problem = SearchProblem(
+        spec=request.spec,
+        budget=budget,
+        seq_len=request.seq_len,
+        offers=request.offers,
+        gpus=request.gpus,
+        space=request.space,
+        spot=request.spot,
+        startup=request.startup,
+    )
+    return search(
+        problem,
+        estimate=estimate,
+        lookup=lookup,
+        fits=fits,
+        seed=request.seed,
+        trials=request.trials,
+        storage=request.storage,
+    )
 
 
-def _prefer_low_risk(request: RecommendRequest, balanced: SearchResult, *,
-                     estimate: EstimateFn, lookup: LookupFn | None,
-                     fits: FitsFn) -> tuple[SearchResult, tuple[str, ...]]:
+def _prefer_low_risk(
+    request: RecommendRequest,
+    balanced: SearchResult,
+    *,
+    estimate: EstimateFn,
+    lookup: LookupFn | None,
+    fits: FitsFn,
+) -> tuple[SearchResult, tuple[str, ...]]:
     """``--quality balanced``: take medium quality risk only where it saves real money.
 
     The cheapest plan that accepts medium risk (e.g. attention-only LoRA) often saves a few
@@ -223,14 +271,17 @@ def _prefer_low_risk(request: RecommendRequest, balanced: SearchResult, *,
         return strict, (
             f"quality balanced: chose the low-risk plan (${low.cost.usd:,.2f}) over the "
             f"cheapest medium-risk one (${best.cost.usd:,.2f}, {best.config.label()}): it costs "
-            f"less than {premium} more",)
+            f"less than {premium} more",
+        )
     if low is None:
-        return balanced, ("quality balanced: no low-risk plan fits the limits, so the plan "
-                          "accepts medium risk",)
+        return balanced, (
+            "quality balanced: no low-risk plan fits the limits, so the plan accepts medium risk",
+        )
     return balanced, (
         f"quality balanced: the medium-risk plan saves more than {premium} over the cheapest "
         f"low-risk one (${low.cost.usd:,.2f}, {low.config.label()}); use --quality strict for "
-        "that one",)
+        "that one",
+    )
 
 
 def _distinct(candidates: tuple[Candidate, ...], size: int) -> tuple[Candidate, ...]:
@@ -265,17 +316,20 @@ def describe(c: Candidate) -> str:
     """One-line description of a candidate, e.g. for ``--quiet``."""
     kind = "spot" if c.offer.spot else "on-demand"
     peak = c.measurement.peak_reserved_gib or c.measurement.peak_allocated_gib or 0.0
-    return (f"{c.config.label()} on {with_nodes_label(c)} ({c.offer.provider.value} "
-            f"{c.offer.instance_type}, {kind}): ${c.cost.usd:,.2f}, {c.cost.hours:,.1f} h, "
-            f"{peak:.1f}/{c.usable_memory_gib:.1f} GiB per GPU ({c.measurement.source.value})")
+    return (
+        f"{c.config.label()} on {with_nodes_label(c)} ({c.offer.provider.value} "
+        f"{c.offer.instance_type}, {kind}): ${c.cost.usd:,.2f}, {c.cost.hours:,.1f} h, "
+        f"{peak:.1f}/{c.usable_memory_gib:.1f} GiB per GPU ({c.measurement.source.value})"
+    )
 
 
 def _peak(c: Candidate) -> float:
     return c.measurement.peak_reserved_gib or c.measurement.peak_allocated_gib or math.inf
 
 
-def _verdict(method: Method, result: SearchResult, chosen: Candidate | None,
-             request: RecommendRequest) -> MethodVerdict:
+def _verdict(
+    method: Method, result: SearchResult, chosen: Candidate | None, request: RecommendRequest
+) -> MethodVerdict:
     name = METHOD_NAMES[method]
     mine = [c for c in result.candidates if c.config.method is method]
     feasible = [c for c in mine if c.feasible]
@@ -283,61 +337,87 @@ def _verdict(method: Method, result: SearchResult, chosen: Candidate | None,
     if feasible:
         best = feasible[0]
         if chosen is not None and best is chosen:
-            return MethodVerdict(method=method, best=best,
-                                 reason=f"{name} wins: {describe(best)}.")
+            return MethodVerdict(
+                method=method, best=best, reason=f"{name} wins: {describe(best)}."
+            )
         ratio = best.cost.usd / chosen.cost.usd if chosen and chosen.cost.usd > 0 else math.inf
         extra = f", {ratio:.1f}× the chosen plan" if math.isfinite(ratio) else ""
-        return MethodVerdict(method=method, best=best, reason=(
-            f"{name} also works but costs ${best.cost.usd:,.2f}{extra}: {describe(best)}."))
+        return MethodVerdict(
+            method=method,
+            best=best,
+            reason=(
+                f"{name} also works but costs ${best.cost.usd:,.2f}{extra}: {describe(best)}."
+            ),
+        )
     fitting = [c for c in mine if c.fits and c.quality_accepted]
     if fitting:
         best = fitting[0]
         misses = []
         if not best.within_budget:
-            misses.append(f"{best.cost.usd / budget.max_usd:.1f}× the ${budget.max_usd:,.2f} "
-                          "budget")
+            misses.append(
+                f"{best.cost.usd / budget.max_usd:.1f}× the ${budget.max_usd:,.2f} budget"
+            )
         if not best.within_deadline and budget.max_hours is not None:
-            misses.append(f"{best.cost.hours / budget.max_hours:.1f}× the "
-                          f"{budget.max_hours:g} h limit")
-        return MethodVerdict(method=method, best=best, reason=(
-            f"{name} at its cheapest needs {with_nodes_label(best)} ({_peak(best):.1f} GiB per "
-            f"GPU at b{best.config.micro_batch_size} s{best.config.seq_len}): "
-            f"${best.cost.usd:,.2f} and {best.cost.hours:,.1f} h on {best.offer.instance_type}, "
-            f"{' and '.join(misses) or 'over a limit'}."))
+            misses.append(
+                f"{best.cost.hours / budget.max_hours:.1f}× the {budget.max_hours:g} h limit"
+            )
+        return MethodVerdict(
+            method=method,
+            best=best,
+            reason=(
+                f"{name} at its cheapest needs {with_nodes_label(best)} "
+                f"({_peak(best):.1f} GiB per GPU at b{best.config.micro_batch_size} "
+                f"s{best.config.seq_len}): ${best.cost.usd:,.2f} and {best.cost.hours:,.1f} h "
+                f"on {best.offer.instance_type}, "
+                f"{' and '.join(misses) or 'over a limit'}."
+            ),
+        )
     rejected = [c for c in mine if c.fits]
     if rejected:
         best = rejected[0]
         risk = best.risks[0]  # assess_quality sorts the highest level first
-        return MethodVerdict(method=method, best=best, reason=(
-            f"{name} is rejected by --quality {budget.quality.value} ({risk.level.value} risk: "
-            f"{risk.message}); it would cost ${best.cost.usd:,.2f} on "
-            f"{with_nodes_label(best)}."))
-    return MethodVerdict(method=method, best=None, reason=_memory_reason(name, method, mine,
-                                                                         request))
+        return MethodVerdict(
+            method=method,
+            best=best,
+            reason=(
+                f"{name} is rejected by --quality {budget.quality.value} "
+                f"({risk.level.value} risk: {risk.message}); it would cost "
+                f"${best.cost.usd:,.2f} on {with_nodes_label(best)}."
+            ),
+        )
+    return MethodVerdict(
+        method=method, best=None, reason=_memory_reason(name, method, mine, request)
+    )
 
 
-def _memory_reason(name: str, method: Method, mine: list[Candidate],
-                   request: RecommendRequest) -> str:
+def _memory_reason(
+    name: str, method: Method, mine: list[Candidate], request: RecommendRequest
+) -> str:
     largest = max((g.usable_memory_gib for g in request.gpus.values()), default=0.0)
     if mine:
         smallest = min(mine, key=_peak)
-        return (f"{name} fits no offered GPU: at least {_peak(smallest):.1f} GiB per GPU "
-                f"(b{smallest.config.micro_batch_size} s{smallest.config.seq_len}"
-                f"{' ckpt' if smallest.config.grad_checkpointing else ''} on "
-                f"{with_nodes_label(smallest)}) vs {smallest.usable_memory_gib:.1f} GiB usable.")
+        return (
+            f"{name} fits no offered GPU: at least {_peak(smallest):.1f} GiB per GPU "
+            f"(b{smallest.config.micro_batch_size} s{smallest.config.seq_len}"
+            f"{' ckpt' if smallest.config.grad_checkpointing else ''} on "
+            f"{with_nodes_label(smallest)}) vs {smallest.usable_memory_gib:.1f} GiB usable."
+        )
     spec = request.spec
     per_param = {Method.FULL: 2.0, Method.LORA: 2.0, Method.QLORA: 0.52}[method]
     weights = spec.param_count * per_param / 1024**3
     where = "over all GPUs of the largest offer (FSDP)" if method is Method.FULL else "per GPU"
-    return (f"{name} fits no offered GPU: the weights alone need ≥ {weights:,.1f} GiB {where} "
-            f"(largest card here: {largest:.1f} GiB usable).")
+    return (
+        f"{name} fits no offered GPU: the weights alone need ≥ {weights:,.1f} GiB {where} "
+        f"(largest card here: {largest:.1f} GiB usable)."
+    )
 
 
 def _near_misses(result: SearchResult) -> tuple[Candidate, ...]:
     """Closest candidates when nothing is feasible: fitting ones by USD, then by memory."""
     fitting = [c for c in result.candidates if c.fits]
-    rest = sorted((c for c in result.candidates if not c.fits), key=lambda c: (_peak(c),
-                                                                               c.cost.usd))
+    rest = sorted(
+        (c for c in result.candidates if not c.fits), key=lambda c: (_peak(c), c.cost.usd)
+    )
     return _distinct(tuple(fitting) + tuple(rest), 5)
 
 
@@ -352,25 +432,32 @@ def _suggestions(result: SearchResult, request: RecommendRequest) -> tuple[str, 
     if budget.max_hours is not None and ok:
         fastest = min(ok, key=lambda c: (c.cost.hours, c.cost.usd))
         if not fastest.within_deadline or not in_time:
-            out.append(f"raise --max-hours to {math.ceil(fastest.cost.hours * 10) / 10:g} "
-                       f"(fastest: {describe(fastest)})")
+            out.append(
+                f"raise --max-hours to {math.ceil(fastest.cost.hours * 10) / 10:g} "
+                f"(fastest: {describe(fastest)})"
+            )
     rejected = [c for c in result.candidates if c.fits and not c.quality_accepted]
     if rejected and (not ok or rejected[0].cost.usd < ok[0].cost.usd):
         out.append(f"accept more quality risk (--quality cheapest): {describe(rejected[0])}")
     if ok and not request.spot_allowed:
         out.append("allow spot offers with --spot (cheaper, with interruption overhead)")
     if not ok:
-        out.append("fit in memory: allow larger or more GPUs (drop --gpu/--gpu-count, e.g. "
-                   "--gpu h100 --gpu h200), use QLoRA, or a shorter --seq-len")
+        out.append(
+            "fit in memory: allow larger or more GPUs (drop --gpu/--gpu-count, e.g. "
+            "--gpu h100 --gpu h200), use QLoRA, or a shorter --seq-len"
+        )
     return tuple(out)
 
 
 def _assumptions(request: RecommendRequest) -> tuple[str, ...]:
     budget = request.budget
-    tokens = {TokensSource.GIVEN: "given with --tokens", TokensSource.COUNTED:
-              f"counted from --dataset at {CHARS_PER_TOKEN:g} characters per token",
-              TokensSource.ASSUMED: "ASSUMED (no --tokens/--dataset): an Alpaca-sized "
-              "instruction set"}[budget.tokens_source]
+    tokens = {
+        TokensSource.GIVEN: "given with --tokens",
+        TokensSource.COUNTED: (
+            f"counted from --dataset at {CHARS_PER_TOKEN:g} characters per token"
+        ),
+        TokensSource.ASSUMED: "ASSUMED (no --tokens/--dataset): an Alpaca-sized instruction set",
+    }[budget.tokens_source]
     spot, start = request.spot, request.startup
     out = [
         f"dataset: {budget.dataset_tokens:,} tokens per epoch ({tokens}) × {budget.epochs:g} "
@@ -396,7 +483,8 @@ def _assumptions(request: RecommendRequest) -> tuple[str, ...]:
             f"spot: {spot.interruptions_per_hour:g} interruptions per instance-hour, "
             f"{spot.restart_minutes:g} min to restart, checkpoints written at "
             f"{spot.checkpoint_write_gib_per_s:g} GiB/s every Young-optimal interval; spot "
-            "plans require checkpointing")
+            "plans require checkpointing"
+        )
     else:
         out.append("on-demand prices only (--spot to consider spot offers)")
     return tuple(out)
@@ -406,14 +494,19 @@ def _plan_warnings(request: RecommendRequest, ranked: tuple[Candidate, ...]) -> 
     out: list[str] = []
     longest = request.budget.longest_sample_tokens
     if longest is not None and longest > request.seq_len:
-        out.append(f"the longest sample has ~{longest:,} tokens but the plan uses --seq-len "
-                   f"{request.seq_len}: longer samples are truncated; raise --seq-len to size "
-                   "the plan for them")
+        out.append(
+            f"the longest sample has ~{longest:,} tokens but the plan uses --seq-len "
+            f"{request.seq_len}: longer samples are truncated; raise --seq-len to size "
+            "the plan for them"
+        )
     stale = sorted({c.offer.instance_type for c in ranked if c.offer.stale})
     if stale:
-        out.append(f"stale prices used ({', '.join(stale)}): run 'ftplan catalog refresh "
-                   "--provider aws'")
+        out.append(
+            f"stale prices used ({', '.join(stale)}): run 'ftplan catalog refresh --provider aws'"
+        )
     if ranked and ranked[0].measurement.source is Source.ESTIMATED:
-        out.append("the chosen plan's memory and speed are analytic estimates, not "
-                   "measurements: profile it with 'ftplan profile' before a long run")
+        out.append(
+            "the chosen plan's memory and speed are analytic estimates, not "
+            "measurements: profile it with 'ftplan profile' before a long run"
+        )
     return tuple(out)

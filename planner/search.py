@@ -61,17 +61,28 @@ class SearchResult:
         return feasible[0] if feasible else None
 
 
-def _finish(candidates: Iterable[Candidate], *, sampler: str, trials: int, evaluated: int,
-            storage: str | None = None) -> SearchResult:
+def _finish(
+    candidates: Iterable[Candidate],
+    *,
+    sampler: str,
+    trials: int,
+    evaluated: int,
+    storage: str | None = None,
+) -> SearchResult:
     unique = {(c.config, c.offer.key, c.nodes): c for c in candidates}
     ranked = tuple(sorted(unique.values(), key=sort_key))
-    return SearchResult(candidates=ranked, sampler=sampler, trials=trials, evaluated=evaluated,
-                        storage=storage)
+    return SearchResult(
+        candidates=ranked, sampler=sampler, trials=trials, evaluated=evaluated, storage=storage
+    )
 
 
-def exhaustive_search(problem: SearchProblem, *, estimate: EstimateFn,
-                      lookup: LookupFn | None = None,
-                      fits: FitsFn = default_fits) -> SearchResult:
+def exhaustive_search(
+    problem: SearchProblem,
+    *,
+    estimate: EstimateFn,
+    lookup: LookupFn | None = None,
+    fits: FitsFn = default_fits,
+) -> SearchResult:
     """Price every point of the space (no pruning): the reference the optuna search must match.
 
     Args:
@@ -90,13 +101,21 @@ def exhaustive_search(problem: SearchProblem, *, estimate: EstimateFn,
         for hw in evaluator.hardware():
             cells += 1
             out += evaluator.walk_cell_exhaustively(variant, hw)
-    return _finish(out, sampler="exhaustive grid", trials=cells,
-                   evaluated=evaluator.estimator_calls)
+    return _finish(
+        out, sampler="exhaustive grid", trials=cells, evaluated=evaluator.estimator_calls
+    )
 
 
-def search(problem: SearchProblem, *, estimate: EstimateFn, lookup: LookupFn | None = None,
-           fits: FitsFn = default_fits, seed: int = 0, trials: int | None = None,
-           storage: str | None = None) -> SearchResult:
+def search(
+    problem: SearchProblem,
+    *,
+    estimate: EstimateFn,
+    lookup: LookupFn | None = None,
+    fits: FitsFn = default_fits,
+    seed: int = 0,
+    trials: int | None = None,
+    storage: str | None = None,
+) -> SearchResult:
     """The default search: an optuna study over structural cells with exact inner solves.
 
     Cells whose per-GPU memory cannot hold the weights are pruned before the study. When
@@ -127,12 +146,17 @@ def search(problem: SearchProblem, *, estimate: EstimateFn, lookup: LookupFn | N
         raise ValueError(f"--trials must be > 0, got {trials}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     evaluator = Evaluator(problem, estimate=estimate, lookup=lookup, fits=fits)
-    cells = {f"{v.key}@{h.key}": (v, h) for v in evaluator.variants()
-             for h in evaluator.hardware() if evaluator.worth_searching(v, h)}
+    cells = {
+        f"{v.key}@{h.key}": (v, h)
+        for v in evaluator.variants()
+        for h in evaluator.hardware()
+        if evaluator.worth_searching(v, h)
+    }
     names = sorted(cells)
     if not names:
-        return _finish([], sampler="none (no hardware can hold the weights)", trials=0,
-                       evaluated=0)
+        return _finish(
+            [], sampler="none (no hardware can hold the weights)", trials=0, evaluated=0
+        )
     bound = {n: evaluator.lower_bound_usd(*cells[n]) for n in names}
     exact = trials is None or trials >= len(names)
     study = _create_study(optuna, problem, exact=exact, seed=seed, storage=storage)
@@ -157,9 +181,10 @@ def search(problem: SearchProblem, *, estimate: EstimateFn, lookup: LookupFn | N
     todo: list[str] = []
     waiting: set[str | None] = set()
     if exact:
-        waiting = {_cell_name(t.system_attrs.get("fixed_params", t.params), names)
-                   for t in study.get_trials(deepcopy=False,
-                                             states=(optuna.trial.TrialState.WAITING,))}
+        waiting = {
+            _cell_name(t.system_attrs.get("fixed_params", t.params), names)
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+        }
         ordered = [n for n in sorted(names, key=lambda n: (bound[n], n)) if n not in done]
         # Cells a stored study already queued run first; the rest are queued one at a time, in
         # lower-bound order, so incumbents prune early and bounded-out cells are never written.
@@ -188,8 +213,9 @@ def search(problem: SearchProblem, *, estimate: EstimateFn, lookup: LookupFn | N
     pending = list(todo) if exact else []
 
     def bounded() -> bool:
-        return exact and all(bound[n] > incumbent.get(cells[n][0].method, math.inf)
-                             for n in pending)
+        return exact and all(
+            bound[n] > incumbent.get(cells[n][0].method, math.inf) for n in pending
+        )
 
     def enqueue_next() -> None:
         if exact and pending and pending[0] not in waiting:
@@ -209,13 +235,21 @@ def search(problem: SearchProblem, *, estimate: EstimateFn, lookup: LookupFn | N
 
     if n_trials and not bounded():
         enqueue_next()
-        study.optimize(objective, n_trials=n_trials, gc_after_trial=False,
-                       callbacks=[stop_when_bounded])
-    label = ("optuna: every cell queued in lower-bound order, branch-and-bound pruning"
-             if exact else f"optuna TPESampler(seed={seed}), warm-started")
-    return _finish(out, sampler=f"{label}; exact inner solve",
-                   trials=sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)),
-                   evaluated=evaluator.estimator_calls, storage=storage)
+        study.optimize(
+            objective, n_trials=n_trials, gc_after_trial=False, callbacks=[stop_when_bounded]
+        )
+    label = (
+        "optuna: every cell queued in lower-bound order, branch-and-bound pruning"
+        if exact
+        else f"optuna TPESampler(seed={seed}), warm-started"
+    )
+    return _finish(
+        out,
+        sampler=f"{label}; exact inner solve",
+        trials=sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)),
+        evaluated=evaluator.estimator_calls,
+        storage=storage,
+    )
 
 
 def _cell_name(params: Mapping[str, Any], names: list[str]) -> str | None:
@@ -226,19 +260,24 @@ def _cell_name(params: Mapping[str, Any], names: list[str]) -> str | None:
     return None if cell is None else str(cell)
 
 
-def _create_study(optuna: Any, problem: SearchProblem, *, exact: bool, seed: int,
-                  storage: str | None) -> optuna.Study:
+def _create_study(
+    optuna: Any, problem: SearchProblem, *, exact: bool, seed: int, storage: str | None
+) -> optuna.Study:
     # Constraints reach TPE through Trial.set_constraint (optuna >= 5). In exact mode every
     # trial is enqueued, so the sampler only records them.
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
     return optuna.create_study(
         study_name=f"ftplan-{problem.fingerprint()}-{'exact' if exact else 'tpe'}",
-        storage=storage, load_if_exists=storage is not None, sampler=sampler,
-        directions=["minimize", "minimize"])
+        storage=storage,
+        load_if_exists=storage is not None,
+        sampler=sampler,
+        directions=["minimize", "minimize"],
+    )
 
 
-def _warm_start(study: Any, cells: Mapping[str, tuple[Variant, Hardware]], names: list[str],
-                done: set[Any]) -> None:
+def _warm_start(
+    study: Any, cells: Mapping[str, tuple[Variant, Hardware]], names: list[str], done: set[Any]
+) -> None:
     """Enqueue, per variant, the cell with the cheapest on-demand price per GPU-hour."""
     best: dict[str, tuple[float, str]] = {}
     for name in names:
@@ -252,13 +291,15 @@ def _warm_start(study: Any, cells: Mapping[str, tuple[Variant, Hardware]], names
             study.enqueue_trial({"cell": name}, skip_if_exists=True)
 
 
-def _trial_values(found: list[Candidate], budget: Budget
-                  ) -> tuple[tuple[float, float], tuple[float, ...]]:
+def _trial_values(
+    found: list[Candidate], budget: Budget
+) -> tuple[tuple[float, float], tuple[float, ...]]:
     """The cell's best candidate as (USD, hours) and its constraints (nearest miss if none)."""
     if not found:
         return (math.inf, math.inf), (1.0, 1.0, 1.0, 1.0)
-    best = min(found, key=lambda c: (sum(max(0.0, v) for v in constraints(c, budget)),
-                                     *sort_key(c)))
+    best = min(
+        found, key=lambda c: (sum(max(0.0, v) for v in constraints(c, budget)), *sort_key(c))
+    )
     values = (best.cost.usd, best.cost.hours)
     if not all(math.isfinite(v) for v in values):
         values = (1e18, 1e18)

@@ -55,13 +55,19 @@ def list_checkpoints(checkpoint_dir: str | Path) -> list[CheckpointInfo]:
     found: list[CheckpointInfo] = []
     for child in root.iterdir():
         state_file = child / STATE_FILE
-        if not (child.is_dir() and child.name.startswith(CHECKPOINT_PREFIX)
-                and state_file.is_file()):
+        if not (
+            child.is_dir() and child.name.startswith(CHECKPOINT_PREFIX) and state_file.is_file()
+        ):
             continue
         try:
             state = json.loads(state_file.read_text(encoding="utf-8"))
-            found.append(CheckpointInfo(path=child, step=int(state["step"]),
-                                        tokens_seen=int(state.get("tokens_seen", 0))))
+            found.append(
+                CheckpointInfo(
+                    path=child,
+                    step=int(state["step"]),
+                    tokens_seen=int(state.get("tokens_seen", 0)),
+                )
+            )
         except (ValueError, KeyError, TypeError):
             continue  # a damaged checkpoint is skipped; an older one is used
     return sorted(found, key=lambda c: c.step)
@@ -91,8 +97,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(checkpoint_dir: str | Path, *, prepared: Any, step: int, tokens_seen: int,
-                    epoch: float, label: str, accelerator: Any = None) -> Path:
+def save_checkpoint(
+    checkpoint_dir: str | Path,
+    *,
+    prepared: Any,
+    step: int,
+    tokens_seen: int,
+    epoch: float,
+    label: str,
+    accelerator: Any = None,
+) -> Path:
     """Write one checkpoint atomically and prune old ones; returns its path.
 
     Args:
@@ -121,8 +135,9 @@ def save_checkpoint(checkpoint_dir: str | Path, *, prepared: Any, step: int, tok
         prepared.model.save_pretrained(str(tmp / MODEL_DIR))
         trainer_state = {
             "optimizer": prepared.optimizer.state_dict(),
-            "grad_scaler": (prepared.grad_scaler.state_dict()
-                            if prepared.grad_scaler is not None else None),
+            "grad_scaler": (
+                prepared.grad_scaler.state_dict() if prepared.grad_scaler is not None else None
+            ),
             "rng": _rng_state(),
         }
         torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
@@ -150,8 +165,9 @@ def _read_safetensors(folder: Path) -> dict[str, Any]:
     return tensors
 
 
-def load_checkpoint(info: CheckpointInfo, *, prepared: Any, method: Method,
-                    accelerator: Any = None) -> None:
+def load_checkpoint(
+    info: CheckpointInfo, *, prepared: Any, method: Method, accelerator: Any = None
+) -> None:
     """Restore model weights (adapters for LoRA/QLoRA), optimizer, scaler and RNG in place.
 
     Raises:

@@ -23,16 +23,21 @@ def supervise(run_dir: Path, command: list[str]) -> int:
     """Run ``command`` to completion, keeping ``status.json`` current; returns its exit code."""
     status = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
     with (run_dir / LOG_FILE).open("ab") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
-                                 stdin=subprocess.DEVNULL)
+        child = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,  # noqa: S603
+            stdin=subprocess.DEVNULL,
+        )
 
         def forward(signum: int, _frame: FrameType | None) -> None:
             child.send_signal(signum)
 
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
-        status.update({"state": RunState.RUNNING.value, "pid": child.pid,
-                       "supervisor_pid": os.getpid()})
+        status.update(
+            {"state": RunState.RUNNING.value, "pid": child.pid, "supervisor_pid": os.getpid()}
+        )
         write_status(run_dir, status)
         code = child.wait()
     if code == 0:
@@ -41,8 +46,7 @@ def supervise(run_dir: Path, command: list[str]) -> int:
         state, detail = RunState.STOPPED, f"killed by signal {-code}"
     else:
         state, detail = RunState.FAILED, f"exit code {code}; see {run_dir / LOG_FILE}"
-    status.update({"state": state.value, "returncode": code, "ended_at": _now(),
-                   "detail": detail})
+    status.update({"state": state.value, "returncode": code, "ended_at": _now(), "detail": detail})
     write_status(run_dir, status)
     return code
 

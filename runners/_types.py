@@ -125,19 +125,23 @@ class LaunchSpec:
         if self.max_steps is not None and self.max_steps <= 0:
             raise ValueError(f"max_steps must be > 0, got {self.max_steps}")
         if self.checkpoint_every_steps is not None and self.checkpoint_every_steps <= 0:
-            raise ValueError(f"checkpoint_every_steps must be > 0, got "
-                             f"{self.checkpoint_every_steps}")
+            raise ValueError(
+                f"checkpoint_every_steps must be > 0, got {self.checkpoint_every_steps}"
+            )
         if self.checkpoint_every_minutes is not None and not self.checkpoint_every_minutes > 0:
-            raise ValueError(f"checkpoint_every_minutes must be > 0, got "
-                             f"{self.checkpoint_every_minutes}")
+            raise ValueError(
+                f"checkpoint_every_minutes must be > 0, got {self.checkpoint_every_minutes}"
+            )
         if not self.max_hours > 0:
             raise ValueError(f"max_hours must be > 0, got {self.max_hours}")
         if self.tokenizer not in (None, BYTE_TOKENIZER):
-            raise ValueError(f"tokenizer must be None (the model's) or 'byte', "
-                             f"got {self.tokenizer!r}")
+            raise ValueError(
+                f"tokenizer must be None (the model's) or 'byte', got {self.tokenizer!r}"
+            )
         if self.config.gpu_count % self.nodes:
-            raise ValueError(f"config.gpu_count={self.config.gpu_count} is not a multiple of "
-                             f"nodes={self.nodes}")
+            raise ValueError(
+                f"config.gpu_count={self.config.gpu_count} is not a multiple of nodes={self.nodes}"
+            )
         if self.offer is not None and self.offer.gpu_count * self.nodes != self.config.gpu_count:
             raise ValueError(
                 f"offer {self.offer.instance_type} has {self.offer.gpu_count} GPUs × {self.nodes} "
@@ -158,12 +162,17 @@ class LaunchSpec:
 def launch_spec_to_json(spec: LaunchSpec, *, indent: int | None = 2) -> str:
     """The spec as stable JSON (sorted keys), wrapped with its format tag."""
     separators = (",", ":") if indent is None else None
-    return json.dumps({"format": LAUNCH_SPEC_FORMAT, "spec": to_jsonable(spec)}, indent=indent,
-                      sort_keys=True, separators=separators)
+    return json.dumps(
+        {"format": LAUNCH_SPEC_FORMAT, "spec": to_jsonable(spec)},
+        indent=indent,
+        sort_keys=True,
+        separators=separators,
+    )
 
 
-def launch_spec_from_json(text: str | dict[str, object], *,
-                          where: str = "launch spec") -> LaunchSpec:
+def launch_spec_from_json(
+    text: str | dict[str, object], *, where: str = "launch spec"
+) -> LaunchSpec:
     """Parse :func:`launch_spec_to_json` output (a string, or the already-decoded object).
 
     Raises:
@@ -177,8 +186,10 @@ def launch_spec_from_json(text: str | dict[str, object], *,
     else:
         data = text
     if not isinstance(data, dict) or data.get("format") != LAUNCH_SPEC_FORMAT:
-        raise ValueError(f"{where} is not an ftplan launch spec (expected format "
-                         f"{LAUNCH_SPEC_FORMAT!r}); write it with 'ftplan launch --dry-run'")
+        raise ValueError(
+            f"{where} is not an ftplan launch spec (expected format "
+            f"{LAUNCH_SPEC_FORMAT!r}); write it with 'ftplan launch --dry-run'"
+        )
     try:
         return from_jsonable(LaunchSpec, data.get("spec"))
     except ValueError as exc:

@@ -84,8 +84,14 @@ class HFTokenizer:
         return _plain_chat(messages)
 
 
-def load_tokenizer(source: str, *, vocab_size: int, force_byte: bool = False,
-                   allow_download: bool = True, log: Any = print) -> Tokenizer:
+def load_tokenizer(
+    source: str,
+    *,
+    vocab_size: int,
+    force_byte: bool = False,
+    allow_download: bool = True,
+    log: Any = print,
+) -> Tokenizer:
     """The model's tokenizer from a hub id or local folder, else the byte-level fallback.
 
     Looks in the local files first (works offline); goes to the hub only when
@@ -111,8 +117,15 @@ def load_tokenizer(source: str, *, vocab_size: int, force_byte: bool = False,
             return HFTokenizer(tok, name=source)
         except (OSError, ValueError) as exc:
             last_error = exc
-    log(json.dumps({"event": "tokenizer_fallback", "source": source,
-                    "reason": str(last_error).splitlines()[0] if last_error else ""}))
+    log(
+        json.dumps(
+            {
+                "event": "tokenizer_fallback",
+                "source": source,
+                "reason": str(last_error).splitlines()[0] if last_error else "",
+            }
+        )
+    )
     return ByteTokenizer(vocab_size=vocab_size)
 
 
@@ -126,8 +139,11 @@ def _record_text(record: Any, tokenizer: Tokenizer, where: str) -> str:
     messages = record.get("messages")
     if isinstance(messages, list) and messages:
         for i, m in enumerate(messages):
-            if not (isinstance(m, dict) and isinstance(m.get("role"), str)
-                    and isinstance(m.get("content"), str)):
+            if not (
+                isinstance(m, dict)
+                and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)
+            ):
                 raise DataFormatError(
                     f"{where}: messages[{i}] must be an object with string 'role' and 'content'"
                 )
@@ -198,7 +214,7 @@ def pack(token_lists: Iterable[list[int]], *, seq_len: int, eos_token_id: int) -
         stream.extend(ids)
         if not stream or stream[-1] != eos_token_id:
             stream.append(eos_token_id)
-    blocks = [stream[i:i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
+    blocks = [stream[i : i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
     if not blocks:
         raise DataFormatError(
             f"the dataset holds {len(stream)} tokens, fewer than one sequence of seq_len="
@@ -255,4 +271,4 @@ class BlockSchedule:
         order = list(range(self.num_blocks))
         random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
         start = (within * self.world_size + rank) * self.micro_batch_size
-        return order[start:start + self.micro_batch_size]
+        return order[start : start + self.micro_batch_size]

@@ -70,7 +70,11 @@ def probe_host_gpus() -> HostGPUs:
         try:
             out = subprocess.run(
                 [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                capture_output=True, text=True, check=True, timeout=30).stdout
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            ).stdout
             devices = []
             for line in out.strip().splitlines():
                 name, mib = (part.strip() for part in line.rsplit(",", 1))
@@ -84,9 +88,15 @@ def probe_host_gpus() -> HostGPUs:
         return HostGPUs(devices=())
     if not torch.cuda.is_available():
         return HostGPUs(devices=())
-    return HostGPUs(devices=tuple(
-        (torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / _GIB)
-        for i in range(torch.cuda.device_count())))
+    return HostGPUs(
+        devices=tuple(
+            (
+                torch.cuda.get_device_name(i),
+                torch.cuda.get_device_properties(i).total_memory / _GIB,
+            )
+            for i in range(torch.cuda.device_count())
+        )
+    )
 
 
 def new_run_id(spec: LaunchSpec, *, now: dt.datetime | None = None) -> str:
@@ -162,9 +172,14 @@ class LocalRunner:
 
     target = Target.LOCAL
 
-    def __init__(self, *, runs_dir: str | Path = DEFAULT_RUNS_DIR, python: str = sys.executable,
-                 gpu_probe: Callable[[], HostGPUs] = probe_host_gpus,
-                 echo: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        runs_dir: str | Path = DEFAULT_RUNS_DIR,
+        python: str = sys.executable,
+        gpu_probe: Callable[[], HostGPUs] = probe_host_gpus,
+        echo: TextIO | None = None,
+    ) -> None:
         self.runs_dir = Path(runs_dir)
         self._python = python
         self._probe = gpu_probe
@@ -172,23 +187,37 @@ class LocalRunner:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- building -------------------------------------------------------------------------
-    def command(self, spec: LaunchSpec, *, data: str, run_dir: Path,
-                resume: bool = False) -> tuple[str, ...]:
+    def command(
+        self, spec: LaunchSpec, *, data: str, run_dir: Path, resume: bool = False
+    ) -> tuple[str, ...]:
         """The exact argv of the run (training under accelerate for several GPUs)."""
-        train_args = ["-m", "runners.train", "--spec", str(run_dir / SPEC_FILE), "--data", data,
-                      "--output-dir", str(run_dir / OUTPUT_DIR)]
+        train_args = [
+            "-m",
+            "runners.train",
+            "--spec",
+            str(run_dir / SPEC_FILE),
+            "--data",
+            data,
+            "--output-dir",
+            str(run_dir / OUTPUT_DIR),
+        ]
         if resume:
             train_args.append("--resume")
         if spec.device == "cuda" and spec.gpus_per_node > 1:
-            return (self._python, "-m", "accelerate.commands.launch", "--config_file",
-                    str(run_dir / ACCELERATE_CONFIG_FILE), *train_args)
+            return (
+                self._python,
+                "-m",
+                "accelerate.commands.launch",
+                "--config_file",
+                str(run_dir / ACCELERATE_CONFIG_FILE),
+                *train_args,
+            )
         return (self._python, *train_args)
 
     def environment(self, spec: LaunchSpec) -> dict[str, str]:
         """Extra environment variables of the run."""
         code_root = str(Path(__file__).resolve().parent.parent)
-        env = {"PYTHONPATH": code_root, "PYTHONUNBUFFERED": "1",
-               "TOKENIZERS_PARALLELISM": "false"}
+        env = {"PYTHONPATH": code_root, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         if spec.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env
@@ -202,7 +231,8 @@ class LocalRunner:
         if spec.nodes > 1:
             raise RunnerError(
                 f"the plan uses {spec.nodes} nodes; the local runner drives one machine. "
-                "To fix: launch with --target sagemaker, or re-plan with one node")
+                "To fix: launch with --target sagemaker, or re-plan with one node"
+            )
         if spec.device == "cpu":
             return ["device=cpu: a smoke run; speed and memory say nothing about the GPU plan"]
         host = self._probe()
@@ -213,7 +243,8 @@ class LocalRunner:
                 f"the plan needs {need} × {planned_gpu} but this machine has {host.count} GPU(s)"
                 f"{' (' + ', '.join(n for n, _ in host.devices) + ')' if host.devices else ''}. "
                 "To fix: run on a machine with those GPUs, use --target sagemaker, or re-plan "
-                "with --provider local and the GPUs you have")
+                "with --provider local and the GPUs you have"
+            )
         warnings: list[str] = []
         peak = spec.expected_peak_allocated_gib
         for index, (name, total_gib) in enumerate(host.devices[:need]):
@@ -222,15 +253,24 @@ class LocalRunner:
                     f"GPU {index} ({name}) has {total_gib:.1f} GiB but the plan's peak is "
                     f"{peak:.1f} GiB per GPU (+{CONTEXT_RESERVE_GIB:.1f} GiB for the CUDA "
                     "context). To fix: use the planned GPU, or re-plan for this one with "
-                    f"--gpu '{name}'")
+                    f"--gpu '{name}'"
+                )
             if spec.offer is not None and spec.offer.gpu.lower() not in name.lower():
-                warnings.append(f"GPU {index} is {name}, the plan priced {spec.offer.gpu}: "
-                                "expect different speed")
+                warnings.append(
+                    f"GPU {index} is {name}, the plan priced {spec.offer.gpu}: "
+                    "expect different speed"
+                )
         return warnings
 
     # -- Runner protocol ------------------------------------------------------------------
-    def launch(self, spec: LaunchSpec, *, data: str, dry_run: bool = False,
-               resume_run_id: str | None = None) -> LaunchResult:
+    def launch(
+        self,
+        spec: LaunchSpec,
+        *,
+        data: str,
+        dry_run: bool = False,
+        resume_run_id: str | None = None,
+    ) -> LaunchResult:
         """Start the run in the background (or only describe it with ``dry_run``).
 
         Args:
@@ -243,11 +283,15 @@ class LocalRunner:
             RunnerError: If the data file is missing or the host lacks the planned GPUs/memory.
         """
         if not Path(data).exists():
-            raise RunnerError(f"data file {data!r} does not exist. To fix: pass --data with a "
-                              "JSONL file of 'text', 'prompt'/'completion' or 'messages' lines")
+            raise RunnerError(
+                f"data file {data!r} does not exist. To fix: pass --data with a "
+                "JSONL file of 'text', 'prompt'/'completion' or 'messages' lines"
+            )
         if resume_run_id is not None and not (self.runs_dir / resume_run_id).is_dir():
-            raise RunnerError(f"no local run {resume_run_id!r} to resume under "
-                              f"{str(self.runs_dir)!r}. To fix: check the id (ftplan status)")
+            raise RunnerError(
+                f"no local run {resume_run_id!r} to resume under "
+                f"{str(self.runs_dir)!r}. To fix: check the id (ftplan status)"
+            )
         try:
             warnings = self.check_host(spec)
         except RunnerError as exc:
@@ -256,14 +300,21 @@ class LocalRunner:
             warnings = [f"this machine could not run it: {exc}"]
         run_id = resume_run_id or new_run_id(spec)
         run_dir = (self.runs_dir / run_id).resolve()
-        argv = self.command(spec, data=str(Path(data).resolve()), run_dir=run_dir,
-                            resume=resume_run_id is not None)
+        argv = self.command(
+            spec, data=str(Path(data).resolve()), run_dir=run_dir, resume=resume_run_id is not None
+        )
         env = self.environment(spec)
         spec_json = launch_spec_to_json(spec)
-        result = LaunchResult(run_id=run_id, target=Target.LOCAL, dry_run=dry_run,
-                              command=argv, env=tuple(sorted(env.items())),
-                              run_dir=str(run_dir), log_path=str(run_dir / LOG_FILE),
-                              spec_json=spec_json)
+        result = LaunchResult(
+            run_id=run_id,
+            target=Target.LOCAL,
+            dry_run=dry_run,
+            command=argv,
+            env=tuple(sorted(env.items())),
+            run_dir=str(run_dir),
+            log_path=str(run_dir / LOG_FILE),
+            spec_json=spec_json,
+        )
         for warning in warnings:
             self._say(f"warning: {warning}")
         if dry_run:
@@ -280,8 +331,10 @@ class LocalRunner:
         """
         path = self.runs_dir / run_id / STATUS_FILE
         if not path.is_file():
-            raise RunnerError(f"no local run {run_id!r} under {str(self.runs_dir)!r}. To fix: "
-                              "check the id printed by 'ftplan launch' (or pass --runs-dir)")
+            raise RunnerError(
+                f"no local run {run_id!r} under {str(self.runs_dir)!r}. To fix: "
+                "check the id printed by 'ftplan launch' (or pass --runs-dir)"
+            )
         child = self._children.get(run_id)
         if child is not None:
             child.poll()  # reap a finished supervisor so its pid reads as gone
@@ -289,19 +342,29 @@ class LocalRunner:
         state = RunState(data["state"])
         detail = data.get("detail", "")
         supervisor = data.get("supervisor_pid")
-        if (not state.finished and supervisor is not None and not _pid_alive(int(supervisor))
-                and (child is None or child.returncode is not None)):
+        if (
+            not state.finished
+            and supervisor is not None
+            and not _pid_alive(int(supervisor))
+            and (child is None or child.returncode is not None)
+        ):
             data = json.loads(path.read_text(encoding="utf-8"))  # it may have just finished
             state = RunState(data["state"])
             if not state.finished:
                 state, detail = RunState.FAILED, "the training process is gone (no exit recorded)"
         progress = _progress(Path(data["log_path"]).parent / OUTPUT_DIR / "metrics.jsonl")
         summary = Path(data["log_path"]).parent / OUTPUT_DIR / "summary.json"
-        return RunStatus(run_id=run_id, target=Target.LOCAL, state=state,
-                         detail="; ".join(x for x in (detail, progress) if x),
-                         started_at=data.get("started_at", ""), ended_at=data.get("ended_at", ""),
-                         log_path=data["log_path"], pid=data.get("pid"),
-                         summary_path=str(summary) if summary.is_file() else "")
+        return RunStatus(
+            run_id=run_id,
+            target=Target.LOCAL,
+            state=state,
+            detail="; ".join(x for x in (detail, progress) if x),
+            started_at=data.get("started_at", ""),
+            ended_at=data.get("ended_at", ""),
+            log_path=data["log_path"],
+            pid=data.get("pid"),
+            summary_path=str(summary) if summary.is_file() else "",
+        )
 
     def wait(self, run_id: str, *, poll_s: float = 2.0, follow: bool = True) -> RunStatus:
         """Block until the run finishes, echoing new log lines when ``follow``."""
@@ -333,17 +396,37 @@ class LocalRunner:
         atomic_write_text(run_dir / SPEC_FILE, result.spec_json + "\n")
         if spec.device == "cuda" and spec.gpus_per_node > 1:
             atomic_write_text(run_dir / ACCELERATE_CONFIG_FILE, accelerate_config_yaml(spec))
-        atomic_write_text(run_dir / "command.json", json.dumps(
-            {"argv": list(result.command), "env": dict(result.env)}, indent=2) + "\n")
-        write_status(run_dir, {"run_id": result.run_id, "state": RunState.PENDING.value,
-                               "log_path": result.log_path, "started_at": _now(),
-                               "command": list(result.command)})
-        supervisor = [self._python, "-m", "runners._supervise", str(run_dir), "--",
-                      *result.command]
+        atomic_write_text(
+            run_dir / "command.json",
+            json.dumps({"argv": list(result.command), "env": dict(result.env)}, indent=2) + "\n",
+        )
+        write_status(
+            run_dir,
+            {
+                "run_id": result.run_id,
+                "state": RunState.PENDING.value,
+                "log_path": result.log_path,
+                "started_at": _now(),
+                "command": list(result.command),
+            },
+        )
+        supervisor = [
+            self._python,
+            "-m",
+            "runners._supervise",
+            str(run_dir),
+            "--",
+            *result.command,
+        ]
         child = subprocess.Popen(  # noqa: S603 - argv built above, no shell
-            supervisor, env={**os.environ, **env}, cwd=str(run_dir),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)  # survives Ctrl-C in the launching terminal
+            supervisor,
+            env={**os.environ, **env},
+            cwd=str(run_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # survives Ctrl-C in the launching terminal
         self._children[result.run_id] = child
         self._say(f"started run {result.run_id} (log: {result.log_path})")
 
@@ -382,10 +465,12 @@ def describe(result: LaunchResult) -> str:
     import shlex
 
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in result.env)
-    return "\n".join([
-        f"run id:  {result.run_id}",
-        f"run dir: {result.run_dir}",
-        f"command: {env} {shlex.join(result.command)}",
-        "launch spec:",
-        result.spec_json,
-    ])
+    return "\n".join(
+        [
+            f"run id:  {result.run_id}",
+            f"run dir: {result.run_dir}",
+            f"command: {env} {shlex.join(result.command)}",
+            "launch spec:",
+            result.spec_json,
+        ]
+    )

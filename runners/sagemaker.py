@@ -73,7 +73,10 @@ DEFAULT_IMAGE_TAG = "2.8.0-transformers4.56.2-gpu-py312-cu129-ubuntu22.04"
 # Installed by the SageMaker toolkit before the entry point runs; already satisfied in the image
 # except bitsandbytes (QLoRA) where the image lacks it.
 SOURCE_REQUIREMENTS = (
-    "transformers>=4.56", "peft>=0.13", "accelerate>=1.0", "bitsandbytes>=0.45",
+    "transformers>=4.56",
+    "peft>=0.13",
+    "accelerate>=1.0",
+    "bitsandbytes>=0.45",
     "safetensors>=0.4",
 )
 ENTRY_POINT = "ftplan_entry.py"
@@ -95,8 +98,13 @@ SPOT_WAIT_FACTOR = 2.0
 MAX_RUNTIME_S = 28 * 24 * 3600  # SageMaker's limit on a training job's runtime: 28 days
 _GIB = 1024**3
 
-_STATES = {"InProgress": RunState.RUNNING, "Completed": RunState.SUCCEEDED,
-           "Failed": RunState.FAILED, "Stopping": RunState.STOPPED, "Stopped": RunState.STOPPED}
+_STATES = {
+    "InProgress": RunState.RUNNING,
+    "Completed": RunState.SUCCEEDED,
+    "Failed": RunState.FAILED,
+    "Stopping": RunState.STOPPED,
+    "Stopped": RunState.STOPPED,
+}
 
 
 def image_uri(region: str, *, tag: str = DEFAULT_IMAGE_TAG) -> str:
@@ -109,7 +117,8 @@ def image_uri(region: str, *, tag: str = DEFAULT_IMAGE_TAG) -> str:
     if account is None:
         raise RunnerError(
             f"no Hugging Face training image is known for region {region!r}. Known regions: "
-            f"{', '.join(sorted(IMAGE_REGISTRIES))}. To fix: pass --region with one of them")
+            f"{', '.join(sorted(IMAGE_REGISTRIES))}. To fix: pass --region with one of them"
+        )
     domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
     return f"{account}.dkr.ecr.{region}.{domain}/{IMAGE_REPOSITORY}:{tag}"
 
@@ -122,8 +131,7 @@ def sagemaker_training_instance_types() -> frozenset[str]:
     return frozenset(model["shapes"]["TrainingInstanceType"]["enum"])
 
 
-def sagemaker_instance_type(spec: LaunchSpec, *,
-                            known: Iterable[str] | None = None) -> str:
+def sagemaker_instance_type(spec: LaunchSpec, *, known: Iterable[str] | None = None) -> str:
     """The ``ml.*`` instance type of the plan's offer (EC2 offers map to ``ml.<type>``).
 
     Raises:
@@ -134,16 +142,21 @@ def sagemaker_instance_type(spec: LaunchSpec, *,
         where = "no offer" if offer is None else f"a {offer.provider.value} offer"
         raise RunnerError(
             f"the plan chose {where}; SageMaker runs AWS instances only. To fix: re-plan with "
-            "--provider aws, or launch with --target local")
-    instance = offer.instance_type if offer.instance_type.startswith("ml.") else (
-        f"ml.{offer.instance_type}")
+            "--provider aws, or launch with --target local"
+        )
+    instance = (
+        offer.instance_type
+        if offer.instance_type.startswith("ml.")
+        else (f"ml.{offer.instance_type}")
+    )
     types = frozenset(known) if known is not None else sagemaker_training_instance_types()
     if instance not in types:
         close = sorted(t for t in types if t.split(".")[1] == instance.split(".")[1])
         raise RunnerError(
             f"SageMaker has no training instance {instance!r} (the plan's {offer.service} offer "
             f"{offer.instance_type}). Same family: {', '.join(close) or 'none'}. To fix: "
-            "re-plan with SageMaker offers, or launch with --target local on that machine")
+            "re-plan with SageMaker offers, or launch with --target local on that machine"
+        )
     return instance
 
 
@@ -166,14 +179,15 @@ def sanitize_job_name(base: str, suffix: str = "") -> str:
 
 def stopping_condition(spec: LaunchSpec) -> dict[str, int]:
     """MaxRuntimeInSeconds (and MaxWaitTimeInSeconds for spot) from the plan's hours."""
-    runtime = (math.ceil(spec.max_hours * 3600 * (1 + RUNTIME_MARGIN_FRACTION))
-               + STARTUP_ALLOWANCE_S)
+    runtime = (
+        math.ceil(spec.max_hours * 3600 * (1 + RUNTIME_MARGIN_FRACTION)) + STARTUP_ALLOWANCE_S
+    )
     runtime = min(runtime, MAX_RUNTIME_S)
     condition = {"MaxRuntimeInSeconds": runtime}
     if spec.offer is not None and spec.offer.spot:
-        condition["MaxWaitTimeInSeconds"] = max(runtime,
-                                                min(math.ceil(runtime * SPOT_WAIT_FACTOR),
-                                                    MAX_RUNTIME_S))
+        condition["MaxWaitTimeInSeconds"] = max(
+            runtime, min(math.ceil(runtime * SPOT_WAIT_FACTOR), MAX_RUNTIME_S)
+        )
     return condition
 
 
@@ -181,8 +195,9 @@ def volume_size_gib(spec: LaunchSpec) -> int:
     """EBS volume per instance: the 16-bit weights twice (download + cache), kept checkpoints
     (full FT: fp32 weights + 2 AdamW states, 12 B/param, times 2), and 30 GiB for the image."""
     weights = spec.model.param_count * 2 / _GIB
-    checkpoints = spec.model.param_count * 12 * 2 / _GIB if spec.config.method is Method.FULL \
-        else 1.0
+    checkpoints = (
+        spec.model.param_count * 12 * 2 / _GIB if spec.config.method is Method.FULL else 1.0
+    )
     return max(50, math.ceil(2 * weights + checkpoints + 30))
 
 
@@ -245,9 +260,11 @@ def source_tarball(spec_json: str, *, code_root: Path | None = None) -> bytes:
 def _split_s3(uri: str) -> tuple[str, str]:
     match = re.match(r"^s3://([^/]+)/?(.*)$", uri)
     if not match:
-        raise RunnerError(f"{uri!r} is not an s3:// URI. To fix: upload the data first "
-                          "(aws s3 cp train.jsonl s3://BUCKET/PREFIX/) and pass --data "
-                          "s3://BUCKET/PREFIX/")
+        raise RunnerError(
+            f"{uri!r} is not an s3:// URI. To fix: upload the data first "
+            "(aws s3 cp train.jsonl s3://BUCKET/PREFIX/) and pass --data "
+            "s3://BUCKET/PREFIX/"
+        )
     return match.group(1), match.group(2).rstrip("/")
 
 
@@ -270,17 +287,26 @@ class SageMakerRunner:
 
     target = Target.SAGEMAKER
 
-    def __init__(self, *, client: Any = None, s3_client: Any = None, region: str | None = None,
-                 role_arn: str | None = None, s3_prefix: str | None = None,
-                 image: str | None = None, echo: TextIO | None = None,
-                 env: Mapping[str, str] | None = None,
-                 instance_types: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        client: Any = None,
+        s3_client: Any = None,
+        region: str | None = None,
+        role_arn: str | None = None,
+        s3_prefix: str | None = None,
+        image: str | None = None,
+        echo: TextIO | None = None,
+        env: Mapping[str, str] | None = None,
+        instance_types: Iterable[str] | None = None,
+    ) -> None:
         self._env = dict(os.environ if env is None else env)
         self._client = client
         self._s3 = s3_client
         self._region = region
         self._role = role_arn or next(
-            (self._env[v] for v in ROLE_ENV_VARS if self._env.get(v)), None)
+            (self._env[v] for v in ROLE_ENV_VARS if self._env.get(v)), None
+        )
         self._prefix = s3_prefix.rstrip("/") if s3_prefix else None
         self._image = image
         self._echo = echo
@@ -292,8 +318,7 @@ class SageMakerRunner:
             return self._region
         if spec.offer is not None and spec.offer.provider is Provider.AWS and spec.offer.region:
             return spec.offer.region
-        return (self._env.get("AWS_REGION") or self._env.get("AWS_DEFAULT_REGION")
-                or "us-east-1")
+        return self._env.get("AWS_REGION") or self._env.get("AWS_DEFAULT_REGION") or "us-east-1"
 
     def build_request(self, spec: LaunchSpec, *, data: str, name: str) -> dict[str, Any]:
         """The exact CreateTrainingJob request. Pure: no credentials, no network.
@@ -309,7 +334,8 @@ class SageMakerRunner:
         if not self._role:
             raise RunnerError(
                 "no SageMaker execution role. To fix: pass --role arn:aws:iam::ACCOUNT:role/NAME "
-                f"or set ${ROLE_ENV_VARS[0]} (or ${ROLE_ENV_VARS[1]}); nothing was sent")
+                f"or set ${ROLE_ENV_VARS[0]} (or ${ROLE_ENV_VARS[1]}); nothing was sent"
+            )
         prefix = self._prefix or f"s3://{bucket}/ftplan/{name}"
         spec_compact = launch_spec_to_json(spec, indent=None)
         hyperparameters = {
@@ -333,34 +359,54 @@ class SageMakerRunner:
                 "MetricDefinitions": [
                     {"Name": "train:loss", "Regex": r'"loss": ([0-9.eE+-]+)'},
                     {"Name": "train:tokens_per_s", "Regex": r'"tokens_per_s": ([0-9.eE+-]+)'},
-                    {"Name": "train:peak_allocated_gib",
-                     "Regex": r'"peak_allocated_gib": ([0-9.eE+-]+)'},
+                    {
+                        "Name": "train:peak_allocated_gib",
+                        "Regex": r'"peak_allocated_gib": ([0-9.eE+-]+)',
+                    },
                 ],
             },
             "HyperParameters": hyperparameters,
-            "InputDataConfig": [{
-                "ChannelName": "train",
-                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": data,
-                                                "S3DataDistributionType": "FullyReplicated"}},
-                "InputMode": "File",
-            }],
+            "InputDataConfig": [
+                {
+                    "ChannelName": "train",
+                    "DataSource": {
+                        "S3DataSource": {
+                            "S3DataType": "S3Prefix",
+                            "S3Uri": data,
+                            "S3DataDistributionType": "FullyReplicated",
+                        }
+                    },
+                    "InputMode": "File",
+                }
+            ],
             "OutputDataConfig": {"S3OutputPath": f"{prefix}/output"},
-            "ResourceConfig": {"InstanceType": instance, "InstanceCount": spec.nodes,
-                               "VolumeSizeInGB": volume_size_gib(spec)},
+            "ResourceConfig": {
+                "InstanceType": instance,
+                "InstanceCount": spec.nodes,
+                "VolumeSizeInGB": volume_size_gib(spec),
+            },
             "StoppingCondition": stopping_condition(spec),
             "EnableManagedSpotTraining": spot,
-            "CheckpointConfig": {"S3Uri": f"{prefix}/checkpoints",
-                                 "LocalPath": CHECKPOINT_LOCAL_PATH},
-            "Environment": {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-                            **distribution_environment(spec)},
-            "Tags": [{"Key": "ftplan:model", "Value": spec.model.name},
-                     {"Key": "ftplan:config", "Value": spec.config.label()[:256]}],
+            "CheckpointConfig": {
+                "S3Uri": f"{prefix}/checkpoints",
+                "LocalPath": CHECKPOINT_LOCAL_PATH,
+            },
+            "Environment": {
+                "PYTHONUNBUFFERED": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                **distribution_environment(spec),
+            },
+            "Tags": [
+                {"Key": "ftplan:model", "Value": spec.model.name},
+                {"Key": "ftplan:config", "Value": spec.config.label()[:256]},
+            ],
         }
         return request
 
     # -- Runner protocol ------------------------------------------------------------------
-    def launch(self, spec: LaunchSpec, *, data: str, dry_run: bool = False,
-               name: str | None = None) -> LaunchResult:
+    def launch(
+        self, spec: LaunchSpec, *, data: str, dry_run: bool = False, name: str | None = None
+    ) -> LaunchResult:
         """Create the training job (or, with ``dry_run``, only return the request).
 
         Raises:
@@ -369,9 +415,13 @@ class SageMakerRunner:
         job = sanitize_job_name(name) if name else job_name(spec)
         request = self.build_request(spec, data=data, name=job)
         spec_json = launch_spec_to_json(spec)
-        result = LaunchResult(run_id=job, target=Target.SAGEMAKER, dry_run=dry_run,
-                              request_json=json.dumps(request, indent=2, sort_keys=True),
-                              spec_json=spec_json)
+        result = LaunchResult(
+            run_id=job,
+            target=Target.SAGEMAKER,
+            dry_run=dry_run,
+            request_json=json.dumps(request, indent=2, sort_keys=True),
+            spec_json=spec_json,
+        )
         if dry_run:
             self._say(result.request_json)
             return result
@@ -380,8 +430,9 @@ class SageMakerRunner:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self._s3_client(request).put_object(Bucket=bucket, Key=key,
-                                                Body=source_tarball(spec_json))
+            self._s3_client(request).put_object(
+                Bucket=bucket, Key=key, Body=source_tarball(spec_json)
+            )
             self._sagemaker_client(request).create_training_job(**request)
         except (BotoCoreError, ClientError) as exc:
             raise RunnerError(f"SageMaker launch of {job!r} failed: {exc}") from None
@@ -407,14 +458,19 @@ class SageMakerRunner:
         if job.get("BillableTimeInSeconds"):
             parts.append(f"billable {job['BillableTimeInSeconds']} s")
         started, ended = job.get("TrainingStartTime"), job.get("TrainingEndTime")
-        return RunStatus(run_id=run_id, target=Target.SAGEMAKER, state=state,
-                         detail="; ".join(p for p in parts if p),
-                         started_at=started.isoformat() if started else "",
-                         ended_at=ended.isoformat() if ended else "",
-                         summary_path=job.get("ModelArtifacts", {}).get("S3ModelArtifacts", ""))
+        return RunStatus(
+            run_id=run_id,
+            target=Target.SAGEMAKER,
+            state=state,
+            detail="; ".join(p for p in parts if p),
+            started_at=started.isoformat() if started else "",
+            ended_at=ended.isoformat() if ended else "",
+            summary_path=job.get("ModelArtifacts", {}).get("S3ModelArtifacts", ""),
+        )
 
-    def wait(self, run_id: str, *, poll_s: float = 30.0,
-             sleep: Callable[[float], None] = time.sleep) -> RunStatus:
+    def wait(
+        self, run_id: str, *, poll_s: float = 30.0, sleep: Callable[[float], None] = time.sleep
+    ) -> RunStatus:
         """Poll until the job finishes, echoing each change of its status."""
         last = ""
         while True:
@@ -445,8 +501,12 @@ class SageMakerRunner:
     def _region_hint(self, request: dict[str, Any] | None) -> str:
         if request is not None:
             return str(request["HyperParameters"]["sagemaker_region"])
-        return (self._region or self._env.get("AWS_REGION") or self._env.get("AWS_DEFAULT_REGION")
-                or "us-east-1")
+        return (
+            self._region
+            or self._env.get("AWS_REGION")
+            or self._env.get("AWS_DEFAULT_REGION")
+            or "us-east-1"
+        )
 
     def _say(self, text: str) -> None:
         if self._echo is not None:

@@ -58,19 +58,31 @@ class RunPaths:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m runners.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m runners.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--spec", help="launch spec JSON file (ftplan launch writes one)")
     parser.add_argument("--data", help="training JSONL file (or a folder holding one)")
     parser.add_argument("--output-dir", help="folder for metrics, checkpoints and the model")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint in the output folder")
-    parser.add_argument("--random-init", action="store_true",
-                        help="random weights from the model's config (no download)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in the output folder",
+    )
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="random weights from the model's config (no download)",
+    )
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="override the spec's device")
-    parser.add_argument(f"--{SPEC_HYPERPARAMETER}", dest="spec_json",
-                        help="the launch spec as JSON (SageMaker hyperparameter)")
+    parser.add_argument(
+        f"--{SPEC_HYPERPARAMETER}",
+        dest="spec_json",
+        help="the launch spec as JSON (SageMaker hyperparameter)",
+    )
     args, _unknown = parser.parse_known_args(argv)  # SageMaker may pass extra hyperparameters
     return args
 
@@ -82,8 +94,9 @@ def resolve_spec(args: argparse.Namespace, env: dict[str, str]) -> LaunchSpec:
         ValueError: If no spec is given or it is invalid.
     """
     if args.spec:
-        spec = launch_spec_from_json(Path(args.spec).read_text(encoding="utf-8"),
-                                     where=f"launch spec {args.spec!r}")
+        spec = launch_spec_from_json(
+            Path(args.spec).read_text(encoding="utf-8"), where=f"launch spec {args.spec!r}"
+        )
     elif args.spec_json:
         spec = launch_spec_from_json(args.spec_json, where=f"--{SPEC_HYPERPARAMETER}")
     elif SPEC_HYPERPARAMETER in json.loads(env.get("SM_HPS", "{}")):
@@ -91,8 +104,10 @@ def resolve_spec(args: argparse.Namespace, env: dict[str, str]) -> LaunchSpec:
         # The SageMaker toolkit JSON-decodes hyperparameter values, so this may be an object.
         spec = launch_spec_from_json(value, where=f"SM_HPS[{SPEC_HYPERPARAMETER!r}]")
     else:
-        raise ValueError("no launch spec: pass --spec launch.json (ftplan launch --dry-run "
-                         "writes one) or run on SageMaker with the ftplan_spec hyperparameter")
+        raise ValueError(
+            "no launch spec: pass --spec launch.json (ftplan launch --dry-run "
+            "writes one) or run on SageMaker with the ftplan_spec hyperparameter"
+        )
     overrides: dict[str, Any] = {}
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
@@ -117,12 +132,18 @@ def resolve_paths(args: argparse.Namespace, env: dict[str, str]) -> RunPaths:
     if not output:
         raise ValueError("no output folder: pass --output-dir DIR")
     on_sagemaker = "SM_MODEL_DIR" in env and Path(SAGEMAKER_CHECKPOINT_DIR).parent.is_dir()
-    checkpoint_dir = (Path(SAGEMAKER_CHECKPOINT_DIR) if on_sagemaker
-                      else Path(output) / "checkpoints")
-    final_dir = Path(model_dir) if model_dir and not args.output_dir else (
-        Path(output) / FINAL_MODEL_DIR)
-    return RunPaths(data=find_jsonl(data), output_dir=Path(output),
-                    checkpoint_dir=checkpoint_dir, final_model_dir=final_dir)
+    checkpoint_dir = (
+        Path(SAGEMAKER_CHECKPOINT_DIR) if on_sagemaker else Path(output) / "checkpoints"
+    )
+    final_dir = (
+        Path(model_dir) if model_dir and not args.output_dir else (Path(output) / FINAL_MODEL_DIR)
+    )
+    return RunPaths(
+        data=find_jsonl(data),
+        output_dir=Path(output),
+        checkpoint_dir=checkpoint_dir,
+        final_model_dir=final_dir,
+    )
 
 
 class _Log:
@@ -163,21 +184,42 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _compare(measured: float | None, expected: float | None, tolerance: float,
-             why_missing: str) -> dict[str, Any]:
+def _compare(
+    measured: float | None, expected: float | None, tolerance: float, why_missing: str
+) -> dict[str, Any]:
     if measured is None or expected is None or expected <= 0:
         reason = why_missing if measured is None else "the plan gave no prediction"
-        return {"measured": measured, "expected": expected, "ratio": None,
-                "tolerance_fraction": tolerance, "within": None, "note": reason}
+        return {
+            "measured": measured,
+            "expected": expected,
+            "ratio": None,
+            "tolerance_fraction": tolerance,
+            "within": None,
+            "note": reason,
+        }
     ratio = measured / expected
-    return {"measured": measured, "expected": expected, "ratio": ratio,
-            "tolerance_fraction": tolerance, "within": abs(ratio - 1.0) <= tolerance}
+    return {
+        "measured": measured,
+        "expected": expected,
+        "ratio": ratio,
+        "tolerance_fraction": tolerance,
+        "within": abs(ratio - 1.0) <= tolerance,
+    }
 
 
-def build_summary(spec: LaunchSpec, *, step_times_s: list[float], tokens_per_step: int,
-                  peak_allocated_gib: float | None, peak_reserved_gib: float | None,
-                  first_loss: float | None, last_loss: float | None, steps_done: int,
-                  start_step: int, device_name: str) -> dict[str, Any]:
+def build_summary(
+    spec: LaunchSpec,
+    *,
+    step_times_s: list[float],
+    tokens_per_step: int,
+    peak_allocated_gib: float | None,
+    peak_reserved_gib: float | None,
+    first_loss: float | None,
+    last_loss: float | None,
+    steps_done: int,
+    start_step: int,
+    device_name: str,
+) -> dict[str, Any]:
     """The end-of-run summary: measured vs planned tokens/s and peak allocated memory.
 
     Throughput is the median over the steps after :data:`WARMUP_STEPS` (all steps when the
@@ -197,16 +239,27 @@ def build_summary(spec: LaunchSpec, *, step_times_s: list[float], tokens_per_ste
         "resumed_from_step": start_step,
         "first_loss": first_loss,
         "last_loss": last_loss,
-        "measured": {"step_time_s": step_time, "tokens_per_s": tokens_per_s,
-                     "peak_allocated_gib": peak_allocated_gib,
-                     "peak_reserved_gib": peak_reserved_gib,
-                     "timed_steps": len(timed)},
+        "measured": {
+            "step_time_s": step_time,
+            "tokens_per_s": tokens_per_s,
+            "peak_allocated_gib": peak_allocated_gib,
+            "peak_reserved_gib": peak_reserved_gib,
+            "timed_steps": len(timed),
+        },
         "expected_source": spec.expected_source,
         "comparison": {
-            "tokens_per_s": _compare(tokens_per_s, spec.expected_tokens_per_s,
-                                     spec.throughput_tolerance_fraction, "no timed steps"),
-            "peak_allocated_gib": _compare(peak_allocated_gib, spec.expected_peak_allocated_gib,
-                                           spec.memory_tolerance_fraction, no_cuda),
+            "tokens_per_s": _compare(
+                tokens_per_s,
+                spec.expected_tokens_per_s,
+                spec.throughput_tolerance_fraction,
+                "no timed steps",
+            ),
+            "peak_allocated_gib": _compare(
+                peak_allocated_gib,
+                spec.expected_peak_allocated_gib,
+                spec.memory_tolerance_fraction,
+                no_cuda,
+            ),
         },
     }
 
@@ -218,10 +271,13 @@ def weights_checkpoint(spec: LaunchSpec, *, log: Callable[[dict[str, Any]], None
     if spec.random_init:
         return None
     source = Path(spec.weights_source)
-    if source.is_dir() and not any(source.glob("*.safetensors")) and not any(
-            source.glob("*.bin")):
-        log({"event": "random_init", "reason": f"{source} holds no weight files; random "
-                                               "weights from the architecture"})
+    if source.is_dir() and not any(source.glob("*.safetensors")) and not any(source.glob("*.bin")):
+        log(
+            {
+                "event": "random_init",
+                "reason": f"{source} holds no weight files; random weights from the architecture",
+            }
+        )
         return None
     return spec.weights_source
 
@@ -232,9 +288,15 @@ def _batch(blocks: list[list[int]], indices: list[int], device: str) -> Any:
     return torch.tensor([blocks[i] for i in indices], dtype=torch.long, device=device)
 
 
-def _run_step(prepared: Any, batches: list[Any], *, accelerator: Any,
-              forward_backward: Callable[..., Any], optimizer_step: Callable[..., None],
-              train_step: Callable[..., float]) -> float:
+def _run_step(
+    prepared: Any,
+    batches: list[Any],
+    *,
+    accelerator: Any,
+    forward_backward: Callable[..., Any],
+    optimizer_step: Callable[..., None],
+    train_step: Callable[..., float],
+) -> float:
     """One optimizer step over ``len(batches)`` micro-batches; returns the mean loss."""
     import contextlib
 
@@ -243,8 +305,11 @@ def _run_step(prepared: Any, batches: list[Any], *, accelerator: Any,
     losses = []
     for i, ids in enumerate(batches):
         last = i == len(batches) - 1
-        sync = (contextlib.nullcontext() if accelerator is None or last
-                else accelerator.no_sync(prepared.model))
+        sync = (
+            contextlib.nullcontext()
+            if accelerator is None or last
+            else accelerator.no_sync(prepared.model)
+        )
         with sync:
             losses.append(forward_backward(prepared, ids, ids))
     if len(batches) > 1:
@@ -268,68 +333,107 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
     from profiler.recipes import SETUP_FUNCTIONS, forward_backward, optimizer_step, train_step
 
     if spec.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("the launch spec asks for CUDA but torch sees no GPU; run on a GPU "
-                           "machine or pass --device cpu for a smoke run")
+        raise RuntimeError(
+            "the launch spec asks for CUDA but torch sees no GPU; run on a GPU "
+            "machine or pass --device cpu for a smoke run"
+        )
     accelerator = _accelerator_if_distributed(spec.device)
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     is_main = rank == 0
-    device = (str(accelerator.device) if accelerator is not None and spec.device == "cuda"
-              else spec.device)
+    device = (
+        str(accelerator.device)
+        if accelerator is not None and spec.device == "cuda"
+        else spec.device
+    )
     paths.output_dir.mkdir(parents=True, exist_ok=True)
     log = _Log(paths.output_dir / METRICS_FILE, enabled=is_main)
 
     # Random weights without a checkpoint: use a tokenizer only if it is already on disk.
-    tokenizer = load_tokenizer(spec.weights_source, vocab_size=spec.model.vocab_size,
-                               force_byte=spec.tokenizer == BYTE_TOKENIZER,
-                               allow_download=not (spec.random_init and spec.checkpoint is None),
-                               log=log)
+    tokenizer = load_tokenizer(
+        spec.weights_source,
+        vocab_size=spec.model.vocab_size,
+        force_byte=spec.tokenizer == BYTE_TOKENIZER,
+        allow_download=not (spec.random_init and spec.checkpoint is None),
+        log=log,
+    )
     texts = read_texts(paths.data, tokenizer)
-    blocks = pack((tokenizer.encode_text(t) for t in texts), seq_len=spec.config.seq_len,
-                  eos_token_id=tokenizer.eos_token_id)
-    schedule = BlockSchedule(num_blocks=len(blocks), micro_batch_size=spec.config.micro_batch_size,
-                             grad_accum_steps=spec.grad_accum_steps, world_size=world,
-                             seed=spec.seed)
+    blocks = pack(
+        (tokenizer.encode_text(t) for t in texts),
+        seq_len=spec.config.seq_len,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    schedule = BlockSchedule(
+        num_blocks=len(blocks),
+        micro_batch_size=spec.config.micro_batch_size,
+        grad_accum_steps=spec.grad_accum_steps,
+        world_size=world,
+        seed=spec.seed,
+    )
     total_steps = schedule.total_steps(epochs=spec.epochs, max_steps=spec.max_steps)
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(spec.seed)
     setup = SETUP_FUNCTIONS[spec.config.method]
-    prepared = setup(spec.model, spec.config, device=device,
-                     checkpoint=weights_checkpoint(spec, log=log),
-                     learning_rate=spec.learning_rate)
+    prepared = setup(
+        spec.model,
+        spec.config,
+        device=device,
+        checkpoint=weights_checkpoint(spec, log=log),
+        learning_rate=spec.learning_rate,
+    )
     if accelerator is not None:
-        prepared.model, prepared.optimizer = accelerator.prepare(prepared.model,
-                                                                 prepared.optimizer)
+        prepared.model, prepared.optimizer = accelerator.prepare(
+            prepared.model, prepared.optimizer
+        )
 
     start_step = 0
     found = latest_checkpoint(paths.checkpoint_dir) if resume else None
     if found is not None:
-        load_checkpoint(found, prepared=prepared, method=spec.config.method,
-                        accelerator=accelerator)
+        load_checkpoint(
+            found, prepared=prepared, method=spec.config.method, accelerator=accelerator
+        )
         start_step = found.step
     tokens_per_step = spec.config.tokens_per_step * spec.grad_accum_steps * world
-    log({"event": "start", "model": spec.model.name, "config": spec.config.label(),
-         "device": device, "world_size": world, "tokenizer": tokenizer.name,
-         "sequences": len(blocks), "steps_per_epoch": schedule.steps_per_epoch,
-         "total_steps": total_steps, "start_step": start_step,
-         "resumed_from": str(found.path) if found else None,
-         "trainable_params": prepared.trainable_params, "total_params": prepared.total_params})
+    log(
+        {
+            "event": "start",
+            "model": spec.model.name,
+            "config": spec.config.label(),
+            "device": device,
+            "world_size": world,
+            "tokenizer": tokenizer.name,
+            "sequences": len(blocks),
+            "steps_per_epoch": schedule.steps_per_epoch,
+            "total_steps": total_steps,
+            "start_step": start_step,
+            "resumed_from": str(found.path) if found else None,
+            "trainable_params": prepared.trainable_params,
+            "total_params": prepared.total_params,
+        }
+    )
 
     step_times: list[float] = []
     first_loss: float | None = None
     loss = math.nan
     last_save = time.monotonic()
     for step in range(start_step, total_steps):
-        batches = [_batch(blocks, schedule.blocks_for(step=step, micro=k, rank=rank), device)
-                   for k in range(spec.grad_accum_steps)]
+        batches = [
+            _batch(blocks, schedule.blocks_for(step=step, micro=k, rank=rank), device)
+            for k in range(spec.grad_accum_steps)
+        ]
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         began = time.perf_counter()
-        loss = _run_step(prepared, batches, accelerator=accelerator,
-                         forward_backward=forward_backward, optimizer_step=optimizer_step,
-                         train_step=train_step)
+        loss = _run_step(
+            prepared,
+            batches,
+            accelerator=accelerator,
+            forward_backward=forward_backward,
+            optimizer_step=optimizer_step,
+            train_step=train_step,
+        )
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - began
@@ -337,44 +441,70 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         first_loss = loss if first_loss is None else first_loss
         done = step + 1
         if done % spec.log_every_steps == 0 or done == total_steps:
-            record: dict[str, Any] = {"event": "step", "step": done, "loss": loss,
-                                      "step_time_s": elapsed,
-                                      "tokens_per_s": tokens_per_step / elapsed,
-                                      "epoch": done / schedule.steps_per_epoch}
+            record: dict[str, Any] = {
+                "event": "step",
+                "step": done,
+                "loss": loss,
+                "step_time_s": elapsed,
+                "tokens_per_s": tokens_per_step / elapsed,
+                "epoch": done / schedule.steps_per_epoch,
+            }
             if device.startswith("cuda"):
                 record["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / _GIB
             log(record)
-        due_steps = (spec.checkpoint_every_steps is not None
-                     and done % spec.checkpoint_every_steps == 0)
-        due_time = (spec.checkpoint_every_minutes is not None
-                    and time.monotonic() - last_save >= spec.checkpoint_every_minutes * 60)
+        due_steps = (
+            spec.checkpoint_every_steps is not None and done % spec.checkpoint_every_steps == 0
+        )
+        due_time = (
+            spec.checkpoint_every_minutes is not None
+            and time.monotonic() - last_save >= spec.checkpoint_every_minutes * 60
+        )
         if (due_steps or due_time) and done < total_steps:
-            path = save_checkpoint(paths.checkpoint_dir, prepared=prepared, step=done,
-                                   tokens_seen=done * tokens_per_step,
-                                   epoch=done / schedule.steps_per_epoch,
-                                   label=spec.config.label(), accelerator=accelerator)
+            path = save_checkpoint(
+                paths.checkpoint_dir,
+                prepared=prepared,
+                step=done,
+                tokens_seen=done * tokens_per_step,
+                epoch=done / schedule.steps_per_epoch,
+                label=spec.config.label(),
+                accelerator=accelerator,
+            )
             last_save = time.monotonic()
             log({"event": "checkpoint", "step": done, "path": str(path)})
 
     end_step = max(total_steps, start_step)
     if end_step > start_step or found is None:
-        save_checkpoint(paths.checkpoint_dir, prepared=prepared, step=end_step,
-                        tokens_seen=end_step * tokens_per_step,
-                        epoch=end_step / schedule.steps_per_epoch,
-                        label=spec.config.label(), accelerator=accelerator)
+        save_checkpoint(
+            paths.checkpoint_dir,
+            prepared=prepared,
+            step=end_step,
+            tokens_seen=end_step * tokens_per_step,
+            epoch=end_step / schedule.steps_per_epoch,
+            label=spec.config.label(),
+            accelerator=accelerator,
+        )
     _save_final_model(prepared, paths.final_model_dir, accelerator=accelerator)
     peak_alloc = peak_res = None
     if device.startswith("cuda"):
         peak_alloc = torch.cuda.max_memory_allocated() / _GIB
         peak_res = torch.cuda.max_memory_reserved() / _GIB
-    device_name = (torch.cuda.get_device_name() if device.startswith("cuda") else "cpu")
-    summary = build_summary(spec, step_times_s=step_times, tokens_per_step=tokens_per_step,
-                            peak_allocated_gib=peak_alloc, peak_reserved_gib=peak_res,
-                            first_loss=first_loss, last_loss=None if math.isnan(loss) else loss,
-                            steps_done=end_step, start_step=start_step, device_name=device_name)
+    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    summary = build_summary(
+        spec,
+        step_times_s=step_times,
+        tokens_per_step=tokens_per_step,
+        peak_allocated_gib=peak_alloc,
+        peak_reserved_gib=peak_res,
+        first_loss=first_loss,
+        last_loss=None if math.isnan(loss) else loss,
+        steps_done=end_step,
+        start_step=start_step,
+        device_name=device_name,
+    )
     if is_main:
-        atomic_write_text(paths.output_dir / SUMMARY_FILE,
-                          json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(
+            paths.output_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n"
+        )
         log({"event": "summary", **summary["comparison"]})
     return summary
 
@@ -386,7 +516,8 @@ def _save_final_model(prepared: Any, folder: Path, *, accelerator: Any) -> None:
         return
     state = accelerator.get_state_dict(prepared.model)
     accelerator.unwrap_model(prepared.model).save_pretrained(
-        str(folder), state_dict=state, is_main_process=accelerator.is_main_process)
+        str(folder), state_dict=state, is_main_process=accelerator.is_main_process
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,17 +30,39 @@ from catalog._load import DATA_DIR
 from planner.cli import main
 
 REQUIRED_MODELS = (
-    "llama2-7b", "llama2-13b", "llama2-70b", "llama3.1-8b", "llama3.1-70b", "llama3.2-1b",
-    "llama3.2-3b", "mistral-7b", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-14b",
-    "qwen2.5-32b", "qwen2.5-72b", "phi3-mini", "gemma-2b", "gemma-7b", "gemma2-9b",
+    "llama2-7b",
+    "llama2-13b",
+    "llama2-70b",
+    "llama3.1-8b",
+    "llama3.1-70b",
+    "llama3.2-1b",
+    "llama3.2-3b",
+    "mistral-7b",
+    "qwen2.5-0.5b",
+    "qwen2.5-1.5b",
+    "qwen2.5-7b",
+    "qwen2.5-14b",
+    "qwen2.5-32b",
+    "qwen2.5-72b",
+    "phi3-mini",
+    "gemma-2b",
+    "gemma-7b",
+    "gemma2-9b",
 )
 
 # Architecture of meta-llama/Llama-3.2-1B as in its config.json (the keys ftplan reads).
 LLAMA32_1B_CONFIG = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
-    "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-    "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
-    "tie_word_embeddings": True, "max_position_embeddings": 131072,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "vocab_size": 128256,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 131072,
 }
 
 
@@ -113,10 +135,17 @@ def test_model_from_config_json_file_and_folder(tmp_path: Path) -> None:
 
 
 def test_model_from_qwen_config_counts_biases(tmp_path: Path) -> None:
-    config = {"model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960,
-              "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
-              "vocab_size": 151936, "tie_word_embeddings": True,
-              "max_position_embeddings": 131072}
+    config = {
+        "model_type": "qwen2",
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 131072,
+    }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     assert get_model(str(path)).param_count == 1543714304
@@ -124,8 +153,7 @@ def test_model_from_qwen_config_counts_biases(tmp_path: Path) -> None:
 
 def test_config_without_required_key_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({k: v for k, v in LLAMA32_1B_CONFIG.items()
-                                if k != "vocab_size"}))
+    path.write_text(json.dumps({k: v for k, v in LLAMA32_1B_CONFIG.items() if k != "vocab_size"}))
     with pytest.raises(CatalogError, match="lacks an integer 'vocab_size'"):
         get_model(str(path))
 
@@ -140,10 +168,21 @@ def test_unknown_model_suggests_close_matches() -> None:
 
 def test_gpu_aliases_resolve_case_insensitively() -> None:
     expected = {
-        "h100": "H100 SXM 80GB", "H100": "H100 SXM 80GB", "h100 sxm 80gb": "H100 SXM 80GB",
-        "h200": "H200", "a100": "A100 SXM 80GB", "a100-80gb": "A100 SXM 80GB",
-        "a100-40gb": "A100 SXM 40GB", "l4": "L4", "a10g": "A10G", "l40s": "L40S", "t4": "T4",
-        "v100": "V100 16GB", "rtx4090": "RTX 4090", "4090": "RTX 4090", "h100-pcie": "H100 PCIe",
+        "h100": "H100 SXM 80GB",
+        "H100": "H100 SXM 80GB",
+        "h100 sxm 80gb": "H100 SXM 80GB",
+        "h200": "H200",
+        "a100": "A100 SXM 80GB",
+        "a100-80gb": "A100 SXM 80GB",
+        "a100-40gb": "A100 SXM 40GB",
+        "l4": "L4",
+        "a10g": "A10G",
+        "l40s": "L40S",
+        "t4": "T4",
+        "v100": "V100 16GB",
+        "rtx4090": "RTX 4090",
+        "4090": "RTX 4090",
+        "h100-pcie": "H100 PCIe",
         "a6000": "RTX A6000",
     }
     for alias, name in expected.items():
@@ -174,8 +213,13 @@ def test_offers_are_consistent() -> None:
         assert offer.gpu in gpu_names
         assert offer.usd_per_hour > 0
     providers = {o.provider for o in offers}
-    assert providers == {Provider.AWS, Provider.GCP, Provider.AZURE, Provider.LAMBDA,
-                         Provider.RUNPOD}
+    assert providers == {
+        Provider.AWS,
+        Provider.GCP,
+        Provider.AZURE,
+        Provider.LAMBDA,
+        Provider.RUNPOD,
+    }
     p5 = [o for o in offers if o.instance_type == "p5.48xlarge" and o.service == "ec2"]
     assert {o.spot for o in p5} == {True, False}
     assert all(o.stale and o.gpu_count == 8 and o.inter_node_gbps == 400 for o in p5)
@@ -184,12 +228,14 @@ def test_offers_are_consistent() -> None:
 
 def test_list_offers_filters() -> None:
     aws_l4 = list_offers(providers=["aws"], gpus=["l4"], include_spot=False)
-    assert aws_l4 and all(o.provider is Provider.AWS and o.gpu == "L4" and not o.spot
-                          for o in aws_l4)
+    assert aws_l4 and all(
+        o.provider is Provider.AWS and o.gpu == "L4" and not o.spot for o in aws_l4
+    )
     g6 = [o for o in aws_l4 if o.instance_type == "g6.xlarge"]
     assert [o.usd_per_hour for o in g6] == [0.8048]
-    assert len(list_offers(gpus=[get_gpu("h100")])) > len(list_offers(gpus=["h100"],
-                                                                     include_spot=False))
+    assert len(list_offers(gpus=[get_gpu("h100")])) > len(
+        list_offers(gpus=["h100"], include_spot=False)
+    )
 
 
 def test_local_offer() -> None:
@@ -202,8 +248,9 @@ def test_local_offer() -> None:
         parse_provider("oracle")
 
 
-def _write_cached_offers(cache: Path, mutate: dict[str, str] | None = None,
-                         drop_column: str | None = None) -> Path:
+def _write_cached_offers(
+    cache: Path, mutate: dict[str, str] | None = None, drop_column: str | None = None
+) -> Path:
     rows = _csv_rows("offers.csv")[:3]
     if mutate:
         rows[1].update(mutate)
@@ -247,19 +294,27 @@ def test_unknown_gpu_in_offers_file_is_reported(_empty_cache: Path) -> None:
 
 
 def _info(oldest: str, stale: int = 0) -> CatalogInfo:
-    return CatalogInfo(offers_path="x", refreshed=False, offer_count=1,
-                       oldest_price_as_of=oldest, newest_price_as_of=oldest,
-                       stale_offer_count=stale, age_days=0)
+    return CatalogInfo(
+        offers_path="x",
+        refreshed=False,
+        offer_count=1,
+        oldest_price_as_of=oldest,
+        newest_price_as_of=oldest,
+        stale_offer_count=stale,
+        age_days=0,
+    )
 
 
 def test_age_warning_only_after_90_days() -> None:
     today = date(2026, 1, 31)
     assert catalog_age_warning(_info("2025-11-02"), today) is None  # 90 days
     warning = catalog_age_warning(_info("2025-11-01"), today)
-    assert warning == ("prices are 91 days old (oldest 2025-11-01); run "
-                       "'ftplan catalog refresh --provider aws'")
-    assert "2 offers are marked stale" in (catalog_age_warning(_info("2026-01-30", 2), today)
-                                           or "")
+    assert warning == (
+        "prices are 91 days old (oldest 2025-11-01); run 'ftplan catalog refresh --provider aws'"
+    )
+    assert "2 offers are marked stale" in (
+        catalog_age_warning(_info("2026-01-30", 2), today) or ""
+    )
     shipped = catalog_info(today=date(2026, 11, 23))
     assert shipped.stale_offer_count >= 8 and shipped.age_days > 90
 
@@ -276,8 +331,20 @@ def test_cli_gpus_table_and_offers_json() -> None:
     runner = CliRunner()
     gpus = runner.invoke(main, ["catalog", "gpus"])
     assert gpus.exit_code == 0 and "H100 SXM 80GB" in gpus.output and "rtx4090" in gpus.output
-    offers = runner.invoke(main, ["catalog", "offers", "--gpu", "h100", "--provider", "aws",
-                                  "--no-spot", "--format", "json"])
+    offers = runner.invoke(
+        main,
+        [
+            "catalog",
+            "offers",
+            "--gpu",
+            "h100",
+            "--provider",
+            "aws",
+            "--no-spot",
+            "--format",
+            "json",
+        ],
+    )
     assert offers.exit_code == 0, offers.output
     rows = json.loads(offers.output)
     assert rows and {r["gpu"] for r in rows} == {"H100 SXM 80GB"}
@@ -291,8 +358,9 @@ def test_cli_offers_table_warns_about_old_prices() -> None:
     assert "g6.xlarge" in result.output and "ftplan catalog refresh" in result.output
 
 
-@pytest.mark.parametrize("args", [["catalog", "offers", "--gpu", "h10"],
-                                  ["catalog", "offers", "--provider", "oracle"]])
+@pytest.mark.parametrize(
+    "args", [["catalog", "offers", "--gpu", "h10"], ["catalog", "offers", "--provider", "oracle"]]
+)
 def test_cli_unknown_name_exits_2_without_traceback(args: list[str]) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2

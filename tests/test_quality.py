@@ -23,12 +23,18 @@ SPEC = get_model("llama2-7b")
 
 
 def _budget(tokens: int = 10_000_000, task: Task = Task.SFT) -> Budget:
-    return Budget(max_usd=100.0, dataset_tokens=tokens, epochs=1.0,
-                  tokens_source=TokensSource.GIVEN, task=task)
+    return Budget(
+        max_usd=100.0,
+        dataset_tokens=tokens,
+        epochs=1.0,
+        tokens_source=TokensSource.GIVEN,
+        task=task,
+    )
 
 
-def _lora(rank: int = 16, targets: str = "all-linear",
-          method: Method = Method.LORA) -> TuningConfig:
+def _lora(
+    rank: int = 16, targets: str = "all-linear", method: Method = Method.LORA
+) -> TuningConfig:
     return TuningConfig(method=method, lora_rank=rank, lora_targets=targets)
 
 
@@ -85,8 +91,9 @@ def test_large_global_batch_is_a_lora_risk() -> None:
 def test_qlora_notes_dettmers_and_pure_bf16_full_ft_is_medium() -> None:
     qlora = assess_quality(SPEC, _lora(method=Method.QLORA), _budget())
     assert [(r.level, r.source) for r in qlora] == [(RiskLevel.LOW, DETTMERS_2023)]
-    bf16 = assess_quality(SPEC, TuningConfig(method=Method.FULL, precision=Precision.BF16),
-                          _budget())
+    bf16 = assess_quality(
+        SPEC, TuningConfig(method=Method.FULL, precision=Precision.BF16), _budget()
+    )
     assert [(r.level, r.source) for r in bf16] == [(RiskLevel.MEDIUM, ZAMIRAI_2020)]
 
 

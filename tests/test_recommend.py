@@ -32,7 +32,8 @@ def test_default_recommend_is_within_budget_and_writes_reports(tmp_path: Path) -
     assert chosen is not None
     assert 0 < chosen["cost"]["usd"] <= 200
     assert chosen["cost"]["usd"] == pytest.approx(
-        chosen["cost"]["hours"] * chosen["cost"]["usd_per_hour"])
+        chosen["cost"]["hours"] * chosen["cost"]["usd_per_hour"]
+    )
     assert chosen["measurement"]["peak_reserved_gib"] <= chosen["usable_memory_gib"]
     assert {v["method"] for v in plan["verdicts"]} == {"full", "lora", "qlora"}
     assert all("$" in v["reason"] for v in plan["verdicts"])
@@ -60,9 +61,23 @@ def test_70b_never_full_ft_on_one_80gb_gpu_and_states_memory(tmp_path: Path) -> 
 
 
 def test_70b_full_ft_goes_multi_node_when_the_budget_allows(tmp_path: Path) -> None:
-    plan = _json_plan("--model", "llama2-70b", "--budget", "20000", "--gpu", "h100",
-                      "--gpu-count", "8", "--quality", "strict", "--tokens", "100000000",
-                      "--epochs", "1", out=tmp_path)
+    plan = _json_plan(
+        "--model",
+        "llama2-70b",
+        "--budget",
+        "20000",
+        "--gpu",
+        "h100",
+        "--gpu-count",
+        "8",
+        "--quality",
+        "strict",
+        "--tokens",
+        "100000000",
+        "--epochs",
+        "1",
+        out=tmp_path,
+    )
     full = next(v for v in plan["verdicts"] if v["method"] == "full")
     assert full["best"] is not None
     assert full["best"]["nodes"] > 1
@@ -80,18 +95,24 @@ def test_no_feasible_plan_exits_1_writes_report_and_says_what_works(tmp_path: Pa
     assert plan["chosen"] is None and plan["near_misses"] and plan["suggestions"]
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (("--model", "llama2-7b", "--budget", "-5"), "budget"),
-    (("--model", "llama2-7b", "--budget", "abc"), "abc"),
-    (("--model", "llama2-7", "--budget", "10"), "llama2-7b"),
-    (("--model", "<script>alert(1)</script>", "--budget", "10"), "model"),
-    (("--model", "llama2-7b", "--budget", "10", "--gpu", "h1000"), "h100"),
-    (("--model", "llama2-7b", "--budget", "10", "--provider", "awz"), "aws"),
-    (("--model", "llama2-7b", "--budget", "10", "--dataset", "/nonexistent.jsonl"),
-     "nonexistent"),
-])
-def test_bad_input_exits_2_with_one_line(tmp_path: Path, args: tuple[str, ...],
-                                         expected: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--model", "llama2-7b", "--budget", "-5"), "budget"),
+        (("--model", "llama2-7b", "--budget", "abc"), "abc"),
+        (("--model", "llama2-7", "--budget", "10"), "llama2-7b"),
+        (("--model", "<script>alert(1)</script>", "--budget", "10"), "model"),
+        (("--model", "llama2-7b", "--budget", "10", "--gpu", "h1000"), "h100"),
+        (("--model", "llama2-7b", "--budget", "10", "--provider", "awz"), "aws"),
+        (
+            ("--model", "llama2-7b", "--budget", "10", "--dataset", "/nonexistent.jsonl"),
+            "nonexistent",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
     code, stdout, stderr = _invoke(*args, out=tmp_path)
     assert code == 2
     assert expected in stderr
@@ -115,8 +136,9 @@ def test_dataset_is_counted_and_sizes_the_sequence(tmp_path: Path) -> None:
     assert stats.samples == 10
     assert stats.tokens == 9 * math.ceil(404 / 4) + 3000
     assert stats.longest_sample_tokens == 3000
-    plan = _json_plan("--model", "llama3.2-1b", "--budget", "50", "--dataset", str(data),
-                      out=tmp_path / "r")
+    plan = _json_plan(
+        "--model", "llama3.2-1b", "--budget", "50", "--dataset", str(data), out=tmp_path / "r"
+    )
     assert plan["budget"]["tokens_source"] == "counted"
     assert plan["budget"]["longest_sample_tokens"] == 3000
     assert plan["chosen"]["config"]["seq_len"] == 3072
@@ -125,16 +147,26 @@ def test_dataset_is_counted_and_sizes_the_sequence(tmp_path: Path) -> None:
 def test_seq_len_shorter_than_the_longest_sample_warns(tmp_path: Path) -> None:
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"text": "z" * 20_000}) + "\n")
-    plan = _json_plan("--model", "llama3.2-1b", "--budget", "50", "--dataset", str(data),
-                      "--seq-len", "1024", out=tmp_path / "r")
+    plan = _json_plan(
+        "--model",
+        "llama3.2-1b",
+        "--budget",
+        "50",
+        "--dataset",
+        str(data),
+        "--seq-len",
+        "1024",
+        out=tmp_path / "r",
+    )
     assert any("longest sample" in w for w in plan["warnings"])
 
 
 def test_bad_dataset_line_is_a_clear_error(tmp_path: Path) -> None:
     data = tmp_path / "bad.jsonl"
     data.write_text('{"text": "ok"}\nnot json\n')
-    code, _, stderr = _invoke("--model", "llama2-7b", "--budget", "10", "--dataset", str(data),
-                              out=tmp_path / "r")
+    code, _, stderr = _invoke(
+        "--model", "llama2-7b", "--budget", "10", "--dataset", str(data), out=tmp_path / "r"
+    )
     assert code == 2 and "line 2" in stderr
 
 
@@ -149,8 +181,19 @@ def test_spot_plans_carry_a_checkpoint_interval(tmp_path: Path) -> None:
 
 
 def test_local_offer_is_free_when_no_price_is_given(tmp_path: Path) -> None:
-    plan = _json_plan("--model", "llama3.2-1b", "--budget", "1", "--provider", "local",
-                      "--gpu", "rtx4090", "--gpu-count", "1", out=tmp_path)
+    plan = _json_plan(
+        "--model",
+        "llama3.2-1b",
+        "--budget",
+        "1",
+        "--provider",
+        "local",
+        "--gpu",
+        "rtx4090",
+        "--gpu-count",
+        "1",
+        out=tmp_path,
+    )
     assert plan["chosen"]["offer"]["provider"] == "local"
     assert plan["chosen"]["cost"]["usd"] == 0.0
 
@@ -166,10 +209,14 @@ def test_recommend_with_fake_estimator_explains_losing_methods() -> None:
     from planner import Budget, TokensSource
     from planner.recommend import RecommendRequest, recommend
 
-    budget = Budget(max_usd=3.0, dataset_tokens=30_000_000, epochs=1.0,
-                    tokens_source=TokensSource.GIVEN)
-    plan = recommend(RecommendRequest(spec=SPEC, budget=budget, offers=OFFERS, gpus=GPUS),
-                     estimate=fake_estimate, fits=fits_usable)
+    budget = Budget(
+        max_usd=3.0, dataset_tokens=30_000_000, epochs=1.0, tokens_source=TokensSource.GIVEN
+    )
+    plan = recommend(
+        RecommendRequest(spec=SPEC, budget=budget, offers=OFFERS, gpus=GPUS),
+        estimate=fake_estimate,
+        fits=fits_usable,
+    )
     assert plan.chosen is not None and plan.chosen.cost.usd <= 3.0
     verdicts = {v.method: v for v in plan.verdicts}
     assert verdicts[plan.chosen.config.method].reason.endswith(".")
@@ -200,8 +247,9 @@ def test_few_trials_use_seeded_tpe(tmp_path: Path) -> None:
 
 
 def test_70b_on_one_l4_fits_nowhere_and_says_so(tmp_path: Path) -> None:
-    code, _, stderr = _invoke("--model", "llama2-70b", "--budget", "100", "--gpu", "l4",
-                              "--gpu-count", "1", out=tmp_path)
+    code, _, stderr = _invoke(
+        "--model", "llama2-70b", "--budget", "100", "--gpu", "l4", "--gpu-count", "1", out=tmp_path
+    )
     assert code == 1
     assert "fit in memory" in stderr and "--spot" not in stderr
     (report,) = tmp_path.glob("*.json")
@@ -214,8 +262,9 @@ def test_balanced_quality_keeps_low_risk_unless_medium_risk_saves_real_money(
     tmp_path: Path,
 ) -> None:
     balanced = _json_plan("--model", "llama2-7b", "--budget", "200", out=tmp_path)
-    cheapest = _json_plan("--model", "llama2-7b", "--budget", "200", "--quality", "cheapest",
-                          out=tmp_path)
+    cheapest = _json_plan(
+        "--model", "llama2-7b", "--budget", "200", "--quality", "cheapest", out=tmp_path
+    )
     # Attention-only LoRA (medium risk: no MLP adapters) is what 'cheapest' takes; 'balanced'
     # pays the few cents for all-linear adapters and says why.
     assert cheapest["chosen"]["config"]["lora_targets"] == "attention"

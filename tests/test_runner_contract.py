@@ -25,16 +25,37 @@ from runners import (
 )
 
 TINY = ModelSpec(
-    name="tiny-llama", hf_id="tiny/llama", model_type="llama", num_layers=2, hidden_size=64,
-    intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16, vocab_size=256,
-    tied_embeddings=False, param_count=106_816, max_seq_len=256, source="test",
+    name="tiny-llama",
+    hf_id="tiny/llama",
+    model_type="llama",
+    num_layers=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    vocab_size=256,
+    tied_embeddings=False,
+    param_count=106_816,
+    max_seq_len=256,
+    source="test",
     as_of="2026-11-23",
 )
-CONFIG = TuningConfig(method=Method.LORA, lora_rank=4, lora_targets="all-linear",
-                      micro_batch_size=2, seq_len=32)
-SAGEMAKER_OFFER = Offer(provider=Provider.AWS, service="sagemaker", instance_type="ml.g5.xlarge",
-                        region="us-east-1", gpu="A10G", gpu_count=1, usd_per_hour=1.4084,
-                        spot=False, as_of="2025-05-01", source="test")
+CONFIG = TuningConfig(
+    method=Method.LORA, lora_rank=4, lora_targets="all-linear", micro_batch_size=2, seq_len=32
+)
+SAGEMAKER_OFFER = Offer(
+    provider=Provider.AWS,
+    service="sagemaker",
+    instance_type="ml.g5.xlarge",
+    region="us-east-1",
+    gpu="A10G",
+    gpu_count=1,
+    usd_per_hour=1.4084,
+    spot=False,
+    as_of="2025-05-01",
+    source="test",
+)
 BUCKET = "ftplan-contract"
 
 
@@ -52,15 +73,25 @@ class Harness:
 def _local(tmp_path: Path) -> Iterator[Harness]:
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(json.dumps({"text": "abc " * 40}) for _ in range(20)) + "\n")
-    spec = LaunchSpec(model=TINY, config=CONFIG, random_init=True, tokenizer="byte",
-                      device="cpu", max_steps=3, checkpoint_every_minutes=None)
+    spec = LaunchSpec(
+        model=TINY,
+        config=CONFIG,
+        random_init=True,
+        tokenizer="byte",
+        device="cpu",
+        max_steps=3,
+        checkpoint_every_minutes=None,
+    )
     runs = tmp_path / "runs"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("OMP_NUM_THREADS", "1")  # a tiny model; spare the shared CPU cores
-        yield Harness(runner=LocalRunner(runs_dir=runs), spec=spec, data=str(data),
-                      missing_data=str(tmp_path / "missing.jsonl"),
-                      created=lambda: sorted(p.name for p in runs.iterdir())
-                      if runs.exists() else [])
+        yield Harness(
+            runner=LocalRunner(runs_dir=runs),
+            spec=spec,
+            data=str(data),
+            missing_data=str(tmp_path / "missing.jsonl"),
+            created=lambda: sorted(p.name for p in runs.iterdir()) if runs.exists() else [],
+        )
 
 
 def _sagemaker(tmp_path: Path) -> Iterator[Harness]:
@@ -68,8 +99,11 @@ def _sagemaker(tmp_path: Path) -> Iterator[Harness]:
     import boto3
 
     with pytest.MonkeyPatch.context() as env, moto.mock_aws():
-        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
             env.setenv(key, value)
         s3 = boto3.client("s3", region_name="us-east-1")
         sm = boto3.client("sagemaker", region_name="us-east-1")
@@ -78,15 +112,24 @@ def _sagemaker(tmp_path: Path) -> Iterator[Harness]:
 
         def created() -> list[str]:
             jobs = [j["TrainingJobName"] for j in sm.list_training_jobs()["TrainingJobSummaries"]]
-            keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
-                    if not o["Key"].startswith("data/")]
+            keys = [
+                o["Key"]
+                for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+                if not o["Key"].startswith("data/")
+            ]
             return sorted(jobs + keys)
 
-        runner = SageMakerRunner(client=sm, s3_client=s3, role_arn="arn:aws:iam::123456789012:"
-                                 "role/ftplan", env={})
+        runner = SageMakerRunner(
+            client=sm, s3_client=s3, role_arn="arn:aws:iam::123456789012:role/ftplan", env={}
+        )
         spec = LaunchSpec(model=TINY, config=CONFIG, offer=SAGEMAKER_OFFER, max_hours=0.5)
-        yield Harness(runner=runner, spec=spec, data=f"s3://{BUCKET}/data/",
-                      missing_data="/not/on/s3.jsonl", created=created)
+        yield Harness(
+            runner=runner,
+            spec=spec,
+            data=f"s3://{BUCKET}/data/",
+            missing_data="/not/on/s3.jsonl",
+            created=created,
+        )
 
 
 @pytest.fixture(params=["local", "sagemaker"])

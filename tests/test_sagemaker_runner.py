@@ -35,31 +35,71 @@ ROLE = "arn:aws:iam::123456789012:role/ftplan-sagemaker"
 DATA = "s3://my-bucket/datasets/chat/"
 JOB = "ftplan-test-job"
 MODEL = ModelSpec(
-    name="llama2-7b", hf_id="meta-llama/Llama-2-7b-hf", model_type="llama", num_layers=32,
-    hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32, head_dim=128,
-    vocab_size=32000, tied_embeddings=False, param_count=6_738_415_616, max_seq_len=4096,
-    source="test", as_of="2023-07-18",
+    name="llama2-7b",
+    hf_id="meta-llama/Llama-2-7b-hf",
+    model_type="llama",
+    num_layers=32,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_heads=32,
+    num_kv_heads=32,
+    head_dim=128,
+    vocab_size=32000,
+    tied_embeddings=False,
+    param_count=6_738_415_616,
+    max_seq_len=4096,
+    source="test",
+    as_of="2023-07-18",
 )
 
 
-def _offer(instance: str, gpus: int, *, spot: bool = False, service: str = "sagemaker",
-           provider: Provider = Provider.AWS, region: str = "us-west-2") -> Offer:
-    return Offer(provider=provider, service=service, instance_type=instance, region=region,
-                 gpu="X", gpu_count=gpus, usd_per_hour=1.0, spot=spot, as_of="2025-05-01",
-                 source="test")
+def _offer(
+    instance: str,
+    gpus: int,
+    *,
+    spot: bool = False,
+    service: str = "sagemaker",
+    provider: Provider = Provider.AWS,
+    region: str = "us-west-2",
+) -> Offer:
+    return Offer(
+        provider=provider,
+        service=service,
+        instance_type=instance,
+        region=region,
+        gpu="X",
+        gpu_count=gpus,
+        usd_per_hour=1.0,
+        spot=spot,
+        as_of="2025-05-01",
+        source="test",
+    )
 
 
 def _spec(method: Method, offer: Offer, *, nodes: int = 1, hours: float = 3.0) -> LaunchSpec:
     gpus = offer.gpu_count * nodes
     lora = method is not Method.FULL
     sharding = Sharding.NONE if gpus == 1 else (Sharding.DDP if lora else Sharding.FSDP)
-    config = TuningConfig(method=method, precision=Precision.BF16_MIXED if lora else
-                          Precision.BF16, lora_rank=16 if lora else None,
-                          lora_targets="all-linear" if lora else None, micro_batch_size=4,
-                          seq_len=1024, grad_checkpointing=True, gpu_count=gpus,
-                          sharding=sharding)
-    return LaunchSpec(model=MODEL, config=config, offer=offer, nodes=nodes, max_hours=hours,
-                      expected_peak_allocated_gib=15.6, expected_tokens_per_s=7277.6)
+    config = TuningConfig(
+        method=method,
+        precision=Precision.BF16_MIXED if lora else Precision.BF16,
+        lora_rank=16 if lora else None,
+        lora_targets="all-linear" if lora else None,
+        micro_batch_size=4,
+        seq_len=1024,
+        grad_checkpointing=True,
+        gpu_count=gpus,
+        sharding=sharding,
+    )
+    return LaunchSpec(
+        model=MODEL,
+        config=config,
+        offer=offer,
+        nodes=nodes,
+        max_hours=hours,
+        expected_peak_allocated_gib=15.6,
+        expected_tokens_per_s=7277.6,
+    )
 
 
 def _clients() -> tuple[Any, Any]:
@@ -76,14 +116,30 @@ def _request(spec: LaunchSpec, **runner_kw: Any) -> dict[str, Any]:
 
 
 PLANS = {
-    "lora-1x-on-demand": (_spec(Method.LORA, _offer("ml.g5.2xlarge", 1)),
-                          "ml.g5.2xlarge", 1, False),
-    "qlora-ec2-spot": (_spec(Method.QLORA, _offer("g6.xlarge", 1, spot=True, service="ec2")),
-                       "ml.g6.xlarge", 1, True),
-    "full-2-nodes-fsdp": (_spec(Method.FULL, _offer("ml.p4d.24xlarge", 8), nodes=2),
-                          "ml.p4d.24xlarge", 2, False),
-    "lora-2-nodes-spot": (_spec(Method.LORA, _offer("ml.g5.12xlarge", 4, spot=True), nodes=2),
-                          "ml.g5.12xlarge", 2, True),
+    "lora-1x-on-demand": (
+        _spec(Method.LORA, _offer("ml.g5.2xlarge", 1)),
+        "ml.g5.2xlarge",
+        1,
+        False,
+    ),
+    "qlora-ec2-spot": (
+        _spec(Method.QLORA, _offer("g6.xlarge", 1, spot=True, service="ec2")),
+        "ml.g6.xlarge",
+        1,
+        True,
+    ),
+    "full-2-nodes-fsdp": (
+        _spec(Method.FULL, _offer("ml.p4d.24xlarge", 8), nodes=2),
+        "ml.p4d.24xlarge",
+        2,
+        False,
+    ),
+    "lora-2-nodes-spot": (
+        _spec(Method.LORA, _offer("ml.g5.12xlarge", 4, spot=True), nodes=2),
+        "ml.g5.12xlarge",
+        2,
+        True,
+    ),
 }
 
 
@@ -95,7 +151,8 @@ def test_request_for_each_plan(name: str) -> None:
     assert request["TrainingJobName"] == JOB and request["RoleArn"] == ROLE
     assert request["AlgorithmSpecification"]["TrainingImage"] == (
         "763104351884.dkr.ecr.us-west-2.amazonaws.com/huggingface-pytorch-training:"
-        "2.8.0-transformers4.56.2-gpu-py312-cu129-ubuntu22.04")
+        "2.8.0-transformers4.56.2-gpu-py312-cu129-ubuntu22.04"
+    )
     assert request["ResourceConfig"]["InstanceType"] == instance
     assert request["ResourceConfig"]["InstanceCount"] == count
     assert request["EnableManagedSpotTraining"] is spot
@@ -104,8 +161,10 @@ def test_request_for_each_plan(name: str) -> None:
     if spot:
         expected_stop["MaxWaitTimeInSeconds"] = 29_400
     assert request["StoppingCondition"] == expected_stop
-    assert request["CheckpointConfig"] == {"S3Uri": f"{prefix}/checkpoints",
-                                           "LocalPath": "/opt/ml/checkpoints"}
+    assert request["CheckpointConfig"] == {
+        "S3Uri": f"{prefix}/checkpoints",
+        "LocalPath": "/opt/ml/checkpoints",
+    }
     assert request["OutputDataConfig"] == {"S3OutputPath": f"{prefix}/output"}
     channel = request["InputDataConfig"][0]
     assert channel["ChannelName"] == "train"
@@ -119,8 +178,9 @@ def test_request_for_each_plan(name: str) -> None:
     distributed = spec.config.gpu_count > 1
     assert (hp.get("sagemaker_torch_distributed_enabled") == "true") is distributed
     env = request["Environment"]
-    assert (env.get("ACCELERATE_USE_FSDP") == "true") is (spec.config.method is Method.FULL
-                                                          and distributed)
+    assert (env.get("ACCELERATE_USE_FSDP") == "true") is (
+        spec.config.method is Method.FULL and distributed
+    )
     if spec.config.method is Method.FULL:
         assert env["FSDP_SHARDING_STRATEGY"] == "FULL_SHARD"
         # Full FT keeps 2 checkpoints of fp32 weights + AdamW states (12 B/param × 2).
@@ -133,33 +193,63 @@ def test_launch_uploads_source_then_creates_exactly_that_request(name: str) -> N
     expected = _request(spec)
     sm, s3 = _clients()
     with Stubber(sm) as sm_stub, Stubber(s3) as s3_stub:
-        s3_stub.add_response("put_object", {}, {
-            "Bucket": "my-bucket", "Key": f"ftplan/{JOB}/source/sourcedir.tar.gz", "Body": ANY})
+        s3_stub.add_response(
+            "put_object",
+            {},
+            {"Bucket": "my-bucket", "Key": f"ftplan/{JOB}/source/sourcedir.tar.gz", "Body": ANY},
+        )
         # Stubber also validates the request against botocore's SageMaker service model.
-        sm_stub.add_response("create_training_job",
-                             {"TrainingJobArn": f"arn:aws:sagemaker:us-west-2:1:job/{JOB}"},
-                             expected)
+        sm_stub.add_response(
+            "create_training_job",
+            {"TrainingJobArn": f"arn:aws:sagemaker:us-west-2:1:job/{JOB}"},
+            expected,
+        )
         result = SageMakerRunner(client=sm, s3_client=s3, role_arn=ROLE, env={}).launch(
-            spec, data=DATA, name=JOB)
+            spec, data=DATA, name=JOB
+        )
         sm_stub.assert_no_pending_responses()
         s3_stub.assert_no_pending_responses()
     assert not result.dry_run and result.run_id == JOB
 
 
-@pytest.mark.parametrize(("kwargs", "spec", "data", "message"), [
-    ({"role_arn": None}, PLANS["lora-1x-on-demand"][0], DATA,
-     r"no SageMaker execution role.*--role.*FTPLAN_SAGEMAKER_ROLE.*nothing was sent"),
-    ({"region": "mars-north-1"}, PLANS["lora-1x-on-demand"][0], DATA,
-     r"region 'mars-north-1'. Known regions: af-south-1, .*us-west-2"),
-    ({}, PLANS["lora-1x-on-demand"][0], "/home/me/train.jsonl",
-     r"'/home/me/train.jsonl' is not an s3:// URI. To fix: upload"),
-    ({}, _spec(Method.LORA, _offer("gpu_1x_h100", 1, provider=Provider.LAMBDA)), DATA,
-     r"the plan chose a lambda offer; SageMaker runs AWS instances only"),
-    ({}, _spec(Method.LORA, _offer("x9.xlarge", 1, service="ec2")), DATA,
-     r"SageMaker has no training instance 'ml.x9.xlarge'"),
-])
-def test_bad_input_sends_nothing(kwargs: dict[str, Any], spec: LaunchSpec, data: str,
-                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "spec", "data", "message"),
+    [
+        (
+            {"role_arn": None},
+            PLANS["lora-1x-on-demand"][0],
+            DATA,
+            r"no SageMaker execution role.*--role.*FTPLAN_SAGEMAKER_ROLE.*nothing was sent",
+        ),
+        (
+            {"region": "mars-north-1"},
+            PLANS["lora-1x-on-demand"][0],
+            DATA,
+            r"region 'mars-north-1'. Known regions: af-south-1, .*us-west-2",
+        ),
+        (
+            {},
+            PLANS["lora-1x-on-demand"][0],
+            "/home/me/train.jsonl",
+            r"'/home/me/train.jsonl' is not an s3:// URI. To fix: upload",
+        ),
+        (
+            {},
+            _spec(Method.LORA, _offer("gpu_1x_h100", 1, provider=Provider.LAMBDA)),
+            DATA,
+            r"the plan chose a lambda offer; SageMaker runs AWS instances only",
+        ),
+        (
+            {},
+            _spec(Method.LORA, _offer("x9.xlarge", 1, service="ec2")),
+            DATA,
+            r"SageMaker has no training instance 'ml.x9.xlarge'",
+        ),
+    ],
+)
+def test_bad_input_sends_nothing(
+    kwargs: dict[str, Any], spec: LaunchSpec, data: str, message: str
+) -> None:
     sm, s3 = _clients()
     options = {"role_arn": ROLE, **kwargs}
     with Stubber(sm) as sm_stub, Stubber(s3) as s3_stub:  # no responses: any call would fail
@@ -177,14 +267,16 @@ def test_role_and_region_come_from_the_environment() -> None:
     request = json.loads(runner.launch(spec, data=DATA, dry_run=True, name=JOB).request_json)
     assert request["RoleArn"] == ROLE
     assert request["AlgorithmSpecification"]["TrainingImage"].startswith(
-        "692866216735.dkr.ecr.eu-south-1.amazonaws.com/huggingface-pytorch-training:")
+        "692866216735.dkr.ecr.eu-south-1.amazonaws.com/huggingface-pytorch-training:"
+    )
     assert image_uri("cn-north-1").startswith("727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/")
     assert len(IMAGE_REGISTRIES) == 24
 
 
 def test_job_names_fit_sagemakers_pattern() -> None:
     assert sanitize_job_name("ftplan-Qwen2.5_7B/instruct-lora", "20261123-101500") == (
-        "ftplan-Qwen2-5-7B-instruct-lora-20261123-101500")
+        "ftplan-Qwen2-5-7B-instruct-lora-20261123-101500"
+    )
     long = sanitize_job_name("ftplan-" + "x" * 100 + "-full", "20261123-101500")
     assert len(long) == 63 and long.endswith("-20261123-101500")
     assert sanitize_job_name("--__--") == "ftplan"
@@ -193,14 +285,21 @@ def test_job_names_fit_sagemakers_pattern() -> None:
 def _describe(status: str, secondary: str, **extra: Any) -> dict[str, Any]:
     when = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
     return {
-        "TrainingJobName": JOB, "TrainingJobArn": f"arn:aws:sagemaker:us-west-2:1:job/{JOB}",
+        "TrainingJobName": JOB,
+        "TrainingJobArn": f"arn:aws:sagemaker:us-west-2:1:job/{JOB}",
         "ModelArtifacts": {"S3ModelArtifacts": "s3://my-bucket/out/model.tar.gz"},
-        "TrainingJobStatus": status, "SecondaryStatus": secondary,
+        "TrainingJobStatus": status,
+        "SecondaryStatus": secondary,
         "AlgorithmSpecification": {"TrainingInputMode": "File", "TrainingImage": "img"},
-        "ResourceConfig": {"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1,
-                           "VolumeSizeInGB": 50},
-        "StoppingCondition": {"MaxRuntimeInSeconds": 100}, "CreationTime": when,
-        "TrainingStartTime": when, **extra,
+        "ResourceConfig": {
+            "InstanceType": "ml.g5.2xlarge",
+            "InstanceCount": 1,
+            "VolumeSizeInGB": 50,
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": 100},
+        "CreationTime": when,
+        "TrainingStartTime": when,
+        **extra,
     }
 
 
@@ -209,13 +308,21 @@ def test_status_and_wait_follow_describe_training_job() -> None:
     echo = io.StringIO()
     naps: list[float] = []
     with Stubber(sm) as stub:
-        for status, secondary in (("InProgress", "Starting"), ("InProgress", "Training"),
-                                  ("InProgress", "Training")):
-            stub.add_response("describe_training_job", _describe(status, secondary),
-                              {"TrainingJobName": JOB})
-        stub.add_response("describe_training_job",
-                          _describe("Failed", "Failed", FailureReason="CUDA out of memory",
-                                    BillableTimeInSeconds=321), {"TrainingJobName": JOB})
+        for status, secondary in (
+            ("InProgress", "Starting"),
+            ("InProgress", "Training"),
+            ("InProgress", "Training"),
+        ):
+            stub.add_response(
+                "describe_training_job", _describe(status, secondary), {"TrainingJobName": JOB}
+            )
+        stub.add_response(
+            "describe_training_job",
+            _describe(
+                "Failed", "Failed", FailureReason="CUDA out of memory", BillableTimeInSeconds=321
+            ),
+            {"TrainingJobName": JOB},
+        )
         runner = SageMakerRunner(client=sm, env={}, echo=echo)
         final = runner.wait(JOB, poll_s=7.0, sleep=naps.append)
         stub.assert_no_pending_responses()
@@ -223,12 +330,15 @@ def test_status_and_wait_follow_describe_training_job() -> None:
     assert final.detail == "Failed; CUDA out of memory; billable 321 s"
     assert naps == [7.0, 7.0, 7.0]
     assert echo.getvalue().splitlines() == [
-        "running: Starting", "running: Training",
-        "failed: Failed; CUDA out of memory; billable 321 s"]
+        "running: Starting",
+        "running: Training",
+        "failed: Failed; CUDA out of memory; billable 321 s",
+    ]
     sm2, _ = _clients()
     with Stubber(sm2) as stub:
-        stub.add_client_error("describe_training_job", "ValidationException",
-                              "Requested resource not found.")
+        stub.add_client_error(
+            "describe_training_job", "ValidationException", "Requested resource not found."
+        )
         with pytest.raises(RunnerError, match="cannot read SageMaker job 'nope'"):
             SageMakerRunner(client=sm2, env={}).status("nope")
 
@@ -242,18 +352,34 @@ def test_source_tarball_ships_the_packages_and_an_entry_point(tmp_path: Path) ->
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         names = set(tar.getnames())
         tar.extractall(tmp_path, filter="data")
-    assert {"runners/train.py", "runners/sagemaker.py", "profiler/recipes.py",
-            "catalog/data/models.csv", "ftplan_entry.py", "ftplan_launch.json",
-            "requirements.txt"} <= names
+    assert {
+        "runners/train.py",
+        "runners/sagemaker.py",
+        "profiler/recipes.py",
+        "catalog/data/models.csv",
+        "ftplan_entry.py",
+        "ftplan_launch.json",
+        "requirements.txt",
+    } <= names
     assert not any("__pycache__" in n for n in names)
     assert launch_spec_from_json((tmp_path / "ftplan_launch.json").read_text()) == spec
     # The entry point imports runners from the unpacked source, as SageMaker runs it.
-    where = subprocess.run([sys.executable, "-c", "import runners.train as t; print(t.__file__)"],
-                           cwd=tmp_path, capture_output=True, text=True, check=True,
-                           env={"PATH": "/usr/bin:/bin"})
+    where = subprocess.run(
+        [sys.executable, "-c", "import runners.train as t; print(t.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert where.stdout.strip() == str(tmp_path / "runners" / "train.py")
-    helped = subprocess.run([sys.executable, "ftplan_entry.py", "--help"], cwd=tmp_path,
-                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    helped = subprocess.run(
+        [sys.executable, "ftplan_entry.py", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert helped.returncode == 0 and "--ftplan_spec" in helped.stdout
 
 
@@ -267,37 +393,64 @@ def plan_file(tmp_path: Path) -> Path:
     return write_plan(make_plan(chosen=spot), tmp_path / "plan.json")
 
 
-def test_cli_sagemaker_dry_run_prints_the_request(plan_file: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_sagemaker_dry_run_prints_the_request(
+    plan_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FTPLAN_SAGEMAKER_ROLE", ROLE)
-    out = CliRunner().invoke(cli, ["launch", str(plan_file), "--target", "sagemaker", "--data",
-                                   DATA, "--dry-run", "--max-steps", "100", "--image-uri",
-                                   "1.dkr.ecr.us-east-1.amazonaws.com/mine:1"])
+    out = CliRunner().invoke(
+        cli,
+        [
+            "launch",
+            str(plan_file),
+            "--target",
+            "sagemaker",
+            "--data",
+            DATA,
+            "--dry-run",
+            "--max-steps",
+            "100",
+            "--image-uri",
+            "1.dkr.ecr.us-east-1.amazonaws.com/mine:1",
+        ],
+    )
     assert out.exit_code == 0, out.output
     request = json.loads(out.output)
     assert request["AlgorithmSpecification"]["TrainingImage"] == (
-        "1.dkr.ecr.us-east-1.amazonaws.com/mine:1")
+        "1.dkr.ecr.us-east-1.amazonaws.com/mine:1"
+    )
     assert request["ResourceConfig"]["InstanceType"] == "ml.g6.xlarge"  # EC2 g6.xlarge, mapped
     assert request["EnableManagedSpotTraining"] is True
-    assert request["StoppingCondition"]["MaxWaitTimeInSeconds"] >= (
-        request["StoppingCondition"]["MaxRuntimeInSeconds"])
+    assert (
+        request["StoppingCondition"]["MaxWaitTimeInSeconds"]
+        >= (request["StoppingCondition"]["MaxRuntimeInSeconds"])
+    )
     spec = launch_spec_from_json(request["HyperParameters"]["ftplan_spec"])
     assert spec.config.method is Method.QLORA and spec.max_steps == 100
     assert spec.expected_tokens_per_s == 690.0 and spec.expected_source == "extrapolated"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    ([], "error: no SageMaker execution role"),
-    (["--role", ROLE, "--region", "xx-1"], "error: no Hugging Face training image is known "
-                                           "for region 'xx-1'"),
-    (["--role", ROLE, "--output-dir", "/tmp/x"], "error: --output-dir '/tmp/x' must be an s3://"),
-])
-def test_cli_sagemaker_bad_input_exit_2(plan_file: Path, monkeypatch: pytest.MonkeyPatch,
-                                        args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "error: no SageMaker execution role"),
+        (
+            ["--role", ROLE, "--region", "xx-1"],
+            "error: no Hugging Face training image is known for region 'xx-1'",
+        ),
+        (
+            ["--role", ROLE, "--output-dir", "/tmp/x"],
+            "error: --output-dir '/tmp/x' must be an s3://",
+        ),
+    ],
+)
+def test_cli_sagemaker_bad_input_exit_2(
+    plan_file: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
     for var in ("FTPLAN_SAGEMAKER_ROLE", "SAGEMAKER_ROLE_ARN"):
         monkeypatch.delenv(var, raising=False)
-    out = CliRunner().invoke(cli, ["launch", str(plan_file), "--target", "sagemaker", "--data",
-                                   DATA, *args])
+    out = CliRunner().invoke(
+        cli, ["launch", str(plan_file), "--target", "sagemaker", "--data", DATA, *args]
+    )
     assert out.exit_code == 2
     assert out.output.strip().splitlines() == [out.output.strip()]
     assert out.output.startswith(message), out.output

@@ -30,29 +30,77 @@ from profiler import (
 )
 
 GIB = 1024**3
-SPEC = ModelSpec(name="toy-7b", hf_id="toy/7b", model_type="llama", num_layers=32,
-                 hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32,
-                 head_dim=128, vocab_size=32000, tied_embeddings=False, param_count=6_738_415_616,
-                 max_seq_len=4096, source="test", as_of="2023-07-18")
+SPEC = ModelSpec(
+    name="toy-7b",
+    hf_id="toy/7b",
+    model_type="llama",
+    num_layers=32,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_heads=32,
+    num_kv_heads=32,
+    head_dim=128,
+    vocab_size=32000,
+    tied_embeddings=False,
+    param_count=6_738_415_616,
+    max_seq_len=4096,
+    source="test",
+    as_of="2023-07-18",
+)
 
 
 def make_gpu(name: str, memory_gib: float, tflops: float, *, bf16: bool = True) -> GPU:
-    return GPU(name=name, aliases=(), arch="x", memory_gib=memory_gib,
-               usable_memory_gib=memory_gib, memory_bandwidth_tbps=2.0,
-               bf16_tflops=tflops if bf16 else None, fp16_tflops=tflops, bf16_supported=bf16,
-               intra_node_interconnect=Interconnect.NVLINK, intra_node_gbps=400.0, source="test",
-               as_of="2025-01-01")
+    return GPU(
+        name=name,
+        aliases=(),
+        arch="x",
+        memory_gib=memory_gib,
+        usable_memory_gib=memory_gib,
+        memory_bandwidth_tbps=2.0,
+        bf16_tflops=tflops if bf16 else None,
+        fp16_tflops=tflops,
+        bf16_supported=bf16,
+        intra_node_interconnect=Interconnect.NVLINK,
+        intra_node_gbps=400.0,
+        source="test",
+        as_of="2025-01-01",
+    )
 
 
-GPUS = {g.name: g for g in (make_gpu("H100", 80.0, 989.0), make_gpu("A10G", 22.0, 125.0),
-                            make_gpu("T4", 15.0, 65.0, bf16=False))}
+GPUS = {
+    g.name: g
+    for g in (
+        make_gpu("H100", 80.0, 989.0),
+        make_gpu("A10G", 22.0, 125.0),
+        make_gpu("T4", 15.0, 65.0, bf16=False),
+    )
+}
 
 
-def make_offer(instance: str, gpu: str, count: int, usd: float, *, spot: bool = False,
-               max_nodes: int = 1, gbps: float = 0.0) -> Offer:
-    return Offer(provider=Provider.AWS, service="ec2", instance_type=instance, region="us-east-1",
-                 gpu=gpu, gpu_count=count, usd_per_hour=usd, spot=spot, as_of="2025-05-31",
-                 source="test", max_nodes=max_nodes, inter_node_gbps=gbps)
+def make_offer(
+    instance: str,
+    gpu: str,
+    count: int,
+    usd: float,
+    *,
+    spot: bool = False,
+    max_nodes: int = 1,
+    gbps: float = 0.0,
+) -> Offer:
+    return Offer(
+        provider=Provider.AWS,
+        service="ec2",
+        instance_type=instance,
+        region="us-east-1",
+        gpu=gpu,
+        gpu_count=count,
+        usd_per_hour=usd,
+        spot=spot,
+        as_of="2025-05-31",
+        source="test",
+        max_nodes=max_nodes,
+        inter_node_gbps=gbps,
+    )
 
 
 OFFERS = (
@@ -66,8 +114,15 @@ OFFERS = (
 )
 
 
-def fake_estimate(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: int = 1,
-                  inter_node_gbps: float = 0.0, calibration: object = None) -> Measurement:
+def fake_estimate(
+    spec: ModelSpec,
+    config: TuningConfig,
+    gpu: GPU,
+    *,
+    nodes: int = 1,
+    inter_node_gbps: float = 0.0,
+    calibration: object = None,
+) -> Measurement:
     """A monotone analytic stand-in for profiler.estimate (made-up coefficients)."""
     params = spec.param_count
     shard = config.gpu_count if config.sharding is Sharding.FSDP else 1
@@ -95,11 +150,18 @@ def fake_estimate(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: int
     per_gpu = gpu.matmul_tflops * 1e12 * mfu / flops_per_token
     comm = 1.0 if nodes == 1 else 1.0 / (1.0 + 50.0 / max(inter_node_gbps, 1.0))
     tokens_per_s = per_gpu * config.gpu_count * comm
-    return Measurement(model=spec.name, gpu=gpu.name, config=config, status=Status.OK,
-                       source=Source.ESTIMATED, provenance=Provenance(device="fake", date="x"),
-                       peak_allocated_gib=peak_gib * 0.95, peak_reserved_gib=peak_gib,
-                       step_time_s=tokens * config.gpu_count / tokens_per_s,
-                       tokens_per_s=tokens_per_s)
+    return Measurement(
+        model=spec.name,
+        gpu=gpu.name,
+        config=config,
+        status=Status.OK,
+        source=Source.ESTIMATED,
+        provenance=Provenance(device="fake", date="x"),
+        peak_allocated_gib=peak_gib * 0.95,
+        peak_reserved_gib=peak_gib,
+        step_time_s=tokens * config.gpu_count / tokens_per_s,
+        tokens_per_s=tokens_per_s,
+    )
 
 
 def fits_usable(peak_gib: float, gpu: GPU) -> bool:
@@ -109,27 +171,42 @@ def fits_usable(peak_gib: float, gpu: GPU) -> bool:
 SPACE = SearchSpace(lora_ranks=(8, 16, 64), micro_batches=(1, 2, 4, 8, 16), node_counts=(1, 2))
 
 
-def problem(*, max_usd: float = 200.0, quality: QualityPolicy = QualityPolicy.BALANCED,
-            max_hours: float | None = None, tokens: int = 30_000_000,
-            offers: tuple[Offer, ...] = OFFERS) -> SearchProblem:
-    budget = Budget(max_usd=max_usd, dataset_tokens=tokens, epochs=1.0,
-                    tokens_source=TokensSource.GIVEN, quality=quality, max_hours=max_hours)
-    return SearchProblem(spec=SPEC, budget=budget, seq_len=2048, offers=offers, gpus=GPUS,
-                         space=SPACE)
+def problem(
+    *,
+    max_usd: float = 200.0,
+    quality: QualityPolicy = QualityPolicy.BALANCED,
+    max_hours: float | None = None,
+    tokens: int = 30_000_000,
+    offers: tuple[Offer, ...] = OFFERS,
+) -> SearchProblem:
+    budget = Budget(
+        max_usd=max_usd,
+        dataset_tokens=tokens,
+        epochs=1.0,
+        tokens_source=TokensSource.GIVEN,
+        quality=quality,
+        max_hours=max_hours,
+    )
+    return SearchProblem(
+        spec=SPEC, budget=budget, seq_len=2048, offers=offers, gpus=GPUS, space=SPACE
+    )
 
 
 def _run(p: SearchProblem, **kwargs: object):  # type: ignore[no-untyped-def]
     return search(p, estimate=fake_estimate, fits=fits_usable, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("kwargs", [
-    {},
-    {"max_usd": 5.0},
-    {"quality": QualityPolicy.STRICT},
-    {"quality": QualityPolicy.CHEAPEST},
-    {"max_hours": 1.0, "max_usd": 1000.0},
-    {"tokens": 400_000_000, "max_usd": 5000.0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"max_usd": 5.0},
+        {"quality": QualityPolicy.STRICT},
+        {"quality": QualityPolicy.CHEAPEST},
+        {"max_hours": 1.0, "max_usd": 1000.0},
+        {"tokens": 400_000_000, "max_usd": 5000.0},
+    ],
+)
 def test_search_matches_exhaustive_grid(kwargs: dict[str, object]) -> None:
     p = problem(**kwargs)  # type: ignore[arg-type]
     fast = _run(p)
@@ -171,8 +248,9 @@ def test_full_ft_is_fsdp_and_lora_is_ddp_on_several_gpus() -> None:
 def test_same_seed_same_result_and_sorted() -> None:
     a = _run(problem(), seed=7)
     b = _run(problem(), seed=7)
-    assert [(c.offer.key, c.config, c.nodes) for c in a.candidates] == \
-        [(c.offer.key, c.config, c.nodes) for c in b.candidates]
+    assert [(c.offer.key, c.config, c.nodes) for c in a.candidates] == [
+        (c.offer.key, c.config, c.nodes) for c in b.candidates
+    ]
     usd = [round(c.cost.usd, 6) for c in a.feasible]
     assert usd == sorted(usd)
 
