@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from catalog._types import GPU, CatalogError, Interconnect, ModelSpec, Offer, Provider
 
@@ -353,7 +354,7 @@ def model_from_hf_config(path: str | os.PathLike[str]) -> ModelSpec:
     head_dim = config.get("head_dim") or hidden // heads
     tied = config.get("tie_word_embeddings", model_type not in _UNTIED_BY_DEFAULT)
     experts = config.get("num_local_experts") or config.get("num_experts") or 1
-    fields = dict(
+    fields: dict[str, Any] = dict(
         num_layers=layers,
         hidden_size=hidden,
         intermediate_size=need("intermediate_size"),
@@ -368,7 +369,7 @@ def model_from_hf_config(path: str | os.PathLike[str]) -> ModelSpec:
     )
     probe = ModelSpec(
         name="probe", hf_id="", model_type=model_type, param_count=1, source="", as_of="", **fields
-    )  # type: ignore[arg-type]
+    )
     folder = config_path.parent.name or str(config_path)
     return ModelSpec(
         name=folder,
@@ -377,7 +378,7 @@ def model_from_hf_config(path: str | os.PathLike[str]) -> ModelSpec:
         param_count=_param_count(probe, config),
         source=str(config_path),
         as_of=date.fromtimestamp(config_path.stat().st_mtime).isoformat(),
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 
