@@ -17,8 +17,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from plan_fixtures import make_no_feasible_plan, make_plan
+from tiny_models import TINY_LLAMA
 
-from catalog import ModelSpec, Offer, Provider
+from catalog import Offer, Provider
 from planner.cli import main as cli
 from planner.plan_io import write_plan
 from profiler import Method, Precision, Sharding, TuningConfig
@@ -26,23 +27,7 @@ from runners import HostGPUs, LaunchSpec, LocalRunner, RunnerError, RunState
 from runners.local import accelerate_config_yaml, write_status
 
 H100 = ("NVIDIA H100 80GB HBM3", 79.6)
-TINY = ModelSpec(
-    name="tiny-llama",
-    hf_id="tiny/llama",
-    model_type="llama",
-    num_layers=2,
-    hidden_size=64,
-    intermediate_size=128,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    vocab_size=256,
-    tied_embeddings=False,
-    param_count=106_816,
-    max_seq_len=256,
-    source="test",
-    as_of="2026-11-23",
-)
+TINY = TINY_LLAMA
 
 
 def write_jsonl(path: Path, records: list[Any]) -> Path:

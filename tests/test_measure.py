@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tiny_models import TINY_LLAMA
 
 from catalog import ModelSpec, from_jsonable
 from profiler import (
@@ -24,23 +25,7 @@ from profiler import (
 from profiler.extrapolate import extrapolate
 from profiler.store import ProfileStore
 
-TINY = ModelSpec(
-    name="tiny-llama",
-    hf_id="tiny/llama",
-    model_type="llama",
-    num_layers=8,
-    hidden_size=64,
-    intermediate_size=128,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    vocab_size=256,
-    tied_embeddings=False,
-    param_count=1,
-    max_seq_len=256,
-    source="test",
-    as_of="2026-11-23",
-)
+TINY = dataclasses.replace(TINY_LLAMA, num_layers=8)
 LORA = TuningConfig(method=Method.LORA, lora_rank=4, lora_targets="all-linear", seq_len=32)
 
 

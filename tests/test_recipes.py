@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 import pytest
+from tiny_models import TINY_LLAMA
 
 from catalog import ModelSpec
 from profiler import Method, OptimizerKind, Precision, TuningConfig, resolve_targets
@@ -17,23 +18,7 @@ recipes = pytest.importorskip("profiler.recipes")
 
 pytestmark = pytest.mark.slow
 
-TINY = ModelSpec(
-    name="tiny-llama",
-    hf_id="tiny/llama",
-    model_type="llama",
-    num_layers=2,
-    hidden_size=64,
-    intermediate_size=128,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    vocab_size=256,
-    tied_embeddings=False,
-    param_count=1,
-    max_seq_len=256,
-    source="test",
-    as_of="2026-11-23",
-)
+TINY = TINY_LLAMA
 TINY_PHI3 = dataclasses.replace(TINY, name="tiny-phi3", model_type="phi3", num_kv_heads=4)
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_models import TINY_LLAMA
 
-from catalog import ModelSpec, Offer, Provider
+from catalog import Offer, Provider
 from profiler import Method, TuningConfig
 from runners import (
     LaunchResult,
@@ -24,23 +25,7 @@ from runners import (
     Target,
 )
 
-TINY = ModelSpec(
-    name="tiny-llama",
-    hf_id="tiny/llama",
-    model_type="llama",
-    num_layers=2,
-    hidden_size=64,
-    intermediate_size=128,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    vocab_size=256,
-    tied_embeddings=False,
-    param_count=106_816,
-    max_seq_len=256,
-    source="test",
-    as_of="2026-11-23",
-)
+TINY = TINY_LLAMA
 CONFIG = TuningConfig(
     method=Method.LORA, lora_rank=4, lora_targets="all-linear", micro_batch_size=2, seq_len=32
 )

@@ -10,29 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_models import TINY_LLAMA
 
-from catalog import ModelSpec
 from profiler import Method, TuningConfig
 from runners import DataFormatError, LaunchSpec, launch_spec_to_json
 from runners.data import BlockSchedule, ByteTokenizer, find_jsonl, pack, read_texts
 
-TINY = ModelSpec(
-    name="tiny-llama",
-    hf_id="tiny/llama",
-    model_type="llama",
-    num_layers=2,
-    hidden_size=64,
-    intermediate_size=128,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    vocab_size=256,
-    tied_embeddings=False,
-    param_count=106_816,
-    max_seq_len=256,
-    source="test",
-    as_of="2026-11-23",
-)
+TINY = TINY_LLAMA
 BYTES = ByteTokenizer(vocab_size=256)
 SENTENCE = "the quick brown fox jumps over the lazy dog. "
 
