@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+from model_specs import TINY_LLAMA
 from plan_fixtures import make_no_feasible_plan, make_plan
-from tiny_models import TINY_LLAMA
 
 from catalog import Offer, Provider
 from planner.cli import main as cli

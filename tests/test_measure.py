@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tiny_models import TINY_LLAMA
+from model_specs import TINY_LLAMA
 
 from catalog import ModelSpec, from_jsonable
 from profiler import (

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 import pytest
-from tiny_models import TINY_LLAMA
+from model_specs import TINY_LLAMA
 
 from catalog import ModelSpec
 from profiler import Method, OptimizerKind, Precision, TuningConfig, resolve_targets

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_models import TINY_LLAMA
+from model_specs import TINY_LLAMA
 
 from catalog import Offer, Provider
 from profiler import Method, TuningConfig

@@ -17,9 +17,10 @@ import pytest
 from botocore.session import get_session
 from botocore.stub import ANY, Stubber
 from click.testing import CliRunner
+from model_specs import LLAMA2_7B
 from plan_fixtures import make_plan
 
-from catalog import ModelSpec, Offer, Provider
+from catalog import Offer, Provider
 from planner.cli import main as cli
 from planner.plan_io import write_plan
 from profiler import Method, Precision, Sharding, TuningConfig
@@ -34,23 +35,7 @@ from runners.sagemaker import (
 ROLE = "arn:aws:iam::123456789012:role/ftplan-sagemaker"
 DATA = "s3://my-bucket/datasets/chat/"
 JOB = "ftplan-test-job"
-MODEL = ModelSpec(
-    name="llama2-7b",
-    hf_id="meta-llama/Llama-2-7b-hf",
-    model_type="llama",
-    num_layers=32,
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_heads=32,
-    num_kv_heads=32,
-    head_dim=128,
-    vocab_size=32000,
-    tied_embeddings=False,
-    param_count=6_738_415_616,
-    max_seq_len=4096,
-    source="test",
-    as_of="2023-07-18",
-)
+MODEL = LLAMA2_7B
 
 
 def _offer(

@@ -4,9 +4,11 @@ for no GPU)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
+from model_specs import LLAMA2_7B
 
 from catalog import GPU, Interconnect, ModelSpec, Offer, Provider
 from planner import Budget, QualityPolicy, TokensSource
@@ -30,23 +32,7 @@ from profiler import (
 )
 
 GIB = 1024**3
-SPEC = ModelSpec(
-    name="toy-7b",
-    hf_id="toy/7b",
-    model_type="llama",
-    num_layers=32,
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_heads=32,
-    num_kv_heads=32,
-    head_dim=128,
-    vocab_size=32000,
-    tied_embeddings=False,
-    param_count=6_738_415_616,
-    max_seq_len=4096,
-    source="test",
-    as_of="2023-07-18",
-)
+SPEC = dataclasses.replace(LLAMA2_7B, name="toy-7b", hf_id="toy/7b")
 
 
 def make_gpu(name: str, memory_gib: float, tflops: float, *, bf16: bool = True) -> GPU:

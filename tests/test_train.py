@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tiny_models import TINY_LLAMA
+from model_specs import TINY_LLAMA
 
 from profiler import Method, TuningConfig
 from runners import DataFormatError, LaunchSpec, launch_spec_to_json
