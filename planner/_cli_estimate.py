@@ -192,7 +192,17 @@ def estimate_command(
     analytic_only: bool,
     fmt: str,
 ) -> None:
-    """Peak GPU memory and step time of one fine-tuning config, without a GPU."""
+    """Peak GPU memory and step time of one fine-tuning config, without a GPU.
+
+    Uses a stored measured/extrapolated profile when one matches, else the analytic estimator
+    (--analytic-only forces the estimator).
+
+    \b
+    Examples:
+      ftplan estimate --model llama2-7b --method lora --batch 4 --seq-len 1024
+      ftplan estimate --model llama3.1-8b --method qlora --gpu l4 --grad-checkpointing
+      ftplan estimate --model ./my-model/config.json --method full --precision bf16 --format json
+    """
     from profiler.estimator import estimate
 
     spec, gpu = get_model(model), get_gpu(gpu_name)
@@ -234,7 +244,13 @@ def estimate_command(
     help="Where to write (default: the user cache, where the estimator finds it).",
 )
 def calibrate_command(gpu_name: str, sources: tuple[Path, ...], out: Path | None) -> None:
-    """Fit the estimator to stored measurements of one GPU and save the calibration."""
+    """Fit the estimator to stored measurements of one GPU and save the calibration.
+
+    \b
+    Examples:
+      ftplan calibrate --gpu h100
+      ftplan calibrate --gpu h100 --from benchmarks/results/h100-validation.jsonl
+    """
     from profiler.calibration import (
         FIRST_PRINCIPLES,
         calibration_file_name,

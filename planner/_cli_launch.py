@@ -318,7 +318,13 @@ def _print_status(status: RunStatus, *, fmt: str) -> None:
 def status_command(
     run_id: str, target: str | None, runs_dir: str, region: str | None, fmt: str
 ) -> None:
-    """Show where a local run or SageMaker job stands (state, progress, log, summary)."""
+    """Show where a local run or SageMaker job stands (state, progress, log, summary).
+
+    \b
+    Examples:
+      ftplan status llama2-7b-lora-20261123-193000-a1b2
+      ftplan status ftplan-llama2-7b-lora-20261123-193000 --target sagemaker --region us-east-1
+    """
     chosen = (
         Target(target)
         if target
