@@ -275,6 +275,9 @@ def _launch_sagemaker(
         role_arn=role, region=region, s3_prefix=prefix, image=image, echo=sys.stdout
     )
     result = runner.launch(spec, data=data, dry_run=dry_run)
+    warning = sagemaker_price_warning(spec)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     if dry_run:
         return
     click.echo(f"status: ftplan status {result.run_id} --target sagemaker")
@@ -338,6 +341,42 @@ def status_command(
     except RunnerError as exc:
         raise _user_error(exc) from None
     _print_status(status, fmt=fmt)
+
+
+def sagemaker_price_warning(spec: LaunchSpec) -> str | None:
+    """Say so when the plan was priced on an EC2 offer but will run as a SageMaker job.
+
+    SageMaker's ``ml.*`` instances cost more than the same EC2 instance (e.g. ml.g5.xlarge
+    1.408 vs g5.xlarge 1.006 USD/h in the shipped catalog), so the plan's dollars do not hold.
+    """
+    import catalog
+
+    offer = spec.offer
+    if offer is None or offer.service == "sagemaker":
+        return None
+    ml_type = f"ml.{offer.instance_type}"
+    priced = [
+        o
+        for o in catalog.list_offers(providers=[offer.provider])
+        if o.service == "sagemaker" and o.instance_type == ml_type and o.spot == offer.spot
+    ]
+    kind = "spot" if offer.spot else "on-demand"
+    planned = (
+        f"the plan priced EC2 {offer.instance_type} at {offer.usd_per_hour:.4g} USD/h ({kind})"
+    )
+    if not priced:
+        return (
+            f"{planned}; the catalog has no {kind} price for {ml_type}, so the job may cost more "
+            f"than planned. To check: ftplan catalog offers --provider aws --gpu '{offer.gpu}'"
+        )
+    usd = priced[0].usd_per_hour
+    if usd <= offer.usd_per_hour:
+        return None
+    return (
+        f"{planned}; SageMaker's {ml_type} costs {usd:.4g} USD/h, {usd / offer.usd_per_hour:.2f}× "
+        "the planned cost. To fix: launch on that EC2 instance (--target local there), or "
+        "budget for the SageMaker price"
+    )
 
 
 COMMANDS: list[click.Command] = [launch_command, status_command]

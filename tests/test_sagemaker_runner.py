@@ -4,6 +4,7 @@ through Stubber; bad input sends nothing; status and wait; the source tarball; t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -399,7 +400,8 @@ def test_cli_sagemaker_dry_run_prints_the_request(
         ],
     )
     assert out.exit_code == 0, out.output
-    request = json.loads(out.output)
+    request = json.loads(out.stdout)  # the request alone on stdout; warnings go to stderr
+    assert "no spot price for ml.g6.xlarge" in out.stderr
     assert request["AlgorithmSpecification"]["TrainingImage"] == (
         "1.dkr.ecr.us-east-1.amazonaws.com/mine:1"
     )
@@ -439,3 +441,18 @@ def test_cli_sagemaker_bad_input_exit_2(
     assert out.exit_code == 2
     assert out.output.strip().splitlines() == [out.output.strip()]
     assert out.output.startswith(message), out.output
+
+
+def test_ec2_priced_plan_warns_about_the_sagemaker_price() -> None:
+    from planner._cli_launch import sagemaker_price_warning
+
+    # The shipped catalog prices ml.g5.xlarge above g5.xlarge (on demand): the plan's dollars
+    # would not hold on SageMaker, and the user is told by how much.
+    ec2 = dataclasses.replace(_offer("g5.xlarge", 1, service="ec2"), usd_per_hour=1.006)
+    warning = sagemaker_price_warning(_spec(Method.LORA, ec2))
+    assert warning is not None and "ml.g5.xlarge" in warning and "1.40×" in warning
+    assert sagemaker_price_warning(_spec(Method.LORA, _offer("ml.g5.xlarge", 1))) is None
+    spot = dataclasses.replace(ec2, spot=True)
+    assert "no spot price for ml.g5.xlarge" in str(
+        sagemaker_price_warning(_spec(Method.LORA, spot))
+    )
