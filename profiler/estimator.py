@@ -4,8 +4,9 @@ Pure Python (no torch, no numpy) and fast (the planner calls it thousands of tim
 ``ftplan recommend``). Memory is counted tensor by tensor for the recipes in DESIGN.md (weights,
 gradients, AdamW states, activations after Korthikanti et al. 2022, the logits/cross-entropy chain,
 allocator overhead) and the peak is the maximum of two phases (forward/backward and optimizer
-step). Time is FLOPs at a fitted efficiency plus fixed per-layer costs and memory-bound terms,
-with the few free parameters taken from a :class:`~profiler.calibration.Calibration`.
+step). Time is FLOPs at a fitted efficiency plus fixed per-layer costs (one shared by all recipes,
+one more under autocast), fixed per-call NF4 costs and memory-bound terms, with the few free
+parameters taken from a :class:`~profiler.calibration.Calibration`.
 docs/estimator.md derives each term and gives its validation against real H100 runs.
 """
 
@@ -15,6 +16,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from catalog import Interconnect
 from profiler._types import (
     ATTENTION_MODULES,
     Measurement,
@@ -61,8 +63,12 @@ LOGITS_BYTES_PER_TOKEN_VOCAB = 12.0
 # h term, larger when the residual stream is fp32: full bf16-mixed and QLoRA after
 # prepare_model_for_kbit_training). QLoRA's Linear4bit returns the input dtype, so part of the
 # MLP chain is fp32 (+5.5i). Reconciled with the 24 H100 reference runs (docs/estimator.md).
-_H_COEF = {("full", True): 25.0, ("full", False): 14.5, ("lora", False): 18.0,
-           ("qlora", False): 18.0}
+_H_COEF = {
+    ("full", True): 25.0,
+    ("full", False): 14.5,
+    ("lora", False): 18.0,
+    ("qlora", False): 18.0,
+}
 _Q_COEF = 6.0
 _KV_COEF = 4.0
 _I_COEF = {"full": 8.0, "lora": 8.0, "qlora": 13.5}
@@ -80,6 +86,14 @@ ALLOCATOR_OVERHEAD_GIB = 0.06
 # behind compute (FSDP prefetch, DDP bucketed all-reduce during backward).
 COMM_EFFICIENCY = 0.7
 COMM_OVERLAP = 0.5
+
+# The catalog's NVLink figures are NVIDIA's bidirectional totals (H100 SXM: 900 GB/s = 18 links x
+# 25 GB/s x 2 directions; A100 SXM: 600 = 12 x 25 x 2; H100 NVL bridge: 600), while its PCIe
+# figures are already per direction (Gen5 x16: 64 GB/s, Gen4 x16: 32 GB/s each way). A ring
+# collective sends and receives at once, and each hop moves its bytes over one direction of a
+# link, so the time is bytes / per-direction bandwidth (nccl-tests PERFORMANCE.md: bus bandwidth
+# is compared with the per-direction link speed).
+_BIDIRECTIONAL_LINK_DIVISOR = {Interconnect.NVLINK: 2.0}
 
 # Optimizer step traffic, bytes per trainable parameter: torch AdamW (foreach) reads param, grad,
 # exp_avg, exp_avg_sq, writes param and both states, and writes and reads one temporary
@@ -194,8 +208,7 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
         weight_bytes = spec.param_count * 2 + trainable * 4  # bf16 base, fp32 adapters (PEFT)
         state_bytes_each = 4
     else:  # QLoRA: NF4 linears, fp32 non-quantized params (prepare_model_for_kbit_training)
-        weight_bytes = (t.linear_params * NF4_BYTES_PER_PARAM + t.other_params * 4
-                        + trainable * 4)
+        weight_bytes = t.linear_params * NF4_BYTES_PER_PARAM + t.other_params * 4 + trainable * 4
         state_bytes_each = 4
     grad_bytes: float = trainable * state_bytes_each
     state_bytes: float
@@ -224,11 +237,16 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
         extra_bytes = grad_bytes  # DDP's gradient buckets are a second copy of the gradients
 
     tokens = config.micro_batch_size * config.seq_len
-    h_coef = _H_COEF[(method.value, full_mixed) if method is Method.FULL else (method.value,
-                                                                             False)]
+    h_coef = _H_COEF[
+        (method.value, full_mixed) if method is Method.FULL else (method.value, False)
+    ]
     mlp_width = spec.intermediate_size * spec.experts_per_token
-    layer_bytes_per_token = (h_coef * spec.hidden_size + _Q_COEF * spec.q_dim
-                             + _KV_COEF * spec.kv_dim + _I_COEF[method.value] * mlp_width)
+    layer_bytes_per_token = (
+        h_coef * spec.hidden_size
+        + _Q_COEF * spec.q_dim
+        + _KV_COEF * spec.kv_dim
+        + _I_COEF[method.value] * mlp_width
+    )
     logits = LOGITS_BYTES_PER_TOKEN_VOCAB * tokens * spec.vocab_size
     if method is Method.QLORA:
         logits += 2 * t.head_params  # the fp32 head is cast to bf16 (uncached: frozen weight)
@@ -279,8 +297,14 @@ def _step_flops(spec: ModelSpec, config: TuningConfig, trainable: float) -> floa
     tokens = config.micro_batch_size * config.seq_len
     layers_fwd = 2.0 * tokens * t.active_linear_params
     head_fwd = 2.0 * tokens * t.head_params
-    attn_fwd = (2.0 * config.micro_batch_size * config.seq_len * config.seq_len * spec.q_dim
-                * spec.num_layers)
+    attn_fwd = (
+        2.0
+        * config.micro_batch_size
+        * config.seq_len
+        * config.seq_len
+        * spec.q_dim
+        * spec.num_layers
+    )
     if config.method is Method.FULL:
         flops = 3.0 * (layers_fwd + head_fwd)
     else:
@@ -291,44 +315,71 @@ def _step_flops(spec: ModelSpec, config: TuningConfig, trainable: float) -> floa
     return flops
 
 
-def time_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU, *,
-               calibration: Calibration) -> dict[str, float]:
+def time_terms(
+    spec: ModelSpec, config: TuningConfig, gpu: GPU, *, calibration: Calibration
+) -> dict[str, float]:
     """The step-time features of one config on one GPU, before the fitted coefficients.
 
     Keys: ``compute_s_at_peak`` (model FLOPs at the GPU's dense peak, s), ``layer_passes``
-    (decoder layers × passes), ``elementwise_s`` (activation bytes once per pass plus the logits
+    (decoder layers × passes), ``autocast_layer_passes`` (the same under autocast, else 0),
+    ``elementwise_s`` (activation bytes once per pass plus the logits
     chain, at peak bandwidth, s), ``nf4_calls`` (NF4 linear calls over all passes, QLoRA only)
     and ``fixed_s`` (the optimizer step at the calibration's bandwidth efficiency plus NF4
     dequantization traffic at peak bandwidth, s; not fitted). Per GPU; FSDP divides the optimizer
     work by n. The optimizer step alone is ``optimizer_s``.
     """
-    return _time_terms(spec, config, gpu, memory_terms(spec, config, gpu),
-                       calibration.optimizer_bandwidth_efficiency)
+    return _time_terms(
+        spec,
+        config,
+        gpu,
+        memory_terms(spec, config, gpu),
+        calibration.optimizer_bandwidth_efficiency,
+    )
 
 
-def _time_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU, terms: dict[str, float],
-                optimizer_bandwidth_efficiency: float) -> dict[str, float]:
+def _time_terms(
+    spec: ModelSpec,
+    config: TuningConfig,
+    gpu: GPU,
+    terms: dict[str, float],
+    optimizer_bandwidth_efficiency: float,
+) -> dict[str, float]:
     bandwidth_bytes_per_s = gpu.memory_bandwidth_tbps * 1e12
     passes = _passes(config)
     tokens = config.micro_batch_size * config.seq_len
     # Decoder-layer activations once per pass, plus the logits/cross-entropy chain once.
-    elementwise_bytes = (passes * spec.num_layers * tokens * terms["layer_bytes_per_token"]
-                         + terms["logits_gib"] * GIB)
-    state_bytes = 1 if config.optimizer is not OptimizerKind.ADAMW else (
-        2 if config.method is Method.FULL and config.precision is Precision.BF16 else 4)
+    elementwise_bytes = (
+        passes * spec.num_layers * tokens * terms["layer_bytes_per_token"]
+        + terms["logits_gib"] * GIB
+    )
+    state_bytes = (
+        1
+        if config.optimizer is not OptimizerKind.ADAMW
+        else (2 if config.method is Method.FULL and config.precision is Precision.BF16 else 4)
+    )
     trainable = terms["trainable_params"] / _shard_divisor(config)
     opt_bytes = trainable * (_OPT_PASSES * state_bytes if state_bytes > 1 else 16)
     dequant_s = nf4_calls = 0.0
+    # Recipes that run under autocast (all but pure-bf16 full FT) pay a second fixed per-layer
+    # cost: the autocast dispatch of every op and the cast kernels it launches (fp32 weights or
+    # LoRA adapters to the compute dtype and their gradients back), which pure bf16 does without.
+    autocast = config.method is not Method.FULL or config.precision is not Precision.BF16
     if config.method is Method.QLORA:
-        dequant_s = (_spec_terms(spec).linear_params * passes * NF4_DEQUANT_BYTES_PER_PARAM
-                     / bandwidth_bytes_per_s)
+        dequant_s = (
+            _spec_terms(spec).linear_params
+            * passes
+            * NF4_DEQUANT_BYTES_PER_PARAM
+            / bandwidth_bytes_per_s
+        )
         linears_per_layer = 4 + 3 * spec.experts_per_token
         nf4_calls = float(spec.num_layers * linears_per_layer * passes)
     optimizer_s = opt_bytes / (bandwidth_bytes_per_s * optimizer_bandwidth_efficiency)
     return {
-        "compute_s_at_peak": (_step_flops(spec, config, terms["trainable_params"])
-                              / (gpu.matmul_tflops * 1e12)),
+        "compute_s_at_peak": (
+            _step_flops(spec, config, terms["trainable_params"]) / (gpu.matmul_tflops * 1e12)
+        ),
         "layer_passes": float(spec.num_layers * passes),
+        "autocast_layer_passes": float(spec.num_layers * passes) if autocast else 0.0,
         "elementwise_s": elementwise_bytes / bandwidth_bytes_per_s,
         "nf4_calls": nf4_calls,
         "optimizer_s": optimizer_s,
@@ -336,15 +387,26 @@ def _time_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU, terms: dict[str
     }
 
 
-def _communication_s(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: int,
-                     inter_node_gbps: float) -> float:
+def link_gbps_per_direction(gpu: GPU) -> float:
+    """GPU-to-GPU bandwidth inside a node, GB/s in one direction.
+
+    The catalog's ``intra_node_gbps`` is the bidirectional total for NVLink (datasheet figures)
+    and per direction for PCIe; see :data:`_BIDIRECTIONAL_LINK_DIVISOR`.
+    """
+    return gpu.intra_node_gbps / _BIDIRECTIONAL_LINK_DIVISOR.get(gpu.intra_node_interconnect, 1.0)
+
+
+def _communication_s(
+    spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: int, inter_node_gbps: float
+) -> float:
     """Seconds of collective communication per step (before overlap with compute).
 
     DDP all-reduces the trainable gradients (ring: 2·(n−1)/n of their bytes per GPU). FSDP
     full-shard all-gathers the 16-bit parameters in forward and again in backward and
     reduce-scatters the gradients: about 3× the parameter bytes × (n−1)/n per GPU. Bandwidth is
-    the GPU's intra-node link (GB/s) on one node; over several nodes each GPU gets its share of
-    the node's network bandwidth (``inter_node_gbps`` / GPUs per node), the ring's slowest hop.
+    the GPU's intra-node link per direction (GB/s; :func:`link_gbps_per_direction`) on one node;
+    over several nodes each GPU gets its share of the node's network bandwidth
+    (``inter_node_gbps`` / GPUs per node), the ring's slowest hop.
     """
     n = config.gpu_count
     if n == 1:
@@ -353,14 +415,18 @@ def _communication_s(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: 
         if inter_node_gbps <= 0:
             raise ValueError(
                 f"{nodes} nodes need the network bandwidth between them: inter_node_gbps must be "
-                f"> 0, got {inter_node_gbps}. To fix: use an offer with inter_node_gbps set")
-        link_gbps = min(gpu.intra_node_gbps or inter_node_gbps,
-                        inter_node_gbps / max(1, n // nodes))
+                f"> 0, got {inter_node_gbps}. To fix: use an offer with inter_node_gbps set"
+            )
+        link_gbps = min(
+            link_gbps_per_direction(gpu) or inter_node_gbps, inter_node_gbps / max(1, n // nodes)
+        )
     else:
-        link_gbps = gpu.intra_node_gbps
+        link_gbps = link_gbps_per_direction(gpu)
     if link_gbps <= 0:
-        raise ValueError(f"{gpu.name} has no GPU-to-GPU link in the catalog (intra_node_gbps=0); "
-                         f"{n} GPUs cannot be estimated. To fix: use one GPU per node")
+        raise ValueError(
+            f"{gpu.name} has no GPU-to-GPU link in the catalog (intra_node_gbps=0); "
+            f"{n} GPUs cannot be estimated. To fix: use one GPU per node"
+        )
     bytes_per_s = link_gbps * 1e9 * COMM_EFFICIENCY
     fraction = (n - 1) / n
     if config.sharding is Sharding.FSDP:
@@ -369,8 +435,9 @@ def _communication_s(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: 
         if config.method is not Method.FULL:
             volume += trainable_params(spec, config) * 4 * fraction
     else:
-        grad_bytes_each = (2 if config.method is Method.FULL
-                           and config.precision is Precision.BF16 else 4)
+        grad_bytes_each = (
+            2 if config.method is Method.FULL and config.precision is Precision.BF16 else 4
+        )
         volume = 2 * fraction * trainable_params(spec, config) * grad_bytes_each
     return volume / bytes_per_s
 
@@ -391,17 +458,25 @@ def _provenance(calibration: Calibration) -> Provenance:
 
 
 def _make_provenance(calibration: Calibration) -> Provenance:
-    fitted = (f"calibration {calibration.gpu} fitted {calibration.fitted_date} on "
-              f"{calibration.fit_inputs} runs ({calibration.provenance.device}, data "
-              f"{calibration.provenance.date})"
-              if calibration.fit_inputs else "first-principles defaults, no calibration")
-    return Provenance(device="none (analytic)", date="", method="analytic estimator",
-                      notes=fitted)
+    fitted = (
+        f"calibration {calibration.gpu} fitted {calibration.fitted_date} on "
+        f"{calibration.fit_inputs} runs ({calibration.provenance.device}, data "
+        f"{calibration.provenance.date})"
+        if calibration.fit_inputs
+        else "first-principles defaults, no calibration"
+    )
+    return Provenance(device="none (analytic)", date="", method="analytic estimator", notes=fitted)
 
 
-def estimate(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: int = 1,
-             inter_node_gbps: float = 0.0,
-             calibration: Calibration | None = None) -> Measurement:
+def estimate(
+    spec: ModelSpec,
+    config: TuningConfig,
+    gpu: GPU,
+    *,
+    nodes: int = 1,
+    inter_node_gbps: float = 0.0,
+    calibration: Calibration | None = None,
+) -> Measurement:
     """Estimate peak memory per GPU and step time of a training config, analytically.
 
     Args:
@@ -424,7 +499,8 @@ def estimate(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: int = 1,
     if config.precision is not Precision.FP16_MIXED and not gpu.bf16_supported:
         raise ValueError(
             f"{gpu.name} has no bf16; precision={config.precision.value} cannot run on it. "
-            f"To fix: use precision fp16-mixed")
+            f"To fix: use precision fp16-mixed"
+        )
     cal = calibration if calibration is not None else calibration_for(gpu)
     mem = memory_terms(spec, config, gpu)
     scaled_dynamic = mem["dynamic_gib"] * cal.activation_scale
@@ -438,28 +514,42 @@ def estimate(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, nodes: int = 1,
             optimizer_gib=mem["optimizer_gib"],
             activations_gib=mem["activations_gib"] * cal.activation_scale,
             logits_gib=mem["logits_gib"] * cal.activation_scale,
-            overhead_gib=mem["overhead_gib"])
+            overhead_gib=mem["overhead_gib"],
+        )
     else:
         breakdown = MemoryBreakdown(
-            weights_gib=mem["weights_gib"], gradients_gib=mem["gradients_gib"],
+            weights_gib=mem["weights_gib"],
+            gradients_gib=mem["gradients_gib"],
             optimizer_gib=mem["optimizer_gib"] + mem["optimizer_temp_gib"],
-            activations_gib=0.0, logits_gib=0.0, overhead_gib=mem["overhead_gib"])
+            activations_gib=0.0,
+            logits_gib=0.0,
+            overhead_gib=mem["overhead_gib"],
+        )
 
     tt = _time_terms(spec, config, gpu, mem, cal.optimizer_bandwidth_efficiency)
-    compute_s = (tt["compute_s_at_peak"] / cal.compute_efficiency
-                 + tt["layer_passes"] * cal.layer_pass_overhead_s
-                 + tt["elementwise_s"] * cal.elementwise_traffic_factor
-                 + tt["nf4_calls"] * cal.nf4_call_overhead_s
-                 + tt["fixed_s"])
+    compute_s = (
+        tt["compute_s_at_peak"] / cal.compute_efficiency
+        + tt["layer_passes"] * cal.layer_pass_overhead_s
+        + tt["autocast_layer_passes"] * cal.autocast_layer_pass_overhead_s
+        + tt["elementwise_s"] * cal.elementwise_traffic_factor
+        + tt["nf4_calls"] * cal.nf4_call_overhead_s
+        + tt["fixed_s"]
+    )
     comm_s = _communication_s(spec, config, gpu, nodes=nodes, inter_node_gbps=inter_node_gbps)
     step_s = compute_s + comm_s - COMM_OVERLAP * min(compute_s, comm_s)
     tokens = config.micro_batch_size * config.seq_len
     trainable = int(mem["trainable_params"])
     return Measurement(
-        model=spec.name, gpu=gpu.name, config=config, status=Status.OK,
-        source=Source.ESTIMATED, provenance=_provenance(cal),
-        peak_allocated_gib=peak, peak_reserved_gib=peak * cal.reserved_ratio,
-        step_time_s=step_s, tokens_per_s=tokens * config.gpu_count / step_s,
+        model=spec.name,
+        gpu=gpu.name,
+        config=config,
+        status=Status.OK,
+        source=Source.ESTIMATED,
+        provenance=_provenance(cal),
+        peak_allocated_gib=peak,
+        peak_reserved_gib=peak * cal.reserved_ratio,
+        step_time_s=step_s,
+        tokens_per_s=tokens * config.gpu_count / step_s,
         trainable_params=trainable,
         total_params=spec.param_count + (0 if config.method is Method.FULL else trainable),
         breakdown=breakdown,

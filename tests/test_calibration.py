@@ -48,11 +48,13 @@ def test_reference_rows_convert_to_measurements() -> None:
 
 
 def test_fit_on_reference_rows_is_physical_and_accurate() -> None:
-    fitted = fit_calibration(reference_measurements(), get_model, get_gpu("h100"),
-                             fitted_date="2026-01-01")
+    fitted = fit_calibration(
+        reference_measurements(), get_model, get_gpu("h100"), fitted_date="2026-01-01"
+    )
     assert fitted.fit_inputs == 24 and fitted.gpu == H100_NAME
     assert 0.2 <= fitted.compute_efficiency <= MAX_COMPUTE_EFFICIENCY
     assert 0 < fitted.layer_pass_overhead_s < 0.01  # ms per layer pass, not seconds
+    assert 0 < fitted.autocast_layer_pass_overhead_s < 0.01  # autocast costs time per layer
     assert 0 < fitted.nf4_call_overhead_s < 0.01  # QLoRA's 4-bit path costs time per call
     assert 0.95 < fitted.activation_scale < 1.05
     assert 1.0 <= fitted.reserved_ratio < 1.2
@@ -73,7 +75,8 @@ def test_leave_one_model_out_holds_memory_and_time() -> None:
             memory.append(abs(e.peak_allocated_gib / m.peak_allocated_gib - 1))
             time.append(abs(e.step_time_s / m.step_time_s - 1))
     assert max(memory) < 0.05
-    assert statistics.median(time) < 0.25
+    assert statistics.median(time) < 0.10
+    assert max(time) < 0.35  # llama2-7b LoRA b1 s512 is the worst (-31%); see docs/estimator.md
 
 
 def test_fit_needs_enough_rows() -> None:
@@ -114,11 +117,24 @@ def test_gpu_without_its_own_fit_uses_the_h100_fit_with_its_own_bandwidth() -> N
     assert 3.35 / 2.039 < ratio < 989 / 312
 
 
+def test_calibration_file_without_the_autocast_term_still_reads(tmp_path: Path) -> None:
+    # Files written before autocast_layer_pass_overhead_s existed read with it at 0.
+    shipped = load_calibration(H100_NAME)
+    assert shipped is not None
+    data = json.loads(calibration_to_json(shipped))
+    del data["autocast_layer_pass_overhead_s"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    assert read_calibration(path).autocast_layer_pass_overhead_s == 0.0
+
+
 def test_invalid_calibration_values_are_refused() -> None:
     with pytest.raises(ValueError, match="compute_efficiency"):
         dataclasses.replace(FIRST_PRINCIPLES, compute_efficiency=1.5)
     with pytest.raises(ValueError, match="reserved_ratio"):
         dataclasses.replace(FIRST_PRINCIPLES, reserved_ratio=0.9)
+    with pytest.raises(ValueError, match="autocast_layer_pass_overhead_s"):
+        dataclasses.replace(FIRST_PRINCIPLES, autocast_layer_pass_overhead_s=-1e-3)
 
 
 def test_broken_calibration_file_names_the_file(tmp_path: Path) -> None:
@@ -130,9 +146,18 @@ def test_broken_calibration_file_names_the_file(tmp_path: Path) -> None:
 
 def test_cli_calibrate_writes_a_calibration(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
-    result = CliRunner().invoke(main, ["calibrate", "--gpu", "h100", "--from",
-                                       str(SHIPPED_DATA_DIR / "reference-h100.jsonl"),
-                                       "--out", str(out)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "calibrate",
+            "--gpu",
+            "h100",
+            "--from",
+            str(SHIPPED_DATA_DIR / "reference-h100.jsonl"),
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "before:" in result.output and "after:" in result.output
     written = read_calibration(out)
@@ -141,6 +166,7 @@ def test_cli_calibrate_writes_a_calibration(tmp_path: Path) -> None:
 
 
 def test_cli_calibrate_missing_file_exits_2(tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["calibrate", "--gpu", "h100", "--from",
-                                       str(tmp_path / "nope.jsonl")])
+    result = CliRunner().invoke(
+        main, ["calibrate", "--gpu", "h100", "--from", str(tmp_path / "nope.jsonl")]
+    )
     assert result.exit_code == 2 and "error:" in result.output

@@ -20,6 +20,7 @@ from profiler.estimator import (
     LOGITS_BYTES_PER_TOKEN_VOCAB,
     NF4_BYTES_PER_PARAM,
     estimate,
+    link_gbps_per_direction,
     lora_params,
     memory_fits,
     memory_terms,
@@ -33,16 +34,48 @@ LAYER_LINEAR = H * Q + 2 * H * KV + Q * H + 3 * H * FFN  # 4096 + 4096 + 4096 + 
 NORMS = (2 * LAYERS + 1) * H
 PARAMS = LAYERS * LAYER_LINEAR + 2 * V * H + NORMS
 TINY = ModelSpec(
-    name="tiny", hf_id="tiny", model_type="llama", num_layers=LAYERS, hidden_size=H,
-    intermediate_size=FFN, num_heads=HEADS, num_kv_heads=KV_HEADS, head_dim=HEAD_DIM, vocab_size=V,
-    tied_embeddings=False, param_count=PARAMS, max_seq_len=4096, source="test", as_of="2026-01-01")
-H100 = GPU(name="H100 SXM 80GB", aliases=("h100",), arch="Hopper", memory_gib=80,
-           usable_memory_gib=80.0, memory_bandwidth_tbps=3.35, bf16_tflops=989, fp16_tflops=989,
-           bf16_supported=True, intra_node_interconnect=Interconnect.NVLINK, intra_node_gbps=900,
-           source="test", as_of="2026-01-01")
-T4 = dataclasses.replace(H100, name="T4", aliases=("t4",), memory_gib=16, usable_memory_gib=14.9,
-                         memory_bandwidth_tbps=0.32, bf16_tflops=None, fp16_tflops=65,
-                         bf16_supported=False)
+    name="tiny",
+    hf_id="tiny",
+    model_type="llama",
+    num_layers=LAYERS,
+    hidden_size=H,
+    intermediate_size=FFN,
+    num_heads=HEADS,
+    num_kv_heads=KV_HEADS,
+    head_dim=HEAD_DIM,
+    vocab_size=V,
+    tied_embeddings=False,
+    param_count=PARAMS,
+    max_seq_len=4096,
+    source="test",
+    as_of="2026-01-01",
+)
+H100 = GPU(
+    name="H100 SXM 80GB",
+    aliases=("h100",),
+    arch="Hopper",
+    memory_gib=80,
+    usable_memory_gib=80.0,
+    memory_bandwidth_tbps=3.35,
+    bf16_tflops=989,
+    fp16_tflops=989,
+    bf16_supported=True,
+    intra_node_interconnect=Interconnect.NVLINK,
+    intra_node_gbps=900,
+    source="test",
+    as_of="2026-01-01",
+)
+T4 = dataclasses.replace(
+    H100,
+    name="T4",
+    aliases=("t4",),
+    memory_gib=16,
+    usable_memory_gib=14.9,
+    memory_bandwidth_tbps=0.32,
+    bf16_tflops=None,
+    fp16_tflops=65,
+    bf16_supported=False,
+)
 TOKENS = 2 * 8  # batch 2, seq 8
 
 
@@ -99,7 +132,8 @@ def test_qlora_components_by_hand() -> None:
     assert abs(NF4_BYTES_PER_PARAM - 0.516) < 1e-3
     assert terms["weights_gib"] == pytest.approx(_gib(expected))
     assert terms["logits_gib"] == pytest.approx(
-        _gib(LOGITS_BYTES_PER_TOKEN_VOCAB * TOKENS * V + 2 * V * H))
+        _gib(LOGITS_BYTES_PER_TOKEN_VOCAB * TOKENS * V + 2 * V * H)
+    )
 
 
 def test_8bit_adamw_states_are_two_bytes_per_param() -> None:
@@ -108,8 +142,10 @@ def test_8bit_adamw_states_are_two_bytes_per_param() -> None:
     assert terms["optimizer_temp_gib"] == 0
 
 
-@pytest.mark.parametrize(("model", "expected"), [
-    ("llama2-7b", 39976960), ("llama3.2-1b", 11272192), ("qwen2.5-1.5b", 18464768)])
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [("llama2-7b", 39976960), ("llama3.2-1b", 11272192), ("qwen2.5-1.5b", 18464768)],
+)
 def test_lora_r16_all_linear_counts_match_the_reference_runs(model: str, expected: int) -> None:
     assert lora_params(get_model(model), 16, "all-linear") == expected
 
@@ -123,8 +159,12 @@ def test_target_presets_are_ordered_by_size() -> None:
 
 def test_qlora_uses_more_than_lora_on_a_128k_vocab_1b_model_without_checkpointing() -> None:
     spec, gpu = get_model("llama3.2-1b"), get_gpu("h100")
-    kwargs = {"lora_rank": 16, "lora_targets": "all-linear", "micro_batch_size": 4,
-              "seq_len": 1024}
+    kwargs = {
+        "lora_rank": 16,
+        "lora_targets": "all-linear",
+        "micro_batch_size": 4,
+        "seq_len": 1024,
+    }
     lora = estimate(spec, TuningConfig(method=Method.LORA, **kwargs), gpu)
     qlora = estimate(spec, TuningConfig(method=Method.QLORA, **kwargs), gpu)
     assert qlora.peak_allocated_gib > lora.peak_allocated_gib + 1.0  # measured: 17.9 vs 15.5
@@ -136,15 +176,25 @@ def test_full_bf16_mixed_7b_does_not_fit_on_80gb_but_pure_bf16_does() -> None:
     assert mixed.peak_allocated_gib > 120  # ~16 B/param + the foreach temporary
     assert dict(mixed.phase_peaks_gib)["optimizer_step"] == mixed.peak_allocated_gib
     assert not memory_fits(mixed.peak_reserved_gib, gpu)
-    pure = estimate(spec, TuningConfig(method=Method.FULL, precision=Precision.BF16,
-                                       seq_len=512, grad_checkpointing=True), gpu)
+    pure = estimate(
+        spec,
+        TuningConfig(
+            method=Method.FULL, precision=Precision.BF16, seq_len=512, grad_checkpointing=True
+        ),
+        gpu,
+    )
     assert memory_fits(pure.peak_reserved_gib, gpu)
 
 
 def test_checkpointing_cuts_activations_but_not_logits() -> None:
     spec, gpu = get_model("llama3.2-1b"), get_gpu("h100")
-    base = TuningConfig(method=Method.LORA, lora_rank=16, lora_targets="all-linear",
-                        micro_batch_size=4, seq_len=1024)
+    base = TuningConfig(
+        method=Method.LORA,
+        lora_rank=16,
+        lora_targets="all-linear",
+        micro_batch_size=4,
+        seq_len=1024,
+    )
     plain = memory_terms(spec, base, gpu)
     ckpt = memory_terms(spec, dataclasses.replace(base, grad_checkpointing=True), gpu)
     assert ckpt["activations_gib"] < plain["activations_gib"] / 10
@@ -177,9 +227,16 @@ def test_reference_runs_within_tolerance() -> None:
 
 def test_first_principles_memory_needs_no_calibration() -> None:
     gpu = get_gpu("h100")
-    errors = [abs(estimate(get_model(m.model), m.config, gpu, calibration=FIRST_PRINCIPLES)
-                  .peak_allocated_gib / m.peak_allocated_gib - 1)
-              for m in reference_measurements()]
+    errors = [
+        abs(
+            estimate(
+                get_model(m.model), m.config, gpu, calibration=FIRST_PRINCIPLES
+            ).peak_allocated_gib
+            / m.peak_allocated_gib
+            - 1
+        )
+        for m in reference_measurements()
+    ]
     assert max(errors) < 0.05
 
 
@@ -187,8 +244,12 @@ def test_fsdp_per_gpu_memory_shrinks_with_gpu_count() -> None:
     spec, gpu = get_model("llama2-7b"), get_gpu("h100")
     peaks = []
     for n in (1, 2, 4, 8):
-        config = TuningConfig(method=Method.FULL, seq_len=1024, gpu_count=n,
-                              sharding=Sharding.FSDP if n > 1 else Sharding.NONE)
+        config = TuningConfig(
+            method=Method.FULL,
+            seq_len=1024,
+            gpu_count=n,
+            sharding=Sharding.FSDP if n > 1 else Sharding.NONE,
+        )
         peaks.append(estimate(spec, config, gpu).peak_allocated_gib)
     assert peaks == sorted(peaks, reverse=True) and peaks[-1] < peaks[0] / 4
     assert peaks[-1] < 76  # 8-way FSDP full FT of a 7B fits an 80 GB GPU
@@ -207,21 +268,94 @@ def test_multi_gpu_time_includes_communication() -> None:
         estimate(spec, eight, gpu, nodes=2)
 
 
+def test_nvlink_bandwidth_counts_one_direction_and_pcie_is_already_per_direction() -> None:
+    # The catalog lists NVLink as the bidirectional total (H100 SXM 900 = 2 x 450 GB/s) and PCIe
+    # per direction (H100 PCIe Gen5 x16: 64 GB/s each way).
+    h100, pcie = get_gpu("h100"), get_gpu("h100-pcie")
+    assert h100.intra_node_interconnect is Interconnect.NVLINK
+    assert link_gbps_per_direction(h100) == h100.intra_node_gbps / 2 == 450
+    assert link_gbps_per_direction(get_gpu("a100")) == 300
+    assert pcie.intra_node_interconnect is Interconnect.PCIE
+    assert link_gbps_per_direction(pcie) == pcie.intra_node_gbps == 64
+    # An NVLink GPU communicates like a PCIe-labelled copy with half its listed bandwidth.
+    spec = get_model("llama2-7b")
+    config = TuningConfig(
+        method=Method.FULL,
+        precision=Precision.BF16,
+        seq_len=1024,
+        gpu_count=8,
+        sharding=Sharding.DDP,
+    )
+    as_pcie = dataclasses.replace(
+        h100, intra_node_interconnect=Interconnect.PCIE, intra_node_gbps=450
+    )
+    assert estimate(spec, config, h100).step_time_s == pytest.approx(
+        estimate(spec, config, as_pcie).step_time_s
+    )
+    # Ring all-reduce of 2-byte gradients: 2·(n−1)/n·2·N bytes at 70% of 450 GB/s.
+    comm_s = 2 * 7 / 8 * spec.param_count * 2 / (450e9 * 0.7)
+    compute_s = estimate(
+        spec, dataclasses.replace(config, gpu_count=1, sharding=Sharding.NONE), h100
+    ).step_time_s
+    assert compute_s is not None
+    assert estimate(spec, config, h100).step_time_s == pytest.approx(
+        compute_s + comm_s - 0.5 * min(compute_s, comm_s)
+    )
+
+
+def test_only_autocast_recipes_pay_the_autocast_layer_cost() -> None:
+    spec = get_model("llama3.2-1b")
+    mixed = TuningConfig(method=Method.FULL, seq_len=1024, micro_batch_size=4)
+    pure = dataclasses.replace(mixed, precision=Precision.BF16)
+    lora = TuningConfig(
+        method=Method.LORA,
+        lora_rank=16,
+        lora_alpha=32,
+        lora_targets="all-linear",
+        seq_len=1024,
+        micro_batch_size=4,
+        grad_checkpointing=True,
+    )
+    h100 = get_gpu("h100")
+    terms = {
+        c: time_terms(spec, c, h100, calibration=FIRST_PRINCIPLES) for c in (mixed, pure, lora)
+    }
+    assert terms[mixed]["autocast_layer_passes"] == terms[mixed]["layer_passes"] == 16 * 2
+    assert terms[pure]["autocast_layer_passes"] == 0 and terms[pure]["layer_passes"] == 32
+    assert terms[lora]["autocast_layer_passes"] == 16 * 3  # checkpointing re-runs the forward
+    cal = dataclasses.replace(FIRST_PRINCIPLES, autocast_layer_pass_overhead_s=1e-3)
+    for config in (mixed, pure):
+        extra = (
+            estimate(spec, config, h100, calibration=cal).step_time_s
+            - estimate(spec, config, h100, calibration=FIRST_PRINCIPLES).step_time_s
+        )
+        assert extra == pytest.approx(terms[config]["autocast_layer_passes"] * 1e-3)
+
+
 def test_moe_keeps_all_experts_resident_but_computes_with_active_ones() -> None:
     dense = dataclasses.replace(TINY, name="dense")
-    moe = dataclasses.replace(TINY, name="moe", num_experts=8, experts_per_token=1,
-                              param_count=PARAMS + 7 * LAYERS * 3 * H * FFN)
+    moe = dataclasses.replace(
+        TINY,
+        name="moe",
+        num_experts=8,
+        experts_per_token=1,
+        param_count=PARAMS + 7 * LAYERS * 3 * H * FFN,
+    )
     config = _config(Method.FULL)
     extra_experts = 7 * LAYERS * 3 * H * FFN
-    assert (memory_terms(moe, config, H100)["weights_gib"]
-            - memory_terms(dense, config, H100)["weights_gib"]) == pytest.approx(
-        _gib(4 * extra_experts))
+    assert (
+        memory_terms(moe, config, H100)["weights_gib"]
+        - memory_terms(dense, config, H100)["weights_gib"]
+    ) == pytest.approx(_gib(4 * extra_experts))
     # One expert per token: the same matmul FLOPs as the dense model.
-    flops = [time_terms(s, config, H100, calibration=FIRST_PRINCIPLES)["compute_s_at_peak"]
-             for s in (dense, moe)]
+    flops = [
+        time_terms(s, config, H100, calibration=FIRST_PRINCIPLES)["compute_s_at_peak"]
+        for s in (dense, moe)
+    ]
     assert flops[0] == pytest.approx(flops[1])
     assert memory_terms(moe, config, H100)["activations_gib"] == pytest.approx(
-        memory_terms(dense, config, H100)["activations_gib"])
+        memory_terms(dense, config, H100)["activations_gib"]
+    )
 
 
 def test_bf16_on_a_gpu_without_bf16_is_refused_and_fp16_works() -> None:
@@ -239,34 +373,75 @@ def test_memory_fits_keeps_headroom() -> None:
 
 
 def test_cli_estimate_json_keys() -> None:
-    result = CliRunner().invoke(main, ["estimate", "--model", "llama3.2-1b", "--method", "lora",
-                                       "--batch", "4", "--seq-len", "1024", "--analytic-only",
-                                       "--format", "json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "estimate",
+            "--model",
+            "llama3.2-1b",
+            "--method",
+            "lora",
+            "--batch",
+            "4",
+            "--seq-len",
+            "1024",
+            "--analytic-only",
+            "--format",
+            "json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    for key in ("peak_allocated_gib", "peak_reserved_gib", "step_time_s", "tokens_per_s", "fits",
-                "source", "usable_memory_gib", "gpu", "breakdown", "config"):
+    for key in (
+        "peak_allocated_gib",
+        "peak_reserved_gib",
+        "step_time_s",
+        "tokens_per_s",
+        "fits",
+        "source",
+        "usable_memory_gib",
+        "gpu",
+        "breakdown",
+        "config",
+    ):
         assert key in data
     assert data["source"] == "estimated" and data["fits"] is True
     assert data["config"]["lora_rank"] == 16 and data["config"]["lora_targets"] == "all-linear"
     assert data["peak_allocated_gib"] == pytest.approx(15.53, rel=0.05)  # measured on an H100
 
 
-@pytest.mark.parametrize("args", [
-    ["--method", "full", "--rank", "8"],
-    ["--method", "lora", "--gpu", "t4", "--precision", "bf16-mixed"],
-    ["--method", "lora", "--targets", "mlp_proj"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--method", "full", "--rank", "8"],
+        ["--method", "lora", "--gpu", "t4", "--precision", "bf16-mixed"],
+        ["--method", "lora", "--targets", "mlp_proj"],
+    ],
+)
 def test_cli_estimate_bad_combinations_exit_2(args: list[str]) -> None:
-    result = CliRunner().invoke(main, ["estimate", "--model", "llama2-7b", *args,
-                                       "--analytic-only"])
+    result = CliRunner().invoke(
+        main, ["estimate", "--model", "llama2-7b", *args, "--analytic-only"]
+    )
     assert result.exit_code == 2
     assert "error:" in result.output and "Traceback" not in result.output
 
 
 def test_cli_estimate_switches_to_fp16_on_t4() -> None:
-    result = CliRunner().invoke(main, ["estimate", "--model", "llama3.2-1b", "--method", "qlora",
-                                       "--gpu", "t4", "--analytic-only", "--format", "json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "estimate",
+            "--model",
+            "llama3.2-1b",
+            "--method",
+            "qlora",
+            "--gpu",
+            "t4",
+            "--analytic-only",
+            "--format",
+            "json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["config"]["precision"] == "fp16-mixed" and data["notes"]
