@@ -84,7 +84,13 @@ def _build_request(o: dict[str, Any]) -> Any:
         trials=o["trials"],
         storage=o["storage"],
         catalog_as_of=f"{info.oldest_price_as_of}..{info.newest_price_as_of}",
-        catalog_source=info.offers_path,
+        # A plan travels (reports are forwarded, plans launched elsewhere): name the catalog,
+        # not this machine's absolute path.
+        catalog_source=(
+            f"refreshed catalog in the user cache ({Path(info.offers_path).name})"
+            if info.refreshed
+            else "ftplan's shipped catalog (catalog/data/offers.csv)"
+        ),
         warnings=warnings,
         ftplan_version=_version(),
     )
