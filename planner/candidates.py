@@ -47,6 +47,9 @@ FitsFn = Callable[[float, GPU], bool]
 # 2048), in the 64 Ki–1 Mi range common for SFT recipes. A step that already exceeds it runs with
 # one accumulation step; above 1 Mi tokens quality.py flags LoRA's large-batch risk.
 GLOBAL_BATCH_TARGET_TOKENS = 131_072
+# Small datasets lower that target so an epoch still has this many optimizer steps (room for
+# warm-up and a learning-rate schedule); a judgement, stated in the plan via grad_accum_steps.
+MIN_OPTIMIZER_STEPS_PER_EPOCH = 50
 # Bytes per parameter of the weights alone, used to prune hardware that cannot even hold them:
 # bf16 (2) for LoRA and pure-bf16 full FT, fp32 (4) for bf16-mixed full FT, NF4 with double
 # quantization ≈ 0.52 B/param for QLoRA (Dettmers et al., 2023: 4.127 bits per parameter).
@@ -326,7 +329,11 @@ class Evaluator:
         """Candidates of one config on every offer of ``hw`` (one measurement per interconnect)."""
         problem = self.problem
         per_step = config.micro_batch_size * config.seq_len * hw.gpu_count
-        accum = max(1, round(GLOBAL_BATCH_TARGET_TOKENS / per_step))
+        target = min(
+            GLOBAL_BATCH_TARGET_TOKENS,
+            problem.budget.dataset_tokens // MIN_OPTIMIZER_STEPS_PER_EPOCH,
+        )
+        accum = max(1, round(target / per_step))
         global_tokens = accum * per_step
         risks = self._risks_for(config, global_tokens)
         ok_quality = accepted(risks, problem.budget.quality)

@@ -340,14 +340,15 @@ def _verdict(
             return MethodVerdict(
                 method=method, best=best, reason=f"{name} wins: {describe(best)}."
             )
-        ratio = best.cost.usd / chosen.cost.usd if chosen and chosen.cost.usd > 0 else math.inf
-        extra = f", {ratio:.1f}× the chosen plan" if math.isfinite(ratio) else ""
+        if chosen is not None and chosen.cost.usd <= 0 < chosen.cost.hours:
+            # Free (own) GPUs: the plans differ in time, not money.
+            loses = f"takes {best.cost.hours / chosen.cost.hours:.2f}× the chosen plan's time"
+        else:
+            ratio = best.cost.usd / chosen.cost.usd if chosen and chosen.cost.usd > 0 else math.inf
+            extra = f", {ratio:.1f}× the chosen plan" if math.isfinite(ratio) else ""
+            loses = f"costs ${best.cost.usd:,.2f}{extra}"
         return MethodVerdict(
-            method=method,
-            best=best,
-            reason=(
-                f"{name} also works but costs ${best.cost.usd:,.2f}{extra}: {describe(best)}."
-            ),
+            method=method, best=best, reason=f"{name} also works but {loses}: {describe(best)}."
         )
     fitting = [c for c in mine if c.fits and c.quality_accepted]
     if fitting:

@@ -280,3 +280,33 @@ def test_lora_keeps_torch_adamw(tmp_path: Path) -> None:
     for c in plan["ranked"]:
         if c["config"]["method"] != "full":
             assert c["config"]["optimizer"] == "adamw"
+
+
+def test_small_dataset_keeps_enough_optimizer_steps(tmp_path: Path) -> None:
+    # 200k tokens: 128 Ki tokens per optimizer step would leave ~1.5 steps per epoch; the plan
+    # lowers accumulation so an epoch has at least ~50 optimizer steps.
+    plan = _json_plan(
+        "--model", "llama3.2-1b", "--budget", "50", "--tokens", "200000", out=tmp_path
+    )
+    chosen = plan["chosen"]
+    assert chosen["global_batch_tokens"] <= 200_000 / 50 * 1.5
+    assert 200_000 / chosen["global_batch_tokens"] >= 30
+
+
+def test_own_gpus_compare_methods_by_time(tmp_path: Path) -> None:
+    plan = _json_plan(
+        "--model",
+        "qwen2.5-7b",
+        "--budget",
+        "1",
+        "--provider",
+        "local",
+        "--gpu",
+        "rtx4090",
+        "--gpu-count",
+        "2",
+        out=tmp_path,
+    )
+    assert plan["chosen"]["cost"]["usd"] == 0
+    losers = [v["reason"] for v in plan["verdicts"] if "also works" in v["reason"]]
+    assert losers and all("the chosen plan's time" in r for r in losers)
