@@ -367,15 +367,15 @@ def sagemaker_price_warning(spec: LaunchSpec) -> str | None:
     if not priced:
         return (
             f"{planned}; the catalog has no {kind} price for {ml_type}, so the job may cost more "
-            f"than planned. To check: ftplan catalog offers --provider aws --gpu '{offer.gpu}'"
+            f"than planned. To fix: re-plan with --provider aws --service sagemaker"
         )
     usd = priced[0].usd_per_hour
     if usd <= offer.usd_per_hour:
         return None
     return (
         f"{planned}; SageMaker's {ml_type} costs {usd:.4g} USD/h, {usd / offer.usd_per_hour:.2f}× "
-        "the planned cost. To fix: launch on that EC2 instance (--target local there), or "
-        "budget for the SageMaker price"
+        "the planned cost. To fix: re-plan with --provider aws --service sagemaker, or "
+        "launch on that EC2 instance (--target local there)"
     )
 
 

@@ -106,6 +106,8 @@ def _offers(providers: list[Any] | None, gpus: list[Any], o: dict[str, Any]) -> 
         offers += catalog.list_offers(providers=cloud, gpus=gpus or None, include_spot=o["spot"])
         if o["gpu_count"] is not None:
             offers = [x for x in offers if x.gpu_count == o["gpu_count"]]
+        if o["service"]:
+            offers = _of_services(offers, o["service"])
     if providers is not None and Provider.LOCAL in providers:
         if len(gpus) != 1:
             raise ValueError(
@@ -119,6 +121,21 @@ def _offers(providers: list[Any] | None, gpus: list[Any], o: dict[str, Any]) -> 
     elif o["usd_per_hour"] is not None:
         raise ValueError("--usd-per-hour prices your own machine: use it with --provider local")
     return tuple(offers)
+
+
+def _of_services(offers: list[Any], services: tuple[str, ...]) -> list[Any]:
+    """Offers of the named services (e.g. ``sagemaker`` to price what SageMaker would run)."""
+    import difflib
+
+    known = sorted({x.service for x in offers})
+    wanted = {s.strip().lower() for s in services}
+    for name in sorted(wanted - set(known)):
+        close = difflib.get_close_matches(name, known, n=2, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown service {name!r} for these offers.{hint} Known: {', '.join(known)}."
+        )
+    return [x for x in offers if x.service in wanted]
 
 
 def _version() -> str:
@@ -169,6 +186,12 @@ def _slug(model: str, budget: float, digest: str) -> str:
 @click.option("--seq-len", type=click.IntRange(min=1), help="Tokens per sample (default 2048).")
 @click.option("--gpu", multiple=True, help="Limit to these GPUs (name or alias; repeatable).")
 @click.option("--gpu-count", type=click.IntRange(min=1), help="GPUs per machine.")
+@click.option(
+    "--service",
+    multiple=True,
+    help="Only offers of this service, e.g. sagemaker (price what 'ftplan launch --target "
+    "sagemaker' runs) or ec2 (repeatable).",
+)
 @click.option(
     "--provider",
     multiple=True,

@@ -310,3 +310,23 @@ def test_own_gpus_compare_methods_by_time(tmp_path: Path) -> None:
     assert plan["chosen"]["cost"]["usd"] == 0
     losers = [v["reason"] for v in plan["verdicts"] if "also works" in v["reason"]]
     assert losers and all("the chosen plan's time" in r for r in losers)
+
+
+def test_service_filter_prices_what_sagemaker_runs(tmp_path: Path) -> None:
+    plan = _json_plan(
+        "--model",
+        "llama2-7b",
+        "--budget",
+        "200",
+        "--provider",
+        "aws",
+        "--service",
+        "sagemaker",
+        out=tmp_path,
+    )
+    assert plan["ranked"]
+    assert all(c["offer"]["instance_type"].startswith("ml.") for c in plan["ranked"])
+    code, _, stderr = _invoke(
+        "--model", "llama2-7b", "--budget", "200", "--service", "sagemker", out=tmp_path
+    )
+    assert code == 2 and "Did you mean: sagemaker" in stderr and "Traceback" not in stderr
