@@ -4,6 +4,7 @@ and date. Pure lookups over shipped package data or the user's refreshed cache; 
 from __future__ import annotations
 
 from catalog._codec import from_jsonable, to_jsonable
+from catalog._hf_config import model_from_hf_config
 from catalog._io import atomic_write_text
 from catalog._load import (
     PRICE_AGE_WARNING_DAYS,
@@ -18,7 +19,6 @@ from catalog._load import (
     list_offers,
     local_offer,
     model_aliases,
-    model_from_hf_config,
     parse_provider,
     user_offers_path,
 )
