@@ -81,21 +81,12 @@ def weights_download_gib(spec: ModelSpec) -> float:
 def trainable_param_count(spec: ModelSpec, config: TuningConfig) -> int:
     """Parameters the optimizer updates: all for full FT, the LoRA A and B matrices otherwise.
 
-    A LoRA adapter of rank r on an (in, out) linear adds r × (in + out) parameters (Hu et al.,
-    2021); MoE models carry one adapter per expert MLP.
+    The estimator's count (:func:`profiler.estimator.trainable_params`), so cost, quality and
+    memory all see the same adapters (r × (in + out) per adapted linear, Hu et al. 2021).
     """
-    if config.method is Method.FULL:
-        return spec.param_count
-    from profiler import resolve_targets
+    from profiler.estimator import trainable_params
 
-    rank = config.lora_rank or 0
-    modules = resolve_targets(config.lora_targets or "all-linear")
-    per_layer = 0
-    for name, (n_in, n_out) in spec.linear_shapes().items():
-        if name in modules:
-            copies = spec.num_experts if name in ("gate_proj", "up_proj", "down_proj") else 1
-            per_layer += rank * (n_in + n_out) * copies
-    return per_layer * spec.num_layers
+    return trainable_params(spec, config)
 
 
 def checkpoint_gib(spec: ModelSpec, config: TuningConfig) -> float:

@@ -20,6 +20,7 @@ from profiler._types import (
     Source,
     Status,
     TuningConfig,
+    adapted_modules,
     resolve_targets,
 )
 from profiler.calibration import Calibration, fit_calibration, load_calibration
@@ -72,5 +73,6 @@ __all__ = [
     "Source",
     "Status",
     "TuningConfig",
+    "adapted_modules",
     "resolve_targets",
 ]

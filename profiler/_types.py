@@ -73,6 +73,22 @@ MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 ALL_LINEAR_MODULES = ATTENTION_MODULES + MLP_MODULES
 
 
+def adapted_modules(targets: str, *, num_experts: int = 1) -> tuple[str, ...]:
+    """Decoder-layer linears that actually get LoRA adapters for a target spec.
+
+    Mixture-of-experts models hold their experts as fused parameters, not linear modules, so
+    PEFT cannot adapt the MLP there: only the attention targets remain (the recipes, the
+    estimator and the planner all count adapters through this one function).
+
+    Raises:
+        ValueError: As :func:`resolve_targets`.
+    """
+    names = resolve_targets(targets)
+    if num_experts > 1:
+        names = tuple(n for n in names if n not in MLP_MODULES)
+    return names
+
+
 def resolve_targets(targets: str) -> tuple[str, ...]:
     """Module names a LoRA target spec covers, in a stable order.
 

@@ -29,7 +29,7 @@ from profiler._types import (
     Source,
     Status,
     TuningConfig,
-    resolve_targets,
+    adapted_modules,
 )
 from profiler.calibration import Calibration, calibration_for
 
@@ -160,18 +160,22 @@ def _adapter_params(spec: ModelSpec, config: TuningConfig) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def lora_params(spec: ModelSpec, rank: int, targets: str) -> int:
-    """Trainable LoRA parameters: ``rank × (in + out)`` per adapted linear, all layers and experts.
+    """Trainable LoRA parameters: ``rank × (in + out)`` per adapted linear, all layers.
+
+    Which linears are adapted is :func:`profiler.adapted_modules` (MoE experts are fused
+    parameters that PEFT does not adapt, as in the recipes).
 
     Args:
         spec: Model architecture.
         rank: LoRA rank r.
         targets: ``all-linear``, ``attention`` or a comma-separated module list.
     """
-    per_layer = 0
-    for name, (fan_in, fan_out) in spec.linear_shapes().items():
-        if name in resolve_targets(targets):
-            copies = 1 if name in ATTENTION_MODULES else spec.num_experts
-            per_layer += rank * (fan_in + fan_out) * copies
+    modules = adapted_modules(targets, num_experts=spec.num_experts)
+    per_layer = sum(
+        rank * (fan_in + fan_out)
+        for name, (fan_in, fan_out) in spec.linear_shapes().items()
+        if name in modules
+    )
     return per_layer * spec.num_layers
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from profiler._types import Method, OptimizerKind, Precision, TuningConfig, resolve_targets
+from profiler._types import Method, OptimizerKind, Precision, TuningConfig, adapted_modules
 
 if TYPE_CHECKING:
     from catalog import ModelSpec
@@ -38,7 +38,6 @@ _FUSED_LINEAR_NAMES: dict[str, dict[str, str]] = {
         "up_proj": "gate_up_proj",
     },
 }
-_MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
 # transformers refuses SDPA for gemma2 (attention-logit soft-capping), so it runs eager attention.
 _EAGER_ATTENTION_MODEL_TYPES = frozenset({"gemma2"})
 
@@ -139,9 +138,7 @@ def peft_target_modules(spec: ModelSpec, config: TuningConfig) -> list[str]:
     """
     if config.lora_targets is None:
         raise ValueError(f"method={config.method.value} needs lora_targets")
-    names = resolve_targets(config.lora_targets)
-    if spec.num_experts > 1:
-        names = tuple(n for n in names if n not in _MLP_NAMES)
+    names = adapted_modules(config.lora_targets, num_experts=spec.num_experts)
     fused = _FUSED_LINEAR_NAMES.get(spec.model_type, {})
     mapped: list[str] = []
     for name in names:

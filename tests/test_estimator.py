@@ -11,7 +11,15 @@ from click.testing import CliRunner
 
 from catalog import GPU, Interconnect, ModelSpec, get_gpu, get_model
 from planner.cli import main
-from profiler import Method, OptimizerKind, Precision, Sharding, Source, TuningConfig
+from profiler import (
+    ATTENTION_MODULES,
+    Method,
+    OptimizerKind,
+    Precision,
+    Sharding,
+    Source,
+    TuningConfig,
+)
 from profiler.calibration import FIRST_PRINCIPLES, reference_measurements
 from profiler.estimator import (
     ALLOCATOR_OVERHEAD_GIB,
@@ -445,3 +453,19 @@ def test_cli_estimate_switches_to_fp16_on_t4() -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["config"]["precision"] == "fp16-mixed" and data["notes"]
+
+
+def test_moe_lora_adapts_attention_only_as_the_recipes_do() -> None:
+    """Mixtral's experts are fused parameters PEFT cannot adapt: all-linear = attention there."""
+    from catalog import get_model
+    from planner.cost import trainable_param_count
+    from profiler import adapted_modules
+    from profiler.estimator import lora_params
+
+    mixtral = get_model("mixtral-8x7b")
+    assert adapted_modules("all-linear", num_experts=8) == ATTENTION_MODULES
+    assert lora_params(mixtral, 16, "all-linear") == lora_params(mixtral, 16, "attention")
+    config = TuningConfig(method=Method.LORA, lora_rank=16, lora_targets="all-linear")
+    h, kv = mixtral.hidden_size, mixtral.kv_dim
+    per_layer = 16 * ((h + mixtral.q_dim) * 2 + (h + kv) * 2)
+    assert trainable_param_count(mixtral, config) == per_layer * mixtral.num_layers
