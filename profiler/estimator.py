@@ -107,6 +107,7 @@ class _SpecTerms:
     """Per-model quantities that do not depend on the config (cached)."""
 
     linear_params: int  # all decoder-layer linear weights, all experts
+    quantized_params: int  # linear weights QLoRA stores in NF4 (MoE experts are not nn.Linear)
     active_linear_params: int  # linear weights one token passes through (experts_per_token)
     other_params: int  # embeddings, head, norms, biases
     layer_params: int  # one decoder layer's linear weights (FSDP unit)
@@ -139,6 +140,9 @@ def _compute_spec_terms(spec: ModelSpec) -> _SpecTerms:
     linear = layer * spec.num_layers
     return _SpecTerms(
         linear_params=linear,
+        # bitsandbytes quantizes nn.Linear modules; MoE experts are fused 3-D parameters, which
+        # stay 16-bit and which prepare_model_for_kbit_training then upcasts to fp32.
+        quantized_params=attn * spec.num_layers if spec.num_experts > 1 else linear,
         active_linear_params=(attn + mlp * spec.experts_per_token) * spec.num_layers,
         other_params=max(spec.param_count - linear, spec.embedding_params()),
         layer_params=layer,
@@ -212,7 +216,12 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
         weight_bytes = spec.param_count * 2 + trainable * 4  # bf16 base, fp32 adapters (PEFT)
         state_bytes_each = 4
     else:  # QLoRA: NF4 linears, fp32 non-quantized params (prepare_model_for_kbit_training)
-        weight_bytes = t.linear_params * NF4_BYTES_PER_PARAM + t.other_params * 4 + trainable * 4
+        unquantized = t.linear_params - t.quantized_params  # MoE experts, upcast to fp32
+        weight_bytes = (
+            t.quantized_params * NF4_BYTES_PER_PARAM
+            + (t.other_params + unquantized) * 4
+            + trainable * 4
+        )
         state_bytes_each = 4
     grad_bytes: float = trainable * state_bytes_each
     state_bytes: float
@@ -370,12 +379,12 @@ def _time_terms(
     autocast = config.method is not Method.FULL or config.precision is not Precision.BF16
     if config.method is Method.QLORA:
         dequant_s = (
-            _spec_terms(spec).linear_params
+            _spec_terms(spec).quantized_params
             * passes
             * NF4_DEQUANT_BYTES_PER_PARAM
             / bandwidth_bytes_per_s
         )
-        linears_per_layer = 4 + 3 * spec.experts_per_token
+        linears_per_layer = 4 if spec.num_experts > 1 else 7  # NF4 linears (not MoE experts)
         nf4_calls = float(spec.num_layers * linears_per_layer * passes)
     optimizer_s = opt_bytes / (bandwidth_bytes_per_s * optimizer_bandwidth_efficiency)
     return {

@@ -469,3 +469,19 @@ def test_moe_lora_adapts_attention_only_as_the_recipes_do() -> None:
     h, kv = mixtral.hidden_size, mixtral.kv_dim
     per_layer = 16 * ((h + mixtral.q_dim) * 2 + (h + kv) * 2)
     assert trainable_param_count(mixtral, config) == per_layer * mixtral.num_layers
+
+
+def test_moe_qlora_keeps_experts_unquantized_and_upcast() -> None:
+    """bitsandbytes quantizes nn.Linear only; MoE experts stay 16-bit and
+    prepare_model_for_kbit_training upcasts them to fp32 (4 B/param), as the recipe runs."""
+    from catalog import get_gpu, get_model
+    from profiler.estimator import memory_terms
+
+    mixtral = get_model("mixtral-8x7b")
+    shapes = mixtral.linear_shapes()
+    attn = sum(a * b for n, (a, b) in shapes.items() if n in ATTENTION_MODULES)
+    experts = mixtral.params_per_layer() - attn
+    config = TuningConfig(method=Method.QLORA, lora_rank=16, lora_targets="all-linear")
+    weights = memory_terms(mixtral, config, get_gpu("h200"))["weights_gib"] * 1024**3
+    assert weights >= experts * mixtral.num_layers * 4  # experts alone, fp32
+    assert weights < mixtral.param_count * 4
