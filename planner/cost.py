@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from catalog import ModelSpec, Offer, Provider
 from planner._types import Budget, CostEstimate
 from profiler import Measurement, Method, OptimizerKind, Precision, TuningConfig
+from profiler.estimator import trainable_params
 
 _GIB = 1024**3
 
@@ -84,8 +85,6 @@ def trainable_param_count(spec: ModelSpec, config: TuningConfig) -> int:
     The estimator's count (:func:`profiler.estimator.trainable_params`), so cost, quality and
     memory all see the same adapters (r × (in + out) per adapted linear, Hu et al. 2021).
     """
-    from profiler.estimator import trainable_params
-
     return trainable_params(spec, config)
 
 
