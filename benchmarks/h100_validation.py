@@ -78,6 +78,10 @@ def _shapes(text: str) -> list[tuple[int, int]]:
     return shapes
 
 
+def _checkpointing(choice: str) -> tuple[bool, ...]:
+    return {"both": (False, True), "on": (True,), "off": (False,)}[choice]
+
+
 def _load(path: Path) -> list[Measurement]:
     if not path.is_file():
         return []
@@ -104,7 +108,7 @@ def _jobs(args: argparse.Namespace) -> Iterator[tuple[ModelSpec, TuningConfig, b
         for name in args.models.split(","):
             spec = get_model(name)
             for recipe in args.recipes.split(","):
-                for checkpointing in (False, True):
+                for checkpointing in _checkpointing(args.checkpointing):
                     for batch, seq in _shapes(args.shapes):
                         yield (
                             spec,
@@ -115,7 +119,7 @@ def _jobs(args: argparse.Namespace) -> Iterator[tuple[ModelSpec, TuningConfig, b
                         )
     if args.with_70b or args.only_70b:
         spec = get_model(BIG_MODEL)
-        for recipe in BIG_RECIPES:
+        for recipe in args.big_recipes.split(","):
             yield spec, config_for(recipe, batch=1, seq_len=2048, checkpointing=True), False
 
 
@@ -218,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(DEFAULT_SHAPES),
         help="micro-batch x seq_len list, e.g. 4x1024,1x2048",
     )
+    parser.add_argument("--checkpointing", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--big-recipes", default=",".join(BIG_RECIPES))
     parser.add_argument("--layers", default="2,4")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--warmup-steps", type=int, default=3)

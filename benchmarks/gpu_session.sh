@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One short GPU session, most valuable first: the GPU tests, held-out long steps (16k-32k tokens)
+# and 8-bit AdamW on models absent from the shipped reference sets, a real local launch against
+# its plan, truncated-layer extrapolation against full depth, and llama2-70b extrapolated.
+#
+# Every part has its own time limit and appends to OUT as it completes, so a session cut short
+# keeps what it measured. bitsandbytes travels as a wheel in .whl/ (docs/profiling.md).
+#
+#   OUT=benchmarks/results bash benchmarks/gpu_session.sh
+set -u
+OUT=${OUT:-benchmarks/results}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+
+step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log to OUT/NAME.log
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s) $(date -u +%H:%M:%S)"
+    timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    echo "== $name exit $? $(date -u +%H:%M:%S)"
+    tail -n 25 "$OUT/$name.log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
+$PY -c "import torch, transformers, peft, accelerate, bitsandbytes as b
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__,
+      'peft', peft.__version__, 'accelerate', accelerate.__version__, 'bitsandbytes', b.__version__)
+free, total = torch.cuda.mem_get_info(); print('mem_get_info total MiB', total // 2**20, 'free MiB', free // 2**20)" \
+    | tee -a "$OUT/env.txt"
+
+PROFILE=($PY -m planner profile --full-depth --warmup-steps 2 --timed-steps 4 --timeout-s 150
+    --out "$OUT/long-steps.jsonl" --format json)
+
+step gpu-tests 75 $PY -m pytest tests/test_gpu.py -m gpu -q -rs
+# Held-out production-sized steps: models in neither shipped reference set.
+step long-lora-3b 60 "${PROFILE[@]}" --model llama3.2-3b --method lora --batch 1 \
+    --seq-len 16384 --grad-checkpointing
+step long-qlora-3b 60 "${PROFILE[@]}" --model llama3.2-3b --method qlora --batch 1 \
+    --seq-len 16384 --grad-checkpointing
+step long-lora-qwen3b 60 "${PROFILE[@]}" --model qwen2.5-3b --method lora --batch 2 \
+    --seq-len 16384 --grad-checkpointing
+step qv-lora-qwen3b 50 "${PROFILE[@]}" --model qwen2.5-3b --method lora --targets q_proj,v_proj \
+    --batch 1 --seq-len 8192
+step full-8bit-3b 60 "${PROFILE[@]}" --model llama3.2-3b --method full --precision bf16 \
+    --optimizer adamw-8bit --batch 1 --seq-len 8192 --grad-checkpointing
+# A real local launch from a plan (llama2-7b LoRA, 30 steps), measured against the plan.
+step local-launch 110 $PY -m pytest tests/test_local_runner.py -m gpu -q -s -rs
+# Truncated-layer extrapolation (2 and 4 layers) against full depth.
+step validation 110 $PY benchmarks/h100_validation.py --models phi3-mini --recipes lora,qlora \
+    --shapes 4x1024 --checkpointing on --no-70b --warmup-steps 2 --timed-steps 5 \
+    --timeout-s 60 --out "$OUT/validation.jsonl"
+step validation-70b 50 $PY benchmarks/h100_validation.py --only-70b --big-recipes qlora \
+    --warmup-steps 2 --timed-steps 5 --timeout-s 40 --out "$OUT/validation.jsonl"
+echo "== done $(date -u +%H:%M:%S)"
