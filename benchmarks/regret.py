@@ -21,10 +21,19 @@ import catalog
 from planner import Budget, QualityPolicy, TokensSource
 from planner.search import Evaluator, SearchProblem, SearchSpace, exhaustive_search, search
 from profiler import Measurement, Method, TuningConfig
-from profiler.estimator import estimate, memory_fits
+from profiler.calibration import calibration_for
+from profiler.estimator import estimate as _estimate
+from profiler.estimator import memory_fits
 from profiler.store import default_store
 
 MAX_REGRET = 0.01
+
+
+def estimate(
+    spec: catalog.ModelSpec, config: TuningConfig, gpu: catalog.GPU, **kw: float
+) -> Measurement:
+    """The estimator with each GPU's calibration, as ``ftplan recommend`` calls it."""
+    return _estimate(spec, config, gpu, calibration=calibration_for(gpu), **kw)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,10 +30,10 @@ from profiler.calibration import (  # noqa: E402
     Calibration,
     calibration_file_name,
     calibration_to_json,
-    fit_calibration,
     reference_measurements,
 )
 from profiler.estimator import estimate  # noqa: E402
+from profiler.fit import fit_calibration  # noqa: E402
 
 Row = tuple[Measurement, Measurement]
 

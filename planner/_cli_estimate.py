@@ -203,6 +203,7 @@ def estimate_command(
       ftplan estimate --model llama3.1-8b --method qlora --gpu l4 --grad-checkpointing
       ftplan estimate --model ./my-model/config.json --method full --precision bf16 --format json
     """
+    from profiler.calibration import calibration_for
     from profiler.estimator import estimate
 
     spec, gpu = get_model(model), get_gpu(gpu_name)
@@ -220,7 +221,11 @@ def estimate_command(
         gpu_count=gpu_count,
     )
     stored = None if analytic_only else _stored(spec.name, config, gpu)
-    measurement = stored if stored is not None else estimate(spec, config, gpu)
+    measurement = (
+        stored
+        if stored is not None
+        else estimate(spec, config, gpu, calibration=calibration_for(gpu))
+    )
     result = _result(measurement, gpu, notes)
     if fmt == "json":
         click.echo(json.dumps(result, indent=2, sort_keys=True))
@@ -256,10 +261,10 @@ def calibrate_command(gpu_name: str, sources: tuple[Path, ...], out: Path | None
         calibration_file_name,
         calibration_for,
         calibration_to_json,
-        fit_calibration,
         load_calibration,
         user_calibration_dir,
     )
+    from profiler.fit import fit_calibration
     from profiler.store import default_store
 
     gpu = get_gpu(gpu_name)
@@ -310,8 +315,8 @@ def _errors(
     records: Sequence[Measurement], gpu: GPU, calibration: Any
 ) -> tuple[float, float, float, float]:
     """Median and worst absolute % error of peak allocated memory and step time."""
-    from profiler.calibration import usable_rows
     from profiler.estimator import estimate
+    from profiler.fit import usable_rows
 
     memory, time = [], []
     for m in usable_rows(records, gpu):

@@ -268,6 +268,7 @@ def recommend_command(**o: Any) -> None:
 
 def _plan(request: Any) -> Plan:
     from planner.recommend import recommend
+    from profiler.calibration import calibration_for
     from profiler.estimator import estimate, memory_fits
     from profiler.store import default_store
 
@@ -276,7 +277,10 @@ def _plan(request: Any) -> Plan:
     def lookup(model: str, config: Any, gpu: str) -> Any:
         return store.lookup(model=model, config=config, gpu=gpu)
 
-    return recommend(request, estimate=estimate, lookup=lookup, fits=memory_fits)
+    def calibrated_estimate(spec: Any, config: Any, gpu: Any, **kwargs: Any) -> Any:
+        return estimate(spec, config, gpu, calibration=calibration_for(gpu), **kwargs)
+
+    return recommend(request, estimate=calibrated_estimate, lookup=lookup, fits=memory_fits)
 
 
 def render(plan: Plan, *, fmt: str, quiet: bool, report: Path) -> None:

@@ -23,9 +23,10 @@ from profiler._types import (
     adapted_modules,
     resolve_targets,
 )
-from profiler.calibration import Calibration, fit_calibration, load_calibration
+from profiler.calibration import Calibration, calibration_for, load_calibration
 from profiler.estimator import HEADROOM, estimate, memory_fits
 from profiler.extrapolate import extrapolate
+from profiler.fit import fit_calibration
 from profiler.measure import profile_extrapolated
 from profiler.recipes import (
     SETUP_FUNCTIONS,
@@ -43,6 +44,7 @@ __all__ = [
     "HEADROOM",
     "Calibration",
     "estimate",
+    "calibration_for",
     "fit_calibration",
     "load_calibration",
     "memory_fits",

@@ -31,10 +31,10 @@ from profiler._types import (
     TuningConfig,
     adapted_modules,
 )
-from profiler.calibration import Calibration, calibration_for
 
 if TYPE_CHECKING:
     from catalog import GPU, ModelSpec
+    from profiler.calibration import Calibration
 
 GIB = 1024**3
 
@@ -488,7 +488,7 @@ def estimate(
     *,
     nodes: int = 1,
     inter_node_gbps: float = 0.0,
-    calibration: Calibration | None = None,
+    calibration: Calibration,
 ) -> Measurement:
     """Estimate peak memory per GPU and step time of a training config, analytically.
 
@@ -498,8 +498,9 @@ def estimate(
         gpu: The GPU model (all GPUs alike).
         nodes: Machines the ``config.gpu_count`` GPUs are spread over.
         inter_node_gbps: Network bandwidth between nodes, GB/s per node (used when nodes > 1).
-        calibration: Fitted parameters; ``None`` uses :func:`calibration_for` (the GPU's own fit,
-            else the H100 fit with this GPU's FLOP/s and bandwidth).
+        calibration: Fitted parameters; the caller loads them
+            (:func:`profiler.calibration.calibration_for`: the GPU's own fit, else the H100 fit
+            scaled to this GPU).
 
     Returns:
         A Measurement with ``source=estimated``: peak allocated and reserved GiB per GPU (the
@@ -514,7 +515,7 @@ def estimate(
             f"{gpu.name} has no bf16; precision={config.precision.value} cannot run on it. "
             f"To fix: use precision fp16-mixed"
         )
-    cal = calibration if calibration is not None else calibration_for(gpu)
+    cal = calibration
     mem = memory_terms(spec, config, gpu)
     scaled_dynamic = mem["dynamic_gib"] * cal.activation_scale
     fb_peak = mem["fb_static_gib"] + max(scaled_dynamic, mem["gradients_gib"])

@@ -13,6 +13,7 @@ from catalog import GPU, Interconnect, ModelSpec, get_gpu, get_model
 from planner.cli import main
 from profiler import (
     ATTENTION_MODULES,
+    Measurement,
     Method,
     OptimizerKind,
     Precision,
@@ -20,7 +21,7 @@ from profiler import (
     Source,
     TuningConfig,
 )
-from profiler.calibration import FIRST_PRINCIPLES, reference_measurements
+from profiler.calibration import FIRST_PRINCIPLES, calibration_for, reference_measurements
 from profiler.estimator import (
     ALLOCATOR_OVERHEAD_GIB,
     GIB,
@@ -34,6 +35,12 @@ from profiler.estimator import (
     memory_terms,
     time_terms,
 )
+
+
+def estimate_(spec: ModelSpec, config: TuningConfig, gpu: GPU, **kwargs: object) -> Measurement:
+    """The estimator with the GPU's own calibration, loaded as the CLI loads it."""
+    return estimate(spec, config, gpu, calibration=calibration_for(gpu), **kwargs)  # type: ignore[arg-type]
+
 
 # A tiny Llama-shaped model whose numbers are easy to do by hand.
 H, FFN, V, LAYERS, HEADS, KV_HEADS, HEAD_DIM = 64, 128, 1000, 2, 4, 2, 16
@@ -173,18 +180,18 @@ def test_qlora_uses_more_than_lora_on_a_128k_vocab_1b_model_without_checkpointin
         "micro_batch_size": 4,
         "seq_len": 1024,
     }
-    lora = estimate(spec, TuningConfig(method=Method.LORA, **kwargs), gpu)
-    qlora = estimate(spec, TuningConfig(method=Method.QLORA, **kwargs), gpu)
+    lora = estimate_(spec, TuningConfig(method=Method.LORA, **kwargs), gpu)
+    qlora = estimate_(spec, TuningConfig(method=Method.QLORA, **kwargs), gpu)
     assert qlora.peak_allocated_gib > lora.peak_allocated_gib + 1.0  # measured: 17.9 vs 15.5
 
 
 def test_full_bf16_mixed_7b_does_not_fit_on_80gb_but_pure_bf16_does() -> None:
     spec, gpu = get_model("llama2-7b"), get_gpu("h100")
-    mixed = estimate(spec, TuningConfig(method=Method.FULL, seq_len=512), gpu)
+    mixed = estimate_(spec, TuningConfig(method=Method.FULL, seq_len=512), gpu)
     assert mixed.peak_allocated_gib > 120  # ~16 B/param + the foreach temporary
     assert dict(mixed.phase_peaks_gib)["optimizer_step"] == mixed.peak_allocated_gib
     assert not memory_fits(mixed.peak_reserved_gib, gpu)
-    pure = estimate(
+    pure = estimate_(
         spec,
         TuningConfig(
             method=Method.FULL, precision=Precision.BF16, seq_len=512, grad_checkpointing=True
@@ -210,7 +217,7 @@ def test_checkpointing_cuts_activations_but_not_logits() -> None:
 
 
 def test_peak_is_the_max_of_phases_and_reserved_exceeds_allocated() -> None:
-    m = estimate(TINY, _config(Method.FULL), H100)
+    m = estimate_(TINY, _config(Method.FULL), H100)
     phases = dict(m.phase_peaks_gib)
     assert set(phases) == {"forward_backward", "optimizer_step"}
     assert m.peak_allocated_gib == max(phases.values())
@@ -224,7 +231,7 @@ def test_reference_runs_within_tolerance() -> None:
     gpu = get_gpu("h100")
     memory, time = [], []
     for m in reference_measurements():
-        e = estimate(get_model(m.model), m.config, gpu)
+        e = estimate_(get_model(m.model), m.config, gpu)
         assert e.trainable_params == m.trainable_params
         memory.append(abs(e.peak_allocated_gib / m.peak_allocated_gib - 1))
         time.append(abs(e.step_time_s / m.step_time_s - 1))
@@ -258,7 +265,7 @@ def test_fsdp_per_gpu_memory_shrinks_with_gpu_count() -> None:
             gpu_count=n,
             sharding=Sharding.FSDP if n > 1 else Sharding.NONE,
         )
-        peaks.append(estimate(spec, config, gpu).peak_allocated_gib)
+        peaks.append(estimate_(spec, config, gpu).peak_allocated_gib)
     assert peaks == sorted(peaks, reverse=True) and peaks[-1] < peaks[0] / 4
     assert peaks[-1] < 76  # 8-way FSDP full FT of a 7B fits an 80 GB GPU
 
@@ -267,13 +274,13 @@ def test_multi_gpu_time_includes_communication() -> None:
     spec, gpu = get_model("llama2-7b"), get_gpu("h100")
     one = TuningConfig(method=Method.FULL, seq_len=1024)
     eight = dataclasses.replace(one, gpu_count=8, sharding=Sharding.FSDP)
-    t_one = estimate(spec, one, gpu).step_time_s
-    t_nvlink = estimate(spec, eight, gpu).step_time_s
-    t_network = estimate(spec, eight, gpu, nodes=2, inter_node_gbps=12.5).step_time_s
+    t_one = estimate_(spec, one, gpu).step_time_s
+    t_nvlink = estimate_(spec, eight, gpu).step_time_s
+    t_network = estimate_(spec, eight, gpu, nodes=2, inter_node_gbps=12.5).step_time_s
     assert t_nvlink < t_network and t_one < t_network
-    assert estimate(spec, eight, gpu).tokens_per_s > 6 * estimate(spec, one, gpu).tokens_per_s
+    assert estimate_(spec, eight, gpu).tokens_per_s > 6 * estimate_(spec, one, gpu).tokens_per_s
     with pytest.raises(ValueError, match="inter_node_gbps"):
-        estimate(spec, eight, gpu, nodes=2)
+        estimate_(spec, eight, gpu, nodes=2)
 
 
 def test_nvlink_bandwidth_counts_one_direction_and_pcie_is_already_per_direction() -> None:
@@ -297,16 +304,16 @@ def test_nvlink_bandwidth_counts_one_direction_and_pcie_is_already_per_direction
     as_pcie = dataclasses.replace(
         h100, intra_node_interconnect=Interconnect.PCIE, intra_node_gbps=450
     )
-    assert estimate(spec, config, h100).step_time_s == pytest.approx(
-        estimate(spec, config, as_pcie).step_time_s
+    assert estimate_(spec, config, h100).step_time_s == pytest.approx(
+        estimate_(spec, config, as_pcie).step_time_s
     )
     # Ring all-reduce of 2-byte gradients: 2·(n−1)/n·2·N bytes at 70% of 450 GB/s.
     comm_s = 2 * 7 / 8 * spec.param_count * 2 / (450e9 * 0.7)
-    compute_s = estimate(
+    compute_s = estimate_(
         spec, dataclasses.replace(config, gpu_count=1, sharding=Sharding.NONE), h100
     ).step_time_s
     assert compute_s is not None
-    assert estimate(spec, config, h100).step_time_s == pytest.approx(
+    assert estimate_(spec, config, h100).step_time_s == pytest.approx(
         compute_s + comm_s - 0.5 * min(compute_s, comm_s)
     )
 
@@ -368,9 +375,9 @@ def test_moe_keeps_all_experts_resident_but_computes_with_active_ones() -> None:
 
 def test_bf16_on_a_gpu_without_bf16_is_refused_and_fp16_works() -> None:
     with pytest.raises(ValueError, match="fp16-mixed"):
-        estimate(TINY, _config(Method.LORA), T4)
-    m = estimate(TINY, _config(Method.LORA, precision=Precision.FP16_MIXED), T4)
-    slower = estimate(TINY, _config(Method.LORA), H100)
+        estimate_(TINY, _config(Method.LORA), T4)
+    m = estimate_(TINY, _config(Method.LORA, precision=Precision.FP16_MIXED), T4)
+    slower = estimate_(TINY, _config(Method.LORA), H100)
     assert m.step_time_s > slower.step_time_s
 
 
