@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import catalog
 from planner import Budget, QualityPolicy, TokensSource
-from planner.search import Evaluator, SearchProblem, SearchSpace, exhaustive_search, search
+from planner.engine.evaluate import Evaluator
+from planner.engine.search import exhaustive_search, search
+from planner.engine.space import SearchProblem, SearchSpace
 from profiler import Measurement, Method, TuningConfig
 from profiler.calibration import calibration_for
 from profiler.estimator import estimate as _estimate

@@ -17,10 +17,11 @@ from planner._types import (
     Task,
     TokensSource,
 )
-from planner.cost import SpotAssumptions, StartupAssumptions, estimate_cost
-from planner.quality import assess_quality
-from planner.recommend import RecommendRequest, recommend
-from planner.search import SearchProblem, SearchSpace, exhaustive_search, search
+from planner.engine.cost import SpotAssumptions, StartupAssumptions, estimate_cost
+from planner.engine.plan import RecommendRequest, recommend
+from planner.engine.quality import assess_quality
+from planner.engine.search import exhaustive_search, search
+from planner.engine.space import SearchProblem, SearchSpace
 
 __all__ = [
     "Budget",

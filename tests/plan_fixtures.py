@@ -213,7 +213,7 @@ def _candidate(
     cost = _cost(measurement.tokens_per_s, offer)
     usable = USABLE_GIB[offer.gpu]
     peak = measurement.peak_reserved_gib or 0.0
-    # Gradient accumulation up to ~131,072 tokens per optimizer step (planner.search's target).
+    # Gradient accumulation up to ~131,072 tokens per optimizer step (the planner's target).
     step_tokens = config.tokens_per_step * config.gpu_count
     accum = max(1, GLOBAL_BATCH_TOKENS // step_tokens)
     return Candidate(

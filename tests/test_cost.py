@@ -8,7 +8,7 @@ import pytest
 
 from catalog import Offer, Provider
 from planner import Budget, TokensSource
-from planner.cost import (
+from planner.engine.cost import (
     SpotAssumptions,
     StartupAssumptions,
     checkpoint_interval_s,

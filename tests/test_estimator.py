@@ -465,7 +465,7 @@ def test_cli_estimate_switches_to_fp16_on_t4() -> None:
 def test_moe_lora_adapts_attention_only_as_the_recipes_do() -> None:
     """Mixtral's experts are fused parameters PEFT cannot adapt: all-linear = attention there."""
     from catalog import get_model
-    from planner.cost import trainable_param_count
+    from planner.engine.cost import trainable_param_count
     from profiler import adapted_modules
     from profiler.estimator import lora_params
 

@@ -197,8 +197,8 @@ def test_ftplan_profile_sweeps_and_stores_extrapolations(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The GPU path of the command, with the GPU work replaced by synthetic measurements."""
-    from planner import _cli_profile
     from planner.cli import main
+    from planner.cli import profile as _cli_profile
 
     def fake_extrapolated(
         spec: ModelSpec,

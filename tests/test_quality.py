@@ -6,7 +6,7 @@ import pytest
 
 from catalog import get_model
 from planner import Budget, QualityPolicy, RiskLevel, Task, TokensSource
-from planner.quality import (
+from planner.engine.quality import (
     BIDERMAN_2024,
     DETTMERS_2023,
     SCHULMAN_2025,

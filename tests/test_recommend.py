@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from planner.cli import main
-from planner.recommend import count_dataset, plan_slug
+from planner.engine.plan import count_dataset, plan_slug
 from profiler import Method
 
 
@@ -207,7 +207,7 @@ def test_recommend_with_fake_estimator_explains_losing_methods() -> None:
     from test_search import GPUS, OFFERS, SPEC, fake_estimate, fits_usable
 
     from planner import Budget, TokensSource
-    from planner.recommend import RecommendRequest, recommend
+    from planner.engine.plan import RecommendRequest, recommend
 
     budget = Budget(
         max_usd=3.0, dataset_tokens=30_000_000, epochs=1.0, tokens_source=TokensSource.GIVEN

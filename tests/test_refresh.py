@@ -306,7 +306,7 @@ def test_refresh_with_no_prices_writes_nothing(cache: Path, clients: Any) -> Non
 
 
 def test_cli_refresh_prints_what_changed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from planner import _cli_catalog
+    from planner.cli import catalog as _cli_catalog
     from planner.cli import main
 
     seen: dict[str, Any] = {}

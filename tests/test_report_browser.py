@@ -22,7 +22,7 @@ from plan_fixtures import (
     make_plan,
 )
 
-from planner.reports import write_reports
+from planner.report.write import write_reports
 
 pytestmark = pytest.mark.browser
 

@@ -29,15 +29,10 @@ from plan_fixtures import (
 from planner import Plan
 from planner.cli import main
 from planner.plan_io import read_plan
-from planner.report_html import cost_time_figure, memory_figure, render_html, script_json
-from planner.report_md import md_escape, render_markdown
-from planner.reports import (
-    candidate_rows,
-    candidate_status,
-    report_slug,
-    source_rows,
-    write_reports,
-)
+from planner.report.html import cost_time_figure, memory_figure, render_html, script_json
+from planner.report.markdown import md_escape, render_markdown
+from planner.report.rows import candidate_rows, candidate_status, source_rows
+from planner.report.write import report_slug, write_reports
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 SAFE_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -137,7 +132,7 @@ def test_md_escape(raw: str, escaped: str) -> None:
 
 
 def _without_plotly_js(page: str) -> str:
-    from planner.report_html import _plotly_js
+    from planner.report.html import _plotly_js
 
     js = _plotly_js()
     assert page.count(js) == 1, "plotly.js must be embedded exactly once"
@@ -300,9 +295,9 @@ def test_failed_render_leaves_previous_reports_and_no_temp_files(
     def broken(plan: Plan) -> str:
         raise RuntimeError("template bug")
 
-    import planner.report_html
+    import planner.report.write
 
-    monkeypatch.setattr(planner.report_html, "render_html", broken)
+    monkeypatch.setattr(planner.report.write, "render_html", broken)
     with pytest.raises(RuntimeError, match="template bug"):
         write_reports(make_no_feasible_plan(), tmp_path, slug="p")
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}

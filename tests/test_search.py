@@ -12,13 +12,9 @@ from model_specs import LLAMA2_7B
 
 from catalog import GPU, Interconnect, ModelSpec, Offer, Provider
 from planner import Budget, QualityPolicy, TokensSource
-from planner.search import (
-    SearchProblem,
-    SearchSpace,
-    constraints,
-    exhaustive_search,
-    search,
-)
+from planner.engine.evaluate import constraints
+from planner.engine.search import exhaustive_search, search
+from planner.engine.space import SearchProblem, SearchSpace
 from profiler import (
     Measurement,
     Method,
@@ -242,7 +238,7 @@ def test_same_seed_same_result_and_sorted() -> None:
 
 
 def test_lower_bound_never_exceeds_a_priced_cost() -> None:
-    from planner.search import Evaluator
+    from planner.engine.evaluate import Evaluator
 
     p = problem()
     evaluator = Evaluator(p, estimate=fake_estimate, fits=fits_usable)

@@ -1,6 +1,6 @@
 """The ``ftplan`` command line: parse flags, build typed values, call the library, render.
 
-Each command lives in its own ``_cli_*`` module; this module owns the group and the one place
+Each command lives in its own module of this package; this module owns the group and the one place
 where expected errors become a one-line message and exit code 2 (never a traceback).
 """
 
@@ -12,17 +12,9 @@ from typing import Any
 import click
 
 from catalog import CatalogError
+from planner.cli.errors import EXIT_USAGE, UserInputError
 
-EXIT_USAGE = 2
-
-
-class UserInputError(click.ClickException):
-    """Bad input from the user: what is wrong, why, how to fix. Exit code 2."""
-
-    exit_code = EXIT_USAGE
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+__all__ = ["EXIT_USAGE", "UserInputError", "main"]
 
 
 class _FtplanGroup(click.Group):
@@ -55,23 +47,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from planner import (
-        _cli_catalog,
-        _cli_estimate,
-        _cli_launch,
-        _cli_profile,
-        _cli_recommend,
-        _cli_report,
-    )
+    from planner.cli import catalog, estimate, launch, profile, recommend, report
 
-    for module in (
-        _cli_recommend,
-        _cli_estimate,
-        _cli_catalog,
-        _cli_profile,
-        _cli_report,
-        _cli_launch,
-    ):
+    for module in (recommend, estimate, catalog, profile, report, launch):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -42,11 +42,11 @@ def report(plan_file: Path, fmt: str, out_path: Path | None) -> None:
 
     plan = read_plan(plan_file)
     if fmt == "html":
-        from planner.report_html import render_html
+        from planner.report.html import render_html
 
         text = render_html(plan)
     else:
-        from planner.report_md import render_markdown
+        from planner.report.markdown import render_markdown
 
         text = render_markdown(plan)
     if out_path is not None and str(out_path) == "-":

@@ -23,8 +23,8 @@ def _build_request(o: dict[str, Any]) -> Any:
     """Resolve flags against the catalog into a RecommendRequest (raises ValueError/CatalogError
     with close matches on bad input)."""
     import catalog
-    from planner.cost import SpotAssumptions
-    from planner.recommend import (
+    from planner.engine.cost import SpotAssumptions
+    from planner.engine.plan import (
         DEFAULT_DATASET_TOKENS,
         DEFAULT_EPOCHS,
         DEFAULT_SEQ_LEN,
@@ -155,7 +155,7 @@ def _inputs_hash(o: dict[str, Any]) -> str:
 def _write(plan: Plan, out_dir: Path, slug: str) -> Path:
     """Reports (.md, .html, .json); the JSON alone if the report renderers are unavailable."""
     try:
-        from planner.reports import write_reports
+        from planner.report.write import write_reports
     except ImportError:
         from planner.plan_io import write_plan
 
@@ -165,9 +165,9 @@ def _write(plan: Plan, out_dir: Path, slug: str) -> Path:
 
 def _slug(model: str, budget: float, digest: str) -> str:
     try:
-        from planner.reports import report_slug
+        from planner.report.write import report_slug
     except ImportError:
-        from planner.recommend import plan_slug
+        from planner.engine.plan import plan_slug
 
         return plan_slug(model, budget, digest)
     return report_slug(model, budget, digest)
@@ -267,7 +267,7 @@ def recommend_command(**o: Any) -> None:
 
 
 def _plan(request: Any) -> Plan:
-    from planner.recommend import recommend
+    from planner.engine.plan import recommend
     from profiler.calibration import calibration_for
     from profiler.estimator import estimate, memory_fits
     from profiler.store import default_store
@@ -285,7 +285,7 @@ def _plan(request: Any) -> Plan:
 
 def render(plan: Plan, *, fmt: str, quiet: bool, report: Path) -> None:
     """Print the plan: one line (--quiet), JSON, markdown or rich tables."""
-    from planner.recommend import describe
+    from planner.engine.plan import describe
 
     if fmt == "json":
         from planner.plan_io import plan_to_json
@@ -314,8 +314,8 @@ def _render_table(plan: Plan, report: Path) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from planner.recommend import describe
-    from planner.search import with_nodes_label
+    from planner.engine.evaluate import with_nodes_label
+    from planner.engine.plan import describe
 
     console = Console(highlight=False, soft_wrap=True)
     if not console.is_terminal:  # piped or captured: no terminal width to respect

@@ -16,6 +16,7 @@ import click
 
 from catalog import get_model
 from planner._types import Candidate, Plan
+from planner.cli.errors import UserInputError
 from profiler import Method
 from runners import (
     LaunchSpec,
@@ -103,8 +104,6 @@ def launch_spec_from_plan(
 
 
 def _user_error(exc: Exception) -> click.ClickException:
-    from planner.cli import UserInputError  # deferred: planner.cli imports this module
-
     return UserInputError(str(exc))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from catalog import GPU, atomic_write_text, get_gpu, get_model, to_jsonable
-from planner.cli import UserInputError
+from planner.cli.errors import UserInputError
 from profiler import Measurement, Method, OptimizerKind, Precision, Sharding, TuningConfig
 
 

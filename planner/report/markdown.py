@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from planner._types import Candidate, Plan
-from planner.reports import (
+from planner.report.rows import (
     MEMORY_COMPONENTS,
     candidate_rows,
     fmt_gib,

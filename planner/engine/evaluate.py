@@ -1,4 +1,4 @@
-"""Candidates: the search space, its structural cells and the Evaluator that prices them.
+"""Evaluate: config → measurement → priced candidate, and the Evaluator that walks a cell.
 
 An :class:`Evaluator` turns (config, hardware) into priced :class:`Candidate` records with one
 cached estimator call per (config, GPU, nodes, interconnect), and walks one structural cell
@@ -8,25 +8,20 @@ either fast (:meth:`Evaluator.solve_cell`) or point by point
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-from catalog import GPU, ModelSpec, Offer
+from catalog import GPU, Offer
 from planner._types import Budget, Candidate
-from planner.cost import (
-    SpotAssumptions,
-    StartupAssumptions,
+from planner.engine.cost import (
     checkpoint_gib,
     estimate_cost,
     weights_download_gib,
 )
-from planner.quality import accepted, assess_quality, suggested_learning_rate
+from planner.engine.quality import accepted, assess_quality, suggested_learning_rate
+from planner.engine.space import Hardware, SearchProblem, Variant
 from profiler import (
-    TARGETS_ALL_LINEAR,
-    TARGETS_ATTENTION,
     Measurement,
     Method,
     OptimizerKind,
@@ -55,89 +50,6 @@ MIN_OPTIMIZER_STEPS_PER_EPOCH = 50
 # quantization ≈ 0.52 B/param for QLoRA (Dettmers et al., 2023: 4.127 bits per parameter).
 _WEIGHT_BYTES = {Method.LORA: 2.0, Method.QLORA: 0.52}
 _GIB = 1024**3
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SearchSpace:
-    """The values each dimension may take."""
-
-    methods: tuple[Method, ...] = (Method.FULL, Method.LORA, Method.QLORA)
-    lora_ranks: tuple[int, ...] = (8, 16, 32, 64, 128)
-    lora_targets: tuple[str, ...] = (TARGETS_ALL_LINEAR, TARGETS_ATTENTION)
-    full_precisions: tuple[Precision, ...] = (Precision.BF16_MIXED, Precision.BF16)
-    optimizers: tuple[OptimizerKind, ...] = (OptimizerKind.ADAMW, OptimizerKind.ADAMW_8BIT)
-    micro_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
-    grad_checkpointing: tuple[bool, ...] = (False, True)
-    node_counts: tuple[int, ...] = (1, 2, 4, 8)
-
-    def __post_init__(self) -> None:
-        if not self.methods:
-            raise ValueError("the search space needs at least one method")
-        if any(b <= 0 for b in self.micro_batches) or not self.micro_batches:
-            raise ValueError(f"micro-batches must be > 0, got {self.micro_batches}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SearchProblem:
-    """Everything the search needs, as values: the model, the job, the offers and assumptions.
-
-    ``gpus`` maps each offer's ``gpu`` name to its :class:`GPU`.
-    """
-
-    spec: ModelSpec
-    budget: Budget
-    seq_len: int
-    offers: tuple[Offer, ...]
-    gpus: Mapping[str, GPU]
-    space: SearchSpace = field(default_factory=SearchSpace)
-    spot: SpotAssumptions = field(default_factory=SpotAssumptions)
-    startup: StartupAssumptions = field(default_factory=StartupAssumptions)
-
-    def fingerprint(self) -> str:
-        """Short hash of the inputs, used to name a stored optuna study."""
-        text = repr(
-            (
-                self.spec.name,
-                self.budget,
-                self.seq_len,
-                sorted(o.key for o in self.offers),
-                self.space,
-                self.spot,
-                self.startup,
-            )
-        )
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Variant:
-    """The method-level structural choice: method plus targets (LoRA) or precision (full)."""
-
-    method: Method
-    precision: Precision
-    targets: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.method.value}/{self.targets or self.precision.value}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Hardware:
-    """The hardware-level structural choice: GPU type × GPUs per node × nodes, and its offers."""
-
-    gpu: GPU
-    gpus_per_node: int
-    nodes: int
-    offers: tuple[Offer, ...]
-
-    @property
-    def key(self) -> str:
-        return f"{self.gpu.name}|x{self.gpus_per_node}|n{self.nodes}"
-
-    @property
-    def gpu_count(self) -> int:
-        return self.gpus_per_node * self.nodes
 
 
 def sort_key(candidate: Candidate) -> tuple[Any, ...]:
@@ -530,11 +442,7 @@ __all__ = [
     "EstimateFn",
     "Evaluator",
     "FitsFn",
-    "Hardware",
     "LookupFn",
-    "SearchProblem",
-    "SearchSpace",
-    "Variant",
     "constraints",
     "default_fits",
     "sort_key",

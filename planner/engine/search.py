@@ -18,22 +18,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from planner._types import Budget, Candidate
-from planner.candidates import (
+from planner.engine.evaluate import (
     CONSTRAINT_NAMES,
-    GLOBAL_BATCH_TARGET_TOKENS,
     EstimateFn,
     Evaluator,
     FitsFn,
-    Hardware,
     LookupFn,
-    SearchProblem,
-    SearchSpace,
-    Variant,
     constraints,
     default_fits,
     sort_key,
-    with_nodes_label,
 )
+from planner.engine.space import Hardware, SearchProblem, Variant
 from profiler import Method
 
 if TYPE_CHECKING:
@@ -306,15 +301,4 @@ def _trial_values(
     return values, constraints(best, budget)
 
 
-__all__ = [
-    "GLOBAL_BATCH_TARGET_TOKENS",
-    "Evaluator",
-    "SearchProblem",
-    "SearchResult",
-    "SearchSpace",
-    "constraints",
-    "exhaustive_search",
-    "search",
-    "sort_key",
-    "with_nodes_label",
-]
+__all__ = ["SearchResult", "exhaustive_search", "search"]

@@ -26,20 +26,18 @@ from planner._types import (
     SearchInfo,
     TokensSource,
 )
-from planner.cost import SpotAssumptions, StartupAssumptions
-from planner.quality import ACCEPTED_LEVELS, BITS_PER_TOKEN, LORA_BITS_PER_PARAM
-from planner.search import (
+from planner.engine.cost import SpotAssumptions, StartupAssumptions
+from planner.engine.evaluate import (
     GLOBAL_BATCH_TARGET_TOKENS,
     EstimateFn,
     FitsFn,
     LookupFn,
-    SearchProblem,
-    SearchResult,
-    SearchSpace,
     default_fits,
-    search,
     with_nodes_label,
 )
+from planner.engine.quality import ACCEPTED_LEVELS, BITS_PER_TOKEN, LORA_BITS_PER_PARAM
+from planner.engine.search import SearchResult, search
+from planner.engine.space import SearchProblem, SearchSpace
 from profiler import Method, Source
 
 # Default dataset when the user gives neither --tokens nor --dataset: 10M tokens per epoch, about

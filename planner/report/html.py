@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from planner._types import Candidate, Plan
-from planner.reports import (
+from planner.report.rows import (
     all_candidates,
     candidate_rows,
     candidate_status,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from catalog import ModelSpec
 from planner._types import Budget, QualityPolicy, QualityRisk, RiskLevel, Task
-from planner.cost import trainable_param_count
+from planner.engine.cost import trainable_param_count
 from profiler import Method, Precision, TuningConfig, resolve_targets
 
 SCHULMAN_2025 = 'Schulman et al., "LoRA Without Regret", Thinking Machines Lab, 2025'

@@ -1,0 +1,96 @@
+"""The search space: the values each dimension may take, the problem the search solves, and the
+structural cells (method variant × hardware) it walks. Values only, no effects."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from catalog import GPU, ModelSpec, Offer
+from planner._types import Budget
+from planner.engine.cost import SpotAssumptions, StartupAssumptions
+from profiler import TARGETS_ALL_LINEAR, TARGETS_ATTENTION, Method, OptimizerKind, Precision
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchSpace:
+    """The values each dimension may take."""
+
+    methods: tuple[Method, ...] = (Method.FULL, Method.LORA, Method.QLORA)
+    lora_ranks: tuple[int, ...] = (8, 16, 32, 64, 128)
+    lora_targets: tuple[str, ...] = (TARGETS_ALL_LINEAR, TARGETS_ATTENTION)
+    full_precisions: tuple[Precision, ...] = (Precision.BF16_MIXED, Precision.BF16)
+    optimizers: tuple[OptimizerKind, ...] = (OptimizerKind.ADAMW, OptimizerKind.ADAMW_8BIT)
+    micro_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    grad_checkpointing: tuple[bool, ...] = (False, True)
+    node_counts: tuple[int, ...] = (1, 2, 4, 8)
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("the search space needs at least one method")
+        if any(b <= 0 for b in self.micro_batches) or not self.micro_batches:
+            raise ValueError(f"micro-batches must be > 0, got {self.micro_batches}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchProblem:
+    """Everything the search needs, as values: the model, the job, the offers and assumptions.
+
+    ``gpus`` maps each offer's ``gpu`` name to its :class:`GPU`.
+    """
+
+    spec: ModelSpec
+    budget: Budget
+    seq_len: int
+    offers: tuple[Offer, ...]
+    gpus: Mapping[str, GPU]
+    space: SearchSpace = field(default_factory=SearchSpace)
+    spot: SpotAssumptions = field(default_factory=SpotAssumptions)
+    startup: StartupAssumptions = field(default_factory=StartupAssumptions)
+
+    def fingerprint(self) -> str:
+        """Short hash of the inputs, used to name a stored optuna study."""
+        text = repr(
+            (
+                self.spec.name,
+                self.budget,
+                self.seq_len,
+                sorted(o.key for o in self.offers),
+                self.space,
+                self.spot,
+                self.startup,
+            )
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Variant:
+    """The method-level structural choice: method plus targets (LoRA) or precision (full)."""
+
+    method: Method
+    precision: Precision
+    targets: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.method.value}/{self.targets or self.precision.value}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hardware:
+    """The hardware-level structural choice: GPU type × GPUs per node × nodes, and its offers."""
+
+    gpu: GPU
+    gpus_per_node: int
+    nodes: int
+    offers: tuple[Offer, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.gpu.name}|x{self.gpus_per_node}|n{self.nodes}"
+
+    @property
+    def gpu_count(self) -> int:
+        return self.gpus_per_node * self.nodes
