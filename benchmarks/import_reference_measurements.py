@@ -1,15 +1,19 @@
 """Convert the reference H100 measurements into ftplan profile records.
 
-Reads ``profiler/data/reference-h100.jsonl`` (real training steps on one NVIDIA H100 80GB HBM3;
-conditions in ``profiler/data/README.md``) and writes
-``profiler/data/profiles-h100-reference.jsonl`` as
-``Source.MEASURED`` records that ``profiler.store.default_store()`` ships.
+Reads a reference file (``profiler/data/reference-h100.jsonl`` or ``reference-h100-2.jsonl``:
+real training steps on one NVIDIA H100 80GB HBM3; conditions in ``profiler/data/README.md``) and
+writes its full-depth rows as ``Source.MEASURED`` records that ``profiler.store.default_store()``
+ships. Rows of a model truncated to 2 or 4 decoder layers are not profiles of that model and are
+left out (the estimator's validation reads them from the reference file).
 
 Usage::
 
     python benchmarks/import_reference_measurements.py \\
         --source profiler/data/reference-h100.jsonl \\
         --out profiler/data/profiles-h100-reference.jsonl
+    python benchmarks/import_reference_measurements.py \\
+        --source profiler/data/reference-h100-2.jsonl \\
+        --out profiler/data/profiles-h100-reference-2.jsonl
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from catalog import atomic_write_text, to_jsonable  # noqa: E402
+from catalog import atomic_write_text, get_model, to_jsonable  # noqa: E402
 from profiler import (  # noqa: E402
     TARGETS_ALL_LINEAR,
+    TARGETS_ATTENTION,
     Measurement,
     Method,
     Precision,
@@ -56,9 +61,16 @@ _MODES: dict[str, tuple[Method, Precision]] = {
     "lora": (Method.LORA, Precision.BF16_MIXED),
     "qlora": (Method.QLORA, Precision.BF16_MIXED),
 }
+# Target names of the reference files (absent in the first set: all-linear).
+_TARGETS: dict[str | None, str] = {
+    None: TARGETS_ALL_LINEAR,
+    TARGETS_ALL_LINEAR: TARGETS_ALL_LINEAR,
+    "attn": TARGETS_ATTENTION,
+    "qv": "q_proj,v_proj",
+}
 
 
-def convert(row: dict[str, Any]) -> Measurement:
+def convert(row: dict[str, Any], *, source_name: str = "reference-h100.jsonl") -> Measurement:
     """One reference row as a Measurement.
 
     Raises:
@@ -68,14 +80,14 @@ def convert(row: dict[str, Any]) -> Measurement:
         raise ValueError(f"unknown mode {row['mode']!r} in {row}")
     method, precision = _MODES[row["mode"]]
     lora = method is not Method.FULL
-    if lora and row["lora_targets"] != TARGETS_ALL_LINEAR:
+    if lora and row["lora_targets"] not in _TARGETS:
         raise ValueError(f"unexpected LoRA targets {row['lora_targets']!r} in {row}")
     config = TuningConfig(
         method=method,
         precision=precision,
         lora_rank=int(row["lora_r"]) if lora else None,
-        lora_alpha=None,  # reference alpha 32 = 2 x r16, the default
-        lora_targets=TARGETS_ALL_LINEAR if lora else None,
+        lora_alpha=None,  # reference alpha is always 2 x r, the default
+        lora_targets=_TARGETS[row["lora_targets"]] if lora else None,
         micro_batch_size=int(row["batch"]),
         seq_len=int(row["seq"]),
         grad_checkpointing=bool(row["grad_ckpt"]),
@@ -96,7 +108,7 @@ def convert(row: dict[str, Any]) -> Measurement:
             notes=(
                 f"{row['layers']} layers; static allocation {row['static_alloc_gib']} GiB; "
                 f"device used (total - free) {row['device_used_gib']} GiB; conditions in "
-                f"profiler/data/README.md (reference-h100.jsonl)"
+                f"profiler/data/README.md ({source_name})"
             ),
         ),
         peak_allocated_gib=float(row["peak_alloc_gib"]) if ok else None,
@@ -123,11 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     rows = [json.loads(line) for line in args.source.read_text().splitlines() if line.strip()]
-    records = [convert(row) for row in rows]
+    full_depth = [r for r in rows if int(r["layers"]) >= get_model(r["model"]).num_layers]
+    records = [convert(row, source_name=args.source.name) for row in full_depth]
     atomic_write_text(
         args.out, "".join(json.dumps(to_jsonable(r), sort_keys=True) + "\n" for r in records)
     )
-    print(f"wrote {len(records)} records to {args.out}")
+    print(
+        f"wrote {len(records)} records to {args.out} "
+        f"({len(rows) - len(full_depth)} truncated-depth rows left out)"
+    )
     return 0
 
 

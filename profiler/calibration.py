@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -208,6 +208,10 @@ def calibration_for(gpu: GPU) -> Calibration:
 
 
 REFERENCE_H100_FILE = SHIPPED_DATA_DIR / "reference-h100.jsonl"
+# The second set: the same H100 and conditions, larger models (7-13B), production-sized steps,
+# ranks 8-128, attention-only targets and 2/4-layer truncated rows (profiler/data/README.md).
+REFERENCE_H100_2_FILE = SHIPPED_DATA_DIR / "reference-h100-2.jsonl"
+REFERENCE_H100_FILES = (REFERENCE_H100_FILE, REFERENCE_H100_2_FILE)
 REFERENCE_H100_PROVENANCE = Provenance(
     device="NVIDIA H100 80GB HBM3",
     date="2026-11",
@@ -226,21 +230,38 @@ _REFERENCE_MODES = {
     "lora": ("lora", "bf16-mixed"),
     "qlora": ("qlora", "bf16-mixed"),
 }
+# Target names of the reference files -> ftplan's target specs.
+_REFERENCE_TARGETS = {
+    None: "all-linear",
+    "all-linear": "all-linear",
+    "attn": "attention",
+    "qv": "q_proj,v_proj",
+}
 
 
 def reference_measurements(
-    path: Path = REFERENCE_H100_FILE, *, gpu_name: str = REFERENCE_GPU
+    path: Path = REFERENCE_H100_FILE,
+    *,
+    gpu_name: str = REFERENCE_GPU,
+    include_truncated: bool = False,
 ) -> list[Measurement]:
-    """The H100 reference runs as Measurement records (one per JSONL row).
+    """Reference runs as Measurement records (one per JSONL row).
 
     Modes map to recipes: ``full-mixed`` → full/bf16-mixed, ``full-bf16`` → full/bf16,
-    ``lora``/``qlora`` → r=16, alpha=32, all-linear, bf16-mixed.
+    ``lora``/``qlora`` → bf16-mixed with the row's ``lora_r`` (16 when absent), alpha 2·r and its
+    targets (``attn`` → attention, ``qv`` → q_proj,v_proj; all-linear when absent). Rows of a
+    model truncated to fewer decoder layers are skipped unless ``include_truncated``; then their
+    layer count is in ``Measurement.fit`` as ``num_layers`` (the model name stays the same).
 
     Raises:
-        ValueError: If a row has an unknown mode.
+        ValueError: If a row has an unknown mode or targets.
     """
     from profiler._types import Method, Precision, TuningConfig
 
+    provenance = replace(
+        REFERENCE_H100_PROVENANCE,
+        notes=f"profiler/data/{path.name} (see profiler/data/README.md)",
+    )
     records: list[Measurement] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
@@ -250,14 +271,20 @@ def reference_measurements(
             raise ValueError(
                 f"{path}: unknown mode {row['mode']!r}; expected one of {sorted(_REFERENCE_MODES)}"
             )
+        if row.get("lora_targets") not in _REFERENCE_TARGETS:
+            raise ValueError(f"{path}: unknown lora_targets {row.get('lora_targets')!r}")
+        truncated = row.get("layers") is not None and _is_truncated(row)
+        if truncated and not include_truncated:
+            continue
         method, precision = _REFERENCE_MODES[row["mode"]]
         lora = method != "full"
+        rank = int(row.get("lora_r") or 16)
         config = TuningConfig(
             method=Method(method),
             precision=Precision(precision),
-            lora_rank=16 if lora else None,
-            lora_alpha=32 if lora else None,
-            lora_targets="all-linear" if lora else None,
+            lora_rank=rank if lora else None,
+            lora_alpha=2 * rank if lora else None,
+            lora_targets=_REFERENCE_TARGETS[row.get("lora_targets")] if lora else None,
             micro_batch_size=row["batch"],
             seq_len=row["seq"],
             grad_checkpointing=row["grad_ckpt"],
@@ -269,13 +296,30 @@ def reference_measurements(
                 config=config,
                 status=Status(row["status"]),
                 source=Source.MEASURED,
-                provenance=REFERENCE_H100_PROVENANCE,
+                provenance=provenance,
                 peak_allocated_gib=row["peak_alloc_gib"],
                 peak_reserved_gib=row["peak_reserved_gib"],
                 step_time_s=row["step_s"],
                 tokens_per_s=row["tokens_per_s"],
                 trainable_params=row["trainable_params"],
                 total_params=row["total_params"],
+                fit=(("num_layers", float(row["layers"])),) if truncated else (),
             )
         )
     return records
+
+
+def all_reference_measurements(*, include_truncated: bool = False) -> list[Measurement]:
+    """Both shipped H100 reference sets (:data:`REFERENCE_H100_FILES`), in file order."""
+    return [
+        m
+        for path in REFERENCE_H100_FILES
+        for m in reference_measurements(path, include_truncated=include_truncated)
+    ]
+
+
+def _is_truncated(row: dict[str, object]) -> bool:
+    """Whether a reference row is a model cut to fewer decoder layers than the catalog's."""
+    from catalog import get_model
+
+    return int(str(row["layers"])) < get_model(str(row["model"])).num_layers

@@ -14,8 +14,10 @@ from catalog import get_gpu, get_model
 from planner.cli import main
 from profiler.calibration import (
     FIRST_PRINCIPLES,
+    REFERENCE_H100_2_FILE,
     SHIPPED_DATA_DIR,
     Calibration,
+    all_reference_measurements,
     calibration_file_name,
     calibration_for,
     calibration_to_json,
@@ -44,6 +46,18 @@ def test_reference_rows_convert_to_measurements() -> None:
     assert {m.config.precision.value for m in rows} == {"bf16-mixed", "bf16"}
     lora = [m for m in rows if m.config.lora_rank is not None]
     assert all(m.config.lora_rank == 16 and m.config.lora_alpha == 32 for m in lora)
+
+
+def test_second_reference_set_reads_ranks_targets_and_depth() -> None:
+    rows = reference_measurements(REFERENCE_H100_2_FILE)
+    assert len(rows) == 28 and not any(m.fit for m in rows)
+    assert {m.config.lora_rank for m in rows} == {8, 16, 64, 128}
+    assert {m.config.lora_targets for m in rows} == {"all-linear", "attention"}
+    assert all(m.config.lora_alpha == 2 * (m.config.lora_rank or 0) for m in rows)
+    everything = reference_measurements(REFERENCE_H100_2_FILE, include_truncated=True)
+    truncated = [m for m in everything if m.fit]
+    assert len(truncated) == 16 and {dict(m.fit)["num_layers"] for m in truncated} == {2, 4}
+    assert len(all_reference_measurements()) == 52
 
 
 def test_fit_on_reference_rows_is_physical_and_accurate() -> None:

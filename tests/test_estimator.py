@@ -21,7 +21,12 @@ from profiler import (
     Source,
     TuningConfig,
 )
-from profiler.calibration import FIRST_PRINCIPLES, calibration_for, reference_measurements
+from profiler.calibration import (
+    FIRST_PRINCIPLES,
+    all_reference_measurements,
+    calibration_for,
+    reference_measurements,
+)
 from profiler.estimator import (
     ALLOCATOR_OVERHEAD_GIB,
     GIB,
@@ -238,6 +243,30 @@ def test_reference_runs_within_tolerance() -> None:
     assert len(memory) == 24
     assert statistics.median(memory) < 0.10 and max(memory) < 0.20
     assert statistics.median(time) < 0.25
+
+
+def test_memory_counts_saved_inputs_per_adapted_linear() -> None:
+    """A frozen linear without an adapter saves no input: attention-only LoRA needs less."""
+    gpu = get_gpu("h100")
+    attention_only = [
+        m
+        for m in all_reference_measurements()
+        if m.config.lora_targets == "attention" and not m.config.grad_checkpointing
+    ]
+    assert attention_only  # mistral-7b LoRA and QLoRA r8, 8 x 512 tokens, H100
+    for m in attention_only:
+        e = estimate_(get_model(m.model), m.config, gpu)
+        assert e.peak_allocated_gib == pytest.approx(m.peak_allocated_gib, rel=0.02)
+    spec = get_model("llama2-7b")
+    base = {"method": Method.LORA, "lora_rank": 16, "micro_batch_size": 4, "seq_len": 1024}
+    per_token = {
+        t: memory_terms(spec, TuningConfig(lora_targets=t, **base), gpu)["layer_bytes_per_token"]
+        for t in ("all-linear", "attention", "q_proj,v_proj")
+    }
+    h, i, q = spec.hidden_size, spec.intermediate_size, spec.q_dim
+    # attention-only drops the gate/up copies (2h each) and down's (2i); q,v also k's and o's.
+    assert per_token["all-linear"] - per_token["attention"] == 4 * h + 2 * i
+    assert per_token["attention"] - per_token["q_proj,v_proj"] == 2 * h + 2 * q
 
 
 def test_first_principles_memory_needs_no_calibration() -> None:
