@@ -1,0 +1,178 @@
+"""Guard rails for the layout: every module imports alone, the layers point downward
+(catalog <- profiler <- runners <- planner) and no import cycle exists among ftplan's modules,
+counting imports inside functions (imports under ``if TYPE_CHECKING:`` do not run, so they do
+not count). Read with ``ast``; nothing is imported to build the graph.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("catalog", "profiler", "runners", "planner")  # each may import only those before it
+
+
+def first_party_modules(root: Path, packages: tuple[str, ...] = LAYERS) -> dict[str, Path]:
+    """Dotted module name -> file, for every ``.py`` file under the given packages."""
+    modules: dict[str, Path] = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the first-party modules it imports, anywhere in its body (functions included),
+    except under ``if TYPE_CHECKING:``. ``from a import b`` counts ``a.b`` when it is a module,
+    else ``a``."""
+
+    def owner(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+
+        def visit(node: ast.AST, package: str = package, found: set[str] = found) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.If) and _is_type_checking(child):
+                    for stmt in child.orelse:
+                        visit(ast.Module(body=[stmt], type_ignores=[]))
+                    continue
+                if isinstance(child, ast.Import):
+                    found.update(filter(None, (owner(a.name) for a in child.names)))
+                elif isinstance(child, ast.ImportFrom):
+                    base = child.module or ""
+                    if child.level:
+                        parts = package.split(".")[: len(package.split(".")) - child.level + 1]
+                        base = ".".join([*parts, *([child.module] if child.module else [])])
+                    for alias in child.names:
+                        target = f"{base}.{alias.name}"
+                        hit = target if target in modules else owner(base)
+                        if hit:
+                            found.add(hit)
+                visit(child)
+
+        visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+        found.discard(name)
+        graph[name] = found
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return out
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that point up the layers (e.g. profiler -> planner)."""
+    rank = {package: i for i, package in enumerate(LAYERS)}
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if rank[target.split(".")[0]] > rank[module.split(".")[0]]
+    )
+
+
+def test_the_layers_point_downward() -> None:
+    graph = import_graph(first_party_modules(ROOT))
+    assert upward_imports(graph) == []
+
+
+def test_no_import_cycle_among_first_party_modules() -> None:
+    graph = import_graph(first_party_modules(ROOT))
+    assert cycles(graph) == []
+
+
+def test_the_checker_sees_imports_in_functions_and_skips_type_checking(tmp_path: Path) -> None:
+    pkg = tmp_path / "planner"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from planner.c import C\n"
+        "def f():\n    from planner import b\n    return b\n"
+    )
+    (pkg / "b.py").write_text("from .a import f\n")
+    (pkg / "c.py").write_text("import planner.a\n")
+    (tmp_path / "catalog").mkdir()
+    (tmp_path / "catalog" / "__init__.py").write_text("def g():\n    import planner.c\n")
+    graph = import_graph(first_party_modules(tmp_path, ("catalog", "planner")))
+    assert graph["planner.a"] == {"planner.b"}  # the TYPE_CHECKING import does not count
+    assert graph["planner.b"] == {"planner.a"}  # relative import
+    assert cycles(graph) == [["planner.a", "planner.b"]]
+    assert upward_imports(graph) == ["catalog -> planner.c"]
+
+
+def _import_alone(module: str) -> str | None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+    if done.returncode == 0:
+        return None
+    last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return f"{module}: {last}"
+
+
+def test_every_module_imports_alone() -> None:
+    """One fresh interpreter per module, so import order cannot hide a cycle or missing import."""
+    modules = sorted(first_party_modules(ROOT))
+    assert "planner.cli" in modules and "profiler.estimator" in modules
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        failures = [f for f in pool.map(_import_alone, modules) if f]
+    assert failures == []
