@@ -361,6 +361,8 @@ def test_gpu_launch_from_a_plan_matches_the_prediction(tmp_path: Path) -> None:
             "--random-init",
             "--max-steps",
             "30",
+            "--grad-accum",
+            "1",
             "--output-dir",
             str(runs),
             "--wait",
