@@ -22,8 +22,10 @@ from catalog._load import (
     parse_provider,
     user_offers_path,
 )
+from catalog._sky_names import gpu_for_sky_accelerator, sky_accelerator_for_gpu
 from catalog._types import GPU, CatalogError, Interconnect, ModelSpec, Offer, Provider
 from catalog.refresh import PriceChange, RefreshResult, refresh_aws
+from catalog.skypilot import SkyPilotRefreshResult, refresh_from_skypilot
 
 __all__ = [
     "GPU",
@@ -36,6 +38,7 @@ __all__ = [
     "PriceChange",
     "Provider",
     "RefreshResult",
+    "SkyPilotRefreshResult",
     "atomic_write_text",
     "cache_dir",
     "catalog_age_warning",
@@ -43,6 +46,7 @@ __all__ = [
     "from_jsonable",
     "get_gpu",
     "get_model",
+    "gpu_for_sky_accelerator",
     "list_gpus",
     "list_models",
     "list_offers",
@@ -51,6 +55,8 @@ __all__ = [
     "model_from_hf_config",
     "parse_provider",
     "refresh_aws",
+    "refresh_from_skypilot",
+    "sky_accelerator_for_gpu",
     "to_jsonable",
     "user_offers_path",
 ]

@@ -98,6 +98,7 @@ class CatalogInfo:
     newest_price_as_of: str
     stale_offer_count: int
     age_days: int
+    old_providers: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,15 +525,23 @@ def local_offer(
     )
 
 
-def catalog_info(*, today: date | None = None) -> CatalogInfo:
+def catalog_info(
+    *, today: date | None = None, providers: Iterable[Provider | str] | None = None
+) -> CatalogInfo:
     """Summarise the active offers file: where it is and how old its prices are.
 
     Args:
         today: The date ages are measured against; defaults to today.
+        providers: Only these providers' offers count (e.g. the ones a plan priced); None: all.
     """
     path, offers = _all_offers()
+    if providers is not None:
+        wanted = {p if isinstance(p, Provider) else parse_provider(p) for p in providers}
+        offers = tuple(o for o in offers if o.provider in wanted)
     dates = sorted(o.as_of for o in offers) or [date.today().isoformat()]
     today = today or date.today()
+    cutoff = date.fromordinal(today.toordinal() - PRICE_AGE_WARNING_DAYS).isoformat()
+    old = sorted({o.provider.value for o in offers if o.as_of < cutoff})
     return CatalogInfo(
         offers_path=str(path),
         refreshed=path != shipped_offers_path(),
@@ -541,6 +550,7 @@ def catalog_info(*, today: date | None = None) -> CatalogInfo:
         newest_price_as_of=dates[-1],
         stale_offer_count=sum(o.stale for o in offers),
         age_days=(today - date.fromisoformat(dates[0])).days,
+        old_providers=tuple(old),
     )
 
 
@@ -553,9 +563,10 @@ def catalog_age_warning(info: CatalogInfo, today: date) -> str | None:
     if age_days <= PRICE_AGE_WARNING_DAYS:
         return (
             f"{info.stale_offer_count} offers are marked stale (prices known to have "
-            f"changed); run 'ftplan catalog refresh --provider aws'"
+            f"changed); run 'ftplan catalog refresh --from skypilot'"
         )
+    which = f" ({', '.join(info.old_providers)})" if info.old_providers else ""
     return (
-        f"prices are {age_days} days old (oldest {info.oldest_price_as_of}){stale}; run "
-        f"'ftplan catalog refresh --provider aws'"
+        f"prices{which} are {age_days} days old (oldest {info.oldest_price_as_of}){stale}; run "
+        f"'ftplan catalog refresh --from skypilot'"
     )

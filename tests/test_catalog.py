@@ -310,7 +310,7 @@ def test_age_warning_only_after_90_days() -> None:
     assert catalog_age_warning(_info("2025-11-02"), today) is None  # 90 days
     warning = catalog_age_warning(_info("2025-11-01"), today)
     assert warning == (
-        "prices are 91 days old (oldest 2025-11-01); run 'ftplan catalog refresh --provider aws'"
+        "prices are 91 days old (oldest 2025-11-01); run 'ftplan catalog refresh --from skypilot'"
     )
     assert "2 offers are marked stale" in (
         catalog_age_warning(_info("2026-01-30", 2), today) or ""

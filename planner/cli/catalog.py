@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Callable, Sequence
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,6 +16,7 @@ from catalog import (
     ModelSpec,
     Offer,
     RefreshResult,
+    SkyPilotRefreshResult,
     catalog_age_warning,
     catalog_info,
     list_gpus,
@@ -23,6 +25,7 @@ from catalog import (
     model_aliases,
     parse_provider,
     refresh_aws,
+    refresh_from_skypilot,
     to_jsonable,
 )
 
@@ -250,11 +253,21 @@ def _print_changes(result: RefreshResult) -> None:
 
 @click.command("refresh")
 @click.option(
-    "--provider",
-    "provider_name",
-    default="aws",
+    "--from",
+    "source",
+    type=click.Choice(["aws-pricing-api", "skypilot"]),
+    default="aws-pricing-api",
     show_default=True,
-    help="Provider to refresh (only aws has a price API ftplan reads).",
+    help="aws-pricing-api: AWS's own Pricing API (boto3). skypilot: SkyPilot's daily catalog "
+    "for aws, gcp, azure, lambda and runpod.",
+)
+@click.option(
+    "--provider",
+    "provider_names",
+    multiple=True,
+    metavar="NAME",
+    help="Provider to refresh (repeatable; default: aws for the Pricing API, every provider "
+    "in SkyPilot's catalog).",
 )
 @click.option(
     "--region",
@@ -262,23 +275,42 @@ def _print_changes(result: RefreshResult) -> None:
     multiple=True,
     default=("us-east-1",),
     show_default=True,
-    help="AWS region to price (repeatable).",
+    help="AWS region to price with the Pricing API (repeatable).",
 )
-def refresh_command(provider_name: str, regions: tuple[str, ...]) -> None:
-    """Fetch current AWS on-demand (Pricing API) and spot (EC2) prices into your cache.
+@click.option(
+    "--catalog-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="SkyPilot catalog folder (<cloud>/vms.csv, layout v7); default: the installed "
+    "SkyPilot's catalog, fetched when online.",
+)
+def refresh_command(
+    source: str,
+    provider_names: tuple[str, ...],
+    regions: tuple[str, ...],
+    catalog_dir: Path | None,
+) -> None:
+    """Fetch current prices into your cache: AWS's Pricing API, or SkyPilot's catalog.
 
-    Needs AWS credentials allowed pricing:GetProducts and ec2:DescribeSpotPriceHistory. Writes
-    $FTPLAN_CACHE_DIR/offers.csv (default ~/.cache/ftplan); on any error nothing is written.
+    Writes $FTPLAN_CACHE_DIR/offers.csv (default ~/.cache/ftplan) atomically; on any error
+    nothing is written. The Pricing API needs AWS credentials allowed pricing:GetProducts and
+    ec2:DescribeSpotPriceHistory.
 
     \b
     Examples:
       ftplan catalog refresh --provider aws --region us-east-1
-      ftplan catalog refresh --region us-east-1 --region us-west-2
+      ftplan catalog refresh --from skypilot
+      ftplan catalog refresh --from skypilot --catalog-dir skypilot-catalog/catalogs/v7
     """
-    if parse_provider(provider_name).value != "aws":
+    providers = [parse_provider(p).value for p in provider_names]
+    if source == "skypilot":
+        _print_skypilot(refresh_from_skypilot(catalog_dir=catalog_dir, clouds=providers or None))
+        return
+    if catalog_dir is not None:
+        raise click.UsageError("--catalog-dir reads SkyPilot's catalog: add --from skypilot")
+    if any(p != "aws" for p in providers):
         raise click.UsageError(
-            f"ftplan can refresh only aws prices, not {provider_name!r}; "
-            f"other providers' prices come with ftplan releases."
+            f"the AWS Pricing API prices only aws, not {', '.join(providers)}; for other "
+            f"providers use --from skypilot"
         )
     update, stop = _status_printer()
     try:
@@ -288,9 +320,33 @@ def refresh_command(provider_name: str, regions: tuple[str, ...]) -> None:
     _print_changes(result)
 
 
+def _print_skypilot(result: SkyPilotRefreshResult) -> None:
+    click.echo(
+        f"wrote {result.offer_count} offers to {result.offers_path} ({result.refreshed_count} "
+        f"from SkyPilot's catalog in {result.catalog_dir}, as of {result.as_of}; clouds: "
+        f"{', '.join(result.clouds)})"
+    )
+    added = sum(c.old_usd_per_hour is None for c in result.changes)
+    removed = sum(c.new_usd_per_hour is None for c in result.changes)
+    changed = [c for c in result.changes if None not in (c.old_usd_per_hour, c.new_usd_per_hour)]
+    click.echo(f"  {len(changed)} prices changed, {added} offers added, {removed} removed")
+    for change in changed:
+        click.echo(
+            f"  {change.key}: {change.old_usd_per_hour:.4g} -> {change.new_usd_per_hour:.4g} USD/h"
+        )
+    if result.unknown_accelerators:
+        unknown = ", ".join(f"{c}:{n} ({k} rows)" for c, n, k in result.unknown_accelerators)
+        total = sum(k for _, _, k in result.unknown_accelerators)
+        click.echo(f"skipped {total} rows with accelerators ftplan does not know: {unknown}")
+    for reason, count in result.skipped:
+        click.echo(f"skipped {count} rows: {reason}")
+    if result.skipped_clouds:
+        click.echo(f"clouds ftplan does not price yet: {', '.join(result.skipped_clouds)}")
+
+
 @click.group("catalog")
 def catalog_group() -> None:
-    """What ftplan knows: models, GPUs, priced offers; refresh AWS prices.
+    """What ftplan knows: models, GPUs, priced offers; refresh prices.
 
     \b
     Examples:
@@ -298,6 +354,7 @@ def catalog_group() -> None:
       ftplan catalog gpus --format json
       ftplan catalog offers --gpu h100 --no-spot
       ftplan catalog refresh --provider aws --region us-east-1
+      ftplan catalog refresh --from skypilot
     """
 
 

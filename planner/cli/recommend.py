@@ -60,7 +60,7 @@ def _build_request(o: dict[str, Any]) -> Any:
     gpus = [catalog.get_gpu(g) for g in o["gpu"]]
     providers = [catalog.parse_provider(p) for p in o["provider"]] or None
     offers = _offers(providers, gpus, o)
-    info = catalog.catalog_info()
+    info = catalog.catalog_info(providers={o_.provider for o_ in offers})
     warnings = tuple(w for w in [catalog.catalog_age_warning(info, date.today())] if w)
     if seq_len > spec.max_seq_len:
         warnings += (

@@ -1,0 +1,530 @@
+"""Prices from SkyPilot's catalog: ``<dir>/<cloud>/vms.csv`` files (catalog layout v7 and later).
+
+SkyPilot keeps a daily-updated price catalog per cloud (github.com/skypilot-org/skypilot-catalog,
+``catalogs/v7/<cloud>/vms.csv``). Columns differ in order by cloud (each cloud's fetcher in
+``sky/catalog/data_fetchers`` writes its own), so they are read by name. This module turns those
+rows into ftplan offers and writes them, atomically, into the user's cache; on any error nothing
+is written. ``sky`` is imported only by :func:`skypilot_catalog_dir`, which reads through the
+installed SkyPilot's own catalog API (it fetches SkyPilot's hosted catalog when online).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from catalog._io import atomic_write_text
+from catalog._load import OFFERS_FILENAME, active_offers_path, parse_offers_csv
+from catalog._sky_names import gpu_for_sky_accelerator
+from catalog._types import CatalogError, Provider
+from catalog.refresh import PriceChange, _changes, _read_rows, _to_csv
+
+#: Columns every cloud's vms.csv must have (SkyPilot catalog schema, all versions since v5).
+REQUIRED_COLUMNS = (
+    "InstanceType",
+    "AcceleratorName",
+    "AcceleratorCount",
+    "vCPUs",
+    "MemoryGiB",
+    "Price",
+    "SpotPrice",
+    "Region",
+)
+
+#: SkyPilot's cloud folder names for the providers ftplan prices, and the service they sell.
+CLOUD_PROVIDERS: dict[str, tuple[Provider, str]] = {
+    "aws": (Provider.AWS, "ec2"),
+    "gcp": (Provider.GCP, "gce"),
+    "azure": (Provider.AZURE, "vm"),
+    "lambda": (Provider.LAMBDA, "cloud"),
+    "runpod": (Provider.RUNPOD, "pod"),
+}
+
+#: Other clouds SkyPilot keeps a catalog for (sky/catalog/*_catalog.py, SkyPilot 0.14). Their
+#: files are skipped and reported: ftplan has no provider for them yet.
+OTHER_SKYPILOT_CLOUDS = frozenset(
+    {
+        "cudo",
+        "do",
+        "fluidstack",
+        "hyperbolic",
+        "ibm",
+        "kubernetes",
+        "mithril",
+        "nebius",
+        "oci",
+        "paperspace",
+        "primeintellect",
+        "scp",
+        "seeweb",
+        "shadeform",
+        "vast",
+        "verda",
+        "vsphere",
+        "yotta",
+    }
+)
+
+#: GCP sells A100, H100, H200, B200 and L4 only inside fixed VM families; the price of such a VM
+#: is its host row plus its GPU row. Host type per accelerator and count, from
+#: ``sky/catalog/gcp_catalog._ACC_INSTANCE_TYPE_DICTS`` (first, smallest type of each count).
+GCP_HOST_TYPES: dict[str, dict[int, str]] = {
+    "A100": {1: "a2-highgpu-1g", 2: "a2-highgpu-2g", 4: "a2-highgpu-4g", 8: "a2-highgpu-8g"},
+    "A100-80GB": {
+        1: "a2-ultragpu-1g",
+        2: "a2-ultragpu-2g",
+        4: "a2-ultragpu-4g",
+        8: "a2-ultragpu-8g",
+    },
+    "L4": {1: "g2-standard-4", 2: "g2-standard-24", 4: "g2-standard-48", 8: "g2-standard-96"},
+    "H100": {1: "a3-highgpu-1g", 2: "a3-highgpu-2g", 4: "a3-highgpu-4g", 8: "a3-highgpu-8g"},
+    "H200": {8: "a3-ultragpu-8g"},
+    "B200": {8: "a4-highgpu-8g"},
+}
+
+#: AWS rows a SkyPilot refresh replaces: SkyPilot's AWS catalog is EC2; SageMaker and capacity
+#: block rows keep their own source.
+_AWS_REFRESHED_SERVICE = "ec2"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SkyPilotRefreshResult:
+    """What a refresh from SkyPilot's catalog wrote, changed, and skipped.
+
+    Attributes:
+        offers_path: The offers file written.
+        catalog_dir: The SkyPilot catalog folder read.
+        clouds: Clouds whose rows were replaced.
+        as_of: Date stamped on the new rows.
+        offer_count: Offers in the file written.
+        refreshed_count: Offers that came from SkyPilot's catalog.
+        changes: Every price that changed, appeared or went away.
+        unknown_accelerators: ``(cloud, accelerator name, rows)`` for names ftplan does not map.
+        skipped: ``(reason, rows)`` for other rows left out (fractional GPUs, no price, ...).
+        skipped_clouds: SkyPilot clouds found in the folder that ftplan does not price.
+    """
+
+    offers_path: str
+    catalog_dir: str
+    clouds: tuple[str, ...]
+    as_of: str
+    offer_count: int
+    refreshed_count: int
+    changes: tuple[PriceChange, ...]
+    unknown_accelerators: tuple[tuple[str, str, int], ...]
+    skipped: tuple[tuple[str, int], ...]
+    skipped_clouds: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Price:
+    """One priced row of a vms.csv: a GPU machine in a zone."""
+
+    instance_type: str
+    region: str
+    gpu: str
+    gpu_count: int
+    usd_per_hour: float | None
+    spot_usd_per_hour: float | None
+    vcpus: int | None
+    memory_gib: float | None
+
+
+class _Tally:
+    """Counts of what a parse left out, for the report."""
+
+    def __init__(self) -> None:
+        self.unknown: dict[tuple[str, str], int] = {}
+        self.skipped: dict[str, int] = {}
+
+    def unknown_accelerator(self, cloud: str, name: str) -> None:
+        self.unknown[(cloud, name)] = self.unknown.get((cloud, name), 0) + 1
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def _fail(path: Path, line: int, column: str, why: str, value: str) -> CatalogError:
+    return CatalogError(
+        f"SkyPilot catalog file {path}, line {line}, column {column!r}: {why} (got {value!r}). "
+        f"Nothing was written. Fix the file or fetch it again from SkyPilot's catalog."
+    )
+
+
+def _number(path: Path, line: int, row: Mapping[str, str], column: str) -> float | None:
+    value = (row.get(column) or "").strip()
+    if not value or value.lower() == "nan":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise _fail(path, line, column, "not a number", value) from None
+    if number < 0:
+        raise _fail(path, line, column, "negative", value)
+    return number
+
+
+def _read_vms_csv(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """Rows of one vms.csv with their line numbers; the header is checked first."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"cannot read SkyPilot catalog file {path}: {exc}") from None
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        header = reader.fieldnames or []
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise CatalogError(
+                f"SkyPilot catalog file {path}, line 1, column {missing[0]!r}: column missing "
+                f"(header is {','.join(header) or '(empty)'}; needs {', '.join(REQUIRED_COLUMNS)})"
+                f". Nothing was written."
+            )
+        rows: list[tuple[int, dict[str, str]]] = []
+        for values in reader:
+            if None in values:
+                raise _fail(
+                    path,
+                    reader.line_num,
+                    header[-1],
+                    f"more fields than the {len(header)} columns of the header",
+                    ",".join(values[None]),
+                )
+            short = [c for c in REQUIRED_COLUMNS if values.get(c) is None]
+            if short:
+                raise _fail(path, reader.line_num, short[0], "line ends before this column", "")
+            rows.append((reader.line_num, values))
+    except csv.Error as exc:
+        raise CatalogError(
+            f"SkyPilot catalog file {path}, line {reader.line_num}: not valid CSV ({exc}). "
+            f"Nothing was written."
+        ) from None
+    return rows
+
+
+def _count(path: Path, line: int, row: Mapping[str, str], tally: _Tally) -> int | None:
+    count = _number(path, line, row, "AcceleratorCount")
+    if count is None:
+        raise _fail(path, line, "AcceleratorCount", "empty for an accelerator", "")
+    if count != int(count) or count < 1:
+        tally.skip("fractional GPU share (e.g. AWS g6f, Azure NV*ads_A10_v5)")
+        return None
+    return int(count)
+
+
+def _price(
+    path: Path, line: int, row: Mapping[str, str], *, gpu: str, count: int, instance_type: str
+) -> _Price:
+    vcpus = _number(path, line, row, "vCPUs")
+    return _Price(
+        instance_type=instance_type,
+        region=(row.get("Region") or "").strip(),
+        gpu=gpu,
+        gpu_count=count,
+        usd_per_hour=_number(path, line, row, "Price"),
+        spot_usd_per_hour=_number(path, line, row, "SpotPrice"),
+        vcpus=int(vcpus) if vcpus is not None else None,
+        memory_gib=_number(path, line, row, "MemoryGiB"),
+    )
+
+
+def parse_vms_csv(path: Path, *, cloud: str, tally: _Tally | None = None) -> list[_Price]:
+    """Priced GPU rows of one SkyPilot ``<cloud>/vms.csv`` (not GCP: see :func:`parse_gcp`).
+
+    Raises:
+        CatalogError: Missing column, malformed CSV or a bad number: one line naming the file,
+            the line and the column.
+    """
+    provider = CLOUD_PROVIDERS[cloud][0]
+    tally = tally or _Tally()
+    prices: list[_Price] = []
+    for line, row in _read_vms_csv(path):
+        name = (row.get("AcceleratorName") or "").strip()
+        instance_type = (row.get("InstanceType") or "").strip()
+        if not name or name.lower() == "nan":
+            continue  # a CPU-only machine
+        if not instance_type:
+            raise _fail(path, line, "InstanceType", "empty for a GPU row", "")
+        if not (row.get("Region") or "").strip():
+            raise _fail(path, line, "Region", "empty", "")
+        gpu = gpu_for_sky_accelerator(name, provider=provider, instance_type=instance_type)
+        if gpu is None:
+            tally.unknown_accelerator(cloud, name)
+            continue
+        count = _count(path, line, row, tally)
+        if count is None:
+            continue
+        prices.append(_price(path, line, row, gpu=gpu, count=count, instance_type=instance_type))
+    return prices
+
+
+def parse_gcp(path: Path, *, tally: _Tally | None = None) -> list[_Price]:
+    """GCP GPU VMs from ``gcp/vms.csv``: host row + GPU row of the same zone.
+
+    GPUs that attach to any N1 host (T4, V100, P100, ...) are skipped and counted: their price
+    depends on the host size SkyPilot picks for the job.
+    """
+    tally = tally or _Tally()
+    rows = _read_vms_csv(path)
+    hosts: dict[tuple[str, str], tuple[int, dict[str, str]]] = {}
+    for line, row in rows:
+        if (row.get("InstanceType") or "").strip() and not (row.get("AcceleratorName") or ""):
+            zone = (row.get("AvailabilityZone") or row.get("Region") or "").strip()
+            hosts[(row["InstanceType"].strip(), zone)] = (line, row)
+    prices: list[_Price] = []
+    for line, row in rows:
+        name = (row.get("AcceleratorName") or "").strip()
+        if not name or (row.get("InstanceType") or "").strip():
+            continue
+        if name.lower().startswith("tpu"):
+            tally.skip("TPU (not a GPU)")
+            continue
+        gpu = gpu_for_sky_accelerator(name, provider=Provider.GCP)
+        if gpu is None:
+            tally.unknown_accelerator("gcp", name)
+            continue
+        count = _count(path, line, row, tally)
+        if count is None:
+            continue
+        host_type = GCP_HOST_TYPES.get(name, {}).get(count)
+        if host_type is None:
+            tally.skip("GCP GPU for N1 hosts (price depends on the host size)")
+            continue
+        zone = (row.get("AvailabilityZone") or row.get("Region") or "").strip()
+        host = hosts.get((host_type, zone))
+        if host is None:
+            tally.skip("GCP GPU without its host VM in that zone")
+            continue
+        gpu_row = _price(path, line, row, gpu=gpu, count=count, instance_type=host_type)
+        host_row = _price(path, host[0], host[1], gpu=gpu, count=count, instance_type=host_type)
+        prices.append(
+            _Price(
+                instance_type=host_type,
+                region=gpu_row.region,
+                gpu=gpu,
+                gpu_count=count,
+                usd_per_hour=_sum(host_row.usd_per_hour, gpu_row.usd_per_hour),
+                spot_usd_per_hour=_sum(host_row.spot_usd_per_hour, gpu_row.spot_usd_per_hour),
+                vcpus=host_row.vcpus,
+                memory_gib=host_row.memory_gib,
+            )
+        )
+    return prices
+
+
+def _sum(host: float | None, gpu: float | None) -> float | None:
+    return None if host is None or gpu is None else round(host + gpu, 5)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def offer_rows(
+    prices: Iterable[_Price],
+    *,
+    cloud: str,
+    source: str,
+    today: str,
+    templates: Mapping[tuple[str, str, str], Mapping[str, str]],
+) -> list[dict[str, str]]:
+    """Offer CSV rows: one on-demand and (where priced) one spot row per instance and region.
+
+    Zones of a region are merged: the highest price of the zones counts, as in the AWS refresh
+    (a plan priced at the dearest zone is not beaten by where capacity lands). Network facts
+    (``inter_node_gbps``, ``max_nodes``) come from the catalog's row for the same instance type,
+    else the instance counts as one node.
+    """
+    provider, service = CLOUD_PROVIDERS[cloud]
+    merged: dict[tuple[str, str, bool], list[_Price]] = {}
+    for price in prices:
+        for spot, usd in ((False, price.usd_per_hour), (True, price.spot_usd_per_hour)):
+            if usd is not None and usd > 0:
+                merged.setdefault((price.instance_type, price.region, spot), []).append(price)
+    rows: list[dict[str, str]] = []
+    for (instance_type, region, spot), group in sorted(merged.items()):
+        usds = [(p.spot_usd_per_hour if spot else p.usd_per_hour) or 0.0 for p in group]
+        first = group[0]
+        template = templates.get((provider.value, service, instance_type), {})
+        zones = f"; highest of {len(usds)} zone prices (min {_fmt(min(usds))})"
+        rows.append(
+            {
+                "provider": provider.value,
+                "service": service,
+                "instance_type": instance_type,
+                "region": region,
+                "gpu": first.gpu,
+                "gpu_count": str(first.gpu_count),
+                "usd_per_hour": _fmt(max(usds)),
+                "spot": "true" if spot else "false",
+                "as_of": today,
+                "source": source,
+                "inter_node_gbps": template.get("inter_node_gbps") or "0.0",
+                "max_nodes": template.get("max_nodes") or "1",
+                "stale": "false",
+                "vcpus": "" if first.vcpus is None else str(first.vcpus),
+                "memory_gib": "" if first.memory_gib is None else _fmt(first.memory_gib),
+                "note": f"refreshed {today} from SkyPilot's catalog"
+                + (zones if len(usds) > 1 and max(usds) != min(usds) else ""),
+            }
+        )
+    return rows
+
+
+def catalog_version(catalog_dir: Path) -> str:
+    """The catalog schema version named by the folder (``.../v7``), else ``v7`` (the layout)."""
+    match = re.fullmatch(r"v\d+", catalog_dir.name)
+    return match.group(0) if match else "v7"
+
+
+def _cloud_files(
+    catalog_dir: Path, clouds: Iterable[str] | None
+) -> tuple[list[tuple[str, Path]], list[str]]:
+    if not catalog_dir.is_dir():
+        raise CatalogError(
+            f"SkyPilot catalog folder {catalog_dir} does not exist; pass the folder that holds "
+            f"<cloud>/vms.csv (e.g. a copy of skypilot-catalog's catalogs/v7)"
+        )
+    wanted = set(clouds) if clouds is not None else None
+    found: list[tuple[str, Path]] = []
+    skipped: list[str] = []
+    for path in sorted(catalog_dir.glob("*/vms.csv")):
+        cloud = path.parent.name
+        if cloud in CLOUD_PROVIDERS:
+            if wanted is None or cloud in wanted:
+                found.append((cloud, path))
+        elif cloud in OTHER_SKYPILOT_CLOUDS:
+            skipped.append(cloud)
+        else:
+            known = ", ".join(sorted([*CLOUD_PROVIDERS, *OTHER_SKYPILOT_CLOUDS]))
+            raise CatalogError(
+                f"SkyPilot catalog file {path}, line 1, column 'cloud': unknown cloud {cloud!r} "
+                f"(the folder name); SkyPilot's clouds are {known}. Nothing was written."
+            )
+    if not found:
+        raise CatalogError(
+            f"no <cloud>/vms.csv for {', '.join(sorted(wanted or CLOUD_PROVIDERS))} under "
+            f"{catalog_dir}; nothing was written"
+        )
+    return found, skipped
+
+
+def _replaced(row: Mapping[str, str], providers: set[str]) -> bool:
+    if row["provider"] not in providers:
+        return False
+    return row["provider"] != Provider.AWS.value or row["service"] == _AWS_REFRESHED_SERVICE
+
+
+def refresh_from_skypilot(
+    *,
+    catalog_dir: Path | None = None,
+    clouds: Iterable[str] | None = None,
+    cache_dir: Path | None = None,
+    today: date | None = None,
+) -> SkyPilotRefreshResult:
+    """Re-price ftplan's offers from SkyPilot's catalog and write them into the user's cache.
+
+    Every offer of a cloud found in the catalog is replaced by the catalog's offers of that
+    cloud (for AWS: EC2 offers; SageMaker offers keep their own source). Other clouds' offers
+    stay as they were. The new file is validated, then written atomically.
+
+    Args:
+        catalog_dir: A folder in SkyPilot's layout (``<cloud>/vms.csv``); None reads the
+            installed SkyPilot's catalog (see :func:`skypilot_catalog_dir`).
+        clouds: Refresh only these SkyPilot clouds (``aws``, ``gcp``, ``azure``, ``lambda``,
+            ``runpod``); None refreshes every one found.
+        cache_dir: Where to write; defaults to ``$FTPLAN_CACHE_DIR`` or ``~/.cache/ftplan``.
+        today: Date stamped on refreshed rows; defaults to today.
+
+    Returns:
+        What was written, every price change, and what was skipped (unknown accelerators).
+
+    Raises:
+        CatalogError: Unknown cloud folder, missing column, malformed CSV or value (naming the
+            file, line and column), no GPU price at all, or SkyPilot not installed. Nothing is
+            written then, and the previous offers file stays byte-identical.
+    """
+    from catalog._load import cache_dir as default_cache_dir
+
+    wanted = None if clouds is None else tuple(dict.fromkeys(clouds))
+    for cloud in wanted or ():
+        if cloud not in CLOUD_PROVIDERS:
+            raise CatalogError(
+                f"ftplan does not price SkyPilot cloud {cloud!r}; choose from "
+                f"{', '.join(CLOUD_PROVIDERS)}"
+            )
+    source_dir = catalog_dir if catalog_dir is not None else skypilot_catalog_dir(wanted)
+    files, skipped_clouds = _cloud_files(source_dir, wanted)
+    stamp = (today or date.today()).isoformat()
+    version = catalog_version(source_dir)
+    old_rows = _read_rows(active_offers_path())
+    templates = {(r["provider"], r["service"], r["instance_type"]): r for r in old_rows}
+    tally = _Tally()
+    fresh: list[dict[str, str]] = []
+    for cloud, path in files:
+        prices = (
+            parse_gcp(path, tally=tally)
+            if cloud == "gcp"
+            else parse_vms_csv(path, cloud=cloud, tally=tally)
+        )
+        source = f"SkyPilot catalog {version}/{cloud}/vms.csv"
+        fresh += offer_rows(prices, cloud=cloud, source=source, today=stamp, templates=templates)
+    if not fresh:
+        raise CatalogError(
+            f"SkyPilot's catalog under {source_dir} holds no GPU price ftplan knows; nothing "
+            f"was written"
+        )
+    providers = {CLOUD_PROVIDERS[cloud][0].value for cloud, _ in files}
+    replaced = [r for r in old_rows if _replaced(r, providers)]
+    new_rows = [*[r for r in old_rows if not _replaced(r, providers)], *fresh]
+    target = (cache_dir or default_cache_dir()) / OFFERS_FILENAME
+    text = _to_csv(new_rows)
+    parse_offers_csv(text, path=target)  # never write a file the loader would reject
+    atomic_write_text(target, text)
+    return SkyPilotRefreshResult(
+        offers_path=str(target),
+        catalog_dir=str(source_dir),
+        clouds=tuple(cloud for cloud, _ in files),
+        as_of=stamp,
+        offer_count=len(new_rows),
+        refreshed_count=len(fresh),
+        changes=_changes(replaced, fresh),
+        unknown_accelerators=tuple(
+            (cloud, name, n) for (cloud, name), n in sorted(tally.unknown.items())
+        ),
+        skipped=tuple(sorted(tally.skipped.items())),
+        skipped_clouds=tuple(skipped_clouds),
+    )
+
+
+def skypilot_catalog_dir(clouds: Iterable[str] | None = None) -> Path:
+    """The installed SkyPilot's catalog folder, after its catalog API fetched ``clouds``' files.
+
+    SkyPilot's ``sky.catalog.common.read_catalog`` downloads the hosted catalog of its schema
+    version when the local copy is missing or older than the pull interval (7 hours).
+
+    Raises:
+        CatalogError: SkyPilot is not installed, or a file could not be fetched.
+    """
+    try:
+        from sky.catalog import common as sky_catalog  # deferred: the skypilot extra
+    except ImportError:
+        raise CatalogError(
+            "reading SkyPilot's catalog needs SkyPilot: pip install 'ftplan[skypilot]' (or pass "
+            "--catalog-dir with a copy of SkyPilot's catalog)"
+        ) from None
+    for cloud in clouds or CLOUD_PROVIDERS:
+        try:
+            # The frame loads lazily; touching it makes SkyPilot fetch the file when needed.
+            len(sky_catalog.read_catalog(f"{cloud}/vms.csv", pull_frequency_hours=7))
+        except Exception as exc:  # requests or pandas errors from SkyPilot's fetch
+            raise CatalogError(
+                f"SkyPilot could not fetch its {cloud} catalog ({type(exc).__name__}: {exc}); "
+                f"nothing was written. Check the network, or pass --catalog-dir"
+            ) from None
+    return Path(sky_catalog.get_catalog_path("x")).parent
