@@ -1,5 +1,5 @@
-"""Runners: launch a planned fine-tune on local GPUs (accelerate/torchrun) or on SageMaker (boto3),
-both with a dry-run that prints the exact command or request."""
+"""Runners: launch a planned fine-tune on local GPUs (accelerate/torchrun), on SageMaker (boto3) or
+on any cloud through SkyPilot, each with a dry-run that prints the exact command or request."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from runners._types import (
 from runners.data import DataFormatError
 from runners.local import HostGPUs, LocalRunner
 from runners.sagemaker import SageMakerRunner
+from runners.skypilot import SkyPilotRunner, default_target
 
 __all__ = [
     "DataFormatError",
@@ -29,7 +30,9 @@ __all__ = [
     "Runner",
     "RunnerError",
     "SageMakerRunner",
+    "SkyPilotRunner",
     "Target",
+    "default_target",
     "launch_spec_from_json",
     "launch_spec_to_json",
 ]

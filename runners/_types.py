@@ -54,6 +54,7 @@ class Target(enum.StrEnum):
 
     LOCAL = "local"
     SAGEMAKER = "sagemaker"
+    SKYPILOT = "skypilot"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

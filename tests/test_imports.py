@@ -9,7 +9,7 @@ import sys
 def test_import_planner_does_not_import_torch() -> None:
     code = (
         "import sys, planner, planner.cli, catalog, profiler, runners\n"
-        "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'boto3') "
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'boto3', 'sky') "
         "if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

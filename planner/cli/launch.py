@@ -24,7 +24,9 @@ from runners import (
     RunnerError,
     RunStatus,
     SageMakerRunner,
+    SkyPilotRunner,
     Target,
+    default_target,
 )
 from runners.local import DEFAULT_RUNS_DIR
 
@@ -112,13 +114,14 @@ def _user_error(exc: Exception) -> click.ClickException:
 @click.option(
     "--target",
     type=click.Choice([t.value for t in Target]),
-    required=True,
-    help="Run on this machine's GPUs or as a SageMaker training job.",
+    help="local GPUs, a SageMaker training job, or SkyPilot (any other cloud). Default: by "
+    "the plan's offer (sagemaker offers: sagemaker; local: local; others: skypilot).",
 )
 @click.option(
     "--data",
     required=True,
-    help="Training JSONL (local file; for SageMaker an s3:// file or prefix).",
+    help="Training JSONL (local file; for SageMaker an s3:// file or prefix; for SkyPilot a "
+    "local file or an s3:// / gs:// URI).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the exact command / request; start nothing.")
 @click.option("--role", help="SageMaker execution role ARN (default: $FTPLAN_SAGEMAKER_ROLE).")
@@ -126,7 +129,8 @@ def _user_error(exc: Exception) -> click.ClickException:
 @click.option(
     "--output-dir",
     help="Local runs folder (default: runs/); for SageMaker an s3:// "
-    "prefix for source, output and checkpoints.",
+    "prefix for source, output and checkpoints; for SkyPilot the bucket (s3://, gs://) "
+    "mounted for output and checkpoints (needed for spot).",
 )
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps.")
 @click.option(
@@ -169,7 +173,7 @@ def _user_error(exc: Exception) -> click.ClickException:
 @click.option("--wait", is_flag=True, help="Follow the run until it ends.")
 def launch_command(
     plan_file: Path,
-    target: str,
+    target: str | None,
     data: str,
     dry_run: bool,
     role: str | None,
@@ -192,6 +196,7 @@ def launch_command(
     Examples:
       ftplan launch reports/llama2-7b.json --target local --data train.jsonl --dry-run
       ftplan launch reports/llama2-7b.json --target sagemaker --data s3://b/train/ --role ARN
+      ftplan launch reports/llama2-7b.json --target skypilot --data train.jsonl --dry-run
     """
     from planner.plan_io import read_plan
 
@@ -206,8 +211,11 @@ def launch_command(
         random_init=random_init,
         grad_accum_steps=grad_accum,
     )
+    chosen = Target(target) if target else default_target(spec.offer)
     try:
-        if Target(target) is Target.LOCAL:
+        if chosen is Target.SKYPILOT:
+            _launch_skypilot(spec, data=data, dry_run=dry_run, bucket=output_dir, region=region)
+        elif chosen is Target.LOCAL:
             _launch_local(
                 spec,
                 data=data,
@@ -255,6 +263,15 @@ def _launch_local(
     )
     if wait:
         _print_status(runner.wait(result.run_id), fmt="table")
+
+
+def _launch_skypilot(
+    spec: LaunchSpec, *, data: str, dry_run: bool, bucket: str | None, region: str | None
+) -> None:
+    runner = SkyPilotRunner(output_uri=bucket, region=region, echo=sys.stdout)
+    result = runner.launch(spec, data=data, dry_run=dry_run)
+    if not dry_run:
+        click.echo(f"status: ftplan status {result.run_id} --target skypilot")
 
 
 def _launch_sagemaker(
@@ -327,14 +344,19 @@ def status_command(
       ftplan status llama2-7b-lora-20261123-193000-a1b2
       ftplan status ftplan-llama2-7b-lora-20261123-193000 --target sagemaker --region us-east-1
     """
+    run_dir = Path(runs_dir) / run_id
     chosen = (
         Target(target)
         if target
-        else (Target.LOCAL if (Path(runs_dir) / run_id).is_dir() else Target.SAGEMAKER)
+        else Target.SKYPILOT
+        if (run_dir / "skypilot.json").is_file()
+        else (Target.LOCAL if run_dir.is_dir() else Target.SAGEMAKER)
     )
     try:
         if chosen is Target.LOCAL:
             status = LocalRunner(runs_dir=runs_dir).status(run_id)
+        elif chosen is Target.SKYPILOT:
+            status = SkyPilotRunner(runs_dir=runs_dir).status(run_id)
         else:
             status = SageMakerRunner(region=region).status(run_id)
     except RunnerError as exc:

@@ -1,0 +1,507 @@
+"""SkyPilot runner: a plan's offer on any cloud SkyPilot provisions (AWS, GCP, Azure, Lambda,
+RunPod), as a SkyPilot task built from the LaunchSpec.
+
+Spot plans run as SkyPilot managed jobs (they recover from preemption and resume from the
+checkpoints on the bucket mount); on-demand plans run on a cluster that goes down when the job
+ends. ``sky`` is imported only inside the methods that talk to SkyPilot (the skypilot extra);
+building and printing the task needs nothing but the standard library and PyYAML.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from catalog import Offer, Provider, list_offers, sky_accelerator_for_gpu
+from profiler import Method
+from runners._types import (
+    LaunchResult,
+    LaunchSpec,
+    RunnerError,
+    RunState,
+    RunStatus,
+    Target,
+    launch_spec_to_json,
+)
+from runners.sagemaker import SOURCE_PACKAGES, distribution_environment
+
+#: SkyPilot's cloud name for each provider it launches on.
+SKYPILOT_CLOUDS: dict[Provider, str] = {
+    Provider.AWS: "aws",
+    Provider.GCP: "gcp",
+    Provider.AZURE: "azure",
+    Provider.LAMBDA: "lambda",
+    Provider.RUNPOD: "runpod",
+}
+REMOTE_ROOT = "/ftplan"
+REMOTE_DATA_DIR = f"{REMOTE_ROOT}/data"
+REMOTE_OUTPUT_DIR = f"{REMOTE_ROOT}/output"
+SPEC_FILE = "ftplan_launch.json"
+RECORD_FILE = "skypilot.json"
+TASK_FILE = "task.yaml"
+HF_TOKEN_ENV = "HF_TOKEN"
+TORCHRUN_PORT = 29500  # torch.distributed's conventional rendezvous port
+_GIB = 1024**3
+_BUCKET_SCHEMES = ("s3://", "gs://", "r2://", "cos://", "oci://", "https://")
+_NO_REGION = ("", "unspecified")
+_NAME_PATTERN = re.compile(r"[^a-z0-9]+")
+
+#: SkyPilot managed-job and job states (sky.jobs.ManagedJobStatus, sky.JobStatus) -> ftplan's.
+_STATES: dict[str, RunState] = {
+    "PENDING": RunState.PENDING,
+    "SUBMITTED": RunState.PENDING,
+    "STARTING": RunState.PENDING,
+    "INIT": RunState.PENDING,
+    "SETTING_UP": RunState.PENDING,
+    "RUNNING": RunState.RUNNING,
+    "RECOVERING": RunState.RUNNING,
+    "CANCELLING": RunState.RUNNING,
+    "SUCCEEDED": RunState.SUCCEEDED,
+    "CANCELLED": RunState.STOPPED,
+    "FAILED": RunState.FAILED,
+    "FAILED_SETUP": RunState.FAILED,
+    "FAILED_PRECHECKS": RunState.FAILED,
+    "FAILED_NO_RESOURCE": RunState.FAILED,
+    "FAILED_CONTROLLER": RunState.FAILED,
+    "FAILED_DRIVER": RunState.FAILED,
+}
+
+
+def default_target(offer: Offer | None) -> Target:
+    """Where ``ftplan launch`` runs a plan without ``--target``: by its offer."""
+    if offer is None or offer.provider is Provider.LOCAL:
+        return Target.LOCAL
+    if offer.service == "sagemaker":
+        return Target.SAGEMAKER
+    return Target.SKYPILOT
+
+
+def task_name(spec: LaunchSpec, *, now: dt.datetime | None = None) -> str:
+    """``ftplan-<model>-<method>-<UTC time>``: a valid SkyPilot cluster and job name."""
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d-%H%M%S")
+    model = _NAME_PATTERN.sub("-", spec.model.name.lower()).strip("-")
+    return f"ftplan-{model}-{spec.config.method.value}-{stamp}"
+
+
+def disk_size_gib(spec: LaunchSpec) -> int:
+    """Boot disk per node: the 16-bit weights twice (download + cache), two kept checkpoints
+    (full FT: fp32 weights + 2 AdamW states, 12 B/param each), 100 GiB for the OS, CUDA and
+    the Python environment."""
+    weights = spec.model.param_count * 2 / _GIB
+    checkpoints = (
+        spec.model.param_count * 12 * 2 / _GIB if spec.config.method is Method.FULL else 2
+    )
+    return max(256, math.ceil(2 * weights + checkpoints + 100))
+
+
+def region_to_pin(offer: Offer, offers: tuple[Offer, ...]) -> str | None:
+    """The offer's region when the catalog prices that instance differently elsewhere.
+
+    Otherwise None, and SkyPilot may fail over between regions: Lambda and RunPod charge the
+    same everywhere, so pinning would only cut the capacity SkyPilot can find. On AWS, GCP and
+    Azure prices differ by region, so the priced region is kept.
+    """
+    if offer.region in _NO_REGION:
+        return None
+    prices = {
+        o.usd_per_hour
+        for o in offers
+        if o.instance_type == offer.instance_type
+        and o.spot == offer.spot
+        and o.region not in _NO_REGION
+    }
+    return offer.region if len(prices | {offer.usd_per_hour}) > 1 else None
+
+
+def _data_mount(data: str) -> tuple[str, str]:
+    """(remote path, source) of the training data: a local file or a bucket URI."""
+    if data.startswith(_BUCKET_SCHEMES):
+        name = data.rstrip("/").rsplit("/", 1)[-1] or "data"
+        remote = f"{REMOTE_DATA_DIR}/{name}"
+        return remote, data
+    path = Path(data).expanduser().resolve()
+    return f"{REMOTE_DATA_DIR}/{path.name}", str(path)
+
+
+def _run_script(spec: LaunchSpec, *, data_path: str) -> str:
+    train = [
+        "-m",
+        "runners.train",
+        "--spec",
+        SPEC_FILE,
+        "--data",
+        data_path,
+        "--output-dir",
+        REMOTE_OUTPUT_DIR,
+        "--resume",  # a recovered spot job continues from its newest checkpoint
+    ]
+    args = " ".join(shlex.quote(a) for a in train)
+    if spec.config.gpu_count <= 1:
+        return f"set -e\npython {args}\n"
+    return (
+        "set -e\n"
+        'MASTER_ADDR=$(echo "$SKYPILOT_NODE_IPS" | head -n1)\n'
+        "torchrun --nnodes=$SKYPILOT_NUM_NODES "
+        "--nproc_per_node=$SKYPILOT_NUM_GPUS_PER_NODE "
+        "--node_rank=$SKYPILOT_NODE_RANK "
+        f"--master_addr=$MASTER_ADDR --master_port={TORCHRUN_PORT} "
+        f"{args}\n"
+    )
+
+
+def _setup_script() -> str:
+    return (
+        "set -e\n"
+        "python -m pip install --upgrade pip\n"
+        # The project from the synced workdir, with its training extra (torch, transformers,
+        # peft, bitsandbytes, accelerate); constraints pin the tested versions when present.
+        "if [ -f constraints.txt ]; then C='-c constraints.txt'; else C=''; fi\n"
+        "python -m pip install $C '.[train]'\n"
+    )
+
+
+def task_config(
+    spec: LaunchSpec,
+    *,
+    data: str,
+    name: str,
+    workdir: str,
+    output_uri: str | None,
+    region: str | None,
+    hf_token: bool,
+) -> dict[str, Any]:
+    """The SkyPilot task (the YAML's content) for one run. Pure: no SkyPilot, no network.
+
+    Args:
+        spec: The run.
+        data: Local JSONL file, or a bucket URI (``s3://``, ``gs://``, ...) of a file or prefix.
+        name: Task name (and cluster / managed-job name).
+        workdir: Local folder SkyPilot syncs to the nodes (the ftplan packages and the spec).
+        output_uri: Bucket URI mounted at the run's output folder (checkpoints, metrics,
+            final model); None keeps the output on the node's disk.
+        region: Region to pin, or None to let SkyPilot choose within the cloud.
+        hf_token: Declare ``HF_TOKEN`` as a secret (its value is added only at launch).
+
+    Raises:
+        RunnerError: The offer cannot be expressed for SkyPilot (no offer, a provider or GPU
+            SkyPilot does not launch, a spot plan without a bucket to resume from).
+    """
+    offer = spec.offer
+    if offer is None or offer.provider not in SKYPILOT_CLOUDS:
+        where = "no offer" if offer is None else f"a {offer.provider.value} offer"
+        raise RunnerError(
+            f"SkyPilot cannot launch this plan: it has {where}. SkyPilot launches aws, gcp, "
+            f"azure, lambda and runpod offers; use --target local or sagemaker for the others"
+        )
+    try:
+        accelerator = sky_accelerator_for_gpu(
+            offer.gpu, provider=offer.provider, instance_type=offer.instance_type
+        )
+    except KeyError:
+        raise RunnerError(
+            f"SkyPilot has no accelerator name for {offer.gpu} on {offer.provider.value} "
+            f"(offer {offer.instance_type}); re-plan with another --gpu or --provider"
+        ) from None
+    if offer.spot and output_uri is None:
+        raise RunnerError(
+            "a spot plan needs a bucket for its checkpoints, so a recovered job resumes. To "
+            "fix: pass --output-dir s3://BUCKET/PREFIX (or gs://...), or re-plan with --no-spot"
+        )
+    resources: dict[str, Any] = {
+        "infra": SKYPILOT_CLOUDS[offer.provider] + (f"/{region}" if region else ""),
+        "accelerators": f"{accelerator}:{spec.gpus_per_node}",
+        "use_spot": offer.spot,
+        "disk_size": disk_size_gib(spec),
+    }
+    if offer.vcpus:
+        resources["cpus"] = f"{offer.vcpus}+"
+    if offer.memory_gib:
+        resources["memory"] = f"{offer.memory_gib:g}+"
+    data_path, data_source = _data_mount(data)
+    file_mounts: dict[str, Any] = {data_path: data_source}
+    if output_uri is not None:
+        # MOUNT_CACHED writes locally and uploads in the background: checkpoint renames work,
+        # and a recovered spot job sees the uploaded checkpoints.
+        file_mounts[REMOTE_OUTPUT_DIR] = {"source": output_uri.rstrip("/"), "mode": "MOUNT_CACHED"}
+    config: dict[str, Any] = {
+        "name": name,
+        "workdir": workdir,
+        "num_nodes": spec.nodes,
+        "resources": resources,
+        "file_mounts": file_mounts,
+        "envs": {
+            "PYTHONUNBUFFERED": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            **distribution_environment(spec),
+        },
+        "setup": _setup_script(),
+        "run": _run_script(spec, data_path=data_path),
+    }
+    if hf_token:
+        # Declared without a value: SkyPilot redacts secrets, and the value never reaches
+        # anything ftplan prints or writes.
+        config["secrets"] = {HF_TOKEN_ENV: None}
+    return config
+
+
+def task_yaml(config: Mapping[str, Any], *, spec: LaunchSpec) -> str:
+    """The task as YAML, headed by comments naming the priced offer (the YAML stays valid)."""
+    import yaml  # deferred: only printing a task needs PyYAML
+
+    offer = spec.offer
+    header = [f"# SkyPilot task written by ftplan for {spec.model.name}: {spec.config.label()}"]
+    if offer is not None:
+        kind = "spot" if offer.spot else "on-demand"
+        header.append(
+            f"# offer: {offer.provider.value} {offer.instance_type} {offer.region}, {kind}, "
+            f"{offer.usd_per_hour:.4g} USD/h per node ({offer.source}, {offer.as_of})"
+        )
+
+    class _Dumper(yaml.SafeDumper):
+        """Multi-line scripts as literal blocks (``|``), as people write SkyPilot YAML."""
+
+    def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    _Dumper.add_representer(str, _text)
+    body = yaml.dump(dict(config), Dumper=_Dumper, sort_keys=False, width=100)
+    return "\n".join(header) + "\n" + body
+
+
+def validate_task(config: Mapping[str, Any]) -> Any:
+    """SkyPilot's own parser on the task (``sky.Task.from_yaml_config``); returns the Task.
+
+    Raises:
+        RunnerError: SkyPilot is not installed or rejects the task.
+    """
+    sky = import_sky()
+    try:
+        return sky.Task.from_yaml_config(json.loads(json.dumps(config)))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RunnerError(f"SkyPilot rejects the task: {exc}") from None
+
+
+def import_sky() -> Any:
+    """``import sky``, or one clear line saying what to install."""
+    try:
+        import sky  # deferred: the skypilot extra; importing it takes seconds
+    except ImportError:
+        raise RunnerError(
+            "launching on SkyPilot needs SkyPilot: pip install 'ftplan[skypilot]' "
+            "(then 'sky check' to set up cloud credentials)"
+        ) from None
+    return sky
+
+
+def stage_workdir(spec_json: str, workdir: Path, *, code_root: Path | None = None) -> Path:
+    """Copy what the nodes need into ``workdir``: the ftplan packages, pyproject.toml,
+    constraints.txt (when present) and the launch spec."""
+    root = code_root or Path(__file__).resolve().parent.parent
+    workdir.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in (*SOURCE_PACKAGES, "planner"):  # pyproject.toml installs all four
+        shutil.copytree(root / package, workdir / package, ignore=ignore, dirs_exist_ok=True)
+    for name in ("pyproject.toml", "constraints.txt", "README.md"):
+        if (root / name).is_file():
+            shutil.copy2(root / name, workdir / name)
+    (workdir / SPEC_FILE).write_text(spec_json, encoding="utf-8")
+    return workdir
+
+
+class SkyPilotRunner:
+    """Launch a plan through SkyPilot's Python API and follow it.
+
+    Args:
+        runs_dir: Local folder for each run's record, task YAML and staged workdir.
+        output_uri: Bucket prefix for the run's output and checkpoints (``s3://``, ``gs://``);
+            the run writes to ``<output_uri>/<run id>``. Required for spot plans.
+        region: Region to pin (default: the offer's region when its price depends on it).
+        hf_token_env: Environment variable holding the Hugging Face token, sent as a secret.
+        echo: Where dry runs and progress are printed (None: silent).
+        env: Environment to read the token from (default: os.environ).
+    """
+
+    target = Target.SKYPILOT
+
+    def __init__(
+        self,
+        *,
+        runs_dir: str | Path = "runs",
+        output_uri: str | None = None,
+        region: str | None = None,
+        hf_token_env: str = HF_TOKEN_ENV,
+        echo: TextIO | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if output_uri is not None and not output_uri.startswith(_BUCKET_SCHEMES):
+            raise RunnerError(
+                f"--output-dir {output_uri!r} must be a bucket URI for SkyPilot "
+                f"(s3://, gs://, r2://, ...): checkpoints must outlive the nodes"
+            )
+        self._runs_dir = Path(runs_dir)
+        self._output_uri = output_uri.rstrip("/") if output_uri else None
+        self._region = region
+        self._token_env = hf_token_env
+        self._echo = echo
+        self._env = dict(os.environ if env is None else env)
+
+    def build_task(self, spec: LaunchSpec, *, data: str, name: str) -> dict[str, Any]:
+        """The task for ``spec`` (see :func:`task_config`); pure apart from reading the catalog.
+
+        Raises:
+            RunnerError: The offer cannot be expressed for SkyPilot.
+        """
+        offer = spec.offer
+        region = self._region
+        if region is None and offer is not None and offer.provider in SKYPILOT_CLOUDS:
+            region = region_to_pin(offer, list_offers(providers=[offer.provider]))
+        return task_config(
+            spec,
+            data=data,
+            name=name,
+            workdir=str((self._runs_dir / name / "workdir").resolve()),
+            output_uri=f"{self._output_uri}/{name}" if self._output_uri else None,
+            region=region,
+            hf_token=bool(self._env.get(self._token_env)),
+        )
+
+    # -- Runner protocol ------------------------------------------------------------------
+    def launch(
+        self, spec: LaunchSpec, *, data: str, dry_run: bool = False, name: str | None = None
+    ) -> LaunchResult:
+        """Launch (spot: a managed job; on-demand: a cluster torn down after the job).
+
+        With ``dry_run`` only the task YAML is printed; nothing is written or started.
+
+        Raises:
+            RunnerError: Bad input (nothing started), SkyPilot missing, or the launch failed.
+        """
+        run_id = name or task_name(spec)
+        if not data.startswith(_BUCKET_SCHEMES) and not Path(data).expanduser().is_file():
+            message = f"data file {data} does not exist"
+            if not dry_run:
+                raise RunnerError(f"{message}; pass --data FILE.jsonl or a bucket URI")
+        config = self.build_task(spec, data=data, name=run_id)
+        text = task_yaml(config, spec=spec)
+        spec_json = launch_spec_to_json(spec)
+        result = LaunchResult(
+            run_id=run_id,
+            target=Target.SKYPILOT,
+            dry_run=dry_run,
+            request_json=json.dumps(config, sort_keys=True),
+            run_dir=str(self._runs_dir / run_id),
+            spec_json=spec_json,
+        )
+        if dry_run:
+            self._say(text)
+            return result
+        task = validate_task(config)  # SkyPilot refuses before anything is staged or billed
+        run_dir = self._runs_dir / run_id
+        stage_workdir(spec_json, run_dir / "workdir")
+        (run_dir / TASK_FILE).write_text(text, encoding="utf-8")
+        token = self._env.get(self._token_env)
+        if token:
+            task.update_secrets({HF_TOKEN_ENV: token})
+        kind = "managed-job" if config["resources"]["use_spot"] else "cluster"
+        record = {"run_id": run_id, "kind": kind, "task": str(run_dir / TASK_FILE)}
+        (run_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+        sky = import_sky()
+        try:
+            if kind == "managed-job":
+                request = sky.jobs.launch(task, name=run_id)
+            else:
+                request = sky.launch(task, cluster_name=run_id, down=True)
+            sky.stream_and_get(request)
+        except Exception as exc:  # SkyPilot raises its own exception types per cloud
+            raise RunnerError(
+                f"SkyPilot could not launch {run_id}: {type(exc).__name__}: {exc}"
+            ) from None
+        return result
+
+    def _record(self, run_id: str) -> dict[str, Any]:
+        path = self._runs_dir / run_id / RECORD_FILE
+        if not path.is_file():
+            raise RunnerError(
+                f"no SkyPilot run {run_id!r} under {self._runs_dir} (no {RECORD_FILE}); "
+                f"see 'sky status' and 'sky jobs queue'"
+            )
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+
+    def status(self, run_id: str) -> RunStatus:
+        """The run's state from SkyPilot (managed-job queue, or the cluster's job queue).
+
+        Raises:
+            RunnerError: No such run.
+        """
+        record = self._record(run_id)
+        sky = import_sky()
+        if record["kind"] == "managed-job":
+            jobs = sky.get(sky.jobs.queue(refresh=False, skip_finished=False))
+            mine = [j for j in jobs if _field(j, "job_name") == run_id]
+            if not mine:
+                return RunStatus(run_id=run_id, target=self.target, state=RunState.PENDING)
+            job = max(mine, key=lambda j: _field(j, "job_id") or 0)
+            state = str(getattr(_field(job, "status"), "value", _field(job, "status")))
+            return RunStatus(
+                run_id=run_id,
+                target=self.target,
+                state=_STATES.get(state.upper(), RunState.RUNNING),
+                detail=f"managed job {_field(job, 'job_id')}: {state}"
+                + (f" ({_field(job, 'failure_reason')})" if _field(job, "failure_reason") else ""),
+            )
+        clusters = sky.get(sky.status(cluster_names=[run_id]))
+        if not clusters:
+            return RunStatus(
+                run_id=run_id,
+                target=self.target,
+                state=RunState.STOPPED,
+                detail="cluster is down (it goes down when the job ends); see 'ftplan logs'",
+            )
+        jobs = sky.get(sky.queue(run_id, skip_finished=False))
+        job = max(jobs, key=lambda j: _field(j, "job_id") or 0) if jobs else None
+        state = "INIT" if job is None else str(getattr(_field(job, "status"), "value", ""))
+        return RunStatus(
+            run_id=run_id,
+            target=self.target,
+            state=_STATES.get(state.upper(), RunState.RUNNING),
+            detail=f"cluster {run_id}: job {state}",
+        )
+
+    def logs(self, run_id: str, *, follow: bool = True) -> None:
+        """Stream the run's log to stdout through SkyPilot."""
+        record = self._record(run_id)
+        sky = import_sky()
+        if record["kind"] == "managed-job":
+            sky.jobs.tail_logs(name=run_id, follow=follow)
+        else:
+            sky.tail_logs(run_id, job_id=None, follow=follow)
+
+    def stop(self, run_id: str) -> None:
+        """Cancel the managed job, or tear the cluster down (billing stops)."""
+        record = self._record(run_id)
+        sky = import_sky()
+        if record["kind"] == "managed-job":
+            sky.get(sky.jobs.cancel(name=run_id))
+        else:
+            sky.get(sky.down(run_id))
+
+    def _say(self, text: str) -> None:
+        if self._echo is not None:
+            self._echo.write(text if text.endswith("\n") else text + "\n")
+            self._echo.flush()
+
+
+def _field(record: Any, key: str) -> Any:
+    """A field of a SkyPilot response (a dict in older releases, a model in newer ones)."""
+    if isinstance(record, Mapping):
+        return record.get(key)
+    return getattr(record, key, None)
