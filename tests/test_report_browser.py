@@ -84,7 +84,7 @@ class _Page:
 
     def open(self, html_path: Path) -> None:
         self.page.goto(html_path.resolve().as_uri(), wait_until="load")
-        self.page.wait_for_selector(".js-plotly-plot .main-svg", state="attached", timeout=15000)
+        self.page.wait_for_selector(".chart svg.chart-svg", state="attached", timeout=15000)
 
     def screenshot(self, tmp_path: Path, name: str, *, full_page: bool = False) -> Path:
         shot = tmp_path / name
@@ -110,18 +110,22 @@ def test_report_renders_charts_tables_and_recommendation(browser: Any, tmp_path:
     page.open(paths.html)
     _assert_clean(page, paths.html)
 
-    charts = page.page.locator(".js-plotly-plot")
+    charts = page.page.locator(".chart svg.chart-svg")
     assert charts.count() == 2
     for i in range(2):
-        svg = charts.nth(i).locator(".main-svg").first
-        box = svg.bounding_box()
+        box = charts.nth(i).bounding_box()
         assert box is not None and box["width"] > 200 and box["height"] > 200
     # Points were drawn: 6 candidates + Pareto front (2) + the star, and the memory bars.
-    assert page.page.locator("#chart-cost-time .scatterlayer .point").count() >= 9
+    assert page.page.locator("#chart-cost-time .point").count() >= 9
     # 4 bars (full 1×H100 that does not fit, full FSDP, LoRA, QLoRA) × 6 components.
-    assert page.page.locator("#chart-memory .barlayer .point").count() == 4 * 6
-    legend = page.page.locator("#chart-cost-time .legendtext").all_text_contents()
+    assert page.page.locator("#chart-memory .bar").count() == 4 * 6
+    legend = page.page.locator("#chart-cost-time .legend-item text").all_text_contents()
     assert "Pareto front" in legend and "recommended" in legend
+    # Hovering a bar shows its value.
+    tip = page.page.locator("#chart-tip")
+    assert tip.is_hidden()
+    page.page.locator("#chart-memory .bar").first.hover()
+    assert tip.is_visible() and "weights: 25.10 GiB" in tip.inner_text()
 
     recommendation = page.page.locator("#recommendation")
     assert recommendation.is_visible()
@@ -145,15 +149,15 @@ def test_hostile_model_name_shows_as_text_and_runs_nothing(browser: Any, tmp_pat
     assert page.page.title() == f"ftplan plan: {HOSTILE_NAME}"
     assert HOSTILE_NAME in page.page.locator("#assumptions").inner_text()
     assert HOSTILE_INSTANCE in page.page.locator("#recommendation").inner_text()
-    # No element was injected: the only scripts are the report's own two, no <b>, no <img>.
-    assert page.page.locator("script").count() == 2
+    # No element was injected: the only script is the report's own, no <b>, no <img>.
+    assert page.page.locator("script").count() == 1
     assert page.page.locator("b").count() == 0
     assert page.page.locator("img").count() == 0
     # The chart's hover text for the recommended point shows the instance type literally.
-    star = page.page.locator("#chart-cost-time .scatterlayer .trace").last.locator(".point")
+    star = page.page.locator("#chart-cost-time .trace").last.locator(".point")
     star.hover(force=True)
-    page.page.wait_for_selector("#chart-cost-time .hoverlayer .hovertext", timeout=5000)
-    hover = page.page.locator("#chart-cost-time .hoverlayer .hovertext").first.text_content()
+    page.page.wait_for_selector("#chart-tip", state="visible", timeout=5000)
+    hover = page.page.locator("#chart-tip").text_content()
     assert hover is not None and HOSTILE_INSTANCE in hover
     assert page.page.locator("#chart-cost-time image").count() == 0
     assert page.dialogs == []

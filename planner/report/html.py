@@ -1,9 +1,10 @@
-"""The plan as one self-contained HTML file: tables, two plotly charts, inline CSS and plotly.js.
+"""The plan as one self-contained HTML file: tables, two inline SVG charts and inline CSS.
 
-The file opens offline (plotly.js is embedded once, inline; nothing is fetched from a URL). The
-template is rendered by jinja2 with autoescaping on, so every user- or catalog-supplied string
-is escaped; chart data goes in as JSON with ``<``, ``>`` and ``&`` written as ``\\u003c`` etc.,
-so it cannot close its ``<script>`` element. jinja2 and plotly are imported only here, lazily.
+The file opens offline (nothing is fetched from a URL) and stays small (tens of kB): the charts
+are drawn in Python (:mod:`planner.report.svg`) from the figure dictionaries built here, and a
+few lines of inline script show each mark's values on hover. The template is rendered by jinja2
+with autoescaping on, so every user- or catalog-supplied string is escaped; the SVG escapes its
+own text. jinja2 is imported only here, lazily.
 """
 
 from __future__ import annotations
@@ -11,10 +12,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import html
-import json
 import math
 import os
-import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +38,7 @@ from planner.report.rows import (
     source_counts,
     source_rows,
 )
+from planner.report.svg import render_svg
 from profiler import Method
 
 if TYPE_CHECKING:
@@ -96,32 +96,8 @@ def _environment() -> jinja2.Environment:
     )
 
 
-@functools.lru_cache(maxsize=1)
-def _plotly_js() -> str:
-    """plotly.js (minified) from the installed plotly package, embedded once per report.
-
-    Read straight from plotly's package data (what ``plotly.offline.get_plotlyjs`` returns),
-    which skips ~60 ms of importing plotly; falls back to plotly's own function.
-    """
-    from importlib import resources
-
-    try:
-        bundled = resources.files("plotly") / "package_data" / "plotly.min.js"
-        return bundled.read_text(encoding="utf-8")
-    except (FileNotFoundError, ModuleNotFoundError, NotADirectoryError):
-        from plotly.offline import get_plotlyjs
-
-        return get_plotlyjs()
-
-
-def script_json(value: Any) -> str:
-    """JSON safe to place inside a ``<script>`` element (no ``</script>``, no ``<!--``)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
 def _chart_text(text: str) -> str:
-    """plotly.js reads a few HTML tags in labels; entities make user text show literally."""
+    """Chart labels are HTML-escaped text whose only markup is ``<br>`` (plotly's convention)."""
     return html.escape(text, quote=False)
 
 
@@ -157,7 +133,6 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
                     "x": [c.cost.hours for c in group],
                     "y": [c.cost.usd for c in group],
                     "text": [_hover(c) for c in group],
-                    "hoverinfo": "text",
                     "marker": {
                         "color": _METHOD_COLOURS[method],
                         "size": 11 if feasible else 10,
@@ -176,7 +151,6 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
                 "x": [c.cost.hours for c in front],
                 "y": [c.cost.usd for c in front],
                 "text": [_hover(c) for c in front],
-                "hoverinfo": "text",
                 "line": {"color": "#222222", "width": 2, "dash": "dot"},
                 "marker": {
                     "size": 16,
@@ -195,7 +169,6 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
                 "x": [plan.chosen.cost.hours],
                 "y": [plan.chosen.cost.usd],
                 "text": [_hover(plan.chosen)],
-                "hoverinfo": "text",
                 "marker": {
                     "size": 22,
                     "symbol": "star",
@@ -205,8 +178,8 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
             }
         )
     # Both axes are logarithmic: costs and times span decades, and a budget far above every
-    # candidate would otherwise squash them onto the x axis. On a log axis plotly.js places
-    # annotations in log10 units, shapes in data units.
+    # candidate would otherwise squash them onto the x axis. On a log axis annotations take
+    # log10 units and shapes data units (plotly's convention, which planner.report.svg follows).
     budget = plan.budget
     shapes: list[dict[str, Any]] = [
         {
@@ -274,12 +247,8 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
         | {"tickprefix": "$"},
         "shapes": shapes,
         "annotations": annotations,
-        "legend": {"orientation": "h", "y": -0.2},
-        "hovermode": "closest",
         "margin": {"l": 70, "r": 20, "t": 30, "b": 40},
         "height": 440,
-        "paper_bgcolor": "#ffffff",
-        "plot_bgcolor": "#fafafa",
     }
     return {"data": traces, "layout": layout}
 
@@ -308,7 +277,6 @@ def memory_figure(plan: Plan) -> dict[str, Any]:
                 "x": labels,
                 "y": values,
                 "marker": {"color": colour},
-                "hovertemplate": f"{name}: %{{y:.2f}} GiB<extra></extra>",
             }
         )
     unsplit = [
@@ -323,7 +291,6 @@ def memory_figure(plan: Plan) -> dict[str, Any]:
                 "x": labels,
                 "y": unsplit,
                 "marker": {"color": "#56B4E9"},
-                "hovertemplate": "peak: %{y:.2f} GiB<extra></extra>",
             }
         )
     traces.append(
@@ -339,18 +306,13 @@ def memory_figure(plan: Plan) -> dict[str, Any]:
                 "color": "#B00020",
                 "line": {"width": 3, "color": "#B00020"},
             },
-            "hovertemplate": "usable: %{y:.2f} GiB<extra></extra>",
         }
     )
     layout = {
         "barmode": "stack",
         "yaxis": {"title": {"text": "GiB per GPU"}, "rangemode": "tozero"},
-        "xaxis": {"tickangle": 0, "tickfont": {"size": 11}, "automargin": True},
-        "legend": {"orientation": "h", "y": -0.3},
         "height": 440,
         "margin": {"l": 70, "r": 20, "t": 30, "b": 40},
-        "paper_bgcolor": "#ffffff",
-        "plot_bgcolor": "#fafafa",
     }
     return {"data": traces, "layout": layout}
 
@@ -376,9 +338,6 @@ def _verdicts(plan: Plan) -> list[dict[str, Any]]:
 def render_html(plan: Plan) -> str:
     """The whole report as one HTML document that needs no network to display."""
     chosen = plan.chosen
-    # plotly.js (4.8 MB) goes in after rendering, into a slot no plan string can contain (a
-    # random token): passing it through jinja2 as Markup would copy it twice more.
-    slot = f"/*plotly.js {secrets.token_hex(16)}*/"
     context = {
         "plan": plan,
         "budget": plan.budget,
@@ -401,10 +360,7 @@ def render_html(plan: Plan) -> str:
         "sources": source_rows(plan),
         "source_counts": source_counts(plan),
         "offers": [(offer_label(o), o) for o in offers_in(plan)],
-        "plotly_js_slot": slot,
-        "figures_json": script_json(
-            {"cost-time": cost_time_figure(plan), "memory": memory_figure(plan)}
-        ),
+        "cost_time_svg": render_svg(cost_time_figure(plan), element_id="chart-cost-time"),
+        "memory_svg": render_svg(memory_figure(plan), element_id="chart-memory"),
     }
-    before, after = _environment().get_template(TEMPLATE_NAME).render(**context).split(slot)
-    return "".join((before, _plotly_js(), after))
+    return _environment().get_template(TEMPLATE_NAME).render(**context)

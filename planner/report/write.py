@@ -2,7 +2,7 @@
 plan they were made from.
 
 :func:`write_reports` is called at the end of ``ftplan recommend``; ``ftplan report`` re-renders
-one format from a plan file. Rendering imports jinja2 and plotly only when it runs.
+one format from a plan file. Rendering imports jinja2 only when it runs.
 """
 
 from __future__ import annotations
