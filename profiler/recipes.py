@@ -176,6 +176,47 @@ def _compute_dtype(config: TuningConfig) -> Any:
     return torch.float16 if config.precision is Precision.FP16_MIXED else torch.bfloat16
 
 
+def checkpoint_config(
+    checkpoint: str, *, num_layers: int | None = None, for_training: bool = True
+) -> Any:
+    """The checkpoint's own transformers config, with only the training switches applied.
+
+    Architecture details the catalog does not carry (``rope_theta``, rope scaling,
+    ``rms_norm_eps``, sliding windows, token ids) come from the weights, so the model trains as
+    it was pre-trained. Only the KV cache is turned off (training); the attention
+    implementation and dtype are load arguments.
+
+    Args:
+        checkpoint: Hub id or local folder of the weights.
+        num_layers: Keep only this many decoder layers (``None``: the checkpoint's depth).
+        for_training: Apply the training switches; False returns the config as saved.
+
+    Raises:
+        ValueError: If the config cannot be read (missing folder, gated or unknown hub id).
+    """
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(checkpoint)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"cannot read the model config of {checkpoint!r}: {first}. To fix: pass --weights "
+            "with a folder holding config.json, or a hub id you can read (gated models need "
+            "HF_TOKEN)"
+        ) from None
+    text = getattr(config, "text_config", None)
+    target = text if text is not None and not hasattr(config, "num_hidden_layers") else config
+    if num_layers is not None:
+        target.num_hidden_layers = num_layers
+        layer_types = getattr(target, "layer_types", None)
+        if isinstance(layer_types, list) and len(layer_types) != num_layers:
+            target.layer_types = [layer_types[i % len(layer_types)] for i in range(num_layers)]
+    if for_training:
+        config.use_cache = False
+    return config
+
+
 def build_base_model(
     spec: ModelSpec,
     config: TuningConfig,
@@ -189,6 +230,9 @@ def build_base_model(
     Full bf16-mixed and fp16-mixed: fp32 weights; full bf16: bf16 weights; LoRA: 16-bit frozen
     weights; QLoRA: bitsandbytes NF4 with double quantization and 16-bit compute.
 
+    Real weights load with their own config (:func:`checkpoint_config`); the catalog's
+    architecture facts build only random-init models (measurements, ``--random-init``).
+
     Args:
         spec: Architecture facts.
         config: The training config (method and precision pick the weight format).
@@ -199,11 +243,18 @@ def build_base_model(
 
     Returns:
         A ``transformers`` causal LM in train mode.
+
+    Raises:
+        ValueError: If the checkpoint's config cannot be read.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    hf_config = hf_config_for(spec, num_layers=num_layers)
+    hf_config = (
+        hf_config_for(spec, num_layers=num_layers)
+        if checkpoint is None
+        else checkpoint_config(checkpoint, num_layers=num_layers)
+    )
     dtype = _weight_dtype(config)
     attention = attention_implementation(spec)
     if config.method is Method.QLORA:

@@ -45,10 +45,26 @@ def supervise(run_dir: Path, command: list[str]) -> int:
     elif code < 0:
         state, detail = RunState.STOPPED, f"killed by signal {-code}"
     else:
-        state, detail = RunState.FAILED, f"exit code {code}; see {run_dir / LOG_FILE}"
+        last = last_log_line(run_dir / LOG_FILE)
+        state = RunState.FAILED
+        detail = f"exit code {code}: {last}" if last else f"exit code {code}"
+        detail += f"; see {run_dir / LOG_FILE}"
     status.update({"state": state.value, "returncode": code, "ended_at": _now(), "detail": detail})
     write_status(run_dir, status)
     return code
+
+
+def last_log_line(path: Path, *, tail_bytes: int = 16_384) -> str:
+    """The last non-empty line of a log (the error of a failed run), at most 300 characters."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - tail_bytes))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def main(argv: list[str]) -> int:

@@ -78,6 +78,10 @@ class HFTokenizer:
     def encode_text(self, text: str) -> list[int]:
         return list(self._tok(text, add_special_tokens=True)["input_ids"])
 
+    def save_pretrained(self, folder: str) -> None:
+        """Write the tokenizer's files next to a saved model (``final/``)."""
+        self._tok.save_pretrained(folder)
+
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         if getattr(self._tok, "chat_template", None):
             return str(self._tok.apply_chat_template(list(messages), tokenize=False))
@@ -90,25 +94,34 @@ def load_tokenizer(
     vocab_size: int,
     force_byte: bool = False,
     allow_download: bool = True,
+    required: bool = False,
     log: Any = print,
 ) -> Tokenizer:
-    """The model's tokenizer from a hub id or local folder, else the byte-level fallback.
+    """The model's tokenizer from a hub id or local folder, else (random weights only) the
+    byte-level fallback.
 
     Looks in the local files first (works offline); goes to the hub only when
-    ``allow_download`` and ``HF_HUB_OFFLINE`` is not set.
+    ``allow_download`` and ``HF_HUB_OFFLINE`` is not set. A local folder is never followed by a
+    hub lookup (its name is not a hub id).
 
     Args:
         source: Hub id or local folder.
         vocab_size: The model's vocabulary size (tokens).
         force_byte: Skip the model's tokenizer and use :class:`ByteTokenizer`.
         allow_download: Whether the hub may be asked when no local copy exists.
+        required: Real weights are being trained: a tokenizer that does not load is an error,
+            never replaced by another one.
         log: Where to report the fallback.
+
+    Raises:
+        ValueError: If ``required`` and the tokenizer does not load (one line: source, reason).
     """
     if force_byte:
         return ByteTokenizer(vocab_size=vocab_size)
     from transformers import AutoTokenizer  # deferred: heavy
 
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not allow_download
+    local = Path(source).is_absolute() or Path(source).exists()
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not allow_download or local
     attempts = [True] if offline else [True, False]
     last_error: Exception | None = None
     for local_only in attempts:
@@ -117,12 +130,19 @@ def load_tokenizer(
             return HFTokenizer(tok, name=source)
         except (OSError, ValueError) as exc:
             last_error = exc
+    reason = str(last_error).strip().splitlines()[0] if last_error and str(last_error) else ""
+    if required:
+        raise ValueError(
+            f"the tokenizer of {source!r} does not load ({reason or 'no tokenizer files'}). To "
+            "fix: save it next to the weights (tokenizer.save_pretrained(DIR)); ftplan never "
+            "trains real weights with another tokenizer"
+        )
     log(
         json.dumps(
             {
                 "event": "tokenizer_fallback",
                 "source": source,
-                "reason": str(last_error).splitlines()[0] if last_error else "",
+                "reason": reason,
             }
         )
     )

@@ -13,6 +13,7 @@ A run folder ``<runs_dir>/<run_id>/`` holds ``launch.json`` (the spec), ``comman
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -30,6 +31,7 @@ from typing import Any, TextIO
 from catalog import atomic_write_text
 from profiler import Method
 from runners._types import (
+    BYTE_TOKENIZER,
     LaunchResult,
     LaunchSpec,
     RunnerError,
@@ -37,6 +39,14 @@ from runners._types import (
     RunStatus,
     Target,
     launch_spec_to_json,
+)
+from runners._weights import (
+    MissingWeightsError,
+    check_architecture,
+    check_tokenizer,
+    is_s3,
+    read_local_config,
+    resolve_weights,
 )
 
 DEFAULT_RUNS_DIR = Path("runs")
@@ -280,7 +290,8 @@ class LocalRunner:
             resume_run_id: Continue that run (its folder, newest checkpoint) instead of a new one.
 
         Raises:
-            RunnerError: If the data file is missing or the host lacks the planned GPUs/memory.
+            RunnerError: If the data file is missing, the weights are not the planned model
+                (or their tokenizer does not load), or the host lacks the planned GPUs/memory.
         """
         if not Path(data).exists():
             raise RunnerError(
@@ -298,6 +309,12 @@ class LocalRunner:
             if not dry_run:
                 raise
             warnings = [f"this machine could not run it: {exc}"]
+        try:
+            spec = prepare_weights(spec)
+        except MissingWeightsError as exc:
+            if not dry_run:
+                raise
+            warnings.append(f"this machine could not run it: {exc}")
         run_id = resume_run_id or new_run_id(spec)
         run_dir = (self.runs_dir / run_id).resolve()
         argv = self.command(
@@ -433,6 +450,29 @@ class LocalRunner:
     def _say(self, text: str) -> None:
         if self._echo is not None:
             print(text, file=self._echo, flush=True)
+
+
+def prepare_weights(spec: LaunchSpec) -> LaunchSpec:
+    """The spec with a local ``--weights`` folder made absolute (the run's working folder is its
+    run folder) after checking its architecture and tokenizer; hub ids are checked by the
+    training process before any weights load.
+
+    Raises:
+        RunnerError: Missing folder, another architecture, or a tokenizer that does not load.
+    """
+    if spec.checkpoint is None:
+        return spec
+    if is_s3(spec.checkpoint):
+        raise RunnerError(
+            f"--weights {spec.checkpoint!r} is on S3; a local run reads a local folder or a hub "
+            "id. To fix: copy it down (aws s3 sync URI DIR) and pass --weights DIR"
+        )
+    weights = resolve_weights(spec.checkpoint)
+    if Path(weights).is_dir():
+        check_architecture(spec.model, read_local_config(weights), source=spec.checkpoint)
+        if not spec.random_init and spec.tokenizer != BYTE_TOKENIZER:
+            check_tokenizer(weights)
+    return dataclasses.replace(spec, checkpoint=weights)
 
 
 def write_status(run_dir: Path, data: dict[str, Any]) -> None:

@@ -96,6 +96,11 @@ STARTUP_ALLOWANCE_S = 20 * 60
 # runtime (MaxWaitTimeInSeconds must be >= MaxRuntimeInSeconds).
 SPOT_WAIT_FACTOR = 2.0
 MAX_RUNTIME_S = 28 * 24 * 3600  # SageMaker's limit on a training job's runtime: 28 days
+# The variable huggingface_hub reads a token from (gated models such as Llama 2); the job gets
+# the caller's token under this key. What ftplan prints or writes shows MASK instead.
+HF_TOKEN_KEY = "HF_TOKEN"
+MASK = "********"
+MODEL_CHANNEL = "model"  # --weights s3://... arrives as /opt/ml/input/data/model
 _GIB = 1024**3
 
 _STATES = {
@@ -257,6 +262,42 @@ def source_tarball(spec_json: str, *, code_root: Path | None = None) -> bytes:
     return gzip.compress(buffer.getvalue(), mtime=0)  # mtime=0: same bytes for the same input
 
 
+def _channel(name: str, uri: str) -> dict[str, Any]:
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": "S3Prefix",
+                "S3Uri": uri,
+                "S3DataDistributionType": "FullyReplicated",
+            }
+        },
+        "InputMode": "File",
+    }
+
+
+def _channels(spec: LaunchSpec, *, data: str) -> list[dict[str, Any]]:
+    """``train`` (the data) and, for ``--weights s3://...``, ``model`` (the weights folder,
+    which the entry point loads from ``SM_CHANNEL_MODEL``)."""
+    channels = [_channel("train", data)]
+    if spec.checkpoint is not None and spec.checkpoint.startswith("s3://"):
+        channels.append(_channel(MODEL_CHANNEL, spec.checkpoint.rstrip("/") + "/"))
+    return channels
+
+
+def _check_remote_weights(weights: str) -> None:
+    """A SageMaker job reads weights from the hub or S3, never from this machine's disk."""
+    if weights.startswith("s3://"):
+        _split_s3(weights)
+        return
+    if Path(weights).expanduser().exists() or weights.startswith((".", "/", "~")):
+        raise RunnerError(
+            f"--weights {weights!r} is a local folder; a SageMaker job cannot read it. To fix: "
+            f"upload it (aws s3 sync {weights} s3://BUCKET/models/NAME/) and pass --weights "
+            "s3://BUCKET/models/NAME/, or pass a hub id"
+        )
+
+
 def _split_s3(uri: str) -> tuple[str, str]:
     match = re.match(r"^s3://([^/]+)/?(.*)$", uri)
     if not match:
@@ -283,6 +324,9 @@ class SageMakerRunner:
         echo: Where dry runs and progress are printed (None: silent).
         env: Environment to read defaults from (default: os.environ).
         instance_types: Valid ml.* training types (default: from botocore's service model).
+        hf_token_env: The caller's variable holding a Hugging Face token; its value goes into
+            the job's ``HF_TOKEN`` and is masked everywhere ftplan prints or writes. None:
+            ``HF_TOKEN`` when set.
     """
 
     target = Target.SAGEMAKER
@@ -299,8 +343,10 @@ class SageMakerRunner:
         echo: TextIO | None = None,
         env: Mapping[str, str] | None = None,
         instance_types: Iterable[str] | None = None,
+        hf_token_env: str | None = None,
     ) -> None:
         self._env = dict(os.environ if env is None else env)
+        self._hf_token = self._read_token(hf_token_env)
         self._client = client
         self._s3 = s3_client
         self._region = region
@@ -311,6 +357,17 @@ class SageMakerRunner:
         self._image = image
         self._echo = echo
         self._instance_types = frozenset(instance_types) if instance_types is not None else None
+
+    def _read_token(self, variable: str | None) -> str | None:
+        if variable is None:
+            return self._env.get(HF_TOKEN_KEY) or None
+        token = self._env.get(variable)
+        if not token:
+            raise RunnerError(
+                f"--hf-token-env {variable}: the variable is not set (or empty). To fix: export "
+                f"{variable}=hf_... (a token that can read the model), or leave the option out"
+            )
+        return token
 
     def region_for(self, spec: LaunchSpec) -> str:
         """The region the job runs in (see the class docstring for the order)."""
@@ -328,6 +385,8 @@ class SageMakerRunner:
                 or no execution role.
         """
         bucket, _key = _split_s3(data)
+        if spec.checkpoint is not None and not spec.random_init:
+            _check_remote_weights(spec.checkpoint)
         region = self.region_for(spec)
         image = self._image or image_uri(region)
         instance = sagemaker_instance_type(spec, known=self._instance_types)
@@ -366,19 +425,7 @@ class SageMakerRunner:
                 ],
             },
             "HyperParameters": hyperparameters,
-            "InputDataConfig": [
-                {
-                    "ChannelName": "train",
-                    "DataSource": {
-                        "S3DataSource": {
-                            "S3DataType": "S3Prefix",
-                            "S3Uri": data,
-                            "S3DataDistributionType": "FullyReplicated",
-                        }
-                    },
-                    "InputMode": "File",
-                }
-            ],
+            "InputDataConfig": _channels(spec, data=data),
             "OutputDataConfig": {"S3OutputPath": f"{prefix}/output"},
             "ResourceConfig": {
                 "InstanceType": instance,
@@ -395,6 +442,7 @@ class SageMakerRunner:
                 "PYTHONUNBUFFERED": "1",
                 "TOKENIZERS_PARALLELISM": "false",
                 **distribution_environment(spec),
+                **({HF_TOKEN_KEY: self._hf_token} if self._hf_token else {}),
             },
             "Tags": [
                 {"Key": "ftplan:model", "Value": spec.model.name},
@@ -402,6 +450,13 @@ class SageMakerRunner:
             ],
         }
         return request
+
+    def masked(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The request with the token's value replaced by :data:`MASK` (for printing)."""
+        environment = dict(request.get("Environment", {}))
+        if HF_TOKEN_KEY in environment:
+            environment[HF_TOKEN_KEY] = MASK
+        return {**request, "Environment": environment}
 
     # -- Runner protocol ------------------------------------------------------------------
     def launch(
@@ -419,7 +474,7 @@ class SageMakerRunner:
             run_id=job,
             target=Target.SAGEMAKER,
             dry_run=dry_run,
-            request_json=json.dumps(request, indent=2, sort_keys=True),
+            request_json=json.dumps(self.masked(request), indent=2, sort_keys=True),
             spec_json=spec_json,
         )
         if dry_run:
@@ -435,7 +490,8 @@ class SageMakerRunner:
             )
             self._sagemaker_client(request).create_training_job(**request)
         except (BotoCoreError, ClientError) as exc:
-            raise RunnerError(f"SageMaker launch of {job!r} failed: {exc}") from None
+            message = str(exc).replace(self._hf_token, MASK) if self._hf_token else str(exc)
+            raise RunnerError(f"SageMaker launch of {job!r} failed: {message}") from None
         self._say(f"created SageMaker training job {job} in {self.region_for(spec)}")
         return result
 

@@ -41,6 +41,9 @@ METRICS_FILE = "metrics.jsonl"
 FINAL_MODEL_DIR = "final"
 SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # CheckpointConfig.LocalPath default
 SPEC_HYPERPARAMETER = "ftplan_spec"
+MODEL_CHANNEL = "model"  # the SageMaker input channel that carries --weights s3://...
+# SageMaker shows the first 1024 characters of this file as the job's FailureReason.
+SAGEMAKER_FAILURE_FILE = "/opt/ml/output/failure"
 # Steps left out of the throughput median: the first steps pay for allocator growth, kernel
 # selection and clock ramp-up (DESIGN.md, "Measuring on the GPU": warm-up, then the median).
 WARMUP_STEPS = 2
@@ -115,6 +118,16 @@ def resolve_spec(args: argparse.Namespace, env: dict[str, str]) -> LaunchSpec:
         overrides["random_init"] = True
     if args.device:
         overrides["device"] = args.device
+    if spec.checkpoint is not None and spec.checkpoint.startswith("s3://"):
+        # SageMaker copied the weights into the ``model`` channel (runners.sagemaker).
+        channel = env.get(f"SM_CHANNEL_{MODEL_CHANNEL.upper()}")
+        if not channel:
+            raise ValueError(
+                f"weights {spec.checkpoint!r} are on S3 but no '{MODEL_CHANNEL}' input channel "
+                "delivered them. To fix: launch with 'ftplan launch --target sagemaker', which "
+                "adds that channel, or copy them down and pass a local folder"
+            )
+        overrides["checkpoint"] = channel
     return dataclasses.replace(spec, **overrides) if overrides else spec
 
 
@@ -219,11 +232,14 @@ def build_summary(
     steps_done: int,
     start_step: int,
     device_name: str,
+    model_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The end-of-run summary: measured vs planned tokens/s and peak allocated memory.
 
     Throughput is the median over the steps after :data:`WARMUP_STEPS` (all steps when the
     run is shorter); memory is ``torch.cuda.max_memory_allocated`` of this process, GiB.
+    ``model_config`` is the transformers config the run trained with (the checkpoint's own for
+    real weights).
     """
     timed = step_times_s[WARMUP_STEPS:] if len(step_times_s) > WARMUP_STEPS else step_times_s
     step_time = statistics.median(timed) if timed else None
@@ -234,6 +250,7 @@ def build_summary(
         "model": spec.model.name,
         "config": spec.config.label(),
         "device": device_name,
+        "model_config": model_config,
         "versions": _versions(),
         "steps_completed": steps_done,
         "resumed_from_step": start_step,
@@ -349,12 +366,16 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
     paths.output_dir.mkdir(parents=True, exist_ok=True)
     log = _Log(paths.output_dir / METRICS_FILE, enabled=is_main)
 
-    # Random weights without a checkpoint: use a tokenizer only if it is already on disk.
+    checkpoint = weights_checkpoint(spec, log=log)
+    original_config = _check_checkpoint(spec, checkpoint)
+    # Real weights need their own tokenizer (an error, never a fallback); random weights without
+    # a checkpoint use a tokenizer only if it is already on disk, else bytes (logged).
     tokenizer = load_tokenizer(
         spec.weights_source,
         vocab_size=spec.model.vocab_size,
         force_byte=spec.tokenizer == BYTE_TOKENIZER,
         allow_download=not (spec.random_init and spec.checkpoint is None),
+        required=checkpoint is not None and spec.tokenizer != BYTE_TOKENIZER,
         log=log,
     )
     texts = read_texts(paths.data, tokenizer)
@@ -376,13 +397,17 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(spec.seed)
     setup = SETUP_FUNCTIONS[spec.config.method]
-    prepared = setup(
-        spec.model,
-        spec.config,
-        device=device,
-        checkpoint=weights_checkpoint(spec, log=log),
-        learning_rate=spec.learning_rate,
-    )
+    try:
+        prepared = setup(
+            spec.model,
+            spec.config,
+            device=device,
+            checkpoint=checkpoint,
+            learning_rate=spec.learning_rate,
+        )
+    except OSError as exc:  # missing weight files, gated repo, no network: one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot load the weights {checkpoint!r}: {first}") from None
     if accelerator is not None:
         prepared.model, prepared.optimizer = accelerator.prepare(
             prepared.model, prepared.optimizer
@@ -483,7 +508,13 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
             label=spec.config.label(),
             accelerator=accelerator,
         )
-    _save_final_model(prepared, paths.final_model_dir, accelerator=accelerator)
+    _save_final_model(
+        prepared,
+        paths.final_model_dir,
+        accelerator=accelerator,
+        tokenizer=tokenizer,
+        use_cache=None if original_config is None else original_config.get("use_cache"),
+    )
     peak_alloc = peak_res = None
     if device.startswith("cuda"):
         peak_alloc = torch.cuda.max_memory_allocated() / _GIB
@@ -500,6 +531,7 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         steps_done=end_step,
         start_step=start_step,
         device_name=device_name,
+        model_config=trained_model_config(prepared, accelerator=accelerator),
     )
     if is_main:
         atomic_write_text(
@@ -509,15 +541,67 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
     return summary
 
 
-def _save_final_model(prepared: Any, folder: Path, *, accelerator: Any) -> None:
-    """``save_pretrained`` of the trained model: adapters only for LoRA/QLoRA."""
-    if accelerator is None:
-        prepared.model.save_pretrained(str(folder))
-        return
-    state = accelerator.get_state_dict(prepared.model)
-    accelerator.unwrap_model(prepared.model).save_pretrained(
-        str(folder), state_dict=state, is_main_process=accelerator.is_main_process
-    )
+def _base_model(prepared: Any, *, accelerator: Any) -> Any:
+    """The transformers model under the accelerate and PEFT wrappers."""
+    model = accelerator.unwrap_model(prepared.model) if accelerator is not None else prepared.model
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def trained_model_config(prepared: Any, *, accelerator: Any = None) -> dict[str, Any]:
+    """The config dict the run trained with, JSON-safe (transformers' own serialization)."""
+    config = _base_model(prepared, accelerator=accelerator).config
+    return dict(json.loads(config.to_json_string(use_diff=False)))
+
+
+def _check_checkpoint(spec: LaunchSpec, checkpoint: str | None) -> dict[str, Any] | None:
+    """Read the checkpoint's config (hub, SageMaker channel or folder) and refuse it when its
+    architecture is not the plan's model; returns the config as saved (None: random weights).
+
+    Raises:
+        ValueError: Unreadable config (gated, missing) or another architecture (one line).
+    """
+    if checkpoint is None:
+        return None
+    from profiler.recipes import checkpoint_config
+    from runners._weights import architecture_mismatch
+
+    config = checkpoint_config(checkpoint, for_training=False)
+    saved = dict(json.loads(config.to_json_string(use_diff=False)))
+    mismatch = architecture_mismatch(spec.model, saved)
+    if mismatch is not None:
+        raise ValueError(f"weights {checkpoint!r} are not the planned model: {mismatch}")
+    return saved
+
+
+def _save_final_model(
+    prepared: Any,
+    folder: Path,
+    *,
+    accelerator: Any,
+    tokenizer: Any = None,
+    use_cache: bool | None = None,
+) -> None:
+    """``save_pretrained`` of the trained model (adapters only for LoRA/QLoRA) and of its
+    tokenizer, so ``final/`` is ready to load or merge. Full fine-tuning's config is the
+    checkpoint's own; only ``use_cache``, turned off for training, is put back."""
+    is_main = accelerator is None or accelerator.is_main_process
+    base = _base_model(prepared, accelerator=accelerator)
+    if use_cache is not None:
+        base.config.use_cache = use_cache
+    try:
+        if accelerator is None:
+            prepared.model.save_pretrained(str(folder))
+        else:
+            state = accelerator.get_state_dict(prepared.model)
+            accelerator.unwrap_model(prepared.model).save_pretrained(
+                str(folder), state_dict=state, is_main_process=is_main
+            )
+    finally:
+        base.config.use_cache = False
+    save = getattr(tokenizer, "save_pretrained", None)
+    if is_main and callable(save):
+        save(str(folder))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -531,8 +615,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         train(spec, paths, resume=resume)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        _record_failure(f"error: {exc}", env)
         return 2
     return 0
+
+
+def _record_failure(line: str, env: dict[str, str]) -> None:
+    """On SageMaker, the one-line error becomes the job's FailureReason."""
+    failure = Path(SAGEMAKER_FAILURE_FILE)
+    if "SM_MODEL_DIR" in env and failure.parent.is_dir():
+        failure.write_text(line[:1024] + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from catalog import get_model
+from catalog import ModelSpec, get_model, model_from_hf_config
 from planner._types import Candidate, Plan
 from planner.cli.errors import UserInputError
 from profiler import Method
@@ -22,6 +22,7 @@ from runners import (
     LaunchSpec,
     LocalRunner,
     RunnerError,
+    RunState,
     RunStatus,
     SageMakerRunner,
     SkyPilotRunner,
@@ -57,6 +58,19 @@ def plan_candidate(plan: Plan, *, rank: int | None = None) -> Candidate:
     return plan.chosen
 
 
+def plan_model(plan: Plan) -> ModelSpec:
+    """The plan's model: its config.json folder when the plan was made from one (its hub id is
+    then that folder), else the catalog entry.
+
+    Raises:
+        CatalogError: If neither resolves (e.g. a relative config path from another folder).
+    """
+    folder = Path(plan.model_hf_id).expanduser()
+    if (folder / "config.json").is_file():
+        return model_from_hf_config(folder)
+    return get_model(plan.model)
+
+
 def launch_spec_from_plan(
     plan: Plan,
     candidate: Candidate,
@@ -82,7 +96,7 @@ def launch_spec_from_plan(
     measurement = candidate.measurement
     method = candidate.config.method
     return LaunchSpec(
-        model=get_model(plan.model),
+        model=plan_model(plan),
         config=candidate.config,
         checkpoint=weights,
         random_init=random_init,
@@ -170,7 +184,17 @@ def _user_error(exc: Exception) -> click.ClickException:
     metavar="RUN_ID",
     help="Local: continue that run from its newest checkpoint.",
 )
-@click.option("--wait", is_flag=True, help="Follow the run until it ends.")
+@click.option(
+    "--hf-token-env",
+    metavar="VAR",
+    help="SageMaker: pass the token in $VAR to the job as HF_TOKEN (default: $HF_TOKEN when "
+    "set), for gated models; printed masked.",
+)
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Follow the run until it ends; exit 0 when it succeeded, 1 when it failed or stopped.",
+)
 def launch_command(
     plan_file: Path,
     target: str | None,
@@ -187,6 +211,7 @@ def launch_command(
     grad_accum: int | None,
     image_uri: str | None,
     resume_run: str | None,
+    hf_token_env: str | None,
     wait: bool,
 ) -> None:
     """Launch the plan's chosen candidate: a real fine-tune whose measured peak memory and
@@ -238,6 +263,7 @@ def launch_command(
                 region=region,
                 prefix=output_dir,
                 image=image_uri,
+                hf_token_env=hf_token_env,
                 wait=wait,
             )
     except RunnerError as exc:
@@ -262,7 +288,15 @@ def _launch_local(
         + (f" --runs-dir {runs_dir}" if runs_dir else "")
     )
     if wait:
-        _print_status(runner.wait(result.run_id), fmt="table")
+        _finish(runner.wait(result.run_id))
+
+
+def _finish(status: RunStatus) -> None:
+    """Print the final status; exit 1 unless the run succeeded (``launch --wait``)."""
+    _print_status(status, fmt="table")
+    if status.state is not RunState.SUCCEEDED:
+        click.echo(f"error: run {status.run_id} {status.state.value}: {status.detail}", err=True)
+        raise click.exceptions.Exit(1)
 
 
 def _launch_skypilot(
@@ -283,12 +317,18 @@ def _launch_sagemaker(
     region: str | None,
     prefix: str | None,
     image: str | None,
+    hf_token_env: str | None,
     wait: bool,
 ) -> None:
     if prefix is not None and not prefix.startswith("s3://"):
         raise RunnerError(f"--output-dir {prefix!r} must be an s3:// prefix for SageMaker")
     runner = SageMakerRunner(
-        role_arn=role, region=region, s3_prefix=prefix, image=image, echo=sys.stdout
+        role_arn=role,
+        region=region,
+        s3_prefix=prefix,
+        image=image,
+        echo=sys.stdout,
+        hf_token_env=hf_token_env,
     )
     result = runner.launch(spec, data=data, dry_run=dry_run)
     warning = sagemaker_price_warning(spec)
@@ -298,7 +338,7 @@ def _launch_sagemaker(
         return
     click.echo(f"status: ftplan status {result.run_id} --target sagemaker")
     if wait:
-        _print_status(runner.wait(result.run_id), fmt="table")
+        _finish(runner.wait(result.run_id))
 
 
 def _print_status(status: RunStatus, *, fmt: str) -> None:

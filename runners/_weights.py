@@ -1,0 +1,167 @@
+"""The weights a run fine-tunes: where they are (a local folder resolved against the caller's
+folder, a hub id, or ``s3://``), whether their architecture is the plan's model, and whether
+their tokenizer loads. Checked before anything starts, is uploaded or is billed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from catalog import ModelSpec
+from runners._types import RunnerError
+
+CONFIG_FILE = "config.json"
+# A Hugging Face repo id: ``name`` or ``owner/name`` (letters, digits, ``-_.``), as the hub's
+# validate_repo_id accepts; anything with more slashes can only be a path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+
+# ModelSpec field -> the config.json keys that may hold it (first present wins) and the default
+# when none is present (None: required).
+_ARCHITECTURE_FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("num_layers", "layers", ("num_hidden_layers",)),
+    ("hidden_size", "hidden size", ("hidden_size",)),
+    ("num_heads", "attention heads", ("num_attention_heads",)),
+    ("num_kv_heads", "KV heads", ("num_key_value_heads", "num_attention_heads")),
+    ("intermediate_size", "intermediate size", ("intermediate_size",)),
+    ("vocab_size", "vocabulary", ("vocab_size",)),
+    ("num_experts", "experts", ("num_local_experts", "num_experts")),
+)
+
+
+class MissingWeightsError(RunnerError):
+    """``--weights`` names a local folder that is not there."""
+
+
+def is_s3(source: str) -> bool:
+    return source.startswith("s3://")
+
+
+def resolve_weights(weights: str, *, cwd: Path | None = None) -> str:
+    """An absolute folder for a local path (the run's working folder differs from the
+    caller's), else the hub id or ``s3://`` URI unchanged.
+
+    Raises:
+        RunnerError: If ``weights`` names a local path that does not exist, or is neither a
+            path nor a hub id.
+    """
+    if is_s3(weights):
+        return weights.rstrip("/")
+    base = cwd or Path.cwd()
+    path = Path(weights).expanduser()
+    candidate = path if path.is_absolute() else base / path
+    if candidate.exists():
+        if not candidate.is_dir():
+            raise RunnerError(
+                f"--weights {weights!r} is a file; it must be a folder holding config.json, the "
+                "weights and the tokenizer (what save_pretrained writes), or a hub id"
+            )
+        return str(candidate.resolve())
+    looks_local = weights.startswith((".", "/", "~")) or not _HUB_ID.match(weights)
+    if looks_local:
+        raise MissingWeightsError(
+            f"--weights {weights!r}: no such folder (looked in {str(candidate)!r}). To fix: "
+            "pass the folder save_pretrained wrote, or a hub id like meta-llama/Llama-2-7b-hf"
+        )
+    return weights
+
+
+def architecture_mismatch(planned: ModelSpec, config: Mapping[str, Any]) -> str | None:
+    """The first architecture fact where a checkpoint's ``config.json`` differs from the plan's
+    model, as one line naming the field and both values; None when they agree.
+
+    Compared: layers, hidden size, attention and KV heads, intermediate size, vocabulary,
+    experts. Multimodal configs are compared on their ``text_config``.
+    """
+    if "num_hidden_layers" not in config and isinstance(config.get("text_config"), Mapping):
+        config = config["text_config"]
+    for field, label, keys in _ARCHITECTURE_FIELDS:
+        planned_value = getattr(planned, field)
+        found = next((config[k] for k in keys if config.get(k) is not None), None)
+        if found is None:
+            if field == "num_experts":
+                found = 1
+            else:
+                return f"the checkpoint's config.json has no {keys[0]!r} ({label})"
+        if int(found) != int(planned_value):
+            return (
+                f"{label} ({keys[0]}): the checkpoint has {found}, the plan's model "
+                f"{planned.name!r} has {planned_value}"
+            )
+    return None
+
+
+def read_local_config(folder: str | Path) -> dict[str, Any]:
+    """``config.json`` of a local weights folder.
+
+    Raises:
+        RunnerError: If the folder holds no readable config.json.
+    """
+    path = Path(folder) / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
+        raise RunnerError(
+            f"weights folder {str(folder)!r} holds no {CONFIG_FILE}. To fix: pass the folder "
+            "save_pretrained wrote (config.json, weights, tokenizer)"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise RunnerError(f"{str(path)!r} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise RunnerError(f"{str(path)!r} is not a JSON object")
+    return data
+
+
+def check_architecture(planned: ModelSpec, config: Mapping[str, Any], *, source: str) -> None:
+    """Refuse weights whose architecture is not the plan's model.
+
+    Raises:
+        RunnerError: On the first differing fact (see :func:`architecture_mismatch`).
+    """
+    mismatch = architecture_mismatch(planned, config)
+    if mismatch is not None:
+        raise RunnerError(
+            f"--weights {source!r} is not the planned model: {mismatch}. To fix: pass the "
+            "weights of the model you planned, or re-plan with --model "
+            f"{source.rstrip('/')}/config.json; nothing was started"
+        )
+
+
+def check_tokenizer(folder: str | Path) -> str:
+    """Load the folder's tokenizer (offline) to prove it works; returns its class name.
+
+    Raises:
+        RunnerError: If no tokenizer files are there or they do not load.
+    """
+    root = Path(folder)
+    if not any((root / name).is_file() for name in _TOKENIZER_FILES):
+        raise RunnerError(
+            f"weights folder {str(root)!r} holds no tokenizer ({', '.join(_TOKENIZER_FILES)}). "
+            "To fix: save the tokenizer next to the weights (tokenizer.save_pretrained(DIR)); "
+            "ftplan never trains real weights with another tokenizer"
+        )
+    from transformers import AutoTokenizer  # deferred: heavy, only launches need it
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunnerError(
+            f"the tokenizer in {str(root)!r} does not load: {first}. To fix: save it again "
+            "with tokenizer.save_pretrained(DIR)"
+        ) from None
+    return type(tokenizer).__name__
+
+
+def check_local_weights(planned: ModelSpec, folder: str) -> None:
+    """A local weights folder: its config is the plan's architecture and its tokenizer loads.
+
+    Raises:
+        RunnerError: Missing config, another architecture, or no loadable tokenizer.
+    """
+    check_architecture(planned, read_local_config(folder), source=folder)
+    check_tokenizer(folder)
