@@ -47,9 +47,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from planner.cli import catalog, estimate, launch, profile, recommend, report
+    from planner.cli import catalog, estimate, launch, merge, profile, recommend, report
 
-    for module in (recommend, estimate, catalog, profile, report, launch):
+    for module in (recommend, estimate, catalog, profile, report, launch, merge):
         for command in module.COMMANDS:
             main.add_command(command)
 
