@@ -498,6 +498,23 @@ def list_offers(
     return offers
 
 
+def cheapest_per_instance(offers: Iterable[Offer]) -> tuple[Offer, ...]:
+    """One offer per provider, service, instance type and pricing (spot or on-demand): the
+    cheapest region's (ties: the first region by name). Pure.
+
+    The same instance in a dearer region can never win a plan (its GPUs, network and node
+    limit are the same), so dropping it keeps the answer and spares the search: SkyPilot's
+    catalog lists most instances in 10 to 40 regions.
+    """
+    best: dict[tuple[str, str, str, bool], Offer] = {}
+    for offer in offers:
+        key = (offer.provider.value, offer.service, offer.instance_type, offer.spot)
+        kept = best.get(key)
+        if kept is None or (offer.usd_per_hour, offer.region) < (kept.usd_per_hour, kept.region):
+            best[key] = offer
+    return tuple(best.values())
+
+
 def local_offer(
     *, gpu: GPU, gpu_count: int, usd_per_hour: float = 0.0, as_of: str | None = None
 ) -> Offer:

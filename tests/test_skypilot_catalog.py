@@ -300,3 +300,19 @@ def test_every_refreshed_cloud_is_a_provider() -> None:
     assert {p.value for p, _ in CLOUD_PROVIDERS.values()} == {
         p.value for p in Provider if p is not Provider.LOCAL
     }
+
+
+def test_recommend_prices_the_cheapest_region_of_each_instance(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from catalog import cheapest_per_instance
+
+    refresh_from_skypilot(catalog_dir=_catalog_copy(tmp_path))
+    lam = list_offers(providers=["lambda"])
+    kept = cheapest_per_instance(lam)
+    assert len(kept) == len({o.instance_type for o in lam})  # one region each (same price)
+    assert {o.region for o in kept} == {"us-east-1"}  # ties: the first region by name
+    dear = replace(kept[0], region="aa-dear-1", usd_per_hour=kept[0].usd_per_hour + 1)
+    assert cheapest_per_instance((dear, *kept)) == kept
+    spot = replace(kept[0], spot=True)
+    assert len(cheapest_per_instance((*kept, spot))) == len(kept) + 1

@@ -103,7 +103,8 @@ def _offers(providers: list[Any] | None, gpus: list[Any], o: dict[str, Any]) -> 
     offers: list[Any] = []
     cloud = None if providers is None else [p for p in providers if p is not Provider.LOCAL]
     if cloud is None or cloud:
-        offers += catalog.list_offers(providers=cloud, gpus=gpus or None, include_spot=o["spot"])
+        listed = catalog.list_offers(providers=cloud, gpus=gpus or None, include_spot=o["spot"])
+        offers += catalog.cheapest_per_instance(listed)
         if o["gpu_count"] is not None:
             offers = [x for x in offers if x.gpu_count == o["gpu_count"]]
         if o["service"]:
