@@ -348,3 +348,28 @@ def test_refreshed_lambda_offer_launches_without_pinning_a_region(
     config = pinned.build_task(_spec(p5), data=data, name="ftplan-y")
     assert config["resources"]["infra"] == "aws/us-east-1"
     assert _parsed(task_yaml(config, spec=_spec(p5))).resources.pop().region == "us-east-1"
+
+
+def test_cli_status_logs_and_stop_go_through_skypilot(
+    tmp_path: Path, data: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _SkyCalls(monkeypatch)
+    runs = tmp_path / "runs"
+    SkyPilotRunner(runs_dir=runs, env={}).launch(
+        _spec(OFFERS["lambda-gh200"]), data=data, name="ftplan-cli"
+    )
+    calls.results["request-status"] = [{"name": "ftplan-cli"}]
+    calls.results["request-queue"] = [{"job_id": 1, "status": sky.JobStatus.SUCCEEDED}]
+    runner = CliRunner()
+    status = runner.invoke(
+        main, ["status", "ftplan-cli", "--runs-dir", str(runs), "--format", "json"]
+    )
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["state"] == "succeeded"
+    assert json.loads(status.stdout)["target"] == "skypilot"
+    assert runner.invoke(main, ["logs", "ftplan-cli", "--runs-dir", str(runs)]).exit_code == 0
+    stopped = runner.invoke(main, ["stop", "ftplan-cli", "--runs-dir", str(runs)])
+    assert stopped.exit_code == 0 and "stopped ftplan-cli" in stopped.output
+    assert [c[0] for c in calls.calls[-2:]] == ["tail_logs", "down"]
+    missing = runner.invoke(main, ["stop", "nope", "--runs-dir", str(runs)])
+    assert missing.exit_code == 2 and "no SkyPilot run 'nope'" in missing.output
