@@ -22,7 +22,7 @@ from catalog._io import atomic_write_text
 from catalog._load import OFFERS_FILENAME, active_offers_path, parse_offers_csv
 from catalog._sky_names import gpu_for_sky_accelerator
 from catalog._types import CatalogError, Provider
-from catalog.refresh import PriceChange, _changes, _read_rows, _to_csv
+from catalog.refresh import PriceChange, _read_rows, _to_csv
 
 #: Columns every cloud's vms.csv must have (SkyPilot catalog schema, all versions since v5).
 REQUIRED_COLUMNS = (
@@ -103,7 +103,8 @@ class SkyPilotRefreshResult:
         as_of: Date stamped on the new rows.
         offer_count: Offers in the file written.
         refreshed_count: Offers that came from SkyPilot's catalog.
-        changes: Every price that changed, appeared or went away.
+        changes: Every price that changed, appeared or went away (per instance type and
+            pricing, at the cheapest region).
         unknown_accelerators: ``(cloud, accelerator name, rows)`` for names ftplan does not map.
         skipped: ``(reason, rows)`` for other rows left out (fractional GPUs, no price, ...).
         skipped_clouds: SkyPilot clouds found in the folder that ftplan does not price.
@@ -376,6 +377,32 @@ def offer_rows(
     return rows
 
 
+def instance_changes(
+    old: Iterable[Mapping[str, str]], new: Iterable[Mapping[str, str]]
+) -> tuple[PriceChange, ...]:
+    """Price changes per instance type and pricing, at each side's cheapest region.
+
+    Keyed ``provider/service/instance/(spot|on-demand)``: the shipped catalog names one region
+    (or none), SkyPilot's names many, so a per-region diff would list every offer as added.
+    """
+
+    def cheapest(rows: Iterable[Mapping[str, str]]) -> dict[str, float]:
+        prices: dict[str, float] = {}
+        for row in rows:
+            kind = "spot" if row["spot"] == "true" else "on-demand"
+            key = f"{row['provider']}/{row['service']}/{row['instance_type']}/{kind}"
+            usd = float(row["usd_per_hour"])
+            prices[key] = min(usd, prices.get(key, usd))
+        return prices
+
+    before, after = cheapest(old), cheapest(new)
+    return tuple(
+        PriceChange(key=k, old_usd_per_hour=before.get(k), new_usd_per_hour=after.get(k))
+        for k in sorted(before.keys() | after.keys())
+        if before.get(k) != after.get(k)
+    )
+
+
 def catalog_version(catalog_dir: Path) -> str:
     """The catalog schema version named by the folder (``.../v7``), else ``v7`` (the layout)."""
     match = re.fullmatch(r"v\d+", catalog_dir.name)
@@ -493,7 +520,7 @@ def refresh_from_skypilot(
         as_of=stamp,
         offer_count=len(new_rows),
         refreshed_count=len(fresh),
-        changes=_changes(replaced, fresh),
+        changes=instance_changes(replaced, fresh),
         unknown_accelerators=tuple(
             (cloud, name, n) for (cloud, name), n in sorted(tally.unknown.items())
         ),

@@ -255,6 +255,7 @@ def test_cli_refresh_changes_offers_json(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "runpod:MI300X (4 rows)" in result.output
+    assert "lambda/cloud/gpu_1x_gh200/on-demand: 1.49 -> 1.99 USD/h" in result.output
     after = json.loads(runner.invoke(main, ["catalog", "offers", "--format", "json"]).output)
     fresh = [o for o in after if o["provider"] in ("lambda", "runpod")]
     assert fresh and all(o["as_of"] == TODAY and "SkyPilot" in o["source"] for o in fresh)

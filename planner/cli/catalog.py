@@ -329,7 +329,10 @@ def _print_skypilot(result: SkyPilotRefreshResult) -> None:
     added = sum(c.old_usd_per_hour is None for c in result.changes)
     removed = sum(c.new_usd_per_hour is None for c in result.changes)
     changed = [c for c in result.changes if None not in (c.old_usd_per_hour, c.new_usd_per_hour)]
-    click.echo(f"  {len(changed)} prices changed, {added} offers added, {removed} removed")
+    click.echo(
+        f"  instance types (cheapest region): {len(changed)} prices changed, {added} added, "
+        f"{removed} gone"
+    )
     for change in changed:
         click.echo(
             f"  {change.key}: {change.old_usd_per_hour:.4g} -> {change.new_usd_per_hour:.4g} USD/h"
