@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -386,10 +387,11 @@ class SkyPilotRunner:
             RunnerError: Bad input (nothing started), SkyPilot missing, or the launch failed.
         """
         run_id = name or task_name(spec)
-        if not data.startswith(_BUCKET_SCHEMES) and not Path(data).expanduser().is_file():
-            message = f"data file {data} does not exist"
+        if not data.startswith(_BUCKET_SCHEMES) and not Path(data).expanduser().exists():
+            message = f"data file {data} does not exist; pass --data FILE.jsonl or a bucket URI"
             if not dry_run:
-                raise RunnerError(f"{message}; pass --data FILE.jsonl or a bucket URI")
+                raise RunnerError(message)
+            sys.stderr.write(f"warning: {message}\n")  # stdout carries only the task YAML
         config = self.build_task(spec, data=data, name=run_id)
         text = task_yaml(config, spec=spec)
         spec_json = launch_spec_to_json(spec)
