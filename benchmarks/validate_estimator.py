@@ -1,13 +1,16 @@
 """Validate the analytic estimator against the real H100 reference runs, and time it.
 
-Prints, for the 24 rows of profiler/data/reference-h100.jsonl: first-principles (uncalibrated)
-errors, leave-one-out and leave-one-model-out cross-validated errors of the fitted calibration,
-and the in-sample fit; then sanity rows for larger models that no reference run covers (the
-estimate against the 6·N·tokens / (45% of peak) rule of thumb) and the cost of one ``estimate``
-call. ``--write-calibration`` refits on
-all rows and writes profiler/data/calibration-h100-sxm-80gb.json (the shipped calibration).
+Prints, for the full-depth rows of both shipped H100 sets (profiler/data/reference-h100.jsonl and
+reference-h100-2.jsonl; 7 models): first-principles (uncalibrated) errors, leave-one-model-out
+cross-validated errors of the fitted calibration (every fitted constant refitted without the
+held-out model), the table by regime (short/long steps, recipe, checkpointing), whether the
+bands hold, and the in-sample fit; then real runs held out from both sets when present
+(``benchmarks/results/*.jsonl`` on other GPUs, e.g. an H200 the calibration was not fitted on),
+sanity rows for larger models and 8-bit AdamW, and the cost of one ``estimate`` call.
+``--write-calibration`` refits on all rows and writes profiler/data/calibration-h100-sxm-80gb.json
+(the shipped calibration, with its cross-validated bands).
 
-    .venv/bin/python benchmarks/validate_estimator.py [--write-calibration]
+    .venv/bin/python benchmarks/validate_estimator.py [--write-calibration] [--held-out FILE ...]
 """
 
 from __future__ import annotations
@@ -22,18 +25,31 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from catalog import atomic_write_text, get_gpu, get_model  # noqa: E402
-from profiler._types import Measurement, Method, Precision, TuningConfig  # noqa: E402
+from profiler._types import (  # noqa: E402
+    Measurement,
+    Method,
+    OptimizerKind,
+    Precision,
+    Provenance,
+    TuningConfig,
+)
 from profiler.calibration import (  # noqa: E402
     FIRST_PRINCIPLES,
     REFERENCE_H100_PROVENANCE,
     SHIPPED_DATA_DIR,
     Calibration,
+    all_reference_measurements,
     calibration_file_name,
+    calibration_for,
     calibration_to_json,
-    reference_measurements,
+    regime_of,
 )
 from profiler.estimator import estimate  # noqa: E402
-from profiler.fit import fit_calibration  # noqa: E402
+from profiler.fit import fit_calibration, held_out_predictions  # noqa: E402
+from profiler.store import ProfileStore  # noqa: E402
+
+# Steps of at least this many tokens are "long" (production-sized) in the regime table.
+LONG_STEP_TOKENS = 8192
 
 Row = tuple[Measurement, Measurement]
 
@@ -92,13 +108,91 @@ def _predict(
     ]
 
 
-def _held_out(rows: Sequence[Measurement], group: Callable[[Measurement], object]) -> list[Row]:
+def _tokens(m: Measurement) -> int:
+    return m.config.micro_batch_size * m.config.seq_len
+
+
+def _regimes(pairs: Sequence[Row]) -> None:
+    """Held-out step-time and memory error by regime: step length, recipe, checkpointing."""
+    print("\n### By regime (leave-one-model-out)\n")
+    print(
+        "| regime | rows | step time median abs % | signed median % | worst abs % "
+        "| peak alloc median abs % | worst abs % |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    groups: dict[str, list[Row]] = {}
+    for measured, predicted in pairs:
+        long = _tokens(measured) >= LONG_STEP_TOKENS
+        groups.setdefault(
+            f"{'long' if long else 'short'} (tokens {'>=' if long else '<'} {LONG_STEP_TOKENS})",
+            [],
+        ).append((measured, predicted))
+        groups.setdefault(regime_of(measured.config), []).append((measured, predicted))
+        groups.setdefault("all", []).append((measured, predicted))
+    for name, rows in sorted(groups.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+        signed = [_pct(p.step_time_s or 0, m.step_time_s or 1) for m, p in rows]
+        memory = [abs(_pct(p.peak_allocated_gib or 0, m.peak_allocated_gib or 1)) for m, p in rows]
+        print(
+            f"| {name} | {len(rows)} | {statistics.median(map(abs, signed)):.1f} | "
+            f"{statistics.median(signed):+.1f} | {max(map(abs, signed)):.1f} | "
+            f"{statistics.median(memory):.2f} | {max(memory):.2f} |"
+        )
+
+
+def _band_coverage(pairs: Sequence[Row], calibration: Calibration) -> None:
+    """How often the shipped bands contain the measured value (in-sample, by construction
+    close to all) and how wide they are."""
     gpu = get_gpu("h100")
-    fits: dict[object, Calibration] = {}
-    for key in {group(m) for m in rows}:
-        training = [m for m in rows if group(m) != key]
-        fits[key] = fit_calibration(training, get_model, gpu)
-    return _predict(rows, lambda m: fits[group(m)])
+    inside = 0
+    widths: list[float] = []
+    for measured, _ in pairs:
+        e = estimate(get_model(measured.model), measured.config, gpu, calibration=calibration)
+        band = e.band("step_time_s")
+        assert band is not None and measured.step_time_s and e.step_time_s
+        inside += band[0] <= measured.step_time_s <= band[1]
+        widths.append((band[1] - band[0]) / e.step_time_s * 100)
+    print(
+        f"\nstep-time bands (shipped fit): contain {inside}/{len(pairs)} measured steps; "
+        f"width median {statistics.median(widths):.0f}% of the estimate, widest "
+        f"{max(widths):.0f}%"
+    )
+
+
+def _other_gpus(paths: Sequence[Path]) -> None:
+    """Real runs from files the calibration never saw (e.g. an H200): the H100 fit, scaled."""
+    records = [
+        m
+        for m in ProfileStore(list(paths)).records()
+        if m.step_time_s is not None
+        and m.peak_allocated_gib is not None
+        and m.source.value == "measured"
+    ]
+    if not records:
+        print("\n(no held-out runs on other GPUs given)")
+        return
+    print(f"\n### Held out: {len(records)} runs from {', '.join(p.name for p in paths)}\n")
+    print("| model | gpu | config | tokens | step s meas | pred | err % | alloc err % | fits |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    from profiler.estimator import memory_fits
+
+    time_errors: list[float] = []
+    for m in records:
+        gpu = get_gpu(m.gpu)
+        e = estimate(get_model(m.model), m.config, gpu, calibration=calibration_for(gpu))
+        assert e.step_time_s and m.step_time_s and e.peak_allocated_gib and m.peak_allocated_gib
+        et = _pct(e.step_time_s, m.step_time_s)
+        time_errors.append(et)
+        fits = memory_fits(e.peak_reserved_gib or 0, gpu)
+        print(
+            f"| {m.model} | {m.gpu} | {m.config.label()} | {_tokens(m)} | {m.step_time_s:.4f} "
+            f"| {e.step_time_s:.4f} | {et:+.1f} | "
+            f"{_pct(e.peak_allocated_gib, m.peak_allocated_gib):+.1f} | "
+            f"{'yes' if fits else 'NO'} |"
+        )
+    print(
+        f"\nstep time: median abs {statistics.median(map(abs, time_errors)):.1f}%, signed "
+        f"median {statistics.median(time_errors):+.1f}%, worst {max(map(abs, time_errors)):.1f}%"
+    )
 
 
 # Rule-of-thumb MFU for the sanity rows: well-tuned large-model training reaches 40-50% (PaLM 46%,
@@ -163,16 +257,39 @@ def _sanity(calibration: Calibration) -> None:
     )
 
 
+def _eight_bit(calibration: Calibration) -> None:
+    """8-bit AdamW against torch AdamW: no reference run uses it, so this shows the assumption."""
+    gpu = get_gpu("h100")
+    print("\n### 8-bit AdamW (first principles, no measurement): step time vs torch AdamW\n")
+    print("| model | config | AdamW s | 8-bit s | 8-bit / AdamW |")
+    print("|---|---|---:|---:|---:|")
+    for name, precision in (("llama3.2-1b", Precision.BF16), ("llama2-7b", Precision.BF16)):
+        base = TuningConfig(
+            method=Method.FULL, precision=precision, micro_batch_size=1, seq_len=2048
+        )
+        eight = TuningConfig(
+            method=Method.FULL,
+            precision=precision,
+            micro_batch_size=1,
+            seq_len=2048,
+            optimizer=OptimizerKind.ADAMW_8BIT,
+        )
+        spec = get_model(name)
+        a = estimate(spec, base, gpu, calibration=calibration).step_time_s or 0
+        b = estimate(spec, eight, gpu, calibration=calibration).step_time_s or 0
+        print(f"| {name} | {eight.label()} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
+
+
 def _speed() -> None:
     gpu = get_gpu("h100")
-    rows = reference_measurements()
+    rows = all_reference_measurements()
     specs = [get_model(m.model) for m in rows]
-    calibration = fit_calibration(rows, get_model, gpu)
+    calibration = calibration_for(gpu)
     # Vary the batch so per-config caches do not hide the cost of a fresh call.
     configs = [(s, m.config) for s, m in zip(specs, rows, strict=True)]
     n = 0
     start = time.perf_counter()
-    for _ in range(400):
+    for _ in range(200):
         for spec, config in configs:
             estimate(spec, config, gpu, calibration=calibration)
             n += 1
@@ -190,22 +307,38 @@ def main() -> None:
         action="store_true",
         help="refit on all rows and write the shipped H100 calibration",
     )
+    parser.add_argument(
+        "--held-out",
+        nargs="*",
+        type=Path,
+        default=sorted((Path(__file__).resolve().parent / "results").glob("h200-*.jsonl")),
+        help="profile-store JSONL files of real runs to report errors on (not fitted)",
+    )
     args = parser.parse_args()
-    rows = reference_measurements()
+    rows = all_reference_measurements()
     gpu = get_gpu("h100")
     _table("First principles (no calibration)", _predict(rows, lambda m: FIRST_PRINCIPLES))
-    _table(
-        "Leave-one-out (fit on 23 rows, predict the 24th)",
-        _held_out(rows, lambda m: (m.model, m.config)),
+    held_out = held_out_predictions(rows, get_model, gpu)
+    _table("Leave-one-model-out (every constant refitted without the model)", held_out)
+    _regimes(held_out)
+    provenance = Provenance(
+        device=REFERENCE_H100_PROVENANCE.device,
+        date=REFERENCE_H100_PROVENANCE.date,
+        versions=REFERENCE_H100_PROVENANCE.versions,
+        method=REFERENCE_H100_PROVENANCE.method,
+        notes="profiler/data/reference-h100.jsonl and reference-h100-2.jsonl, full-depth rows "
+        "(see profiler/data/README.md)",
     )
-    _table("Leave-one-model-out (fit on the other two models)", _held_out(rows, lambda m: m.model))
-    full = fit_calibration(rows, get_model, gpu, provenance=REFERENCE_H100_PROVENANCE)
+    full = fit_calibration(rows, get_model, gpu, provenance=provenance)
     _table(
-        "In-sample (the shipped calibration, fitted on all 24 rows)",
+        f"In-sample (the shipped calibration, fitted on all {len(rows)} rows)",
         _predict(rows, lambda m: full),
     )
+    _band_coverage(held_out, full)
     print(f"\nfitted: {full}")
+    _other_gpus(args.held_out)
     _sanity(full)
+    _eight_bit(full)
     _speed()
     if args.write_calibration:
         path = atomic_write_text(

@@ -232,7 +232,9 @@ class Measurement:
     Memory is per GPU in GiB (``torch.cuda.max_memory_allocated``/``max_memory_reserved`` when
     measured); ``step_time_s`` is one optimizer step of ``config.micro_batch_size`` ×
     ``config.seq_len`` tokens per GPU; ``tokens_per_s`` is over all GPUs. ``phase_peaks_gib`` holds
-    the peak of each phase (e.g. ``forward_backward``, ``optimizer_step``) where known.
+    the peak of each phase (e.g. ``forward_backward``, ``optimizer_step``) where known. ``bands``
+    holds ``(quantity, low, high)`` for estimates: the range the cross-validated residuals of the
+    estimate's regime put the true value in (e.g. ``("step_time_s", 0.41, 0.52)``).
     """
 
     model: str
@@ -249,8 +251,16 @@ class Measurement:
     total_params: int | None = None
     breakdown: MemoryBreakdown | None = None
     phase_peaks_gib: tuple[tuple[str, float], ...] = ()
+    bands: tuple[tuple[str, float, float], ...] = ()
     error: str = ""
     fit: tuple[tuple[str, float], ...] = field(default=())
+
+    def band(self, quantity: str) -> tuple[float, float] | None:
+        """``(low, high)`` of a quantity (e.g. ``step_time_s``), or None without a band."""
+        for name, low, high in self.bands:
+            if name == quantity:
+                return low, high
+        return None
 
     def __post_init__(self) -> None:
         if self.status is Status.OK:
@@ -258,5 +268,8 @@ class Measurement:
             missing = [n for n in ("step_time_s", "tokens_per_s") if getattr(self, n) is None]
             if missing:
                 raise ValueError(f"an ok {self.source.value} figure needs {missing}")
+        for quantity, low, high in self.bands:
+            if not low <= high:
+                raise ValueError(f"band of {quantity} must have low <= high, got {low} > {high}")
         if self.step_time_s is not None and self.step_time_s <= 0:
             raise ValueError(f"step_time_s must be > 0, got {self.step_time_s}")

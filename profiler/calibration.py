@@ -19,10 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from profiler._types import Measurement, Provenance, Source, Status
+from profiler._types import Measurement, Method, Precision, Provenance, Source, Status
 
 if TYPE_CHECKING:
     from catalog import GPU
+    from profiler._types import TuningConfig
 
 SHIPPED_DATA_DIR = Path(__file__).resolve().parent / "data"
 CALIBRATION_PREFIX = "calibration-"
@@ -34,8 +35,13 @@ class Calibration:
 
     Attributes:
         gpu: Catalog name of the GPU the fit applies to (e.g. ``H100 SXM 80GB``).
-        compute_efficiency: Fraction of ``gpu.matmul_tflops`` the model FLOPs run at (MFU) once
-            the per-layer fixed cost is separated out; dimensionless, (0, 1].
+        compute_efficiency: Fraction of ``gpu.matmul_tflops`` the linear and head matmuls of
+            forward and backward run at (MFU) once the per-layer fixed cost is separated out;
+            dimensionless, (0, 1].
+        attention_efficiency: The same for causal SDPA attention (forward and backward); ``None``
+            uses ``compute_efficiency`` (calibrations written before it existed).
+        recompute_efficiency: The same for the forward that gradient checkpointing re-runs
+            (layer matmuls and attention); ``None`` uses ``compute_efficiency``.
         layer_pass_overhead_s: Fixed seconds per decoder layer per pass (forward, backward,
             recomputation): kernel launches and Python dispatch that do not shrink with size.
         autocast_layer_pass_overhead_s: Further fixed seconds per decoder layer per pass for
@@ -49,6 +55,11 @@ class Calibration:
             reaches (it is memory-bound).
         activation_scale: Multiplier on the estimator's activation and logits bytes.
         reserved_ratio: ``peak_reserved / peak_allocated`` (allocator caching/fragmentation).
+        bands: Cross-validated residual ranges, ``(quantity, regime, low, high)``: the 10th and
+            90th percentile of the signed residual ``predicted / measured - 1`` of the held-out
+            predictions (leave one model out) of that regime (:func:`regime_of`; ``all`` pools
+            every row), for ``step_time_s``, ``peak_allocated_gib`` and ``peak_reserved_gib``.
+            Empty when the fit had fewer than two models to hold out.
         fit_inputs: Number of measurements the fit used (0 for the first-principles defaults).
         memory_error_median_pct: Median absolute error of peak allocated memory on the inputs, %.
         memory_error_max_pct: Worst absolute error of peak allocated memory on the inputs, %.
@@ -65,8 +76,11 @@ class Calibration:
     nf4_call_overhead_s: float
     optimizer_bandwidth_efficiency: float
     autocast_layer_pass_overhead_s: float = 0.0
+    attention_efficiency: float | None = None
+    recompute_efficiency: float | None = None
     activation_scale: float = 1.0
     reserved_ratio: float = 1.08
+    bands: tuple[tuple[str, str, float, float], ...] = ()
     fit_inputs: int = 0
     memory_error_median_pct: float | None = None
     memory_error_max_pct: float | None = None
@@ -81,6 +95,12 @@ class Calibration:
                 f"calibration {self.gpu!r}: compute_efficiency must be in (0, 1], "
                 f"got {self.compute_efficiency}"
             )
+        for name in ("attention_efficiency", "recompute_efficiency"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                raise ValueError(
+                    f"calibration {self.gpu!r}: {name} must be in (0, 1], got {value}"
+                )
         if not 0 < self.optimizer_bandwidth_efficiency <= 1:
             raise ValueError(
                 f"calibration {self.gpu!r}: optimizer_bandwidth_efficiency must be "
@@ -120,6 +140,28 @@ FIRST_PRINCIPLES = Calibration(
         notes="defaults before any fit; see docs/estimator.md",
     ),
 )
+
+
+# Quantities an estimate carries a band for, and the pooled regime every quantity has.
+BAND_QUANTITIES = ("step_time_s", "peak_allocated_gib", "peak_reserved_gib")
+ALL_REGIMES = "all"
+
+
+def regime_of(config: TuningConfig) -> str:
+    """The regime an estimate's band comes from: the recipe, and ``-ckpt`` with checkpointing.
+
+    ``full`` (bf16-mixed), ``full-bf16``, ``lora`` or ``qlora`` (fp16-mixed counts as its bf16
+    twin), e.g. ``qlora-ckpt``.
+    """
+    # Identity tests, not Enum.value or a dict of members: this runs on every estimate.
+    method = config.method
+    if method is Method.LORA:
+        recipe = "lora"
+    elif method is Method.QLORA:
+        recipe = "qlora"
+    else:
+        recipe = "full-bf16" if config.precision is Precision.BF16 else "full"
+    return recipe + "-ckpt" if config.grad_checkpointing else recipe
 
 
 def calibration_file_name(gpu_name: str) -> str:
@@ -256,7 +298,7 @@ def reference_measurements(
     Raises:
         ValueError: If a row has an unknown mode or targets.
     """
-    from profiler._types import Method, Precision, TuningConfig
+    from profiler._types import TuningConfig
 
     provenance = replace(
         REFERENCE_H100_PROVENANCE,

@@ -31,6 +31,7 @@ from profiler._types import (
     TuningConfig,
     adapted_modules,
 )
+from profiler.calibration import ALL_REGIMES, BAND_QUANTITIES, regime_of
 
 if TYPE_CHECKING:
     from catalog import GPU, ModelSpec
@@ -110,6 +111,19 @@ _BIDIRECTIONAL_LINK_DIVISOR = {Interconnect.NVLINK: 2.0}
 # param r/w, grad read and two 1-byte states r/w.
 _OPT_PASSES = 9
 
+# bitsandbytes 8-bit AdamW (plain and paged), modelled from first principles: no reference run
+# uses it, so both constants are stated assumptions, not fits. (1) Its blockwise kernel
+# dequantizes both states, reduces a new absmax per 256-value block and requantizes each value by
+# a search of the 256-entry dynamic map: more work per byte than a streaming kernel, assumed to
+# reach 35% of peak bandwidth (torch's foreach AdamW: 80%). (2) Optimizer8bit.step loops over the
+# parameters in Python and launches one kernel per tensor (no multi-tensor apply, unlike torch's
+# foreach path): assumed 60 µs of host time per trainable tensor, which the GPU cannot hide
+# because each launch waits on the Python loop. Together they make an 8-bit step ~10-50% slower
+# than the bandwidth term alone for 1-7B full fine-tuning, the size of the error seen on real
+# 8-bit runs (docs/estimator.md).
+BNB_8BIT_BANDWIDTH_EFFICIENCY = 0.35
+BNB_8BIT_HOST_S_PER_TENSOR = 60e-6
+
 
 @dataclass(frozen=True, slots=True)
 class _SpecTerms:
@@ -123,8 +137,8 @@ class _SpecTerms:
     head_params: int  # vocab x hidden
     param_count: int
     adapters: dict[tuple[int, str], int]  # (rank, targets) -> LoRA parameters
-    # (method, full bf16-mixed, targets) -> activation bytes per token per layer
-    activations: dict[tuple[Method, bool, str | None], float]
+    # (lora, qlora, full bf16-mixed, targets) -> activation bytes per token per layer
+    activations: dict[tuple[bool, bool, bool, str | None], float]
 
 
 # Keyed by id() with an identity check: hashing a ModelSpec (17 fields) costs more than the
@@ -299,7 +313,8 @@ def _layer_bytes_per_token(spec: ModelSpec, config: TuningConfig, *, full_mixed:
     """Activation bytes one decoder layer saves per token, for the recipe and its LoRA targets."""
     method = config.method
     cache = _spec_terms(spec).activations
-    key = (method, full_mixed, config.lora_targets)
+    # Enum members hash through Python code; identity tests and a string hash in C do not.
+    key = (method is Method.LORA, method is Method.QLORA, full_mixed, config.lora_targets)
     found = cache.get(key)
     if found is not None:
         return found
@@ -333,14 +348,15 @@ def _passes(config: TuningConfig) -> int:
     return 3 if config.grad_checkpointing else 2
 
 
-def _step_flops(spec: ModelSpec, config: TuningConfig, trainable: float) -> float:
-    """Model FLOPs of one step per GPU (matmuls and attention; elementwise work is timed apart).
+def _step_flops(spec: ModelSpec, config: TuningConfig, trainable: float) -> tuple[float, ...]:
+    """Model FLOPs of one step per GPU: (matmuls, attention, recompute); elementwise work apart.
 
     Forward linears cost 2 FLOPs per weight per token; backward costs 2× forward when weights are
     trained (input and weight gradients) and 1× when frozen (input gradients only; LoRA/QLoRA),
     plus 6 FLOPs per adapter parameter per token. Causal SDPA attention costs 2·b·s²·q per layer
     forward (QKᵀ and AV at half of 4·b·s²·q thanks to the causal mask) and 2× that backward.
-    Gradient checkpointing re-runs the decoder layers' forward.
+    Gradient checkpointing re-runs the decoder layers' forward (their linears and attention): the
+    third figure, timed at its own efficiency.
     """
     t = _spec_terms(spec)
     tokens = config.micro_batch_size * config.seq_len
@@ -355,13 +371,11 @@ def _step_flops(spec: ModelSpec, config: TuningConfig, trainable: float) -> floa
         * spec.num_layers
     )
     if config.method is Method.FULL:
-        flops = 3.0 * (layers_fwd + head_fwd)
+        matmul = 3.0 * (layers_fwd + head_fwd)
     else:
-        flops = 2.0 * (layers_fwd + head_fwd) + 6.0 * tokens * trainable
-    flops += 3.0 * attn_fwd
-    if config.grad_checkpointing:
-        flops += layers_fwd + attn_fwd
-    return flops
+        matmul = 2.0 * (layers_fwd + head_fwd) + 6.0 * tokens * trainable
+    recompute = layers_fwd + attn_fwd if config.grad_checkpointing else 0.0
+    return matmul, 3.0 * attn_fwd, recompute
 
 
 def time_terms(
@@ -369,7 +383,10 @@ def time_terms(
 ) -> dict[str, float]:
     """The step-time features of one config on one GPU, before the fitted coefficients.
 
-    Keys: ``compute_s_at_peak`` (model FLOPs at the GPU's dense peak, s), ``layer_passes``
+    Keys: ``matmul_s_at_peak``, ``attention_s_at_peak`` and ``recompute_s_at_peak`` (the linear
+    and head matmuls of forward and backward, causal attention forward and backward, and the
+    checkpointed layers' re-run forward, each at the GPU's dense peak, s; their sum is
+    ``compute_s_at_peak``), ``layer_passes``
     (decoder layers × passes), ``autocast_layer_passes`` (the same under autocast, else 0),
     ``elementwise_s`` (activation bytes once per pass plus the logits
     chain, at peak bandwidth, s), ``nf4_calls`` (NF4 linear calls over all passes, QLoRA only)
@@ -401,13 +418,10 @@ def _time_terms(
         passes * spec.num_layers * tokens * terms["layer_bytes_per_token"]
         + terms["logits_gib"] * GIB
     )
-    state_bytes = (
-        1
-        if config.optimizer is not OptimizerKind.ADAMW
-        else (2 if config.method is Method.FULL and config.precision is Precision.BF16 else 4)
-    )
     trainable = terms["trainable_params"] / _shard_divisor(config)
-    opt_bytes = trainable * (_OPT_PASSES * state_bytes if state_bytes > 1 else 16)
+    optimizer_s = _optimizer_s(
+        spec, config, gpu, trainable=trainable, bandwidth_efficiency=optimizer_bandwidth_efficiency
+    )
     dequant_s = nf4_calls = 0.0
     # Recipes that run under autocast (all but pure-bf16 full FT) pay a second fixed per-layer
     # cost: the autocast dispatch of every op and the cast kernels it launches (fp32 weights or
@@ -422,11 +436,13 @@ def _time_terms(
         )
         linears_per_layer = 4 if spec.num_experts > 1 else 7  # NF4 linears (not MoE experts)
         nf4_calls = float(spec.num_layers * linears_per_layer * passes)
-    optimizer_s = opt_bytes / (bandwidth_bytes_per_s * optimizer_bandwidth_efficiency)
+    peak_flops = gpu.matmul_tflops * 1e12
+    matmul, attention, recompute = _step_flops(spec, config, terms["trainable_params"])
     return {
-        "compute_s_at_peak": (
-            _step_flops(spec, config, terms["trainable_params"]) / (gpu.matmul_tflops * 1e12)
-        ),
+        "compute_s_at_peak": (matmul + attention + recompute) / peak_flops,
+        "matmul_s_at_peak": matmul / peak_flops,
+        "attention_s_at_peak": attention / peak_flops,
+        "recompute_s_at_peak": recompute / peak_flops,
         "layer_passes": float(spec.num_layers * passes),
         "autocast_layer_passes": float(spec.num_layers * passes) if autocast else 0.0,
         "elementwise_s": elementwise_bytes / bandwidth_bytes_per_s,
@@ -434,6 +450,36 @@ def _time_terms(
         "optimizer_s": optimizer_s,
         "fixed_s": optimizer_s + dequant_s,
     }
+
+
+def _optimizer_s(
+    spec: ModelSpec,
+    config: TuningConfig,
+    gpu: GPU,
+    *,
+    trainable: float,
+    bandwidth_efficiency: float,
+) -> float:
+    """Seconds of one optimizer step per GPU: memory traffic, plus host time for 8-bit AdamW."""
+    pure_bf16 = config.method is Method.FULL and config.precision is Precision.BF16
+    param_bytes = 2 if pure_bf16 else 4  # also the gradient dtype; LoRA adapters are fp32
+    bandwidth_bytes_per_s = gpu.memory_bandwidth_tbps * 1e12
+    if config.optimizer is OptimizerKind.ADAMW:
+        return (
+            trainable * _OPT_PASSES * param_bytes / (bandwidth_bytes_per_s * bandwidth_efficiency)
+        )
+    # 8-bit: param read + write, gradient read, two 1-byte states read + written.
+    traffic_s = (
+        trainable * (3 * param_bytes + 4) / (bandwidth_bytes_per_s * BNB_8BIT_BANDWIDTH_EFFICIENCY)
+    )
+    if config.method is Method.FULL:
+        # Per layer: 7 linear weights and 2 norms; plus embeddings, final norm and an untied head.
+        tensors = 9 * spec.num_layers + 2 + (0 if spec.tied_embeddings else 1)
+    else:
+        assert config.lora_targets is not None
+        adapted = adapted_modules(config.lora_targets, num_experts=spec.num_experts)
+        tensors = 2 * len(adapted) * spec.num_layers  # lora_A and lora_B
+    return traffic_s + tensors * BNB_8BIT_HOST_S_PER_TENSOR / _shard_divisor(config)
 
 
 def link_gbps_per_direction(gpu: GPU) -> float:
@@ -491,22 +537,62 @@ def _communication_s(
     return volume / bytes_per_s
 
 
-_PROVENANCE_CACHE: dict[int, tuple[Calibration, Provenance]] = {}
+# Per regime: (quantity, index in BAND_QUANTITIES, low factor, high factor).
+Band = tuple[tuple[str, int, float, float], ...]
+_PROVENANCE_CACHE: dict[tuple[int, str], tuple[Calibration, Provenance, dict[str, Band]]] = {}
 
 
-def _provenance(calibration: Calibration) -> Provenance:
+def _provenance(calibration: Calibration, gpu: GPU) -> tuple[Provenance, dict[str, Band]]:
+    """Provenance and the residual ranges by regime, cached per (calibration, GPU)."""
     # By id() with an identity check: hashing a Calibration on every call costs ~5 µs.
-    hit = _PROVENANCE_CACHE.get(id(calibration))
+    key = (id(calibration), gpu.name)
+    hit = _PROVENANCE_CACHE.get(key)
     if hit is not None and hit[0] is calibration:
-        return hit[1]
-    if len(_PROVENANCE_CACHE) > 64:
+        return hit[1], hit[2]
+    if len(_PROVENANCE_CACHE) > 256:
         _PROVENANCE_CACHE.clear()
-    provenance = _make_provenance(calibration)
-    _PROVENANCE_CACHE[id(calibration)] = (calibration, provenance)
-    return provenance
+    provenance = _make_provenance(calibration, gpu)
+    ranges: dict[str, dict[str, tuple[float, float]]] = {}
+    for quantity, regime, low, high in calibration.bands:
+        ranges.setdefault(regime, {})[quantity] = (low, high)
+    pooled = ranges.get("all", {})
+    # Per regime: the residual ranges of every quantity (the pooled one where the regime lacks it).
+    # The true value lies in estimate / (1 + residual): per quantity present, its index in
+    # BAND_QUANTITIES and the factors that give the band's low and high ends.
+    by_regime = {
+        regime: tuple(
+            (q, i, 1.0 / (1.0 + r[1]), 1.0 / (1.0 + r[0]))
+            for i, q in enumerate(BAND_QUANTITIES)
+            if (r := found.get(q) or pooled.get(q)) is not None and r[0] > -1.0
+        )
+        for regime, found in ranges.items()
+    }
+    _PROVENANCE_CACHE[key] = (calibration, provenance, by_regime)
+    return provenance, by_regime
 
 
-def _make_provenance(calibration: Calibration) -> Provenance:
+def _scaling_note(calibration: Calibration, gpu: GPU) -> str:
+    """How a calibration fitted on another GPU is carried over to ``gpu``, with spec ratios."""
+    from catalog import get_gpu
+
+    try:
+        source = get_gpu(calibration.gpu)
+    except (KeyError, ValueError):
+        return f"; fitted on {calibration.gpu}, applied to {gpu.name} with its own specs"
+    compute = gpu.matmul_tflops / source.matmul_tflops
+    bandwidth = gpu.memory_bandwidth_tbps / source.memory_bandwidth_tbps
+    return (
+        f"; no {gpu.name} calibration: the {source.name} fit scaled by spec ratios of its "
+        f"binding terms: compute x{compute:.2f} ({source.matmul_tflops:g} -> "
+        f"{gpu.matmul_tflops:g} TFLOP/s: matmuls, attention, recompute), bandwidth "
+        f"x{bandwidth:.2f} ({source.memory_bandwidth_tbps:g} -> {gpu.memory_bandwidth_tbps:g} "
+        f"TB/s: optimizer step, NF4 dequantization), launch x1.00 (fixed per-layer and "
+        f"per-call costs are host and driver time, no GPU spec scales them); the band is the "
+        f"{source.name}'s, not validated on {gpu.name}"
+    )
+
+
+def _make_provenance(calibration: Calibration, gpu: GPU) -> Provenance:
     fitted = (
         f"calibration {calibration.gpu} fitted {calibration.fitted_date} on "
         f"{calibration.fit_inputs} runs ({calibration.provenance.device}, data "
@@ -514,7 +600,22 @@ def _make_provenance(calibration: Calibration) -> Provenance:
         if calibration.fit_inputs
         else "first-principles defaults, no calibration"
     )
+    if calibration.fit_inputs and calibration.gpu != gpu.name:
+        fitted += _scaling_note(calibration, gpu)
+    if calibration.bands:
+        fitted += (
+            "; bands: 10th-90th percentile of the leave-one-model-out residuals of the "
+            "estimate's regime (recipe, checkpointing)"
+        )
     return Provenance(device="none (analytic)", date="", method="analytic estimator", notes=fitted)
+
+
+def _bands(
+    by_regime: dict[str, Band], config: TuningConfig, values: tuple[float, float, float]
+) -> tuple[tuple[str, float, float], ...]:
+    """Each quantity's band; ``values`` are step time, peak allocated and peak reserved."""
+    factors = by_regime.get(regime_of(config)) or by_regime.get(ALL_REGIMES) or ()
+    return tuple([(q, values[i] * low, values[i] * high) for q, i, low, high in factors])
 
 
 def estimate(
@@ -578,7 +679,9 @@ def estimate(
 
     tt = _time_terms(spec, config, gpu, mem, cal.optimizer_bandwidth_efficiency)
     compute_s = (
-        tt["compute_s_at_peak"] / cal.compute_efficiency
+        tt["matmul_s_at_peak"] / cal.compute_efficiency
+        + tt["attention_s_at_peak"] / (cal.attention_efficiency or cal.compute_efficiency)
+        + tt["recompute_s_at_peak"] / (cal.recompute_efficiency or cal.compute_efficiency)
         + tt["layer_passes"] * cal.layer_pass_overhead_s
         + tt["autocast_layer_passes"] * cal.autocast_layer_pass_overhead_s
         + tt["elementwise_s"] * cal.elementwise_traffic_factor
@@ -589,21 +692,33 @@ def estimate(
     step_s = compute_s + comm_s - COMM_OVERLAP * min(compute_s, comm_s)
     tokens = config.micro_batch_size * config.seq_len
     trainable = int(mem["trainable_params"])
+    provenance, by_regime = _provenance(cal, gpu)
+    reserved = peak * cal.reserved_ratio
+    bands = (
+        _bands(
+            by_regime,
+            config,
+            (step_s, peak, reserved),
+        )
+        if by_regime
+        else ()
+    )
     return Measurement(
         model=spec.name,
         gpu=gpu.name,
         config=config,
         status=Status.OK,
         source=Source.ESTIMATED,
-        provenance=_provenance(cal),
+        provenance=provenance,
         peak_allocated_gib=peak,
-        peak_reserved_gib=peak * cal.reserved_ratio,
+        peak_reserved_gib=reserved,
         step_time_s=step_s,
         tokens_per_s=tokens * config.gpu_count / step_s,
         trainable_params=trainable,
         total_params=spec.param_count + (0 if config.method is Method.FULL else trainable),
         breakdown=breakdown,
         phase_peaks_gib=(("forward_backward", fb_peak), ("optimizer_step", opt_peak)),
+        bands=bands,
     )
 
 

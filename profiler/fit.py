@@ -13,7 +13,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from profiler._types import Measurement, Provenance, Source, Status
-from profiler.calibration import FIRST_PRINCIPLES, Calibration
+from profiler.calibration import (
+    ALL_REGIMES,
+    BAND_QUANTITIES,
+    FIRST_PRINCIPLES,
+    Calibration,
+    regime_of,
+)
 from profiler.estimator import estimate, memory_terms, time_terms
 
 if TYPE_CHECKING:
@@ -36,7 +42,17 @@ def _median(values: Sequence[float]) -> float:
 # 40-60% (PaLM 46%, Chowdhery et al. 2022; Llama 3 38-43%, Dubey et al. 2024).
 MAX_COMPUTE_EFFICIENCY = 0.6
 
+# Rows weigh sqrt(tokens / 4096) on top of relative error: production-sized steps count more than
+# launch-bound short ones. Leave-one-model-out on both H100 sets: unweighted, 8k-token steps came
+# out 8-9% too fast (signed median); weighted, within 5% (docs/estimator.md).
+TOKEN_WEIGHT_POWER = 0.5
+
 SpecLookup = Callable[[str], "ModelSpec"]
+
+
+def _efficiency(coefficient: float, unfitted: float | None) -> float | None:
+    """1/coefficient, or ``unfitted`` when the column was absent (coefficient 0)."""
+    return float(1.0 / coefficient) if coefficient > 0 else unfitted
 
 
 def usable_rows(measurements: Sequence[Measurement], gpu: GPU) -> list[Measurement]:
@@ -59,18 +75,21 @@ def fit_calibration(
     *,
     provenance: Provenance | None = None,
     fitted_date: str | None = None,
+    bands: bool = True,
 ) -> Calibration:
     """Fit the estimator's free parameters to measurements of one GPU by least squares.
 
-    Time: ``step_time = flops/(peak·eff) + layer_passes·t_layer
-    + autocast_layer_passes·t_autocast + nf4_calls·t_nf4 + fixed`` (fixed: the optimizer step and
-    NF4 dequantization traffic) is linear in ``1/eff``, ``t_layer``, ``t_autocast`` and ``t_nf4``;
-    the elementwise factor ``k`` is set to 0 (see the comment in the body). It is fitted on
-    relative error (each row divided by its measured time) so short and long steps weigh the
-    same; ``eff`` is capped at :data:`MAX_COMPUTE_EFFICIENCY`, and a coefficient that comes out
-    negative is fixed at zero and the rest refitted. Memory: one scale on activation + logits
-    bytes (relative least squares on rows whose peak is the forward/backward phase) and the
-    median reserved/allocated ratio.
+    Time: ``step_time = matmul/(peak·eff) + attention/(peak·eff_attn)
+    + recompute/(peak·eff_recompute) + layer_passes·t_layer + autocast_layer_passes·t_autocast
+    + nf4_calls·t_nf4 + fixed`` (fixed: the optimizer step and NF4 dequantization traffic) is
+    linear in the three inverse efficiencies and the three fixed costs; the elementwise factor
+    ``k`` is set to 0 (see the comment in the body). It is fitted on relative error (each row
+    divided by its measured time) weighted by ``sqrt(tokens / 4096)``
+    (:data:`TOKEN_WEIGHT_POWER`), so production-sized steps count more than launch-bound short
+    ones. ``eff`` is capped at :data:`MAX_COMPUTE_EFFICIENCY` and the other efficiencies at 1; a
+    coefficient below its bound is fixed there and the rest refitted. Memory: one scale on
+    activation + logits bytes (relative least squares on rows whose peak is the
+    forward/backward phase) and the median reserved/allocated ratio.
 
     Args:
         measurements: Records of real runs; only ok, measured, full-depth rows on ``gpu`` count.
@@ -78,6 +97,8 @@ def fit_calibration(
         gpu: The GPU the measurements were taken on.
         provenance: Where the data came from; defaults to the first usable record's provenance.
         fitted_date: ISO date to stamp; defaults to today (UTC).
+        bands: Also refit once per model with that model held out and store the held-out
+            residual ranges per regime (:attr:`Calibration.bands`; needs two or more models).
 
     Returns:
         The fitted calibration, with its in-sample error statistics.
@@ -96,41 +117,53 @@ def fit_calibration(
     base = replace(FIRST_PRINCIPLES, gpu=gpu.name)
     specs = [spec_lookup(m.model) for m in rows]
     measured_s = np.array([m.step_time_s for m in rows], dtype=float)
+    tokens = np.array([m.config.micro_batch_size * m.config.seq_len for m in rows], dtype=float)
     terms = [
         time_terms(spec, m.config, gpu, calibration=base)
         for spec, m in zip(specs, rows, strict=True)
     ]
-    # The elementwise-traffic term is not fitted: on the reference rows it is not separable from
-    # MFU (the full fit sets it to 0), and fitting it made the leave-one-model-out error worse
-    # (median 8.5% vs 6.7%, worst 37% vs 31%), one held-out fold picking k > 0.
-    columns = ["compute_s_at_peak", "layer_passes", "nf4_calls", "autocast_layer_passes"]
+    # The elementwise-traffic term is not fitted: with both reference sets a per-recipe count of
+    # norm/activation/RoPE/residual/cast and LoRA-path bytes got a zero or near-zero factor, and
+    # every variant with it cross-validated worse (docs/estimator.md, "Tried").
+    columns = [
+        "matmul_s_at_peak",
+        "attention_s_at_peak",
+        "recompute_s_at_peak",
+        "layer_passes",
+        "nf4_calls",
+        "autocast_layer_passes",
+    ]
+    # Lower bounds of the coefficients: 1/efficiency with the MFU cap, efficiencies <= 1, and
+    # fixed costs >= 0.
+    lower = [1.0 / MAX_COMPUTE_EFFICIENCY, 1.0, 1.0, 0.0, 0.0, 0.0]
     design = np.array([[t[c] for c in columns] for t in terms], dtype=float)
     fixed = np.array([t["fixed_s"] for t in terms], dtype=float)
-    active = [j for j in range(len(columns)) if design[:, j].any()]
     coef = np.zeros(len(columns))
-    weights = 1.0 / measured_s
+    active = [j for j in range(len(columns)) if design[:, j].any()]
+    weights = (tokens / 4096.0) ** TOKEN_WEIGHT_POWER / measured_s
     target = measured_s - fixed
     while active:
         a = design[:, active] * weights[:, None]
         solution, *_ = np.linalg.lstsq(a, target * weights, rcond=None)
-        if 0 in active and solution[0] < 1.0 / MAX_COMPUTE_EFFICIENCY:
-            # An MFU above the cap would make large models look too fast: fix it, refit the rest.
-            target = target - design[:, 0] / MAX_COMPUTE_EFFICIENCY
-            coef[0] = 1.0 / MAX_COMPUTE_EFFICIENCY
-            active = [j for j in active if j != 0]
-            continue
-        if (solution >= 0).all():
+        below = [(s - lower[j], j) for j, s in zip(active, solution, strict=True) if s < lower[j]]
+        if not below:
             coef[active] = solution
             break
-        active = [j for j, s in zip(active, solution, strict=True) if s >= 0]
-    efficiency = float(1.0 / coef[0]) if coef[0] > 0 else base.compute_efficiency
+        # Fix the worst offender at its bound (an MFU above the cap would make large models look
+        # too fast; a negative fixed cost has no meaning) and refit the rest.
+        _, worst = min(below)
+        coef[worst] = lower[worst]
+        target = target - design[:, worst] * lower[worst]
+        active = [j for j in active if j != worst]
     fitted = replace(
         base,
-        compute_efficiency=min(MAX_COMPUTE_EFFICIENCY, efficiency),
-        layer_pass_overhead_s=float(coef[1]),
+        compute_efficiency=_efficiency(coef[0], None) or base.compute_efficiency,
+        attention_efficiency=_efficiency(coef[1], None),
+        recompute_efficiency=_efficiency(coef[2], None),
+        layer_pass_overhead_s=float(coef[3]),
         elementwise_traffic_factor=0.0,
-        nf4_call_overhead_s=float(coef[2]),
-        autocast_layer_pass_overhead_s=float(coef[3]),
+        nf4_call_overhead_s=float(coef[4]),
+        autocast_layer_pass_overhead_s=float(coef[5]),
     )
     fitted = _fit_memory(fitted, rows, specs, gpu)
     if fitted_date is None:
@@ -138,6 +171,10 @@ def fit_calibration(
 
         fitted_date = datetime.datetime.now(datetime.UTC).date().isoformat()
     fitted = replace(fitted, fitted_date=fitted_date)
+    if bands and len({m.model for m in rows}) > 1:
+        fitted = replace(
+            fitted, bands=residual_bands(held_out_predictions(rows, spec_lookup, gpu))
+        )
     return _with_errors(fitted, rows, specs, gpu, provenance)
 
 
@@ -186,6 +223,8 @@ def _with_errors(
         time_error_median_pct=round(_median(time_errors), 2),
         time_error_max_pct=round(max(time_errors), 2),
         compute_efficiency=_round(calibration.compute_efficiency),
+        attention_efficiency=_round_or_none(calibration.attention_efficiency),
+        recompute_efficiency=_round_or_none(calibration.recompute_efficiency),
         layer_pass_overhead_s=_round(calibration.layer_pass_overhead_s),
         elementwise_traffic_factor=_round(calibration.elementwise_traffic_factor),
         nf4_call_overhead_s=_round(calibration.nf4_call_overhead_s),
@@ -196,6 +235,70 @@ def _with_errors(
     )
 
 
+def _round_or_none(value: float | None) -> float | None:
+    return None if value is None else _round(value)
+
+
 def _round(value: float) -> float:
     """Six significant digits, so a refit on the same data writes the same file."""
     return float(f"{value:.6g}") if math.isfinite(value) else value
+
+
+def held_out_predictions(
+    measurements: Sequence[Measurement], spec_lookup: SpecLookup, gpu: GPU
+) -> list[tuple[Measurement, Measurement]]:
+    """(measured, predicted) for every usable row, each predicted by a fit without its model.
+
+    Raises:
+        ValueError: If a fold has fewer than 4 usable rows to fit on.
+    """
+    rows = usable_rows(measurements, gpu)
+    pairs: list[tuple[Measurement, Measurement]] = []
+    for model in sorted({m.model for m in rows}):
+        training = [m for m in rows if m.model != model]
+        fold = fit_calibration(training, spec_lookup, gpu, fitted_date="", bands=False)
+        pairs += [
+            (m, estimate(spec_lookup(m.model), m.config, gpu, calibration=fold))
+            for m in rows
+            if m.model == model
+        ]
+    return pairs
+
+
+def _deciles(values: Sequence[float]) -> tuple[float, float]:
+    import statistics
+
+    if len(values) < 2:
+        return _round(values[0]), _round(values[0])
+    cuts = statistics.quantiles(values, n=10, method="inclusive")
+    return _round(cuts[0]), _round(cuts[-1])
+
+
+# A regime needs this many held-out residuals for a band of its own; fewer use the pooled one.
+MIN_BAND_ROWS = 4
+
+
+def residual_bands(
+    pairs: Sequence[tuple[Measurement, Measurement]],
+) -> tuple[tuple[str, str, float, float], ...]:
+    """The 10th and 90th percentile of the signed residual (predicted / measured - 1) per
+    quantity and regime: an 80% interval of the held-out errors (linear interpolation between
+    ordered residuals; with few rows that is close to the second-lowest and second-highest).
+
+    Regimes with fewer than :data:`MIN_BAND_ROWS` rows are left out (the estimate then uses
+    the pooled ``all`` range).
+    """
+    residuals: dict[tuple[str, str], list[float]] = {}
+    for measured, predicted in pairs:
+        for quantity in BAND_QUANTITIES:
+            truth, guess = getattr(measured, quantity), getattr(predicted, quantity)
+            if truth is None or guess is None:
+                continue
+            error = guess / truth - 1.0
+            residuals.setdefault((quantity, regime_of(measured.config)), []).append(error)
+            residuals.setdefault((quantity, ALL_REGIMES), []).append(error)
+    return tuple(
+        (quantity, regime, *_deciles(values))
+        for (quantity, regime), values in sorted(residuals.items())
+        if len(values) >= MIN_BAND_ROWS or regime == ALL_REGIMES
+    )

@@ -235,12 +235,12 @@ def test_peak_is_the_max_of_phases_and_reserved_exceeds_allocated() -> None:
 def test_reference_runs_within_tolerance() -> None:
     gpu = get_gpu("h100")
     memory, time = [], []
-    for m in reference_measurements():
+    for m in all_reference_measurements():
         e = estimate_(get_model(m.model), m.config, gpu)
         assert e.trainable_params == m.trainable_params
         memory.append(abs(e.peak_allocated_gib / m.peak_allocated_gib - 1))
         time.append(abs(e.step_time_s / m.step_time_s - 1))
-    assert len(memory) == 24
+    assert len(memory) == 52
     assert statistics.median(memory) < 0.10 and max(memory) < 0.20
     assert statistics.median(time) < 0.25
 
@@ -452,6 +452,78 @@ def test_cli_estimate_json_keys() -> None:
     assert data["source"] == "estimated" and data["fits"] is True
     assert data["config"]["lora_rank"] == 16 and data["config"]["lora_targets"] == "all-linear"
     assert data["peak_allocated_gib"] == pytest.approx(15.53, rel=0.05)  # measured on an H100
+    for quantity in ("step_time_s", "peak_allocated_gib", "peak_reserved_gib"):
+        assert data[f"{quantity}_low"] <= data[quantity] <= data[f"{quantity}_high"]
+
+
+def test_estimate_band_comes_from_the_regimes_held_out_residuals() -> None:
+    gpu, spec = get_gpu("h100"), get_model("llama3.1-8b")
+    calibration = calibration_for(gpu)
+    config = TuningConfig(
+        method=Method.QLORA,
+        lora_rank=16,
+        lora_targets="all-linear",
+        micro_batch_size=4,
+        seq_len=2048,
+        grad_checkpointing=True,
+    )
+    e = estimate(spec, config, gpu, calibration=calibration)
+    residuals = {(q, r): (lo, hi) for q, r, lo, hi in calibration.bands}
+    lo, hi = residuals[("step_time_s", "qlora-ckpt")]
+    assert e.band("step_time_s") == pytest.approx(
+        (e.step_time_s / (1 + hi), e.step_time_s / (1 + lo))
+    )
+    # A regime too small for its own band (pure-bf16 full FT) uses the pooled one.
+    full = TuningConfig(method=Method.FULL, precision=Precision.BF16, seq_len=512)
+    pooled = residuals[("step_time_s", "all")]
+    e = estimate(spec, full, gpu, calibration=calibration)
+    assert e.band("step_time_s") == pytest.approx(
+        (e.step_time_s / (1 + pooled[1]), e.step_time_s / (1 + pooled[0]))
+    )
+    # No bands without a cross-validated calibration.
+    assert estimate(spec, config, gpu, calibration=FIRST_PRINCIPLES).bands == ()
+
+
+def test_uncalibrated_gpu_is_scaled_from_the_h100_and_says_so() -> None:
+    h100, h200 = get_gpu("h100"), get_gpu("h200")
+    assert calibration_for(h200).gpu == h100.name  # no H200 calibration ships
+    spec = get_model("llama3.1-8b")
+    config = TuningConfig(
+        method=Method.LORA,
+        lora_rank=16,
+        lora_targets="all-linear",
+        micro_batch_size=4,
+        seq_len=2048,
+    )
+    on_h200 = estimate_(spec, config, h200)
+    notes = on_h200.provenance.notes
+    assert "no H200 calibration" in notes and "bandwidth x1.43" in notes
+    assert "compute x1.00" in notes and "launch x1.00" in notes
+    assert "scaled" not in estimate_(spec, config, h100).provenance.notes
+    # Same FLOP/s, more bandwidth: the H200 is faster, but by less than the bandwidth ratio.
+    on_h100 = estimate_(spec, config, h100)
+    assert 1.0 < on_h100.step_time_s / on_h200.step_time_s < 4.8 / 3.35
+
+
+def test_eight_bit_adamw_costs_more_than_its_bandwidth_term() -> None:
+    """bitsandbytes 8-bit AdamW: slower kernel and a Python loop per tensor (assumptions)."""
+    from profiler.estimator import BNB_8BIT_BANDWIDTH_EFFICIENCY, BNB_8BIT_HOST_S_PER_TENSOR
+
+    spec, gpu = get_model("llama3.2-1b"), get_gpu("h100")
+    config = TuningConfig(
+        method=Method.FULL,
+        precision=Precision.BF16,
+        seq_len=2048,
+        optimizer=OptimizerKind.ADAMW_8BIT,
+    )
+    terms = time_terms(spec, config, gpu, calibration=FIRST_PRINCIPLES)
+    bandwidth = gpu.memory_bandwidth_tbps * 1e12
+    # bf16 params and grads: param r/w + grad read (2 B each) + two 1-byte states r/w = 10 B.
+    traffic_s = spec.param_count * 10 / (bandwidth * BNB_8BIT_BANDWIDTH_EFFICIENCY)
+    tensors = 9 * spec.num_layers + 2  # tied embeddings: no separate head
+    assert terms["optimizer_s"] == pytest.approx(traffic_s + tensors * BNB_8BIT_HOST_S_PER_TENSOR)
+    adamw = dataclasses.replace(config, optimizer=OptimizerKind.ADAMW)
+    assert estimate_(spec, config, gpu).step_time_s > estimate_(spec, adamw, gpu).step_time_s
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,14 @@ from planner.cli import main
 from planner.plan_io import read_plan
 from planner.report.html import cost_time_figure, memory_figure, render_html
 from planner.report.markdown import md_escape, render_markdown
-from planner.report.rows import candidate_rows, candidate_status, source_rows
+from planner.report.rows import (
+    candidate_rows,
+    candidate_status,
+    cost_ranges,
+    fmt_hours_band,
+    fmt_usd_band,
+    source_rows,
+)
 from planner.report.write import report_slug, write_reports
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -491,3 +498,33 @@ def test_committed_example_plan_renders() -> None:
     if plan.ranked:
         table = rest[rest.index('<table id="candidates">') :]
         assert table[: table.index("</table>")].count("<tr") == 1 + len(plan.ranked)
+
+
+def test_wide_step_time_band_shows_hours_and_cost_as_ranges() -> None:
+    plan = make_plan()
+    chosen = plan.chosen
+    assert chosen is not None and chosen.measurement.step_time_s is not None
+    step = chosen.measurement.step_time_s
+    banded = dataclasses.replace(
+        chosen,
+        measurement=dataclasses.replace(
+            chosen.measurement, bands=(("step_time_s", 0.9 * step, 1.3 * step),)
+        ),
+    )
+    hours_range, usd_range = cost_ranges(banded) or ((0.0, 0.0), (0.0, 0.0))
+    cost = chosen.cost
+    assert hours_range[1] == pytest.approx(
+        cost.startup_hours + 1.3 * (cost.train_hours + cost.spot_overhead_hours)
+    )
+    assert usd_range[0] < cost.usd < usd_range[1]
+    assert "–" in fmt_hours_band(banded) and "–" in fmt_usd_band(banded)
+    text = render_markdown(dataclasses.replace(plan, chosen=banded))
+    assert "80% band" in text and fmt_usd_band(banded) in text
+    # A narrow band (under 10%) adds nothing: the plain figure.
+    narrow = dataclasses.replace(
+        chosen,
+        measurement=dataclasses.replace(
+            chosen.measurement, bands=(("step_time_s", 0.97 * step, 1.04 * step),)
+        ),
+    )
+    assert cost_ranges(narrow) is None and "–" not in fmt_hours_band(narrow)

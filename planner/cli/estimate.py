@@ -83,7 +83,17 @@ def _result(measurement: Measurement, gpu: GPU, notes: Sequence[str]) -> dict[st
     from profiler.estimator import memory_fits, usable_after_headroom_gib
 
     reserved = measurement.peak_reserved_gib
+    # The band from the cross-validated residuals of the estimate's regime (null when measured
+    # or when the calibration has none).
+    bands = {
+        f"{quantity}_{end}": None if measurement.band(quantity) is None else value
+        for quantity in ("step_time_s", "peak_allocated_gib", "peak_reserved_gib")
+        for end, value in zip(
+            ("low", "high"), measurement.band(quantity) or (0.0, 0.0), strict=True
+        )
+    }
     return {
+        **bands,
         "model": measurement.model,
         "gpu": gpu.name,
         "config": to_jsonable(measurement.config),
@@ -105,6 +115,14 @@ def _result(measurement: Measurement, gpu: GPU, notes: Sequence[str]) -> dict[st
     }
 
 
+def _range(result: dict[str, Any], quantity: str, spec: str, unit: str) -> str:
+    """`` (80% band 0.41–0.52 s)`` when the result has a band for ``quantity``, else ''."""
+    low, high = result.get(f"{quantity}_low"), result.get(f"{quantity}_high")
+    if low is None or high is None:
+        return ""
+    return f" (80% band {format(low, spec)}–{format(high, spec)} {unit})"
+
+
 def _render_table(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -116,11 +134,22 @@ def _render_table(result: dict[str, Any]) -> None:
     def fmt(value: Any, spec: str) -> str:
         return "n/a" if value is None else format(value, spec)
 
-    table.add_row("peak allocated", f"{fmt(result['peak_allocated_gib'], '.2f')} GiB")
-    table.add_row("peak reserved", f"{fmt(result['peak_reserved_gib'], '.2f')} GiB")
+    table.add_row(
+        "peak allocated",
+        f"{fmt(result['peak_allocated_gib'], '.2f')} GiB"
+        + _range(result, "peak_allocated_gib", ".2f", "GiB"),
+    )
+    table.add_row(
+        "peak reserved",
+        f"{fmt(result['peak_reserved_gib'], '.2f')} GiB"
+        + _range(result, "peak_reserved_gib", ".2f", "GiB"),
+    )
     table.add_row("memory limit (usable − headroom)", f"{result['memory_limit_gib']:.2f} GiB")
     table.add_row("fits", "yes" if result["fits"] else "NO")
-    table.add_row("step time", f"{fmt(result['step_time_s'], '.4f')} s")
+    table.add_row(
+        "step time",
+        f"{fmt(result['step_time_s'], '.4f')} s" + _range(result, "step_time_s", ".4f", "s"),
+    )
     table.add_row("throughput", f"{fmt(result['tokens_per_s'], ',.0f')} tokens/s")
     table.add_row("trainable params", fmt(result["trainable_params"], ","))
     for name, value in (result["breakdown"] or {}).items():

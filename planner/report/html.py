@@ -24,8 +24,10 @@ from planner.report.rows import (
     candidate_status,
     fmt_gib,
     fmt_hours,
+    fmt_hours_band,
     fmt_tokens,
     fmt_usd,
+    fmt_usd_band,
     fmt_usd_per_hour,
     gpu_label,
     memory_candidates,
@@ -107,7 +109,7 @@ def _hover(cand: Candidate) -> str:
         for line in (
             cand.config.label(),
             f"{gpu_label(cand)}: {offer_label(cand.offer)}",
-            f"{fmt_hours(cand.cost.hours)}, {fmt_usd(cand.cost.usd)}",
+            f"{fmt_hours_band(cand)}, {fmt_usd_band(cand)}",
             candidate_status(cand),
         )
     )

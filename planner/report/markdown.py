@@ -13,10 +13,13 @@ from planner._types import Candidate, Plan
 from planner.report.rows import (
     MEMORY_COMPONENTS,
     candidate_rows,
+    cost_ranges,
     fmt_gib,
     fmt_hours,
+    fmt_hours_band,
     fmt_tokens,
     fmt_usd,
+    fmt_usd_band,
     fmt_usd_per_hour,
     gpu_label,
     memory_rows,
@@ -73,6 +76,12 @@ def _recommendation(plan: Plan) -> list[str]:
         f"**{_describe(cand)}**: **{fmt_usd(cost.usd)}** in **{fmt_hours(cost.hours)}**.",
         "",
     ]
+    if cost_ranges(cand) is not None:
+        lines += [
+            f"The step time is an estimate; its 80% band (cross-validated on real H100 runs of "
+            f"its regime) puts the job at {fmt_hours_band(cand)} and {fmt_usd_band(cand)}.",
+            "",
+        ]
     rows = [
         ["Method", cfg.method.value],
         [
@@ -104,11 +113,11 @@ def _recommendation(plan: Plan) -> list[str]:
         ],
         [
             "Time",
-            f"{fmt_hours(cost.hours)} = {fmt_hours(cost.train_hours)} training + "
+            f"{fmt_hours_band(cand)} = {fmt_hours(cost.train_hours)} training + "
             f"{fmt_hours(cost.startup_hours)} start-up + "
             f"{fmt_hours(cost.spot_overhead_hours)} spot overhead",
         ],
-        ["Cost", fmt_usd(cost.usd)],
+        ["Cost", fmt_usd_band(cand)],
         [
             "Peak memory per GPU",
             f"{fmt_gib(memory_used_gib(m))} of {fmt_gib(cand.usable_memory_gib)} usable",

@@ -32,6 +32,46 @@ def fmt_hours(hours: float) -> str:
     return f"{hours:.2f} h" if hours < 1 else f"{hours:,.1f} h"
 
 
+# A step-time band whose high end exceeds its low end by more than this shows hours and cost as
+# ranges; a narrower one adds nothing a reader can act on.
+WIDE_BAND = 0.10
+
+
+def cost_ranges(candidate: Candidate) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """``((hours_low, hours_high), (usd_low, usd_high))`` from the step-time band of the
+    candidate's estimate when it is wide (:data:`WIDE_BAND`), else None.
+
+    Training hours and the spot overhead scale with the step time; start-up does not; USD
+    follows the hours at the offer's rate.
+    """
+    m, cost = candidate.measurement, candidate.cost
+    band = m.band("step_time_s")
+    if band is None or not m.step_time_s or band[1] <= band[0] * (1 + WIDE_BAND):
+        return None
+    scaled = cost.train_hours + cost.spot_overhead_hours
+    hours = tuple(cost.startup_hours + scaled * b / m.step_time_s for b in band)
+    usd = tuple(cost.usd * h / cost.hours if cost.hours > 0 else cost.usd for h in hours)
+    return (hours[0], hours[1]), (usd[0], usd[1])
+
+
+def fmt_hours_band(candidate: Candidate) -> str:
+    """``4.1 h``, or ``4.1 h (3.6–4.9 h)`` when the estimate's band is wide."""
+    ranges = cost_ranges(candidate)
+    text = fmt_hours(candidate.cost.hours)
+    if ranges is None:
+        return text
+    return f"{text} ({fmt_hours(ranges[0][0]).removesuffix(' h')}–{fmt_hours(ranges[0][1])})"
+
+
+def fmt_usd_band(candidate: Candidate) -> str:
+    """``$41.20``, or ``$41.20 ($36.10–$48.90)`` when the estimate's band is wide."""
+    ranges = cost_ranges(candidate)
+    text = fmt_usd(candidate.cost.usd)
+    if ranges is None:
+        return text
+    return f"{text} ({fmt_usd(ranges[1][0])}–{fmt_usd(ranges[1][1])})"
+
+
 def fmt_gib(gib: float | None) -> str:
     """``16.96 GiB`` or ``n/a``."""
     return "n/a" if gib is None else f"{gib:,.2f} GiB"
@@ -122,8 +162,8 @@ def candidate_rows(plan: Plan, *, near_misses: bool = False) -> list[CandidateRo
                 gpus=gpu_label(cand),
                 offer=offer_label(cand.offer),
                 usd_per_hour=fmt_usd_per_hour(cand.cost.usd_per_hour),
-                hours=fmt_hours(cand.cost.hours),
-                usd=fmt_usd(cand.cost.usd),
+                hours=fmt_hours_band(cand),
+                usd=fmt_usd_band(cand),
                 peak_memory=fmt_gib(memory_used_gib(cand.measurement)),
                 usable_memory=fmt_gib(cand.usable_memory_gib),
                 status=candidate_status(cand),
