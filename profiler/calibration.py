@@ -35,13 +35,12 @@ class Calibration:
 
     Attributes:
         gpu: Catalog name of the GPU the fit applies to (e.g. ``H100 SXM 80GB``).
-        compute_efficiency: Fraction of ``gpu.matmul_tflops`` the linear and head matmuls of
-            forward and backward run at (MFU) once the per-layer fixed cost is separated out;
+        compute_efficiency: Fraction of ``gpu.matmul_tflops`` the model FLOPs (matmuls and
+            attention) run at (MFU) once the fixed and memory-bound costs are separated out;
             dimensionless, (0, 1].
-        attention_efficiency: The same for causal SDPA attention (forward and backward); ``None``
-            uses ``compute_efficiency`` (calibrations written before it existed).
-        recompute_efficiency: The same for the forward that gradient checkpointing re-runs
-            (layer matmuls and attention); ``None`` uses ``compute_efficiency``.
+        recompute_efficiency: The same for the decoder layers' linears that gradient
+            checkpointing re-runs; ``None`` uses ``compute_efficiency`` (calibrations written
+            before it existed).
         layer_pass_overhead_s: Fixed seconds per decoder layer per pass (forward, backward,
             recomputation): kernel launches and Python dispatch that do not shrink with size.
         autocast_layer_pass_overhead_s: Further fixed seconds per decoder layer per pass for
@@ -49,6 +48,10 @@ class Calibration:
             kernels.
         elementwise_traffic_factor: Multiplier on the activation bytes one pass reads and writes
             in memory-bound kernels (norms, SiLU, RoPE, adds, casts), timed at the GPU bandwidth.
+        lora_traffic_factor: Multiplier on the memory-bound bytes of the LoRA path (PEFT's input
+            casts, the A and B products, scaling and the add), timed at the GPU bandwidth.
+        nf4_cast_traffic_factor: Multiplier on the bytes of QLoRA's Linear4bit input and output
+            casts (fp32 residual stream to bf16 and back), timed at the GPU bandwidth.
         nf4_call_overhead_s: Fixed seconds per NF4 (bitsandbytes Linear4bit) call per pass, on top
             of its dequantization traffic: the extra kernels and Python of the 4-bit path.
         optimizer_bandwidth_efficiency: Fraction of the memory bandwidth the optimizer step
@@ -76,8 +79,9 @@ class Calibration:
     nf4_call_overhead_s: float
     optimizer_bandwidth_efficiency: float
     autocast_layer_pass_overhead_s: float = 0.0
-    attention_efficiency: float | None = None
     recompute_efficiency: float | None = None
+    lora_traffic_factor: float = 0.0
+    nf4_cast_traffic_factor: float = 0.0
     activation_scale: float = 1.0
     reserved_ratio: float = 1.08
     bands: tuple[tuple[str, str, float, float], ...] = ()
@@ -95,12 +99,11 @@ class Calibration:
                 f"calibration {self.gpu!r}: compute_efficiency must be in (0, 1], "
                 f"got {self.compute_efficiency}"
             )
-        for name in ("attention_efficiency", "recompute_efficiency"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value <= 1:
-                raise ValueError(
-                    f"calibration {self.gpu!r}: {name} must be in (0, 1], got {value}"
-                )
+        if self.recompute_efficiency is not None and not 0 < self.recompute_efficiency <= 1:
+            raise ValueError(
+                f"calibration {self.gpu!r}: recompute_efficiency must be in (0, 1], "
+                f"got {self.recompute_efficiency}"
+            )
         if not 0 < self.optimizer_bandwidth_efficiency <= 1:
             raise ValueError(
                 f"calibration {self.gpu!r}: optimizer_bandwidth_efficiency must be "
@@ -110,6 +113,8 @@ class Calibration:
             "layer_pass_overhead_s",
             "autocast_layer_pass_overhead_s",
             "elementwise_traffic_factor",
+            "lora_traffic_factor",
+            "nf4_cast_traffic_factor",
             "nf4_call_overhead_s",
         ):
             if getattr(self, name) < 0:

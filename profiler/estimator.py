@@ -137,6 +137,8 @@ class _SpecTerms:
     head_params: int  # vocab x hidden
     param_count: int
     adapters: dict[tuple[int, str], int]  # (rank, targets) -> LoRA parameters
+    # (qlora, targets) -> (LoRA path, NF4 cast) forward bytes per token per layer
+    traffic: dict[tuple[bool, str], tuple[float, float]]
     # (lora, qlora, full bf16-mixed, targets) -> activation bytes per token per layer
     activations: dict[tuple[bool, bool, bool, str | None], float]
 
@@ -174,6 +176,7 @@ def _compute_spec_terms(spec: ModelSpec) -> _SpecTerms:
         head_params=spec.vocab_size * spec.hidden_size,
         param_count=spec.param_count,
         adapters={},
+        traffic={},
         activations={},
     )
 
@@ -348,15 +351,16 @@ def _passes(config: TuningConfig) -> int:
     return 3 if config.grad_checkpointing else 2
 
 
-def _step_flops(spec: ModelSpec, config: TuningConfig, trainable: float) -> tuple[float, ...]:
-    """Model FLOPs of one step per GPU: (matmuls, attention, recompute); elementwise work apart.
+def _step_flops(spec: ModelSpec, config: TuningConfig, trainable: float) -> tuple[float, float]:
+    """Model FLOPs of one step per GPU: (matmuls and attention, re-run linears); elementwise
+    work is timed apart.
 
     Forward linears cost 2 FLOPs per weight per token; backward costs 2× forward when weights are
     trained (input and weight gradients) and 1× when frozen (input gradients only; LoRA/QLoRA),
     plus 6 FLOPs per adapter parameter per token. Causal SDPA attention costs 2·b·s²·q per layer
     forward (QKᵀ and AV at half of 4·b·s²·q thanks to the causal mask) and 2× that backward.
-    Gradient checkpointing re-runs the decoder layers' forward (their linears and attention): the
-    third figure, timed at its own efficiency.
+    Gradient checkpointing re-runs the decoder layers' forward: its attention joins the first
+    figure, its linears are the second, timed at their own efficiency.
     """
     t = _spec_terms(spec)
     tokens = config.micro_batch_size * config.seq_len
@@ -371,11 +375,42 @@ def _step_flops(spec: ModelSpec, config: TuningConfig, trainable: float) -> tupl
         * spec.num_layers
     )
     if config.method is Method.FULL:
-        matmul = 3.0 * (layers_fwd + head_fwd)
+        flops = 3.0 * (layers_fwd + head_fwd)
     else:
-        matmul = 2.0 * (layers_fwd + head_fwd) + 6.0 * tokens * trainable
-    recompute = layers_fwd + attn_fwd if config.grad_checkpointing else 0.0
-    return matmul, 3.0 * attn_fwd, recompute
+        flops = 2.0 * (layers_fwd + head_fwd) + 6.0 * tokens * trainable
+    flops += 3.0 * attn_fwd
+    if config.grad_checkpointing:
+        return flops + attn_fwd, layers_fwd
+    return flops, 0.0
+
+
+def _adapter_traffic_bytes_per_token(spec: ModelSpec, config: TuningConfig) -> tuple[float, float]:
+    """Forward bytes per token per decoder layer of (the LoRA path, QLoRA's Linear4bit casts).
+
+    LoRA path, per adapted linear (in → out features): PEFT casts the bf16 input to the fp32
+    adapter dtype and autocast casts it back for ``lora_A`` (read 2, write 4, read 4, write 2 B
+    per input feature), ``lora_A`` reads it (2), ``lora_B`` writes its output (2 per output
+    feature), the scaling reads and writes it (4) and the add to the base output reads two and
+    writes one (6): 14·in + 12·out. QLoRA, per NF4 linear: Linear4bit casts its fp32 input to
+    bf16 (read 4, write 2) and its output back to fp32 (read 2, write 4): 6·in + 6·out. The
+    backward pass is counted as twice the forward's traffic by the caller.
+    """
+    if config.method is Method.FULL:
+        return 0.0, 0.0
+    assert config.lora_targets is not None
+    cache = _spec_terms(spec).traffic
+    key = (config.method is Method.QLORA, config.lora_targets)
+    found = cache.get(key)
+    if found is None:
+        shapes = spec.linear_shapes()
+        adapted = adapted_modules(config.lora_targets, num_experts=spec.num_experts)
+        lora = sum(14.0 * shapes[n][0] + 12.0 * shapes[n][1] for n in adapted)
+        cast = 0.0
+        if config.method is Method.QLORA:  # NF4 linears: not the MoE experts (fused, unquantized)
+            quantized = ATTENTION_MODULES if spec.num_experts > 1 else tuple(shapes)
+            cast = sum(6.0 * shapes[n][0] + 6.0 * shapes[n][1] for n in quantized)
+        found = cache[key] = (lora, cast)
+    return found
 
 
 def time_terms(
@@ -383,10 +418,10 @@ def time_terms(
 ) -> dict[str, float]:
     """The step-time features of one config on one GPU, before the fitted coefficients.
 
-    Keys: ``matmul_s_at_peak``, ``attention_s_at_peak`` and ``recompute_s_at_peak`` (the linear
-    and head matmuls of forward and backward, causal attention forward and backward, and the
-    checkpointed layers' re-run forward, each at the GPU's dense peak, s; their sum is
-    ``compute_s_at_peak``), ``layer_passes``
+    Keys: ``compute_s_at_peak`` (matmul and attention FLOPs at the GPU's dense peak, s),
+    ``recompute_s_at_peak`` (the linears gradient checkpointing re-runs, s), ``lora_traffic_s``
+    and ``nf4_cast_traffic_s`` (the LoRA path's and QLoRA's cast bytes at peak bandwidth, s),
+    ``layer_passes``
     (decoder layers × passes), ``autocast_layer_passes`` (the same under autocast, else 0),
     ``elementwise_s`` (activation bytes once per pass plus the logits
     chain, at peak bandwidth, s), ``nf4_calls`` (NF4 linear calls over all passes, QLoRA only)
@@ -437,12 +472,15 @@ def _time_terms(
         linears_per_layer = 4 if spec.num_experts > 1 else 7  # NF4 linears (not MoE experts)
         nf4_calls = float(spec.num_layers * linears_per_layer * passes)
     peak_flops = gpu.matmul_tflops * 1e12
-    matmul, attention, recompute = _step_flops(spec, config, terms["trainable_params"])
+    flops, recompute = _step_flops(spec, config, terms["trainable_params"])
+    lora_bytes, cast_bytes = _adapter_traffic_bytes_per_token(spec, config)
+    # Forward once, backward twice the forward's traffic, and the checkpointed re-run once more.
+    traffic_passes = (passes + 1) * spec.num_layers * tokens / bandwidth_bytes_per_s
     return {
-        "compute_s_at_peak": (matmul + attention + recompute) / peak_flops,
-        "matmul_s_at_peak": matmul / peak_flops,
-        "attention_s_at_peak": attention / peak_flops,
+        "compute_s_at_peak": flops / peak_flops,
         "recompute_s_at_peak": recompute / peak_flops,
+        "lora_traffic_s": lora_bytes * traffic_passes,
+        "nf4_cast_traffic_s": cast_bytes * traffic_passes,
         "layer_passes": float(spec.num_layers * passes),
         "autocast_layer_passes": float(spec.num_layers * passes) if autocast else 0.0,
         "elementwise_s": elementwise_bytes / bandwidth_bytes_per_s,
@@ -679,9 +717,10 @@ def estimate(
 
     tt = _time_terms(spec, config, gpu, mem, cal.optimizer_bandwidth_efficiency)
     compute_s = (
-        tt["matmul_s_at_peak"] / cal.compute_efficiency
-        + tt["attention_s_at_peak"] / (cal.attention_efficiency or cal.compute_efficiency)
+        tt["compute_s_at_peak"] / cal.compute_efficiency
         + tt["recompute_s_at_peak"] / (cal.recompute_efficiency or cal.compute_efficiency)
+        + tt["lora_traffic_s"] * cal.lora_traffic_factor
+        + tt["nf4_cast_traffic_s"] * cal.nf4_cast_traffic_factor
         + tt["layer_passes"] * cal.layer_pass_overhead_s
         + tt["autocast_layer_passes"] * cal.autocast_layer_pass_overhead_s
         + tt["elementwise_s"] * cal.elementwise_traffic_factor

@@ -42,10 +42,10 @@ def _median(values: Sequence[float]) -> float:
 # 40-60% (PaLM 46%, Chowdhery et al. 2022; Llama 3 38-43%, Dubey et al. 2024).
 MAX_COMPUTE_EFFICIENCY = 0.6
 
-# Rows weigh sqrt(tokens / 4096) on top of relative error: production-sized steps count more than
-# launch-bound short ones. Leave-one-model-out on both H100 sets: unweighted, 8k-token steps came
-# out 8-9% too fast (signed median); weighted, within 5% (docs/estimator.md).
-TOKEN_WEIGHT_POWER = 0.5
+# Rows weigh (tokens / 4096) ** TOKEN_WEIGHT_POWER on top of relative error: production-sized
+# steps count more than launch-bound short ones. Leave-one-model-out on both H100 sets, 8k-token
+# steps' signed median: -7.8% unweighted, -2.5% at 0.5, -1.6% at 1 (docs/estimator.md).
+TOKEN_WEIGHT_POWER = 1.0
 
 SpecLookup = Callable[[str], "ModelSpec"]
 
@@ -79,16 +79,16 @@ def fit_calibration(
 ) -> Calibration:
     """Fit the estimator's free parameters to measurements of one GPU by least squares.
 
-    Time: ``step_time = matmul/(peak·eff) + attention/(peak·eff_attn)
-    + recompute/(peak·eff_recompute) + layer_passes·t_layer + autocast_layer_passes·t_autocast
-    + nf4_calls·t_nf4 + fixed`` (fixed: the optimizer step and NF4 dequantization traffic) is
-    linear in the three inverse efficiencies and the three fixed costs; the elementwise factor
-    ``k`` is set to 0 (see the comment in the body). It is fitted on relative error (each row
-    divided by its measured time) weighted by ``sqrt(tokens / 4096)``
-    (:data:`TOKEN_WEIGHT_POWER`), so production-sized steps count more than launch-bound short
-    ones. ``eff`` is capped at :data:`MAX_COMPUTE_EFFICIENCY` and the other efficiencies at 1; a
-    coefficient below its bound is fixed there and the rest refitted. Memory: one scale on
-    activation + logits bytes (relative least squares on rows whose peak is the
+    Time: ``step_time = flops/(peak·eff) + recompute/(peak·eff_recompute)
+    + layer_passes·t_layer + autocast_layer_passes·t_autocast + nf4_calls·t_nf4
+    + lora_traffic·k_lora + nf4_cast_traffic·k_cast + fixed`` (fixed: the optimizer step and NF4
+    dequantization traffic) is linear in its seven coefficients; the elementwise factor ``k`` is
+    set to 0 (see the comment in the body). It is fitted on relative error (each row divided by
+    its measured time) weighted by ``tokens / 4096`` (:data:`TOKEN_WEIGHT_POWER`), so
+    production-sized steps count more than launch-bound short ones. ``eff`` is capped at
+    :data:`MAX_COMPUTE_EFFICIENCY` and ``eff_recompute`` at 1; a coefficient below its bound is
+    fixed there and the rest refitted. Memory: one scale on activation + logits bytes (relative
+    least squares on rows whose peak is the
     forward/backward phase) and the median reserved/allocated ratio.
 
     Args:
@@ -126,16 +126,17 @@ def fit_calibration(
     # norm/activation/RoPE/residual/cast and LoRA-path bytes got a zero or near-zero factor, and
     # every variant with it cross-validated worse (docs/estimator.md, "Tried").
     columns = [
-        "matmul_s_at_peak",
-        "attention_s_at_peak",
+        "compute_s_at_peak",
         "recompute_s_at_peak",
         "layer_passes",
         "nf4_calls",
         "autocast_layer_passes",
+        "lora_traffic_s",
+        "nf4_cast_traffic_s",
     ]
     # Lower bounds of the coefficients: 1/efficiency with the MFU cap, efficiencies <= 1, and
-    # fixed costs >= 0.
-    lower = [1.0 / MAX_COMPUTE_EFFICIENCY, 1.0, 1.0, 0.0, 0.0, 0.0]
+    # fixed costs and traffic factors >= 0.
+    lower = [1.0 / MAX_COMPUTE_EFFICIENCY, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     design = np.array([[t[c] for c in columns] for t in terms], dtype=float)
     fixed = np.array([t["fixed_s"] for t in terms], dtype=float)
     coef = np.zeros(len(columns))
@@ -158,12 +159,13 @@ def fit_calibration(
     fitted = replace(
         base,
         compute_efficiency=_efficiency(coef[0], None) or base.compute_efficiency,
-        attention_efficiency=_efficiency(coef[1], None),
-        recompute_efficiency=_efficiency(coef[2], None),
-        layer_pass_overhead_s=float(coef[3]),
+        recompute_efficiency=_efficiency(coef[1], None),
+        layer_pass_overhead_s=float(coef[2]),
         elementwise_traffic_factor=0.0,
-        nf4_call_overhead_s=float(coef[4]),
-        autocast_layer_pass_overhead_s=float(coef[5]),
+        nf4_call_overhead_s=float(coef[3]),
+        autocast_layer_pass_overhead_s=float(coef[4]),
+        lora_traffic_factor=float(coef[5]),
+        nf4_cast_traffic_factor=float(coef[6]),
     )
     fitted = _fit_memory(fitted, rows, specs, gpu)
     if fitted_date is None:
@@ -223,8 +225,9 @@ def _with_errors(
         time_error_median_pct=round(_median(time_errors), 2),
         time_error_max_pct=round(max(time_errors), 2),
         compute_efficiency=_round(calibration.compute_efficiency),
-        attention_efficiency=_round_or_none(calibration.attention_efficiency),
         recompute_efficiency=_round_or_none(calibration.recompute_efficiency),
+        lora_traffic_factor=_round(calibration.lora_traffic_factor),
+        nf4_cast_traffic_factor=_round(calibration.nf4_cast_traffic_factor),
         layer_pass_overhead_s=_round(calibration.layer_pass_overhead_s),
         elementwise_traffic_factor=_round(calibration.elementwise_traffic_factor),
         nf4_call_overhead_s=_round(calibration.nf4_call_overhead_s),
