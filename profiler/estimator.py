@@ -4,10 +4,12 @@ Pure Python (no torch, no numpy) and fast (the planner calls it thousands of tim
 ``ftplan recommend``). Memory is counted tensor by tensor for the recipes in DESIGN.md (weights,
 gradients, AdamW states, activations after Korthikanti et al. 2022, the logits/cross-entropy chain,
 allocator overhead) and the peak is the maximum of two phases (forward/backward and optimizer
-step). Time is FLOPs at a fitted efficiency plus fixed per-layer costs (one shared by all recipes,
-one more under autocast), fixed per-call NF4 costs and memory-bound terms, with the few free
-parameters taken from a :class:`~profiler.calibration.Calibration`.
-docs/estimator.md derives each term and gives its validation against real H100 runs.
+step). Time is FLOPs at a fitted efficiency (the checkpointed re-run at its own), fixed
+per-layer costs (one shared by all recipes, one more under autocast), fixed per-call NF4 costs,
+the LoRA path's and QLoRA's cast traffic and the optimizer step, with the free parameters taken
+from the :class:`~profiler.calibration.Calibration` the caller passes; an estimate's bands come
+from that calibration's cross-validated residuals. docs/estimator.md derives each term and gives
+its validation against real H100 and H200 runs.
 """
 
 from __future__ import annotations
