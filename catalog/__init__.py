@@ -9,6 +9,7 @@ from catalog._io import atomic_write_text
 from catalog._load import (
     PRICE_AGE_WARNING_DAYS,
     CatalogInfo,
+    ServiceTerms,
     cache_dir,
     catalog_age_warning,
     catalog_info,
@@ -21,7 +22,9 @@ from catalog._load import (
     local_offer,
     model_aliases,
     parse_provider,
+    service_terms,
     user_offers_path,
+    with_service_terms,
 )
 from catalog._sky_names import gpu_for_sky_accelerator, sky_accelerator_for_gpu
 from catalog._types import GPU, CatalogError, Interconnect, ModelSpec, Offer, Provider
@@ -39,6 +42,7 @@ __all__ = [
     "PriceChange",
     "Provider",
     "RefreshResult",
+    "ServiceTerms",
     "SkyPilotRefreshResult",
     "atomic_write_text",
     "cache_dir",
@@ -57,8 +61,10 @@ __all__ = [
     "model_from_hf_config",
     "parse_provider",
     "refresh_aws",
+    "service_terms",
     "refresh_from_skypilot",
     "sky_accelerator_for_gpu",
     "to_jsonable",
     "user_offers_path",
+    "with_service_terms",
 ]

@@ -8,6 +8,7 @@ only: this runs in every ``ftplan recommend`` and must stay fast (a few ms) and 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import re
@@ -22,6 +23,7 @@ from catalog._types import GPU, CatalogError, Interconnect, ModelSpec, Offer, Pr
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 OFFERS_FILENAME = "offers.csv"
+SERVICES_FILENAME = "services.csv"
 
 #: Offer prices older than this many days trigger a warning in ``ftplan recommend``. Cloud GPU
 #: list prices moved by up to 45% in one step in June 2025 (AWS P5), so a quarter is the most we
@@ -62,6 +64,7 @@ GPU_COLUMNS = (
     "intra_node_gbps",
     "source",
     "as_of",
+    "host_cpu_arch",
 )
 OFFER_COLUMNS = (
     "provider",
@@ -81,6 +84,37 @@ OFFER_COLUMNS = (
     "memory_gib",
     "note",
 )
+SERVICE_COLUMNS = (
+    "provider",
+    "service",
+    "billing_increment_s",
+    "min_billing_s",
+    "billing_upfront",
+    "billing_source",
+    "provision_minutes",
+    "image_pull_minutes",
+    "startup_source",
+    "as_of",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceTerms:
+    """How a provider's service bills and how long it takes to start, each with its source.
+
+    ``provision_minutes`` is instance start plus container image pull (the catalog's two
+    columns), the part of the start-up that does not depend on the model.
+    """
+
+    provider: str
+    service: str
+    billing_increment_s: float
+    min_billing_hours: float
+    billing_upfront: bool
+    billing_source: str
+    provision_minutes: float
+    startup_source: str
+    as_of: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -333,6 +367,7 @@ def _gpus(path: Path = DATA_DIR / "gpus.csv") -> tuple[dict[str, GPU], dict[str,
                 intra_node_gbps=row.number("intra_node_gbps"),
                 source=row.text("source"),
                 as_of=row.iso_date("as_of"),
+                host_cpu_arch=row.text("host_cpu_arch"),
             )
         except ValueError as exc:
             if isinstance(exc, CatalogError):
@@ -408,6 +443,60 @@ def parse_provider(name: str) -> Provider:
         ) from None
 
 
+@lru_cache(maxsize=1)
+def _service_terms() -> dict[tuple[str, str], ServiceTerms]:
+    path = DATA_DIR / SERVICES_FILENAME
+    out: dict[tuple[str, str], ServiceTerms] = {}
+    for row in _rows(path, SERVICE_COLUMNS):
+        key = (row.text("provider").lower(), row.text("service"))
+        out[key] = ServiceTerms(
+            provider=key[0],
+            service=key[1],
+            billing_increment_s=row.number("billing_increment_s"),
+            min_billing_hours=row.number("min_billing_s") / 3600,
+            billing_upfront=row.boolean("billing_upfront"),
+            billing_source=row.text("billing_source"),
+            provision_minutes=row.number("provision_minutes") + row.number("image_pull_minutes"),
+            startup_source=row.text("startup_source"),
+            as_of=row.iso_date("as_of"),
+        )
+    return out
+
+
+def service_terms(provider: Provider | str, service: str) -> ServiceTerms:
+    """Billing unit and start-up time of ``provider``'s ``service`` (e.g. ``aws``, ``ec2``).
+
+    Falls back to the provider's ``*`` row, so offers of a service the table does not name
+    (e.g. a refreshed catalog's) still get their provider's terms.
+
+    Raises:
+        CatalogError: The provider has no row in ``catalog/data/services.csv``.
+    """
+    name = provider.value if isinstance(provider, Provider) else provider.lower()
+    terms = _service_terms()
+    found = terms.get((name, service)) or terms.get((name, "*"))
+    if found is None:
+        raise CatalogError(
+            f"no billing terms for provider {name!r} (service {service!r}) in "
+            f"{DATA_DIR / SERVICES_FILENAME}; add a row for it"
+        )
+    return found
+
+
+def with_service_terms(offer: Offer) -> Offer:
+    """``offer`` with the billing unit and start-up time of its provider and service."""
+    terms = service_terms(offer.provider, offer.service)
+    return dataclasses.replace(
+        offer,
+        billing_increment_s=terms.billing_increment_s,
+        min_billing_hours=terms.min_billing_hours,
+        billing_upfront=terms.billing_upfront,
+        billing_source=terms.billing_source,
+        provision_minutes=terms.provision_minutes,
+        startup_source=terms.startup_source,
+    )
+
+
 def _offer_from_row(row: _Row) -> Offer:
     try:
         provider = Provider(row.text("provider").lower())
@@ -419,6 +508,10 @@ def _offer_from_row(row: _Row) -> Offer:
         raise row.fail("gpu", "not a GPU in the catalog (see 'ftplan catalog gpus')") from None
     vcpus = row.text("vcpus", required=False)
     memory = row.text("memory_gib", required=False)
+    try:
+        terms = service_terms(provider, row.text("service"))
+    except CatalogError:
+        raise row.fail("provider", "no billing terms for this provider") from None
     try:
         return Offer(
             provider=provider,
@@ -436,6 +529,12 @@ def _offer_from_row(row: _Row) -> Offer:
             stale=row.boolean("stale"),
             vcpus=row.integer("vcpus") if vcpus else None,
             memory_gib=row.number("memory_gib") if memory else None,
+            billing_increment_s=terms.billing_increment_s,
+            min_billing_hours=terms.min_billing_hours,
+            billing_upfront=terms.billing_upfront,
+            billing_source=terms.billing_source,
+            provision_minutes=terms.provision_minutes,
+            startup_source=terms.startup_source,
         )
     except ValueError as exc:
         if isinstance(exc, CatalogError):
@@ -527,7 +626,7 @@ def local_offer(
         as_of: Date of that price; defaults to today.
     """
     slug = _norm(gpu.name)
-    return Offer(
+    offer = Offer(
         provider=Provider.LOCAL,
         service="local",
         instance_type=f"local-{gpu_count}x{slug}",
@@ -540,6 +639,7 @@ def local_offer(
         source="the user's own machine (price given by the user)",
         max_nodes=1,
     )
+    return with_service_terms(offer)
 
 
 def catalog_info(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 
@@ -149,6 +150,7 @@ class GPU:
     intra_node_gbps: float
     source: str
     as_of: str
+    host_cpu_arch: str = "x86_64"
 
     def __post_init__(self) -> None:
         if self.usable_memory_gib <= 0 or self.usable_memory_gib > self.memory_gib * 1.1:
@@ -171,6 +173,9 @@ class Offer:
 
     ``usd_per_hour`` is for the whole instance (all ``gpu_count`` GPUs). A spot and an on-demand
     price of the same instance are two offers. ``stale`` marks a price known to predate a change.
+    Billing terms (``billing_increment_s``, ``min_billing_hours``, ``billing_upfront``) and
+    ``provision_minutes`` (None: the planner's default) come from ``catalog/data/services.csv``
+    for the offer's provider and service, each with its source.
     """
 
     provider: Provider
@@ -188,8 +193,23 @@ class Offer:
     stale: bool = False
     vcpus: int | None = None
     memory_gib: float | None = None
+    billing_increment_s: float = 1.0
+    min_billing_hours: float = 0.0
+    billing_upfront: bool = False
+    billing_source: str = ""
+    provision_minutes: float | None = None
+    startup_source: str = ""
 
     def __post_init__(self) -> None:
+        if not self.billing_increment_s > 0:
+            raise ValueError(
+                f"offer {self.instance_type!r}: billing_increment_s must be > 0, "
+                f"got {self.billing_increment_s}"
+            )
+        if self.min_billing_hours < 0:
+            raise ValueError(f"offer {self.instance_type!r}: min_billing_hours must be >= 0")
+        if self.provision_minutes is not None and self.provision_minutes < 0:
+            raise ValueError(f"offer {self.instance_type!r}: provision_minutes must be >= 0")
         if self.gpu_count <= 0:
             raise ValueError(f"offer {self.instance_type!r}: gpu_count must be > 0")
         if self.usd_per_hour < 0:
@@ -198,6 +218,26 @@ class Offer:
             )
         if self.max_nodes <= 0:
             raise ValueError(f"offer {self.instance_type!r}: max_nodes must be > 0")
+
+    def billed_hours(self, run_hours: float) -> float:
+        """Hours the provider bills for a run of ``run_hours``: whole billing increments, at
+        least the minimum (e.g. a 3.2 h run on an EC2 Capacity Block is billed 24 h)."""
+        if run_hours <= 0:
+            return self.min_billing_hours
+        increments = math.ceil(run_hours * 3600 / self.billing_increment_s - 1e-9)
+        return max(self.min_billing_hours, increments * self.billing_increment_s / 3600)
+
+    @property
+    def billing_label(self) -> str:
+        """``per second, 1 min minimum`` style description of the billing unit."""
+        inc = self.billing_increment_s
+        unit = {1.0: "per second", 60.0: "per minute", 3600.0: "per hour", 86400.0: "per day"}
+        text = unit.get(float(inc), f"per {inc:g} s")
+        if self.min_billing_hours >= 1:
+            text += f", {self.min_billing_hours:g} h minimum"
+        elif self.min_billing_hours > 0:
+            text += f", {self.min_billing_hours * 60:.0f} min minimum"
+        return text + (", paid upfront" if self.billing_upfront else "")
 
     @property
     def key(self) -> str:

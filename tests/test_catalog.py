@@ -25,6 +25,7 @@ from catalog import (
     local_offer,
     model_from_hf_config,
     parse_provider,
+    service_terms,
 )
 from catalog._load import DATA_DIR
 from planner.cli import main
@@ -191,7 +192,7 @@ def test_gpu_aliases_resolve_case_insensitively() -> None:
 
 def test_gpu_facts() -> None:
     h100 = get_gpu("h100")
-    assert h100.usable_memory_gib == 80.0  # AWS catalog 81920 MiB
+    assert h100.usable_memory_gib == pytest.approx(81559 / 1024, abs=1e-3)  # torch total
     assert h100.intra_node_interconnect is Interconnect.NVLINK and h100.intra_node_gbps == 900
     assert get_gpu("l4").usable_memory_gib == pytest.approx(22888 / 1024, abs=0.01)
     for name in ("t4", "v100", "v100-32gb"):
@@ -376,3 +377,28 @@ def test_cli_help_has_examples() -> None:
 def test_misspelt_provider_gets_close_matches() -> None:
     with pytest.raises(CatalogError, match="Did you mean: aws"):
         parse_provider("awz")
+
+
+def test_every_offer_states_its_billing_unit_and_start_up_with_sources() -> None:
+    offers = list_offers()
+    assert offers
+    for offer in offers:
+        assert offer.min_billing_hours >= 0 and offer.billing_increment_s > 0
+        assert offer.billing_source and offer.startup_source
+        assert offer.provision_minutes is not None
+    blocks = [o for o in offers if o.service == "ec2-capacity-block"]
+    assert blocks and all(o.min_billing_hours >= 24 and o.billing_upfront for o in blocks)
+    assert blocks[0].billed_hours(3.15) == 24.0 and blocks[0].billed_hours(25.0) == 48.0
+    ec2 = next(o for o in offers if o.service == "ec2")
+    assert ec2.billed_hours(10 / 3600) == pytest.approx(60 / 3600)  # 60 s minimum
+    assert ec2.billed_hours(2.0) == pytest.approx(2.0)  # per second beyond it
+    lam = next(o for o in offers if o.provider is Provider.LAMBDA)
+    assert lam.billed_hours(1.001) == pytest.approx(61 / 60)  # whole minutes
+    # Start-up differs by provider and comes from the catalog, not one flat figure.
+    assert len({o.provision_minutes for o in offers}) > 1
+
+
+def test_unknown_service_falls_back_to_its_provider_terms() -> None:
+    assert service_terms("gcp", "some-new-service").billing_increment_s == 1
+    with pytest.raises(CatalogError, match="billing terms"):
+        service_terms("nowhere", "x")
