@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from catalog import Offer
-from profiler import Measurement, Method, TuningConfig
+from profiler import FitVerdict, Measurement, Method, TuningConfig
 
 
 class NoFeasiblePlanError(RuntimeError):
@@ -73,7 +73,12 @@ class Budget:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CostEstimate:
-    """Wall-clock hours and USD of one candidate, with the terms that make them up."""
+    """Wall-clock hours and USD of one candidate, with the terms that make them up.
+
+    ``hours`` is the run's wall-clock time; ``billed_hours`` what the provider charges for it
+    (whole billing increments, at least the minimum, e.g. 24 h for an EC2 Capacity Block), and
+    ``idle_billed_hours`` = billed − run: paid for, not used. ``usd`` = billed hours × price.
+    """
 
     train_hours: float
     startup_hours: float
@@ -82,6 +87,13 @@ class CostEstimate:
     usd: float
     usd_per_hour: float
     checkpoint_interval_minutes: float | None = None
+    billed_hours: float | None = None
+    idle_billed_hours: float = 0.0
+
+    @property
+    def idle_usd(self) -> float:
+        """USD paid for billed time the run does not use."""
+        return self.idle_billed_hours * self.usd_per_hour
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,8 +109,10 @@ class QualityRisk:
 class Candidate:
     """A config on an offer, with its memory/speed figure, cost and quality risks.
 
-    ``nodes`` × ``offer.gpu_count`` = ``config.gpu_count``. ``fits`` compares the per-GPU peak
-    reserved memory with the GPU's usable memory minus headroom.
+    ``nodes`` × ``offer.gpu_count`` = ``config.gpu_count``. ``fit`` is the three-state memory
+    verdict (:mod:`profiler.headroom`: the per-GPU peak reserved memory, with the error margin of
+    its source, against torch's usable memory less the CUDA context); ``fits`` is True for
+    ``fits`` and ``tight``. A candidate built with ``fits`` alone gets ``fits``/``no``.
     """
 
     config: TuningConfig
@@ -115,6 +129,13 @@ class Candidate:
     quality_accepted: bool = True
     grad_accum_steps: int = 1
     global_batch_tokens: int | None = None
+    fit: FitVerdict | None = None
+
+    def __post_init__(self) -> None:
+        if self.fit is None:
+            object.__setattr__(self, "fit", FitVerdict.FITS if self.fits else FitVerdict.NO)
+        elif self.fit.fits != self.fits:
+            raise ValueError(f"fit={self.fit.value} contradicts fits={self.fits}")
 
     @property
     def feasible(self) -> bool:
@@ -133,6 +154,20 @@ class MethodVerdict:
     method: Method
     best: Candidate | None
     reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FrontierEntry:
+    """What the budget buys with one method: the most training tokens (and epochs of the
+    user's dataset) on its best offer, and that offer's training price per million tokens.
+    ``offer`` is an :attr:`catalog.Offer.key`; None (and 0 tokens) when nothing fits."""
+
+    method: Method
+    max_tokens: int
+    max_epochs: float
+    offer: str | None
+    usd_per_million_tokens: float | None
+    config: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,3 +201,5 @@ class Plan:
     warnings: tuple[str, ...] = ()
     near_misses: tuple[Candidate, ...] = ()
     suggestions: tuple[str, ...] = ()
+    budget_frontier: tuple[FrontierEntry, ...] = ()
+    stronger_options: tuple[str, ...] = ()

@@ -24,9 +24,17 @@ from profiler._types import (
     resolve_targets,
 )
 from profiler.calibration import Calibration, calibration_for, load_calibration
-from profiler.estimator import HEADROOM, estimate, memory_fits
+from profiler.estimator import estimate, memory_fits
 from profiler.extrapolate import extrapolate
 from profiler.fit import fit_calibration
+from profiler.headroom import (
+    CUDA_CONTEXT_GIB,
+    FitCheck,
+    FitVerdict,
+    capacity_gib,
+    check_fit,
+    fit_verdict,
+)
 from profiler.measure import profile_extrapolated
 from profiler.recipes import (
     SETUP_FUNCTIONS,
@@ -42,8 +50,13 @@ from profiler.recipes import (
 from profiler.store import ProfileStore, default_store
 
 __all__ = [
-    "HEADROOM",
+    "CUDA_CONTEXT_GIB",
     "Calibration",
+    "FitCheck",
+    "FitVerdict",
+    "capacity_gib",
+    "check_fit",
+    "fit_verdict",
     "estimate",
     "calibration_for",
     "fit_calibration",

@@ -34,18 +34,13 @@ from profiler._types import (
     adapted_modules,
 )
 from profiler.calibration import ALL_REGIMES, BAND_QUANTITIES, regime_of
+from profiler.headroom import check_fit
 
 if TYPE_CHECKING:
     from catalog import GPU, ModelSpec
     from profiler.calibration import Calibration
 
 GIB = 1024**3
-
-# Fraction of usable memory kept free for what max_memory_reserved does not see: the CUDA context
-# (0.75 GiB measured on the H100 reference runs as device_used - peak_reserved), NCCL buffers and
-# allocator growth between steps. memory_fits keeps at least MIN_HEADROOM_GIB free.
-HEADROOM = 0.05
-MIN_HEADROOM_GIB = 1.0
 
 # NF4 with double quantization: 4 bits per weight + one 8-bit absmax per 64-weight block + one
 # fp32 second-level absmax per 256 blocks (Dettmers et al. 2023, QLoRA, section 3):
@@ -763,16 +758,7 @@ def estimate(
     )
 
 
-def usable_after_headroom_gib(gpu: GPU) -> float:
-    """GiB a config may reserve on ``gpu``: usable memory minus :data:`HEADROOM` (at least
-    :data:`MIN_HEADROOM_GIB`)."""
-    return gpu.usable_memory_gib - max(HEADROOM * gpu.usable_memory_gib, MIN_HEADROOM_GIB)
-
-
 def memory_fits(peak_reserved_gib: float, gpu: GPU) -> bool:
-    """Whether a config with this peak reserved memory (GiB per GPU) fits on ``gpu``.
-
-    Keeps :data:`HEADROOM` (5%) of the usable memory free, and at least 1 GiB, for the CUDA
-    context and allocator growth that ``max_memory_reserved`` does not count.
-    """
-    return peak_reserved_gib <= usable_after_headroom_gib(gpu)
+    """Whether an *estimated* peak reserved memory (GiB per GPU) fits on ``gpu``: the fit
+    verdict (:func:`profiler.headroom.check_fit`) is ``fits`` or ``tight``."""
+    return check_fit(peak_reserved_gib, gpu, source=Source.ESTIMATED).fits

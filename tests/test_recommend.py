@@ -32,8 +32,11 @@ def test_default_recommend_is_within_budget_and_writes_reports(tmp_path: Path) -
     assert chosen is not None
     assert 0 < chosen["cost"]["usd"] <= 200
     assert chosen["cost"]["usd"] == pytest.approx(
-        chosen["cost"]["hours"] * chosen["cost"]["usd_per_hour"]
+        chosen["cost"]["billed_hours"] * chosen["cost"]["usd_per_hour"]
     )
+    assert chosen["cost"]["billed_hours"] >= chosen["cost"]["hours"]
+    assert chosen["fit"] in ("fits", "tight") and chosen["fits"] is True
+    assert chosen["offer"]["min_billing_hours"] >= 0 and chosen["offer"]["billing_source"]
     assert chosen["measurement"]["peak_reserved_gib"] <= chosen["usable_memory_gib"]
     assert {v["method"] for v in plan["verdicts"]} == {"full", "lora", "qlora"}
     assert all("$" in v["reason"] for v in plan["verdicts"])

@@ -16,6 +16,7 @@ from planner.engine.evaluate import constraints
 from planner.engine.search import exhaustive_search, search
 from planner.engine.space import SearchProblem, SearchSpace
 from profiler import (
+    FitVerdict,
     Measurement,
     Method,
     OptimizerKind,
@@ -146,8 +147,9 @@ def fake_estimate(
     )
 
 
-def fits_usable(peak_gib: float, gpu: GPU) -> bool:
-    return peak_gib <= gpu.usable_memory_gib
+def fits_usable(peak_gib: float, gpu: GPU, source: Source) -> FitVerdict:
+    del source
+    return FitVerdict.FITS if peak_gib <= gpu.usable_memory_gib else FitVerdict.NO
 
 
 SPACE = SearchSpace(lora_ranks=(8, 16, 64), micro_batches=(1, 2, 4, 8, 16), node_counts=(1, 2))

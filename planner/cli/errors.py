@@ -17,3 +17,13 @@ class UserInputError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
+
+
+class NothingFitsError(click.ClickException):
+    """A what-if query with no answer (nothing fits at batch 1): a result, not bad input.
+    Exit code 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)

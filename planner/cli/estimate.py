@@ -7,15 +7,16 @@ the analytic estimator; ``--analytic-only`` skips the store.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from catalog import GPU, atomic_write_text, get_gpu, get_model, to_jsonable
-from planner.cli.errors import UserInputError
+from catalog import GPU, ModelSpec, atomic_write_text, get_gpu, get_model, to_jsonable
+from planner.cli.errors import NothingFitsError, UserInputError
 from profiler import Measurement, Method, OptimizerKind, Precision, Sharding, TuningConfig
 
 
@@ -80,7 +81,7 @@ def _stored(model: str, config: TuningConfig, gpu: GPU) -> Measurement | None:
 
 
 def _result(measurement: Measurement, gpu: GPU, notes: Sequence[str]) -> dict[str, Any]:
-    from profiler.estimator import memory_fits, usable_after_headroom_gib
+    from profiler.headroom import capacity_gib, check_fit
 
     reserved = measurement.peak_reserved_gib
     # The band from the cross-validated residuals of the estimate's regime (null when measured
@@ -92,6 +93,9 @@ def _result(measurement: Measurement, gpu: GPU, notes: Sequence[str]) -> dict[st
             ("low", "high"), measurement.band(quantity) or (0.0, 0.0), strict=True
         )
     }
+    fit = check_fit(
+        reserved if reserved is not None else float("inf"), gpu, source=measurement.source
+    )
     return {
         **bands,
         "model": measurement.model,
@@ -106,8 +110,11 @@ def _result(measurement: Measurement, gpu: GPU, notes: Sequence[str]) -> dict[st
         "trainable_params": measurement.trainable_params,
         "total_params": measurement.total_params,
         "usable_memory_gib": gpu.usable_memory_gib,
-        "memory_limit_gib": usable_after_headroom_gib(gpu),
-        "fits": bool(reserved is not None and memory_fits(reserved, gpu)),
+        "memory_limit_gib": capacity_gib(gpu),
+        "fit": fit.verdict.value,
+        "fits": fit.fits,
+        "fit_margin_fraction": fit.margin_fraction,
+        "fit_detail": fit.describe(),
         "breakdown": to_jsonable(measurement.breakdown) if measurement.breakdown else None,
         "phase_peaks_gib": dict(measurement.phase_peaks_gib),
         "provenance": to_jsonable(measurement.provenance),
@@ -144,8 +151,8 @@ def _render_table(result: dict[str, Any]) -> None:
         f"{fmt(result['peak_reserved_gib'], '.2f')} GiB"
         + _range(result, "peak_reserved_gib", ".2f", "GiB"),
     )
-    table.add_row("memory limit (usable − headroom)", f"{result['memory_limit_gib']:.2f} GiB")
-    table.add_row("fits", "yes" if result["fits"] else "NO")
+    table.add_row("memory limit (torch's − CUDA context)", f"{result['memory_limit_gib']:.2f} GiB")
+    table.add_row("fit", result["fit"] if result["fits"] else "NO")
     table.add_row(
         "step time",
         f"{fmt(result['step_time_s'], '.4f')} s" + _range(result, "step_time_s", ".4f", "s"),
@@ -158,6 +165,7 @@ def _render_table(result: dict[str, Any]) -> None:
         table.add_row(f"  phase {phase}", f"{value:.2f} GiB")
     console = Console()
     console.print(table)
+    console.print(result["fit_detail"])
     for note in result["notes"]:
         console.print(f"note: {note}")
 
@@ -203,6 +211,16 @@ def _render_table(result: dict[str, Any]) -> None:
 )
 @click.option("--analytic-only", is_flag=True, help="Skip stored profiles; use the formula.")
 @click.option(
+    "--max-batch",
+    is_flag=True,
+    help="Find the largest micro-batch that fits (at --seq-len); JSON key max_micro_batch.",
+)
+@click.option(
+    "--max-seq-len",
+    is_flag=True,
+    help="Find the longest sequence that fits (at --batch); JSON key max_seq_len.",
+)
+@click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 def estimate_command(
@@ -219,6 +237,8 @@ def estimate_command(
     gpu_name: str,
     gpu_count: int,
     analytic_only: bool,
+    max_batch: bool,
+    max_seq_len: bool,
     fmt: str,
 ) -> None:
     """Peak GPU memory and step time of one fine-tuning config, without a GPU.
@@ -231,6 +251,7 @@ def estimate_command(
       ftplan estimate --model llama2-7b --method lora --batch 4 --seq-len 1024
       ftplan estimate --model llama3.1-8b --method qlora --gpu l4 --grad-checkpointing
       ftplan estimate --model ./my-model/config.json --method full --precision bf16 --format json
+      ftplan estimate --model llama3.1-8b --method lora --gpu l4 --grad-checkpointing --max-batch
     """
     from profiler.calibration import calibration_for
     from profiler.estimator import estimate
@@ -249,6 +270,9 @@ def estimate_command(
         gpu=gpu,
         gpu_count=gpu_count,
     )
+    if max_batch or max_seq_len:
+        _what_if(spec, config, gpu, knob="micro_batch" if max_batch else "seq_len", fmt=fmt)
+        return
     stored = None if analytic_only else _stored(spec.name, config, gpu)
     measurement = (
         stored
@@ -260,6 +284,86 @@ def estimate_command(
         click.echo(json.dumps(result, indent=2, sort_keys=True))
     else:
         _render_table(result)
+
+
+def _what_if(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, knob: str, fmt: str) -> None:
+    """--max-batch / --max-seq-len: bisection over the analytic estimator; exit 1 when even
+    batch 1 (or one token) does not fit, naming the nearest change that would."""
+    from profiler.calibration import calibration_for
+    from profiler.estimator import estimate
+    from profiler.whatif import max_micro_batch, max_seq_len
+
+    calibration = calibration_for(gpu)
+
+    def run(c: TuningConfig) -> Measurement:
+        return estimate(spec, c, gpu, calibration=calibration)
+
+    if knob == "micro_batch":
+        found = max_micro_batch(run, config, gpu)
+        key, label = "max_micro_batch", f"micro-batch at seq-len {config.seq_len}"
+    else:
+        found = max_seq_len(run, config, gpu, spec=spec)
+        key, label = "max_seq_len", f"sequence length at micro-batch {config.micro_batch_size}"
+    if found.value is None:
+        start = "batch 1" if knob == "micro_batch" else "sequence length 1"
+        raise NothingFitsError(
+            f"nothing fits at {start} on {gpu.name}: {found.check.describe()}. "
+            f"Nearest change: {_nearest_change(run, spec, config, gpu)}"
+        )
+    result = {
+        "model": spec.name,
+        "gpu": gpu.name,
+        "config": to_jsonable(config),
+        "source": "estimated",
+        key: found.value,
+        "fit": found.check.verdict.value,
+        "fits": found.check.fits,
+        "peak_reserved_gib": found.check.peak_reserved_gib,
+        "memory_limit_gib": found.check.capacity_gib,
+        "fit_detail": found.check.describe(),
+        "capped_at": found.limit,
+    }
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    cap = f" (the search stops at {found.limit})" if found.limit else ""
+    click.echo(f"largest {label} that fits {gpu.name}: {found.value}{cap}")
+    click.echo(f"  {found.check.describe()}")
+
+
+def _nearest_change(
+    run: Callable[[TuningConfig], Measurement], spec: ModelSpec, config: TuningConfig, gpu: GPU
+) -> str:
+    """The first of: gradient checkpointing, QLoRA, a shorter sequence, that makes batch 1 fit."""
+    from profiler.headroom import check_fit
+    from profiler.whatif import max_seq_len
+
+    one = dataclasses.replace(config, micro_batch_size=1)
+    ckpt = dataclasses.replace(one, grad_checkpointing=True)
+    options: list[tuple[str, TuningConfig]] = []
+    if not config.grad_checkpointing:
+        options.append(("add --grad-checkpointing", ckpt))
+    if config.method is not Method.QLORA:
+        qlora = dataclasses.replace(
+            ckpt,
+            method=Method.QLORA,
+            lora_rank=config.lora_rank or 16,
+            lora_alpha=config.lora_alpha or 32,
+            lora_targets=config.lora_targets or "all-linear",
+            optimizer=OptimizerKind.ADAMW,
+            sharding=Sharding.DDP if config.gpu_count > 1 else Sharding.NONE,
+        )
+        if qlora.precision is Precision.BF16:
+            qlora = dataclasses.replace(qlora, precision=Precision.BF16_MIXED)
+        options.append(("--method qlora with --grad-checkpointing", qlora))
+    for text, candidate in options:
+        peak = run(candidate).peak_reserved_gib
+        if peak is not None and check_fit(peak, gpu).fits:
+            return f"{text} ({peak:.1f} GiB at batch 1)"
+    shorter = max_seq_len(run, one, gpu, spec=spec).value
+    if shorter:
+        return f"a shorter --seq-len (at most {shorter} tokens at batch 1)"
+    return "a GPU with more memory, or several GPUs (--gpu-count) to shard over"
 
 
 @click.command("calibrate")

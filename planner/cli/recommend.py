@@ -31,6 +31,8 @@ def _build_request(o: dict[str, Any]) -> Any:
         RecommendRequest,
         count_dataset,
     )
+    from planner.engine.space import SearchSpace
+    from profiler import Method
 
     if not math.isfinite(o["budget"]) or o["budget"] <= 0:
         raise ValueError(f"--budget must be a positive number of USD, got {o['budget']}")
@@ -54,7 +56,9 @@ def _build_request(o: dict[str, Any]) -> Any:
         tokens_source=source,
         max_hours=o["max_hours"],
         task=Task(o["task"]),
-        quality=QualityPolicy(o["quality"]),
+        # A pinned method runs even where the quality policy would reject it; its risks are
+        # still assessed and reported.
+        quality=QualityPolicy.CHEAPEST if o["method"] else QualityPolicy(o["quality"]),
         longest_sample_tokens=longest,
     )
     gpus = [catalog.get_gpu(g) for g in o["gpu"]]
@@ -71,9 +75,15 @@ def _build_request(o: dict[str, Any]) -> Any:
         interruptions_per_hour=o["spot_interruptions_per_hour"],
         restart_minutes=o["spot_restart_minutes"],
     )
+    if o["method"]:
+        warnings += (
+            f"--method {o['method']} pins the method: the quality policy does not reject it, "
+            "and its quality risks are listed with the plan",
+        )
     return RecommendRequest(
         spec=spec,
         budget=budget,
+        space=SearchSpace(methods=(Method(o["method"]),)) if o["method"] else SearchSpace(),
         offers=offers,
         seq_len=seq_len,
         seq_len_given=o["seq_len"] is not None,
@@ -149,7 +159,8 @@ def _version() -> str:
 
 
 def _inputs_hash(o: dict[str, Any]) -> str:
-    keys = sorted(k for k in o if k not in ("out", "format", "quiet"))
+    # --method joined the flags later: leaving it out when unset keeps earlier slugs stable.
+    keys = sorted(k for k in o if k not in ("out", "format", "quiet") and (k != "method" or o[k]))
     return hashlib.sha256(repr([(k, o[k]) for k in keys]).encode()).hexdigest()[:8]
 
 
@@ -230,6 +241,12 @@ def _slug(model: str, budget: float, digest: str) -> str:
     help="Quality risk you accept.",
 )
 @click.option(
+    "--method",
+    type=click.Choice(["full", "lora", "qlora"]),
+    default=None,
+    help="Pin the method (default: search all three). Runs even if --quality would reject it.",
+)
+@click.option(
     "--trials",
     type=click.IntRange(min=1),
     help="optuna trials (default: every structural cell, exact).",
@@ -270,7 +287,8 @@ def recommend_command(**o: Any) -> None:
 def _plan(request: Any) -> Plan:
     from planner.engine.plan import recommend
     from profiler.calibration import calibration_for
-    from profiler.estimator import estimate, memory_fits
+    from profiler.estimator import estimate
+    from profiler.headroom import fit_verdict
     from profiler.store import default_store
 
     store = default_store()
@@ -281,7 +299,10 @@ def _plan(request: Any) -> Plan:
     def calibrated_estimate(spec: Any, config: Any, gpu: Any, **kwargs: Any) -> Any:
         return estimate(spec, config, gpu, calibration=calibration_for(gpu), **kwargs)
 
-    return recommend(request, estimate=calibrated_estimate, lookup=lookup, fits=memory_fits)
+    def fits(peak_reserved_gib: float, gpu: Any, source: Any) -> Any:
+        return fit_verdict(peak_reserved_gib, gpu, source=source)
+
+    return recommend(request, estimate=calibrated_estimate, lookup=lookup, fits=fits)
 
 
 def render(plan: Plan, *, fmt: str, quiet: bool, report: Path) -> None:
@@ -356,6 +377,21 @@ def _render_table(plan: Plan, report: Path) -> None:
     console.print("[bold]Why:[/bold]")
     for verdict in plan.verdicts:
         console.print(f"  - {verdict.reason}", markup=False)
+    if plan.budget_frontier:
+        console.print(f"[bold]What ${plan.budget.max_usd:,.0f} buys:[/bold]")
+        for e in plan.budget_frontier:
+            rate = (
+                ""
+                if e.usd_per_million_tokens is None
+                else (f" at ${e.usd_per_million_tokens:,.3f}/M tokens on {e.offer}")
+            )
+            console.print(
+                f"  - {e.method.value}: {e.max_tokens:,} tokens "
+                f"({e.max_epochs:,.1f} epochs){rate}",
+                markup=False,
+            )
+    for option in plan.stronger_options:
+        console.print(f"  - {option}", markup=False)
     for warning in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     console.print("[bold]Assumptions:[/bold]")

@@ -1,8 +1,9 @@
 """Cost model: turns a Measurement and an Offer into wall-clock hours and USD. Pure; no I/O.
 
 hours = start-up + total tokens ÷ tokens/s (+ spot interruption and checkpoint overhead);
-USD = hours × the offer's instance price × nodes. Every constant is a documented assumption that
-the plan repeats in its ``assumptions``.
+billed hours = hours rounded up to the offer's billing increment, at least its minimum;
+USD = billed hours × the offer's instance price × nodes. Every constant is a documented
+assumption that the plan repeats in its ``assumptions``.
 """
 
 from __future__ import annotations
@@ -57,21 +58,38 @@ class StartupAssumptions:
     """Time before the first training step, billed like the rest of the run.
 
     Attributes:
-        provision_minutes: Instance start, container pull and library import on a cloud offer
-            (SageMaker training jobs typically spend several minutes in "Starting" and
-            "Downloading"). Assumption: 5 min; 0 for ``local`` offers.
+        provision_minutes: Instance start and container image pull on a cloud offer. None (the
+            default) takes each offer's figure from the catalog (``catalog/data/services.csv``,
+            per provider and service, with sources); a number overrides it for every cloud
+            offer. ``local`` offers take 0 either way.
         download_gib_per_s: Bandwidth to fetch the weights from the hub or S3. Assumption:
             0.5 GiB/s (≈ 4 Gbit/s), then loading from local disk is included.
     """
 
-    provision_minutes: float = 5.0
+    provision_minutes: float | None = None
     download_gib_per_s: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.provision_minutes < 0:
+        if self.provision_minutes is not None and self.provision_minutes < 0:
             raise ValueError(f"provision minutes must be >= 0, got {self.provision_minutes}")
         if not self.download_gib_per_s > 0:
             raise ValueError(f"download bandwidth must be > 0, got {self.download_gib_per_s}")
+
+
+# Provisioning time of an offer that carries none (built in code, not loaded from the catalog).
+FALLBACK_PROVISION_MINUTES = 5.0
+
+
+def provision_s(offer: Offer, startup: StartupAssumptions) -> float:
+    """Seconds from asking for the instance to running the training image: 0 on own GPUs, the
+    override when given, else the offer's catalog figure (5 min when it has none)."""
+    if offer.provider is Provider.LOCAL:
+        return 0.0
+    if startup.provision_minutes is not None:
+        return startup.provision_minutes * 60
+    if offer.provision_minutes is not None:
+        return offer.provision_minutes * 60
+    return FALLBACK_PROVISION_MINUTES * 60
 
 
 def weights_download_gib(spec: ModelSpec) -> float:
@@ -147,8 +165,8 @@ def estimate_cost(
 
     Returns:
         A CostEstimate whose ``hours`` = train + start-up + spot overhead hours and whose ``usd``
-        = hours × ``offer.usd_per_hour`` × ``nodes``. ``checkpoint_interval_minutes`` is set for
-        spot offers only.
+        = billed hours (``offer.billed_hours(hours)``) × ``offer.usd_per_hour`` × ``nodes``.
+        ``checkpoint_interval_minutes`` is set for spot offers only.
 
     Raises:
         ValueError: If the measurement has no positive throughput or ``nodes`` < 1.
@@ -163,8 +181,7 @@ def estimate_cost(
         )
     startup = startup or StartupAssumptions()
     train_s = budget.total_tokens / tokens_per_s
-    provision_s = 0.0 if offer.provider is Provider.LOCAL else startup.provision_minutes * 60
-    startup_s = provision_s + weights_gib / startup.download_gib_per_s
+    startup_s = provision_s(offer, startup) + weights_gib / startup.download_gib_per_s
     overhead_s = 0.0
     interval_minutes: float | None = None
     if offer.spot:
@@ -183,13 +200,16 @@ def estimate_cost(
         overhead_s = checkpoints_s + interruptions * (redo_s + spot_policy.restart_minutes * 60)
         interval_minutes = None if math.isinf(interval_s) else interval_s / 60
     hours = (train_s + startup_s + overhead_s) / 3600
+    billed = offer.billed_hours(hours)
     usd_per_hour = offer.usd_per_hour * nodes
     return CostEstimate(
         train_hours=train_s / 3600,
         startup_hours=startup_s / 3600,
         spot_overhead_hours=overhead_s / 3600,
         hours=hours,
-        usd=hours * usd_per_hour,
+        usd=billed * usd_per_hour,
         usd_per_hour=usd_per_hour,
         checkpoint_interval_minutes=interval_minutes,
+        billed_hours=billed,
+        idle_billed_hours=billed - hours,
     )

@@ -17,26 +17,31 @@ from planner._types import Budget, Candidate
 from planner.engine.cost import (
     checkpoint_gib,
     estimate_cost,
+    provision_s,
     weights_download_gib,
 )
 from planner.engine.quality import accepted, assess_quality, suggested_learning_rate
 from planner.engine.space import Hardware, SearchProblem, Variant
 from profiler import (
+    FitVerdict,
     Measurement,
     Method,
     OptimizerKind,
     Precision,
     Sharding,
+    Source,
     Status,
     TuningConfig,
+    fit_verdict,
 )
 
 EstimateFn = Callable[..., Measurement]
 """``estimate(spec, config, gpu, *, nodes, inter_node_gbps) -> Measurement`` (profiler)."""
 LookupFn = Callable[[str, TuningConfig, str], "Measurement | None"]
 """``lookup(model_name, config, gpu_name)``: a stored measured/extrapolated profile or None."""
-FitsFn = Callable[[float, GPU], bool]
-"""``fits(peak_reserved_gib, gpu)``: whether a per-GPU peak fits the card (with headroom)."""
+FitsFn = Callable[[float, GPU, Source], FitVerdict]
+"""``fits(peak_reserved_gib, gpu, source)``: the fit verdict of a per-GPU peak on the card,
+with the error margin of the figure's source (:func:`profiler.fit_verdict`)."""
 
 # Tokens per optimizer step that gradient accumulation aims for: 128 Ki tokens (64 sequences of
 # 2048), in the 64 Ki–1 Mi range common for SFT recipes. A step that already exceeds it runs with
@@ -65,13 +70,10 @@ def sort_key(candidate: Candidate) -> tuple[Any, ...]:
     )
 
 
-def default_fits(peak_reserved_gib: float, gpu: GPU) -> bool:
-    """Fits with the profiler's rule when available (headroom included), else ≤ usable memory."""
-    try:
-        from profiler import memory_fits
-    except ImportError:  # the estimator module is optional for pure tests
-        return peak_reserved_gib <= gpu.usable_memory_gib
-    return bool(memory_fits(peak_reserved_gib, gpu))
+def default_fits(peak_reserved_gib: float, gpu: GPU, source: Source) -> FitVerdict:
+    """The profiler's verdict: torch's usable memory less the CUDA context, with the error
+    margin of the figure's source (measured, extrapolated or estimated)."""
+    return fit_verdict(peak_reserved_gib, gpu, source=source)
 
 
 class Evaluator:
@@ -173,9 +175,8 @@ class Evaluator:
         download_s = weights_download_gib(spec) / startup.download_gib_per_s
         best = math.inf
         for offer in hw.offers:
-            local = offer.provider.value == "local"
-            provision_s = 0.0 if local else startup.provision_minutes * 60
-            best = min(best, (train_s + provision_s + download_s) / 3600 * offer.usd_per_hour)
+            run_hours = (train_s + provision_s(offer, startup) + download_s) / 3600
+            best = min(best, offer.billed_hours(run_hours) * offer.usd_per_hour)
         return best * hw.nodes
 
     def config(
@@ -234,8 +235,14 @@ class Evaluator:
         peak = measurement.peak_reserved_gib or measurement.peak_allocated_gib
         return math.inf if peak is None else peak
 
+    def fit(self, measurement: Measurement, gpu: GPU) -> FitVerdict:
+        """Fit verdict of a measurement on ``gpu`` (``no`` unless it ran or estimated OK)."""
+        if measurement.status is not Status.OK:
+            return FitVerdict.NO
+        return self._fits(self.peak_gib(measurement), gpu, measurement.source)
+
     def fits(self, measurement: Measurement, gpu: GPU) -> bool:
-        return measurement.status is Status.OK and self._fits(self.peak_gib(measurement), gpu)
+        return self.fit(measurement, gpu).fits
 
     def price(self, config: TuningConfig, hw: Hardware) -> list[Candidate]:
         """Candidates of one config on every offer of ``hw`` (one measurement per interconnect)."""
@@ -254,7 +261,7 @@ class Evaluator:
         out: list[Candidate] = []
         for offer in hw.offers:
             measurement = self.measure(config, hw, offer.inter_node_gbps)
-            fits = self.fits(measurement, hw.gpu)
+            fit = self.fit(measurement, hw.gpu)
             if measurement.status is not Status.OK or not measurement.tokens_per_s:
                 continue
             cost = estimate_cost(
@@ -274,7 +281,8 @@ class Evaluator:
                     nodes=hw.nodes,
                     measurement=measurement,
                     cost=cost,
-                    fits=fits,
+                    fits=fit.fits,
+                    fit=fit,
                     usable_memory_gib=hw.gpu.usable_memory_gib,
                     risks=risks,
                     suggested_learning_rate=suggested_learning_rate(config),

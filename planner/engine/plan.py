@@ -35,10 +35,17 @@ from planner.engine.evaluate import (
     default_fits,
     with_nodes_label,
 )
+from planner.engine.frontier import budget_frontier, stronger_options
 from planner.engine.quality import ACCEPTED_LEVELS, BITS_PER_TOKEN, LORA_BITS_PER_PARAM
 from planner.engine.search import SearchResult, search
 from planner.engine.space import SearchProblem, SearchSpace
 from profiler import Method, Source
+from profiler.headroom import (
+    CUDA_CONTEXT_GIB,
+    ESTIMATE_UNDER_PREDICTION,
+    FitVerdict,
+    check_fit,
+)
 
 # Default dataset when the user gives neither --tokens nor --dataset: 10M tokens per epoch, about
 # Alpaca-sized (52k instruction samples of ~200 tokens), trained for 3 epochs as in the Stanford
@@ -189,6 +196,7 @@ def recommend(
     ranked = _distinct(result.feasible, RANKED_SIZE)
     chosen = ranked[0] if ranked else None
     near = () if chosen else _near_misses(result)
+    frontier = budget_frontier(result.candidates, request.budget, request.space.methods)
     return Plan(
         model=request.spec.name,
         model_hf_id=request.spec.hf_id,
@@ -211,6 +219,8 @@ def recommend(
         warnings=request.warnings + _plan_warnings(request, ranked),
         near_misses=near,
         suggestions=() if chosen else _suggestions(result, request),
+        budget_frontier=frontier,
+        stronger_options=stronger_options(chosen, result.candidates, request.budget, frontier),
     )
 
 
@@ -317,7 +327,8 @@ def describe(c: Candidate) -> str:
     return (
         f"{c.config.label()} on {with_nodes_label(c)} ({c.offer.provider.value} "
         f"{c.offer.instance_type}, {kind}): ${c.cost.usd:,.2f}, {c.cost.hours:,.1f} h, "
-        f"{peak:.1f}/{c.usable_memory_gib:.1f} GiB per GPU ({c.measurement.source.value})"
+        f"{peak:.1f}/{c.usable_memory_gib:.1f} GiB per GPU ({c.measurement.source.value}"
+        f"{', TIGHT' if c.fit is FitVerdict.TIGHT else ''})"
     )
 
 
@@ -464,10 +475,20 @@ def _assumptions(request: RecommendRequest) -> tuple[str, ...]:
         f"sequence length {request.seq_len} tokens"
         + ("" if request.seq_len_given else " (default; set --seq-len)"),
         f"gradient accumulation keeps ~{GLOBAL_BATCH_TARGET_TOKENS:,} tokens per optimizer step",
-        f"start-up: {start.provision_minutes:g} min provisioning (0 for local) + weights "
-        f"download at {start.download_gib_per_s:g} GiB/s, billed",
-        "memory fits when the per-GPU peak reserved memory leaves the profiler's headroom "
-        "free (5% of usable memory, at least 1 GiB)",
+        (
+            f"start-up: {start.provision_minutes:g} min provisioning"
+            if start.provision_minutes is not None
+            else "start-up: each provider's provisioning and image pull time from the catalog "
+            "(catalog/data/services.csv, with sources)"
+        )
+        + f" (0 for local) + weights download at {start.download_gib_per_s:g} GiB/s, billed",
+        "billing: each offer's billing unit and minimum (per second, per minute, or whole days "
+        "paid upfront for EC2 Capacity Blocks); cost = billed hours × price, and billed time "
+        "the run does not use is stated as idle",
+        f"memory: the per-GPU peak reserved memory must fit torch's usable memory less the CUDA "
+        f"context ({CUDA_CONTEXT_GIB:g} GiB); 'tight' when it fits only without the figure's "
+        f"error margin (estimates: the estimator's worst cross-validated under-prediction, "
+        f"{ESTIMATE_UNDER_PREDICTION:.1%}; extrapolated profiles 3%; measured none)",
         "speed and memory: stored profiles (measured/extrapolated) where they match, else the "
         "analytic estimator",
         f"quality: --task {budget.task.value}, --quality {budget.quality.value} accepts "
@@ -489,6 +510,40 @@ def _assumptions(request: RecommendRequest) -> tuple[str, ...]:
     return tuple(out)
 
 
+# Checked 2026-11-30 with `pip download --no-deps --only-binary=:all: --platform
+# manylinux_2_24_aarch64 --python-version 3.11 bitsandbytes==0.50.2`: PyPI has
+# bitsandbytes-0.50.2-py3-none-manylinux_2_24_aarch64.whl (CUDA 11.8-13.2 kernels inside, sha256
+# d5772560...). The issue's `--platform manylinux2014_aarch64` finds nothing because pip does not
+# widen an explicit --platform tag; the wheel needs glibc >= 2.24. Not yet run on a GH200.
+BNB_AARCH64_CHECK = (
+    "bitsandbytes 0.50.2 has an aarch64 wheel (manylinux_2_24, CUDA kernels included; "
+    "checked on PyPI 2026-11-30), but ftplan has not run QLoRA or 8-bit AdamW on a GH200"
+)
+
+
+def _arm_host_risk(c: Candidate, gpu: GPU) -> tuple[str, ...]:
+    """A plan on an Arm (aarch64) host that needs bitsandbytes (QLoRA, 8-bit AdamW) says so."""
+    needs_bnb = c.config.method is Method.QLORA or c.config.optimizer.value != "adamw"
+    if gpu.host_cpu_arch != "aarch64" or not needs_bnb:
+        return ()
+    what = "QLoRA (NF4)" if c.config.method is Method.QLORA else "8-bit AdamW"
+    return (
+        f"{gpu.name} hosts are Arm (aarch64) and this plan needs bitsandbytes for {what}: "
+        f"{BNB_AARCH64_CHECK}. Install it there first (pip install bitsandbytes==0.50.2) "
+        "or pick an x86_64 offer with --gpu",
+    )
+
+
+def _idle_note(c: Candidate) -> str:
+    """What the chosen plan pays for billed time it does not use (billing units, minimums)."""
+    cost = c.cost
+    return (
+        f"billing: {c.offer.instance_type} bills {c.offer.billing_label}; the run takes "
+        f"{cost.hours:,.2f} h but {cost.billed_hours or cost.hours:,.2f} h are billed, so "
+        f"${cost.idle_usd:,.2f} pays for {cost.idle_billed_hours:,.2f} idle hours"
+    )
+
+
 def _plan_warnings(request: RecommendRequest, ranked: tuple[Candidate, ...]) -> tuple[str, ...]:
     out: list[str] = []
     longest = request.budget.longest_sample_tokens
@@ -498,6 +553,19 @@ def _plan_warnings(request: RecommendRequest, ranked: tuple[Candidate, ...]) -> 
             f"{request.seq_len}: longer samples are truncated; raise --seq-len to size "
             "the plan for them"
         )
+    chosen = ranked[0] if ranked else None
+    if chosen is not None and chosen.fit is FitVerdict.TIGHT:
+        m = chosen.measurement
+        peak = m.peak_reserved_gib or m.peak_allocated_gib or 0.0
+        check = check_fit(peak, request.gpus[chosen.offer.gpu], source=m.source)
+        out.append(
+            f"memory is tight: {check.describe()}. Profile it ('ftplan profile') or use "
+            "gradient checkpointing / a smaller micro-batch before a long run"
+        )
+    if chosen is not None and chosen.cost.idle_billed_hours > 0.05 * chosen.cost.hours:
+        out.append(_idle_note(chosen))
+    if chosen is not None:
+        out += _arm_host_risk(chosen, request.gpus[chosen.offer.gpu])
     stale = sorted({c.offer.instance_type for c in ranked if c.offer.stale})
     if stale:
         out.append(

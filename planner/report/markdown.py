@@ -119,8 +119,15 @@ def _recommendation(plan: Plan) -> list[str]:
         ],
         ["Cost", fmt_usd_band(cand)],
         [
+            "Billing",
+            f"{md_escape(cand.offer.billing_label)}: {fmt_hours(cost.billed_hours or cost.hours)}"
+            f" billed, {fmt_hours(cost.idle_billed_hours)} idle "
+            f"({fmt_usd(cost.idle_usd)})",
+        ],
+        [
             "Peak memory per GPU",
-            f"{fmt_gib(memory_used_gib(m))} of {fmt_gib(cand.usable_memory_gib)} usable",
+            f"{fmt_gib(memory_used_gib(m))} of {fmt_gib(cand.usable_memory_gib)} usable "
+            f"(fit: {cand.fit.value if cand.fit else 'n/a'})",
         ],
         ["Throughput", "n/a" if m.tokens_per_s is None else f"{m.tokens_per_s:,.0f} tokens/s"],
         ["Trainable parameters", params_text(m)],
@@ -334,6 +341,29 @@ def _search(plan: Plan) -> list[str]:
     return ["## Search", ""] + _table(["", ""], rows)
 
 
+def _frontier(plan: Plan) -> list[str]:
+    if not plan.budget_frontier:
+        return []
+    rows = [
+        [
+            e.method.value,
+            fmt_tokens(e.max_tokens),
+            f"{e.max_epochs:,.1f}",
+            "n/a" if e.usd_per_million_tokens is None else f"${e.usd_per_million_tokens:,.3f}",
+            md_escape(e.offer or "nothing fits"),
+        ]
+        for e in plan.budget_frontier
+    ]
+    lines = ["## What the budget buys", ""]
+    lines += [
+        f"The most training tokens {fmt_usd(plan.budget.max_usd)} pays for with each method, "
+        "on its best offer (billing units and start-up included).",
+        "",
+    ]
+    lines += _table(["method", "max tokens", "epochs", "USD per M tokens", "offer"], rows)
+    return lines + _bullets("Stronger options within the budget", plan.stronger_options)
+
+
 def render_markdown(plan: Plan) -> str:
     """The whole report as one markdown document (ends with a newline)."""
     lines = [f"# ftplan plan: {md_escape(plan.model)}", ""]
@@ -342,6 +372,7 @@ def render_markdown(plan: Plan) -> str:
     lines += _bullets("What would make it work", plan.suggestions)
     lines += _job(plan)
     lines += _verdicts(plan)
+    lines += _frontier(plan)
     lines += _candidates(plan)
     lines += _candidates(plan, near_misses=True)
     lines += _pareto(plan)

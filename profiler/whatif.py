@@ -1,0 +1,104 @@
+"""What-if queries over the analytic estimator: the largest micro-batch or sequence length that
+fits a GPU. Pure; a bisection costs ~20 estimator calls (milliseconds).
+
+Peak memory grows monotonically with micro-batch and sequence length for every recipe, so an
+exponential probe followed by a bisection finds the exact largest value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from profiler._types import Source, TuningConfig
+from profiler.headroom import FitCheck, FitVerdict, check_fit
+
+if TYPE_CHECKING:
+    from catalog import GPU, ModelSpec
+    from profiler._types import Measurement
+
+EstimateFn = Callable[[TuningConfig], "Measurement"]
+"""``estimate(config) -> Measurement`` for one model and GPU (the analytic estimator)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LargestFit:
+    """The largest value of a knob that fits, with its fit check; ``value`` None when even the
+    smallest does not fit. ``limit`` is the cap the search stopped at, when it was reached."""
+
+    knob: str
+    value: int | None
+    check: FitCheck
+    limit: int | None = None
+
+
+def largest_true(predicate: Callable[[int], bool], *, low: int, high: int) -> int | None:
+    """Largest ``n`` in [low, high] with ``predicate(n)``, for a predicate that is True up to
+    some point and False after it; None when ``predicate(low)`` is False."""
+    if not predicate(low):
+        return None
+    good, probe = low, low
+    while probe < high:  # double until it fails or reaches the cap
+        probe = min(high, probe * 2)
+        if not predicate(probe):
+            bad = probe
+            break
+        good = probe
+    else:
+        return good
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if predicate(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def _check(estimate: EstimateFn, config: TuningConfig, gpu: GPU) -> FitCheck:
+    m = estimate(config)
+    peak = m.peak_reserved_gib if m.peak_reserved_gib is not None else float("inf")
+    return check_fit(peak, gpu, source=Source.ESTIMATED)
+
+
+def max_micro_batch(
+    estimate: EstimateFn, config: TuningConfig, gpu: GPU, *, limit: int = 4096
+) -> LargestFit:
+    """Largest micro-batch per GPU (at ``config``'s sequence length) whose fit is not ``no``."""
+    checks: dict[int, FitCheck] = {}
+
+    def fits(batch: int) -> bool:
+        checks[batch] = _check(estimate, dataclasses.replace(config, micro_batch_size=batch), gpu)
+        return checks[batch].verdict is not FitVerdict.NO
+
+    best = largest_true(fits, low=1, high=limit)
+    key = 1 if best is None else best
+    return LargestFit(
+        knob="micro_batch",
+        value=best,
+        check=checks[key],
+        limit=limit if best == limit else None,
+    )
+
+
+def max_seq_len(
+    estimate: EstimateFn, config: TuningConfig, gpu: GPU, *, spec: ModelSpec
+) -> LargestFit:
+    """Largest sequence length (at ``config``'s micro-batch, up to the model's context length)
+    whose fit is not ``no``."""
+    checks: dict[int, FitCheck] = {}
+
+    def fits(seq: int) -> bool:
+        checks[seq] = _check(estimate, dataclasses.replace(config, seq_len=seq), gpu)
+        return checks[seq].verdict is not FitVerdict.NO
+
+    best = largest_true(fits, low=1, high=spec.max_seq_len)
+    key = 1 if best is None else best
+    return LargestFit(
+        knob="seq_len",
+        value=best,
+        check=checks[key],
+        limit=spec.max_seq_len if best == spec.max_seq_len else None,
+    )
