@@ -1,0 +1,174 @@
+"""What the budget buys (plan.budget_frontier, stronger options), billing units in the cost,
+recommend --method, and estimate --max-batch / --max-seq-len (bisection over the estimator)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from catalog import get_gpu, get_model, list_offers
+from planner import Budget, TokensSource
+from planner.cli import main
+from planner.engine.cost import SpotAssumptions, estimate_cost
+from planner.engine.frontier import affordable_tokens
+from profiler import (
+    FitVerdict,
+    Measurement,
+    Method,
+    Provenance,
+    Source,
+    Status,
+    TuningConfig,
+    calibration_for,
+    check_fit,
+    estimate,
+)
+from profiler.whatif import largest_true, max_micro_batch, max_seq_len
+
+
+def _plan(tmp_path: Path, *args: str) -> dict:  # type: ignore[type-arg]
+    result = CliRunner().invoke(
+        main, ["recommend", *args, "--format", "json", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["plan"]  # type: ignore[no-any-return]
+
+
+def test_budget_frontier_has_tokens_for_every_method(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, "--model", "llama2-7b", "--budget", "200")
+    frontier = plan["budget_frontier"]
+    assert {e["method"] for e in frontier} == {"full", "lora", "qlora"}
+    for entry in frontier:
+        assert set(entry) >= {"method", "max_tokens", "max_epochs", "offer"}
+        assert "usd_per_million_tokens" in entry
+        assert entry["max_tokens"] > 0 and entry["offer"]
+        assert entry["max_epochs"] == pytest.approx(entry["max_tokens"] / 10_000_000)
+    # The budget buys far more than the plan's 30M tokens: the report says so.
+    assert any("epochs" in s for s in plan["stronger_options"])
+
+
+def test_bigger_budget_buys_more_tokens(tmp_path: Path) -> None:
+    small = _plan(tmp_path, "--model", "llama2-7b", "--budget", "50")["budget_frontier"]
+    large = _plan(tmp_path, "--model", "llama2-7b", "--budget", "500")["budget_frontier"]
+    for a, b in zip(small, large, strict=True):
+        assert b["max_tokens"] > a["max_tokens"] * 5
+
+
+def test_method_full_pins_full_fine_tuning(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, "--model", "llama2-7b", "--budget", "200", "--method", "full")
+    assert plan["chosen"]["config"]["method"] == "full"
+    assert all(c["config"]["method"] == "full" for c in plan["ranked"])
+    assert any("--method full" in w for w in plan["warnings"])
+
+
+def test_method_pin_runs_even_where_the_policy_would_reject_it(tmp_path: Path) -> None:
+    args = ["--model", "llama2-7b", "--budget", "2000", "--tokens", "2000000000"]
+    args += ["--task", "cpt", "--quality", "strict", "--epochs", "1"]
+    plan = _plan(tmp_path, *args, "--method", "qlora")
+    assert plan["chosen"]["config"]["method"] == "qlora"
+    assert plan["chosen"]["risks"]  # the risk is stated, not hidden
+
+
+def _measurement(tokens_per_s: float) -> Measurement:
+    return Measurement(
+        model="m",
+        gpu="H100 SXM 80GB",
+        config=TuningConfig(method=Method.FULL),
+        status=Status.OK,
+        source=Source.ESTIMATED,
+        provenance=Provenance(device="test", date="x"),
+        peak_reserved_gib=40.0,
+        step_time_s=1.0,
+        tokens_per_s=tokens_per_s,
+    )
+
+
+def test_capacity_block_bills_a_whole_day_upfront_and_states_the_idle_time() -> None:
+    block = next(o for o in list_offers() if o.service == "ec2-capacity-block")
+    budget = Budget(
+        max_usd=5000.0, dataset_tokens=100_000_000, epochs=1.0, tokens_source=TokensSource.GIVEN
+    )
+    # 100M tokens at ~10k tokens/s is under 3 h of training.
+    cost = estimate_cost(
+        _measurement(10_000.0), block, budget, nodes=1, spot_policy=SpotAssumptions()
+    )
+    assert cost.hours < 4 and cost.billed_hours == 24.0
+    assert cost.usd == pytest.approx(24.0 * block.usd_per_hour)
+    assert cost.idle_billed_hours == pytest.approx(24.0 - cost.hours)
+    assert cost.idle_usd == pytest.approx(cost.idle_billed_hours * block.usd_per_hour)
+
+
+def test_affordable_tokens_respect_the_minimum_billing() -> None:
+    from planner._types import Candidate
+
+    block = next(o for o in list_offers() if o.service == "ec2-capacity-block")
+    m = _measurement(10_000.0)
+    budget = Budget(
+        max_usd=100.0, dataset_tokens=1_000_000, epochs=1.0, tokens_source=TokensSource.GIVEN
+    )
+    cost = estimate_cost(m, block, budget, nodes=1, spot_policy=SpotAssumptions())
+    cand = Candidate(
+        config=m.config,
+        offer=block,
+        nodes=1,
+        measurement=m,
+        cost=cost,
+        fits=True,
+        usable_memory_gib=80.0,
+    )
+    assert affordable_tokens(cand, budget) == 0  # $100 does not buy a day of 8 × H100
+    rich = dataclasses.replace(budget, max_usd=block.usd_per_hour * 24 * 2.5)
+    expected = (48.0 - cost.startup_hours) * 3600 * 10_000.0  # two whole days, not 2.5
+    assert affordable_tokens(cand, rich) == pytest.approx(expected, rel=1e-6)
+
+
+def test_largest_true_is_exact() -> None:
+    for edge in (1, 2, 3, 17, 1000, 4095, 4096):
+        assert largest_true(lambda n, e=edge: n <= e, low=1, high=4096) == edge
+    assert largest_true(lambda n: False, low=1, high=64) is None
+
+
+def test_max_batch_is_the_last_batch_that_fits() -> None:
+    spec, gpu = get_model("llama3.1-8b"), get_gpu("h100")
+    config = TuningConfig(
+        method=Method.LORA,
+        lora_rank=16,
+        lora_targets="all-linear",
+        seq_len=2048,
+        grad_checkpointing=True,
+    )
+    cal = calibration_for(gpu)
+
+    def run(c: TuningConfig) -> Measurement:
+        return estimate(spec, c, gpu, calibration=cal)
+
+    found = max_micro_batch(run, config, gpu)
+    assert found.value is not None and found.value > 1
+    for batch, fits in ((found.value, True), (found.value + 1, False)):
+        peak = run(dataclasses.replace(config, micro_batch_size=batch)).peak_reserved_gib
+        assert peak is not None and check_fit(peak, gpu).fits is fits
+    longest = max_seq_len(run, config, gpu, spec=spec)
+    assert longest.value is not None and longest.value > 2048
+
+
+def test_estimate_max_batch_json() -> None:
+    args = ["estimate", "--model", "llama3.1-8b", "--method", "lora", "--gpu", "l4"]
+    args += ["--seq-len", "2048", "--grad-checkpointing", "--max-batch", "--format", "json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["max_micro_batch"] >= 1 and out["fit"] in ("fits", "tight")
+
+
+def test_estimate_max_batch_when_nothing_fits_exits_1_with_the_nearest_change() -> None:
+    args = ["estimate", "--model", "llama2-7b", "--method", "lora", "--gpu", "l4"]
+    result = CliRunner().invoke(main, [*args, "--seq-len", "8192", "--max-batch"])
+    assert result.exit_code == 1
+    assert "nothing fits at batch 1" in result.stderr
+    assert "--grad-checkpointing" in result.stderr
+    assert "Traceback" not in result.output
+    assert FitVerdict.NO.value == "no"
