@@ -34,6 +34,7 @@ from profiler.headroom import (
     capacity_gib,
     check_fit,
     fit_verdict,
+    measurement_fit,
 )
 from profiler.measure import profile_extrapolated
 from profiler.recipes import (
@@ -57,6 +58,7 @@ __all__ = [
     "capacity_gib",
     "check_fit",
     "fit_verdict",
+    "measurement_fit",
     "estimate",
     "calibration_for",
     "fit_calibration",

@@ -4,8 +4,9 @@ The capacity is what torch can allocate on the card (``GPU.usable_memory_gib``, 
 ``torch.cuda.mem_get_info`` total where measured) less the CUDA context, which
 ``max_memory_reserved`` does not count. The margin is how far the figure has been seen to fall
 short of a real run: none for a measurement, the truncated-layer extrapolation's worst miss for an
-extrapolated profile, and the analytic estimator's worst cross-validated under-prediction of
-reserved memory for an estimate.
+extrapolated profile, and for an estimate the high end of its own error band (the estimator's
+cross-validated residuals of reserved memory for its regime, ``Measurement.band``), or, without
+a band, the estimator's worst cross-validated under-prediction.
 
 - ``fits``: the peak plus its margin fits the capacity;
 - ``tight``: the peak fits but the peak plus its margin does not (allowed, and plans say so);
@@ -18,10 +19,11 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from profiler._types import Source
+from profiler._types import Source, Status
 
 if TYPE_CHECKING:
     from catalog import GPU
+    from profiler._types import Measurement
 
 # CUDA context and allocator start-up: memory the process holds before its first tensor, which
 # max_memory_reserved does not count. Measured twice: 0.75 GiB on the H100 80GB HBM3 reference
@@ -72,7 +74,7 @@ class FitCheck:
 
     def describe(self) -> str:
         """One sentence: the verdict, the peak, its margin and the capacity."""
-        pct = f"{self.margin_fraction:.0%}"
+        pct = f"{self.margin_fraction:+.0%}"
         head = (
             f"{self.peak_reserved_gib:.1f} GiB peak reserved of {self.capacity_gib:.1f} GiB "
             "usable (torch's total less the CUDA context)"
@@ -95,7 +97,11 @@ def capacity_gib(gpu: GPU) -> float:
 
 
 def check_fit(
-    peak_reserved_gib: float, gpu: GPU, *, source: Source = Source.ESTIMATED
+    peak_reserved_gib: float,
+    gpu: GPU,
+    *,
+    source: Source = Source.ESTIMATED,
+    high_gib: float | None = None,
 ) -> FitCheck:
     """Fit verdict of a per-GPU peak reserved memory (GiB) on ``gpu``.
 
@@ -103,13 +109,19 @@ def check_fit(
         peak_reserved_gib: Peak reserved memory per GPU, GiB (inf for an OOM).
         gpu: The card.
         source: Where the peak came from; sets the error margin (:data:`MARGIN_BY_SOURCE`).
+        high_gib: The high end of the estimate's own error band (the estimator's
+            cross-validated residuals for its regime); replaces the source's margin.
 
     Returns:
         The verdict with the peak, the peak plus margin and the capacity, GiB.
     """
-    margin = MARGIN_BY_SOURCE[source]
     capacity = capacity_gib(gpu)
-    with_margin = peak_reserved_gib * (1 + margin)
+    if high_gib is not None and 0 < peak_reserved_gib < float("inf"):
+        with_margin = max(high_gib, peak_reserved_gib)
+        margin = with_margin / peak_reserved_gib - 1
+    else:
+        margin = MARGIN_BY_SOURCE[source]
+        with_margin = peak_reserved_gib * (1 + margin)
     if peak_reserved_gib > capacity:
         verdict = FitVerdict.NO
     elif with_margin > capacity:
@@ -122,6 +134,18 @@ def check_fit(
         peak_with_margin_gib=with_margin,
         capacity_gib=capacity,
         margin_fraction=margin,
+    )
+
+
+def measurement_fit(measurement: Measurement, gpu: GPU) -> FitCheck:
+    """Fit check of a measurement or estimate: its peak reserved memory (allocated when reserved
+    is unknown; inf on OOM), with its own error band when it has one, else its source's margin."""
+    peak = measurement.peak_reserved_gib or measurement.peak_allocated_gib
+    if measurement.status is not Status.OK or peak is None:
+        peak = float("inf")
+    band = measurement.band("peak_reserved_gib")
+    return check_fit(
+        peak, gpu, source=measurement.source, high_gib=None if band is None else band[1]
     )
 
 

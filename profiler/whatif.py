@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from profiler._types import Source, TuningConfig
-from profiler.headroom import FitCheck, FitVerdict, check_fit
+from profiler._types import TuningConfig
+from profiler.headroom import FitCheck, FitVerdict, measurement_fit
 
 if TYPE_CHECKING:
     from catalog import GPU, ModelSpec
@@ -58,9 +58,7 @@ def largest_true(predicate: Callable[[int], bool], *, low: int, high: int) -> in
 
 
 def _check(estimate: EstimateFn, config: TuningConfig, gpu: GPU) -> FitCheck:
-    m = estimate(config)
-    peak = m.peak_reserved_gib if m.peak_reserved_gib is not None else float("inf")
-    return check_fit(peak, gpu, source=Source.ESTIMATED)
+    return measurement_fit(estimate(config), gpu)
 
 
 def max_micro_batch(

@@ -86,3 +86,15 @@ def test_estimate_cli_reports_the_three_state_fit() -> None:
     h100 = json.loads(CliRunner().invoke(main, [*args, "h100"]).output)
     assert (h200["fit"], h200["fits"]) == ("tight", True)
     assert (h100["fit"], h100["fits"]) == ("no", False)
+
+
+def test_an_estimate_with_a_band_uses_its_high_end_as_the_margin() -> None:
+    from profiler import measurement_fit
+
+    spec, gpu = get_model("llama2-7b"), get_gpu("h200")
+    m = estimate(spec, LLAMA2_FULL, gpu, calibration=calibration_for(gpu))
+    band = m.band("peak_reserved_gib")
+    assert band is not None and m.peak_reserved_gib is not None
+    check = measurement_fit(m, gpu)
+    assert check.peak_with_margin_gib == pytest.approx(max(band[1], m.peak_reserved_gib))
+    assert check.verdict is FitVerdict.TIGHT  # fits only below the band's high end

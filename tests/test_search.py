@@ -147,9 +147,9 @@ def fake_estimate(
     )
 
 
-def fits_usable(peak_gib: float, gpu: GPU, source: Source) -> FitVerdict:
-    del source
-    return FitVerdict.FITS if peak_gib <= gpu.usable_memory_gib else FitVerdict.NO
+def fits_usable(measurement: Measurement, gpu: GPU) -> FitVerdict:
+    peak = measurement.peak_reserved_gib or math.inf
+    return FitVerdict.FITS if peak <= gpu.usable_memory_gib else FitVerdict.NO
 
 
 SPACE = SearchSpace(lora_ranks=(8, 16, 64), micro_batches=(1, 2, 4, 8, 16), node_counts=(1, 2))

@@ -81,7 +81,7 @@ def _stored(model: str, config: TuningConfig, gpu: GPU) -> Measurement | None:
 
 
 def _result(measurement: Measurement, gpu: GPU, notes: Sequence[str]) -> dict[str, Any]:
-    from profiler.headroom import capacity_gib, check_fit
+    from profiler.headroom import capacity_gib, measurement_fit
 
     reserved = measurement.peak_reserved_gib
     # The band from the cross-validated residuals of the estimate's regime (null when measured
@@ -93,9 +93,7 @@ def _result(measurement: Measurement, gpu: GPU, notes: Sequence[str]) -> dict[st
             ("low", "high"), measurement.band(quantity) or (0.0, 0.0), strict=True
         )
     }
-    fit = check_fit(
-        reserved if reserved is not None else float("inf"), gpu, source=measurement.source
-    )
+    fit = measurement_fit(measurement, gpu)
     return {
         **bands,
         "model": measurement.model,
@@ -335,7 +333,7 @@ def _nearest_change(
     run: Callable[[TuningConfig], Measurement], spec: ModelSpec, config: TuningConfig, gpu: GPU
 ) -> str:
     """The first of: gradient checkpointing, QLoRA, a shorter sequence, that makes batch 1 fit."""
-    from profiler.headroom import check_fit
+    from profiler.headroom import measurement_fit
     from profiler.whatif import max_seq_len
 
     one = dataclasses.replace(config, micro_batch_size=1)
@@ -357,9 +355,9 @@ def _nearest_change(
             qlora = dataclasses.replace(qlora, precision=Precision.BF16_MIXED)
         options.append(("--method qlora with --grad-checkpointing", qlora))
     for text, candidate in options:
-        peak = run(candidate).peak_reserved_gib
-        if peak is not None and check_fit(peak, gpu).fits:
-            return f"{text} ({peak:.1f} GiB at batch 1)"
+        probe = run(candidate)
+        if measurement_fit(probe, gpu).fits:
+            return f"{text} ({probe.peak_reserved_gib or 0:.1f} GiB at batch 1)"
     shorter = max_seq_len(run, one, gpu, spec=spec).value
     if shorter:
         return f"a shorter --seq-len (at most {shorter} tokens at batch 1)"

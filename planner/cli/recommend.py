@@ -288,7 +288,6 @@ def _plan(request: Any) -> Plan:
     from planner.engine.plan import recommend
     from profiler.calibration import calibration_for
     from profiler.estimator import estimate
-    from profiler.headroom import fit_verdict
     from profiler.store import default_store
 
     store = default_store()
@@ -299,10 +298,7 @@ def _plan(request: Any) -> Plan:
     def calibrated_estimate(spec: Any, config: Any, gpu: Any, **kwargs: Any) -> Any:
         return estimate(spec, config, gpu, calibration=calibration_for(gpu), **kwargs)
 
-    def fits(peak_reserved_gib: float, gpu: Any, source: Any) -> Any:
-        return fit_verdict(peak_reserved_gib, gpu, source=source)
-
-    return recommend(request, estimate=calibrated_estimate, lookup=lookup, fits=fits)
+    return recommend(request, estimate=calibrated_estimate, lookup=lookup)
 
 
 def render(plan: Plan, *, fmt: str, quiet: bool, report: Path) -> None:

@@ -29,19 +29,18 @@ from profiler import (
     OptimizerKind,
     Precision,
     Sharding,
-    Source,
     Status,
     TuningConfig,
-    fit_verdict,
+    measurement_fit,
 )
 
 EstimateFn = Callable[..., Measurement]
 """``estimate(spec, config, gpu, *, nodes, inter_node_gbps) -> Measurement`` (profiler)."""
 LookupFn = Callable[[str, TuningConfig, str], "Measurement | None"]
 """``lookup(model_name, config, gpu_name)``: a stored measured/extrapolated profile or None."""
-FitsFn = Callable[[float, GPU, Source], FitVerdict]
-"""``fits(peak_reserved_gib, gpu, source)``: the fit verdict of a per-GPU peak on the card,
-with the error margin of the figure's source (:func:`profiler.fit_verdict`)."""
+FitsFn = Callable[[Measurement, GPU], FitVerdict]
+"""``fits(measurement, gpu)``: the fit verdict of a measurement's per-GPU peak on the card, with
+its own error band or its source's margin (:func:`profiler.measurement_fit`)."""
 
 # Tokens per optimizer step that gradient accumulation aims for: 128 Ki tokens (64 sequences of
 # 2048), in the 64 Ki–1 Mi range common for SFT recipes. A step that already exceeds it runs with
@@ -70,10 +69,10 @@ def sort_key(candidate: Candidate) -> tuple[Any, ...]:
     )
 
 
-def default_fits(peak_reserved_gib: float, gpu: GPU, source: Source) -> FitVerdict:
-    """The profiler's verdict: torch's usable memory less the CUDA context, with the error
-    margin of the figure's source (measured, extrapolated or estimated)."""
-    return fit_verdict(peak_reserved_gib, gpu, source=source)
+def default_fits(measurement: Measurement, gpu: GPU) -> FitVerdict:
+    """The profiler's verdict: torch's usable memory less the CUDA context, with the figure's
+    own error band (estimates) or its source's margin (measured, extrapolated)."""
+    return measurement_fit(measurement, gpu).verdict
 
 
 class Evaluator:
@@ -239,7 +238,7 @@ class Evaluator:
         """Fit verdict of a measurement on ``gpu`` (``no`` unless it ran or estimated OK)."""
         if measurement.status is not Status.OK:
             return FitVerdict.NO
-        return self._fits(self.peak_gib(measurement), gpu, measurement.source)
+        return self._fits(measurement, gpu)
 
     def fits(self, measurement: Measurement, gpu: GPU) -> bool:
         return self.fit(measurement, gpu).fits

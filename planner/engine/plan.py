@@ -44,7 +44,7 @@ from profiler.headroom import (
     CUDA_CONTEXT_GIB,
     ESTIMATE_UNDER_PREDICTION,
     FitVerdict,
-    check_fit,
+    measurement_fit,
 )
 
 # Default dataset when the user gives neither --tokens nor --dataset: 10M tokens per epoch, about
@@ -487,7 +487,8 @@ def _assumptions(request: RecommendRequest) -> tuple[str, ...]:
         "the run does not use is stated as idle",
         f"memory: the per-GPU peak reserved memory must fit torch's usable memory less the CUDA "
         f"context ({CUDA_CONTEXT_GIB:g} GiB); 'tight' when it fits only without the figure's "
-        f"error margin (estimates: the estimator's worst cross-validated under-prediction, "
+        f"error margin (estimates: the high end of their band from the estimator's "
+        f"cross-validated residuals, else its worst under-prediction, "
         f"{ESTIMATE_UNDER_PREDICTION:.1%}; extrapolated profiles 3%; measured none)",
         "speed and memory: stored profiles (measured/extrapolated) where they match, else the "
         "analytic estimator",
@@ -555,9 +556,7 @@ def _plan_warnings(request: RecommendRequest, ranked: tuple[Candidate, ...]) -> 
         )
     chosen = ranked[0] if ranked else None
     if chosen is not None and chosen.fit is FitVerdict.TIGHT:
-        m = chosen.measurement
-        peak = m.peak_reserved_gib or m.peak_allocated_gib or 0.0
-        check = check_fit(peak, request.gpus[chosen.offer.gpu], source=m.source)
+        check = measurement_fit(chosen.measurement, request.gpus[chosen.offer.gpu])
         out.append(
             f"memory is tight: {check.describe()}. Profile it ('ftplan profile') or use "
             "gradient checkpointing / a smaller micro-batch before a long run"
