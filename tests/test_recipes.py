@@ -208,3 +208,19 @@ def test_built_architecture_matches_the_catalog_param_count(name: str) -> None:
     assert counts[0] + (spec.num_layers - 1) * (counts[1] - counts[0]) == spec.param_count
     expected_attention = "eager" if spec.model_type == "gemma2" else "sdpa"
     assert model.config._attn_implementation == expected_attention
+
+
+def test_forward_backward_frees_the_logits_before_backward() -> None:
+    """The model's outputs (their batch x seq x vocab logits) must not live through backward: on
+    the H200 that copy was 2.3-9.3 GiB of the peak at 8k-32k tokens (benchmarks/results/)."""
+    import weakref
+
+    prepared = recipes.setup_full(TINY, TuningConfig(method=Method.FULL, seq_len=32), device="cpu")
+    logits_alive: list[bool] = []
+    refs: list[Any] = []
+    prepared.model.lm_head.register_forward_hook(lambda _m, _i, out: refs.append(weakref.ref(out)))
+    embedding = prepared.model.get_input_embeddings().weight
+    embedding.register_hook(lambda grad: logits_alive.append(refs[-1]() is not None) or grad)
+    ids = _batch()
+    recipes.forward_backward(prepared, ids, ids)
+    assert logits_alive == [False]
