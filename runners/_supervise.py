@@ -44,6 +44,10 @@ def supervise(run_dir: Path, command: list[str]) -> int:
         state, detail = RunState.SUCCEEDED, ""
     elif code < 0:
         state, detail = RunState.STOPPED, f"killed by signal {-code}"
+    elif code - 128 in (signal.SIGTERM, signal.SIGINT):
+        # runners.train saved a checkpoint on the signal and exited 128 + signum.
+        state = RunState.STOPPED
+        detail = f"stopped by signal {code - 128} after a checkpoint; resume with --resume"
     else:
         last = last_log_line(run_dir / LOG_FILE)
         state = RunState.FAILED

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from catalog import atomic_write_text
-from runners._checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from runners._checkpoint import resume_from, save_checkpoint
+from runners._stop import CheckpointClock, StopRequest, TrainingStopped
 from runners._types import BYTE_TOKENIZER, LaunchSpec, launch_spec_from_json
 from runners.data import BlockSchedule, find_jsonl, load_tokenizer, pack, read_texts
 
@@ -413,13 +414,18 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
             prepared.model, prepared.optimizer
         )
 
-    start_step = 0
-    found = latest_checkpoint(paths.checkpoint_dir) if resume else None
-    if found is not None:
-        load_checkpoint(
-            found, prepared=prepared, method=spec.config.method, accelerator=accelerator
+    found = (
+        resume_from(
+            paths.checkpoint_dir,
+            prepared=prepared,
+            method=spec.config.method,
+            accelerator=accelerator,
+            log=log,
         )
-        start_step = found.step
+        if resume
+        else None
+    )
+    start_step = found.step if found is not None else 0
     tokens_per_step = spec.config.tokens_per_step * spec.grad_accum_steps * world
     log(
         {
@@ -442,72 +448,81 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
     step_times: list[float] = []
     first_loss: float | None = None
     loss = math.nan
-    last_save = time.monotonic()
-    for step in range(start_step, total_steps):
-        batches = [
-            _batch(blocks, schedule.blocks_for(step=step, micro=k, rank=rank), device)
-            for k in range(spec.grad_accum_steps)
-        ]
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        began = time.perf_counter()
-        loss = _run_step(
-            prepared,
-            batches,
+    clock = CheckpointClock(
+        every_steps=spec.checkpoint_every_steps,
+        every_s=(
+            None if spec.checkpoint_every_minutes is None else spec.checkpoint_every_minutes * 60
+        ),
+        last_save_s=time.monotonic(),
+    )
+
+    def save(done: int) -> None:
+        began_s = time.monotonic()
+        path = save_checkpoint(
+            paths.checkpoint_dir,
+            prepared=prepared,
+            step=done,
+            tokens_seen=done * tokens_per_step,
+            epoch=done / schedule.steps_per_epoch,
+            label=spec.config.label(),
+            method=spec.config.method,
             accelerator=accelerator,
-            forward_backward=forward_backward,
-            optimizer_step=optimizer_step,
-            train_step=train_step,
         )
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - began
-        step_times.append(elapsed)
-        first_loss = loss if first_loss is None else first_loss
-        done = step + 1
-        if done % spec.log_every_steps == 0 or done == total_steps:
-            record: dict[str, Any] = {
-                "event": "step",
-                "step": done,
-                "loss": loss,
-                "step_time_s": elapsed,
-                "tokens_per_s": tokens_per_step / elapsed,
-                "epoch": done / schedule.steps_per_epoch,
-            }
+        write_s = time.monotonic() - began_s
+        raised = clock.saved(now_s=time.monotonic(), write_s=write_s)
+        log({"event": "checkpoint", "step": done, "path": str(path), "write_s": write_s})
+        if raised:
+            log({"event": "checkpoint_interval_raised", "min_interval_s": write_s})
+
+    stop = StopRequest.install()
+    try:
+        for step in range(start_step, total_steps):
+            batches = [
+                _batch(blocks, schedule.blocks_for(step=step, micro=k, rank=rank), device)
+                for k in range(spec.grad_accum_steps)
+            ]
             if device.startswith("cuda"):
-                record["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / _GIB
-            log(record)
-        due_steps = (
-            spec.checkpoint_every_steps is not None and done % spec.checkpoint_every_steps == 0
-        )
-        due_time = (
-            spec.checkpoint_every_minutes is not None
-            and time.monotonic() - last_save >= spec.checkpoint_every_minutes * 60
-        )
-        if (due_steps or due_time) and done < total_steps:
-            path = save_checkpoint(
-                paths.checkpoint_dir,
-                prepared=prepared,
-                step=done,
-                tokens_seen=done * tokens_per_step,
-                epoch=done / schedule.steps_per_epoch,
-                label=spec.config.label(),
+                torch.cuda.synchronize()
+            began = time.perf_counter()
+            loss = _run_step(
+                prepared,
+                batches,
                 accelerator=accelerator,
+                forward_backward=forward_backward,
+                optimizer_step=optimizer_step,
+                train_step=train_step,
             )
-            last_save = time.monotonic()
-            log({"event": "checkpoint", "step": done, "path": str(path)})
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - began
+            step_times.append(elapsed)
+            first_loss = loss if first_loss is None else first_loss
+            done = step + 1
+            if done % spec.log_every_steps == 0 or done == total_steps:
+                record: dict[str, Any] = {
+                    "event": "step",
+                    "step": done,
+                    "loss": loss,
+                    "step_time_s": elapsed,
+                    "tokens_per_s": tokens_per_step / elapsed,
+                    "epoch": done / schedule.steps_per_epoch,
+                }
+                if device.startswith("cuda"):
+                    record["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / _GIB
+                log(record)
+            signum = stop.agreed(accelerator=accelerator, device=device)
+            if signum is not None:
+                save(done)
+                log({"event": "stopped", "signal": signum, "step": done})
+                raise TrainingStopped(signum=signum, step=done)
+            if done < total_steps and clock.due(done=done, now_s=time.monotonic()):
+                save(done)
+    finally:
+        stop.uninstall()
 
     end_step = max(total_steps, start_step)
     if end_step > start_step or found is None:
-        save_checkpoint(
-            paths.checkpoint_dir,
-            prepared=prepared,
-            step=end_step,
-            tokens_seen=end_step * tokens_per_step,
-            epoch=end_step / schedule.steps_per_epoch,
-            label=spec.config.label(),
-            accelerator=accelerator,
-        )
+        save(end_step)
     _save_final_model(
         prepared,
         paths.final_model_dir,
@@ -613,6 +628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = resolve_paths(args, env)
         resume = args.resume or (paths.checkpoint_dir == Path(SAGEMAKER_CHECKPOINT_DIR))
         train(spec, paths, resume=resume)
+    except TrainingStopped as stopped:
+        print(f"stopped by signal {stopped.signum} after step {stopped.step}", file=sys.stderr)
+        return 128 + stopped.signum
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         _record_failure(f"error: {exc}", env)

@@ -28,6 +28,7 @@ from runners import (
     SkyPilotRunner,
     Target,
     default_target,
+    parse_checkpoint_every,
 )
 from runners.local import DEFAULT_RUNS_DIR
 
@@ -81,18 +82,27 @@ def launch_spec_from_plan(
     random_init: bool = False,
     grad_accum_steps: int | None = None,
     learning_rate: float | None = None,
+    checkpoint_every: str | None = None,
 ) -> LaunchSpec:
     """Turn a plan's candidate into the runners' LaunchSpec.
 
     Weights come from ``weights`` or else the catalog model's hub id; gradient accumulation
-    and learning rate from the arguments when given, else from the candidate.
+    and learning rate from the arguments when given, else from the candidate; the checkpoint
+    interval from ``checkpoint_every`` (``200steps``, ``15m``), else the plan's spot interval,
+    else 30 minutes.
 
     The expectation carried along (peak allocated GiB per GPU, tokens/s over all GPUs) is the
     candidate's measurement, which the run's summary compares with what it measures.
 
     Raises:
         CatalogError: If the plan's model is not in the catalog.
+        ValueError: If ``checkpoint_every`` is not an interval.
     """
+    every_steps, every_minutes = (
+        parse_checkpoint_every(checkpoint_every)
+        if checkpoint_every
+        else (None, candidate.cost.checkpoint_interval_minutes or DEFAULT_CHECKPOINT_MINUTES)
+    )
     measurement = candidate.measurement
     method = candidate.config.method
     return LaunchSpec(
@@ -109,9 +119,8 @@ def launch_spec_from_plan(
         or DEFAULT_LEARNING_RATE[method],
         epochs=plan.budget.epochs,
         max_steps=max_steps,
-        checkpoint_every_minutes=(
-            candidate.cost.checkpoint_interval_minutes or DEFAULT_CHECKPOINT_MINUTES
-        ),
+        checkpoint_every_steps=every_steps,
+        checkpoint_every_minutes=every_minutes,
         expected_peak_allocated_gib=measurement.peak_allocated_gib,
         expected_tokens_per_s=measurement.tokens_per_s,
         expected_source=measurement.source.value,
@@ -185,6 +194,12 @@ def _user_error(exc: Exception) -> click.ClickException:
     help="Local: continue that run from its newest checkpoint.",
 )
 @click.option(
+    "--checkpoint-every",
+    metavar="N{steps|m}",
+    help="Checkpoint every N optimizer steps (200steps) or minutes (15m); default: the plan's "
+    "spot interval, else 30m. Never more often than writing one takes.",
+)
+@click.option(
     "--hf-token-env",
     metavar="VAR",
     help="SageMaker: pass the token in $VAR to the job as HF_TOKEN (default: $HF_TOKEN when "
@@ -211,6 +226,7 @@ def launch_command(
     grad_accum: int | None,
     image_uri: str | None,
     resume_run: str | None,
+    checkpoint_every: str | None,
     hf_token_env: str | None,
     wait: bool,
 ) -> None:
@@ -235,6 +251,7 @@ def launch_command(
         weights=weights,
         random_init=random_init,
         grad_accum_steps=grad_accum,
+        checkpoint_every=checkpoint_every,
     )
     chosen = Target(target) if target else default_target(spec.offer)
     try:
