@@ -326,7 +326,8 @@ class SkyPilotRunner:
         output_uri: Bucket prefix for the run's output and checkpoints (``s3://``, ``gs://``);
             the run writes to ``<output_uri>/<run id>``. Required for spot plans.
         region: Region to pin (default: the offer's region when its price depends on it).
-        hf_token_env: Environment variable holding the Hugging Face token, sent as a secret.
+        hf_token_env: Environment variable holding the Hugging Face token, sent as the
+            ``HF_TOKEN`` secret; None: ``$HF_TOKEN`` when set.
         echo: Where dry runs and progress are printed (None: silent).
         env: Environment to read the token from (default: os.environ).
     """
@@ -339,7 +340,7 @@ class SkyPilotRunner:
         runs_dir: str | Path = "runs",
         output_uri: str | None = None,
         region: str | None = None,
-        hf_token_env: str = HF_TOKEN_ENV,
+        hf_token_env: str | None = None,
         echo: TextIO | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
@@ -351,9 +352,15 @@ class SkyPilotRunner:
         self._runs_dir = Path(runs_dir)
         self._output_uri = output_uri.rstrip("/") if output_uri else None
         self._region = region
-        self._token_env = hf_token_env
         self._echo = echo
         self._env = dict(os.environ if env is None else env)
+        self._token = self._env.get(hf_token_env or HF_TOKEN_ENV) or None
+        if hf_token_env is not None and self._token is None:
+            raise RunnerError(
+                f"--hf-token-env {hf_token_env}: the variable is not set (or empty). To fix: "
+                f"export {hf_token_env}=hf_... (a token that can read the model), or leave the "
+                f"option out"
+            )
 
     def build_task(self, spec: LaunchSpec, *, data: str, name: str) -> dict[str, Any]:
         """The task for ``spec`` (see :func:`task_config`); pure apart from reading the catalog.
@@ -372,7 +379,7 @@ class SkyPilotRunner:
             workdir=str((self._runs_dir / name / "workdir").resolve()),
             output_uri=f"{self._output_uri}/{name}" if self._output_uri else None,
             region=region,
-            hf_token=bool(self._env.get(self._token_env)),
+            hf_token=self._token is not None,
         )
 
     # -- Runner protocol ------------------------------------------------------------------
@@ -410,9 +417,8 @@ class SkyPilotRunner:
         run_dir = self._runs_dir / run_id
         stage_workdir(spec_json, run_dir / "workdir")
         (run_dir / TASK_FILE).write_text(text, encoding="utf-8")
-        token = self._env.get(self._token_env)
-        if token:
-            task.update_secrets({HF_TOKEN_ENV: token})
+        if self._token:
+            task.update_secrets({HF_TOKEN_ENV: self._token})
         kind = "managed-job" if config["resources"]["use_spot"] else "cluster"
         record = {"run_id": run_id, "kind": kind, "task": str(run_dir / TASK_FILE)}
         (run_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))

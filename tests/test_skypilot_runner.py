@@ -373,3 +373,11 @@ def test_cli_status_logs_and_stop_go_through_skypilot(
     assert [c[0] for c in calls.calls[-2:]] == ["tail_logs", "down"]
     missing = runner.invoke(main, ["stop", "nope", "--runs-dir", str(runs)])
     assert missing.exit_code == 2 and "no SkyPilot run 'nope'" in missing.output
+
+
+def test_hf_token_env_names_the_variable(tmp_path: Path, data: str) -> None:
+    runner = SkyPilotRunner(runs_dir=tmp_path, hf_token_env="MY_HF", env={"MY_HF": SECRET})
+    config = runner.build_task(_spec(OFFERS["lambda-gh200"]), data=data, name="x")
+    assert config["secrets"] == {"HF_TOKEN": None} and SECRET not in json.dumps(config)
+    with pytest.raises(RunnerError, match="--hf-token-env MY_HF: the variable is not set"):
+        SkyPilotRunner(hf_token_env="MY_HF", env={})

@@ -202,8 +202,9 @@ def _user_error(exc: Exception) -> click.ClickException:
 @click.option(
     "--hf-token-env",
     metavar="VAR",
-    help="SageMaker: pass the token in $VAR to the job as HF_TOKEN (default: $HF_TOKEN when "
-    "set), for gated models; printed masked.",
+    help="SageMaker, SkyPilot: pass the token in $VAR to the job as HF_TOKEN (default: "
+    "$HF_TOKEN when set), for gated models; never printed (SageMaker: masked; SkyPilot: a "
+    "secret).",
 )
 @click.option(
     "--wait",
@@ -256,7 +257,14 @@ def launch_command(
     chosen = Target(target) if target else default_target(spec.offer)
     try:
         if chosen is Target.SKYPILOT:
-            _launch_skypilot(spec, data=data, dry_run=dry_run, bucket=output_dir, region=region)
+            _launch_skypilot(
+                spec,
+                data=data,
+                dry_run=dry_run,
+                bucket=output_dir,
+                region=region,
+                hf_token_env=hf_token_env,
+            )
         elif chosen is Target.LOCAL:
             _launch_local(
                 spec,
@@ -317,9 +325,17 @@ def _finish(status: RunStatus) -> None:
 
 
 def _launch_skypilot(
-    spec: LaunchSpec, *, data: str, dry_run: bool, bucket: str | None, region: str | None
+    spec: LaunchSpec,
+    *,
+    data: str,
+    dry_run: bool,
+    bucket: str | None,
+    region: str | None,
+    hf_token_env: str | None,
 ) -> None:
-    runner = SkyPilotRunner(output_uri=bucket, region=region, echo=sys.stdout)
+    runner = SkyPilotRunner(
+        output_uri=bucket, region=region, hf_token_env=hf_token_env, echo=sys.stdout
+    )
     result = runner.launch(spec, data=data, dry_run=dry_run)
     if not dry_run:
         click.echo(f"status: ftplan status {result.run_id} --target skypilot")
