@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from catalog._io import atomic_write_text
 from catalog._load import OFFERS_FILENAME, active_offers_path, parse_offers_csv
@@ -539,7 +541,8 @@ def skypilot_catalog_dir(clouds: Iterable[str] | None = None) -> Path:
         CatalogError: SkyPilot is not installed, or a file could not be fetched.
     """
     try:
-        from sky.catalog import common as sky_catalog  # deferred: the skypilot extra
+        from sky import sky_logging  # deferred: the skypilot extra
+        from sky.catalog import common as sky_catalog
     except ImportError:
         raise CatalogError(
             "reading SkyPilot's catalog needs SkyPilot: pip install 'ftplan[skypilot]' (or pass "
@@ -547,11 +550,24 @@ def skypilot_catalog_dir(clouds: Iterable[str] | None = None) -> Path:
         ) from None
     for cloud in clouds or CLOUD_PROVIDERS:
         try:
-            # The frame loads lazily; touching it makes SkyPilot fetch the file when needed.
-            len(sky_catalog.read_catalog(f"{cloud}/vms.csv", pull_frequency_hours=7))
+            # silent(): no spinner payloads on stdout; ftplan reports a failure in one line.
+            with sky_logging.silent():
+                _fetch(sky_catalog, cloud)
         except Exception as exc:  # requests or pandas errors from SkyPilot's fetch
             raise CatalogError(
                 f"SkyPilot could not fetch its {cloud} catalog ({type(exc).__name__}: {exc}); "
                 f"nothing was written. Check the network, or pass --catalog-dir"
             ) from None
     return Path(sky_catalog.get_catalog_path("x")).parent
+
+
+def _fetch(sky_catalog: Any, cloud: str) -> None:
+    # SkyPilot logs a failed download itself; ftplan reports it once, as a CatalogError.
+    logger = logging.getLogger(sky_catalog.__name__)
+    was_disabled, logger.disabled = logger.disabled, True
+    try:
+        # The frame loads lazily; reading its columns makes SkyPilot fetch the file when
+        # needed (LazyDataFrame forwards attributes, not len(), to the loaded frame).
+        _ = sky_catalog.read_catalog(f"{cloud}/vms.csv", pull_frequency_hours=7).columns
+    finally:
+        logger.disabled = was_disabled

@@ -280,14 +280,16 @@ def test_refresh_through_skypilots_catalog_api(
     sky_dir = tmp_path / "sky-catalogs" / "v8"
     fetched: list[str] = []
 
-    def fake_fetch(filename: str, pull_frequency_hours: int | None = None) -> list[str]:
-        # Stands in for the network download SkyPilot does here: the file lands in its dir.
+    real_read_catalog = sky_catalog.read_catalog
+
+    def fetch(filename: str, pull_frequency_hours: int | None = None) -> object:
+        # SkyPilot's own LazyDataFrame over a file placed where its download would put it.
         fetched.append(filename)
         (sky_dir / filename).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(FIXTURE / filename, sky_dir / filename)
-        return ["row"]
+        return real_read_catalog(filename, pull_frequency_hours=None)
 
-    monkeypatch.setattr(sky_catalog, "read_catalog", fake_fetch)
+    monkeypatch.setattr(sky_catalog, "read_catalog", fetch)
     monkeypatch.setattr(sky_catalog, "get_catalog_path", lambda name: str(sky_dir / name))
     result = refresh_from_skypilot(clouds=["lambda"])
     assert fetched == ["lambda/vms.csv"]
@@ -317,3 +319,19 @@ def test_recommend_prices_the_cheapest_region_of_each_instance(tmp_path: Path) -
     assert cheapest_per_instance((dear, *kept)) == kept
     spot = replace(kept[0], spot=True)
     assert len(cheapest_per_instance((*kept, spot))) == len(kept) + 1
+
+
+def test_failed_skypilot_fetch_is_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_cache: Path
+) -> None:
+    pytest.importorskip("sky")
+    from sky.catalog import common as sky_catalog
+
+    def offline(filename: str, pull_frequency_hours: int | None = None) -> object:
+        raise ConnectionError(f"cannot reach the hosted catalog for {filename}")
+
+    monkeypatch.setattr(sky_catalog, "read_catalog", offline)
+    result = CliRunner().invoke(main, ["catalog", "refresh", "--from", "skypilot"])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "could not fetch its aws catalog" in result.output
+    assert not _empty_cache.exists()
