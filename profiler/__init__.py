@@ -21,7 +21,9 @@ from profiler._types import (
     Status,
     TuningConfig,
     adapted_modules,
+    expert_parameters,
     resolve_targets,
+    sharding_problem,
 )
 from profiler.calibration import Calibration, calibration_for, load_calibration
 from profiler.estimator import estimate, memory_fits
@@ -93,5 +95,7 @@ __all__ = [
     "Status",
     "TuningConfig",
     "adapted_modules",
+    "expert_parameters",
     "resolve_targets",
+    "sharding_problem",
 ]

@@ -41,12 +41,72 @@ class OptimizerKind(enum.StrEnum):
 
 
 class Sharding(enum.StrEnum):
-    """How work is split over several GPUs: DDP replicates, FSDP full-shard splits params/grads/
-    optimizer states (ZeRO-3)."""
+    """How work is split over GPUs (and the host): replicate, shard, or shard and offload.
+
+    ``DDP`` replicates the model and all-reduces gradients. ``FSDP`` (PyTorch FSDP full shard)
+    and ``ZERO3`` (DeepSpeed ZeRO stage 3) shard parameters, gradients and optimizer states
+    over the GPUs and gather one unit (decoder layer) at a time. The ``*_OFFLOAD`` variants keep
+    the sharded parameters and optimizer states in CPU memory and run the optimizer there; they
+    also make sense on one GPU (what does not fit the GPU lives in host RAM).
+    """
 
     NONE = "none"
     DDP = "ddp"
-    FSDP = "fsdp-full-shard"
+    FSDP = "fsdp"
+    FSDP_OFFLOAD = "fsdp-offload"
+    ZERO3 = "zero3"
+    ZERO3_OFFLOAD = "zero3-offload"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Sharding | None:
+        # Plan files and stored profiles before the offload strategies named FSDP this way.
+        return cls.FSDP if value == "fsdp-full-shard" else None
+
+    @property
+    def shards_state(self) -> bool:
+        """Parameters, gradients and optimizer states are split over the GPUs (ZeRO-3)."""
+        return self in _SHARDED
+
+    @property
+    def offloads(self) -> bool:
+        """Sharded parameters and optimizer states live in host RAM (CPU offload)."""
+        return self in (Sharding.FSDP_OFFLOAD, Sharding.ZERO3_OFFLOAD)
+
+    @property
+    def deepspeed(self) -> bool:
+        """Runs under DeepSpeed (the optional ``deepspeed`` extra) rather than torch FSDP."""
+        return self in (Sharding.ZERO3, Sharding.ZERO3_OFFLOAD)
+
+
+_SHARDED = frozenset({"fsdp", "fsdp-offload", "zero3", "zero3-offload"})
+
+
+def sharding_problem(
+    sharding: Sharding, *, method: Method, gpu_count: int, optimizer: OptimizerKind
+) -> str | None:
+    """Why a sharding cannot run this method on ``gpu_count`` GPUs, with what to use instead;
+    ``None`` when it can. One line, for errors (``ftplan estimate`` exits 2 on it)."""
+    if gpu_count == 1 and sharding in (Sharding.DDP, Sharding.FSDP, Sharding.ZERO3):
+        return (
+            f"sharding {sharding.value} needs several GPUs (one GPU has nothing to replicate or "
+            f"shard): use none, or fsdp-offload / zero3-offload to offload to CPU memory"
+        )
+    if gpu_count > 1 and sharding is Sharding.NONE:
+        return (
+            f"{gpu_count} GPUs need a sharding: use ddp (replicas), fsdp or zero3 (sharded), "
+            f"or fsdp-offload / zero3-offload (sharded, offloaded to CPU memory)"
+        )
+    if sharding.offloads and optimizer is not OptimizerKind.ADAMW:
+        return (
+            f"sharding {sharding.value} runs the optimizer on the CPU, where bitsandbytes' "
+            f"{optimizer.value} cannot run: use optimizer adamw"
+        )
+    if sharding is Sharding.ZERO3_OFFLOAD and method is Method.QLORA:
+        return (
+            "zero3-offload cannot offload bitsandbytes 4-bit weights (DeepSpeed moves 16-bit "
+            "parameters only): use fsdp-offload for QLoRA with CPU offload, or zero3"
+        )
+    return None
 
 
 class Status(enum.StrEnum):
@@ -76,17 +136,34 @@ ALL_LINEAR_MODULES = ATTENTION_MODULES + MLP_MODULES
 def adapted_modules(targets: str, *, num_experts: int = 1) -> tuple[str, ...]:
     """Decoder-layer linears that actually get LoRA adapters for a target spec.
 
-    Mixture-of-experts models hold their experts as fused parameters, not linear modules, so
-    PEFT cannot adapt the MLP there: only the attention targets remain (the recipes, the
-    estimator and the planner all count adapters through this one function).
+    Mixture-of-experts models (transformers 5) hold their experts as fused 3-D parameters
+    (``experts.gate_up_proj``, ``experts.down_proj``), adapted through PEFT's
+    ``target_parameters``: gate and up share one parameter, so adapting either adapts both
+    (:func:`expert_parameters`). The recipes, the estimator and the planner all count adapters
+    through this one function.
 
     Raises:
         ValueError: As :func:`resolve_targets`.
     """
     names = resolve_targets(targets)
-    if num_experts > 1:
-        names = tuple(n for n in names if n not in MLP_MODULES)
+    if num_experts > 1 and ("gate_proj" in names or "up_proj" in names):
+        names = tuple(n for n in ALL_LINEAR_MODULES if n in names or n in ("gate_proj", "up_proj"))
     return names
+
+
+def expert_parameters(targets: str) -> tuple[str, ...]:
+    """Fused MoE expert parameters (transformers 5 names) a LoRA target spec adapts.
+
+    Raises:
+        ValueError: As :func:`resolve_targets`.
+    """
+    names = resolve_targets(targets)
+    out: tuple[str, ...] = ()
+    if "gate_proj" in names or "up_proj" in names:
+        out += ("gate_up_proj",)
+    if "down_proj" in names:
+        out += ("down_proj",)
+    return out
 
 
 def resolve_targets(targets: str) -> tuple[str, ...]:
@@ -118,7 +195,8 @@ class TuningConfig:
     """One training configuration, per GPU: what the profiler measures and the runners launch.
 
     ``micro_batch_size`` and ``seq_len`` (tokens) are per GPU per step; ``gpu_count`` is the total
-    number of GPUs (over all nodes).
+    number of GPUs (over all nodes). ``chunked_loss`` computes the LM head and cross-entropy a
+    chunk of tokens at a time, recomputed in backward, so the full logits chain is never held.
     """
 
     method: Method
@@ -132,6 +210,7 @@ class TuningConfig:
     optimizer: OptimizerKind = OptimizerKind.ADAMW
     gpu_count: int = 1
     sharding: Sharding = Sharding.NONE
+    chunked_loss: bool = False
 
     def __post_init__(self) -> None:
         if self.method is Method.FULL:
@@ -156,10 +235,11 @@ class TuningConfig:
             raise ValueError(f"seq_len must be > 0, got {self.seq_len}")
         if self.gpu_count <= 0:
             raise ValueError(f"gpu_count must be > 0, got {self.gpu_count}")
-        if self.gpu_count == 1 and self.sharding is not Sharding.NONE:
-            raise ValueError(f"sharding={self.sharding.value} needs gpu_count > 1")
-        if self.gpu_count > 1 and self.sharding is Sharding.NONE:
-            raise ValueError("gpu_count > 1 needs sharding=ddp or fsdp-full-shard")
+        problem = sharding_problem(
+            self.sharding, method=self.method, gpu_count=self.gpu_count, optimizer=self.optimizer
+        )
+        if problem is not None:
+            raise ValueError(problem)
 
     @property
     def effective_lora_alpha(self) -> int | None:
@@ -183,8 +263,10 @@ class TuningConfig:
             parts.append("ckpt")
         if self.optimizer is not OptimizerKind.ADAMW:
             parts.append(self.optimizer.value)
-        if self.gpu_count > 1:
+        if self.gpu_count > 1 or self.sharding is not Sharding.NONE:
             parts.append(f"{self.gpu_count}gpu-{self.sharding.value}")
+        if self.chunked_loss:
+            parts.append("chunked-ce")
         return " ".join(parts)
 
 
@@ -235,6 +317,8 @@ class Measurement:
     the peak of each phase (e.g. ``forward_backward``, ``optimizer_step``) where known. ``bands``
     holds ``(quantity, low, high)`` for estimates: the range the cross-validated residuals of the
     estimate's regime put the true value in (e.g. ``("step_time_s", 0.41, 0.52)``).
+    ``host_ram_gib`` is the CPU memory one node needs for the run (offloaded parameters and
+    optimizer states, the processes); ``None`` where not estimated.
     """
 
     model: str
@@ -244,6 +328,7 @@ class Measurement:
     source: Source
     provenance: Provenance
     peak_allocated_gib: float | None = None
+    host_ram_gib: float | None = None
     peak_reserved_gib: float | None = None
     step_time_s: float | None = None
     tokens_per_s: float | None = None

@@ -32,9 +32,19 @@ from profiler._types import (
     Status,
     TuningConfig,
     adapted_modules,
+    expert_parameters,
 )
 from profiler.calibration import ALL_REGIMES, BAND_QUANTITIES, regime_of
 from profiler.headroom import check_fit
+from profiler.sharding import (
+    StateBytes,
+    collective_bytes_per_gpu,
+    host_ram_gib,
+    offload_seconds,
+    place,
+    shard_count,
+    zero3_master_copy_bytes,
+)
 
 if TYPE_CHECKING:
     from catalog import GPU, ModelSpec
@@ -46,6 +56,11 @@ GIB = 1024**3
 # fp32 second-level absmax per 256 blocks (Dettmers et al. 2023, QLoRA, section 3):
 # 0.5 + 1/64 + 4/(64*256) bytes per parameter.
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
+
+# Tokens per chunk of the chunked cross-entropy (the recipe's option): the LM head and the loss run
+# over this many tokens at a time and are recomputed in backward, so only one chunk's logits
+# chain is alive (Liger's fused linear cross-entropy works the same way).
+CHUNKED_LOSS_TOKENS = 1024
 
 # Bytes per token per vocabulary entry at the cross-entropy peak: bf16 logits (2, kept by the
 # model output) + fp32 log-softmax output saved for backward (4) + its fp32 gradient (4) + the
@@ -131,13 +146,14 @@ class _SpecTerms:
     active_linear_params: int  # linear weights one token passes through (experts_per_token)
     other_params: int  # embeddings, head, norms, biases
     layer_params: int  # one decoder layer's linear weights (FSDP unit)
+    expert_stack_params: int  # one layer's fused expert parameters (0 for dense models)
     head_params: int  # vocab x hidden
     param_count: int
     adapters: dict[tuple[int, str], int]  # (rank, targets) -> LoRA parameters
     # (qlora, targets) -> (LoRA path, NF4 cast) forward bytes per token per layer
     traffic: dict[tuple[bool, str], tuple[float, float]]
-    # (lora, qlora, full bf16-mixed, targets) -> activation bytes per token per layer
-    activations: dict[tuple[bool, bool, bool, str | None], float]
+    # (lora, qlora, full bf16-mixed, targets, sharded adapters) -> activation bytes per token
+    activations: dict[tuple[bool, bool, bool, str | None, bool], float]
 
 
 # Keyed by id() with an identity check: hashing a ModelSpec (17 fields) costs more than the
@@ -164,12 +180,13 @@ def _compute_spec_terms(spec: ModelSpec) -> _SpecTerms:
     linear = layer * spec.num_layers
     return _SpecTerms(
         linear_params=linear,
-        # bitsandbytes quantizes nn.Linear modules; MoE experts are fused 3-D parameters, which
-        # stay 16-bit and which prepare_model_for_kbit_training then upcasts to fp32.
-        quantized_params=attn * spec.num_layers if spec.num_experts > 1 else linear,
+        # bitsandbytes quantizes nn.Linear modules, and the recipe quantizes MoE experts (fused
+        # 3-D parameters) through bitsandbytes' parametrization: all decoder linears are NF4.
+        quantized_params=linear,
         active_linear_params=(attn + mlp * spec.experts_per_token) * spec.num_layers,
         other_params=max(spec.param_count - linear, spec.embedding_params()),
         layer_params=layer,
+        expert_stack_params=mlp * spec.num_experts if spec.num_experts > 1 else 0,
         head_params=spec.vocab_size * spec.hidden_size,
         param_count=spec.param_count,
         adapters={},
@@ -192,8 +209,8 @@ def _adapter_params(spec: ModelSpec, config: TuningConfig) -> int:
 def lora_params(spec: ModelSpec, rank: int, targets: str) -> int:
     """Trainable LoRA parameters: ``rank × (in + out)`` per adapted linear, all layers.
 
-    Which linears are adapted is :func:`profiler.adapted_modules` (MoE experts are fused
-    parameters that PEFT does not adapt, as in the recipes).
+    Which linears are adapted is :func:`profiler.adapted_modules`; MoE experts are fused
+    parameters adapted through PEFT ``target_parameters`` (rank r per expert), as in the recipes.
 
     Args:
         spec: Model architecture.
@@ -201,10 +218,21 @@ def lora_params(spec: ModelSpec, rank: int, targets: str) -> int:
         targets: ``all-linear``, ``attention`` or a comma-separated module list.
     """
     modules = adapted_modules(targets, num_experts=spec.num_experts)
+    shapes = spec.linear_shapes()
+    if spec.num_experts > 1:
+        # PEFT target_parameters on a fused (experts, a, b) parameter: lora_A is a × (r·E) and
+        # lora_B (r·E) × b, i.e. rank r per expert (peft/tuners/lora/layer.py ParamWrapper).
+        h, i, e = spec.hidden_size, spec.intermediate_size, spec.num_experts
+        fused = {"gate_up_proj": 2 * i + h, "down_proj": h + i}
+        experts = sum(rank * e * fused[p] for p in expert_parameters(targets))
+        attn = sum(
+            rank * (a + b)
+            for n, (a, b) in shapes.items()
+            if n in modules and n in ATTENTION_MODULES
+        )
+        return (attn + experts) * spec.num_layers
     per_layer = sum(
-        rank * (fan_in + fan_out)
-        for name, (fan_in, fan_out) in spec.linear_shapes().items()
-        if name in modules
+        rank * (fan_in + fan_out) for n, (fan_in, fan_out) in shapes.items() if n in modules
     )
     return per_layer * spec.num_layers
 
@@ -217,7 +245,82 @@ def trainable_params(spec: ModelSpec, config: TuningConfig) -> int:
 
 
 def _shard_divisor(config: TuningConfig) -> int:
-    return config.gpu_count if config.sharding is Sharding.FSDP else 1
+    return shard_count(config.sharding, config.gpu_count)
+
+
+def _sharded_adapters(config: TuningConfig) -> bool:
+    """LoRA/QLoRA under FSDP/ZeRO-3 keep every parameter 16-bit: FSDP flattens tensors of one
+    dtype, so the adapters stay bf16 and QLoRA skips prepare_model_for_kbit_training's fp32
+    upcast (the sharded-QLoRA recipe of Answer.AI and TRL)."""
+    return config.sharding.shards_state and config.method is not Method.FULL
+
+
+def _state_bytes(spec: ModelSpec, config: TuningConfig, trainable: int) -> StateBytes:
+    """Whole-model state bytes of the recipe (see :class:`profiler.sharding.StateBytes`)."""
+    t = _spec_terms(spec)
+    method = config.method
+    full_mixed = method is Method.FULL and config.precision is not Precision.BF16
+    adapter_bytes = 2 if _sharded_adapters(config) else 4
+    weight_bytes: float
+    other_bytes = 2.0  # per non-linear parameter (embedding, head, norms) as gathered
+    if method is Method.FULL:
+        weight_bytes = spec.param_count * (4 if full_mixed else 2)
+        state_bytes_each = 4 if full_mixed else 2
+        other_bytes = 4.0 if full_mixed else 2.0  # the recipe's own autocast: FSDP gathers fp32
+        layer_gather = t.layer_params * other_bytes
+    elif method is Method.LORA:
+        weight_bytes = spec.param_count * 2 + trainable * adapter_bytes  # bf16 base
+        state_bytes_each = adapter_bytes
+        layer_gather = t.layer_params * 2.0
+    else:  # QLoRA: NF4 linears (MoE experts too), other params fp32 (kbit prep) or bf16 sharded
+        other_bytes = 2.0 if _sharded_adapters(config) else 4.0
+        weight_bytes = (
+            t.quantized_params * NF4_BYTES_PER_PARAM
+            + (t.other_params + t.linear_params - t.quantized_params) * other_bytes
+            + trainable * adapter_bytes
+        )
+        state_bytes_each = adapter_bytes
+        # bnb_4bit_quant_storage=bfloat16 packs NF4 in bf16 elements: FSDP gathers 4-bit bytes.
+        layer_gather = t.layer_params * NF4_BYTES_PER_PARAM
+    if config.optimizer is OptimizerKind.ADAMW:
+        states = trainable * 2.0 * state_bytes_each
+        temp = trainable * float(state_bytes_each)  # foreach sqrt(exp_avg_sq) temporary
+    else:  # bitsandbytes 8-bit AdamW: two 1-byte states, fused update without temporaries
+        states = trainable * 2.0
+        temp = 0.0
+    return StateBytes(
+        weights=weight_bytes,
+        gradients=trainable * float(state_bytes_each),
+        optimizer_states=states,
+        optimizer_temp=temp,
+        # Autocast keeps a bf16 copy of every fp32 weight that requires grad until it exits.
+        autocast_cache=spec.param_count * 2.0 if full_mixed else 0.0,
+        layer_gather_bytes=layer_gather,
+        root_gather_bytes=t.other_params * other_bytes,
+        head_gather_bytes=t.head_params * other_bytes,
+        unit_gradient_bytes=t.layer_params * float(state_bytes_each)
+        if method is Method.FULL
+        else 0,
+    )
+
+
+def _expert_stack_bytes(spec: ModelSpec, config: TuningConfig) -> tuple[float, float]:
+    """(saved bytes per layer, transient bytes) of MoE expert stacks materialized in bf16.
+
+    QLoRA dequantizes a layer's whole expert stack (bitsandbytes parametrization); PEFT's
+    target_parameters then folds the adapters in with one baddbmm (a second stack). The linear
+    over ``stack[expert]`` saves a view of the stack for the input gradient, so without
+    checkpointing every layer keeps one stack until backward. LoRA on bf16 experts only
+    materializes the folded stack when the experts are adapted. Assumption until measured.
+    """
+    stack = _spec_terms(spec).expert_stack_params * 2.0
+    if not stack or config.method is Method.FULL:
+        return 0.0, 0.0
+    adapted = bool(expert_parameters(config.lora_targets or "attention"))
+    if config.method is Method.LORA and not adapted:
+        return 0.0, 0.0
+    stacks = 2 if (config.method is Method.QLORA and adapted) else 1
+    return stack, stack * stacks
 
 
 def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, float]:
@@ -226,67 +329,44 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
     Keys: ``weights_gib``, ``gradients_gib``, ``optimizer_gib``, ``autocast_cache_gib``,
     ``optimizer_temp_gib``, ``activations_gib``, ``logits_gib`` (activations and logits at the
     forward/backward peak), ``dynamic_gib`` (their sum, the part a calibration scales),
-    ``fb_static_gib`` (what is resident during forward/backward besides ``dynamic_gib``) and
-    ``optimizer_step_gib`` (the optimizer-step phase peak).
+    ``fb_static_gib`` (what is resident during forward/backward besides ``dynamic_gib``),
+    ``optimizer_step_gib`` (the optimizer-step phase peak) and ``host_bytes_per_gpu`` (state
+    offloaded to host memory, bytes). Where state lives per sharding: :mod:`profiler.sharding`.
     """
     t = _spec_terms(spec)
     method = config.method
     trainable = t.param_count if method is Method.FULL else _adapter_params(spec, config)
-    shard = _shard_divisor(config)
     full_mixed = method is Method.FULL and config.precision is not Precision.BF16
-    weight_bytes: float
-    if method is Method.FULL:
-        weight_bytes = spec.param_count * (4 if full_mixed else 2)
-        state_bytes_each = 4 if full_mixed else 2
-    elif method is Method.LORA:
-        weight_bytes = spec.param_count * 2 + trainable * 4  # bf16 base, fp32 adapters (PEFT)
-        state_bytes_each = 4
-    else:  # QLoRA: NF4 linears, fp32 non-quantized params (prepare_model_for_kbit_training)
-        unquantized = t.linear_params - t.quantized_params  # MoE experts, upcast to fp32
-        weight_bytes = (
-            t.quantized_params * NF4_BYTES_PER_PARAM
-            + (t.other_params + unquantized) * 4
-            + trainable * 4
-        )
-        state_bytes_each = 4
-    grad_bytes: float = trainable * state_bytes_each
-    state_bytes: float
-    temp_bytes: float
-    if config.optimizer is OptimizerKind.ADAMW:
-        state_bytes = trainable * 2 * state_bytes_each
-        temp_bytes = trainable * state_bytes_each  # foreach sqrt(exp_avg_sq) temporary
-    else:  # bitsandbytes 8-bit AdamW: two 1-byte states, fused update without temporaries
-        state_bytes = trainable * 2
-        temp_bytes = 0
-    # Autocast keeps a bf16 copy of every fp32 weight that requires grad until it exits.
-    cache_bytes: float = spec.param_count * 2 if full_mixed else 0
-    weight_bytes /= shard
-    grad_bytes /= shard
-    state_bytes /= shard
-    temp_bytes /= shard
-    cache_bytes /= shard
-    extra_bytes = 0.0
-    if config.sharding is Sharding.FSDP:
-        # Unsharded working set: the current and the prefetched unit in 16-bit (the embedding or
-        # head when larger than a layer) plus one unit's unsharded gradients.
-        unit = max(t.layer_params, t.head_params)
-        unit_grads = t.layer_params * state_bytes_each if method is Method.FULL else 0
-        extra_bytes = 2 * unit * 2 + unit_grads
-    elif config.sharding is Sharding.DDP:
-        extra_bytes = grad_bytes  # DDP's gradient buckets are a second copy of the gradients
+    placed = place(
+        _state_bytes(spec, config, trainable),
+        sharding=config.sharding,
+        gpu_count=config.gpu_count,
+    )
+    weight_bytes = placed.weights
+    grad_bytes = placed.gradients
+    state_bytes = placed.optimizer_states
+    temp_bytes = placed.optimizer_temp
+    cache_bytes = placed.autocast_cache
+    extra_bytes = placed.working_set
 
     tokens = config.micro_batch_size * config.seq_len
     layer_bytes_per_token = _layer_bytes_per_token(spec, config, full_mixed=full_mixed)
-    logits = LOGITS_BYTES_PER_TOKEN_VOCAB * tokens * spec.vocab_size
-    if method is Method.QLORA:
+    loss_tokens = min(tokens, CHUNKED_LOSS_TOKENS) if config.chunked_loss else tokens
+    logits = LOGITS_BYTES_PER_TOKEN_VOCAB * loss_tokens * spec.vocab_size
+    if config.chunked_loss:
+        logits += 2 * tokens * spec.hidden_size  # the final hidden states' gradient, bf16
+    if method is Method.QLORA and not _sharded_adapters(config):
         logits += 2 * t.head_params  # the fp32 head is cast to bf16 (uncached: frozen weight)
+    stack_saved, stack_transient = _expert_stack_bytes(spec, config)
     if config.grad_checkpointing:
-        residual_bytes = 4 if (full_mixed or method is Method.QLORA) else 2
+        fp32_residual = full_mixed or (method is Method.QLORA and not _sharded_adapters(config))
+        residual_bytes = 4 if fp32_residual else 2
         saved = spec.num_layers * tokens * residual_bytes * spec.hidden_size
-        recompute = tokens * layer_bytes_per_token
+        recompute = tokens * layer_bytes_per_token + stack_transient
         activations = saved + max(0.0, recompute - logits)
     else:
-        activations = spec.num_layers * tokens * layer_bytes_per_token
+        activations = spec.num_layers * (tokens * layer_bytes_per_token + stack_saved)
+        activations += stack_transient - stack_saved
     overhead = ALLOCATOR_OVERHEAD_GIB * GIB + extra_bytes
     dynamic = activations + logits
     fb_static = weight_bytes + cache_bytes + state_bytes + overhead
@@ -306,6 +386,7 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
         "optimizer_step_gib": opt_step / GIB,
         "layer_bytes_per_token": layer_bytes_per_token,
         "trainable_params": trainable,
+        "host_bytes_per_gpu": placed.host_bytes_per_gpu,
     }
 
 
@@ -314,7 +395,13 @@ def _layer_bytes_per_token(spec: ModelSpec, config: TuningConfig, *, full_mixed:
     method = config.method
     cache = _spec_terms(spec).activations
     # Enum members hash through Python code; identity tests and a string hash in C do not.
-    key = (method is Method.LORA, method is Method.QLORA, full_mixed, config.lora_targets)
+    key = (
+        method is Method.LORA,
+        method is Method.QLORA,
+        full_mixed,
+        config.lora_targets,
+        _sharded_adapters(config),
+    )
     found = cache.get(key)
     if found is not None:
         return found
@@ -322,7 +409,9 @@ def _layer_bytes_per_token(spec: ModelSpec, config: TuningConfig, *, full_mixed:
         (method.value, full_mixed) if method is Method.FULL else (method.value, False)
     ]
     q_coef = _Q_COEF
-    i_coef = _I_COEF[method.value]
+    # Sharded QLoRA keeps a bf16 residual stream (no kbit fp32 upcast), so Linear4bit returns
+    # bf16 and its MLP chain costs what LoRA's does. Assumption until measured.
+    i_coef = _I_COEF["lora" if _sharded_adapters(config) else method.value]
     if method is not Method.FULL:
         assert config.lora_targets is not None
         adapted = adapted_modules(config.lora_targets, num_experts=spec.num_experts)
@@ -330,7 +419,7 @@ def _layer_bytes_per_token(spec: ModelSpec, config: TuningConfig, *, full_mixed:
         h_coef -= copy * sum(n not in adapted for n in ("q_proj", "k_proj", "v_proj"))
         if "o_proj" not in adapted:
             q_coef -= copy
-        if spec.num_experts == 1:  # MoE experts (fused, never adapted) keep the full count
+        if spec.num_experts == 1:  # MoE experts (fused parameters) save no per-adapter copy
             h_coef -= copy * sum(n not in adapted for n in ("gate_proj", "up_proj"))
             if "down_proj" not in adapted:
                 i_coef -= copy
@@ -401,9 +490,11 @@ def _adapter_traffic_bytes_per_token(spec: ModelSpec, config: TuningConfig) -> t
     if found is None:
         shapes = spec.linear_shapes()
         adapted = adapted_modules(config.lora_targets, num_experts=spec.num_experts)
+        if spec.num_experts > 1:  # expert adapters are folded into the weights, not the tokens
+            adapted = tuple(n for n in adapted if n in ATTENTION_MODULES)
         lora = sum(14.0 * shapes[n][0] + 12.0 * shapes[n][1] for n in adapted)
         cast = 0.0
-        if config.method is Method.QLORA:  # NF4 linears: not the MoE experts (fused, unquantized)
+        if config.method is Method.QLORA:  # Linear4bit modules: not the (parametrized) experts
             quantized = ATTENTION_MODULES if spec.num_experts > 1 else tuple(shapes)
             cast = sum(6.0 * shapes[n][0] + 6.0 * shapes[n][1] for n in quantized)
         found = cache[key] = (lora, cast)
@@ -451,6 +542,8 @@ def _time_terms(
         + terms["logits_gib"] * GIB
     )
     trainable = terms["trainable_params"] / _shard_divisor(config)
+    if config.sharding.offloads:
+        trainable = 0.0  # the optimizer runs on the CPU (profiler.sharding.offload_seconds)
     optimizer_s = _optimizer_s(
         spec, config, gpu, trainable=trainable, bandwidth_efficiency=optimizer_bandwidth_efficiency
     )
@@ -466,7 +559,8 @@ def _time_terms(
             * NF4_DEQUANT_BYTES_PER_PARAM
             / bandwidth_bytes_per_s
         )
-        linears_per_layer = 4 if spec.num_experts > 1 else 7  # NF4 linears (not MoE experts)
+        # NF4 linears; MoE layers: 4 attention linears + 2 dequantized expert stacks.
+        linears_per_layer = 6 if spec.num_experts > 1 else 7
         nf4_calls = float(spec.num_layers * linears_per_layer * passes)
     peak_flops = gpu.matmul_tflops * 1e12
     flops, recompute = _step_flops(spec, config, terms["trainable_params"])
@@ -531,9 +625,9 @@ def _communication_s(
 ) -> float:
     """Seconds of collective communication per step (before overlap with compute).
 
-    DDP all-reduces the trainable gradients (ring: 2·(n−1)/n of their bytes per GPU). FSDP
-    full-shard all-gathers the 16-bit parameters in forward and again in backward and
-    reduce-scatters the gradients: about 3× the parameter bytes × (n−1)/n per GPU. Bandwidth is
+    DDP all-reduces the trainable gradients (ring: 2·(n−1)/n of their bytes per GPU). FSDP and
+    ZeRO-3 all-gather the 16-bit (QLoRA: 4-bit) parameters in forward and again in backward and
+    reduce-scatter the gradients (:func:`profiler.sharding.collective_bytes_per_gpu`). Bandwidth is
     the GPU's intra-node link per direction (GB/s; :func:`link_gbps_per_direction`) on one node;
     over several nodes each GPU gets its share of the node's network bandwidth
     (``inter_node_gbps`` / GPUs per node), the ring's slowest hop.
@@ -558,18 +652,30 @@ def _communication_s(
             f"{n} GPUs cannot be estimated. To fix: use one GPU per node"
         )
     bytes_per_s = link_gbps * 1e9 * COMM_EFFICIENCY
-    fraction = (n - 1) / n
-    if config.sharding is Sharding.FSDP:
-        grad_bytes = 2 if config.method is Method.FULL else 0
-        volume = spec.param_count * (2 + 2 + grad_bytes) * fraction
-        if config.method is not Method.FULL:
-            volume += trainable_params(spec, config) * 4 * fraction
+    return _collective_bytes(spec, config) / bytes_per_s
+
+
+def _collective_bytes(spec: ModelSpec, config: TuningConfig) -> float:
+    """Bytes each GPU sends per step (:func:`profiler.sharding.collective_bytes_per_gpu`)."""
+    t = _spec_terms(spec)
+    trainable = trainable_params(spec, config)
+    if config.sharding.shards_state:
+        if config.method is Method.QLORA:  # NF4 in bf16 storage is gathered as 4-bit bytes
+            gather = t.quantized_params * NF4_BYTES_PER_PARAM
+            gather += (t.param_count - t.quantized_params) * 2.0
+        else:
+            gather = t.param_count * 2.0
+        grads = trainable * 2.0  # reduce-scattered in bf16 (full FT) / bf16 adapters
     else:
-        grad_bytes_each = (
-            2 if config.method is Method.FULL and config.precision is Precision.BF16 else 4
-        )
-        volume = 2 * fraction * trainable_params(spec, config) * grad_bytes_each
-    return volume / bytes_per_s
+        gather = 0.0
+        full_bf16 = config.method is Method.FULL and config.precision is Precision.BF16
+        grads = trainable * (2.0 if full_bf16 else 4.0)
+    return collective_bytes_per_gpu(
+        sharding=config.sharding,
+        gpu_count=config.gpu_count,
+        gather_bytes=gather,
+        trainable_gradient_bytes=grads,
+    )
 
 
 # Per regime: (quantity, index in BAND_QUANTITIES, low factor, high factor).
@@ -725,7 +831,36 @@ def estimate(
         + tt["fixed_s"]
     )
     comm_s = _communication_s(spec, config, gpu, nodes=nodes, inter_node_gbps=inter_node_gbps)
-    step_s = compute_s + comm_s - COMM_OVERLAP * min(compute_s, comm_s)
+    gpus_per_node = max(1, config.gpu_count // max(1, nodes))
+    pcie_s = cpu_optimizer_s = 0.0
+    if config.sharding.offloads:
+        shards = _shard_divisor(config)
+        weights = _state_bytes(spec, config, int(mem["trainable_params"])).weights
+        pcie_s, cpu_optimizer_s = offload_seconds(
+            sharding=config.sharding,
+            gpu=gpu,
+            offloaded_weight_bytes_per_gpu=weights / shards,
+            gradient_bytes_per_gpu=mem["trainable_params"] * 2.0 / shards,
+            trainable_params_per_node=mem["trainable_params"] * gpus_per_node / shards,
+        )
+    # PCIe offload traffic overlaps compute like the collectives (prefetch); the CPU optimizer
+    # step runs after backward and adds in full. Both are assumptions until measured.
+    link_s = comm_s + pcie_s
+    step_s = compute_s + link_s - COMM_OVERLAP * min(compute_s, link_s) + cpu_optimizer_s
+    host_gib = host_ram_gib(
+        mem["host_bytes_per_gpu"],
+        gpus_per_node=gpus_per_node,
+        extra_host_bytes_per_gpu=(
+            zero3_master_copy_bytes(
+                method=config.method,
+                full_mixed=config.precision is not Precision.BF16,
+                param_count=spec.param_count,
+            )
+            / _shard_divisor(config)
+            if config.sharding is Sharding.ZERO3_OFFLOAD
+            else 0.0
+        ),
+    )
     tokens = config.micro_batch_size * config.seq_len
     trainable = int(mem["trainable_params"])
     provenance, by_regime = _provenance(cal, gpu)
@@ -748,6 +883,7 @@ def estimate(
         provenance=provenance,
         peak_allocated_gib=peak,
         peak_reserved_gib=reserved,
+        host_ram_gib=host_gib,
         step_time_s=step_s,
         tokens_per_s=tokens * config.gpu_count / step_s,
         trainable_params=trainable,

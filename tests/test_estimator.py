@@ -562,33 +562,48 @@ def test_cli_estimate_switches_to_fp16_on_t4() -> None:
     assert data["config"]["precision"] == "fp16-mixed" and data["notes"]
 
 
-def test_moe_lora_adapts_attention_only_as_the_recipes_do() -> None:
-    """Mixtral's experts are fused parameters PEFT cannot adapt: all-linear = attention there."""
+def test_moe_lora_adapts_the_fused_experts_through_target_parameters() -> None:
+    """Mixtral's experts are fused (E, a, b) parameters; PEFT target_parameters gives each a
+    lora_A of a × r·E and a lora_B of r·E × b (rank r per expert), as the recipe builds them."""
     from catalog import get_model
     from planner.engine.cost import trainable_param_count
-    from profiler import adapted_modules
+    from profiler import adapted_modules, expert_parameters
     from profiler.estimator import lora_params
 
     mixtral = get_model("mixtral-8x7b")
-    assert adapted_modules("all-linear", num_experts=8) == ATTENTION_MODULES
-    assert lora_params(mixtral, 16, "all-linear") == lora_params(mixtral, 16, "attention")
+    assert adapted_modules("all-linear", num_experts=8) == ATTENTION_MODULES + (
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    assert adapted_modules("q_proj,gate_proj", num_experts=8) == ("q_proj", "gate_proj", "up_proj")
+    assert expert_parameters("all-linear") == ("gate_up_proj", "down_proj")
+    assert expert_parameters("attention") == ()
+    h, kv, i = mixtral.hidden_size, mixtral.kv_dim, mixtral.intermediate_size
+    attention = 16 * ((h + mixtral.q_dim) * 2 + (h + kv) * 2)
+    assert lora_params(mixtral, 16, "attention") == attention * 32
+    # gate_up_proj (8, 2·14336, 4096) and down_proj (8, 4096, 14336) at r16:
+    # 16·8·(28672 + 4096) + 16·8·(4096 + 14336) = 4,194,304 + 2,359,296 per layer.
+    assert 16 * 8 * (2 * i + h) + 16 * 8 * (h + i) == 6_553_600
+    assert lora_params(mixtral, 16, "all-linear") == (attention + 6_553_600) * 32
     config = TuningConfig(method=Method.LORA, lora_rank=16, lora_targets="all-linear")
-    h, kv = mixtral.hidden_size, mixtral.kv_dim
-    per_layer = 16 * ((h + mixtral.q_dim) * 2 + (h + kv) * 2)
-    assert trainable_param_count(mixtral, config) == per_layer * mixtral.num_layers
+    assert trainable_param_count(mixtral, config) == lora_params(mixtral, 16, "all-linear")
 
 
-def test_moe_qlora_keeps_experts_unquantized_and_upcast() -> None:
-    """bitsandbytes quantizes nn.Linear only; MoE experts stay 16-bit and
-    prepare_model_for_kbit_training upcasts them to fp32 (4 B/param), as the recipe runs."""
+def test_moe_qlora_quantizes_the_experts() -> None:
+    """The recipe quantizes the fused experts to NF4 (bitsandbytes parametrization), so QLoRA
+    Mixtral holds ~0.52 B/param, not 16-bit experts upcast to fp32."""
     from catalog import get_gpu, get_model
-    from profiler.estimator import memory_terms
+    from profiler.estimator import NF4_BYTES_PER_PARAM, memory_terms
 
     mixtral = get_model("mixtral-8x7b")
-    shapes = mixtral.linear_shapes()
-    attn = sum(a * b for n, (a, b) in shapes.items() if n in ATTENTION_MODULES)
-    experts = mixtral.params_per_layer() - attn
-    config = TuningConfig(method=Method.QLORA, lora_rank=16, lora_targets="all-linear")
-    weights = memory_terms(mixtral, config, get_gpu("h200"))["weights_gib"] * 1024**3
-    assert weights >= experts * mixtral.num_layers * 4  # experts alone, fp32
-    assert weights < mixtral.param_count * 4
+    linear = mixtral.params_per_layer() * mixtral.num_layers
+    other = mixtral.param_count - linear
+    config = TuningConfig(
+        method=Method.QLORA, lora_rank=16, lora_targets="attention", grad_checkpointing=True
+    )
+    terms = memory_terms(mixtral, config, get_gpu("h200"))
+    attention_adapters = 16 * ((4096 + 4096) * 2 + (4096 + 1024) * 2) * 32
+    expected = linear * NF4_BYTES_PER_PARAM + other * 4 + attention_adapters * 4
+    assert terms["weights_gib"] * 1024**3 == pytest.approx(expected)
+    assert terms["weights_gib"] < 24.5  # 46.7B at ~0.52 B/param

@@ -84,7 +84,7 @@ def test_70b_full_ft_goes_multi_node_when_the_budget_allows(tmp_path: Path) -> N
     full = next(v for v in plan["verdicts"] if v["method"] == "full")
     assert full["best"] is not None
     assert full["best"]["nodes"] > 1
-    assert full["best"]["config"]["sharding"] == "fsdp-full-shard"
+    assert full["best"]["config"]["sharding"] == "fsdp"
     assert full["best"]["config"]["gpu_count"] == 8 * full["best"]["nodes"]
 
 

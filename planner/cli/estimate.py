@@ -17,7 +17,15 @@ import click
 
 from catalog import GPU, ModelSpec, atomic_write_text, get_gpu, get_model, to_jsonable
 from planner.cli.errors import NothingFitsError, UserInputError
-from profiler import Measurement, Method, OptimizerKind, Precision, Sharding, TuningConfig
+from profiler import (
+    Measurement,
+    Method,
+    OptimizerKind,
+    Precision,
+    Sharding,
+    TuningConfig,
+    sharding_problem,
+)
 
 
 def _build_config(
@@ -33,6 +41,8 @@ def _build_config(
     optimizer: OptimizerKind,
     gpu: GPU,
     gpu_count: int,
+    sharding: Sharding | None = None,
+    chunked_loss: bool = False,
 ) -> tuple[TuningConfig, list[str]]:
     """The TuningConfig the flags describe, with notes on defaults that were switched."""
     notes: list[str] = []
@@ -51,9 +61,15 @@ def _build_config(
             f"run on it. To fix: use --precision fp16-mixed"
         )
     lora = method is not Method.FULL
-    sharding = Sharding.NONE
-    if gpu_count > 1:
-        sharding = Sharding.FSDP if method is Method.FULL else Sharding.DDP
+    if sharding is None:
+        sharding = Sharding.NONE
+        if gpu_count > 1:
+            sharding = Sharding.FSDP if method is Method.FULL else Sharding.DDP
+    problem = sharding_problem(sharding, method=method, gpu_count=gpu_count, optimizer=optimizer)
+    if problem is not None:
+        raise UserInputError(
+            f"--sharding {sharding.value} with --gpu-count {gpu_count}: {problem}"
+        )
     config = TuningConfig(
         method=method,
         precision=precision,
@@ -66,6 +82,7 @@ def _build_config(
         optimizer=optimizer,
         gpu_count=gpu_count,
         sharding=sharding,
+        chunked_loss=chunked_loss,
     )
     return config, notes
 
@@ -103,6 +120,8 @@ def _result(measurement: Measurement, gpu: GPU, notes: Sequence[str]) -> dict[st
         "status": measurement.status.value,
         "peak_allocated_gib": measurement.peak_allocated_gib,
         "peak_reserved_gib": reserved,
+        "sharding": measurement.config.sharding.value,
+        "host_ram_gib": measurement.host_ram_gib,
         "step_time_s": measurement.step_time_s,
         "tokens_per_s": measurement.tokens_per_s,
         "trainable_params": measurement.trainable_params,
@@ -151,6 +170,8 @@ def _render_table(result: dict[str, Any]) -> None:
     )
     table.add_row("memory limit (torch's − CUDA context)", f"{result['memory_limit_gib']:.2f} GiB")
     table.add_row("fit", result["fit"] if result["fits"] else "NO")
+    table.add_row("sharding", result["sharding"])
+    table.add_row("host RAM per node", f"{fmt(result['host_ram_gib'], '.1f')} GiB")
     table.add_row(
         "step time",
         f"{fmt(result['step_time_s'], '.4f')} s" + _range(result, "step_time_s", ".4f", "s"),
@@ -205,7 +226,19 @@ def _render_table(result: dict[str, Any]) -> None:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="GPUs on one node: DDP for LoRA/QLoRA, FSDP full-shard for full FT.",
+    help="GPUs on one node.",
+)
+@click.option(
+    "--sharding",
+    type=click.Choice([s.value for s in Sharding]),
+    default=None,
+    help="none, ddp, fsdp, fsdp-offload, zero3, zero3-offload (default: none on one GPU, "
+    "ddp for LoRA/QLoRA and fsdp for full FT on several).",
+)
+@click.option(
+    "--chunked-loss",
+    is_flag=True,
+    help="Chunked cross-entropy: the LM head and loss run a chunk of tokens at a time.",
 )
 @click.option("--analytic-only", is_flag=True, help="Skip stored profiles; use the formula.")
 @click.option(
@@ -234,6 +267,8 @@ def estimate_command(
     optimizer: str,
     gpu_name: str,
     gpu_count: int,
+    sharding: str | None,
+    chunked_loss: bool,
     analytic_only: bool,
     max_batch: bool,
     max_seq_len: bool,
@@ -250,6 +285,9 @@ def estimate_command(
       ftplan estimate --model llama3.1-8b --method qlora --gpu l4 --grad-checkpointing
       ftplan estimate --model ./my-model/config.json --method full --precision bf16 --format json
       ftplan estimate --model llama3.1-8b --method lora --gpu l4 --grad-checkpointing --max-batch
+      ftplan estimate --model llama3.1-70b --method qlora --gpu rtx4090 --gpu-count 2 \\
+        --sharding fsdp-offload --seq-len 1024 --grad-checkpointing
+      ftplan estimate --model llama3.1-8b --method full --gpu rtx4090 --sharding zero3-offload
     """
     from profiler.calibration import calibration_for
     from profiler.estimator import estimate
@@ -267,6 +305,8 @@ def estimate_command(
         optimizer=OptimizerKind(optimizer),
         gpu=gpu,
         gpu_count=gpu_count,
+        sharding=Sharding(sharding) if sharding else None,
+        chunked_loss=chunked_loss,
     )
     if max_batch or max_seq_len:
         _what_if(spec, config, gpu, knob="micro_batch" if max_batch else "seq_len", fmt=fmt)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from catalog import ModelSpec
 from planner._types import Budget, QualityPolicy, QualityRisk, RiskLevel, Task
 from planner.engine.cost import trainable_param_count
-from profiler import Method, Precision, TuningConfig, resolve_targets
+from profiler import Method, Precision, TuningConfig, adapted_modules
 
 SCHULMAN_2025 = 'Schulman et al., "LoRA Without Regret", Thinking Machines Lab, 2025'
 BIDERMAN_2024 = 'Biderman et al., "LoRA Learns Less and Forgets Less", 2024 (arXiv:2405.09673)'
@@ -128,7 +128,7 @@ def _lora_risks(
     spec: ModelSpec, config: TuningConfig, budget: Budget, global_batch_tokens: int | None
 ) -> list[QualityRisk]:
     risks: list[QualityRisk] = []
-    modules = resolve_targets(config.lora_targets or "all-linear")
+    modules = adapted_modules(config.lora_targets or "all-linear", num_experts=spec.num_experts)
     if budget.task is Task.RL:
         risks.append(
             QualityRisk(
@@ -164,11 +164,12 @@ def _lora_risks(
                 )
             )
     if not any(m in modules for m in ("gate_proj", "up_proj", "down_proj")):
+        mlp = "the MoE experts (the MLP layers)" if spec.num_experts > 1 else "the MLP layers"
         risks.append(
             QualityRisk(
                 level=RiskLevel.MEDIUM,
-                message="adapters without the MLP layers underperform even at matched parameter "
-                "count: target all-linear",
+                message=f"adapters without {mlp} underperform even at matched parameter "
+                "count (attention-only LoRA): target all-linear",
                 source=SCHULMAN_2025,
             )
         )
