@@ -82,7 +82,12 @@ _SHARDED = frozenset({"fsdp", "fsdp-offload", "zero3", "zero3-offload"})
 
 
 def sharding_problem(
-    sharding: Sharding, *, method: Method, gpu_count: int, optimizer: OptimizerKind
+    sharding: Sharding,
+    *,
+    method: Method,
+    gpu_count: int,
+    optimizer: OptimizerKind,
+    num_experts: int = 1,
 ) -> str | None:
     """Why a sharding cannot run this method on ``gpu_count`` GPUs, with what to use instead;
     ``None`` when it can. One line, for errors (``ftplan estimate`` exits 2 on it)."""
@@ -105,6 +110,11 @@ def sharding_problem(
         return (
             "zero3-offload cannot offload bitsandbytes 4-bit weights (DeepSpeed moves 16-bit "
             "parameters only): use fsdp-offload for QLoRA with CPU offload, or zero3"
+        )
+    if method is Method.QLORA and num_experts > 1 and sharding.shards_state:
+        return (
+            f"QLoRA keeps MoE experts as uint8 4-bit parameters (bitsandbytes parametrization), "
+            f"which {sharding.value} cannot shard next to bf16 ones: use none on one GPU or ddp"
         )
     return None
 

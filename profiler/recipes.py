@@ -18,7 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from profiler._types import Method, OptimizerKind, Precision, TuningConfig, adapted_modules
+from profiler._types import (
+    MLP_MODULES,
+    Method,
+    OptimizerKind,
+    Precision,
+    TuningConfig,
+    adapted_modules,
+    expert_parameters,
+)
 
 if TYPE_CHECKING:
     from catalog import ModelSpec
@@ -131,26 +139,110 @@ def peft_target_modules(spec: ModelSpec, config: TuningConfig) -> list[str]:
 
     Llama-style names are mapped to fused modules where the architecture fuses them (phi3:
     ``q_proj`` -> ``qkv_proj``). For mixture-of-experts models the experts are fused parameters,
-    not linear modules, so MLP targets are dropped and LoRA covers attention (a known limit).
+    not linear modules: the MLP targets go to :func:`peft_target_parameters` instead.
 
     Raises:
-        ValueError: If the config has no LoRA targets or none remain for this architecture.
+        ValueError: If the config has no LoRA targets or nothing remains to adapt.
     """
     if config.lora_targets is None:
         raise ValueError(f"method={config.method.value} needs lora_targets")
     names = adapted_modules(config.lora_targets, num_experts=spec.num_experts)
+    if spec.num_experts > 1:
+        names = tuple(n for n in names if n not in MLP_MODULES)
     fused = _FUSED_LINEAR_NAMES.get(spec.model_type, {})
     mapped: list[str] = []
     for name in names:
         module = fused.get(name, name)
         if module not in mapped:
             mapped.append(module)
-    if not mapped:
+    if not mapped and not (spec.num_experts > 1 and expert_parameters(config.lora_targets)):
         raise ValueError(
-            f"LoRA targets {config.lora_targets!r} leave no module of {spec.name!r} to adapt "
-            f"(MoE experts are fused parameters); use 'attention' or 'all-linear'"
+            f"LoRA targets {config.lora_targets!r} leave no module of {spec.name!r} to adapt; "
+            f"use 'attention' or 'all-linear'"
         )
     return mapped
+
+
+def peft_target_parameters(model: Any, spec: ModelSpec, config: TuningConfig) -> list[str]:
+    """Full names of the fused MoE expert parameters to adapt (PEFT ``target_parameters``).
+
+    transformers 5 stores a layer's experts as 3-D parameters ``experts.gate_up_proj`` (E, 2i, h)
+    and ``experts.down_proj`` (E, h, i). PEFT's ``lora.ParamWrapper`` adapts them with rank r per
+    expert; once bitsandbytes has quantized them (a parametrization), PEFT matches only the exact
+    ``module.parameter`` name, so the names are listed from the model. Empty for dense models.
+    """
+    wanted = expert_parameters(config.lora_targets or "attention")
+    if spec.num_experts <= 1 or not wanted:
+        return []
+    names: list[str] = []
+    for module_name, module in model.named_modules():
+        for param in wanted:
+            tensor = getattr(module, param, None)
+            if tensor is not None and getattr(tensor, "ndim", 0) == 3:
+                names.append(f"{module_name}.{param}")
+    return names
+
+
+def quantize_experts_nf4(model: Any) -> int:
+    """Quantize fused 3-D MoE expert parameters to NF4 with double quantization, in place.
+
+    transformers' bitsandbytes integration replaces ``nn.Linear`` modules only
+    (``replace_with_bnb_linear``), so fused experts would stay 16-bit. bitsandbytes >= 0.48
+    quantizes any parameter through a parametrization
+    (``bitsandbytes.nn.parametrize.replace_parameter_4bit``) that dequantizes on access.
+
+    Returns:
+        The number of parameters quantized.
+    """
+    from bitsandbytes.nn.parametrize import replace_parameter_4bit
+
+    done = 0
+    for module in list(model.modules()):
+        for name in ("gate_up_proj", "down_proj"):
+            tensor = module._parameters.get(name) if hasattr(module, "_parameters") else None
+            if tensor is not None and tensor.ndim == 3:
+                replace_parameter_4bit(module, name, compress_statistics=True, quant_type="nf4")
+                done += tensor.numel()
+    return done
+
+
+def _fix_peft_stacked_parametrization() -> None:
+    """Work around a peft 0.21.2 bug with LoRA on already-parametrized (4-bit) parameters.
+
+    ``lora.ParamWrapper`` folds a single adapter into a fused expert stack with a
+    ``_LoraFactorsProxy`` parametrization and removes it after each forward; when the parameter
+    already carries bitsandbytes' 4-bit parametrization, ``_remove_parametrizations`` looks only
+    for ``_LoraParameterProxy`` and leaves the factors proxy in place (peft/tuners/lora/layer.py,
+    "Could not find any LoRA parametrization"). The next forward then stacks a second proxy (the
+    delta applied twice) or, under checkpointing, fails with "only Tensors of floating point dtype
+    can require gradients". Found on a tiny Mixtral on CPU; this removes either proxy type.
+    """
+    import torch
+    from peft.tuners.lora import layer
+
+    if getattr(layer.ParamWrapper, "_ftplan_fixed", False):
+        return
+    proxies = tuple(
+        getattr(layer, name)
+        for name in ("_LoraParameterProxy", "_LoraFactorsProxy")
+        if hasattr(layer, name)
+    )
+
+    def remove(self: Any) -> None:
+        base = self.get_base_layer()
+        chain = base.parametrizations[self.parameter_name]
+        if len(chain) == 1:
+            torch.nn.utils.parametrize.remove_parametrizations(
+                base, self.parameter_name, leave_parametrized=False
+            )
+            return
+        for index in reversed(range(len(chain))):
+            if isinstance(chain[index], proxies):
+                del chain[index]
+                return
+
+    layer.ParamWrapper._remove_parametrizations = remove
+    layer.ParamWrapper._ftplan_fixed = True
 
 
 def _dtype_kwarg(dtype: Any) -> dict[str, Any]:
@@ -317,6 +409,7 @@ def _build_nf4_model(
             attn_implementation=attention,
             **_dtype_kwarg(_weight_dtype(config)),
         )
+    quantize_experts_nf4(model)
     model.train()
     return model
 
@@ -402,17 +495,19 @@ def setup_full(
     )
 
 
-def _lora_config(spec: ModelSpec, config: TuningConfig) -> Any:
+def _lora_config(spec: ModelSpec, config: TuningConfig, model: Any) -> Any:
     from peft import LoraConfig
 
     rank, alpha = config.lora_rank, config.effective_lora_alpha
     if rank is None or alpha is None:
         raise ValueError(f"method={config.method.value} needs lora_rank")
+    parameters = peft_target_parameters(model, spec, config)
     return LoraConfig(
         r=rank,
         lora_alpha=alpha,
         lora_dropout=0.0,
         target_modules=peft_target_modules(spec, config),
+        target_parameters=parameters or None,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -458,7 +553,7 @@ def setup_lora(
         _enable_checkpointing(model)
         # Frozen embeddings output no grad; checkpointed blocks need an input that requires one.
         model.enable_input_require_grads()
-    model = get_peft_model(model, _lora_config(spec, config))
+    model = get_peft_model(model, _lora_config(spec, config, model))
     return _prepared_lora(model, config, device=device, learning_rate=learning_rate)
 
 
@@ -485,12 +580,14 @@ def setup_qlora(
     model = build_base_model(
         spec, config, device=device, num_layers=num_layers, checkpoint=checkpoint
     )
+    if peft_target_parameters(model, spec, config):
+        _fix_peft_stacked_parametrization()
     model = prepare_model_for_kbit_training(
         model,
         use_gradient_checkpointing=config.grad_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
     )
-    model = get_peft_model(model, _lora_config(spec, config))
+    model = get_peft_model(model, _lora_config(spec, config, model))
     return _prepared_lora(model, config, device=device, learning_rate=learning_rate)
 
 

@@ -43,6 +43,7 @@ def _build_config(
     gpu_count: int,
     sharding: Sharding | None = None,
     chunked_loss: bool = False,
+    num_experts: int = 1,
 ) -> tuple[TuningConfig, list[str]]:
     """The TuningConfig the flags describe, with notes on defaults that were switched."""
     notes: list[str] = []
@@ -65,7 +66,13 @@ def _build_config(
         sharding = Sharding.NONE
         if gpu_count > 1:
             sharding = Sharding.FSDP if method is Method.FULL else Sharding.DDP
-    problem = sharding_problem(sharding, method=method, gpu_count=gpu_count, optimizer=optimizer)
+    problem = sharding_problem(
+        sharding,
+        method=method,
+        gpu_count=gpu_count,
+        optimizer=optimizer,
+        num_experts=num_experts,
+    )
     if problem is not None:
         raise UserInputError(
             f"--sharding {sharding.value} with --gpu-count {gpu_count}: {problem}"
@@ -307,6 +314,7 @@ def estimate_command(
         gpu_count=gpu_count,
         sharding=Sharding(sharding) if sharding else None,
         chunked_loss=chunked_loss,
+        num_experts=spec.num_experts,
     )
     if max_batch or max_seq_len:
         _what_if(spec, config, gpu, knob="micro_batch" if max_batch else "seq_len", fmt=fmt)
