@@ -241,8 +241,9 @@ def _fix_peft_stacked_parametrization() -> None:
                 del chain[index]
                 return
 
-    layer.ParamWrapper._remove_parametrizations = remove
-    layer.ParamWrapper._ftplan_fixed = True
+    # Assigned through setattr: a method replaced on a third-party class, on purpose.
+    setattr(layer.ParamWrapper, "_remove_parametrizations", remove)  # noqa: B010
+    setattr(layer.ParamWrapper, "_ftplan_fixed", True)  # noqa: B010
 
 
 def _dtype_kwarg(dtype: Any) -> dict[str, Any]:
