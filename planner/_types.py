@@ -45,7 +45,8 @@ class TokensSource(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Budget:
-    """The job and its limits. ``dataset_tokens`` is per epoch."""
+    """The job and its limits. ``dataset_tokens`` is per epoch; with ``--dataset`` the sample
+    lengths' median, 95th percentile and longest (tokens) are kept too."""
 
     max_usd: float
     dataset_tokens: int
@@ -55,6 +56,8 @@ class Budget:
     task: Task = Task.SFT
     quality: QualityPolicy = QualityPolicy.BALANCED
     longest_sample_tokens: int | None = None
+    p50_sample_tokens: int | None = None
+    p95_sample_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not self.max_usd > 0:

@@ -172,3 +172,21 @@ def test_estimate_max_batch_when_nothing_fits_exits_1_with_the_nearest_change() 
     assert "--grad-checkpointing" in result.stderr
     assert "Traceback" not in result.output
     assert FitVerdict.NO.value == "no"
+
+
+def test_balanced_cpt_prefers_full_fine_tuning_when_affordable(tmp_path: Path) -> None:
+    args = ["--model", "llama2-7b", "--budget", "3000", "--tokens", "300000000"]
+    plan = _plan(tmp_path, *args, "--epochs", "1", "--task", "cpt")
+    assert plan["chosen"]["config"]["method"] == "full"
+    lora = next(v for v in plan["verdicts"] if v["method"] == "lora")
+    assert lora["best"]["cost"]["usd"] < plan["chosen"]["cost"]["usd"]  # full costs more
+    assert any("--task cpt: chose full fine-tuning" in a for a in plan["assumptions"])
+
+
+def test_affordable_higher_rank_is_priced_on_the_chosen_offer(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, "--model", "llama2-7b", "--budget", "200")
+    assert plan["chosen"]["config"]["method"] in ("lora", "qlora")
+    text = next(s for s in plan["stronger_options"] if s.startswith("a higher rank"))
+    assert "$" in text and "capacity" in text
+    full = next(s for s in plan["stronger_options"] if s.startswith("full fine-tuning"))
+    assert "what it would change" in full

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from catalog import get_model
+from catalog import get_model, list_models
 from planner import Budget, QualityPolicy, RiskLevel, Task, TokensSource
 from planner.engine.quality import (
     BIDERMAN_2024,
@@ -67,13 +67,45 @@ def test_attention_only_targets_are_medium_risk() -> None:
     assert "MLP" in risks[0].message and risks[0].source == SCHULMAN_2025
 
 
-def test_continued_pretraining_with_lora() -> None:
-    medium = assess_quality(SPEC, _lora(128), _budget(50_000_000, Task.CPT))
-    assert any(r.source == BIDERMAN_2024 and r.level is RiskLevel.MEDIUM for r in medium)
-    high = assess_quality(SPEC, _lora(128), _budget(2_000_000_000, Task.CPT))
-    assert max_level(high) is RiskLevel.HIGH
+def test_continued_pretraining_risk_grows_with_the_tokens_trained() -> None:
+    def cpt_level(tokens: int) -> RiskLevel:
+        risks = assess_quality(SPEC, _lora(128), _budget(tokens, Task.CPT))
+        return next(r.level for r in risks if r.source == BIDERMAN_2024)
+
+    assert cpt_level(50_000_000) is RiskLevel.LOW
+    assert cpt_level(500_000_000) is RiskLevel.MEDIUM
+    assert cpt_level(2_000_000_000) is RiskLevel.HIGH
     full = assess_quality(SPEC, TuningConfig(method=Method.FULL), _budget(2_000_000_000, Task.CPT))
     assert full == ()
+
+
+def test_minimum_accepted_rank_grows_with_the_dataset() -> None:
+    def smallest_rank(tokens: int) -> int:
+        return next(
+            r
+            for r in (8, 16, 32, 64, 128, 256)
+            if accepted(assess_quality(SPEC, _lora(r), _budget(tokens)), QualityPolicy.STRICT)
+        )
+
+    ranks = [smallest_rank(t) for t in (10_000_000, 100_000_000, 400_000_000, 1_000_000_000)]
+    assert ranks == sorted(ranks) and ranks[0] < ranks[-1]
+
+
+def test_attention_only_is_medium_risk_everywhere_moe_included() -> None:
+    moe = next(m for m in list_models() if m.num_experts > 1)
+    for task in (Task.SFT, Task.CPT, Task.RL):
+        risks = assess_quality(moe, _lora(16, "attention"), _budget(task=task))
+        assert any(r.level is RiskLevel.MEDIUM and "experts" in r.message for r in risks)
+    # all-linear adapts the experts too (PEFT target_parameters): no attention-only risk.
+    full_targets = assess_quality(moe, _lora(16), _budget())
+    assert not any("attention-only" in r.message for r in full_targets)
+
+
+def test_fp16_says_what_loss_scaling_does_and_what_overflow_remains() -> None:
+    config = TuningConfig(method=Method.FULL, precision=Precision.FP16_MIXED)
+    (risk,) = assess_quality(SPEC, config, _budget())
+    assert "loss scaler" in risk.message and "65504" in risk.message
+    assert "skipped" in risk.message and "Micikevicius" in risk.source
 
 
 def test_rl_needs_little_capacity() -> None:

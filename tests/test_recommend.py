@@ -333,3 +333,29 @@ def test_service_filter_prices_what_sagemaker_runs(tmp_path: Path) -> None:
         "--model", "llama2-7b", "--budget", "200", "--service", "sagemker", out=tmp_path
     )
     assert code == 2 and "Did you mean: sagemaker" in stderr and "Traceback" not in stderr
+
+
+def test_dataset_length_distribution_streams_with_progress(tmp_path: Path) -> None:
+    data = tmp_path / "big.jsonl"
+    lengths = [40 * (i % 100 + 1) for i in range(20_000)]  # 10..1000 tokens, uniform
+    data.write_text("".join(json.dumps({"text": "a" * n}) + "\n" for n in lengths))
+    seen: list[int] = []
+    stats = count_dataset(data, on_progress=seen.append)
+    assert stats.samples == 20_000
+    assert (stats.p50_sample_tokens, stats.p95_sample_tokens) == (500, 950)
+    assert stats.longest_sample_tokens == 1000
+    assert seen and seen[-1] == data.stat().st_size and seen == sorted(seen)
+    assert len(stats.histogram) == 100  # memory bounded by distinct lengths, not samples
+    assert stats.share_longer_than(900) == pytest.approx(0.10)
+
+
+def test_packing_sizes_for_the_95th_percentile_not_one_outlier(tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    rows = [{"text": "x" * 2000}] * 99 + [{"text": "y" * 40_000}]  # 500 tokens; one of 10k
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    plan = _json_plan(
+        "--model", "llama3.2-1b", "--budget", "50", "--dataset", str(data), out=tmp_path / "r"
+    )
+    assert plan["budget"]["p95_sample_tokens"] == 500
+    assert plan["chosen"]["config"]["seq_len"] == 2048  # the default block, not 10,240
+    assert any("split across blocks" in w for w in plan["warnings"])

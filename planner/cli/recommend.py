@@ -29,7 +29,6 @@ def _build_request(o: dict[str, Any]) -> Any:
         DEFAULT_EPOCHS,
         DEFAULT_SEQ_LEN,
         RecommendRequest,
-        count_dataset,
     )
     from planner.engine.space import SearchSpace
     from profiler import Method
@@ -42,13 +41,16 @@ def _build_request(o: dict[str, Any]) -> Any:
     tokens, source, longest = DEFAULT_DATASET_TOKENS, TokensSource.ASSUMED, None
     if o["tokens"] is not None:
         tokens, source = o["tokens"], TokensSource.GIVEN
-    elif o["dataset"] is not None:
-        stats = count_dataset(o["dataset"])
+    stats = None
+    if o["tokens"] is None and o["dataset"] is not None:
+        stats = _count_with_progress(o["dataset"])
         tokens, source, longest = stats.tokens, TokensSource.COUNTED, stats.longest_sample_tokens
     seq_len = o["seq_len"] or DEFAULT_SEQ_LEN
-    if o["seq_len"] is None and longest is not None and longest > seq_len:
-        # Size the plan for the longest sample (rounded up to 256 tokens), within the model.
-        seq_len = min(spec.max_seq_len, math.ceil(longest / 256) * 256)
+    if o["seq_len"] is None and stats is not None and stats.p95_sample_tokens > seq_len:
+        # ftplan's runner packs samples into seq_len blocks, so memory is sized for the block,
+        # not the longest sample: blocks of the 95th-percentile length (rounded up to 256, within
+        # the model's context) keep 95% of samples whole without sizing for one outlier.
+        seq_len = min(spec.max_seq_len, math.ceil(stats.p95_sample_tokens / 256) * 256)
     budget = Budget(
         max_usd=o["budget"],
         dataset_tokens=tokens,
@@ -60,6 +62,8 @@ def _build_request(o: dict[str, Any]) -> Any:
         # still assessed and reported.
         quality=QualityPolicy.CHEAPEST if o["method"] else QualityPolicy(o["quality"]),
         longest_sample_tokens=longest,
+        p50_sample_tokens=None if stats is None else stats.p50_sample_tokens,
+        p95_sample_tokens=None if stats is None else stats.p95_sample_tokens,
     )
     gpus = [catalog.get_gpu(g) for g in o["gpu"]]
     providers = [catalog.parse_provider(p) for p in o["provider"]] or None
@@ -104,6 +108,22 @@ def _build_request(o: dict[str, Any]) -> Any:
         warnings=warnings,
         ftplan_version=_version(),
     )
+
+
+def _count_with_progress(path: str) -> Any:
+    """count_dataset with a progress bar on stderr for files of 64 MiB or more."""
+    from planner.engine.dataset import count_dataset
+
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    if size < 64 << 20:
+        return count_dataset(path)
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    columns = ("counting tokens", BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("count", total=size)
+        return count_dataset(path, on_progress=lambda done: bar.update(task, completed=done))
 
 
 def _offers(providers: list[Any] | None, gpus: list[Any], o: dict[str, Any]) -> tuple[Any, ...]:
@@ -425,7 +445,7 @@ def _row(rank: int, c: Any, gpus: str) -> tuple[str, ...]:
         offer,
         f"{c.cost.hours:,.1f}",
         f"${c.cost.usd:,.2f}",
-        f"{peak:.1f}/{c.usable_memory_gib:.0f}",
+        f"{peak:.1f}/{c.usable_memory_gib:.0f}" + (" tight" if c.fit.value == "tight" else ""),
         c.risk_level.value,
         m.source.value,
     )

@@ -105,11 +105,12 @@ def stronger_options(
                 "little gain; it matters for continued pre-training and large corpora "
                 "(Biderman et al. 2024)"
             )
+            own = f"; its own risk: {best.risks[0].message}" if best.risks else ""
             out.append(
                 f"full fine-tuning is affordable: ${best.cost.usd:,.2f} "
                 f"({best.cost.usd / max(chosen.cost.usd, 1e-9):.1f}× the chosen plan) on "
                 f"{best.offer.instance_type} ({best.config.label()}); what it would change: "
-                f"{risks}"
+                f"{risks}{own}"
             )
     entry = next((e for e in frontier if e.method is chosen.config.method), None)
     epochs_affordable = affordable_tokens(chosen, budget) / budget.dataset_tokens

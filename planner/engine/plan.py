@@ -1,19 +1,17 @@
 """recommend: builds ftplan's answer (the Plan) from a request, the search and the verdicts.
 
 :func:`recommend` is pure apart from what it is given (offers, GPUs, the estimator and the
-profile store); :func:`count_dataset` is the one file reader, used by the CLI.
+profile store); the dataset reader lives in :mod:`planner.engine.dataset` (re-exported here).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from catalog import GPU, ModelSpec, Offer
 from planner._types import (
@@ -24,21 +22,29 @@ from planner._types import (
     QualityPolicy,
     RiskLevel,
     SearchInfo,
+    Task,
     TokensSource,
 )
 from planner.engine.cost import SpotAssumptions, StartupAssumptions
+from planner.engine.dataset import CHARS_PER_TOKEN, DatasetStats, count_dataset
 from planner.engine.evaluate import (
     GLOBAL_BATCH_TARGET_TOKENS,
     EstimateFn,
+    Evaluator,
     FitsFn,
     LookupFn,
     default_fits,
     with_nodes_label,
 )
 from planner.engine.frontier import budget_frontier, stronger_options
-from planner.engine.quality import ACCEPTED_LEVELS, BITS_PER_TOKEN, LORA_BITS_PER_PARAM
+from planner.engine.quality import (
+    ACCEPTED_LEVELS,
+    BITS_PER_TOKEN,
+    LORA_BITS_PER_PARAM,
+    capacity_ratio,
+)
 from planner.engine.search import SearchResult, search
-from planner.engine.space import SearchProblem, SearchSpace
+from planner.engine.space import Hardware, SearchProblem, SearchSpace
 from profiler import Method, Source
 from profiler.headroom import (
     CUDA_CONTEXT_GIB,
@@ -53,25 +59,12 @@ from profiler.headroom import (
 DEFAULT_DATASET_TOKENS = 10_000_000
 DEFAULT_EPOCHS = 3.0
 DEFAULT_SEQ_LEN = 2048
-# --dataset token count: ~4 characters per token for English text with BPE tokenizers (OpenAI's
-# tokenizer guidance; Llama/Mistral tokenizers land between 3.5 and 4.5). No tokenizer is loaded.
-CHARS_PER_TOKEN = 4.0
 RANKED_SIZE = 8
 PARETO_SIZE = 12
 # --quality balanced accepts medium quality risk only when it is more than this much cheaper than
 # the best low-risk plan (a judgement call, stated in every plan that it affects).
 BALANCED_RISK_PREMIUM = 0.20
 METHOD_NAMES = {Method.FULL: "full FT", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DatasetStats:
-    """Approximate size of a JSONL dataset: tokens (chars ÷ 4) in all samples and the longest."""
-
-    path: str
-    samples: int
-    tokens: int
-    longest_sample_tokens: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,57 +101,6 @@ class RecommendRequest:
                 "no GPU offers match the filters: widen --gpu/--provider/--gpu-count, or use "
                 "--provider local --gpu NAME --gpu-count N for your own machine"
             )
-
-
-def count_dataset(path: str | Path) -> DatasetStats:
-    """Approximate tokens of a JSONL dataset without a tokenizer (characters ÷ 4).
-
-    Each line is one sample; the characters of every string value in it (any nesting, e.g.
-    chat ``messages``) are counted.
-
-    Raises:
-        ValueError: If the file cannot be read, is empty, or a line is not JSON (line number
-            given).
-    """
-    source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ValueError(
-            f"cannot read dataset {str(source)!r}: {reason}; pass a readable "
-            "UTF-8 .jsonl file or --tokens N"
-        ) from None
-    samples = tokens = longest = 0
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"dataset {str(source)!r} line {number} is not JSON ({exc.msg}); "
-                "each line must be one JSON object"
-            ) from None
-        sample_tokens = math.ceil(_chars(record) / CHARS_PER_TOKEN)
-        samples += 1
-        tokens += sample_tokens
-        longest = max(longest, sample_tokens)
-    if not samples or not tokens:
-        raise ValueError(f"dataset {str(source)!r} has no text samples; pass --tokens N instead")
-    return DatasetStats(
-        path=str(source), samples=samples, tokens=tokens, longest_sample_tokens=longest
-    )
-
-
-def _chars(value: object) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(_chars(v) for v in value.values())
-    if isinstance(value, list):
-        return sum(_chars(v) for v in value)
-    return 0
 
 
 def plan_slug(model: str, budget_usd: float, fingerprint: str) -> str:
@@ -220,8 +162,63 @@ def recommend(
         near_misses=near,
         suggestions=() if chosen else _suggestions(result, request),
         budget_frontier=frontier,
-        stronger_options=stronger_options(chosen, result.candidates, request.budget, frontier),
+        stronger_options=stronger_options(chosen, result.candidates, request.budget, frontier)
+        + _higher_rank_option(request, chosen, estimate=estimate, lookup=lookup, fits=fits),
     )
+
+
+def _higher_rank_option(
+    request: RecommendRequest,
+    chosen: Candidate | None,
+    *,
+    estimate: EstimateFn,
+    lookup: LookupFn | None,
+    fits: FitsFn,
+) -> tuple[str, ...]:
+    """When the chosen plan is LoRA/QLoRA below the space's largest rank: what the largest rank
+    that still fits and stays within the limits costs, and how much adapter capacity it adds."""
+    ranks = request.space.lora_ranks
+    if chosen is None or chosen.config.lora_rank is None or chosen.config.lora_rank >= max(ranks):
+        return ()
+    problem = SearchProblem(
+        spec=request.spec,
+        budget=request.budget,
+        seq_len=request.seq_len,
+        offers=(chosen.offer,),
+        gpus=request.gpus,
+        space=request.space,
+        spot=request.spot,
+        startup=request.startup,
+    )
+    evaluator = Evaluator(problem, estimate=estimate, lookup=lookup, fits=fits)
+    hw = Hardware(
+        gpu=request.gpus[chosen.offer.gpu],
+        gpus_per_node=chosen.offer.gpu_count,
+        nodes=chosen.nodes,
+        offers=(chosen.offer,),
+    )
+    for rank in sorted((r for r in ranks if r > chosen.config.lora_rank), reverse=True):
+        config = dataclasses.replace(chosen.config, lora_rank=rank, lora_alpha=2 * rank)
+        priced = evaluator.price(config, hw)
+        if not priced or not priced[0].fits or not priced[0].within_budget:
+            continue
+        better = priced[0]
+        if not better.within_deadline:
+            continue
+        before = capacity_ratio(request.spec, chosen.config, request.budget)
+        after = capacity_ratio(request.spec, config, request.budget)
+        change = (
+            f"the data asks for {after:.0%} of the adapters' capacity instead of {before:.0%}"
+            if before > 0
+            else f"{rank // chosen.config.lora_rank}× the adapter capacity"
+        )
+        return (
+            f"a higher rank is affordable: r{rank} costs ${better.cost.usd:,.2f} "
+            f"(+{better.cost.usd / max(chosen.cost.usd, 1e-9) - 1:.0%}) on the same offer; "
+            f"{change} (LoRA holds ~2 bits per trainable parameter, Schulman et al. 2025), "
+            "which matters only when the data is near capacity",
+        )
+    return ()
 
 
 def _search(
@@ -271,6 +268,16 @@ def _prefer_low_risk(
     best = balanced.feasible[0] if balanced.feasible else None
     if best is None or best.risk_level is RiskLevel.LOW:
         return balanced, ()
+    if request.budget.task is Task.CPT and best.config.method is not Method.FULL:
+        full = next((c for c in balanced.feasible if c.config.method is Method.FULL), None)
+        if full is not None:
+            rest = tuple(c for c in balanced.candidates if c is not full)
+            return dataclasses.replace(balanced, candidates=(full, *rest)), (
+                f"quality balanced, --task cpt: chose full fine-tuning (${full.cost.usd:,.2f}) "
+                f"over {METHOD_NAMES[best.config.method]} (${best.cost.usd:,.2f}): on continued "
+                "pre-training LoRA learns less, more so the more tokens it trains (Biderman "
+                "et al. 2024), and full FT fits the budget",
+            )
     strict_budget = dataclasses.replace(request.budget, quality=QualityPolicy.STRICT)
     strict = _search(request, strict_budget, estimate=estimate, lookup=lookup, fits=fits)
     low = strict.feasible[0] if strict.feasible else None
@@ -473,7 +480,9 @@ def _assumptions(request: RecommendRequest) -> tuple[str, ...]:
         f"dataset: {budget.dataset_tokens:,} tokens per epoch ({tokens}) × {budget.epochs:g} "
         f"epoch(s) = {budget.total_tokens:,.0f} training tokens",
         f"sequence length {request.seq_len} tokens"
-        + ("" if request.seq_len_given else " (default; set --seq-len)"),
+        + ("" if request.seq_len_given else " (default; set --seq-len)")
+        + ": samples are packed into blocks of this length (as ftplan's runner does), so "
+        "memory is sized for the block, not for the longest sample",
         f"gradient accumulation keeps ~{GLOBAL_BATCH_TARGET_TOKENS:,} tokens per optimizer step",
         (
             f"start-up: {start.provision_minutes:g} min provisioning"
@@ -547,12 +556,16 @@ def _idle_note(c: Candidate) -> str:
 
 def _plan_warnings(request: RecommendRequest, ranked: tuple[Candidate, ...]) -> tuple[str, ...]:
     out: list[str] = []
-    longest = request.budget.longest_sample_tokens
+    budget = request.budget
+    longest = budget.longest_sample_tokens
     if longest is not None and longest > request.seq_len:
+        p95 = budget.p95_sample_tokens
+        share = "" if p95 is None or p95 > request.seq_len else " (under 5% of samples)"
         out.append(
-            f"the longest sample has ~{longest:,} tokens but the plan uses --seq-len "
-            f"{request.seq_len}: longer samples are truncated; raise --seq-len to size "
-            "the plan for them"
+            f"the longest sample has ~{longest:,} tokens but the plan packs samples into "
+            f"{request.seq_len}-token blocks: longer samples{share} are split across blocks, "
+            "so their later tokens do not see their beginning; raise --seq-len to keep them "
+            "whole (memory grows with it)"
         )
     chosen = ranked[0] if ranked else None
     if chosen is not None and chosen.fit is FitVerdict.TIGHT:
@@ -576,3 +589,6 @@ def _plan_warnings(request: RecommendRequest, ranked: tuple[Candidate, ...]) -> 
             "measurements: profile it with 'ftplan profile' before a long run"
         )
     return tuple(out)
+
+
+__all__ = ["CHARS_PER_TOKEN", "DatasetStats", "RecommendRequest", "count_dataset", "recommend"]

@@ -13,6 +13,9 @@ The rules follow published results, not measurements of ftplan's own:
   NF4 QLoRA reaches 16-bit LoRA quality.
 * Zamirai et al., "Revisiting BFloat16 Training" (2020, arXiv:2010.06192): pure bf16 weight
   updates with nearest rounding lose small updates.
+* Micikevicius et al., "Mixed Precision Training" (2018, arXiv:1710.03740): fp16 training needs
+  loss scaling so small gradients do not underflow; fp16's range (max 65504) still bounds the
+  forward pass.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ DETTMERS_2023 = (
     'Dettmers et al., "QLoRA: Efficient Finetuning of Quantized LLMs", 2023 (arXiv:2305.14314)'
 )
 ZAMIRAI_2020 = 'Zamirai et al., "Revisiting BFloat16 Training", 2020 (arXiv:2010.06192)'
+MICIKEVICIUS_2018 = (
+    'Micikevicius et al., "Mixed Precision Training", 2018 (arXiv:1710.03740); PyTorch '
+    "torch.amp.GradScaler documentation"
+)
 
 # Schulman et al. (2025): LoRA stores ~2 bits of information per trainable parameter.
 LORA_BITS_PER_PARAM = 2.0
@@ -37,8 +44,11 @@ LORA_BITS_PER_PARAM = 2.0
 BITS_PER_TOKEN = {Task.SFT: 0.5, Task.CPT: 1.0, Task.RL: 0.0}
 # Data over this fraction of capacity is a medium risk, over 1× a high risk.
 CAPACITY_MEDIUM_FRACTION = 0.5
-# Continued pre-training at or beyond this many tokens is where Biderman et al. (2024) saw the
-# largest LoRA gap (their code/math CPT runs used 1B–20B tokens).
+# Continued pre-training: Biderman et al. (2024) trained 0.25B-20B tokens of code/math and saw
+# LoRA's gap to full FT widen as the token count grew (their figures 1-2), largest from ~1B tokens
+# on. Below CPT_MEDIUM_RISK_TOKENS ftplan calls the gap small (low), up to CPT_HIGH_RISK_TOKENS
+# medium, beyond that high. Tokens seen count (dataset × epochs), as in their plots.
+CPT_MEDIUM_RISK_TOKENS = 100_000_000
 CPT_HIGH_RISK_TOKENS = 1_000_000_000
 # Schulman et al. (2025) see LoRA fall behind full FT as the batch grows; ftplan flags global
 # batches above this many tokens (≈ 512 sequences of 2048 tokens).
@@ -100,6 +110,8 @@ def assess_quality(
         The risks; an empty tuple means nothing is known to cost quality.
     """
     risks: list[QualityRisk] = []
+    if config.precision is Precision.FP16_MIXED:
+        risks.append(_fp16_risk())
     if config.method is Method.FULL:
         if config.precision is Precision.BF16:
             risks.append(
@@ -174,16 +186,7 @@ def _lora_risks(
             )
         )
     if budget.task is Task.CPT:
-        big = budget.dataset_tokens >= CPT_HIGH_RISK_TOKENS
-        risks.append(
-            QualityRisk(
-                level=RiskLevel.HIGH if big else RiskLevel.MEDIUM,
-                message=f"continued pre-training on {budget.dataset_tokens / 1e6:,.0f}M tokens: "
-                "LoRA learns less than full FT on large code/math corpora (but forgets "
-                "less)",
-                source=BIDERMAN_2024,
-            )
-        )
+        risks.append(_cpt_risk(budget))
     if global_batch_tokens is not None and global_batch_tokens > LORA_LARGE_BATCH_TOKENS:
         risks.append(
             QualityRisk(
@@ -194,3 +197,34 @@ def _lora_risks(
             )
         )
     return risks
+
+
+def _cpt_risk(budget: Budget) -> QualityRisk:
+    """LoRA on continued pre-training: the gap to full FT grows with the tokens trained."""
+    tokens = budget.total_tokens
+    if tokens >= CPT_HIGH_RISK_TOKENS:
+        level = RiskLevel.HIGH
+    elif tokens >= CPT_MEDIUM_RISK_TOKENS:
+        level = RiskLevel.MEDIUM
+    else:
+        level = RiskLevel.LOW
+    return QualityRisk(
+        level=level,
+        message=f"continued pre-training on {tokens / 1e6:,.0f}M tokens: LoRA learns less than "
+        "full FT, and the gap grows with the tokens trained (it also forgets less of the base "
+        "model's skills); full FT is preferred when affordable",
+        source=BIDERMAN_2024,
+    )
+
+
+def _fp16_risk() -> QualityRisk:
+    """fp16 autocast (GPUs without bf16): what the loss scaler fixes and what it does not."""
+    return QualityRisk(
+        level=RiskLevel.LOW,
+        message="fp16 autocast with a dynamic loss scaler: the loss is multiplied (from 2^16) "
+        "so small gradients do not underflow, a step whose gradients overflow to inf/NaN is "
+        "skipped and the scale halved; what remains: forward activations or logits above "
+        "fp16's 65504 still overflow (models pre-trained in bf16 can exceed it), and frequent "
+        "skipped steps slow training: watch the scale and the loss for NaN",
+        source=MICIKEVICIUS_2018,
+    )

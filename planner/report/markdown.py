@@ -154,7 +154,17 @@ def _job(plan: Plan) -> list[str]:
         ["Quality policy", b.quality.value],
     ]
     if b.longest_sample_tokens is not None:
-        rows.append(["Longest sample", f"{fmt_tokens(b.longest_sample_tokens)} tokens"])
+        if b.p50_sample_tokens is not None and b.p95_sample_tokens is not None:
+            rows.append(
+                [
+                    "Sample length (tokens)",
+                    f"median {fmt_tokens(b.p50_sample_tokens)}, 95th percentile "
+                    f"{fmt_tokens(b.p95_sample_tokens)}, longest "
+                    f"{fmt_tokens(b.longest_sample_tokens)}; packed into fixed-length blocks",
+                ]
+            )
+        else:
+            rows.append(["Longest sample", f"{fmt_tokens(b.longest_sample_tokens)} tokens"])
     return ["## The job", ""] + _table(["", ""], rows)
 
 

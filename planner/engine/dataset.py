@@ -1,0 +1,121 @@
+"""Dataset size and sample-length distribution of a JSONL file, streamed without a tokenizer.
+
+The one file reader of the planner (used by the CLI). Reads line by line, so memory is bounded by
+the number of distinct sample lengths (a histogram), not the file size; an optional callback
+reports the bytes read (for a progress bar).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# ~4 characters per token for English text with BPE tokenizers (OpenAI's tokenizer guidance;
+# Llama/Mistral tokenizers land between 3.5 and 4.5). No tokenizer is loaded.
+CHARS_PER_TOKEN = 4.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatasetStats:
+    """Approximate size of a JSONL dataset (chars ÷ 4 tokens) and its sample-length
+    distribution: median, 95th percentile and longest sample, tokens (nearest-rank)."""
+
+    path: str
+    samples: int
+    tokens: int
+    longest_sample_tokens: int
+    p50_sample_tokens: int = 0
+    p95_sample_tokens: int = 0
+    histogram: tuple[tuple[int, int], ...] = ()
+
+    def share_longer_than(self, tokens: int) -> float:
+        """Fraction of samples with more than ``tokens`` tokens."""
+        longer = sum(count for length, count in self.histogram if length > tokens)
+        return longer / self.samples if self.samples else 0.0
+
+
+def percentile(histogram: tuple[tuple[int, int], ...], fraction: float) -> int:
+    """Nearest-rank percentile of a sorted (value, count) histogram."""
+    total = sum(count for _, count in histogram)
+    rank = max(1, math.ceil(fraction * total))
+    seen = 0
+    for value, count in histogram:
+        seen += count
+        if seen >= rank:
+            return value
+    return histogram[-1][0] if histogram else 0
+
+
+def count_dataset(
+    path: str | Path, *, on_progress: Callable[[int], None] | None = None
+) -> DatasetStats:
+    """Approximate tokens and sample-length distribution of a JSONL dataset (characters ÷ 4).
+
+    Each line is one sample; the characters of every string value in it (any nesting, e.g.
+    chat ``messages``) are counted.
+
+    Args:
+        path: The ``.jsonl`` file.
+        on_progress: Called with the bytes read so far, about every 4 MiB and at the end.
+
+    Raises:
+        ValueError: If the file cannot be read, is empty, or a line is not JSON (line number
+            given).
+    """
+    source = Path(path)
+    lengths: Counter[int] = Counter()
+    done = reported = 0
+    try:
+        with source.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                done += len(raw)
+                if on_progress is not None and done - reported >= 4 << 20:
+                    on_progress(done)
+                    reported = done
+                line = raw.decode("utf-8").strip()
+                if not line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(
+                        f"dataset {str(source)!r} line {number} is not JSON ({exc.msg}); "
+                        "each line must be one JSON object"
+                    ) from None
+                lengths[math.ceil(_chars(record) / CHARS_PER_TOKEN)] += 1
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(
+            f"cannot read dataset {str(source)!r}: {reason}; pass a readable "
+            "UTF-8 .jsonl file or --tokens N"
+        ) from None
+    if on_progress is not None:
+        on_progress(done)
+    histogram = tuple(sorted(lengths.items()))
+    samples = sum(lengths.values())
+    tokens = sum(length * count for length, count in histogram)
+    if not samples or not tokens:
+        raise ValueError(f"dataset {str(source)!r} has no text samples; pass --tokens N instead")
+    return DatasetStats(
+        path=str(source),
+        samples=samples,
+        tokens=tokens,
+        longest_sample_tokens=histogram[-1][0],
+        p50_sample_tokens=percentile(histogram, 0.50),
+        p95_sample_tokens=percentile(histogram, 0.95),
+        histogram=histogram,
+    )
+
+
+def _chars(value: object) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_chars(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_chars(v) for v in value)
+    return 0
