@@ -190,3 +190,17 @@ def test_affordable_higher_rank_is_priced_on_the_chosen_offer(tmp_path: Path) ->
     assert "$" in text and "capacity" in text
     full = next(s for s in plan["stronger_options"] if s.startswith("full fine-tuning"))
     assert "what it would change" in full
+
+
+def test_reports_show_the_budget_frontier_billing_and_fit() -> None:
+    from planner.plan_io import read_plan
+    from planner.report.html import render_html
+    from planner.report.markdown import render_markdown
+
+    example = sorted((Path(__file__).parent.parent / "reports" / "examples").glob("*.json"))[0]
+    plan = read_plan(example)
+    assert {e.method for e in plan.budget_frontier} == {Method.FULL, Method.LORA, Method.QLORA}
+    assert plan.chosen is not None and plan.chosen.fit is not None
+    for text in (render_markdown(plan), render_html(plan)):
+        assert "What the budget buys" in text and "Stronger options" in text
+        assert "Billing" in text and "per second" in text
