@@ -150,6 +150,18 @@ def gpus_command(output_format: str) -> None:
     )
 
 
+def _billing_short(offer: Offer) -> str:
+    """``s ≥1m`` style: billing increment, minimum, upfront."""
+    units = {1.0: "s", 60.0: "min", 3600.0: "h", 86400.0: "day"}
+    text = units.get(float(offer.billing_increment_s), f"{offer.billing_increment_s:g}s")
+    minimum = offer.min_billing_hours
+    if minimum >= 1:
+        text += f" ≥{minimum:g}h"
+    elif minimum > 0:
+        text += f" ≥{minimum * 60:.0f}m"
+    return text + (" upfront" if offer.billing_upfront else "")
+
+
 def _offer_row(offer: Offer) -> list[str]:
     return [
         offer.provider.value,
@@ -161,6 +173,7 @@ def _offer_row(offer: Offer) -> list[str]:
         f"{offer.usd_per_hour:.4g}",
         f"{offer.usd_per_hour / offer.gpu_count:.4g}",
         "spot" if offer.spot else "on-demand",
+        _billing_short(offer),
         offer.as_of + (" (stale)" if offer.stale else ""),
     ]
 
@@ -205,7 +218,10 @@ def offers_command(
         _echo_json(list(offers))
         return
     info = catalog_info()
-    caption = f"{len(offers)} offers from {info.offers_path}"
+    caption = (
+        f"{len(offers)} offers from {info.offers_path}; billing units and start-up times: "
+        "catalog/data/services.csv (--format json has them per offer, with sources)"
+    )
     warning = catalog_age_warning(info, date.today())
     _table(
         "Offers",
@@ -219,6 +235,7 @@ def offers_command(
             "$/h",
             "per GPU $/h",
             "pricing",
+            "billing",
             "as of",
         ],
         [_offer_row(o) for o in offers],
