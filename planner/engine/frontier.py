@@ -20,7 +20,8 @@ METHOD_LABELS = {Method.FULL: "full fine-tuning", Method.LORA: "LoRA", Method.QL
 
 def affordable_tokens(candidate: Candidate, budget: Budget) -> int:
     """Training tokens ``budget.max_usd`` buys on this candidate (0 when not even the start-up
-    or the offer's minimum billing fits the budget)."""
+    or the offer's minimum billing fits the budget). Free (own) GPUs are limited by
+    ``--max-hours`` only; without it money sets no limit and this returns 0."""
     cost, offer = candidate.cost, candidate.offer
     tokens_per_s = candidate.measurement.tokens_per_s or 0.0
     if cost.usd_per_hour <= 0:
