@@ -26,7 +26,11 @@ from catalog._load import (
     user_offers_path,
     with_service_terms,
 )
-from catalog._sky_names import gpu_for_sky_accelerator, sky_accelerator_for_gpu
+from catalog._sky_names import (
+    gpu_for_sky_accelerator,
+    sky_accelerator_for_gpu,
+    sky_name_is_ambiguous,
+)
 from catalog._types import GPU, CatalogError, Interconnect, ModelSpec, Offer, Provider
 from catalog.refresh import PriceChange, RefreshResult, refresh_aws
 from catalog.skypilot import SkyPilotRefreshResult, refresh_from_skypilot
@@ -64,6 +68,7 @@ __all__ = [
     "service_terms",
     "refresh_from_skypilot",
     "sky_accelerator_for_gpu",
+    "sky_name_is_ambiguous",
     "to_jsonable",
     "user_offers_path",
     "with_service_terms",

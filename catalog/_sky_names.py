@@ -113,3 +113,14 @@ def sky_accelerator_for_gpu(gpu: str, *, provider: Provider, instance_type: str 
         if back == gpu:
             return entry.sky_name
     raise KeyError(gpu)
+
+
+def sky_name_is_ambiguous(sky_name: str, *, provider: Provider) -> bool:
+    """True when ``sky_name`` means more than one ftplan GPU on ``provider`` (e.g. Lambda's
+    ``H100``, SXM or PCIe): a launch then has to name the instance type too."""
+    gpus = {
+        e.gpu
+        for e in SKY_ACCELERATORS
+        if e.sky_name.lower() == sky_name.lower() and e.provider in (None, provider)
+    }
+    return len(gpus) > 1

@@ -21,7 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from catalog import Offer, Provider, list_offers, sky_accelerator_for_gpu
+from catalog import (
+    Offer,
+    Provider,
+    list_offers,
+    sky_accelerator_for_gpu,
+    sky_name_is_ambiguous,
+)
 from profiler import Method
 from runners._types import (
     LaunchResult,
@@ -222,10 +228,15 @@ def task_config(
         "use_spot": offer.spot,
         "disk_size": disk_size_gib(spec),
     }
-    if offer.vcpus:
-        resources["cpus"] = f"{offer.vcpus}+"
-    if offer.memory_gib:
-        resources["memory"] = f"{offer.memory_gib:g}+"
+    if sky_name_is_ambiguous(accelerator, provider=offer.provider):
+        # The accelerator name alone could land on the other part (Lambda's H100 is SXM or
+        # PCIe): name the priced instance. SkyPilot then checks it against its catalog.
+        resources["instance_type"] = offer.instance_type
+    else:
+        if offer.vcpus:
+            resources["cpus"] = f"{offer.vcpus}+"
+        if offer.memory_gib:
+            resources["memory"] = f"{offer.memory_gib:g}+"
     data_path, data_source = _data_mount(data)
     file_mounts: dict[str, Any] = {data_path: data_source}
     if output_uri is not None:

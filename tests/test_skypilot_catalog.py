@@ -25,6 +25,7 @@ from catalog import (
     list_offers,
     refresh_from_skypilot,
     sky_accelerator_for_gpu,
+    sky_name_is_ambiguous,
 )
 from catalog._sky_names import SKY_ACCELERATORS
 from catalog.skypilot import CLOUD_PROVIDERS, parse_gcp, parse_vms_csv
@@ -101,6 +102,9 @@ def test_cloud_specific_names() -> None:
     assert sky_accelerator_for_gpu("H100 SXM 80GB", provider=Provider.RUNPOD) == "H100-SXM"
     assert sky_accelerator_for_gpu("H100 SXM 80GB", provider=Provider.LAMBDA) == "H100"
     assert gpu_for_sky_accelerator("MI300X", provider=Provider.RUNPOD) is None
+    assert sky_name_is_ambiguous("H100", provider=Provider.LAMBDA)
+    assert not sky_name_is_ambiguous("H100", provider=Provider.AWS)
+    assert not sky_name_is_ambiguous("GH200", provider=Provider.LAMBDA)
     with pytest.raises(KeyError):
         sky_accelerator_for_gpu("H100 PCIe", provider=Provider.AWS)
 

@@ -136,6 +136,9 @@ def test_task_details(data: str) -> None:
     spec = _spec(OFFERS["lambda-h100-pcie"])
     config = _config(spec, "s3://bucket/datasets/chat.jsonl", output_uri=None)
     assert config["resources"]["accelerators"] == "H100:1"  # Lambda calls the PCIe card H100
+    assert config["resources"]["instance_type"] == "gpu_1x_h100_pcie"  # ... and the SXM one
+    gh200 = _config(_spec(OFFERS["lambda-gh200"]), data)["resources"]
+    assert "instance_type" not in gh200 and gh200["cpus"] == "64+"  # unambiguous: not pinned
     assert config["file_mounts"] == {"/ftplan/data/chat.jsonl": "s3://bucket/datasets/chat.jsonl"}
     assert "--data /ftplan/data/chat.jsonl" in config["run"]
     assert "'.[train]'" in config["setup"]
