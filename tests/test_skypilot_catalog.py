@@ -28,7 +28,7 @@ from catalog import (
     sky_name_is_ambiguous,
 )
 from catalog._sky_names import SKY_ACCELERATORS
-from catalog.skypilot import CLOUD_PROVIDERS, parse_gcp, parse_vms_csv
+from catalog._sky_vms import CLOUD_PROVIDERS, parse_gcp, parse_vms_csv
 from planner.cli import main
 
 FIXTURE = Path(__file__).parent / "fixtures" / "skypilot_catalog" / "v7"
