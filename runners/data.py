@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -174,8 +174,9 @@ def _record_text(record: Any, tokenizer: Tokenizer, where: str) -> str:
     )
 
 
-def read_texts(path: str | Path, tokenizer: Tokenizer) -> list[str]:
-    """Every sample of a JSONL file as one training string.
+def iter_texts(path: str | Path, tokenizer: Tokenizer) -> Iterator[str]:
+    """Every sample of a JSONL file as one training string, one line at a time (bounded
+    memory).
 
     Raises:
         FileNotFoundError: If the file does not exist.
@@ -184,7 +185,6 @@ def read_texts(path: str | Path, tokenizer: Tokenizer) -> list[str]:
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"dataset {str(source)!r} does not exist")
-    texts: list[str] = []
     with source.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -194,10 +194,30 @@ def read_texts(path: str | Path, tokenizer: Tokenizer) -> list[str]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataFormatError(f"{where}: not valid JSON ({exc.msg})") from None
-            texts.append(_record_text(record, tokenizer, where))
+            yield _record_text(record, tokenizer, where)
+
+
+def read_texts(path: str | Path, tokenizer: Tokenizer) -> list[str]:
+    """Every sample of a JSONL file as one training string.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        DataFormatError: On the first malformed line, or when the file holds no samples.
+    """
+    texts = list(iter_texts(path, tokenizer))
     if not texts:
-        raise DataFormatError(f"{source}: no samples (the file is empty)")
+        raise DataFormatError(f"{Path(path)}: no samples (the file is empty)")
     return texts
+
+
+def count_tokens(path: str | Path, tokenizer: Tokenizer) -> int:
+    """Tokens the run will train on per epoch: every sample's tokens plus its EOS, counted one
+    line at a time.
+
+    Raises:
+        FileNotFoundError, DataFormatError: As :func:`iter_texts`.
+    """
+    return sum(len(tokenizer.encode_text(text)) + 1 for text in iter_texts(path, tokenizer))
 
 
 def find_jsonl(path: str | Path) -> Path:

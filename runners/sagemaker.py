@@ -327,6 +327,8 @@ class SageMakerRunner:
         hf_token_env: The caller's variable holding a Hugging Face token; its value goes into
             the job's ``HF_TOKEN`` and is masked everywhere ftplan prints or writes. None:
             ``HF_TOKEN`` when set.
+        clients: Other boto3 clients by service name (``service-quotas``, ``iam``, ``logs``),
+            for tests; missing ones are created on first use.
     """
 
     target = Target.SAGEMAKER
@@ -344,8 +346,10 @@ class SageMakerRunner:
         env: Mapping[str, str] | None = None,
         instance_types: Iterable[str] | None = None,
         hf_token_env: str | None = None,
+        clients: Mapping[str, Any] | None = None,
     ) -> None:
         self._env = dict(os.environ if env is None else env)
+        self._clients: dict[str, Any] = dict(clients or {})
         self._hf_token = self._read_token(hf_token_env)
         self._client = client
         self._s3 = s3_client
@@ -460,15 +464,28 @@ class SageMakerRunner:
 
     # -- Runner protocol ------------------------------------------------------------------
     def launch(
-        self, spec: LaunchSpec, *, data: str, dry_run: bool = False, name: str | None = None
+        self,
+        spec: LaunchSpec,
+        *,
+        data: str,
+        dry_run: bool = False,
+        name: str | None = None,
+        resume_job: str | None = None,
     ) -> LaunchResult:
         """Create the training job (or, with ``dry_run``, only return the request).
 
+        A real launch first runs the preflight (quota, role, bucket; runners._preflight).
+        ``resume_job`` starts a new job on that job's checkpoint prefix, so it resumes from the
+        newest complete checkpoint there.
+
         Raises:
-            RunnerError: Bad input (nothing sent), or the upload / API call failed.
+            RunnerError: Bad input or a failed preflight (nothing sent), or the upload / API
+                call failed.
         """
         job = sanitize_job_name(name) if name else job_name(spec)
         request = self.build_request(spec, data=data, name=job)
+        if resume_job is not None:
+            request["CheckpointConfig"]["S3Uri"] = self._checkpoint_uri_of(resume_job)
         spec_json = launch_spec_to_json(spec)
         result = LaunchResult(
             run_id=job,
@@ -482,6 +499,7 @@ class SageMakerRunner:
             return result
         source_uri = request["HyperParameters"]["sagemaker_submit_directory"]
         bucket, key = _split_s3(source_uri)
+        self.preflight(spec, request)
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -494,6 +512,51 @@ class SageMakerRunner:
             raise RunnerError(f"SageMaker launch of {job!r} failed: {message}") from None
         self._say(f"created SageMaker training job {job} in {self.region_for(spec)}")
         return result
+
+    def preflight(self, spec: LaunchSpec, request: dict[str, Any]) -> None:
+        """Quota for the instance type (spot quota for spot), role and buckets; warnings are
+        printed and the launch goes on.
+
+        Raises:
+            RunnerError: Quota below the planned count, no such role, unreachable bucket.
+        """
+        from runners._preflight import check_bucket, check_quota, check_role
+
+        warnings: list[str] = []
+        resources = request["ResourceConfig"]
+        check_quota(
+            self._client_for("service-quotas", request),
+            instance_type=resources["InstanceType"],
+            count=int(resources["InstanceCount"]),
+            spot=bool(request["EnableManagedSpotTraining"]),
+            warnings=warnings,
+        )
+        check_role(
+            self._client_for("iam", request), role_arn=request["RoleArn"], warnings=warnings
+        )
+        buckets = {
+            _split_s3(request["HyperParameters"]["sagemaker_submit_directory"])[0],
+            *(
+                _split_s3(c["DataSource"]["S3DataSource"]["S3Uri"])[0]
+                for c in request["InputDataConfig"]
+            ),
+        }
+        for bucket in sorted(buckets):
+            check_bucket(self._s3_client(request), bucket=bucket)
+        for warning in warnings:
+            self._say(f"warning: {warning}")
+
+    def _checkpoint_uri_of(self, job: str) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            described = self._sagemaker_client(None).describe_training_job(TrainingJobName=job)
+        except (BotoCoreError, ClientError) as exc:
+            raise RunnerError(f"cannot read SageMaker job {job!r} to resume it: {exc}") from None
+        uri = described.get("CheckpointConfig", {}).get("S3Uri")
+        if not uri:
+            raise RunnerError(f"SageMaker job {job!r} has no checkpoint prefix to resume from")
+        return str(uri)
 
     def status(self, run_id: str) -> RunStatus:
         """``describe_training_job`` as a RunStatus.
@@ -546,6 +609,14 @@ class SageMakerRunner:
 
             self._client = boto3.client("sagemaker", region_name=self._region_hint(request))
         return self._client
+
+    def _client_for(self, service: str, request: dict[str, Any] | None) -> Any:
+        """An injected client (``clients`` argument) or a new boto3 one for ``service``."""
+        if service not in self._clients:
+            import boto3  # deferred: only SageMaker users need boto3
+
+            self._clients[service] = boto3.client(service, region_name=self._region_hint(request))
+        return self._clients[service]
 
     def _s3_client(self, request: dict[str, Any] | None) -> Any:
         if self._s3 is None:

@@ -388,16 +388,28 @@ def test_the_real_request_carries_the_token_and_nothing_else_shows_it(tmp_path: 
     session = get_session()
     sagemaker = session.create_client("sagemaker", region_name="us-east-1")
     s3 = session.create_client("s3", region_name="us-east-1")
+    quotas = session.create_client("service-quotas", region_name="us-east-1")
+    iam = session.create_client("iam", region_name="us-east-1")
     runner = SageMakerRunner(
         client=sagemaker,
         s3_client=s3,
         role_arn=ROLE,
         env={"HF_TOKEN": SECRET},
         instance_types=["ml.g5.xlarge"],
+        clients={"service-quotas": quotas, "iam": iam},
     )
     request = runner.build_request(spec, data="s3://b/d.jsonl", name="job-1")
     assert request["Environment"]["HF_TOKEN"] == SECRET
-    with Stubber(s3) as s3_stub, Stubber(sagemaker) as sm_stub:
+    with (
+        Stubber(s3) as s3_stub,
+        Stubber(sagemaker) as sm_stub,
+        Stubber(quotas) as quota_stub,
+        Stubber(iam) as iam_stub,
+    ):
+        quota = {"QuotaName": "ml.g5.xlarge for training job usage", "Value": 1.0}
+        quota_stub.add_response("list_service_quotas", {"Quotas": [quota]}, None)
+        iam_stub.add_client_error("get_role", "AccessDenied")
+        s3_stub.add_response("head_bucket", {}, {"Bucket": "b"})
         s3_stub.add_response("put_object", {}, {"Bucket": "b", "Key": ANY, "Body": ANY})
         sm_stub.add_response(
             "create_training_job", {"TrainingJobArn": "arn:aws:sagemaker:job/job-1"}, request
@@ -411,7 +423,7 @@ def test_wait_exits_1_with_the_failures_last_line(
     workdir: Path, tmp_path: Path, one_thread: None
 ) -> None:
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"text": WORDS}) + "\n{not json\n", encoding="utf-8")
+    bad.write_text(json.dumps({"text": "the fox"}) + "\n", encoding="utf-8")  # < one sequence
     runs = tmp_path / "runs"
     rank = str(candidate_rank(workdir / "plan.json", "lora"))
     out = CliRunner().invoke(
@@ -435,8 +447,74 @@ def test_wait_exits_1_with_the_failures_last_line(
         ],
     )
     assert out.exit_code == 1, out.output
-    assert "failed: exit code 2: error: " in out.stderr
-    assert "bad.jsonl:2: not valid JSON" in out.stderr
+    assert "failed: exit code 2: error: the dataset holds 3 tokens" in out.stderr
     run = only_run(runs)
     status = CliRunner().invoke(cli, ["status", run.name, "--runs-dir", str(runs)])
-    assert "bad.jsonl:2: not valid JSON" in status.output
+    assert "error: the dataset holds 3 tokens" in status.output
+
+
+# -- the real data size ---------------------------------------------------------------------------
+def test_run_length_counts_the_local_data_with_the_checkpoints_tokenizer(workdir: Path) -> None:
+    rank = str(candidate_rank(workdir / "plan.json", "lora"))
+    out = CliRunner().invoke(
+        cli,
+        [
+            "launch",
+            str(workdir / "plan.json"),
+            "--target",
+            "local",
+            "--device",
+            "cpu",
+            "--dry-run",
+            "--data",
+            str(workdir / "train.jsonl"),
+            "--weights",
+            str(workdir / "ckpt"),
+            "--candidate",
+            rank,
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    # 500 lines × (16 words + EOS) with the checkpoint's WordLevel tokenizer; the plan assumed
+    # 4,000 tokens.
+    assert "run length: 8,500 tokens per epoch (counted in" in out.stderr
+    assert "note: the data holds 8,500 tokens per epoch" in out.stderr
+    assert "2.12× the plan's 4,000" in out.stderr
+
+
+def test_sagemaker_runtime_follows_tokens_and_says_which_figure(aws_plan: Path) -> None:
+    plan_figure = _sagemaker_dry_run(aws_plan)
+    assert "(the plan's assumption)" in plan_figure.stderr
+    given = _sagemaker_dry_run(aws_plan, "--tokens", "5000000")
+    assert given.exit_code == 0, given.output
+    assert "run length: 5,000,000 tokens per epoch (given with --tokens)" in given.stderr
+    assert "note: the data holds 5,000,000 tokens per epoch" in given.stderr
+    runtime = {
+        name: json.loads(out.stdout)["StoppingCondition"]["MaxRuntimeInSeconds"]
+        for name, out in (("plan", plan_figure), ("given", given))
+    }
+    assert runtime["given"] < runtime["plan"] / 5
+
+
+def test_run_length_arithmetic() -> None:
+    from runners._length import difference_note, run_length
+
+    common = {
+        "epochs": 2.0,
+        "tokens_per_step": 1000,
+        "tokens_per_s": 500.0,
+        "max_steps": None,
+        "startup_hours": 0.25,
+        "overhead_fraction": 0.1,
+        "usd_per_hour": 4.0,
+    }
+    planned = run_length(dataset_tokens=900_000, source="plan", **common)  # type: ignore[arg-type]
+    assert planned.steps == 1800
+    assert planned.train_hours == pytest.approx(1800 * 1000 / 500 / 3600)
+    assert planned.hours == pytest.approx(1.0 * 1.1 + 0.25)
+    assert planned.usd == pytest.approx(planned.hours * 4.0)
+    near = run_length(dataset_tokens=980_000, source="counted", **common)  # type: ignore[arg-type]
+    assert difference_note(planned, near) is None  # within 10%
+    far = run_length(dataset_tokens=450_000, source="counted", **common)  # type: ignore[arg-type]
+    note = difference_note(planned, far)
+    assert note is not None and "0.50× the plan's 900,000" in note and "900 steps" in note

@@ -269,7 +269,7 @@ def test_cli_local_dry_run_prints_command_and_spec(tmp_path: Path, data: Path) -
     )
     assert out.exit_code == 0, out.output
     assert "-m runners.train --spec" in out.output
-    spec = json.loads(out.output[out.output.index("{") :])["spec"]
+    spec = json.loads(out.stdout[out.stdout.index("{") :])["spec"]
     # The plan's chosen candidate: LoRA r16 on one H100, measured 15.588 GiB / 7277.6 tokens/s.
     assert spec["config"]["method"] == "lora" and spec["config"]["lora_rank"] == 16
     assert spec["expected_peak_allocated_gib"] == 15.588

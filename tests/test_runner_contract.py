@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.stub import Stubber
 from model_specs import TINY_LLAMA
 
 from catalog import Offer, Provider
@@ -104,8 +105,30 @@ def _sagemaker(tmp_path: Path) -> Iterator[Harness]:
             ]
             return sorted(jobs + keys)
 
+        iam = boto3.client("iam", region_name="us-east-1")
+        role = iam.create_role(RoleName="ftplan", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        # moto does not implement Service Quotas; botocore's Stubber answers for it.
+        quotas = boto3.client("service-quotas", region_name="us-east-1")
+        quota_stub = Stubber(quotas)
+        quota_stub.add_response(
+            "list_service_quotas",
+            {
+                "Quotas": [
+                    {
+                        "QuotaName": f"{SAGEMAKER_OFFER.instance_type} for training job usage",
+                        "Value": 2.0,
+                    }
+                ]
+            },
+            {"ServiceCode": "sagemaker"},
+        )
+        quota_stub.activate()
         runner = SageMakerRunner(
-            client=sm, s3_client=s3, role_arn="arn:aws:iam::123456789012:role/ftplan", env={}
+            client=sm,
+            s3_client=s3,
+            role_arn=role,
+            env={},
+            clients={"service-quotas": quotas, "iam": iam},
         )
         spec = LaunchSpec(model=TINY, config=CONFIG, offer=SAGEMAKER_OFFER, max_hours=0.5)
         yield Harness(

@@ -94,6 +94,26 @@ def _clients() -> tuple[Any, Any]:
     return session.create_client("sagemaker", **kw), session.create_client("s3", **kw)
 
 
+def _preflight_clients() -> tuple[Any, Any]:
+    session = get_session()
+    kw = {"region_name": "us-west-2", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+    return session.create_client("service-quotas", **kw), session.create_client("iam", **kw)
+
+
+def _quota_page(instance: str, value: float, *, spot: bool = False) -> dict[str, Any]:
+    kind = "spot training" if spot else "training"
+    return {
+        "Quotas": [
+            {
+                "ServiceCode": "sagemaker",
+                "QuotaName": f"{instance} for {kind} job usage",
+                "QuotaCode": "L-1",
+                "Value": value,
+            }
+        ]
+    }
+
+
 def _request(spec: LaunchSpec, **runner_kw: Any) -> dict[str, Any]:
     runner = SageMakerRunner(role_arn=ROLE, env={}, **runner_kw)
     result = runner.launch(spec, data=DATA, dry_run=True, name=JOB)
@@ -178,7 +198,34 @@ def test_launch_uploads_source_then_creates_exactly_that_request(name: str) -> N
     spec = PLANS[name][0]
     expected = _request(spec)
     sm, s3 = _clients()
-    with Stubber(sm) as sm_stub, Stubber(s3) as s3_stub:
+    quotas, iam = _preflight_clients()
+    resources = expected["ResourceConfig"]
+    spot = expected["EnableManagedSpotTraining"]
+    with (
+        Stubber(sm) as sm_stub,
+        Stubber(s3) as s3_stub,
+        Stubber(quotas) as quota_stub,
+        Stubber(iam) as iam_stub,
+    ):
+        quota_stub.add_response(
+            "list_service_quotas",
+            _quota_page(resources["InstanceType"], resources["InstanceCount"], spot=spot),
+            {"ServiceCode": "sagemaker"},
+        )
+        iam_stub.add_response(
+            "get_role",
+            {
+                "Role": {
+                    "Path": "/",
+                    "RoleName": "ftplan-sagemaker",
+                    "RoleId": "AROAEXAMPLEEXAMPLE1",
+                    "Arn": ROLE,
+                    "CreateDate": dt.datetime(2025, 1, 1),
+                }
+            },
+            {"RoleName": "ftplan-sagemaker"},
+        )
+        s3_stub.add_response("head_bucket", {}, {"Bucket": "my-bucket"})
         s3_stub.add_response(
             "put_object",
             {},
@@ -190,11 +237,15 @@ def test_launch_uploads_source_then_creates_exactly_that_request(name: str) -> N
             {"TrainingJobArn": f"arn:aws:sagemaker:us-west-2:1:job/{JOB}"},
             expected,
         )
-        result = SageMakerRunner(client=sm, s3_client=s3, role_arn=ROLE, env={}).launch(
-            spec, data=DATA, name=JOB
-        )
-        sm_stub.assert_no_pending_responses()
-        s3_stub.assert_no_pending_responses()
+        result = SageMakerRunner(
+            client=sm,
+            s3_client=s3,
+            role_arn=ROLE,
+            env={},
+            clients={"service-quotas": quotas, "iam": iam},
+        ).launch(spec, data=DATA, name=JOB)
+        for stub in (sm_stub, s3_stub, quota_stub, iam_stub):
+            stub.assert_no_pending_responses()
     assert not result.dry_run and result.run_id == JOB
 
 

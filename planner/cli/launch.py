@@ -7,6 +7,7 @@ is a one-line error with exit code 2 and nothing started or sent.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from runners import (
     default_target,
     parse_checkpoint_every,
 )
+from runners._length import RunLength, dataset_tokens, difference_note, run_length
 from runners.local import DEFAULT_RUNS_DIR
 
 # Learning rates when the plan suggests none: LoRA wants ~10× the full-FT rate (Schulman et al.,
@@ -128,6 +130,50 @@ def launch_spec_from_plan(
     )
 
 
+def with_real_length(
+    plan: Plan, candidate: Candidate, spec: LaunchSpec, *, data: str, tokens: int | None
+) -> tuple[LaunchSpec, list[str]]:
+    """The spec with ``max_hours`` re-derived from the data the run really gets (a local file
+    counted with its tokenizer, else ``--tokens``, else the plan's figure), and the lines to
+    print once the launch is accepted: which figure, and the difference from the plan when it
+    is over 10%.
+
+    Raises:
+        DataFormatError: On a malformed line of a local data file.
+    """
+    cost = candidate.cost
+    rate = candidate.measurement.tokens_per_s
+    if not rate:
+        return spec, []
+    tokens_per_step = spec.config.micro_batch_size * spec.config.seq_len * spec.grad_accum_steps
+    overhead = cost.spot_overhead_hours / cost.train_hours if cost.train_hours else 0.0
+
+    def length(dataset: int, source: str) -> RunLength:
+        return run_length(
+            dataset_tokens=dataset,
+            source=source,
+            epochs=spec.epochs,
+            tokens_per_step=tokens_per_step * spec.config.gpu_count,
+            tokens_per_s=rate,
+            max_steps=spec.max_steps,
+            startup_hours=cost.startup_hours,
+            overhead_fraction=overhead,
+            usd_per_hour=cost.usd_per_hour,
+        )
+
+    planned = length(plan.budget.dataset_tokens, "the plan's assumption")
+    found = dataset_tokens(spec, data=data, tokens=tokens)
+    actual = planned if found is None else length(*found)
+    notes = [
+        f"run length: {actual.dataset_tokens:,} tokens per epoch ({actual.source}), "
+        f"{actual.steps:,} steps, {actual.hours:.2f} h, {actual.usd:.2f} USD"
+    ]
+    note = difference_note(planned, actual)
+    if note:
+        notes.append(f"note: {note}")
+    return dataclasses.replace(spec, max_hours=max(actual.hours, 1 / 60)), notes
+
+
 def _user_error(exc: Exception) -> click.ClickException:
     return UserInputError(str(exc))
 
@@ -194,6 +240,12 @@ def _user_error(exc: Exception) -> click.ClickException:
     help="Local: continue that run from its newest checkpoint.",
 )
 @click.option(
+    "--tokens",
+    type=click.IntRange(min=1),
+    help="Tokens per epoch of s3:// data (default: the plan's figure); a local --data file "
+    "is counted with the run's tokenizer.",
+)
+@click.option(
     "--checkpoint-every",
     metavar="N{steps|m}",
     help="Checkpoint every N optimizer steps (200steps) or minutes (15m); default: the plan's "
@@ -227,6 +279,7 @@ def launch_command(
     grad_accum: int | None,
     image_uri: str | None,
     resume_run: str | None,
+    tokens: int | None,
     checkpoint_every: str | None,
     hf_token_env: str | None,
     wait: bool,
@@ -254,6 +307,7 @@ def launch_command(
         grad_accum_steps=grad_accum,
         checkpoint_every=checkpoint_every,
     )
+    spec, notes = with_real_length(plan, candidate, spec, data=data, tokens=tokens)
     chosen = Target(target) if target else default_target(spec.offer)
     try:
         if chosen is Target.SKYPILOT:
@@ -264,6 +318,7 @@ def launch_command(
                 bucket=output_dir,
                 region=region,
                 hf_token_env=hf_token_env,
+                notes=notes,
             )
         elif chosen is Target.LOCAL:
             _launch_local(
@@ -273,13 +328,9 @@ def launch_command(
                 runs_dir=output_dir,
                 wait=wait,
                 resume_run=resume_run,
+                notes=notes,
             )
         else:
-            if resume_run:
-                raise RunnerError(
-                    "--resume is for local runs; a SageMaker job resumes from its "
-                    "S3 checkpoints by itself when restarted"
-                )
             _launch_sagemaker(
                 spec,
                 data=data,
@@ -290,6 +341,8 @@ def launch_command(
                 image=image_uri,
                 hf_token_env=hf_token_env,
                 wait=wait,
+                resume_job=resume_run,
+                notes=notes,
             )
     except RunnerError as exc:
         raise _user_error(exc) from None
@@ -303,9 +356,11 @@ def _launch_local(
     runs_dir: str | None,
     wait: bool,
     resume_run: str | None,
+    notes: list[str],
 ) -> None:
     runner = LocalRunner(runs_dir=runs_dir or DEFAULT_RUNS_DIR, echo=sys.stdout)
     result = runner.launch(spec, data=data, dry_run=dry_run, resume_run_id=resume_run)
+    _say(notes)
     if dry_run:
         return
     click.echo(
@@ -314,6 +369,11 @@ def _launch_local(
     )
     if wait:
         _finish(runner.wait(result.run_id))
+
+
+def _say(notes: list[str]) -> None:
+    for note in notes:
+        click.echo(note, err=True)
 
 
 def _finish(status: RunStatus) -> None:
@@ -332,11 +392,13 @@ def _launch_skypilot(
     bucket: str | None,
     region: str | None,
     hf_token_env: str | None,
+    notes: list[str],
 ) -> None:
     runner = SkyPilotRunner(
         output_uri=bucket, region=region, hf_token_env=hf_token_env, echo=sys.stdout
     )
     result = runner.launch(spec, data=data, dry_run=dry_run)
+    _say(notes)
     if not dry_run:
         click.echo(f"status: ftplan status {result.run_id} --target skypilot")
 
@@ -352,6 +414,8 @@ def _launch_sagemaker(
     image: str | None,
     hf_token_env: str | None,
     wait: bool,
+    resume_job: str | None,
+    notes: list[str],
 ) -> None:
     if prefix is not None and not prefix.startswith("s3://"):
         raise RunnerError(f"--output-dir {prefix!r} must be an s3:// prefix for SageMaker")
@@ -363,7 +427,8 @@ def _launch_sagemaker(
         echo=sys.stdout,
         hf_token_env=hf_token_env,
     )
-    result = runner.launch(spec, data=data, dry_run=dry_run)
+    result = runner.launch(spec, data=data, dry_run=dry_run, resume_job=resume_job)
+    _say(notes)
     warning = sagemaker_price_warning(spec)
     if warning:
         click.echo(f"warning: {warning}", err=True)
