@@ -50,9 +50,12 @@ from profiler.recipes import (
     setup_qlora,
     train_step,
 )
+from profiler.sharding import PCIE_EFFICIENCY, host_link_gbps
 from profiler.store import ProfileStore, default_store
 
 __all__ = [
+    "PCIE_EFFICIENCY",
+    "host_link_gbps",
     "CUDA_CONTEXT_GIB",
     "Calibration",
     "FitCheck",

@@ -5,6 +5,7 @@ Never imports torch: the estimator is pure Python and optuna is imported inside 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import sys
@@ -144,13 +145,17 @@ def _offers(providers: list[Any] | None, gpus: list[Any], o: dict[str, Any]) -> 
             raise ValueError(
                 "--provider local needs exactly one --gpu NAME (your card) and --gpu-count N"
             )
-        offers.append(
-            catalog.local_offer(
-                gpu=gpus[0], gpu_count=o["gpu_count"] or 1, usd_per_hour=o["usd_per_hour"] or 0.0
-            )
+        local = catalog.local_offer(
+            gpu=gpus[0], gpu_count=o["gpu_count"] or 1, usd_per_hour=o["usd_per_hour"] or 0.0
         )
-    elif o["usd_per_hour"] is not None:
-        raise ValueError("--usd-per-hour prices your own machine: use it with --provider local")
+        if o.get("host_ram_gib") is not None:
+            local = dataclasses.replace(local, memory_gib=o["host_ram_gib"])
+        offers.append(local)
+    elif o["usd_per_hour"] is not None or o.get("host_ram_gib") is not None:
+        raise ValueError(
+            "--usd-per-hour and --host-ram-gib describe your own machine: use them with "
+            "--provider local"
+        )
     return tuple(offers)
 
 
@@ -180,7 +185,12 @@ def _version() -> str:
 
 def _inputs_hash(o: dict[str, Any]) -> str:
     # --method joined the flags later: leaving it out when unset keeps earlier slugs stable.
-    keys = sorted(k for k in o if k not in ("out", "format", "quiet") and (k != "method" or o[k]))
+    keys = sorted(
+        k
+        for k in o
+        if k not in ("out", "format", "quiet")
+        and (k not in ("method", "host_ram_gib") or o[k] is not None and o[k] != "")
+    )
     return hashlib.sha256(repr([(k, o[k]) for k in keys]).encode()).hexdigest()[:8]
 
 
@@ -233,6 +243,11 @@ def _slug(model: str, budget: float, digest: str) -> str:
     "--usd-per-hour",
     type=click.FloatRange(min=0),
     help="What an hour of your own machine costs (with --provider local).",
+)
+@click.option(
+    "--host-ram-gib",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Your own machine's RAM (with --provider local): offload plans are checked against it.",
 )
 @click.option("--max-hours", type=click.FloatRange(min=0, min_open=True), help="Deadline, h.")
 @click.option("--spot/--no-spot", default=False, help="Consider spot offers (default: no).")

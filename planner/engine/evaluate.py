@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from catalog import GPU, Offer
+from catalog import GPU, Offer, Provider
 from planner._types import Budget, Candidate
 from planner.engine.cost import (
     checkpoint_gib,
@@ -32,6 +32,7 @@ from profiler import (
     Status,
     TuningConfig,
     measurement_fit,
+    sharding_problem,
 )
 
 EstimateFn = Callable[..., Measurement]
@@ -75,6 +76,19 @@ def default_fits(measurement: Measurement, gpu: GPU) -> FitVerdict:
     return measurement_fit(measurement, gpu).verdict
 
 
+def host_ram_fits(measurement: Measurement, offer: Offer) -> bool:
+    """Whether the offer's host memory (``memory_gib`` per instance) holds what an offload plan
+    puts there (``host_ram_gib`` per node). Plans without offload pass; a cloud offer whose
+    memory the catalog does not know cannot be checked and is refused; your own machine's
+    (``--host-ram-gib``) is trusted when not given, and the plan says so."""
+    if not measurement.config.sharding.offloads:
+        return True
+    if offer.memory_gib is None:
+        return offer.provider is Provider.LOCAL
+    needed = measurement.host_ram_gib
+    return needed is None or needed <= offer.memory_gib
+
+
 class Evaluator:
     """Prices configs on hardware, caching every estimator call and quality assessment."""
 
@@ -92,6 +106,7 @@ class Evaluator:
         self._fits = fits
         self._measurements: dict[tuple[Any, ...], Measurement] = {}
         self._risks: dict[tuple[Any, ...], Any] = {}
+        self._fitting_cells: set[tuple[str, str]] = set()
         self.estimator_calls = 0
 
     def variants(self) -> tuple[Variant, ...]:
@@ -100,11 +115,16 @@ class Evaluator:
         out: list[Variant] = []
         for method in space.methods:
             if method is Method.FULL:
-                out += [Variant(method=method, precision=p) for p in space.full_precisions]
+                out += [
+                    Variant(method=method, precision=p, offload=o)
+                    for p in space.full_precisions
+                    for o in space.offload
+                ]
             else:
                 out += [
-                    Variant(method=method, precision=Precision.BF16_MIXED, targets=t)
+                    Variant(method=method, precision=Precision.BF16_MIXED, targets=t, offload=o)
                     for t in space.lora_targets
+                    for o in space.offload
                 ]
         return tuple(out)
 
@@ -129,15 +149,75 @@ class Evaluator:
                     )
         return tuple(cells)
 
+    def shardings_for(
+        self, variant: Variant, hw: Hardware, optimizer: OptimizerKind
+    ) -> tuple[Sharding, ...]:
+        """Strategies to try in a cell, fastest first; the search moves to the next only when
+        nothing fits with the previous one (sharding only ever costs speed).
+
+        One GPU: none. Several: DDP (LoRA/QLoRA), then FSDP full-shard. Offload variants (their
+        own cells, searched only where the cell without offload fits nothing): ZeRO-3's for full
+        FT (DeepSpeedCPUAdam), FSDP's for LoRA/QLoRA (DeepSpeed cannot offload 4-bit weights).
+        Combinations the recipes cannot run (:func:`profiler.sharding_problem`) are left out.
+        """
+        full = variant.method is Method.FULL
+        order: tuple[Sharding, ...]
+        if variant.offload:
+            order = (Sharding.ZERO3_OFFLOAD if full else Sharding.FSDP_OFFLOAD,)
+        elif hw.gpu_count == 1:
+            order = (Sharding.NONE,)
+        elif full:
+            order = (Sharding.FSDP,)
+        else:
+            order = (Sharding.DDP, Sharding.FSDP)
+        return tuple(
+            s
+            for s in order
+            if sharding_problem(
+                s,
+                method=variant.method,
+                gpu_count=hw.gpu_count,
+                optimizer=optimizer,
+                num_experts=self.problem.spec.num_experts,
+            )
+            is None
+        )
+
+    @property
+    def fitting_cell_count(self) -> int:
+        """How many solved cells found a fitting plan (grows as the search goes)."""
+        return len(self._fitting_cells)
+
+    @property
+    def fitting_cells(self) -> set[tuple[str, str]]:
+        """(variant key, hardware key) of the solved cells that found a fitting plan."""
+        return self._fitting_cells
+
+    def redundant(self, variant: Variant, hw: Hardware) -> bool:
+        """An offload cell whose twin without offload already found a fitting plan: offload
+        would only add PCIe and CPU time to it."""
+        if not variant.offload:
+            return False
+        return (variant.key.removesuffix("~offload"), hw.key) in self._fitting_cells
+
     def can_hold_weights(self, variant: Variant, hw: Hardware) -> bool:
-        """False when the per-GPU memory is below the weights alone (an obvious OOM)."""
+        """False when the per-GPU memory is below the weights alone (an obvious OOM) under the
+        most memory-saving strategy the cell allows; offload moves them to host memory."""
         spec = self.problem.spec
+        shardings = self.shardings_for(variant, hw, OptimizerKind.ADAMW)
+        if not shardings:
+            return False
+        if variant.offload:
+            # The weights move to host memory; offers whose RAM is unknown cannot be checked.
+            # (Short RAM is priced and refused per offer, so the verdict can say why.)
+            return any(o.memory_gib is not None or o.provider is Provider.LOCAL for o in hw.offers)
         if variant.method is Method.FULL:
             per_param = 2.0 if variant.precision is Precision.BF16 else 4.0
-            # FSDP full-shard splits weights, gradients and states over all GPUs.
-            weights = spec.param_count * per_param / hw.gpu_count
         else:
-            weights = spec.param_count * _WEIGHT_BYTES[variant.method]
+            per_param = _WEIGHT_BYTES[variant.method]
+        weights = spec.param_count * per_param
+        if any(s.shards_state for s in shardings):
+            weights /= hw.gpu_count
         return weights / _GIB < hw.gpu.usable_memory_gib
 
     def worth_searching(self, variant: Variant, hw: Hardware) -> bool:
@@ -187,15 +267,15 @@ class Evaluator:
         optimizer: OptimizerKind,
         micro_batch: int,
         ckpt: bool,
+        sharding: Sharding | None = None,
     ) -> TuningConfig:
-        """The TuningConfig of one point; fp16-mixed replaces bf16 on GPUs without bf16."""
+        """The TuningConfig of one point; fp16-mixed replaces bf16 on GPUs without bf16.
+        ``sharding`` defaults to the cell's first strategy (:meth:`shardings_for`)."""
         precision = variant.precision
         if not hw.gpu.bf16_supported:
             precision = Precision.FP16_MIXED
-        if hw.gpu_count == 1:
-            sharding = Sharding.NONE
-        else:
-            sharding = Sharding.FSDP if variant.method is Method.FULL else Sharding.DDP
+        if sharding is None:
+            sharding = self.shardings_for(variant, hw, optimizer)[0]
         return TuningConfig(
             method=variant.method,
             precision=precision,
@@ -261,6 +341,8 @@ class Evaluator:
         for offer in hw.offers:
             measurement = self.measure(config, hw, offer.inter_node_gbps)
             fit = self.fit(measurement, hw.gpu)
+            if not host_ram_fits(measurement, offer):
+                fit = FitVerdict.NO
             if measurement.status is not Status.OK or not measurement.tokens_per_s:
                 continue
             cost = estimate_cost(
@@ -336,6 +418,8 @@ class Evaluator:
         """
         if not self.can_hold_weights(variant, hw):
             return []
+        if self.redundant(variant, hw):
+            return []  # the faster strategy fits: offload only costs time
         space = self.problem.space
         ranks: tuple[int | None, ...] = (None,)
         if variant.method is not Method.FULL:
@@ -345,11 +429,25 @@ class Evaluator:
         batches = sorted(space.micro_batches)
         for rank in ranks:
             for optimizer in self.optimizers_for(variant):
-                start = 0
-                for ckpt in sorted(space.grad_checkpointing):
-                    start = self._walk_batches(
-                        variant, hw, rank, optimizer, ckpt, batches[start:], out, start
-                    )
+                for sharding in self.shardings_for(variant, hw, optimizer):
+                    found = len(out)
+                    start = 0
+                    for ckpt in sorted(space.grad_checkpointing):
+                        start = self._walk_batches(
+                            variant,
+                            hw,
+                            rank,
+                            optimizer,
+                            ckpt,
+                            batches[start:],
+                            out,
+                            start,
+                            sharding=sharding,
+                        )
+                    if any(c.fits for c in out[found:]):
+                        break
+        if any(c.fits for c in out):
+            self._fitting_cells.add((variant.key, hw.key))
         return out
 
     def optimizers_for(self, variant: Variant) -> tuple[OptimizerKind, ...]:
@@ -374,11 +472,19 @@ class Evaluator:
         batches: list[int],
         out: list[Candidate],
         offset: int,
+        *,
+        sharding: Sharding | None = None,
     ) -> int:
         """Price micro-batches upward until one does not fit; return the index to resume at."""
         for i, batch in enumerate(batches):
             config = self.config(
-                variant, hw, rank=rank, optimizer=optimizer, micro_batch=batch, ckpt=ckpt
+                variant,
+                hw,
+                rank=rank,
+                optimizer=optimizer,
+                micro_batch=batch,
+                ckpt=ckpt,
+                sharding=sharding,
             )
             priced = self.price(config, hw)
             if not priced or not priced[0].fits:
@@ -396,21 +502,19 @@ class Evaluator:
         out: list[Candidate] = []
         for rank in ranks:
             for optimizer in self.optimizers_for(variant):
-                for ckpt in space.grad_checkpointing:
-                    for batch in space.micro_batches:
-                        out.extend(
-                            self.price(
-                                self.config(
-                                    variant,
-                                    hw,
-                                    rank=rank,
-                                    optimizer=optimizer,
-                                    micro_batch=batch,
-                                    ckpt=ckpt,
-                                ),
+                for sharding in self.shardings_for(variant, hw, optimizer):
+                    for ckpt in space.grad_checkpointing:
+                        for batch in space.micro_batches:
+                            config = self.config(
+                                variant,
                                 hw,
+                                rank=rank,
+                                optimizer=optimizer,
+                                micro_batch=batch,
+                                ckpt=ckpt,
+                                sharding=sharding,
                             )
-                        )
+                            out.extend(self.price(config, hw))
         return out
 
 
@@ -452,6 +556,7 @@ __all__ = [
     "LookupFn",
     "constraints",
     "default_fits",
+    "host_ram_fits",
     "sort_key",
     "with_nodes_label",
 ]

@@ -34,6 +34,7 @@ from planner.engine.evaluate import (
     FitsFn,
     LookupFn,
     default_fits,
+    host_ram_fits,
     with_nodes_label,
 )
 from planner.engine.frontier import budget_frontier, stronger_options
@@ -335,8 +336,18 @@ def describe(c: Candidate) -> str:
         f"{c.config.label()} on {with_nodes_label(c)} ({c.offer.provider.value} "
         f"{c.offer.instance_type}, {kind}): ${c.cost.usd:,.2f}, {c.cost.hours:,.1f} h, "
         f"{peak:.1f}/{c.usable_memory_gib:.1f} GiB per GPU ({c.measurement.source.value}"
-        f"{', TIGHT' if c.fit is FitVerdict.TIGHT else ''})"
+        f"{', TIGHT' if c.fit is FitVerdict.TIGHT else ''}){host_ram_text(c)}"
     )
+
+
+def host_ram_text(c: Candidate) -> str:
+    """``, host RAM 45/64 GiB per node`` for plans that offload to CPU memory, else ``""``."""
+    needed = c.measurement.host_ram_gib
+    if not c.config.sharding.offloads or needed is None:
+        return ""
+    have = c.offer.memory_gib
+    available = "unknown (give --host-ram-gib)" if have is None else f"{have:.0f}"
+    return f", host RAM {needed:.0f}/{available} GiB per node"
 
 
 def _peak(c: Candidate) -> float:
@@ -411,6 +422,18 @@ def _memory_reason(
     name: str, method: Method, mine: list[Candidate], request: RecommendRequest
 ) -> str:
     largest = max((g.usable_memory_gib for g in request.gpus.values()), default=0.0)
+    short_ram = [
+        c
+        for c in mine
+        if not host_ram_fits(c.measurement, c.offer) and _peak(c) <= c.usable_memory_gib
+    ]
+    if short_ram:
+        c = min(short_ram, key=lambda x: x.measurement.host_ram_gib or math.inf)
+        return (
+            f"{name} fits the GPUs only with CPU offload ({c.config.sharding.value}), which "
+            f"needs {c.measurement.host_ram_gib or 0:.0f} GiB of host RAM per node; "
+            f"{c.offer.instance_type} has {c.offer.memory_gib or 0:.0f} GiB."
+        )
     if mine:
         smallest = min(mine, key=_peak)
         return (
@@ -505,8 +528,10 @@ def _assumptions(request: RecommendRequest) -> tuple[str, ...]:
         f"{'/'.join(r.value for r in ACCEPTED_LEVELS[budget.quality])} risk; LoRA capacity "
         f"~{LORA_BITS_PER_PARAM:g} bits per trainable parameter vs "
         f"{BITS_PER_TOKEN[budget.task]:g} bit per training token",
-        "multi-GPU: DDP for LoRA/QLoRA, FSDP full-shard for full FT; several nodes only on "
-        "offers that support them",
+        "multi-GPU and offload: the fastest strategy that fits (one GPU: none, then CPU "
+        "offload; several: DDP for LoRA/QLoRA, then FSDP full-shard, then CPU offload: "
+        "fsdp-offload for LoRA/QLoRA, zero3-offload for full FT); offload plans need the "
+        "offer's host RAM; several nodes only on offers that support them",
     ]
     if request.spot_allowed:
         out.append(

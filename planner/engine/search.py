@@ -205,7 +205,13 @@ def search(
             trial.set_constraint(key, value)
         return values
 
-    pending = list(todo) if exact else []
+    twin_of = {
+        n: (v.key.removesuffix("~offload"), h.key) for n, (v, h) in cells.items() if v.offload
+    }
+    # Offload cells whose twin without offload fits are never needed (re-checked only when a
+    # cell newly fits).
+    seen_fitting = [evaluator.fitting_cell_count]
+    pending = [n for n in todo if twin_of.get(n) not in evaluator.fitting_cells] if exact else []
 
     def bounded() -> bool:
         return exact and all(
@@ -223,6 +229,10 @@ def search(
             return
         if pending:
             pending.pop(0)
+        if evaluator.fitting_cell_count != seen_fitting[0]:
+            seen_fitting[0] = evaluator.fitting_cell_count
+            fitting = evaluator.fitting_cells
+            pending[:] = [n for n in pending if twin_of.get(n) not in fitting]
         if not pending or bounded():
             study.stop()
         else:

@@ -25,6 +25,7 @@ class SearchSpace:
     micro_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     grad_checkpointing: tuple[bool, ...] = (False, True)
     node_counts: tuple[int, ...] = (1, 2, 4, 8)
+    offload: tuple[bool, ...] = (False, True)
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -67,15 +68,20 @@ class SearchProblem:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Variant:
-    """The method-level structural choice: method plus targets (LoRA) or precision (full)."""
+    """The method-level structural choice: method plus targets (LoRA) or precision (full), and
+    whether parameters and optimizer states are offloaded to CPU memory."""
 
     method: Method
     precision: Precision
     targets: str | None = None
+    offload: bool = False  # CPU offload (fsdp-offload / zero3-offload): its own cells
 
     @property
     def key(self) -> str:
-        return f"{self.method.value}/{self.targets or self.precision.value}"
+        base = f"{self.method.value}/{self.targets or self.precision.value}"
+        # "~" sorts after "@": a cell without offload comes before its offload twin, which
+        # shares its lower bound, so the twin is known to fit (or not) first.
+        return base + "~offload" if self.offload else base
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

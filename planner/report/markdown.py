@@ -108,6 +108,17 @@ def _recommendation(plan: Plan) -> list[str]:
             f"{md_escape(gpu_label(cand))} on {cand.nodes} node(s), sharding {cfg.sharding.value}",
         ],
         [
+            "Host RAM per node",
+            "n/a"
+            if cand.measurement.host_ram_gib is None
+            else f"{cand.measurement.host_ram_gib:.1f} GiB needed, "
+            + (
+                "available unknown"
+                if cand.offer.memory_gib is None
+                else f"{cand.offer.memory_gib:.0f} GiB available"
+            ),
+        ],
+        [
             "Offer",
             f"{md_escape(offer_label(cand.offer))} at {fmt_usd_per_hour(cost.usd_per_hour)}/h",
         ],
