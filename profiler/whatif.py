@@ -26,12 +26,15 @@ EstimateFn = Callable[[TuningConfig], "Measurement"]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LargestFit:
     """The largest value of a knob that fits, with its fit check; ``value`` None when even the
-    smallest does not fit. ``limit`` is the cap the search stopped at, when it was reached."""
+    smallest does not fit. ``value_within_margin`` is the largest whose verdict is ``fits``
+    (its peak plus error margin fits too; None when every fitting value is ``tight``).
+    ``limit`` is the cap the search stopped at, when it was reached."""
 
     knob: str
     value: int | None
     check: FitCheck
     limit: int | None = None
+    value_within_margin: int | None = None
 
 
 def largest_true(predicate: Callable[[int], bool], *, low: int, high: int) -> int | None:
@@ -61,24 +64,45 @@ def _check(estimate: EstimateFn, config: TuningConfig, gpu: GPU) -> FitCheck:
     return measurement_fit(estimate(config), gpu)
 
 
+def _largest(
+    estimate: EstimateFn,
+    with_value: Callable[[int], TuningConfig],
+    gpu: GPU,
+    *,
+    knob: str,
+    high: int,
+) -> LargestFit:
+    """Largest value in [1, high] of a knob (``with_value(n)`` is the config at ``n``) whose fit
+    is not ``no``, and the largest whose fit is ``fits`` (within the figure's error margin)."""
+    checks: dict[int, FitCheck] = {}
+
+    def check(value: int) -> FitCheck:
+        if value not in checks:
+            checks[value] = _check(estimate, with_value(value), gpu)
+        return checks[value]
+
+    best = largest_true(lambda v: check(v).verdict is not FitVerdict.NO, low=1, high=high)
+    safe = None
+    if best is not None:
+        safe = largest_true(lambda v: check(v).verdict is FitVerdict.FITS, low=1, high=best)
+    return LargestFit(
+        knob=knob,
+        value=best,
+        check=check(1 if best is None else best),
+        limit=high if best == high else None,
+        value_within_margin=safe,
+    )
+
+
 def max_micro_batch(
     estimate: EstimateFn, config: TuningConfig, gpu: GPU, *, limit: int = 4096
 ) -> LargestFit:
     """Largest micro-batch per GPU (at ``config``'s sequence length) whose fit is not ``no``."""
-    checks: dict[int, FitCheck] = {}
 
-    def fits(batch: int) -> bool:
-        checks[batch] = _check(estimate, dataclasses.replace(config, micro_batch_size=batch), gpu)
-        return checks[batch].verdict is not FitVerdict.NO
+    def with_batch(batch: int) -> TuningConfig:
+        return dataclasses.replace(config, micro_batch_size=batch)
 
-    best = largest_true(fits, low=1, high=limit)
-    key = 1 if best is None else best
-    return LargestFit(
-        knob="micro_batch",
-        value=best,
-        check=checks[key],
-        limit=limit if best == limit else None,
-    )
+    return _largest(estimate, with_batch, gpu, knob="micro_batch_size", high=limit)
 
 
 def max_seq_len(
@@ -86,17 +110,8 @@ def max_seq_len(
 ) -> LargestFit:
     """Largest sequence length (at ``config``'s micro-batch, up to the model's context length)
     whose fit is not ``no``."""
-    checks: dict[int, FitCheck] = {}
 
-    def fits(seq: int) -> bool:
-        checks[seq] = _check(estimate, dataclasses.replace(config, seq_len=seq), gpu)
-        return checks[seq].verdict is not FitVerdict.NO
+    def with_seq(seq: int) -> TuningConfig:
+        return dataclasses.replace(config, seq_len=seq)
 
-    best = largest_true(fits, low=1, high=spec.max_seq_len)
-    key = 1 if best is None else best
-    return LargestFit(
-        knob="seq_len",
-        value=best,
-        check=checks[key],
-        limit=spec.max_seq_len if best == spec.max_seq_len else None,
-    )
+    return _largest(estimate, with_seq, gpu, knob="seq_len", high=spec.max_seq_len)

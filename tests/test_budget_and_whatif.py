@@ -26,6 +26,7 @@ from profiler import (
     calibration_for,
     check_fit,
     estimate,
+    measurement_fit,
 )
 from profiler.whatif import largest_true, max_micro_batch, max_seq_len
 
@@ -151,6 +152,11 @@ def test_max_batch_is_the_last_batch_that_fits() -> None:
     for batch, fits in ((found.value, True), (found.value + 1, False)):
         peak = run(dataclasses.replace(config, micro_batch_size=batch)).peak_reserved_gib
         assert peak is not None and check_fit(peak, gpu).fits is fits
+    safe = found.value_within_margin
+    assert safe is not None and safe <= found.value
+    for batch, verdict_ok in ((safe, True), (safe + 1, False)):
+        m = run(dataclasses.replace(config, micro_batch_size=batch))
+        assert (measurement_fit(m, gpu).verdict is FitVerdict.FITS) is verdict_ok
     longest = max_seq_len(run, config, gpu, spec=spec)
     assert longest.value is not None and longest.value > 2048
 
@@ -162,6 +168,8 @@ def test_estimate_max_batch_json() -> None:
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["max_micro_batch"] >= 1 and out["fit"] in ("fits", "tight")
+    safe = out["max_micro_batch_within_margin"]
+    assert safe is None or safe <= out["max_micro_batch"]
 
 
 def test_estimate_max_batch_when_nothing_fits_exits_1_with_the_nearest_change() -> None:

@@ -362,6 +362,7 @@ def _what_if(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, knob: str, fmt:
         "config": to_jsonable(config),
         "source": "estimated",
         key: found.value,
+        f"{key}_within_margin": found.value_within_margin,
         "fit": found.check.verdict.value,
         "fits": found.check.fits,
         "peak_reserved_gib": found.check.peak_reserved_gib,
@@ -374,6 +375,12 @@ def _what_if(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, knob: str, fmt:
         return
     cap = f" (the search stops at {found.limit})" if found.limit else ""
     click.echo(f"largest {label} that fits {gpu.name}: {found.value}{cap}")
+    safe = found.value_within_margin
+    click.echo(
+        f"  largest within the error margin ('fits', not 'tight'): {safe}"
+        if safe is not None
+        else "  every size that fits is 'tight' (only without the error margin)"
+    )
     click.echo(f"  {found.check.describe()}")
 
 
