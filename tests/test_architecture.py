@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -176,3 +178,58 @@ def test_every_module_imports_alone() -> None:
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         failures = [f for f in pool.map(_import_alone, modules) if f]
     assert failures == []
+
+
+# --- declared dependencies match the imports ----------------------------------------------
+
+# Import name -> distribution name, where they differ.
+_DISTRIBUTIONS = {"sky": "skypilot", "yaml": "pyyaml", "botocore": "boto3"}
+_TORCH_STACK = {"torch", "transformers", "peft", "bitsandbytes", "accelerate", "deepspeed"}
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
+
+
+def _declared() -> tuple[set[str], dict[str, set[str]]]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    core = {_requirement_name(r) for r in project["dependencies"]}
+    extras = {
+        name: {_requirement_name(r) for r in reqs}
+        for name, reqs in project["optional-dependencies"].items()
+    }
+    return core, extras
+
+
+def _third_party_imports() -> dict[str, set[str]]:
+    """Distribution -> first-party modules importing it (anywhere, functions included)."""
+    modules = first_party_modules(ROOT)
+    out: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if top in sys.stdlib_module_names or top in LAYERS or top == "__future__":
+                    continue
+                out.setdefault(_DISTRIBUTIONS.get(top, top), set()).add(name)
+    return out
+
+
+def test_the_core_dependencies_hold_no_torch_stack() -> None:
+    core, extras = _declared()
+    assert not core & _TORCH_STACK
+    assert {"torch", "transformers", "peft", "bitsandbytes", "accelerate"} <= extras["train"]
+    assert "ftplan" in extras["dev"]  # dev pulls in the training stack for the tests
+
+
+def test_every_import_is_declared_and_every_core_dependency_is_imported() -> None:
+    core, extras = _declared()
+    declared = core.union(*extras.values())
+    imported = _third_party_imports()
+    assert {d: sorted(m) for d, m in imported.items() if d not in declared} == {}
+    assert sorted(core - set(imported)) == []

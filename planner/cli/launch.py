@@ -17,7 +17,7 @@ import click
 
 from catalog import ModelSpec, get_model, model_from_hf_config
 from planner._types import Candidate, Plan
-from planner.cli.errors import UserInputError
+from planner.cli.errors import UserInputError, require_extra
 from profiler import Method
 from runners import (
     LaunchSpec,
@@ -358,6 +358,8 @@ def _launch_local(
     resume_run: str | None,
     notes: list[str],
 ) -> None:
+    if not dry_run:
+        require_extra("train", "ftplan launch --target local")
     runner = LocalRunner(runs_dir=runs_dir or DEFAULT_RUNS_DIR, echo=sys.stdout)
     result = runner.launch(spec, data=data, dry_run=dry_run, resume_run_id=resume_run)
     _say(notes)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from catalog import ModelSpec, get_gpu, get_model, to_jsonable
+from planner.cli.errors import require_extra
 from profiler import Measurement, Method, OptimizerKind, Precision, TuningConfig
 from profiler._worker import PHASE_FORWARD_BACKWARD, PHASE_OPTIMIZER_STEP
 
@@ -309,6 +310,7 @@ def profile_command(
 
     from profiler.store import ProfileStore, default_store, user_profiles_path
 
+    require_extra("train", "ftplan profile")
     spec, note = get_model(model_name), ""
     cpu = device == "cpu"
     if cpu:
