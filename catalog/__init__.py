@@ -31,11 +31,12 @@ from catalog._sky_names import (
     sky_accelerator_for_gpu,
     sky_name_is_ambiguous,
 )
-from catalog._types import GPU, CatalogError, Interconnect, ModelSpec, Offer, Provider
+from catalog._types import GIB, GPU, CatalogError, Interconnect, ModelSpec, Offer, Provider
 from catalog.refresh import PriceChange, RefreshResult, refresh_aws
 from catalog.skypilot import SkyPilotRefreshResult, refresh_from_skypilot
 
 __all__ = [
+    "GIB",
     "GPU",
     "PRICE_AGE_WARNING_DAYS",
     "CatalogError",

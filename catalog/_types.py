@@ -6,6 +6,9 @@ import enum
 import math
 from dataclasses import dataclass
 
+GIB = 1024**3
+"""Bytes per GiB: every ``*_gib`` quantity in ftplan is in these units."""
+
 
 class CatalogError(ValueError):
     """A name the catalog does not know, or a catalog file that cannot be read.

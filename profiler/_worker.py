@@ -27,11 +27,10 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from catalog import ModelSpec, from_jsonable, to_jsonable
+from catalog import GIB, ModelSpec, from_jsonable, to_jsonable
 from profiler._types import Measurement, Provenance, Source, Status, TuningConfig
 from profiler.extrapolate import FIT_CUDA_EVENT_TIME_S, FIT_KERNEL_BUSY_S, FIT_NUM_LAYERS
 
-GIB = 1024**3
 PHASE_FORWARD_BACKWARD = "forward_backward"
 PHASE_OPTIMIZER_STEP = "optimizer_step"
 FIT_STEP_TIME_MEAN_S = "step_time_mean_s"

@@ -18,7 +18,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from catalog import Interconnect
+from catalog import GIB, Interconnect
 from profiler._types import (
     ATTENTION_MODULES,
     Measurement,
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
     from catalog import GPU, ModelSpec
     from profiler.calibration import Calibration
 
-GIB = 1024**3
 
 # NF4 with double quantization: 4 bits per weight + one 8-bit absmax per 64-weight block + one
 # fp32 second-level absmax per 256 blocks (Dettmers et al. 2023, QLoRA, section 3):
@@ -242,6 +241,42 @@ def trainable_params(spec: ModelSpec, config: TuningConfig) -> int:
     if config.method is Method.FULL:
         return spec.param_count
     return _adapter_params(spec, config)
+
+
+def weight_bytes(spec: ModelSpec, config: TuningConfig) -> float:
+    """Bytes of the weights as the recipe holds them, before sharding: fp32 for full bf16-mixed,
+    bf16 for pure bf16 and LoRA's frozen base, NF4 linears with fp32 other parameters for QLoRA
+    (``prepare_model_for_kbit_training``), plus the adapters."""
+    trainable = spec.param_count if config.method is Method.FULL else _adapter_params(spec, config)
+    return _state_bytes(spec, config, trainable).weights
+
+
+def download_bytes(spec: ModelSpec) -> float:
+    """Bytes of the published 16-bit checkpoint a run downloads (2 per parameter)."""
+    return spec.param_count * 2.0
+
+
+def checkpoint_bytes(spec: ModelSpec, config: TuningConfig) -> float:
+    """Bytes of a resumable checkpoint: the trainable weights and the optimizer states.
+
+    Per trainable parameter: full bf16-mixed saves fp32 weights (4) and two fp32 AdamW moments
+    (8); pure bf16 saves 2 + 4; LoRA adapters are saved with fp32 AdamW moments (4 + 8). 8-bit
+    AdamW keeps 2 bytes of moments instead (bitsandbytes, Dettmers et al. 2022).
+    """
+    if config.method is Method.FULL and config.precision is Precision.BF16:
+        weights, states = 2.0, 4.0
+    else:
+        weights, states = 4.0, 8.0
+    if config.optimizer is not OptimizerKind.ADAMW:
+        states = 2.0
+    return trainable_params(spec, config) * (weights + states)
+
+
+def min_flops_per_token(spec: ModelSpec, method: Method) -> float:
+    """Training FLOPs per token that no config of ``method`` goes below: 6 × the decoder-linear
+    weights a token passes through for full FT, 4 × for LoRA/QLoRA (forward and input gradients;
+    adapters, attention scores, the head and recomputation only add; see :func:`_step_flops`)."""
+    return (6.0 if method is Method.FULL else 4.0) * _spec_terms(spec).active_linear_params
 
 
 def _shard_divisor(config: TuningConfig) -> int:

@@ -31,9 +31,14 @@ from profiler._types import (
 if TYPE_CHECKING:
     from catalog import ModelSpec
 
-DEFAULT_FULL_LEARNING_RATE = 1e-5
-# LoRA wants ~10x the full-FT learning rate (Schulman et al., "LoRA Without Regret", 2025).
-DEFAULT_LORA_LEARNING_RATE = 2e-4
+# Starting AdamW learning rates, the one table the recipes, the planner's suggestions and launches
+# use: 2e-5 for full fine-tuning (7B-class SFT, e.g. Llama 2's SFT, Touvron et al. 2023), and
+# ~10x that for LoRA and QLoRA (Schulman et al., "LoRA Without Regret", 2025).
+DEFAULT_LEARNING_RATE: dict[Method, float] = {
+    Method.FULL: 2e-5,
+    Method.LORA: 2e-4,
+    Method.QLORA: 2e-4,
+}
 
 # Architectures whose decoder layers fuse some Llama-named linears into one module.
 # phi3: q/k/v live in ``qkv_proj`` and gate/up in ``gate_up_proj`` (transformers modeling_phi3).
@@ -457,7 +462,7 @@ def setup_full(
     device: str,
     num_layers: int | None = None,
     checkpoint: str | None = None,
-    learning_rate: float = DEFAULT_FULL_LEARNING_RATE,
+    learning_rate: float = DEFAULT_LEARNING_RATE[Method.FULL],
 ) -> PreparedModel:
     """Full fine-tuning: every parameter trains.
 
@@ -537,7 +542,7 @@ def setup_lora(
     device: str,
     num_layers: int | None = None,
     checkpoint: str | None = None,
-    learning_rate: float = DEFAULT_LORA_LEARNING_RATE,
+    learning_rate: float = DEFAULT_LEARNING_RATE[Method.LORA],
 ) -> PreparedModel:
     """LoRA: 16-bit frozen base, PEFT adapters (PEFT's default fp32 adapter dtype), autocast.
 
@@ -565,7 +570,7 @@ def setup_qlora(
     device: str,
     num_layers: int | None = None,
     checkpoint: str | None = None,
-    learning_rate: float = DEFAULT_LORA_LEARNING_RATE,
+    learning_rate: float = DEFAULT_LEARNING_RATE[Method.QLORA],
 ) -> PreparedModel:
     """QLoRA: NF4 + double-quant base, ``prepare_model_for_kbit_training``, then LoRA.
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from catalog import GIB
 from profiler._types import Method, Sharding
 
 if TYPE_CHECKING:
     from catalog import GPU
 
-GIB = 1024**3
 
 # Host memory each training process holds besides offloaded state: the Python interpreter, torch,
 # the CUDA runtime and its pinned staging buffers. Assumption (typical resident size of a

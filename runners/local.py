@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from catalog import atomic_write_text
+from catalog import GIB, atomic_write_text
 from profiler import Method
 from runners._types import (
     BYTE_TOKENIZER,
@@ -59,7 +59,6 @@ OUTPUT_DIR = "output"
 # memory; PyTorch's caching allocator typically reserves a few percent more than it allocates.
 # A coarse guard: the planner already sized the config against usable memory with headroom.
 CONTEXT_RESERVE_GIB = 1.0
-_GIB = 1024**3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,7 +101,7 @@ def probe_host_gpus() -> HostGPUs:
         devices=tuple(
             (
                 torch.cuda.get_device_name(i),
-                torch.cuda.get_device_properties(i).total_memory / _GIB,
+                torch.cuda.get_device_properties(i).total_memory / GIB,
             )
             for i in range(torch.cuda.device_count())
         )

@@ -21,8 +21,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from catalog import Provider
+from catalog import GIB, Provider
 from profiler import Method
+from profiler.estimator import checkpoint_bytes, download_bytes
 from runners._types import (
     LaunchResult,
     LaunchSpec,
@@ -101,7 +102,6 @@ MAX_RUNTIME_S = 28 * 24 * 3600  # SageMaker's limit on a training job's runtime:
 HF_TOKEN_KEY = "HF_TOKEN"
 MASK = "********"
 MODEL_CHANNEL = "model"  # --weights s3://... arrives as /opt/ml/input/data/model
-_GIB = 1024**3
 
 _STATES = {
     "InProgress": RunState.RUNNING,
@@ -197,12 +197,11 @@ def stopping_condition(spec: LaunchSpec) -> dict[str, int]:
 
 
 def volume_size_gib(spec: LaunchSpec) -> int:
-    """EBS volume per instance: the 16-bit weights twice (download + cache), kept checkpoints
-    (full FT: fp32 weights + 2 AdamW states, 12 B/param, times 2), and 30 GiB for the image."""
-    weights = spec.model.param_count * 2 / _GIB
-    checkpoints = (
-        spec.model.param_count * 12 * 2 / _GIB if spec.config.method is Method.FULL else 1.0
-    )
+    """EBS volume per instance: the 16-bit weights twice (download + cache), two kept
+    checkpoints (:func:`profiler.estimator.checkpoint_bytes`, at least 1 GiB), and 30 GiB for
+    the image."""
+    weights = download_bytes(spec.model) / GIB
+    checkpoints = max(1.0, 2 * checkpoint_bytes(spec.model, spec.config) / GIB)
     return max(50, math.ceil(2 * weights + checkpoints + 30))
 
 

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from catalog import (
+    GIB,
     Offer,
     Provider,
     list_offers,
     sky_accelerator_for_gpu,
     sky_name_is_ambiguous,
 )
-from profiler import Method
+from profiler.estimator import checkpoint_bytes, download_bytes
 from runners._types import (
     LaunchResult,
     LaunchSpec,
@@ -56,7 +57,6 @@ RECORD_FILE = "skypilot.json"
 TASK_FILE = "task.yaml"
 HF_TOKEN_ENV = "HF_TOKEN"
 TORCHRUN_PORT = 29500  # torch.distributed's conventional rendezvous port
-_GIB = 1024**3
 _BUCKET_SCHEMES = ("s3://", "gs://", "r2://", "cos://", "oci://", "https://")
 _NO_REGION = ("", "unspecified")
 _NAME_PATTERN = re.compile(r"[^a-z0-9]+")
@@ -100,12 +100,10 @@ def task_name(spec: LaunchSpec, *, now: dt.datetime | None = None) -> str:
 
 def disk_size_gib(spec: LaunchSpec) -> int:
     """Boot disk per node: the 16-bit weights twice (download + cache), two kept checkpoints
-    (full FT: fp32 weights + 2 AdamW states, 12 B/param each), 100 GiB for the OS, CUDA and
+    (:func:`profiler.estimator.checkpoint_bytes`, at least 2 GiB), 100 GiB for the OS, CUDA and
     the Python environment."""
-    weights = spec.model.param_count * 2 / _GIB
-    checkpoints = (
-        spec.model.param_count * 12 * 2 / _GIB if spec.config.method is Method.FULL else 2
-    )
+    weights = download_bytes(spec.model) / GIB
+    checkpoints = max(2.0, 2 * checkpoint_bytes(spec.model, spec.config) / GIB)
     return max(256, math.ceil(2 * weights + checkpoints + 100))
 
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from catalog import atomic_write_text
+from catalog import GIB, atomic_write_text
 from runners._checkpoint import resume_from, save_checkpoint
 from runners._stop import CheckpointClock, StopRequest, TrainingStopped
 from runners._types import BYTE_TOKENIZER, LaunchSpec, launch_spec_from_json
@@ -48,7 +48,6 @@ SAGEMAKER_FAILURE_FILE = "/opt/ml/output/failure"
 # Steps left out of the throughput median: the first steps pay for allocator growth, kernel
 # selection and clock ramp-up (DESIGN.md, "Measuring on the GPU": warm-up, then the median).
 WARMUP_STEPS = 2
-_GIB = 1024**3
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -508,7 +507,7 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
                     "epoch": done / schedule.steps_per_epoch,
                 }
                 if device.startswith("cuda"):
-                    record["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / _GIB
+                    record["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
                 log(record)
             signum = stop.agreed(accelerator=accelerator, device=device)
             if signum is not None:
@@ -532,8 +531,8 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
     )
     peak_alloc = peak_res = None
     if device.startswith("cuda"):
-        peak_alloc = torch.cuda.max_memory_allocated() / _GIB
-        peak_res = torch.cuda.max_memory_reserved() / _GIB
+        peak_alloc = torch.cuda.max_memory_allocated() / GIB
+        peak_res = torch.cuda.max_memory_reserved() / GIB
     device_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     summary = build_summary(
         spec,

@@ -13,9 +13,9 @@ from planner.engine.cost import (
     StartupAssumptions,
     checkpoint_interval_s,
     estimate_cost,
-    trainable_param_count,
 )
 from profiler import Measurement, Method, Provenance, Source, Status, TuningConfig
+from profiler.estimator import trainable_params
 
 CONFIG = TuningConfig(method=Method.LORA, lora_rank=16, lora_targets="all-linear")
 BUDGET = Budget(
@@ -171,4 +171,4 @@ def test_lora_trainable_params_llama2_7b() -> None:
     spec = get_model("llama2-7b")
     # r16 all-linear: per layer 4 × 16 × (4096 + 4096) + 3 × 16 × (4096 + 11008) = 1 249 280,
     # × 32 layers = 39 976 960 (PEFT prints 39,976,960 trainable params for this config).
-    assert trainable_param_count(spec, CONFIG) == 39_976_960
+    assert trainable_params(spec, CONFIG) == 39_976_960

@@ -566,9 +566,8 @@ def test_moe_lora_adapts_the_fused_experts_through_target_parameters() -> None:
     """Mixtral's experts are fused (E, a, b) parameters; PEFT target_parameters gives each a
     lora_A of a × r·E and a lora_B of r·E × b (rank r per expert), as the recipe builds them."""
     from catalog import get_model
-    from planner.engine.cost import trainable_param_count
     from profiler import adapted_modules, expert_parameters
-    from profiler.estimator import lora_params
+    from profiler.estimator import lora_params, trainable_params
 
     mixtral = get_model("mixtral-8x7b")
     assert adapted_modules("all-linear", num_experts=8) == ATTENTION_MODULES + (
@@ -587,7 +586,7 @@ def test_moe_lora_adapts_the_fused_experts_through_target_parameters() -> None:
     assert 16 * 8 * (2 * i + h) + 16 * 8 * (h + i) == 6_553_600
     assert lora_params(mixtral, 16, "all-linear") == (attention + 6_553_600) * 32
     config = TuningConfig(method=Method.LORA, lora_rank=16, lora_targets="all-linear")
-    assert trainable_param_count(mixtral, config) == lora_params(mixtral, 16, "all-linear")
+    assert trainable_params(mixtral, config) == lora_params(mixtral, 16, "all-linear")
 
 
 def test_moe_qlora_quantizes_the_experts() -> None:

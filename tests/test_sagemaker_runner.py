@@ -189,8 +189,9 @@ def test_request_for_each_plan(name: str) -> None:
     )
     if spec.config.method is Method.FULL:
         assert env["FSDP_SHARDING_STRATEGY"] == "FULL_SHARD"
-        # Full FT keeps 2 checkpoints of fp32 weights + AdamW states (12 B/param × 2).
-        assert request["ResourceConfig"]["VolumeSizeInGB"] == 206
+        # Pure-bf16 full FT keeps 2 checkpoints of bf16 weights + bf16 AdamW states
+        # (6 B/param × 2 = 75.3 GiB), the 16-bit weights twice (25.1 GiB) and 30 GiB.
+        assert request["ResourceConfig"]["VolumeSizeInGB"] == 131
 
 
 @pytest.mark.parametrize("name", sorted(PLANS))

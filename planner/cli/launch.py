@@ -18,7 +18,7 @@ import click
 from catalog import ModelSpec, get_model, model_from_hf_config
 from planner._types import Candidate, Plan
 from planner.cli.errors import UserInputError, require_extra
-from profiler import Method
+from profiler.recipes import DEFAULT_LEARNING_RATE
 from runners import (
     LaunchSpec,
     LocalRunner,
@@ -34,9 +34,6 @@ from runners import (
 from runners._length import RunLength, dataset_tokens, difference_note, run_length
 from runners.local import DEFAULT_RUNS_DIR
 
-# Learning rates when the plan suggests none: LoRA wants ~10× the full-FT rate (Schulman et al.,
-# "LoRA Without Regret", 2025); the values match profiler.recipes' defaults.
-DEFAULT_LEARNING_RATE = {Method.FULL: 1e-5, Method.LORA: 2e-4, Method.QLORA: 2e-4}
 DEFAULT_CHECKPOINT_MINUTES = 30.0
 
 

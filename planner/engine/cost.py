@@ -11,12 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from catalog import ModelSpec, Offer, Provider
+from catalog import Offer, Provider
 from planner._types import Budget, CostEstimate
-from profiler import Measurement, Method, OptimizerKind, Precision, TuningConfig
-from profiler.estimator import trainable_params
-
-_GIB = 1024**3
+from profiler import Measurement
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,37 +87,6 @@ def provision_s(offer: Offer, startup: StartupAssumptions) -> float:
     if offer.provision_minutes is not None:
         return offer.provision_minutes * 60
     return FALLBACK_PROVISION_MINUTES * 60
-
-
-def weights_download_gib(spec: ModelSpec) -> float:
-    """Size of the bf16 checkpoint a run downloads, GiB (2 bytes per parameter)."""
-    return spec.param_count * 2 / _GIB
-
-
-def trainable_param_count(spec: ModelSpec, config: TuningConfig) -> int:
-    """Parameters the optimizer updates: all for full FT, the LoRA A and B matrices otherwise.
-
-    The estimator's count (:func:`profiler.estimator.trainable_params`), so cost, quality and
-    memory all see the same adapters (r × (in + out) per adapted linear, Hu et al. 2021).
-    """
-    return trainable_params(spec, config)
-
-
-def checkpoint_gib(spec: ModelSpec, config: TuningConfig) -> float:
-    """Size of a resumable checkpoint (trainable weights + optimizer states), GiB.
-
-    Bytes per trainable parameter: full bf16-mixed saves fp32 weights (4) and two fp32 AdamW
-    moments (8); pure bf16 saves 2 + 4; LoRA adapters are saved with fp32 AdamW moments (4 + 8).
-    8-bit AdamW keeps 2 bytes of moments instead of 8 (bitsandbytes, Dettmers et al. 2022).
-    """
-    params = trainable_param_count(spec, config)
-    if config.method is Method.FULL and config.precision is Precision.BF16:
-        weight_bytes, state_bytes = 2.0, 4.0
-    else:
-        weight_bytes, state_bytes = 4.0, 8.0
-    if config.optimizer is not OptimizerKind.ADAMW:
-        state_bytes = 2.0
-    return params * (weight_bytes + state_bytes) / _GIB
 
 
 def checkpoint_interval_s(

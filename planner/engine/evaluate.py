@@ -12,14 +12,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from catalog import GPU, Offer, Provider
+from catalog import GIB, GPU, Offer, Provider
 from planner._types import Budget, Candidate
-from planner.engine.cost import (
-    checkpoint_gib,
-    estimate_cost,
-    provision_s,
-    weights_download_gib,
-)
+from planner.engine.cost import estimate_cost, provision_s
 from planner.engine.quality import accepted, assess_quality, suggested_learning_rate
 from planner.engine.space import Hardware, SearchProblem, Variant
 from profiler import (
@@ -33,6 +28,12 @@ from profiler import (
     TuningConfig,
     measurement_fit,
     sharding_problem,
+)
+from profiler.estimator import (
+    checkpoint_bytes,
+    download_bytes,
+    min_flops_per_token,
+    weight_bytes,
 )
 
 EstimateFn = Callable[..., Measurement]
@@ -50,11 +51,6 @@ GLOBAL_BATCH_TARGET_TOKENS = 131_072
 # Small datasets lower that target so an epoch still has this many optimizer steps (room for
 # warm-up and a learning-rate schedule); a judgement, stated in the plan via grad_accum_steps.
 MIN_OPTIMIZER_STEPS_PER_EPOCH = 50
-# Bytes per parameter of the weights alone, used to prune hardware that cannot even hold them:
-# bf16 (2) for LoRA and pure-bf16 full FT, fp32 (4) for bf16-mixed full FT, NF4 with double
-# quantization ≈ 0.52 B/param for QLoRA (Dettmers et al., 2023: 4.127 bits per parameter).
-_WEIGHT_BYTES = {Method.LORA: 2.0, Method.QLORA: 0.52}
-_GIB = 1024**3
 
 
 def sort_key(candidate: Candidate) -> tuple[Any, ...]:
@@ -203,7 +199,6 @@ class Evaluator:
     def can_hold_weights(self, variant: Variant, hw: Hardware) -> bool:
         """False when the per-GPU memory is below the weights alone (an obvious OOM) under the
         most memory-saving strategy the cell allows; offload moves them to host memory."""
-        spec = self.problem.spec
         shardings = self.shardings_for(variant, hw, OptimizerKind.ADAMW)
         if not shardings:
             return False
@@ -211,14 +206,23 @@ class Evaluator:
             # The weights move to host memory; offers whose RAM is unknown cannot be checked.
             # (Short RAM is priced and refused per offer, so the verdict can say why.)
             return any(o.memory_gib is not None or o.provider is Provider.LOCAL for o in hw.offers)
-        if variant.method is Method.FULL:
-            per_param = 2.0 if variant.precision is Precision.BF16 else 4.0
-        else:
-            per_param = _WEIGHT_BYTES[variant.method]
-        weights = spec.param_count * per_param
-        if any(s.shards_state for s in shardings):
-            weights /= hw.gpu_count
-        return weights / _GIB < hw.gpu.usable_memory_gib
+        lora = variant.method is not Method.FULL
+        weights = min(
+            weight_bytes(
+                self.problem.spec,
+                TuningConfig(
+                    method=variant.method,
+                    precision=variant.precision,
+                    lora_rank=min(self.problem.space.lora_ranks) if lora else None,
+                    lora_targets=variant.targets,
+                    gpu_count=hw.gpu_count,
+                    sharding=sharding,
+                ),
+            )
+            / (hw.gpu_count if sharding.shards_state else 1)
+            for sharding in shardings
+        )
+        return weights / GIB < hw.gpu.usable_memory_gib
 
     def worth_searching(self, variant: Variant, hw: Hardware) -> bool:
         """Prune cells that cannot win: the weights do not fit, or several nodes of DDP
@@ -240,18 +244,11 @@ class Evaluator:
         recomputation only add). Start-up is included, spot overhead is not (it is ≥ 0).
         """
         spec, budget = self.problem.spec, self.problem.budget
-        attn = sum(
-            a * b
-            for n, (a, b) in spec.linear_shapes().items()
-            if n in ("q_proj", "k_proj", "v_proj", "o_proj")
-        )
-        mlp = spec.params_per_layer() - attn
-        active = (attn + mlp * spec.experts_per_token / spec.num_experts) * spec.num_layers
-        flops_per_token = (6.0 if variant.method is Method.FULL else 4.0) * active
+        flops_per_token = min_flops_per_token(spec, variant.method)
         peak_flops = hw.gpu.matmul_tflops * 1e12 * hw.gpu_count
         train_s = budget.total_tokens * flops_per_token / peak_flops
         startup = self.problem.startup
-        download_s = weights_download_gib(spec) / startup.download_gib_per_s
+        download_s = download_bytes(spec) / GIB / startup.download_gib_per_s
         best = math.inf
         for offer in hw.offers:
             run_hours = (train_s + provision_s(offer, startup) + download_s) / 3600
@@ -335,8 +332,8 @@ class Evaluator:
         global_tokens = accum * per_step
         risks = self._risks_for(config, global_tokens)
         ok_quality = accepted(risks, problem.budget.quality)
-        ckpt_size = checkpoint_gib(problem.spec, config)
-        weights = weights_download_gib(problem.spec)
+        ckpt_size = checkpoint_bytes(problem.spec, config) / GIB
+        weights = download_bytes(problem.spec) / GIB
         out: list[Candidate] = []
         for offer in hw.offers:
             measurement = self.measure(config, hw, offer.inter_node_gbps)

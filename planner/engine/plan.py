@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from catalog import GPU, ModelSpec, Offer
+from catalog import GIB, GPU, ModelSpec, Offer
 from planner._types import (
     Budget,
     Candidate,
@@ -46,7 +46,8 @@ from planner.engine.quality import (
 )
 from planner.engine.search import SearchResult, search
 from planner.engine.space import Hardware, SearchProblem, SearchSpace
-from profiler import Method, Source
+from profiler import Method, Precision, Source, TuningConfig
+from profiler.estimator import weight_bytes
 from profiler.headroom import (
     CUDA_CONTEXT_GIB,
     ESTIMATE_UNDER_PREDICTION,
@@ -442,9 +443,13 @@ def _memory_reason(
             f"{' ckpt' if smallest.config.grad_checkpointing else ''} on "
             f"{with_nodes_label(smallest)}) vs {smallest.usable_memory_gib:.1f} GiB usable."
         )
-    spec = request.spec
-    per_param = {Method.FULL: 2.0, Method.LORA: 2.0, Method.QLORA: 0.52}[method]
-    weights = spec.param_count * per_param / 1024**3
+    # The smallest weights the method can have: pure bf16 for full FT, the smallest rank.
+    probe = TuningConfig(
+        method=method,
+        precision=Precision.BF16 if method is Method.FULL else Precision.BF16_MIXED,
+        lora_rank=None if method is Method.FULL else min(request.space.lora_ranks),
+    )
+    weights = weight_bytes(request.spec, probe) / GIB
     where = "over all GPUs of the largest offer (FSDP)" if method is Method.FULL else "per GPU"
     return (
         f"{name} fits no offered GPU: the weights alone need ≥ {weights:,.1f} GiB {where} "

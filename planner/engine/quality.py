@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from catalog import ModelSpec
 from planner._types import Budget, QualityPolicy, QualityRisk, RiskLevel, Task
-from planner.engine.cost import trainable_param_count
 from profiler import Method, Precision, TuningConfig, adapted_modules
+from profiler.estimator import trainable_params
+from profiler.recipes import DEFAULT_LEARNING_RATE
 
 SCHULMAN_2025 = 'Schulman et al., "LoRA Without Regret", Thinking Machines Lab, 2025'
 BIDERMAN_2024 = 'Biderman et al., "LoRA Learns Less and Forgets Less", 2024 (arXiv:2405.09673)'
@@ -53,10 +54,6 @@ CPT_HIGH_RISK_TOKENS = 1_000_000_000
 # Schulman et al. (2025) see LoRA fall behind full FT as the batch grows; ftplan flags global
 # batches above this many tokens (≈ 512 sequences of 2048 tokens).
 LORA_LARGE_BATCH_TOKENS = 1_048_576
-# Typical full-FT AdamW learning rate for 7B-class SFT (e.g. Llama-2 chat SFT used 2e-5);
-# LoRA's best rate is ~10× that (Schulman et al., 2025).
-FULL_FT_LEARNING_RATE = 2e-5
-LORA_LR_MULTIPLIER = 10.0
 
 _ORDER = (RiskLevel.LOW, RiskLevel.MEDIUM, RiskLevel.HIGH)
 ACCEPTED_LEVELS: dict[QualityPolicy, tuple[RiskLevel, ...]] = {
@@ -77,17 +74,15 @@ def accepted(risks: tuple[QualityRisk, ...], policy: QualityPolicy) -> bool:
 
 
 def suggested_learning_rate(config: TuningConfig) -> float:
-    """A starting AdamW learning rate: 2e-5 for full FT, 10× that for LoRA/QLoRA."""
-    if config.method is Method.FULL:
-        return FULL_FT_LEARNING_RATE
-    return FULL_FT_LEARNING_RATE * LORA_LR_MULTIPLIER
+    """A starting AdamW learning rate (``profiler.recipes.DEFAULT_LEARNING_RATE``)."""
+    return DEFAULT_LEARNING_RATE[config.method]
 
 
 def capacity_ratio(spec: ModelSpec, config: TuningConfig, budget: Budget) -> float:
     """Bits the data asks for ÷ bits the adapters hold (0 for full FT and RL)."""
     if config.method is Method.FULL:
         return 0.0
-    capacity_bits = LORA_BITS_PER_PARAM * trainable_param_count(spec, config)
+    capacity_bits = LORA_BITS_PER_PARAM * trainable_params(spec, config)
     return budget.dataset_tokens * BITS_PER_TOKEN[budget.task] / capacity_bits
 
 
@@ -152,7 +147,7 @@ def _lora_risks(
         )
     else:
         ratio = capacity_ratio(spec, config, budget)
-        params_m = trainable_param_count(spec, config) / 1e6
+        params_m = trainable_params(spec, config) / 1e6
         text = (
             f"{budget.dataset_tokens / 1e6:,.0f}M tokens × "
             f"{BITS_PER_TOKEN[budget.task]:g} bit ask for {ratio:.0%} of what r"
