@@ -9,10 +9,6 @@ from catalog import Offer
 from profiler import FitVerdict, Measurement, Method, TuningConfig
 
 
-class NoFeasiblePlanError(RuntimeError):
-    """Every candidate violates memory, budget or deadline. The plan is still reported."""
-
-
 class Task(enum.StrEnum):
     """What the fine-tune teaches: instruction tuning, continued pre-training, or RL."""
 
@@ -33,6 +29,13 @@ class RiskLevel(enum.StrEnum):
     LOW = "low"
     MEDIUM = "medium"
     HIGH = "high"
+
+
+RISK_ORDER = (RiskLevel.LOW, RiskLevel.MEDIUM, RiskLevel.HIGH)
+"""Risk levels from the lowest to the highest."""
+
+METHOD_NAMES = {Method.FULL: "Full fine-tuning", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
+"""How plans and reports name each method."""
 
 
 class TokensSource(enum.StrEnum):
@@ -146,8 +149,7 @@ class Candidate:
 
     @property
     def risk_level(self) -> RiskLevel:
-        order = [RiskLevel.LOW, RiskLevel.MEDIUM, RiskLevel.HIGH]
-        return max((r.level for r in self.risks), key=order.index, default=RiskLevel.LOW)
+        return max((r.level for r in self.risks), key=RISK_ORDER.index, default=RiskLevel.LOW)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from catalog import GIB, GPU, ModelSpec, Offer
 from planner._types import (
+    METHOD_NAMES,
     Budget,
     Candidate,
     MethodVerdict,
@@ -66,7 +67,6 @@ PARETO_SIZE = 12
 # --quality balanced accepts medium quality risk only when it is more than this much cheaper than
 # the best low-risk plan (a judgement call, stated in every plan that it affects).
 BALANCED_RISK_PREMIUM = 0.20
-METHOD_NAMES = {Method.FULL: "full FT", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -448,6 +448,7 @@ def _memory_reason(
         method=method,
         precision=Precision.BF16 if method is Method.FULL else Precision.BF16_MIXED,
         lora_rank=None if method is Method.FULL else min(request.space.lora_ranks),
+        lora_targets=None if method is Method.FULL else request.space.lora_targets[0],
     )
     weights = weight_bytes(request.spec, probe) / GIB
     where = "over all GPUs of the largest offer (FSDP)" if method is Method.FULL else "per GPU"

@@ -21,7 +21,7 @@ The rules follow published results, not measurements of ftplan's own:
 from __future__ import annotations
 
 from catalog import ModelSpec
-from planner._types import Budget, QualityPolicy, QualityRisk, RiskLevel, Task
+from planner._types import RISK_ORDER, Budget, QualityPolicy, QualityRisk, RiskLevel, Task
 from profiler import Method, Precision, TuningConfig, adapted_modules
 from profiler.estimator import trainable_params
 from profiler.recipes import DEFAULT_LEARNING_RATE
@@ -55,7 +55,6 @@ CPT_HIGH_RISK_TOKENS = 1_000_000_000
 # batches above this many tokens (≈ 512 sequences of 2048 tokens).
 LORA_LARGE_BATCH_TOKENS = 1_048_576
 
-_ORDER = (RiskLevel.LOW, RiskLevel.MEDIUM, RiskLevel.HIGH)
 ACCEPTED_LEVELS: dict[QualityPolicy, tuple[RiskLevel, ...]] = {
     QualityPolicy.STRICT: (RiskLevel.LOW,),
     QualityPolicy.BALANCED: (RiskLevel.LOW, RiskLevel.MEDIUM),
@@ -65,7 +64,7 @@ ACCEPTED_LEVELS: dict[QualityPolicy, tuple[RiskLevel, ...]] = {
 
 def max_level(risks: tuple[QualityRisk, ...]) -> RiskLevel:
     """The highest risk level among ``risks`` (LOW when there are none)."""
-    return max((r.level for r in risks), key=_ORDER.index, default=RiskLevel.LOW)
+    return max((r.level for r in risks), key=RISK_ORDER.index, default=RiskLevel.LOW)
 
 
 def accepted(risks: tuple[QualityRisk, ...], policy: QualityPolicy) -> bool:
@@ -128,7 +127,7 @@ def assess_quality(
                 source=DETTMERS_2023,
             )
         )
-    return tuple(sorted(risks, key=lambda r: -_ORDER.index(r.level)))
+    return tuple(sorted(risks, key=lambda r: -RISK_ORDER.index(r.level)))
 
 
 def _lora_risks(

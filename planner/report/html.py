@@ -17,8 +17,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from planner._types import Candidate, Plan
+from planner._types import METHOD_NAMES, Candidate, Plan
 from planner.report.rows import (
+    MEMORY_COMPONENTS,
     all_candidates,
     candidate_rows,
     candidate_status,
@@ -48,17 +49,8 @@ if TYPE_CHECKING:
 
 TEMPLATE_NAME = "report.html.j2"
 TEMPLATES_DIR = Path(__file__).parent / "templates"
-_METHOD_NAMES = {Method.FULL: "Full fine-tuning", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
 # Okabe & Ito (2008) colour-blind-safe palette, one colour per method.
 _METHOD_COLOURS = {Method.FULL: "#D55E00", Method.LORA: "#0072B2", Method.QLORA: "#009E73"}
-_COMPONENTS = (
-    ("weights_gib", "weights", "#0072B2"),
-    ("gradients_gib", "gradients", "#E69F00"),
-    ("optimizer_gib", "optimizer states", "#CC79A7"),
-    ("activations_gib", "activations", "#009E73"),
-    ("logits_gib", "logits", "#D55E00"),
-    ("overhead_gib", "overhead", "#999999"),
-)
 
 
 def _bytecode_cache_dir() -> Path:
@@ -131,7 +123,7 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
                 {
                     "type": "scatter",
                     "mode": "markers",
-                    "name": f"{_METHOD_NAMES[method]}{'' if feasible else ' (infeasible)'}",
+                    "name": f"{METHOD_NAMES[method]}{'' if feasible else ' (infeasible)'}",
                     "x": [c.cost.hours for c in group],
                     "y": [c.cost.usd for c in group],
                     "text": [_hover(c) for c in group],
@@ -265,7 +257,7 @@ def memory_figure(plan: Plan) -> dict[str, Any]:
         for c in cands
     ]
     traces: list[dict[str, Any]] = []
-    for field, name, colour in _COMPONENTS:
+    for field, name, colour in MEMORY_COMPONENTS:
         values = [
             getattr(c.measurement.breakdown, field) if c.measurement.breakdown else None
             for c in cands
@@ -322,7 +314,7 @@ def memory_figure(plan: Plan) -> dict[str, Any]:
 def _verdicts(plan: Plan) -> list[dict[str, Any]]:
     return [
         {
-            "method": _METHOD_NAMES.get(v.method, v.method.value),
+            "method": METHOD_NAMES[v.method],
             "best": None
             if v.best is None
             else (f"{v.best.config.label()} on {gpu_label(v.best)} ({offer_label(v.best.offer)})"),
@@ -357,7 +349,7 @@ def render_html(plan: Plan) -> str:
         "verdicts": _verdicts(plan),
         "memory_rows": memory_rows(plan),
         "chosen_params": None if chosen is None else params_text(chosen.measurement),
-        "components": [name for _, name, _ in _COMPONENTS],
+        "components": [name for _, name, _ in MEMORY_COMPONENTS],
         "risks": risk_rows(plan),
         "sources": source_rows(plan),
         "source_counts": source_counts(plan),

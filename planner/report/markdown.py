@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from planner._types import Candidate, Plan
+from planner._types import METHOD_NAMES, Candidate, Plan
 from planner.report.rows import (
     MEMORY_COMPONENTS,
     candidate_rows,
@@ -31,10 +31,8 @@ from planner.report.rows import (
     source_counts,
     source_rows,
 )
-from profiler import Method
 
 _MD_SPECIAL = re.compile(r"([\\`*\[\]|])")
-_METHOD_NAMES = {Method.FULL: "Full fine-tuning", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
 
 
 def md_escape(text: object) -> str:
@@ -185,7 +183,7 @@ def _verdicts(plan: Plan) -> list[str]:
         best = v.best
         rows.append(
             [
-                _METHOD_NAMES.get(v.method, v.method.value),
+                METHOD_NAMES[v.method],
                 "none" if best is None else _describe(best),
                 "n/a" if best is None else fmt_usd(best.cost.usd),
                 "n/a" if best is None else fmt_hours(best.cost.hours),
@@ -279,7 +277,7 @@ def _memory(plan: Plan) -> list[str]:
     ]
     header = [
         "Candidate",
-        *(name.capitalize() for _, name in MEMORY_COMPONENTS),
+        *(name.capitalize() for _, name, _ in MEMORY_COMPONENTS),
         "Peak allocated",
         "Peak reserved",
         "Usable",

@@ -5,12 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from catalog import Offer
-from planner._types import Candidate, Plan, RiskLevel
+from planner._types import RISK_ORDER, Candidate, Plan
 from profiler import Measurement, Method
-
-_METHOD_ORDER = {Method.FULL: 0, Method.LORA: 1, Method.QLORA: 2}
-_RISK_ORDER = {RiskLevel.HIGH: 0, RiskLevel.MEDIUM: 1, RiskLevel.LOW: 2}
-
 
 # --- shared, pure row builders ------------------------------------------------------------------
 
@@ -206,8 +202,8 @@ def risk_rows(plan: Plan) -> list[RiskRow]:
             seen.add(key)
             items.append(
                 (
-                    _METHOD_ORDER.get(cand.config.method, 9),
-                    _RISK_ORDER[risk.level],
+                    list(Method).index(cand.config.method),
+                    -RISK_ORDER.index(risk.level),
                     RiskRow(
                         method=cand.config.method.value,
                         level=risk.level.value,
@@ -292,9 +288,7 @@ def memory_candidates(plan: Plan) -> list[Candidate]:
         if too_big:
             cheapest = min(too_big, key=lambda c: c.cost.usd)
             picked.setdefault(_candidate_key(cheapest), cheapest)
-    return sorted(
-        picked.values(), key=lambda c: (_METHOD_ORDER.get(c.config.method, 9), c.cost.usd)
-    )
+    return sorted(picked.values(), key=lambda c: (list(Method).index(c.config.method), c.cost.usd))
 
 
 def source_counts(plan: Plan) -> dict[str, int]:
@@ -305,13 +299,14 @@ def source_counts(plan: Plan) -> dict[str, int]:
     return counts
 
 
+# The memory components reports show: breakdown field, name, chart colour (Okabe & Ito 2008).
 MEMORY_COMPONENTS = (
-    ("weights_gib", "weights"),
-    ("gradients_gib", "gradients"),
-    ("optimizer_gib", "optimizer states"),
-    ("activations_gib", "activations"),
-    ("logits_gib", "logits"),
-    ("overhead_gib", "overhead"),
+    ("weights_gib", "weights", "#0072B2"),
+    ("gradients_gib", "gradients", "#E69F00"),
+    ("optimizer_gib", "optimizer states", "#CC79A7"),
+    ("activations_gib", "activations", "#009E73"),
+    ("logits_gib", "logits", "#D55E00"),
+    ("overhead_gib", "overhead", "#999999"),
 )
 
 
@@ -356,7 +351,8 @@ def memory_rows(plan: Plan) -> list[MemoryRow]:
         m = c.measurement
         bd = m.breakdown
         parts = tuple(
-            "n/a" if bd is None else f"{getattr(bd, name):,.2f}" for name, _ in MEMORY_COMPONENTS
+            "n/a" if bd is None else f"{getattr(bd, name):,.2f}"
+            for name, _, _ in MEMORY_COMPONENTS
         )
         rows.append(
             MemoryRow(
