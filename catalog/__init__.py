@@ -3,7 +3,7 @@ and date. Pure lookups over shipped package data or the user's refreshed cache; 
 
 from __future__ import annotations
 
-from catalog._codec import from_jsonable, to_jsonable
+from catalog._codec import from_jsonable, from_tagged_json, tagged_json, to_jsonable
 from catalog._hf_config import model_from_hf_config
 from catalog._io import atomic_write_text
 from catalog._load import (
@@ -55,6 +55,7 @@ __all__ = [
     "catalog_info",
     "cheapest_per_instance",
     "from_jsonable",
+    "from_tagged_json",
     "get_gpu",
     "get_model",
     "gpu_for_sky_accelerator",
@@ -70,6 +71,7 @@ __all__ = [
     "refresh_from_skypilot",
     "sky_accelerator_for_gpu",
     "sky_name_is_ambiguous",
+    "tagged_json",
     "to_jsonable",
     "user_offers_path",
     "with_service_terms",

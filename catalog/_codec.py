@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import types
 import typing
 from typing import Any, TypeVar
@@ -25,6 +26,53 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     return obj
+
+
+def tagged_json(tag: str, key: str, value: Any, *, indent: int | None = 2) -> str:
+    """``{"format": tag, key: value}`` as stable JSON (sorted keys; compact when ``indent`` is
+    None): the shape of ftplan's plan files and launch specs."""
+    separators = (",", ":") if indent is None else None
+    return json.dumps(
+        {"format": tag, key: to_jsonable(value)},
+        indent=indent,
+        sort_keys=True,
+        separators=separators,
+    )
+
+
+def from_tagged_json(
+    cls: type[T],
+    text: str | dict[str, Any],
+    *,
+    tag: str,
+    key: str,
+    where: str,
+    kind: str,
+    fix: str,
+) -> T:
+    """Read :func:`tagged_json` output (text, or the already-decoded object) into ``cls``.
+
+    Args:
+        where: What is read, for messages (e.g. ``plan file 'x.json'``).
+        kind: What it should be (e.g. ``plan``).
+        fix: How to get a good one (e.g. ``regenerate it with 'ftplan recommend'``).
+
+    Raises:
+        ValueError: Not JSON, another format, or invalid fields; the message names ``where``.
+    """
+    if isinstance(text, str):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where} is not valid JSON ({exc})") from None
+    else:
+        data = text
+    if not isinstance(data, dict) or data.get("format") != tag:
+        raise ValueError(f"{where} is not an ftplan {kind} (expected format {tag!r}); {fix}")
+    try:
+        return from_jsonable(cls, data.get(key))
+    except ValueError as exc:
+        raise ValueError(f"{where} is invalid: {exc}") from None
 
 
 def from_jsonable(cls: type[T], data: Any) -> T:

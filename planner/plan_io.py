@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from catalog import atomic_write_text, from_jsonable, to_jsonable
+from catalog import atomic_write_text, from_tagged_json, tagged_json
 from planner._types import Plan
 
 PLAN_FORMAT = "ftplan-plan/1"
@@ -14,10 +13,7 @@ PLAN_FORMAT = "ftplan-plan/1"
 
 def plan_to_json(plan: Plan) -> str:
     """The plan as stable, pretty JSON (sorted keys), wrapped with its format tag."""
-    return (
-        json.dumps({"format": PLAN_FORMAT, "plan": to_jsonable(plan)}, indent=2, sort_keys=True)
-        + "\n"
-    )
+    return tagged_json(PLAN_FORMAT, "plan", plan) + "\n"
 
 
 def write_plan(plan: Plan, path: str | Path) -> Path:
@@ -39,16 +35,17 @@ def read_plan(path: str | Path) -> Plan:
             f"plan file {str(source)!r} does not exist: run 'ftplan recommend ...' first, which "
             "writes reports/<slug>.json"
         )
+    where = f"plan file {str(source)!r}"
     try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"plan file {str(source)!r} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-        raise ValueError(
-            f"plan file {str(source)!r} is not an ftplan plan (expected format "
-            f"{PLAN_FORMAT!r}); regenerate it with 'ftplan recommend'"
-        )
-    try:
-        return from_jsonable(Plan, data.get("plan"))
-    except ValueError as exc:
-        raise ValueError(f"plan file {str(source)!r} is invalid: {exc}") from None
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where} is not valid JSON ({exc})") from None
+    return from_tagged_json(
+        Plan,
+        text,
+        tag=PLAN_FORMAT,
+        key="plan",
+        where=where,
+        kind="plan",
+        fix="regenerate it with 'ftplan recommend'",
+    )

@@ -13,12 +13,12 @@ This module holds the type, its files and the shipped reference data; the fit (n
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from catalog import cache_dir
 from profiler._types import Measurement, Method, Precision, Provenance, Source, Status
 
 if TYPE_CHECKING:
@@ -176,9 +176,8 @@ def calibration_file_name(gpu_name: str) -> str:
 
 
 def user_calibration_dir() -> Path:
-    """Where ``ftplan calibrate`` writes: ``$FTPLAN_CACHE_DIR`` or ``~/.cache/ftplan``."""
-    root = os.environ.get("FTPLAN_CACHE_DIR")
-    return Path(root) if root else Path.home() / ".cache" / "ftplan"
+    """Where ``ftplan calibrate`` writes: the ftplan cache (:func:`catalog.cache_dir`)."""
+    return cache_dir()
 
 
 def calibration_to_json(calibration: Calibration) -> str:

@@ -8,11 +8,10 @@ runners never import the planner.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from catalog import ModelSpec, Offer, from_jsonable, to_jsonable
+from catalog import ModelSpec, Offer, from_tagged_json, tagged_json
 from profiler import TuningConfig
 
 LAUNCH_SPEC_FORMAT = "ftplan-launch/1"
@@ -162,13 +161,7 @@ class LaunchSpec:
 
 def launch_spec_to_json(spec: LaunchSpec, *, indent: int | None = 2) -> str:
     """The spec as stable JSON (sorted keys), wrapped with its format tag."""
-    separators = (",", ":") if indent is None else None
-    return json.dumps(
-        {"format": LAUNCH_SPEC_FORMAT, "spec": to_jsonable(spec)},
-        indent=indent,
-        sort_keys=True,
-        separators=separators,
-    )
+    return tagged_json(LAUNCH_SPEC_FORMAT, "spec", spec, indent=indent)
 
 
 def launch_spec_from_json(
@@ -179,22 +172,15 @@ def launch_spec_from_json(
     Raises:
         ValueError: If the text is not JSON, not a launch spec, or holds invalid fields.
     """
-    if isinstance(text, str):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where} is not valid JSON ({exc})") from None
-    else:
-        data = text
-    if not isinstance(data, dict) or data.get("format") != LAUNCH_SPEC_FORMAT:
-        raise ValueError(
-            f"{where} is not an ftplan launch spec (expected format "
-            f"{LAUNCH_SPEC_FORMAT!r}); write it with 'ftplan launch --dry-run'"
-        )
-    try:
-        return from_jsonable(LaunchSpec, data.get("spec"))
-    except ValueError as exc:
-        raise ValueError(f"{where} is invalid: {exc}") from None
+    return from_tagged_json(
+        LaunchSpec,
+        text,
+        tag=LAUNCH_SPEC_FORMAT,
+        key="spec",
+        where=where,
+        kind="launch spec",
+        fix="write it with 'ftplan launch --dry-run'",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

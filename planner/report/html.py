@@ -13,10 +13,10 @@ import contextlib
 import functools
 import html
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from catalog import cache_dir
 from planner._types import METHOD_NAMES, Candidate, Plan
 from planner.report.rows import (
     MEMORY_COMPONENTS,
@@ -54,11 +54,9 @@ _METHOD_COLOURS = {Method.FULL: "#D55E00", Method.LORA: "#0072B2", Method.QLORA:
 
 
 def _bytecode_cache_dir() -> Path:
-    """Compiled templates live in the ftplan user cache (``$FTPLAN_CACHE_DIR`` or
-    ``~/.cache/ftplan``), so later runs skip jinja2's ~60 ms compile."""
-    configured = os.environ.get("FTPLAN_CACHE_DIR")
-    root = Path(configured).expanduser() if configured else Path.home() / ".cache" / "ftplan"
-    return root / "templates"
+    """Compiled templates live in the ftplan user cache (:func:`catalog.cache_dir`), so later
+    runs skip jinja2's ~60 ms compile."""
+    return cache_dir() / "templates"
 
 
 @functools.lru_cache(maxsize=1)
