@@ -15,6 +15,12 @@ from catalog import ModelSpec, Offer, from_tagged_json, tagged_json
 from profiler import TuningConfig
 
 LAUNCH_SPEC_FORMAT = "ftplan-launch/1"
+# SageMaker's training-container paths, shared by the job request (runners/sagemaker.py) and the
+# entry point that runs in the container (runners/train.py).
+SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # CheckpointConfig.LocalPath, synced to S3
+SAGEMAKER_TRAIN_CHANNEL = "train"  # input channel; the container sets SM_CHANNEL_TRAIN
+SAGEMAKER_MODEL_CHANNEL = "model"  # --weights s3://... arrives as /opt/ml/input/data/model
+SAGEMAKER_FAILURE_FILE = "/opt/ml/output/failure"  # first 1024 chars: the job's FailureReason
 
 # Default accuracy the summary judges a run against. Peak memory: the 2/4-layer extrapolation
 # came within 0.2% on the H100 in 22 of 24 configs, and the analytic estimator is looser, so 10%

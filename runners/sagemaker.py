@@ -25,6 +25,9 @@ from catalog import GIB, Provider
 from profiler import Method
 from profiler.estimator import checkpoint_bytes, download_bytes
 from runners._types import (
+    SAGEMAKER_CHECKPOINT_DIR,
+    SAGEMAKER_MODEL_CHANNEL,
+    SAGEMAKER_TRAIN_CHANNEL,
     LaunchResult,
     LaunchSpec,
     RunnerError,
@@ -83,7 +86,6 @@ SOURCE_REQUIREMENTS = (
 ENTRY_POINT = "ftplan_entry.py"
 SPEC_FILE_IN_SOURCE = "ftplan_launch.json"
 SOURCE_PACKAGES = ("runners", "profiler", "catalog")
-CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 SPEC_HYPERPARAMETER = "ftplan_spec"
 HYPERPARAMETER_MAX_CHARS = 2500  # botocore sagemaker service model: HyperParameterValue max
 JOB_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # botocore TrainingJobName
@@ -101,7 +103,6 @@ MAX_RUNTIME_S = 28 * 24 * 3600  # SageMaker's limit on a training job's runtime:
 # the caller's token under this key. What ftplan prints or writes shows MASK instead.
 HF_TOKEN_KEY = "HF_TOKEN"
 MASK = "********"
-MODEL_CHANNEL = "model"  # --weights s3://... arrives as /opt/ml/input/data/model
 
 _STATES = {
     "InProgress": RunState.RUNNING,
@@ -278,9 +279,9 @@ def _channel(name: str, uri: str) -> dict[str, Any]:
 def _channels(spec: LaunchSpec, *, data: str) -> list[dict[str, Any]]:
     """``train`` (the data) and, for ``--weights s3://...``, ``model`` (the weights folder,
     which the entry point loads from ``SM_CHANNEL_MODEL``)."""
-    channels = [_channel("train", data)]
+    channels = [_channel(SAGEMAKER_TRAIN_CHANNEL, data)]
     if spec.checkpoint is not None and spec.checkpoint.startswith("s3://"):
-        channels.append(_channel(MODEL_CHANNEL, spec.checkpoint.rstrip("/") + "/"))
+        channels.append(_channel(SAGEMAKER_MODEL_CHANNEL, spec.checkpoint.rstrip("/") + "/"))
     return channels
 
 
@@ -439,7 +440,7 @@ class SageMakerRunner:
             "EnableManagedSpotTraining": spot,
             "CheckpointConfig": {
                 "S3Uri": f"{prefix}/checkpoints",
-                "LocalPath": CHECKPOINT_LOCAL_PATH,
+                "LocalPath": SAGEMAKER_CHECKPOINT_DIR,
             },
             "Environment": {
                 "PYTHONUNBUFFERED": "1",

@@ -33,18 +33,22 @@ from typing import Any
 from catalog import GIB, atomic_write_text
 from runners._checkpoint import resume_from, save_checkpoint
 from runners._stop import CheckpointClock, StopRequest, TrainingStopped
-from runners._types import BYTE_TOKENIZER, LaunchSpec, launch_spec_from_json
+from runners._types import (
+    BYTE_TOKENIZER,
+    SAGEMAKER_CHECKPOINT_DIR,
+    SAGEMAKER_FAILURE_FILE,
+    SAGEMAKER_MODEL_CHANNEL,
+    SAGEMAKER_TRAIN_CHANNEL,
+    LaunchSpec,
+    launch_spec_from_json,
+)
 from runners.data import BlockSchedule, find_jsonl, load_tokenizer, pack, read_texts
 
 SUMMARY_FORMAT = "ftplan-run-summary/1"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 FINAL_MODEL_DIR = "final"
-SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # CheckpointConfig.LocalPath default
 SPEC_HYPERPARAMETER = "ftplan_spec"
-MODEL_CHANNEL = "model"  # the SageMaker input channel that carries --weights s3://...
-# SageMaker shows the first 1024 characters of this file as the job's FailureReason.
-SAGEMAKER_FAILURE_FILE = "/opt/ml/output/failure"
 # Steps left out of the throughput median: the first steps pay for allocator growth, kernel
 # selection and clock ramp-up (DESIGN.md, "Measuring on the GPU": warm-up, then the median).
 WARMUP_STEPS = 2
@@ -120,12 +124,12 @@ def resolve_spec(args: argparse.Namespace, env: dict[str, str]) -> LaunchSpec:
         overrides["device"] = args.device
     if spec.checkpoint is not None and spec.checkpoint.startswith("s3://"):
         # SageMaker copied the weights into the ``model`` channel (runners.sagemaker).
-        channel = env.get(f"SM_CHANNEL_{MODEL_CHANNEL.upper()}")
+        channel = env.get(f"SM_CHANNEL_{SAGEMAKER_MODEL_CHANNEL.upper()}")
         if not channel:
             raise ValueError(
-                f"weights {spec.checkpoint!r} are on S3 but no '{MODEL_CHANNEL}' input channel "
-                "delivered them. To fix: launch with 'ftplan launch --target sagemaker', which "
-                "adds that channel, or copy them down and pass a local folder"
+                f"weights {spec.checkpoint!r} are on S3 but no '{SAGEMAKER_MODEL_CHANNEL}' input "
+                "channel delivered them. To fix: launch with 'ftplan launch --target sagemaker', "
+                "which adds that channel, or copy them down and pass a local folder"
             )
         overrides["checkpoint"] = channel
     return dataclasses.replace(spec, **overrides) if overrides else spec
@@ -137,7 +141,7 @@ def resolve_paths(args: argparse.Namespace, env: dict[str, str]) -> RunPaths:
     Raises:
         ValueError: If neither says where the data or the output go.
     """
-    data = args.data or env.get("SM_CHANNEL_TRAIN")
+    data = args.data or env.get(f"SM_CHANNEL_{SAGEMAKER_TRAIN_CHANNEL.upper()}")
     if not data:
         raise ValueError("no training data: pass --data FILE.jsonl")
     model_dir = env.get("SM_MODEL_DIR")
