@@ -10,8 +10,10 @@ $(BIN)/python:
 	$(shell command -v $(PY) >/dev/null 2>&1 && echo $(PY) || echo python3) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+$(STAMP): pyproject.toml constraints.txt requirements/skypilot-deps.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps skypilot
+	$(BIN)/python -m pip install -q -c constraints.txt -r requirements/skypilot-deps.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
