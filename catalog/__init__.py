@@ -5,7 +5,20 @@ from __future__ import annotations
 
 from catalog._codec import from_jsonable, from_tagged_json, tagged_json, to_jsonable
 from catalog._hf_config import model_from_hf_config
-from catalog._io import atomic_write_text
+from catalog._io import (
+    MAX_JSON_DEPTH,
+    MAX_JSON_FILE_BYTES,
+    atomic_write_text,
+    clean_stale_temp_files,
+    expand_user,
+    first_bad_value,
+    json_depth_ok,
+    loads_json,
+    open_regular,
+    read_json_file,
+    read_text_limited,
+    stage_text,
+)
 from catalog._load import (
     PRICE_AGE_WARNING_DAYS,
     CatalogInfo,
@@ -32,15 +45,31 @@ from catalog._sky_names import (
     sky_name_is_ambiguous,
 )
 from catalog._types import GIB, GPU, CatalogError, Interconnect, ModelSpec, Offer, Provider
+from catalog.errors import (
+    DataError,
+    EnvironmentProblem,
+    ErrorKind,
+    FtplanError,
+    InputError,
+    mask_secrets,
+    printable,
+)
 from catalog.refresh import PriceChange, RefreshResult, refresh_aws
 from catalog.skypilot import SkyPilotRefreshResult, refresh_from_skypilot
 
 __all__ = [
     "GIB",
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_FILE_BYTES",
     "GPU",
     "PRICE_AGE_WARNING_DAYS",
     "CatalogError",
     "CatalogInfo",
+    "DataError",
+    "EnvironmentProblem",
+    "ErrorKind",
+    "FtplanError",
+    "InputError",
     "Interconnect",
     "ModelSpec",
     "Offer",
@@ -63,9 +92,11 @@ __all__ = [
     "list_models",
     "list_offers",
     "local_offer",
+    "mask_secrets",
     "model_aliases",
     "model_from_hf_config",
     "parse_provider",
+    "printable",
     "refresh_aws",
     "service_terms",
     "refresh_from_skypilot",
@@ -73,6 +104,15 @@ __all__ = [
     "sky_name_is_ambiguous",
     "tagged_json",
     "to_jsonable",
+    "first_bad_value",
+    "clean_stale_temp_files",
+    "expand_user",
+    "json_depth_ok",
+    "loads_json",
+    "open_regular",
+    "read_json_file",
+    "read_text_limited",
+    "stage_text",
     "user_offers_path",
     "with_service_terms",
 ]

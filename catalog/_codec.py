@@ -12,6 +12,8 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from catalog.errors import DataError
+
 T = TypeVar("T")
 
 
@@ -58,21 +60,18 @@ def from_tagged_json(
         fix: How to get a good one (e.g. ``regenerate it with 'ftplan recommend'``).
 
     Raises:
-        ValueError: Not JSON, another format, or invalid fields; the message names ``where``.
+        DataError: Not JSON (NaN, Infinity and deep nesting refused too), another format, or
+            invalid fields; the message names ``where``.
     """
-    if isinstance(text, str):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where} is not valid JSON ({exc})") from None
-    else:
-        data = text
+    from catalog._io import loads_json  # deferred: _io's readers build on this module's peers
+
+    data = loads_json(text, what=where) if isinstance(text, str) else text
     if not isinstance(data, dict) or data.get("format") != tag:
-        raise ValueError(f"{where} is not an ftplan {kind} (expected format {tag!r}); {fix}")
+        raise DataError(f"{where} is not an ftplan {kind} (expected format {tag!r}); {fix}")
     try:
         return from_jsonable(cls, data.get(key))
-    except ValueError as exc:
-        raise ValueError(f"{where} is invalid: {exc}") from None
+    except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+        raise DataError(f"{where} is invalid: {exc}") from None
 
 
 def from_jsonable(cls: type[T], data: Any) -> T:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -19,7 +20,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from catalog._hf_config import model_from_hf_config
+from catalog._io import expand_user, read_text_limited
 from catalog._types import GPU, CatalogError, Interconnect, ModelSpec, Offer, Provider
+from catalog.errors import DataError, ErrorKind
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 OFFERS_FILENAME = "offers.csv"
@@ -138,6 +141,10 @@ class CatalogInfo:
 # --------------------------------------------------------------------------------------------
 # CSV parsing with errors that name the file, the row and the column.
 
+_MAX_CATALOG_BYTES = 256 * 1024 * 1024  # SkyPilot's full catalog is ~30 MB
+_MAX_CATALOG_INTEGER = 10**15
+_MAX_CATALOG_NUMBER = 1e12
+
 
 class _Row:
     """One CSV row; typed getters raise CatalogError naming file, row number and column."""
@@ -160,16 +167,27 @@ class _Row:
         return value
 
     def integer(self, column: str) -> int:
+        text = self.text(column)
+        if len(text) > 20:
+            raise self.fail(column, "not an integer between 0 and 10**15")
         try:
-            return int(self.text(column))
+            value = int(text)
         except ValueError:
             raise self.fail(column, "not an integer") from None
+        if not 0 <= value <= _MAX_CATALOG_INTEGER:
+            raise self.fail(column, "not an integer between 0 and 10**15")
+        return value
 
     def number(self, column: str) -> float:
         try:
-            return float(self.text(column))
+            value = float(self.text(column))
         except ValueError:
             raise self.fail(column, "not a number") from None
+        # Every catalog figure (price, GiB, TB/s, TFLOP/s, Gb/s) is finite and non-negative;
+        # NaN would slip through every "< 0" check downstream.
+        if not (math.isfinite(value) and 0 <= value <= _MAX_CATALOG_NUMBER):
+            raise self.fail(column, "not a finite number between 0 and 1e12")
+        return value
 
     def optional_number(self, column: str) -> float | None:
         return self.number(column) if self.text(column, required=False) else None
@@ -192,9 +210,17 @@ class _Row:
 def _rows(path: Path, columns: tuple[str, ...], *, text: str | None = None) -> list[_Row]:
     """Read a catalog CSV (or ``text`` attributed to ``path``), checking the header first."""
     try:
-        content = path.read_text(encoding="utf-8") if text is None else text
+        content = (
+            read_text_limited(path, what="catalog file", max_bytes=_MAX_CATALOG_BYTES)
+            if text is None
+            else text
+        )
     except OSError as exc:
         raise CatalogError(f"cannot read catalog file {path}: {exc.strerror}") from None
+    except DataError as exc:
+        raise CatalogError(
+            f"{exc}. Restore the file, or delete it if it is a cache.", kind=ErrorKind.DATA
+        ) from None
     try:
         reader = csv.DictReader(io.StringIO(content))
         header = reader.fieldnames or []
@@ -321,7 +347,7 @@ def get_model(name: str) -> ModelSpec:
     canonical = index.get(_norm(name))
     if canonical is not None:
         return specs[canonical]
-    path = Path(name).expanduser()
+    path = expand_user(name)
     if path.is_dir() or path.suffix == ".json" or path.exists():
         return model_from_hf_config(path)
     raise CatalogError(
@@ -405,7 +431,7 @@ def get_gpu(name: str) -> GPU:
 def cache_dir() -> Path:
     """The user's ftplan cache: ``$FTPLAN_CACHE_DIR`` or ``~/.cache/ftplan``."""
     configured = os.environ.get("FTPLAN_CACHE_DIR")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "ftplan"
+    return expand_user(configured) if configured else Path.home() / ".cache" / "ftplan"
 
 
 def user_offers_path() -> Path:

@@ -6,15 +6,19 @@ import enum
 import math
 from dataclasses import dataclass
 
+from catalog.errors import ErrorKind, FtplanError
+
 GIB = 1024**3
 """Bytes per GiB: every ``*_gib`` quantity in ftplan is in these units."""
 
 
-class CatalogError(ValueError):
+class CatalogError(FtplanError, ValueError):
     """A name the catalog does not know, or a catalog file that cannot be read.
 
     The message says what is wrong, why, and how to fix it (with close matches where they exist).
     """
+
+    kind = ErrorKind.USER_INPUT
 
 
 class Provider(enum.StrEnum):

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from catalog import atomic_write_text, from_tagged_json, tagged_json
+from catalog import (
+    DataError,
+    InputError,
+    atomic_write_text,
+    first_bad_value,
+    from_tagged_json,
+    read_json_file,
+    tagged_json,
+)
 from planner._types import Plan
 
 PLAN_FORMAT = "ftplan-plan/1"
@@ -21,31 +29,46 @@ def write_plan(plan: Plan, path: str | Path) -> Path:
     return atomic_write_text(path, plan_to_json(plan))
 
 
+#: Largest figure a plan may hold (USD, hours, tokens, parameters): far above any real job, far
+#: below where float arithmetic overflows.
+MAX_PLAN_NUMBER = 1e30
+#: Largest plan file read (a plan with hundreds of candidates is well under 5 MB).
+MAX_PLAN_FILE_BYTES = 32 * 1024 * 1024
+
+
 def read_plan(path: str | Path) -> Plan:
-    """Read a plan file written by :func:`write_plan`.
+    """Read and validate a plan file written by :func:`write_plan`.
+
+    The file must be a regular file tagged ``ftplan-plan/1``, hold plain JSON (no NaN or
+    Infinity), no negative or absurd figure (> :data:`MAX_PLAN_NUMBER`), no control characters
+    in text, and decode into a valid :class:`Plan`.
 
     Raises:
-        ValueError: If the file is not JSON, not a plan, or was edited into something invalid;
+        DataError: If the file is not JSON, not a plan, or was edited into something invalid;
             the message names the file and the offending field.
-        FileNotFoundError: If the file does not exist.
+        InputError: If the file does not exist.
     """
     source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(
-            f"plan file {str(source)!r} does not exist: run 'ftplan recommend ...' first, which "
+    name = str(source)
+    if not source.exists():
+        raise InputError(
+            f"plan file {name!r} does not exist: run 'ftplan recommend ...' first, which "
             "writes reports/<slug>.json"
         )
-    where = f"plan file {str(source)!r}"
-    try:
-        text = source.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{where} is not valid JSON ({exc})") from None
+    data = read_json_file(source, what="plan file", max_bytes=MAX_PLAN_FILE_BYTES)
+    if isinstance(data, dict):
+        unknown = sorted(set(data) - {"format", "plan"})
+        if unknown:
+            raise DataError(f"plan file {name!r} has unknown top-level fields {unknown}")
+        problem = first_bad_value(data.get("plan"), "plan", max_number=MAX_PLAN_NUMBER)
+        if problem and data.get("format") == PLAN_FORMAT:
+            raise DataError(f"plan file {name!r} is invalid: {problem}; regenerate it")
     return from_tagged_json(
         Plan,
-        text,
+        data,
         tag=PLAN_FORMAT,
         key="plan",
-        where=where,
+        where=f"plan file {name!r}",
         kind="plan",
         fix="regenerate it with 'ftplan recommend'",
     )

@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from catalog import cache_dir
 from profiler._types import Measurement, Method, Precision, Provenance, Source, Status
@@ -191,14 +191,15 @@ def read_calibration(path: Path) -> Calibration:
     """Read one calibration file.
 
     Raises:
-        ValueError: If the file is not a valid calibration (the message names the file).
+        DataError: If the file is not a valid calibration (the message names the file).
     """
-    from catalog import from_jsonable
+    from catalog import DataError, from_jsonable, read_json_file
 
     try:
-        return from_jsonable(Calibration, json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, ValueError, TypeError) as exc:
-        raise ValueError(
+        data = read_json_file(path, what="calibration file", max_bytes=16 * 1024 * 1024)
+        return from_jsonable(Calibration, data)
+    except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+        raise DataError(
             f"calibration file {path} is not valid ({exc}). To fix: delete it and "
             f"run 'ftplan calibrate' again"
         ) from None
@@ -300,59 +301,87 @@ def reference_measurements(
     layer count is in ``Measurement.fit`` as ``num_layers`` (the model name stays the same).
 
     Raises:
-        ValueError: If a row has an unknown mode or targets.
+        DataError: If the file is not a regular UTF-8 file, or a row is not JSON, has an unknown
+            mode or targets, or lacks a field (the message names file and line).
     """
-    from profiler._types import TuningConfig
+    from catalog import DataError, loads_json, read_text_limited
 
     provenance = replace(
         REFERENCE_H100_PROVENANCE,
         notes=f"profiler/data/{path.name} (see profiler/data/README.md)",
     )
     records: list[Measurement] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    text = read_text_limited(path, what="reference measurements", max_bytes=64 * 1024 * 1024)
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        if row["mode"] not in _REFERENCE_MODES:
-            raise ValueError(
-                f"{path}: unknown mode {row['mode']!r}; expected one of {sorted(_REFERENCE_MODES)}"
-            )
-        if row.get("lora_targets") not in _REFERENCE_TARGETS:
-            raise ValueError(f"{path}: unknown lora_targets {row.get('lora_targets')!r}")
-        truncated = row.get("layers") is not None and _is_truncated(row)
-        if truncated and not include_truncated:
-            continue
-        method, precision = _REFERENCE_MODES[row["mode"]]
-        lora = method != "full"
-        rank = int(row.get("lora_r") or 16)
-        config = TuningConfig(
-            method=Method(method),
-            precision=Precision(precision),
-            lora_rank=rank if lora else None,
-            lora_alpha=2 * rank if lora else None,
-            lora_targets=_REFERENCE_TARGETS[row.get("lora_targets")] if lora else None,
-            micro_batch_size=row["batch"],
-            seq_len=row["seq"],
-            grad_checkpointing=row["grad_ckpt"],
-        )
-        records.append(
-            Measurement(
-                model=row["model"],
-                gpu=gpu_name,
-                config=config,
-                status=Status(row["status"]),
-                source=Source.MEASURED,
+        try:
+            measurement = _reference_row(
+                loads_json(line, what=f"{path}:{number}"),
+                gpu_name=gpu_name,
                 provenance=provenance,
-                peak_allocated_gib=row["peak_alloc_gib"],
-                peak_reserved_gib=row["peak_reserved_gib"],
-                step_time_s=row["step_s"],
-                tokens_per_s=row["tokens_per_s"],
-                trainable_params=row["trainable_params"],
-                total_params=row["total_params"],
-                fit=(("num_layers", float(row["layers"])),) if truncated else (),
+                include_truncated=include_truncated,
             )
-        )
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(
+                f"{path}:{number} is not a reference measurement ({type(exc).__name__}: {exc})"
+            ) from None
+        if measurement is not None:
+            records.append(measurement)
     return records
+
+
+def _reference_row(
+    row: dict[str, Any],
+    *,
+    gpu_name: str,
+    provenance: Provenance,
+    include_truncated: bool,
+) -> Measurement | None:
+    """One reference row as a Measurement (None for a skipped truncated row)."""
+    from profiler._types import TuningConfig
+
+    if not isinstance(row, dict):
+        raise ValueError("a row must be a JSON object")
+    if row["mode"] not in _REFERENCE_MODES:
+        raise ValueError(
+            f"unknown mode {row['mode']!r}; expected one of {sorted(_REFERENCE_MODES)}"
+        )
+    if row.get("lora_targets") not in _REFERENCE_TARGETS:
+        raise ValueError(f"unknown lora_targets {row.get('lora_targets')!r}")
+    truncated = row.get("layers") is not None and _is_truncated(row)
+    if truncated and not include_truncated:
+        return None
+    method, precision = _REFERENCE_MODES[row["mode"]]
+    lora = method != "full"
+    rank = int(row.get("lora_r") or 16)
+    config = TuningConfig(
+        method=Method(method),
+        precision=Precision(precision),
+        lora_rank=rank if lora else None,
+        lora_alpha=2 * rank if lora else None,
+        lora_targets=_REFERENCE_TARGETS[row.get("lora_targets")] if lora else None,
+        micro_batch_size=row["batch"],
+        seq_len=row["seq"],
+        grad_checkpointing=row["grad_ckpt"],
+    )
+    return Measurement(
+        model=row["model"],
+        gpu=gpu_name,
+        config=config,
+        status=Status(row["status"]),
+        source=Source.MEASURED,
+        provenance=provenance,
+        peak_allocated_gib=row["peak_alloc_gib"],
+        peak_reserved_gib=row["peak_reserved_gib"],
+        step_time_s=row["step_s"],
+        tokens_per_s=row["tokens_per_s"],
+        trainable_params=row["trainable_params"],
+        total_params=row["total_params"],
+        fit=(("num_layers", float(row["layers"])),) if truncated else (),
+    )
 
 
 def all_reference_measurements(*, include_truncated: bool = False) -> list[Measurement]:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from catalog import InputError
 from profiler._types import Measurement, Provenance, Source, Status
 from profiler.calibration import (
     ALL_REGIMES,
@@ -64,7 +65,9 @@ def usable_rows(measurements: Sequence[Measurement], gpu: GPU) -> list[Measureme
         and m.source is Source.MEASURED
         and m.gpu == gpu.name
         and m.step_time_s is not None
+        and m.step_time_s > 0
         and m.peak_allocated_gib is not None
+        and m.peak_allocated_gib > 0
     ]
 
 
@@ -110,7 +113,7 @@ def fit_calibration(
 
     rows = usable_rows(measurements, gpu)
     if len(rows) < 4:
-        raise ValueError(
+        raise InputError(
             f"calibrating {gpu.name} needs at least 4 ok full-depth measurements on it, got "
             f"{len(rows)}. To fix: run 'ftplan profile' on a few configs on that GPU first"
         )

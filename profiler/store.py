@@ -8,13 +8,26 @@ lookups are dict hits on an index built once at load.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import json
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from catalog import atomic_write_text, cache_dir, from_jsonable, to_jsonable
+from catalog import (
+    DataError,
+    atomic_write_text,
+    cache_dir,
+    first_bad_value,
+    from_jsonable,
+    loads_json,
+    open_regular,
+    read_text_limited,
+    to_jsonable,
+)
 from profiler._types import (
     ALL_LINEAR_MODULES,
     ATTENTION_MODULES,
@@ -33,6 +46,8 @@ USER_PROFILES_FILE = "profiles.jsonl"
 _SOURCE_RANK = {Source.MEASURED: 0, Source.EXTRAPOLATED: 1, Source.ESTIMATED: 2}
 
 _Key = tuple[str, TuningConfig, str]
+#: Largest profile file rewritten on append (~100k records).
+MAX_PROFILE_FILE_BYTES = 256 * 1024 * 1024
 
 
 def user_profiles_path() -> Path:
@@ -71,24 +86,53 @@ def _preference(indexed: tuple[int, Measurement]) -> tuple[int, str, int]:
     return (-_SOURCE_RANK[record.source], record.provenance.date, order)
 
 
+#: Largest figure a stored measurement may hold (GiB, seconds, tokens/s, parameters).
+MAX_RECORD_NUMBER = 1e30
+#: Longest line of a profile file (a record is ~2 kB).
+MAX_RECORD_LINE_BYTES = 1024 * 1024
+
+
 def read_records(path: Path) -> list[Measurement]:
-    """Measurements in one JSONL file (blank lines skipped).
+    """Measurements in one JSONL file (blank lines skipped), streamed line by line.
 
     Raises:
-        ValueError: If a line is not a Measurement, naming the file and line and how to fix it.
+        DataError: If the path is not a regular file, or a line is not a Measurement (not JSON,
+            nested too deep, a negative or non-finite figure, a missing field), naming the file
+            and line and how to fix it.
     """
     records: list[Measurement] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(from_jsonable(Measurement, json.loads(line)))
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise ValueError(
-                f"{path}:{number} is not a profile record ({exc}); fix or delete that line "
-                f"(records are written by 'ftplan profile')"
-            ) from None
+    with open_regular(path, what="profile file") as handle:
+        number = 0
+        while raw := handle.readline(MAX_RECORD_LINE_BYTES + 1):
+            number += 1
+            if not raw.strip():
+                continue
+            try:
+                if len(raw) > MAX_RECORD_LINE_BYTES:
+                    raise DataError(f"longer than {MAX_RECORD_LINE_BYTES} bytes")
+                data = loads_json(raw.decode("utf-8", errors="strict"), what="the line")
+                problem = first_bad_value(data, "record", max_number=MAX_RECORD_NUMBER)
+                if problem:
+                    raise DataError(problem)
+                records.append(from_jsonable(Measurement, data))
+            except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+                raise DataError(
+                    f"{path}:{number} is not a profile record ({exc}); fix or delete that line "
+                    f"(records are written by 'ftplan profile')"
+                ) from None
     return records
+
+
+@contextlib.contextmanager
+def _locked_folder(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` (no lock file left behind), so that writers
+    in several processes take turns: each reads the file, adds its lines and replaces it."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 class ProfileStore:
@@ -134,7 +178,8 @@ class ProfileStore:
         return max(matches, key=_preference)[1]
 
     def append(self, path: Path, measurements: Sequence[Measurement]) -> Path:
-        """Append records to a JSONL file atomically (the whole file is rewritten).
+        """Append records to a JSONL file atomically (the whole file is rewritten), under an
+        exclusive lock on its folder, so concurrent writers never lose each other's records.
 
         The records also become visible to this store's lookups when ``path`` is one of its files.
 
@@ -142,11 +187,17 @@ class ProfileStore:
             The path written.
         """
         target = Path(path)
-        existing = target.read_text(encoding="utf-8") if target.is_file() else ""
-        if existing and not existing.endswith("\n"):
-            existing += "\n"
         lines = "".join(json.dumps(to_jsonable(m), sort_keys=True) + "\n" for m in measurements)
-        atomic_write_text(target, existing + lines)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _locked_folder(target.parent):
+            existing = ""
+            if target.exists():
+                existing = read_text_limited(
+                    target, what="profile file", max_bytes=MAX_PROFILE_FILE_BYTES
+                )
+            if existing and not existing.endswith("\n"):
+                existing += "\n"
+            atomic_write_text(target, existing + lines)
         if any(target.resolve() == p.resolve() for p in self._paths):
             self._add(measurements)
         return target

@@ -11,7 +11,14 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from catalog import ModelSpec, Offer, from_tagged_json, tagged_json
+from catalog import (
+    ErrorKind,
+    FtplanError,
+    ModelSpec,
+    Offer,
+    from_tagged_json,
+    tagged_json,
+)
 from profiler import TuningConfig
 
 LAUNCH_SPEC_FORMAT = "ftplan-launch/1"
@@ -33,11 +40,13 @@ DEFAULT_THROUGHPUT_TOLERANCE_FRACTION = 0.15
 BYTE_TOKENIZER = "byte"
 
 
-class RunnerError(RuntimeError):
+class RunnerError(FtplanError, RuntimeError):
     """A launch that cannot go ahead (missing GPUs, no role, unknown region, ...).
 
     The message says what is wrong, why, and how to fix it. Nothing was started or sent.
     """
+
+    kind = ErrorKind.ENVIRONMENT
 
 
 class RunState(enum.StrEnum):
@@ -176,7 +185,7 @@ def launch_spec_from_json(
     """Parse :func:`launch_spec_to_json` output (a string, or the already-decoded object).
 
     Raises:
-        ValueError: If the text is not JSON, not a launch spec, or holds invalid fields.
+        DataError: If the text is not JSON, not a launch spec, or holds invalid fields.
     """
     return from_tagged_json(
         LaunchSpec,

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from catalog import ModelSpec
+from catalog import ModelSpec, expand_user
 from runners._types import RunnerError
 
 CONFIG_FILE = "config.json"
@@ -52,7 +52,7 @@ def resolve_weights(weights: str, *, cwd: Path | None = None) -> str:
     if is_s3(weights):
         return weights.rstrip("/")
     base = cwd or Path.cwd()
-    path = Path(weights).expanduser()
+    path = expand_user(weights)
     candidate = path if path.is_absolute() else base / path
     if candidate.exists():
         if not candidate.is_dir():

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from catalog import DataError
 
-class DataFormatError(ValueError):
+
+class DataFormatError(DataError):
     """A dataset line that is not JSON or not one of the accepted shapes (names file and line)."""
 
 

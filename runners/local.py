@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import re
 import secrets
@@ -28,7 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from catalog import GIB, atomic_write_text
+from catalog import (
+    GIB,
+    DataError,
+    atomic_write_text,
+    loads_json,
+    open_regular,
+    printable,
+    read_json_file,
+)
 from profiler import Method
 from runners._types import (
     BYTE_TOKENIZER,
@@ -106,6 +115,36 @@ def probe_host_gpus() -> HostGPUs:
             for i in range(torch.cuda.device_count())
         )
     )
+
+
+#: What a local run id looks like: a plain folder name (letters, digits, '.', '_', '-'; no
+#: leading dot, no '..'), so that an id can never name a folder outside the runs folder.
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+#: Most of a metrics.jsonl read for the progress line (its tail holds the newest step).
+MAX_METRICS_TAIL_BYTES = 1024 * 1024
+
+
+def run_dir_for(runs_dir: str | os.PathLike[str], run_id: str) -> Path:
+    """The folder of run ``run_id`` inside ``runs_dir``, refusing ids that could leave it.
+
+    Raises:
+        RunnerError: If ``run_id`` is not a plain id (``../x``, ``/abs``, ``a/b``, ``..``), or
+            its folder resolves outside ``runs_dir`` (a symbolic link elsewhere).
+    """
+    if not RUN_ID_PATTERN.match(run_id) or ".." in run_id:
+        raise RunnerError(
+            f"{run_id!r} is not a run id: ids are plain folder names of letters, digits, '.', "
+            "'_' and '-' (as printed by 'ftplan launch'), not paths. To fix: pass the id and "
+            "--runs-dir for the folder that holds it"
+        )
+    root = Path(runs_dir).resolve()
+    folder = (root / run_id).resolve()
+    if folder.parent != root:
+        raise RunnerError(
+            f"run {run_id!r} under {str(runs_dir)!r} links outside that folder; ftplan only "
+            "reads and writes runs inside the runs folder"
+        )
+    return folder
 
 
 def new_run_id(spec: LaunchSpec, *, now: dt.datetime | None = None) -> str:
@@ -292,12 +331,15 @@ class LocalRunner:
             RunnerError: If the data file is missing, the weights are not the planned model
                 (or their tokenizer does not load), or the host lacks the planned GPUs/memory.
         """
-        if not Path(data).exists():
+        if not Path(data).is_file():
             raise RunnerError(
-                f"data file {data!r} does not exist. To fix: pass --data with a "
-                "JSONL file of 'text', 'prompt'/'completion' or 'messages' lines"
+                f"data file {data!r} does not exist or is not a regular file. To fix: pass "
+                "--data with a JSONL file of 'text', 'prompt'/'completion' or 'messages' lines"
             )
-        if resume_run_id is not None and not (self.runs_dir / resume_run_id).is_dir():
+        if (
+            resume_run_id is not None
+            and not (run_dir_for(self.runs_dir, resume_run_id) / SPEC_FILE).is_file()
+        ):
             raise RunnerError(
                 f"no local run {resume_run_id!r} to resume under "
                 f"{str(self.runs_dir)!r}. To fix: check the id (ftplan status)"
@@ -315,7 +357,7 @@ class LocalRunner:
                 raise
             warnings.append(f"this machine could not run it: {exc}")
         run_id = resume_run_id or new_run_id(spec)
-        run_dir = (self.runs_dir / run_id).resolve()
+        run_dir = run_dir_for(self.runs_dir, run_id)
         argv = self.command(
             spec, data=str(Path(data).resolve()), run_dir=run_dir, resume=resume_run_id is not None
         )
@@ -345,7 +387,8 @@ class LocalRunner:
         Raises:
             RunnerError: If there is no such run folder.
         """
-        path = self.runs_dir / run_id / STATUS_FILE
+        run_dir = run_dir_for(self.runs_dir, run_id)
+        path = run_dir / STATUS_FILE
         if not path.is_file():
             raise RunnerError(
                 f"no local run {run_id!r} under {str(self.runs_dir)!r}. To fix: "
@@ -354,31 +397,31 @@ class LocalRunner:
         child = self._children.get(run_id)
         if child is not None:
             child.poll()  # reap a finished supervisor so its pid reads as gone
-        data = json.loads(path.read_text(encoding="utf-8"))
-        state = RunState(data["state"])
-        detail = data.get("detail", "")
-        supervisor = data.get("supervisor_pid")
+        data = read_status(path)
+        state = data.state
+        detail = data.detail
         if (
             not state.finished
-            and supervisor is not None
-            and not _pid_alive(int(supervisor))
+            and data.supervisor_pid is not None
+            and not _pid_alive(data.supervisor_pid)
             and (child is None or child.returncode is not None)
         ):
-            data = json.loads(path.read_text(encoding="utf-8"))  # it may have just finished
-            state = RunState(data["state"])
+            data = read_status(path)  # it may have just finished
+            state, detail = data.state, data.detail
             if not state.finished:
                 state, detail = RunState.FAILED, "the training process is gone (no exit recorded)"
-        progress = _progress(Path(data["log_path"]).parent / OUTPUT_DIR / "metrics.jsonl")
-        summary = Path(data["log_path"]).parent / OUTPUT_DIR / "summary.json"
+        # The run's own folder, never a path status.json names: a status file is data.
+        progress = _progress(run_dir / OUTPUT_DIR / "metrics.jsonl")
+        summary = run_dir / OUTPUT_DIR / "summary.json"
         return RunStatus(
             run_id=run_id,
             target=Target.LOCAL,
             state=state,
             detail="; ".join(x for x in (detail, progress) if x),
-            started_at=data.get("started_at", ""),
-            ended_at=data.get("ended_at", ""),
-            log_path=data["log_path"],
-            pid=data.get("pid"),
+            started_at=data.started_at,
+            ended_at=data.ended_at,
+            log_path=str(run_dir / LOG_FILE),
+            pid=data.pid,
             summary_path=str(summary) if summary.is_file() else "",
         )
 
@@ -391,7 +434,7 @@ class LocalRunner:
 
     def follow(self, run_id: str, *, poll_s: float = 2.0) -> Iterator[str]:
         """Yield the run's log lines as they appear, until the run has finished."""
-        log_path = self.runs_dir / run_id / LOG_FILE
+        log_path = run_dir_for(self.runs_dir, run_id) / LOG_FILE
         position = 0
         while True:
             finished = self.status(run_id).state.finished
@@ -479,24 +522,96 @@ def write_status(run_dir: Path, data: dict[str, Any]) -> None:
     atomic_write_text(run_dir / STATUS_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusFile:
+    """The fields of a run's ``status.json`` that ``ftplan status`` shows, validated."""
+
+    state: RunState
+    detail: str = ""
+    started_at: str = ""
+    ended_at: str = ""
+    pid: int | None = None
+    supervisor_pid: int | None = None
+
+
+def read_status(path: Path) -> StatusFile:
+    """Read and validate a ``status.json`` (bounded, regular file, plain JSON).
+
+    Raises:
+        DataError: The file is empty, truncated, not JSON, or its fields have the wrong shape.
+    """
+    fix = "the run's supervisor writes it; a hand-edited or truncated file cannot be read"
+    data = read_json_file(path, what="run status", max_bytes=1024 * 1024)
+    if not isinstance(data, dict):
+        raise DataError(f"run status {str(path)!r} is not a JSON object; {fix}")
+    try:
+        state = RunState(str(data.get("state")))
+    except ValueError:
+        allowed = ", ".join(s.value for s in RunState)
+        raise DataError(
+            f"run status {str(path)!r}: state {data.get('state')!r} is not one of {allowed}; {fix}"
+        ) from None
+
+    def text(key: str) -> str:
+        value = data.get(key, "")
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise DataError(f"run status {str(path)!r}: {key} must be text, got {value!r}")
+        return printable(value[:2000])
+
+    def pid(key: str) -> int | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
+            raise DataError(f"run status {str(path)!r}: {key} must be a process id, got {value!r}")
+        return value
+
+    return StatusFile(
+        state=state,
+        detail=text("detail"),
+        started_at=text("started_at"),
+        ended_at=text("ended_at"),
+        pid=pid("pid"),
+        supervisor_pid=pid("supervisor_pid"),
+    )
+
+
 def _progress(metrics: Path) -> str:
-    """``step N/M, loss L`` from the newest metrics line, or ``""``."""
-    if not metrics.is_file():
+    """``step N/M, loss L`` from the newest metrics lines, or ``""``.
+
+    Only the file's last :data:`MAX_METRICS_TAIL_BYTES` are read; lines that are not JSON
+    objects, or lack a step or a finite loss, are skipped (the trainer may be mid-write).
+    """
+    try:
+        with open_regular(metrics, what="metrics file") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(max(0, size - MAX_METRICS_TAIL_BYTES))
+            tail = handle.read(MAX_METRICS_TAIL_BYTES).decode("utf-8", errors="replace")
+    except (OSError, DataError):
         return ""
-    total = None
-    last: dict[str, Any] | None = None
-    for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+    total: object = None
+    last: tuple[int, float | None] | None = None
+    for line in tail.splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = loads_json(line, what="metrics line")
+        except DataError:
+            continue
+        if not isinstance(record, dict):
             continue
         if record.get("event") == "start":
             total = record.get("total_steps")
         elif record.get("event") == "step":
-            last = record
+            step, loss = record.get("step"), record.get("loss")
+            if isinstance(step, int) and not isinstance(step, bool):
+                finite = isinstance(loss, int | float) and math.isfinite(loss)
+                last = (step, float(loss) if finite else None)  # type: ignore[arg-type]
     if last is None:
         return ""
-    return f"step {last['step']}/{total}, loss {last['loss']:.4f}"
+    of = f"/{total}" if isinstance(total, int) and not isinstance(total, bool) else ""
+    loss_text = "n/a" if last[1] is None else f"{last[1]:.4f}"
+    return f"step {last[0]}{of}, loss {loss_text}"
 
 
 def describe(result: LaunchResult) -> str:

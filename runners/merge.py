@@ -10,9 +10,10 @@ import os
 import shutil
 from pathlib import Path
 
+from catalog import read_text_limited
 from profiler import Method
 from runners._types import LaunchSpec, RunnerError, launch_spec_from_json
-from runners.local import OUTPUT_DIR, SPEC_FILE
+from runners.local import OUTPUT_DIR, RUN_ID_PATTERN, SPEC_FILE, run_dir_for
 
 FINAL_DIR = "final"
 MERGED_DIR = "merged"
@@ -25,7 +26,10 @@ def run_folder(run: str, *, runs_dir: str | Path) -> Path:
     Raises:
         RunnerError: If neither names a run folder (one holding launch.json).
     """
-    for candidate in (Path(run), Path(runs_dir) / run):
+    candidates = [Path(run)]
+    if RUN_ID_PATTERN.match(run) and ".." not in run:
+        candidates.append(run_dir_for(runs_dir, run))
+    for candidate in candidates:
         if (candidate / SPEC_FILE).is_file():
             return candidate.resolve()
     raise RunnerError(
@@ -67,7 +71,8 @@ def merge_run(run_dir: Path, *, out: Path | None = None) -> Path:
         RunnerError: Full or random-init run, no finished adapters, or ``out`` already exists.
     """
     spec = launch_spec_from_json(
-        (run_dir / SPEC_FILE).read_text(encoding="utf-8"), where=str(run_dir / SPEC_FILE)
+        read_text_limited(run_dir / SPEC_FILE, what="launch spec", max_bytes=16 * 1024 * 1024),
+        where=str(run_dir / SPEC_FILE),
     )
     base = merge_source(spec)
     adapters = run_dir / OUTPUT_DIR / FINAL_DIR

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from catalog import GIB, Provider
+from catalog import GIB, Provider, expand_user
 from profiler import Method
 from profiler.estimator import checkpoint_bytes, download_bytes
 from runners._types import (
@@ -290,7 +290,7 @@ def _check_remote_weights(weights: str) -> None:
     if weights.startswith("s3://"):
         _split_s3(weights)
         return
-    if Path(weights).expanduser().exists() or weights.startswith((".", "/", "~")):
+    if expand_user(weights).exists() or weights.startswith((".", "/", "~")):
         raise RunnerError(
             f"--weights {weights!r} is a local folder; a SageMaker job cannot read it. To fix: "
             f"upload it (aws s3 sync {weights} s3://BUCKET/models/NAME/) and pass --weights "

@@ -23,9 +23,12 @@ from typing import Any, TextIO
 
 from catalog import (
     GIB,
+    DataError,
     Offer,
     Provider,
+    expand_user,
     list_offers,
+    read_json_file,
     sky_accelerator_for_gpu,
     sky_name_is_ambiguous,
 )
@@ -39,6 +42,7 @@ from runners._types import (
     Target,
     launch_spec_to_json,
 )
+from runners.local import run_dir_for
 from runners.sagemaker import SOURCE_PACKAGES, distribution_environment
 
 #: SkyPilot's cloud name for each provider it launches on.
@@ -132,7 +136,7 @@ def _data_mount(data: str) -> tuple[str, str]:
         name = data.rstrip("/").rsplit("/", 1)[-1] or "data"
         remote = f"{REMOTE_DATA_DIR}/{name}"
         return remote, data
-    path = Path(data).expanduser().resolve()
+    path = expand_user(data).resolve()
     return f"{REMOTE_DATA_DIR}/{path.name}", str(path)
 
 
@@ -403,7 +407,7 @@ class SkyPilotRunner:
             RunnerError: Bad input (nothing started), SkyPilot missing, or the launch failed.
         """
         run_id = name or task_name(spec)
-        if not data.startswith(_BUCKET_SCHEMES) and not Path(data).expanduser().exists():
+        if not data.startswith(_BUCKET_SCHEMES) and not expand_user(data).exists():
             message = f"data file {data} does not exist; pass --data FILE.jsonl or a bucket URI"
             if not dry_run:
                 raise RunnerError(message)
@@ -445,13 +449,16 @@ class SkyPilotRunner:
         return result
 
     def _record(self, run_id: str) -> dict[str, Any]:
-        path = self._runs_dir / run_id / RECORD_FILE
+        path = run_dir_for(self._runs_dir, run_id) / RECORD_FILE
         if not path.is_file():
             raise RunnerError(
                 f"no SkyPilot run {run_id!r} under {self._runs_dir} (no {RECORD_FILE}); "
                 f"see 'sky status' and 'sky jobs queue'"
             )
-        return dict(json.loads(path.read_text(encoding="utf-8")))
+        record = read_json_file(path, what="SkyPilot run record", max_bytes=1024 * 1024)
+        if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
+            raise DataError(f"SkyPilot run record {str(path)!r} is not one ftplan wrote")
+        return record
 
     def status(self, run_id: str) -> RunStatus:
         """The run's state from SkyPilot (managed-job queue, or the cluster's job queue).

@@ -381,6 +381,7 @@ def test_gpu_launch_from_a_plan_matches_the_prediction(tmp_path: Path) -> None:
 def test_cli_resume_reuses_the_run_folder(tmp_path: Path, data: Path) -> None:
     plan = write_plan(make_plan(), tmp_path / "plan.json")
     (tmp_path / "r" / "old-run").mkdir(parents=True)
+    (tmp_path / "r" / "old-run" / "launch.json").write_text("{}")  # a folder ftplan launched
     base = [
         "launch",
         str(plan),

@@ -7,30 +7,82 @@ where expected errors become a one-line message and exit code 2 (never a traceba
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from catalog import CatalogError
-from planner.cli.errors import EXIT_USAGE, UserInputError
+from planner.cli.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_NO_PLAN,
+    EXIT_USAGE,
+    UserInputError,
+    clean_message,
+    to_click_exception,
+)
 
-__all__ = ["EXIT_USAGE", "UserInputError", "main"]
+__all__ = [
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_NO_PLAN",
+    "EXIT_USAGE",
+    "UserInputError",
+    "main",
+]
 
 
 class _FtplanGroup(click.Group):
-    """Turns the library's expected errors into :class:`UserInputError`."""
+    """The one place where exceptions become exit codes.
+
+    :class:`catalog.FtplanError` and ``OSError`` are expected (bad input, a malformed file, a
+    folder that cannot be written): one line and exit code 2. Ctrl-C: exit code 130, no
+    traceback. Anything else is a bug: exit code 3 and a crash log with the traceback.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (
-            CatalogError,
-            ValueError,
-            FileNotFoundError,
-            PermissionError,
-            IsADirectoryError,
-        ) as exc:
-            raise UserInputError(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            _interrupted()
+        except Exception as exc:
+            raise to_click_exception(exc) from None
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Like click's, but a usage error is one line too, and Ctrl-C exits 130."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()  # the help text itself, as click prints it
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "ftplan"
+            click.echo(
+                f"error: {clean_message(exc.format_message())} (see '{where} --help')", err=True
+            )
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except (KeyboardInterrupt, click.Abort):  # outside invoke, or click's own prompts
+            _interrupted()
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _interrupted() -> None:
+    click.echo("\ninterrupted", err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_FtplanGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,10 +100,12 @@ def main() -> None:
 
 def _register() -> None:
     from planner.cli import catalog, estimate, launch, merge, profile, recommend, report
+    from planner.cli.params import harden
 
     for module in (recommend, estimate, catalog, profile, report, launch, merge):
         for command in module.COMMANDS:
             main.add_command(command)
+    harden(main.commands.values())
 
 
 _register()

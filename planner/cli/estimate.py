@@ -9,14 +9,36 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from catalog import GPU, ModelSpec, atomic_write_text, get_gpu, get_model, to_jsonable
+from catalog import (
+    GPU,
+    DataError,
+    ModelSpec,
+    atomic_write_text,
+    get_gpu,
+    get_model,
+    loads_json,
+    open_regular,
+    to_jsonable,
+)
 from planner.cli.errors import NothingFitsError, UserInputError
+from planner.cli.params import (
+    MAX_BATCH,
+    MAX_GPUS_PER_NODE,
+    MAX_LORA_ALPHA,
+    MAX_LORA_RANK,
+    MAX_SEQ_LEN,
+    SafePath,
+    check_targets,
+    int_range,
+    user_config,
+)
 from profiler import (
     Measurement,
     Method,
@@ -77,7 +99,9 @@ def _build_config(
         raise UserInputError(
             f"--sharding {sharding.value} with --gpu-count {gpu_count}: {problem}"
         )
-    config = TuningConfig(
+    if lora and targets is not None:
+        check_targets(targets)
+    config = user_config(
         method=method,
         precision=precision,
         lora_rank=(rank if rank is not None else 16) if lora else None,
@@ -205,8 +229,12 @@ def _render_table(result: dict[str, Any]) -> None:
     default=None,
     help="Default bf16-mixed (fp16-mixed on GPUs without bf16).",
 )
-@click.option("--rank", type=int, default=None, help="LoRA rank (default 16).")
-@click.option("--alpha", type=int, default=None, help="LoRA alpha (default 32).")
+@click.option(
+    "--rank", type=int_range(1, MAX_LORA_RANK), default=None, help="LoRA rank (default 16)."
+)
+@click.option(
+    "--alpha", type=int_range(1, MAX_LORA_ALPHA), default=None, help="LoRA alpha (default 32)."
+)
 @click.option(
     "--targets",
     default=None,
@@ -214,12 +242,12 @@ def _render_table(result: dict[str, Any]) -> None:
 )
 @click.option(
     "--batch",
-    type=click.IntRange(min=1),
+    type=int_range(1, MAX_BATCH),
     default=1,
     show_default=True,
     help="Micro-batch per GPU.",
 )
-@click.option("--seq-len", type=click.IntRange(min=1), default=2048, show_default=True)
+@click.option("--seq-len", type=int_range(1, MAX_SEQ_LEN), default=2048, show_default=True)
 @click.option("--grad-checkpointing", is_flag=True)
 @click.option(
     "--optimizer",
@@ -230,7 +258,7 @@ def _render_table(result: dict[str, Any]) -> None:
 @click.option("--gpu", "gpu_name", default="h100", show_default=True)
 @click.option(
     "--gpu-count",
-    type=click.IntRange(min=1),
+    type=int_range(1, MAX_GPUS_PER_NODE),
     default=1,
     show_default=True,
     help="GPUs on one node.",
@@ -425,12 +453,12 @@ def _nearest_change(
     "--from",
     "sources",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=SafePath(exists=True, dir_okay=False, regular_file=True, path_type=Path),
     help="Measurement JSONL files (default: the profile store).",
 )
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    type=SafePath(dir_okay=False, path_type=Path),
     default=None,
     help="Where to write (default: the user cache, where the estimator finds it).",
 )
@@ -482,15 +510,17 @@ def _read_sources(sources: Sequence[Path], gpu: GPU) -> list[Measurement]:
 
     records: list[Measurement] = []
     for path in sources:
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"--from {path}: no such file. To fix: give a JSONL file "
-                f"written by 'ftplan profile'"
-            )
-        first = next(
-            (line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()), "{}"
-        )
-        if "mode" in json.loads(first):
+        with open_regular(path, what="--from") as handle:
+            first = b"{}"
+            while line := handle.readline(1024 * 1024):
+                if line.strip():
+                    first = line
+                    break
+        try:
+            head = loads_json(first.decode("utf-8", errors="replace"), what=f"--from {path}")
+        except DataError:
+            head = {}  # the reader below names the line
+        if isinstance(head, dict) and "mode" in head:
             records += reference_measurements(path, gpu_name=gpu.name)
         else:
             records += ProfileStore([path]).records()
@@ -507,10 +537,13 @@ def _errors(
     memory, time = [], []
     for m in usable_rows(records, gpu):
         predicted = estimate(get_model(m.model), m.config, gpu, calibration=calibration)
-        assert m.peak_allocated_gib and m.step_time_s
-        assert predicted.peak_allocated_gib and predicted.step_time_s
+        assert m.peak_allocated_gib and m.step_time_s  # usable_rows keeps positive ones only
+        if not (predicted.peak_allocated_gib and predicted.step_time_s):
+            continue
         memory.append(abs(predicted.peak_allocated_gib / m.peak_allocated_gib - 1) * 100)
         time.append(abs(predicted.step_time_s / m.step_time_s - 1) * 100)
+    if not memory:
+        return (math.nan, math.nan, math.nan, math.nan)
     memory.sort()
     time.sort()
     return (memory[len(memory) // 2], memory[-1], time[len(time) // 2], time[-1])

@@ -15,9 +15,10 @@ from typing import Any
 
 import click
 
-from catalog import ModelSpec, get_model, model_from_hf_config
+from catalog import InputError, ModelSpec, expand_user, get_model, model_from_hf_config
 from planner._types import Candidate, Plan
 from planner.cli.errors import UserInputError, require_extra
+from planner.cli.params import check_run_id
 from profiler.recipes import DEFAULT_LEARNING_RATE
 from runners import (
     LaunchSpec,
@@ -32,7 +33,7 @@ from runners import (
     parse_checkpoint_every,
 )
 from runners._length import RunLength, dataset_tokens, difference_note, run_length
-from runners.local import DEFAULT_RUNS_DIR
+from runners.local import DEFAULT_RUNS_DIR, run_dir_for
 
 DEFAULT_CHECKPOINT_MINUTES = 30.0
 
@@ -45,13 +46,13 @@ def plan_candidate(plan: Plan, *, rank: int | None = None) -> Candidate:
     """
     if rank is not None:
         if not 1 <= rank <= len(plan.ranked):
-            raise ValueError(
+            raise InputError(
                 f"--candidate {rank} is out of range: the plan ranks "
                 f"{len(plan.ranked)} candidates (1..{len(plan.ranked)})"
             )
         return plan.ranked[rank - 1]
     if plan.chosen is None:
-        raise ValueError(
+        raise InputError(
             "the plan has no chosen candidate (nothing was feasible within the budget). To fix: "
             "re-run 'ftplan recommend' with a larger --budget, or pick one with --candidate N"
         )
@@ -65,7 +66,7 @@ def plan_model(plan: Plan) -> ModelSpec:
     Raises:
         CatalogError: If neither resolves (e.g. a relative config path from another folder).
     """
-    folder = Path(plan.model_hf_id).expanduser()
+    folder = expand_user(plan.model_hf_id)
     if (folder / "config.json").is_file():
         return model_from_hf_config(folder)
     return get_model(plan.model)
@@ -234,6 +235,7 @@ def _user_error(exc: Exception) -> click.ClickException:
     "--resume",
     "resume_run",
     metavar="RUN_ID",
+    callback=check_run_id,
     help="Local: continue that run from its newest checkpoint.",
 )
 @click.option(
@@ -458,7 +460,7 @@ def _print_status(status: RunStatus, *, fmt: str) -> None:
 
 
 @click.command("status")
-@click.argument("run_id")
+@click.argument("run_id", callback=check_run_id)
 @click.option(
     "--target",
     type=click.Choice([t.value for t in Target]),
@@ -481,7 +483,7 @@ def status_command(
       ftplan status llama2-7b-lora-20261123-193000-a1b2
       ftplan status ftplan-llama2-7b-lora-20261123-193000 --target sagemaker --region us-east-1
     """
-    run_dir = Path(runs_dir) / run_id
+    run_dir = run_dir_for(runs_dir, run_id)
     chosen = (
         Target(target)
         if target
@@ -538,7 +540,7 @@ def sagemaker_price_warning(spec: LaunchSpec) -> str | None:
 
 
 @click.command("logs")
-@click.argument("run_id")
+@click.argument("run_id", callback=check_run_id)
 @click.option(
     "--runs-dir", default=str(DEFAULT_RUNS_DIR), show_default=True, help="Local runs folder."
 )
@@ -557,7 +559,7 @@ def logs_command(run_id: str, runs_dir: str, no_follow: bool) -> None:
 
 
 @click.command("stop")
-@click.argument("run_id")
+@click.argument("run_id", callback=check_run_id)
 @click.option(
     "--runs-dir", default=str(DEFAULT_RUNS_DIR), show_default=True, help="Local runs folder."
 )

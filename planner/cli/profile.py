@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from catalog import ModelSpec, get_gpu, get_model, to_jsonable
+from catalog import EnvironmentProblem, InputError, ModelSpec, get_gpu, get_model, to_jsonable
 from planner.cli.errors import require_extra
+from planner.cli.params import (
+    MAX_BATCH,
+    MAX_LORA_ALPHA,
+    MAX_LORA_RANK,
+    MAX_SEQ_LEN,
+    SafePath,
+    check_targets,
+    finite_float,
+    int_range,
+    user_config,
+)
 from profiler import Measurement, Method, OptimizerKind, Precision, TuningConfig
 from profiler._worker import PHASE_FORWARD_BACKWARD, PHASE_OPTIMIZER_STEP
 
@@ -29,6 +41,18 @@ if TYPE_CHECKING:
 CPU_MAX_LAYERS = 2
 CPU_MAX_HIDDEN = 256
 CPU_MAX_VOCAB = 4096
+MAX_LAYERS = 1024
+MAX_WARMUP_STEPS = 1000
+MAX_TIMED_STEPS = 10_000
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+_DEVICE = re.compile(r"^(cpu|cuda(:[0-9]{1,3})?)$")
+
+
+def check_device(text: str) -> str:
+    """``text`` when it names a device ftplan can profile on: ``cuda``, ``cuda:<i>`` or ``cpu``."""
+    if not _DEVICE.match(text.strip().lower()):
+        raise click.BadParameter(f"{text!r} is not cuda, cuda:<index> or cpu")
+    return text.strip().lower()
 
 
 def cpu_stand_in(spec: ModelSpec) -> tuple[ModelSpec, str]:
@@ -77,8 +101,11 @@ def _parse_layers(text: str) -> tuple[int, ...]:
         counts = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
     except ValueError:
         counts = ()
-    if len(counts) < 2 or counts[0] <= 0:
-        raise ValueError(f"--layers {text!r}: give at least two positive layer counts, e.g. 2,4")
+    if len(counts) < 2 or counts[0] <= 0 or counts[-1] > MAX_LAYERS or len(counts) > 8:
+        raise InputError(
+            f"--layers {text!r}: give two to eight layer counts between 1 and {MAX_LAYERS}, "
+            "e.g. 2,4"
+        )
     return counts
 
 
@@ -96,7 +123,7 @@ def _configs(
 ) -> list[TuningConfig]:
     lora = method is not Method.FULL
     return [
-        TuningConfig(
+        user_config(
             method=method,
             precision=precision,
             lora_rank=rank if lora else None,
@@ -116,7 +143,7 @@ def _require_cuda(device: str) -> None:
     import torch  # deferred: only profiling needs torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
+        raise EnvironmentProblem(
             "ftplan profile measures GPU memory and needs a CUDA GPU, and torch sees none "
             f"(torch {torch.__version__}). Run it on a machine with an NVIDIA GPU, or pass "
             "--device cpu to time a tiny stand-in of the model on CPU (no memory figures)."
@@ -215,16 +242,36 @@ def _render_table(results: Sequence[Measurement], note: str) -> None:
     default=Precision.BF16_MIXED.value,
     show_default=True,
 )
-@click.option("--rank", type=int, default=16, show_default=True, help="LoRA rank.")
-@click.option("--alpha", type=int, default=None, help="LoRA alpha [default: 2 x rank].")
+@click.option(
+    "--rank", type=int_range(1, MAX_LORA_RANK), default=16, show_default=True, help="LoRA rank."
+)
+@click.option(
+    "--alpha",
+    type=int_range(1, MAX_LORA_ALPHA),
+    default=None,
+    help="LoRA alpha [default: 2 x rank].",
+)
 @click.option(
     "--targets",
     default="all-linear",
     show_default=True,
+    callback=lambda _ctx, _param, value: check_targets(value),
     help="LoRA targets: all-linear, attention, or e.g. q_proj,v_proj.",
 )
-@click.option("--batch", "batches", type=int, multiple=True, help="Micro-batch (repeatable).")
-@click.option("--seq-len", "seq_lens", type=int, multiple=True, help="Tokens (repeatable).")
+@click.option(
+    "--batch",
+    "batches",
+    type=int_range(1, MAX_BATCH),
+    multiple=True,
+    help="Micro-batch (repeatable).",
+)
+@click.option(
+    "--seq-len",
+    "seq_lens",
+    type=int_range(1, MAX_SEQ_LEN),
+    multiple=True,
+    help="Tokens (repeatable).",
+)
 @click.option("--grad-checkpointing", is_flag=True, help="Non-reentrant activation checkpointing.")
 @click.option(
     "--optimizer",
@@ -244,6 +291,7 @@ def _render_table(results: Sequence[Measurement], note: str) -> None:
     "--device",
     default="cuda",
     show_default=True,
+    callback=lambda _ctx, _param, value: check_device(value),
     help="cuda, cuda:<i>, or cpu (a 2-layer tiny stand-in at full depth, time only).",
 )
 @click.option("--checkpoint", default=None, help="Real weights: hub id or local path.")
@@ -253,18 +301,18 @@ def _render_table(results: Sequence[Measurement], note: str) -> None:
     default=None,
     help="Catalog GPU name or alias to record [default: from the device name].",
 )
-@click.option("--warmup-steps", type=int, default=3, show_default=True)
-@click.option("--timed-steps", type=int, default=10, show_default=True)
+@click.option("--warmup-steps", type=int_range(0, MAX_WARMUP_STEPS), default=3, show_default=True)
+@click.option("--timed-steps", type=int_range(1, MAX_TIMED_STEPS), default=10, show_default=True)
 @click.option(
     "--timeout-s",
-    type=float,
+    type=finite_float(0, MAX_TIMEOUT_S, min_open=True),
     default=1800.0,
     show_default=True,
     help="Limit per measurement subprocess, seconds.",
 )
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=SafePath(dir_okay=False, path_type=Path),
     default=None,
     help="JSONL file to append to [default: the user profile store].",
 )

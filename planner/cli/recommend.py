@@ -15,7 +15,27 @@ from typing import Any
 
 import click
 
+from catalog import InputError
 from planner._types import Budget, Plan, QualityPolicy, Task, TokensSource
+from planner.cli.params import (
+    MAX_GPUS_PER_NODE,
+    MAX_SEED,
+    MAX_SEQ_LEN,
+    SafePath,
+    finite_float,
+    int_range,
+)
+from planner.cli.storage import check_storage_url
+
+#: Ranges of recommend's numbers: generous (a frontier-scale job), finite, and small enough that
+#: every figure derived from them stays a plain float (no overflow, no 300-digit file names).
+MAX_BUDGET_USD = 1e9
+MAX_TOKENS = 10**15
+MAX_EPOCHS = 1000.0
+MAX_USD_PER_HOUR = 1e6
+MAX_HOURS = 1e6
+MAX_HOST_RAM_GIB = 1e6
+MAX_TRIALS = 100_000
 
 EXIT_NO_PLAN = 1
 
@@ -34,10 +54,8 @@ def _build_request(o: dict[str, Any]) -> Any:
     from planner.engine.space import SearchSpace
     from profiler import Method
 
-    if not math.isfinite(o["budget"]) or o["budget"] <= 0:
-        raise ValueError(f"--budget must be a positive number of USD, got {o['budget']}")
     if o["tokens"] is not None and o["dataset"] is not None:
-        raise ValueError("give either --tokens or --dataset, not both")
+        raise InputError("give either --tokens or --dataset, not both")
     spec = catalog.get_model(o["model"])
     tokens, source, longest = DEFAULT_DATASET_TOKENS, TokensSource.ASSUMED, None
     if o["tokens"] is not None:
@@ -142,7 +160,7 @@ def _offers(providers: list[Any] | None, gpus: list[Any], o: dict[str, Any]) -> 
             offers = _of_services(offers, o["service"])
     if providers is not None and Provider.LOCAL in providers:
         if len(gpus) != 1:
-            raise ValueError(
+            raise InputError(
                 "--provider local needs exactly one --gpu NAME (your card) and --gpu-count N"
             )
         local = catalog.local_offer(
@@ -152,7 +170,7 @@ def _offers(providers: list[Any] | None, gpus: list[Any], o: dict[str, Any]) -> 
             local = dataclasses.replace(local, memory_gib=o["host_ram_gib"])
         offers.append(local)
     elif o["usd_per_hour"] is not None or o.get("host_ram_gib") is not None:
-        raise ValueError(
+        raise InputError(
             "--usd-per-hour and --host-ram-gib describe your own machine: use them with "
             "--provider local"
         )
@@ -168,7 +186,7 @@ def _of_services(offers: list[Any], services: tuple[str, ...]) -> list[Any]:
     for name in sorted(wanted - set(known)):
         close = difflib.get_close_matches(name, known, n=2, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise InputError(
             f"unknown service {name!r} for these offers.{hint} Known: {', '.join(known)}."
         )
     return [x for x in offers if x.service in wanted]
@@ -217,17 +235,24 @@ def _slug(model: str, budget: float, digest: str) -> str:
 
 @click.command("recommend")
 @click.option("--model", required=True, help="Catalog name, HF id or path to a config.json.")
-@click.option("--budget", type=float, required=True, help="Most you will spend, USD.")
-@click.option("--tokens", type=click.IntRange(min=1), help="Dataset tokens per epoch.")
+@click.option(
+    "--budget",
+    type=finite_float(0, MAX_BUDGET_USD, min_open=True),
+    required=True,
+    help="Most you will spend, USD.",
+)
+@click.option("--tokens", type=int_range(1, MAX_TOKENS), help="Dataset tokens per epoch.")
 @click.option(
     "--dataset",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=SafePath(dir_okay=False, exists=True, regular_file=True, path_type=Path),
     help="JSONL dataset; tokens counted as characters ÷ 4 (no tokenizer).",
 )
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Default 3.")
-@click.option("--seq-len", type=click.IntRange(min=1), help="Tokens per sample (default 2048).")
+@click.option("--epochs", type=finite_float(0, MAX_EPOCHS, min_open=True), help="Default 3.")
+@click.option(
+    "--seq-len", type=int_range(1, MAX_SEQ_LEN), help="Tokens per sample (default 2048)."
+)
 @click.option("--gpu", multiple=True, help="Limit to these GPUs (name or alias; repeatable).")
-@click.option("--gpu-count", type=click.IntRange(min=1), help="GPUs per machine.")
+@click.option("--gpu-count", type=int_range(1, MAX_GPUS_PER_NODE), help="GPUs per machine.")
 @click.option(
     "--service",
     multiple=True,
@@ -241,26 +266,26 @@ def _slug(model: str, budget: float, digest: str) -> str:
 )
 @click.option(
     "--usd-per-hour",
-    type=click.FloatRange(min=0),
+    type=finite_float(0, MAX_USD_PER_HOUR),
     help="What an hour of your own machine costs (with --provider local).",
 )
 @click.option(
     "--host-ram-gib",
-    type=click.FloatRange(min=0, min_open=True),
+    type=finite_float(0, MAX_HOST_RAM_GIB, min_open=True),
     help="Your own machine's RAM (with --provider local): offload plans are checked against it.",
 )
-@click.option("--max-hours", type=click.FloatRange(min=0, min_open=True), help="Deadline, h.")
+@click.option("--max-hours", type=finite_float(0, MAX_HOURS, min_open=True), help="Deadline, h.")
 @click.option("--spot/--no-spot", default=False, help="Consider spot offers (default: no).")
 @click.option(
     "--spot-interruptions-per-hour",
-    type=click.FloatRange(min=0),
+    type=finite_float(0, 60),
     default=0.1,
     show_default=True,
     help="Assumed spot reclaims per instance-hour.",
 )
 @click.option(
     "--spot-restart-minutes",
-    type=click.FloatRange(min=0),
+    type=finite_float(0, 7 * 24 * 60),
     default=10.0,
     show_default=True,
     help="Assumed minutes from a reclaim to training again.",
@@ -283,12 +308,14 @@ def _slug(model: str, budget: float, digest: str) -> str:
 )
 @click.option(
     "--trials",
-    type=click.IntRange(min=1),
+    type=int_range(1, MAX_TRIALS),
     help="optuna trials (default: every structural cell, exact).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int_range(0, MAX_SEED), default=0, show_default=True)
 @click.option(
-    "--storage", help="optuna storage URL to store/resume the study, e.g. sqlite:///study.db"
+    "--storage",
+    callback=lambda _ctx, _param, value: None if value is None else check_storage_url(value),
+    help="optuna storage URL to store/resume the study, e.g. sqlite:///study.db",
 )
 @click.option(
     "--out",

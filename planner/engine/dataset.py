@@ -7,16 +7,19 @@ reports the bytes read (for a progress bar).
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog import DataError, loads_json, open_regular
+
 # ~4 characters per token for English text with BPE tokenizers (OpenAI's tokenizer guidance;
 # Llama/Mistral tokenizers land between 3.5 and 4.5). No tokenizer is loaded.
 CHARS_PER_TOKEN = 4.0
+#: Longest single dataset line read (one sample); a longer "line" is not a JSONL sample.
+MAX_DATASET_LINE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,44 +65,47 @@ def count_dataset(
         path: The ``.jsonl`` file.
         on_progress: Called with the bytes read so far, about every 4 MiB and at the end.
 
+    The file must be a regular file (not a FIFO or ``/dev/zero``); each line is at most
+    :data:`MAX_DATASET_LINE_BYTES` and nests at most :data:`catalog.MAX_JSON_DEPTH` deep.
+
     Raises:
-        ValueError: If the file cannot be read, is empty, or a line is not JSON (line number
-            given).
+        DataError: If the file is not a regular file, has no text, or a line is not UTF-8 JSON
+            (line number given).
+        OSError: If the file cannot be opened.
     """
     source = Path(path)
     lengths: Counter[int] = Counter()
-    done = reported = 0
-    try:
-        with source.open("rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                done += len(raw)
-                if on_progress is not None and done - reported >= 4 << 20:
-                    on_progress(done)
-                    reported = done
+    done = reported = number = 0
+    with open_regular(source, what="dataset") as handle:
+        while raw := handle.readline(MAX_DATASET_LINE_BYTES + 1):
+            number += 1
+            where = f"dataset {str(source)!r} line {number}"
+            if len(raw) > MAX_DATASET_LINE_BYTES:
+                raise DataError(
+                    f"{where} is longer than {MAX_DATASET_LINE_BYTES >> 20} MiB; is it JSONL?"
+                )
+            done += len(raw)
+            if on_progress is not None and done - reported >= 4 << 20:
+                on_progress(done)
+                reported = done
+            try:
                 line = raw.decode("utf-8").strip()
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(
-                        f"dataset {str(source)!r} line {number} is not JSON ({exc.msg}); "
-                        "each line must be one JSON object"
-                    ) from None
-                lengths[math.ceil(_chars(record) / CHARS_PER_TOKEN)] += 1
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ValueError(
-            f"cannot read dataset {str(source)!r}: {reason}; pass a readable "
-            "UTF-8 .jsonl file or --tokens N"
-        ) from None
+            except UnicodeDecodeError:
+                raise DataError(f"{where} is not UTF-8 text; pass a UTF-8 .jsonl file") from None
+            if not line:
+                continue
+            try:
+                record = loads_json(line, what=where)
+            except DataError as exc:
+                raise DataError(f"{exc}; each line must be one JSON object") from None
+            lengths[math.ceil(_chars(record) / CHARS_PER_TOKEN)] += 1
     if on_progress is not None:
         on_progress(done)
     histogram = tuple(sorted(lengths.items()))
     samples = sum(lengths.values())
     tokens = sum(length * count for length, count in histogram)
     if not samples or not tokens:
-        raise ValueError(f"dataset {str(source)!r} has no text samples; pass --tokens N instead")
+        raise DataError(f"dataset {str(source)!r} has no text samples; pass --tokens N instead")
     return DatasetStats(
         path=str(source),
         samples=samples,
@@ -112,10 +118,14 @@ def count_dataset(
 
 
 def _chars(value: object) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(_chars(v) for v in value.values())
-    if isinstance(value, list):
-        return sum(_chars(v) for v in value)
-    return 0
+    """Characters of every string inside ``value`` (iterative: no recursion limit to hit)."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return total

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from catalog import GIB, GPU, ModelSpec, Offer
+from catalog import GIB, GPU, ModelSpec, Offer, mask_secrets
 from planner._types import (
     METHOD_NAMES,
     Budget,
@@ -157,7 +157,7 @@ def recommend(
             evaluated=result.evaluated,
             catalog_as_of=request.catalog_as_of,
             catalog_source=request.catalog_source,
-            storage=request.storage,
+            storage=mask_secrets(request.storage) if request.storage else None,
         ),
         ftplan_version=request.ftplan_version,
         warnings=request.warnings + _plan_warnings(request, ranked),

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from catalog import EnvironmentProblem, InputError, mask_secrets
 from planner._types import Budget, Candidate
 from planner.engine.evaluate import (
     CONSTRAINT_NAMES,
@@ -271,12 +272,34 @@ def _create_study(
     # Constraints reach TPE through Trial.set_constraint (optuna >= 5). In exact mode every
     # trial is enqueued, so the sampler only records them.
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
-    return optuna.create_study(
-        study_name=f"ftplan-{problem.fingerprint()}-{'exact' if exact else 'tpe'}",
-        storage=storage,
-        load_if_exists=storage is not None,
-        sampler=sampler,
-        directions=["minimize", "minimize"],
+    try:
+        return optuna.create_study(
+            study_name=f"ftplan-{problem.fingerprint()}-{'exact' if exact else 'tpe'}",
+            storage=storage,
+            load_if_exists=storage is not None,
+            sampler=sampler,
+            directions=["minimize", "minimize"],
+        )
+    except ImportError as exc:
+        raise EnvironmentProblem(
+            f"the study storage {mask_secrets(storage or '')!r} needs a database driver that "
+            f"is not installed ({exc.name or exc}). To fix: pip install it, or use sqlite:///FILE"
+        ) from None
+    except Exception as exc:
+        if storage is None or not _is_storage_error(exc):
+            raise
+        raise InputError(
+            f"cannot open the study storage {mask_secrets(storage)!r}: "
+            f"{mask_secrets(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}. "
+            "To fix: give a SQLite file ftplan wrote (sqlite:///study.db) or a reachable database"
+        ) from None
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """A failure of the storage backend (SQLAlchemy, optuna's storage layer), not of ftplan."""
+    module = type(exc).__module__
+    return module.startswith(("sqlalchemy", "optuna.storages", "sqlite3")) or (
+        type(exc).__name__ == "StorageInternalError"
     )
 
 

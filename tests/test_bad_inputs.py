@@ -1,0 +1,467 @@
+"""Hostile and careless input, command by command: each bad input is one line on stderr and exit
+code 2 (never a traceback, never exit 1 or 3), nothing is written outside the folders named,
+and secrets never reach a file. One table per subcommand."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from plan_fixtures import make_plan
+
+from planner.cli import main
+from planner.plan_io import plan_to_json, write_plan
+
+LLAMA_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "vocab_size": 128256,
+    "tie_word_embeddings": True,
+    "max_position_embeddings": 131072,
+}
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder with a valid plan, dataset, a regular file 'f', a FIFO, bad configs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(tmp_path / "cache"))
+    write_plan(make_plan(), tmp_path / "plan.json")
+    (tmp_path / "train.jsonl").write_text('{"text": "hello world"}\n')
+    (tmp_path / "f").write_text("a regular file\n")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    configs = {
+        "list": [1, 2],
+        "zero-heads": {**LLAMA_CONFIG, "num_attention_heads": 0},
+        "list-hidden": {**LLAMA_CONFIG, "hidden_size": [2048]},
+        "huge-vocab": {**LLAMA_CONFIG, "vocab_size": 10**12},
+        "bool-layers": {**LLAMA_CONFIG, "num_hidden_layers": True},
+        "kv-mismatch": {**LLAMA_CONFIG, "num_key_value_heads": 7},
+    }
+    for name, config in configs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    plan = json.loads(plan_to_json(make_plan()))
+    bad_plans = {
+        "negative.json": _edit(plan, ["chosen", "cost", "usd"], -50.0),
+        "nan.json": plan_to_json(make_plan()).replace('"seed": 0', '"seed": NaN'),
+        "infinity.json": plan_to_json(make_plan()).replace('"seed": 0', '"seed": Infinity'),
+        "overflow.json": plan_to_json(make_plan()).replace('"seed": 0', '"seed": 1e999'),
+        "deep.json": '{"format": "ftplan-plan/1", "plan": ' + "[" * 5000 + "]" * 5000 + "}",
+        "list.json": "[]",
+        "format.json": json.dumps({"format": "ftplan-plan/9", "plan": plan["plan"]}),
+        "escape.json": _edit(plan, ["model"], "llama\x1b[31m"),
+        "empty.json": "",
+        "binary.json": "\udcff",
+    }
+    for name, text in bad_plans.items():
+        (tmp_path / name).write_bytes(text.encode("utf-8", errors="surrogateescape"))
+    datasets = {
+        "notjson.jsonl": '{"text": "ok"}\nnot json\n',
+        "deep.jsonl": "[" * 100_000 + "]" * 100_000 + "\n",
+        "empty.jsonl": "\n\n",
+        "nan.jsonl": '{"text": NaN}\n',
+    }
+    for name, text in datasets.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    return tmp_path
+
+
+def _edit(document: dict[str, object], keys: list[str], value: object) -> str:
+    data = json.loads(json.dumps(document))
+    node = data["plan"]
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    return json.dumps(data)
+
+
+def _run(args: list[str]) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _assert_bad_input(args: list[str], world: Path) -> None:
+    before = {p for p in world.rglob("*") if ".hypothesis" not in p.parts}
+    code, _, stderr = _run(args)
+    assert code == 2, (args, code, stderr)
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), (args, stderr)
+    assert "\x1b" not in stderr
+    after = {p for p in world.rglob("*") if ".hypothesis" not in p.parts}
+    assert after == before, (args, sorted(map(str, after - before)))  # nothing written
+
+
+RECOMMEND = ["recommend", "--model", "llama2-7b", "--out", "r", "--quiet"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--budget", "nan"],
+        ["--budget", "inf"],
+        ["--budget", "-inf"],
+        ["--budget", "-1"],
+        ["--budget", "0"],
+        ["--budget", "1e308"],
+        ["--budget", "abc"],
+        ["--budget", ""],
+        ["--budget", "200", "--epochs", "inf"],
+        ["--budget", "200", "--epochs", "nan"],
+        ["--budget", "200", "--epochs", "0"],
+        ["--budget", "200", "--epochs", "1e300"],
+        ["--budget", "200", "--tokens", "0"],
+        ["--budget", "200", "--tokens", "1e3"],
+        ["--budget", "200", "--tokens", "99999999999999999999999"],
+        ["--budget", "200", "--seq-len", "0"],
+        ["--budget", "200", "--seq-len", "100000000"],
+        ["--budget", "200", "--gpu-count", "0"],
+        ["--budget", "200", "--gpu-count", "1000000"],
+        ["--budget", "200", "--max-hours", "0"],
+        ["--budget", "200", "--max-hours", "nan"],
+        ["--budget", "200", "--usd-per-hour", "-1"],
+        ["--budget", "200", "--usd-per-hour", "2"],  # without --provider local
+        ["--budget", "200", "--spot-interruptions-per-hour", "nan"],
+        ["--budget", "200", "--spot-interruptions-per-hour", "1e9"],
+        ["--budget", "200", "--spot-restart-minutes", "-5"],
+        ["--budget", "200", "--trials", "0"],
+        ["--budget", "200", "--seed", "-1"],
+        ["--budget", "200", "--seed", "99999999999999999999"],
+        ["--budget", "200", "--storage", "notaurl"],
+        ["--budget", "200", "--storage", "sqlite:///nodir/x.db"],
+        ["--budget", "200", "--storage", "sqlite:///dir"],
+        ["--budget", "200", "--storage", "sqlite:///"],
+        ["--budget", "200", "--storage", "postgresql://user:hunter2@"],
+        ["--budget", "200", "--gpu", "h1000"],
+        ["--budget", "200", "--gpu", ""],
+        ["--budget", "200", "--provider", "mars"],
+        ["--budget", "200", "--service", "lambda-labs"],
+        ["--budget", "200", "--task", "chat"],
+        ["--budget", "200", "--quality", "perfect"],
+        ["--budget", "200", "--format", "xml"],
+        ["--budget", "200", "--tokens", "5", "--dataset", "train.jsonl"],
+        ["--budget", "200", "--dataset", "/dev/zero"],
+        ["--budget", "200", "--dataset", "fifo"],
+        ["--budget", "200", "--dataset", "missing.jsonl"],
+        ["--budget", "200", "--dataset", "dir"],
+        ["--budget", "200", "--dataset", ""],
+        ["--budget", "200", "--dataset", "notjson.jsonl"],
+        ["--budget", "200", "--dataset", "deep.jsonl"],
+        ["--budget", "200", "--dataset", "empty.jsonl"],
+        ["--budget", "200", "--dataset", "nan.jsonl"],
+        ["--budget", "200", "--dataset", "latin1.jsonl"],
+        ["--budget", "200", "--out", "f/x"],
+        ["--budget", "200", "--out", "f"],
+        ["--budget", "200", "--bogus"],
+    ],
+)
+def test_recommend_bad_input(world: Path, extra: list[str]) -> None:
+    _assert_bad_input([*RECOMMEND, *extra], world)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "",
+        "lama2-7b",
+        "list",
+        "zero-heads",
+        "list-hidden",
+        "huge-vocab",
+        "bool-layers",
+        "kv-mismatch",
+        "/dev/zero",
+        "fifo",
+        "f",
+        "missing/config.json",
+        "x\x00y",
+    ],
+)
+def test_every_command_refuses_a_bad_model(world: Path, model: str) -> None:
+    _assert_bad_input(["recommend", "--model", model, "--budget", "200", "--out", "r"], world)
+    _assert_bad_input(["estimate", "--model", model, "--method", "lora"], world)
+
+
+ESTIMATE = ["estimate", "--model", "llama2-7b"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["--method", "dora"],
+        ["--method", "lora", "--rank", "0"],
+        ["--method", "lora", "--rank", "-1"],
+        ["--method", "lora", "--rank", "1e9"],
+        ["--method", "lora", "--rank", "1000000000"],
+        ["--method", "lora", "--alpha", "-1"],
+        ["--method", "lora", "--alpha", "0"],
+        ["--method", "lora", "--targets", "mlp_proj"],
+        ["--method", "lora", "--targets", ""],
+        ["--method", "lora", "--targets", ",,,"],
+        ["--method", "lora", "--batch", "0"],
+        ["--method", "lora", "--batch", "100000000"],
+        ["--method", "lora", "--seq-len", "-1"],
+        ["--method", "lora", "--gpu", "tpu-v5"],
+        ["--method", "lora", "--gpu-count", "0"],
+        ["--method", "lora", "--gpu-count", "4096"],
+        ["--method", "lora", "--precision", "bf16"],
+        ["--method", "lora", "--precision", "fp8"],
+        ["--method", "lora", "--gpu", "t4", "--precision", "bf16-mixed"],
+        ["--method", "full", "--rank", "8"],
+        ["--method", "lora", "--optimizer", "sgd"],
+        ["--method", "lora", "--format", "yaml"],
+    ],
+)
+def test_estimate_bad_input(world: Path, extra: list[str]) -> None:
+    _assert_bad_input([*ESTIMATE, *extra], world)
+
+
+PROFILE = ["profile", "--model", "llama2-7b", "--method", "lora"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--device", "tpu"],
+        ["--device", "cuda:x"],
+        ["--device", ""],
+        ["--timeout-s", "-1"],
+        ["--timeout-s", "0"],
+        ["--timeout-s", "nan"],
+        ["--timeout-s", "inf"],
+        ["--warmup-steps", "-3"],
+        ["--timed-steps", "0"],
+        ["--layers", "x"],
+        ["--layers", "4"],
+        ["--layers", "0,2"],
+        ["--layers", "2,99999"],
+        ["--batch", "0"],
+        ["--seq-len", "0"],
+        ["--rank", "0"],
+        ["--alpha", "-2"],
+        ["--targets", "nope"],
+        ["--gpu", "h1000"],
+        ["--out", "f/x.jsonl"],
+        ["--out", "dir"],
+    ],
+)
+def test_profile_bad_input(world: Path, extra: list[str]) -> None:
+    _assert_bad_input([*PROFILE, *extra], world)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--gpu", "h1000"],
+        ["--gpu", "h100", "--from", "missing.jsonl"],
+        ["--gpu", "h100", "--from", "dir"],
+        ["--gpu", "h100", "--from", "fifo"],
+        ["--gpu", "h100", "--from", "/dev/zero"],
+        ["--gpu", "h100", "--from", "notjson.jsonl"],
+        ["--gpu", "h100", "--from", "deep.jsonl"],
+        ["--gpu", "h100", "--from", "train.jsonl"],
+        ["--gpu", "h100", "--from", "empty.jsonl"],
+        ["--gpu", "h100", "--out", "f/x.json"],
+    ],
+)
+def test_calibrate_bad_input(world: Path, args: list[str]) -> None:
+    _assert_bad_input(["calibrate", *args], world)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["offers", "--gpu", "h1000"],
+        ["offers", "--provider", "mars"],
+        ["offers", "--format", "xml"],
+        ["models", "--format", "xml"],
+        ["gpus", "--bogus"],
+        ["refresh", "--provider", "mars"],
+        ["refresh", "--from", "nowhere"],
+        ["refresh", "--region", ""],
+        ["nothing"],
+    ],
+)
+def test_catalog_bad_input(world: Path, args: list[str]) -> None:
+    _assert_bad_input(["catalog", *args], world)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["missing.json"],
+        ["dir"],
+        ["fifo"],
+        ["/dev/zero"],
+        ["f"],
+        ["negative.json"],
+        ["nan.json"],
+        ["infinity.json"],
+        ["overflow.json"],
+        ["deep.json"],
+        ["list.json"],
+        ["format.json"],
+        ["escape.json"],
+        ["empty.json"],
+        ["binary.json"],
+        ["plan.json", "--out", "f/x.html"],
+        ["plan.json", "--out", "dir"],
+        ["plan.json", "--format", "pdf"],
+    ],
+)
+def test_report_bad_input(world: Path, args: list[str]) -> None:
+    _assert_bad_input(["report", *args], world)
+
+
+LAUNCH = ["launch", "plan.json", "--target", "local", "--data", "train.jsonl", "--device", "cpu"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["launch", "missing.json", "--target", "local", "--data", "train.jsonl"],
+        ["launch", "negative.json", "--target", "local", "--data", "train.jsonl"],
+        ["launch", "plan.json", "--target", "moon", "--data", "train.jsonl"],
+        ["launch", "plan.json", "--target", "local", "--data", ""],
+        ["launch", "plan.json", "--target", "local", "--data", "missing.jsonl"],
+        ["launch", "plan.json", "--target", "local", "--data", "fifo"],
+        ["launch", "plan.json", "--target", "local", "--data", "dir"],
+        [*LAUNCH, "--resume", "../victim", "--output-dir", "runs"],
+        [*LAUNCH, "--resume", "/etc", "--output-dir", "runs"],
+        [*LAUNCH, "--resume", "a/b", "--output-dir", "runs"],
+        [*LAUNCH, "--resume", "..", "--output-dir", "runs"],
+        [*LAUNCH, "--resume", "no-such-run", "--output-dir", "runs"],
+        [*LAUNCH, "--max-steps", "0"],
+        [*LAUNCH, "--candidate", "0"],
+        [*LAUNCH, "--candidate", "999"],
+        [*LAUNCH, "--grad-accum", "0"],
+        [
+            "launch",
+            "plan.json",
+            "--target",
+            "sagemaker",
+            "--data",
+            "s3://b/x",
+            "--output-dir",
+            "local-folder",
+            "--dry-run",
+            "--role",
+            "arn:aws:iam::123456789012:role/x",
+        ],
+        ["launch", "plan.json", "--target", "sagemaker", "--data", "s3://b/x", "--resume", "x"],
+    ],
+)
+def test_launch_bad_input(world: Path, args: list[str]) -> None:
+    _assert_bad_input(args, world)
+
+
+def test_launch_resume_cannot_reach_outside_the_runs_folder(world: Path) -> None:
+    victim = world / "victim"
+    victim.mkdir()
+    (victim / "launch.json").write_text("{}")
+    (victim / "status.json").write_text('{"state": "succeeded"}')
+    _assert_bad_input([*LAUNCH, "--resume", "../victim", "--output-dir", "runs"], world)
+    assert (victim / "status.json").read_text() == '{"state": "succeeded"}'
+    assert sorted(p.name for p in victim.iterdir()) == ["launch.json", "status.json"]
+
+
+@pytest.mark.parametrize(
+    ("run_id", "status"),
+    [
+        ("../victim", None),
+        ("/etc", None),
+        ("a/b", None),
+        ("", None),
+        ("empty", ""),
+        ("truncated", '{"state": "runn'),
+        ("list", "[]"),
+        ("nostate", "{}"),
+        ("badstate", '{"state": "exploded"}'),
+        ("badpid", '{"state": "running", "supervisor_pid": "x"}'),
+        ("deep", "[" * 5000 + "]" * 5000),
+    ],
+)
+def test_status_bad_input(world: Path, run_id: str, status: str | None) -> None:
+    if status is not None:
+        (world / "runs" / run_id).mkdir(parents=True)
+        (world / "runs" / run_id / "status.json").write_text(status)
+    _assert_bad_input(["status", run_id, "--target", "local", "--runs-dir", "runs"], world)
+    if status is None:
+        _assert_bad_input(["status", run_id, "--runs-dir", "runs"], world)
+
+
+def test_status_survives_metrics_without_loss(world: Path) -> None:
+    run = world / "runs" / "r1"
+    (run / "output").mkdir(parents=True)
+    (run / "status.json").write_text('{"state": "succeeded", "detail": "done \\u001b[31m"}')
+    (run / "output" / "metrics.jsonl").write_text(
+        '{"event": "start", "total_steps": 10}\n{"event": "step", "step": 3}\n[1]\nnot json\n'
+        '{"event": "step", "step": "x", "loss": 1}\n{"event": "step", "step": 4, "loss": NaN}\n'
+    )
+    code, stdout, stderr = _run(["status", "r1", "--runs-dir", "runs"])
+    assert code == 0, stderr
+    assert "step 3/10, loss n/a" in stdout and "\x1b" not in stdout  # NaN line skipped
+
+
+@pytest.mark.parametrize("command", ["logs", "stop"])
+@pytest.mark.parametrize("run_id", ["../victim", "/etc/passwd", "a/b", "missing-run"])
+def test_skypilot_commands_bad_run_id(world: Path, command: str, run_id: str) -> None:
+    _assert_bad_input([command, run_id, "--runs-dir", "runs"], world)
+
+
+@pytest.mark.parametrize("run", ["missing-run", "../victim", "f"])
+def test_merge_bad_input(world: Path, run: str) -> None:
+    _assert_bad_input(["merge", run, "--runs-dir", "runs"], world)
+
+
+def test_cache_dir_under_a_regular_file_is_exit_2(
+    world: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(world / "f"))
+    _assert_bad_input(["calibrate", "--gpu", "h100"], world)
+    code, _, stderr = _run(["catalog", "offers", "--gpu", "h100"])
+    assert code == 0 and "Traceback" not in stderr
+
+
+def test_storage_credentials_never_reach_a_file(world: Path) -> None:
+    code, _, stderr = _run(
+        [*RECOMMEND, "--budget", "200", "--storage", "postgresql://me:hunter2@127.0.0.1:1/db"]
+    )
+    assert code == 2 and "hunter2" not in stderr
+    assert "Traceback" not in stderr
+    for path in world.rglob("*"):
+        if path.is_file() and path.name != "fifo":
+            assert b"hunter2" not in path.read_bytes()
+
+
+def test_valid_plan_with_a_folder_name_holding_escapes_prints_them_escaped(world: Path) -> None:
+    folder = world / "evil\x1b[31mmodel"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA_CONFIG))
+    code, stdout, stderr = _run(
+        ["estimate", "--model", str(folder), "--method", "lora", "--format", "json"]
+    )
+    assert code == 0, stderr
+    assert "\x1b" not in stdout and "\\x1b" in stdout
+
+
+def test_budget_slug_has_no_long_digits(world: Path) -> None:
+    code, _, stderr = _run([*RECOMMEND, "--budget", "1e9"])
+    assert code in (0, 1), stderr
+    names = [p.name for p in (world / "r").iterdir()]
+    assert names and all(len(n) < 160 for n in names)
+    assert all(re.fullmatch(r"[a-z0-9._-]+", n) for n in names)
