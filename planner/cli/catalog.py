@@ -28,6 +28,7 @@ from catalog import (
     refresh_from_skypilot,
     to_jsonable,
 )
+from planner.cli.params import check_region
 
 _FORMAT = click.option(
     "--format",
@@ -289,6 +290,7 @@ def _print_changes(result: RefreshResult) -> None:
 @click.option(
     "--region",
     "regions",
+    callback=check_region,
     multiple=True,
     default=("us-east-1",),
     show_default=True,

@@ -18,7 +18,12 @@ import click
 from catalog import InputError, ModelSpec, expand_user, get_model, model_from_hf_config
 from planner._types import Candidate, Plan
 from planner.cli.errors import UserInputError, require_extra
-from planner.cli.params import check_run_id
+from planner.cli.params import (
+    check_checkpoint_every,
+    check_env_var,
+    check_region,
+    check_run_id,
+)
 from profiler.recipes import DEFAULT_LEARNING_RATE
 from runners import (
     LaunchSpec,
@@ -192,18 +197,20 @@ def _user_error(exc: Exception) -> click.ClickException:
 )
 @click.option("--dry-run", is_flag=True, help="Print the exact command / request; start nothing.")
 @click.option("--role", help="SageMaker execution role ARN (default: $FTPLAN_SAGEMAKER_ROLE).")
-@click.option("--region", help="AWS region (default: the offer's region).")
+@click.option("--region", callback=check_region, help="AWS region (default: the offer's region).")
 @click.option(
     "--output-dir",
     help="Local runs folder (default: runs/); for SageMaker an s3:// "
     "prefix for source, output and checkpoints; for SkyPilot the bucket (s3://, gs://) "
     "mounted for output and checkpoints (needed for spot).",
 )
-@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps.")
+@click.option(
+    "--max-steps", type=click.IntRange(min=1, max=10**9), help="Stop after N optimizer steps."
+)
 @click.option(
     "--candidate",
     "rank",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=100_000),
     help="Launch the N-th ranked candidate instead of the chosen one.",
 )
 @click.option(
@@ -223,7 +230,7 @@ def _user_error(exc: Exception) -> click.ClickException:
 )
 @click.option(
     "--grad-accum",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=65_536),
     help="Micro-batches per optimizer step (default: the plan's).",
 )
 @click.option(
@@ -247,12 +254,14 @@ def _user_error(exc: Exception) -> click.ClickException:
 @click.option(
     "--checkpoint-every",
     metavar="N{steps|m}",
+    callback=check_checkpoint_every,
     help="Checkpoint every N optimizer steps (200steps) or minutes (15m); default: the plan's "
     "spot interval, else 30m. Never more often than writing one takes.",
 )
 @click.option(
     "--hf-token-env",
     metavar="VAR",
+    callback=check_env_var,
     help="SageMaker, SkyPilot: pass the token in $VAR to the job as HF_TOKEN (default: "
     "$HF_TOKEN when set), for gated models; never printed (SageMaker: masked; SkyPilot: a "
     "secret).",
@@ -469,7 +478,7 @@ def _print_status(status: RunStatus, *, fmt: str) -> None:
 @click.option(
     "--runs-dir", default=str(DEFAULT_RUNS_DIR), show_default=True, help="Local runs folder."
 )
-@click.option("--region", help="AWS region of a SageMaker job.")
+@click.option("--region", callback=check_region, help="AWS region of a SageMaker job.")
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )

@@ -10,6 +10,7 @@ without anyone remembering to. Commands still give their own ranges (``finite_fl
 from __future__ import annotations
 
 import math
+import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -211,3 +212,49 @@ def user_config(**fields: Any) -> Any:
         return TuningConfig(**fields)
     except ValueError as exc:
         raise InputError(f"these options do not go together: {exc}") from None
+
+
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{1,40}$")
+_ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def check_region(
+    _ctx: click.Context | None, _param: click.Parameter | None, value: str | None
+) -> str | None:
+    """A click callback: a cloud region name such as ``us-east-1`` or ``us-central1``."""
+    if value is not None and not _REGION.match(value):
+        raise click.BadParameter(f"{printable(value)!r} is not a region name (e.g. us-east-1)")
+    return value
+
+
+def check_env_var(
+    _ctx: click.Context | None, _param: click.Parameter | None, value: str | None
+) -> str | None:
+    """A click callback: the name (not the value) of an environment variable."""
+    if value is not None and not _ENV_VAR.match(value):
+        raise click.BadParameter(
+            "give the name of an environment variable (e.g. HF_TOKEN), not its value"
+        )
+    return value
+
+
+def check_checkpoint_every(
+    _ctx: click.Context | None, _param: click.Parameter | None, value: str | None
+) -> str | None:
+    """A click callback: ``200steps`` / ``15m`` / ``2h``, finite and at most a week or 10**9
+    steps."""
+    from runners._stop import parse_checkpoint_every
+
+    if value is None:
+        return None
+    try:
+        steps, minutes = parse_checkpoint_every(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if (steps is not None and not 1 <= steps <= 10**9) or (
+        minutes is not None and not (math.isfinite(minutes) and 0 < minutes <= 7 * 24 * 60)
+    ):
+        raise click.BadParameter(
+            f"{printable(value)!r} is out of range: at most 10**9 steps or a week"
+        )
+    return value

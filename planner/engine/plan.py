@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from catalog import GIB, GPU, ModelSpec, Offer, mask_secrets
+from catalog import GIB, GPU, InputError, ModelSpec, Offer, mask_secrets
 from planner._types import (
     METHOD_NAMES,
     Budget,
@@ -97,9 +97,9 @@ class RecommendRequest:
 
     def __post_init__(self) -> None:
         if self.seq_len <= 0:
-            raise ValueError(f"--seq-len must be > 0, got {self.seq_len}")
+            raise InputError(f"--seq-len must be > 0, got {self.seq_len}")
         if not self.offers:
-            raise ValueError(
+            raise InputError(
                 "no GPU offers match the filters: widen --gpu/--provider/--gpu-count, or use "
                 "--provider local --gpu NAME --gpu-count N for your own machine"
             )
