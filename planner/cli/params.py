@@ -218,12 +218,14 @@ _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{1,40}$")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
-def check_region(
-    _ctx: click.Context | None, _param: click.Parameter | None, value: str | None
-) -> str | None:
-    """A click callback: a cloud region name such as ``us-east-1`` or ``us-central1``."""
-    if value is not None and not _REGION.match(value):
-        raise click.BadParameter(f"{printable(value)!r} is not a region name (e.g. us-east-1)")
+def check_region(_ctx: click.Context | None, _param: click.Parameter | None, value: Any) -> Any:
+    """A click callback: cloud region names such as ``us-east-1`` or ``us-central1`` (one, or a
+    tuple of them for a repeatable option)."""
+    for region in value if isinstance(value, tuple) else (value,):
+        if region is not None and not _REGION.match(region):
+            raise click.BadParameter(
+                f"{printable(region)!r} is not a region name (e.g. us-east-1)"
+            )
     return value
 
 
