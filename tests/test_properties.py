@@ -25,7 +25,7 @@ from catalog import _load as catalog_load
 from planner.cli import main
 from planner.cli.params import FiniteFloat, check_run_id
 from planner.cli.storage import check_storage_url
-from planner.engine.plan import count_dataset
+from planner.engine.dataset import count_dataset
 from planner.plan_io import plan_to_json, read_plan
 from planner.report.write import report_slug
 from profiler.calibration import read_calibration
