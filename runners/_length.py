@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog import DataError
 from runners._types import BYTE_TOKENIZER, LaunchSpec
 
 # Above this relative difference from the plan's figures, launch says so.
@@ -52,10 +53,10 @@ def run_length(
     steps × tokens per step ÷ tokens/s ÷ 3600; hours = train × (1 + overhead) + start-up.
 
     Raises:
-        ValueError: If a rate or size is not positive.
+        DataError: If a rate or size is not positive (a plan edited by hand).
     """
     if tokens_per_step <= 0 or not tokens_per_s > 0:
-        raise ValueError(
+        raise DataError(
             f"tokens_per_step ({tokens_per_step}) and tokens_per_s ({tokens_per_s}) must be > 0"
         )
     steps = max(1, math.ceil(dataset_tokens * epochs / tokens_per_step))

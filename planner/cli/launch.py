@@ -247,7 +247,7 @@ def _user_error(exc: Exception) -> click.ClickException:
 )
 @click.option(
     "--tokens",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=10**15),
     help="Tokens per epoch of s3:// data (default: the plan's figure); a local --data file "
     "is counted with the run's tokenizer.",
 )
