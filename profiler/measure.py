@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -151,6 +152,10 @@ def measure(
         )
     except subprocess.TimeoutExpired:
         return fail(Status.ERROR, f"timed out after {timeout_s:.0f} s")
+    if proc.returncode in (-signal.SIGINT, 128 + signal.SIGINT):
+        # Ctrl-C reached the worker (same process group) first: the user stopped the run, so
+        # stop here too rather than record an error and go on to the next config.
+        raise KeyboardInterrupt
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode == 0 and lines:
         try:
