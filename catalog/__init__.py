@@ -4,7 +4,7 @@ and date. Pure lookups over shipped package data or the user's refreshed cache; 
 from __future__ import annotations
 
 from catalog._codec import from_jsonable, from_tagged_json, tagged_json, to_jsonable
-from catalog._hf_config import model_from_hf_config
+from catalog._hf_config import config_sha256, model_from_hf_config
 from catalog._io import (
     MAX_JSON_DEPTH,
     MAX_JSON_FILE_BYTES,
@@ -106,6 +106,7 @@ __all__ = [
     "to_jsonable",
     "first_bad_value",
     "clean_stale_temp_files",
+    "config_sha256",
     "expand_user",
     "json_depth_ok",
     "loads_json",

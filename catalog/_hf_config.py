@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import date
 from typing import Any
 
-from catalog._io import expand_user, read_json_file
+from catalog._io import expand_user, read_json_file, read_text_limited
 from catalog._types import CatalogError, ModelSpec
 from catalog.errors import ErrorKind, printable
 
@@ -134,6 +135,13 @@ def model_from_hf_config(path: str | os.PathLike[str]) -> ModelSpec:
         as_of=date.fromtimestamp(config_path.stat().st_mtime).isoformat(),
         **fields,
     )
+
+
+def config_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a config.json's bytes: what a plan records to notice a changed file."""
+    return hashlib.sha256(
+        read_text_limited(path, what="model config", max_bytes=MAX_CONFIG_BYTES).encode("utf-8")
+    ).hexdigest()
 
 
 def _bad(message: str) -> CatalogError:

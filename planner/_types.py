@@ -208,3 +208,7 @@ class Plan:
     suggestions: tuple[str, ...] = ()
     budget_frontier: tuple[FrontierEntry, ...] = ()
     stronger_options: tuple[str, ...] = ()
+    # A plan made from a config.json (not a catalog name) names the file by its resolved path
+    # and SHA-256, so 'launch' from any folder finds that very file and refuses a changed one.
+    model_config_path: str | None = None
+    model_config_sha256: str | None = None

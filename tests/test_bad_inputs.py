@@ -465,3 +465,33 @@ def test_budget_slug_has_no_long_digits(world: Path) -> None:
     names = [p.name for p in (world / "r").iterdir()]
     assert names and all(len(n) < 160 for n in names)
     assert all(re.fullmatch(r"[a-z0-9._-]+", n) for n in names)
+
+
+def test_a_plan_from_a_config_json_launches_that_file_from_anywhere(
+    world: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (world / "a" / "mymodel").mkdir(parents=True)
+    (world / "a" / "mymodel" / "config.json").write_text(json.dumps(LLAMA_CONFIG))
+    monkeypatch.chdir(world / "a")
+    code, _, stderr = _run(
+        ["recommend", "--model", "mymodel", "--budget", "200", "--out", "r", "--quiet"]
+    )
+    assert code == 0, stderr
+    plan_file = next((world / "a" / "r").glob("*.json"))
+    plan = json.loads(plan_file.read_text())["plan"]
+    assert plan["model_config_path"] == str((world / "a" / "mymodel" / "config.json").resolve())
+    # Elsewhere, beside another ./mymodel/config.json: the plan's own file is launched.
+    (world / "b" / "mymodel").mkdir(parents=True)
+    (world / "b" / "mymodel" / "config.json").write_text(
+        json.dumps({**LLAMA_CONFIG, "num_hidden_layers": 2})
+    )
+    monkeypatch.chdir(world / "b")
+    launch = ["launch", str(plan_file), "--target", "local", "--data", str(world / "train.jsonl")]
+    code, stdout, stderr = _run([*launch, "--device", "cpu", "--dry-run", "--random-init"])
+    assert code == 0, stderr
+    assert '"num_layers": 16' in stdout and '"num_layers": 2' not in stdout
+    # The config changed since the plan: refused.
+    (world / "a" / "mymodel" / "config.json").write_text(
+        json.dumps({**LLAMA_CONFIG, "num_hidden_layers": 8})
+    )
+    _assert_bad_input([*launch, "--device", "cpu", "--dry-run", "--random-init"], world)

@@ -15,7 +15,14 @@ from typing import Any
 
 import click
 
-from catalog import InputError, ModelSpec, expand_user, get_model, model_from_hf_config
+from catalog import (
+    InputError,
+    ModelSpec,
+    config_sha256,
+    expand_user,
+    get_model,
+    model_from_hf_config,
+)
 from planner._types import Candidate, Plan
 from planner.cli.errors import UserInputError, require_extra
 from planner.cli.params import (
@@ -65,12 +72,26 @@ def plan_candidate(plan: Plan, *, rank: int | None = None) -> Candidate:
 
 
 def plan_model(plan: Plan) -> ModelSpec:
-    """The plan's model: its config.json folder when the plan was made from one (its hub id is
-    then that folder), else the catalog entry.
+    """The plan's model: the config.json it was made from (by resolved path, refused when its
+    SHA-256 changed since), else its config folder named by the hub id, else the catalog entry.
 
     Raises:
-        CatalogError: If neither resolves (e.g. a relative config path from another folder).
+        CatalogError / InputError: If none resolves, or the config.json changed since the plan.
     """
+    if plan.model_config_path is not None:
+        path = Path(plan.model_config_path)
+        if not path.is_file():
+            raise InputError(
+                f"the plan was made from {str(path)!r}, which is gone. To fix: restore it, or "
+                "re-plan with 'ftplan recommend --model PATH/TO/config.json'"
+            )
+        if plan.model_config_sha256 and config_sha256(path) != plan.model_config_sha256:
+            raise InputError(
+                f"{str(path)!r} changed since the plan was made (its SHA-256 differs), so the "
+                "plan's memory and cost figures are for another model. To fix: re-plan with "
+                "'ftplan recommend'"
+            )
+        return model_from_hf_config(path)
     folder = expand_user(plan.model_hf_id)
     if (folder / "config.json").is_file():
         return model_from_hf_config(folder)

@@ -103,6 +103,7 @@ def _build_request(o: dict[str, Any]) -> Any:
             f"--method {o['method']} pins the method: the quality policy does not reject it, "
             "and its quality risks are listed with the plan",
         )
+    config_path, config_digest = _config_identity(spec)
     return RecommendRequest(
         spec=spec,
         budget=budget,
@@ -126,6 +127,8 @@ def _build_request(o: dict[str, Any]) -> Any:
         ),
         warnings=warnings,
         ftplan_version=_version(),
+        model_config_path=config_path,
+        model_config_sha256=config_digest,
     )
 
 
@@ -190,6 +193,16 @@ def _of_services(offers: list[Any], services: tuple[str, ...]) -> list[Any]:
             f"unknown service {name!r} for these offers.{hint} Known: {', '.join(known)}."
         )
     return [x for x in offers if x.service in wanted]
+
+
+def _config_identity(spec: Any) -> tuple[str | None, str | None]:
+    """For a model read from a config.json: its resolved path and SHA-256 (for the plan)."""
+    from catalog import config_sha256
+
+    source = Path(spec.source)
+    if source.suffix != ".json" or not source.is_file():
+        return None, None  # a catalog model: its name is its identity
+    return str(source.resolve()), config_sha256(source)
 
 
 def _version() -> str:

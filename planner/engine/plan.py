@@ -94,6 +94,8 @@ class RecommendRequest:
     catalog_source: str = ""
     warnings: tuple[str, ...] = ()
     ftplan_version: str = "0"
+    model_config_path: str | None = None
+    model_config_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if self.seq_len <= 0:
@@ -144,6 +146,8 @@ def recommend(
     return Plan(
         model=request.spec.name,
         model_hf_id=request.spec.hf_id,
+        model_config_path=request.model_config_path,
+        model_config_sha256=request.model_config_sha256,
         budget=request.budget,
         chosen=chosen,
         ranked=ranked,
