@@ -219,7 +219,8 @@ class LaunchResult:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunStatus:
-    """Where a run stands. ``detail`` is a one-line human explanation (failure reason, phase)."""
+    """Where a run stands. ``detail`` is a one-line human explanation (failure reason, phase);
+    ``cost_usd`` the cost so far (SageMaker: billable seconds × the planned price, USD)."""
 
     run_id: str
     target: Target
@@ -230,6 +231,8 @@ class RunStatus:
     log_path: str = ""
     pid: int | None = None
     summary_path: str = ""
+    cost_usd: float | None = None
+    spot_savings_fraction: float | None = None
 
 
 @runtime_checkable

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -447,6 +448,49 @@ class LocalRunner:
             if finished:
                 return
             time.sleep(poll_s)
+
+    def logs(self, run_id: str, *, follow: bool = False, poll_s: float = 2.0) -> Iterator[str]:
+        """The run's ``train.log`` lines; ``follow`` keeps reading until the run has finished.
+
+        Raises:
+            RunnerError: If there is no such run.
+        """
+        self.status(run_id)  # raises for an unknown run
+        if follow:
+            yield from self.follow(run_id, poll_s=poll_s)
+            return
+        log_path = self.runs_dir / run_id / LOG_FILE
+        if log_path.is_file():
+            with log_path.open(encoding="utf-8", errors="replace") as handle:
+                yield from (line.rstrip("\n") for line in handle)
+
+    def stop(self, run_id: str) -> None:
+        """SIGTERM to the run's supervisor, which forwards it: the training process finishes
+        its step, writes a checkpoint and exits; ``status`` then says ``stopped``.
+
+        Raises:
+            RunnerError: If the run is unknown or already finished.
+        """
+        status = self.status(run_id)
+        data = json.loads((self.runs_dir / run_id / STATUS_FILE).read_text(encoding="utf-8"))
+        supervisor = data.get("supervisor_pid")
+        if status.state.finished or supervisor is None:
+            raise RunnerError(f"run {run_id!r} is {status.state.value}; there is nothing to stop")
+        try:
+            os.kill(int(supervisor), signal.SIGTERM)
+        except ProcessLookupError:
+            raise RunnerError(f"run {run_id!r}: its process is gone") from None
+
+    def list_runs(self) -> list[RunStatus]:
+        """Every run under ``runs_dir``, newest first."""
+        if not self.runs_dir.is_dir():
+            return []
+        found = [
+            self.status(child.name)
+            for child in self.runs_dir.iterdir()
+            if (child / STATUS_FILE).is_file()
+        ]
+        return sorted(found, key=lambda r: (r.started_at, r.run_id), reverse=True)
 
     # -- effects --------------------------------------------------------------------------
     def _start(self, result: LaunchResult, spec: LaunchSpec, env: dict[str, str]) -> None:

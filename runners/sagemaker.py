@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from catalog import GIB, Provider, expand_user
 from profiler import Method
 from profiler.estimator import checkpoint_bytes, download_bytes
+from runners._sagemaker_ops import ftplan_jobs, job_cost, log_lines, stop_job
 from runners._types import (
     SAGEMAKER_CHECKPOINT_DIR,
     SAGEMAKER_MODEL_CHANNEL,
@@ -38,7 +39,7 @@ from runners._types import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
 # Account of the huggingface-pytorch-training image per region. Source: sagemaker-python-sdk,
 # src/sagemaker/image_uri_config/huggingface.json ("training" -> "registries"), read 2026-11.
@@ -571,11 +572,16 @@ class SageMakerRunner:
         except (BotoCoreError, ClientError) as exc:
             raise RunnerError(f"cannot read SageMaker job {run_id!r}: {exc}") from None
         state = _STATES.get(job.get("TrainingJobStatus", ""), RunState.PENDING)
+        cost = job_cost(job)
         parts = [job.get("SecondaryStatus", "")]
         if job.get("FailureReason"):
             parts.append(job["FailureReason"])
         if job.get("BillableTimeInSeconds"):
             parts.append(f"billable {job['BillableTimeInSeconds']} s")
+        if cost is not None and cost.billable_s:
+            parts.append(f"{cost.usd:.2f} USD so far at {cost.usd_per_hour:.4g} USD/h")
+        if cost is not None and cost.spot_savings_fraction is not None:
+            parts.append(f"spot saved {cost.spot_savings_fraction:.0%}")
         started, ended = job.get("TrainingStartTime"), job.get("TrainingEndTime")
         return RunStatus(
             run_id=run_id,
@@ -585,7 +591,31 @@ class SageMakerRunner:
             started_at=started.isoformat() if started else "",
             ended_at=ended.isoformat() if ended else "",
             summary_path=job.get("ModelArtifacts", {}).get("S3ModelArtifacts", ""),
+            cost_usd=cost.usd if cost is not None else None,
+            spot_savings_fraction=cost.spot_savings_fraction if cost is not None else None,
         )
+
+    def logs(self, run_id: str, *, follow: bool = False, poll_s: float = 10.0) -> Iterator[str]:
+        """The job's CloudWatch log lines; ``follow`` polls until the job has finished."""
+        return log_lines(
+            self._client_for("logs", None),
+            run_id,
+            finished=lambda: self.status(run_id).state.finished,
+            follow=follow,
+            poll_s=poll_s,
+        )
+
+    def stop(self, run_id: str) -> None:
+        """Stop the job (SIGTERM in the container: the run checkpoints, then ends).
+
+        Raises:
+            RunnerError: If the job cannot be stopped.
+        """
+        stop_job(self._sagemaker_client(None), run_id)
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """ftplan's jobs in this region, newest first."""
+        return ftplan_jobs(self._sagemaker_client(None))
 
     def wait(
         self, run_id: str, *, poll_s: float = 30.0, sleep: Callable[[float], None] = time.sleep

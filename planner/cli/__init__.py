@@ -99,10 +99,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    from planner.cli import catalog, estimate, launch, merge, profile, recommend, report
+    from planner.cli import catalog, estimate, launch, merge, profile, recommend, report, runs
     from planner.cli.params import harden
 
-    for module in (recommend, estimate, catalog, profile, report, launch, merge):
+    for module in (recommend, estimate, catalog, profile, report, launch, merge, runs):
         for command in module.COMMANDS:
             main.add_command(command)
     harden(main.commands.values())

@@ -480,6 +480,10 @@ def _print_status(status: RunStatus, *, fmt: str) -> None:
         "ended_at": status.ended_at,
         "log": status.log_path,
         "summary": status.summary_path,
+        "cost_usd": None if status.cost_usd is None else round(status.cost_usd, 2),
+        "spot_saved": (
+            None if status.spot_savings_fraction is None else f"{status.spot_savings_fraction:.0%}"
+        ),
     }
     if fmt == "json":
         click.echo(json.dumps(record, indent=2, sort_keys=True))

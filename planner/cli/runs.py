@@ -1,0 +1,121 @@
+"""CLI commands that operate runs: ``logs`` (train.log locally, CloudWatch for SageMaker),
+``stop`` and ``runs`` (local runs and ftplan's SageMaker jobs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from planner.cli.errors import UserInputError
+from runners import LocalRunner, RunnerError, SageMakerRunner, Target
+from runners.local import DEFAULT_RUNS_DIR
+
+_TARGETS = [Target.LOCAL.value, Target.SAGEMAKER.value]
+
+
+def _runner(run_id: str, *, target: str | None, runs_dir: str, region: str | None) -> Any:
+    """Local when ``runs_dir/RUN_ID`` exists (or ``--target local``), else SageMaker."""
+    local = target == Target.LOCAL.value or (target is None and (Path(runs_dir) / run_id).is_dir())
+    return LocalRunner(runs_dir=runs_dir) if local else SageMakerRunner(region=region)
+
+
+def _where(func: Any) -> Any:
+    for option in (
+        click.option("--region", help="AWS region of a SageMaker job."),
+        click.option(
+            "--runs-dir",
+            default=str(DEFAULT_RUNS_DIR),
+            show_default=True,
+            help="Local runs folder.",
+        ),
+        click.option(
+            "--target",
+            type=click.Choice(_TARGETS),
+            help="Where the run is (default: local when runs/RUN_ID exists, else sagemaker).",
+        ),
+    ):
+        func = option(func)
+    return func
+
+
+@click.command("logs")
+@click.argument("run_id")
+@_where
+@click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
+def logs_command(
+    run_id: str, target: str | None, runs_dir: str, region: str | None, follow: bool
+) -> None:
+    """Print a run's log: train.log of a local run, CloudWatch for a SageMaker job.
+
+    \b
+    Examples:
+      ftplan logs llama2-7b-lora-20261123-193000-a1b2 --follow
+      ftplan logs ftplan-llama2-7b-lora-20261123-193000 --target sagemaker
+    """
+    runner = _runner(run_id, target=target, runs_dir=runs_dir, region=region)
+    try:
+        for line in runner.logs(run_id, follow=follow):
+            click.echo(line)
+    except RunnerError as exc:
+        raise UserInputError(str(exc)) from None
+
+
+@click.command("stop")
+@click.argument("run_id")
+@_where
+def stop_command(run_id: str, target: str | None, runs_dir: str, region: str | None) -> None:
+    """Stop a run: it finishes its step, writes a checkpoint and ends (resume with
+    'ftplan launch PLAN --resume RUN_ID')."""
+    runner = _runner(run_id, target=target, runs_dir=runs_dir, region=region)
+    try:
+        runner.stop(run_id)
+    except RunnerError as exc:
+        raise UserInputError(str(exc)) from None
+    click.echo(f"stopping {run_id}: it writes a checkpoint, then ends")
+
+
+@click.command("runs")
+@click.option(
+    "--runs-dir", default=str(DEFAULT_RUNS_DIR), show_default=True, help="Local runs folder."
+)
+@click.option("--sagemaker", is_flag=True, help="Also list ftplan's SageMaker jobs.")
+@click.option("--region", help="AWS region of the SageMaker jobs.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def runs_command(runs_dir: str, sagemaker: bool, region: str | None, fmt: str) -> None:
+    """List local runs (newest first) and, with --sagemaker, ftplan-tagged SageMaker jobs."""
+    rows: list[dict[str, Any]] = [
+        {
+            "run_id": status.run_id,
+            "target": Target.LOCAL.value,
+            "state": status.state.value,
+            "started": status.started_at,
+        }
+        for status in LocalRunner(runs_dir=runs_dir).list_runs()
+    ]
+    if sagemaker:
+        try:
+            jobs = SageMakerRunner(region=region).list_runs()
+        except RunnerError as exc:
+            raise UserInputError(str(exc)) from None
+        rows += [
+            {
+                "run_id": job["run_id"],
+                "target": Target.SAGEMAKER.value,
+                "state": job["state"],
+                "started": job["created"],
+            }
+            for job in jobs
+        ]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    for row in rows:
+        click.echo(f"{row['run_id']:<52} {row['target']:<10} {row['state']:<10} {row['started']}")
+
+
+COMMANDS: list[click.Command] = [logs_command, stop_command, runs_command]

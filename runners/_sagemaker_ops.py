@@ -1,0 +1,166 @@
+"""Operating SageMaker training jobs as the SageMaker SDK lets you: logs from CloudWatch, stop,
+the list of ftplan's jobs, and the cost so far (billable seconds × the planned offer's price,
+with managed spot's savings). Each function takes its boto3 client; none creates one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from runners._types import RunnerError, launch_spec_from_json
+
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"  # where SageMaker writes training jobs' stdout/stderr
+SPEC_HYPERPARAMETER = "ftplan_spec"
+FTPLAN_TAG = "ftplan:model"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobCost:
+    """What a job has cost so far.
+
+    Attributes:
+        billable_s: Seconds SageMaker bills (``BillableTimeInSeconds``).
+        training_s: Seconds the job trained (``TrainingTimeInSeconds``).
+        usd_per_hour: The planned offer's price, USD/h.
+        usd: ``billable_s`` / 3600 × ``usd_per_hour``.
+        spot_savings_fraction: 1 − billable ÷ training (SageMaker's formula), managed spot only.
+    """
+
+    billable_s: int
+    training_s: int
+    usd_per_hour: float
+    usd: float
+    spot_savings_fraction: float | None
+
+
+def job_cost(job: dict[str, Any]) -> JobCost | None:
+    """Cost so far of a ``describe_training_job`` answer; None when the job carries no ftplan
+    spec (no planned price) or has not been billed yet."""
+    raw = job.get("HyperParameters", {}).get(SPEC_HYPERPARAMETER)
+    if not raw:
+        return None
+    try:
+        spec = launch_spec_from_json(json.loads(raw) if raw.startswith('"') else raw)
+    except ValueError:
+        return None
+    if spec.offer is None:
+        return None
+    billable = int(job.get("BillableTimeInSeconds") or 0)
+    training = int(job.get("TrainingTimeInSeconds") or 0)
+    savings = None
+    if job.get("EnableManagedSpotTraining") and training > 0:
+        savings = 1 - billable / training
+    usd_per_hour = spec.offer.usd_per_hour
+    return JobCost(
+        billable_s=billable,
+        training_s=training,
+        usd_per_hour=usd_per_hour,
+        usd=billable / 3600 * usd_per_hour,
+        spot_savings_fraction=savings,
+    )
+
+
+def log_lines(
+    logs: Any,
+    job: str,
+    *,
+    finished: Callable[[], bool],
+    follow: bool = False,
+    poll_s: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[str]:
+    """The job's CloudWatch log lines (every stream ``<job>/algo-N-...``, in order); with
+    ``follow``, keep polling until ``finished()`` and no new line arrives.
+
+    Raises:
+        RunnerError: If the logs cannot be read.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    tokens: dict[str, str | None] = {}
+    while True:
+        done = finished() if follow else True
+        new = 0
+        try:
+            streams = logs.describe_log_streams(
+                logGroupName=LOG_GROUP, logStreamNamePrefix=f"{job}/"
+            ).get("logStreams", [])
+            for stream in sorted(s["logStreamName"] for s in streams):
+                while True:
+                    kwargs: dict[str, Any] = {
+                        "logGroupName": LOG_GROUP,
+                        "logStreamName": stream,
+                        "startFromHead": True,
+                    }
+                    if tokens.get(stream):
+                        kwargs["nextToken"] = tokens[stream]
+                    page = logs.get_log_events(**kwargs)
+                    events = page.get("events", [])
+                    for event in events:
+                        new += 1
+                        yield str(event["message"]).rstrip("\n")
+                    same = page.get("nextForwardToken") == tokens.get(stream)
+                    tokens[stream] = page.get("nextForwardToken")
+                    if not events or same:
+                        break
+        except logs.exceptions.ResourceNotFoundException:
+            pass  # no log stream yet: the instance is still starting
+        except (BotoCoreError, ClientError) as exc:
+            raise RunnerError(f"cannot read the logs of SageMaker job {job!r}: {exc}") from None
+        if done and (not follow or new == 0):
+            return
+        sleep(poll_s)
+
+
+def stop_job(client: Any, job: str) -> None:
+    """``StopTrainingJob``: SageMaker sends SIGTERM, the run writes a checkpoint, and the job
+    ends ``Stopped`` (a later ``launch --resume JOB`` continues from it).
+
+    Raises:
+        RunnerError: If the job cannot be stopped (unknown, already finished).
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client.stop_training_job(TrainingJobName=job)
+    except (BotoCoreError, ClientError) as exc:
+        raise RunnerError(f"cannot stop SageMaker job {job!r}: {exc}") from None
+
+
+def ftplan_jobs(client: Any, *, max_results: int = 50) -> list[dict[str, Any]]:
+    """ftplan's training jobs (tagged ``ftplan:model``), newest first: name, status, creation
+    time, model.
+
+    Raises:
+        RunnerError: If the search fails.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        found = client.search(
+            Resource="TrainingJob",
+            SearchExpression={"Filters": [{"Name": f"Tags.{FTPLAN_TAG}", "Operator": "Exists"}]},
+            SortBy="CreationTime",
+            SortOrder="Descending",
+            MaxResults=max_results,
+        )
+    except (BotoCoreError, ClientError) as exc:
+        raise RunnerError(f"cannot list SageMaker jobs: {exc}") from None
+    jobs = []
+    for result in found.get("Results", []):
+        job = result.get("TrainingJob", {})
+        tags = {t["Key"]: t["Value"] for t in job.get("Tags", [])}
+        created = job.get("CreationTime")
+        jobs.append(
+            {
+                "run_id": job.get("TrainingJobName", ""),
+                "state": job.get("TrainingJobStatus", ""),
+                "created": created.isoformat() if created else "",
+                "model": tags.get(FTPLAN_TAG, ""),
+            }
+        )
+    return jobs
