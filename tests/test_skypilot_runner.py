@@ -374,7 +374,9 @@ def test_cli_status_logs_and_stop_go_through_skypilot(
     stopped = runner.invoke(main, ["stop", "ftplan-cli", "--runs-dir", str(runs)])
     assert stopped.exit_code == 0 and "stopped ftplan-cli" in stopped.output
     assert [c[0] for c in calls.calls[-2:]] == ["tail_logs", "down"]
-    missing = runner.invoke(main, ["stop", "nope", "--runs-dir", str(runs)])
+    missing = runner.invoke(
+        main, ["stop", "nope", "--runs-dir", str(runs), "--target", "skypilot"]
+    )
     assert missing.exit_code == 2 and "no SkyPilot run 'nope'" in missing.output
 
 

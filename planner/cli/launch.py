@@ -573,42 +573,4 @@ def sagemaker_price_warning(spec: LaunchSpec) -> str | None:
     )
 
 
-@click.command("logs")
-@click.argument("run_id", callback=check_run_id)
-@click.option(
-    "--runs-dir", default=str(DEFAULT_RUNS_DIR), show_default=True, help="Local runs folder."
-)
-@click.option("--no-follow", is_flag=True, help="Print what is there and return.")
-def logs_command(run_id: str, runs_dir: str, no_follow: bool) -> None:
-    """Stream a SkyPilot run's log through SkyPilot (a local run's log is runs/RUN_ID/train.log).
-
-    \b
-    Examples:
-      ftplan logs ftplan-llama2-7b-lora-20261130-183710
-    """
-    try:
-        SkyPilotRunner(runs_dir=runs_dir).logs(run_id, follow=not no_follow)
-    except RunnerError as exc:
-        raise _user_error(exc) from None
-
-
-@click.command("stop")
-@click.argument("run_id", callback=check_run_id)
-@click.option(
-    "--runs-dir", default=str(DEFAULT_RUNS_DIR), show_default=True, help="Local runs folder."
-)
-def stop_command(run_id: str, runs_dir: str) -> None:
-    """Stop a SkyPilot run: cancel its managed job, or tear its cluster down (billing stops).
-
-    \b
-    Examples:
-      ftplan stop ftplan-llama2-7b-lora-20261130-183710
-    """
-    try:
-        SkyPilotRunner(runs_dir=runs_dir).stop(run_id)
-    except RunnerError as exc:
-        raise _user_error(exc) from None
-    click.echo(f"stopped {run_id}")
-
-
-COMMANDS: list[click.Command] = [launch_command, status_command, logs_command, stop_command]
+COMMANDS: list[click.Command] = [launch_command, status_command]

@@ -1,5 +1,5 @@
-"""CLI commands that operate runs: ``logs`` (train.log locally, CloudWatch for SageMaker),
-``stop`` and ``runs`` (local runs and ftplan's SageMaker jobs)."""
+"""CLI commands that operate runs: ``logs`` (train.log locally, CloudWatch for SageMaker,
+SkyPilot's log tail), ``stop`` and ``runs`` (local runs and ftplan's SageMaker jobs)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,32 @@ from typing import Any
 import click
 
 from planner.cli.errors import UserInputError
-from runners import LocalRunner, RunnerError, SageMakerRunner, Target
+from planner.cli.params import check_run_id
+from runners import LocalRunner, RunnerError, SageMakerRunner, SkyPilotRunner, Target
 from runners.local import DEFAULT_RUNS_DIR
 
-_TARGETS = [Target.LOCAL.value, Target.SAGEMAKER.value]
+_TARGETS = [t.value for t in Target]
+SKYPILOT_RECORD = "skypilot.json"  # what SkyPilotRunner keeps in runs/RUN_ID
+
+
+def run_target(run_id: str, *, target: str | None, runs_dir: str) -> Target:
+    """``--target``, else SkyPilot when runs/RUN_ID holds its record, local when the folder
+    exists, else SageMaker."""
+    if target:
+        return Target(target)
+    run_dir = Path(runs_dir) / run_id
+    if (run_dir / SKYPILOT_RECORD).is_file():
+        return Target.SKYPILOT
+    return Target.LOCAL if run_dir.is_dir() else Target.SAGEMAKER
 
 
 def _runner(run_id: str, *, target: str | None, runs_dir: str, region: str | None) -> Any:
-    """Local when ``runs_dir/RUN_ID`` exists (or ``--target local``), else SageMaker."""
-    local = target == Target.LOCAL.value or (target is None and (Path(runs_dir) / run_id).is_dir())
-    return LocalRunner(runs_dir=runs_dir) if local else SageMakerRunner(region=region)
+    chosen = run_target(run_id, target=target, runs_dir=runs_dir)
+    if chosen is Target.LOCAL:
+        return LocalRunner(runs_dir=runs_dir)
+    if chosen is Target.SKYPILOT:
+        return SkyPilotRunner(runs_dir=runs_dir)
+    return SageMakerRunner(region=region)
 
 
 def _where(func: Any) -> Any:
@@ -42,13 +58,14 @@ def _where(func: Any) -> Any:
 
 
 @click.command("logs")
-@click.argument("run_id")
+@click.argument("run_id", callback=check_run_id)
 @_where
 @click.option("--follow", "-f", is_flag=True, help="Keep printing until the run ends.")
 def logs_command(
     run_id: str, target: str | None, runs_dir: str, region: str | None, follow: bool
 ) -> None:
-    """Print a run's log: train.log of a local run, CloudWatch for a SageMaker job.
+    """Print a run's log: train.log of a local run, CloudWatch for a SageMaker job, SkyPilot's
+    log tail for a SkyPilot run.
 
     \b
     Examples:
@@ -57,6 +74,9 @@ def logs_command(
     """
     runner = _runner(run_id, target=target, runs_dir=runs_dir, region=region)
     try:
+        if isinstance(runner, SkyPilotRunner):
+            runner.logs(run_id, follow=follow)  # SkyPilot prints the lines itself
+            return
         for line in runner.logs(run_id, follow=follow):
             click.echo(line)
     except RunnerError as exc:
@@ -64,17 +84,27 @@ def logs_command(
 
 
 @click.command("stop")
-@click.argument("run_id")
+@click.argument("run_id", callback=check_run_id)
 @_where
 def stop_command(run_id: str, target: str | None, runs_dir: str, region: str | None) -> None:
-    """Stop a run: it finishes its step, writes a checkpoint and ends (resume with
-    'ftplan launch PLAN --resume RUN_ID')."""
+    """Stop a run. Local and SageMaker: it finishes its step, writes a checkpoint and ends
+    (resume with 'ftplan launch PLAN --resume RUN_ID'). SkyPilot: cancel its managed job, or
+    tear its cluster down (billing stops).
+
+    \b
+    Examples:
+      ftplan stop llama2-7b-lora-20261123-193000-a1b2
+      ftplan stop ftplan-llama2-7b-lora-20261130-183710
+    """
     runner = _runner(run_id, target=target, runs_dir=runs_dir, region=region)
     try:
         runner.stop(run_id)
     except RunnerError as exc:
         raise UserInputError(str(exc)) from None
-    click.echo(f"stopping {run_id}: it writes a checkpoint, then ends")
+    if isinstance(runner, SkyPilotRunner):
+        click.echo(f"stopped {run_id}")
+    else:
+        click.echo(f"stopping {run_id}: it writes a checkpoint, then ends")
 
 
 @click.command("runs")
