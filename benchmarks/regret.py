@@ -19,13 +19,12 @@ from dataclasses import dataclass
 
 import catalog
 from planner import Budget, QualityPolicy, TokensSource
-from planner.engine.evaluate import Evaluator
+from planner.engine.evaluate import Evaluator, Measurer
 from planner.engine.search import exhaustive_search, search
-from planner.engine.space import SearchProblem, SearchSpace
+from planner.engine.space import RecommendRequest, SearchSpace
 from profiler import Measurement, Method, TuningConfig
 from profiler.calibration import calibration_for
 from profiler.estimator import estimate as _estimate
-from profiler.estimator import memory_fits
 from profiler.store import default_store
 
 MAX_REGRET = 0.01
@@ -109,7 +108,7 @@ SCENARIOS = (
 )
 
 
-def build_problem(s: Scenario) -> SearchProblem:
+def build_problem(s: Scenario) -> RecommendRequest:
     spec = catalog.get_model(s.model)
     offers = catalog.list_offers(gpus=s.gpus or None, include_spot=s.spot)
     if s.gpu_count is not None:
@@ -123,7 +122,7 @@ def build_problem(s: Scenario) -> SearchProblem:
         max_hours=s.max_hours,
         quality=s.quality,
     )
-    return SearchProblem(
+    return RecommendRequest(
         spec=spec,
         budget=budget,
         seq_len=s.seq_len,
@@ -140,12 +139,13 @@ def run(s: Scenario) -> dict[str, object]:
     def lookup(model: str, config: TuningConfig, gpu: str) -> Measurement | None:
         return store.lookup(model=model, config=config, gpu=gpu)
 
+    measurer = Measurer(estimate, lookup)
     t0 = time.perf_counter()
-    fast = search(problem, estimate=estimate, lookup=lookup, fits=memory_fits, seed=0)
+    fast = search(problem, measurer)
     t1 = time.perf_counter()
-    grid = exhaustive_search(problem, estimate=estimate, lookup=lookup, fits=memory_fits)
+    grid = exhaustive_search(problem, measurer)
     t2 = time.perf_counter()
-    evaluator = Evaluator(problem, estimate=estimate, lookup=lookup, fits=memory_fits)
+    evaluator = Evaluator(problem, measurer)
     bound_violations = 0
     for variant in evaluator.variants():
         for hw in evaluator.hardware():

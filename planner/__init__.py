@@ -17,15 +17,17 @@ from planner._types import (
     TokensSource,
 )
 from planner.engine.cost import SpotAssumptions, StartupAssumptions, estimate_cost
-from planner.engine.plan import RecommendRequest, recommend
+from planner.engine.evaluate import Measurer
+from planner.engine.plan import recommend
 from planner.engine.quality import assess_quality
 from planner.engine.search import exhaustive_search, search
-from planner.engine.space import SearchProblem, SearchSpace
+from planner.engine.space import RecommendRequest, SearchSpace
 
 __all__ = [
     "Budget",
     "Candidate",
     "CostEstimate",
+    "Measurer",
     "MethodVerdict",
     "Plan",
     "QualityPolicy",
@@ -33,7 +35,6 @@ __all__ = [
     "RecommendRequest",
     "RiskLevel",
     "SearchInfo",
-    "SearchProblem",
     "SearchSpace",
     "SpotAssumptions",
     "StartupAssumptions",

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from planner import RiskLevel
 from planner.cli import main
-from planner.engine.plan import count_dataset, plan_slug
+from planner.engine.dataset import count_dataset
 from profiler import Method
 
 
@@ -208,24 +209,17 @@ def test_local_offer_is_free_when_no_price_is_given(tmp_path: Path) -> None:
     assert plan["chosen"]["cost"]["usd"] == 0.0
 
 
-def test_slug_is_safe_for_hostile_names() -> None:
-    slug = plan_slug("<script>/../x", 200.0, "abc")
-    assert "/" not in slug and "<" not in slug and ".." not in slug
-
-
 def test_recommend_with_fake_estimator_explains_losing_methods() -> None:
     from test_search import GPUS, OFFERS, SPEC, fake_estimate, fits_usable
 
-    from planner import Budget, TokensSource
-    from planner.engine.plan import RecommendRequest, recommend
+    from planner import Budget, Measurer, RecommendRequest, TokensSource, recommend
 
     budget = Budget(
         max_usd=3.0, dataset_tokens=30_000_000, epochs=1.0, tokens_source=TokensSource.GIVEN
     )
     plan = recommend(
         RecommendRequest(spec=SPEC, budget=budget, offers=OFFERS, gpus=GPUS),
-        estimate=fake_estimate,
-        fits=fits_usable,
+        Measurer(fake_estimate, fits=fits_usable),
     )
     assert plan.chosen is not None and plan.chosen.cost.usd <= 3.0
     verdicts = {v.method: v for v in plan.verdicts}
@@ -398,3 +392,38 @@ def test_70b_on_two_local_4090s_is_sharded_qlora_with_host_ram_checked(tmp_path:
     verdicts = json.loads(report.read_text())["plan"]["verdicts"]
     qlora = next(v for v in verdicts if v["method"] == "qlora")
     assert "host RAM" in qlora["reason"] and "16 GiB" in qlora["reason"]
+
+
+@pytest.mark.parametrize("max_usd", [3.0, 200.0])
+def test_balanced_quality_searches_once_and_finds_the_low_risk_optimum(
+    max_usd: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from test_search import FAKE, GPUS, OFFERS, SPACE, SPEC
+
+    import planner.engine.plan
+    from planner import Budget, QualityPolicy, RecommendRequest, TokensSource, recommend
+    from planner.engine.search import exhaustive_search
+
+    calls: list[object] = []
+    real_search = planner.engine.plan.search
+    monkeypatch.setattr(
+        planner.engine.plan, "search", lambda r, m: calls.append(r) or real_search(r, m)
+    )
+    budget = Budget(
+        max_usd=max_usd, dataset_tokens=30_000_000, epochs=1.0, tokens_source=TokensSource.GIVEN
+    )
+    request = RecommendRequest(spec=SPEC, budget=budget, offers=OFFERS, gpus=GPUS, space=SPACE)
+    plan = recommend(request, FAKE)
+    assert len(calls) == 1
+    strict = dataclasses.replace(budget, quality=QualityPolicy.STRICT)
+    low = exhaustive_search(dataclasses.replace(request, budget=strict), FAKE).best
+    medium = exhaustive_search(request, FAKE).best
+    assert plan.chosen is not None and low is not None and medium is not None
+    if plan.chosen.risk_level is RiskLevel.LOW:
+        assert plan.chosen.cost.usd == pytest.approx(low.cost.usd, rel=1e-9)
+        assert low.cost.usd <= medium.cost.usd * 1.2
+    else:
+        assert plan.chosen.cost.usd == pytest.approx(medium.cost.usd, rel=1e-9)
+        assert low.cost.usd > medium.cost.usd * 1.2

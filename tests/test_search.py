@@ -12,9 +12,9 @@ from model_specs import LLAMA2_7B
 
 from catalog import GPU, Interconnect, ModelSpec, Offer, Provider
 from planner import Budget, QualityPolicy, TokensSource
-from planner.engine.evaluate import constraints
+from planner.engine.evaluate import Measurer, constraints
 from planner.engine.search import exhaustive_search, search
-from planner.engine.space import SearchProblem, SearchSpace
+from planner.engine.space import RecommendRequest, SearchSpace
 from profiler import (
     FitVerdict,
     Measurement,
@@ -162,7 +162,7 @@ def problem(
     max_hours: float | None = None,
     tokens: int = 30_000_000,
     offers: tuple[Offer, ...] = OFFERS,
-) -> SearchProblem:
+) -> RecommendRequest:
     budget = Budget(
         max_usd=max_usd,
         dataset_tokens=tokens,
@@ -171,13 +171,16 @@ def problem(
         quality=quality,
         max_hours=max_hours,
     )
-    return SearchProblem(
+    return RecommendRequest(
         spec=SPEC, budget=budget, seq_len=2048, offers=offers, gpus=GPUS, space=SPACE
     )
 
 
-def _run(p: SearchProblem, **kwargs: object):  # type: ignore[no-untyped-def]
-    return search(p, estimate=fake_estimate, fits=fits_usable, **kwargs)  # type: ignore[arg-type]
+FAKE = Measurer(fake_estimate, fits=fits_usable)
+
+
+def _run(p: RecommendRequest, **kwargs: object):  # type: ignore[no-untyped-def]
+    return search(dataclasses.replace(p, **kwargs), FAKE)
 
 
 @pytest.mark.parametrize(
@@ -194,7 +197,7 @@ def _run(p: SearchProblem, **kwargs: object):  # type: ignore[no-untyped-def]
 def test_search_matches_exhaustive_grid(kwargs: dict[str, object]) -> None:
     p = problem(**kwargs)  # type: ignore[arg-type]
     fast = _run(p)
-    full = exhaustive_search(p, estimate=fake_estimate, fits=fits_usable)
+    full = exhaustive_search(p, FAKE)
     assert full.best is not None and fast.best is not None
     assert fast.best.cost.usd == pytest.approx(full.best.cost.usd, rel=1e-9)
     assert fast.evaluated < full.evaluated
@@ -213,14 +216,14 @@ def test_search_respects_budget_deadline_and_memory() -> None:
 
 
 def test_no_bf16_on_gpus_without_it() -> None:
-    result = exhaustive_search(problem(), estimate=fake_estimate, fits=fits_usable)
+    result = exhaustive_search(problem(), FAKE)
     on_t4 = [c for c in result.candidates if c.offer.gpu == "T4"]
     assert on_t4
     assert all(c.config.precision is Precision.FP16_MIXED for c in on_t4)
 
 
 def test_strategies_per_method_on_several_gpus() -> None:
-    result = exhaustive_search(problem(), estimate=fake_estimate, fits=fits_usable)
+    result = exhaustive_search(problem(), FAKE)
     multi = [c for c in result.candidates if c.config.gpu_count > 1]
     assert multi
     for c in multi:
@@ -231,7 +234,7 @@ def test_strategies_per_method_on_several_gpus() -> None:
         )
         assert c.config.sharding in allowed
         assert c.config.gpu_count == c.offer.gpu_count * c.nodes
-    fast = search(problem(), estimate=fake_estimate, fits=fits_usable)  # type: ignore[arg-type]
+    fast = search(problem(), FAKE)
     # The fake model's memory does not depend on the strategy: the fastest always fits.
     assert {c.config.sharding for c in fast.candidates if c.config.gpu_count > 1} <= {
         Sharding.DDP,
@@ -253,7 +256,7 @@ def test_lower_bound_never_exceeds_a_priced_cost() -> None:
     from planner.engine.evaluate import Evaluator
 
     p = problem()
-    evaluator = Evaluator(p, estimate=fake_estimate, fits=fits_usable)
+    evaluator = Evaluator(p, FAKE)
     for variant in evaluator.variants():
         for hw in evaluator.hardware():
             bound = evaluator.lower_bound_usd(variant, hw)
@@ -311,7 +314,7 @@ def test_stored_profile_is_used_and_labelled() -> None:
         return None
 
     p = problem()
-    result = search(p, estimate=fake_estimate, lookup=lookup, fits=fits_usable)
+    result = search(p, Measurer(fake_estimate, lookup, fits_usable))
     best = result.best
     assert best is not None
     assert best.measurement.source is Source.MEASURED  # the (fast) stored profile wins

@@ -45,13 +45,13 @@ def _build_request(o: dict[str, Any]) -> Any:
     with close matches on bad input)."""
     import catalog
     from planner.engine.cost import SpotAssumptions
-    from planner.engine.plan import (
+    from planner.engine.space import (
         DEFAULT_DATASET_TOKENS,
         DEFAULT_EPOCHS,
         DEFAULT_SEQ_LEN,
         RecommendRequest,
+        SearchSpace,
     )
-    from planner.engine.space import SearchSpace
     from profiler import Method
 
     if o["tokens"] is not None and o["dataset"] is not None:
@@ -225,25 +225,13 @@ def _inputs_hash(o: dict[str, Any]) -> str:
     return hashlib.sha256(repr([(k, o[k]) for k in keys]).encode()).hexdigest()[:8]
 
 
-def _write(plan: Plan, out_dir: Path, slug: str) -> Path:
-    """Reports (.md, .html, .json); the JSON alone if the report renderers are unavailable."""
-    try:
-        from planner.report.write import write_reports
-    except ImportError:
-        from planner.plan_io import write_plan
+def _write(plan: Plan, o: dict[str, Any]) -> Path:
+    """Reports (.md, .html and the plan .json) named by model, budget and an input hash;
+    returns the plan's path."""
+    from planner.report.write import report_slug, write_reports
 
-        return write_plan(plan, out_dir / f"{slug}.json")
-    return write_reports(plan, out_dir, slug=slug).json
-
-
-def _slug(model: str, budget: float, digest: str) -> str:
-    try:
-        from planner.report.write import report_slug
-    except ImportError:
-        from planner.engine.plan import plan_slug
-
-        return plan_slug(model, budget, digest)
-    return report_slug(model, budget, digest)
+    slug = report_slug(o["model"], o["budget"], _inputs_hash(o))
+    return write_reports(plan, o["out"], slug=slug).json
 
 
 @click.command("recommend")
@@ -353,13 +341,14 @@ def recommend_command(**o: Any) -> None:
     """
     request = _build_request(o)
     plan = _plan(request)
-    path = _write(plan, o["out"], _slug(o["model"], o["budget"], _inputs_hash(o)))
+    path = _write(plan, o)
     render(plan, fmt=o["fmt"], quiet=o["quiet"], report=path)
     if plan.chosen is None:
         sys.exit(EXIT_NO_PLAN)
 
 
 def _plan(request: Any) -> Plan:
+    from planner.engine.evaluate import Measurer
     from planner.engine.plan import recommend
     from profiler.calibration import calibration_for
     from profiler.estimator import estimate
@@ -373,12 +362,12 @@ def _plan(request: Any) -> Plan:
     def calibrated_estimate(spec: Any, config: Any, gpu: Any, **kwargs: Any) -> Any:
         return estimate(spec, config, gpu, calibration=calibration_for(gpu), **kwargs)
 
-    return recommend(request, estimate=calibrated_estimate, lookup=lookup)
+    return recommend(request, Measurer(calibrated_estimate, lookup))
 
 
 def render(plan: Plan, *, fmt: str, quiet: bool, report: Path) -> None:
     """Print the plan: one line (--quiet), JSON, markdown or rich tables."""
-    from planner.engine.plan import describe
+    from planner.explain import describe
 
     if fmt == "json":
         from planner.plan_io import plan_to_json
@@ -408,7 +397,7 @@ def _render_table(plan: Plan, report: Path) -> None:
     from rich.table import Table
 
     from planner.engine.evaluate import with_nodes_label
-    from planner.engine.plan import describe
+    from planner.explain import describe
 
     console = Console(highlight=False, soft_wrap=True)
     if not console.is_terminal:  # piped or captured: no terminal width to respect

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from catalog import GIB, GPU, Offer, Provider
-from planner._types import Budget, Candidate
+from planner._types import Budget, Candidate, QualityPolicy
 from planner.engine.cost import estimate_cost, provision_s
 from planner.engine.quality import accepted, assess_quality, suggested_learning_rate
-from planner.engine.space import Hardware, SearchProblem, Variant
+from planner.engine.space import Hardware, RecommendRequest, Variant
 from profiler import (
     FitVerdict,
     Measurement,
@@ -85,21 +86,27 @@ def host_ram_fits(measurement: Measurement, offer: Offer) -> bool:
     return needed is None or needed <= offer.memory_gib
 
 
+@dataclass(frozen=True, slots=True)
+class Measurer:
+    """Where the search gets memory and speed: the estimator, stored profiles and the memory-fit
+    rule, passed together (the CLI builds one; tests pass stand-ins)."""
+
+    estimate: EstimateFn
+    """``profiler.estimate`` with a calibration bound, or a stand-in with its signature."""
+    lookup: LookupFn | None = None
+    """Stored measured/extrapolated profiles, or None for the estimator alone."""
+    fits: FitsFn = default_fits
+    """The fit verdict of a figure on a card (the profiler's rule by default)."""
+
+
 class Evaluator:
     """Prices configs on hardware, caching every estimator call and quality assessment."""
 
-    def __init__(
-        self,
-        problem: SearchProblem,
-        *,
-        estimate: EstimateFn,
-        lookup: LookupFn | None = None,
-        fits: FitsFn = default_fits,
-    ) -> None:
-        self.problem = problem
-        self._estimate = estimate
-        self._lookup = lookup
-        self._fits = fits
+    def __init__(self, request: RecommendRequest, measurer: Measurer) -> None:
+        self.request = request
+        self._estimate = measurer.estimate
+        self._lookup = measurer.lookup
+        self._fits = measurer.fits
         self._measurements: dict[tuple[Any, ...], Measurement] = {}
         self._risks: dict[tuple[Any, ...], Any] = {}
         self._fitting_cells: set[tuple[str, str]] = set()
@@ -107,7 +114,7 @@ class Evaluator:
 
     def variants(self) -> tuple[Variant, ...]:
         """Method variants of the space, respecting bf16 support later per GPU."""
-        space = self.problem.space
+        space = self.request.space
         out: list[Variant] = []
         for method in space.methods:
             if method is Method.FULL:
@@ -127,12 +134,12 @@ class Evaluator:
     def hardware(self) -> tuple[Hardware, ...]:
         """Hardware cells: (GPU, GPUs per node, nodes) with their offers, in a stable order."""
         groups: dict[tuple[str, int], list[Offer]] = {}
-        for offer in self.problem.offers:
+        for offer in self.request.offers:
             groups.setdefault((offer.gpu, offer.gpu_count), []).append(offer)
         cells: list[Hardware] = []
         for (gpu_name, count), offers in sorted(groups.items()):
-            gpu = self.problem.gpus[gpu_name]
-            for nodes in self.problem.space.node_counts:
+            gpu = self.request.gpus[gpu_name]
+            for nodes in self.request.space.node_counts:
                 usable = tuple(o for o in offers if o.max_nodes >= nodes)
                 if usable:
                     cells.append(
@@ -174,7 +181,7 @@ class Evaluator:
                 method=variant.method,
                 gpu_count=hw.gpu_count,
                 optimizer=optimizer,
-                num_experts=self.problem.spec.num_experts,
+                num_experts=self.request.spec.num_experts,
             )
             is None
         )
@@ -209,11 +216,11 @@ class Evaluator:
         lora = variant.method is not Method.FULL
         weights = min(
             weight_bytes(
-                self.problem.spec,
+                self.request.spec,
                 TuningConfig(
                     method=variant.method,
                     precision=variant.precision,
-                    lora_rank=min(self.problem.space.lora_ranks) if lora else None,
+                    lora_rank=min(self.request.space.lora_ranks) if lora else None,
                     lora_targets=variant.targets,
                     gpu_count=hw.gpu_count,
                     sharding=sharding,
@@ -233,7 +240,7 @@ class Evaluator:
         return (
             hw.nodes == 1
             or variant.method is Method.FULL
-            or self.problem.budget.max_hours is not None
+            or self.request.budget.max_hours is not None
         )
 
     def lower_bound_usd(self, variant: Variant, hw: Hardware) -> float:
@@ -243,11 +250,11 @@ class Evaluator:
         (forward plus input gradients; adapters, attention scores, the LM head and
         recomputation only add). Start-up is included, spot overhead is not (it is ≥ 0).
         """
-        spec, budget = self.problem.spec, self.problem.budget
+        spec, budget = self.request.spec, self.request.budget
         flops_per_token = min_flops_per_token(spec, variant.method)
         peak_flops = hw.gpu.matmul_tflops * 1e12 * hw.gpu_count
         train_s = budget.total_tokens * flops_per_token / peak_flops
-        startup = self.problem.startup
+        startup = self.request.startup
         download_s = download_bytes(spec) / GIB / startup.download_gib_per_s
         best = math.inf
         for offer in hw.offers:
@@ -280,7 +287,7 @@ class Evaluator:
             lora_alpha=None if rank is None else 2 * rank,
             lora_targets=variant.targets,
             micro_batch_size=micro_batch,
-            seq_len=self.problem.seq_len,
+            seq_len=self.request.seq_len,
             grad_checkpointing=ckpt,
             optimizer=optimizer,
             gpu_count=hw.gpu_count,
@@ -295,11 +302,11 @@ class Evaluator:
             return found
         measurement = None
         if self._lookup is not None and hw.nodes == 1:
-            measurement = self._lookup(self.problem.spec.name, config, hw.gpu.name)
+            measurement = self._lookup(self.request.spec.name, config, hw.gpu.name)
         if measurement is None:
             self.estimator_calls += 1
             measurement = self._estimate(
-                self.problem.spec, config, hw.gpu, nodes=hw.nodes, inter_node_gbps=key[3]
+                self.request.spec, config, hw.gpu, nodes=hw.nodes, inter_node_gbps=key[3]
             )
         self._measurements[key] = measurement
         return measurement
@@ -322,18 +329,18 @@ class Evaluator:
 
     def price(self, config: TuningConfig, hw: Hardware) -> list[Candidate]:
         """Candidates of one config on every offer of ``hw`` (one measurement per interconnect)."""
-        problem = self.problem
+        request = self.request
         per_step = config.micro_batch_size * config.seq_len * hw.gpu_count
         target = min(
             GLOBAL_BATCH_TARGET_TOKENS,
-            problem.budget.dataset_tokens // MIN_OPTIMIZER_STEPS_PER_EPOCH,
+            request.budget.dataset_tokens // MIN_OPTIMIZER_STEPS_PER_EPOCH,
         )
         accum = max(1, round(target / per_step))
         global_tokens = accum * per_step
         risks = self._risks_for(config, global_tokens)
-        ok_quality = accepted(risks, problem.budget.quality)
-        ckpt_size = checkpoint_bytes(problem.spec, config) / GIB
-        weights = download_bytes(problem.spec) / GIB
+        ok_quality = accepted(risks, request.budget.quality)
+        ckpt_size = checkpoint_bytes(request.spec, config) / GIB
+        weights = download_bytes(request.spec) / GIB
         out: list[Candidate] = []
         for offer in hw.offers:
             measurement = self.measure(config, hw, offer.inter_node_gbps)
@@ -345,10 +352,10 @@ class Evaluator:
             cost = estimate_cost(
                 measurement,
                 offer,
-                problem.budget,
+                request.budget,
                 nodes=hw.nodes,
-                spot_policy=problem.spot,
-                startup=problem.startup,
+                spot_policy=request.spot,
+                startup=request.startup,
                 weights_gib=weights,
                 checkpoint_size_gib=ckpt_size,
             )
@@ -364,9 +371,9 @@ class Evaluator:
                     usable_memory_gib=hw.gpu.usable_memory_gib,
                     risks=risks,
                     suggested_learning_rate=suggested_learning_rate(config),
-                    within_budget=cost.usd <= problem.budget.max_usd,
+                    within_budget=cost.usd <= request.budget.max_usd,
                     within_deadline=(
-                        problem.budget.max_hours is None or cost.hours <= problem.budget.max_hours
+                        request.budget.max_hours is None or cost.hours <= request.budget.max_hours
                     ),
                     quality_accepted=ok_quality,
                     grad_accum_steps=accum,
@@ -386,28 +393,45 @@ class Evaluator:
         risks = self._risks.get(key)
         if risks is None:
             risks = assess_quality(
-                self.problem.spec, config, self.problem.budget, global_batch_tokens=global_tokens
+                self.request.spec, config, self.request.budget, global_batch_tokens=global_tokens
             )
             self._risks[key] = risks
         return risks
 
-    def rank_accepted(self, variant: Variant, rank: int) -> bool:
-        """Whether the quality policy accepts this rank before batch-size effects."""
+    def rank_accepted(
+        self, variant: Variant, rank: int, policy: QualityPolicy | None = None
+    ) -> bool:
+        """Whether the quality policy (the request's unless given) accepts this rank before
+        batch-size effects."""
         probe = TuningConfig(
             method=variant.method,
             lora_rank=rank,
             lora_targets=variant.targets,
-            seq_len=self.problem.seq_len,
+            seq_len=self.request.seq_len,
         )
         risks = self._risks_for(probe, 0)
-        return accepted(risks, self.problem.budget.quality)
+        return accepted(risks, policy or self.request.budget.quality)
+
+    def ranks(self, variant: Variant) -> tuple[int, ...]:
+        """LoRA ranks a fast cell solve prices: the smallest the quality policy accepts (larger
+        ranks only add memory and time), else the largest. ``--quality balanced`` also prices
+        the smallest low-risk rank, so one search answers both of its questions."""
+        ordered = sorted(self.request.space.lora_ranks)
+        policy = self.request.budget.quality
+        policies = [policy] + [QualityPolicy.STRICT] * (policy is QualityPolicy.BALANCED)
+        picks = {
+            next(r for r in ordered if self.rank_accepted(variant, r, p))
+            for p in policies
+            if any(self.rank_accepted(variant, r, p) for r in ordered)
+        }
+        return tuple(sorted(picks)) or (ordered[-1],)
 
     # -- the two ways of walking a cell -------------------------------------------------------
 
     def solve_cell(self, variant: Variant, hw: Hardware) -> list[Candidate]:
         """Fast exact-by-construction inner solve of one structural cell.
 
-        Ranks: the smallest the quality policy accepts (larger ranks only add memory and time).
+        Ranks: :meth:`ranks`.
         For each optimizer: micro-batches upward without checkpointing until one does not fit,
         then with checkpointing from the first size that did not fit (checkpointing only pays
         when it lets a larger micro-batch fit; at a size that fits without it, it only adds
@@ -417,11 +441,10 @@ class Evaluator:
             return []
         if self.redundant(variant, hw):
             return []  # the faster strategy fits: offload only costs time
-        space = self.problem.space
+        space = self.request.space
         ranks: tuple[int | None, ...] = (None,)
         if variant.method is not Method.FULL:
-            acceptable = [r for r in sorted(space.lora_ranks) if self.rank_accepted(variant, r)]
-            ranks = (acceptable[0],) if acceptable else (max(space.lora_ranks),)
+            ranks = self.ranks(variant)
         out: list[Candidate] = []
         batches = sorted(space.micro_batches)
         for rank in ranks:
@@ -454,7 +477,7 @@ class Evaluator:
         0.1 GiB while adding bitsandbytes' optimizer to the run: they keep torch AdamW, as in
         DESIGN.md's recipes. Full fine-tuning tries every optimizer in the space.
         """
-        space = self.problem.space
+        space = self.request.space
         if variant.method is not Method.FULL and OptimizerKind.ADAMW in space.optimizers:
             return (OptimizerKind.ADAMW,)
         return space.optimizers
@@ -492,7 +515,7 @@ class Evaluator:
 
     def walk_cell_exhaustively(self, variant: Variant, hw: Hardware) -> list[Candidate]:
         """Every point of the cell: all ranks, optimizers, checkpointing and micro-batches."""
-        space = self.problem.space
+        space = self.request.space
         ranks: tuple[int | None, ...] = (None,)
         if variant.method is not Method.FULL:
             ranks = tuple(sorted(space.lora_ranks))
@@ -549,6 +572,7 @@ __all__ = [
     "GLOBAL_BATCH_TARGET_TOKENS",
     "EstimateFn",
     "Evaluator",
+    "Measurer",
     "FitsFn",
     "LookupFn",
     "constraints",

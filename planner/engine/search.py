@@ -18,18 +18,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from catalog import EnvironmentProblem, InputError, mask_secrets
-from planner._types import Budget, Candidate
-from planner.engine.evaluate import (
-    CONSTRAINT_NAMES,
-    EstimateFn,
-    Evaluator,
-    FitsFn,
-    LookupFn,
-    constraints,
-    default_fits,
-    sort_key,
-)
-from planner.engine.space import Hardware, SearchProblem, Variant
+from planner._types import Budget, Candidate, QualityPolicy, RiskLevel
+from planner.engine.evaluate import CONSTRAINT_NAMES, Evaluator, Measurer, constraints, sort_key
+from planner.engine.space import Hardware, RecommendRequest, Variant
 from profiler import Method
 
 if TYPE_CHECKING:
@@ -72,25 +63,17 @@ def _finish(
     )
 
 
-def exhaustive_search(
-    problem: SearchProblem,
-    *,
-    estimate: EstimateFn,
-    lookup: LookupFn | None = None,
-    fits: FitsFn = default_fits,
-) -> SearchResult:
+def exhaustive_search(request: RecommendRequest, measurer: Measurer) -> SearchResult:
     """Price every point of the space (no pruning): the reference the optuna search must match.
 
     Args:
-        problem: Model, job, offers and assumptions.
-        estimate: The estimator (``profiler.estimate``).
-        lookup: Stored-profile lookup, or None.
-        fits: Memory-fit rule.
+        request: Model, job, offers and assumptions.
+        measurer: The estimator, stored profiles and memory-fit rule.
 
     Returns:
         Every priced candidate, best first.
     """
-    evaluator = Evaluator(problem, estimate=estimate, lookup=lookup, fits=fits)
+    evaluator = Evaluator(request, measurer)
     out: list[Candidate] = []
     cells = 0
     for variant in evaluator.variants():
@@ -102,16 +85,7 @@ def exhaustive_search(
     )
 
 
-def search(
-    problem: SearchProblem,
-    *,
-    estimate: EstimateFn,
-    lookup: LookupFn | None = None,
-    fits: FitsFn = default_fits,
-    seed: int = 0,
-    trials: int | None = None,
-    storage: str | None = None,
-) -> SearchResult:
+def search(request: RecommendRequest, measurer: Measurer) -> SearchResult:
     """The default search: an optuna study over structural cells with exact inner solves.
 
     Cells whose per-GPU memory cannot hold the weights are pruned before the study. When
@@ -121,14 +95,14 @@ def search(
     ``enqueue_trial`` on the cheapest-per-GPU-hour hardware of each variant.
 
     Args:
-        problem: Model, job, offers and assumptions.
-        estimate: The estimator (``profiler.estimate``).
-        lookup: Stored-profile lookup, or None.
-        fits: Memory-fit rule.
-        seed: Sampler seed (same inputs and seed give the same result).
-        trials: Trial budget; None means every cell.
-        storage: optuna storage URL (e.g. ``sqlite:///study.db``); an existing study of the
-            same inputs is resumed (``load_if_exists``) and its finished cells are not re-run.
+        request: Model, job, offers and assumptions, and how to search: ``seed`` (same inputs
+            and seed give the same result), ``trials`` (None means every cell) and ``storage``
+            (an optuna URL such as ``sqlite:///study.db``; an existing study of the same inputs
+            is resumed with ``load_if_exists`` and its finished cells are not re-run).
+        measurer: The estimator, stored profiles and memory-fit rule.
+
+    With ``--quality balanced`` the bounds prune against low-risk plans only, so the one search
+    finds both the cheapest plan the policy accepts and the cheapest low-risk one.
 
     Returns:
         Every priced candidate, best first, with the sampler, trial and estimator-call counts.
@@ -138,10 +112,12 @@ def search(
     """
     import optuna
 
+    seed, trials, storage = request.seed, request.trials, request.storage
     if trials is not None and trials <= 0:
         raise ValueError(f"--trials must be > 0, got {trials}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    evaluator = Evaluator(problem, estimate=estimate, lookup=lookup, fits=fits)
+    evaluator = Evaluator(request, measurer)
+    low_risk_only = request.budget.quality is QualityPolicy.BALANCED
     cells = {
         f"{v.key}@{h.key}": (v, h)
         for v in evaluator.variants()
@@ -155,7 +131,7 @@ def search(
         )
     bound = {n: evaluator.lower_bound_usd(*cells[n]) for n in names}
     exact = trials is None or trials >= len(names)
-    study = _create_study(optuna, problem, exact=exact, seed=seed, storage=storage)
+    study = _create_study(optuna, request, exact=exact, seed=seed, storage=storage)
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     done = {_cell_name(t.params, names) for t in finished}
     out: list[Candidate] = []
@@ -165,7 +141,12 @@ def search(
         found = evaluator.solve_cell(*cells[name])
         out.extend(found)
         for c in found:
-            if c.fits and c.quality_accepted and c.within_deadline:
+            if (
+                c.fits
+                and c.quality_accepted
+                and c.within_deadline
+                and (c.risk_level is RiskLevel.LOW or not low_risk_only)
+            ):
                 method = c.config.method
                 incumbent[method] = min(incumbent.get(method, math.inf), c.cost.usd)
         return found
@@ -201,7 +182,7 @@ def search(
             # found for the same method, so it cannot hold that method's optimum.
             trial.set_user_attr("lower_bound_usd", bound[name])
             raise optuna.TrialPruned()
-        values, cons = _trial_values(solve(name), problem.budget)
+        values, cons = _trial_values(solve(name), request.budget)
         for key, value in zip(CONSTRAINT_NAMES, cons, strict=True):
             trial.set_constraint(key, value)
         return values
@@ -267,14 +248,14 @@ def _cell_name(params: Mapping[str, Any], names: list[str]) -> str | None:
 
 
 def _create_study(
-    optuna: Any, problem: SearchProblem, *, exact: bool, seed: int, storage: str | None
+    optuna: Any, request: RecommendRequest, *, exact: bool, seed: int, storage: str | None
 ) -> optuna.Study:
     # Constraints reach TPE through Trial.set_constraint (optuna >= 5). In exact mode every
     # trial is enqueued, so the sampler only records them.
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
     try:
         return optuna.create_study(
-            study_name=f"ftplan-{problem.fingerprint()}-{'exact' if exact else 'tpe'}",
+            study_name=f"ftplan-{request.fingerprint()}-{'exact' if exact else 'tpe'}",
             storage=storage,
             load_if_exists=storage is not None,
             sampler=sampler,
