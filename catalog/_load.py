@@ -141,6 +141,7 @@ class CatalogInfo:
 # --------------------------------------------------------------------------------------------
 # CSV parsing with errors that name the file, the row and the column.
 
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # echoed to terminals: refused
 _MAX_CATALOG_BYTES = 256 * 1024 * 1024  # SkyPilot's full catalog is ~30 MB
 _MAX_CATALOG_INTEGER = 10**15
 _MAX_CATALOG_NUMBER = 1e12
@@ -164,6 +165,8 @@ class _Row:
         value = (self.values.get(column) or "").strip()
         if required and not value:
             raise self.fail(column, "value is empty")
+        if _CONTROL_CHARS.search(value):
+            raise self.fail(column, "holds control characters")
         return value
 
     def integer(self, column: str) -> int:
