@@ -25,6 +25,7 @@ from catalog import (
     get_model,
     loads_json,
     open_regular,
+    printable,
     to_jsonable,
 )
 from planner.cli.errors import NothingFitsError, UserInputError
@@ -500,7 +501,7 @@ def calibrate_command(gpu_name: str, sources: tuple[Path, ...], out: Path | None
         f"{fitted.memory_error_max_pct:.1f}%), step time median "
         f"{fitted.time_error_median_pct:.1f}% (worst {fitted.time_error_max_pct:.1f}%)"
     )
-    click.echo(f"wrote {target}")
+    click.echo(f"wrote {printable(target)}")
 
 
 def _read_sources(sources: Sequence[Path], gpu: GPU) -> list[Measurement]:

@@ -22,6 +22,7 @@ from catalog import (
     expand_user,
     get_model,
     model_from_hf_config,
+    printable,
 )
 from planner._types import Candidate, Plan
 from planner.cli.errors import UserInputError, require_extra
@@ -490,7 +491,7 @@ def _print_status(status: RunStatus, *, fmt: str) -> None:
         return
     for key, value in record.items():
         if value not in ("", None):
-            click.echo(f"{key + ':':12}{value}")
+            click.echo(f"{key + ':':12}{printable(value)}")
 
 
 @click.command("status")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from catalog import printable
 from planner.cli.errors import UserInputError
 from runners import RunnerError
 from runners.local import DEFAULT_RUNS_DIR
@@ -35,7 +36,7 @@ def merge_command(run: str, out: Path | None, runs_dir: str) -> None:
         folder = merge_run(run_folder(run, runs_dir=runs_dir), out=out)
     except RunnerError as exc:
         raise UserInputError(str(exc)) from None
-    click.echo(f"merged model and tokenizer: {folder}")
+    click.echo(f"merged model and tokenizer: {printable(folder)}")
 
 
 COMMANDS: list[click.Command] = [merge_command]

@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from catalog import EnvironmentProblem, InputError, ModelSpec, get_gpu, get_model, to_jsonable
+from catalog import (
+    EnvironmentProblem,
+    InputError,
+    ModelSpec,
+    get_gpu,
+    get_model,
+    printable,
+    to_jsonable,
+)
 from planner.cli.errors import require_extra
 from planner.cli.params import (
     MAX_BATCH,
@@ -403,7 +411,7 @@ def profile_command(
         _render_table(results, note)
     if note and output_format == "json":
         click.echo(note, err=True)
-    click.echo(f"{len(results)} records appended to {target}", err=True)
+    click.echo(f"{len(results)} records appended to {printable(target)}", err=True)
 
 
 COMMANDS: list[click.Command] = [profile_command]

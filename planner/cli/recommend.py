@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from catalog import InputError
+from catalog import InputError, printable
 from planner._types import Budget, Plan, QualityPolicy, Task, TokensSource
 from planner.cli.params import (
     MAX_GPUS_PER_NODE,
@@ -462,7 +462,7 @@ def _render_table(plan: Plan, report: Path) -> None:
         f"{plan.search.evaluated} estimates; prices {plan.search.catalog_as_of}",
         markup=False,
     )
-    console.print(f"Report: {report.with_suffix('.md')} (.html, .json)", markup=False)
+    console.print(f"Report: {printable(report.with_suffix('.md'))} (.html, .json)", markup=False)
 
 
 def _row(rank: int, c: Any, gpus: str) -> tuple[str, ...]:

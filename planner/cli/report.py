@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from catalog import atomic_write_text
+from catalog import atomic_write_text, printable
 
 _FORMATS = ("html", "md")
 
@@ -54,7 +54,7 @@ def report(plan_file: Path, fmt: str, out_path: Path | None) -> None:
         return
     target = out_path if out_path is not None else plan_file.with_suffix(f".{fmt}")
     written = atomic_write_text(target, text)
-    click.echo(f"wrote {written}")
+    click.echo(f"wrote {printable(written)}")
 
 
 COMMANDS: list[click.Command] = [report]
