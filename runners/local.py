@@ -459,7 +459,7 @@ class LocalRunner:
         if follow:
             yield from self.follow(run_id, poll_s=poll_s)
             return
-        log_path = self.runs_dir / run_id / LOG_FILE
+        log_path = run_dir_for(self.runs_dir, run_id) / LOG_FILE
         if log_path.is_file():
             with log_path.open(encoding="utf-8", errors="replace") as handle:
                 yield from (line.rstrip("\n") for line in handle)
@@ -472,12 +472,11 @@ class LocalRunner:
             RunnerError: If the run is unknown or already finished.
         """
         status = self.status(run_id)
-        data = json.loads((self.runs_dir / run_id / STATUS_FILE).read_text(encoding="utf-8"))
-        supervisor = data.get("supervisor_pid")
+        supervisor = read_status(run_dir_for(self.runs_dir, run_id) / STATUS_FILE).supervisor_pid
         if status.state.finished or supervisor is None:
             raise RunnerError(f"run {run_id!r} is {status.state.value}; there is nothing to stop")
         try:
-            os.kill(int(supervisor), signal.SIGTERM)
+            os.kill(supervisor, signal.SIGTERM)
         except ProcessLookupError:
             raise RunnerError(f"run {run_id!r}: its process is gone") from None
 
@@ -485,11 +484,14 @@ class LocalRunner:
         """Every run under ``runs_dir``, newest first."""
         if not self.runs_dir.is_dir():
             return []
-        found = [
-            self.status(child.name)
-            for child in self.runs_dir.iterdir()
-            if (child / STATUS_FILE).is_file()
-        ]
+        found = []
+        for child in self.runs_dir.iterdir():
+            if not (RUN_ID_PATTERN.match(child.name) and (child / STATUS_FILE).is_file()):
+                continue
+            try:
+                found.append(self.status(child.name))
+            except (DataError, RunnerError):
+                continue  # a damaged or foreign folder does not hide the other runs
         return sorted(found, key=lambda r: (r.started_at, r.run_id), reverse=True)
 
     # -- effects --------------------------------------------------------------------------

@@ -495,3 +495,13 @@ def test_a_plan_from_a_config_json_launches_that_file_from_anywhere(
         json.dumps({**LLAMA_CONFIG, "num_hidden_layers": 8})
     )
     _assert_bad_input([*launch, "--device", "cpu", "--dry-run", "--random-init"], world)
+
+
+def test_runs_lists_good_runs_beside_damaged_ones(world: Path) -> None:
+    for name, status in (("good", '{"state": "succeeded"}'), ("bad", "{"), (".hidden", "{}")):
+        (world / "runs" / name).mkdir(parents=True)
+        (world / "runs" / name / "status.json").write_text(status)
+    code, stdout, stderr = _run(["runs", "--runs-dir", "runs"])
+    assert code == 0, stderr
+    assert "good" in stdout and "Traceback" not in stderr
+    _assert_bad_input(["runs", "--runs-dir", "runs", "--region", "x y"], world)

@@ -4,15 +4,14 @@ SkyPilot's log tail), ``stop`` and ``runs`` (local runs and ftplan's SageMaker j
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
 from planner.cli.errors import UserInputError
-from planner.cli.params import check_run_id
+from planner.cli.params import check_region, check_run_id
 from runners import LocalRunner, RunnerError, SageMakerRunner, SkyPilotRunner, Target
-from runners.local import DEFAULT_RUNS_DIR
+from runners.local import DEFAULT_RUNS_DIR, run_dir_for
 
 _TARGETS = [t.value for t in Target]
 SKYPILOT_RECORD = "skypilot.json"  # what SkyPilotRunner keeps in runs/RUN_ID
@@ -23,7 +22,7 @@ def run_target(run_id: str, *, target: str | None, runs_dir: str) -> Target:
     exists, else SageMaker."""
     if target:
         return Target(target)
-    run_dir = Path(runs_dir) / run_id
+    run_dir = run_dir_for(runs_dir, run_id)
     if (run_dir / SKYPILOT_RECORD).is_file():
         return Target.SKYPILOT
     return Target.LOCAL if run_dir.is_dir() else Target.SAGEMAKER
@@ -40,7 +39,7 @@ def _runner(run_id: str, *, target: str | None, runs_dir: str, region: str | Non
 
 def _where(func: Any) -> Any:
     for option in (
-        click.option("--region", help="AWS region of a SageMaker job."),
+        click.option("--region", callback=check_region, help="AWS region of a SageMaker job."),
         click.option(
             "--runs-dir",
             default=str(DEFAULT_RUNS_DIR),
@@ -112,7 +111,7 @@ def stop_command(run_id: str, target: str | None, runs_dir: str, region: str | N
     "--runs-dir", default=str(DEFAULT_RUNS_DIR), show_default=True, help="Local runs folder."
 )
 @click.option("--sagemaker", is_flag=True, help="Also list ftplan's SageMaker jobs.")
-@click.option("--region", help="AWS region of the SageMaker jobs.")
+@click.option("--region", callback=check_region, help="AWS region of the SageMaker jobs.")
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
