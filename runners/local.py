@@ -39,7 +39,13 @@ from catalog import (
     printable,
     read_json_file,
 )
-from profiler import Method
+from runners._distributed import (
+    DEEPSPEED_CONFIG_FILE,
+    accelerate_config,
+    deepspeed_config_json,
+    uses_accelerate,
+    yaml_text,
+)
 from runners._types import (
     BYTE_TOKENIZER,
     LaunchResult,
@@ -156,43 +162,10 @@ def new_run_id(spec: LaunchSpec, *, now: dt.datetime | None = None) -> str:
 
 
 def accelerate_config_yaml(spec: LaunchSpec) -> str:
-    """The accelerate config for a multi-GPU run: FSDP full-shard for full FT, else DDP.
-
-    Mixed precision stays ``no``: the recipe applies its own autocast, exactly as measured.
-    FSDP wraps each decoder layer (accelerate reads the layer class from the model's
-    ``_no_split_modules``) and keeps original parameters so the recipe's optimizer maps over.
-    """
-    lines = [
-        "# Written by ftplan for this run.",
-        "compute_environment: LOCAL_MACHINE",
-        f"distributed_type: {'FSDP' if spec.config.method is Method.FULL else 'MULTI_GPU'}",
-        "mixed_precision: 'no'",
-        "downcast_bf16: 'no'",
-        f"num_processes: {spec.gpus_per_node}",
-        "num_machines: 1",
-        "machine_rank: 0",
-        "gpu_ids: all",
-        "rdzv_backend: static",
-        "same_network: true",
-        "use_cpu: false",
-        "main_training_function: main",
-    ]
-    if spec.config.method is Method.FULL:
-        lines += [
-            "fsdp_config:",
-            "  fsdp_version: 1",
-            "  fsdp_reshard_after_forward: FULL_SHARD",
-            "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP",
-            "  fsdp_backward_prefetch: BACKWARD_PRE",
-            "  fsdp_state_dict_type: FULL_STATE_DICT",
-            "  fsdp_use_orig_params: true",
-            "  fsdp_sync_module_states: true",
-            "  fsdp_cpu_ram_efficient_loading: false",
-            "  fsdp_offload_params: false",
-            f"  fsdp_activation_checkpointing: false  # the recipe's own: "
-            f"{str(spec.config.grad_checkpointing).lower()}",
-        ]
-    return "\n".join(lines) + "\n"
+    """The accelerate config of a run under ``accelerate launch`` (several GPUs, or CPU offload
+    on one), generated from the plan's sharding (:mod:`runners._distributed`)."""
+    config = accelerate_config(spec.config, num_processes=spec.gpus_per_node)
+    return "# Written by ftplan for this run.\n" + yaml_text(config)
 
 
 def _now() -> str:
@@ -252,7 +225,7 @@ class LocalRunner:
         ]
         if resume:
             train_args.append("--resume")
-        if spec.device == "cuda" and spec.gpus_per_node > 1:
+        if spec.device == "cuda" and uses_accelerate(spec.config):
             return (
                 self._python,
                 "-m",
@@ -499,8 +472,17 @@ class LocalRunner:
         run_dir = Path(result.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / SPEC_FILE, result.spec_json + "\n")
-        if spec.device == "cuda" and spec.gpus_per_node > 1:
+        if spec.device == "cuda" and uses_accelerate(spec.config):
             atomic_write_text(run_dir / ACCELERATE_CONFIG_FILE, accelerate_config_yaml(spec))
+            if spec.config.sharding.deepspeed:
+                atomic_write_text(
+                    run_dir / DEEPSPEED_CONFIG_FILE,
+                    deepspeed_config_json(
+                        spec.config,
+                        grad_accum_steps=spec.grad_accum_steps,
+                        learning_rate=spec.learning_rate,
+                    ),
+                )
         atomic_write_text(
             run_dir / "command.json",
             json.dumps({"argv": list(result.command), "env": dict(result.env)}, indent=2) + "\n",

@@ -22,8 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from catalog import GIB, Provider, expand_user
-from profiler import Method
 from profiler.estimator import checkpoint_bytes, download_bytes
+from runners._distributed import (
+    DEEPSPEED_CONFIG_FILE,
+    deepspeed_config_json,
+    uses_accelerate,
+)
+from runners._distributed import (
+    distribution_environment as _distribution_environment,
+)
 from runners._sagemaker_ops import ftplan_jobs, job_cost, log_lines, stop_job
 from runners._types import (
     SAGEMAKER_CHECKPOINT_DIR,
@@ -208,23 +215,12 @@ def volume_size_gib(spec: LaunchSpec) -> int:
 
 
 def distribution_environment(spec: LaunchSpec) -> dict[str, str]:
-    """accelerate settings read from the environment under SageMaker's torchrun launcher:
-    FSDP full-shard for full FT (the same as the local accelerate config), DDP otherwise."""
-    if spec.config.gpu_count <= 1:
-        return {}
-    if spec.config.method is not Method.FULL:
-        return {"ACCELERATE_MIXED_PRECISION": "no"}
-    return {
-        "ACCELERATE_MIXED_PRECISION": "no",
-        "ACCELERATE_USE_FSDP": "true",
-        "FSDP_VERSION": "1",
-        "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
-        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
-        "FSDP_BACKWARD_PREFETCH": "BACKWARD_PRE",
-        "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
-        "FSDP_USE_ORIG_PARAMS": "true",
-        "FSDP_SYNC_MODULE_STATES": "true",
-    }
+    """accelerate settings read from the environment under SageMaker's torchrun launcher, the
+    same choices as the local accelerate config (:mod:`runners._distributed`); a DeepSpeed
+    config travels in the source archive."""
+    return _distribution_environment(
+        spec.config, deepspeed_config_path=f"/opt/ml/code/{DEEPSPEED_CONFIG_FILE}"
+    )
 
 
 def _entry_script() -> str:
@@ -240,7 +236,9 @@ def _entry_script() -> str:
     )
 
 
-def source_tarball(spec_json: str, *, code_root: Path | None = None) -> bytes:
+def source_tarball(
+    spec_json: str, *, code_root: Path | None = None, deepspeed_json: str = ""
+) -> bytes:
     """``sourcedir.tar.gz``: the runners, profiler and catalog packages (code and data), the
     entry script, the launch spec and requirements.txt. Deterministic (fixed mtimes, order)."""
     root = code_root or Path(__file__).resolve().parent.parent
@@ -259,6 +257,8 @@ def source_tarball(spec_json: str, *, code_root: Path | None = None) -> bytes:
                     add(path.relative_to(root).as_posix(), path.read_bytes())
         add(ENTRY_POINT, _entry_script().encode())
         add(SPEC_FILE_IN_SOURCE, spec_json.encode())
+        if deepspeed_json:
+            add(DEEPSPEED_CONFIG_FILE, deepspeed_json.encode())
         add("requirements.txt", ("\n".join(SOURCE_REQUIREMENTS) + "\n").encode())
     return gzip.compress(buffer.getvalue(), mtime=0)  # mtime=0: same bytes for the same input
 
@@ -410,7 +410,7 @@ class SageMakerRunner:
         }
         if len(spec_compact) <= HYPERPARAMETER_MAX_CHARS:
             hyperparameters[SPEC_HYPERPARAMETER] = spec_compact
-        if spec.config.gpu_count > 1:
+        if uses_accelerate(spec.config):
             # torchrun on every node (the SDK's distribution={"torch_distributed": ...}).
             hyperparameters["sagemaker_torch_distributed_enabled"] = "true"
         spot = spec.offer is not None and spec.offer.spot
@@ -505,7 +505,16 @@ class SageMakerRunner:
 
         try:
             self._s3_client(request).put_object(
-                Bucket=bucket, Key=key, Body=source_tarball(spec_json)
+                Bucket=bucket,
+                Key=key,
+                Body=source_tarball(
+                    spec_json,
+                    deepspeed_json=deepspeed_config_json(
+                        spec.config,
+                        grad_accum_steps=spec.grad_accum_steps,
+                        learning_rate=spec.learning_rate,
+                    ),
+                ),
             )
             self._sagemaker_client(request).create_training_job(**request)
         except (BotoCoreError, ClientError) as exc:
