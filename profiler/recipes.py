@@ -251,6 +251,11 @@ def _fix_peft_stacked_parametrization() -> None:
     setattr(layer.ParamWrapper, "_ftplan_fixed", True)  # noqa: B010
 
 
+def _sharded(config: TuningConfig) -> bool:
+    """LoRA/QLoRA under FSDP/ZeRO-3: every parameter stays 16-bit (one dtype per flat tensor)."""
+    return config.sharding.shards_state and config.method is not Method.FULL
+
+
 def _dtype_kwarg(dtype: Any) -> dict[str, Any]:
     """transformers >= 4.56 names the load dtype ``dtype``; older releases ``torch_dtype`` (the
     SageMaker images ftplan launches on may carry an older transformers)."""
@@ -383,11 +388,16 @@ def _build_nf4_model(
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    # FSDP/ZeRO-3 shard flat tensors of one dtype: NF4 packed into bf16 elements
+    # (bnb_4bit_quant_storage) can be sharded next to the bf16 parameters (Answer.AI's FSDP+QLoRA,
+    # in transformers and PEFT since 2024).
+    storage = {"bnb_4bit_quant_storage": _compute_dtype(config)} if _sharded(config) else {}
     quantization = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=_compute_dtype(config),
+        **storage,
     )
     # accelerate wants a device index for CUDA ("cuda" alone names the current device).
     device_map: dict[str, int | str] = {"": device}
@@ -559,7 +569,11 @@ def setup_lora(
         _enable_checkpointing(model)
         # Frozen embeddings output no grad; checkpointed blocks need an input that requires one.
         model.enable_input_require_grads()
-    model = get_peft_model(model, _lora_config(spec, config, model))
+    # Sharded: adapters in the base's bf16, not PEFT's fp32 default, so FSDP can flatten them
+    # with the frozen weights (use_orig_params keeps them separately trainable).
+    model = get_peft_model(
+        model, _lora_config(spec, config, model), autocast_adapter_dtype=not _sharded(config)
+    )
     return _prepared_lora(model, config, device=device, learning_rate=learning_rate)
 
 
@@ -588,12 +602,23 @@ def setup_qlora(
     )
     if peft_target_parameters(model, spec, config):
         _fix_peft_stacked_parametrization()
-    model = prepare_model_for_kbit_training(
-        model,
-        use_gradient_checkpointing=config.grad_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+    if _sharded(config):
+        # Sharded QLoRA skips prepare_model_for_kbit_training: its fp32 upcast of embeddings,
+        # head and norms would break FSDP's one-dtype flat tensors (TRL does the same).
+        if config.grad_checkpointing:
+            _enable_checkpointing(model)
+            model.enable_input_require_grads()
+    else:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=config.grad_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    # Sharded: adapters in the base's bf16, not PEFT's fp32 default, so FSDP can flatten them
+    # with the frozen weights (use_orig_params keeps them separately trainable).
+    model = get_peft_model(
+        model, _lora_config(spec, config, model), autocast_adapter_dtype=not _sharded(config)
     )
-    model = get_peft_model(model, _lora_config(spec, config, model))
     return _prepared_lora(model, config, device=device, learning_rate=learning_rate)
 
 
@@ -605,7 +630,12 @@ SETUP_FUNCTIONS: dict[Method, Callable[..., PreparedModel]] = {
 
 
 def forward_backward(
-    prepared: PreparedModel, input_ids: Any, labels: Any, *, attention_mask: Any = None
+    prepared: PreparedModel,
+    input_ids: Any,
+    labels: Any,
+    *,
+    attention_mask: Any = None,
+    backward: Callable[[Any], None] | None = None,
 ) -> Any:
     """Forward (under the recipe's autocast) with causal-LM loss, then backward.
 
@@ -626,6 +656,9 @@ def forward_backward(
     # Holding the outputs through backward keeps their logits alive: one more batch x seq x vocab
     # copy at the peak (2.3-9.3 GiB on the H200's 8k-32k-token steps, benchmarks/results/).
     del outputs
+    if backward is not None:  # DeepSpeed: its engine runs backward (and its step)
+        backward(loss)
+        return loss.detach()
     if prepared.grad_scaler is not None:
         prepared.grad_scaler.scale(loss).backward()
     else:

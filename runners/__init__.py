@@ -3,6 +3,7 @@ on any cloud through SkyPilot, each with a dry-run that prints the exact command
 
 from __future__ import annotations
 
+from runners._distributed import launch_problem
 from runners._stop import parse_checkpoint_every
 from runners._types import (
     LaunchResult,
@@ -34,6 +35,7 @@ __all__ = [
     "SkyPilotRunner",
     "Target",
     "default_target",
+    "launch_problem",
     "launch_spec_from_json",
     "launch_spec_to_json",
     "parse_checkpoint_every",

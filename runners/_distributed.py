@@ -197,3 +197,18 @@ def deepspeed_config_json(
     """:func:`deepspeed_config` as the file's text ("" for shardings without DeepSpeed)."""
     data = deepspeed_config(config, grad_accum_steps=grad_accum_steps, learning_rate=learning_rate)
     return json.dumps(data, indent=2, sort_keys=True) + "\n" if data else ""
+
+
+def launch_problem(config: TuningConfig) -> str | None:
+    """Why this machine cannot launch the plan's sharding, with what to do; ``None`` if it can.
+    DeepSpeed is an optional extra: a ``zero3`` plan needs it installed where it runs."""
+    import importlib.util
+
+    if config.sharding.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        other = "fsdp-offload" if config.sharding.offloads else "fsdp"
+        return (
+            f"the plan's sharding {config.sharding.value} runs under DeepSpeed, which is not "
+            f"installed here: pip install 'ftplan[deepspeed]', or re-plan with "
+            f"'ftplan estimate ... --sharding {other}'"
+        )
+    return None

@@ -181,12 +181,23 @@ class _Log:
 
 def _accelerator_if_distributed(device: str) -> Any:
     """An accelerate Accelerator when started by ``accelerate launch`` / torchrun with several
-    processes (gloo on CPU, for smoke runs of the multi-process path)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    processes (gloo on CPU, for smoke runs of the multi-process path), or with FSDP/DeepSpeed
+    on one GPU (CPU offload)."""
+    launched = os.environ.get("ACCELERATE_USE_FSDP") == "true" or (
+        os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+    )
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not launched:
         return None
     from accelerate import Accelerator
 
     return Accelerator(cpu=device == "cpu")
+
+
+def _is_deepspeed(accelerator: Any) -> bool:
+    return (
+        accelerator is not None
+        and getattr(accelerator.state, "deepspeed_plugin", None) is not None
+    )
 
 
 def _versions() -> dict[str, str]:
@@ -324,6 +335,12 @@ def _run_step(
     if len(batches) == 1 and accelerator is None:
         return train_step(prepared, batches[0], batches[0])
     losses = []
+    if _is_deepspeed(accelerator):
+        # DeepSpeed scales the loss, accumulates (the config's gradient_accumulation_steps is
+        # the plan's) and steps its engine inside accelerator.backward.
+        for ids in batches:
+            losses.append(forward_backward(prepared, ids, ids, backward=accelerator.backward))
+        return float(sum(float(loss) for loss in losses) / len(losses))
     for i, ids in enumerate(batches):
         last = i == len(batches) - 1
         sync = (
@@ -413,6 +430,13 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot load the weights {checkpoint!r}: {first}") from None
     if accelerator is not None:
+        if _is_deepspeed(accelerator) and spec.config.sharding.offloads:
+            # The DeepSpeed config names the optimizer (its CPU Adam); accelerate takes a
+            # placeholder for it.
+            from accelerate.utils import DummyOptim
+
+            params = [p for p in prepared.model.parameters() if p.requires_grad]
+            prepared.optimizer = DummyOptim(params, lr=spec.learning_rate)
         prepared.model, prepared.optimizer = accelerator.prepare(
             prepared.model, prepared.optimizer
         )

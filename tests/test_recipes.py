@@ -259,3 +259,26 @@ def test_forward_backward_frees_the_logits_before_backward() -> None:
     ids = _batch()
     recipes.forward_backward(prepared, ids, ids)
     assert logits_alive == [False]
+
+
+def test_sharded_qlora_stores_nf4_in_bf16_and_keeps_one_dtype() -> None:
+    """QLoRA for FSDP/ZeRO-3: bnb_4bit_quant_storage=bfloat16 and no kbit fp32 upcast, so every
+    parameter (4-bit storage, norms, embeddings, bf16 adapters) is bf16 and FSDP can shard it."""
+    from profiler import Sharding
+
+    config = TuningConfig(
+        method=Method.QLORA,
+        lora_rank=4,
+        lora_targets="all-linear",
+        seq_len=32,
+        grad_checkpointing=True,
+        gpu_count=2,
+        sharding=Sharding.FSDP,
+    )
+    prepared = recipes.setup_qlora(TINY, config, device="cpu")
+    dtypes = {p.dtype for p in prepared.model.parameters()}
+    assert dtypes == {torch.bfloat16}
+    q_proj = prepared.model.get_base_model().model.layers[0].self_attn.q_proj
+    assert type(q_proj.base_layer.weight).__name__ == "Params4bit"
+    ids = _batch()
+    assert math.isfinite(recipes.train_step(prepared, ids, ids))

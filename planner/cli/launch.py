@@ -43,6 +43,7 @@ from runners import (
     SkyPilotRunner,
     Target,
     default_target,
+    launch_problem,
     parse_checkpoint_every,
 )
 from runners._length import RunLength, dataset_tokens, difference_note, run_length
@@ -390,6 +391,9 @@ def _launch_local(
 ) -> None:
     if not dry_run:
         require_extra("train", "ftplan launch --target local")
+    problem = None if dry_run else launch_problem(spec.config)
+    if problem is not None:
+        raise UserInputError(problem)
     runner = LocalRunner(runs_dir=runs_dir or DEFAULT_RUNS_DIR, echo=sys.stdout)
     result = runner.launch(spec, data=data, dry_run=dry_run, resume_run_id=resume_run)
     _say(notes)

@@ -1,0 +1,99 @@
+"""LoRA under FSDP full shard across two CPU processes (gloo): the recipe's sharded LoRA (bf16
+adapters next to the frozen bf16 base, use_orig_params) wraps, shards and trains."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from model_specs import TINY_LLAMA
+
+    from profiler import Method, Sharding, TuningConfig
+    from profiler.recipes import setup_lora
+
+    config = TuningConfig(
+        method=Method.LORA,
+        lora_rank=4,
+        lora_targets="all-linear",
+        seq_len=32,
+        grad_checkpointing=True,
+        gpu_count=world,
+        sharding=Sharding.FSDP,
+    )
+    prepared = setup_lora(TINY_LLAMA, config, device="cpu")
+    layer = type(prepared.model.get_base_model().model.layers[0])
+    total = sum(p.numel() for p in prepared.model.parameters())
+    model = FullyShardedDataParallel(
+        prepared.model,
+        auto_wrap_policy=functools.partial(
+            transformer_auto_wrap_policy, transformer_layer_cls={layer}
+        ),
+        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        use_orig_params=True,
+        device_id=torch.device("cpu"),
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(rank))
+    # With use_orig_params a rank sees the parameters outside its shard as empty tensors.
+    before = {
+        n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.numel()
+    }
+    losses = []
+    for _ in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    changed = sum(
+        not torch.equal(before[n], p.detach()) for n, p in model.named_parameters() if n in before
+    )
+    local = sum(p.numel() for p in model.parameters())
+    dtypes = {str(p.dtype) for p in model.parameters()}
+    Path(out, f"rank{rank}.txt").write_text(
+        f"{losses[0]} {losses[-1]} {changed} {len(before)} {local} {total} {sorted(dtypes)}"
+    )
+    dist.destroy_process_group()
+
+
+def test_lora_trains_under_fsdp_on_two_cpu_processes(tmp_path: Path) -> None:
+    import sys
+
+    import torch.multiprocessing as mp
+
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch without gloo")
+    sys.path.insert(0, str(Path(__file__).parent))
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        first, last, changed, trainable, local, total, dtypes = (
+            Path(tmp_path, f"rank{rank}.txt").read_text().split(" ", 6)
+        )
+        assert math.isfinite(float(first)) and float(last) < float(first)
+        assert int(changed) == int(trainable) > 0  # every local adapter shard was updated
+        assert int(local) <= math.ceil(int(total) / 2) + 64  # half the parameters per rank
+        assert dtypes == "['torch.bfloat16']"  # one dtype: bf16 adapters with the bf16 base
