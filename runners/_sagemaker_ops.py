@@ -5,10 +5,14 @@ with managed spot's savings). Each function takes its boto3 client; none creates
 
 from __future__ import annotations
 
+import io
 import json
+import re
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from runners._types import RunnerError, launch_spec_from_json
@@ -164,3 +168,48 @@ def ftplan_jobs(client: Any, *, max_results: int = 50) -> list[dict[str, Any]]:
             }
         )
     return jobs
+
+
+SUMMARY_FILE = "summary.json"
+
+
+def fetch_summary(s3: Any, job: dict[str, Any], *, dest_dir: Path) -> Path | None:
+    """Copy ``summary.json`` out of a finished job's ``output.tar.gz`` (SageMaker packs
+    ``/opt/ml/output/data`` there) into ``dest_dir/<job>/summary.json``; None when the job has
+    none (it failed before the end, or is still running).
+
+    Raises:
+        RunnerError: If the output exists but cannot be read.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from catalog import atomic_write_text
+
+    output = job.get("OutputDataConfig", {}).get("S3OutputPath", "")
+    name = job.get("TrainingJobName", "")
+    match = re.match(r"^s3://([^/]+)/?(.*)$", output)
+    if not match or not name:
+        return None
+    bucket, prefix = match.group(1), match.group(2).strip("/")
+    key = "/".join(part for part in (prefix, name, "output", "output.tar.gz") if part)
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
+            return None
+        raise RunnerError(f"cannot read s3://{bucket}/{key}: {exc}") from None
+    except BotoCoreError as exc:
+        raise RunnerError(f"cannot read s3://{bucket}/{key}: {exc}") from None
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as archive:
+        member = next(
+            (m for m in archive.getmembers() if Path(m.name).name == SUMMARY_FILE and m.isfile()),
+            None,
+        )
+        handle = archive.extractfile(member) if member is not None else None
+        if handle is None:
+            return None
+        text = handle.read().decode("utf-8")
+    target = dest_dir / name / SUMMARY_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, text)
+    return target

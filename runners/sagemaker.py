@@ -31,7 +31,7 @@ from runners._distributed import (
 from runners._distributed import (
     distribution_environment as _distribution_environment,
 )
-from runners._sagemaker_ops import ftplan_jobs, job_cost, log_lines, stop_job
+from runners._sagemaker_ops import fetch_summary, ftplan_jobs, job_cost, log_lines, stop_job
 from runners._types import (
     SAGEMAKER_CHECKPOINT_DIR,
     SAGEMAKER_MODEL_CHANNEL,
@@ -603,6 +603,23 @@ class SageMakerRunner:
             cost_usd=cost.usd if cost is not None else None,
             spot_savings_fraction=cost.spot_savings_fraction if cost is not None else None,
         )
+
+    def fetch_summary(self, run_id: str, *, dest_dir: str | Path) -> Path | None:
+        """Copy a finished job's ``summary.json`` to ``dest_dir/<job>/summary.json`` (None
+        while it runs, or when it ended without one).
+
+        Raises:
+            RunnerError: If the job or its output cannot be read.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            job = self._sagemaker_client(None).describe_training_job(TrainingJobName=run_id)
+        except (BotoCoreError, ClientError) as exc:
+            raise RunnerError(f"cannot read SageMaker job {run_id!r}: {exc}") from None
+        if not _STATES.get(job.get("TrainingJobStatus", ""), RunState.PENDING).finished:
+            return None
+        return fetch_summary(self._s3_client(None), job, dest_dir=Path(dest_dir))
 
     def logs(self, run_id: str, *, follow: bool = False, poll_s: float = 10.0) -> Iterator[str]:
         """The job's CloudWatch log lines; ``follow`` polls until the job has finished."""

@@ -203,3 +203,40 @@ def test_local_stop_checkpoints_then_logs_and_runs_show_it(
     ]
     again = CliRunner().invoke(cli, ["stop", run_id, "--runs-dir", str(runs)])
     assert again.exit_code == 2 and "nothing to stop" in again.output
+
+
+def test_a_finished_jobs_summary_is_fetched_from_its_output(tmp_path: Path) -> None:
+    import gzip
+    import io
+    import tarfile
+
+    from botocore.response import StreamingBody
+
+    summary = {"format": "ftplan-run-summary/1", "steps_completed": 30}
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        data = json.dumps(summary).encode()
+        info = tarfile.TarInfo("summary.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    body = gzip.compress(raw.getvalue())
+    session = get_session()
+    kw = {"region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
+    sm, s3 = session.create_client("sagemaker", **kw), session.create_client("s3", **kw)
+    runner = SageMakerRunner(client=sm, s3_client=s3, env={})
+    described = _described(OutputDataConfig={"S3OutputPath": "s3://b/ftplan/x/output"})
+    with Stubber(sm) as sm_stub, Stubber(s3) as s3_stub:
+        sm_stub.add_response("describe_training_job", described, {"TrainingJobName": JOB})
+        s3_stub.add_response(
+            "get_object",
+            {"Body": StreamingBody(io.BytesIO(body), len(body))},
+            {"Bucket": "b", "Key": f"ftplan/x/output/{JOB}/output/output.tar.gz"},
+        )
+        path = runner.fetch_summary(JOB, dest_dir=tmp_path)
+        s3_stub.assert_no_pending_responses()
+    assert path == tmp_path / JOB / "summary.json"
+    assert json.loads(path.read_text()) == summary
+    running = _described(TrainingJobStatus="InProgress")
+    with Stubber(sm) as sm_stub:
+        sm_stub.add_response("describe_training_job", running, {"TrainingJobName": JOB})
+        assert runner.fetch_summary(JOB, dest_dir=tmp_path / "none") is None

@@ -536,7 +536,11 @@ def status_command(
         elif chosen is Target.SKYPILOT:
             status = SkyPilotRunner(runs_dir=runs_dir).status(run_id)
         else:
-            status = SageMakerRunner(region=region).status(run_id)
+            sagemaker = SageMakerRunner(region=region)
+            status = sagemaker.status(run_id)
+            fetched = sagemaker.fetch_summary(run_id, dest_dir=runs_dir)
+            if fetched is not None:
+                status = dataclasses.replace(status, summary_path=str(fetched))
     except RunnerError as exc:
         raise _user_error(exc) from None
     _print_status(status, fmt=fmt)
