@@ -133,8 +133,12 @@ def _unwrap(model: Any, accelerator: Any) -> Any:
 
 
 def _uses_accelerate_state(method: Method, accelerator: Any) -> bool:
-    """FSDP full fine-tuning: parameters are sharded across ranks."""
-    return accelerator is not None and method is Method.FULL
+    """Sharded parameters (FSDP, DeepSpeed ZeRO-3; full FT is always sharded across processes):
+    saving them is a collective that accelerate's ``save_state`` runs on every rank."""
+    if accelerator is None:
+        return False
+    kind = str(getattr(accelerator, "distributed_type", "")).upper()
+    return method is Method.FULL or "FSDP" in kind or "DEEPSPEED" in kind
 
 
 def save_checkpoint(
