@@ -110,6 +110,12 @@ def test_every_option_parser_accepts_or_refuses_cleanly(
             assert "\x00" not in item
 
 
+def test_every_count_option_has_a_ceiling() -> None:
+    ranges = [(label, p.type) for label, _, p in PARAMS if isinstance(p.type, click.IntRange)]
+    assert ranges and all(t.max is not None for _, t in ranges), ranges
+    assert not [label for label, _, p in PARAMS if p.type is click.INT]
+
+
 def test_every_float_option_is_finite_checked() -> None:
     floats = [
         label for label, _, p in PARAMS if isinstance(p.type, click.FloatRange | type(click.FLOAT))

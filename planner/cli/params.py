@@ -29,6 +29,8 @@ MAX_SEQ_LEN = 1_048_576  # 1M tokens: beyond every catalog model's context
 MAX_LORA_RANK = 65_536
 MAX_LORA_ALPHA = 1_048_576
 MAX_SEED = 2**32 - 1  # numpy's RandomState (optuna's samplers) takes 0..2**32-1
+#: Ceiling for any count option that states no maximum of its own.
+MAX_INT_OPTION = 10**15
 
 
 class FiniteFloat(click.FloatRange):
@@ -160,6 +162,10 @@ def _hardened(param_type: click.ParamType) -> click.ParamType | None:
         return SafeText()
     if param_type is click.FLOAT:
         return FiniteFloat()
+    if isinstance(param_type, click.IntRange) and param_type.max is None:
+        # An open-ended count (steps, tokens, trials) still has a ceiling: past 10**15 it is a
+        # typo, and such ints overflow the floats they are multiplied into.
+        return click.IntRange(min=param_type.min, max=MAX_INT_OPTION, min_open=param_type.min_open)
     if isinstance(param_type, click.FloatRange) and not isinstance(param_type, FiniteFloat):
         return FiniteFloat(
             min=param_type.min,
