@@ -13,8 +13,9 @@ Layout of ``<checkpoint_dir>/checkpoint-<step:08d>/``:
 * ``state.json``: step, epoch, tokens seen, config label, Python's ``random`` state;
 * ``COMPLETE``: the marker, written last: every other file's relative path and size in bytes.
 
-Only the main process writes; the other ranks write nothing into the folder. FSDP full
-fine-tuning (sharded parameters) stores ``accelerate_state/`` from ``Accelerator.save_state``
+Only the main process writes; the other ranks write nothing into the folder. Sharded runs
+(FSDP or DeepSpeed: full fine-tuning, sharded LoRA) store ``accelerate_state/`` from
+``Accelerator.save_state``
 instead of ``model/`` and ``optimizer.pt``.
 """
 
