@@ -428,6 +428,13 @@ def test_merge_bad_input(world: Path, run: str) -> None:
     _assert_bad_input(["merge", run, "--runs-dir", "runs"], world)
 
 
+@pytest.mark.parametrize(
+    "args", [["runs"], ["status", "r1"], ["logs", "r1"], ["stop", "r1"], ["merge", "r1"]]
+)
+def test_runs_dir_that_is_a_regular_file_is_exit_2(world: Path, args: list[str]) -> None:
+    _assert_bad_input([*args, "--runs-dir", "f"], world)
+
+
 def test_cache_dir_under_a_regular_file_is_exit_2(
     world: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -506,7 +506,11 @@ def _print_status(status: RunStatus, *, fmt: str) -> None:
     help="Where the run is (default: local when runs/RUN_ID exists, else sagemaker).",
 )
 @click.option(
-    "--runs-dir", default=str(DEFAULT_RUNS_DIR), show_default=True, help="Local runs folder."
+    "--runs-dir",
+    type=click.Path(file_okay=False),
+    default=str(DEFAULT_RUNS_DIR),
+    show_default=True,
+    help="Local runs folder.",
 )
 @click.option("--region", callback=check_region, help="AWS region of a SageMaker job.")
 @click.option(

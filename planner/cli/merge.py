@@ -21,7 +21,11 @@ from runners.merge import merge_run, run_folder
     help="Folder for the merged model (default: RUN/output/merged).",
 )
 @click.option(
-    "--runs-dir", default=str(DEFAULT_RUNS_DIR), show_default=True, help="Local runs folder."
+    "--runs-dir",
+    type=click.Path(file_okay=False),
+    default=str(DEFAULT_RUNS_DIR),
+    show_default=True,
+    help="Local runs folder.",
 )
 def merge_command(run: str, out: Path | None, runs_dir: str) -> None:
     """Merge a finished LoRA/QLoRA run's adapters into its base weights (bf16), saved with the

@@ -42,6 +42,7 @@ def _where(func: Any) -> Any:
         click.option("--region", callback=check_region, help="AWS region of a SageMaker job."),
         click.option(
             "--runs-dir",
+            type=click.Path(file_okay=False),
             default=str(DEFAULT_RUNS_DIR),
             show_default=True,
             help="Local runs folder.",
@@ -108,7 +109,11 @@ def stop_command(run_id: str, target: str | None, runs_dir: str, region: str | N
 
 @click.command("runs")
 @click.option(
-    "--runs-dir", default=str(DEFAULT_RUNS_DIR), show_default=True, help="Local runs folder."
+    "--runs-dir",
+    type=click.Path(file_okay=False),
+    default=str(DEFAULT_RUNS_DIR),
+    show_default=True,
+    help="Local runs folder.",
 )
 @click.option("--sagemaker", is_flag=True, help="Also list ftplan's SageMaker jobs.")
 @click.option("--region", callback=check_region, help="AWS region of the SageMaker jobs.")
