@@ -320,6 +320,19 @@ def checkpoint_config(
     return config
 
 
+def loads_on_rank0_only() -> bool | None:
+    """Whether this process takes part in FSDP rank-0-only loading (accelerate's
+    ``fsdp_cpu_ram_efficient_loading``, as transformers reads it: ``ACCELERATE_USE_FSDP`` and
+    ``FSDP_CPU_RAM_EFFICIENT_LOADING`` set, torch.distributed started): ``True`` on local rank 0,
+    which materialises the weights in CPU memory, ``False`` on the other ranks, which build
+    shapes only on the meta device (never reading the checkpoint) and receive rank 0's weights
+    when FSDP shards (``sync_module_states``);
+    ``None`` when not in such a run (every process builds the whole model on its device)."""
+    from transformers.modeling_utils import is_fsdp_enabled, is_local_dist_rank_0
+
+    return bool(is_local_dist_rank_0()) if is_fsdp_enabled() else None
+
+
 def build_base_model(
     spec: ModelSpec,
     config: TuningConfig,
@@ -365,14 +378,20 @@ def build_base_model(
             hf_config, config, device=device, checkpoint=checkpoint, attention=attention
         )
     model: Any
-    if checkpoint is not None:
+    rank0_only = loads_on_rank0_only()
+    if checkpoint is not None and rank0_only is not False:
         model = AutoModelForCausalLM.from_pretrained(
             checkpoint, config=hf_config, attn_implementation=attention, **_dtype_kwarg(dtype)
         )
-        model = model.to(device)
+        if rank0_only is None:
+            model = model.to(device)
     else:
+        # Rank-0-only loading: rank 0 builds in CPU memory (FSDP moves each shard to its GPU),
+        # the other ranks build shapes only, on the meta device (transformers 5 would read the
+        # whole checkpoint on every rank). Random weights seed 0 alike on every rank.
         torch.manual_seed(0)
-        with torch.device(device):
+        build_on = device if rank0_only is None else ("cpu" if rank0_only else "meta")
+        with torch.device(build_on):
             model = AutoModelForCausalLM.from_config(
                 hf_config, attn_implementation=attention, **_dtype_kwarg(dtype)
             )
@@ -428,6 +447,14 @@ def _build_nf4_model(
     quantize_experts_nf4(model)
     model.train()
     return model
+
+
+def make_optimizer(
+    params: list[Any], config: TuningConfig, *, learning_rate: float, device: str
+) -> Any:
+    """The recipe's optimizer over ``params`` (also used to make it again after FSDP sharding,
+    when the parameters it was made over were meta tensors)."""
+    return _make_optimizer(params, config, learning_rate=learning_rate, device=device)
 
 
 def _make_optimizer(

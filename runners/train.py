@@ -368,7 +368,13 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
     """
     import torch
 
-    from profiler.recipes import SETUP_FUNCTIONS, forward_backward, optimizer_step, train_step
+    from profiler.recipes import (
+        SETUP_FUNCTIONS,
+        forward_backward,
+        loads_on_rank0_only,
+        optimizer_step,
+        train_step,
+    )
 
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
@@ -418,6 +424,14 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(spec.seed)
     setup = SETUP_FUNCTIONS[spec.config.method]
+    rank0_only = loads_on_rank0_only()
+    if rank0_only is not None:
+        # One line per rank (stderr, every rank): whether this process reads the weights.
+        print(
+            json.dumps({"event": "weights_loading", "rank": rank, "materialises": rank0_only}),
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         prepared = setup(
             spec.model,
@@ -437,9 +451,14 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
 
             params = [p for p in prepared.model.parameters() if p.requires_grad]
             prepared.optimizer = DummyOptim(params, lr=spec.learning_rate)
-        prepared.model, prepared.optimizer = accelerator.prepare(
-            prepared.model, prepared.optimizer
-        )
+        if rank0_only is None:
+            prepared.model, prepared.optimizer = accelerator.prepare(
+                prepared.model, prepared.optimizer
+            )
+        else:
+            shard_then_make_optimizer(
+                prepared, accelerator, spec.config, learning_rate=spec.learning_rate
+            )
 
     found = (
         resume_from(
@@ -581,6 +600,21 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         )
         log({"event": "summary", **summary["comparison"]})
     return summary
+
+
+def shard_then_make_optimizer(
+    prepared: Any, accelerator: Any, config: Any, *, learning_rate: float
+) -> None:
+    """FSDP with rank-0-only loading: wrap (and so shard) the model first, then make the
+    recipe's optimizer over the sharded parameters. The optimizer the recipe made before held
+    the meta tensors of ranks other than 0, which FSDP replaces when it materialises them."""
+    from profiler.recipes import make_optimizer
+
+    prepared.model = accelerator.prepare(prepared.model)
+    params = [p for p in prepared.model.parameters() if p.requires_grad]
+    prepared.optimizer = accelerator.prepare(
+        make_optimizer(params, config, learning_rate=learning_rate, device=prepared.device)
+    )
 
 
 def _base_model(prepared: Any, *, accelerator: Any) -> Any:

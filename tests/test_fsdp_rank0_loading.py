@@ -1,0 +1,140 @@
+"""FSDP full fine-tuning loads on rank 0 only (accelerate's ``fsdp_cpu_ram_efficient_loading``):
+across two CPU processes (gloo), rank 1 builds the model on the meta device (random init and real
+weights), FSDP broadcasts rank 0's weights when it shards (``sync_module_states``, the
+same step done by hand here, see below), and the optimizer made after sharding trains.
+
+On CPU neither accelerate 1.15 (its FSDP plugin looks for an accelerator device when
+``sync_module_states`` is on) nor torch's FSDP1 (it refuses CPU modules for that broadcast)
+run ``sync_module_states``, so the wrap here is torch's FSDP with accelerate's other settings
+and the broadcast is FSDP's own sequence written out."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, world: int, port: int, out: str, checkpoint: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    torch.set_num_threads(1)
+    # What ``accelerate launch`` with ftplan's FSDP config sets for full fine-tuning.
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        LOCAL_RANK=str(rank),
+        ACCELERATE_USE_FSDP="true",
+        FSDP_CPU_RAM_EFFICIENT_LOADING="true",
+    )
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from model_specs import TINY_LLAMA
+
+    from profiler import Method, Sharding, TuningConfig
+    from profiler.recipes import loads_on_rank0_only, make_optimizer, setup_full
+
+    config = TuningConfig(method=Method.FULL, seq_len=32, gpu_count=world, sharding=Sharding.FSDP)
+    result: dict[str, object] = {"loads": loads_on_rank0_only()}
+    random_init = setup_full(TINY_LLAMA, config, device="cpu")
+    result["random_init_meta"] = [p.is_meta for p in random_init.model.parameters()]
+    del random_init
+
+    prepared = setup_full(TINY_LLAMA, config, device="cpu", checkpoint=checkpoint)
+    model = prepared.model
+    result["checkpoint_meta"] = [p.is_meta for p in model.parameters()]
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    if rank == 0:
+        with torch.no_grad():
+            result["unsharded_loss"] = float(model(input_ids=ids, labels=ids).loss)
+    layer = type(model.model.layers[0])
+    cpu = torch.device("cpu")
+    # torch's FSDP1 refuses sync_module_states for CPU modules, so its GPU-side step runs here
+    # as FSDP runs it (_sync_module_params_and_buffers): the other ranks materialise the meta
+    # tensors (accelerate's param_init_fn, weights re-tied), then rank 0's states are broadcast.
+    if rank != 0:
+        model.to_empty(device=cpu)
+        model.tie_weights()
+    for state in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(state.data, src=0)
+    sharded = FullyShardedDataParallel(
+        model,
+        auto_wrap_policy=functools.partial(
+            transformer_auto_wrap_policy, transformer_layer_cls={layer}
+        ),
+        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        use_orig_params=True,
+        device_id=cpu,
+    )
+    optimizer = make_optimizer(
+        [p for p in sharded.parameters() if p.requires_grad],
+        config,
+        learning_rate=3e-3,
+        device="cpu",
+    )
+    before = {n: p.detach().clone() for n, p in sharded.named_parameters() if p.numel()}
+    losses = []
+    for _ in range(2):
+        loss = sharded(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    result["losses"] = losses
+    result["changed"] = sum(
+        not torch.equal(before[n], p.detach())
+        for n, p in sharded.named_parameters()
+        if n in before
+    )
+    result["local_shards"] = len(before)
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def test_full_fine_tuning_under_fsdp_loads_on_rank_0_only(tmp_path: Path) -> None:
+    import sys
+
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForCausalLM
+
+    from profiler.recipes import hf_config_for
+
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch without gloo")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from model_specs import TINY_LLAMA
+
+    checkpoint = tmp_path / "weights"
+    torch.manual_seed(123)  # not the recipe's random-init seed: the loaded values must travel
+    AutoModelForCausalLM.from_config(hf_config_for(TINY_LLAMA)).save_pretrained(checkpoint)
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), str(checkpoint)), nprocs=2)
+    ranks = [json.loads(Path(tmp_path, f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["loads"] for r in ranks] == [True, False]
+    for key in ("random_init_meta", "checkpoint_meta"):
+        assert not any(ranks[0][key]), key  # rank 0 holds real weights
+        assert ranks[1][key] and all(ranks[1][key]), key  # rank 1 materialised nothing
+    # Sharded rank 0's weights, not rank 1's uninitialised memory: the first sharded loss is the
+    # loss of the loaded checkpoint.
+    first = ranks[0]["losses"][0]
+    assert math.isclose(first, ranks[0]["unsharded_loss"], rel_tol=1e-4)
+    for r in ranks:
+        assert r["losses"][0] == pytest.approx(first, rel=1e-5)
+        assert all(math.isfinite(x) for x in r["losses"])
+        assert r["losses"][1] < r["losses"][0]
+        assert r["changed"] == r["local_shards"] > 0  # the optimizer made after sharding steps
