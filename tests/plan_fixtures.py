@@ -39,6 +39,7 @@ from profiler._types import (
     Source,
     Status,
 )
+from runners import LaunchSpec
 
 HOSTILE_NAME = "<script>alert(1)</script>"
 HOSTILE_INSTANCE = "<b>g6</b><img src=x onerror=alert(2)>"
@@ -567,3 +568,29 @@ def make_empty_plan() -> Plan:
     return dataclasses.replace(
         base, near_misses=(), verdicts=verdicts, suggestions=("use a larger GPU (--gpu h100)",)
     )
+
+
+def sagemaker_qlora_spec(*, spot: bool = False) -> LaunchSpec:
+    """Llama 2 7B QLoRA r16 all-linear on one SageMaker ml.g5.xlarge (A10G), as the AWS tests
+    launch it."""
+    from model_specs import LLAMA2_7B
+
+    offer = Offer(
+        provider=Provider.AWS,
+        service="sagemaker",
+        instance_type="ml.g5.xlarge",
+        region="us-east-1",
+        gpu="A10G",
+        gpu_count=1,
+        usd_per_hour=1.4,
+        spot=spot,
+        as_of="2025-05-01",
+        source="test",
+    )
+    config = TuningConfig(
+        method=Method.QLORA,
+        precision=Precision.BF16_MIXED,
+        lora_rank=16,
+        lora_targets="all-linear",
+    )
+    return LaunchSpec(model=LLAMA2_7B, config=config, offer=offer)

@@ -357,34 +357,11 @@ def test_s3_weights_arrive_as_a_model_channel(aws_plan: Path) -> None:
 def test_the_real_request_carries_the_token_and_nothing_else_shows_it(tmp_path: Path) -> None:
     from botocore.session import get_session
     from botocore.stub import ANY, Stubber
-    from model_specs import LLAMA2_7B
+    from plan_fixtures import sagemaker_qlora_spec
 
-    from catalog import Offer, Provider
-    from profiler import Method, Precision, TuningConfig
-    from runners import LaunchSpec, SageMakerRunner
+    from runners import SageMakerRunner
 
-    offer = Offer(
-        provider=Provider.AWS,
-        service="sagemaker",
-        instance_type="ml.g5.xlarge",
-        region="us-east-1",
-        gpu="A10G",
-        gpu_count=1,
-        usd_per_hour=1.4,
-        spot=False,
-        as_of="2025-05-01",
-        source="test",
-    )
-    spec = LaunchSpec(
-        model=LLAMA2_7B,
-        config=TuningConfig(
-            method=Method.QLORA,
-            precision=Precision.BF16_MIXED,
-            lora_rank=16,
-            lora_targets="all-linear",
-        ),
-        offer=offer,
-    )
+    spec = sagemaker_qlora_spec()
     session = get_session()
     sagemaker = session.create_client("sagemaker", region_name="us-east-1")
     s3 = session.create_client("s3", region_name="us-east-1")

@@ -13,38 +13,16 @@ import pytest
 from botocore.session import get_session
 from botocore.stub import Stubber
 from click.testing import CliRunner
-from model_specs import LLAMA2_7B, TINY_LLAMA
+from model_specs import TINY_LLAMA
+from plan_fixtures import sagemaker_qlora_spec
 
-from catalog import Offer, Provider
 from planner.cli import main as cli
-from profiler import Method, Precision, TuningConfig
+from profiler import Method, TuningConfig
 from runners import LaunchSpec, LocalRunner, RunState, SageMakerRunner, launch_spec_to_json
 from runners._checkpoint import latest_checkpoint
 from runners._sagemaker_ops import LOG_GROUP
 
 JOB = "ftplan-llama2-7b-qlora-20261130-120000"
-
-
-def _spot_spec() -> LaunchSpec:
-    offer = Offer(
-        provider=Provider.AWS,
-        service="sagemaker",
-        instance_type="ml.g5.xlarge",
-        region="us-east-1",
-        gpu="A10G",
-        gpu_count=1,
-        usd_per_hour=1.4,
-        spot=True,
-        as_of="2025-05-01",
-        source="test",
-    )
-    config = TuningConfig(
-        method=Method.QLORA,
-        precision=Precision.BF16_MIXED,
-        lora_rank=16,
-        lora_targets="all-linear",
-    )
-    return LaunchSpec(model=LLAMA2_7B, config=config, offer=offer)
 
 
 def _described(**extra: Any) -> dict[str, Any]:
@@ -58,7 +36,9 @@ def _described(**extra: Any) -> dict[str, Any]:
         "ResourceConfig": {"InstanceCount": 1, "VolumeSizeInGB": 50},
         "StoppingCondition": {},
         "CreationTime": dt.datetime(2026, 11, 30, 12),
-        "HyperParameters": {"ftplan_spec": launch_spec_to_json(_spot_spec(), indent=None)},
+        "HyperParameters": {
+            "ftplan_spec": launch_spec_to_json(sagemaker_qlora_spec(spot=True), indent=None)
+        },
         **extra,
     }
 

@@ -12,11 +12,9 @@ from typing import Any
 import pytest
 from botocore.session import get_session
 from botocore.stub import ANY, Stubber
-from model_specs import LLAMA2_7B
+from plan_fixtures import sagemaker_qlora_spec
 
-from catalog import Offer, Provider
-from profiler import Method, Precision, TuningConfig
-from runners import LaunchSpec, RunnerError, SageMakerRunner
+from runners import RunnerError, SageMakerRunner
 from runners._preflight import quota_name
 
 ROLE = "arn:aws:iam::123456789012:role/ftplan-sagemaker"
@@ -31,28 +29,6 @@ GET_ROLE = {
         "CreateDate": dt.datetime(2025, 1, 1),
     }
 }
-
-
-def _spec(*, spot: bool = False) -> LaunchSpec:
-    offer = Offer(
-        provider=Provider.AWS,
-        service="sagemaker",
-        instance_type=INSTANCE,
-        region="us-east-1",
-        gpu="A10G",
-        gpu_count=1,
-        usd_per_hour=1.4,
-        spot=spot,
-        as_of="2025-05-01",
-        source="test",
-    )
-    config = TuningConfig(
-        method=Method.QLORA,
-        precision=Precision.BF16_MIXED,
-        lora_rank=16,
-        lora_targets="all-linear",
-    )
-    return LaunchSpec(model=LLAMA2_7B, config=config, offer=offer)
 
 
 class _Setup:
@@ -110,7 +86,7 @@ def test_quota_below_the_planned_count_refuses_before_any_upload() -> None:
     with _Setup() as setup:
         setup.quota(0.0)
         with pytest.raises(RunnerError, match="quota 'ml.g5.xlarge for training job usage' is 0"):
-            setup.runner.launch(_spec(), data=DATA, name="j")
+            setup.runner.launch(sagemaker_qlora_spec(), data=DATA, name="j")
         for stub in setup.stubs:
             stub.assert_no_pending_responses()  # nothing uploaded, no job created
 
@@ -121,7 +97,7 @@ def test_spot_uses_the_spot_training_quota_and_a_good_launch_goes_through() -> N
         setup.iam_stub.add_response("get_role", GET_ROLE, {"RoleName": "ftplan-sagemaker"})
         setup.s3_stub.add_response("head_bucket", {}, {"Bucket": "my-bucket"})
         setup.upload_and_create()
-        result = setup.runner.launch(_spec(spot=True), data=DATA, name="j")
+        result = setup.runner.launch(sagemaker_qlora_spec(spot=True), data=DATA, name="j")
         for stub in setup.stubs:
             stub.assert_no_pending_responses()
     assert result.run_id == "j" and "warning" not in setup.echo.getvalue()
@@ -133,7 +109,7 @@ def test_no_permission_to_read_quotas_or_the_role_warns_and_goes_on() -> None:
         setup.iam_stub.add_client_error("get_role", "AccessDenied")
         setup.s3_stub.add_response("head_bucket", {}, {"Bucket": "my-bucket"})
         setup.upload_and_create()
-        setup.runner.launch(_spec(), data=DATA, name="j")
+        setup.runner.launch(sagemaker_qlora_spec(), data=DATA, name="j")
         setup.sm_stub.assert_no_pending_responses()
     said = setup.echo.getvalue()
     assert "warning: could not read the quota 'ml.g5.xlarge for training job usage'" in said
@@ -162,7 +138,7 @@ def test_missing_role_or_bucket_refuses(
                 "head_bucket", bucket_error, http_status_code=int(bucket_error)
             )
         with pytest.raises(RunnerError, match=message):
-            setup.runner.launch(_spec(), data=DATA, name="j")
+            setup.runner.launch(sagemaker_qlora_spec(), data=DATA, name="j")
         for stub in setup.stubs:
             stub.assert_no_pending_responses()
 
@@ -187,6 +163,6 @@ def test_resume_job_starts_a_new_job_on_the_old_checkpoint_prefix() -> None:
             {"TrainingJobName": "old-job"},
         )
         result = setup.runner.launch(
-            _spec(), data=DATA, name="new-job", resume_job="old-job", dry_run=True
+            sagemaker_qlora_spec(), data=DATA, name="new-job", resume_job="old-job", dry_run=True
         )
     assert f'"S3Uri": "{old}"' in result.request_json
