@@ -45,7 +45,7 @@ from profiler.calibration import (  # noqa: E402
     load_calibration,
     regime_of,
 )
-from profiler.estimator import estimate  # noqa: E402
+from profiler.estimator import estimate, time_terms  # noqa: E402
 from profiler.fit import fit_calibration, held_out_predictions  # noqa: E402
 from profiler.store import ProfileStore  # noqa: E402
 
@@ -232,7 +232,7 @@ def _sanity(calibration: Calibration) -> None:
     ]
     print("\n### Sanity: models without reference runs (H100, shipped fit)\n")
     print(
-        "| model | config | step s | tokens/s | 6·N·tokens at 45% MFU, s | ratio | fixed costs % |"
+        "| model | config | step s | tokens/s | 6·N·tokens at 45% MFU, s | ratio | host time % |"
     )
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, config in cases:
@@ -241,17 +241,21 @@ def _sanity(calibration: Calibration) -> None:
         predicted = estimate(spec, config, gpu, calibration=calibration)
         assert predicted.step_time_s is not None and predicted.tokens_per_s is not None
         rule_s = 6 * spec.param_count * tokens / (_RULE_OF_THUMB_MFU * gpu.matmul_tflops * 1e12)
-        passes = (3 if config.grad_checkpointing else 2) * spec.num_layers
-        autocast = config.method is not Method.FULL or config.precision is not Precision.BF16
-        fixed_s = passes * (
-            calibration.layer_pass_overhead_s
-            + autocast * calibration.autocast_layer_pass_overhead_s
+        tt = time_terms(spec, config, gpu, calibration=calibration)
+        host_forward_s = (
+            tt["host_layers"] * calibration.layer_pass_overhead_s
+            + tt["host_autocast_layers"] * calibration.autocast_layer_pass_overhead_s
+            + tt["host_lora_linears"] * calibration.lora_call_overhead_s
+            + tt["host_nf4_linears"] * calibration.nf4_call_overhead_s
+        )
+        host_s = host_forward_s * (
+            1.0 + calibration.backward_host_fraction + tt["recompute_host_passes"]
         )
         print(
             f"| {name} | {config.label()} | {predicted.step_time_s:.3f} | "
             f"{predicted.tokens_per_s:,.0f} | {rule_s:.3f} | "
             f"{predicted.step_time_s / rule_s:.2f} | "
-            f"{fixed_s / predicted.step_time_s * 100:.0f} |"
+            f"{host_s / predicted.step_time_s * 100:.0f} |"
         )
     print(
         "\n(ratio < 1 is expected for LoRA/QLoRA: frozen weights skip the weight gradient, "

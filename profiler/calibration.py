@@ -1,9 +1,9 @@
 """Calibration of the analytic estimator: a few fitted efficiencies per GPU, with provenance.
 
 A :class:`Calibration` holds the handful of numbers the estimator cannot derive from first
-principles (matmul efficiency, a fixed per-layer launch cost for all recipes and one more under
-autocast, a fixed cost per NF4 linear call, an activation-memory scale and the reserved/allocated
-ratio). ftplan ships one fitted on real H100
+principles (matmul efficiencies, factors on memory-bound traffic, the host's launch time per
+decoder layer, under autocast, per adapted and per NF4 linear, an activation-memory scale and the
+reserved/allocated ratio). ftplan ships one fitted on real H100
 measurements (``profiler/data/calibration-h100-sxm-80gb.json``); ``ftplan calibrate`` fits one
 from the user's own measurements into the user cache, which then overrides the shipped one.
 This module holds the type, its files and the shipped reference data; the fit (numpy) is
@@ -12,6 +12,7 @@ This module holds the type, its files and the shipped reference data; the fit (n
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from dataclasses import dataclass, replace
@@ -29,6 +30,25 @@ SHIPPED_DATA_DIR = Path(__file__).resolve().parent / "data"
 CALIBRATION_PREFIX = "calibration-"
 
 
+class TimeModel(enum.Enum):
+    """How the estimator combines a step's GPU work with the host time that launches it.
+
+    ``additive``: every term adds (host time included), the form of calibrations written before
+    ``host-overlap`` existed. ``host-overlap``: per pass, the GPU work and the host's launch time
+    overlap (eager PyTorch queues kernels asynchronously), combined as ``hypot(gpu, host)``, so a
+    short step is host-bound and a long one GPU-bound (docs/estimator.md, "Step time").
+    """
+
+    ADDITIVE = "additive"
+    HOST_OVERLAP = "host-overlap"
+
+
+# Host time of the backward pass as a fraction of the forward's (``host-overlap``): autograd's
+# C++ engine launches the backward kernels without the Python module calls of the forward.
+# Assumption: fitted freely on both H100 sets it went to 0-0.5 without a better cross-validation.
+BACKWARD_HOST_FRACTION = 0.5
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Calibration:
     """Fitted estimator parameters for one GPU model.
@@ -41,11 +61,18 @@ class Calibration:
         recompute_efficiency: The same for the decoder layers' linears that gradient
             checkpointing re-runs; ``None`` uses ``compute_efficiency`` (calibrations written
             before it existed).
+        time_model: How GPU work and host time combine (:class:`TimeModel`). Under
+            ``host-overlap`` the four ``*_overhead_s`` fields are host seconds per forward call,
+            which the backward pays again at :attr:`backward_host_fraction` (and the checkpointed
+            re-run in full); under ``additive`` they are seconds per pass that add to the GPU time.
         layer_pass_overhead_s: Fixed seconds per decoder layer per pass (forward, backward,
             recomputation): kernel launches and Python dispatch that do not shrink with size.
         autocast_layer_pass_overhead_s: Further fixed seconds per decoder layer per pass for
             recipes under autocast (all but pure-bf16 full FT): autocast dispatch and its cast
             kernels.
+        lora_call_overhead_s: Host seconds per LoRA-adapted linear per forward (PEFT's Python
+            path: dropout, the A and B modules, scaling); ``host-overlap`` only.
+        backward_host_fraction: The backward's host time over the forward's (``host-overlap``).
         elementwise_traffic_factor: Multiplier on the activation bytes one pass reads and writes
             in memory-bound kernels (norms, SiLU, RoPE, adds, casts), timed at the GPU bandwidth.
         lora_traffic_factor: Multiplier on the memory-bound bytes of the LoRA path (PEFT's input
@@ -79,6 +106,9 @@ class Calibration:
     nf4_call_overhead_s: float
     optimizer_bandwidth_efficiency: float
     autocast_layer_pass_overhead_s: float = 0.0
+    time_model: TimeModel = TimeModel.ADDITIVE
+    lora_call_overhead_s: float = 0.0
+    backward_host_fraction: float = BACKWARD_HOST_FRACTION
     recompute_efficiency: float | None = None
     lora_traffic_factor: float = 0.0
     nf4_cast_traffic_factor: float = 0.0
@@ -116,6 +146,8 @@ class Calibration:
             "lora_traffic_factor",
             "nf4_cast_traffic_factor",
             "nf4_call_overhead_s",
+            "lora_call_overhead_s",
+            "backward_host_fraction",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"calibration {self.gpu!r}: {name} must be >= 0")
@@ -243,9 +275,9 @@ REFERENCE_GPU = "H100 SXM 80GB"
 def calibration_for(gpu: GPU) -> Calibration:
     """The calibration to use for ``gpu``: its own, else the reference H100 fit, else defaults.
 
-    The generic rule for a GPU without its own fit: the H100's MFU, per-layer fixed cost and
-    NF4 per-call cost are reused unchanged, while FLOP/s and bandwidth come from the GPU's
-    catalog row, so a GPU with half the bandwidth gets twice the memory-bound time.
+    The generic rule for a GPU without its own fit: the H100's efficiencies, traffic factors and
+    host costs are reused unchanged, while FLOP/s and bandwidth come from the GPU's catalog row,
+    so a GPU with half the bandwidth gets twice the memory-bound time and the same host time.
     """
     own = load_calibration(gpu.name)
     if own is not None:

@@ -4,17 +4,19 @@ Pure Python (no torch, no numpy) and fast (the planner calls it thousands of tim
 ``ftplan recommend``). Memory is counted tensor by tensor for the recipes in DESIGN.md (weights,
 gradients, AdamW states, activations after Korthikanti et al. 2022, the logits/cross-entropy chain,
 allocator overhead) and the peak is the maximum of two phases (forward/backward and optimizer
-step). Time is FLOPs at a fitted efficiency (the checkpointed re-run at its own), fixed
-per-layer costs (one shared by all recipes, one more under autocast), fixed per-call NF4 costs,
-the LoRA path's and QLoRA's cast traffic and the optimizer step, with the free parameters taken
-from the :class:`~profiler.calibration.Calibration` the caller passes; an estimate's bands come
-from that calibration's cross-validated residuals. docs/estimator.md derives each term and gives
-its validation against real H100 and H200 runs.
+step). Time is, per pass, the GPU's work (FLOPs at a fitted efficiency, the checkpointed re-run
+at its own; memory-bound elementwise, LoRA-path and NF4-cast traffic at the bandwidth) overlapped
+with the host time that launches it (per decoder layer, once more under autocast, per adapted
+and per NF4 linear), plus the optimizer step (:func:`compute_seconds`), with the free
+parameters taken from the :class:`~profiler.calibration.Calibration` the caller passes; an
+estimate's bands come from that calibration's cross-validated residuals. docs/estimator.md
+derives each term and gives its validation against real H100 and H200 runs.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,7 +36,7 @@ from profiler._types import (
     adapted_modules,
     expert_parameters,
 )
-from profiler.calibration import ALL_REGIMES, BAND_QUANTITIES, regime_of
+from profiler.calibration import ALL_REGIMES, BAND_QUANTITIES, TimeModel, regime_of
 from profiler.headroom import check_fit
 from profiler.sharding import (
     StateBytes,
@@ -472,16 +474,19 @@ def _passes(config: TuningConfig) -> int:
     return 3 if config.grad_checkpointing else 2
 
 
-def _step_flops(spec: ModelSpec, config: TuningConfig, trainable: float) -> tuple[float, float]:
-    """Model FLOPs of one step per GPU: (matmuls and attention, re-run linears); elementwise
-    work is timed apart.
+def _step_flops(
+    spec: ModelSpec, config: TuningConfig, trainable: float
+) -> tuple[float, float, float]:
+    """Model FLOPs of one step per GPU: (forward, backward, re-run linears); elementwise work is
+    timed apart.
 
     Forward linears cost 2 FLOPs per weight per token; backward costs 2× forward when weights are
     trained (input and weight gradients) and 1× when frozen (input gradients only; LoRA/QLoRA),
-    plus 6 FLOPs per adapter parameter per token. Causal SDPA attention costs 2·b·s²·q per layer
-    forward (QKᵀ and AV at half of 4·b·s²·q thanks to the causal mask) and 2× that backward.
-    Gradient checkpointing re-runs the decoder layers' forward: its attention joins the first
-    figure, its linears are the second, timed at their own efficiency.
+    plus 6 FLOPs per adapter parameter per token (2 forward, 4 backward). Causal SDPA attention
+    costs 2·b·s²·q per layer forward (QKᵀ and AV at half of 4·b·s²·q thanks to the causal mask)
+    and 2× that backward. Gradient checkpointing re-runs the decoder layers' forward inside the
+    backward pass: its attention joins the backward figure, its linears are the third, timed at
+    their own efficiency.
     """
     t = _spec_terms(spec)
     tokens = config.micro_batch_size * config.seq_len
@@ -496,13 +501,14 @@ def _step_flops(spec: ModelSpec, config: TuningConfig, trainable: float) -> tupl
         * spec.num_layers
     )
     if config.method is Method.FULL:
-        flops = 3.0 * (layers_fwd + head_fwd)
+        forward = layers_fwd + head_fwd + attn_fwd
+        backward = 2.0 * (layers_fwd + head_fwd + attn_fwd)
     else:
-        flops = 2.0 * (layers_fwd + head_fwd) + 6.0 * tokens * trainable
-    flops += 3.0 * attn_fwd
+        forward = layers_fwd + head_fwd + attn_fwd + 2.0 * tokens * trainable
+        backward = layers_fwd + head_fwd + 2.0 * attn_fwd + 4.0 * tokens * trainable
     if config.grad_checkpointing:
-        return flops + attn_fwd, layers_fwd
-    return flops, 0.0
+        return forward, backward + attn_fwd, layers_fwd
+    return forward, backward, 0.0
 
 
 def _adapter_traffic_bytes_per_token(spec: ModelSpec, config: TuningConfig) -> tuple[float, float]:
@@ -541,15 +547,18 @@ def time_terms(
 ) -> dict[str, float]:
     """The step-time features of one config on one GPU, before the fitted coefficients.
 
-    Keys: ``compute_s_at_peak`` (matmul and attention FLOPs at the GPU's dense peak, s),
-    ``recompute_s_at_peak`` (the linears gradient checkpointing re-runs, s), ``lora_traffic_s``
-    and ``nf4_cast_traffic_s`` (the LoRA path's and QLoRA's cast bytes at peak bandwidth, s),
-    ``layer_passes``
-    (decoder layers × passes), ``autocast_layer_passes`` (the same under autocast, else 0),
-    ``elementwise_s`` (activation bytes once per pass plus the logits
-    chain, at peak bandwidth, s), ``nf4_calls`` (NF4 linear calls over all passes, QLoRA only)
-    and ``fixed_s`` (the optimizer step at the calibration's bandwidth efficiency plus NF4
-    dequantization traffic at peak bandwidth, s; not fitted). Per GPU; FSDP divides the optimizer
+    Keys: ``compute_s_at_peak`` (matmul and attention FLOPs at the GPU's dense peak, s), split
+    into ``forward_s_at_peak`` and ``backward_s_at_peak`` (the backward holds the checkpointed
+    re-run's attention), ``recompute_s_at_peak`` (the linears gradient checkpointing re-runs,
+    s), ``lora_traffic_s``, ``nf4_cast_traffic_s`` and ``elementwise_s`` (the LoRA path's,
+    QLoRA's cast and the activation plus logits bytes at peak bandwidth, s; the forward's share
+    of each is ``forward_traffic_share``), ``dequant_s`` (NF4 dequantization traffic, s;
+    ``forward_pass_share`` of it in the forward), the host counts per forward pass
+    ``host_layers``, ``host_autocast_layers``, ``host_lora_linears`` and ``host_nf4_linears``,
+    ``recompute_host_passes`` (1 with checkpointing), the additive form's ``layer_passes``,
+    ``autocast_layer_passes`` and ``nf4_calls`` (over all passes), ``optimizer_s`` (the optimizer
+    step at the calibration's bandwidth efficiency, not fitted) and ``fixed_s`` (optimizer step
+    plus dequantization). Per GPU; FSDP divides the optimizer
     work by n. The optimizer step alone is ``optimizer_s``.
     """
     return _time_terms(
@@ -598,22 +607,96 @@ def _time_terms(
         linears_per_layer = 6 if spec.num_experts > 1 else 7
         nf4_calls = float(spec.num_layers * linears_per_layer * passes)
     peak_flops = gpu.matmul_tflops * 1e12
-    flops, recompute = _step_flops(spec, config, terms["trainable_params"])
+    forward, backward, recompute = _step_flops(spec, config, terms["trainable_params"])
     lora_bytes, cast_bytes = _adapter_traffic_bytes_per_token(spec, config)
     # Forward once, backward twice the forward's traffic, and the checkpointed re-run once more.
     traffic_passes = (passes + 1) * spec.num_layers * tokens / bandwidth_bytes_per_s
+    layers = float(spec.num_layers)
     return {
-        "compute_s_at_peak": flops / peak_flops,
+        "compute_s_at_peak": (forward + backward) / peak_flops,
+        "forward_s_at_peak": forward / peak_flops,
+        "backward_s_at_peak": backward / peak_flops,
         "recompute_s_at_peak": recompute / peak_flops,
         "lora_traffic_s": lora_bytes * traffic_passes,
         "nf4_cast_traffic_s": cast_bytes * traffic_passes,
-        "layer_passes": float(spec.num_layers * passes),
-        "autocast_layer_passes": float(spec.num_layers * passes) if autocast else 0.0,
+        "forward_traffic_share": 1.0 / (passes + 1),
+        "layer_passes": layers * passes,
+        "autocast_layer_passes": layers * passes if autocast else 0.0,
         "elementwise_s": elementwise_bytes / bandwidth_bytes_per_s,
         "nf4_calls": nf4_calls,
+        "dequant_s": dequant_s,
+        "forward_pass_share": 1.0 / passes,
+        "host_layers": layers,
+        "host_autocast_layers": layers if autocast else 0.0,
+        "host_lora_linears": layers * _adapted_linears(spec, config),
+        "host_nf4_linears": nf4_calls / passes,
+        "recompute_host_passes": 1.0 if config.grad_checkpointing else 0.0,
         "optimizer_s": optimizer_s,
         "fixed_s": optimizer_s + dequant_s,
     }
+
+
+def _adapted_linears(spec: ModelSpec, config: TuningConfig) -> int:
+    """LoRA-adapted linear modules per decoder layer (MoE expert adapters fold into weights)."""
+    if config.method is Method.FULL:
+        return 0
+    assert config.lora_targets is not None
+    adapted = adapted_modules(config.lora_targets, num_experts=spec.num_experts)
+    if spec.num_experts > 1:
+        return sum(1 for n in adapted if n in ATTENTION_MODULES)
+    return len(adapted)
+
+
+def compute_seconds(tt: dict[str, float], cal: Calibration) -> float:
+    """Seconds of one step's GPU work and host time on one GPU, before communication.
+
+    ``tt`` is :func:`time_terms`' output. Under ``host-overlap`` each pass takes
+    ``hypot(gpu, host)``: eager PyTorch queues kernels asynchronously, so a pass whose host time
+    (Python, autocast and PEFT/bitsandbytes dispatch; fitted seconds per forward call) exceeds its
+    GPU time is host-bound, a long one GPU-bound, and the smooth maximum covers the mix of both
+    inside a pass. The backward's host time is :attr:`Calibration.backward_host_fraction` of the
+    forward's, plus the forward's again for the checkpointed re-run. The optimizer step adds.
+    Under ``additive`` (older calibrations) every term adds.
+    """
+    inv_mfu = 1.0 / cal.compute_efficiency
+    inv_recompute = 1.0 / (cal.recompute_efficiency or cal.compute_efficiency)
+    traffic = (
+        tt["lora_traffic_s"] * cal.lora_traffic_factor
+        + tt["nf4_cast_traffic_s"] * cal.nf4_cast_traffic_factor
+        + tt["elementwise_s"] * cal.elementwise_traffic_factor
+    )
+    if cal.time_model is TimeModel.ADDITIVE:
+        return (
+            tt["compute_s_at_peak"] * inv_mfu
+            + tt["recompute_s_at_peak"] * inv_recompute
+            + traffic
+            + tt["layer_passes"] * cal.layer_pass_overhead_s
+            + tt["autocast_layer_passes"] * cal.autocast_layer_pass_overhead_s
+            + tt["nf4_calls"] * cal.nf4_call_overhead_s
+            + tt["fixed_s"]
+        )
+    share = tt["forward_traffic_share"]
+    dequant_forward = tt["dequant_s"] * tt["forward_pass_share"]
+    gpu_forward = tt["forward_s_at_peak"] * inv_mfu + traffic * share + dequant_forward
+    gpu_backward = (
+        tt["backward_s_at_peak"] * inv_mfu
+        + tt["recompute_s_at_peak"] * inv_recompute
+        + traffic * (1.0 - share)
+        + tt["dequant_s"]
+        - dequant_forward
+    )
+    host_forward = (
+        tt["host_layers"] * cal.layer_pass_overhead_s
+        + tt["host_autocast_layers"] * cal.autocast_layer_pass_overhead_s
+        + tt["host_lora_linears"] * cal.lora_call_overhead_s
+        + tt["host_nf4_linears"] * cal.nf4_call_overhead_s
+    )
+    host_backward = host_forward * (cal.backward_host_fraction + tt["recompute_host_passes"])
+    return (
+        math.hypot(gpu_forward, host_forward)
+        + math.hypot(gpu_backward, host_backward)
+        + tt["optimizer_s"]
+    )
 
 
 def _optimizer_s(
@@ -762,8 +845,10 @@ def _scaling_note(calibration: Calibration, gpu: GPU) -> str:
         f"binding terms: compute x{compute:.2f} ({source.matmul_tflops:g} -> "
         f"{gpu.matmul_tflops:g} TFLOP/s: matmuls, attention, recompute), bandwidth "
         f"x{bandwidth:.2f} ({source.memory_bandwidth_tbps:g} -> {gpu.memory_bandwidth_tbps:g} "
-        f"TB/s: optimizer step, NF4 dequantization), launch x1.00 (fixed per-layer and "
-        f"per-call costs are host and driver time, no GPU spec scales them); the band is the "
+        f"TB/s: elementwise, LoRA-path and NF4-cast traffic, optimizer step, NF4 "
+        f"dequantization), launch x1.00 (the host's launch time per layer and per call, which "
+        f"no GPU spec scales; the host-bound share of short steps follows the host CPU, not "
+        f"the GPU); the band is the "
         f"{source.name}'s, not validated on {gpu.name}"
     )
 
@@ -854,17 +939,7 @@ def estimate(
         )
 
     tt = _time_terms(spec, config, gpu, mem, cal.optimizer_bandwidth_efficiency)
-    compute_s = (
-        tt["compute_s_at_peak"] / cal.compute_efficiency
-        + tt["recompute_s_at_peak"] / (cal.recompute_efficiency or cal.compute_efficiency)
-        + tt["lora_traffic_s"] * cal.lora_traffic_factor
-        + tt["nf4_cast_traffic_s"] * cal.nf4_cast_traffic_factor
-        + tt["layer_passes"] * cal.layer_pass_overhead_s
-        + tt["autocast_layer_passes"] * cal.autocast_layer_pass_overhead_s
-        + tt["elementwise_s"] * cal.elementwise_traffic_factor
-        + tt["nf4_calls"] * cal.nf4_call_overhead_s
-        + tt["fixed_s"]
-    )
+    compute_s = compute_seconds(tt, cal)
     comm_s = _communication_s(spec, config, gpu, nodes=nodes, inter_node_gbps=inter_node_gbps)
     gpus_per_node = max(1, config.gpu_count // max(1, nodes))
     pcie_s = cpu_optimizer_s = 0.0
