@@ -46,8 +46,9 @@ MAX_COMPUTE_EFFICIENCY = 0.6
 
 # Rows weigh (tokens / 4096) ** TOKEN_WEIGHT_POWER on top of relative error: production-sized
 # steps count more than host-bound short ones. Leave-one-model-out on both H100 sets with the
-# host-overlap model: median / worst / 8k-token signed median 6.7% / 28.0% / -1.1% at 0.5,
-# 7.0% / 28.5% / -0.4% at 1; the held-out H200 runs: median 7.2% at 0.5, 8.0% at 1.
+# host-overlap model: median / worst / 8k-token signed median 7.4% / 32.1% / -4.3% unweighted,
+# 6.4% / 28.2% / -0.9% at 0.5, 6.6% / 28.6% / -0.3% at 1; the held-out H200 runs: median 7.2%
+# at 0.5, 8.2% at 1.
 TOKEN_WEIGHT_POWER = 0.5
 
 SpecLookup = Callable[[str], "ModelSpec"]
