@@ -306,6 +306,36 @@ def _speed() -> None:
     )
 
 
+def _extrapolation(held_out: Sequence[Row]) -> None:
+    """Truncated-layer extrapolation (``profiler.extrapolate``) of the second H100 set's 2- and
+    4-layer rows against the same configs at full depth, beside the held-out estimate."""
+    from profiler.extrapolate import extrapolate
+
+    truncated = [m for m in all_reference_measurements(include_truncated=True) if m.fit]
+    estimated = {(m.model, m.config): e for m, e in held_out}
+    print("\n### Truncated-layer extrapolation (2 and 4 layers) against full depth, H100\n")
+    print("| model | config | step s full depth | extrapolated err % | held-out estimate err % |")
+    print("|---|---|---:|---:|---:|")
+    errors: list[float] = []
+    for (model, config), predicted in estimated.items():
+        points = [m for m in truncated if m.model == model and m.config == config]
+        measured = next(m for m, _ in held_out if m.model == model and m.config == config)
+        if len(points) < 2 or measured.step_time_s is None or predicted.step_time_s is None:
+            continue
+        line = extrapolate(points, target_layers=get_model(model).num_layers, model=model)
+        assert line.step_time_s is not None
+        errors.append(_pct(line.step_time_s, measured.step_time_s))
+        print(
+            f"| {model} | {config.label()} | {measured.step_time_s:.4f} | {errors[-1]:+.1f} | "
+            f"{_pct(predicted.step_time_s, measured.step_time_s):+.1f} |"
+        )
+    if errors:
+        print(
+            f"\nextrapolated step time: median abs {statistics.median(map(abs, errors)):.1f}%, "
+            f"worst {max(map(abs, errors)):.1f}%"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -347,6 +377,7 @@ def main() -> None:
         load_calibration.cache_clear()  # type: ignore[attr-defined]
         print(f"\nwrote {path}")
     _band_coverage(held_out, full)
+    _extrapolation(held_out)
     print(f"\nfitted: {full}")
     _other_gpus(args.held_out)
     _sanity(full)
