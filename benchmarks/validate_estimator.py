@@ -45,7 +45,7 @@ from profiler.calibration import (  # noqa: E402
     load_calibration,
     regime_of,
 )
-from profiler.estimator import estimate, time_terms  # noqa: E402
+from profiler.estimator import estimate, host_seconds, time_terms  # noqa: E402
 from profiler.fit import fit_calibration, held_out_predictions  # noqa: E402
 from profiler.store import ProfileStore  # noqa: E402
 
@@ -241,15 +241,8 @@ def _sanity(calibration: Calibration) -> None:
         predicted = estimate(spec, config, gpu, calibration=calibration)
         assert predicted.step_time_s is not None and predicted.tokens_per_s is not None
         rule_s = 6 * spec.param_count * tokens / (_RULE_OF_THUMB_MFU * gpu.matmul_tflops * 1e12)
-        tt = time_terms(spec, config, gpu, calibration=calibration)
-        host_forward_s = (
-            tt["host_layers"] * calibration.layer_pass_overhead_s
-            + tt["host_autocast_layers"] * calibration.autocast_layer_pass_overhead_s
-            + tt["host_lora_linears"] * calibration.lora_call_overhead_s
-            + tt["host_nf4_linears"] * calibration.nf4_call_overhead_s
-        )
-        host_s = host_forward_s * (
-            1.0 + calibration.backward_host_fraction + tt["recompute_host_passes"]
+        host_s = sum(
+            host_seconds(time_terms(spec, config, gpu, calibration=calibration), calibration)
         )
         print(
             f"| {name} | {config.label()} | {predicted.step_time_s:.3f} | "

@@ -154,8 +154,9 @@ class _SpecTerms:
     head_params: int  # vocab x hidden
     param_count: int
     adapters: dict[tuple[int, str], int]  # (rank, targets) -> LoRA parameters
-    # (qlora, targets) -> (LoRA path, NF4 cast) forward bytes per token per layer
-    traffic: dict[tuple[bool, str], tuple[float, float]]
+    # (qlora, targets) -> (LoRA path, NF4 cast) forward bytes per token per layer, and the
+    # adapted linears per layer
+    traffic: dict[tuple[bool, str], tuple[float, float, int]]
     # (lora, qlora, full bf16-mixed, targets, sharded adapters) -> activation bytes per token
     activations: dict[tuple[bool, bool, bool, str | None, bool], float]
 
@@ -514,8 +515,11 @@ def _step_flops(
     return forward, backward, 0.0
 
 
-def _adapter_traffic_bytes_per_token(spec: ModelSpec, config: TuningConfig) -> tuple[float, float]:
-    """Forward bytes per token per decoder layer of (the LoRA path, QLoRA's Linear4bit casts).
+def _adapter_traffic_bytes_per_token(
+    spec: ModelSpec, config: TuningConfig
+) -> tuple[float, float, int]:
+    """Forward bytes per token per decoder layer of (the LoRA path, QLoRA's Linear4bit casts),
+    and the LoRA-adapted linears per layer (MoE expert adapters fold into the weights).
 
     LoRA path, per adapted linear (in → out features): PEFT casts the bf16 input to the fp32
     adapter dtype and autocast casts it back for ``lora_A`` (read 2, write 4, read 4, write 2 B
@@ -526,7 +530,7 @@ def _adapter_traffic_bytes_per_token(spec: ModelSpec, config: TuningConfig) -> t
     backward pass is counted as twice the forward's traffic by the caller.
     """
     if config.method is Method.FULL:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0
     assert config.lora_targets is not None
     cache = _spec_terms(spec).traffic
     key = (config.method is Method.QLORA, config.lora_targets)
@@ -541,7 +545,7 @@ def _adapter_traffic_bytes_per_token(spec: ModelSpec, config: TuningConfig) -> t
         if config.method is Method.QLORA:  # Linear4bit modules: not the (parametrized) experts
             quantized = ATTENTION_MODULES if spec.num_experts > 1 else tuple(shapes)
             cast = sum(6.0 * shapes[n][0] + 6.0 * shapes[n][1] for n in quantized)
-        found = cache[key] = (lora, cast)
+        found = cache[key] = (lora, cast, len(adapted))
     return found
 
 
@@ -611,7 +615,7 @@ def _time_terms(
         nf4_calls = float(spec.num_layers * linears_per_layer * passes)
     peak_flops = gpu.matmul_tflops * 1e12
     forward, backward, recompute = _step_flops(spec, config, terms["trainable_params"])
-    lora_bytes, cast_bytes = _adapter_traffic_bytes_per_token(spec, config)
+    lora_bytes, cast_bytes, adapted = _adapter_traffic_bytes_per_token(spec, config)
     # Forward once, backward twice the forward's traffic, and the checkpointed re-run once more.
     traffic_passes = (passes + 1) * spec.num_layers * tokens / bandwidth_bytes_per_s
     layers = float(spec.num_layers)
@@ -631,7 +635,7 @@ def _time_terms(
         "forward_pass_share": 1.0 / passes,
         "host_layers": layers,
         "host_autocast_layers": layers if autocast else 0.0,
-        "host_lora_linears": layers * _adapted_linears(spec, config),
+        "host_lora_linears": layers * adapted,
         "host_nf4_linears": nf4_calls / passes,
         "recompute_host_passes": 1.0 if config.grad_checkpointing else 0.0,
         "optimizer_s": optimizer_s,
@@ -639,15 +643,20 @@ def _time_terms(
     }
 
 
-def _adapted_linears(spec: ModelSpec, config: TuningConfig) -> int:
-    """LoRA-adapted linear modules per decoder layer (MoE expert adapters fold into weights)."""
-    if config.method is Method.FULL:
-        return 0
-    assert config.lora_targets is not None
-    adapted = adapted_modules(config.lora_targets, num_experts=spec.num_experts)
-    if spec.num_experts > 1:
-        return sum(1 for n in adapted if n in ATTENTION_MODULES)
-    return len(adapted)
+def host_seconds(tt: dict[str, float], cal: Calibration) -> tuple[float, float]:
+    """Host (launch) seconds of one step's (forward, backward) under ``host-overlap``.
+
+    ``tt`` is :func:`time_terms`' output. Forward: the calibration's host cost per decoder layer,
+    per layer under autocast, per adapted and per NF4 linear; backward: that times
+    :attr:`Calibration.backward_host_fraction`, plus the forward's again for a checkpointed re-run.
+    """
+    forward = (
+        tt["host_layers"] * cal.layer_pass_overhead_s
+        + tt["host_autocast_layers"] * cal.autocast_layer_pass_overhead_s
+        + tt["host_lora_linears"] * cal.lora_call_overhead_s
+        + tt["host_nf4_linears"] * cal.nf4_call_overhead_s
+    )
+    return forward, forward * (cal.backward_host_fraction + tt["recompute_host_passes"])
 
 
 def compute_seconds(tt: dict[str, float], cal: Calibration) -> float:
@@ -688,13 +697,7 @@ def compute_seconds(tt: dict[str, float], cal: Calibration) -> float:
         + tt["dequant_s"]
         - dequant_forward
     )
-    host_forward = (
-        tt["host_layers"] * cal.layer_pass_overhead_s
-        + tt["host_autocast_layers"] * cal.autocast_layer_pass_overhead_s
-        + tt["host_lora_linears"] * cal.lora_call_overhead_s
-        + tt["host_nf4_linears"] * cal.nf4_call_overhead_s
-    )
-    host_backward = host_forward * (cal.backward_host_fraction + tt["recompute_host_passes"])
+    host_forward, host_backward = host_seconds(tt, cal)
     return (
         math.hypot(gpu_forward, host_forward)
         + math.hypot(gpu_backward, host_backward)
