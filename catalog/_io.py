@@ -78,7 +78,8 @@ _TEMP_NAME = re.compile(r"^\..+\.(?P<pid>[0-9]+)-[A-Za-z0-9_]+\.tmp$")
 STALE_TEMP_AGE_S = 3600.0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -112,7 +113,7 @@ def clean_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
         pid = int(match["pid"])
         if pid == os.getpid() and age_s < STALE_TEMP_AGE_S:
             continue
-        if _pid_alive(pid) and age_s < STALE_TEMP_AGE_S:
+        if pid_alive(pid) and age_s < STALE_TEMP_AGE_S:
             continue
         with contextlib.suppress(OSError):
             os.unlink(entry.path)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from catalog._hf_config import model_from_hf_config
 from catalog._io import expand_user, read_text_limited
@@ -514,16 +515,21 @@ def service_terms(provider: Provider | str, service: str) -> ServiceTerms:
 
 def with_service_terms(offer: Offer) -> Offer:
     """``offer`` with the billing unit and start-up time of its provider and service."""
-    terms = service_terms(offer.provider, offer.service)
     return dataclasses.replace(
-        offer,
-        billing_increment_s=terms.billing_increment_s,
-        min_billing_hours=terms.min_billing_hours,
-        billing_upfront=terms.billing_upfront,
-        billing_source=terms.billing_source,
-        provision_minutes=terms.provision_minutes,
-        startup_source=terms.startup_source,
+        offer, **_billing_fields(service_terms(offer.provider, offer.service))
     )
+
+
+def _billing_fields(terms: ServiceTerms) -> dict[str, Any]:
+    """The :class:`Offer` fields that come from its provider's and service's terms."""
+    return {
+        "billing_increment_s": terms.billing_increment_s,
+        "min_billing_hours": terms.min_billing_hours,
+        "billing_upfront": terms.billing_upfront,
+        "billing_source": terms.billing_source,
+        "provision_minutes": terms.provision_minutes,
+        "startup_source": terms.startup_source,
+    }
 
 
 def _offer_from_row(row: _Row) -> Offer:
@@ -558,12 +564,7 @@ def _offer_from_row(row: _Row) -> Offer:
             stale=row.boolean("stale"),
             vcpus=row.integer("vcpus") if vcpus else None,
             memory_gib=row.number("memory_gib") if memory else None,
-            billing_increment_s=terms.billing_increment_s,
-            min_billing_hours=terms.min_billing_hours,
-            billing_upfront=terms.billing_upfront,
-            billing_source=terms.billing_source,
-            provision_minutes=terms.provision_minutes,
-            startup_source=terms.startup_source,
+            **_billing_fields(terms),
         )
     except ValueError as exc:
         if isinstance(exc, CatalogError):

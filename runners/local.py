@@ -36,6 +36,7 @@ from catalog import (
     atomic_write_text,
     loads_json,
     open_regular,
+    pid_alive,
     printable,
     read_json_file,
 )
@@ -170,16 +171,6 @@ def accelerate_config_yaml(spec: LaunchSpec) -> str:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class LocalRunner:
@@ -377,7 +368,7 @@ class LocalRunner:
         if (
             not state.finished
             and data.supervisor_pid is not None
-            and not _pid_alive(data.supervisor_pid)
+            and not pid_alive(data.supervisor_pid)
             and (child is None or child.returncode is not None)
         ):
             data = read_status(path)  # it may have just finished

@@ -32,6 +32,7 @@ from planner.cli.params import (
     check_region,
     check_run_id,
 )
+from planner.cli.runs import runs_dir_option
 from profiler.recipes import DEFAULT_LEARNING_RATE
 from runners import (
     LaunchSpec,
@@ -505,13 +506,7 @@ def _print_status(status: RunStatus, *, fmt: str) -> None:
     type=click.Choice([t.value for t in Target]),
     help="Where the run is (default: local when runs/RUN_ID exists, else sagemaker).",
 )
-@click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False),
-    default=str(DEFAULT_RUNS_DIR),
-    show_default=True,
-    help="Local runs folder.",
-)
+@runs_dir_option
 @click.option("--region", callback=check_region, help="AWS region of a SageMaker job.")
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True

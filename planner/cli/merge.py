@@ -8,8 +8,8 @@ import click
 
 from catalog import printable
 from planner.cli.errors import UserInputError
+from planner.cli.runs import runs_dir_option
 from runners import RunnerError
-from runners.local import DEFAULT_RUNS_DIR
 from runners.merge import merge_run, run_folder
 
 
@@ -20,13 +20,7 @@ from runners.merge import merge_run, run_folder
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the merged model (default: RUN/output/merged).",
 )
-@click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False),
-    default=str(DEFAULT_RUNS_DIR),
-    show_default=True,
-    help="Local runs folder.",
-)
+@runs_dir_option
 def merge_command(run: str, out: Path | None, runs_dir: str) -> None:
     """Merge a finished LoRA/QLoRA run's adapters into its base weights (bf16), saved with the
     tokenizer, ready to serve.

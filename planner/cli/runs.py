@@ -37,16 +37,21 @@ def _runner(run_id: str, *, target: str | None, runs_dir: str, region: str | Non
     return SageMakerRunner(region=region)
 
 
+# The local runs folder, for every command that finds or writes runs (launch, status, logs,
+# stop, runs, merge).
+runs_dir_option = click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False),
+    default=str(DEFAULT_RUNS_DIR),
+    show_default=True,
+    help="Local runs folder.",
+)
+
+
 def _where(func: Any) -> Any:
     for option in (
         click.option("--region", callback=check_region, help="AWS region of a SageMaker job."),
-        click.option(
-            "--runs-dir",
-            type=click.Path(file_okay=False),
-            default=str(DEFAULT_RUNS_DIR),
-            show_default=True,
-            help="Local runs folder.",
-        ),
+        runs_dir_option,
         click.option(
             "--target",
             type=click.Choice(_TARGETS),
@@ -108,13 +113,7 @@ def stop_command(run_id: str, target: str | None, runs_dir: str, region: str | N
 
 
 @click.command("runs")
-@click.option(
-    "--runs-dir",
-    type=click.Path(file_okay=False),
-    default=str(DEFAULT_RUNS_DIR),
-    show_default=True,
-    help="Local runs folder.",
-)
+@runs_dir_option
 @click.option("--sagemaker", is_flag=True, help="Also list ftplan's SageMaker jobs.")
 @click.option("--region", callback=check_region, help="AWS region of the SageMaker jobs.")
 @click.option(
