@@ -49,7 +49,8 @@ class TokensSource(enum.StrEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Budget:
     """The job and its limits. ``dataset_tokens`` is per epoch; with ``--dataset`` the sample
-    lengths' median, 95th percentile and longest (tokens) are kept too."""
+    lengths' median, 95th percentile and longest (tokens) are kept too. ``eval_tokens`` is one
+    pass over the eval set and ``evaluations`` how many passes the run makes (0: no eval)."""
 
     max_usd: float
     dataset_tokens: int
@@ -61,8 +62,20 @@ class Budget:
     longest_sample_tokens: int | None = None
     p50_sample_tokens: int | None = None
     p95_sample_tokens: int | None = None
+    eval_tokens: int = 0
+    evaluations: int = 0
 
     def __post_init__(self) -> None:
+        if self.eval_tokens < 0 or self.evaluations < 0:
+            raise ValueError(
+                f"eval_tokens and evaluations must be >= 0, got {self.eval_tokens} and "
+                f"{self.evaluations}"
+            )
+        if (self.eval_tokens > 0) != (self.evaluations > 0):
+            raise ValueError(
+                "an eval set needs both its size and a number of evaluations, got "
+                f"eval_tokens={self.eval_tokens} and evaluations={self.evaluations}"
+            )
         if not self.max_usd > 0:
             raise ValueError(f"budget must be > 0 USD, got {self.max_usd}")
         if self.dataset_tokens <= 0:
@@ -76,6 +89,11 @@ class Budget:
     def total_tokens(self) -> float:
         return self.dataset_tokens * self.epochs
 
+    @property
+    def eval_total_tokens(self) -> int:
+        """Tokens the run's eval passes read in all (forward only)."""
+        return self.eval_tokens * self.evaluations
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CostEstimate:
@@ -84,6 +102,7 @@ class CostEstimate:
     ``hours`` is the run's wall-clock time; ``billed_hours`` what the provider charges for it
     (whole billing increments, at least the minimum, e.g. 24 h for an EC2 Capacity Block), and
     ``idle_billed_hours`` = billed − run: paid for, not used. ``usd`` = billed hours × price.
+    ``eval_hours`` is the time of the run's eval passes (part of ``hours``).
     """
 
     train_hours: float
@@ -95,6 +114,7 @@ class CostEstimate:
     checkpoint_interval_minutes: float | None = None
     billed_hours: float | None = None
     idle_billed_hours: float = 0.0
+    eval_hours: float = 0.0
 
     @property
     def idle_usd(self) -> float:

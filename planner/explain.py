@@ -210,6 +210,16 @@ def assumptions(request: RecommendRequest) -> tuple[str, ...]:
         + ": samples are packed into blocks of this length (as ftplan's runner does), so "
         "memory is sized for the block, not for the longest sample",
         f"gradient accumulation keeps ~{GLOBAL_BATCH_TARGET_TOKENS:,} tokens per optimizer step",
+        *(
+            [
+                f"evaluation: {budget.evaluations} passes over {budget.eval_tokens:,} eval "
+                "tokens, spread evenly over the run (the last after the final step); each is a "
+                "forward pass under no_grad at the training micro-batch, timed by the "
+                "estimator's forward share of a training step"
+            ]
+            if budget.evaluations
+            else []
+        ),
         (
             f"start-up: {start.provision_minutes:g} min provisioning"
             if start.provision_minutes is not None

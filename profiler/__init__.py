@@ -10,6 +10,7 @@ from profiler._types import (
     MLP_MODULES,
     TARGETS_ALL_LINEAR,
     TARGETS_ATTENTION,
+    EvalEstimate,
     Measurement,
     MemoryBreakdown,
     Method,
@@ -26,7 +27,7 @@ from profiler._types import (
     sharding_problem,
 )
 from profiler.calibration import Calibration, calibration_for, load_calibration
-from profiler.estimator import estimate, memory_fits
+from profiler.estimator import estimate, eval_pass, memory_fits
 from profiler.extrapolate import extrapolate
 from profiler.fit import fit_calibration
 from profiler.headroom import (
@@ -65,6 +66,8 @@ __all__ = [
     "fit_verdict",
     "measurement_fit",
     "estimate",
+    "eval_pass",
+    "EvalEstimate",
     "calibration_for",
     "fit_calibration",
     "load_calibration",

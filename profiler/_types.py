@@ -318,6 +318,27 @@ class MemoryBreakdown:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EvalEstimate:
+    """An eval pass of one config per GPU: the training runner's forward over the eval set under
+    ``torch.no_grad`` at the training micro-batch, after an optimizer step (no gradients held).
+
+    ``peak_allocated_gib`` is the eval phase's peak; ``step_time_s`` one micro-batch's forward;
+    ``train_step_time_s`` the same estimator's training step of the config (before
+    communication), so ``step_time_s / train_step_time_s`` scales any step time (measured or
+    estimated) to its eval pass.
+    """
+
+    peak_allocated_gib: float
+    step_time_s: float
+    train_step_time_s: float
+
+    @property
+    def step_fraction(self) -> float:
+        """Eval micro-batch time over training step time (0 < f < 1)."""
+        return self.step_time_s / self.train_step_time_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Measurement:
     """Memory and speed of one (model, config, GPU), measured, extrapolated or estimated.
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from catalog import GIB, Interconnect
 from profiler._types import (
     ATTENTION_MODULES,
+    EvalEstimate,
     Measurement,
     MemoryBreakdown,
     Method,
@@ -102,6 +103,11 @@ _ADAPTER_INPUT_BYTES_PER_FEATURE = 2.0
 # loads (4.5 B with that read counted: held-out median 6.7% -> 6.4% without it, and the H200
 # 70B per-layer time 24% -> 22% over).
 NF4_DEQUANT_BYTES_PER_PARAM = 2.5
+
+# Bytes per token per vocabulary entry at an eval forward's loss: bf16 logits (2) + their fp32
+# upcast in transformers' causal-LM loss (4) + the fp32 log-softmax inside cross_entropy (4);
+# nothing is saved for a backward. Counted from the code, not measured.
+EVAL_LOGITS_BYTES_PER_TOKEN_VOCAB = 10.0
 
 # Allocated memory no tensor formula covers (cuBLAS workspaces, RoPE caches, small buffers):
 # 0.06 GiB, the mean gap between static memory and the weight count on the bf16 reference rows.
@@ -659,6 +665,36 @@ def host_seconds(tt: dict[str, float], cal: Calibration) -> tuple[float, float]:
     return forward, forward * (cal.backward_host_fraction + tt["recompute_host_passes"])
 
 
+def _gpu_forward_s(tt: dict[str, float], cal: Calibration) -> float:
+    """GPU seconds of one step's forward pass under ``host-overlap``: its FLOPs at the MFU, its
+    share of the memory-bound traffic and of the NF4 dequantization."""
+    traffic = (
+        tt["lora_traffic_s"] * cal.lora_traffic_factor
+        + tt["nf4_cast_traffic_s"] * cal.nf4_cast_traffic_factor
+        + tt["elementwise_s"] * cal.elementwise_traffic_factor
+    )
+    return (
+        tt["forward_s_at_peak"] / cal.compute_efficiency
+        + traffic * tt["forward_traffic_share"]
+        + tt["dequant_s"] * tt["forward_pass_share"]
+    )
+
+
+def forward_seconds(tt: dict[str, float], cal: Calibration) -> float:
+    """Seconds of one micro-batch's forward pass alone (an eval pass under ``torch.no_grad``).
+
+    ``host-overlap``: ``hypot`` of the forward's GPU and host time, the same terms
+    :func:`compute_seconds` charges the training forward. ``additive`` (older calibrations):
+    the step's time less the optimizer, in the forward's share of the FLOPs. An eval forward
+    records no autograd graph, so its host time is if anything lower: an upper bound.
+    """
+    if cal.time_model is TimeModel.ADDITIVE:
+        flops = tt["compute_s_at_peak"] + tt["recompute_s_at_peak"]
+        share = tt["forward_s_at_peak"] / flops if flops > 0 else 0.0
+        return (compute_seconds(tt, cal) - tt["optimizer_s"]) * share
+    return math.hypot(_gpu_forward_s(tt, cal), host_seconds(tt, cal)[0])
+
+
 def compute_seconds(tt: dict[str, float], cal: Calibration) -> float:
     """Seconds of one step's GPU work and host time on one GPU, before communication.
 
@@ -687,15 +723,12 @@ def compute_seconds(tt: dict[str, float], cal: Calibration) -> float:
             + tt["nf4_calls"] * cal.nf4_call_overhead_s
             + tt["fixed_s"]
         )
-    share = tt["forward_traffic_share"]
-    dequant_forward = tt["dequant_s"] * tt["forward_pass_share"]
-    gpu_forward = tt["forward_s_at_peak"] * inv_mfu + traffic * share + dequant_forward
+    gpu_forward = _gpu_forward_s(tt, cal)
     gpu_backward = (
         tt["backward_s_at_peak"] * inv_mfu
         + tt["recompute_s_at_peak"] * inv_recompute
-        + traffic * (1.0 - share)
-        + tt["dequant_s"]
-        - dequant_forward
+        + traffic * (1.0 - tt["forward_traffic_share"])
+        + tt["dequant_s"] * (1.0 - tt["forward_pass_share"])
     )
     host_forward, host_backward = host_seconds(tt, cal)
     return (
@@ -1007,6 +1040,35 @@ def estimate(
         breakdown=breakdown,
         phase_peaks_gib=(("forward_backward", fb_peak), ("optimizer_step", opt_peak)),
         bands=bands,
+    )
+
+
+def eval_pass(
+    spec: ModelSpec, config: TuningConfig, gpu: GPU, *, calibration: Calibration
+) -> EvalEstimate:
+    """Memory and time of an eval pass of ``config`` on one GPU (see :class:`EvalEstimate`).
+
+    Memory: what stays resident between steps (weights, autocast cache, optimizer states, the
+    sharding working set) plus the forward's transients: one decoder layer's activations (a
+    no-grad forward frees each layer's as it goes) and the loss chain at
+    :data:`EVAL_LOGITS_BYTES_PER_TOKEN_VOCAB`, both scaled like the training activations. Time:
+    :func:`forward_seconds`. Assumptions until measured: the eval micro-batch is the training
+    one, and no gradients are held (the recipe's ``zero_grad(set_to_none=True)``).
+    """
+    cal = calibration
+    mem = memory_terms(spec, config, gpu)
+    tokens = config.micro_batch_size * config.seq_len
+    loss_tokens = min(tokens, CHUNKED_LOSS_TOKENS) if config.chunked_loss else tokens
+    transient = (
+        tokens * mem["layer_bytes_per_token"]
+        + EVAL_LOGITS_BYTES_PER_TOKEN_VOCAB * loss_tokens * spec.vocab_size
+    )
+    peak = mem["fb_static_gib"] + transient / GIB * cal.activation_scale
+    tt = _time_terms(spec, config, gpu, mem, cal.optimizer_bandwidth_efficiency)
+    return EvalEstimate(
+        peak_allocated_gib=peak,
+        step_time_s=forward_seconds(tt, cal),
+        train_step_time_s=compute_seconds(tt, cal),
     )
 
 

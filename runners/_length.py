@@ -48,9 +48,11 @@ def run_length(
     startup_hours: float,
     overhead_fraction: float,
     usd_per_hour: float,
+    eval_hours: float = 0.0,
 ) -> RunLength:
     """Steps = ⌈tokens × epochs ÷ tokens per step⌉ (capped by ``max_steps``); train hours =
-    steps × tokens per step ÷ tokens/s ÷ 3600; hours = train × (1 + overhead) + start-up.
+    steps × tokens per step ÷ tokens/s ÷ 3600; hours = train × (1 + overhead) + eval passes +
+    start-up.
 
     Raises:
         DataError: If a rate or size is not positive (a plan edited by hand).
@@ -63,7 +65,7 @@ def run_length(
     if max_steps is not None:
         steps = min(steps, max_steps)
     train_hours = steps * tokens_per_step / tokens_per_s / 3600
-    hours = train_hours * (1 + overhead_fraction) + startup_hours
+    hours = train_hours * (1 + overhead_fraction) + eval_hours + startup_hours
     return RunLength(
         dataset_tokens=dataset_tokens,
         source=source,

@@ -32,6 +32,7 @@ from planner.cli.errors import NothingFitsError, UserInputError
 from planner.cli.params import (
     MAX_BATCH,
     MAX_GPUS_PER_NODE,
+    MAX_INT_OPTION,
     MAX_LORA_ALPHA,
     MAX_LORA_RANK,
     MAX_SEQ_LEN,
@@ -171,6 +172,27 @@ def _result(measurement: Measurement, gpu: GPU, notes: Sequence[str]) -> dict[st
     }
 
 
+def _eval_result(
+    spec: ModelSpec, config: TuningConfig, gpu: GPU, measurement: Measurement, tokens: int
+) -> dict[str, Any]:
+    """One eval pass over ``tokens`` tokens: its memory phase and time, estimated (the
+    estimator's forward share applied to the training step, measured or estimated)."""
+    from profiler.calibration import calibration_for
+    from profiler.estimator import eval_pass
+
+    found = eval_pass(spec, config, gpu, calibration=calibration_for(gpu))
+    step_s = (measurement.step_time_s or found.train_step_time_s) * found.step_fraction
+    tokens_per_s = config.tokens_per_step * config.gpu_count / step_s
+    return {
+        "source": "estimated",
+        "tokens": tokens,
+        "peak_allocated_gib": found.peak_allocated_gib,
+        "step_time_s": step_s,
+        "tokens_per_s": tokens_per_s,
+        "pass_s": tokens / tokens_per_s,
+    }
+
+
 def _range(result: dict[str, Any], quantity: str, spec: str, unit: str) -> str:
     """`` (80% band 0.41–0.52 s)`` when the result has a band for ``quantity``, else ''."""
     low, high = result.get(f"{quantity}_low"), result.get(f"{quantity}_high")
@@ -214,6 +236,13 @@ def _render_table(result: dict[str, Any]) -> None:
         table.add_row(f"  {name.removesuffix('_gib')}", f"{value:.2f} GiB")
     for phase, value in result["phase_peaks_gib"].items():
         table.add_row(f"  phase {phase}", f"{value:.2f} GiB")
+    if result.get("eval"):
+        ev = result["eval"]
+        table.add_row(
+            "eval pass",
+            f"{ev['pass_s']:,.1f} s for {ev['tokens']:,} tokens ({ev['tokens_per_s']:,.0f} "
+            "tokens/s, estimated)",
+        )
     console = Console()
     console.print(table)
     console.print(result["fit_detail"])
@@ -288,6 +317,16 @@ def _render_table(result: dict[str, Any]) -> None:
     help="Find the longest sequence that fits (at --batch); JSON key max_seq_len.",
 )
 @click.option(
+    "--eval-dataset",
+    type=SafePath(dir_okay=False, exists=True, regular_file=True, path_type=Path),
+    help="Held-out JSONL set: adds the eval pass (its memory phase and time; JSON key eval).",
+)
+@click.option(
+    "--eval-tokens",
+    type=int_range(1, MAX_INT_OPTION),
+    help="Tokens of the eval set (instead of --eval-dataset).",
+)
+@click.option(
     "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
 )
 def estimate_command(
@@ -308,6 +347,8 @@ def estimate_command(
     analytic_only: bool,
     max_batch: bool,
     max_seq_len: bool,
+    eval_dataset: Path | None,
+    eval_tokens: int | None,
     fmt: str,
 ) -> None:
     """Peak GPU memory and step time of one fine-tuning config, without a GPU.
@@ -324,10 +365,13 @@ def estimate_command(
       ftplan estimate --model llama3.1-70b --method qlora --gpu rtx4090 --gpu-count 2 \\
         --sharding fsdp-offload --seq-len 1024 --grad-checkpointing
       ftplan estimate --model llama3.1-8b --method full --gpu rtx4090 --sharding zero3-offload
+      ftplan estimate --model llama2-7b --method lora --batch 4 --eval-dataset eval.jsonl
     """
     from profiler.calibration import calibration_for
     from profiler.estimator import estimate
 
+    if eval_dataset is not None and eval_tokens is not None:
+        raise UserInputError("give either --eval-tokens or --eval-dataset, not both")
     spec, gpu = get_model(model), get_gpu(gpu_name)
     config, notes = _build_config(
         method=Method(method),
@@ -355,6 +399,14 @@ def estimate_command(
         else estimate(spec, config, gpu, calibration=calibration_for(gpu))
     )
     result = _result(measurement, gpu, notes)
+    if eval_dataset is not None or eval_tokens is not None:
+        if eval_dataset is not None:
+            from planner.engine.dataset import count_dataset
+
+            eval_tokens = count_dataset(eval_dataset).tokens
+        assert eval_tokens is not None
+        result["eval"] = _eval_result(spec, config, gpu, measurement, eval_tokens)
+        result["phase_peaks_gib"]["eval"] = result["eval"]["peak_allocated_gib"]
     if fmt == "json":
         click.echo(json.dumps(result, indent=2, sort_keys=True))
     else:

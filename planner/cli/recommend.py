@@ -38,6 +38,10 @@ MAX_HOST_RAM_GIB = 1e6
 MAX_TRIALS = 100_000
 
 EXIT_NO_PLAN = 1
+#: Eval passes over a run when an eval set is given and --evaluations is not: often enough to
+#: see a trend and catch overfitting, few enough to cost little (a judgement, stated in the plan).
+DEFAULT_EVALUATIONS = 10
+MAX_EVALUATIONS = 100_000
 
 
 def _build_request(o: dict[str, Any]) -> Any:
@@ -56,6 +60,7 @@ def _build_request(o: dict[str, Any]) -> Any:
 
     if o["tokens"] is not None and o["dataset"] is not None:
         raise InputError("give either --tokens or --dataset, not both")
+    eval_tokens, evaluations = _eval_set(o)
     spec = catalog.get_model(o["model"])
     tokens, source, longest = DEFAULT_DATASET_TOKENS, TokensSource.ASSUMED, None
     if o["tokens"] is not None:
@@ -83,6 +88,8 @@ def _build_request(o: dict[str, Any]) -> Any:
         longest_sample_tokens=longest,
         p50_sample_tokens=None if stats is None else stats.p50_sample_tokens,
         p95_sample_tokens=None if stats is None else stats.p95_sample_tokens,
+        eval_tokens=eval_tokens,
+        evaluations=evaluations,
     )
     gpus = [catalog.get_gpu(g) for g in o["gpu"]]
     providers = [catalog.parse_provider(p) for p in o["provider"]] or None
@@ -130,6 +137,27 @@ def _build_request(o: dict[str, Any]) -> Any:
         model_config_path=config_path,
         model_config_sha256=config_digest,
     )
+
+
+def _eval_set(o: dict[str, Any]) -> tuple[int, int]:
+    """(tokens of one eval pass, eval passes over the run) from --eval-dataset / --eval-tokens
+    and --evaluations; (0, 0) without an eval set.
+
+    Raises:
+        InputError: Both eval sizes given, or --evaluations without an eval set.
+    """
+    if o["eval_tokens"] is not None and o["eval_dataset"] is not None:
+        raise InputError("give either --eval-tokens or --eval-dataset, not both")
+    tokens = o["eval_tokens"]
+    if o["eval_dataset"] is not None:
+        tokens = _count_with_progress(o["eval_dataset"]).tokens
+    if tokens is None:
+        if o["evaluations"] is not None:
+            raise InputError(
+                "--evaluations needs an eval set: add --eval-dataset FILE.jsonl or --eval-tokens N"
+            )
+        return 0, 0
+    return tokens, o["evaluations"] if o["evaluations"] is not None else DEFAULT_EVALUATIONS
 
 
 def _count_with_progress(path: str) -> Any:
@@ -220,7 +248,11 @@ def _inputs_hash(o: dict[str, Any]) -> str:
         k
         for k in o
         if k not in ("out", "format", "quiet")
-        and (k not in ("method", "host_ram_gib") or o[k] is not None and o[k] != "")
+        and (
+            k not in ("method", "host_ram_gib", "eval_dataset", "eval_tokens", "evaluations")
+            or o[k] is not None
+            and o[k] != ""
+        )
     )
     return hashlib.sha256(repr([(k, o[k]) for k in keys]).encode()).hexdigest()[:8]
 
@@ -247,6 +279,20 @@ def _write(plan: Plan, o: dict[str, Any]) -> Path:
     "--dataset",
     type=SafePath(dir_okay=False, exists=True, regular_file=True, path_type=Path),
     help="JSONL dataset; tokens counted as characters ÷ 4 (no tokenizer).",
+)
+@click.option(
+    "--eval-dataset",
+    type=SafePath(dir_okay=False, exists=True, regular_file=True, path_type=Path),
+    help="Held-out JSONL set the run evaluates (its passes are priced; tokens = characters ÷ 4).",
+)
+@click.option(
+    "--eval-tokens", type=int_range(1, MAX_TOKENS), help="Tokens of the eval set (no file)."
+)
+@click.option(
+    "--evaluations",
+    type=int_range(1, MAX_EVALUATIONS),
+    help=f"Eval passes over the run, the last after the final step (default {DEFAULT_EVALUATIONS}"
+    " with an eval set).",
 )
 @click.option("--epochs", type=finite_float(0, MAX_EPOCHS, min_open=True), help="Default 3.")
 @click.option(
@@ -351,7 +397,7 @@ def _plan(request: Any) -> Plan:
     from planner.engine.evaluate import Measurer
     from planner.engine.plan import recommend
     from profiler.calibration import calibration_for
-    from profiler.estimator import estimate
+    from profiler.estimator import estimate, eval_pass
     from profiler.store import default_store
 
     store = default_store()
@@ -362,7 +408,10 @@ def _plan(request: Any) -> Plan:
     def calibrated_estimate(spec: Any, config: Any, gpu: Any, **kwargs: Any) -> Any:
         return estimate(spec, config, gpu, calibration=calibration_for(gpu), **kwargs)
 
-    return recommend(request, Measurer(calibrated_estimate, lookup))
+    def calibrated_eval(spec: Any, config: Any, gpu: Any) -> Any:
+        return eval_pass(spec, config, gpu, calibration=calibration_for(gpu))
+
+    return recommend(request, Measurer(calibrated_estimate, lookup, eval_pass=calibrated_eval))
 
 
 def render(plan: Plan, *, fmt: str, quiet: bool, report: Path) -> None:

@@ -1,6 +1,7 @@
 """Cost model: turns a Measurement and an Offer into wall-clock hours and USD. Pure; no I/O.
 
-hours = start-up + total tokens ÷ tokens/s (+ spot interruption and checkpoint overhead);
+hours = start-up + total tokens ÷ tokens/s + eval passes (+ spot interruption and checkpoint
+overhead);
 billed hours = hours rounded up to the offer's billing increment, at least its minimum;
 USD = billed hours × the offer's instance price × nodes. Every constant is a documented
 assumption that the plan repeats in its ``assumptions``.
@@ -114,6 +115,7 @@ def estimate_cost(
     startup: StartupAssumptions | None = None,
     weights_gib: float = 0.0,
     checkpoint_size_gib: float = 0.0,
+    eval_step_fraction: float | None = None,
 ) -> CostEstimate:
     """Estimate wall-clock hours and USD for one candidate.
 
@@ -128,14 +130,19 @@ def estimate_cost(
         weights_gib: Size of the weights downloaded at start-up, GiB.
         checkpoint_size_gib: Size of one resumable checkpoint, GiB (spot offers save one every
             checkpoint interval).
+        eval_step_fraction: An eval micro-batch's time over a training step's
+            (:attr:`profiler.EvalEstimate.step_fraction`); needed when the budget has
+            evaluations: they read ``budget.eval_total_tokens`` at ``tokens_per_s`` ÷ it.
 
     Returns:
-        A CostEstimate whose ``hours`` = train + start-up + spot overhead hours and whose ``usd``
+        A CostEstimate whose ``hours`` = train + eval + start-up + spot overhead hours and whose
+        ``usd``
         = billed hours (``offer.billed_hours(hours)``) × ``offer.usd_per_hour`` × ``nodes``.
         ``checkpoint_interval_minutes`` is set for spot offers only.
 
     Raises:
-        ValueError: If the measurement has no positive throughput or ``nodes`` < 1.
+        ValueError: If the measurement has no positive throughput, ``nodes`` < 1, or the budget
+            has evaluations and no positive ``eval_step_fraction``.
     """
     if nodes < 1:
         raise ValueError(f"nodes must be >= 1, got {nodes}")
@@ -147,6 +154,14 @@ def estimate_cost(
         )
     startup = startup or StartupAssumptions()
     train_s = budget.total_tokens / tokens_per_s
+    eval_s = 0.0
+    if budget.evaluations:
+        if eval_step_fraction is None or not eval_step_fraction > 0:
+            raise ValueError(
+                f"pricing {budget.evaluations} eval passes needs the eval step fraction, got "
+                f"{eval_step_fraction}"
+            )
+        eval_s = budget.eval_total_tokens / tokens_per_s * eval_step_fraction
     startup_s = provision_s(offer, startup) + weights_gib / startup.download_gib_per_s
     overhead_s = 0.0
     interval_minutes: float | None = None
@@ -160,12 +175,12 @@ def estimate_cost(
         )
         checkpoints_s = 0.0 if math.isinf(interval_s) else train_s / interval_s * save_s
         # Any node's reclaim stops the whole job, so the rate scales with the node count.
-        exposed_hours = (train_s + checkpoints_s) / 3600
+        exposed_hours = (train_s + eval_s + checkpoints_s) / 3600
         interruptions = spot_policy.interruptions_per_hour * nodes * exposed_hours
         redo_s = 0.0 if math.isinf(interval_s) else interval_s / 2
         overhead_s = checkpoints_s + interruptions * (redo_s + spot_policy.restart_minutes * 60)
         interval_minutes = None if math.isinf(interval_s) else interval_s / 60
-    hours = (train_s + startup_s + overhead_s) / 3600
+    hours = (train_s + eval_s + startup_s + overhead_s) / 3600
     billed = offer.billed_hours(hours)
     usd_per_hour = offer.usd_per_hour * nodes
     return CostEstimate(
@@ -178,4 +193,5 @@ def estimate_cost(
         checkpoint_interval_minutes=interval_minutes,
         billed_hours=billed,
         idle_billed_hours=billed - hours,
+        eval_hours=eval_s / 3600,
     )

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from catalog import GIB, GPU, Offer, Provider
+from catalog import GIB, GPU, ModelSpec, Offer, Provider
 from planner._types import Budget, Candidate, QualityPolicy
 from planner.engine.cost import estimate_cost, provision_s
 from planner.engine.quality import accepted, assess_quality, suggested_learning_rate
 from planner.engine.space import Hardware, RecommendRequest, Variant
 from profiler import (
+    EvalEstimate,
     FitVerdict,
     Measurement,
     Method,
@@ -41,6 +42,8 @@ EstimateFn = Callable[..., Measurement]
 """``estimate(spec, config, gpu, *, nodes, inter_node_gbps) -> Measurement`` (profiler)."""
 LookupFn = Callable[[str, TuningConfig, str], "Measurement | None"]
 """``lookup(model_name, config, gpu_name)``: a stored measured/extrapolated profile or None."""
+EvalFn = Callable[[ModelSpec, TuningConfig, GPU], EvalEstimate]
+"""``eval_pass(spec, config, gpu) -> EvalEstimate`` (profiler, with a calibration bound)."""
 FitsFn = Callable[[Measurement, GPU], FitVerdict]
 """``fits(measurement, gpu)``: the fit verdict of a measurement's per-GPU peak on the card, with
 its own error band or its source's margin (:func:`profiler.measurement_fit`)."""
@@ -97,6 +100,8 @@ class Measurer:
     """Stored measured/extrapolated profiles, or None for the estimator alone."""
     fits: FitsFn = default_fits
     """The fit verdict of a figure on a card (the profiler's rule by default)."""
+    eval_pass: EvalFn | None = None
+    """The eval pass of a config (needed when the budget has evaluations)."""
 
 
 class Evaluator:
@@ -107,6 +112,10 @@ class Evaluator:
         self._estimate = measurer.estimate
         self._lookup = measurer.lookup
         self._fits = measurer.fits
+        self._eval_pass = measurer.eval_pass
+        if request.budget.evaluations and self._eval_pass is None:
+            raise ValueError("the budget has eval passes but the measurer cannot time them")
+        self._eval_fractions: dict[tuple[TuningConfig, str], float] = {}
         self._measurements: dict[tuple[Any, ...], Measurement] = {}
         self._risks: dict[tuple[Any, ...], Any] = {}
         self._fitting_cells: set[tuple[str, str]] = set()
@@ -311,6 +320,19 @@ class Evaluator:
         self._measurements[key] = measurement
         return measurement
 
+    def eval_step_fraction(self, config: TuningConfig, gpu: GPU) -> float | None:
+        """An eval micro-batch's time over a training step's on ``gpu`` (the estimator's ratio,
+        applied to measured steps too); None when the budget has no evaluations. Cached."""
+        if self._eval_pass is None or not self.request.budget.evaluations:
+            return None
+        key = (config, gpu.name)
+        found = self._eval_fractions.get(key)
+        if found is None:
+            found = self._eval_fractions[key] = self._eval_pass(
+                self.request.spec, config, gpu
+            ).step_fraction
+        return found
+
     def peak_gib(self, measurement: Measurement) -> float:
         """Per-GPU peak reserved memory (allocated when reserved is unknown); inf on OOM."""
         if measurement.status is Status.OOM:
@@ -358,6 +380,7 @@ class Evaluator:
                 startup=request.startup,
                 weights_gib=weights,
                 checkpoint_size_gib=ckpt_size,
+                eval_step_fraction=self.eval_step_fraction(config, hw.gpu),
             )
             out.append(
                 Candidate(

@@ -37,7 +37,8 @@ def affordable_tokens(candidate: Candidate, budget: Budget) -> int:
     if math.isinf(run_hours) or tokens_per_s <= 0:
         return 0
     overhead = cost.spot_overhead_hours / cost.train_hours if cost.train_hours > 0 else 0.0
-    train_hours = (run_hours - cost.startup_hours) / (1 + overhead)
+    # Start-up and the eval passes take the same time however long the run trains.
+    train_hours = (run_hours - cost.startup_hours - cost.eval_hours) / (1 + overhead)
     return max(0, int(train_hours * 3600 * tokens_per_s))
 
 

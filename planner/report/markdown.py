@@ -123,7 +123,8 @@ def _recommendation(plan: Plan) -> list[str]:
         [
             "Time",
             f"{fmt_hours_band(cand)} = {fmt_hours(cost.train_hours)} training + "
-            f"{fmt_hours(cost.startup_hours)} start-up + "
+            + (f"{fmt_hours(cost.eval_hours)} eval + " if cost.eval_hours else "")
+            + f"{fmt_hours(cost.startup_hours)} start-up + "
             f"{fmt_hours(cost.spot_overhead_hours)} spot overhead",
         ],
         ["Cost", fmt_usd_band(cand)],
@@ -162,6 +163,14 @@ def _job(plan: Plan) -> list[str]:
         ["Task", b.task.value],
         ["Quality policy", b.quality.value],
     ]
+    if b.evaluations:
+        rows.append(
+            [
+                "Evaluation",
+                f"{b.evaluations} passes over {fmt_tokens(b.eval_tokens)} eval tokens "
+                "(forward only, at the training micro-batch)",
+            ]
+        )
     if b.longest_sample_tokens is not None:
         if b.p50_sample_tokens is not None and b.p95_sample_tokens is not None:
             rows.append(

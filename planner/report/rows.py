@@ -37,14 +37,14 @@ def cost_ranges(candidate: Candidate) -> tuple[tuple[float, float], tuple[float,
     """``((hours_low, hours_high), (usd_low, usd_high))`` from the step-time band of the
     candidate's estimate when it is wide (:data:`WIDE_BAND`), else None.
 
-    Training hours and the spot overhead scale with the step time; start-up does not; USD
-    follows the hours at the offer's rate.
+    Training and eval hours and the spot overhead scale with the step time; start-up does not;
+    USD follows the hours at the offer's rate.
     """
     m, cost = candidate.measurement, candidate.cost
     band = m.band("step_time_s")
     if band is None or not m.step_time_s or band[1] <= band[0] * (1 + WIDE_BAND):
         return None
-    scaled = cost.train_hours + cost.spot_overhead_hours
+    scaled = cost.train_hours + cost.eval_hours + cost.spot_overhead_hours
     hours = tuple(cost.startup_hours + scaled * b / m.step_time_s for b in band)
     usd = tuple(cost.usd * h / cost.hours if cost.hours > 0 else cost.usd for h in hours)
     return (hours[0], hours[1]), (usd[0], usd[1])
