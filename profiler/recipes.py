@@ -656,19 +656,10 @@ SETUP_FUNCTIONS: dict[Method, Callable[..., PreparedModel]] = {
 }
 
 
-def forward_backward(
-    prepared: PreparedModel,
-    input_ids: Any,
-    labels: Any,
-    *,
-    attention_mask: Any = None,
-    backward: Callable[[Any], None] | None = None,
+def _causal_lm_loss(
+    prepared: PreparedModel, input_ids: Any, labels: Any, *, attention_mask: Any = None
 ) -> Any:
-    """Forward (under the recipe's autocast) with causal-LM loss, then backward.
-
-    Returns:
-        The loss tensor (detached), not yet synchronized to the host.
-    """
+    """Forward under the recipe's autocast; the model's mean causal-LM loss (a tensor)."""
     import torch
 
     device_type = prepared.device.split(":")[0]
@@ -683,6 +674,46 @@ def forward_backward(
     # Holding the outputs through backward keeps their logits alive: one more batch x seq x vocab
     # copy at the peak (2.3-9.3 GiB on the H200's 8k-32k-token steps, benchmarks/results/).
     del outputs
+    return loss
+
+
+def eval_loss(prepared: PreparedModel, input_ids: Any) -> tuple[float, int]:
+    """Forward only (no gradients), labels = inputs as in training, under the same autocast.
+
+    The caller switches the model to eval mode (no dropout) and back.
+
+    Args:
+        prepared: Output of a ``setup_*`` function.
+        input_ids: Token ids, shape (micro_batch, seq_len), on ``prepared.device``; every
+            position is a real token (packed blocks, no padding).
+
+    Returns:
+        (sum of the per-token cross-entropy in nats, number of predicted tokens): the model
+        shifts the labels, so each block predicts ``seq_len - 1`` tokens. Synchronizes with the
+        device.
+    """
+    import torch
+
+    with torch.no_grad():
+        loss = _causal_lm_loss(prepared, input_ids, input_ids)
+    tokens = int(input_ids.shape[0]) * (int(input_ids.shape[1]) - 1)
+    return float(loss) * tokens, tokens
+
+
+def forward_backward(
+    prepared: PreparedModel,
+    input_ids: Any,
+    labels: Any,
+    *,
+    attention_mask: Any = None,
+    backward: Callable[[Any], None] | None = None,
+) -> Any:
+    """Forward (under the recipe's autocast) with causal-LM loss, then backward.
+
+    Returns:
+        The loss tensor (detached), not yet synchronized to the host.
+    """
+    loss = _causal_lm_loss(prepared, input_ids, labels, attention_mask=attention_mask)
     if backward is not None:  # DeepSpeed: its engine runs backward (and its step)
         backward(loss)
         return loss.detach()

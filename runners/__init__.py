@@ -13,6 +13,7 @@ from runners._types import (
     RunState,
     RunStatus,
     Target,
+    evaluations_in_run,
     launch_spec_from_json,
     launch_spec_to_json,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "SkyPilotRunner",
     "Target",
     "default_target",
+    "evaluations_in_run",
     "launch_problem",
     "launch_spec_from_json",
     "launch_spec_to_json",

@@ -26,6 +26,7 @@ LAUNCH_SPEC_FORMAT = "ftplan-launch/1"
 # entry point that runs in the container (runners/train.py).
 SAGEMAKER_CHECKPOINT_DIR = "/opt/ml/checkpoints"  # CheckpointConfig.LocalPath, synced to S3
 SAGEMAKER_TRAIN_CHANNEL = "train"  # input channel; the container sets SM_CHANNEL_TRAIN
+SAGEMAKER_EVAL_CHANNEL = "eval"  # held-out data (--eval-data); the container sets SM_CHANNEL_EVAL
 SAGEMAKER_MODEL_CHANNEL = "model"  # --weights s3://... arrives as /opt/ml/input/data/model
 SAGEMAKER_FAILURE_FILE = "/opt/ml/output/failure"  # first 1024 chars: the job's FailureReason
 
@@ -102,6 +103,8 @@ class LaunchSpec:
         max_hours: Wall-clock limit of the run in hours (SageMaker stopping condition).
         seed: Seed for weights (random init), data order and dropout.
         log_every_steps: Emit a metrics line every N optimizer steps.
+        eval_every_steps: Evaluate the eval data every N optimizer steps and after the last
+            step; None: after the last step only. Ignored without eval data.
     """
 
     model: ModelSpec
@@ -126,6 +129,7 @@ class LaunchSpec:
     max_hours: float = 24.0
     seed: int = 0
     log_every_steps: int = 1
+    eval_every_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.device not in ("cuda", "cpu"):
@@ -139,6 +143,8 @@ class LaunchSpec:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ValueError(f"max_steps must be > 0, got {self.max_steps}")
+        if self.eval_every_steps is not None and self.eval_every_steps <= 0:
+            raise ValueError(f"eval_every_steps must be > 0, got {self.eval_every_steps}")
         if self.checkpoint_every_steps is not None and self.checkpoint_every_steps <= 0:
             raise ValueError(
                 f"checkpoint_every_steps must be > 0, got {self.checkpoint_every_steps}"
@@ -172,6 +178,36 @@ class LaunchSpec:
     def weights_source(self) -> str:
         """Hub id or local folder the weights and tokenizer come from."""
         return self.checkpoint or self.model.hf_id
+
+
+def is_eval_step(done_steps: int, *, total_steps: int, eval_every_steps: int | None) -> bool:
+    """Whether the run evaluates after optimizer step ``done_steps`` (1-based): at N, 2N, ...
+    and after the last step."""
+    if done_steps <= 0 or done_steps > total_steps:
+        return False
+    if done_steps == total_steps:
+        return True
+    return eval_every_steps is not None and done_steps % eval_every_steps == 0
+
+
+def evaluations_in_run(total_steps: int, eval_every_steps: int | None) -> int:
+    """Eval passes of a run of ``total_steps`` optimizer steps: one at steps N, 2N, ... and one
+    after the last step (no second one when the last step is a multiple of N).
+
+    Args:
+        total_steps: Optimizer steps of the run.
+        eval_every_steps: N; None evaluates after the last step only.
+
+    Returns:
+        The number of eval passes (0 when ``total_steps <= 0``).
+    """
+    if total_steps <= 0:
+        return 0
+    if eval_every_steps is None:
+        return 1
+    if eval_every_steps <= 0:
+        raise ValueError(f"eval_every_steps must be > 0, got {eval_every_steps}")
+    return total_steps // eval_every_steps + (1 if total_steps % eval_every_steps else 0)
 
 
 def launch_spec_to_json(spec: LaunchSpec, *, indent: int | None = 2) -> str:
@@ -242,12 +278,21 @@ class Runner(Protocol):
 
     target: Target
 
-    def launch(self, spec: LaunchSpec, *, data: str, dry_run: bool = False) -> LaunchResult:
+    def launch(
+        self,
+        spec: LaunchSpec,
+        *,
+        data: str,
+        eval_data: str | None = None,
+        dry_run: bool = False,
+    ) -> LaunchResult:
         """Start the run (or, with ``dry_run``, only describe it: nothing started or sent).
 
         Args:
             spec: The run.
             data: Training data: a local JSONL file, or (SageMaker) an ``s3://`` prefix.
+            eval_data: Held-out data in the same form as ``data``, evaluated per
+                ``spec.eval_every_steps`` and after the last step; None: no evaluation.
             dry_run: Describe the exact command/request without starting anything.
 
         Raises:

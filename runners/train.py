@@ -4,12 +4,17 @@ throughput and peak memory with the plan's prediction.
 
 Usage::
 
-    python -m runners.train --spec launch.json --data train.jsonl --output-dir runs/x [--resume]
+    python -m runners.train --spec launch.json --data train.jsonl --output-dir runs/x \
+        [--eval-data heldout.jsonl] [--resume]
+
+With ``--eval-data`` the run evaluates the held-out set every ``eval_every_steps`` optimizer
+steps of the spec and after the last step (one ``"event": "eval"`` metrics line each).
 
 On SageMaker the same module is the entry point: the spec comes from the ``ftplan_spec``
-hyperparameter (``SM_HPS``), the data from the ``train`` channel (``SM_CHANNEL_TRAIN``), the final
-model goes to ``SM_MODEL_DIR`` and checkpoints to ``/opt/ml/checkpoints`` (synced to S3 by
-SageMaker), and a restarted spot job resumes from them automatically.
+hyperparameter (``SM_HPS``), the data from the ``train`` channel (``SM_CHANNEL_TRAIN``), the
+eval data from the ``eval`` channel (``SM_CHANNEL_EVAL``), the final model goes to
+``SM_MODEL_DIR`` and checkpoints to ``/opt/ml/checkpoints`` (synced to S3 by SageMaker), and a
+restarted spot job resumes from them automatically.
 
 Several GPUs: started by ``accelerate launch`` (see runners/local.py), the model and optimizer
 are wrapped by ``Accelerator.prepare`` (DDP or FSDP full-shard, per the accelerate config) and
@@ -32,14 +37,17 @@ from typing import Any
 
 from catalog import GIB, atomic_write_text
 from runners._checkpoint import resume_from, save_checkpoint
+from runners._eval import EvalResult, eval_summary, evaluate, find_eval_jsonl, load_eval_blocks
 from runners._stop import CheckpointClock, StopRequest, TrainingStopped
 from runners._types import (
     BYTE_TOKENIZER,
     SAGEMAKER_CHECKPOINT_DIR,
+    SAGEMAKER_EVAL_CHANNEL,
     SAGEMAKER_FAILURE_FILE,
     SAGEMAKER_MODEL_CHANNEL,
     SAGEMAKER_TRAIN_CHANNEL,
     LaunchSpec,
+    is_eval_step,
     launch_spec_from_json,
 )
 from runners.data import BlockSchedule, find_jsonl, load_tokenizer, pack, read_texts
@@ -56,9 +64,10 @@ WARMUP_STEPS = 2
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RunPaths:
-    """Where one run reads and writes."""
+    """Where one run reads and writes; ``eval_data`` None: no evaluation."""
 
     data: Path
+    eval_data: Path | None = None
     output_dir: Path
     checkpoint_dir: Path
     final_model_dir: Path
@@ -72,6 +81,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--spec", help="launch spec JSON file (ftplan launch writes one)")
     parser.add_argument("--data", help="training JSONL file (or a folder holding one)")
+    parser.add_argument(
+        "--eval-data",
+        help="held-out JSONL file (or a folder holding one), evaluated every eval_every_steps "
+        "of the spec and after the last step",
+    )
     parser.add_argument("--output-dir", help="folder for metrics, checkpoints and the model")
     parser.add_argument(
         "--resume",
@@ -140,8 +154,10 @@ def resolve_paths(args: argparse.Namespace, env: dict[str, str]) -> RunPaths:
 
     Raises:
         ValueError: If neither says where the data or the output go.
+        FileNotFoundError: If the data or eval data file (or folder) is missing.
     """
     data = args.data or env.get(f"SM_CHANNEL_{SAGEMAKER_TRAIN_CHANNEL.upper()}")
+    eval_data = args.eval_data or env.get(f"SM_CHANNEL_{SAGEMAKER_EVAL_CHANNEL.upper()}")
     if not data:
         raise ValueError("no training data: pass --data FILE.jsonl")
     model_dir = env.get("SM_MODEL_DIR")
@@ -157,6 +173,7 @@ def resolve_paths(args: argparse.Namespace, env: dict[str, str]) -> RunPaths:
     )
     return RunPaths(
         data=find_jsonl(data),
+        eval_data=find_eval_jsonl(eval_data) if eval_data else None,
         output_dir=Path(output),
         checkpoint_dir=checkpoint_dir,
         final_model_dir=final_dir,
@@ -248,13 +265,16 @@ def build_summary(
     start_step: int,
     device_name: str,
     model_config: dict[str, Any] | None = None,
+    evaluations: list[EvalResult] | None = None,
 ) -> dict[str, Any]:
     """The end-of-run summary: measured vs planned tokens/s and peak allocated memory.
 
     Throughput is the median over the steps after :data:`WARMUP_STEPS` (all steps when the
-    run is shorter); memory is ``torch.cuda.max_memory_allocated`` of this process, GiB.
-    ``model_config`` is the transformers config the run trained with (the checkpoint's own for
-    real weights).
+    run is shorter; eval passes are never part of a step's time); memory is
+    ``torch.cuda.max_memory_allocated`` of this process, GiB. ``model_config`` is the
+    transformers config the run trained with (the checkpoint's own for real weights).
+    ``evaluations`` are this process's eval passes (None: no eval data; the summary's ``eval``
+    is then None).
     """
     timed = step_times_s[WARMUP_STEPS:] if len(step_times_s) > WARMUP_STEPS else step_times_s
     step_time = statistics.median(timed) if timed else None
@@ -271,6 +291,7 @@ def build_summary(
         "resumed_from_step": start_step,
         "first_loss": first_loss,
         "last_loss": last_loss,
+        "eval": eval_summary(evaluations),
         "measured": {
             "step_time_s": step_time,
             "tokens_per_s": tokens_per_s,
@@ -360,16 +381,19 @@ def _run_step(
 
 
 def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[str, Any]:
-    """Train ``spec`` on ``paths.data``; returns the summary (also written to summary.json).
+    """Train ``spec`` on ``paths.data`` (evaluating ``paths.eval_data`` when given); returns
+    the summary (also written to summary.json).
 
     Raises:
-        ValueError: On a bad dataset (the message names the line) or a mismatched checkpoint.
+        ValueError: On a bad dataset or eval dataset (the message names the file and line), an
+            eval set shorter than one sequence, or a mismatched checkpoint.
         RuntimeError: If the spec asks for CUDA and none is available.
     """
     import torch
 
     from profiler.recipes import (
         SETUP_FUNCTIONS,
+        eval_loss,
         forward_backward,
         loads_on_rank0_only,
         optimizer_step,
@@ -419,6 +443,12 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         seed=spec.seed,
     )
     total_steps = schedule.total_steps(epochs=spec.epochs, max_steps=spec.max_steps)
+    # Read before the model loads: a bad eval file fails in seconds, not after setup.
+    eval_blocks = (
+        None
+        if paths.eval_data is None
+        else load_eval_blocks(paths.eval_data, tokenizer, seq_len=spec.config.seq_len)
+    )
 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -482,6 +512,7 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
             "world_size": world,
             "tokenizer": tokenizer.name,
             "sequences": len(blocks),
+            "eval_sequences": None if eval_blocks is None else len(eval_blocks),
             "steps_per_epoch": schedule.steps_per_epoch,
             "total_steps": total_steps,
             "start_step": start_step,
@@ -492,6 +523,7 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
     )
 
     step_times: list[float] = []
+    evaluations: list[EvalResult] | None = None if eval_blocks is None else []
     first_loss: float | None = None
     loss = math.nan
     clock = CheckpointClock(
@@ -519,6 +551,29 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         log({"event": "checkpoint", "step": done, "path": str(path), "write_s": write_s})
         if raised:
             log({"event": "checkpoint_interval_raised", "min_interval_s": write_s})
+
+    def run_eval(done: int) -> None:
+        if eval_blocks is None or evaluations is None:
+            return
+        result = evaluate(
+            prepared,
+            eval_blocks,
+            step=done,
+            micro_batch_size=spec.config.micro_batch_size,
+            device=device,
+            accelerator=accelerator,
+            eval_loss=eval_loss,
+        )
+        evaluations.append(result)
+        log(
+            {
+                "event": "eval",
+                "step": done,
+                "eval_loss": result.loss,
+                "eval_tokens": result.tokens,
+                "eval_s": result.seconds,
+            }
+        )
 
     stop = StopRequest.install()
     try:
@@ -561,12 +616,18 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
                 save(done)
                 log({"event": "stopped", "signal": signum, "step": done})
                 raise TrainingStopped(signum=signum, step=done)
+            # After the stop check (a stop request saves at once; that step's eval is skipped)
+            # and before the periodic save (a resumed run never repeats a saved step's eval).
+            if is_eval_step(done, total_steps=total_steps, eval_every_steps=spec.eval_every_steps):
+                run_eval(done)
             if done < total_steps and clock.due(done=done, now_s=time.monotonic()):
                 save(done)
     finally:
         stop.uninstall()
 
     end_step = max(total_steps, start_step)
+    if end_step == start_step:
+        run_eval(end_step)  # resumed after the last step: the final eval is always reported
     if end_step > start_step or found is None:
         save(end_step)
     _save_final_model(
@@ -593,6 +654,7 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         start_step=start_step,
         device_name=device_name,
         model_config=trained_model_config(prepared, accelerator=accelerator),
+        evaluations=evaluations,
     )
     if is_main:
         atomic_write_text(

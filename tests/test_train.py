@@ -1,18 +1,21 @@
 """The training entrypoint on CPU: data formats and errors, packing and the resumable schedule,
 real training of a tiny Llama (hidden 64, 2 layers, vocab 256, seq 32) under full, LoRA and QLoRA
-with the profiler's recipes, checkpoints, resume, SageMaker's environment and the summary."""
+with the profiler's recipes, checkpoints, resume, SageMaker's environment, the summary, and
+held-out evaluation (schedule, token-weighted loss, resume, two processes, bad eval files)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from model_specs import TINY_LLAMA
 
-from profiler import Method, TuningConfig
+from profiler import Method, Sharding, TuningConfig
 from runners import DataFormatError, LaunchSpec, launch_spec_to_json
 from runners.data import BlockSchedule, ByteTokenizer, find_jsonl, pack, read_texts
 
@@ -338,3 +341,238 @@ def test_weights_come_from_the_hub_id_a_folder_or_nowhere(tmp_path: Path) -> Non
     (tmp_path / "model.safetensors").write_bytes(b"")
     assert weights_checkpoint(config_only, log=events.append) == str(tmp_path)
     assert weights_checkpoint(tiny_spec(Method.LORA), log=events.append) is None
+
+
+# -- held-out evaluation ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("total_steps", "every", "expected"),
+    [
+        (0, None, 0),
+        (0, 5, 0),
+        (-3, 2, 0),
+        (1, None, 1),
+        (20, None, 1),
+        (1, 5, 1),  # the last step only
+        (5, 5, 1),  # step 5 is both the 5th step and the last: one pass
+        (6, 5, 2),  # 5 and 6
+        (10, 5, 2),  # 5 and 10
+        (11, 5, 3),  # 5, 10 and 11
+        (7, 1, 7),
+    ],
+)
+def test_evaluations_in_run(total_steps: int, every: int | None, expected: int) -> None:
+    from runners import evaluations_in_run
+    from runners._types import is_eval_step
+
+    assert evaluations_in_run(total_steps, every) == expected
+    scheduled = [
+        done
+        for done in range(1, max(total_steps, 0) + 1)
+        if is_eval_step(done, total_steps=total_steps, eval_every_steps=every)
+    ]
+    assert len(scheduled) == expected  # the formula and the loop's schedule agree
+    if scheduled:
+        assert scheduled[-1] == total_steps
+
+
+def test_eval_every_steps_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="eval_every_steps must be > 0, got 0"):
+        tiny_spec(Method.LORA, eval_every_steps=0)
+    assert tiny_spec(Method.LORA, eval_every_steps=3).eval_every_steps == 3
+
+
+@pytest.mark.parametrize(
+    ("blocks", "world", "micro"), [(5, 2, 2), (1, 4, 2), (7, 3, 1), (8, 2, 4), (3, 1, 2)]
+)
+def test_eval_shares_are_disjoint_and_in_step(blocks: int, world: int, micro: int) -> None:
+    from runners._eval import eval_micro_batches
+
+    shares = [
+        eval_micro_batches(blocks, rank=r, world_size=world, micro_batch_size=micro)
+        for r in range(world)
+    ]
+    assert len({len(share) for share in shares}) == 1  # the same number of forward calls
+    counted = [i for share in shares for b in share if b.weight for i in b.indices]
+    assert sorted(counted) == list(range(blocks))  # every block once, across all processes
+    assert all(len(b.indices) <= micro for share in shares for b in share)
+    assert all(b.weight in (0, 1) for share in shares for b in share)
+
+
+def test_sagemaker_eval_channel_supplies_the_eval_data(tmp_path: Path) -> None:
+    from runners.train import _parse_args, resolve_paths
+
+    for name in ("train", "eval"):
+        (tmp_path / name).mkdir()
+        write_jsonl(tmp_path / name / "part.jsonl", [{"text": "x"}])
+    env = {
+        "SM_CHANNEL_TRAIN": str(tmp_path / "train"),
+        "SM_MODEL_DIR": str(tmp_path / "model"),
+    }
+    assert resolve_paths(_parse_args([]), env).eval_data is None
+    env["SM_CHANNEL_EVAL"] = str(tmp_path / "eval")
+    assert resolve_paths(_parse_args([]), env).eval_data == tmp_path / "eval/part.jsonl"
+    flag = write_jsonl(tmp_path / "other.jsonl", [{"text": "y"}])
+    assert resolve_paths(_parse_args(["--eval-data", str(flag)]), env).eval_data == flag
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", r"--eval-data: dataset '.*missing\.jsonl' does not exist"),
+        ("not_json", r"heldout\.jsonl:2: not valid JSON"),
+        ("no_field", r"heldout\.jsonl:1: no usable field"),
+        ("short", r"heldout\.jsonl' packs into zero blocks: its \d+ tokens are fewer than one"),
+    ],
+)
+def test_bad_eval_data_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str
+) -> None:
+    from runners.train import main
+
+    spec_file = tmp_path / "launch.json"
+    spec_file.write_text(launch_spec_to_json(tiny_spec(Method.LORA)))
+    data = write_jsonl(tmp_path / "train.jsonl", [{"text": SENTENCE * 3}] * 40)
+    heldout = tmp_path / ("missing.jsonl" if case == "missing" else "heldout.jsonl")
+    if case == "not_json":
+        write_jsonl(heldout, [{"text": SENTENCE * 3}, "not json"])
+    elif case == "no_field":
+        write_jsonl(heldout, [{"txt": SENTENCE}])
+    elif case == "short":
+        write_jsonl(heldout, [{"text": "too short"}])  # 10 tokens < seq_len 32
+    out = tmp_path / "o"
+    argv = ["--spec", str(spec_file), "--data", str(data), "--eval-data", str(heldout)]
+    code = main([*argv, "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.search(message, err), err
+    assert not (out / "checkpoints").exists()  # refused before training
+
+
+def _events(out: Path, name: str) -> list[dict[str, Any]]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == name]
+
+
+@pytest.fixture
+def heldout(tmp_path: Path) -> Path:
+    # 5 samples of 31 bytes + EOS: exactly 5 blocks of seq_len=32 with the byte tokenizer.
+    return write_jsonl(tmp_path / "heldout.jsonl", [{"text": SENTENCE[:31]}] * 5)
+
+
+def _train_eval(
+    spec: LaunchSpec, data: Path, eval_data: Path, out: Path, *, resume: bool = False
+) -> dict[str, Any]:
+    from runners.train import RunPaths, train
+
+    paths = RunPaths(
+        data=data,
+        eval_data=eval_data,
+        output_dir=out,
+        checkpoint_dir=out / "checkpoints",
+        final_model_dir=out / "final",
+    )
+    return train(spec, paths, resume=resume)
+
+
+@pytest.mark.slow
+def test_eval_loss_is_the_token_weighted_cross_entropy() -> None:
+    from profiler.recipes import eval_loss, setup_full
+
+    prepared = setup_full(TINY, tiny_spec(Method.FULL).config, device="cpu")
+    ids = torch.randint(0, 256, (3, 32), generator=torch.Generator().manual_seed(0))
+    prepared.model.eval()
+    loss_sum, tokens = eval_loss(prepared, ids)
+    with torch.no_grad():
+        logits = prepared.model(input_ids=ids).logits.float()
+        by_hand = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+        )
+    assert tokens == 3 * 31  # each block predicts seq_len - 1 tokens
+    assert loss_sum == pytest.approx(float(by_hand), rel=1e-4)
+    assert all(p.grad is None for p in prepared.model.parameters())  # forward only
+
+
+@pytest.mark.slow
+def test_trains_with_eval_at_every_n_steps_and_after_the_last(
+    repetitive_data: Path, heldout: Path, tmp_path: Path
+) -> None:
+    from runners import evaluations_in_run
+
+    out = tmp_path / "out"
+    spec = tiny_spec(Method.LORA, max_steps=5, eval_every_steps=2, checkpoint_every_steps=None)
+    summary = _train_eval(spec, repetitive_data, heldout, out)
+    evals = _events(out, "eval")
+    assert [e["step"] for e in evals] == [2, 4, 5]
+    assert len(evals) == evaluations_in_run(5, 2)
+    assert all(math.isfinite(e["eval_loss"]) and e["eval_s"] > 0 for e in evals)
+    assert {e["eval_tokens"] for e in evals} == {5 * 31}
+    # The held-out text is the training text: its loss falls from random init's ln(256).
+    assert evals[0]["eval_loss"] < 5.6 and evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    assert _events(out, "start")[0]["eval_sequences"] == 5
+    assert summary["eval"] == {
+        "evaluations": 3,
+        "first_loss": pytest.approx(evals[0]["eval_loss"]),
+        "last_loss": pytest.approx(evals[-1]["eval_loss"]),
+        "tokens_per_eval": 5 * 31,
+        "eval_s_total": pytest.approx(sum(e["eval_s"] for e in evals)),
+    }
+    assert summary["measured"]["timed_steps"] == 5 - 2  # eval passes are not training steps
+    assert json.loads((out / "summary.json").read_text())["eval"]["evaluations"] == 3
+    no_eval = _train(tiny_spec(Method.LORA, max_steps=2), repetitive_data, tmp_path / "plain")
+    assert no_eval["eval"] is None and not _events(tmp_path / "plain", "eval")
+
+
+@pytest.mark.slow
+def test_resumed_run_keeps_the_eval_schedule(
+    repetitive_data: Path, heldout: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+
+    def spec(max_steps: int) -> LaunchSpec:
+        return tiny_spec(Method.LORA, max_steps=max_steps, eval_every_steps=3)
+
+    _train_eval(spec(4), repetitive_data, heldout, out)  # evaluates at 3 and 4 (its last)
+    resumed = _train_eval(spec(8), repetitive_data, heldout, out, resume=True)
+    assert [e["step"] for e in _events(out, "eval")] == [3, 4, 6, 8]
+    assert resumed["eval"]["evaluations"] == 2
+    # Resumed after the last step: nothing left to train, the final eval is still reported.
+    again = _train_eval(spec(8), repetitive_data, heldout, out, resume=True)
+    assert [e["step"] for e in _events(out, "eval")] == [3, 4, 6, 8, 8]
+    assert again["eval"]["last_loss"] == pytest.approx(resumed["eval"]["last_loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_eval_set_and_agree(
+    repetitive_data: Path, heldout: Path, tmp_path: Path
+) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("accelerate")
+    base = tiny_spec(Method.LORA, max_steps=3, eval_every_steps=2, checkpoint_every_steps=None)
+    spec = dataclasses.replace(
+        base, config=dataclasses.replace(base.config, gpu_count=2, sharding=Sharding.DDP)
+    )
+    spec_file = tmp_path / "launch.json"
+    spec_file.write_text(launch_spec_to_json(spec))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    argv += ["--master_port", str(port), "-m", "runners.train", "--spec", str(spec_file)]
+    argv += ["--data", str(repetitive_data), "--eval-data", str(heldout)]
+    argv += ["--output-dir", str(out)]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    evals = _events(out, "eval")  # written by rank 0 only
+    assert [e["step"] for e in evals] == [2, 3]
+    # 5 blocks over 2 ranks with micro-batch 2: rank 0 runs 2 forwards, rank 1 one plus a
+    # weight-0 repeat; the reduced count is every block once.
+    assert {e["eval_tokens"] for e in evals} == {5 * 31}
+    assert all(math.isfinite(e["eval_loss"]) for e in evals)
