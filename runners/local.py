@@ -201,7 +201,13 @@ class LocalRunner:
 
     # -- building -------------------------------------------------------------------------
     def command(
-        self, spec: LaunchSpec, *, data: str, run_dir: Path, resume: bool = False
+        self,
+        spec: LaunchSpec,
+        *,
+        data: str,
+        run_dir: Path,
+        resume: bool = False,
+        eval_data: str | None = None,
     ) -> tuple[str, ...]:
         """The exact argv of the run (training under accelerate for several GPUs)."""
         train_args = [
@@ -211,6 +217,7 @@ class LocalRunner:
             str(run_dir / SPEC_FILE),
             "--data",
             data,
+            *(("--eval-data", eval_data) if eval_data is not None else ()),
             "--output-dir",
             str(run_dir / OUTPUT_DIR),
         ]
@@ -281,6 +288,7 @@ class LocalRunner:
         spec: LaunchSpec,
         *,
         data: str,
+        eval_data: str | None = None,
         dry_run: bool = False,
         resume_run_id: str | None = None,
     ) -> LaunchResult:
@@ -289,17 +297,26 @@ class LocalRunner:
         Args:
             spec: The run.
             data: Local JSONL file.
+            eval_data: Held-out local JSONL file, evaluated every ``spec.eval_every_steps``
+                and after the last step (``--eval-data`` of runners.train); None: no eval.
             dry_run: Print and return the command, environment and spec; start nothing.
             resume_run_id: Continue that run (its folder, newest checkpoint) instead of a new one.
 
         Raises:
-            RunnerError: If the data file is missing, the weights are not the planned model
-                (or their tokenizer does not load), or the host lacks the planned GPUs/memory.
+            RunnerError: If the data or eval data file is missing, the weights are not the
+                planned model (or their tokenizer does not load), or the host lacks the planned
+                GPUs/memory.
         """
         if not Path(data).is_file():
             raise RunnerError(
                 f"data file {data!r} does not exist or is not a regular file. To fix: pass "
                 "--data with a JSONL file of 'text', 'prompt'/'completion' or 'messages' lines"
+            )
+        if eval_data is not None and not Path(eval_data).is_file():
+            raise RunnerError(
+                f"eval data file {eval_data!r} does not exist or is not a regular file. To fix: "
+                "pass --eval-data with a held-out JSONL file of 'text', 'prompt'/'completion' or "
+                "'messages' lines, or leave it out"
             )
         if (
             resume_run_id is not None
@@ -324,7 +341,11 @@ class LocalRunner:
         run_id = resume_run_id or new_run_id(spec)
         run_dir = run_dir_for(self.runs_dir, run_id)
         argv = self.command(
-            spec, data=str(Path(data).resolve()), run_dir=run_dir, resume=resume_run_id is not None
+            spec,
+            data=str(Path(data).resolve()),
+            eval_data=None if eval_data is None else str(Path(eval_data).resolve()),
+            run_dir=run_dir,
+            resume=resume_run_id is not None,
         )
         env = self.environment(spec)
         spec_json = launch_spec_to_json(spec)

@@ -34,6 +34,7 @@ from runners._distributed import (
 from runners._sagemaker_ops import fetch_summary, ftplan_jobs, job_cost, log_lines, stop_job
 from runners._types import (
     SAGEMAKER_CHECKPOINT_DIR,
+    SAGEMAKER_EVAL_CHANNEL,
     SAGEMAKER_MODEL_CHANNEL,
     SAGEMAKER_TRAIN_CHANNEL,
     LaunchResult,
@@ -277,10 +278,13 @@ def _channel(name: str, uri: str) -> dict[str, Any]:
     }
 
 
-def _channels(spec: LaunchSpec, *, data: str) -> list[dict[str, Any]]:
-    """``train`` (the data) and, for ``--weights s3://...``, ``model`` (the weights folder,
-    which the entry point loads from ``SM_CHANNEL_MODEL``)."""
+def _channels(spec: LaunchSpec, *, data: str, eval_data: str | None) -> list[dict[str, Any]]:
+    """``train`` (the data), ``eval`` (the held-out data, ``SM_CHANNEL_EVAL``) when given and,
+    for ``--weights s3://...``, ``model`` (the weights folder, which the entry point loads from
+    ``SM_CHANNEL_MODEL``)."""
     channels = [_channel(SAGEMAKER_TRAIN_CHANNEL, data)]
+    if eval_data is not None:
+        channels.append(_channel(SAGEMAKER_EVAL_CHANNEL, eval_data))
     if spec.checkpoint is not None and spec.checkpoint.startswith("s3://"):
         channels.append(_channel(SAGEMAKER_MODEL_CHANNEL, spec.checkpoint.rstrip("/") + "/"))
     return channels
@@ -299,15 +303,30 @@ def _check_remote_weights(weights: str) -> None:
         )
 
 
-def _split_s3(uri: str) -> tuple[str, str]:
+def _split_s3(
+    uri: str, *, option: str = "--data", example: str = "train.jsonl"
+) -> tuple[str, str]:
     match = re.match(r"^s3://([^/]+)/?(.*)$", uri)
     if not match:
         raise RunnerError(
             f"{uri!r} is not an s3:// URI. To fix: upload the data first "
-            "(aws s3 cp train.jsonl s3://BUCKET/PREFIX/) and pass --data "
+            f"(aws s3 cp {example} s3://BUCKET/PREFIX/) and pass {option} "
             "s3://BUCKET/PREFIX/"
         )
     return match.group(1), match.group(2).rstrip("/")
+
+
+def _check_eval_uri(eval_data: str, *, data: str) -> None:
+    """The eval prefix is an S3 URI whose objects the train channel does not also copy."""
+    _split_s3(eval_data, option="--eval-data", example="eval.jsonl")
+    # An S3Prefix channel copies every key that starts with its URI, folder or not.
+    if eval_data.startswith(data) or data.startswith(eval_data):
+        raise RunnerError(
+            f"--eval-data {eval_data!r} and --data {data!r} overlap: SageMaker copies every "
+            "object whose key starts with a channel's prefix, so one channel would also hold "
+            "the other's files. To fix: put them under separate prefixes, e.g. "
+            "s3://BUCKET/PREFIX/train/ and s3://BUCKET/PREFIX/eval/"
+        )
 
 
 class SageMakerRunner:
@@ -382,14 +401,18 @@ class SageMakerRunner:
             return spec.offer.region
         return self._env.get("AWS_REGION") or self._env.get("AWS_DEFAULT_REGION") or "us-east-1"
 
-    def build_request(self, spec: LaunchSpec, *, data: str, name: str) -> dict[str, Any]:
+    def build_request(
+        self, spec: LaunchSpec, *, data: str, name: str, eval_data: str | None = None
+    ) -> dict[str, Any]:
         """The exact CreateTrainingJob request. Pure: no credentials, no network.
 
         Raises:
-            RunnerError: Data not on S3, unknown region, no SageMaker instance for the offer,
-                or no execution role.
+            RunnerError: Data or eval data not on S3 (or overlapping prefixes), unknown
+                region, no SageMaker instance for the offer, or no execution role.
         """
         bucket, _key = _split_s3(data)
+        if eval_data is not None:
+            _check_eval_uri(eval_data, data=data)
         if spec.checkpoint is not None and not spec.random_init:
             _check_remote_weights(spec.checkpoint)
         region = self.region_for(spec)
@@ -423,6 +446,7 @@ class SageMakerRunner:
                 "MetricDefinitions": [
                     {"Name": "train:loss", "Regex": r'"loss": ([0-9.eE+-]+)'},
                     {"Name": "train:tokens_per_s", "Regex": r'"tokens_per_s": ([0-9.eE+-]+)'},
+                    {"Name": "eval:loss", "Regex": r'"eval_loss": ([0-9.eE+-]+)'},
                     {
                         "Name": "train:peak_allocated_gib",
                         "Regex": r'"peak_allocated_gib": ([0-9.eE+-]+)',
@@ -430,7 +454,7 @@ class SageMakerRunner:
                 ],
             },
             "HyperParameters": hyperparameters,
-            "InputDataConfig": _channels(spec, data=data),
+            "InputDataConfig": _channels(spec, data=data, eval_data=eval_data),
             "OutputDataConfig": {"S3OutputPath": f"{prefix}/output"},
             "ResourceConfig": {
                 "InstanceType": instance,
@@ -469,11 +493,15 @@ class SageMakerRunner:
         spec: LaunchSpec,
         *,
         data: str,
+        eval_data: str | None = None,
         dry_run: bool = False,
         name: str | None = None,
         resume_job: str | None = None,
     ) -> LaunchResult:
         """Create the training job (or, with ``dry_run``, only return the request).
+
+        ``eval_data`` (an ``s3://`` prefix, like ``data``) becomes the ``eval`` input channel,
+        evaluated every ``spec.eval_every_steps`` and after the last step.
 
         A real launch first runs the preflight (quota, role, bucket; runners._preflight).
         ``resume_job`` starts a new job on that job's checkpoint prefix, so it resumes from the
@@ -484,7 +512,7 @@ class SageMakerRunner:
                 call failed.
         """
         job = sanitize_job_name(name) if name else job_name(spec)
-        request = self.build_request(spec, data=data, name=job)
+        request = self.build_request(spec, data=data, name=job, eval_data=eval_data)
         if resume_job is not None:
             request["CheckpointConfig"]["S3Uri"] = self._checkpoint_uri_of(resume_job)
         spec_json = launch_spec_to_json(spec)

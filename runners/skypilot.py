@@ -55,6 +55,7 @@ SKYPILOT_CLOUDS: dict[Provider, str] = {
 }
 REMOTE_ROOT = "/ftplan"
 REMOTE_DATA_DIR = f"{REMOTE_ROOT}/data"
+REMOTE_EVAL_DIR = f"{REMOTE_ROOT}/eval"  # its own folder: train and eval files may share a name
 REMOTE_OUTPUT_DIR = f"{REMOTE_ROOT}/output"
 SPEC_FILE = "ftplan_launch.json"
 RECORD_FILE = "skypilot.json"
@@ -130,17 +131,17 @@ def region_to_pin(offer: Offer, offers: tuple[Offer, ...]) -> str | None:
     return offer.region if len(prices | {offer.usd_per_hour}) > 1 else None
 
 
-def _data_mount(data: str) -> tuple[str, str]:
-    """(remote path, source) of the training data: a local file or a bucket URI."""
+def _data_mount(data: str, *, remote_dir: str = REMOTE_DATA_DIR) -> tuple[str, str]:
+    """(remote path, source) of the training (or eval) data: a local file or a bucket URI."""
     if data.startswith(_BUCKET_SCHEMES):
         name = data.rstrip("/").rsplit("/", 1)[-1] or "data"
-        remote = f"{REMOTE_DATA_DIR}/{name}"
+        remote = f"{remote_dir}/{name}"
         return remote, data
     path = expand_user(data).resolve()
-    return f"{REMOTE_DATA_DIR}/{path.name}", str(path)
+    return f"{remote_dir}/{path.name}", str(path)
 
 
-def _run_script(spec: LaunchSpec, *, data_path: str) -> str:
+def _run_script(spec: LaunchSpec, *, data_path: str, eval_path: str | None = None) -> str:
     train = [
         "-m",
         "runners.train",
@@ -148,6 +149,7 @@ def _run_script(spec: LaunchSpec, *, data_path: str) -> str:
         SPEC_FILE,
         "--data",
         data_path,
+        *(("--eval-data", eval_path) if eval_path is not None else ()),
         "--output-dir",
         REMOTE_OUTPUT_DIR,
         "--resume",  # a recovered spot job continues from its newest checkpoint
@@ -186,6 +188,7 @@ def task_config(
     output_uri: str | None,
     region: str | None,
     hf_token: bool,
+    eval_data: str | None = None,
 ) -> dict[str, Any]:
     """The SkyPilot task (the YAML's content) for one run. Pure: no SkyPilot, no network.
 
@@ -198,6 +201,8 @@ def task_config(
             final model); None keeps the output on the node's disk.
         region: Region to pin, or None to let SkyPilot choose within the cloud.
         hf_token: Declare ``HF_TOKEN`` as a secret (its value is added only at launch).
+        eval_data: Held-out data in the same forms as ``data``, mounted under its own folder
+            and passed as ``--eval-data``; None: no evaluation.
 
     Raises:
         RunnerError: The offer cannot be expressed for SkyPilot (no offer, a provider or GPU
@@ -241,6 +246,10 @@ def task_config(
             resources["memory"] = f"{offer.memory_gib:g}+"
     data_path, data_source = _data_mount(data)
     file_mounts: dict[str, Any] = {data_path: data_source}
+    eval_path: str | None = None
+    if eval_data is not None:
+        eval_path, eval_source = _data_mount(eval_data, remote_dir=REMOTE_EVAL_DIR)
+        file_mounts[eval_path] = eval_source
     if output_uri is not None:
         # MOUNT_CACHED writes locally and uploads in the background: checkpoint renames work,
         # and a recovered spot job sees the uploaded checkpoints.
@@ -257,7 +266,7 @@ def task_config(
             **distribution_environment(spec),
         },
         "setup": _setup_script(),
-        "run": _run_script(spec, data_path=data_path),
+        "run": _run_script(spec, data_path=data_path, eval_path=eval_path),
     }
     if hf_token:
         # Declared without a value: SkyPilot redacts secrets, and the value never reaches
@@ -375,7 +384,9 @@ class SkyPilotRunner:
                 f"option out"
             )
 
-    def build_task(self, spec: LaunchSpec, *, data: str, name: str) -> dict[str, Any]:
+    def build_task(
+        self, spec: LaunchSpec, *, data: str, name: str, eval_data: str | None = None
+    ) -> dict[str, Any]:
         """The task for ``spec`` (see :func:`task_config`); pure apart from reading the catalog.
 
         Raises:
@@ -388,6 +399,7 @@ class SkyPilotRunner:
         return task_config(
             spec,
             data=data,
+            eval_data=eval_data,
             name=name,
             workdir=str((self._runs_dir / name / "workdir").resolve()),
             output_uri=f"{self._output_uri}/{name}" if self._output_uri else None,
@@ -397,22 +409,36 @@ class SkyPilotRunner:
 
     # -- Runner protocol ------------------------------------------------------------------
     def launch(
-        self, spec: LaunchSpec, *, data: str, dry_run: bool = False, name: str | None = None
+        self,
+        spec: LaunchSpec,
+        *,
+        data: str,
+        eval_data: str | None = None,
+        dry_run: bool = False,
+        name: str | None = None,
     ) -> LaunchResult:
         """Launch (spot: a managed job; on-demand: a cluster torn down after the job).
 
         With ``dry_run`` only the task YAML is printed; nothing is written or started.
+        ``eval_data`` (a local file or bucket URI, like ``data``) is mounted and evaluated
+        every ``spec.eval_every_steps`` and after the last step.
 
         Raises:
             RunnerError: Bad input (nothing started), SkyPilot missing, or the launch failed.
         """
         run_id = name or task_name(spec)
-        if not data.startswith(_BUCKET_SCHEMES) and not expand_user(data).exists():
-            message = f"data file {data} does not exist; pass --data FILE.jsonl or a bucket URI"
+        for option, path in (("--data", data), ("--eval-data", eval_data)):
+            if path is None or path.startswith(_BUCKET_SCHEMES) or expand_user(path).exists():
+                continue
+            what = "data" if option == "--data" else "eval data"
+            message = (
+                f"{what} file {path} does not exist. To fix: pass {option} FILE.jsonl or a "
+                "bucket URI"
+            )
             if not dry_run:
                 raise RunnerError(message)
             sys.stderr.write(f"warning: {message}\n")  # stdout carries only the task YAML
-        config = self.build_task(spec, data=data, name=run_id)
+        config = self.build_task(spec, data=data, eval_data=eval_data, name=run_id)
         text = task_yaml(config, spec=spec)
         spec_json = launch_spec_to_json(spec)
         result = LaunchResult(

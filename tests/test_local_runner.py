@@ -171,6 +171,28 @@ def test_refuses_several_nodes_and_missing_data(tmp_path: Path, data: Path) -> N
         _runner(tmp_path).launch(_spec(Method.LORA, 1), data=str(tmp_path / "nope.jsonl"))
 
 
+def test_eval_data_is_passed_as_an_absolute_path_and_must_exist(
+    tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heldout = write_jsonl(tmp_path / "heldout.jsonl", [{"text": "held out"}])
+    monkeypatch.chdir(tmp_path)
+    runner = _runner(tmp_path)
+    result = runner.launch(
+        _spec(Method.LORA, 1), data=str(data), eval_data="heldout.jsonl", dry_run=True
+    )
+    argv = list(result.command)
+    assert argv[argv.index("--data") + 2 : argv.index("--output-dir")] == [
+        "--eval-data",
+        str(heldout.resolve()),
+    ]
+    plain = runner.launch(_spec(Method.LORA, 1), data=str(data), dry_run=True).command
+    assert "--eval-data" not in plain
+    for bad in (tmp_path / "nope.jsonl", tmp_path):  # missing, and a folder
+        with pytest.raises(RunnerError, match=r"eval data file .* To fix: pass --eval-data"):
+            runner.launch(_spec(Method.LORA, 1), data=str(data), eval_data=str(bad))
+    assert not (tmp_path / "runs").exists()
+
+
 def test_different_gpu_with_enough_memory_warns(tmp_path: Path) -> None:
     runner = _runner(tmp_path, (("NVIDIA A100-SXM4-80GB", 79.2),))
     assert runner.check_host(_spec(Method.LORA, 1)) == [

@@ -3,6 +3,7 @@ SageMakerRunner (moto's SageMaker and S3) launch, dry-run and report status the 
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from runners import (
     RunnerError,
     RunState,
     SageMakerRunner,
+    SkyPilotRunner,
     Target,
 )
 
@@ -53,6 +55,8 @@ class Harness:
     spec: LaunchSpec
     data: str
     missing_data: str
+    eval_data: str
+    missing_eval_data: str
     created: Callable[[], list[str]]
 
 
@@ -76,6 +80,8 @@ def _local(tmp_path: Path) -> Iterator[Harness]:
             spec=spec,
             data=str(data),
             missing_data=str(tmp_path / "missing.jsonl"),
+            eval_data=str(data),
+            missing_eval_data=str(tmp_path / "missing-eval.jsonl"),
             created=lambda: sorted(p.name for p in runs.iterdir()) if runs.exists() else [],
         )
 
@@ -136,6 +142,8 @@ def _sagemaker(tmp_path: Path) -> Iterator[Harness]:
             spec=spec,
             data=f"s3://{BUCKET}/data/",
             missing_data="/not/on/s3.jsonl",
+            eval_data=f"s3://{BUCKET}/eval/",
+            missing_eval_data="/not/on/s3-eval.jsonl",
             created=created,
         )
 
@@ -172,6 +180,23 @@ def test_missing_data_is_refused_before_anything_is_created(harness: Harness) ->
     with pytest.raises(RunnerError, match="To fix"):
         harness.runner.launch(harness.spec, data=harness.missing_data)
     assert harness.created() == []
+
+
+def test_eval_data_is_optional_and_checked_like_data(harness: Harness) -> None:
+    result = harness.runner.launch(
+        harness.spec, data=harness.data, eval_data=harness.eval_data, dry_run=True
+    )
+    described = " ".join(result.command) + result.request_json
+    assert "--eval-data" in described or '"ChannelName": "eval"' in described
+    with pytest.raises(RunnerError, match="To fix"):
+        harness.runner.launch(harness.spec, data=harness.data, eval_data=harness.missing_eval_data)
+    assert harness.created() == []
+
+
+@pytest.mark.parametrize("runner", [Runner, LocalRunner, SageMakerRunner, SkyPilotRunner])
+def test_every_runner_takes_eval_data_as_an_optional_keyword(runner: type) -> None:
+    parameter = inspect.signature(runner.launch).parameters["eval_data"]
+    assert parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default is None
 
 
 def test_unknown_run_is_an_error(harness: Harness) -> None:

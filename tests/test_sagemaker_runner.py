@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -508,3 +509,95 @@ def test_ec2_priced_plan_warns_about_the_sagemaker_price() -> None:
     assert "no spot price for ml.g5.xlarge" in str(
         sagemaker_price_warning(_spec(Method.LORA, spot))
     )
+
+
+EVAL_DATA = "s3://my-bucket/datasets/heldout/"
+
+
+def test_eval_data_is_an_eval_channel_in_the_request_sent() -> None:
+    spec = PLANS["lora-1x-on-demand"][0]
+    dry = SageMakerRunner(role_arn=ROLE, env={}).launch(
+        spec, data=DATA, eval_data=EVAL_DATA, dry_run=True, name=JOB
+    )
+    expected = json.loads(dry.request_json)
+    channels = {c["ChannelName"]: c for c in expected["InputDataConfig"]}
+    assert sorted(channels) == ["eval", "train"]  # the container sees SM_CHANNEL_EVAL
+    assert channels["eval"]["DataSource"]["S3DataSource"]["S3Uri"] == EVAL_DATA
+    assert channels["eval"]["InputMode"] == "File"
+    metrics = {
+        m["Name"]: m["Regex"] for m in expected["AlgorithmSpecification"]["MetricDefinitions"]
+    }
+    eval_line = '{"eval_loss": 2.5, "eval_s": 0.1, "eval_tokens": 93, "event": "eval", "step": 2}'
+    found = re.search(metrics["eval:loss"], eval_line)
+    assert found is not None and found.group(1) == "2.5"
+    assert re.search(metrics["train:loss"], eval_line) is None  # an eval line is not a step
+    without = _request(spec)
+    assert [c["ChannelName"] for c in without["InputDataConfig"]] == ["train"]
+    sm, s3 = _clients()
+    quotas, iam = _preflight_clients()
+    with (
+        Stubber(sm) as sm_stub,
+        Stubber(s3) as s3_stub,
+        Stubber(quotas) as quota_stub,
+        Stubber(iam) as iam_stub,
+    ):
+        quota_stub.add_response(
+            "list_service_quotas",
+            _quota_page(expected["ResourceConfig"]["InstanceType"], 1),
+            {"ServiceCode": "sagemaker"},
+        )
+        iam_stub.add_response(
+            "get_role",
+            {
+                "Role": {
+                    "Path": "/",
+                    "RoleName": "ftplan-sagemaker",
+                    "RoleId": "AROAEXAMPLEEXAMPLE1",
+                    "Arn": ROLE,
+                    "CreateDate": dt.datetime(2025, 1, 1),
+                }
+            },
+            {"RoleName": "ftplan-sagemaker"},
+        )
+        s3_stub.add_response("head_bucket", {}, {"Bucket": "my-bucket"})
+        s3_stub.add_response(
+            "put_object",
+            {},
+            {"Bucket": "my-bucket", "Key": f"ftplan/{JOB}/source/sourcedir.tar.gz", "Body": ANY},
+        )
+        # Stubber checks the request with the eval channel against SageMaker's service model.
+        sm_stub.add_response(
+            "create_training_job",
+            {"TrainingJobArn": f"arn:aws:sagemaker:us-west-2:1:job/{JOB}"},
+            expected,
+        )
+        SageMakerRunner(
+            client=sm,
+            s3_client=s3,
+            role_arn=ROLE,
+            env={},
+            clients={"service-quotas": quotas, "iam": iam},
+        ).launch(spec, data=DATA, eval_data=EVAL_DATA, name=JOB)
+        for stub in (sm_stub, s3_stub, quota_stub, iam_stub):
+            stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize(
+    ("eval_data", "message"),
+    [
+        ("/home/me/eval.jsonl", r"'/home/me/eval.jsonl' is not an s3:// URI.*--eval-data s3://"),
+        (DATA + "eval/", r"--eval-data .* and --data .* overlap.*separate prefixes"),
+        (DATA.rstrip("/"), r"overlap"),  # an S3 prefix without '/' also matches the train keys
+    ],
+)
+def test_bad_eval_data_sends_nothing(eval_data: str, message: str) -> None:
+    sm, s3 = _clients()
+    with Stubber(sm) as sm_stub, Stubber(s3) as s3_stub:  # no responses: any call would fail
+        runner = SageMakerRunner(client=sm, s3_client=s3, role_arn=ROLE, env={})
+        for dry_run in (True, False):
+            with pytest.raises(RunnerError, match=message):
+                runner.launch(
+                    PLANS["lora-1x-on-demand"][0], data=DATA, eval_data=eval_data, dry_run=dry_run
+                )
+        sm_stub.assert_no_pending_responses()
+        s3_stub.assert_no_pending_responses()

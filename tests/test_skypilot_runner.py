@@ -386,3 +386,41 @@ def test_hf_token_env_names_the_variable(tmp_path: Path, data: str) -> None:
     assert config["secrets"] == {"HF_TOKEN": None} and SECRET not in json.dumps(config)
     with pytest.raises(RunnerError, match="--hf-token-env MY_HF: the variable is not set"):
         SkyPilotRunner(hf_token_env="MY_HF", env={})
+
+
+def test_eval_data_gets_its_own_mount_and_flag(
+    tmp_path: Path, data: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    heldout = tmp_path / "heldout" / "train.jsonl"  # the same file name as the training data
+    heldout.parent.mkdir()
+    heldout.write_text('{"text": "held out"}\n', encoding="utf-8")
+    runner = SkyPilotRunner(runs_dir=tmp_path / "runs", env={}, echo=sys.stdout)
+    spec = _spec(OFFERS["lambda-gh200"])
+    result = runner.launch(spec, data=data, eval_data=str(heldout), dry_run=True, name="x")
+    task = _parsed(capsys.readouterr().out)  # the dry run prints exactly the task YAML
+    assert not (tmp_path / "runs").exists()
+    assert task.file_mounts == {
+        "/ftplan/data/train.jsonl": str(Path(data).resolve()),
+        "/ftplan/eval/train.jsonl": str(heldout.resolve()),
+    }
+    assert "--data /ftplan/data/train.jsonl --eval-data /ftplan/eval/train.jsonl" in task.run
+    assert json.loads(result.request_json)["file_mounts"] == task.file_mounts
+    bucket = _parsed(
+        task_yaml(_config(spec, data, eval_data="s3://bucket/datasets/heldout/"), spec=spec)
+    )
+    assert bucket.file_mounts["/ftplan/eval/heldout"] == "s3://bucket/datasets/heldout/"
+    assert "--eval-data /ftplan/eval/heldout" in bucket.run
+    assert "--eval-data" not in _parsed(task_yaml(_config(spec, data), spec=spec)).run
+
+
+def test_missing_eval_data_starts_nothing(
+    tmp_path: Path, data: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _SkyCalls(monkeypatch)
+    runner = SkyPilotRunner(runs_dir=tmp_path / "runs", env={})
+    missing = str(tmp_path / "heldout.jsonl")
+    with pytest.raises(
+        RunnerError, match=r"eval data file .*heldout.jsonl does not exist.*--eval"
+    ):
+        runner.launch(_spec(OFFERS["lambda-gh200"]), data=data, eval_data=missing)
+    assert not calls.calls and not (tmp_path / "runs").exists()
