@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,71 @@ def test_estimate_adds_the_eval_phase_and_pass_time() -> None:
     assert ev["pass_s"] == pytest.approx(100_000 / ev["tokens_per_s"])
     plain = json.loads(CliRunner().invoke(main, args).stdout)
     assert "eval" not in plain and "eval" not in plain["phase_peaks_gib"]
+
+
+# -- launch: the plan's eval passes become the run's schedule ------------------------------------
+ROLE = "arn:aws:iam::123456789012:role/ftplan-sagemaker"
+
+
+def _eval_plan(tmp_path: Path, evaluations: int) -> Path:
+    from plan_fixtures import OFFER_L4_SPOT, make_plan
+
+    from planner.plan_io import write_plan
+
+    plan = make_plan()
+    chosen = next(c for c in plan.ranked if c.offer == OFFER_L4_SPOT)
+    if evaluations:
+        cost = dataclasses.replace(chosen.cost, eval_hours=0.5, hours=chosen.cost.hours + 0.5)
+        chosen = dataclasses.replace(chosen, cost=cost)
+    budget = dataclasses.replace(
+        plan.budget, eval_tokens=200_000 if evaluations else 0, evaluations=evaluations
+    )
+    return write_plan(make_plan(chosen=chosen, budget=budget), tmp_path / "plan.json")
+
+
+def _sagemaker_dry_run(plan: Path, *args: str) -> tuple[dict, dict, str]:  # type: ignore[type-arg]
+    out = CliRunner().invoke(
+        main,
+        ["launch", str(plan), "--target", "sagemaker", "--dry-run", "--role", ROLE]
+        + ["--data", "s3://b/train/", *args],
+    )
+    assert out.exit_code == 0, out.output
+    request = json.loads(out.stdout)
+    spec = json.loads(request["HyperParameters"]["ftplan_spec"])["spec"]
+    return request, spec, out.stderr
+
+
+def test_launch_spreads_the_plans_eval_passes_over_the_run(tmp_path: Path) -> None:
+    from runners import evaluations_in_run
+
+    plan = _eval_plan(tmp_path, evaluations=10)
+    request, spec, notes = _sagemaker_dry_run(plan, "--eval-data", "s3://b/eval/")
+    channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
+    assert channels["eval"]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://b/eval/"
+    every = spec["eval_every_steps"]
+    steps = int(re.search(r"([\d,]+) steps,", notes).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert every == -(-steps // 10) and evaluations_in_run(steps, every) == 10
+    assert "eval: 10 passes over --eval-data" in notes
+    # The stopping condition covers the priced eval hours.
+    _, plain_spec, _ = _sagemaker_dry_run(plan)
+    assert spec["max_hours"] == pytest.approx(plain_spec["max_hours"] + 0.5)
+    assert "the plan priced 10 eval passes; without --eval-data" in _sagemaker_dry_run(plan)[2]
+    assert plain_spec["eval_every_steps"] is None
+
+
+def test_launch_eval_every_steps_overrides_and_needs_eval_data(tmp_path: Path) -> None:
+    plan = _eval_plan(tmp_path, evaluations=0)
+    _, spec, notes = _sagemaker_dry_run(plan, "--eval-data", "s3://b/eval/")
+    assert spec["eval_every_steps"] is None  # the plan priced none: after the last step only
+    assert (
+        "eval: 1 pass over --eval-data, after the last step" in notes
+        and "priced no eval passes" in notes
+    )
+    _, spec, _ = _sagemaker_dry_run(plan, "--eval-data", "s3://b/eval/", "--eval-every-steps", "7")
+    assert spec["eval_every_steps"] == 7
+    out = CliRunner().invoke(
+        main,
+        ["launch", str(plan), "--target", "sagemaker", "--dry-run", "--role", ROLE]
+        + ["--data", "s3://b/train/", "--eval-every-steps", "7"],
+    )
+    assert out.exit_code == 2 and "--eval-every-steps needs --eval-data" in out.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from runners import (
     SkyPilotRunner,
     Target,
     default_target,
+    evaluations_in_run,
     launch_problem,
     parse_checkpoint_every,
 )
@@ -157,25 +159,76 @@ def launch_spec_from_plan(
     )
 
 
+def eval_schedule(
+    plan: Plan, *, steps: int, eval_data: str | None, eval_every_steps: int | None
+) -> tuple[int | None, int, list[str]]:
+    """``(eval_every_steps, evaluations, notes)`` of a run of ``steps`` optimizer steps: the
+    plan's eval passes spread evenly over the steps (the last after the final step) unless
+    ``--eval-every-steps`` says otherwise, and a note where the run evaluates other than the plan
+    priced.
+
+    Raises:
+        UserInputError: ``--eval-every-steps`` without ``--eval-data``.
+    """
+    planned = plan.budget.evaluations
+    if eval_data is None:
+        if eval_every_steps is not None:
+            raise UserInputError("--eval-every-steps needs --eval-data FILE.jsonl")
+        notes = (
+            [
+                f"note: the plan priced {planned} eval passes; without --eval-data this run "
+                "does not evaluate"
+            ]
+            if planned
+            else []
+        )
+        return None, 0, notes
+    if eval_every_steps is None and planned:
+        eval_every_steps = max(1, math.ceil(steps / planned))
+    count = evaluations_in_run(steps, eval_every_steps)
+    notes = [
+        f"eval: {count} pass{'' if count == 1 else 'es'} over --eval-data, "
+        + (f"every {eval_every_steps} steps and " if eval_every_steps is not None else "")
+        + "after the last step"
+    ]
+    if not planned:
+        notes.append(
+            "note: the plan priced no eval passes, so its hours and cost leave them out. To fix:"
+            " re-plan with --eval-dataset FILE.jsonl"
+        )
+    return eval_every_steps, count, notes
+
+
 def with_real_length(
-    plan: Plan, candidate: Candidate, spec: LaunchSpec, *, data: str, tokens: int | None
+    plan: Plan,
+    candidate: Candidate,
+    spec: LaunchSpec,
+    *,
+    data: str,
+    tokens: int | None,
+    eval_data: str | None = None,
+    eval_every_steps: int | None = None,
 ) -> tuple[LaunchSpec, list[str]]:
     """The spec with ``max_hours`` re-derived from the data the run really gets (a local file
-    counted with its tokenizer, else ``--tokens``, else the plan's figure), and the lines to
-    print once the launch is accepted: which figure, and the difference from the plan when it
-    is over 10%.
+    counted with its tokenizer, else ``--tokens``, else the plan's figure) and with its eval
+    schedule (:func:`eval_schedule`), and the lines to print once the launch is accepted: which
+    figure, and the difference from the plan when it is over 10%.
 
     Raises:
         DataFormatError: On a malformed line of a local data file.
+        UserInputError: ``--eval-every-steps`` without ``--eval-data``.
     """
     cost = candidate.cost
     rate = candidate.measurement.tokens_per_s
     if not rate:
-        return spec, []
+        every, _count, eval_notes = eval_schedule(
+            plan, steps=0, eval_data=eval_data, eval_every_steps=eval_every_steps
+        )
+        return dataclasses.replace(spec, eval_every_steps=every), eval_notes
     tokens_per_step = spec.config.micro_batch_size * spec.config.seq_len * spec.grad_accum_steps
     overhead = cost.spot_overhead_hours / cost.train_hours if cost.train_hours else 0.0
 
-    def length(dataset: int, source: str) -> RunLength:
+    def length(dataset: int, source: str, eval_hours: float = cost.eval_hours) -> RunLength:
         return run_length(
             dataset_tokens=dataset,
             source=source,
@@ -186,11 +239,19 @@ def with_real_length(
             startup_hours=cost.startup_hours,
             overhead_fraction=overhead,
             usd_per_hour=cost.usd_per_hour,
+            eval_hours=eval_hours,
         )
 
     planned = length(plan.budget.dataset_tokens, "the plan's assumption")
     found = dataset_tokens(spec, data=data, tokens=tokens)
     actual = planned if found is None else length(*found)
+    every, count, eval_notes = eval_schedule(
+        plan, steps=actual.steps, eval_data=eval_data, eval_every_steps=eval_every_steps
+    )
+    if count != plan.budget.evaluations:
+        # The plan's eval hours per pass, for the passes this run makes (none priced: none).
+        per_pass = cost.eval_hours / plan.budget.evaluations if plan.budget.evaluations else 0.0
+        actual = length(actual.dataset_tokens, actual.source, eval_hours=per_pass * count)
     notes = [
         f"run length: {actual.dataset_tokens:,} tokens per epoch ({actual.source}), "
         f"{actual.steps:,} steps, {actual.hours:.2f} h, {actual.usd:.2f} USD"
@@ -198,7 +259,11 @@ def with_real_length(
     note = difference_note(planned, actual)
     if note:
         notes.append(f"note: {note}")
-    return dataclasses.replace(spec, max_hours=max(actual.hours, 1 / 60)), notes
+    notes += eval_notes
+    return (
+        dataclasses.replace(spec, max_hours=max(actual.hours, 1 / 60), eval_every_steps=every),
+        notes,
+    )
 
 
 def _user_error(exc: Exception) -> click.ClickException:
@@ -218,6 +283,17 @@ def _user_error(exc: Exception) -> click.ClickException:
     required=True,
     help="Training JSONL (local file; for SageMaker an s3:// file or prefix; for SkyPilot a "
     "local file or an s3:// / gs:// URI).",
+)
+@click.option(
+    "--eval-data",
+    help="Held-out JSONL the run evaluates (same forms as --data): the plan's eval passes, "
+    "spread over the run, the last after the final step.",
+)
+@click.option(
+    "--eval-every-steps",
+    type=click.IntRange(min=1, max=10**9),
+    help="Evaluate every N optimizer steps (default: the plan's passes spread evenly; without "
+    "them, after the last step only).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the exact command / request; start nothing.")
 @click.option("--role", help="SageMaker execution role ARN (default: $FTPLAN_SAGEMAKER_ROLE).")
@@ -299,6 +375,8 @@ def launch_command(
     plan_file: Path,
     target: str | None,
     data: str,
+    eval_data: str | None,
+    eval_every_steps: int | None,
     dry_run: bool,
     role: str | None,
     region: str | None,
@@ -324,6 +402,7 @@ def launch_command(
       ftplan launch reports/llama2-7b.json --target local --data train.jsonl --dry-run
       ftplan launch reports/llama2-7b.json --target sagemaker --data s3://b/train/ --role ARN
       ftplan launch reports/llama2-7b.json --target skypilot --data train.jsonl --dry-run
+      ftplan launch reports/llama2-7b.json --data train.jsonl --eval-data eval.jsonl --dry-run
     """
     from planner.plan_io import read_plan
 
@@ -339,13 +418,22 @@ def launch_command(
         grad_accum_steps=grad_accum,
         checkpoint_every=checkpoint_every,
     )
-    spec, notes = with_real_length(plan, candidate, spec, data=data, tokens=tokens)
+    spec, notes = with_real_length(
+        plan,
+        candidate,
+        spec,
+        data=data,
+        tokens=tokens,
+        eval_data=eval_data,
+        eval_every_steps=eval_every_steps,
+    )
     chosen = Target(target) if target else default_target(spec.offer)
     try:
         if chosen is Target.SKYPILOT:
             _launch_skypilot(
                 spec,
                 data=data,
+                eval_data=eval_data,
                 dry_run=dry_run,
                 bucket=output_dir,
                 region=region,
@@ -356,6 +444,7 @@ def launch_command(
             _launch_local(
                 spec,
                 data=data,
+                eval_data=eval_data,
                 dry_run=dry_run,
                 runs_dir=output_dir,
                 wait=wait,
@@ -366,6 +455,7 @@ def launch_command(
             _launch_sagemaker(
                 spec,
                 data=data,
+                eval_data=eval_data,
                 dry_run=dry_run,
                 role=role,
                 region=region,
@@ -384,6 +474,7 @@ def _launch_local(
     spec: LaunchSpec,
     *,
     data: str,
+    eval_data: str | None,
     dry_run: bool,
     runs_dir: str | None,
     wait: bool,
@@ -396,7 +487,9 @@ def _launch_local(
     if problem is not None:
         raise UserInputError(problem)
     runner = LocalRunner(runs_dir=runs_dir or DEFAULT_RUNS_DIR, echo=sys.stdout)
-    result = runner.launch(spec, data=data, dry_run=dry_run, resume_run_id=resume_run)
+    result = runner.launch(
+        spec, data=data, eval_data=eval_data, dry_run=dry_run, resume_run_id=resume_run
+    )
     _say(notes)
     if dry_run:
         return
@@ -425,6 +518,7 @@ def _launch_skypilot(
     spec: LaunchSpec,
     *,
     data: str,
+    eval_data: str | None,
     dry_run: bool,
     bucket: str | None,
     region: str | None,
@@ -434,7 +528,7 @@ def _launch_skypilot(
     runner = SkyPilotRunner(
         output_uri=bucket, region=region, hf_token_env=hf_token_env, echo=sys.stdout
     )
-    result = runner.launch(spec, data=data, dry_run=dry_run)
+    result = runner.launch(spec, data=data, eval_data=eval_data, dry_run=dry_run)
     _say(notes)
     if not dry_run:
         click.echo(f"status: ftplan status {result.run_id} --target skypilot")
@@ -444,6 +538,7 @@ def _launch_sagemaker(
     spec: LaunchSpec,
     *,
     data: str,
+    eval_data: str | None,
     dry_run: bool,
     role: str | None,
     region: str | None,
@@ -464,7 +559,9 @@ def _launch_sagemaker(
         echo=sys.stdout,
         hf_token_env=hf_token_env,
     )
-    result = runner.launch(spec, data=data, dry_run=dry_run, resume_job=resume_job)
+    result = runner.launch(
+        spec, data=data, eval_data=eval_data, dry_run=dry_run, resume_job=resume_job
+    )
     _say(notes)
     warning = sagemaker_price_warning(spec)
     if warning:
