@@ -212,3 +212,27 @@ def test_reports_show_the_budget_frontier_billing_and_fit() -> None:
     for text in (render_markdown(plan), render_html(plan)):
         assert "What the budget buys" in text and "Stronger options" in text
         assert "Billing" in text and "per second" in text
+
+
+def test_a_plan_with_margin_wins_over_a_tight_one_that_saves_little(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["--model", "llama2-13b", "--budget", "30", "--gpu", "l4"]
+    plan = _plan(tmp_path, *args)
+    chosen = plan["chosen"]
+    assert chosen["fit"] == "fits"
+    note = next(a for a in plan["assumptions"] if a.startswith("memory: chose"))
+    # The search's cheapest plan is tight; the same config at a smaller micro-batch fits with
+    # its margin for a few percent more.
+    tight_usd = float(note.split("over the $")[1].split(" plan")[0].replace(",", ""))
+    assert tight_usd < chosen["cost"]["usd"] <= tight_usd * 1.2
+    assert f"${chosen['cost']['usd']:,.2f}" in note
+
+    import planner.engine.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "TIGHT_PREMIUM", 0.0)
+    kept = _plan(tmp_path, *args)
+    assert kept["chosen"]["fit"] == "tight"
+    assert kept["chosen"]["cost"]["usd"] == pytest.approx(tight_usd, abs=0.005)
+    note = next(a for a in kept["assumptions"] if a.startswith("memory: kept"))
+    assert "the cheapest plan of its method with margin costs" in note

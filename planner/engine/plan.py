@@ -14,6 +14,7 @@ from catalog import mask_secrets
 from planner import explain
 from planner._types import (
     METHOD_NAMES,
+    RISK_ORDER,
     Candidate,
     Plan,
     QualityPolicy,
@@ -29,13 +30,17 @@ from planner.engine.quality import (
 )
 from planner.engine.search import SearchResult, search
 from planner.engine.space import Hardware, RecommendRequest
-from profiler import Method
+from profiler import FitVerdict, Method
 
 RANKED_SIZE = 8
 PARETO_SIZE = 12
 # --quality balanced accepts medium quality risk only when it is more than this much cheaper than
 # the best low-risk plan (a judgement call, stated in every plan that it affects).
 BALANCED_RISK_PREMIUM = 0.20
+# A `tight` plan fits only without its estimate's error margin (an OOM is plausible). ftplan
+# takes a plan with the margin instead when it costs at most this much more (a judgement call,
+# stated in every plan that it affects).
+TIGHT_PREMIUM = 0.20
 
 
 def recommend(request: RecommendRequest, measurer: Measurer) -> Plan:
@@ -52,6 +57,8 @@ def recommend(request: RecommendRequest, measurer: Measurer) -> Plan:
     notes: tuple[str, ...] = ()
     if request.budget.quality is QualityPolicy.BALANCED:
         result, notes = _prefer_low_risk(request, result)
+    result, margin_notes = _prefer_margin(request, result, measurer)
+    notes += margin_notes
     ranked = _distinct(result.feasible, RANKED_SIZE)
     chosen = ranked[0] if ranked else None
     near = () if chosen else _near_misses(result)
@@ -166,6 +173,71 @@ def _prefer_low_risk(
         f"low-risk one (${low.cost.usd:,.2f}, {low.config.label()}); use --quality strict for "
         "that one",
     )
+
+
+def _prefer_margin(
+    request: RecommendRequest, result: SearchResult, measurer: Measurer
+) -> tuple[SearchResult, tuple[str, ...]]:
+    """When the best plan is ``tight``, take the cheapest plan of the same method and no more
+    quality risk that fits with its error margin, if it costs at most :data:`TIGHT_PREMIUM`
+    more: one the search priced, or the best plan's config on the same offer with a smaller
+    micro-batch (gradient accumulation keeps the global batch) or gradient checkpointing.
+    Otherwise keep it and say what the margin would cost."""
+    best = result.best
+    if best is None or best.fit is not FitVerdict.TIGHT:
+        return result, ()
+    risk = RISK_ORDER.index(best.risk_level)
+    roomy = [
+        c
+        for c in (*result.feasible, *_roomier(request, best, measurer))
+        if _roomy(c)
+        and c.config.method is best.config.method
+        and RISK_ORDER.index(c.risk_level) <= risk
+    ]
+    alt = min(roomy, key=sort_key, default=None)
+    premium = f"{TIGHT_PREMIUM:.0%}"
+    tight = (
+        f"the ${best.cost.usd:,.2f} plan ({best.config.label()} on "
+        f"{best.offer.instance_type}), which is tight: it fits only without its estimate's "
+        "error margin"
+    )
+    if alt is not None and alt.cost.usd <= best.cost.usd * (1 + TIGHT_PREMIUM):
+        rest = tuple(c for c in result.candidates if c is not alt)
+        return dataclasses.replace(result, candidates=(alt, *rest)), (
+            f"memory: chose a plan that fits with its error margin (${alt.cost.usd:,.2f}, "
+            f"{alt.config.label()}) over {tight}: it costs less than {premium} more",
+        )
+    if alt is None:
+        return result, (f"memory: kept {tight}; no plan of its method with margin is feasible",)
+    return result, (
+        f"memory: kept {tight}; the cheapest plan of its method with margin costs "
+        f"${alt.cost.usd:,.2f} (+{alt.cost.usd / max(best.cost.usd, 1e-9) - 1:.0%}, "
+        f"{alt.config.label()} on {alt.offer.instance_type})",
+    )
+
+
+def _roomy(candidate: Candidate) -> bool:
+    return candidate.feasible and candidate.fit is FitVerdict.FITS
+
+
+def _roomier(request: RecommendRequest, best: Candidate, measurer: Measurer) -> list[Candidate]:
+    """``best``'s config on its own offer with half the micro-batch (down to 1) and, if off,
+    gradient checkpointing: the usual ways to buy memory headroom."""
+    evaluator = Evaluator(dataclasses.replace(request, offers=(best.offer,)), measurer)
+    hw = Hardware(
+        gpu=request.gpus[best.offer.gpu],
+        gpus_per_node=best.offer.gpu_count,
+        nodes=best.nodes,
+        offers=(best.offer,),
+    )
+    configs = []
+    batch = best.config.micro_batch_size
+    while batch > 1:
+        batch //= 2
+        configs.append(dataclasses.replace(best.config, micro_batch_size=batch))
+    if not best.config.grad_checkpointing:
+        configs.append(dataclasses.replace(best.config, grad_checkpointing=True))
+    return [c for config in configs for c in evaluator.price(config, hw)]
 
 
 def _as_strict(result: SearchResult) -> SearchResult:
