@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from catalog.errors import DataError
+from catalog.errors import CONTROL_CHARS, DataError
 
 
 def expand_user(path: str | os.PathLike[str]) -> Path:
@@ -231,9 +231,6 @@ def read_json_file(
     return loads_json(text, what=f"{what} {os.fspath(path)!r}", max_depth=max_depth)
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
 def first_bad_value(value: object, where: str, *, max_number: float) -> str | None:
     """The first negative, non-finite or absurd (> ``max_number``) number, or text holding
     control characters, in parsed JSON ``value``; None when there is none.
@@ -254,6 +251,6 @@ def first_bad_value(value: object, where: str, *, max_number: float) -> str | No
         elif isinstance(item, int | float):
             if not math.isfinite(item) or item < 0 or item > max_number:
                 return f"{at} is {item!r}, not a figure between 0 and {max_number:g}"
-        elif isinstance(item, str) and _CONTROL.search(item):
+        elif isinstance(item, str) and CONTROL_CHARS.search(item):
             return f"{at} holds control characters"
     return None

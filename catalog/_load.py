@@ -23,7 +23,7 @@ from typing import Any
 from catalog._hf_config import model_from_hf_config
 from catalog._io import expand_user, read_text_limited
 from catalog._types import GPU, CatalogError, Interconnect, ModelSpec, Offer, Provider
-from catalog.errors import DataError, ErrorKind
+from catalog.errors import CONTROL_CHARS_OR_NEWLINES, DataError, ErrorKind
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 OFFERS_FILENAME = "offers.csv"
@@ -142,7 +142,6 @@ class CatalogInfo:
 # --------------------------------------------------------------------------------------------
 # CSV parsing with errors that name the file, the row and the column.
 
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # echoed to terminals: refused
 _MAX_CATALOG_BYTES = 256 * 1024 * 1024  # SkyPilot's full catalog is ~30 MB
 _MAX_CATALOG_INTEGER = 10**15
 _MAX_CATALOG_NUMBER = 1e12
@@ -166,7 +165,7 @@ class _Row:
         value = (self.values.get(column) or "").strip()
         if required and not value:
             raise self.fail(column, "value is empty")
-        if _CONTROL_CHARS.search(value):
+        if CONTROL_CHARS_OR_NEWLINES.search(value):  # echoed to terminals: refused
             raise self.fail(column, "holds control characters")
         return value
 

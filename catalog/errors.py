@@ -65,10 +65,14 @@ class EnvironmentProblem(FtplanError, RuntimeError):
     kind = ErrorKind.ENVIRONMENT
 
 
-# C0 controls except tab/newline handling below, DEL, C1 controls, and the Unicode bidi/line
-# separators a terminal or an editor would act on (CVE-2021-42574 "Trojan Source").
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_CONTROL_WITH_NEWLINES = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Characters a terminal or an editor acts on: C0 controls but tab and newline, DEL, C1
+# controls, and the Unicode line separators and bidi overrides (CVE-2021-42574 "Trojan
+# Source"). The one definition: printing escapes them, readers refuse them in data.
+_UNSAFE = r"\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+CONTROL_CHARS = re.compile(f"[{_UNSAFE}]")
+"""Terminal-unsafe characters; tab and newline allowed (multi-line text)."""
+CONTROL_CHARS_OR_NEWLINES = re.compile(f"[\t\n{_UNSAFE}]")
+"""Terminal-unsafe characters, tab and newline included (one-line values)."""
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -84,7 +88,7 @@ def printable(text: object, *, keep_newlines: bool = False) -> str:
         text: Anything; ``str()`` of it is escaped.
         keep_newlines: Keep ``\\n`` and ``\\t`` (multi-line output); else they are escaped too.
     """
-    pattern = _CONTROL if keep_newlines else _CONTROL_WITH_NEWLINES
+    pattern = CONTROL_CHARS if keep_newlines else CONTROL_CHARS_OR_NEWLINES
     return pattern.sub(_escape, str(text))
 
 

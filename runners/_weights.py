@@ -155,13 +155,3 @@ def check_tokenizer(folder: str | Path) -> str:
             "with tokenizer.save_pretrained(DIR)"
         ) from None
     return type(tokenizer).__name__
-
-
-def check_local_weights(planned: ModelSpec, folder: str) -> None:
-    """A local weights folder: its config is the plan's architecture and its tokenizer loads.
-
-    Raises:
-        RunnerError: Missing config, another architecture, or no loadable tokenizer.
-    """
-    check_architecture(planned, read_local_config(folder), source=folder)
-    check_tokenizer(folder)
