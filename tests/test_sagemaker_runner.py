@@ -195,14 +195,13 @@ def test_request_for_each_plan(name: str) -> None:
         assert request["ResourceConfig"]["VolumeSizeInGB"] == 131
 
 
-@pytest.mark.parametrize("name", sorted(PLANS))
-def test_launch_uploads_source_then_creates_exactly_that_request(name: str) -> None:
-    spec = PLANS[name][0]
-    expected = _request(spec)
+def _launch_stubbed(spec: LaunchSpec, expected: dict[str, Any], **launch: Any) -> Any:
+    """A real (not dry-run) launch against stubbed clients: the pre-flight checks, the source
+    upload, then exactly ``expected`` sent as the CreateTrainingJob request (Stubber also
+    validates it against botocore's SageMaker service model)."""
     sm, s3 = _clients()
     quotas, iam = _preflight_clients()
     resources = expected["ResourceConfig"]
-    spot = expected["EnableManagedSpotTraining"]
     with (
         Stubber(sm) as sm_stub,
         Stubber(s3) as s3_stub,
@@ -211,7 +210,11 @@ def test_launch_uploads_source_then_creates_exactly_that_request(name: str) -> N
     ):
         quota_stub.add_response(
             "list_service_quotas",
-            _quota_page(resources["InstanceType"], resources["InstanceCount"], spot=spot),
+            _quota_page(
+                resources["InstanceType"],
+                resources["InstanceCount"],
+                spot=expected["EnableManagedSpotTraining"],
+            ),
             {"ServiceCode": "sagemaker"},
         )
         iam_stub.add_response(
@@ -233,7 +236,6 @@ def test_launch_uploads_source_then_creates_exactly_that_request(name: str) -> N
             {},
             {"Bucket": "my-bucket", "Key": f"ftplan/{JOB}/source/sourcedir.tar.gz", "Body": ANY},
         )
-        # Stubber also validates the request against botocore's SageMaker service model.
         sm_stub.add_response(
             "create_training_job",
             {"TrainingJobArn": f"arn:aws:sagemaker:us-west-2:1:job/{JOB}"},
@@ -245,9 +247,16 @@ def test_launch_uploads_source_then_creates_exactly_that_request(name: str) -> N
             role_arn=ROLE,
             env={},
             clients={"service-quotas": quotas, "iam": iam},
-        ).launch(spec, data=DATA, name=JOB)
+        ).launch(spec, data=DATA, name=JOB, **launch)
         for stub in (sm_stub, s3_stub, quota_stub, iam_stub):
             stub.assert_no_pending_responses()
+    return result
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_launch_uploads_source_then_creates_exactly_that_request(name: str) -> None:
+    spec = PLANS[name][0]
+    result = _launch_stubbed(spec, _request(spec))
     assert not result.dry_run and result.run_id == JOB
 
 
@@ -533,53 +542,8 @@ def test_eval_data_is_an_eval_channel_in_the_request_sent() -> None:
     assert re.search(metrics["train:loss"], eval_line) is None  # an eval line is not a step
     without = _request(spec)
     assert [c["ChannelName"] for c in without["InputDataConfig"]] == ["train"]
-    sm, s3 = _clients()
-    quotas, iam = _preflight_clients()
-    with (
-        Stubber(sm) as sm_stub,
-        Stubber(s3) as s3_stub,
-        Stubber(quotas) as quota_stub,
-        Stubber(iam) as iam_stub,
-    ):
-        quota_stub.add_response(
-            "list_service_quotas",
-            _quota_page(expected["ResourceConfig"]["InstanceType"], 1),
-            {"ServiceCode": "sagemaker"},
-        )
-        iam_stub.add_response(
-            "get_role",
-            {
-                "Role": {
-                    "Path": "/",
-                    "RoleName": "ftplan-sagemaker",
-                    "RoleId": "AROAEXAMPLEEXAMPLE1",
-                    "Arn": ROLE,
-                    "CreateDate": dt.datetime(2025, 1, 1),
-                }
-            },
-            {"RoleName": "ftplan-sagemaker"},
-        )
-        s3_stub.add_response("head_bucket", {}, {"Bucket": "my-bucket"})
-        s3_stub.add_response(
-            "put_object",
-            {},
-            {"Bucket": "my-bucket", "Key": f"ftplan/{JOB}/source/sourcedir.tar.gz", "Body": ANY},
-        )
-        # Stubber checks the request with the eval channel against SageMaker's service model.
-        sm_stub.add_response(
-            "create_training_job",
-            {"TrainingJobArn": f"arn:aws:sagemaker:us-west-2:1:job/{JOB}"},
-            expected,
-        )
-        SageMakerRunner(
-            client=sm,
-            s3_client=s3,
-            role_arn=ROLE,
-            env={},
-            clients={"service-quotas": quotas, "iam": iam},
-        ).launch(spec, data=DATA, eval_data=EVAL_DATA, name=JOB)
-        for stub in (sm_stub, s3_stub, quota_stub, iam_stub):
-            stub.assert_no_pending_responses()
+    # Stubber checks the request with the eval channel against SageMaker's service model.
+    _launch_stubbed(spec, expected, eval_data=EVAL_DATA)
 
 
 @pytest.mark.parametrize(

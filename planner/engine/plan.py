@@ -101,13 +101,7 @@ def _higher_rank_option(
     ranks = request.space.lora_ranks
     if chosen is None or chosen.config.lora_rank is None or chosen.config.lora_rank >= max(ranks):
         return ()
-    evaluator = Evaluator(dataclasses.replace(request, offers=(chosen.offer,)), measurer)
-    hw = Hardware(
-        gpu=request.gpus[chosen.offer.gpu],
-        gpus_per_node=chosen.offer.gpu_count,
-        nodes=chosen.nodes,
-        offers=(chosen.offer,),
-    )
+    evaluator, hw = _on_its_offer(request, chosen, measurer)
     for rank in sorted((r for r in ranks if r > chosen.config.lora_rank), reverse=True):
         config = dataclasses.replace(chosen.config, lora_rank=rank, lora_alpha=2 * rank)
         priced = evaluator.price(config, hw)
@@ -130,6 +124,20 @@ def _higher_rank_option(
             "which matters only when the data is near capacity",
         )
     return ()
+
+
+def _on_its_offer(
+    request: RecommendRequest, candidate: Candidate, measurer: Measurer
+) -> tuple[Evaluator, Hardware]:
+    """An evaluator and the hardware that price variants of ``candidate`` on its own offer."""
+    evaluator = Evaluator(dataclasses.replace(request, offers=(candidate.offer,)), measurer)
+    hw = Hardware(
+        gpu=request.gpus[candidate.offer.gpu],
+        gpus_per_node=candidate.offer.gpu_count,
+        nodes=candidate.nodes,
+        offers=(candidate.offer,),
+    )
+    return evaluator, hw
 
 
 def _prefer_low_risk(
@@ -223,13 +231,7 @@ def _roomy(candidate: Candidate) -> bool:
 def _roomier(request: RecommendRequest, best: Candidate, measurer: Measurer) -> list[Candidate]:
     """``best``'s config on its own offer with half the micro-batch (down to 1) and, if off,
     gradient checkpointing: the usual ways to buy memory headroom."""
-    evaluator = Evaluator(dataclasses.replace(request, offers=(best.offer,)), measurer)
-    hw = Hardware(
-        gpu=request.gpus[best.offer.gpu],
-        gpus_per_node=best.offer.gpu_count,
-        nodes=best.nodes,
-        offers=(best.offer,),
-    )
+    evaluator, hw = _on_its_offer(request, best, measurer)
     configs = []
     batch = best.config.micro_batch_size
     while batch > 1:
