@@ -1,6 +1,7 @@
 """Operating SageMaker training jobs as the SageMaker SDK lets you: logs from CloudWatch, stop,
-the list of ftplan's jobs, and the cost so far (billable seconds × the planned offer's price,
-with managed spot's savings). Each function takes its boto3 client; none creates one.
+the list of ftplan's jobs, and the cost so far (billable seconds × instances × the instance
+type's on-demand price, with managed spot's savings). Each function takes its boto3 client;
+none creates one.
 """
 
 from __future__ import annotations
@@ -26,24 +27,34 @@ FTPLAN_TAG = "ftplan:model"
 class JobCost:
     """What a job has cost so far.
 
+    SageMaker bills ``BillableTimeInSeconds`` × ``InstanceCount`` at the instance type's
+    on-demand training price; managed spot's discount is already in the billable seconds
+    (SageMaker API reference, DescribeTrainingJob: savings = 1 − billable ÷ training). So the
+    rate is the ml.* on-demand price even when the plan priced a spot or an EC2 offer.
+
     Attributes:
-        billable_s: Seconds SageMaker bills (``BillableTimeInSeconds``).
+        billable_s: Seconds SageMaker bills per instance (``BillableTimeInSeconds``).
         training_s: Seconds the job trained (``TrainingTimeInSeconds``).
-        usd_per_hour: The planned offer's price, USD/h.
-        usd: ``billable_s`` / 3600 × ``usd_per_hour``.
+        instances: ``InstanceCount``.
+        usd_per_hour: On-demand price of one ``instance_type``, USD/h; None when neither the
+            plan nor the catalog has it.
+        usd: ``billable_s`` / 3600 × ``instances`` × ``usd_per_hour``; None without a price.
         spot_savings_fraction: 1 − billable ÷ training (SageMaker's formula), managed spot only.
+        instance_type: The job's ``ml.*`` instance type.
     """
 
     billable_s: int
     training_s: int
-    usd_per_hour: float
-    usd: float
+    instances: int
+    usd_per_hour: float | None
+    usd: float | None
     spot_savings_fraction: float | None
+    instance_type: str
 
 
 def job_cost(job: dict[str, Any]) -> JobCost | None:
     """Cost so far of a ``describe_training_job`` answer; None when the job carries no ftplan
-    spec (no planned price) or has not been billed yet."""
+    spec (no planned offer)."""
     raw = job.get("HyperParameters", {}).get(SPEC_HYPERPARAMETER)
     if not raw:
         return None
@@ -51,21 +62,50 @@ def job_cost(job: dict[str, Any]) -> JobCost | None:
         spec = launch_spec_from_json(json.loads(raw) if raw.startswith('"') else raw)
     except ValueError:
         return None
-    if spec.offer is None:
+    offer = spec.offer
+    if offer is None:
         return None
+    resources = job.get("ResourceConfig", {})
+    instance_type = resources.get("InstanceType") or offer.instance_type
+    instances = int(resources.get("InstanceCount") or spec.nodes)
     billable = int(job.get("BillableTimeInSeconds") or 0)
     training = int(job.get("TrainingTimeInSeconds") or 0)
     savings = None
     if job.get("EnableManagedSpotTraining") and training > 0:
         savings = 1 - billable / training
-    usd_per_hour = spec.offer.usd_per_hour
+    planned = (
+        offer.service == "sagemaker" and not offer.spot and offer.instance_type == instance_type
+    )
+    region = _arn_region(job.get("TrainingJobArn", "")) or offer.region
+    usd_per_hour = offer.usd_per_hour if planned else on_demand_usd_per_hour(instance_type, region)
     return JobCost(
         billable_s=billable,
         training_s=training,
+        instances=instances,
         usd_per_hour=usd_per_hour,
-        usd=billable / 3600 * usd_per_hour,
+        usd=None if usd_per_hour is None else billable / 3600 * instances * usd_per_hour,
         spot_savings_fraction=savings,
+        instance_type=instance_type,
     )
+
+
+def on_demand_usd_per_hour(instance_type: str, region: str) -> float | None:
+    """The catalog's on-demand SageMaker price of ``instance_type``, USD/h: in ``region`` when
+    listed there, else the lowest listed anywhere; None when the catalog has none."""
+    import catalog
+
+    rows = [
+        o
+        for o in catalog.list_offers(providers=["aws"], include_spot=False)
+        if o.service == "sagemaker" and o.instance_type == instance_type
+    ]
+    here = [o for o in rows if o.region == region] or rows
+    return min((o.usd_per_hour for o in here), default=None)
+
+
+def _arn_region(arn: str) -> str | None:
+    parts = arn.split(":")
+    return parts[3] if len(parts) > 3 and parts[3] else None
 
 
 def log_lines(

@@ -256,7 +256,8 @@ class LaunchResult:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunStatus:
     """Where a run stands. ``detail`` is a one-line human explanation (failure reason, phase);
-    ``cost_usd`` the cost so far (SageMaker: billable seconds × the planned price, USD)."""
+    ``cost_usd`` the cost so far (SageMaker: billable seconds × instances × the instance type's
+    on-demand price, USD; managed spot's discount is in the billable seconds)."""
 
     run_id: str
     target: Target

@@ -616,7 +616,16 @@ class SageMakerRunner:
         if job.get("BillableTimeInSeconds"):
             parts.append(f"billable {job['BillableTimeInSeconds']} s")
         if cost is not None and cost.billable_s:
-            parts.append(f"{cost.usd:.2f} USD so far at {cost.usd_per_hour:.4g} USD/h")
+            if cost.usd is not None and cost.usd_per_hour is not None:
+                per = f" × {cost.instances}" if cost.instances > 1 else ""
+                parts.append(
+                    f"{cost.usd:.2f} USD so far at {cost.usd_per_hour:.4g} USD/h{per} "
+                    f"({cost.instance_type} on-demand)"
+                )
+            else:
+                parts.append(
+                    f"cost unknown: the catalog has no on-demand price for {cost.instance_type}"
+                )
         if cost is not None and cost.spot_savings_fraction is not None:
             parts.append(f"spot saved {cost.spot_savings_fraction:.0%}")
         started, ended = job.get("TrainingStartTime"), job.get("TrainingEndTime")

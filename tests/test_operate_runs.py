@@ -64,9 +64,42 @@ def test_status_shows_the_cost_so_far_and_spot_savings() -> None:
         )
         status = runner.status(JOB)
     assert status.state is RunState.SUCCEEDED
-    assert status.cost_usd == pytest.approx(0.5 * 1.4)  # 1,800 billable s at 1.4 USD/h
+    # Managed spot bills the billable seconds (already discounted: 1,800 of 3,600) at the
+    # on-demand ml.g5.xlarge price (the shipped catalog's 1.4084 USD/h in us-east-1), not at the
+    # plan's spot price: that would count the discount twice.
+    assert status.cost_usd == pytest.approx(0.5 * 1.4084)
     assert status.spot_savings_fraction == pytest.approx(0.5)
-    assert "0.70 USD so far at 1.4 USD/h" in status.detail and "spot saved 50%" in status.detail
+    assert "0.70 USD so far at 1.408 USD/h (ml.g5.xlarge on-demand)" in status.detail
+    assert "spot saved 50%" in status.detail
+
+
+@pytest.mark.parametrize(
+    ("resources", "usd", "detail"),
+    [
+        # Two instances bill twice; the plan's own on-demand SageMaker price is the rate.
+        ({"InstanceType": "ml.g5.xlarge", "InstanceCount": 2}, 2 * 1.4, "at 1.4 USD/h × 2"),
+        # Another instance type than planned: its catalog price.
+        ({"InstanceType": "ml.g5.2xlarge", "InstanceCount": 1}, 1.515, "ml.g5.2xlarge"),
+        # Not in the catalog: no figure rather than a wrong one.
+        ({"InstanceType": "ml.zz.9xlarge", "InstanceCount": 1}, None, "cost unknown"),
+    ],
+)
+def test_status_cost_is_billable_time_times_instances_at_the_on_demand_price(
+    resources: dict[str, Any], usd: float | None, detail: str
+) -> None:
+    sm, logs = _clients()
+    runner = SageMakerRunner(client=sm, env={}, clients={"logs": logs})
+    described = _described(BillableTimeInSeconds=3600, TrainingTimeInSeconds=3600)
+    described["HyperParameters"]["ftplan_spec"] = launch_spec_to_json(
+        sagemaker_qlora_spec(spot=False), indent=None
+    )
+    described["ResourceConfig"] = {**resources, "VolumeSizeInGB": 50}
+    with Stubber(sm) as stub:
+        stub.add_response("describe_training_job", described, {"TrainingJobName": JOB})
+        status = runner.status(JOB)
+    assert status.cost_usd == (None if usd is None else pytest.approx(usd))
+    assert detail in status.detail
+    assert status.spot_savings_fraction is None
 
 
 def test_logs_come_from_cloudwatch_and_follow_until_the_job_ends() -> None:
