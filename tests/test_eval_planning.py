@@ -273,3 +273,26 @@ def test_launch_eval_every_steps_overrides_and_needs_eval_data(tmp_path: Path) -
         + ["--data", "s3://b/train/", "--eval-every-steps", "7"],
     )
     assert out.exit_code == 2 and "--eval-every-steps needs --eval-data" in out.output
+
+
+def test_launch_prices_the_eval_set_it_really_gets(tmp_path: Path) -> None:
+    from planner.cli.launch import launch_spec_from_plan, with_real_length
+    from planner.plan_io import read_plan
+
+    plan = read_plan(_eval_plan(tmp_path, evaluations=10))
+    candidate = plan.chosen
+    assert candidate is not None
+    spec = launch_spec_from_plan(plan, candidate, random_init=True, device="cpu")
+    spec = dataclasses.replace(spec, tokenizer="byte")
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"text": "x" * 5000}) + "\n", encoding="utf-8")
+    half = tmp_path / "eval.jsonl"  # 100 × (999 bytes + EOS) = the plan's 200k tokens ÷ 2
+    half.write_text("\n".join(json.dumps({"text": "y" * 999}) for _ in range(100)) + "\n")
+    base, _ = with_real_length(plan, candidate, spec, data=str(train), tokens=None)
+    run, notes = with_real_length(
+        plan, candidate, spec, data=str(train), tokens=None, eval_data=str(half)
+    )
+    assert any(n.startswith("eval set: 100,000 tokens") for n in notes)
+    # The plan priced 0.5 h for 10 passes over 200k tokens; the run makes its passes over half.
+    assert run.eval_every_steps == 1  # one step of training data: a single pass, after it
+    assert run.max_hours == pytest.approx(base.max_hours + 0.5 / 10 * 1 * 0.5)

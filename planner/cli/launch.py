@@ -248,10 +248,19 @@ def with_real_length(
     every, count, eval_notes = eval_schedule(
         plan, steps=actual.steps, eval_data=eval_data, eval_every_steps=eval_every_steps
     )
-    if count != plan.budget.evaluations:
-        # The plan's eval hours per pass, for the passes this run makes (none priced: none).
+    # The plan's eval hours per pass, for the passes this run makes over the eval set it gets
+    # (a local file counted with the run's tokenizer; none priced: none).
+    scale = 1.0
+    found_eval = None if eval_data is None else dataset_tokens(spec, data=eval_data, tokens=None)
+    if found_eval is not None and plan.budget.eval_tokens:
+        scale = found_eval[0] / plan.budget.eval_tokens
+        eval_notes.append(
+            f"eval set: {found_eval[0]:,} tokens ({found_eval[1]}), the plan assumed "
+            f"{plan.budget.eval_tokens:,}"
+        )
+    if count != plan.budget.evaluations or scale != 1.0:
         per_pass = cost.eval_hours / plan.budget.evaluations if plan.budget.evaluations else 0.0
-        actual = length(actual.dataset_tokens, actual.source, eval_hours=per_pass * count)
+        actual = length(actual.dataset_tokens, actual.source, eval_hours=per_pass * count * scale)
     notes = [
         f"run length: {actual.dataset_tokens:,} tokens per epoch ({actual.source}), "
         f"{actual.steps:,} steps, {actual.hours:.2f} h, {actual.usd:.2f} USD"
