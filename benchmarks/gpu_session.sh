@@ -52,6 +52,9 @@ if want long; then
         --seq-len 16384 --grad-checkpointing
     step long-qlora-3b 60 "${PROFILE[@]}" --model llama3.2-3b --method qlora --batch 1 \
         --seq-len 16384 --grad-checkpointing
+    # The same LoRA step with chunked cross-entropy: the estimator's chunked memory is unmeasured.
+    step long-lora-3b-chunked 60 "${PROFILE[@]}" --model llama3.2-3b --method lora --batch 1 \
+        --seq-len 16384 --grad-checkpointing --chunked-loss
     step long-lora-qwen3b 60 "${PROFILE[@]}" --model qwen2.5-3b --method lora --batch 2 \
         --seq-len 16384 --grad-checkpointing
     step qv-lora-qwen3b 50 "${PROFILE[@]}" --model qwen2.5-3b --method lora \

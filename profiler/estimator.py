@@ -59,9 +59,9 @@ if TYPE_CHECKING:
 # 0.5 + 1/64 + 4/(64*256) bytes per parameter.
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
 
-# Tokens per chunk of the chunked cross-entropy (the recipe's option): the LM head and the loss run
-# over this many tokens at a time and are recomputed in backward, so only one chunk's logits
-# chain is alive (Liger's fused linear cross-entropy works the same way).
+# Tokens per chunk of the chunked cross-entropy (profiler.recipes, TuningConfig.chunked_loss): the
+# LM head and the loss run over this many tokens at a time and are recomputed in backward, so
+# only one chunk's logits chain is alive (Liger's fused linear cross-entropy works the same way).
 CHUNKED_LOSS_TOKENS = 1024
 
 # Bytes per token per vocabulary entry at the cross-entropy peak: bf16 logits (2, kept by the

@@ -23,10 +23,12 @@ from profiler._types import (
     Method,
     OptimizerKind,
     Precision,
+    Sharding,
     TuningConfig,
     adapted_modules,
     expert_parameters,
 )
+from profiler.estimator import CHUNKED_LOSS_TOKENS
 
 if TYPE_CHECKING:
     from catalog import ModelSpec
@@ -73,6 +75,9 @@ class PreparedModel:
         autocast_dtype: ``torch.bfloat16`` / ``torch.float16`` for autocast, ``None`` for none.
         grad_scaler: ``torch.amp.GradScaler`` for fp16-mixed, else ``None``.
         device: torch device string, e.g. ``cuda`` or ``cpu``.
+        loss_chunk_tokens: Chunked cross-entropy (``config.chunked_loss``): the head and the
+            loss run this many tokens at a time and are recomputed in backward; ``None`` runs
+            them over the whole micro-batch (the model's own forward).
     """
 
     model: Any
@@ -82,6 +87,27 @@ class PreparedModel:
     autocast_dtype: Any | None
     grad_scaler: Any | None
     device: str
+    loss_chunk_tokens: int | None = None
+
+
+def loss_chunk_tokens(config: TuningConfig) -> int | None:
+    """Tokens per chunk of the cross-entropy for ``config`` (None: not chunked).
+
+    The chunked loss calls the decoder and the head directly, past any DDP/FSDP/DeepSpeed
+    wrapper, so it runs on one unsharded GPU only.
+
+    Raises:
+        ValueError: ``chunked_loss`` with several GPUs or a sharding strategy.
+    """
+    if not config.chunked_loss:
+        return None
+    if config.gpu_count > 1 or config.sharding is not Sharding.NONE:
+        raise ValueError(
+            "chunked cross-entropy runs on one GPU without sharding in ftplan's recipe (it "
+            f"calls the head past the {config.sharding.value} wrapper); got {config.gpu_count} "
+            "GPU(s). To fix: drop chunked_loss or plan one GPU"
+        )
+    return CHUNKED_LOSS_TOKENS
 
 
 def hf_config_for(spec: ModelSpec, *, num_layers: int | None = None) -> Any:
@@ -535,6 +561,7 @@ def setup_full(
         autocast_dtype=autocast,
         grad_scaler=_grad_scaler(config, device),
         device=device,
+        loss_chunk_tokens=loss_chunk_tokens(config),
     )
 
 
@@ -569,6 +596,7 @@ def _prepared_lora(
         autocast_dtype=_compute_dtype(config),
         grad_scaler=_grad_scaler(config, device),
         device=device,
+        loss_chunk_tokens=loss_chunk_tokens(config),
     )
 
 
@@ -668,6 +696,15 @@ def _causal_lm_loss(
         if prepared.autocast_dtype is not None
         else contextlib.nullcontext()
     )
+    if prepared.loss_chunk_tokens is not None:
+        with autocast:
+            return _chunked_causal_lm_loss(
+                prepared.model,
+                input_ids,
+                labels,
+                attention_mask=attention_mask,
+                chunk_tokens=prepared.loss_chunk_tokens,
+            )
     with autocast:
         outputs = prepared.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
     loss = outputs.loss
@@ -675,6 +712,48 @@ def _causal_lm_loss(
     # copy at the peak (2.3-9.3 GiB on the H200's 8k-32k-token steps, benchmarks/results/).
     del outputs
     return loss
+
+
+def _chunked_causal_lm_loss(
+    model: Any, input_ids: Any, labels: Any, *, attention_mask: Any, chunk_tokens: int
+) -> Any:
+    """The causal-LM loss of the model's own forward (mean over labels other than -100, next
+    token), with the head and the cross-entropy run ``chunk_tokens`` tokens at a time under
+    non-reentrant checkpointing: only one chunk's logits (and their fp32 copies) are ever
+    alive, and backward recomputes each chunk. Final-logit soft-capping (Gemma 2) is applied as
+    the model applies it.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])
+    targets = labels[:, 1:].reshape(-1).to(hidden.device)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        end = start + chunk_tokens
+        total = total + checkpoint(
+            _chunk_loss_sum,
+            head,
+            softcap,
+            hidden[start:end],
+            targets[start:end],
+            use_reentrant=False,
+        )
+    return total / (targets != -100).sum().clamp(min=1)
+
+
+def _chunk_loss_sum(head: Any, softcap: float | None, hidden: Any, targets: Any) -> Any:
+    """Summed fp32 cross-entropy of one chunk of final hidden states (the model's upcast)."""
+    import torch
+
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
 
 
 def eval_loss(prepared: PreparedModel, input_ids: Any) -> tuple[float, int]:

@@ -117,6 +117,11 @@ def _build_config(
         sharding=sharding,
         chunked_loss=chunked_loss,
     )
+    if chunked_loss and (gpu_count > 1 or sharding is not Sharding.NONE):
+        notes.append(
+            "ftplan's recipe runs chunked cross-entropy on one GPU without sharding only, so "
+            "'ftplan profile' and 'ftplan launch' cannot run this config as it is"
+        )
     return config, notes
 
 

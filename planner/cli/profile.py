@@ -128,6 +128,7 @@ def _configs(
     seq_lens: Sequence[int],
     grad_checkpointing: bool,
     optimizer: OptimizerKind,
+    chunked_loss: bool = False,
 ) -> list[TuningConfig]:
     lora = method is not Method.FULL
     return [
@@ -141,6 +142,7 @@ def _configs(
             seq_len=seq_len,
             grad_checkpointing=grad_checkpointing,
             optimizer=optimizer,
+            chunked_loss=chunked_loss,
         )
         for batch in batches
         for seq_len in seq_lens
@@ -288,6 +290,11 @@ def _render_table(results: Sequence[Measurement], note: str) -> None:
     show_default=True,
 )
 @click.option(
+    "--chunked-loss",
+    is_flag=True,
+    help="Chunked cross-entropy: the LM head and loss run 1024 tokens at a time.",
+)
+@click.option(
     "--layers",
     "layers_text",
     default="2,4",
@@ -342,6 +349,7 @@ def profile_command(
     seq_lens: tuple[int, ...],
     grad_checkpointing: bool,
     optimizer: str,
+    chunked_loss: bool,
     layers_text: str,
     full_depth: bool,
     device: str,
@@ -360,6 +368,7 @@ def profile_command(
       ftplan profile --model llama2-7b --method qlora --batch 1 --batch 4 --seq-len 1024
       ftplan profile --model llama3.2-1b --method full --full-depth --grad-checkpointing
       ftplan profile --model llama2-7b --method lora --device cpu      (tiny stand-in, time only)
+      ftplan profile --model llama3.1-8b --method lora --seq-len 8192 --chunked-loss
     """
     from rich.console import Console
     from rich.progress import Progress
@@ -383,6 +392,7 @@ def profile_command(
         seq_lens=seq_lens or (2048,),
         grad_checkpointing=grad_checkpointing,
         optimizer=OptimizerKind(optimizer),
+        chunked_loss=chunked_loss,
     )
     layers = None if (full_depth or cpu) else _parse_layers(layers_text)
     options = dict(
