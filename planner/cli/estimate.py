@@ -408,7 +408,9 @@ def estimate_command(
         if eval_dataset is not None:
             from planner.engine.dataset import count_dataset
 
-            eval_tokens = count_dataset(eval_dataset).tokens
+            eval_tokens = count_dataset(
+                eval_dataset, what="eval dataset", size_flag="--eval-tokens"
+            ).tokens
         assert eval_tokens is not None
         result["eval"] = _eval_result(spec, config, gpu, measurement, eval_tokens)
         result["phase_peaks_gib"]["eval"] = result["eval"]["peak_allocated_gib"]

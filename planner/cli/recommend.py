@@ -150,7 +150,9 @@ def _eval_set(o: dict[str, Any]) -> tuple[int, int]:
         raise InputError("give either --eval-tokens or --eval-dataset, not both")
     tokens = o["eval_tokens"]
     if o["eval_dataset"] is not None:
-        tokens = _count_with_progress(o["eval_dataset"]).tokens
+        tokens = _count_with_progress(
+            o["eval_dataset"], what="eval dataset", size_flag="--eval-tokens"
+        ).tokens
     if tokens is None:
         if o["evaluations"] is not None:
             raise InputError(
@@ -160,20 +162,26 @@ def _eval_set(o: dict[str, Any]) -> tuple[int, int]:
     return tokens, o["evaluations"] if o["evaluations"] is not None else DEFAULT_EVALUATIONS
 
 
-def _count_with_progress(path: str) -> Any:
-    """count_dataset with a progress bar on stderr for files of 64 MiB or more."""
+def _count_with_progress(path: str, *, what: str = "dataset", size_flag: str = "--tokens") -> Any:
+    """count_dataset with a progress bar on stderr for files of 64 MiB or more; ``what`` and
+    ``size_flag`` name the file and its size flag in messages."""
     from planner.engine.dataset import count_dataset
 
     size = Path(path).stat().st_size if Path(path).is_file() else 0
     if size < 64 << 20:
-        return count_dataset(path)
+        return count_dataset(path, what=what, size_flag=size_flag)
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
     columns = ("counting tokens", BarColumn(), DownloadColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("count", total=size)
-        return count_dataset(path, on_progress=lambda done: bar.update(task, completed=done))
+        return count_dataset(
+            path,
+            on_progress=lambda done: bar.update(task, completed=done),
+            what=what,
+            size_flag=size_flag,
+        )
 
 
 def _offers(providers: list[Any] | None, gpus: list[Any], o: dict[str, Any]) -> tuple[Any, ...]:

@@ -54,7 +54,11 @@ def percentile(histogram: tuple[tuple[int, int], ...], fraction: float) -> int:
 
 
 def count_dataset(
-    path: str | Path, *, on_progress: Callable[[int], None] | None = None
+    path: str | Path,
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    what: str = "dataset",
+    size_flag: str = "--tokens",
 ) -> DatasetStats:
     """Approximate tokens and sample-length distribution of a JSONL dataset (characters ÷ 4).
 
@@ -64,6 +68,8 @@ def count_dataset(
     Args:
         path: The ``.jsonl`` file.
         on_progress: Called with the bytes read so far, about every 4 MiB and at the end.
+        what: What the file is, for messages (``dataset``, ``eval dataset``).
+        size_flag: The flag that gives the size without a file, for messages.
 
     The file must be a regular file (not a FIFO or ``/dev/zero``); each line is at most
     :data:`MAX_DATASET_LINE_BYTES` and nests at most :data:`catalog.MAX_JSON_DEPTH` deep.
@@ -76,10 +82,10 @@ def count_dataset(
     source = Path(path)
     lengths: Counter[int] = Counter()
     done = reported = number = 0
-    with open_regular(source, what="dataset") as handle:
+    with open_regular(source, what=what) as handle:
         while raw := handle.readline(MAX_DATASET_LINE_BYTES + 1):
             number += 1
-            where = f"dataset {str(source)!r} line {number}"
+            where = f"{what} {str(source)!r} line {number}"
             if len(raw) > MAX_DATASET_LINE_BYTES:
                 raise DataError(
                     f"{where} is longer than {MAX_DATASET_LINE_BYTES >> 20} MiB; is it JSONL?"
@@ -105,7 +111,7 @@ def count_dataset(
     samples = sum(lengths.values())
     tokens = sum(length * count for length, count in histogram)
     if not samples or not tokens:
-        raise DataError(f"dataset {str(source)!r} has no text samples; pass --tokens N instead")
+        raise DataError(f"{what} {str(source)!r} has no text samples; pass {size_flag} N instead")
     return DatasetStats(
         path=str(source),
         samples=samples,
