@@ -167,6 +167,11 @@ def test_recommend_prices_the_eval_passes(tmp_path: Path) -> None:
     assert 2.5e6 / tokens_per_s / 5 < cost["eval_hours"] * 3600 < 2.5e6 / tokens_per_s
     assert cost["hours"] == pytest.approx(before["cost"]["hours"] + cost["eval_hours"], rel=1e-6)
     assert any(a.startswith("evaluation: 10 passes") for a in plan["assumptions"])
+    # Both documents show the eval passes and their hours.
+    html = next(p for p in tmp_path.glob("*.html") if "eval passes over" in p.read_text())
+    assert " h eval + " in html.read_text()
+    md = html.with_suffix(".md").read_text()
+    assert "| Evaluation | 10 passes over 250,000 eval tokens" in md and " h eval + " in md
     fewer = _plan(tmp_path, "--method", "lora", "--eval-tokens", "250000", "--evaluations", "2")
     assert fewer["chosen"]["cost"]["eval_hours"] == pytest.approx(cost["eval_hours"] / 5)
 
