@@ -139,10 +139,11 @@ _OPT_PASSES = 9
 # a search of the 256-entry dynamic map: more work per byte than a streaming kernel, assumed to
 # reach 35% of peak bandwidth (torch's foreach AdamW: 80%). (2) Optimizer8bit.step loops over the
 # parameters in Python and launches one kernel per tensor (no multi-tensor apply, unlike torch's
-# foreach path): assumed 60 µs of host time per trainable tensor, which the GPU cannot hide
-# because each launch waits on the Python loop. Together they make an 8-bit step ~10-50% slower
-# than the bandwidth term alone for 1-7B full fine-tuning, the size of the error seen on real
-# 8-bit runs (docs/estimator.md).
+# foreach path), then synchronizes the device (bitsandbytes 0.50 `sync_gpu(p)` after every
+# parameter): assumed 60 µs of host time and round trip per trainable tensor, which the GPU
+# cannot hide, so these costs add to the kernels' instead of overlapping them. Together they
+# make an 8-bit step ~10-50% slower than the bandwidth term alone for 1-7B full fine-tuning, the
+# size of the error seen on real 8-bit runs (docs/estimator.md).
 BNB_8BIT_BANDWIDTH_EFFICIENCY = 0.35
 BNB_8BIT_HOST_S_PER_TENSOR = 60e-6
 
