@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from catalog import GIB, GPU
+from catalog import GIB, GPU, ModelSpec
 from planner._types import (
     METHOD_NAMES,
     Candidate,
@@ -26,11 +26,12 @@ from planner.engine.quality import (
 from planner.engine.search import SearchResult
 from planner.engine.space import RecommendRequest
 from profiler import Method, Precision, Source, TuningConfig
-from profiler.estimator import weight_bytes
+from profiler.estimator import load_peak_gib, weight_bytes
 from profiler.headroom import (
     CUDA_CONTEXT_GIB,
     ESTIMATE_UNDER_PREDICTION,
     FitVerdict,
+    capacity_gib,
     measurement_fit,
 )
 
@@ -292,6 +293,26 @@ def _idle_note(c: Candidate) -> str:
     )
 
 
+def load_problem(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> str | None:
+    """Why ftplan's runner cannot load this config on ``gpu`` although its training peak fits
+    (:func:`profiler.estimator.load_peak_gib`), or None."""
+    load, limit = load_peak_gib(spec, config), capacity_gib(gpu)
+    if load <= limit:
+        return None
+    return (
+        f"ftplan's runner builds the whole model on every GPU before {config.sharding.value} "
+        f"shards it ({load:,.1f} GiB per GPU while loading; {gpu.name} has {limit:,.1f} GiB), "
+        "so this plan runs out of memory before its first step although its training peak "
+        "fits. Rank-0 CPU loading, which would lift this, covers full fine-tuning and LoRA "
+        "under FSDP only so far (docs/launching.md)"
+    )
+
+
+def _load_warning(request: RecommendRequest, chosen: Candidate) -> list[str]:
+    problem = load_problem(request.spec, chosen.config, request.gpus[chosen.offer.gpu])
+    return [] if problem is None else [problem]
+
+
 def plan_warnings(request: RecommendRequest, ranked: tuple[Candidate, ...]) -> tuple[str, ...]:
     out: list[str] = []
     budget = request.budget
@@ -312,6 +333,8 @@ def plan_warnings(request: RecommendRequest, ranked: tuple[Candidate, ...]) -> t
             f"memory is tight: {check.describe()}. Profile it ('ftplan profile') or use "
             "gradient checkpointing / a smaller micro-batch before a long run"
         )
+    if chosen is not None:
+        out += _load_warning(request, chosen)
     if chosen is not None and chosen.cost.idle_billed_hours > 0.05 * chosen.cost.hours:
         out.append(_idle_note(chosen))
     if chosen is not None:

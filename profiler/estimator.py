@@ -43,6 +43,7 @@ from profiler.sharding import (
     StateBytes,
     collective_bytes_per_gpu,
     host_ram_gib,
+    loads_whole_model_per_gpu,
     offload_seconds,
     place,
     shard_count,
@@ -1071,6 +1072,26 @@ def eval_pass(
         step_time_s=forward_seconds(tt, cal),
         train_step_time_s=compute_seconds(tt, cal),
     )
+
+
+def load_peak_gib(spec: ModelSpec, config: TuningConfig) -> float:
+    """GiB one GPU holds while ftplan's runner loads the model, where the runner builds the
+    whole model on every GPU before sharding it (:func:`profiler.sharding.
+    loads_whole_model_per_gpu`: QLoRA under FSDP, every ZeRO-3 run); 0 where it does not
+    (rank-0 loading, or no sharding, where the steady state holds the whole model anyway).
+
+    The unsharded weights in the recipe's dtype, plus, for QLoRA, the largest linear's 16-bit
+    weight being quantized. Not part of the training peak (:func:`estimate`): a plan whose
+    steady state fits can still fail to load, which the planner and ``ftplan launch`` say.
+    """
+    if not loads_whole_model_per_gpu(sharding=config.sharding, method=config.method):
+        return 0.0
+    trainable = spec.param_count if config.method is Method.FULL else _adapter_params(spec, config)
+    in_flight = 0.0
+    if config.method is Method.QLORA:
+        in_flight = 2.0 * max(a * b for a, b in spec.linear_shapes().values())
+    weights = _state_bytes(spec, config, trainable).weights
+    return (weights + in_flight) / GIB + ALLOCATOR_OVERHEAD_GIB
 
 
 def memory_fits(peak_reserved_gib: float, gpu: GPU) -> bool:

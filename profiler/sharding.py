@@ -124,6 +124,23 @@ def place(state: StateBytes, *, sharding: Sharding, gpu_count: int) -> Placement
     )
 
 
+def loads_on_rank0(*, sharding: Sharding, method: Method) -> bool:
+    """Whether ftplan's runner loads the weights on rank 0 only, in CPU memory: full fine-tuning
+    and LoRA under FSDP (accelerate's ``fsdp_cpu_ram_efficient_loading``; the other ranks build
+    on the meta device and FSDP broadcasts rank 0's weights, adapters included, as it shards;
+    runners/_distributed.py, PEFT's FSDP guide)."""
+    return sharding in (Sharding.FSDP, Sharding.FSDP_OFFLOAD) and method is not Method.QLORA
+
+
+def loads_whole_model_per_gpu(*, sharding: Sharding, method: Method) -> bool:
+    """Whether ftplan's runner builds the whole model on every GPU before sharding it, so that
+    each GPU must hold the unsharded weights once, at load: QLoRA under FSDP
+    (``profiler.recipes`` quantizes the whole NF4 model onto the rank's GPU, FSDP shards it
+    after) and every ZeRO-3 run (``zero3_init_flag`` off: DeepSpeed partitions the model only at
+    ``deepspeed.initialize``). Unsharded runs hold the whole model anyway."""
+    return sharding.shards_state and not loads_on_rank0(sharding=sharding, method=method)
+
+
 def working_set_bytes(state: StateBytes, *, sharding: Sharding) -> float:
     """Unsharded bytes a GPU holds at once under FSDP or ZeRO-3 (offloaded or not).
 

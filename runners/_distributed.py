@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from profiler import Method, Precision, Sharding, TuningConfig
+from profiler import Precision, Sharding, TuningConfig
+from profiler.sharding import loads_on_rank0
 
 DEEPSPEED_CONFIG_FILE = "deepspeed_config.json"
 
@@ -41,8 +42,9 @@ def fsdp_settings(config: TuningConfig) -> dict[str, str]:
     parameters, so a frozen base and trainable LoRA adapters can share a flat parameter and the
     recipe's optimizer maps over them (PEFT's FSDP guide). Activation checkpointing stays the
     recipe's own. ``fsdp-offload`` keeps parameters (and so the optimizer step) on the CPU.
-    Full fine-tuning loads on rank 0 only (``cpu_ram_efficient_loading``: the other ranks build
-    on the meta device, ``sync_module_states`` broadcasts rank 0's weights when FSDP shards), so
+    Full fine-tuning and LoRA load on rank 0 only (``cpu_ram_efficient_loading``: the other ranks
+    build on the meta device, ``sync_module_states`` broadcasts rank 0's weights when FSDP
+    shards; :func:`profiler.sharding.loads_on_rank0`), so
     a 70B fp32 model is not built whole on every rank.
     """
     if config.sharding not in (Sharding.FSDP, Sharding.FSDP_OFFLOAD):
@@ -55,7 +57,9 @@ def fsdp_settings(config: TuningConfig) -> dict[str, str]:
         "fsdp_state_dict_type": "FULL_STATE_DICT",
         "fsdp_use_orig_params": "true",
         "fsdp_sync_module_states": "true",
-        "fsdp_cpu_ram_efficient_loading": "true" if config.method is Method.FULL else "false",
+        "fsdp_cpu_ram_efficient_loading": (
+            "true" if loads_on_rank0(sharding=config.sharding, method=config.method) else "false"
+        ),
         "fsdp_offload_params": "true" if config.sharding is Sharding.FSDP_OFFLOAD else "false",
         "fsdp_activation_checkpointing": "false",
     }

@@ -138,3 +138,110 @@ def test_full_fine_tuning_under_fsdp_loads_on_rank_0_only(tmp_path: Path) -> Non
         assert all(math.isfinite(x) for x in r["losses"])
         assert r["losses"][1] < r["losses"][0]
         assert r["changed"] == r["local_shards"] > 0  # the optimizer made after sharding steps
+
+
+def _lora_worker(rank: int, world: int, port: int, out: str, checkpoint: str) -> None:
+    """LoRA under FSDP with rank-0 loading: rank 1 builds base and adapters on the meta device,
+    rank 0 loads the checkpoint in CPU memory; after FSDP's broadcast (written out as above)
+    every rank trains the same adapters on rank 0's base."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    torch.set_num_threads(1)
+    from profiler import Method, Sharding, TuningConfig
+    from runners._distributed import fsdp_settings
+
+    config = TuningConfig(
+        method=Method.LORA,
+        lora_rank=4,
+        lora_targets="all-linear",
+        seq_len=32,
+        gpu_count=world,
+        sharding=Sharding.FSDP,
+    )
+    # What ``accelerate launch`` sets from ftplan's FSDP config for this plan.
+    loading = fsdp_settings(config)["fsdp_cpu_ram_efficient_loading"]
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        LOCAL_RANK=str(rank),
+        ACCELERATE_USE_FSDP="true",
+        FSDP_CPU_RAM_EFFICIENT_LOADING=loading,
+    )
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from model_specs import TINY_LLAMA
+
+    from profiler.recipes import loads_on_rank0_only, make_optimizer, setup_lora
+
+    result: dict[str, object] = {"loads": loads_on_rank0_only(), "setting": loading}
+    prepared = setup_lora(TINY_LLAMA, config, device="cpu", checkpoint=checkpoint)
+    model = prepared.model
+    result["meta"] = [p.is_meta for p in model.parameters()]
+    result["adapters_meta"] = [p.is_meta for p in model.parameters() if p.requires_grad]
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    if rank == 0:
+        with torch.no_grad():
+            result["unsharded_loss"] = float(model(input_ids=ids, labels=ids).loss)
+    cpu = torch.device("cpu")
+    if rank != 0:
+        model.to_empty(device=cpu)
+        model.base_model.model.tie_weights()
+    for state in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(state.data, src=0)
+    layer = type(model.get_base_model().model.layers[0])
+    sharded = FullyShardedDataParallel(
+        model,
+        auto_wrap_policy=functools.partial(
+            transformer_auto_wrap_policy, transformer_layer_cls={layer}
+        ),
+        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        use_orig_params=True,
+        device_id=cpu,
+    )
+    optimizer = make_optimizer(
+        [p for p in sharded.parameters() if p.requires_grad],
+        config,
+        learning_rate=1e-2,
+        device="cpu",
+    )
+    losses = []
+    for _ in range(2):
+        loss = sharded(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    result["losses"] = losses
+    Path(out, f"lora-rank{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def test_lora_under_fsdp_loads_on_rank_0_only(tmp_path: Path) -> None:
+    import sys
+
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForCausalLM
+
+    from profiler.recipes import hf_config_for
+
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch without gloo")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from model_specs import TINY_LLAMA
+
+    checkpoint = tmp_path / "weights"
+    torch.manual_seed(123)
+    AutoModelForCausalLM.from_config(hf_config_for(TINY_LLAMA)).save_pretrained(checkpoint)
+    mp.spawn(_lora_worker, args=(2, _free_port(), str(tmp_path), str(checkpoint)), nprocs=2)
+    ranks = [json.loads(Path(tmp_path, f"lora-rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["setting"] == "true"  # ftplan's accelerate config for a LoRA FSDP plan
+    assert [r["loads"] for r in ranks] == [True, False]
+    assert not any(ranks[0]["meta"])  # rank 0 holds the checkpoint and the adapters
+    assert all(ranks[1]["meta"]) and ranks[1]["adapters_meta"]  # rank 1 built nothing real
+    first = ranks[0]["losses"][0]
+    assert math.isclose(first, ranks[0]["unsharded_loss"], rel_tol=1e-4)
+    for r in ranks:
+        assert r["losses"][0] == pytest.approx(first, rel=1e-5)
+        assert all(math.isfinite(x) for x in r["losses"])
+        assert r["losses"][1] < r["losses"][0]

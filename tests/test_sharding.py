@@ -209,3 +209,45 @@ def test_estimate_cli_sharding_json_and_bad_combination() -> None:
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "use none, or fsdp-offload / zero3-offload" in lines[0]
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("method", "sharding", "bytes_per_param"),
+    [
+        # Rank-0 CPU loading: no GPU holds the unsharded model (runners/_distributed.py).
+        (Method.FULL, Sharding.FSDP, None),
+        (Method.LORA, Sharding.FSDP_OFFLOAD, None),
+        # Unsharded: the training peak already holds the whole model.
+        (Method.QLORA, Sharding.NONE, None),
+        (Method.LORA, Sharding.DDP, None),
+        # Whole model on every GPU first: NF4 under FSDP, anything under ZeRO-3.
+        # (linear weights, the rest): sharded QLoRA keeps embeddings, head and norms bf16.
+        (Method.QLORA, Sharding.FSDP, (NF4_BYTES_PER_PARAM, 2.0)),
+        (Method.FULL, Sharding.ZERO3_OFFLOAD, (4.0, 4.0)),  # bf16-mixed: fp32 weights
+        (Method.LORA, Sharding.ZERO3, (2.0, 2.0)),
+    ],
+)
+def test_load_peak_is_the_unsharded_model_where_the_runner_loads_it_whole(
+    method: Method, sharding: Sharding, bytes_per_param: tuple[float, float] | None
+) -> None:
+    from profiler.estimator import load_peak_gib
+
+    spec = get_model("llama3.1-70b")
+    lora = method is not Method.FULL
+    gpus = 1 if sharding is Sharding.NONE else 2
+    config = TuningConfig(
+        method=method,
+        lora_rank=16 if lora else None,
+        lora_targets="all-linear" if lora else None,
+        grad_checkpointing=True,
+        gpu_count=gpus,
+        sharding=sharding,
+    )
+    load = load_peak_gib(spec, config)
+    if bytes_per_param is None:
+        assert load == 0.0
+        return
+    linear = spec.num_layers * sum(a * b for a, b in spec.linear_shapes().values())
+    rest = spec.param_count - linear
+    floor = (linear * bytes_per_param[0] + rest * bytes_per_param[1]) / 2**30
+    assert floor < load < floor * 1.02 + 1.0  # + adapters, one 16-bit linear, the allocator

@@ -21,6 +21,7 @@ from catalog import (
     ModelSpec,
     config_sha256,
     expand_user,
+    get_gpu,
     get_model,
     model_from_hf_config,
     printable,
@@ -275,6 +276,15 @@ def with_real_length(
     )
 
 
+def _load_problem(spec: LaunchSpec) -> str | None:
+    """Why the runner cannot load the plan on its GPUs (:func:`planner.explain.load_problem`)."""
+    from planner.explain import load_problem
+
+    if spec.offer is None:
+        return None
+    return load_problem(spec.model, spec.config, get_gpu(spec.offer.gpu))
+
+
 def _user_error(exc: Exception) -> click.ClickException:
     return UserInputError(str(exc))
 
@@ -437,6 +447,14 @@ def launch_command(
         eval_every_steps=eval_every_steps,
     )
     chosen = Target(target) if target else default_target(spec.offer)
+    problem = _load_problem(spec)
+    if problem is not None:
+        if not dry_run:
+            raise UserInputError(
+                f"{problem}. To fix: re-plan with larger GPUs (e.g. --gpu h100 --gpu h200) or "
+                "without --gpu/--gpu-count"
+            )
+        notes.append(f"warning: {problem}")
     try:
         if chosen is Target.SKYPILOT:
             _launch_skypilot(
