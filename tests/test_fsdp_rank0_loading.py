@@ -16,6 +16,7 @@ import math
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,7 +108,9 @@ def _worker(rank: int, world: int, port: int, out: str, checkpoint: str) -> None
     dist.destroy_process_group()
 
 
-def test_full_fine_tuning_under_fsdp_loads_on_rank_0_only(tmp_path: Path) -> None:
+def _run_two_ranks(worker: Any, tmp_path: Path, prefix: str) -> list[dict[str, Any]]:
+    """Save a tiny Llama checkpoint (seed 123, not the recipe's random-init seed: the loaded
+    values must travel), run ``worker`` on two gloo processes, return each rank's JSON record."""
     import sys
 
     import torch.multiprocessing as mp
@@ -121,22 +124,31 @@ def test_full_fine_tuning_under_fsdp_loads_on_rank_0_only(tmp_path: Path) -> Non
     from model_specs import TINY_LLAMA
 
     checkpoint = tmp_path / "weights"
-    torch.manual_seed(123)  # not the recipe's random-init seed: the loaded values must travel
+    torch.manual_seed(123)
     AutoModelForCausalLM.from_config(hf_config_for(TINY_LLAMA)).save_pretrained(checkpoint)
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), str(checkpoint)), nprocs=2)
-    ranks = [json.loads(Path(tmp_path, f"rank{r}.json").read_text()) for r in range(2)]
-    assert [r["loads"] for r in ranks] == [True, False]
-    for key in ("random_init_meta", "checkpoint_meta"):
-        assert not any(ranks[0][key]), key  # rank 0 holds real weights
-        assert ranks[1][key] and all(ranks[1][key]), key  # rank 1 materialised nothing
-    # Sharded rank 0's weights, not rank 1's uninitialised memory: the first sharded loss is the
-    # loss of the loaded checkpoint.
+    mp.spawn(worker, args=(2, _free_port(), str(tmp_path), str(checkpoint)), nprocs=2)
+    return [json.loads(Path(tmp_path, f"{prefix}{r}.json").read_text()) for r in range(2)]
+
+
+def _assert_rank0_weights_trained(ranks: list[dict[str, Any]]) -> None:
+    """Sharded rank 0's weights, not rank 1's uninitialised memory: the first sharded loss is
+    the loaded checkpoint's on every rank, and training lowers it."""
     first = ranks[0]["losses"][0]
     assert math.isclose(first, ranks[0]["unsharded_loss"], rel_tol=1e-4)
     for r in ranks:
         assert r["losses"][0] == pytest.approx(first, rel=1e-5)
         assert all(math.isfinite(x) for x in r["losses"])
         assert r["losses"][1] < r["losses"][0]
+
+
+def test_full_fine_tuning_under_fsdp_loads_on_rank_0_only(tmp_path: Path) -> None:
+    ranks = _run_two_ranks(_worker, tmp_path, "rank")
+    assert [r["loads"] for r in ranks] == [True, False]
+    for key in ("random_init_meta", "checkpoint_meta"):
+        assert not any(ranks[0][key]), key  # rank 0 holds real weights
+        assert ranks[1][key] and all(ranks[1][key]), key  # rank 1 materialised nothing
+    _assert_rank0_weights_trained(ranks)
+    for r in ranks:
         assert r["changed"] == r["local_shards"] > 0  # the optimizer made after sharding steps
 
 
@@ -218,30 +230,9 @@ def _lora_worker(rank: int, world: int, port: int, out: str, checkpoint: str) ->
 
 
 def test_lora_under_fsdp_loads_on_rank_0_only(tmp_path: Path) -> None:
-    import sys
-
-    import torch.multiprocessing as mp
-    from transformers import AutoModelForCausalLM
-
-    from profiler.recipes import hf_config_for
-
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        pytest.skip("torch without gloo")
-    sys.path.insert(0, str(Path(__file__).parent))
-    from model_specs import TINY_LLAMA
-
-    checkpoint = tmp_path / "weights"
-    torch.manual_seed(123)
-    AutoModelForCausalLM.from_config(hf_config_for(TINY_LLAMA)).save_pretrained(checkpoint)
-    mp.spawn(_lora_worker, args=(2, _free_port(), str(tmp_path), str(checkpoint)), nprocs=2)
-    ranks = [json.loads(Path(tmp_path, f"lora-rank{r}.json").read_text()) for r in range(2)]
+    ranks = _run_two_ranks(_lora_worker, tmp_path, "lora-rank")
     assert ranks[0]["setting"] == "true"  # ftplan's accelerate config for a LoRA FSDP plan
     assert [r["loads"] for r in ranks] == [True, False]
     assert not any(ranks[0]["meta"])  # rank 0 holds the checkpoint and the adapters
     assert all(ranks[1]["meta"]) and ranks[1]["adapters_meta"]  # rank 1 built nothing real
-    first = ranks[0]["losses"][0]
-    assert math.isclose(first, ranks[0]["unsharded_loss"], rel_tol=1e-4)
-    for r in ranks:
-        assert r["losses"][0] == pytest.approx(first, rel=1e-5)
-        assert all(math.isfinite(x) for x in r["losses"])
-        assert r["losses"][1] < r["losses"][0]
+    _assert_rank0_weights_trained(ranks)
