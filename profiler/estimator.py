@@ -40,9 +40,11 @@ from profiler._types import (
 from profiler.calibration import ALL_REGIMES, BAND_QUANTITIES, TimeModel, regime_of
 from profiler.headroom import check_fit
 from profiler.sharding import (
+    HOST_RAM_PER_PROCESS_GIB,
     StateBytes,
     collective_bytes_per_gpu,
     host_ram_gib,
+    loads_on_rank0,
     loads_whole_model_per_gpu,
     offload_seconds,
     place,
@@ -1012,8 +1014,13 @@ def estimate(
             else 0.0
         ),
     )
-    tokens = config.micro_batch_size * config.seq_len
     trainable = int(mem["trainable_params"])
+    if loads_on_rank0(sharding=config.sharding, method=config.method):
+        # Rank 0 holds the whole model in CPU memory while it loads, before FSDP moves the
+        # shards to the GPUs (or, offloading, keeps them): its node needs that much at least.
+        whole = _state_bytes(spec, config, trainable).weights / GIB
+        host_gib = max(host_gib, whole + HOST_RAM_PER_PROCESS_GIB * gpus_per_node)
+    tokens = config.micro_batch_size * config.seq_len
     provenance, by_regime = _provenance(cal, gpu)
     reserved = peak * cal.reserved_ratio
     bands = (

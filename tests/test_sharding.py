@@ -3,6 +3,7 @@ with numbers worked out by hand; the CLI contract of ``estimate --sharding``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -251,3 +252,39 @@ def test_load_peak_is_the_unsharded_model_where_the_runner_loads_it_whole(
     rest = spec.param_count - linear
     floor = (linear * bytes_per_param[0] + rest * bytes_per_param[1]) / 2**30
     assert floor < load < floor * 1.02 + 1.0  # + adapters, one 16-bit linear, the allocator
+
+
+def test_rank0_loading_needs_the_whole_model_in_host_ram() -> None:
+    from catalog import Offer, Provider
+    from planner.engine.evaluate import host_ram_fits
+
+    spec, h100 = get_model("llama2-70b"), get_gpu("h100")
+    full = TuningConfig(method=Method.FULL, gpu_count=8, sharding=Sharding.FSDP)
+    m = _estimate(spec, full, h100)
+    # Rank 0 loads the fp32 weights (bf16-mixed) in CPU memory before FSDP shards them.
+    assert m.host_ram_gib is not None and m.host_ram_gib > spec.param_count * 4 / 2**30
+    offer = Offer(
+        provider=Provider.AWS,
+        service="ec2",
+        instance_type="p.test",
+        region="r",
+        gpu=h100.name,
+        gpu_count=8,
+        usd_per_hour=1.0,
+        spot=False,
+        as_of="2026-11-30",
+        source="test",
+        memory_gib=128.0,
+    )
+    assert not host_ram_fits(m, offer)
+    assert host_ram_fits(m, dataclasses.replace(offer, memory_gib=2048.0))
+    assert host_ram_fits(m, dataclasses.replace(offer, memory_gib=None))  # cannot check: allowed
+    # No rank-0 loading (DDP LoRA): host RAM is not the plan's concern.
+    ddp = TuningConfig(
+        method=Method.LORA,
+        lora_rank=16,
+        lora_targets="all-linear",
+        gpu_count=8,
+        sharding=Sharding.DDP,
+    )
+    assert host_ram_fits(_estimate(get_model("llama2-7b"), ddp, h100), offer)

@@ -37,6 +37,7 @@ from profiler.estimator import (
     min_flops_per_token,
     weight_bytes,
 )
+from profiler.sharding import loads_on_rank0
 
 EstimateFn = Callable[..., Measurement]
 """``estimate(spec, config, gpu, *, nodes, inter_node_gbps) -> Measurement`` (profiler)."""
@@ -78,13 +79,16 @@ def default_fits(measurement: Measurement, gpu: GPU) -> FitVerdict:
 
 def host_ram_fits(measurement: Measurement, offer: Offer) -> bool:
     """Whether the offer's host memory (``memory_gib`` per instance) holds what an offload plan
-    puts there (``host_ram_gib`` per node). Plans without offload pass; a cloud offer whose
-    memory the catalog does not know cannot be checked and is refused; your own machine's
-    (``--host-ram-gib``) is trusted when not given, and the plan says so."""
-    if not measurement.config.sharding.offloads:
+    puts there, or what rank-0 loading holds while it loads the whole model
+    (``host_ram_gib`` per node). Other plans pass. A cloud offer whose memory the catalog does
+    not know cannot be checked: refused for offload plans, allowed for rank-0 loading; your own
+    machine's (``--host-ram-gib``) is trusted when not given, and the plan says so."""
+    config = measurement.config
+    offloads = config.sharding.offloads
+    if not offloads and not loads_on_rank0(sharding=config.sharding, method=config.method):
         return True
     if offer.memory_gib is None:
-        return offer.provider is Provider.LOCAL
+        return offer.provider is Provider.LOCAL or not offloads
     needed = measurement.host_ram_gib
     return needed is None or needed <= offer.memory_gib
 

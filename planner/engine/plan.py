@@ -57,8 +57,9 @@ def recommend(request: RecommendRequest, measurer: Measurer) -> Plan:
     notes: tuple[str, ...] = ()
     if request.budget.quality is QualityPolicy.BALANCED:
         result, notes = _prefer_low_risk(request, result)
+    result, load_notes = _prefer_loadable(request, result)
     result, margin_notes = _prefer_margin(request, result, measurer)
-    notes += margin_notes
+    notes += load_notes + margin_notes
     ranked = _distinct(result.feasible, RANKED_SIZE)
     chosen = ranked[0] if ranked else None
     near = () if chosen else _near_misses(result)
@@ -180,6 +181,42 @@ def _prefer_low_risk(
         f"quality balanced: the medium-risk plan saves more than {premium} over the cheapest "
         f"low-risk one (${low.cost.usd:,.2f}, {low.config.label()}); use --quality strict for "
         "that one",
+    )
+
+
+def _prefer_loadable(
+    request: RecommendRequest, result: SearchResult
+) -> tuple[SearchResult, tuple[str, ...]]:
+    """When ftplan's runner cannot load the best plan on its GPUs although its training peak
+    fits (:func:`planner.explain.load_problem`), take the cheapest feasible plan it can load,
+    whatever it costs: the other would stop before its first step. Without one, keep the best
+    plan; its warning says why it cannot start."""
+    best = result.best
+    gpu_of = request.gpus
+    if (
+        best is None
+        or explain.load_problem(request.spec, best.config, gpu_of[best.offer.gpu]) is None
+    ):
+        return result, ()
+    alt = next(
+        (
+            c
+            for c in result.feasible
+            if explain.load_problem(request.spec, c.config, gpu_of[c.offer.gpu]) is None
+        ),
+        None,
+    )
+    if alt is None:
+        return result, (
+            "load: no plan within the limits can be loaded by ftplan's runner today (see the "
+            "warning); the cheapest is kept so its memory and cost stay visible",
+        )
+    rest = tuple(c for c in result.candidates if c is not alt)
+    return dataclasses.replace(result, candidates=(alt, *rest)), (
+        f"load: chose ${alt.cost.usd:,.2f} ({alt.config.label()} on "
+        f"{alt.offer.instance_type}) over the ${best.cost.usd:,.2f} plan "
+        f"({best.config.label()} on {best.offer.instance_type}): ftplan's runner would build "
+        "the whole model on each of its GPUs before sharding it, which does not fit",
     )
 
 
