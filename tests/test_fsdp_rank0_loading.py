@@ -31,47 +31,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(rank: int, world: int, port: int, out: str, checkpoint: str) -> None:
+def _broadcast_shard_and_train(
+    model: Any, config: Any, ids: Any, *, rank: int, layer: type, learning_rate: float
+) -> dict[str, Any]:
+    """FSDP's rank-0 loading, written out, then two training steps.
+
+    torch's FSDP1 refuses sync_module_states for CPU modules, so its GPU-side step runs here as
+    FSDP runs it (_sync_module_params_and_buffers): the other ranks materialise the meta tensors
+    (accelerate's param_init_fn, weights re-tied), then rank 0's states are broadcast. The
+    model is wrapped with accelerate's settings and the recipe's optimizer is made after.
+    """
     import torch.distributed as dist
     from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
-    torch.set_num_threads(1)
-    # What ``accelerate launch`` with ftplan's FSDP config sets for full fine-tuning.
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        LOCAL_RANK=str(rank),
-        ACCELERATE_USE_FSDP="true",
-        FSDP_CPU_RAM_EFFICIENT_LOADING="true",
-    )
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    from model_specs import TINY_LLAMA
+    from profiler.recipes import make_optimizer
 
-    from profiler import Method, Sharding, TuningConfig
-    from profiler.recipes import loads_on_rank0_only, make_optimizer, setup_full
-
-    config = TuningConfig(method=Method.FULL, seq_len=32, gpu_count=world, sharding=Sharding.FSDP)
-    result: dict[str, object] = {"loads": loads_on_rank0_only()}
-    random_init = setup_full(TINY_LLAMA, config, device="cpu")
-    result["random_init_meta"] = [p.is_meta for p in random_init.model.parameters()]
-    del random_init
-
-    prepared = setup_full(TINY_LLAMA, config, device="cpu", checkpoint=checkpoint)
-    model = prepared.model
-    result["checkpoint_meta"] = [p.is_meta for p in model.parameters()]
-    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
-    if rank == 0:
-        with torch.no_grad():
-            result["unsharded_loss"] = float(model(input_ids=ids, labels=ids).loss)
-    layer = type(model.model.layers[0])
     cpu = torch.device("cpu")
-    # torch's FSDP1 refuses sync_module_states for CPU modules, so its GPU-side step runs here
-    # as FSDP runs it (_sync_module_params_and_buffers): the other ranks materialise the meta
-    # tensors (accelerate's param_init_fn, weights re-tied), then rank 0's states are broadcast.
     if rank != 0:
         model.to_empty(device=cpu)
-        model.tie_weights()
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.tie_weights()
     for state in [*model.parameters(), *model.buffers()]:
         dist.broadcast(state.data, src=0)
     sharded = FullyShardedDataParallel(
@@ -86,7 +66,7 @@ def _worker(rank: int, world: int, port: int, out: str, checkpoint: str) -> None
     optimizer = make_optimizer(
         [p for p in sharded.parameters() if p.requires_grad],
         config,
-        learning_rate=3e-3,
+        learning_rate=learning_rate,
         device="cpu",
     )
     before = {n: p.detach().clone() for n, p in sharded.named_parameters() if p.numel()}
@@ -97,13 +77,51 @@ def _worker(rank: int, world: int, port: int, out: str, checkpoint: str) -> None
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
-    result["losses"] = losses
-    result["changed"] = sum(
+    changed = sum(
         not torch.equal(before[n], p.detach())
         for n, p in sharded.named_parameters()
-        if n in before
+        if n in before and p.requires_grad
     )
-    result["local_shards"] = len(before)
+    trainable = sum(1 for n, p in sharded.named_parameters() if n in before and p.requires_grad)
+    return {"losses": losses, "changed": changed, "local_shards": trainable}
+
+
+def _worker(rank: int, world: int, port: int, out: str, checkpoint: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    # What ``accelerate launch`` with ftplan's FSDP config sets for full fine-tuning.
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        LOCAL_RANK=str(rank),
+        ACCELERATE_USE_FSDP="true",
+        FSDP_CPU_RAM_EFFICIENT_LOADING="true",
+    )
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from model_specs import TINY_LLAMA
+
+    from profiler import Method, Sharding, TuningConfig
+    from profiler.recipes import loads_on_rank0_only, setup_full
+
+    config = TuningConfig(method=Method.FULL, seq_len=32, gpu_count=world, sharding=Sharding.FSDP)
+    result: dict[str, object] = {"loads": loads_on_rank0_only()}
+    random_init = setup_full(TINY_LLAMA, config, device="cpu")
+    result["random_init_meta"] = [p.is_meta for p in random_init.model.parameters()]
+    del random_init
+
+    prepared = setup_full(TINY_LLAMA, config, device="cpu", checkpoint=checkpoint)
+    model = prepared.model
+    result["checkpoint_meta"] = [p.is_meta for p in model.parameters()]
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    if rank == 0:
+        with torch.no_grad():
+            result["unsharded_loss"] = float(model(input_ids=ids, labels=ids).loss)
+    result.update(
+        _broadcast_shard_and_train(
+            model, config, ids, rank=rank, layer=type(model.model.layers[0]), learning_rate=3e-3
+        )
+    )
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
@@ -139,6 +157,8 @@ def _assert_rank0_weights_trained(ranks: list[dict[str, Any]]) -> None:
         assert r["losses"][0] == pytest.approx(first, rel=1e-5)
         assert all(math.isfinite(x) for x in r["losses"])
         assert r["losses"][1] < r["losses"][0]
+        # The optimizer made after sharding steps every trainable shard this rank holds.
+        assert r["changed"] == r["local_shards"]
 
 
 def test_full_fine_tuning_under_fsdp_loads_on_rank_0_only(tmp_path: Path) -> None:
@@ -148,8 +168,7 @@ def test_full_fine_tuning_under_fsdp_loads_on_rank_0_only(tmp_path: Path) -> Non
         assert not any(ranks[0][key]), key  # rank 0 holds real weights
         assert ranks[1][key] and all(ranks[1][key]), key  # rank 1 materialised nothing
     _assert_rank0_weights_trained(ranks)
-    for r in ranks:
-        assert r["changed"] == r["local_shards"] > 0  # the optimizer made after sharding steps
+    assert all(r["local_shards"] > 0 for r in ranks)
 
 
 def _lora_worker(rank: int, world: int, port: int, out: str, checkpoint: str) -> None:
@@ -157,8 +176,6 @@ def _lora_worker(rank: int, world: int, port: int, out: str, checkpoint: str) ->
     rank 0 loads the checkpoint in CPU memory; after FSDP's broadcast (written out as above)
     every rank trains the same adapters on rank 0's base."""
     import torch.distributed as dist
-    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
-    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
     torch.set_num_threads(1)
     from profiler import Method, Sharding, TuningConfig
@@ -184,7 +201,7 @@ def _lora_worker(rank: int, world: int, port: int, out: str, checkpoint: str) ->
     dist.init_process_group("gloo", rank=rank, world_size=world)
     from model_specs import TINY_LLAMA
 
-    from profiler.recipes import loads_on_rank0_only, make_optimizer, setup_lora
+    from profiler.recipes import loads_on_rank0_only, setup_lora
 
     result: dict[str, object] = {"loads": loads_on_rank0_only(), "setting": loading}
     prepared = setup_lora(TINY_LLAMA, config, device="cpu", checkpoint=checkpoint)
@@ -195,36 +212,10 @@ def _lora_worker(rank: int, world: int, port: int, out: str, checkpoint: str) ->
     if rank == 0:
         with torch.no_grad():
             result["unsharded_loss"] = float(model(input_ids=ids, labels=ids).loss)
-    cpu = torch.device("cpu")
-    if rank != 0:
-        model.to_empty(device=cpu)
-        model.base_model.model.tie_weights()
-    for state in [*model.parameters(), *model.buffers()]:
-        dist.broadcast(state.data, src=0)
     layer = type(model.get_base_model().model.layers[0])
-    sharded = FullyShardedDataParallel(
-        model,
-        auto_wrap_policy=functools.partial(
-            transformer_auto_wrap_policy, transformer_layer_cls={layer}
-        ),
-        sharding_strategy=ShardingStrategy.FULL_SHARD,
-        use_orig_params=True,
-        device_id=cpu,
+    result.update(
+        _broadcast_shard_and_train(model, config, ids, rank=rank, layer=layer, learning_rate=1e-2)
     )
-    optimizer = make_optimizer(
-        [p for p in sharded.parameters() if p.requires_grad],
-        config,
-        learning_rate=1e-2,
-        device="cpu",
-    )
-    losses = []
-    for _ in range(2):
-        loss = sharded(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(float(loss.detach()))
-    result["losses"] = losses
     Path(out, f"lora-rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
