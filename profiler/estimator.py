@@ -40,7 +40,6 @@ from profiler._types import (
 from profiler.calibration import ALL_REGIMES, BAND_QUANTITIES, TimeModel, regime_of
 from profiler.headroom import check_fit
 from profiler.sharding import (
-    HOST_RAM_PER_PROCESS_GIB,
     StateBytes,
     collective_bytes_per_gpu,
     host_ram_gib,
@@ -263,8 +262,7 @@ def weight_bytes(spec: ModelSpec, config: TuningConfig) -> float:
     """Bytes of the weights as the recipe holds them, before sharding: fp32 for full bf16-mixed,
     bf16 for pure bf16 and LoRA's frozen base, NF4 linears with fp32 other parameters for QLoRA
     (``prepare_model_for_kbit_training``), plus the adapters."""
-    trainable = spec.param_count if config.method is Method.FULL else _adapter_params(spec, config)
-    return _state_bytes(spec, config, trainable).weights
+    return _state_bytes(spec, config, trainable_params(spec, config)).weights
 
 
 def download_bytes(spec: ModelSpec) -> float:
@@ -1018,8 +1016,11 @@ def estimate(
     if loads_on_rank0(sharding=config.sharding, method=config.method):
         # Rank 0 holds the whole model in CPU memory while it loads, before FSDP moves the
         # shards to the GPUs (or, offloading, keeps them): its node needs that much at least.
-        whole = _state_bytes(spec, config, trainable).weights / GIB
-        host_gib = max(host_gib, whole + HOST_RAM_PER_PROCESS_GIB * gpus_per_node)
+        whole = _state_bytes(spec, config, trainable).weights
+        loading = host_ram_gib(
+            0.0, gpus_per_node=gpus_per_node, extra_host_bytes_per_gpu=whole / gpus_per_node
+        )
+        host_gib = max(host_gib, loading)
     tokens = config.micro_batch_size * config.seq_len
     provenance, by_regime = _provenance(cal, gpu)
     reserved = peak * cal.reserved_ratio
@@ -1093,12 +1094,10 @@ def load_peak_gib(spec: ModelSpec, config: TuningConfig) -> float:
     """
     if not loads_whole_model_per_gpu(sharding=config.sharding, method=config.method):
         return 0.0
-    trainable = spec.param_count if config.method is Method.FULL else _adapter_params(spec, config)
     in_flight = 0.0
     if config.method is Method.QLORA:
         in_flight = 2.0 * max(a * b for a, b in spec.linear_shapes().values())
-    weights = _state_bytes(spec, config, trainable).weights
-    return (weights + in_flight) / GIB + ALLOCATOR_OVERHEAD_GIB
+    return (weight_bytes(spec, config) + in_flight) / GIB + ALLOCATOR_OVERHEAD_GIB
 
 
 def memory_fits(peak_reserved_gib: float, gpu: GPU) -> bool:
