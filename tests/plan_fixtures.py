@@ -15,6 +15,7 @@ $3.29/h, p5.48xlarge 8×H100 $98.32/h (stale: predates the June 2025 price cut).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from typing import Any
 
 from catalog import Offer, Provider
@@ -568,6 +569,19 @@ def make_empty_plan() -> Plan:
     return dataclasses.replace(
         base, near_misses=(), verdicts=verdicts, suggestions=("use a larger GPU (--gpu h100)",)
     )
+
+
+# The execution role the AWS tests launch with, and IAM's GetRole answer for it.
+SAGEMAKER_ROLE = "arn:aws:iam::123456789012:role/ftplan-sagemaker"
+SAGEMAKER_GET_ROLE = {
+    "Role": {
+        "Path": "/",
+        "RoleName": "ftplan-sagemaker",
+        "RoleId": "AROAEXAMPLEEXAMPLE1",
+        "Arn": SAGEMAKER_ROLE,
+        "CreateDate": dt.datetime(2025, 1, 1),
+    }
+}
 
 
 def sagemaker_qlora_spec(*, spot: bool = False) -> LaunchSpec:

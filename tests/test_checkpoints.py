@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 from model_specs import TINY_LLAMA
+from ports import free_port
 
 from profiler import Method, Sharding, TuningConfig
 from runners import LaunchSpec, launch_spec_to_json, parse_checkpoint_every
@@ -214,13 +214,6 @@ def test_sigterm_saves_a_checkpoint_then_resume_continues(data: Path, tmp_path: 
 
 
 # -- two processes (gloo) ----------------------------------------------------------------------
-def _free_port() -> int:
-    """A port nothing listens on now (a fixed one collides with other runs on the same host)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_two_process_lora_checkpoint_holds_adapters_and_rank_1_writes_nothing(
     data: Path, tmp_path: Path
@@ -234,7 +227,7 @@ def test_two_process_lora_checkpoint_holds_adapters_and_rank_1_writes_nothing(
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    argv += ["--master_port", str(_free_port()), "-m", "runners.train", "--spec", str(spec_file)]
+    argv += ["--master_port", str(free_port()), "-m", "runners.train", "--spec", str(spec_file)]
     argv += ["--data", str(data), "--output-dir", str(out)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -6,20 +6,14 @@ from __future__ import annotations
 import functools
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -88,7 +82,7 @@ def test_lora_trains_under_fsdp_on_two_cpu_processes(tmp_path: Path) -> None:
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch without gloo")
     sys.path.insert(0, str(Path(__file__).parent))
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
     for rank in range(2):
         first, last, changed, trainable, local, total, dtypes = (
             Path(tmp_path, f"rank{rank}.txt").read_text().split(" ", 6)

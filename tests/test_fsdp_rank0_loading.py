@@ -14,21 +14,15 @@ import functools
 import json
 import math
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ports import free_port
 
 torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _broadcast_shard_and_train(
@@ -144,7 +138,7 @@ def _run_two_ranks(worker: Any, tmp_path: Path, prefix: str) -> list[dict[str, A
     checkpoint = tmp_path / "weights"
     torch.manual_seed(123)
     AutoModelForCausalLM.from_config(hf_config_for(TINY_LLAMA)).save_pretrained(checkpoint)
-    mp.spawn(worker, args=(2, _free_port(), str(tmp_path), str(checkpoint)), nprocs=2)
+    mp.spawn(worker, args=(2, free_port(), str(tmp_path), str(checkpoint)), nprocs=2)
     return [json.loads(Path(tmp_path, f"{prefix}{r}.json").read_text()) for r in range(2)]
 
 

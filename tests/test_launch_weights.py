@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from plan_fixtures import SAGEMAKER_ROLE as ROLE
 
 from planner.cli import main as cli
 
@@ -288,7 +289,6 @@ def test_relative_weights_resolve_against_the_callers_folder(tmp_path: Path) -> 
 
 
 # -- SageMaker: the token and the weights channel -----------------------------------------------
-ROLE = "arn:aws:iam::123456789012:role/ftplan-sagemaker"
 SECRET = "hf_ThisIsASecretTokenValue1234567890"
 
 

@@ -12,23 +12,14 @@ from typing import Any
 import pytest
 from botocore.session import get_session
 from botocore.stub import ANY, Stubber
-from plan_fixtures import sagemaker_qlora_spec
+from plan_fixtures import SAGEMAKER_GET_ROLE, sagemaker_qlora_spec
+from plan_fixtures import SAGEMAKER_ROLE as ROLE
 
 from runners import RunnerError, SageMakerRunner
 from runners._preflight import quota_name
 
-ROLE = "arn:aws:iam::123456789012:role/ftplan-sagemaker"
 DATA = "s3://my-bucket/datasets/chat/"
 INSTANCE = "ml.g5.xlarge"
-GET_ROLE = {
-    "Role": {
-        "Path": "/",
-        "RoleName": "ftplan-sagemaker",
-        "RoleId": "AROAEXAMPLEEXAMPLE1",
-        "Arn": ROLE,
-        "CreateDate": dt.datetime(2025, 1, 1),
-    }
-}
 
 
 class _Setup:
@@ -94,7 +85,9 @@ def test_quota_below_the_planned_count_refuses_before_any_upload() -> None:
 def test_spot_uses_the_spot_training_quota_and_a_good_launch_goes_through() -> None:
     with _Setup() as setup:
         setup.quota(1.0, spot=True)
-        setup.iam_stub.add_response("get_role", GET_ROLE, {"RoleName": "ftplan-sagemaker"})
+        setup.iam_stub.add_response(
+            "get_role", SAGEMAKER_GET_ROLE, {"RoleName": "ftplan-sagemaker"}
+        )
         setup.s3_stub.add_response("head_bucket", {}, {"Bucket": "my-bucket"})
         setup.upload_and_create()
         result = setup.runner.launch(sagemaker_qlora_spec(spot=True), data=DATA, name="j")
@@ -132,7 +125,9 @@ def test_missing_role_or_bucket_refuses(
         if role_error:
             setup.iam_stub.add_client_error("get_role", role_error, http_status_code=404)
         else:
-            setup.iam_stub.add_response("get_role", GET_ROLE, {"RoleName": "ftplan-sagemaker"})
+            setup.iam_stub.add_response(
+                "get_role", SAGEMAKER_GET_ROLE, {"RoleName": "ftplan-sagemaker"}
+            )
             assert bucket_error is not None
             setup.s3_stub.add_client_error(
                 "head_bucket", bucket_error, http_status_code=int(bucket_error)

@@ -20,7 +20,8 @@ from botocore.session import get_session
 from botocore.stub import ANY, Stubber
 from click.testing import CliRunner
 from model_specs import LLAMA2_7B
-from plan_fixtures import make_plan
+from plan_fixtures import SAGEMAKER_GET_ROLE, make_plan
+from plan_fixtures import SAGEMAKER_ROLE as ROLE
 
 from catalog import Offer, Provider
 from planner.cli import main as cli
@@ -34,7 +35,6 @@ from runners.sagemaker import (
     source_tarball,
 )
 
-ROLE = "arn:aws:iam::123456789012:role/ftplan-sagemaker"
 DATA = "s3://my-bucket/datasets/chat/"
 JOB = "ftplan-test-job"
 MODEL = LLAMA2_7B
@@ -217,19 +217,7 @@ def _launch_stubbed(spec: LaunchSpec, expected: dict[str, Any], **launch: Any) -
             ),
             {"ServiceCode": "sagemaker"},
         )
-        iam_stub.add_response(
-            "get_role",
-            {
-                "Role": {
-                    "Path": "/",
-                    "RoleName": "ftplan-sagemaker",
-                    "RoleId": "AROAEXAMPLEEXAMPLE1",
-                    "Arn": ROLE,
-                    "CreateDate": dt.datetime(2025, 1, 1),
-                }
-            },
-            {"RoleName": "ftplan-sagemaker"},
-        )
+        iam_stub.add_response("get_role", SAGEMAKER_GET_ROLE, {"RoleName": "ftplan-sagemaker"})
         s3_stub.add_response("head_bucket", {}, {"Bucket": "my-bucket"})
         s3_stub.add_response(
             "put_object",

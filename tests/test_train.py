@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from model_specs import TINY_LLAMA
+from ports import free_port
 
 from profiler import Method, Sharding, TuningConfig
 from runners import DataFormatError, LaunchSpec, launch_spec_to_json
@@ -552,7 +553,6 @@ def test_two_processes_split_the_eval_set_and_agree(
     repetitive_data: Path, heldout: Path, tmp_path: Path
 ) -> None:
     import os
-    import socket
     import subprocess
     import sys
 
@@ -563,9 +563,7 @@ def test_two_processes_split_the_eval_set_and_agree(
     )
     spec_file = tmp_path / "launch.json"
     spec_file.write_text(launch_spec_to_json(spec))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     out = tmp_path / "out"
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
