@@ -157,8 +157,7 @@ def _prefer_low_risk(
     if request.budget.task is Task.CPT and best.config.method is not Method.FULL:
         full = next((c for c in balanced.feasible if c.config.method is Method.FULL), None)
         if full is not None:
-            rest = tuple(c for c in balanced.candidates if c is not full)
-            return dataclasses.replace(balanced, candidates=(full, *rest)), (
+            return _put_first(balanced, full), (
                 f"quality balanced, --task cpt: chose full fine-tuning (${full.cost.usd:,.2f}) "
                 f"over {METHOD_NAMES[best.config.method]} (${best.cost.usd:,.2f}): on continued "
                 "pre-training LoRA learns less, more so the more tokens it trains (Biderman "
@@ -192,32 +191,33 @@ def _prefer_loadable(
     whatever it costs: the other would stop before its first step. Without one, keep the best
     plan; its warning says why it cannot start."""
     best = result.best
-    gpu_of = request.gpus
-    if (
-        best is None
-        or explain.load_problem(request.spec, best.config, gpu_of[best.offer.gpu]) is None
-    ):
+    if best is None or _loads(request, best):
         return result, ()
-    alt = next(
-        (
-            c
-            for c in result.feasible
-            if explain.load_problem(request.spec, c.config, gpu_of[c.offer.gpu]) is None
-        ),
-        None,
-    )
+    alt = next((c for c in result.feasible if _loads(request, c)), None)
     if alt is None:
         return result, (
             "load: no plan within the limits can be loaded by ftplan's runner today (see the "
             "warning); the cheapest is kept so its memory and cost stay visible",
         )
-    rest = tuple(c for c in result.candidates if c is not alt)
-    return dataclasses.replace(result, candidates=(alt, *rest)), (
+    return _put_first(result, alt), (
         f"load: chose ${alt.cost.usd:,.2f} ({alt.config.label()} on "
         f"{alt.offer.instance_type}) over the ${best.cost.usd:,.2f} plan "
         f"({best.config.label()} on {best.offer.instance_type}): ftplan's runner would build "
         "the whole model on each of its GPUs before sharding it, which does not fit",
     )
+
+
+def _loads(request: RecommendRequest, candidate: Candidate) -> bool:
+    """Whether ftplan's runner can load ``candidate`` on its GPUs
+    (:func:`planner.explain.load_problem`)."""
+    gpu = request.gpus[candidate.offer.gpu]
+    return explain.load_problem(request.spec, candidate.config, gpu) is None
+
+
+def _put_first(result: SearchResult, chosen: Candidate) -> SearchResult:
+    """``result`` with ``chosen`` ranked first, the rest in their order."""
+    rest = tuple(c for c in result.candidates if c is not chosen)
+    return dataclasses.replace(result, candidates=(chosen, *rest))
 
 
 def _prefer_margin(
@@ -236,6 +236,7 @@ def _prefer_margin(
         c
         for c in (*result.feasible, *_roomier(request, best, measurer))
         if _roomy(c)
+        and _loads(request, c)
         and c.config.method is best.config.method
         and RISK_ORDER.index(c.risk_level) <= risk
     ]
@@ -247,8 +248,7 @@ def _prefer_margin(
         "error margin"
     )
     if alt is not None and alt.cost.usd <= best.cost.usd * (1 + TIGHT_PREMIUM):
-        rest = tuple(c for c in result.candidates if c is not alt)
-        return dataclasses.replace(result, candidates=(alt, *rest)), (
+        return _put_first(result, alt), (
             f"memory: chose a plan that fits with its error margin (${alt.cost.usd:,.2f}, "
             f"{alt.config.label()}) over {tight}: it costs less than {premium} more",
         )
