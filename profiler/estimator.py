@@ -65,6 +65,12 @@ NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
 # LM head and the loss run over this many tokens at a time and are recomputed in backward, so
 # only one chunk's logits chain is alive (Liger's fused linear cross-entropy works the same way).
 CHUNKED_LOSS_TOKENS = 1024
+# Model types whose output is the LM head's logits, at most soft-capped (Gemma 2's
+# final_logit_softcapping), so the chunked loss reproduces the model's own loss. Others (logit
+# scales such as Cohere's or Granite's, routers' auxiliary losses) keep the model's own loss.
+CHUNKED_LOSS_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"}
+)
 
 # Bytes per token per vocabulary entry at the cross-entropy peak: bf16 logits (2, kept by the
 # model output) + fp32 log-softmax output saved for backward (4) + its fp32 gradient (4) + the
@@ -372,12 +378,29 @@ def _expert_stack_bytes(spec: ModelSpec, config: TuningConfig) -> tuple[float, f
     return stack, stack * stacks
 
 
+def _loss_chain_traffic_bytes(spec: ModelSpec, config: TuningConfig, tokens: int) -> float:
+    """Bytes the logits/cross-entropy chain moves in one step, as the elementwise term counts
+    them: the chain's bytes at its peak (:data:`LOGITS_BYTES_PER_TOKEN_VOCAB`, plus QLoRA's bf16
+    cast of the fp32 head). The chunked loss runs the chain over every chunk, casts QLoRA's head
+    once per chunk, and runs it all again when backward recomputes each chunk: twice the
+    unchunked chain plus one head cast per chunk per pass."""
+    chain = LOGITS_BYTES_PER_TOKEN_VOCAB * tokens * spec.vocab_size
+    head_cast = 0.0
+    if config.method is Method.QLORA and not _sharded_adapters(config):
+        head_cast = 2.0 * _spec_terms(spec).head_params
+    if not config.chunked_loss:
+        return chain + head_cast
+    chunks = math.ceil(tokens / CHUNKED_LOSS_TOKENS)
+    return 2.0 * (chain + chunks * head_cast)
+
+
 def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, float]:
     """Memory components of one config per GPU, GiB, before calibration scaling.
 
     Keys: ``weights_gib``, ``gradients_gib``, ``optimizer_gib``, ``autocast_cache_gib``,
     ``optimizer_temp_gib``, ``activations_gib``, ``logits_gib`` (activations and logits at the
-    forward/backward peak), ``dynamic_gib`` (their sum, the part a calibration scales),
+    forward/backward peak), ``loss_traffic_gib`` (what the loss chain moves in a step, for the
+    time model), ``dynamic_gib`` (their sum, the part a calibration scales),
     ``fb_static_gib`` (what is resident during forward/backward besides ``dynamic_gib``),
     ``optimizer_step_gib`` (the optimizer-step phase peak) and ``host_bytes_per_gpu`` (state
     offloaded to host memory, bytes). Where state lives per sharding: :mod:`profiler.sharding`.
@@ -418,6 +441,7 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
         activations += stack_transient - stack_saved
     overhead = ALLOCATOR_OVERHEAD_GIB * GIB + extra_bytes
     dynamic = activations + logits
+    loss_traffic = _loss_chain_traffic_bytes(spec, config, tokens)
     fb_static = weight_bytes + cache_bytes + state_bytes + overhead
     opt_step = weight_bytes + grad_bytes + state_bytes + temp_bytes + overhead
     return {
@@ -428,6 +452,7 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
         "optimizer_temp_gib": temp_bytes / GIB,
         "activations_gib": activations / GIB,
         "logits_gib": logits / GIB,
+        "loss_traffic_gib": loss_traffic / GIB,
         "overhead_gib": overhead / GIB,
         "dynamic_gib": dynamic / GIB,
         "fb_static_gib": fb_static / GIB,
@@ -498,7 +523,7 @@ def _step_flops(
     costs 2·b·s²·q per layer forward (QKᵀ and AV at half of 4·b·s²·q thanks to the causal mask)
     and 2× that backward. Gradient checkpointing re-runs the decoder layers' forward inside the
     backward pass: its attention joins the backward figure, its linears are the third, timed at
-    their own efficiency.
+    their own efficiency. The chunked loss re-runs the LM head's forward in backward.
     """
     t = _spec_terms(spec)
     tokens = config.micro_batch_size * config.seq_len
@@ -518,6 +543,8 @@ def _step_flops(
     else:
         forward = layers_fwd + head_fwd + attn_fwd + 2.0 * tokens * trainable
         backward = layers_fwd + head_fwd + 2.0 * attn_fwd + 4.0 * tokens * trainable
+    if config.chunked_loss:
+        backward += head_fwd
     if config.grad_checkpointing:
         return forward, backward + attn_fwd, layers_fwd
     return forward, backward, 0.0
@@ -595,10 +622,11 @@ def _time_terms(
     bandwidth_bytes_per_s = gpu.memory_bandwidth_tbps * 1e12
     passes = _passes(config)
     tokens = config.micro_batch_size * config.seq_len
-    # Decoder-layer activations once per pass, plus the logits/cross-entropy chain once.
+    # Decoder-layer activations once per pass, plus the logits/cross-entropy chain once (twice
+    # when chunked: backward recomputes it).
     elementwise_bytes = (
         passes * spec.num_layers * tokens * terms["layer_bytes_per_token"]
-        + terms["logits_gib"] * GIB
+        + terms["loss_traffic_gib"] * GIB
     )
     trainable = terms["trainable_params"] / _shard_divisor(config)
     if config.sharding.offloads:

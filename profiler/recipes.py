@@ -28,7 +28,7 @@ from profiler._types import (
     adapted_modules,
     expert_parameters,
 )
-from profiler.estimator import CHUNKED_LOSS_TOKENS
+from profiler.estimator import CHUNKED_LOSS_MODEL_TYPES, CHUNKED_LOSS_TOKENS
 
 if TYPE_CHECKING:
     from catalog import ModelSpec
@@ -727,6 +727,17 @@ def _chunked_causal_lm_loss(
     from torch.utils.checkpoint import checkpoint
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model_type = getattr(base.config, "model_type", None)
+    if model_type not in CHUNKED_LOSS_MODEL_TYPES or getattr(
+        base.config, "output_router_logits", False
+    ):
+        supported = ", ".join(sorted(CHUNKED_LOSS_MODEL_TYPES))
+        raise ValueError(
+            f"chunked cross-entropy reproduces the loss of {supported} models without router "
+            f"auxiliary losses; this model is {model_type!r}"
+            + (" with output_router_logits" if model_type in CHUNKED_LOSS_MODEL_TYPES else "")
+            + ". To fix: train it without chunked_loss"
+        )
     decoder, head = base.get_decoder(), base.get_output_embeddings()
     softcap = getattr(base.config, "final_logit_softcapping", None)
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -38,6 +38,7 @@ from planner.cli.params import (
     MAX_SEQ_LEN,
     SafePath,
     check_targets,
+    chunked_loss_problem,
     int_range,
     user_config,
 )
@@ -394,6 +395,9 @@ def estimate_command(
         chunked_loss=chunked_loss,
         num_experts=spec.num_experts,
     )
+    problem = chunked_loss_problem(spec) if chunked_loss else None
+    if problem is not None:
+        notes.append(f"{problem}, so 'ftplan profile' and 'ftplan launch' cannot run this config")
     if max_batch or max_seq_len:
         _what_if(spec, config, gpu, knob="micro_batch" if max_batch else "seq_len", fmt=fmt)
         return

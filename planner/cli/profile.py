@@ -34,6 +34,7 @@ from planner.cli.params import (
     MAX_SEQ_LEN,
     SafePath,
     check_targets,
+    chunked_loss_problem,
     finite_float,
     int_range,
     user_config,
@@ -377,6 +378,9 @@ def profile_command(
 
     require_extra("train", "ftplan profile")
     spec, note = get_model(model_name), ""
+    problem = chunked_loss_problem(spec) if chunked_loss else None
+    if problem is not None:
+        raise InputError(f"--chunked-loss: {problem}. To fix: drop --chunked-loss")
     cpu = device == "cpu"
     if cpu:
         spec, note = cpu_stand_in(spec)
