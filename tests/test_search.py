@@ -12,9 +12,9 @@ from model_specs import LLAMA2_7B
 
 from catalog import GPU, Interconnect, ModelSpec, Offer, Provider
 from planner import Budget, QualityPolicy, TokensSource
-from planner.engine.evaluate import Measurer, constraints
+from planner.engine.evaluate import Evaluator, Measurer, constraints
 from planner.engine.search import exhaustive_search, search
-from planner.engine.space import RecommendRequest, SearchSpace
+from planner.engine.space import Hardware, RecommendRequest, SearchSpace, Variant
 from profiler import (
     FitVerdict,
     Measurement,
@@ -125,10 +125,12 @@ def fake_estimate(
     tokens = config.micro_batch_size * config.seq_len
     per_layer = 2.0 if config.grad_checkpointing else 34.0
     acts = tokens * spec.hidden_size * spec.num_layers * per_layer
-    logits = tokens * spec.vocab_size * 8.0
+    logits = min(tokens, 1024 if config.chunked_loss else tokens) * spec.vocab_size * 8.0
     peak_gib = (static + acts + logits) / GIB + 1.0
     if config.grad_checkpointing:
         flops_per_token *= 4 / 3
+    if config.chunked_loss:
+        flops_per_token += 2.0 * spec.hidden_size * spec.vocab_size
     mfu = 0.5 * tokens / (tokens + 4096)
     per_gpu = gpu.matmul_tflops * 1e12 * mfu / flops_per_token
     comm = 1.0 if nodes == 1 else 1.0 / (1.0 + 50.0 / max(inter_node_gbps, 1.0))
@@ -319,3 +321,40 @@ def test_stored_profile_is_used_and_labelled() -> None:
     assert best is not None
     assert best.measurement.source is Source.MEASURED  # the (fast) stored profile wins
     assert best.offer.instance_type == "h1" and best.config.method is Method.QLORA
+
+
+def test_memory_savers_cost_the_least_time_first_and_chunk_only_where_the_recipe_can() -> None:
+    evaluator = Evaluator(problem(), FAKE)
+    variant = Variant(method=Method.LORA, precision=Precision.BF16_MIXED, targets="all-linear")
+    one = Hardware(gpu=GPUS["A10G"], gpus_per_node=1, nodes=1, offers=OFFERS[3:4])
+    four = Hardware(gpu=GPUS["A10G"], gpus_per_node=4, nodes=1, offers=OFFERS[5:6])
+    assert evaluator.memory_savers(one, Sharding.NONE) == (
+        (False, False),
+        (False, True),
+        (True, False),
+        (True, True),
+    )
+    # Several GPUs or any sharding: the recipe's chunked loss is for one unsharded GPU.
+    assert evaluator.memory_savers(four, Sharding.DDP) == ((False, False), (True, False))
+    assert evaluator.memory_savers(one, Sharding.FSDP_OFFLOAD) == ((False, False), (True, False))
+    other = dataclasses.replace(problem(), spec=dataclasses.replace(SPEC, model_type="cohere"))
+    assert Evaluator(other, FAKE).memory_savers(one, Sharding.NONE) == (
+        (False, False),
+        (True, False),
+    )
+    off = dataclasses.replace(problem(), space=dataclasses.replace(SPACE, chunked_loss=(False,)))
+    assert Evaluator(off, FAKE).memory_savers(one, Sharding.NONE) == (
+        (False, False),
+        (True, False),
+    )
+    # The fast solve reaches a chunked point only past the last micro-batch that fits without
+    # it (a 256k vocabulary makes the logits count).
+    big_vocab = dataclasses.replace(problem(), spec=dataclasses.replace(SPEC, vocab_size=256_000))
+    found = Evaluator(big_vocab, FAKE).solve_cell(variant, one)
+    batches: dict[tuple[bool, bool], list[int]] = {}
+    for c in found:
+        if c.fits:
+            key = (c.config.grad_checkpointing, c.config.chunked_loss)
+            batches.setdefault(key, []).append(c.config.micro_batch_size)
+    assert set(batches) == {(True, False), (True, True)}
+    assert min(batches[True, True]) > max(batches[True, False])

@@ -579,3 +579,20 @@ def test_two_processes_split_the_eval_set_and_agree(
     # weight-0 repeat; the reduced count is every block once.
     assert {e["eval_tokens"] for e in evals} == {5 * 31}
     assert all(math.isfinite(e["eval_loss"]) for e in evals)
+
+
+@pytest.mark.slow
+def test_a_chunked_loss_run_trains_the_same_steps(repetitive_data: Path, tmp_path: Path) -> None:
+    """A plan with chunked cross-entropy launches it, and it is the same training: the losses of
+    the first steps match the unchunked run's (same seed, data and schedule)."""
+    plain = tiny_spec(Method.LORA, max_steps=4, checkpoint_every_steps=100)
+    chunked_config = dataclasses.replace(plain.config, chunked_loss=True)
+    chunked = dataclasses.replace(plain, config=chunked_config)
+    runs = {}
+    for name, spec in (("plain", plain), ("chunked", chunked)):
+        summary = _train(spec, repetitive_data, tmp_path / name)
+        assert summary["steps_completed"] == 4
+        runs[name] = [s["loss"] for s in _steps(tmp_path / name)]
+    assert "chunked-ce" in summary["config"]
+    assert runs["chunked"] == pytest.approx(runs["plain"], rel=2e-2)
+    assert runs["chunked"][-1] < runs["chunked"][0]

@@ -114,7 +114,10 @@ def _build_request(o: dict[str, Any]) -> Any:
     return RecommendRequest(
         spec=spec,
         budget=budget,
-        space=SearchSpace(methods=(Method(o["method"]),)) if o["method"] else SearchSpace(),
+        space=SearchSpace(
+            methods=(Method(o["method"]),) if o["method"] else SearchSpace().methods,
+            chunked_loss=(False, True) if o["chunked_loss"] else (False,),
+        ),
         offers=offers,
         seq_len=seq_len,
         seq_len_given=o["seq_len"] is not None,
@@ -261,6 +264,7 @@ def _inputs_hash(o: dict[str, Any]) -> str:
             or o[k] is not None
             and o[k] != ""
         )
+        and not (k == "chunked_loss" and o[k])
     )
     return hashlib.sha256(repr([(k, o[k]) for k in keys]).encode()).hexdigest()[:8]
 
@@ -360,6 +364,13 @@ def _write(plan: Plan, o: dict[str, Any]) -> Path:
     type=click.Choice(["full", "lora", "qlora"]),
     default=None,
     help="Pin the method (default: search all three). Runs even if --quality would reject it.",
+)
+@click.option(
+    "--chunked-loss/--no-chunked-loss",
+    default=True,
+    show_default=True,
+    help="Let plans on one GPU compute the LM head and cross-entropy a chunk at a time "
+    "(recomputed in backward) when that makes a larger micro-batch fit.",
 )
 @click.option(
     "--trials",
@@ -533,8 +544,10 @@ def _row(rank: int, c: Any, gpus: str) -> tuple[str, ...]:
             method += f" {cfg.precision.value}"
     if cfg.optimizer.value != "adamw":
         method += f" {cfg.optimizer.value}"
-    batch = f"{cfg.micro_batch_size}×{c.grad_accum_steps}" + (
-        " ckpt" if cfg.grad_checkpointing else ""
+    batch = (
+        f"{cfg.micro_batch_size}×{c.grad_accum_steps}"
+        + (" ckpt" if cfg.grad_checkpointing else "")
+        + (" chunked-ce" if cfg.chunked_loss else "")
     )
     offer = f"{c.offer.provider.value} {c.offer.instance_type}" + (" spot" if c.offer.spot else "")
     peak = m.peak_reserved_gib or m.peak_allocated_gib or 0.0

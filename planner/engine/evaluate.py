@@ -32,6 +32,7 @@ from profiler import (
     sharding_problem,
 )
 from profiler.estimator import (
+    CHUNKED_LOSS_MODEL_TYPES,
     checkpoint_bytes,
     download_bytes,
     min_flops_per_token,
@@ -285,9 +286,11 @@ class Evaluator:
         micro_batch: int,
         ckpt: bool,
         sharding: Sharding | None = None,
+        chunked: bool = False,
     ) -> TuningConfig:
         """The TuningConfig of one point; fp16-mixed replaces bf16 on GPUs without bf16.
-        ``sharding`` defaults to the cell's first strategy (:meth:`shardings_for`)."""
+        ``sharding`` defaults to the cell's first strategy (:meth:`shardings_for`); ``chunked``
+        is the chunked cross-entropy (:meth:`memory_savers`)."""
         precision = variant.precision
         if not hw.gpu.bf16_supported:
             precision = Precision.FP16_MIXED
@@ -305,6 +308,27 @@ class Evaluator:
             optimizer=optimizer,
             gpu_count=hw.gpu_count,
             sharding=sharding,
+            chunked_loss=chunked,
+        )
+
+    def memory_savers(self, hw: Hardware, sharding: Sharding) -> tuple[tuple[bool, bool], ...]:
+        """(gradient checkpointing, chunked cross-entropy) settings to try, in the order they add
+        time: neither; the chunked loss (one more LM-head forward per step, and its loss chain
+        again); checkpointing (one more forward of every decoder layer); both.
+
+        The chunked loss is offered on one GPU without sharding, for the model types whose head
+        ftplan's chunked loss reproduces (:data:`profiler.estimator.CHUNKED_LOSS_MODEL_TYPES`).
+        """
+        space = self.request.space
+        chunked: tuple[bool, ...] = (False,)
+        if (
+            hw.gpu_count == 1
+            and sharding is Sharding.NONE
+            and self.request.spec.model_type in CHUNKED_LOSS_MODEL_TYPES
+        ):
+            chunked = tuple(sorted(space.chunked_loss))
+        return tuple(
+            (ckpt, chunk) for ckpt in sorted(space.grad_checkpointing) for chunk in chunked
         )
 
     def measure(self, config: TuningConfig, hw: Hardware, inter_node_gbps: float) -> Measurement:
@@ -459,10 +483,11 @@ class Evaluator:
         """Fast exact-by-construction inner solve of one structural cell.
 
         Ranks: :meth:`ranks`.
-        For each optimizer: micro-batches upward without checkpointing until one does not fit,
-        then with checkpointing from the first size that did not fit (checkpointing only pays
-        when it lets a larger micro-batch fit; at a size that fits without it, it only adds
-        recomputation). Every fitting point is priced on every offer of the cell.
+        For each optimizer: micro-batches upward without a memory saver until one does not fit,
+        then with the next saver (:meth:`memory_savers`: chunked loss, checkpointing, both) from
+        the first size that did not fit (a saver only pays when it lets a larger micro-batch
+        fit; at a size that fits without it, it only adds recomputation). Every fitting point is
+        priced on every offer of the cell.
         """
         if not self.can_hold_weights(variant, hw):
             return []
@@ -479,7 +504,7 @@ class Evaluator:
                 for sharding in self.shardings_for(variant, hw, optimizer):
                     found = len(out)
                     start = 0
-                    for ckpt in sorted(space.grad_checkpointing):
+                    for ckpt, chunked in self.memory_savers(hw, sharding):
                         start = self._walk_batches(
                             variant,
                             hw,
@@ -490,6 +515,7 @@ class Evaluator:
                             out,
                             start,
                             sharding=sharding,
+                            chunked=chunked,
                         )
                     if any(c.fits for c in out[found:]):
                         break
@@ -521,6 +547,7 @@ class Evaluator:
         offset: int,
         *,
         sharding: Sharding | None = None,
+        chunked: bool = False,
     ) -> int:
         """Price micro-batches upward until one does not fit; return the index to resume at."""
         for i, batch in enumerate(batches):
@@ -532,6 +559,7 @@ class Evaluator:
                 micro_batch=batch,
                 ckpt=ckpt,
                 sharding=sharding,
+                chunked=chunked,
             )
             priced = self.price(config, hw)
             if not priced or not priced[0].fits:
@@ -541,7 +569,7 @@ class Evaluator:
         return offset + len(batches)
 
     def walk_cell_exhaustively(self, variant: Variant, hw: Hardware) -> list[Candidate]:
-        """Every point of the cell: all ranks, optimizers, checkpointing and micro-batches."""
+        """Every point of the cell: all ranks, optimizers, memory savers and micro-batches."""
         space = self.request.space
         ranks: tuple[int | None, ...] = (None,)
         if variant.method is not Method.FULL:
@@ -550,7 +578,7 @@ class Evaluator:
         for rank in ranks:
             for optimizer in self.optimizers_for(variant):
                 for sharding in self.shardings_for(variant, hw, optimizer):
-                    for ckpt in space.grad_checkpointing:
+                    for ckpt, chunked in self.memory_savers(hw, sharding):
                         for batch in space.micro_batches:
                             config = self.config(
                                 variant,
@@ -560,6 +588,7 @@ class Evaluator:
                                 micro_batch=batch,
                                 ckpt=ckpt,
                                 sharding=sharding,
+                                chunked=chunked,
                             )
                             out.extend(self.price(config, hw))
         return out

@@ -31,6 +31,7 @@ from planner.engine.quality import (
 from planner.engine.search import SearchResult, search
 from planner.engine.space import Hardware, RecommendRequest
 from profiler import FitVerdict, Method
+from profiler.estimator import CHUNKED_LOSS_TOKENS
 
 RANKED_SIZE = 8
 PARETO_SIZE = 12
@@ -62,6 +63,14 @@ def recommend(request: RecommendRequest, measurer: Measurer) -> Plan:
     notes += load_notes + margin_notes
     ranked = _distinct(result.feasible, RANKED_SIZE)
     chosen = ranked[0] if ranked else None
+    if any(c.config.chunked_loss for c in ranked):
+        notes += (
+            "chunked cross-entropy (plans marked chunked-ce, one GPU): the LM head and the loss "
+            f"run {CHUNKED_LOSS_TOKENS:,} tokens at a time and are recomputed in backward, so "
+            "only one chunk's logits are alive; it costs one more head forward per step. Its "
+            "memory and time terms are first principles, not fitted to a GPU run "
+            "(docs/estimator.md); 'ftplan profile --chunked-loss' measures it",
+        )
     near = () if chosen else _near_misses(result)
     frontier = budget_frontier(result.candidates, request.budget, request.space.methods)
     return Plan(
@@ -266,15 +275,19 @@ def _roomy(candidate: Candidate) -> bool:
 
 
 def _roomier(request: RecommendRequest, best: Candidate, measurer: Measurer) -> list[Candidate]:
-    """``best``'s config on its own offer with half the micro-batch (down to 1) and, if off,
-    gradient checkpointing: the usual ways to buy memory headroom."""
+    """``best``'s config on its own offer with half the micro-batch (down to 1) and, if off and
+    allowed, the chunked loss and gradient checkpointing: the usual ways to buy memory
+    headroom."""
     evaluator, hw = _on_its_offer(request, best, measurer)
     configs = []
     batch = best.config.micro_batch_size
     while batch > 1:
         batch //= 2
         configs.append(dataclasses.replace(best.config, micro_batch_size=batch))
-    if not best.config.grad_checkpointing:
+    savers = evaluator.memory_savers(hw, best.config.sharding)
+    if not best.config.chunked_loss and any(chunked for _, chunked in savers):
+        configs.append(dataclasses.replace(best.config, chunked_loss=True))
+    if not best.config.grad_checkpointing and any(ckpt for ckpt, _ in savers):
         configs.append(dataclasses.replace(best.config, grad_checkpointing=True))
     return [c for config in configs for c in evaluator.price(config, hw)]
 

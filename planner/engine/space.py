@@ -31,6 +31,7 @@ class SearchSpace:
     optimizers: tuple[OptimizerKind, ...] = (OptimizerKind.ADAMW, OptimizerKind.ADAMW_8BIT)
     micro_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     grad_checkpointing: tuple[bool, ...] = (False, True)
+    chunked_loss: tuple[bool, ...] = (False, True)  # one GPU, no sharding (Evaluator)
     node_counts: tuple[int, ...] = (1, 2, 4, 8)
     offload: tuple[bool, ...] = (False, True)
 

@@ -31,6 +31,7 @@ from planner.report.rows import (
     source_counts,
     source_rows,
 )
+from profiler.estimator import CHUNKED_LOSS_TOKENS
 
 _MD_SPECIAL = re.compile(r"([\\`*\[\]|])")
 
@@ -100,6 +101,10 @@ def _recommendation(plan: Plan) -> list[str]:
             ),
         ],
         ["Gradient checkpointing", "yes" if cfg.grad_checkpointing else "no"],
+        [
+            "Chunked cross-entropy",
+            f"yes, {CHUNKED_LOSS_TOKENS:,} tokens per chunk" if cfg.chunked_loss else "no",
+        ],
         ["Optimizer", cfg.optimizer.value],
         [
             "GPUs",
