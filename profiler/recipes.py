@@ -425,11 +425,98 @@ def build_base_model(
     return model
 
 
+# Bytes of random weights held in host memory at once while writing a random-init checkpoint.
+RANDOM_SHARD_BYTES = 2 * 1024**3
+
+
+def write_random_checkpoint(
+    hf_config: Any,
+    folder: Any,
+    *,
+    dtype: Any,
+    attention: str,
+    device: str = "cpu",
+    shard_bytes: int = RANDOM_SHARD_BYTES,
+) -> int:
+    """Write a random-init checkpoint of ``hf_config`` to ``folder`` one module at a time.
+
+    The model is built on the meta device (shapes only); each module's own tensors are then
+    materialized on ``device`` (random numbers are fast on a GPU), filled by the model's own
+    ``_init_weights`` (over zeros, so a tensor it skips is still finite), copied to CPU
+    safetensors shards of about ``shard_bytes`` with an index, and released. The device holds
+    one module at a time and the host about one shard, so a QLoRA model whose 16-bit weights
+    exceed the GPU still loads NF4 from it (transformers quantizes shard by shard). Tied
+    weights are written once. Seeded (0).
+
+    Returns:
+        Bytes of tensors written.
+    """
+    import json
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(
+            hf_config, attn_implementation=attention, **_dtype_kwarg(dtype)
+        )
+    skeleton.config.save_pretrained(folder)
+    # Each tensor once, under its first name (a tied head is the embedding: transformers ties it
+    # back on load); persistent buffers are part of the checkpoint too.
+    every_param = {name for name, _ in skeleton.named_parameters(remove_duplicate=False)}
+    keys = {name for name, _ in skeleton.named_parameters()}
+    keys |= {name for name in skeleton.state_dict() if name not in every_param}
+    weight_map: dict[str, str] = {}
+    shard: dict[str, Any] = {}
+    total = shard_size = 0
+
+    def flush() -> None:
+        nonlocal shard, shard_size
+        if shard:
+            name = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
+            save_file(shard, folder / name, metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, name))
+            shard, shard_size = {}, 0
+
+    for prefix, module in skeleton.named_modules():
+        own = {
+            f"{prefix}.{name}" if prefix else name: name
+            for name in [*module._parameters, *module._buffers]
+        }
+        own = {key: name for key, name in own.items() if key in keys}
+        if not own:
+            continue
+        module.to_empty(device=device, recurse=False)
+        with torch.no_grad():
+            for name in own.values():
+                getattr(module, name).zero_()  # finite even where _init_weights does not reach
+            skeleton._init_weights(module)
+        for key, name in own.items():
+            tensor = getattr(module, name)
+            shard[key] = tensor.detach().to("cpu").contiguous()
+            size = tensor.numel() * tensor.element_size()
+            shard_size += size
+            total += size
+        module.to_empty(device="meta", recurse=False)
+        if shard_size >= shard_bytes:
+            flush()
+    flush()
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return total
+
+
 def _build_nf4_model(
     hf_config: Any, config: TuningConfig, *, device: str, checkpoint: str | None, attention: str
 ) -> Any:
     """Load a 4-bit NF4 model. ``from_config`` takes no quantization config, so random weights
-    are saved to a temporary folder first and loaded back through ``from_pretrained``."""
+    are written to a temporary folder first (:func:`write_random_checkpoint`: a module at a time,
+    so only the NF4 model is ever whole on the GPU) and loaded back through
+    ``from_pretrained``."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -453,15 +540,9 @@ def _build_nf4_model(
         source = checkpoint
         if source is None:
             source = stack.enter_context(tempfile.TemporaryDirectory(prefix="ftplan-nf4-"))
-            torch.manual_seed(0)
-            with torch.device(device):
-                random_model = AutoModelForCausalLM.from_config(
-                    hf_config, attn_implementation=attention, **_dtype_kwarg(_weight_dtype(config))
-                )
-            random_model.save_pretrained(source)
-            del random_model
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
+            write_random_checkpoint(
+                hf_config, source, dtype=_weight_dtype(config), attention=attention, device=device
+            )
         model = AutoModelForCausalLM.from_pretrained(
             source,
             config=hf_config,

@@ -282,3 +282,41 @@ def test_sharded_qlora_stores_nf4_in_bf16_and_keeps_one_dtype() -> None:
     assert type(q_proj.base_layer.weight).__name__ == "Params4bit"
     ids = _batch()
     assert math.isfinite(recipes.train_step(prepared, ids, ids))
+
+
+TINY_TIED_GEMMA2 = dataclasses.replace(
+    TINY, name="tiny-gemma2", model_type="gemma2", tied_embeddings=True
+)
+
+
+@pytest.mark.parametrize("spec", [TINY, TINY_TIED_GEMMA2, TINY_MOE], ids=lambda s: s.name)
+def test_random_checkpoint_is_written_a_module_at_a_time_and_loads_whole(
+    spec: ModelSpec, tmp_path: Any
+) -> None:
+    """QLoRA's random weights: written in CPU shards, never as a whole 16-bit model on the device,
+    and they load with no missing or unexpected key, finite, initialized as the model's own
+    ``_init_weights`` does (normal at initializer_range, norms as the model sets them)."""
+    from transformers import AutoModelForCausalLM
+
+    hf_config = recipes.hf_config_for(spec)
+    attention = recipes.attention_implementation(spec)
+    written = recipes.write_random_checkpoint(
+        hf_config, tmp_path, dtype=torch.bfloat16, attention=attention, shard_bytes=64 * 1024
+    )
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1  # several shards
+    model, info = AutoModelForCausalLM.from_pretrained(
+        tmp_path, dtype=torch.bfloat16, attn_implementation=attention, output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    params = dict(model.named_parameters())  # tied weights once
+    assert written == sum(p.numel() * p.element_size() for p in params.values())
+    assert all(torch.isfinite(p.float()).all() for p in params.values())
+    q_proj = model.model.layers[0].self_attn.q_proj.weight.float()
+    assert q_proj.std().item() == pytest.approx(hf_config.initializer_range, rel=0.1)
+    reference = AutoModelForCausalLM.from_config(
+        hf_config, dtype=torch.bfloat16, attn_implementation=attention
+    )
+    norm = model.model.layers[0].input_layernorm.weight
+    assert torch.equal(norm, reference.model.layers[0].input_layernorm.weight)
+    if spec.tied_embeddings:
+        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
