@@ -543,6 +543,8 @@ def _build_nf4_model(
             write_random_checkpoint(
                 hf_config, source, dtype=_weight_dtype(config), attention=attention, device=device
             )
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()  # the modules' blocks: not part of the run's reserve
         model = AutoModelForCausalLM.from_pretrained(
             source,
             config=hf_config,
