@@ -33,6 +33,7 @@ from catalog import (
     sky_name_is_ambiguous,
 )
 from profiler.estimator import checkpoint_bytes, download_bytes
+from runners._sagemaker_request import SOURCE_PACKAGES, distribution_environment
 from runners._types import (
     LaunchResult,
     LaunchSpec,
@@ -43,7 +44,6 @@ from runners._types import (
     launch_spec_to_json,
 )
 from runners.local import run_dir_for
-from runners.sagemaker import SOURCE_PACKAGES, distribution_environment
 
 #: SkyPilot's cloud name for each provider it launches on.
 SKYPILOT_CLOUDS: dict[Provider, str] = {
