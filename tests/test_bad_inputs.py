@@ -55,6 +55,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     plan = json.loads(plan_to_json(make_plan()))
     bad_plans = {
         "negative.json": _edit(plan, ["chosen", "cost", "usd"], -50.0),
+        "gpus.json": _edit(plan, ["chosen", "config", "gpu_count"], 2),  # the offer has 1
+        "no-hours.json": _edit(plan, ["chosen", "cost", "hours"], 0.0),
         "nan.json": plan_to_json(make_plan()).replace('"seed": 0', '"seed": NaN'),
         "infinity.json": plan_to_json(make_plan()).replace('"seed": 0', '"seed": Infinity'),
         "overflow.json": plan_to_json(make_plan()).replace('"seed": 0', '"seed": 1e999'),
@@ -347,6 +349,8 @@ LAUNCH = ["launch", "plan.json", "--target", "local", "--data", "train.jsonl", "
     [
         ["launch", "missing.json", "--target", "local", "--data", "train.jsonl"],
         ["launch", "negative.json", "--target", "local", "--data", "train.jsonl"],
+        ["launch", "gpus.json", "--target", "local", "--data", "train.jsonl", "--dry-run"],
+        ["launch", "no-hours.json", "--target", "local", "--data", "train.jsonl", "--dry-run"],
         ["launch", "plan.json", "--target", "moon", "--data", "train.jsonl"],
         ["launch", "plan.json", "--target", "local", "--data", ""],
         ["launch", "plan.json", "--target", "local", "--data", "missing.jsonl"],

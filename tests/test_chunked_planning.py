@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from plan_fixtures import make_plan
 
 from catalog import GIB, get_gpu, get_model
 from planner import Plan
 from planner.cli import main
-from planner.plan_io import read_plan
+from planner.plan_io import read_plan, write_plan
 from profiler import Method, Sharding, TuningConfig, calibration_for, estimate
 from profiler.estimator import (
     CHUNKED_LOSS_TOKENS,
@@ -151,3 +152,29 @@ def test_the_recipe_refuses_models_whose_loss_it_would_change() -> None:
     ids = torch.zeros((1, 8), dtype=torch.long)
     with pytest.raises(ValueError, match="cohere"):
         recipes._chunked_causal_lm_loss(Model(), ids, ids, attention_mask=None, chunk_tokens=4)
+
+
+def test_launch_refuses_a_chunked_loss_the_recipe_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan edited by hand: refused before anything starts, even as a dry run."""
+    monkeypatch.chdir(tmp_path)
+    plan = make_plan()
+    assert plan.chosen is not None
+    config = dataclasses.replace(
+        plan.chosen.config, chunked_loss=True, sharding=Sharding.FSDP_OFFLOAD
+    )
+    chosen = dataclasses.replace(plan.chosen, config=config)
+    write_plan(dataclasses.replace(plan, chosen=chosen), tmp_path / "plan.json")
+    (tmp_path / "train.jsonl").write_text('{"text": "hello world"}\n')
+    args = ["launch", "plan.json", "--target", "local", "--data", "train.jsonl", "--dry-run"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "chunked cross-entropy" in result.stderr and "fsdp-offload" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
+    # The same plan on one unsharded GPU launches (dry run).
+    config = dataclasses.replace(config, gpu_count=1, sharding=Sharding.NONE)
+    chosen = dataclasses.replace(plan.chosen, config=config)
+    write_plan(dataclasses.replace(plan, chosen=chosen), tmp_path / "plan.json")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output

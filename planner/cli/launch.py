@@ -33,8 +33,10 @@ from planner.cli.params import (
     check_env_var,
     check_region,
     check_run_id,
+    chunked_loss_problem,
 )
 from planner.cli.runs import runs_dir_option
+from profiler import Sharding
 from profiler.recipes import DEFAULT_LEARNING_RATE
 from runners import (
     LaunchSpec,
@@ -128,7 +130,8 @@ def launch_spec_from_plan(
 
     Raises:
         CatalogError: If the plan's model is not in the catalog.
-        ValueError: If ``checkpoint_every`` is not an interval.
+        InputError: If ``checkpoint_every`` is not an interval, or the candidate does not hold
+            together (a plan edited by hand: GPUs that do not match its offer, no hours).
     """
     every_steps, every_minutes = (
         parse_checkpoint_every(checkpoint_every)
@@ -137,27 +140,34 @@ def launch_spec_from_plan(
     )
     measurement = candidate.measurement
     method = candidate.config.method
-    return LaunchSpec(
-        model=plan_model(plan),
-        config=candidate.config,
-        checkpoint=weights,
-        random_init=random_init,
-        offer=candidate.offer,
-        nodes=candidate.nodes,
-        device=device,
-        grad_accum_steps=grad_accum_steps or candidate.grad_accum_steps,
-        learning_rate=learning_rate
-        or candidate.suggested_learning_rate
-        or DEFAULT_LEARNING_RATE[method],
-        epochs=plan.budget.epochs,
-        max_steps=max_steps,
-        checkpoint_every_steps=every_steps,
-        checkpoint_every_minutes=every_minutes,
-        expected_peak_allocated_gib=measurement.peak_allocated_gib,
-        expected_tokens_per_s=measurement.tokens_per_s,
-        expected_source=measurement.source.value,
-        max_hours=candidate.cost.hours,
-    )
+    model = plan_model(plan)
+    try:
+        return LaunchSpec(
+            model=model,
+            config=candidate.config,
+            checkpoint=weights,
+            random_init=random_init,
+            offer=candidate.offer,
+            nodes=candidate.nodes,
+            device=device,
+            grad_accum_steps=grad_accum_steps or candidate.grad_accum_steps,
+            learning_rate=learning_rate
+            or candidate.suggested_learning_rate
+            or DEFAULT_LEARNING_RATE[method],
+            epochs=plan.budget.epochs,
+            max_steps=max_steps,
+            checkpoint_every_steps=every_steps,
+            checkpoint_every_minutes=every_minutes,
+            expected_peak_allocated_gib=measurement.peak_allocated_gib,
+            expected_tokens_per_s=measurement.tokens_per_s,
+            expected_source=measurement.source.value,
+            max_hours=candidate.cost.hours,
+        )
+    except ValueError as exc:
+        raise InputError(
+            f"the plan's candidate cannot be launched as it is written: {exc}. To fix: re-plan "
+            "with 'ftplan recommend' rather than editing the plan"
+        ) from None
 
 
 def eval_schedule(
@@ -283,6 +293,23 @@ def _load_problem(spec: LaunchSpec) -> str | None:
     if spec.offer is None:
         return None
     return load_problem(spec.model, spec.config, get_gpu(spec.offer.gpu))
+
+
+def _chunked_loss_problem(spec: LaunchSpec) -> str | None:
+    """Why the recipe cannot run the plan's chunked cross-entropy (a plan edited by hand: the
+    search offers it on one unsharded GPU, for model types it reproduces), or None."""
+    config = spec.config
+    if not config.chunked_loss:
+        return None
+    problem = chunked_loss_problem(spec.model)
+    if problem is None and (config.gpu_count > 1 or config.sharding is not Sharding.NONE):
+        problem = (
+            f"ftplan's recipe runs chunked cross-entropy on one GPU without sharding, and the "
+            f"plan has {config.gpu_count} GPU(s) with sharding {config.sharding.value}"
+        )
+    if problem is None:
+        return None
+    return f"{problem}. To fix: re-plan with 'ftplan recommend', or set chunked_loss to false"
 
 
 def _user_error(exc: Exception) -> click.ClickException:
@@ -447,6 +474,9 @@ def launch_command(
         eval_every_steps=eval_every_steps,
     )
     chosen = Target(target) if target else default_target(spec.offer)
+    problem = _chunked_loss_problem(spec)
+    if problem is not None:
+        raise UserInputError(problem)
     problem = _load_problem(spec)
     if problem is not None:
         if not dry_run:
