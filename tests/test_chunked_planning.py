@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from plan_fixtures import make_plan
 
-from catalog import GIB, get_gpu, get_model
+from catalog import GIB, get_gpu, get_model, list_models
 from planner import Plan
 from planner.cli import main
 from planner.plan_io import read_plan, write_plan
-from profiler import Method, Sharding, TuningConfig, calibration_for, estimate
+from profiler import Method, Precision, Sharding, TuningConfig, calibration_for, estimate
 from profiler.estimator import (
     CHUNKED_LOSS_TOKENS,
     LOGITS_BYTES_PER_TOKEN_VOCAB,
@@ -178,3 +180,41 @@ def test_launch_refuses_a_chunked_loss_the_recipe_cannot_run(
     write_plan(dataclasses.replace(plan, chosen=chosen), tmp_path / "plan.json")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model=st.sampled_from([m.name for m in list_models()]),
+    method=st.sampled_from(list(Method)),
+    batch=st.sampled_from([1, 2, 8]),
+    seq_len=st.sampled_from([256, 1024, 1500, 4096, 32768]),
+    ckpt=st.booleans(),
+    gpu=st.sampled_from(["h100", "l4", "a100", "t4"]),
+)
+def test_the_chunked_loss_never_costs_memory_and_never_saves_time(
+    model: str, method: Method, batch: int, seq_len: int, ckpt: bool, gpu: str
+) -> None:
+    """For every catalog model: chunking can only lower the peak (at most by the logits chain
+    it no longer holds) and can only add time (the head's forward again, the chain twice)."""
+    spec, card = get_model(model), get_gpu(gpu)
+    lora = method is not Method.FULL
+    config = TuningConfig(
+        method=method,
+        precision=Precision.BF16_MIXED if card.bf16_supported else Precision.FP16_MIXED,
+        lora_rank=16 if lora else None,
+        lora_targets="all-linear" if lora else None,
+        micro_batch_size=batch,
+        seq_len=seq_len,
+        grad_checkpointing=ckpt,
+    )
+    cal = calibration_for(card)
+    whole = estimate(spec, config, card, calibration=cal)
+    chunked = estimate(spec, dataclasses.replace(config, chunked_loss=True), card, calibration=cal)
+    assert whole.peak_allocated_gib and chunked.peak_allocated_gib
+    assert whole.step_time_s and chunked.step_time_s
+    tokens = batch * seq_len
+    hidden_grad_gib = 2 * tokens * spec.hidden_size / GIB * cal.activation_scale
+    assert chunked.peak_allocated_gib <= whole.peak_allocated_gib + hidden_grad_gib + 1e-9
+    chain_gib = LOGITS_BYTES_PER_TOKEN_VOCAB * tokens * spec.vocab_size / GIB
+    assert chunked.peak_allocated_gib >= whole.peak_allocated_gib - chain_gib * 1.05
+    assert chunked.step_time_s >= whole.step_time_s
