@@ -218,3 +218,19 @@ def test_the_chunked_loss_never_costs_memory_and_never_saves_time(
     chain_gib = LOGITS_BYTES_PER_TOKEN_VOCAB * tokens * spec.vocab_size / GIB
     assert chunked.peak_allocated_gib >= whole.peak_allocated_gib - chain_gib * 1.05
     assert chunked.step_time_s >= whole.step_time_s
+
+
+def test_what_if_says_how_far_the_chunked_loss_goes() -> None:
+    args = ["estimate", "--model", "llama3.1-8b", "--method", "qlora", "--gpu", "l4"]
+    args += ["--grad-checkpointing", "--max-seq-len", "--format", "json"]
+    found = json.loads(CliRunner().invoke(main, args).stdout)
+    # The 128k-vocabulary logits chain binds first: chunked, the sequence can be longer.
+    assert found["max_seq_len_with_chunked_loss"] > 2 * found["max_seq_len"]
+    chunked = json.loads(CliRunner().invoke(main, [*args, "--chunked-loss"]).stdout)
+    assert chunked["max_seq_len"] == found["max_seq_len_with_chunked_loss"]
+    assert chunked["max_seq_len_with_chunked_loss"] is None  # already chunked
+    # When nothing fits, the nearest change may be the chunked loss with checkpointing.
+    args = ["estimate", "--model", "llama3.1-8b", "--method", "lora", "--gpu", "l40s"]
+    result = CliRunner().invoke(main, [*args, "--seq-len", "16384", "--max-batch"])
+    assert result.exit_code == 1
+    assert "Nearest change: add --grad-checkpointing and --chunked-loss" in result.stderr

@@ -436,12 +436,22 @@ def _what_if(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, knob: str, fmt:
     def run(c: TuningConfig) -> Measurement:
         return estimate(spec, c, gpu, calibration=calibration)
 
+    def search(c: TuningConfig) -> Any:
+        if knob == "micro_batch":
+            return max_micro_batch(run, c, gpu)
+        return max_seq_len(run, c, gpu, spec=spec)
+
+    found = search(config)
     if knob == "micro_batch":
-        found = max_micro_batch(run, config, gpu)
         key, label = "max_micro_batch", f"micro-batch at seq-len {config.seq_len}"
     else:
-        found = max_seq_len(run, config, gpu, spec=spec)
         key, label = "max_seq_len", f"sequence length at micro-batch {config.micro_batch_size}"
+    # What the chunked loss would allow, where ftplan's recipe can run it and it was not asked.
+    chunked = None
+    if _can_chunk(spec, config):
+        chunked = search(dataclasses.replace(config, chunked_loss=True)).value
+        if chunked is not None and found.value is not None and chunked <= found.value:
+            chunked = None
     if found.value is None:
         start = "batch 1" if knob == "micro_batch" else "sequence length 1"
         raise NothingFitsError(
@@ -461,6 +471,7 @@ def _what_if(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, knob: str, fmt:
         "memory_limit_gib": found.check.capacity_gib,
         "fit_detail": found.check.describe(),
         "capped_at": found.limit,
+        f"{key}_with_chunked_loss": chunked,
     }
     if fmt == "json":
         click.echo(json.dumps(result, indent=2, sort_keys=True))
@@ -474,20 +485,33 @@ def _what_if(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, knob: str, fmt:
         else "  every size that fits is 'tight' (only without the error margin)"
     )
     click.echo(f"  {found.check.describe()}")
+    if chunked is not None:
+        click.echo(f"  with --chunked-loss (the LM head and loss a chunk at a time): {chunked}")
+
+
+def _can_chunk(spec: ModelSpec, config: TuningConfig) -> bool:
+    """Whether the chunked loss is off and ftplan's recipe could run it for this config."""
+    return (
+        not config.chunked_loss
+        and config.gpu_count == 1
+        and config.sharding is Sharding.NONE
+        and chunked_loss_problem(spec) is None
+    )
 
 
 def _nearest_change(
     run: Callable[[TuningConfig], Measurement], spec: ModelSpec, config: TuningConfig, gpu: GPU
 ) -> str:
-    """The first of: gradient checkpointing, QLoRA, a shorter sequence, that makes batch 1 fit."""
+    """The first of: the chunked loss, gradient checkpointing, both, QLoRA with checkpointing
+    (and the chunked loss), a shorter sequence, that makes batch 1 fit."""
     from profiler.headroom import measurement_fit
     from profiler.whatif import max_seq_len
 
     one = dataclasses.replace(config, micro_batch_size=1)
     ckpt = dataclasses.replace(one, grad_checkpointing=True)
-    options: list[tuple[str, TuningConfig]] = []
+    steps: list[tuple[str, TuningConfig]] = []
     if not config.grad_checkpointing:
-        options.append(("add --grad-checkpointing", ckpt))
+        steps.append(("add --grad-checkpointing", ckpt))
     if config.method is not Method.QLORA:
         qlora = dataclasses.replace(
             ckpt,
@@ -500,7 +524,16 @@ def _nearest_change(
         )
         if qlora.precision is Precision.BF16:
             qlora = dataclasses.replace(qlora, precision=Precision.BF16_MIXED)
-        options.append(("--method qlora with --grad-checkpointing", qlora))
+        steps.append(("--method qlora with --grad-checkpointing", qlora))
+    options: list[tuple[str, TuningConfig]] = []
+    chunk = _can_chunk(spec, config)
+    if chunk:
+        options.append(("add --chunked-loss", dataclasses.replace(one, chunked_loss=True)))
+    for text, candidate in steps:
+        options.append((text, candidate))
+        if chunk:
+            chunked = dataclasses.replace(candidate, chunked_loss=True)
+            options.append((f"{text} and --chunked-loss", chunked))
     for text, candidate in options:
         probe = run(candidate)
         if measurement_fit(probe, gpu).fits:
