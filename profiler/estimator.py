@@ -96,6 +96,33 @@ _Q_COEF = 6.0
 _KV_COEF = 4.0
 _I_COEF = {"full": 8.0, "lora": 8.0, "qlora": 13.5}
 
+# Eager attention (the model types transformers runs without SDPA, EAGER_ATTENTION_MODEL_TYPES)
+# materializes the b·H·s² attention scores of a layer. Saved for backward, per score: the
+# soft-cap's tanh output (bf16), the softmax output (fp32) and its bf16 cast that the value matmul
+# keeps: 8 bytes, counted with autograd's saved-tensor hooks on a 2-layer Gemma 2
+# (tests/test_estimator.py). The backward of a layer holds about 6 more at once (the bf16 score
+# gradient and its fp32 upcast for the softmax backward), and the two 4-D masks (causal and
+# sliding window, bf16) take 4 bytes per b·s² while the step runs. Traffic per score in a
+# forward: the scores written, scaled, soft-capped (divide, tanh, multiply), masked, soft-maxed
+# to fp32, cast back and read by the value matmul, about 38 bytes; in the backward the same
+# chain's gradients, about 50 (the fp32 softmax backward reads two fp32 tensors and writes one);
+# a checkpointed re-run pays the forward's again. At peak bandwidth (not fitted: no reference
+# run uses eager attention). The matmuls compute every score (4·b·s²·q FLOPs a layer forward,
+# no causal skipping).
+# Assumptions until measured on a GPU.
+EAGER_ATTENTION_MODEL_TYPES = frozenset({"gemma2"})
+EAGER_SCORE_SAVED_BYTES = 8.0
+EAGER_SCORE_BACKWARD_BYTES = 6.0
+EAGER_MASK_BYTES_PER_SCORE_PAIR = 4.0
+EAGER_SCORE_FORWARD_TRAFFIC_BYTES = 38.0
+EAGER_SCORE_BACKWARD_TRAFFIC_BYTES = 50.0
+# What a model type's layer saves per token beyond the Llama-style coefficients, per recipe, as a
+# coefficient on h; and beyond LOGITS_BYTES_PER_TOKEN_VOCAB. Gemma 2's four RMSNorms per layer
+# (two more than Llama's, with trained weights under full fine-tuning) and its final-logit soft
+# cap (the tanh output, bf16), counted with the same hooks on 2-layer models of two widths.
+_EXTRA_H_COEF = {"gemma2": {"lora": 8.0, "qlora": 8.0, "full": 21.0, "full-mixed": 16.0}}
+_EXTRA_LOGITS_BYTES_PER_TOKEN_VOCAB = {"gemma2": 2.0}
+
 # Of those bytes, the inputs that only a LoRA adapter saves, per adapted linear: a frozen linear
 # computes its input gradient from its weight alone and saves nothing, while PEFT casts the input
 # to the fp32 adapter dtype and autocast casts it back to bf16 for lora_A, once per adapter, so
@@ -378,13 +405,27 @@ def _expert_stack_bytes(spec: ModelSpec, config: TuningConfig) -> tuple[float, f
     return stack, stack * stacks
 
 
+def _eager_scores(spec: ModelSpec, config: TuningConfig) -> float:
+    """Attention scores one layer materializes (b·H·s²) under eager attention, else 0."""
+    if spec.model_type not in EAGER_ATTENTION_MODEL_TYPES:
+        return 0.0
+    return float(config.micro_batch_size * spec.num_heads * config.seq_len**2)
+
+
+def _logits_bytes_per_token_vocab(spec: ModelSpec) -> float:
+    """:data:`LOGITS_BYTES_PER_TOKEN_VOCAB` plus what the model type's head adds (a soft cap)."""
+    return LOGITS_BYTES_PER_TOKEN_VOCAB + _EXTRA_LOGITS_BYTES_PER_TOKEN_VOCAB.get(
+        spec.model_type, 0.0
+    )
+
+
 def _loss_chain_traffic_bytes(spec: ModelSpec, config: TuningConfig, tokens: int) -> float:
     """Bytes the logits/cross-entropy chain moves in one step, as the elementwise term counts
     them: the chain's bytes at its peak (:data:`LOGITS_BYTES_PER_TOKEN_VOCAB`, plus QLoRA's bf16
     cast of the fp32 head). The chunked loss runs the chain over every chunk, casts QLoRA's head
     once per chunk, and runs it all again when backward recomputes each chunk: twice the
     unchunked chain plus one head cast per chunk per pass."""
-    chain = LOGITS_BYTES_PER_TOKEN_VOCAB * tokens * spec.vocab_size
+    chain = _logits_bytes_per_token_vocab(spec) * tokens * spec.vocab_size
     head_cast = 0.0
     if config.method is Method.QLORA and not _sharded_adapters(config):
         head_cast = 2.0 * _spec_terms(spec).head_params
@@ -424,21 +465,31 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
     tokens = config.micro_batch_size * config.seq_len
     layer_bytes_per_token = _layer_bytes_per_token(spec, config, full_mixed=full_mixed)
     loss_tokens = min(tokens, CHUNKED_LOSS_TOKENS) if config.chunked_loss else tokens
-    logits = LOGITS_BYTES_PER_TOKEN_VOCAB * loss_tokens * spec.vocab_size
+    logits = _logits_bytes_per_token_vocab(spec) * loss_tokens * spec.vocab_size
     if config.chunked_loss:
         logits += 2 * tokens * spec.hidden_size  # the final hidden states' gradient, bf16
     if method is Method.QLORA and not _sharded_adapters(config):
         logits += 2 * t.head_params  # the fp32 head is cast to bf16 (uncached: frozen weight)
     stack_saved, stack_transient = _expert_stack_bytes(spec, config)
+    scores = _eager_scores(spec, config)
+    score_saved = EAGER_SCORE_SAVED_BYTES * scores
+    score_transient = EAGER_SCORE_BACKWARD_BYTES * scores
+    masks = EAGER_MASK_BYTES_PER_SCORE_PAIR * config.micro_batch_size * config.seq_len**2
+    if not scores:
+        masks = 0.0
     if config.grad_checkpointing:
         fp32_residual = full_mixed or (method is Method.QLORA and not _sharded_adapters(config))
         residual_bytes = 4 if fp32_residual else 2
-        saved = spec.num_layers * tokens * residual_bytes * spec.hidden_size
-        recompute = tokens * layer_bytes_per_token + stack_transient
+        saved = spec.num_layers * tokens * residual_bytes * spec.hidden_size + masks
+        recompute = (
+            tokens * layer_bytes_per_token + stack_transient + score_saved + score_transient
+        )
         activations = saved + max(0.0, recompute - logits)
     else:
-        activations = spec.num_layers * (tokens * layer_bytes_per_token + stack_saved)
-        activations += stack_transient - stack_saved
+        activations = spec.num_layers * (
+            tokens * layer_bytes_per_token + stack_saved + score_saved
+        )
+        activations += stack_transient - stack_saved + score_transient + masks
     overhead = ALLOCATOR_OVERHEAD_GIB * GIB + extra_bytes
     dynamic = activations + logits
     loss_traffic = _loss_chain_traffic_bytes(spec, config, tokens)
@@ -482,6 +533,9 @@ def _layer_bytes_per_token(spec: ModelSpec, config: TuningConfig, *, full_mixed:
     h_coef = _H_COEF[
         (method.value, full_mixed) if method is Method.FULL else (method.value, False)
     ]
+    extra = _EXTRA_H_COEF.get(spec.model_type)
+    if extra is not None:
+        h_coef += extra["full-mixed" if full_mixed else method.value]
     q_coef = _Q_COEF
     # Sharded QLoRA keeps a bf16 residual stream (no kbit fp32 upcast), so Linear4bit returns
     # bf16 and its MLP chain costs what LoRA's does. Assumption until measured.
@@ -529,8 +583,9 @@ def _step_flops(
     tokens = config.micro_batch_size * config.seq_len
     layers_fwd = 2.0 * tokens * t.active_linear_params
     head_fwd = 2.0 * tokens * t.head_params
+    # Causal SDPA skips the masked half of the scores; eager attention computes them all.
     attn_fwd = (
-        2.0
+        (4.0 if spec.model_type in EAGER_ATTENTION_MODEL_TYPES else 2.0)
         * config.micro_batch_size
         * config.seq_len
         * config.seq_len
@@ -595,12 +650,13 @@ def time_terms(
     s), ``lora_traffic_s``, ``nf4_cast_traffic_s`` and ``elementwise_s`` (the LoRA path's,
     QLoRA's cast and the activation plus logits bytes at peak bandwidth, s; the forward's share
     of each is ``forward_traffic_share``), ``dequant_s`` (NF4 dequantization traffic, s;
-    ``forward_pass_share`` of it in the forward), the host counts per forward pass
+    ``forward_pass_share`` of it in the forward), ``eager_forward_s`` and ``eager_backward_s``
+    (eager attention's score traffic, s; 0 under SDPA), the host counts per forward pass
     ``host_layers``, ``host_autocast_layers``, ``host_lora_linears`` and ``host_nf4_linears``,
     ``recompute_host_passes`` (1 with checkpointing), the additive form's ``layer_passes``,
     ``autocast_layer_passes`` and ``nf4_calls`` (over all passes), ``optimizer_s`` (the optimizer
     step at the calibration's bandwidth efficiency, not fitted) and ``fixed_s`` (optimizer step
-    plus dequantization). Per GPU; FSDP divides the optimizer
+    plus dequantization and eager score traffic). Per GPU; FSDP divides the optimizer
     work by n. The optimizer step alone is ``optimizer_s``.
     """
     return _time_terms(
@@ -654,6 +710,15 @@ def _time_terms(
     lora_bytes, cast_bytes, adapted = _adapter_traffic_bytes_per_token(spec, config)
     # Forward once, backward twice the forward's traffic, and the checkpointed re-run once more.
     traffic_passes = (passes + 1) * spec.num_layers * tokens / bandwidth_bytes_per_s
+    eager_forward_s = (
+        spec.num_layers
+        * EAGER_SCORE_FORWARD_TRAFFIC_BYTES
+        * _eager_scores(spec, config)
+        / bandwidth_bytes_per_s
+    )
+    eager_backward_s = eager_forward_s * (
+        EAGER_SCORE_BACKWARD_TRAFFIC_BYTES / EAGER_SCORE_FORWARD_TRAFFIC_BYTES + (passes - 2)
+    )
     layers = float(spec.num_layers)
     return {
         "compute_s_at_peak": (forward + backward) / peak_flops,
@@ -668,6 +733,8 @@ def _time_terms(
         "elementwise_s": elementwise_bytes / bandwidth_bytes_per_s,
         "nf4_calls": nf4_calls,
         "dequant_s": dequant_s,
+        "eager_forward_s": eager_forward_s,
+        "eager_backward_s": eager_backward_s,
         "forward_pass_share": 1.0 / passes,
         "host_layers": layers,
         "host_autocast_layers": layers if autocast else 0.0,
@@ -675,7 +742,7 @@ def _time_terms(
         "host_nf4_linears": nf4_calls / passes,
         "recompute_host_passes": 1.0 if config.grad_checkpointing else 0.0,
         "optimizer_s": optimizer_s,
-        "fixed_s": optimizer_s + dequant_s,
+        "fixed_s": optimizer_s + dequant_s + eager_forward_s + eager_backward_s,
     }
 
 
@@ -707,6 +774,7 @@ def _gpu_forward_s(tt: dict[str, float], cal: Calibration) -> float:
         tt["forward_s_at_peak"] / cal.compute_efficiency
         + traffic * tt["forward_traffic_share"]
         + tt["dequant_s"] * tt["forward_pass_share"]
+        + tt["eager_forward_s"]
     )
 
 
@@ -759,6 +827,7 @@ def compute_seconds(tt: dict[str, float], cal: Calibration) -> float:
         + tt["recompute_s_at_peak"] * inv_recompute
         + traffic * (1.0 - tt["forward_traffic_share"])
         + tt["dequant_s"] * (1.0 - tt["forward_pass_share"])
+        + tt["eager_backward_s"]
     )
     host_forward, host_backward = host_seconds(tt, cal)
     return (
@@ -1099,6 +1168,7 @@ def eval_pass(
     loss_tokens = min(tokens, CHUNKED_LOSS_TOKENS) if config.chunked_loss else tokens
     transient = (
         tokens * mem["layer_bytes_per_token"]
+        + EAGER_SCORE_SAVED_BYTES * _eager_scores(spec, config)
         + EVAL_LOGITS_BYTES_PER_TOKEN_VOCAB * loss_tokens * spec.vocab_size
     )
     peak = mem["fb_static_gib"] + transient / GIB * cal.activation_scale

@@ -202,8 +202,10 @@ def _fit_host_overlap(
         [column("backward_s_at_peak"), column("recompute_s_at_peak")]
         + [column(key, "forward_traffic_share", complement=True) for key in traffic]
     )
-    const_fwd = column("dequant_s", "forward_pass_share")
-    const_bwd = column("dequant_s", "forward_pass_share", complement=True)
+    const_fwd = column("dequant_s", "forward_pass_share") + column("eager_forward_s")
+    const_bwd = column("dequant_s", "forward_pass_share", complement=True) + column(
+        "eager_backward_s"
+    )
     host = np.column_stack([column(key) for key in _HOST_COLUMNS])
     host_bwd = backward_host_fraction + column("recompute_host_passes")
     optimizer = column("optimizer_s")

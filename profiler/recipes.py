@@ -28,7 +28,11 @@ from profiler._types import (
     adapted_modules,
     expert_parameters,
 )
-from profiler.estimator import CHUNKED_LOSS_MODEL_TYPES, CHUNKED_LOSS_TOKENS
+from profiler.estimator import (
+    CHUNKED_LOSS_MODEL_TYPES,
+    CHUNKED_LOSS_TOKENS,
+    EAGER_ATTENTION_MODEL_TYPES,
+)
 
 if TYPE_CHECKING:
     from catalog import ModelSpec
@@ -54,13 +58,12 @@ _FUSED_LINEAR_NAMES: dict[str, dict[str, str]] = {
     },
 }
 # transformers refuses SDPA for gemma2 (attention-logit soft-capping), so it runs eager attention.
-_EAGER_ATTENTION_MODEL_TYPES = frozenset({"gemma2"})
 
 
 def attention_implementation(spec: ModelSpec) -> str:
     """``sdpa`` (PyTorch scaled-dot-product attention), or ``eager`` where transformers has no
     SDPA path for the architecture."""
-    return "eager" if spec.model_type in _EAGER_ATTENTION_MODEL_TYPES else "sdpa"
+    return "eager" if spec.model_type in EAGER_ATTENTION_MODEL_TYPES else "sdpa"
 
 
 @dataclass(slots=True)
