@@ -186,9 +186,15 @@ def suggestions(result: SearchResult, request: RecommendRequest) -> tuple[str, .
     if ok and not request.spot_allowed:
         out.append("allow spot offers with --spot (cheaper, with interruption overhead)")
     if not ok:
+        qlora = "" if Method.QLORA in request.space.methods else ", use QLoRA"
+        chunk = (
+            ", allow the chunked loss (drop --no-chunked-loss)"
+            if not any(request.space.chunked_loss)
+            else ""
+        )
         out.append(
             "fit in memory: allow larger or more GPUs (drop --gpu/--gpu-count, e.g. "
-            "--gpu h100 --gpu h200), use QLoRA, or a shorter --seq-len"
+            f"--gpu h100 --gpu h200){qlora}{chunk}, or a shorter --seq-len"
         )
     return tuple(out)
 

@@ -234,3 +234,14 @@ def test_what_if_says_how_far_the_chunked_loss_goes() -> None:
     result = CliRunner().invoke(main, [*args, "--seq-len", "16384", "--max-batch"])
     assert result.exit_code == 1
     assert "Nearest change: add --grad-checkpointing and --chunked-loss" in result.stderr
+
+
+def test_nothing_fits_suggests_only_what_the_search_left_out(tmp_path: Path) -> None:
+    args = ["recommend", "--model", "gemma2-9b", "--budget", "50", "--seq-len", "8192"]
+    args += ["--gpu", "a10g", "--out", str(tmp_path), "--quiet"]
+    searched = CliRunner().invoke(main, args)
+    assert searched.exit_code == 1
+    assert "fit in memory" in searched.stderr and "use QLoRA" not in searched.stderr
+    narrowed = CliRunner().invoke(main, [*args, "--method", "lora", "--no-chunked-loss"])
+    assert narrowed.exit_code == 1
+    assert "use QLoRA" in narrowed.stderr and "drop --no-chunked-loss" in narrowed.stderr
