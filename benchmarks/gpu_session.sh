@@ -88,6 +88,9 @@ if want validation; then
         --timeout-s 60 --out "$OUT/validation.jsonl"
     step validation-70b 50 $PY benchmarks/h100_validation.py --only-70b --big-recipes qlora \
         --warmup-steps 2 --timed-steps 5 --timeout-s 40 --out "$OUT/validation.jsonl"
+    # Gemma 2 runs eager attention: its s² scores are first principles in the estimator.
+    step gemma2-eager 45 "${PROFILE[@]}" --model gemma2-2b --method lora --batch 1 \
+        --seq-len 4096 --grad-checkpointing
     step mixtral-qlora 90 $PY -m planner profile --model mixtral-8x7b --method qlora \
         --grad-checkpointing --batch 1 --seq-len 2048 --warmup-steps 2 --timed-steps 4 \
         --timeout-s 80 --out "$OUT/validation.jsonl" --format json
