@@ -15,6 +15,7 @@ derives each term and gives its validation against real H100 and H200 runs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -1173,9 +1174,21 @@ def eval_pass(
     )
     peak = mem["fb_static_gib"] + transient / GIB * cal.activation_scale
     tt = _time_terms(spec, config, gpu, mem, cal.optimizer_bandwidth_efficiency)
+    forward_tt = tt
+    if config.chunked_loss:
+        # A forward runs the loss chain once, chunked or not; the chunked terms are backward
+        # work (the head and the chain recomputed), so the pass is timed unchunked.
+        unchunked = dataclasses.replace(config, chunked_loss=False)
+        forward_tt = _time_terms(
+            spec,
+            unchunked,
+            gpu,
+            memory_terms(spec, unchunked, gpu),
+            cal.optimizer_bandwidth_efficiency,
+        )
     return EvalEstimate(
         peak_allocated_gib=peak,
-        step_time_s=forward_seconds(tt, cal),
+        step_time_s=forward_seconds(forward_tt, cal),
         train_step_time_s=compute_seconds(tt, cal),
     )
 

@@ -17,7 +17,15 @@ from catalog import GIB, get_gpu, get_model, list_models
 from planner import Plan
 from planner.cli import main
 from planner.plan_io import read_plan, write_plan
-from profiler import Method, Precision, Sharding, TuningConfig, calibration_for, estimate
+from profiler import (
+    Method,
+    Precision,
+    Sharding,
+    TuningConfig,
+    calibration_for,
+    estimate,
+    eval_pass,
+)
 from profiler.estimator import (
     CHUNKED_LOSS_TOKENS,
     LOGITS_BYTES_PER_TOKEN_VOCAB,
@@ -248,3 +256,15 @@ def test_nothing_fits_suggests_only_what_the_search_left_out(tmp_path: Path) -> 
     narrowed = CliRunner().invoke(main, [*args, "--method", "lora", "--no-chunked-loss"])
     assert narrowed.exit_code == 1
     assert "use QLoRA" in narrowed.stderr and "drop --no-chunked-loss" in narrowed.stderr
+
+
+def test_an_eval_forward_costs_the_same_chunked_or_not() -> None:
+    """The chunked terms are backward work: the eval pass's forward is timed as the unchunked
+    one, while the training step it is a fraction of includes them."""
+    spec, gpu = get_model("llama3.1-8b"), get_gpu("h100")
+    cal = calibration_for(gpu)
+    whole = eval_pass(spec, LONG, gpu, calibration=cal)
+    chunked = eval_pass(spec, dataclasses.replace(LONG, chunked_loss=True), gpu, calibration=cal)
+    assert chunked.step_time_s == pytest.approx(whole.step_time_s, rel=1e-12)
+    assert chunked.train_step_time_s > whole.train_step_time_s
+    assert chunked.peak_allocated_gib < whole.peak_allocated_gib  # one chunk's logits
