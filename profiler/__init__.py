@@ -22,6 +22,7 @@ from profiler._types import (
     Status,
     TuningConfig,
     adapted_modules,
+    chunked_loss_problem,
     expert_parameters,
     resolve_targets,
     sharding_problem,
@@ -103,5 +104,6 @@ __all__ = [
     "adapted_modules",
     "expert_parameters",
     "resolve_targets",
+    "chunked_loss_problem",
     "sharding_problem",
 ]

@@ -80,6 +80,40 @@ class Sharding(enum.StrEnum):
 
 _SHARDED = frozenset({"fsdp", "fsdp-offload", "zero3", "zero3-offload"})
 
+# Model types whose output is the LM head's logits, at most soft-capped (Gemma 2's
+# final_logit_softcapping), so the chunked loss reproduces the model's own loss. Others (logit
+# scales such as Cohere's or Granite's, routers' auxiliary losses) keep the model's own loss.
+CHUNKED_LOSS_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"}
+)
+
+
+def chunked_loss_problem(
+    *,
+    model_type: str | None = None,
+    gpu_count: int = 1,
+    sharding: Sharding = Sharding.NONE,
+) -> str | None:
+    """Why ftplan's recipe cannot run chunked cross-entropy here; ``None`` when it can. One line.
+
+    The recipe calls the decoder and the head directly, past any DDP/FSDP/DeepSpeed wrapper (one
+    GPU without sharding), and reproduces the model's own loss for
+    :data:`CHUNKED_LOSS_MODEL_TYPES` only. ``model_type=None`` leaves the type unchecked.
+    """
+    if gpu_count > 1 or sharding is not Sharding.NONE:
+        return (
+            "chunked cross-entropy runs on one GPU without sharding in ftplan's recipe (it calls "
+            f"the head past the {sharding.value} wrapper); got {gpu_count} GPU(s) with sharding "
+            f"{sharding.value}"
+        )
+    if model_type is not None and model_type not in CHUNKED_LOSS_MODEL_TYPES:
+        return (
+            "ftplan's chunked cross-entropy reproduces the loss of "
+            f"{', '.join(sorted(CHUNKED_LOSS_MODEL_TYPES))} models only, and this model is "
+            f"{model_type!r}"
+        )
+    return None
+
 
 def sharding_problem(
     sharding: Sharding,

@@ -66,13 +66,6 @@ NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
 # LM head and the loss run over this many tokens at a time and are recomputed in backward, so
 # only one chunk's logits chain is alive (Liger's fused linear cross-entropy works the same way).
 CHUNKED_LOSS_TOKENS = 1024
-# Model types whose output is the LM head's logits, at most soft-capped (Gemma 2's
-# final_logit_softcapping), so the chunked loss reproduces the model's own loss. Others (logit
-# scales such as Cohere's or Granite's, routers' auxiliary losses) keep the model's own loss.
-CHUNKED_LOSS_MODEL_TYPES = frozenset(
-    {"llama", "mistral", "mixtral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"}
-)
-
 # Bytes per token per vocabulary entry at the cross-entropy peak: bf16 logits (2, kept by the
 # model output) + fp32 log-softmax output saved for backward (4) + its fp32 gradient (4) + the
 # bf16 gradient cast back for the lm_head (2). Matches the H100 reference runs with gradient

@@ -23,16 +23,12 @@ from profiler._types import (
     Method,
     OptimizerKind,
     Precision,
-    Sharding,
     TuningConfig,
     adapted_modules,
+    chunked_loss_problem,
     expert_parameters,
 )
-from profiler.estimator import (
-    CHUNKED_LOSS_MODEL_TYPES,
-    CHUNKED_LOSS_TOKENS,
-    EAGER_ATTENTION_MODEL_TYPES,
-)
+from profiler.estimator import CHUNKED_LOSS_TOKENS, EAGER_ATTENTION_MODEL_TYPES
 
 if TYPE_CHECKING:
     from catalog import ModelSpec
@@ -104,12 +100,9 @@ def loss_chunk_tokens(config: TuningConfig) -> int | None:
     """
     if not config.chunked_loss:
         return None
-    if config.gpu_count > 1 or config.sharding is not Sharding.NONE:
-        raise ValueError(
-            "chunked cross-entropy runs on one GPU without sharding in ftplan's recipe (it "
-            f"calls the head past the {config.sharding.value} wrapper); got {config.gpu_count} "
-            "GPU(s). To fix: drop chunked_loss or plan one GPU"
-        )
+    problem = chunked_loss_problem(gpu_count=config.gpu_count, sharding=config.sharding)
+    if problem is not None:
+        raise ValueError(f"{problem}. To fix: drop chunked_loss or plan one GPU")
     return CHUNKED_LOSS_TOKENS
 
 
@@ -813,17 +806,11 @@ def _chunked_causal_lm_loss(
     from torch.utils.checkpoint import checkpoint
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    model_type = getattr(base.config, "model_type", None)
-    if model_type not in CHUNKED_LOSS_MODEL_TYPES or getattr(
-        base.config, "output_router_logits", False
-    ):
-        supported = ", ".join(sorted(CHUNKED_LOSS_MODEL_TYPES))
-        raise ValueError(
-            f"chunked cross-entropy reproduces the loss of {supported} models without router "
-            f"auxiliary losses; this model is {model_type!r}"
-            + (" with output_router_logits" if model_type in CHUNKED_LOSS_MODEL_TYPES else "")
-            + ". To fix: train it without chunked_loss"
-        )
+    problem = chunked_loss_problem(model_type=getattr(base.config, "model_type", ""))
+    if problem is None and getattr(base.config, "output_router_logits", False):
+        problem = "ftplan's chunked cross-entropy leaves out the router's auxiliary loss"
+    if problem is not None:
+        raise ValueError(f"{problem}. To fix: train it without chunked_loss")
     decoder, head = base.get_decoder(), base.get_output_embeddings()
     softcap = getattr(base.config, "final_logit_softcapping", None)
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

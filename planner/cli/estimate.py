@@ -38,7 +38,6 @@ from planner.cli.params import (
     MAX_SEQ_LEN,
     SafePath,
     check_targets,
-    chunked_loss_problem,
     int_range,
     user_config,
 )
@@ -49,6 +48,7 @@ from profiler import (
     Precision,
     Sharding,
     TuningConfig,
+    chunked_loss_problem,
     sharding_problem,
 )
 
@@ -118,11 +118,6 @@ def _build_config(
         sharding=sharding,
         chunked_loss=chunked_loss,
     )
-    if chunked_loss and (gpu_count > 1 or sharding is not Sharding.NONE):
-        notes.append(
-            "ftplan's recipe runs chunked cross-entropy on one GPU without sharding only, so "
-            "'ftplan profile' and 'ftplan launch' cannot run this config as it is"
-        )
     return config, notes
 
 
@@ -395,7 +390,11 @@ def estimate_command(
         chunked_loss=chunked_loss,
         num_experts=spec.num_experts,
     )
-    problem = chunked_loss_problem(spec) if chunked_loss else None
+    problem = None
+    if config.chunked_loss:
+        problem = chunked_loss_problem(
+            model_type=spec.model_type, gpu_count=config.gpu_count, sharding=config.sharding
+        )
     if problem is not None:
         notes.append(f"{problem}, so 'ftplan profile' and 'ftplan launch' cannot run this config")
     if max_batch or max_seq_len:
@@ -491,11 +490,11 @@ def _what_if(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, knob: str, fmt:
 
 def _can_chunk(spec: ModelSpec, config: TuningConfig) -> bool:
     """Whether the chunked loss is off and ftplan's recipe could run it for this config."""
-    return (
-        not config.chunked_loss
-        and config.gpu_count == 1
-        and config.sharding is Sharding.NONE
-        and chunked_loss_problem(spec) is None
+    return not config.chunked_loss and (
+        chunked_loss_problem(
+            model_type=spec.model_type, gpu_count=config.gpu_count, sharding=config.sharding
+        )
+        is None
     )
 
 

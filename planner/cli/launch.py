@@ -33,10 +33,9 @@ from planner.cli.params import (
     check_env_var,
     check_region,
     check_run_id,
-    chunked_loss_problem,
 )
 from planner.cli.runs import runs_dir_option
-from profiler import Sharding
+from profiler import chunked_loss_problem
 from profiler.recipes import DEFAULT_LEARNING_RATE
 from runners import (
     LaunchSpec,
@@ -301,12 +300,9 @@ def _chunked_loss_problem(spec: LaunchSpec) -> str | None:
     config = spec.config
     if not config.chunked_loss:
         return None
-    problem = chunked_loss_problem(spec.model)
-    if problem is None and (config.gpu_count > 1 or config.sharding is not Sharding.NONE):
-        problem = (
-            f"ftplan's recipe runs chunked cross-entropy on one GPU without sharding, and the "
-            f"plan has {config.gpu_count} GPU(s) with sharding {config.sharding.value}"
-        )
+    problem = chunked_loss_problem(
+        model_type=spec.model.model_type, gpu_count=config.gpu_count, sharding=config.sharding
+    )
     if problem is None:
         return None
     return f"{problem}. To fix: re-plan with 'ftplan recommend', or set chunked_loss to false"

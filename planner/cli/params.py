@@ -220,19 +220,6 @@ def user_config(**fields: Any) -> Any:
         raise InputError(f"these options do not go together: {exc}") from None
 
 
-def chunked_loss_problem(spec: Any) -> str | None:
-    """Why ftplan's chunked cross-entropy cannot train ``spec`` (a ModelSpec), or None."""
-    from profiler.estimator import CHUNKED_LOSS_MODEL_TYPES
-
-    if spec.model_type in CHUNKED_LOSS_MODEL_TYPES:
-        return None
-    return (
-        f"ftplan's chunked cross-entropy reproduces the loss of "
-        f"{', '.join(sorted(CHUNKED_LOSS_MODEL_TYPES))} models only, and {spec.name} is "
-        f"{spec.model_type!r}"
-    )
-
-
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{1,40}$")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 

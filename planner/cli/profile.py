@@ -34,12 +34,18 @@ from planner.cli.params import (
     MAX_SEQ_LEN,
     SafePath,
     check_targets,
-    chunked_loss_problem,
     finite_float,
     int_range,
     user_config,
 )
-from profiler import Measurement, Method, OptimizerKind, Precision, TuningConfig
+from profiler import (
+    Measurement,
+    Method,
+    OptimizerKind,
+    Precision,
+    TuningConfig,
+    chunked_loss_problem,
+)
 from profiler._worker import PHASE_FORWARD_BACKWARD, PHASE_OPTIMIZER_STEP
 
 if TYPE_CHECKING:
@@ -378,7 +384,7 @@ def profile_command(
 
     require_extra("train", "ftplan profile")
     spec, note = get_model(model_name), ""
-    problem = chunked_loss_problem(spec) if chunked_loss else None
+    problem = chunked_loss_problem(model_type=spec.model_type) if chunked_loss else None
     if problem is not None:
         raise InputError(f"--chunked-loss: {problem}. To fix: drop --chunked-loss")
     cpu = device == "cpu"

@@ -28,11 +28,11 @@ from profiler import (
     Sharding,
     Status,
     TuningConfig,
+    chunked_loss_problem,
     measurement_fit,
     sharding_problem,
 )
 from profiler.estimator import (
-    CHUNKED_LOSS_MODEL_TYPES,
     checkpoint_bytes,
     download_bytes,
     min_flops_per_token,
@@ -316,16 +316,16 @@ class Evaluator:
         time: neither; the chunked loss (one more LM-head forward per step, and its loss chain
         again); checkpointing (one more forward of every decoder layer); both.
 
-        The chunked loss is offered on one GPU without sharding, for the model types whose head
-        ftplan's chunked loss reproduces (:data:`profiler.estimator.CHUNKED_LOSS_MODEL_TYPES`).
+        The chunked loss is offered where the recipe can run it
+        (:func:`profiler.chunked_loss_problem`: one GPU without sharding, a model type whose
+        loss it reproduces).
         """
         space = self.request.space
         chunked: tuple[bool, ...] = (False,)
-        if (
-            hw.gpu_count == 1
-            and sharding is Sharding.NONE
-            and self.request.spec.model_type in CHUNKED_LOSS_MODEL_TYPES
-        ):
+        problem = chunked_loss_problem(
+            model_type=self.request.spec.model_type, gpu_count=hw.gpu_count, sharding=sharding
+        )
+        if problem is None:
             chunked = tuple(sorted(space.chunked_loss))
         return tuple(
             (ckpt, chunk) for ckpt in sorted(space.grad_checkpointing) for chunk in chunked
