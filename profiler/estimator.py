@@ -94,8 +94,8 @@ _I_COEF = {"full": 8.0, "lora": 8.0, "qlora": 13.5}
 # materializes the b·H·s² attention scores of a layer. Saved for backward, per score: the
 # soft-cap's tanh output (bf16), the softmax output (fp32) and its bf16 cast that the value matmul
 # keeps: 8 bytes, counted with autograd's saved-tensor hooks on a 2-layer Gemma 2
-# (tests/test_estimator.py). The backward of a layer holds about 6 more at once (the bf16 score
-# gradient and its fp32 upcast for the softmax backward), and the two 4-D masks (causal and
+# (tests/test_eager_attention.py). The backward of a layer holds about 6 more at once (the bf16
+# score gradient and its fp32 upcast for the softmax backward), and the two 4-D masks (causal and
 # sliding window, bf16) take 4 bytes per b·s² while the step runs. Traffic per score in a
 # forward: the scores written, scaled, soft-capped (divide, tanh, multiply), masked, soft-maxed
 # to fp32, cast back and read by the value matmul, about 38 bytes; in the backward the same
@@ -413,6 +413,14 @@ def _logits_bytes_per_token_vocab(spec: ModelSpec) -> float:
     )
 
 
+def _head_cast_bytes(spec: ModelSpec, config: TuningConfig) -> float:
+    """QLoRA's bf16 copy of the fp32 head, made at every head call (a frozen weight: autocast
+    does not cache it); 0 for other recipes and sharded adapters."""
+    if config.method is Method.QLORA and not _sharded_adapters(config):
+        return 2.0 * _spec_terms(spec).head_params
+    return 0.0
+
+
 def _loss_chain_traffic_bytes(spec: ModelSpec, config: TuningConfig, tokens: int) -> float:
     """Bytes the logits/cross-entropy chain moves in one step, as the elementwise term counts
     them: the chain's bytes at its peak (:data:`LOGITS_BYTES_PER_TOKEN_VOCAB`, plus QLoRA's bf16
@@ -420,9 +428,7 @@ def _loss_chain_traffic_bytes(spec: ModelSpec, config: TuningConfig, tokens: int
     once per chunk, and runs it all again when backward recomputes each chunk: twice the
     unchunked chain plus one head cast per chunk per pass."""
     chain = _logits_bytes_per_token_vocab(spec) * tokens * spec.vocab_size
-    head_cast = 0.0
-    if config.method is Method.QLORA and not _sharded_adapters(config):
-        head_cast = 2.0 * _spec_terms(spec).head_params
+    head_cast = _head_cast_bytes(spec, config)
     if not config.chunked_loss:
         return chain + head_cast
     chunks = math.ceil(tokens / CHUNKED_LOSS_TOKENS)
@@ -462,15 +468,13 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
     logits = _logits_bytes_per_token_vocab(spec) * loss_tokens * spec.vocab_size
     if config.chunked_loss:
         logits += 2 * tokens * spec.hidden_size  # the final hidden states' gradient, bf16
-    if method is Method.QLORA and not _sharded_adapters(config):
-        logits += 2 * t.head_params  # the fp32 head is cast to bf16 (uncached: frozen weight)
+    logits += _head_cast_bytes(spec, config)
     stack_saved, stack_transient = _expert_stack_bytes(spec, config)
     scores = _eager_scores(spec, config)
     score_saved = EAGER_SCORE_SAVED_BYTES * scores
     score_transient = EAGER_SCORE_BACKWARD_BYTES * scores
-    masks = EAGER_MASK_BYTES_PER_SCORE_PAIR * config.micro_batch_size * config.seq_len**2
-    if not scores:
-        masks = 0.0
+    pairs = config.micro_batch_size * config.seq_len**2
+    masks = EAGER_MASK_BYTES_PER_SCORE_PAIR * pairs if scores else 0.0
     if config.grad_checkpointing:
         fp32_residual = full_mixed or (method is Method.QLORA and not _sharded_adapters(config))
         residual_bytes = 4 if fp32_residual else 2

@@ -479,11 +479,10 @@ def write_random_checkpoint(
             shard, shard_size = {}, 0
 
     for prefix, module in skeleton.named_modules():
-        own = {
-            f"{prefix}.{name}" if prefix else name: name
-            for name in [*module._parameters, *module._buffers]
+        names = {
+            f"{prefix}.{n}" if prefix else n: n for n in [*module._parameters, *module._buffers]
         }
-        own = {key: name for key, name in own.items() if key in keys}
+        own = {key: name for key, name in names.items() if key in keys}
         if not own:
             continue
         module.to_empty(device=device, recurse=False)
