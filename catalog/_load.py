@@ -63,10 +63,13 @@ GPU_COLUMNS = (
     "memory_bandwidth_tbps",
     "bf16_tflops",
     "fp16_tflops",
+    "achievable_matmul_tflops",
+    "achievable_bandwidth_tbps",
     "bf16_supported",
     "intra_node_interconnect",
     "intra_node_gbps",
     "source",
+    "achievable_source",
     "as_of",
     "host_cpu_arch",
 )
@@ -397,6 +400,9 @@ def _gpus(path: Path = DATA_DIR / "gpus.csv") -> tuple[dict[str, GPU], dict[str,
                 source=row.text("source"),
                 as_of=row.iso_date("as_of"),
                 host_cpu_arch=row.text("host_cpu_arch"),
+                achievable_matmul_tflops=row.optional_number("achievable_matmul_tflops"),
+                achievable_bandwidth_tbps=row.optional_number("achievable_bandwidth_tbps"),
+                achievable_source=row.text("achievable_source", required=False),
             )
         except ValueError as exc:
             if isinstance(exc, CatalogError):

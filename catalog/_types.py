@@ -142,6 +142,10 @@ class GPU:
 
     ``usable_memory_gib`` is what the framework can allocate (the cloud's reported MiB where known,
     else the nominal size minus the ECC/driver reserve). TFLOP/s figures are dense peaks.
+    ``achievable_matmul_tflops`` and ``achievable_bandwidth_tbps`` are what published
+    microbenchmarks measured (the best dense 16-bit ``torch.matmul`` with fp32 accumulation, and a
+    device-to-device copy), with ``achievable_source``; the estimator scales from these, falling
+    back to the datasheet peaks where they are unknown.
     """
 
     name: str
@@ -158,6 +162,9 @@ class GPU:
     source: str
     as_of: str
     host_cpu_arch: str = "x86_64"
+    achievable_matmul_tflops: float | None = None
+    achievable_bandwidth_tbps: float | None = None
+    achievable_source: str = ""
 
     def __post_init__(self) -> None:
         if self.usable_memory_gib <= 0 or self.usable_memory_gib > self.memory_gib * 1.1:
@@ -167,11 +174,27 @@ class GPU:
             )
         if self.bf16_supported and not self.bf16_tflops:
             raise ValueError(f"GPU {self.name!r} supports bf16 but has no bf16_tflops")
+        for name in ("achievable_matmul_tflops", "achievable_bandwidth_tbps"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < float("inf"):
+                raise ValueError(f"GPU {self.name!r}: {name} must be > 0, got {value}")
 
     @property
     def matmul_tflops(self) -> float:
         """Dense peak for the 16-bit type this GPU trains in (bf16, else fp16)."""
         return self.bf16_tflops if self.bf16_supported and self.bf16_tflops else self.fp16_tflops
+
+    @property
+    def sustained_matmul_tflops(self) -> float:
+        """Dense 16-bit matmul TFLOP/s the card reaches in practice: the measured
+        ``achievable_matmul_tflops``, else the datasheet :attr:`matmul_tflops`."""
+        return self.achievable_matmul_tflops or self.matmul_tflops
+
+    @property
+    def sustained_bandwidth_tbps(self) -> float:
+        """Memory bandwidth the card reaches in practice, TB/s: the measured
+        ``achievable_bandwidth_tbps``, else the datasheet ``memory_bandwidth_tbps``."""
+        return self.achievable_bandwidth_tbps or self.memory_bandwidth_tbps
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

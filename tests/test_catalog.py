@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from datetime import date
 from pathlib import Path
@@ -199,6 +200,26 @@ def test_gpu_facts() -> None:
         assert get_gpu(name).bf16_supported is False
         assert get_gpu(name).matmul_tflops > 0
     assert all(g.memory_bandwidth_tbps > 0 for g in list_gpus())
+
+
+def test_every_gpu_has_sustained_rates_from_a_cited_measurement() -> None:
+    """The time model scales from what microbenchmarks measured, not from datasheets: every
+    GPU names where its matmul rate and bandwidth come from, and the figures are plausible
+    shares of the datasheet's (power-capped cards reach less, GeForce cards about all)."""
+    for gpu in list_gpus():
+        assert gpu.achievable_matmul_tflops and gpu.achievable_bandwidth_tbps, gpu.name
+        assert gpu.achievable_source.startswith("matmul") and "bandwidth" in gpu.achievable_source
+        assert 0.3 < gpu.achievable_matmul_tflops / gpu.matmul_tflops < 1.1, gpu.name
+        assert 0.7 < gpu.achievable_bandwidth_tbps / gpu.memory_bandwidth_tbps <= 1.0, gpu.name
+        assert gpu.sustained_matmul_tflops == gpu.achievable_matmul_tflops
+    # MAMF (stas00/ml-engineering): H100 SXM 794.5 of 989, A100 SXM 271.2 of 312; an RTX 4090
+    # reaches its 165.2 TFLOP/s fp32-accumulate figure, half the fp16-accumulate headline.
+    assert get_gpu("h100").sustained_matmul_tflops == 794.5
+    assert get_gpu("a100").sustained_matmul_tflops == 271.2
+    assert get_gpu("rtx4090").sustained_matmul_tflops == pytest.approx(165.2, rel=0.02)
+    # Without a measurement the datasheet stands in.
+    bare = dataclasses.replace(get_gpu("l4"), achievable_matmul_tflops=None)
+    assert bare.sustained_matmul_tflops == bare.matmul_tflops
 
 
 def test_unknown_gpu_suggests_close_matches() -> None:
