@@ -25,16 +25,20 @@ EstimateFn = Callable[[TuningConfig], "Measurement"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LargestFit:
-    """The largest value of a knob that fits, with its fit check; ``value`` None when even the
-    smallest does not fit. ``value_within_margin`` is the largest whose verdict is ``fits``
-    (its peak plus error margin fits too; None when every fitting value is ``tight``).
+    """The largest value of a knob that fits, with its fit check.
+
+    ``value`` is the largest whose verdict is ``fits``: the peak at the high end of the
+    estimate's own error band fits too, so a real run should get there (what ftplan promises;
+    None when nothing is sure to fit). ``value_tight`` is the largest whose verdict is not
+    ``no`` (>= ``value``; between them a run may or may not fit); None when even the smallest
+    does not fit. ``check`` is the fit check of ``value`` (else of ``value_tight``, else of 1).
     ``limit`` is the cap the search stopped at, when it was reached."""
 
     knob: str
     value: int | None
     check: FitCheck
     limit: int | None = None
-    value_within_margin: int | None = None
+    value_tight: int | None = None
 
 
 def largest_true(predicate: Callable[[int], bool], *, low: int, high: int) -> int | None:
@@ -73,7 +77,7 @@ def _largest(
     high: int,
 ) -> LargestFit:
     """Largest value in [1, high] of a knob (``with_value(n)`` is the config at ``n``) whose fit
-    is not ``no``, and the largest whose fit is ``fits`` (within the figure's error margin)."""
+    is ``fits`` (within the figure's error margin), and the largest whose fit is not ``no``."""
     checks: dict[int, FitCheck] = {}
 
     def check(value: int) -> FitCheck:
@@ -81,23 +85,25 @@ def _largest(
             checks[value] = _check(estimate, with_value(value), gpu)
         return checks[value]
 
-    best = largest_true(lambda v: check(v).verdict is not FitVerdict.NO, low=1, high=high)
+    tight = largest_true(lambda v: check(v).verdict is not FitVerdict.NO, low=1, high=high)
     safe = None
-    if best is not None:
-        safe = largest_true(lambda v: check(v).verdict is FitVerdict.FITS, low=1, high=best)
+    if tight is not None:
+        safe = largest_true(lambda v: check(v).verdict is FitVerdict.FITS, low=1, high=tight)
+    shown = safe if safe is not None else tight
     return LargestFit(
         knob=knob,
-        value=best,
-        check=check(1 if best is None else best),
-        limit=high if best == high else None,
-        value_within_margin=safe,
+        value=safe,
+        check=check(1 if shown is None else shown),
+        limit=high if shown == high else None,
+        value_tight=tight,
     )
 
 
 def max_micro_batch(
     estimate: EstimateFn, config: TuningConfig, gpu: GPU, *, limit: int = 4096
 ) -> LargestFit:
-    """Largest micro-batch per GPU (at ``config``'s sequence length) whose fit is not ``no``."""
+    """Largest micro-batch per GPU (at ``config``'s sequence length) that fits
+    (:class:`LargestFit`)."""
 
     def with_batch(batch: int) -> TuningConfig:
         return dataclasses.replace(config, micro_batch_size=batch)
@@ -109,7 +115,7 @@ def max_seq_len(
     estimate: EstimateFn, config: TuningConfig, gpu: GPU, *, spec: ModelSpec
 ) -> LargestFit:
     """Largest sequence length (at ``config``'s micro-batch, up to the model's context length)
-    whose fit is not ``no``."""
+    that fits (:class:`LargestFit`)."""
 
     def with_seq(seq: int) -> TuningConfig:
         return dataclasses.replace(config, seq_len=seq)

@@ -24,7 +24,6 @@ from profiler import (
     Status,
     TuningConfig,
     calibration_for,
-    check_fit,
     estimate,
     measurement_fit,
 )
@@ -148,28 +147,40 @@ def test_max_batch_is_the_last_batch_that_fits() -> None:
         return estimate(spec, c, gpu, calibration=cal)
 
     found = max_micro_batch(run, config, gpu)
-    assert found.value is not None and found.value > 1
-    for batch, fits in ((found.value, True), (found.value + 1, False)):
-        peak = run(dataclasses.replace(config, micro_batch_size=batch)).peak_reserved_gib
-        assert peak is not None and check_fit(peak, gpu).fits is fits
-    safe = found.value_within_margin
-    assert safe is not None and safe <= found.value
+    # The promise: the largest batch whose error band's high end fits too.
+    safe = found.value
+    assert safe is not None and safe > 1
     for batch, verdict_ok in ((safe, True), (safe + 1, False)):
         m = run(dataclasses.replace(config, micro_batch_size=batch))
         assert (measurement_fit(m, gpu).verdict is FitVerdict.FITS) is verdict_ok
+    # Beyond it, up to value_tight, a run may fit ('tight'); one more does not.
+    tight = found.value_tight
+    assert tight is not None and tight >= safe
+    for batch, fits in ((tight, True), (tight + 1, False)):
+        m = run(dataclasses.replace(config, micro_batch_size=batch))
+        assert measurement_fit(m, gpu).fits is fits
     longest = max_seq_len(run, config, gpu, spec=spec)
     assert longest.value is not None and longest.value > 2048
 
 
 def test_estimate_max_batch_json() -> None:
     args = ["estimate", "--model", "llama3.1-8b", "--method", "lora", "--gpu", "l4"]
+    args += ["--seq-len", "1024", "--grad-checkpointing", "--max-batch", "--format", "json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["max_micro_batch"] >= 1 and out["fit"] == "fits"
+    assert out["max_micro_batch_tight"] >= out["max_micro_batch"]
+
+
+def test_estimate_max_batch_says_when_only_a_tight_size_may_fit() -> None:
+    args = ["estimate", "--model", "llama3.1-8b", "--method", "lora", "--gpu", "l4"]
     args += ["--seq-len", "2048", "--grad-checkpointing", "--max-batch", "--format", "json"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert out["max_micro_batch"] >= 1 and out["fit"] in ("fits", "tight")
-    safe = out["max_micro_batch_within_margin"]
-    assert safe is None or safe <= out["max_micro_batch"]
+    assert out["max_micro_batch"] is None and out["fit"] == "tight"
+    assert out["max_micro_batch_tight"] == 1
 
 
 def test_estimate_max_batch_when_nothing_fits_exits_1_with_the_nearest_change() -> None:

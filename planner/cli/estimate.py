@@ -451,7 +451,7 @@ def _what_if(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, knob: str, fmt:
         chunked = search(dataclasses.replace(config, chunked_loss=True)).value
         if chunked is not None and found.value is not None and chunked <= found.value:
             chunked = None
-    if found.value is None:
+    if found.value_tight is None:
         start = "batch 1" if knob == "micro_batch" else "sequence length 1"
         raise NothingFitsError(
             f"nothing fits at {start} on {gpu.name}: {found.check.describe()}. "
@@ -463,7 +463,7 @@ def _what_if(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, knob: str, fmt:
         "config": to_jsonable(config),
         "source": "estimated",
         key: found.value,
-        f"{key}_within_margin": found.value_within_margin,
+        f"{key}_tight": found.value_tight,
         "fit": found.check.verdict.value,
         "fits": found.check.fits,
         "peak_reserved_gib": found.check.peak_reserved_gib,
@@ -476,13 +476,17 @@ def _what_if(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, knob: str, fmt:
         click.echo(json.dumps(result, indent=2, sort_keys=True))
         return
     cap = f" (the search stops at {found.limit})" if found.limit else ""
-    click.echo(f"largest {label} that fits {gpu.name}: {found.value}{cap}")
-    safe = found.value_within_margin
-    click.echo(
-        f"  largest within the error margin ('fits', not 'tight'): {safe}"
-        if safe is not None
-        else "  every size that fits is 'tight' (only without the error margin)"
-    )
+    if found.value is not None:
+        click.echo(
+            f"largest {label} that fits {gpu.name}, error margin included: {found.value}{cap}"
+        )
+    else:
+        click.echo(f"nothing is sure to fit {gpu.name} at {label}: every size that may is 'tight'")
+    if found.value_tight is not None and found.value_tight != found.value:
+        click.echo(
+            f"  up to {found.value_tight} may fit ('tight': only if the estimate is not low by "
+            f"its error margin)"
+        )
     click.echo(f"  {found.check.describe()}")
     if chunked is not None:
         click.echo(f"  with --chunked-loss (the LM head and loss a chunk at a time): {chunked}")
