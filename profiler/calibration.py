@@ -15,12 +15,22 @@ from __future__ import annotations
 import enum
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog import cache_dir
-from profiler._types import Measurement, Method, Precision, Provenance, Source, Status
+from profiler._types import (
+    Measurement,
+    Method,
+    OptimizerKind,
+    Precision,
+    Provenance,
+    Sharding,
+    Source,
+    Status,
+)
 
 if TYPE_CHECKING:
     from catalog import GPU
@@ -47,6 +57,17 @@ class TimeModel(enum.Enum):
 # C++ engine launches the backward kernels without the Python module calls of the forward.
 # Assumption: fitted freely on both H100 sets it went to 0-0.5 without a better cross-validation.
 BACKWARD_HOST_FRACTION = 0.5
+
+
+# bitsandbytes 8-bit AdamW (plain and paged) before any 8-bit run is fitted: its blockwise kernel
+# dequantizes both states, reduces a new absmax per 256-value block and requantizes each value
+# through the 256-entry dynamic map, assumed to reach 43% of the sustained bandwidth (35% of the
+# H100's datasheet figure; torch's foreach AdamW: 98%); Optimizer8bit.step loops over the
+# parameters in Python, launches one kernel per tensor (no multi-tensor apply) and synchronizes
+# the device after every parameter (bitsandbytes 0.50 ``sync_gpu(p)``): assumed 60 µs of host
+# time and round trip per trainable tensor, which the GPU cannot hide.
+BNB8_BANDWIDTH_EFFICIENCY = 0.43
+BNB8_HOST_S_PER_TENSOR = 60e-6
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,12 +105,33 @@ class Calibration:
         optimizer_bandwidth_efficiency: Fraction of the memory bandwidth the optimizer step
             reaches (it is memory-bound).
         activation_scale: Multiplier on the estimator's activation and logits bytes.
-        reserved_ratio: ``peak_reserved / peak_allocated`` (allocator caching/fragmentation).
-        bands: Cross-validated residual ranges, ``(quantity, regime, low, high)``: the 10th and
-            90th percentile of the signed residual ``predicted / measured - 1`` of the held-out
-            predictions (leave one model out) of that regime (:func:`regime_of`; ``all`` pools
-            every row), for ``step_time_s``, ``peak_allocated_gib`` and ``peak_reserved_gib``.
+        reserved_ratio: ``peak_reserved / peak_allocated`` (allocator caching/fragmentation) on
+            one GPU without sharding.
+        reserved_ratios: The same per sharding strategy (``(strategy value, ratio)``), where it
+            differs: FSDP's all-gather buffers and offload staging are allocated on their own
+            streams, which the caching allocator cannot share, so those runs reserve more above
+            what they allocate; a strategy not listed uses ``reserved_ratio``
+            (:meth:`reserved_ratio_for`).
+        bnb8_bandwidth_efficiency: Share of the sustained bandwidth bitsandbytes' blockwise
+            8-bit AdamW kernel reaches.
+        bnb8_host_s_per_tensor: Host seconds and device round trip per trainable tensor of an
+            8-bit AdamW step (``Optimizer8bit.step`` runs one kernel per tensor from Python and
+            synchronizes after each), added to the kernels' time.
+        transfer_exponent: How the matmul efficiencies carry over to a GPU the fit was not made
+            on (:func:`transferred`): a GPU with a lower sustained matmul rate reaches a larger
+            share of it, ``efficiency × (fitted GPU's rate / this GPU's rate) ** exponent``;
+            fitted on training throughput other people published for other GPUs
+            (:mod:`profiler.published`), ``transfer_source`` says on which. 0: no scaling.
+        bands: Cross-validated residual ranges, ``(quantity, regime, low, high)``: an 80%
+            interval (:func:`band_of`) of the signed residual ``predicted / measured - 1`` of
+            the held-out predictions (leave one model out) of that regime (:func:`regime_of`;
+            ``all`` pools every row), for ``step_time_s``, ``peak_allocated_gib`` and
+            ``peak_reserved_gib``.
             Empty when the fit had fewer than two models to hold out.
+        transfer_bands: Residual ranges, ``(quantity, regime, low, high)``, of estimates on GPUs
+            and in regimes the fit did not see, from published measurements held out by GPU
+            (:mod:`profiler.transfer`; regimes ``one-gpu``, ``multi-gpu``, ``offload``): an
+            estimate for another GPU takes the wider of them and its recipe's band.
         fit_inputs: Number of measurements the fit used (0 for the first-principles defaults).
         memory_error_median_pct: Median absolute error of peak allocated memory on the inputs, %.
         memory_error_max_pct: Worst absolute error of peak allocated memory on the inputs, %.
@@ -114,7 +156,13 @@ class Calibration:
     nf4_cast_traffic_factor: float = 0.0
     activation_scale: float = 1.0
     reserved_ratio: float = 1.08
+    reserved_ratios: tuple[tuple[str, float], ...] = ()
+    bnb8_bandwidth_efficiency: float = BNB8_BANDWIDTH_EFFICIENCY
+    bnb8_host_s_per_tensor: float = BNB8_HOST_S_PER_TENSOR
+    transfer_exponent: float = 0.0
+    transfer_source: str = ""
     bands: tuple[tuple[str, str, float, float], ...] = ()
+    transfer_bands: tuple[tuple[str, str, float, float], ...] = ()
     fit_inputs: int = 0
     memory_error_median_pct: float | None = None
     memory_error_max_pct: float | None = None
@@ -151,6 +199,23 @@ class Calibration:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"calibration {self.gpu!r}: {name} must be >= 0")
+        if not 0 < self.bnb8_bandwidth_efficiency <= 1 or self.bnb8_host_s_per_tensor < 0:
+            raise ValueError(
+                f"calibration {self.gpu!r}: bnb8_bandwidth_efficiency must be in (0, 1] and "
+                f"bnb8_host_s_per_tensor >= 0, got {self.bnb8_bandwidth_efficiency}, "
+                f"{self.bnb8_host_s_per_tensor}"
+            )
+        for strategy, ratio in self.reserved_ratios:
+            if not ratio >= 1.0:
+                raise ValueError(
+                    f"calibration {self.gpu!r}: reserved ratio of {strategy!r} must be >= 1, "
+                    f"got {ratio}"
+                )
+        if not 0 <= self.transfer_exponent <= 1:
+            raise ValueError(
+                f"calibration {self.gpu!r}: transfer_exponent must be in [0, 1], "
+                f"got {self.transfer_exponent}"
+            )
         if self.activation_scale <= 0 or self.reserved_ratio < 1:
             raise ValueError(
                 f"calibration {self.gpu!r}: activation_scale must be > 0 and "
@@ -158,18 +223,27 @@ class Calibration:
                 f"{self.reserved_ratio}"
             )
 
+    def reserved_ratio_for(self, sharding: Sharding) -> float:
+        """``peak_reserved / peak_allocated`` under ``sharding`` (:attr:`reserved_ratios`)."""
+        for strategy, ratio in self.reserved_ratios:
+            if strategy == sharding.value:
+                return ratio
+        return self.reserved_ratio
 
-# First-principles defaults, used when no fit exists for any GPU. MFU 0.5 is a common large-model
-# training figure (PaLM, Chowdhery et al. 2022, Table 3: 46%); no fixed per-call costs; the
-# optimizer step is
-# elementwise and reaches ~80% of peak bandwidth in STREAM-like kernels.
+
+# First-principles defaults, used when no fit exists for any GPU. Efficiencies are shares of the
+# GPU's sustained (measured) matmul rate and bandwidth (catalog.GPU.sustained_matmul_tflops,
+# sustained_bandwidth_tbps). MFU 0.5 of peak is a common large-model training figure (PaLM,
+# Chowdhery et al. 2022, Table 3: 46%), about 0.6 of a sustained rate at 80% of peak; no fixed
+# per-call costs; the optimizer step is elementwise and streams at about the rate of a device
+# copy (0.98 of it: the same H100 time as the former 80% of its datasheet bandwidth).
 FIRST_PRINCIPLES = Calibration(
     gpu="any",
-    compute_efficiency=0.5,
+    compute_efficiency=0.6,
     layer_pass_overhead_s=0.0,
     elementwise_traffic_factor=1.0,
     nf4_call_overhead_s=0.0,
-    optimizer_bandwidth_efficiency=0.8,
+    optimizer_bandwidth_efficiency=0.98,
     provenance=Provenance(
         device="none",
         date="",
@@ -182,6 +256,26 @@ FIRST_PRINCIPLES = Calibration(
 # Quantities an estimate carries a band for, and the pooled regime every quantity has.
 BAND_QUANTITIES = ("step_time_s", "peak_allocated_gib", "peak_reserved_gib")
 ALL_REGIMES = "all"
+# The share of held-out errors a band is built to contain.
+BAND_COVERAGE = 0.8
+
+
+def band_of(residuals: Sequence[float]) -> tuple[float, float]:
+    """An interval of signed residuals that holds a new residual with probability at least
+    :data:`BAND_COVERAGE` when it is exchangeable with these (split conformal prediction,
+    Vovk et al. 2005; Lei et al. 2018): the k-th smallest and k-th largest, with
+    k = floor((n + 1) · (1 - coverage) / 2), at least 1 (the extremes for fewer than 19
+    residuals). Six significant digits.
+
+    Raises:
+        ValueError: If ``residuals`` is empty.
+    """
+    if not residuals:
+        raise ValueError("a band needs at least one residual")
+    ordered = sorted(residuals)
+    k = max(1, int((len(ordered) + 1) * (1.0 - BAND_COVERAGE) / 2.0))
+    low, high = ordered[k - 1], ordered[-k]
+    return float(f"{low:.6g}"), float(f"{high:.6g}")
 
 
 def regime_of(config: TuningConfig) -> str:
@@ -199,6 +293,21 @@ def regime_of(config: TuningConfig) -> str:
     else:
         recipe = "full-bf16" if config.precision is Precision.BF16 else "full"
     return recipe + "-ckpt" if config.grad_checkpointing else recipe
+
+
+# Transfer regimes: where an estimate for a GPU without a fit of its own stands
+# (Calibration.transfer_bands, profiler.transfer).
+ONE_GPU = "one-gpu"
+MULTI_GPU = "multi-gpu"
+OFFLOAD = "offload"
+TRANSFER_REGIMES = (ONE_GPU, MULTI_GPU, OFFLOAD)
+
+
+def transfer_regime(config: TuningConfig) -> str:
+    """``offload`` for CPU-offload strategies, ``multi-gpu`` for several GPUs, else ``one-gpu``."""
+    if config.sharding.offloads:
+        return OFFLOAD
+    return MULTI_GPU if config.gpu_count > 1 else ONE_GPU
 
 
 def calibration_file_name(gpu_name: str) -> str:
@@ -272,6 +381,53 @@ load_calibration.cache_clear = _cache_clear  # type: ignore[attr-defined]
 REFERENCE_GPU = "H100 SXM 80GB"
 
 
+# The largest share of a GPU's sustained matmul rate a transferred efficiency may reach: the
+# share microbenchmarks themselves reach at their best shape (the rate is that best shape's).
+MAX_TRANSFERRED_EFFICIENCY = 0.9
+
+
+def transfer_factor(calibration: Calibration, gpu: GPU) -> float:
+    """How much larger a share of its sustained matmul rate ``gpu`` reaches than the GPU the
+    calibration was fitted on: ``(fitted GPU's rate / gpu's rate) ** transfer_exponent``; 1 for
+    the fitted GPU itself, for an exponent of 0 and where the fitted GPU is not in the catalog.
+
+    Why: the same training step leaves a fast GPU idle for a larger share of its time (kernel
+    tails, the gaps between kernels, the memory-bound work between matmuls that its matmul rate
+    does not speed up), so its matmul efficiency is lower; a slower card spends more of the step
+    in its matmuls. Measured: one H100 fit scaled by rate alone made RTX 4090 and A100 runs
+    25-52% too slow (docs/estimator.md, "GPUs without a calibration").
+    """
+    if calibration.transfer_exponent == 0 or calibration.gpu == gpu.name:
+        return 1.0
+    from catalog import CatalogError, get_gpu
+
+    try:
+        fitted = get_gpu(calibration.gpu)
+    except (CatalogError, KeyError, ValueError):
+        return 1.0
+    ratio = fitted.sustained_matmul_tflops / gpu.sustained_matmul_tflops
+    return float(ratio**calibration.transfer_exponent)
+
+
+def transferred(calibration: Calibration, gpu: GPU) -> Calibration:
+    """``calibration`` as it applies to ``gpu``: its matmul and recompute efficiencies times
+    :func:`transfer_factor`, at most :data:`MAX_TRANSFERRED_EFFICIENCY`; everything else (host
+    costs, traffic factors, memory) unchanged. The calibration itself for its own GPU."""
+    factor = transfer_factor(calibration, gpu)
+    if factor == 1.0:
+        return calibration
+    recompute = calibration.recompute_efficiency
+    return replace(
+        calibration,
+        compute_efficiency=min(
+            MAX_TRANSFERRED_EFFICIENCY, calibration.compute_efficiency * factor
+        ),
+        recompute_efficiency=None
+        if recompute is None
+        else min(MAX_TRANSFERRED_EFFICIENCY, recompute * factor),
+    )
+
+
 def calibration_for(gpu: GPU) -> Calibration:
     """The calibration to use for ``gpu``: its own, else the reference H100 fit, else defaults.
 
@@ -290,7 +446,10 @@ REFERENCE_H100_FILE = SHIPPED_DATA_DIR / "reference-h100.jsonl"
 # The second set: the same H100 and conditions, larger models (7-13B), production-sized steps,
 # ranks 8-128, attention-only targets and 2/4-layer truncated rows (profiler/data/README.md).
 REFERENCE_H100_2_FILE = SHIPPED_DATA_DIR / "reference-h100-2.jsonl"
-REFERENCE_H100_FILES = (REFERENCE_H100_FILE, REFERENCE_H100_2_FILE)
+# Six llama3.2-3b steps on the same H100 with bitsandbytes 8-bit AdamW (full bf16, full
+# bf16-mixed and LoRA; short steps, where the optimizer step is a large share).
+REFERENCE_H100_OPTIM8BIT_FILE = SHIPPED_DATA_DIR / "reference-h100-optim8bit.jsonl"
+REFERENCE_H100_FILES = (REFERENCE_H100_FILE, REFERENCE_H100_2_FILE, REFERENCE_H100_OPTIM8BIT_FILE)
 REFERENCE_H100_PROVENANCE = Provenance(
     device="NVIDIA H100 80GB HBM3",
     date="2026-11",
@@ -309,6 +468,9 @@ _REFERENCE_MODES = {
     "lora": ("lora", "bf16-mixed"),
     "qlora": ("qlora", "bf16-mixed"),
 }
+# Optimizer names of the reference files (absent: torch AdamW) -> ftplan's optimizers.
+_REFERENCE_OPTIMIZERS = {None: OptimizerKind.ADAMW, "adamw": OptimizerKind.ADAMW}
+_REFERENCE_OPTIMIZERS["adamw8bit"] = OptimizerKind.ADAMW_8BIT
 # Target names of the reference files -> ftplan's target specs.
 _REFERENCE_TARGETS = {
     None: "all-linear",
@@ -383,6 +545,11 @@ def _reference_row(
         )
     if row.get("lora_targets") not in _REFERENCE_TARGETS:
         raise ValueError(f"unknown lora_targets {row.get('lora_targets')!r}")
+    if row.get("optim") not in _REFERENCE_OPTIMIZERS:
+        raise ValueError(
+            f"unknown optim {row.get('optim')!r}; expected one of "
+            f"{sorted(k for k in _REFERENCE_OPTIMIZERS if k)}"
+        )
     truncated = row.get("layers") is not None and _is_truncated(row)
     if truncated and not include_truncated:
         return None
@@ -398,6 +565,7 @@ def _reference_row(
         micro_batch_size=row["batch"],
         seq_len=row["seq"],
         grad_checkpointing=row["grad_ckpt"],
+        optimizer=_REFERENCE_OPTIMIZERS[row.get("optim")],
     )
     return Measurement(
         model=row["model"],
@@ -417,7 +585,7 @@ def _reference_row(
 
 
 def all_reference_measurements(*, include_truncated: bool = False) -> list[Measurement]:
-    """Both shipped H100 reference sets (:data:`REFERENCE_H100_FILES`), in file order."""
+    """The shipped H100 reference sets (:data:`REFERENCE_H100_FILES`), in file order."""
     return [
         m
         for path in REFERENCE_H100_FILES

@@ -38,7 +38,15 @@ from profiler._types import (
     adapted_modules,
     expert_parameters,
 )
-from profiler.calibration import ALL_REGIMES, BAND_QUANTITIES, TimeModel, regime_of
+from profiler.calibration import (
+    ALL_REGIMES,
+    BAND_QUANTITIES,
+    TimeModel,
+    regime_of,
+    transfer_factor,
+    transfer_regime,
+    transferred,
+)
 from profiler.headroom import check_fit
 from profiler.sharding import (
     StateBytes,
@@ -162,20 +170,6 @@ _BIDIRECTIONAL_LINK_DIVISOR = {Interconnect.NVLINK: 2.0}
 # param r/w, grad read and two 1-byte states r/w.
 _OPT_PASSES = 9
 
-# bitsandbytes 8-bit AdamW (plain and paged), modelled from first principles: no reference run
-# uses it, so both constants are stated assumptions, not fits. (1) Its blockwise kernel
-# dequantizes both states, reduces a new absmax per 256-value block and requantizes each value by
-# a search of the 256-entry dynamic map: more work per byte than a streaming kernel, assumed to
-# reach 35% of peak bandwidth (torch's foreach AdamW: 80%). (2) Optimizer8bit.step loops over the
-# parameters in Python and launches one kernel per tensor (no multi-tensor apply, unlike torch's
-# foreach path), then synchronizes the device (bitsandbytes 0.50 `sync_gpu(p)` after every
-# parameter): assumed 60 µs of host time and round trip per trainable tensor, which the GPU
-# cannot hide, so these costs add to the kernels' instead of overlapping them. Together they
-# make an 8-bit step ~10-50% slower than the bandwidth term alone for 1-7B full fine-tuning, the
-# size of the error seen on real 8-bit runs (docs/estimator.md).
-BNB_8BIT_BANDWIDTH_EFFICIENCY = 0.35
-BNB_8BIT_HOST_S_PER_TENSOR = 60e-6
-
 
 @dataclass(frozen=True, slots=True)
 class _SpecTerms:
@@ -190,9 +184,9 @@ class _SpecTerms:
     head_params: int  # vocab x hidden
     param_count: int
     adapters: dict[tuple[int, str], int]  # (rank, targets) -> LoRA parameters
-    # (qlora, targets) -> (LoRA path, NF4 cast) forward bytes per token per layer, and the
-    # adapted linears per layer
-    traffic: dict[tuple[bool, str], tuple[float, float, int]]
+    # (qlora, targets, sharded adapters) -> (LoRA path, NF4 cast) forward bytes per token per
+    # layer, and the adapted linears per layer
+    traffic: dict[tuple[bool, str, bool], tuple[float, float, int]]
     # (lora, qlora, full bf16-mixed, targets, sharded adapters) -> activation bytes per token
     activations: dict[tuple[bool, bool, bool, str | None, bool], float]
 
@@ -505,6 +499,9 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> dict[str, f
         "overhead_gib": overhead / GIB,
         "dynamic_gib": dynamic / GIB,
         "fb_static_gib": fb_static / GIB,
+        # With checkpointing no layer saves its cast weights: autocast's cache is freed when the
+        # forward's autocast region exits, before backward builds the gradients.
+        "forward_only_cache_gib": cache_bytes / GIB if config.grad_checkpointing else 0.0,
         "fb_end_gib": (fb_static + grad_bytes) / GIB,
         "optimizer_step_gib": opt_step / GIB,
         "layer_bytes_per_token": layer_bytes_per_token,
@@ -621,16 +618,22 @@ def _adapter_traffic_bytes_per_token(
         return 0.0, 0.0, 0
     assert config.lora_targets is not None
     cache = _spec_terms(spec).traffic
-    key = (config.method is Method.QLORA, config.lora_targets)
+    sharded = _sharded_adapters(config)
+    key = (config.method is Method.QLORA, config.lora_targets, sharded)
     found = cache.get(key)
     if found is None:
         shapes = spec.linear_shapes()
         adapted = adapted_modules(config.lora_targets, num_experts=spec.num_experts)
         if spec.num_experts > 1:  # expert adapters are folded into the weights, not the tokens
             adapted = tuple(n for n in adapted if n in ATTENTION_MODULES)
-        lora = sum(14.0 * shapes[n][0] + 12.0 * shapes[n][1] for n in adapted)
+        # Sharded adapters are bf16 like their input: PEFT casts nothing, lora_A reads it (2·in).
+        input_bytes = 2.0 if sharded else 14.0
+        lora = sum(input_bytes * shapes[n][0] + 12.0 * shapes[n][1] for n in adapted)
         cast = 0.0
-        if config.method is Method.QLORA:  # Linear4bit modules: not the (parametrized) experts
+        # Linear4bit casts an fp32 input (the kbit-prepared residual stream) to bf16 and back;
+        # sharded QLoRA keeps a bf16 stream, so there is nothing to cast.
+        if config.method is Method.QLORA and not sharded:
+            # Linear4bit modules: not the (parametrized) experts
             quantized = ATTENTION_MODULES if spec.num_experts > 1 else tuple(shapes)
             cast = sum(6.0 * shapes[n][0] + 6.0 * shapes[n][1] for n in quantized)
         found = cache[key] = (lora, cast, len(adapted))
@@ -657,13 +660,7 @@ def time_terms(
     plus dequantization and eager score traffic). Per GPU; FSDP divides the optimizer
     work by n. The optimizer step alone is ``optimizer_s``.
     """
-    return _time_terms(
-        spec,
-        config,
-        gpu,
-        memory_terms(spec, config, gpu),
-        calibration.optimizer_bandwidth_efficiency,
-    )
+    return _time_terms(spec, config, gpu, memory_terms(spec, config, gpu), calibration)
 
 
 def _time_terms(
@@ -671,9 +668,9 @@ def _time_terms(
     config: TuningConfig,
     gpu: GPU,
     terms: dict[str, float],
-    optimizer_bandwidth_efficiency: float,
+    calibration: Calibration,
 ) -> dict[str, float]:
-    bandwidth_bytes_per_s = gpu.memory_bandwidth_tbps * 1e12
+    bandwidth_bytes_per_s = gpu.sustained_bandwidth_tbps * 1e12
     passes = _passes(config)
     tokens = config.micro_batch_size * config.seq_len
     # Decoder-layer activations once per pass, plus the logits/cross-entropy chain once (twice
@@ -685,8 +682,13 @@ def _time_terms(
     trainable = terms["trainable_params"] / _shard_divisor(config)
     if config.sharding.offloads:
         trainable = 0.0  # the optimizer runs on the CPU (profiler.sharding.offload_seconds)
-    optimizer_s = _optimizer_s(
-        spec, config, gpu, trainable=trainable, bandwidth_efficiency=optimizer_bandwidth_efficiency
+    adamw_s, bnb8_s, bnb8_tensors = _optimizer_features(spec, config, gpu, trainable=trainable)
+    if config.sharding.offloads:
+        bnb8_tensors = 0.0
+    optimizer_s = (
+        adamw_s / calibration.optimizer_bandwidth_efficiency
+        + bnb8_s / calibration.bnb8_bandwidth_efficiency
+        + bnb8_tensors * calibration.bnb8_host_s_per_tensor
     )
     dequant_s = nf4_calls = 0.0
     # Recipes that run under autocast (all but pure-bf16 full FT) pay a second fixed per-layer
@@ -703,7 +705,7 @@ def _time_terms(
         # NF4 linears; MoE layers: 4 attention linears + 2 dequantized expert stacks.
         linears_per_layer = 6 if spec.num_experts > 1 else 7
         nf4_calls = float(spec.num_layers * linears_per_layer * passes)
-    peak_flops = gpu.matmul_tflops * 1e12
+    peak_flops = gpu.sustained_matmul_tflops * 1e12
     forward, backward, recompute = _step_flops(spec, config, terms["trainable_params"])
     lora_bytes, cast_bytes, adapted = _adapter_traffic_bytes_per_token(spec, config)
     # Forward once, backward twice the forward's traffic, and the checkpointed re-run once more.
@@ -740,6 +742,9 @@ def _time_terms(
         "host_nf4_linears": nf4_calls / passes,
         "recompute_host_passes": 1.0 if config.grad_checkpointing else 0.0,
         "optimizer_s": optimizer_s,
+        "adamw_traffic_s": adamw_s,
+        "bnb8_traffic_s": bnb8_s,
+        "bnb8_tensors": bnb8_tensors,
         "fixed_s": optimizer_s + dequant_s + eager_forward_s + eager_backward_s,
     }
 
@@ -835,26 +840,22 @@ def compute_seconds(tt: dict[str, float], cal: Calibration) -> float:
     )
 
 
-def _optimizer_s(
-    spec: ModelSpec,
-    config: TuningConfig,
-    gpu: GPU,
-    *,
-    trainable: float,
-    bandwidth_efficiency: float,
-) -> float:
-    """Seconds of one optimizer step per GPU: memory traffic, plus host time for 8-bit AdamW."""
+def _optimizer_features(
+    spec: ModelSpec, config: TuningConfig, gpu: GPU, *, trainable: float
+) -> tuple[float, float, float]:
+    """One optimizer step per GPU as (torch AdamW traffic at the sustained bandwidth, s;
+    8-bit AdamW traffic at the sustained bandwidth, s; 8-bit trainable tensors per GPU).
+
+    torch AdamW (foreach) streams :data:`_OPT_PASSES` passes of the state dtype per trainable
+    parameter. bitsandbytes 8-bit AdamW reads and writes the parameter, reads the gradient and
+    reads and writes two 1-byte states (3·p + 4 bytes, p the parameter's bytes), one kernel per
+    trainable tensor, each followed by a device synchronize (``Calibration.bnb8_*``)."""
     pure_bf16 = config.method is Method.FULL and config.precision is Precision.BF16
     param_bytes = 2 if pure_bf16 else 4  # also the gradient dtype; LoRA adapters are fp32
-    bandwidth_bytes_per_s = gpu.memory_bandwidth_tbps * 1e12
+    bandwidth_bytes_per_s = gpu.sustained_bandwidth_tbps * 1e12
     if config.optimizer is OptimizerKind.ADAMW:
-        return (
-            trainable * _OPT_PASSES * param_bytes / (bandwidth_bytes_per_s * bandwidth_efficiency)
-        )
-    # 8-bit: param read + write, gradient read, two 1-byte states read + written.
-    traffic_s = (
-        trainable * (3 * param_bytes + 4) / (bandwidth_bytes_per_s * BNB_8BIT_BANDWIDTH_EFFICIENCY)
-    )
+        return trainable * _OPT_PASSES * param_bytes / bandwidth_bytes_per_s, 0.0, 0.0
+    traffic_s = trainable * (3 * param_bytes + 4) / bandwidth_bytes_per_s
     if config.method is Method.FULL:
         # Per layer: 7 linear weights and 2 norms; plus embeddings, final norm and an untied head.
         tensors = 9 * spec.num_layers + 2 + (0 if spec.tied_embeddings else 1)
@@ -862,7 +863,16 @@ def _optimizer_s(
         assert config.lora_targets is not None
         adapted = adapted_modules(config.lora_targets, num_experts=spec.num_experts)
         tensors = 2 * len(adapted) * spec.num_layers  # lora_A and lora_B
-    return traffic_s + tensors * BNB_8BIT_HOST_S_PER_TENSOR / _shard_divisor(config)
+    return 0.0, traffic_s, tensors / _shard_divisor(config)
+
+
+def optimizer_seconds(tt: dict[str, float], cal: Calibration) -> float:
+    """Seconds of one optimizer step per GPU from :func:`time_terms`' optimizer features."""
+    return (
+        tt["adamw_traffic_s"] / cal.optimizer_bandwidth_efficiency
+        + tt["bnb8_traffic_s"] / cal.bnb8_bandwidth_efficiency
+        + tt["bnb8_tensors"] * cal.bnb8_host_s_per_tensor
+    )
 
 
 def link_gbps_per_direction(gpu: GPU) -> float:
@@ -934,58 +944,106 @@ def _collective_bytes(spec: ModelSpec, config: TuningConfig) -> float:
 
 # Per regime: (quantity, index in BAND_QUANTITIES, low factor, high factor).
 Band = tuple[tuple[str, int, float, float], ...]
-_PROVENANCE_CACHE: dict[tuple[int, str], tuple[Calibration, Provenance, dict[str, Band]]] = {}
 
 
-def _provenance(calibration: Calibration, gpu: GPU) -> tuple[Provenance, dict[str, Band]]:
-    """Provenance and the residual ranges by regime, cached per (calibration, GPU)."""
+@dataclass(slots=True)
+class _Applied:
+    """A calibration as applied to one GPU: the transferred calibration, the estimate's
+    provenance, and its bands per (recipe regime, transfer regime), built on first use."""
+
+    calibration: Calibration
+    gpu: GPU
+    on_gpu: Calibration
+    provenance: Provenance
+    ranges: dict[str, dict[str, tuple[float, float]]]
+    transfer: dict[str, dict[str, tuple[float, float]]]
+    bands: dict[tuple[str, str], Band]
+
+    def band(self, config: TuningConfig) -> Band:
+        """Per quantity, the factors that give the band's low and high ends: the residual
+        range of the recipe's regime (the pooled one where it has none), widened to the
+        transfer range of the config's transfer regime on a GPU without its own fit."""
+        key = (regime_of(config), transfer_regime(config) if self.transfer else "")
+        found = self.bands.get(key)
+        if found is None:
+            found = self.bands[key] = self._band(*key)
+        return found
+
+    def _band(self, regime: str, transfer: str) -> Band:
+        own = self.ranges.get(regime) or self.ranges.get(ALL_REGIMES) or {}
+        pooled = self.ranges.get(ALL_REGIMES, {})
+        wider = self.transfer.get(transfer, {})
+        factors = []
+        for i, quantity in enumerate(BAND_QUANTITIES):
+            found = own.get(quantity) or pooled.get(quantity)
+            extra = wider.get(quantity)
+            if found is None and extra is None:
+                continue
+            low, high = found if found is not None else extra  # type: ignore[misc]
+            if extra is not None:
+                low, high = min(low, extra[0]), max(high, extra[1])
+            if low <= -1.0:
+                continue
+            # The true value lies in estimate / (1 + residual).
+            factors.append((quantity, i, 1.0 / (1.0 + high), 1.0 / (1.0 + low)))
+        return tuple(factors)
+
+
+_APPLIED_CACHE: dict[tuple[int, str], _Applied] = {}
+
+
+def _applied(calibration: Calibration, gpu: GPU) -> _Applied:
+    """The calibration as it applies to ``gpu`` (:func:`profiler.calibration.transferred`),
+    with the estimate's provenance and bands, cached per (calibration, GPU)."""
     # By id() with an identity check: hashing a Calibration on every call costs ~5 µs.
     key = (id(calibration), gpu.name)
-    hit = _PROVENANCE_CACHE.get(key)
-    if hit is not None and hit[0] is calibration:
-        return hit[1], hit[2]
-    if len(_PROVENANCE_CACHE) > 256:
-        _PROVENANCE_CACHE.clear()
-    provenance = _make_provenance(calibration, gpu)
+    hit = _APPLIED_CACHE.get(key)
+    if hit is not None and hit.calibration is calibration and hit.gpu is gpu:
+        return hit
+    if len(_APPLIED_CACHE) > 256:
+        _APPLIED_CACHE.clear()
     ranges: dict[str, dict[str, tuple[float, float]]] = {}
     for quantity, regime, low, high in calibration.bands:
         ranges.setdefault(regime, {})[quantity] = (low, high)
-    pooled = ranges.get("all", {})
-    # Per regime: the residual ranges of every quantity (the pooled one where the regime lacks it).
-    # The true value lies in estimate / (1 + residual): per quantity present, its index in
-    # BAND_QUANTITIES and the factors that give the band's low and high ends.
-    by_regime = {
-        regime: tuple(
-            (q, i, 1.0 / (1.0 + r[1]), 1.0 / (1.0 + r[0]))
-            for i, q in enumerate(BAND_QUANTITIES)
-            if (r := found.get(q) or pooled.get(q)) is not None and r[0] > -1.0
-        )
-        for regime, found in ranges.items()
-    }
-    _PROVENANCE_CACHE[key] = (calibration, provenance, by_regime)
-    return provenance, by_regime
+    transfer: dict[str, dict[str, tuple[float, float]]] = {}
+    if calibration.gpu != gpu.name:
+        for quantity, regime, low, high in calibration.transfer_bands:
+            transfer.setdefault(regime, {})[quantity] = (low, high)
+    found = _APPLIED_CACHE[key] = _Applied(
+        calibration=calibration,
+        gpu=gpu,
+        on_gpu=transferred(calibration, gpu),
+        provenance=_make_provenance(calibration, gpu),
+        ranges=ranges,
+        transfer=transfer,
+        bands={},
+    )
+    return found
 
 
 def _scaling_note(calibration: Calibration, gpu: GPU) -> str:
-    """How a calibration fitted on another GPU is carried over to ``gpu``, with spec ratios."""
-    from catalog import get_gpu
+    """How a calibration fitted on another GPU is carried over to ``gpu``: the measured
+    (sustained) matmul rate and bandwidth of each, and the transferred efficiency."""
+    from catalog import CatalogError, get_gpu
 
     try:
         source = get_gpu(calibration.gpu)
-    except (KeyError, ValueError):
+    except (CatalogError, KeyError, ValueError):
         return f"; fitted on {calibration.gpu}, applied to {gpu.name} with its own specs"
-    compute = gpu.matmul_tflops / source.matmul_tflops
-    bandwidth = gpu.memory_bandwidth_tbps / source.memory_bandwidth_tbps
+    compute = gpu.sustained_matmul_tflops / source.sustained_matmul_tflops
+    bandwidth = gpu.sustained_bandwidth_tbps / source.sustained_bandwidth_tbps
+    factor = transfer_factor(calibration, gpu)
+    measured = "measured" if gpu.achievable_matmul_tflops else "datasheet (no measurement)"
     return (
-        f"; no {gpu.name} calibration: the {source.name} fit scaled by spec ratios of its "
-        f"binding terms: compute x{compute:.2f} ({source.matmul_tflops:g} -> "
-        f"{gpu.matmul_tflops:g} TFLOP/s: matmuls, attention, recompute), bandwidth "
-        f"x{bandwidth:.2f} ({source.memory_bandwidth_tbps:g} -> {gpu.memory_bandwidth_tbps:g} "
-        f"TB/s: elementwise, LoRA-path and NF4-cast traffic, optimizer step, NF4 "
-        f"dequantization), launch x1.00 (the host's launch time per layer and per call, which "
-        f"no GPU spec scales; the host-bound share of short steps follows the host CPU, not "
-        f"the GPU); the band is the "
-        f"{source.name}'s, not validated on {gpu.name}"
+        f"; no {gpu.name} calibration: the {source.name} fit carried over by the sustained "
+        f"rates microbenchmarks measured ({measured}): matmul x{compute:.2f} "
+        f"({source.sustained_matmul_tflops:g} -> {gpu.sustained_matmul_tflops:g} TFLOP/s), "
+        f"its efficiency x{factor:.2f} (a slower card spends more of a step in its matmuls; "
+        f"exponent {calibration.transfer_exponent:g} fitted on "
+        f"{calibration.transfer_source or 'nothing'}), "
+        f"bandwidth x{bandwidth:.2f} ({source.sustained_bandwidth_tbps:g} -> "
+        f"{gpu.sustained_bandwidth_tbps:g} TB/s), host launch time x1.00 (it follows the host "
+        f"CPU, not the GPU)"
     )
 
 
@@ -1001,18 +1059,24 @@ def _make_provenance(calibration: Calibration, gpu: GPU) -> Provenance:
         fitted += _scaling_note(calibration, gpu)
     if calibration.bands:
         fitted += (
-            "; bands: 10th-90th percentile of the leave-one-model-out residuals of the "
-            "estimate's regime (recipe, checkpointing)"
+            "; bands: 80% intervals of the leave-one-model-out residuals of the estimate's "
+            "regime (recipe, checkpointing)"
         )
+        if calibration.gpu != gpu.name and calibration.transfer_bands:
+            fitted += (
+                ", widened to those of estimates for GPUs without a fit of their own in its "
+                "sharding regime (published figures held out by GPU)"
+            )
     return Provenance(device="none (analytic)", date="", method="analytic estimator", notes=fitted)
 
 
 def _bands(
-    by_regime: dict[str, Band], config: TuningConfig, values: tuple[float, float, float]
+    applied: _Applied, config: TuningConfig, values: tuple[float, float, float]
 ) -> tuple[tuple[str, float, float], ...]:
     """Each quantity's band; ``values`` are step time, peak allocated and peak reserved."""
-    factors = by_regime.get(regime_of(config)) or by_regime.get(ALL_REGIMES) or ()
-    return tuple([(q, values[i] * low, values[i] * high) for q, i, low, high in factors])
+    return tuple(
+        [(q, values[i] * low, values[i] * high) for q, i, low, high in applied.band(config)]
+    )
 
 
 def estimate(
@@ -1049,16 +1113,22 @@ def estimate(
             f"{gpu.name} has no bf16; precision={config.precision.value} cannot run on it. "
             f"To fix: use precision fp16-mixed"
         )
-    cal = calibration
+    applied = _applied(calibration, gpu)
+    cal = applied.on_gpu
     mem = memory_terms(spec, config, gpu)
     scaled_dynamic = mem["dynamic_gib"] * cal.activation_scale
-    fb_peak = mem["fb_static_gib"] + max(scaled_dynamic, mem["gradients_gib"])
+    forward_only = mem["forward_only_cache_gib"]
+    fb_peak = (
+        mem["fb_static_gib"]
+        - forward_only
+        + max(scaled_dynamic + forward_only, mem["gradients_gib"])
+    )
     opt_peak = mem["optimizer_step_gib"]
     peak = max(fb_peak, opt_peak)
     if fb_peak >= opt_peak:
         breakdown = MemoryBreakdown(
             weights_gib=mem["weights_gib"] + mem["autocast_cache_gib"],
-            gradients_gib=max(0.0, mem["gradients_gib"] - scaled_dynamic),
+            gradients_gib=max(0.0, mem["gradients_gib"] - scaled_dynamic - forward_only),
             optimizer_gib=mem["optimizer_gib"],
             activations_gib=mem["activations_gib"] * cal.activation_scale,
             logits_gib=mem["logits_gib"] * cal.activation_scale,
@@ -1074,7 +1144,7 @@ def estimate(
             overhead_gib=mem["overhead_gib"],
         )
 
-    tt = _time_terms(spec, config, gpu, mem, cal.optimizer_bandwidth_efficiency)
+    tt = _time_terms(spec, config, gpu, mem, cal)
     compute_s = compute_seconds(tt, cal)
     comm_s = _communication_s(spec, config, gpu, nodes=nodes, inter_node_gbps=inter_node_gbps)
     gpus_per_node = max(1, config.gpu_count // max(1, nodes))
@@ -1117,24 +1187,15 @@ def estimate(
         )
         host_gib = max(host_gib, loading)
     tokens = config.micro_batch_size * config.seq_len
-    provenance, by_regime = _provenance(cal, gpu)
-    reserved = peak * cal.reserved_ratio
-    bands = (
-        _bands(
-            by_regime,
-            config,
-            (step_s, peak, reserved),
-        )
-        if by_regime
-        else ()
-    )
+    reserved = peak * cal.reserved_ratio_for(config.sharding)
+    bands = _bands(applied, config, (step_s, peak, reserved))
     return Measurement(
         model=spec.name,
         gpu=gpu.name,
         config=config,
         status=Status.OK,
         source=Source.ESTIMATED,
-        provenance=provenance,
+        provenance=applied.provenance,
         peak_allocated_gib=peak,
         peak_reserved_gib=reserved,
         host_ram_gib=host_gib,
@@ -1160,7 +1221,7 @@ def eval_pass(
     :func:`forward_seconds`. Assumptions until measured: the eval micro-batch is the training
     one, and no gradients are held (the recipe's ``zero_grad(set_to_none=True)``).
     """
-    cal = calibration
+    cal = _applied(calibration, gpu).on_gpu
     mem = memory_terms(spec, config, gpu)
     tokens = config.micro_batch_size * config.seq_len
     loss_tokens = min(tokens, CHUNKED_LOSS_TOKENS) if config.chunked_loss else tokens
@@ -1170,7 +1231,7 @@ def eval_pass(
         + EVAL_LOGITS_BYTES_PER_TOKEN_VOCAB * loss_tokens * spec.vocab_size
     )
     peak = mem["fb_static_gib"] + transient / GIB * cal.activation_scale
-    tt = _time_terms(spec, config, gpu, mem, cal.optimizer_bandwidth_efficiency)
+    tt = _time_terms(spec, config, gpu, mem, cal)
     forward_tt = tt
     if config.chunked_loss:
         # A forward runs the loss chain once, chunked or not; the chunked terms are backward
@@ -1181,7 +1242,7 @@ def eval_pass(
             unchunked,
             gpu,
             memory_terms(spec, unchunked, gpu),
-            cal.optimizer_bandwidth_efficiency,
+            cal,
         )
     return EvalEstimate(
         peak_allocated_gib=peak,

@@ -26,6 +26,7 @@ from profiler.calibration import (
     all_reference_measurements,
     calibration_for,
     reference_measurements,
+    transfer_factor,
 )
 from profiler.estimator import (
     ALLOCATOR_OVERHEAD_GIB,
@@ -37,6 +38,7 @@ from profiler.estimator import (
     lora_params,
     memory_fits,
     memory_terms,
+    optimizer_seconds,
     time_terms,
 )
 from profiler.headroom import CUDA_CONTEXT_GIB
@@ -240,7 +242,7 @@ def test_reference_runs_within_tolerance() -> None:
         assert e.trainable_params == m.trainable_params
         memory.append(abs(e.peak_allocated_gib / m.peak_allocated_gib - 1))
         time.append(abs(e.step_time_s / m.step_time_s - 1))
-    assert len(memory) == 52
+    assert len(memory) == 58
     assert statistics.median(memory) < 0.10 and max(memory) < 0.20
     assert statistics.median(time) < 0.25
 
@@ -497,17 +499,47 @@ def test_uncalibrated_gpu_is_scaled_from_the_h100_and_says_so() -> None:
     on_h200 = estimate_(spec, config, h200)
     notes = on_h200.provenance.notes
     assert "no H200 calibration" in notes and "bandwidth x1.43" in notes
-    assert "compute x1.00" in notes and "launch x1.00" in notes
-    assert "scaled" not in estimate_(spec, config, h100).provenance.notes
-    # Same FLOP/s, more bandwidth: the H200 is faster, but by less than the bandwidth ratio.
+    assert "matmul x1.00" in notes and "efficiency x1.00" in notes
+    assert "host launch time x1.00" in notes
+    assert "no H100 SXM 80GB calibration" not in estimate_(spec, config, h100).provenance.notes
+    # Same matmul rate, more bandwidth: the H200 is faster, but by less than the bandwidth ratio.
     on_h100 = estimate_(spec, config, h100)
     assert 1.0 < on_h100.step_time_s / on_h200.step_time_s < 4.8 / 3.35
 
 
-def test_eight_bit_adamw_costs_more_than_its_bandwidth_term() -> None:
-    """bitsandbytes 8-bit AdamW: slower kernel and a Python loop per tensor (assumptions)."""
-    from profiler.estimator import BNB_8BIT_BANDWIDTH_EFFICIENCY, BNB_8BIT_HOST_S_PER_TENSOR
+def test_a_slower_card_reaches_a_larger_share_of_its_matmul_rate() -> None:
+    """The transfer exponent: measured on published throughput, an RTX 4090 reaches ~1.4x the
+    share of its sustained matmul rate an H100 does, which the estimate and its note carry."""
+    h100, rtx4090 = get_gpu("h100"), get_gpu("rtx4090")
+    calibration = calibration_for(rtx4090)
+    assert calibration.gpu == h100.name and 0.1 < calibration.transfer_exponent < 0.5
+    factor = transfer_factor(calibration, rtx4090)
+    expected = (h100.sustained_matmul_tflops / rtx4090.sustained_matmul_tflops) ** (
+        calibration.transfer_exponent
+    )
+    assert factor == pytest.approx(expected) and factor > 1.2
+    assert transfer_factor(calibration, h100) == 1.0
+    spec = get_model("llama2-7b")
+    config = TuningConfig(
+        method=Method.LORA,
+        lora_rank=16,
+        lora_targets="all-linear",
+        micro_batch_size=4,
+        seq_len=2048,
+        grad_checkpointing=True,
+    )
+    noted = estimate_(spec, config, rtx4090).provenance.notes
+    assert f"efficiency x{factor:.2f}" in noted and "published throughput" in noted
+    # Without the transfer the 4090 would be slower by about that factor on this GPU-bound step.
+    plain = dataclasses.replace(calibration, transfer_exponent=0.0)
+    slow = estimate(spec, config, rtx4090, calibration=plain).step_time_s
+    fast = estimate_(spec, config, rtx4090).step_time_s
+    assert slow and fast and 1.1 < slow / fast < factor
 
+
+def test_eight_bit_adamw_costs_more_than_its_bandwidth_term() -> None:
+    """bitsandbytes 8-bit AdamW: a slower kernel and a Python loop per tensor, with the
+    calibration's efficiency and seconds per tensor (fitted on the six H100 8-bit rows)."""
     spec, gpu = get_model("llama3.2-1b"), get_gpu("h100")
     config = TuningConfig(
         method=Method.FULL,
@@ -515,14 +547,29 @@ def test_eight_bit_adamw_costs_more_than_its_bandwidth_term() -> None:
         seq_len=2048,
         optimizer=OptimizerKind.ADAMW_8BIT,
     )
-    terms = time_terms(spec, config, gpu, calibration=FIRST_PRINCIPLES)
-    bandwidth = gpu.memory_bandwidth_tbps * 1e12
+    calibration = calibration_for(gpu)
+    terms = time_terms(spec, config, gpu, calibration=calibration)
+    bandwidth = gpu.sustained_bandwidth_tbps * 1e12
     # bf16 params and grads: param r/w + grad read (2 B each) + two 1-byte states r/w = 10 B.
-    traffic_s = spec.param_count * 10 / (bandwidth * BNB_8BIT_BANDWIDTH_EFFICIENCY)
+    traffic_s = spec.param_count * 10 / (bandwidth * calibration.bnb8_bandwidth_efficiency)
     tensors = 9 * spec.num_layers + 2  # tied embeddings: no separate head
-    assert terms["optimizer_s"] == pytest.approx(traffic_s + tensors * BNB_8BIT_HOST_S_PER_TENSOR)
+    assert terms["optimizer_s"] == pytest.approx(
+        traffic_s + tensors * calibration.bnb8_host_s_per_tensor
+    )
+    assert terms["optimizer_s"] == pytest.approx(optimizer_seconds(terms, calibration))
     adamw = dataclasses.replace(config, optimizer=OptimizerKind.ADAMW)
     assert estimate_(spec, config, gpu).step_time_s > estimate_(spec, adamw, gpu).step_time_s
+    # The short full fine-tuning steps where the optimizer is a large share: within 15% on the
+    # six H100 8-bit rows (in-sample; benchmarks/validate_estimator.py prints held-out figures).
+    rows = [
+        m for m in all_reference_measurements() if m.config.optimizer is not OptimizerKind.ADAMW
+    ]
+    assert len(rows) == 6
+    errors = [
+        abs(estimate_(get_model(m.model), m.config, gpu).step_time_s / m.step_time_s - 1)
+        for m in rows
+    ]
+    assert statistics.median(errors) < 0.15 and max(errors) < 0.2
 
 
 @pytest.mark.parametrize(

@@ -252,7 +252,7 @@ def test_few_trials_use_seeded_tpe(tmp_path: Path) -> None:
 
 def test_70b_on_one_l4_fits_only_with_offload_and_says_what_it_costs(tmp_path: Path) -> None:
     code, _, stderr = _invoke(
-        "--model", "llama2-70b", "--budget", "100", "--gpu", "l4", "--gpu-count", "1", out=tmp_path
+        "--model", "llama2-70b", "--budget", "50", "--gpu", "l4", "--gpu-count", "1", out=tmp_path
     )
     assert code == 1
     # NF4 70B (~35 GiB) cannot sit on a 24 GB L4; with FSDP CPU offload it fits, at a price

@@ -141,8 +141,14 @@ def test_issue_examples_fit_as_practitioners_run_them() -> None:
         "grad_checkpointing": True,
         "gpu_count": 2,
     }
-    # Llama-2 70B (32k vocabulary) QLoRA fits 2 × 24 GB under plain FSDP (Answer.AI, 2024).
-    m = _estimate(get_model("llama2-70b"), TuningConfig(**qlora, sharding=Sharding.FSDP), rtx4090)
+    # Llama-2 70B (32k vocabulary) QLoRA on 2 × 24 GB: its allocated memory fits under plain
+    # FSDP, but not what FSDP reserves above it; Answer.AI ran it (and the 2 × A5000 24GB run
+    # of its hardware table) with CPU offload, where it fits (benchmarks_03_2024.md).
+    llama2 = get_model("llama2-70b")
+    m = _estimate(llama2, TuningConfig(**qlora, sharding=Sharding.FSDP), rtx4090)
+    assert m.peak_allocated_gib and m.peak_allocated_gib < rtx4090.usable_memory_gib - 1
+    assert m.peak_reserved_gib and not memory_fits(m.peak_reserved_gib, rtx4090)
+    m = _estimate(llama2, TuningConfig(**qlora, sharding=Sharding.FSDP_OFFLOAD), rtx4090)
     assert m.peak_reserved_gib and memory_fits(m.peak_reserved_gib, rtx4090)
     # Llama 3.1 70B's 128k vocabulary puts 2.1B bf16 parameters in FSDP's root unit: plain FSDP
     # misses 24 GB, FSDP with CPU offload fits.
