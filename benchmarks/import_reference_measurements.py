@@ -14,6 +14,9 @@ Usage::
     python benchmarks/import_reference_measurements.py \\
         --source profiler/data/reference-h100-2.jsonl \\
         --out profiler/data/profiles-h100-reference-2.jsonl
+    python benchmarks/import_reference_measurements.py \\
+        --source profiler/data/reference-h100-optim8bit.jsonl \\
+        --out profiler/data/profiles-h100-reference-optim8bit.jsonl
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from profiler import (  # noqa: E402
     TARGETS_ATTENTION,
     Measurement,
     Method,
+    OptimizerKind,
     Precision,
     Provenance,
     Source,
@@ -60,6 +64,12 @@ _MODES: dict[str, tuple[Method, Precision]] = {
     "full-bf16": (Method.FULL, Precision.BF16),
     "lora": (Method.LORA, Precision.BF16_MIXED),
     "qlora": (Method.QLORA, Precision.BF16_MIXED),
+}
+# Optimizer names of the reference files (absent: torch AdamW).
+_OPTIMIZERS: dict[str | None, OptimizerKind] = {
+    None: OptimizerKind.ADAMW,
+    "adamw": OptimizerKind.ADAMW,
+    "adamw8bit": OptimizerKind.ADAMW_8BIT,
 }
 # Target names of the reference files (absent in the first set: all-linear).
 _TARGETS: dict[str | None, str] = {
@@ -91,6 +101,7 @@ def convert(row: dict[str, Any], *, source_name: str = "reference-h100.jsonl") -
         micro_batch_size=int(row["batch"]),
         seq_len=int(row["seq"]),
         grad_checkpointing=bool(row["grad_ckpt"]),
+        optimizer=_OPTIMIZERS[row.get("optim")],
     )
     status = Status(row["status"])
     ok = status is Status.OK

@@ -16,6 +16,7 @@ sanity rows for larger models and 8-bit AdamW, and the cost of one ``estimate`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -290,27 +291,40 @@ def _sanity(calibration: Calibration) -> None:
     )
 
 
-def _eight_bit(calibration: Calibration) -> None:
-    """8-bit AdamW against torch AdamW: no reference run uses it, so this shows the assumption."""
+def _eight_bit(rows: Sequence[Measurement], provenance: Provenance) -> None:
+    """8-bit AdamW: each of the six H100 8-bit rows predicted by a fit without it (its
+    efficiency and seconds per tensor refitted on the other five), and by the first-principles
+    assumptions the fit starts from."""
     gpu = get_gpu("h100")
-    print("\n### 8-bit AdamW (first principles, no measurement): step time vs torch AdamW\n")
-    print("| model | config | AdamW s | 8-bit s | 8-bit / AdamW |")
-    print("|---|---|---:|---:|---:|")
-    for name, precision in (("llama3.2-1b", Precision.BF16), ("llama2-7b", Precision.BF16)):
-        base = TuningConfig(
-            method=Method.FULL, precision=precision, micro_batch_size=1, seq_len=2048
+    eight = [m for m in rows if m.config.optimizer is not OptimizerKind.ADAMW]
+    print("\n### 8-bit AdamW, each H100 row held out (leave one row out)\n")
+    print("| model | config | step s meas | held out | err % | first principles | err % |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    held, prior = [], []
+    for m in eight:
+        fold = fit_calibration(
+            [r for r in rows if r is not m], get_model, gpu, fitted_date="", bands=False
         )
-        eight = TuningConfig(
-            method=Method.FULL,
-            precision=precision,
-            micro_batch_size=1,
-            seq_len=2048,
-            optimizer=OptimizerKind.ADAMW_8BIT,
+        assumed = dataclasses.replace(
+            fold,
+            bnb8_bandwidth_efficiency=FIRST_PRINCIPLES.bnb8_bandwidth_efficiency,
+            bnb8_host_s_per_tensor=FIRST_PRINCIPLES.bnb8_host_s_per_tensor,
         )
-        spec = get_model(name)
-        a = estimate(spec, base, gpu, calibration=calibration).step_time_s or 0
-        b = estimate(spec, eight, gpu, calibration=calibration).step_time_s or 0
-        print(f"| {name} | {eight.label()} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
+        spec = get_model(m.model)
+        a = estimate(spec, m.config, gpu, calibration=fold).step_time_s or 0
+        b = estimate(spec, m.config, gpu, calibration=assumed).step_time_s or 0
+        assert m.step_time_s
+        held.append(_pct(a, m.step_time_s))
+        prior.append(_pct(b, m.step_time_s))
+        print(
+            f"| {m.model} | {m.config.label()} | {m.step_time_s:.4f} | {a:.4f} | "
+            f"{held[-1]:+.1f} | {b:.4f} | {prior[-1]:+.1f} |"
+        )
+    print(
+        f"\nheld out: median abs {statistics.median(map(abs, held)):.1f}%, worst "
+        f"{max(map(abs, held)):.1f}%; first principles: median abs "
+        f"{statistics.median(map(abs, prior)):.1f}%, worst {max(map(abs, prior)):.1f}%"
+    )
 
 
 def _speed() -> None:
@@ -417,7 +431,7 @@ def main() -> None:
     print(f"\nfitted: {full}")
     _other_gpus(args.held_out)
     _sanity(full)
-    _eight_bit(full)
+    _eight_bit(rows, provenance)
     _speed()
 
 

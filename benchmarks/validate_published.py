@@ -212,10 +212,11 @@ def h100_coverage(pairs: Sequence[tuple[Measurement, Measurement]]) -> dict[str,
 
 
 def verdicts(rows: Sequence[PublishedMeasurement]) -> None:
-    """No published run that fit may be called 'no'."""
+    """No published run that fit may be called 'no' (comparable figures: a 'no' comparability
+    means the published figure cannot be the stated config)."""
     wrong = []
     for row in rows:
-        if row.statistic is Statistic.MAX_SEQ_LEN:
+        if row.statistic is Statistic.MAX_SEQ_LEN or row.comparable is Comparable.NO:
             continue
         gpu = get_gpu(row.gpu)
         if measurement_fit(_shipped(row), gpu).verdict is FitVerdict.NO:

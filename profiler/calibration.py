@@ -107,11 +107,11 @@ class Calibration:
         activation_scale: Multiplier on the estimator's activation and logits bytes.
         reserved_ratio: ``peak_reserved / peak_allocated`` (allocator caching/fragmentation) on
             one GPU without sharding.
-        reserved_ratios: The same per sharding strategy (``(strategy value, ratio)``), where it
-            differs: FSDP's all-gather buffers and offload staging are allocated on their own
-            streams, which the caching allocator cannot share, so those runs reserve more above
-            what they allocate; a strategy not listed uses ``reserved_ratio``
-            (:meth:`reserved_ratio_for`).
+        reserved_by_sharding: Per sharding strategy, ``(strategy value, ratio, overhead GiB)``:
+            peak reserved = peak allocated × ratio + overhead (:meth:`reserved_gib`). FSDP's
+            all-gather buffers and offload staging are allocated on their own streams, whose
+            cached blocks the caching allocator cannot share, so those runs reserve more above
+            what they allocate; a strategy not listed uses ``reserved_ratio`` and no overhead.
         bnb8_bandwidth_efficiency: Share of the sustained bandwidth bitsandbytes' blockwise
             8-bit AdamW kernel reaches.
         bnb8_host_s_per_tensor: Host seconds and device round trip per trainable tensor of an
@@ -156,7 +156,7 @@ class Calibration:
     nf4_cast_traffic_factor: float = 0.0
     activation_scale: float = 1.0
     reserved_ratio: float = 1.08
-    reserved_ratios: tuple[tuple[str, float], ...] = ()
+    reserved_by_sharding: tuple[tuple[str, float, float], ...] = ()
     bnb8_bandwidth_efficiency: float = BNB8_BANDWIDTH_EFFICIENCY
     bnb8_host_s_per_tensor: float = BNB8_HOST_S_PER_TENSOR
     transfer_exponent: float = 0.0
@@ -205,11 +205,11 @@ class Calibration:
                 f"bnb8_host_s_per_tensor >= 0, got {self.bnb8_bandwidth_efficiency}, "
                 f"{self.bnb8_host_s_per_tensor}"
             )
-        for strategy, ratio in self.reserved_ratios:
-            if not ratio >= 1.0:
+        for strategy, ratio, overhead in self.reserved_by_sharding:
+            if not (ratio >= 1.0 and overhead >= 0.0):
                 raise ValueError(
-                    f"calibration {self.gpu!r}: reserved ratio of {strategy!r} must be >= 1, "
-                    f"got {ratio}"
+                    f"calibration {self.gpu!r}: reserved memory of {strategy!r} needs a ratio "
+                    f">= 1 and an overhead >= 0, got {ratio}, {overhead}"
                 )
         if not 0 <= self.transfer_exponent <= 1:
             raise ValueError(
@@ -223,12 +223,13 @@ class Calibration:
                 f"{self.reserved_ratio}"
             )
 
-    def reserved_ratio_for(self, sharding: Sharding) -> float:
-        """``peak_reserved / peak_allocated`` under ``sharding`` (:attr:`reserved_ratios`)."""
-        for strategy, ratio in self.reserved_ratios:
+    def reserved_gib(self, allocated_gib: float, sharding: Sharding) -> float:
+        """Peak reserved GiB for a peak of ``allocated_gib`` under ``sharding``
+        (:attr:`reserved_by_sharding`, else :attr:`reserved_ratio`)."""
+        for strategy, ratio, overhead in self.reserved_by_sharding:
             if strategy == sharding.value:
-                return ratio
-        return self.reserved_ratio
+                return allocated_gib * ratio + overhead
+        return allocated_gib * self.reserved_ratio
 
 
 # First-principles defaults, used when no fit exists for any GPU. Efficiencies are shares of the

@@ -1187,7 +1187,7 @@ def estimate(
         )
         host_gib = max(host_gib, loading)
     tokens = config.micro_batch_size * config.seq_len
-    reserved = peak * cal.reserved_ratio_for(config.sharding)
+    reserved = cal.reserved_gib(peak, config.sharding)
     bands = _bands(applied, config, (step_s, peak, reserved))
     return Measurement(
         model=spec.name,

@@ -112,6 +112,9 @@ def fit_calibration(
         fitted_date: ISO date to stamp; defaults to today (UTC).
         bands: Also refit once per model with that model held out and store the held-out
             residual ranges per regime (:attr:`Calibration.bands`; needs two or more models).
+        fallback: Where the measurements cannot show them, take from this calibration (the
+            shipped H100 fit): the 8-bit AdamW terms when no 8-bit rows are given, and the
+            reserved ratios of the sharding strategies (fitted on published figures).
 
     Returns:
         The fitted calibration, with its in-sample error statistics.
@@ -133,6 +136,7 @@ def fit_calibration(
             base,
             bnb8_bandwidth_efficiency=fallback.bnb8_bandwidth_efficiency,
             bnb8_host_s_per_tensor=fallback.bnb8_host_s_per_tensor,
+            reserved_by_sharding=fallback.reserved_by_sharding,
         )
     specs = [spec_lookup(m.model) for m in rows]
     # Stage 1: every coefficient but the 8-bit optimizer's, on the torch AdamW rows (all rows

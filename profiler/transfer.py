@@ -7,8 +7,9 @@ cannot show them:
 
 * ``transfer_exponent``: how the matmul efficiency changes with the GPU's sustained matmul rate
   (:func:`profiler.calibration.transfer_factor`), from published training throughput;
-* ``reserved_ratios``: ``peak_reserved / peak_allocated`` per sharding strategy, from published
-  ``max_memory_reserved`` figures of DDP, FSDP and FSDP-offload runs;
+* ``reserved_by_sharding``: peak reserved over peak allocated per sharding strategy (a ratio, or
+  a fixed overhead for FSDP offload), from published ``max_memory_reserved`` figures of DDP,
+  FSDP and FSDP-offload runs;
 * ``transfer_bands``: the spread of the estimate's error on GPUs and in regimes without a fit of
   their own, from predictions of each GPU's published figures by a fit on the other GPUs'
   (leave one GPU out), plus runs held out from the fit on other GPUs (the H200 steps).
@@ -40,7 +41,7 @@ BAND_RESERVED = "peak_reserved_gib"
 # (from T4 to B200 the sustained-rate ratio to the H100 spans 0.05 to 2.2).
 _EXPONENT_GRID = tuple(i / 200 for i in range(121))
 
-# Sharding strategies without published reserved figures take a measured strategy's ratio:
+# Sharding strategies without published reserved figures take a measured strategy's form:
 # ZeRO-3 gathers parameters per module on a side stream as FSDP does, and offloads as FSDP
 # offload does (an assumption until a ZeRO-3 run is measured).
 _RESERVED_STAND_INS = {
@@ -103,31 +104,65 @@ def fit_exponent(
     return best
 
 
-def fit_reserved_ratios(
+def _leave_one_out_error(
+    allocated: Sequence[float], reserved: Sequence[float], *, additive: bool
+) -> float:
+    """Median absolute error of each reserved figure predicted from the others' ratio (or, with
+    ``additive``, their overhead above what they allocate)."""
+    errors = []
+    for i in range(len(allocated)):
+        rest = [j for j in range(len(allocated)) if j != i]
+        if additive:
+            overhead = statistics.median(reserved[j] - allocated[j] for j in rest)
+            guess = allocated[i] + overhead
+        else:
+            guess = allocated[i] * statistics.median(reserved[j] / allocated[j] for j in rest)
+        errors.append(abs(guess / reserved[i] - 1.0))
+    return statistics.median(errors)
+
+
+def fit_reserved_by_sharding(
     calibration: Calibration,
     rows: Sequence[PublishedMeasurement],
     spec_lookup: SpecLookup,
     gpus: GpuLookup,
-) -> tuple[tuple[str, float], ...]:
-    """``peak_reserved / peak_allocated`` per sharding strategy other than ``none``: the median
-    over comparable published reserved figures of published reserved / estimated allocated (the
-    estimate's allocated memory is within 1% of the published allocated figures of FSDP runs).
-    Strategies without a figure take a stand-in's (:data:`_RESERVED_STAND_INS`); at least 1."""
-    by_strategy: dict[Sharding, list[float]] = {}
+) -> tuple[tuple[str, float, float], ...]:
+    """``(strategy, ratio, overhead GiB)`` per sharding strategy other than ``none``, from
+    comparable published reserved figures and the estimate's allocated memory (within 1% of the
+    published allocated figures of FSDP runs): peak reserved = allocated × ratio + overhead,
+    either a ratio (the median of reserved / allocated) or a fixed overhead (the median of
+    reserved - allocated), whichever predicts each figure from the others better (leave one
+    out; two figures or more, else a ratio). FSDP's overhead grows with what it allocates; with
+    CPU offload it is about 6-9 GiB whatever the model (Answer.AI's 7B and 70B runs).
+    Strategies without a figure take a stand-in's (:data:`_RESERVED_STAND_INS`)."""
+    by_strategy: dict[Sharding, tuple[list[float], list[float]]] = {}
     for row in rows:
         if row.statistic is not Statistic.PEAK_RESERVED or row.comparable is not Comparable.YES:
             continue
         if row.config.sharding is Sharding.NONE or row.memory_gib is None:
             continue
-        allocated = _predict(calibration, row, spec_lookup, gpus).peak_allocated_gib
-        assert allocated is not None
-        by_strategy.setdefault(row.config.sharding, []).append(row.memory_gib / allocated)
-    ratios = {s: max(1.0, statistics.median(v)) for s, v in by_strategy.items()}
+        estimated = _predict(calibration, row, spec_lookup, gpus).peak_allocated_gib
+        assert estimated is not None
+        found = by_strategy.setdefault(row.config.sharding, ([], []))
+        found[0].append(estimated)
+        found[1].append(row.memory_gib)
+    fitted: dict[Sharding, tuple[float, float]] = {}
+    for strategy, (allocated, reserved) in by_strategy.items():
+        additive = len(allocated) >= 2 and _leave_one_out_error(
+            allocated, reserved, additive=True
+        ) < _leave_one_out_error(allocated, reserved, additive=False)
+        if additive:
+            overhead = statistics.median(r - a for a, r in zip(allocated, reserved, strict=True))
+            fitted[strategy] = (1.0, max(0.0, overhead))
+        else:
+            ratio = statistics.median(r / a for a, r in zip(allocated, reserved, strict=True))
+            fitted[strategy] = (max(1.0, ratio), 0.0)
     for strategy, stand_in in _RESERVED_STAND_INS.items():
-        if strategy not in ratios and stand_in in ratios:
-            ratios[strategy] = ratios[stand_in]
+        if strategy not in fitted and stand_in in fitted:
+            fitted[strategy] = fitted[stand_in]
     return tuple(
-        (s.value, round(r, 4)) for s, r in sorted(ratios.items(), key=lambda i: i[0].value)
+        (s.value, round(ratio, 4), round(overhead, 3))
+        for s, (ratio, overhead) in sorted(fitted.items(), key=lambda i: i[0].value)
     )
 
 
@@ -139,10 +174,13 @@ def fit_on_published(
     *,
     source: str = "",
 ) -> Calibration:
-    """``calibration`` with its transfer exponent and reserved ratios fitted on ``rows``."""
+    """``calibration`` with its transfer exponent and reserved memory by sharding strategy
+    fitted on ``rows``."""
     exponent = fit_exponent(calibration, rows, spec_lookup, gpus)
     fitted = replace(calibration, transfer_exponent=exponent, transfer_source=source)
-    return replace(fitted, reserved_ratios=fit_reserved_ratios(fitted, rows, spec_lookup, gpus))
+    return replace(
+        fitted, reserved_by_sharding=fit_reserved_by_sharding(fitted, rows, spec_lookup, gpus)
+    )
 
 
 def _residuals_of(

@@ -27,7 +27,7 @@ from profiler.published import (
 from profiler.transfer import (
     calibrate_transfer,
     fit_exponent,
-    fit_reserved_ratios,
+    fit_reserved_by_sharding,
     held_out_by,
 )
 
@@ -129,17 +129,25 @@ def test_the_exponent_fit_recovers_a_known_exponent() -> None:
     assert found == pytest.approx(0.31, abs=0.005)
 
 
-def test_reserved_ratios_follow_the_sharding_strategy() -> None:
+def test_reserved_memory_follows_the_sharding_strategy() -> None:
     """FSDP and FSDP with offload reserve more above what they allocate than one GPU does
-    (Answer.AI's max_memory_reserved figures); ZeRO-3 takes FSDP's as a stand-in."""
+    (Answer.AI's max_memory_reserved figures): FSDP in proportion, offload a fixed few GiB;
+    ZeRO-3 takes FSDP's form as a stand-in."""
     base = calibration_for(get_gpu("h100"))
-    ratios = dict(fit_reserved_ratios(base, published_measurements(), get_model, get_gpu))
-    assert set(ratios) == {"ddp", "fsdp", "fsdp-offload", "zero3", "zero3-offload"}
-    assert base.reserved_ratio < ratios["fsdp"] < ratios["fsdp-offload"]
-    assert ratios["zero3"] == ratios["fsdp"] and ratios["zero3-offload"] == ratios["fsdp-offload"]
+    found = {
+        s: (r, o)
+        for s, r, o in fit_reserved_by_sharding(base, published_measurements(), get_model, get_gpu)
+    }
+    assert set(found) == {"ddp", "fsdp", "fsdp-offload", "zero3", "zero3-offload"}
+    assert found["fsdp"][0] > base.reserved_ratio and found["fsdp"][1] == 0.0
+    assert found["fsdp-offload"][0] == 1.0 and 5.0 < found["fsdp-offload"][1] < 10.0
+    assert found["zero3"] == found["fsdp"] and found["zero3-offload"] == found["fsdp-offload"]
     shipped = calibration_for(get_gpu("rtx4090"))
-    assert shipped.reserved_ratio_for(Sharding.FSDP) == pytest.approx(ratios["fsdp"], rel=0.01)
-    assert shipped.reserved_ratio_for(Sharding.NONE) == shipped.reserved_ratio
+    ratio, overhead = found["fsdp-offload"]
+    assert shipped.reserved_gib(10.0, Sharding.FSDP_OFFLOAD) == pytest.approx(
+        10.0 * ratio + overhead, rel=0.01
+    )
+    assert shipped.reserved_gib(10.0, Sharding.NONE) == 10.0 * shipped.reserved_ratio
 
 
 def test_the_shipped_fit_holds_the_published_figures() -> None:
@@ -186,14 +194,14 @@ def test_calibrate_transfer_sets_everything_it_fits() -> None:
     base = dataclasses.replace(
         calibration_for(get_gpu("h100")),
         transfer_exponent=0.0,
-        reserved_ratios=(),
+        reserved_by_sharding=(),
         transfer_bands=(),
     )
     fitted = calibrate_transfer(base, published_measurements(), get_model, get_gpu)
     assert (
         0.1 < fitted.transfer_exponent < 0.5 and "published throughput" in fitted.transfer_source
     )
-    assert dict(fitted.reserved_ratios)["fsdp"] > 1.2
+    assert {s: r for s, r, _ in fitted.reserved_by_sharding}["fsdp"] > 1.2
     regimes = {(q, r) for q, r, _, _ in fitted.transfer_bands}
     assert ("step_time_s", "multi-gpu") in regimes and ("peak_reserved_gib", "offload") in regimes
     # Published reserved figures are all of sharded runs: one GPU keeps its recipe's band.

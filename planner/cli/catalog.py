@@ -124,6 +124,7 @@ def _gpu_row(gpu: GPU) -> list[str]:
         f"{gpu.memory_bandwidth_tbps:g}",
         bf16,
         f"{gpu.fp16_tflops:g}",
+        f"{gpu.sustained_matmul_tflops:g} / {gpu.sustained_bandwidth_tbps:g}",
         f"{gpu.intra_node_interconnect.value} {gpu.intra_node_gbps:g}",
     ]
 
@@ -145,9 +146,20 @@ def gpus_command(output_format: str) -> None:
         return
     _table(
         "GPUs",
-        ["name", "aliases", "usable GiB", "mem TB/s", "bf16 TFLOP/s", "fp16 TFLOP/s", "link GB/s"],
+        [
+            "name",
+            "aliases",
+            "usable GiB",
+            "mem TB/s",
+            "bf16 TFLOP/s",
+            "fp16 TFLOP/s",
+            "measured TFLOP/s / TB/s",
+            "link GB/s",
+        ],
         [_gpu_row(g) for g in gpus],
-        caption="TFLOP/s are dense peaks; link = intra-node GPU-to-GPU bandwidth",
+        caption="TFLOP/s are dense datasheet peaks; measured = what microbenchmarks reached "
+        "(the estimator's rates; sources: --format json, achievable_source); link = intra-node "
+        "GPU-to-GPU bandwidth",
     )
 
 

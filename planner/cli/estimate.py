@@ -572,10 +572,13 @@ def calibrate_command(gpu_name: str, sources: tuple[Path, ...], out: Path | None
     """
     from profiler.calibration import (
         FIRST_PRINCIPLES,
+        REFERENCE_GPU,
+        SHIPPED_DATA_DIR,
         calibration_file_name,
         calibration_for,
         calibration_to_json,
         load_calibration,
+        read_calibration,
         user_calibration_dir,
     )
     from profiler.fit import fit_calibration
@@ -583,7 +586,9 @@ def calibrate_command(gpu_name: str, sources: tuple[Path, ...], out: Path | None
 
     gpu = get_gpu(gpu_name)
     records = _read_sources(sources, gpu) if sources else default_store().records()
-    fitted = fit_calibration(records, get_model, gpu)
+    shipped = SHIPPED_DATA_DIR / calibration_file_name(REFERENCE_GPU)
+    fallback = read_calibration(shipped) if shipped.is_file() else None
+    fitted = fit_calibration(records, get_model, gpu, fallback=fallback)
     before = load_calibration(gpu.name) or calibration_for(gpu)
     before_errors = _errors(records, gpu, before if before.fit_inputs else FIRST_PRINCIPLES)
     target = out or user_calibration_dir() / calibration_file_name(gpu.name)

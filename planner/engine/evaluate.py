@@ -266,7 +266,9 @@ class Evaluator:
         """
         spec, budget = self.request.spec, self.request.budget
         flops_per_token = min_flops_per_token(spec, variant.method)
-        peak_flops = hw.gpu.matmul_tflops * 1e12 * hw.gpu_count
+        # The datasheet peak, or the measured rate where a card runs above it (boost clocks).
+        peak_tflops = max(hw.gpu.matmul_tflops, hw.gpu.sustained_matmul_tflops)
+        peak_flops = peak_tflops * 1e12 * hw.gpu_count
         train_s = budget.total_tokens * flops_per_token / peak_flops
         startup = self.request.startup
         download_s = download_bytes(spec) / GIB / startup.download_gib_per_s
