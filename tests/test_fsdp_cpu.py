@@ -91,3 +91,105 @@ def test_lora_trains_under_fsdp_on_two_cpu_processes(tmp_path: Path) -> None:
         assert int(changed) == int(trainable) > 0  # every local adapter shard was updated
         assert int(local) <= math.ceil(int(total) / 2) + 64  # half the parameters per rank
         assert dtypes == "['torch.bfloat16']"  # one dtype: bf16 adapters with the bf16 base
+
+
+def _gradient_worker(rank: int, world: int, port: int, out: str, method_value: str) -> None:
+    """LoRA/QLoRA wrapped with the runner's policy (``runners.train.adapter_wrap_policy``) and
+    accelerate's other FSDP settings on two gloo processes (accelerate itself picks DDP on CPU);
+    one backward, then the gradient elements each rank holds."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from model_specs import TINY_LLAMA
+
+    from profiler import Method, Sharding, TuningConfig
+    from profiler.recipes import SETUP_FUNCTIONS, forward_backward
+    from runners.train import adapter_wrap_policy
+
+    method = Method(method_value)
+    config = TuningConfig(
+        method=method,
+        lora_rank=4,
+        lora_targets="all-linear",
+        seq_len=32,
+        gpu_count=world,
+        sharding=Sharding.FSDP,
+    )
+    prepared = SETUP_FUNCTIONS[method](TINY_LLAMA, config, device="cpu")
+    prepared.model = FullyShardedDataParallel(
+        prepared.model,
+        auto_wrap_policy=adapter_wrap_policy(prepared.model),
+        sharding_strategy=ShardingStrategy.FULL_SHARD,
+        use_orig_params=True,
+        device_id=torch.device("cpu"),
+    )
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(rank))
+    forward_backward(prepared, ids, ids)
+    units = FullyShardedDataParallel.fsdp_modules(prepared.model)
+    flat = [u._handle.flat_param for u in units if u._handle is not None]
+    gradient = sum(p.grad.numel() for p in flat if p.grad is not None)
+    trainable = sum(p.numel() for p in flat if p.requires_grad)
+    frozen_with_grad = sum(1 for p in flat if not p.requires_grad and p.grad is not None)
+    Path(out, f"grad-{method_value}-{rank}.txt").write_text(
+        f"{gradient} {trainable} {frozen_with_grad} {len(flat)}"
+    )
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method_value", ["lora", "qlora"])
+def test_adapters_get_their_own_fsdp_units_so_only_they_hold_gradients(
+    tmp_path: Path, method_value: str
+) -> None:
+    import sys
+
+    import torch.multiprocessing as mp
+
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch without gloo")
+    sys.path.insert(0, str(Path(__file__).parent))
+    mp.spawn(_gradient_worker, args=(2, free_port(), str(tmp_path), method_value), nprocs=2)
+    for rank in range(2):
+        gradient, trainable, frozen_with_grad, units = map(
+            int, Path(tmp_path, f"grad-{method_value}-{rank}.txt").read_text().split()
+        )
+        # 2 layers x 4,096 adapter elements, sharded over two ranks; with one flat parameter
+        # per decoder layer this was 41,088 (the frozen layer weights' share too).
+        assert gradient == trainable == 4_096
+        assert frozen_with_grad == 0
+        assert units > 2 + 1  # the adapters' own units besides the layers and the root
+
+
+def test_the_runner_hands_accelerate_the_adapter_policy() -> None:
+    """accelerate's FSDP plugin keeps a callable policy through ``set_auto_wrap_policy``; full
+    fine-tuning keeps the per-layer wrap."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from model_specs import TINY_LLAMA
+
+    from profiler import Method, Sharding, TuningConfig
+    from profiler.recipes import setup_lora
+    from runners.train import wrap_adapters_apart
+
+    config = TuningConfig(
+        method=Method.LORA,
+        lora_rank=4,
+        lora_targets="all-linear",
+        seq_len=32,
+        gpu_count=2,
+        sharding=Sharding.FSDP,
+    )
+    model = setup_lora(TINY_LLAMA, config, device="cpu").model
+    plugin = FullyShardedDataParallelPlugin(auto_wrap_policy="transformer_based_wrap")
+    accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin))
+    assert wrap_adapters_apart(model, accelerator, config)
+    chosen = plugin.auto_wrap_policy
+    plugin.set_auto_wrap_policy(model)
+    assert plugin.auto_wrap_policy is chosen
+    lora_a = model.get_base_model().model.layers[0].self_attn.q_proj.lora_A["default"]
+    assert chosen(module=lora_a, recurse=False, nonwrapped_numel=0)
+    full = TuningConfig(method=Method.FULL, seq_len=32, gpu_count=2, sharding=Sharding.FSDP)
+    assert not wrap_adapters_apart(model, accelerator, full)
