@@ -306,11 +306,12 @@ def load_problem(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> str | None:
     if load <= limit:
         return None
     return (
-        f"ftplan's runner builds the whole model on every GPU before {config.sharding.value} "
-        f"shards it ({load:,.1f} GiB per GPU while loading; {gpu.name} has {limit:,.1f} GiB), "
-        "so this plan runs out of memory before its first step although its training peak "
-        "fits. Rank-0 CPU loading, which would lift this, covers full fine-tuning and LoRA "
-        "under FSDP only so far (docs/launching.md)"
+        f"ftplan's runner needs {load:,.1f} GiB per GPU while it loads this plan "
+        f"({config.method.value}, {config.sharding.value}; {gpu.name} has {limit:,.1f} GiB), "
+        "so it runs out of memory before its first step although its training peak fits. "
+        "FSDP loads every method on rank 0 and ZeRO-3 partitions full fine-tuning and LoRA as "
+        "it loads; ZeRO-3 QLoRA still builds the whole 4-bit model on every GPU "
+        "(docs/launching.md)"
     )
 
 

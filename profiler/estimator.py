@@ -1252,21 +1252,42 @@ def eval_pass(
 
 
 def load_peak_gib(spec: ModelSpec, config: TuningConfig) -> float:
-    """GiB one GPU holds while ftplan's runner loads the model, where the runner builds the
-    whole model on every GPU before sharding it (:func:`profiler.sharding.
-    loads_whole_model_per_gpu`: QLoRA under FSDP, every ZeRO-3 run); 0 where it does not
-    (rank-0 loading, or no sharding, where the steady state holds the whole model anyway).
+    """GiB one GPU holds while ftplan's runner loads the model, before the first step. Not part
+    of the training peak (:func:`estimate`): a plan whose steady state fits must load too, which
+    the planner and ``ftplan launch`` check against :func:`profiler.headroom.capacity_gib`.
 
-    The unsharded weights in the recipe's dtype, plus, for QLoRA, the largest linear's 16-bit
-    weight being quantized. Not part of the training peak (:func:`estimate`): a plan whose
-    steady state fits can still fail to load, which the planner and ``ftplan launch`` say.
+    - Unsharded (none, ddp): the whole model in the recipe's dtype (QLoRA: NF4, quantizing one
+      16-bit linear at a time), as in training.
+    - FSDP, every method (rank-0 loading, :func:`profiler.sharding.loads_on_rank0`): rank 0
+      holds the weights in CPU memory; as FSDP syncs them each GPU gathers one unit (the root
+      or a layer) on top of the shards made so far (none on the GPU when offloading). QLoRA
+      adds every linear's quantization state (about 1/64 byte per weight, not a parameter, so
+      whole on every GPU) and, on rank 0 before FSDP starts, one 16-bit linear being quantized.
+    - ZeRO-3 full fine-tuning and LoRA (``zero.Init``, :func:`profiler.sharding.
+      loads_partitioned`): the shards plus one module gathered while its weights load.
+    - ZeRO-3 QLoRA (:func:`profiler.sharding.loads_whole_model_per_gpu`): the whole NF4 model
+      and one 16-bit linear being quantized, on every GPU.
+
+    Plus the allocator's overhead.
     """
-    if not loads_whole_model_per_gpu(sharding=config.sharding, method=config.method):
-        return 0.0
-    in_flight = 0.0
-    if config.method is Method.QLORA:
-        in_flight = 2.0 * max(a * b for a, b in spec.linear_shapes().values())
-    return (weight_bytes(spec, config) + in_flight) / GIB + ALLOCATOR_OVERHEAD_GIB
+    state = _state_bytes(spec, config, trainable_params(spec, config))
+    qlora = config.method is Method.QLORA
+    in_flight = 2.0 * max(a * b for a, b in spec.linear_shapes().values()) if qlora else 0.0
+    whole = state.weights + in_flight
+    if not config.sharding.shards_state or loads_whole_model_per_gpu(
+        sharding=config.sharding, method=config.method
+    ):
+        return whole / GIB + ALLOCATOR_OVERHEAD_GIB
+    quant_states = (
+        _spec_terms(spec).quantized_params * (NF4_BYTES_PER_PARAM - 0.5) if qlora else 0.0
+    )
+    shards = 0.0 if config.sharding.offloads else state.weights / _shard_divisor(config)
+    if loads_on_rank0(sharding=config.sharding, method=config.method):
+        unit = max(state.root_gather_bytes, state.layer_gather_bytes)
+    else:
+        unit = max(state.head_gather_bytes, state.layer_gather_bytes)
+    peak = max(quant_states + in_flight, shards + unit + quant_states)
+    return peak / GIB + ALLOCATOR_OVERHEAD_GIB
 
 
 def memory_fits(peak_reserved_gib: float, gpu: GPU) -> bool:

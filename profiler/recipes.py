@@ -454,6 +454,8 @@ def write_random_checkpoint(
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
+    from profiler._nf4_loading import random_tensors
+
     folder = Path(folder)
     torch.manual_seed(0)
     with torch.device("meta"):
@@ -461,11 +463,6 @@ def write_random_checkpoint(
             hf_config, attn_implementation=attention, **_dtype_kwarg(dtype)
         )
     skeleton.config.save_pretrained(folder)
-    # Each tensor once, under its first name (a tied head is the embedding: transformers ties it
-    # back on load); persistent buffers are part of the checkpoint too.
-    every_param = {name for name, _ in skeleton.named_parameters(remove_duplicate=False)}
-    keys = {name for name, _ in skeleton.named_parameters()}
-    keys |= {name for name in skeleton.state_dict() if name not in every_param}
     weight_map: dict[str, str] = {}
     shard: dict[str, Any] = {}
     total = shard_size = 0
@@ -478,27 +475,17 @@ def write_random_checkpoint(
             weight_map.update(dict.fromkeys(shard, name))
             shard, shard_size = {}, 0
 
-    for prefix, module in skeleton.named_modules():
-        names = {
-            f"{prefix}.{n}" if prefix else n: n for n in [*module._parameters, *module._buffers]
-        }
-        own = {key: name for key, name in names.items() if key in keys}
-        if not own:
-            continue
-        module.to_empty(device=device, recurse=False)
-        with torch.no_grad():
-            for name in own.values():
-                getattr(module, name).zero_()  # finite even where _init_weights does not reach
-            skeleton._init_weights(module)
-        for key, name in own.items():
-            tensor = getattr(module, name)
-            shard[key] = tensor.detach().to("cpu").contiguous()
-            size = tensor.numel() * tensor.element_size()
-            shard_size += size
-            total += size
-        module.to_empty(device="meta", recurse=False)
-        if shard_size >= shard_bytes:
+    module_of = ""
+    for key, tensor in random_tensors(skeleton, device=device):
+        # Flush between modules only, as before: a module's tensors share a shard.
+        owner = key.rpartition(".")[0]
+        if owner != module_of and shard_size >= shard_bytes:
             flush()
+        module_of = owner
+        shard[key] = tensor.detach().to("cpu").contiguous()
+        size = tensor.numel() * tensor.element_size()
+        shard_size += size
+        total += size
     flush()
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
@@ -526,6 +513,15 @@ def _build_nf4_model(
         bnb_4bit_compute_dtype=_compute_dtype(config),
         **storage,
     )
+    if _sharded(config) and loads_on_rank0_only() is not None:
+        return _build_nf4_model_on_rank0(
+            hf_config,
+            quantization,
+            config,
+            device=device,
+            checkpoint=checkpoint,
+            attention=attention,
+        )
     # accelerate wants a device index for CUDA ("cuda" alone names the current device).
     device_map: dict[str, int | str] = {"": device}
     if device.startswith("cuda"):
@@ -549,6 +545,48 @@ def _build_nf4_model(
             **_dtype_kwarg(_weight_dtype(config)),
         )
     quantize_experts_nf4(model)
+    model.train()
+    return model
+
+
+def _build_nf4_model_on_rank0(
+    hf_config: Any,
+    quantization: Any,
+    config: TuningConfig,
+    *,
+    device: str,
+    checkpoint: str | None,
+    attention: str,
+) -> Any:
+    """Sharded QLoRA under FSDP rank-0 loading (:mod:`profiler._nf4_loading`): local rank 0
+    quantizes the checkpoint (or random weights drawn a module at a time, seeded 0 as
+    :func:`write_random_checkpoint`) tensor by tensor on ``device`` into CPU memory; the other
+    ranks keep meta tensors and receive rank 0's quantization states now and its packed weights
+    when FSDP shards. No GPU ever holds the whole model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from profiler._nf4_loading import (
+        checkpoint_tensors,
+        load_nf4_on_rank0,
+        nf4_skeleton,
+        random_tensors,
+    )
+
+    dtype = _weight_dtype(config)
+    model = nf4_skeleton(hf_config, quantization, dtype=dtype, attention=attention)
+    tensors = None
+    if loads_on_rank0_only():
+        if checkpoint is None:
+            torch.manual_seed(0)
+            with torch.device("meta"):
+                plain = AutoModelForCausalLM.from_config(
+                    hf_config, attn_implementation=attention, **_dtype_kwarg(dtype)
+                )
+            tensors = random_tensors(plain, device=device)
+        else:
+            tensors = checkpoint_tensors(checkpoint)
+    load_nf4_on_rank0(model, tensors, dtype=dtype, device=device)
     model.train()
     return model
 

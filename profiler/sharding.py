@@ -125,20 +125,38 @@ def place(state: StateBytes, *, sharding: Sharding, gpu_count: int) -> Placement
 
 
 def loads_on_rank0(*, sharding: Sharding, method: Method) -> bool:
-    """Whether ftplan's runner loads the weights on rank 0 only, in CPU memory: full fine-tuning
-    and LoRA under FSDP (accelerate's ``fsdp_cpu_ram_efficient_loading``; the other ranks build
-    on the meta device and FSDP broadcasts rank 0's weights, adapters included, as it shards;
-    runners/_distributed.py, PEFT's FSDP guide)."""
-    return sharding in (Sharding.FSDP, Sharding.FSDP_OFFLOAD) and method is not Method.QLORA
+    """Whether ftplan's runner loads the weights on rank 0 only, in CPU memory, and FSDP
+    broadcasts them as it shards: every method under FSDP (accelerate's
+    ``fsdp_cpu_ram_efficient_loading``; runners/_distributed.py). Full fine-tuning and LoRA load
+    through transformers' own rank-0 loading (PEFT's FSDP guide), QLoRA through
+    ``profiler._nf4_loading``: rank 0 quantizes one tensor at a time on its GPU into CPU memory
+    and broadcasts the quantization states (Answer.AI's fsdp_qlora, PEFT's FSDP+QLoRA guide).
+    The other ranks build on the meta device. ``method`` is kept for callers: no method is left
+    out any more."""
+    del method
+    return sharding in (Sharding.FSDP, Sharding.FSDP_OFFLOAD)
+
+
+def loads_partitioned(*, sharding: Sharding, method: Method) -> bool:
+    """Whether ftplan's runner builds the model under DeepSpeed's ``zero.Init``
+    (``zero3_init_flag``): ZeRO-3 full fine-tuning and LoRA, each parameter partitioned as it is
+    created or loaded, so no GPU holds more than its shard and one module at a time.
+    transformers leaves quantized models out of ``zero.Init`` (modeling_utils:
+    ``is_deepspeed_zero3_enabled() and not is_quantized``), so ZeRO-3 QLoRA is not."""
+    return sharding.deepspeed and method is not Method.QLORA
 
 
 def loads_whole_model_per_gpu(*, sharding: Sharding, method: Method) -> bool:
     """Whether ftplan's runner builds the whole model on every GPU before sharding it, so that
-    each GPU must hold the unsharded weights once, at load: QLoRA under FSDP
-    (``profiler.recipes`` quantizes the whole NF4 model onto the rank's GPU, FSDP shards it
-    after) and every ZeRO-3 run (``zero3_init_flag`` off: DeepSpeed partitions the model only at
-    ``deepspeed.initialize``). Unsharded runs hold the whole model anyway."""
-    return sharding.shards_state and not loads_on_rank0(sharding=sharding, method=method)
+    each GPU must hold the unsharded weights once, at load: only ZeRO-3 QLoRA now (the NF4
+    model on every GPU, partitioned at ``deepspeed.initialize``). FSDP loads on rank 0
+    (:func:`loads_on_rank0`), ZeRO-3 full fine-tuning and LoRA under ``zero.Init``
+    (:func:`loads_partitioned`). Unsharded runs hold the whole model anyway."""
+    return (
+        sharding.shards_state
+        and not loads_on_rank0(sharding=sharding, method=method)
+        and not loads_partitioned(sharding=sharding, method=method)
+    )
 
 
 def working_set_bytes(state: StateBytes, *, sharding: Sharding) -> float:

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from profiler import Precision, Sharding, TuningConfig
-from profiler.sharding import loads_on_rank0
+from profiler.sharding import loads_on_rank0, loads_partitioned
 
 DEEPSPEED_CONFIG_FILE = "deepspeed_config.json"
 
@@ -42,10 +42,11 @@ def fsdp_settings(config: TuningConfig) -> dict[str, str]:
     parameters, so a frozen base and trainable LoRA adapters can share a flat parameter and the
     recipe's optimizer maps over them (PEFT's FSDP guide). Activation checkpointing stays the
     recipe's own. ``fsdp-offload`` keeps parameters (and so the optimizer step) on the CPU.
-    Full fine-tuning and LoRA load on rank 0 only (``cpu_ram_efficient_loading``: the other ranks
-    build on the meta device, ``sync_module_states`` broadcasts rank 0's weights when FSDP
-    shards; :func:`profiler.sharding.loads_on_rank0`), so
-    a 70B fp32 model is not built whole on every rank.
+    Every method loads on rank 0 only (``cpu_ram_efficient_loading``: the other ranks build on
+    the meta device, ``sync_module_states`` broadcasts rank 0's weights when FSDP shards;
+    :func:`profiler.sharding.loads_on_rank0`), so a 70B model is not built whole on every rank.
+    LoRA/QLoRA replace the per-layer wrap with PEFT's policy at launch
+    (``runners.train.adapter_wrap_policy``: adapters in their own units).
     """
     if config.sharding not in (Sharding.FSDP, Sharding.FSDP_OFFLOAD):
         return {}
@@ -151,7 +152,7 @@ def accelerate_config(config: TuningConfig, *, num_processes: int) -> dict[str, 
     if kind == "DEEPSPEED":
         out["deepspeed_config"] = {
             "deepspeed_config_file": DEEPSPEED_CONFIG_FILE,
-            "zero3_init_flag": False,
+            "zero3_init_flag": zero3_init(config),
         }
     return out
 
@@ -177,7 +178,16 @@ def distribution_environment(
     if config.sharding.deepspeed:
         env["ACCELERATE_USE_DEEPSPEED"] = "true"
         env["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = deepspeed_config_path
+        env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] = "true" if zero3_init(config) else "false"
     return env
+
+
+def zero3_init(config: TuningConfig) -> bool:
+    """accelerate's ``zero3_init_flag``: build the model under DeepSpeed's ``zero.Init``, so each
+    parameter is partitioned as it is created or loaded (transformers does so when the
+    Accelerator made before the model says ZeRO-3; :func:`profiler.sharding.loads_partitioned`).
+    Off for QLoRA, which transformers never builds under ``zero.Init``."""
+    return loads_partitioned(sharding=config.sharding, method=config.method)
 
 
 def yaml_text(data: dict[str, Any], *, indent: int = 0) -> str:

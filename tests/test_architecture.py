@@ -183,7 +183,12 @@ def test_every_module_imports_alone() -> None:
 # --- declared dependencies match the imports ----------------------------------------------
 
 # Import name -> distribution name, where they differ.
-_DISTRIBUTIONS = {"sky": "skypilot", "yaml": "pyyaml", "botocore": "boto3"}
+_DISTRIBUTIONS = {
+    "sky": "skypilot",
+    "yaml": "pyyaml",
+    "botocore": "boto3",
+    "huggingface_hub": "huggingface-hub",
+}
 _TORCH_STACK = {"torch", "transformers", "peft", "bitsandbytes", "accelerate", "deepspeed"}
 
 

@@ -107,19 +107,33 @@ def test_no_accelerate_for_one_gpu_without_offload() -> None:
 
 
 @pytest.mark.parametrize("method", [Method.FULL, Method.LORA, Method.QLORA])
-def test_fsdp_full_fine_tuning_and_lora_load_on_rank_0_only(
-    tmp_path: Path, method: Method
-) -> None:
+def test_fsdp_loads_on_rank_0_only_for_every_method(tmp_path: Path, method: Method) -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 
     config = _config(method, Sharding.FSDP, 4)
     path = tmp_path / "accelerate_config.yaml"
     path.write_text(yaml_text(accelerate_config(config, num_processes=4)))
     fsdp = load_config_from_file(str(path)).fsdp_config
-    # QLoRA still quantizes the whole NF4 model on every rank's GPU (unvalidated otherwise).
-    rank0 = method is not Method.QLORA
-    assert fsdp["fsdp_cpu_ram_efficient_loading"] is rank0
+    # QLoRA too: profiler._nf4_loading quantizes on rank 0 (tests/test_fsdp_rank0_loading.py).
+    assert fsdp["fsdp_cpu_ram_efficient_loading"] is True
     assert fsdp["fsdp_sync_module_states"] is True  # rank 0's weights reach the other ranks
     env = distribution_environment(config, deepspeed_config_path="unused")
-    assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == str(rank0).lower()
+    assert env["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true"
     assert env["FSDP_SYNC_MODULE_STATES"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("method", "partitioned"), [(Method.FULL, True), (Method.LORA, True), (Method.QLORA, False)]
+)
+def test_zero3_builds_the_model_partitioned_except_qlora(
+    tmp_path: Path, method: Method, partitioned: bool
+) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = _config(method, Sharding.ZERO3, 4)
+    path = tmp_path / "accelerate_config.yaml"
+    path.write_text(yaml_text(accelerate_config(config, num_processes=4)))
+    loaded = load_config_from_file(str(path)).deepspeed_config
+    assert loaded["zero3_init_flag"] is partitioned
+    env = distribution_environment(config, deepspeed_config_path="ds.json")
+    assert env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == str(partitioned).lower()

@@ -26,7 +26,14 @@ pytestmark = pytest.mark.slow
 
 
 def _broadcast_shard_and_train(
-    model: Any, config: Any, ids: Any, *, rank: int, layer: type, learning_rate: float
+    model: Any,
+    config: Any,
+    ids: Any,
+    *,
+    rank: int,
+    layer: type,
+    learning_rate: float,
+    policy: Any = None,
 ) -> dict[str, Any]:
     """FSDP's rank-0 loading, written out, then two training steps.
 
@@ -50,9 +57,8 @@ def _broadcast_shard_and_train(
         dist.broadcast(state.data, src=0)
     sharded = FullyShardedDataParallel(
         model,
-        auto_wrap_policy=functools.partial(
-            transformer_auto_wrap_policy, transformer_layer_cls={layer}
-        ),
+        auto_wrap_policy=policy
+        or functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={layer}),
         sharding_strategy=ShardingStrategy.FULL_SHARD,
         use_orig_params=True,
         device_id=cpu,
@@ -65,9 +71,12 @@ def _broadcast_shard_and_train(
     )
     before = {n: p.detach().clone() for n, p in sharded.named_parameters() if p.numel()}
     losses = []
+    gradients = []
     for _ in range(2):
-        loss = sharded(input_ids=ids, labels=ids).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=policy is not None):
+            loss = sharded(input_ids=ids, labels=ids).loss
         loss.backward()
+        gradients.append(sum(p.grad.numel() for p in sharded.parameters() if p.grad is not None))
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
@@ -77,7 +86,13 @@ def _broadcast_shard_and_train(
         if n in before and p.requires_grad
     )
     trainable = sum(1 for n, p in sharded.named_parameters() if n in before and p.requires_grad)
-    return {"losses": losses, "changed": changed, "local_shards": trainable}
+    return {
+        "losses": losses,
+        "changed": changed,
+        "local_shards": trainable,
+        "gradient_elements": gradients[0],
+        "trainable_elements": sum(p.numel() for p in sharded.parameters() if p.requires_grad),
+    }
 
 
 def _worker(rank: int, world: int, port: int, out: str, checkpoint: str) -> None:
@@ -221,3 +236,79 @@ def test_lora_under_fsdp_loads_on_rank_0_only(tmp_path: Path) -> None:
     assert not any(ranks[0]["meta"])  # rank 0 holds the checkpoint and the adapters
     assert all(ranks[1]["meta"]) and ranks[1]["adapters_meta"]  # rank 1 built nothing real
     _assert_rank0_weights_trained(ranks)
+
+
+def _qlora_worker(rank: int, world: int, port: int, out: str, checkpoint: str) -> None:
+    """Sharded QLoRA with rank-0 loading: rank 0 quantizes the checkpoint into CPU memory,
+    rank 1 builds meta tensors and receives rank 0's quantization states; after FSDP's
+    broadcast (written out as above) both train the same adapters on rank 0's 4-bit base."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    from bitsandbytes.nn import Linear4bit
+    from model_specs import TINY_LLAMA
+
+    from profiler import Method, Sharding, TuningConfig
+    from profiler.recipes import loads_on_rank0_only, setup_qlora
+    from runners._distributed import fsdp_settings
+    from runners.train import adapter_wrap_policy
+
+    config = TuningConfig(
+        method=Method.QLORA,
+        lora_rank=4,
+        lora_targets="all-linear",
+        seq_len=32,
+        gpu_count=world,
+        sharding=Sharding.FSDP,
+    )
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    result: dict[str, Any] = {}
+
+    def loss_of(model: Any) -> float:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return float(model(input_ids=ids, labels=ids).loss)
+
+    if rank == 0:  # transformers' own NF4 loading, every rank for itself (no rank-0 loading)
+        result["from_pretrained_loss"] = loss_of(
+            setup_qlora(TINY_LLAMA, config, device="cpu", checkpoint=checkpoint).model
+        )
+    loading = fsdp_settings(config)["fsdp_cpu_ram_efficient_loading"]
+    os.environ.update(ACCELERATE_USE_FSDP="true", FSDP_CPU_RAM_EFFICIENT_LOADING=loading)
+    result.update(loads=loads_on_rank0_only(), setting=loading)
+    model = setup_qlora(TINY_LLAMA, config, device="cpu", checkpoint=checkpoint).model
+    result["meta"] = [p.is_meta for p in model.parameters()]
+    result["dtypes"] = sorted({str(p.dtype) for p in model.parameters()})
+    states = [m.quant_state for m in model.modules() if isinstance(m, Linear4bit)]
+    result["states"] = [float(s.absmax.float().sum()) + float(s.offset) for s in states]
+    if rank == 0:
+        result["unsharded_loss"] = loss_of(model)
+    layer = type(model.get_base_model().model.layers[0])
+    result.update(
+        _broadcast_shard_and_train(
+            model,
+            config,
+            ids,
+            rank=rank,
+            layer=layer,
+            learning_rate=1e-2,
+            policy=adapter_wrap_policy(model),
+        )
+    )
+    Path(out, f"qlora-rank{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def test_qlora_under_fsdp_loads_on_rank_0_only(tmp_path: Path) -> None:
+    ranks = _run_two_ranks(_qlora_worker, tmp_path, "qlora-rank")
+    assert ranks[0]["setting"] == "true"  # ftplan's accelerate config for a QLoRA FSDP plan
+    assert [r["loads"] for r in ranks] == [True, False]
+    assert not any(ranks[0]["meta"]) and all(ranks[1]["meta"])  # rank 1 read no weight
+    assert ranks[0]["dtypes"] == ranks[1]["dtypes"] == ["torch.bfloat16"]  # NF4 in bf16 storage
+    # Rank 1 holds rank 0's quantization states, and rank 0 quantized what from_pretrained does.
+    assert len(ranks[0]["states"]) == 14 and ranks[0]["states"] == ranks[1]["states"]
+    assert ranks[0]["unsharded_loss"] == pytest.approx(ranks[0]["from_pretrained_loss"], rel=1e-6)
+    _assert_rank0_weights_trained(ranks)
+    for r in ranks:  # the adapters' own FSDP units: gradients for them only
+        assert r["gradient_elements"] == r["trainable_elements"] == 4_096
