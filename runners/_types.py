@@ -20,6 +20,7 @@ from catalog import (
     tagged_json,
 )
 from profiler import TuningConfig
+from profiler.recipes import DEFAULT_LEARNING_RATE
 
 LAUNCH_SPEC_FORMAT = "ftplan-launch/1"
 # SageMaker's training-container paths, shared by the job request (runners/sagemaker.py) and the
@@ -90,7 +91,9 @@ class LaunchSpec:
         nodes: Number of machines; ``config.gpu_count`` = nodes × GPUs per node.
         device: ``"cuda"`` or ``"cpu"`` (CPU runs are for tests and smoke checks).
         grad_accum_steps: Micro-batches accumulated per optimizer step.
-        learning_rate: Peak learning rate (constant schedule).
+        learning_rate: Peak learning rate (constant schedule); None: the recipe's starting rate
+            for the method (``profiler.recipes.DEFAULT_LEARNING_RATE``: 2e-5 for full
+            fine-tuning, 2e-4 for LoRA/QLoRA), read through :attr:`peak_learning_rate`.
         epochs: Passes over the dataset (may be fractional).
         max_steps: Stop after this many optimizer steps (None: run all epochs).
         checkpoint_every_steps: Save a checkpoint every N optimizer steps (None: off).
@@ -116,7 +119,7 @@ class LaunchSpec:
     nodes: int = 1
     device: str = "cuda"
     grad_accum_steps: int = 1
-    learning_rate: float = 2e-4
+    learning_rate: float | None = None
     epochs: float = 1.0
     max_steps: int | None = None
     checkpoint_every_steps: int | None = None
@@ -137,7 +140,7 @@ class LaunchSpec:
         for name in ("grad_accum_steps", "nodes", "log_every_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
+        if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not self.epochs > 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
@@ -168,6 +171,13 @@ class LaunchSpec:
                 f"offer {self.offer.instance_type} has {self.offer.gpu_count} GPUs × {self.nodes} "
                 f"nodes, but config.gpu_count={self.config.gpu_count}"
             )
+
+    @property
+    def peak_learning_rate(self) -> float:
+        """The learning rate the run trains with: the spec's, else the method's default."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return DEFAULT_LEARNING_RATE[self.config.method]
 
     @property
     def gpus_per_node(self) -> int:

@@ -290,7 +290,7 @@ class SageMakerRunner:
                     deepspeed_json=deepspeed_config_json(
                         spec.config,
                         grad_accum_steps=spec.grad_accum_steps,
-                        learning_rate=spec.learning_rate,
+                        learning_rate=spec.peak_learning_rate,
                     ),
                 ),
             )
