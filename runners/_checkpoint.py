@@ -10,8 +10,12 @@ Layout of ``<checkpoint_dir>/checkpoint-<step:08d>/``:
 * ``optimizer.pt``: optimizer and gradient-scaler state dicts (tensors, numbers, lists, dicts:
   read back with ``torch.load(weights_only=True)``);
 * ``rng.safetensors``: torch CPU and CUDA generator states (uint8 tensors);
-* ``state.json``: step, epoch, tokens seen, config label, Python's ``random`` state;
-* ``COMPLETE``: the marker, written last: every other file's relative path and size in bytes.
+* ``state.json``: step, epoch, tokens seen, config label, Python's ``random`` state, and the
+  run's identity (:func:`run_identity`: model, config, seed, learning rate, accumulation,
+  processes, weights, the data's SHA-256), so a resume with another plan or data is refused;
+* ``COMPLETE``: the marker, written last: every other file's relative path, size in bytes and
+  SHA-256. Listing checks the sizes (cheap: an interrupted upload); loading checks the digests
+  first (same-size corruption), and a checkpoint that fails either is skipped.
 
 Only the main process writes; the other ranks write nothing into the folder. Sharded runs
 (FSDP or DeepSpeed: full fine-tuning, sharded LoRA) store ``accelerate_state/`` from
@@ -21,16 +25,18 @@ instead of ``model/`` and ``optimizer.pt``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from catalog import atomic_write_text
 from profiler import Method
+from runners._types import LaunchSpec
 
 CHECKPOINT_PREFIX = "checkpoint-"
 MARKER_FILE = "COMPLETE"
@@ -44,23 +50,92 @@ KEEP_LAST = 2  # older checkpoints are deleted; two survive a crash during the n
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CheckpointInfo:
-    """A complete checkpoint on disk."""
+    """A complete checkpoint on disk; ``identity`` is the run that wrote it (:func:`run_identity`,
+    empty for checkpoints of older ftplan versions)."""
 
     path: Path
     step: int
     tokens_seen: int
+    identity: dict[str, Any] = field(default_factory=dict)
 
 
 def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:08d}"
 
 
+_HASH_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoints in the folder were written by another run (plan or data): resuming them
+    would train something else, and restarting would prune them."""
+
+
+def _files(folder: Path) -> list[Path]:
+    return [
+        path for path in sorted(folder.rglob("*")) if path.is_file() and path.name != MARKER_FILE
+    ]
+
+
 def _file_sizes(folder: Path) -> dict[str, int]:
+    return {path.relative_to(folder).as_posix(): path.stat().st_size for path in _files(folder)}
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    return {path.relative_to(folder).as_posix(): file_sha256(path) for path in _files(folder)}
+
+
+def run_identity(spec: LaunchSpec, *, world_size: int, data_sha256: str) -> dict[str, Any]:
+    """What makes a checkpoint this run's: the model, the config, seed, learning rate,
+    accumulation, number of processes (the data order depends on it), the weights it started
+    from and the training data's SHA-256. A run may resume with other step limits, checkpoint
+    intervals, eval data or expectations, never with another of these."""
     return {
-        path.relative_to(folder).as_posix(): path.stat().st_size
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != MARKER_FILE
+        "model": spec.model.name,
+        "config": spec.config.label(),
+        "seed": spec.seed,
+        "learning_rate": spec.peak_learning_rate,
+        "grad_accum_steps": spec.grad_accum_steps,
+        "world_size": world_size,
+        "weights": "random-init" if spec.random_init else spec.weights_source,
+        "tokenizer": spec.tokenizer or "the model's",
+        "data_sha256": data_sha256,
     }
+
+
+def identity_mismatch(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first field where a checkpoint's recorded identity differs from this run's, as
+    ``field: checkpoint X, this run Y``; None when they agree (fields a checkpoint written by
+    an older ftplan lacks are not compared)."""
+    for key, value in current.items():
+        if key in recorded and recorded[key] != value:
+            return f"{key}: the checkpoint has {recorded[key]!r}, this run {value!r}"
+    return None
+
+
+def verify_digests(folder: Path) -> None:
+    """Check every file against the SHA-256 its marker lists (markers written before digests
+    were kept list sizes only and pass).
+
+    Raises:
+        ValueError: A file's content differs from when it was written.
+    """
+    marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+    for name, expected in sorted((marker.get("sha256") or {}).items()):
+        if file_sha256(folder / name) != expected:
+            raise ValueError(
+                f"checkpoint {str(folder)!r}: {name} does not match the SHA-256 its marker "
+                "recorded (changed or corrupted after it was written)"
+            )
 
 
 def is_complete(folder: Path) -> bool:
@@ -91,11 +166,13 @@ def list_checkpoints(checkpoint_dir: str | Path) -> list[CheckpointInfo]:
             continue  # interrupted save or upload: an older checkpoint is used
         try:
             state = json.loads((child / STATE_FILE).read_text(encoding="utf-8"))
+            identity = state.get("run") or {}
             found.append(
                 CheckpointInfo(
                     path=child,
                     step=int(state["step"]),
                     tokens_seen=int(state.get("tokens_seen", 0)),
+                    identity=identity if isinstance(identity, dict) else {},
                 )
             )
         except (OSError, ValueError, KeyError, TypeError):
@@ -152,6 +229,7 @@ def save_checkpoint(
     label: str,
     method: Method,
     accelerator: Any = None,
+    identity: dict[str, Any] | None = None,
 ) -> Path:
     """Write one checkpoint (temporary folder, marker last, renamed into place) and prune old
     ones; returns its path. Collective under several processes: every rank must call it.
@@ -165,6 +243,7 @@ def save_checkpoint(
         label: The config's label (for people reading the folder).
         method: The recipe (LoRA/QLoRA checkpoints hold adapters, not the base model).
         accelerator: The accelerate Accelerator of a multi-process run, else None.
+        identity: The run's :func:`run_identity`, kept in ``state.json``.
     """
     import torch
     from safetensors.torch import save_file
@@ -199,9 +278,10 @@ def save_checkpoint(
             "epoch": epoch,
             "config": label,
             "python_rng": _python_rng_to_json(random.getstate()),
+            "run": identity or {},
         }
         atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
-        marker = {"step": step, "files": _file_sizes(tmp)}
+        marker = {"step": step, "files": _file_sizes(tmp), "sha256": _file_digests(tmp)}
         atomic_write_text(tmp / MARKER_FILE, json.dumps(marker, indent=2, sort_keys=True) + "\n")
         if final.exists():
             shutil.rmtree(final)
@@ -267,8 +347,9 @@ def load_checkpoint(
 
     Raises:
         ValueError: If the checkpoint's weights do not match the model (another config) or a
-            file is damaged.
+            file is damaged (its SHA-256 differs from the marker's, or it does not parse).
     """
+    verify_digests(info.path)
     if _uses_accelerate_state(method, accelerator):
         accelerator.load_state(str(info.path / ACCELERATE_DIR))
         return
@@ -320,9 +401,14 @@ def resume_from(
     """Load the newest complete checkpoint; when it cannot be read, fall back to the previous.
 
     Returns:
-        The checkpoint loaded, or None when none is complete (or none loads).
+        The checkpoint loaded, or None when there is none.
+
+    Raises:
+        ValueError: Checkpoints are there but none can be read: starting over would prune them,
+            so the run stops and says so.
     """
-    for info in reversed(list_checkpoints(checkpoint_dir)):
+    found = list_checkpoints(checkpoint_dir)
+    for info in reversed(found):
         try:
             load_checkpoint(info, prepared=prepared, method=method, accelerator=accelerator)
         except ValueError as exc:
@@ -330,4 +416,31 @@ def resume_from(
                 log({"event": "checkpoint_skipped", "path": str(info.path), "reason": str(exc)})
             continue
         return info
+    if found:
+        raise ValueError(
+            f"none of the {len(found)} checkpoint(s) in {str(checkpoint_dir)!r} can be read "
+            "(see the checkpoint_skipped lines); starting over would prune them. To fix: move "
+            "the folder away to start from step 0, or restore a good checkpoint"
+        )
     return None
+
+
+def check_resumable(checkpoint_dir: str | Path, identity: dict[str, Any]) -> None:
+    """Refuse to resume checkpoints another run wrote (other plan, data, weights, processes):
+    before any weight loads, against the newest checkpoint's recorded identity.
+
+    Raises:
+        CheckpointMismatch: Naming the first field that differs, with what to do.
+    """
+    found = list_checkpoints(checkpoint_dir)
+    if not found:
+        return
+    newest = found[-1]
+    problem = identity_mismatch(newest.identity, identity)
+    if problem is not None:
+        raise CheckpointMismatch(
+            f"the checkpoints in {str(checkpoint_dir)!r} (newest: step {newest.step}) belong to "
+            f"another run ({problem}); resuming would train something else and starting over "
+            "would prune them. To fix: resume with the plan and data that wrote them, or write "
+            "to another output folder"
+        )

@@ -18,6 +18,25 @@ from typing import Any
 _EVERY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(steps?|m|min|minutes?|h|hours?)?\s*$", re.IGNORECASE)
 
 
+class NonFiniteLoss(Exception):
+    """The loss became NaN or infinite: the run stops at once without saving (the weights that
+    produced it are not worth keeping) and ends failed; its newest checkpoint is older."""
+
+    def __init__(self, *, step: int, loss: float, last_checkpoint_step: int | None) -> None:
+        kept = (
+            f"the newest checkpoint is step {last_checkpoint_step}"
+            if last_checkpoint_step is not None
+            else "no checkpoint was written"
+        )
+        super().__init__(
+            f"the loss became {loss} at step {step}; training stopped without saving ({kept}). "
+            "To fix: lower the learning rate or check the data, then launch again (--resume "
+            "continues from the newest checkpoint)"
+        )
+        self.step = step
+        self.loss = loss
+
+
 class TrainingStopped(Exception):
     """The run saved a checkpoint and stopped on a signal (exit code 128 + signum)."""
 
@@ -104,12 +123,19 @@ class StopRequest:
     def agreed(self, *, accelerator: Any, device: str) -> int | None:
         """The signal, agreed across ranks (any rank's request stops all of them together, so
         the checkpoint's collectives line up); None to go on."""
+        return self.agreed_with(accelerator=accelerator, device=device, nonfinite=False)[0]
+
+    def agreed_with(
+        self, *, accelerator: Any, device: str, nonfinite: bool
+    ) -> tuple[int | None, bool]:
+        """(the signal or None, whether any rank's loss is not finite), agreed across ranks in
+        one all-reduce per step, so every rank stops at the same step."""
         if accelerator is None:
-            return self.signum
+            return self.signum, nonfinite
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([self.signum or 0], device=device if device != "cpu" else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        value = int(flag.item())
-        return value or None
+        flags = torch.tensor([self.signum or 0, int(nonfinite)], device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        signum, bad = (int(x) for x in flags.tolist())
+        return signum or None, bool(bad)

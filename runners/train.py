@@ -37,9 +37,15 @@ from typing import Any
 
 from catalog import GIB, atomic_write_text
 from profiler import Method, TuningConfig
-from runners._checkpoint import resume_from, save_checkpoint
+from runners._checkpoint import (
+    check_resumable,
+    file_sha256,
+    resume_from,
+    run_identity,
+    save_checkpoint,
+)
 from runners._eval import EvalResult, eval_summary, evaluate, find_eval_jsonl, load_eval_blocks
-from runners._stop import CheckpointClock, StopRequest, TrainingStopped
+from runners._stop import CheckpointClock, NonFiniteLoss, StopRequest, TrainingStopped
 from runners._types import (
     BYTE_TOKENIZER,
     SAGEMAKER_CHECKPOINT_DIR,
@@ -444,6 +450,9 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         seed=spec.seed,
     )
     total_steps = schedule.total_steps(epochs=spec.epochs, max_steps=spec.max_steps)
+    identity = run_identity(spec, world_size=world, data_sha256=file_sha256(paths.data))
+    if resume:  # before any weight loads: checkpoints of another plan or data are refused
+        check_resumable(paths.checkpoint_dir, identity)
     # Read before the model loads: a bad eval file fails in seconds, not after setup.
     eval_blocks = (
         None
@@ -469,7 +478,7 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
             spec.config,
             device=device,
             checkpoint=checkpoint,
-            learning_rate=spec.learning_rate,
+            learning_rate=spec.peak_learning_rate,
         )
     except OSError as exc:  # missing weight files, gated repo, no network: one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -479,7 +488,7 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
             prepared,
             accelerator,
             spec.config,
-            learning_rate=spec.learning_rate,
+            learning_rate=spec.peak_learning_rate,
             rank0_only=rank0_only is not None,
         )
 
@@ -527,6 +536,8 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         last_save_s=time.monotonic(),
     )
 
+    saved_steps: list[int] = [] if found is None else [found.step]
+
     def save(done: int) -> None:
         began_s = time.monotonic()
         path = save_checkpoint(
@@ -538,7 +549,9 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
             label=spec.config.label(),
             method=spec.config.method,
             accelerator=accelerator,
+            identity=identity,
         )
+        saved_steps.append(done)
         write_s = time.monotonic() - began_s
         raised = clock.saved(now_s=time.monotonic(), write_s=write_s)
         log({"event": "checkpoint", "step": done, "path": str(path), "write_s": write_s})
@@ -590,13 +603,14 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - began
             step_times.append(elapsed)
-            first_loss = loss if first_loss is None else first_loss
+            finite = math.isfinite(loss)
+            first_loss = loss if first_loss is None and finite else first_loss
             done = step + 1
-            if done % spec.log_every_steps == 0 or done == total_steps:
+            if done % spec.log_every_steps == 0 or done == total_steps or not finite:
                 record: dict[str, Any] = {
                     "event": "step",
                     "step": done,
-                    "loss": loss,
+                    "loss": loss if finite else None,
                     "step_time_s": elapsed,
                     "tokens_per_s": tokens_per_step / elapsed,
                     "epoch": done / schedule.steps_per_epoch,
@@ -604,7 +618,16 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
                 if device.startswith("cuda"):
                     record["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
                 log(record)
-            signum = stop.agreed(accelerator=accelerator, device=device)
+            signum, nonfinite = stop.agreed_with(
+                accelerator=accelerator, device=device, nonfinite=not finite
+            )
+            if nonfinite:
+                log({"event": "failed", "reason": "non-finite loss", "step": done})
+                raise NonFiniteLoss(
+                    step=done,
+                    loss=loss,
+                    last_checkpoint_step=saved_steps[-1] if saved_steps else None,
+                )
             if signum is not None:
                 save(done)
                 log({"event": "stopped", "signal": signum, "step": done})
@@ -797,6 +820,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingStopped as stopped:
         print(f"stopped by signal {stopped.signum} after step {stopped.step}", file=sys.stderr)
         return 128 + stopped.signum
+    except NonFiniteLoss as failed:
+        print(f"error: {failed}", file=sys.stderr, flush=True)
+        _record_failure(f"error: {failed}", env)
+        return 1
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         _record_failure(f"error: {exc}", env)

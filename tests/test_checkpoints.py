@@ -24,6 +24,7 @@ from runners import LaunchSpec, launch_spec_to_json, parse_checkpoint_every
 from runners._checkpoint import (
     MARKER_FILE,
     OPTIMIZER_FILE,
+    file_sha256,
     is_complete,
     latest_checkpoint,
     list_checkpoints,
@@ -132,6 +133,7 @@ def test_only_checkpoints_with_every_listed_file_count(data: Path, tmp_path: Pat
     newest = root / "checkpoint-00000006"
     marker = json.loads((newest / MARKER_FILE).read_text())
     assert {"state.json", "optimizer.pt", "rng.safetensors"} <= set(marker["files"])
+    assert set(marker["sha256"]) == set(marker["files"])  # every file's digest, too
     adapters = {name for name in marker["files"] if name.startswith("model/")}
     assert "model/adapter_model.safetensors" in adapters
     assert "model/model.safetensors" not in adapters  # LoRA: adapters, not the base model
@@ -163,7 +165,9 @@ def test_resume_falls_back_to_the_previous_checkpoint_and_never_unpickles_object
     torch.save({"optimizer": _Evil(tmp_path / "pwned")}, evil)
     marker = json.loads((newest / MARKER_FILE).read_text())
     (newest / OPTIMIZER_FILE).write_bytes(evil.read_bytes())
+    # A marker rewritten to match (size and SHA-256): only torch.load(weights_only) stands.
     marker["files"][OPTIMIZER_FILE] = evil.stat().st_size
+    marker["sha256"][OPTIMIZER_FILE] = file_sha256(evil)
     (newest / MARKER_FILE).write_text(json.dumps(marker))
     assert is_complete(newest)
     summary = _train(tiny_spec(Method.FULL, max_steps=9), data, out, resume=True)
