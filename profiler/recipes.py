@@ -42,6 +42,11 @@ DEFAULT_LEARNING_RATE: dict[Method, float] = {
     Method.QLORA: 2e-4,
 }
 
+# Gradient clipping of every recipe, under every sharding: the global L2 norm of the gradients
+# is clipped to 1.0, the common fine-tuning default (transformers' TrainingArguments.max_grad_norm,
+# TRL's SFT scripts); DeepSpeed runs get the same value as their config's gradient_clipping.
+MAX_GRAD_NORM = 1.0
+
 # Architectures whose decoder layers fuse some Llama-named linears into one module.
 # phi3: q/k/v live in ``qkv_proj`` and gate/up in ``gate_up_proj`` (transformers modeling_phi3).
 _FUSED_LINEAR_NAMES: dict[str, dict[str, str]] = {
@@ -924,8 +929,30 @@ def forward_backward(
     return loss.detach()
 
 
+def clip_gradients(prepared: PreparedModel, *, max_norm: float = MAX_GRAD_NORM) -> float:
+    """Scale the gradients so that their global L2 norm is at most ``max_norm``; returns the
+    norm before clipping (inf or nan when a gradient is not finite).
+
+    Under FSDP the norm must cover every rank's shard: FSDP's own ``clip_grad_norm_`` reduces
+    it across ranks (what ``Accelerator.clip_grad_norm_`` calls). Otherwise (one process, DDP's
+    identical gradients) torch's ``clip_grad_norm_`` over the trainable parameters. fp16-mixed
+    unscales first. DeepSpeed clips inside its engine (``gradient_clipping`` in its config).
+    """
+    import torch
+
+    if prepared.grad_scaler is not None:
+        prepared.grad_scaler.unscale_(prepared.optimizer)
+    fsdp_clip = getattr(prepared.model, "clip_grad_norm_", None)
+    if callable(fsdp_clip):
+        return float(fsdp_clip(max_norm))
+    params = [p for p in prepared.model.parameters() if p.grad is not None]
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
 def optimizer_step(prepared: PreparedModel) -> None:
-    """Optimizer step (through the GradScaler for fp16-mixed), then ``zero_grad(set_to_none)``."""
+    """Clip the gradients (:func:`clip_gradients`), step the optimizer (through the GradScaler
+    for fp16-mixed), then ``zero_grad(set_to_none)``."""
+    clip_gradients(prepared)
     if prepared.grad_scaler is not None:
         prepared.grad_scaler.step(prepared.optimizer)
         prepared.grad_scaler.update()

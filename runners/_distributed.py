@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from profiler import Precision, Sharding, TuningConfig
+from profiler.recipes import MAX_GRAD_NORM
 from profiler.sharding import loads_on_rank0, loads_partitioned
 
 DEEPSPEED_CONFIG_FILE = "deepspeed_config.json"
@@ -108,7 +109,7 @@ def deepspeed_config(
     out: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": config.micro_batch_size,
         "gradient_accumulation_steps": grad_accum_steps,
-        "gradient_clipping": 1.0,
+        "gradient_clipping": MAX_GRAD_NORM,  # the recipes' clipping (profiler.recipes)
         "zero_optimization": zero,
         "bf16": {"enabled": not fp16},
         "fp16": {"enabled": fp16},

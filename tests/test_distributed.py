@@ -137,3 +137,11 @@ def test_zero3_builds_the_model_partitioned_except_qlora(
     assert loaded["zero3_init_flag"] is partitioned
     env = distribution_environment(config, deepspeed_config_path="ds.json")
     assert env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == str(partitioned).lower()
+
+
+def test_deepspeed_clips_like_every_other_sharding() -> None:
+    from profiler.recipes import MAX_GRAD_NORM
+
+    config = _config(Method.FULL, Sharding.ZERO3, 4)
+    data = deepspeed_config(config, grad_accum_steps=2, learning_rate=2e-5)
+    assert data["gradient_clipping"] == MAX_GRAD_NORM == 1.0

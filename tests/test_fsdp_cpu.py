@@ -106,7 +106,7 @@ def _gradient_worker(rank: int, world: int, port: int, out: str, method_value: s
     from model_specs import TINY_LLAMA
 
     from profiler import Method, Sharding, TuningConfig
-    from profiler.recipes import SETUP_FUNCTIONS, forward_backward
+    from profiler.recipes import SETUP_FUNCTIONS, clip_gradients, forward_backward
     from runners.train import adapter_wrap_policy
 
     method = Method(method_value)
@@ -133,8 +133,12 @@ def _gradient_worker(rank: int, world: int, port: int, out: str, method_value: s
     gradient = sum(p.grad.numel() for p in flat if p.grad is not None)
     trainable = sum(p.numel() for p in flat if p.requires_grad)
     frozen_with_grad = sum(1 for p in flat if not p.requires_grad and p.grad is not None)
+    # The recipe's clipping under FSDP: one global norm, the same on every rank (a norm over
+    # the local shards would differ between ranks and clip each differently).
+    norm = clip_gradients(prepared, max_norm=1e-3)
+    after = clip_gradients(prepared, max_norm=1e9)
     Path(out, f"grad-{method_value}-{rank}.txt").write_text(
-        f"{gradient} {trainable} {frozen_with_grad} {len(flat)}"
+        f"{gradient} {trainable} {frozen_with_grad} {len(flat)} {norm!r} {after!r}"
     )
     dist.destroy_process_group()
 
@@ -151,15 +155,18 @@ def test_adapters_get_their_own_fsdp_units_so_only_they_hold_gradients(
         pytest.skip("torch without gloo")
     sys.path.insert(0, str(Path(__file__).parent))
     mp.spawn(_gradient_worker, args=(2, free_port(), str(tmp_path), method_value), nprocs=2)
+    norms = []
     for rank in range(2):
-        gradient, trainable, frozen_with_grad, units = map(
-            int, Path(tmp_path, f"grad-{method_value}-{rank}.txt").read_text().split()
-        )
+        fields = Path(tmp_path, f"grad-{method_value}-{rank}.txt").read_text().split()
+        gradient, trainable, frozen_with_grad, units = map(int, fields[:4])
+        norms.append((float(fields[4]), float(fields[5])))
         # 2 layers x 4,096 adapter elements, sharded over two ranks; with one flat parameter
         # per decoder layer this was 41,088 (the frozen layer weights' share too).
         assert gradient == trainable == 4_096
         assert frozen_with_grad == 0
         assert units > 2 + 1  # the adapters' own units besides the layers and the root
+    assert norms[0] == norms[1] and norms[0][0] > 1e-3
+    assert norms[0][1] == pytest.approx(1e-3, rel=1e-2)  # clipped to the global max norm
 
 
 def test_the_runner_hands_accelerate_the_adapter_policy() -> None:

@@ -320,3 +320,24 @@ def test_random_checkpoint_is_written_a_module_at_a_time_and_loads_whole(
     assert torch.equal(norm, reference.model.layers[0].input_layernorm.weight)
     if spec.tied_embeddings:
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def test_every_optimizer_step_clips_the_global_gradient_norm() -> None:
+    """One clipping rule for every recipe and sharding (DeepSpeed's config carries the same
+    value): the gradients' global L2 norm is at most MAX_GRAD_NORM when the optimizer steps."""
+    import torch
+
+    from profiler.recipes import MAX_GRAD_NORM, clip_gradients, forward_backward, setup_full
+
+    torch.manual_seed(0)
+    config = TuningConfig(method=Method.FULL, micro_batch_size=2, seq_len=16)
+    prepared = setup_full(TINY_LLAMA, config, device="cpu")
+    ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    loss = forward_backward(prepared, ids, ids)
+    for p in prepared.model.parameters():
+        p.grad.mul_(1e3)  # a spike, as a bad batch gives
+    del loss
+    before = clip_gradients(prepared)
+    grads = [p.grad for p in prepared.model.parameters() if p.grad is not None]
+    after = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+    assert before > 10 * MAX_GRAD_NORM and after == pytest.approx(MAX_GRAD_NORM, rel=1e-4)
