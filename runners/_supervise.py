@@ -42,8 +42,14 @@ def supervise(run_dir: Path, command: list[str]) -> int:
         code = child.wait()
     if code == 0:
         state, detail = RunState.SUCCEEDED, ""
+    elif code < 0 and -code in (signal.SIGTERM, signal.SIGINT):
+        # Ended by a stop request before it could install its handlers (while loading).
+        state, detail = RunState.STOPPED, f"stopped by signal {-code} before its first checkpoint"
     elif code < 0:
-        state, detail = RunState.STOPPED, f"killed by signal {-code}"
+        # SIGKILL is what the kernel's out-of-memory killer sends: a failure, not a stop.
+        why = " (SIGKILL: the out-of-memory killer sends it)" if -code == signal.SIGKILL else ""
+        state = RunState.FAILED
+        detail = f"killed by signal {-code}{why}; see {run_dir / LOG_FILE}"
     elif code - 128 in (signal.SIGTERM, signal.SIGINT):
         # runners.train saved a checkpoint on the signal and exited 128 + signum.
         state = RunState.STOPPED

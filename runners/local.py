@@ -40,6 +40,7 @@ from catalog import (
     printable,
     read_json_file,
 )
+from runners._checkpoint import file_sha256, identity_mismatch, run_identity
 from runners._distributed import (
     DEEPSPEED_CONFIG_FILE,
     accelerate_config,
@@ -55,6 +56,7 @@ from runners._types import (
     RunState,
     RunStatus,
     Target,
+    launch_spec_from_json,
     launch_spec_to_json,
 )
 from runners._weights import (
@@ -70,6 +72,8 @@ DEFAULT_RUNS_DIR = Path("runs")
 STATUS_FILE = "status.json"
 LOG_FILE = "train.log"
 SPEC_FILE = "launch.json"
+COMMAND_FILE = "command.json"
+METRICS_FILE = "metrics.jsonl"
 ACCELERATE_CONFIG_FILE = "accelerate_config.yaml"
 OUTPUT_DIR = "output"
 # Free memory the CUDA context and the allocator's fragmentation take beyond peak allocated
@@ -318,20 +322,20 @@ class LocalRunner:
                 "pass --eval-data with a held-out JSONL file of 'text', 'prompt'/'completion' or "
                 "'messages' lines, or leave it out"
             )
-        if (
-            resume_run_id is not None
-            and not (run_dir_for(self.runs_dir, resume_run_id) / SPEC_FILE).is_file()
-        ):
-            raise RunnerError(
-                f"no local run {resume_run_id!r} to resume under "
-                f"{str(self.runs_dir)!r}. To fix: check the id (ftplan status)"
-            )
+        warnings: list[str] = []
+        if resume_run_id is not None:
+            try:
+                self._check_resumable(resume_run_id, spec, data=data)
+            except RunnerError as exc:
+                if not dry_run or not run_dir_for(self.runs_dir, resume_run_id).is_dir():
+                    raise
+                warnings.append(f"it could not resume {resume_run_id}: {exc}")
         try:
-            warnings = self.check_host(spec)
+            warnings += self.check_host(spec)
         except RunnerError as exc:
             if not dry_run:
                 raise
-            warnings = [f"this machine could not run it: {exc}"]
+            warnings.append(f"this machine could not run it: {exc}")
         try:
             spec = prepare_weights(spec)
         except MissingWeightsError as exc:
@@ -364,8 +368,50 @@ class LocalRunner:
         if dry_run:
             self._say(describe(result))
             return result
-        self._start(result, spec, env)
+        self._start(result, spec, env, data=data)
         return result
+
+    def _check_resumable(self, run_id: str, spec: LaunchSpec, *, data: str) -> None:
+        """Refuse to resume a run that is still going (a second trainer would write into the
+        same folder), or with another plan or data than the run's own launch record
+        (``launch.json`` and the data digest in ``command.json``): its checkpoints would
+        resume into something else, or be pruned by a run starting over.
+
+        Raises:
+            RunnerError: No such run, it is running, or the plan or data differ.
+        """
+        run_dir = run_dir_for(self.runs_dir, run_id)
+        if not (run_dir / SPEC_FILE).is_file():
+            raise RunnerError(
+                f"no local run {run_id!r} to resume under "
+                f"{str(self.runs_dir)!r}. To fix: check the id (ftplan status)"
+            )
+        current = self.status(run_id)
+        if not current.state.finished:
+            raise RunnerError(
+                f"run {run_id!r} is still {current.state.value} (pid {current.pid}): a second "
+                "trainer would write into the same folder. To fix: wait for it to end, or "
+                f"'ftplan stop {run_id}' and resume once it has stopped"
+            )
+        recorded = launch_spec_from_json(
+            read_json_file(run_dir / SPEC_FILE, what="launch record", max_bytes=4 * 1024 * 1024),
+            where=f"launch record {str(run_dir / SPEC_FILE)!r}",
+        )
+        digest = _recorded_data_digest(run_dir)
+        mine = run_identity(spec, world_size=spec.config.gpu_count, data_sha256=digest or "")
+        theirs = run_identity(
+            recorded, world_size=recorded.config.gpu_count, data_sha256=digest or ""
+        )
+        if digest is not None:
+            mine["data_sha256"] = file_sha256(Path(data))
+        problem = identity_mismatch(theirs, mine)
+        if problem is not None:
+            raise RunnerError(
+                f"run {run_id!r} was launched with another plan or data ({problem}); resuming "
+                "would continue its checkpoints as something else. To fix: resume with the plan "
+                f"file and --data it was launched with (recorded in {str(run_dir)!r}: "
+                f"{SPEC_FILE}, {COMMAND_FILE}), or start a new run without --resume"
+            )
 
     def status(self, run_id: str) -> RunStatus:
         """Read ``status.json``; a run whose processes vanished without an exit is failed.
@@ -389,15 +435,15 @@ class LocalRunner:
         if (
             not state.finished
             and data.supervisor_pid is not None
-            and not pid_alive(data.supervisor_pid)
+            and not process_running(data.supervisor_pid)
             and (child is None or child.returncode is not None)
         ):
             data = read_status(path)  # it may have just finished
             state, detail = data.state, data.detail
             if not state.finished:
-                state, detail = RunState.FAILED, "the training process is gone (no exit recorded)"
+                state, detail = _without_supervisor(data, run_dir / OUTPUT_DIR / METRICS_FILE)
         # The run's own folder, never a path status.json names: a status file is data.
-        progress = _progress(run_dir / OUTPUT_DIR / "metrics.jsonl")
+        progress = _progress(run_dir / OUTPUT_DIR / METRICS_FILE)
         summary = run_dir / OUTPUT_DIR / "summary.json"
         return RunStatus(
             run_id=run_id,
@@ -450,18 +496,21 @@ class LocalRunner:
                 yield from (line.rstrip("\n") for line in handle)
 
     def stop(self, run_id: str) -> None:
-        """SIGTERM to the run's supervisor, which forwards it: the training process finishes
-        its step, writes a checkpoint and exits; ``status`` then says ``stopped``.
+        """SIGTERM to the run's supervisor, which forwards it (or, when the supervisor was
+        killed, to the training process itself): the training process finishes its step,
+        writes a checkpoint and exits; ``status`` then says ``stopped``.
 
         Raises:
             RunnerError: If the run is unknown or already finished.
         """
         status = self.status(run_id)
-        supervisor = read_status(run_dir_for(self.runs_dir, run_id) / STATUS_FILE).supervisor_pid
-        if status.state.finished or supervisor is None:
+        data = read_status(run_dir_for(self.runs_dir, run_id) / STATUS_FILE)
+        targets = [pid for pid in (data.supervisor_pid, data.pid) if pid is not None]
+        alive = [pid for pid in targets if process_running(pid)]
+        if status.state.finished or not alive:
             raise RunnerError(f"run {run_id!r} is {status.state.value}; there is nothing to stop")
         try:
-            os.kill(supervisor, signal.SIGTERM)
+            os.kill(alive[0], signal.SIGTERM)
         except ProcessLookupError:
             raise RunnerError(f"run {run_id!r}: its process is gone") from None
 
@@ -480,7 +529,9 @@ class LocalRunner:
         return sorted(found, key=lambda r: (r.started_at, r.run_id), reverse=True)
 
     # -- effects --------------------------------------------------------------------------
-    def _start(self, result: LaunchResult, spec: LaunchSpec, env: dict[str, str]) -> None:
+    def _start(
+        self, result: LaunchResult, spec: LaunchSpec, env: dict[str, str], *, data: str
+    ) -> None:
         run_dir = Path(result.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / SPEC_FILE, result.spec_json + "\n")
@@ -492,13 +543,15 @@ class LocalRunner:
                     deepspeed_config_json(
                         spec.config,
                         grad_accum_steps=spec.grad_accum_steps,
-                        learning_rate=spec.learning_rate,
+                        learning_rate=spec.peak_learning_rate,
                     ),
                 )
-        atomic_write_text(
-            run_dir / "command.json",
-            json.dumps({"argv": list(result.command), "env": dict(result.env)}, indent=2) + "\n",
-        )
+        record = {
+            "argv": list(result.command),
+            "env": dict(result.env),
+            "data_sha256": file_sha256(Path(data)),
+        }
+        atomic_write_text(run_dir / COMMAND_FILE, json.dumps(record, indent=2) + "\n")
         write_status(
             run_dir,
             {
@@ -618,28 +671,80 @@ def read_status(path: Path) -> StatusFile:
     )
 
 
-def _progress(metrics: Path) -> str:
-    """``step N/M, loss L`` from the newest metrics lines, or ``""``.
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie waiting to be reaped has)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return True  # no /proc (macOS): existing is all we can tell
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
-    Only the file's last :data:`MAX_METRICS_TAIL_BYTES` are read; lines that are not JSON
-    objects, or lack a step or a finite loss, are skipped (the trainer may be mid-write).
-    """
+
+def _recorded_data_digest(run_dir: Path) -> str | None:
+    """The SHA-256 of the data a run was launched with (``command.json``), if recorded."""
+    try:
+        record = read_json_file(run_dir / COMMAND_FILE, what="run command", max_bytes=1024**2)
+    except (OSError, DataError):
+        return None
+    digest = record.get("data_sha256") if isinstance(record, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
+def _without_supervisor(data: StatusFile, metrics: Path) -> tuple[RunState, str]:
+    """State of a run whose supervisor is gone before it recorded an exit: the training
+    process may still run (it is followed, and ``stop`` signals it directly), else its own
+    metrics tell how it ended."""
+    if data.pid is not None and process_running(data.pid):
+        return RunState.RUNNING, (
+            f"its supervisor is gone; the training process (pid {data.pid}) still runs"
+        )
+    last = _last_event(metrics)
+    if last is not None and last.get("event") == "summary":
+        return RunState.SUCCEEDED, "finished (its supervisor was gone: no exit code recorded)"
+    if last is not None and last.get("event") == "stopped":
+        return RunState.STOPPED, f"stopped after step {last.get('step')}; resume with --resume"
+    if last is not None and last.get("event") == "failed":
+        return RunState.FAILED, f"{last.get('reason')} at step {last.get('step')}"
+    return RunState.FAILED, "the training process is gone (no exit recorded)"
+
+
+def _tail_records(metrics: Path) -> list[dict[str, Any]]:
+    """The JSON objects among the last :data:`MAX_METRICS_TAIL_BYTES` of a metrics file."""
     try:
         with open_regular(metrics, what="metrics file") as handle:
             size = os.fstat(handle.fileno()).st_size
             handle.seek(max(0, size - MAX_METRICS_TAIL_BYTES))
             tail = handle.read(MAX_METRICS_TAIL_BYTES).decode("utf-8", errors="replace")
     except (OSError, DataError):
-        return ""
-    total: object = None
-    last: tuple[int, float | None] | None = None
+        return []
+    records = []
     for line in tail.splitlines():
         try:
             record = loads_json(line, what="metrics line")
         except DataError:
             continue
-        if not isinstance(record, dict):
-            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _last_event(metrics: Path) -> dict[str, Any] | None:
+    records = _tail_records(metrics)
+    return records[-1] if records else None
+
+
+def _progress(metrics: Path) -> str:
+    """``step N/M, loss L`` from the newest metrics lines, or ``""``.
+
+    Only the file's last :data:`MAX_METRICS_TAIL_BYTES` are read; lines that are not JSON
+    objects, or lack a step, are skipped (the trainer may be mid-write); a step whose loss was
+    not finite shows as ``n/a``.
+    """
+    total: object = None
+    last: tuple[int, float | None] | None = None
+    for record in _tail_records(metrics):
         if record.get("event") == "start":
             total = record.get("total_steps")
         elif record.get("event") == "step":

@@ -226,10 +226,16 @@ def _supervised(run_dir: Path, code: str) -> int:
     [
         ("print('ok')", RunState.SUCCEEDED, ""),
         ("import sys; print('boom'); sys.exit(3)", RunState.FAILED, "exit code 3"),
+        # SIGKILL is the out-of-memory killer's signal: a failure, never "stopped".
         (
             "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+            RunState.FAILED,
+            "killed by signal 9 (SIGKILL: the out-of-memory killer",
+        ),
+        (
+            "import os, signal; os.kill(os.getpid(), signal.SIGTERM)",
             RunState.STOPPED,
-            "killed by signal 9",
+            "stopped by signal 15 before its first checkpoint",
         ),
     ],
 )
