@@ -17,6 +17,7 @@ from runners._types import (
     launch_spec_from_json,
     launch_spec_to_json,
 )
+from runners._weights import gated_token_problem
 from runners.data import DataFormatError
 from runners.local import HostGPUs, LocalRunner
 from runners.sagemaker import SageMakerRunner
@@ -37,6 +38,7 @@ __all__ = [
     "Target",
     "default_target",
     "evaluations_in_run",
+    "gated_token_problem",
     "launch_problem",
     "launch_spec_from_json",
     "launch_spec_to_json",

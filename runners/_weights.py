@@ -20,6 +20,12 @@ CONFIG_FILE = "config.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
+# Hub ids whose repositories are gated (the account behind the token must accept the model's
+# licence on its Hugging Face page before any file downloads): Meta's Llama, Google's Gemma and
+# Mistral AI's models (their model pages, checked 2025). Without a token the download fails
+# after the job has started and is billed.
+GATED_HUB_PREFIXES = ("meta-llama/", "google/gemma", "mistralai/")
+
 # ModelSpec field -> the config.json keys that may hold it (first present wins) and the default
 # when none is present (None: required).
 _ARCHITECTURE_FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -30,6 +36,7 @@ _ARCHITECTURE_FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("intermediate_size", "intermediate size", ("intermediate_size",)),
     ("vocab_size", "vocabulary", ("vocab_size",)),
     ("num_experts", "experts", ("num_local_experts", "num_experts")),
+    ("head_dim", "head dimension", ("head_dim",)),
 )
 
 
@@ -74,17 +81,26 @@ def architecture_mismatch(planned: ModelSpec, config: Mapping[str, Any]) -> str 
     """The first architecture fact where a checkpoint's ``config.json`` differs from the plan's
     model, as one line naming the field and both values; None when they agree.
 
-    Compared: layers, hidden size, attention and KV heads, intermediate size, vocabulary,
-    experts. Multimodal configs are compared on their ``text_config``.
+    Compared: the model type, layers, hidden size, attention and KV heads, intermediate size,
+    vocabulary, experts and head dimension (hidden size / heads where the config has none).
+    Multimodal configs are compared on their ``text_config``.
     """
     if "num_hidden_layers" not in config and isinstance(config.get("text_config"), Mapping):
         config = config["text_config"]
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type != planned.model_type:
+        return (
+            f"model type (model_type): the checkpoint has {model_type!r}, the plan's model "
+            f"{planned.name!r} has {planned.model_type!r}"
+        )
     for field, label, keys in _ARCHITECTURE_FIELDS:
         planned_value = getattr(planned, field)
         found = next((config[k] for k in keys if config.get(k) is not None), None)
         if found is None:
             if field == "num_experts":
                 found = 1
+            elif field == "head_dim" and config.get("num_attention_heads"):
+                found = int(config["hidden_size"]) // int(config["num_attention_heads"])
             else:
                 return f"the checkpoint's config.json has no {keys[0]!r} ({label})"
         if int(found) != int(planned_value):
@@ -155,3 +171,32 @@ def check_tokenizer(folder: str | Path) -> str:
             "with tokenizer.save_pretrained(DIR)"
         ) from None
     return type(tokenizer).__name__
+
+
+def gated_token_problem(
+    spec: ModelSpec, *, weights: str | None, random_init: bool, has_token: bool, where: str
+) -> str | None:
+    """Why the run cannot read its weights: a gated hub repository (:data:`GATED_HUB_PREFIXES`)
+    without a Hugging Face token where the run starts; None when the weights are random, local,
+    on S3, not gated, or a token is there.
+
+    Args:
+        spec: The plan's model.
+        weights: ``--weights`` (None: the model's hub id).
+        random_init: The run draws random weights and downloads nothing.
+        has_token: Whether a token reaches the run (its environment, or the login's cache).
+        where: How the token would reach the run, for the fix (e.g. ``export HF_TOKEN=...``).
+    """
+    source = weights or spec.hf_id
+    if random_init or has_token or is_s3(source) or not _HUB_ID.match(source):
+        return None
+    if weights is not None and expand_user(weights).exists():
+        return None
+    if not source.startswith(GATED_HUB_PREFIXES):
+        return None
+    return (
+        f"{source} is a gated model on the Hugging Face Hub and no token reaches the run, so "
+        f"its download would fail after the run has started. To fix: {where} (from an account "
+        "that accepted the model's licence), or pass --weights with a copy of the weights, or "
+        "--random-init for a memory and speed check"
+    )

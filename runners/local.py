@@ -63,6 +63,7 @@ from runners._weights import (
     MissingWeightsError,
     check_architecture,
     check_tokenizer,
+    gated_token_problem,
     is_s3,
     read_local_config,
     resolve_weights,
@@ -363,6 +364,17 @@ class LocalRunner:
             log_path=str(run_dir / LOG_FILE),
             spec_json=spec_json,
         )
+        token_problem = gated_token_problem(
+            spec.model,
+            weights=spec.checkpoint,
+            random_init=spec.random_init,
+            has_token=_local_token_available(),
+            where="export HF_TOKEN=hf_... or log in with 'hf auth login'",
+        )
+        if token_problem is not None:
+            if not dry_run:
+                raise RunnerError(token_problem)
+            warnings.append(token_problem)
         for warning in warnings:
             self._say(f"warning: {warning}")
         if dry_run:
@@ -669,6 +681,18 @@ def read_status(path: Path) -> StatusFile:
         pid=pid("pid"),
         supervisor_pid=pid("supervisor_pid"),
     )
+
+
+def _local_token_available() -> bool:
+    """Whether a Hugging Face token reaches a local run: ``$HF_TOKEN`` or the login's cache
+    (huggingface_hub reads both)."""
+    if os.environ.get("HF_TOKEN"):
+        return True
+    try:
+        from huggingface_hub import get_token  # deferred: the train extra's
+    except ImportError:
+        return False
+    return bool(get_token())
 
 
 def process_running(pid: int) -> bool:

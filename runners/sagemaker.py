@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -48,6 +49,7 @@ from runners._types import (
     Target,
     launch_spec_to_json,
 )
+from runners._weights import gated_token_problem
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -273,9 +275,20 @@ class SageMakerRunner:
             request_json=json.dumps(self.masked(request), indent=2, sort_keys=True),
             spec_json=spec_json,
         )
+        token_problem = gated_token_problem(
+            spec.model,
+            weights=spec.checkpoint,
+            random_init=spec.random_init,
+            has_token=self._hf_token is not None,
+            where=f"export {HF_TOKEN_KEY}=hf_... (or --hf-token-env VAR)",
+        )
         if dry_run:
+            if token_problem is not None:
+                sys.stderr.write(f"warning: {token_problem}\n")  # stdout: the request only
             self._say(result.request_json)
             return result
+        if token_problem is not None:
+            raise RunnerError(token_problem)
         source_uri = request["HyperParameters"]["sagemaker_submit_directory"]
         bucket, key = split_s3(source_uri)
         self.preflight(spec, request)

@@ -43,6 +43,7 @@ from runners._types import (
     Target,
     launch_spec_to_json,
 )
+from runners._weights import gated_token_problem
 from runners.local import run_dir_for
 
 #: SkyPilot's cloud name for each provider it launches on.
@@ -439,6 +440,17 @@ class SkyPilotRunner:
                 raise RunnerError(message)
             sys.stderr.write(f"warning: {message}\n")  # stdout carries only the task YAML
         config = self.build_task(spec, data=data, eval_data=eval_data, name=run_id)
+        token_problem = gated_token_problem(
+            spec.model,
+            weights=spec.checkpoint,
+            random_init=spec.random_init,
+            has_token=self._token is not None,
+            where=f"export {HF_TOKEN_ENV}=hf_... (or --hf-token-env VAR)",
+        )
+        if token_problem is not None:
+            if not dry_run:
+                raise RunnerError(token_problem)
+            sys.stderr.write(f"warning: {token_problem}\n")  # stdout carries only the task
         text = task_yaml(config, spec=spec)
         spec_json = launch_spec_to_json(spec)
         result = LaunchResult(

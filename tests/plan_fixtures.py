@@ -607,4 +607,5 @@ def sagemaker_qlora_spec(*, spot: bool = False) -> LaunchSpec:
         lora_rank=16,
         lora_targets="all-linear",
     )
-    return LaunchSpec(model=LLAMA2_7B, config=config, offer=offer)
+    # Random weights: Llama 2 is gated, and a real-weights launch without a token is refused.
+    return LaunchSpec(model=LLAMA2_7B, config=config, offer=offer, random_init=True)

@@ -271,6 +271,52 @@ def test_architecture_mismatch_names_the_field_and_both_values() -> None:
         TINY_LLAMA, {k: v for k, v in config.items() if k != "vocab_size"}
     )
     assert missing is not None and "vocab_size" in missing
+    # The head dimension (explicit, else hidden size / heads) and the model type count too:
+    # same sizes with other heads, or another architecture, are other models.
+    head = architecture_mismatch(TINY_LLAMA, {**config, "head_dim": 32})
+    assert head is not None and head.startswith("head dimension (head_dim): the checkpoint has 32")
+    assert architecture_mismatch(TINY_LLAMA, {**config, "head_dim": 16}) is None
+    kind = architecture_mismatch(TINY_LLAMA, {**config, "model_type": "mistral"})
+    assert kind is not None and kind.startswith("model type (model_type): the checkpoint has")
+    assert architecture_mismatch(TINY_LLAMA, {**config, "model_type": "llama"}) is None
+
+
+def test_a_gated_model_without_a_token_is_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Llama 2's hub repository is gated: with no token where the run starts, the download
+    would fail after the job was billed. Every target refuses a real launch (a dry run warns);
+    a token, --random-init, or weights of one's own lift it."""
+    import dataclasses
+
+    from plan_fixtures import sagemaker_qlora_spec
+
+    from runners import RunnerError, SageMakerRunner, SkyPilotRunner, gated_token_problem
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    real = dataclasses.replace(sagemaker_qlora_spec(), random_init=False)
+    assert real.model.hf_id == "meta-llama/Llama-2-7b-hf"
+    with pytest.raises(RunnerError, match="is a gated model on the Hugging Face Hub"):
+        SageMakerRunner(role_arn=ROLE, env={}).launch(real, data="s3://b/d.jsonl", name="j")
+    dry = SageMakerRunner(role_arn=ROLE, env={}).launch(
+        real, data="s3://b/d.jsonl", name="j", dry_run=True
+    )
+    assert dry.dry_run
+    sky_spec = dataclasses.replace(real, offer=dataclasses.replace(real.offer, service="ec2"))
+    with pytest.raises(RunnerError, match="gated model"):
+        SkyPilotRunner(runs_dir=tmp_path, env={}).launch(sky_spec, data="s3://b/d.jsonl")
+    assert not any(tmp_path.iterdir())  # nothing staged
+
+    def problem(**kw: Any) -> str | None:
+        args = {"weights": None, "random_init": False, "has_token": False, "where": "x"} | kw
+        return gated_token_problem(real.model, **args)
+
+    assert problem() is not None
+    assert problem(has_token=True) is None
+    assert problem(random_init=True) is None
+    assert problem(weights="s3://b/models/llama/") is None
+    assert problem(weights=str(tmp_path)) is None  # weights on this machine
+    assert problem(weights="Qwen/Qwen2.5-7B") is None  # not gated
 
 
 def test_relative_weights_resolve_against_the_callers_folder(tmp_path: Path) -> None:

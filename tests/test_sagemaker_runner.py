@@ -83,6 +83,7 @@ def _spec(method: Method, offer: Offer, *, nodes: int = 1, hours: float = 3.0) -
         config=config,
         offer=offer,
         nodes=nodes,
+        random_init=True,  # Llama 2 is gated: real weights need a token (tested on its own)
         max_hours=hours,
         expected_peak_allocated_gib=15.6,
         expected_tokens_per_s=7277.6,

@@ -62,7 +62,8 @@ def _spec(offer: Offer, *, nodes: int = 1, method: Method = Method.LORA) -> Laun
             else (Sharding.DDP if lora else Sharding.FSDP)
         ),
     )
-    return LaunchSpec(model=LLAMA, config=config, offer=offer, nodes=nodes)
+    # Random weights: Llama 2 is gated, and a real-weights launch without a token is refused.
+    return LaunchSpec(model=LLAMA, config=config, offer=offer, nodes=nodes, random_init=True)
 
 
 OFFERS = {

@@ -596,3 +596,21 @@ def test_a_chunked_loss_run_trains_the_same_steps(repetitive_data: Path, tmp_pat
     assert "chunked-ce" in summary["config"]
     assert runs["chunked"] == pytest.approx(runs["plain"], rel=2e-2)
     assert runs["chunked"][-1] < runs["chunked"][0]
+
+
+def test_a_spec_without_a_learning_rate_uses_its_methods_rate() -> None:
+    """One table of starting rates (profiler.recipes): full fine-tuning 2e-5, not LoRA's 2e-4."""
+    from model_specs import TINY_LLAMA
+
+    from profiler import Method, TuningConfig
+    from profiler.recipes import DEFAULT_LEARNING_RATE
+    from runners import LaunchSpec, launch_spec_from_json, launch_spec_to_json
+
+    full = LaunchSpec(model=TINY_LLAMA, config=TuningConfig(method=Method.FULL))
+    lora = LaunchSpec(
+        model=TINY_LLAMA,
+        config=TuningConfig(method=Method.LORA, lora_rank=8, lora_targets="all-linear"),
+    )
+    assert full.peak_learning_rate == DEFAULT_LEARNING_RATE[Method.FULL] == 2e-5
+    assert lora.peak_learning_rate == DEFAULT_LEARNING_RATE[Method.LORA] == 2e-4
+    assert launch_spec_from_json(launch_spec_to_json(full)).peak_learning_rate == 2e-5
