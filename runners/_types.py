@@ -59,10 +59,13 @@ class RunState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     STOPPED = "stopped"
+    # Over, but how it ended was never seen (a SkyPilot cluster torn down while nothing of
+    # ftplan's was following it).
+    UNKNOWN = "unknown"
 
     @property
     def finished(self) -> bool:
-        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.STOPPED)
+        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.STOPPED, RunState.UNKNOWN)
 
 
 class Target(enum.StrEnum):

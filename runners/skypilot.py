@@ -2,8 +2,10 @@
 RunPod), as a SkyPilot task built from the LaunchSpec.
 
 Spot plans run as SkyPilot managed jobs (they recover from preemption and resume from the
-checkpoints on the bucket mount); on-demand plans run on a cluster that goes down when the job
-ends. ``sky`` is imported only inside the methods that talk to SkyPilot (the skypilot extra);
+checkpoints on the bucket mount). On-demand plans run on a cluster that ftplan's follower
+(:mod:`runners._sky_follow`) watches: when the job ends it records how, copies the output back
+when there is no bucket, then takes the cluster down (SkyPilot's autodown is the safety net).
+``sky`` is imported only inside the methods that talk to SkyPilot (the skypilot extra);
 building and printing the task needs nothing but the standard library and PyYAML.
 """
 
@@ -17,7 +19,7 @@ import re
 import shlex
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,6 +36,17 @@ from catalog import (
 )
 from profiler.estimator import checkpoint_bytes, download_bytes
 from runners._sagemaker_request import SOURCE_PACKAGES, distribution_environment
+from runners._sky_follow import update_record
+from runners._sky_ops import (
+    AUTODOWN_IDLE_MINUTES,
+    cluster_state,
+    last_seen,
+    managed_job_state,
+    one_line,
+    recorded_outcome,
+    spawn_follower,
+    utc_now,
+)
 from runners._types import (
     LaunchResult,
     LaunchSpec,
@@ -44,7 +57,7 @@ from runners._types import (
     launch_spec_to_json,
 )
 from runners._weights import gated_token_problem
-from runners.local import run_dir_for
+from runners.local import process_running, run_dir_for
 
 #: SkyPilot's cloud name for each provider it launches on.
 SKYPILOT_CLOUDS: dict[Provider, str] = {
@@ -66,26 +79,6 @@ TORCHRUN_PORT = 29500  # torch.distributed's conventional rendezvous port
 _BUCKET_SCHEMES = ("s3://", "gs://", "r2://", "cos://", "oci://", "https://")
 _NO_REGION = ("", "unspecified")
 _NAME_PATTERN = re.compile(r"[^a-z0-9]+")
-
-#: SkyPilot managed-job and job states (sky.jobs.ManagedJobStatus, sky.JobStatus) -> ftplan's.
-_STATES: dict[str, RunState] = {
-    "PENDING": RunState.PENDING,
-    "SUBMITTED": RunState.PENDING,
-    "STARTING": RunState.PENDING,
-    "INIT": RunState.PENDING,
-    "SETTING_UP": RunState.PENDING,
-    "RUNNING": RunState.RUNNING,
-    "RECOVERING": RunState.RUNNING,
-    "CANCELLING": RunState.RUNNING,
-    "SUCCEEDED": RunState.SUCCEEDED,
-    "CANCELLED": RunState.STOPPED,
-    "FAILED": RunState.FAILED,
-    "FAILED_SETUP": RunState.FAILED,
-    "FAILED_PRECHECKS": RunState.FAILED,
-    "FAILED_NO_RESOURCE": RunState.FAILED,
-    "FAILED_CONTROLLER": RunState.FAILED,
-    "FAILED_DRIVER": RunState.FAILED,
-}
 
 
 def default_target(offer: Offer | None) -> Target:
@@ -225,16 +218,15 @@ def task_config(
             f"SkyPilot has no accelerator name for {offer.gpu} on {offer.provider.value} "
             f"(offer {offer.instance_type}); re-plan with another --gpu or --provider"
         ) from None
-    if offer.spot and output_uri is None:
-        raise RunnerError(
-            "a spot plan needs a bucket for its checkpoints, so a recovered job resumes. To "
-            "fix: pass --output-dir s3://BUCKET/PREFIX (or gs://...), or re-plan with --no-spot"
-        )
+    problem = output_problem(offer, output_uri=output_uri)
+    if problem is not None:
+        raise RunnerError(problem)
     resources: dict[str, Any] = {
         "infra": SKYPILOT_CLOUDS[offer.provider] + (f"/{region}" if region else ""),
         "accelerators": f"{accelerator}:{spec.gpus_per_node}",
         "use_spot": offer.spot,
         "disk_size": disk_size_gib(spec),
+        **network_resources(offer, nodes=spec.nodes),
     }
     if sky_name_is_ambiguous(accelerator, provider=offer.provider):
         # The accelerator name alone could land on the other part (Lambda's H100 is SXM or
@@ -251,10 +243,7 @@ def task_config(
     if eval_data is not None:
         eval_path, eval_source = _data_mount(eval_data, remote_dir=REMOTE_EVAL_DIR)
         file_mounts[eval_path] = eval_source
-    if output_uri is not None:
-        # MOUNT_CACHED writes locally and uploads in the background: checkpoint renames work,
-        # and a recovered spot job sees the uploaded checkpoints.
-        file_mounts[REMOTE_OUTPUT_DIR] = {"source": output_uri.rstrip("/"), "mode": "MOUNT_CACHED"}
+    file_mounts.update(output_mount(output_uri))
     config: dict[str, Any] = {
         "name": name,
         "workdir": workdir,
@@ -274,6 +263,64 @@ def task_config(
         # anything ftplan prints or writes.
         config["secrets"] = {HF_TOKEN_ENV: None}
     return config
+
+
+# Clouds where SkyPilot cannot mount a bucket (sky/clouds/runpod.py: STORAGE_MOUNTING is in
+# RunPod's unsupported features; it copies bucket data in with ``mode: COPY`` only). Their
+# output is copied back from the node before the cluster goes down; checked against
+# SkyPilot's own cloud classes by the tests.
+NO_BUCKET_MOUNTS = frozenset({Provider.RUNPOD})
+# AWS instances reach their priced inter-node bandwidth only over EFA, which SkyPilot attaches
+# for ``network_tier: best`` (sky/clouds/aws.py); the catalog prices p4d/p5 multi-node at
+# 50-400 Gbps. Azure's ND-series have InfiniBand without asking (SkyPilot offers no tier there).
+FAST_INTERCONNECT_CLOUDS = frozenset({Provider.AWS})
+
+
+def output_problem(offer: Offer, *, output_uri: str | None) -> str | None:
+    """Why the run's output could not be kept on this cloud, with the fix; None when it can.
+
+    A bucket is mounted at the output folder where SkyPilot can mount one; without a bucket
+    (or where it cannot, RunPod) an on-demand run's output is copied back to this machine
+    before its cluster goes down. Spot runs need the mounted bucket: a recovered job resumes
+    from the checkpoints there.
+    """
+    mounts = offer.provider not in NO_BUCKET_MOUNTS
+    cloud = offer.provider.value
+    if offer.spot and not mounts:
+        return (
+            f"a spot plan on {cloud} cannot resume after a preemption: its checkpoints must be "
+            f"on a bucket, and SkyPilot cannot mount buckets on {cloud}. To fix: re-plan with "
+            "--no-spot (the output is copied back before the pod goes), or with another provider"
+        )
+    if offer.spot and output_uri is None:
+        return (
+            "a spot plan needs a bucket for its checkpoints, so a recovered job resumes. To "
+            "fix: pass --output-dir s3://BUCKET/PREFIX (or gs://...), or re-plan with --no-spot"
+        )
+    if output_uri is not None and not mounts:
+        return (
+            f"SkyPilot cannot mount buckets on {cloud}, so --output-dir {output_uri} cannot hold "
+            "the run's output. To fix: leave --output-dir out: the output (metrics, checkpoints, "
+            "final model) is copied back to runs/<run id>/output before the pod goes down"
+        )
+    return None
+
+
+def output_mount(output_uri: str | None) -> dict[str, Any]:
+    """The bucket mounted at the output folder: MOUNT_CACHED writes locally and uploads in the
+    background (checkpoint renames work, and a recovered spot job sees the uploaded
+    checkpoints). Without a bucket the output stays on the node until ftplan copies it back."""
+    if output_uri is None:
+        return {}
+    return {REMOTE_OUTPUT_DIR: {"source": output_uri.rstrip("/"), "mode": "MOUNT_CACHED"}}
+
+
+def network_resources(offer: Offer, *, nodes: int) -> dict[str, Any]:
+    """``network_tier: best`` for multi-node runs on clouds where the priced interconnect needs
+    it (:data:`FAST_INTERCONNECT_CLOUDS`); nothing otherwise."""
+    if nodes > 1 and offer.provider in FAST_INTERCONNECT_CLOUDS:
+        return {"network_tier": "best"}
+    return {}
 
 
 def task_yaml(config: Mapping[str, Any], *, spec: LaunchSpec) -> str:
@@ -301,17 +348,36 @@ def task_yaml(config: Mapping[str, Any], *, spec: LaunchSpec) -> str:
     return "\n".join(header) + "\n" + body
 
 
-def validate_task(config: Mapping[str, Any]) -> Any:
-    """SkyPilot's own parser on the task (``sky.Task.from_yaml_config``); returns the Task.
+def validate_task(config: Mapping[str, Any], *, autodown: bool = False) -> Any:
+    """SkyPilot's own parser on the task (``sky.Task.from_yaml_config``) and its cloud feature
+    check (what SkyPilot's optimizer refuses before provisioning: the task's features, such as
+    multi-node and bucket mounts, and each resource's, such as spot and a network tier, plus
+    autodown for clusters); returns the Task.
 
     Raises:
-        RunnerError: SkyPilot is not installed or rejects the task.
+        RunnerError: SkyPilot is not installed, rejects the task, or the cloud lacks a feature.
     """
     sky = import_sky()
+    from sky import clouds, exceptions
+
     try:
-        return sky.Task.from_yaml_config(json.loads(json.dumps(config)))
+        task = sky.Task.from_yaml_config(json.loads(json.dumps(config)))
     except (ValueError, KeyError, TypeError) as exc:
         raise RunnerError(f"SkyPilot rejects the task: {exc}") from None
+    needed = set(task.get_required_cloud_features())
+    if autodown:
+        needed.add(clouds.CloudImplementationFeatures.AUTODOWN)
+    for resources in task.resources:
+        try:
+            resources.cloud.check_features_are_supported(
+                resources, needed | set(resources.get_required_cloud_features())
+            )
+        except exceptions.NotSupportedError as exc:
+            first = " ".join(str(exc).split())
+            raise RunnerError(
+                f"SkyPilot cannot run the task on {resources.cloud}: {first}"
+            ) from None
+    return task
 
 
 def import_sky() -> Any:
@@ -351,8 +417,10 @@ class SkyPilotRunner:
         region: Region to pin (default: the offer's region when its price depends on it).
         hf_token_env: Environment variable holding the Hugging Face token, sent as the
             ``HF_TOKEN`` secret; None: ``$HF_TOKEN`` when set.
-        echo: Where dry runs and progress are printed (None: silent).
+        echo: Where dry runs and progress are printed (None: silent; logs go to stdout).
         env: Environment to read the token from (default: os.environ).
+        start_follower: Starts the follower of an on-demand run's folder and returns its pid
+            (default: ``python -m runners._sky_follow RUN_DIR``, detached; tests pass their own).
     """
 
     target = Target.SKYPILOT
@@ -366,6 +434,7 @@ class SkyPilotRunner:
         hf_token_env: str | None = None,
         echo: TextIO | None = None,
         env: Mapping[str, str] | None = None,
+        start_follower: Callable[[Path], int] | None = None,
     ) -> None:
         if output_uri is not None and not output_uri.startswith(_BUCKET_SCHEMES):
             raise RunnerError(
@@ -378,6 +447,7 @@ class SkyPilotRunner:
         self._echo = echo
         self._env = dict(os.environ if env is None else env)
         self._token = self._env.get(hf_token_env or HF_TOKEN_ENV) or None
+        self._start_follower = start_follower or spawn_follower
         if hf_token_env is not None and self._token is None:
             raise RunnerError(
                 f"--hf-token-env {hf_token_env}: the variable is not set (or empty). To fix: "
@@ -461,30 +531,65 @@ class SkyPilotRunner:
             run_dir=str(self._runs_dir / run_id),
             spec_json=spec_json,
         )
-        if dry_run:
-            self._say(text)
-            return result
-        task = validate_task(config)  # SkyPilot refuses before anything is staged or billed
+        kind = "managed-job" if config["resources"]["use_spot"] else "cluster"
         run_dir = self._runs_dir / run_id
+        if dry_run:
+            self._dry_run(config, text=text, spec_json=spec_json, run_dir=run_dir, kind=kind)
+            return result
+        # SkyPilot refuses before anything is staged or billed
+        task = validate_task(config, autodown=kind == "cluster")
         stage_workdir(spec_json, run_dir / "workdir")
         (run_dir / TASK_FILE).write_text(text, encoding="utf-8")
         if self._token:
             task.update_secrets({HF_TOKEN_ENV: self._token})
-        kind = "managed-job" if config["resources"]["use_spot"] else "cluster"
-        record = {"run_id": run_id, "kind": kind, "task": str(run_dir / TASK_FILE)}
+        record = {
+            "run_id": run_id,
+            "kind": kind,
+            "task": str(run_dir / TASK_FILE),
+            "bucket": self._output_uri is not None,
+            "output": f"{self._output_uri}/{run_id}" if self._output_uri else "",
+            "launched_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
         (run_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
         sky = import_sky()
         try:
             if kind == "managed-job":
                 request = sky.jobs.launch(task, name=run_id)
             else:
-                request = sky.launch(task, cluster_name=run_id, down=True)
+                # Not torn down when the job ends: the follower records the outcome and copies
+                # the output back first; autodown after idle minutes is the safety net.
+                request = sky.launch(
+                    task,
+                    cluster_name=run_id,
+                    idle_minutes_to_autostop=AUTODOWN_IDLE_MINUTES,
+                    down=True,
+                )
             sky.stream_and_get(request)
         except Exception as exc:  # SkyPilot raises its own exception types per cloud
             raise RunnerError(
                 f"SkyPilot could not launch {run_id}: {type(exc).__name__}: {exc}"
             ) from None
+        if kind == "cluster":
+            update_record(run_dir, follower_pid=self._start_follower(run_dir))
         return result
+
+    def _dry_run(
+        self, config: dict[str, Any], *, text: str, spec_json: str, run_dir: Path, kind: str
+    ) -> None:
+        """Print the task; stage the workdir it names (so ``sky launch`` of the printed YAML
+        finds it) and check it with SkyPilot's own parser and feature check where SkyPilot is
+        installed. Problems are warnings on stderr: stdout carries only the task YAML."""
+        stage_workdir(spec_json, run_dir / "workdir")
+        try:
+            validate_task(config, autodown=kind == "cluster")
+        except RunnerError as exc:
+            sys.stderr.write(f"warning: {exc}\n")
+        sys.stderr.write(
+            f"note: staged the task's workdir in {run_dir / 'workdir'}; this task, run with "
+            "'sky launch' directly, is not followed by ftplan (no outcome recorded, no output "
+            "copied back)\n"
+        )
+        self._say(text)
 
     def _record(self, run_id: str) -> dict[str, Any]:
         path = run_dir_for(self._runs_dir, run_id) / RECORD_FILE
@@ -499,71 +604,92 @@ class SkyPilotRunner:
         return record
 
     def status(self, run_id: str) -> RunStatus:
-        """The run's state from SkyPilot (managed-job queue, or the cluster's job queue).
+        """The run's state: how it ended when ftplan's follower recorded it (the cluster may be
+        gone), else from SkyPilot (managed-job queue, or the cluster's job queue). When
+        SkyPilot cannot answer (its jobs controller or API server is down) the last state
+        ftplan saw, saying so.
 
         Raises:
             RunnerError: No such run.
         """
         record = self._record(run_id)
+        run_dir = run_dir_for(self._runs_dir, run_id)
+        ended = recorded_outcome(record, run_id, run_dir)
+        if ended is not None:
+            return ended
         sky = import_sky()
-        if record["kind"] == "managed-job":
-            jobs = sky.get(sky.jobs.queue(refresh=False, skip_finished=False))
-            mine = [j for j in jobs if _field(j, "job_name") == run_id]
-            if not mine:
-                return RunStatus(run_id=run_id, target=self.target, state=RunState.PENDING)
-            job = max(mine, key=lambda j: _field(j, "job_id") or 0)
-            state = str(getattr(_field(job, "status"), "value", _field(job, "status")))
-            return RunStatus(
-                run_id=run_id,
-                target=self.target,
-                state=_STATES.get(state.upper(), RunState.RUNNING),
-                detail=f"managed job {_field(job, 'job_id')}: {state}"
-                + (f" ({_field(job, 'failure_reason')})" if _field(job, "failure_reason") else ""),
+        try:
+            state, detail = (
+                managed_job_state(sky, run_id)
+                if record["kind"] == "managed-job"
+                else cluster_state(sky, run_id, record)
             )
-        clusters = sky.get(sky.status(cluster_names=[run_id]))
-        if not clusters:
-            return RunStatus(
-                run_id=run_id,
-                target=self.target,
-                state=RunState.STOPPED,
-                detail="cluster is down (it goes down when the job ends); see 'ftplan logs'",
-            )
-        jobs = sky.get(sky.queue(run_id, skip_finished=False))
-        job = max(jobs, key=lambda j: _field(j, "job_id") or 0) if jobs else None
-        state = "INIT" if job is None else str(getattr(_field(job, "status"), "value", ""))
-        return RunStatus(
-            run_id=run_id,
-            target=self.target,
-            state=_STATES.get(state.upper(), RunState.RUNNING),
-            detail=f"cluster {run_id}: job {state}",
-        )
+        except Exception as exc:  # controller or API server down: SkyPilot's own errors
+            return last_seen(record, run_id, why=one_line(exc))
+        if record.get("bucket") and state is RunState.SUCCEEDED:
+            detail += f"; output in {record.get('output')}"
+        seen = {"state": state.value, "detail": detail, "at": utc_now()}
+        update_record(run_dir, last_seen=seen)
+        return RunStatus(run_id=run_id, target=self.target, state=state, detail=detail)
 
     def logs(self, run_id: str, *, follow: bool = True) -> None:
-        """Stream the run's log to stdout through SkyPilot."""
+        """Stream the run's log through SkyPilot; when SkyPilot cannot (the cluster is gone,
+        the jobs controller is down), print the copy ftplan's follower kept, and why."""
         record = self._record(run_id)
+        local = run_dir_for(self._runs_dir, run_id) / "train.log"
+        out = self._echo or sys.stdout
+        if record["kind"] == "cluster" and isinstance(record.get("final"), dict):
+            self._print_copy(local, out, why="the run has ended and its cluster is down")
+            return
         sky = import_sky()
-        if record["kind"] == "managed-job":
-            sky.jobs.tail_logs(name=run_id, follow=follow)
+        try:
+            if record["kind"] == "managed-job":
+                sky.jobs.tail_logs(name=run_id, follow=follow)
+            else:
+                sky.tail_logs(run_id, job_id=None, follow=follow)
+        except Exception as exc:  # SkyPilot's errors: cluster gone, controller down
+            why = f"SkyPilot could not stream it ({one_line(exc)})"
+            if record["kind"] == "managed-job":
+                why += "; 'sky jobs queue --refresh' starts the jobs controller again"
+            self._print_copy(local, out, why=why)
+
+    def _print_copy(self, local: Path, out: TextIO, *, why: str) -> None:
+        if local.is_file() and local.stat().st_size:
+            out.write(f"[ftplan] {why}; the log as ftplan's follower saved it ({local}):\n")
+            with local.open(encoding="utf-8", errors="replace") as handle:
+                shutil.copyfileobj(handle, out)
         else:
-            sky.tail_logs(run_id, job_id=None, follow=follow)
+            out.write(f"[ftplan] {why}; ftplan kept no copy of the log ({local} is empty)\n")
+        out.flush()
 
     def stop(self, run_id: str) -> None:
-        """Cancel the managed job, or tear the cluster down (billing stops)."""
+        """Cancel the managed job (gracefully: its bucket uploads finish), or the cluster's
+        job: the follower then records the outcome, copies the output back and takes the
+        cluster down (started again here when it is not running).
+
+        Raises:
+            RunnerError: The run has ended, or SkyPilot could not cancel it (said why).
+        """
         record = self._record(run_id)
+        run_dir = run_dir_for(self._runs_dir, run_id)
+        if isinstance(record.get("final"), dict):
+            raise RunnerError(f"run {run_id!r} has ended ({record['final'].get('state')})")
         sky = import_sky()
-        if record["kind"] == "managed-job":
-            sky.get(sky.jobs.cancel(name=run_id))
-        else:
-            sky.get(sky.down(run_id))
+        try:
+            if record["kind"] == "managed-job":
+                sky.get(sky.jobs.cancel(name=run_id, graceful=True))
+            else:
+                sky.get(sky.cancel(run_id, all=True))
+        except Exception as exc:  # controller down, cluster gone: SkyPilot's own errors
+            raise RunnerError(
+                f"SkyPilot could not cancel {run_id}: {one_line(exc)}. To fix: check "
+                "'sky status' / 'sky jobs queue --refresh', then 'sky down' or 'sky jobs cancel'"
+            ) from None
+        pid = record.get("follower_pid")
+        if record["kind"] == "cluster" and not (isinstance(pid, int) and process_running(pid)):
+            update_record(run_dir, follower_pid=self._start_follower(run_dir))
 
     def _say(self, text: str) -> None:
         if self._echo is not None:
             self._echo.write(text if text.endswith("\n") else text + "\n")
             self._echo.flush()
-
-
-def _field(record: Any, key: str) -> Any:
-    """A field of a SkyPilot response (a dict in older releases, a model in newer ones)."""
-    if isinstance(record, Mapping):
-        return record.get(key)
-    return getattr(record, key, None)

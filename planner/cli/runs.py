@@ -93,8 +93,9 @@ def logs_command(
 @_where
 def stop_command(run_id: str, target: str | None, runs_dir: str, region: str | None) -> None:
     """Stop a run. Local and SageMaker: it finishes its step, writes a checkpoint and ends
-    (resume with 'ftplan launch PLAN --resume RUN_ID'). SkyPilot: cancel its managed job, or
-    tear its cluster down (billing stops).
+    (resume with 'ftplan launch PLAN --resume RUN_ID'). SkyPilot: cancel its managed job
+    (gracefully: bucket uploads finish), or its cluster's job, after which ftplan copies the
+    output back and takes the cluster down (billing stops).
 
     \b
     Examples:
@@ -107,7 +108,10 @@ def stop_command(run_id: str, target: str | None, runs_dir: str, region: str | N
     except RunnerError as exc:
         raise UserInputError(str(exc)) from None
     if isinstance(runner, SkyPilotRunner):
-        click.echo(f"stopped {run_id}")
+        click.echo(
+            f"cancelled {run_id}: a managed job ends once its bucket uploads finish; a cluster's "
+            "output is copied back before it goes down (ftplan status shows how it ended)"
+        )
     else:
         click.echo(f"stopping {run_id}: it writes a checkpoint, then ends")
 
