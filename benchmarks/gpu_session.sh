@@ -6,15 +6,16 @@
 #
 # Every part has its own time limit and appends to OUT as it completes, so a session cut short
 # keeps what it measured. bitsandbytes travels as a wheel in .whl/ (docs/profiling.md). PARTS
-# picks groups (default all, in this order): long heldout tests launch validation; one device
-# call has 600 s, so e.g. PARTS="long heldout" first, then PARTS="tests launch validation".
+# picks groups (default all, in this order): long heldout tests launch launches validation; one
+# device call has 600 s, so e.g. PARTS="long heldout" first, then PARTS="tests launch validation",
+# then PARTS=launches.
 #
 #   OUT=benchmarks/results bash benchmarks/gpu_session.sh
 #   OUT=benchmarks/results PARTS="long heldout" bash benchmarks/gpu_session.sh
 set -u
 OUT=${OUT:-benchmarks/results}
 PY=${PY:-python3}
-PARTS=${PARTS:-long heldout tests launch validation}
+PARTS=${PARTS:-long heldout tests launch launches validation}
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -80,6 +81,12 @@ fi
 if want launch; then
     # A real local launch from a plan (llama2-7b LoRA, 30 steps), measured against the plan.
     step local-launch 110 $PY -m pytest tests/test_local_runner.py -m gpu -q -s -rs
+fi
+if want launches; then
+    # Random-init LoRA and QLoRA launched from their plans, then one FSDP QLoRA launch (CPU
+    # offload on this GPU: rank-0 4-bit loading, adapters in their own FSDP units), each 20
+    # steps against its plan (docs/launching.md, "The GPU check").
+    step launches 400 $PY benchmarks/launch_vs_plan.py --out "$OUT/launch-vs-plan.jsonl"
 fi
 if want validation; then
     # Truncated-layer extrapolation (2 and 4 layers) against full depth.
