@@ -28,3 +28,18 @@ def _private_sky_runtime() -> str:
 
 
 os.environ["SKY_RUNTIME_DIR"] = _private_sky_runtime()
+
+
+import pytest  # noqa: E402 - after the environment above, which must precede any sky import
+
+
+@pytest.fixture(autouse=True)
+def _no_real_skypilot_follower(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test starts the detached follower of an on-demand SkyPilot run: it would talk to a
+    real SkyPilot API server (and start one). Tests pass ``start_follower`` or patch this."""
+    import runners.skypilot
+
+    def refuse(run_dir: Path) -> int:
+        raise AssertionError(f"a test tried to start SkyPilot's follower for {run_dir}")
+
+    monkeypatch.setattr(runners.skypilot, "spawn_follower", refuse)
