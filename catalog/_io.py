@@ -4,6 +4,9 @@ bounded reads of regular files only, so /dev/zero, a FIFO or a 1 GB "plan" canno
 from __future__ import annotations
 
 import contextlib
+import csv
+import fcntl
+import io
 import json
 import math
 import os
@@ -11,7 +14,7 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -121,6 +124,18 @@ def clean_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
+@contextlib.contextmanager
+def locked_folder(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` (no lock file left behind), so that writers in
+    several processes take turns on the files inside it."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 #: Default ceilings for files ftplan reads whole: a plan, a config.json, a status or calibration
 #: file is a few kB to a few MB; more is a mistake (or /dev/zero) and is refused, not read.
 MAX_JSON_FILE_BYTES = 64 * 1024 * 1024
@@ -192,11 +207,37 @@ def json_depth_ok(value: object, *, max_depth: int = MAX_JSON_DEPTH) -> bool:
     return True
 
 
+#: Most digits of an integer in a JSON file: Python's own limit (CVE-2020-10735), checked here
+#: so the message names the file instead of advising sys.set_int_max_str_digits().
+MAX_JSON_INT_DIGITS = 4300
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: object) -> bool:
+    """Whether a string (key or value) inside parsed JSON holds half of a UTF-16 pair."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _LONE_SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def loads_json(text: str, *, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """``json.loads`` for files a user can hand ftplan: no NaN/Infinity, bounded nesting.
+    """``json.loads`` for files a user can hand ftplan: no NaN/Infinity, no integer longer than
+    :data:`MAX_JSON_INT_DIGITS` digits, no lone UTF-16 surrogate (``"\\ud800"``: not text, and
+    it cannot be written back as UTF-8), bounded nesting.
 
     Raises:
-        DataError: Not JSON, a NaN/Infinity literal, or nested deeper than ``max_depth``.
+        DataError: Not JSON, a NaN/Infinity literal, a huge integer, a lone surrogate, or nested
+            deeper than ``max_depth``.
     """
 
     def refuse_constant(name: str) -> Any:
@@ -208,14 +249,26 @@ def loads_json(text: str, *, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
             raise ValueError(f"{literal[:20]} overflows a float")
         return number
 
+    def bounded_int(literal: str) -> int:
+        if len(literal.lstrip("-")) > MAX_JSON_INT_DIGITS:
+            raise ValueError(f"a number of {len(literal.lstrip('-'))} digits")
+        return int(literal)
+
     try:
-        value = json.loads(text, parse_constant=refuse_constant, parse_float=finite)
+        value = json.loads(
+            text, parse_constant=refuse_constant, parse_float=finite, parse_int=bounded_int
+        )
     except RecursionError:
         raise DataError(f"{what} nests deeper than {max_depth} levels") from None
     except ValueError as exc:  # JSONDecodeError included
-        raise DataError(f"{what} is not valid JSON ({exc})") from None
+        raise DataError(f"{what} is not valid JSON ({str(exc)[:200]})") from None
     if not json_depth_ok(value, max_depth=max_depth):
         raise DataError(f"{what} nests deeper than {max_depth} levels")
+    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(value):
+        raise DataError(
+            f"{what} holds a lone UTF-16 surrogate escape (\\ud800-\\udfff without its pair), "
+            "which is not text; fix the file's encoding"
+        )
     return value
 
 
@@ -229,6 +282,124 @@ def read_json_file(
     """Parse a JSON file with :func:`read_text_limited` and :func:`loads_json`."""
     text = read_text_limited(path, what=what, max_bytes=max_bytes)
     return loads_json(text, what=f"{what} {os.fspath(path)!r}", max_depth=max_depth)
+
+
+#: Longest line of a JSONL file ftplan reads (a dataset sample, a metrics or profile record):
+#: 16 MiB is ~4M tokens, four times the longest context ftplan plans for.
+MAX_JSONL_LINE_BYTES = 16 * 1024 * 1024
+
+
+def iter_lines(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    max_line_bytes: int = MAX_JSONL_LINE_BYTES,
+    on_bytes: Any = None,
+) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each non-blank line of a regular UTF-8 file, read one line at
+    a time: memory is bounded by ``max_line_bytes``, whatever the file's size.
+
+    Args:
+        on_bytes: Called with the bytes read so far after each line (for progress bars).
+
+    Raises:
+        DataError: Not a regular file, a line over ``max_line_bytes`` or not UTF-8 (the message
+            names the file and line).
+        OSError: It cannot be opened.
+    """
+    shown = f"{what} {os.fspath(path)!r}"
+    done = 0
+    with open_regular(path, what=what) as handle:
+        number = 0
+        while raw := handle.readline(max_line_bytes + 1):
+            number += 1
+            done += len(raw)
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                raise DataError(
+                    f"{shown} line {number} is longer than {max_line_bytes >> 20} MiB; is it "
+                    "JSONL (one record per line)?"
+                )
+            if on_bytes is not None:
+                on_bytes(done)
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{shown} line {number} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+                ) from None
+            if line:
+                yield number, line
+
+
+def iter_jsonl(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    max_line_bytes: int = MAX_JSONL_LINE_BYTES,
+    max_depth: int = MAX_JSON_DEPTH,
+) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` of each non-blank line of a JSONL file, through
+    :func:`iter_lines` and :func:`loads_json`.
+
+    Raises:
+        DataError: As :func:`iter_lines`, or a line that :func:`loads_json` refuses.
+    """
+    for number, line in iter_lines(path, what=what, max_line_bytes=max_line_bytes):
+        yield (
+            number,
+            loads_json(
+                line, what=f"{what} {os.fspath(path)!r} line {number}", max_depth=max_depth
+            ),
+        )
+
+
+#: Longest CSV field: a source citation is < 1 kB; csv's own limit is 128 kB.
+MAX_CSV_FIELD_CHARS = 64 * 1024
+
+
+def csv_rows(text: str, *, where: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The header and ``(line number, row)`` pairs of CSV ``text``.
+
+    Refused (:class:`DataError`, naming ``where`` and the line): a header naming a column twice
+    (``csv.DictReader`` would keep the last one silently, e.g. every price from a second
+    ``usd_per_hour`` column), a blank column name, a row with more fields than the header, a
+    field over :data:`MAX_CSV_FIELD_CHARS` characters, and text that is not CSV.
+    """
+    reader = csv.reader(io.StringIO(text))
+    line = 0
+    try:
+        header = next(reader, [])
+        line = reader.line_num
+        names = [name.strip() for name in header]
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                raise DataError(
+                    f"{where}, line 1: column {name!r} appears twice in the header; a CSV file "
+                    "names each column once. To fix: delete or rename the second one"
+                )
+            seen.add(name)
+        if header and not all(names):
+            raise DataError(f"{where}, line 1: a column has no name; name every column")
+        rows: list[tuple[int, dict[str, str]]] = []
+        for values in reader:
+            line = reader.line_num
+            if not values:
+                continue
+            if len(values) > len(header):
+                raise DataError(
+                    f"{where}, line {line}: more fields than the {len(header)} columns of the "
+                    "header (is a value with a comma missing its quotes?)"
+                )
+            if any(len(v) > MAX_CSV_FIELD_CHARS for v in values):
+                raise DataError(
+                    f"{where}, line {line}: a field is longer than {MAX_CSV_FIELD_CHARS} "
+                    "characters"
+                )
+            rows.append((line, dict(zip(header, values, strict=False))))
+    except csv.Error as exc:
+        raise DataError(f"{where}, line {line + 1}: not valid CSV ({exc})") from None
+    return header, rows
 
 
 def first_bad_value(value: object, where: str, *, max_number: float) -> str | None:

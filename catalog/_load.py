@@ -7,9 +7,7 @@ only: this runs in every ``ftplan recommend`` and must stay fast (a few ms) and 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import os
 import re
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from catalog._hf_config import model_from_hf_config
-from catalog._io import expand_user, read_text_limited
+from catalog._io import csv_rows, expand_user, read_text_limited
 from catalog._types import GPU, CatalogError, Interconnect, ModelSpec, Offer, Provider
 from catalog.errors import CONTROL_CHARS_OR_NEWLINES, DataError, ErrorKind
 
@@ -228,25 +226,18 @@ def _rows(path: Path, columns: tuple[str, ...], *, text: str | None = None) -> l
             f"{exc}. Restore the file, or delete it if it is a cache.", kind=ErrorKind.DATA
         ) from None
     try:
-        reader = csv.DictReader(io.StringIO(content))
-        header = reader.fieldnames or []
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise CatalogError(
-                f"catalog file {path} lacks column(s) {', '.join(missing)}; its header is "
-                f"{','.join(header) or '(empty)'}. Restore the file or delete it if it is a cache."
-            )
-        rows = []
-        for values in reader:
-            if None in values:  # more fields than the header names
-                raise CatalogError(
-                    f"catalog file {path}, row {reader.line_num}: more fields than columns "
-                    f"(is a value with a comma missing its quotes?)."
-                )
-            rows.append(_Row(str(path), reader.line_num, values))
-        return rows
-    except csv.Error as exc:
-        raise CatalogError(f"catalog file {path} is not valid CSV: {exc}") from None
+        header, values = csv_rows(content, where=f"catalog file {path}")
+    except DataError as exc:
+        raise CatalogError(
+            f"{exc}. Restore the file or delete it if it is a cache.", kind=ErrorKind.DATA
+        ) from None
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise CatalogError(
+            f"catalog file {path} lacks column(s) {', '.join(missing)}; its header is "
+            f"{','.join(header) or '(empty)'}. Restore the file or delete it if it is a cache."
+        )
+    return [_Row(str(path), line, row) for line, row in values]
 
 
 def _norm(name: str) -> str:

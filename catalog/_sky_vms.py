@@ -6,14 +6,20 @@ order). Every error names the file, the line and the column. Pure apart from rea
 
 from __future__ import annotations
 
-import csv
-import io
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog._io import csv_rows, read_text_limited
 from catalog._sky_names import gpu_for_sky_accelerator
 from catalog._types import CatalogError, Provider
+from catalog.errors import DataError, ErrorKind
+
+#: Largest vms.csv read (SkyPilot's largest, AWS, is ~10 MB).
+MAX_VMS_CSV_BYTES = 256 * 1024 * 1024
+#: Largest figure in a vms.csv (USD/h, vCPUs, GiB, GPUs): far above any real machine.
+MAX_VMS_NUMBER = 1e9
 
 #: Columns every cloud's vms.csv must have (SkyPilot catalog schema, all versions since v5).
 REQUIRED_COLUMNS = (
@@ -100,44 +106,34 @@ def _number(path: Path, line: int, row: Mapping[str, str], column: str) -> float
         raise _fail(path, line, column, "not a number", value) from None
     if number < 0:
         raise _fail(path, line, column, "negative", value)
+    if not math.isfinite(number) or number > MAX_VMS_NUMBER:
+        raise _fail(path, line, column, f"not a figure below {MAX_VMS_NUMBER:g}", value[:40])
     return number
 
 
 def _read_vms_csv(path: Path) -> list[tuple[int, dict[str, str]]]:
-    """Rows of one vms.csv with their line numbers; the header is checked first."""
+    """Rows of one vms.csv with their line numbers; the header is checked first. The file is
+    read through the bounded reader (a regular file of at most 256 MiB)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"cannot read SkyPilot catalog file {path}: {exc}") from None
-    reader = csv.DictReader(io.StringIO(text))
-    try:
-        header = reader.fieldnames or []
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise CatalogError(
-                f"SkyPilot catalog file {path}, line 1, column {missing[0]!r}: column missing "
-                f"(header is {','.join(header) or '(empty)'}; needs {', '.join(REQUIRED_COLUMNS)})"
-                f". Nothing was written."
-            )
-        rows: list[tuple[int, dict[str, str]]] = []
-        for values in reader:
-            if None in values:
-                raise _fail(
-                    path,
-                    reader.line_num,
-                    header[-1],
-                    f"more fields than the {len(header)} columns of the header",
-                    ",".join(values[None]),
-                )
-            short = [c for c in REQUIRED_COLUMNS if values.get(c) is None]
-            if short:
-                raise _fail(path, reader.line_num, short[0], "line ends before this column", "")
-            rows.append((reader.line_num, values))
-    except csv.Error as exc:
+        text = read_text_limited(path, what="SkyPilot catalog file", max_bytes=MAX_VMS_CSV_BYTES)
+        header, rows = csv_rows(text, where=f"SkyPilot catalog file {path}")
+    except OSError as exc:
         raise CatalogError(
-            f"SkyPilot catalog file {path}, line {reader.line_num}: not valid CSV ({exc}). "
-            f"Nothing was written."
+            f"cannot read SkyPilot catalog file {path}: {exc.strerror or exc}"
         ) from None
+    except DataError as exc:
+        raise CatalogError(f"{exc}. Nothing was written.", kind=ErrorKind.DATA) from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise CatalogError(
+            f"SkyPilot catalog file {path}, line 1, column {missing[0]!r}: column missing "
+            f"(header is {','.join(header) or '(empty)'}; needs {', '.join(REQUIRED_COLUMNS)})"
+            f". Nothing was written."
+        )
+    for line, values in rows:
+        short = [c for c in REQUIRED_COLUMNS if values.get(c) is None]
+        if short:
+            raise _fail(path, line, short[0], "line ends before this column", "")
     return rows
 
 

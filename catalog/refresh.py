@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from catalog._io import atomic_write_text
+from catalog._io import atomic_write_text, csv_rows, read_text_limited
 from catalog._load import (
     OFFER_COLUMNS,
     OFFERS_FILENAME,
@@ -24,6 +24,7 @@ from catalog._load import (
     parse_offers_csv,
 )
 from catalog._types import CatalogError
+from catalog.errors import DataError, ErrorKind
 
 PRICING_SOURCE = "aws-pricing-api get_products"
 SPOT_SOURCE = "ec2 describe_spot_price_history"
@@ -192,10 +193,17 @@ def _spot_history(client: Any, instance_type: str, now: datetime) -> list[dict[s
         kwargs["NextToken"] = token
 
 
+#: Largest offers file read back (SkyPilot's full catalog is ~30 MB).
+MAX_OFFERS_FILE_BYTES = 256 * 1024 * 1024
+
+
 def _read_rows(path: Path) -> list[dict[str, str]]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = read_text_limited(path, what="catalog file", max_bytes=MAX_OFFERS_FILE_BYTES)
+    except DataError as exc:
+        raise CatalogError(f"{exc}. Nothing was written.", kind=ErrorKind.DATA) from None
     parse_offers_csv(text, path=path)  # refuse to build on a broken file
-    return list(csv.DictReader(io.StringIO(text)))
+    return [row for _, row in csv_rows(text, where=f"catalog file {path}")[1]]
 
 
 def _key(row: Mapping[str, str]) -> str:

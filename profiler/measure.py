@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from catalog import from_jsonable, to_jsonable
+from catalog import from_jsonable, loads_json, to_jsonable
 from profiler._types import Measurement, Provenance, Source, Status, TuningConfig
 from profiler._worker import truncated_model_name
 from profiler.extrapolate import FIT_NUM_LAYERS, extrapolate
@@ -159,8 +159,8 @@ def measure(
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode == 0 and lines:
         try:
-            return from_jsonable(Measurement, json.loads(lines[-1]))
-        except (ValueError, json.JSONDecodeError) as exc:
+            return from_jsonable(Measurement, loads_json(lines[-1], what="worker output"))
+        except ValueError as exc:
             return fail(Status.ERROR, f"unreadable worker output ({exc}): {lines[-1][:500]}")
     stderr_tail = proc.stderr.strip()[-1500:]
     oom = any(marker in proc.stderr for marker in _OOM_MARKERS)

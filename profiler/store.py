@@ -8,13 +8,10 @@ lookups are dict hits on an index built once at load.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import functools
 import json
-import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from catalog import (
@@ -23,8 +20,9 @@ from catalog import (
     cache_dir,
     first_bad_value,
     from_jsonable,
+    iter_lines,
     loads_json,
-    open_regular,
+    locked_folder,
     read_text_limited,
     to_jsonable,
 )
@@ -101,38 +99,24 @@ def read_records(path: Path) -> list[Measurement]:
             and line and how to fix it.
     """
     records: list[Measurement] = []
-    with open_regular(path, what="profile file") as handle:
-        number = 0
-        while raw := handle.readline(MAX_RECORD_LINE_BYTES + 1):
-            number += 1
-            if not raw.strip():
-                continue
-            try:
-                if len(raw) > MAX_RECORD_LINE_BYTES:
-                    raise DataError(f"longer than {MAX_RECORD_LINE_BYTES} bytes")
-                data = loads_json(raw.decode("utf-8", errors="strict"), what="the line")
-                problem = first_bad_value(data, "record", max_number=MAX_RECORD_NUMBER)
-                if problem:
-                    raise DataError(problem)
-                records.append(from_jsonable(Measurement, data))
-            except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
-                raise DataError(
-                    f"{path}:{number} is not a profile record ({exc}); fix or delete that line "
-                    f"(records are written by 'ftplan profile')"
-                ) from None
-    return records
-
-
-@contextlib.contextmanager
-def _locked_folder(folder: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``folder`` (no lock file left behind), so that writers
-    in several processes take turns: each reads the file, adds its lines and replaces it."""
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+    fix = "fix or delete that line (records are written by 'ftplan profile')"
+    lines = iter_lines(path, what="profile file", max_line_bytes=MAX_RECORD_LINE_BYTES)
+    while True:
+        try:
+            item = next(lines, None)
+        except DataError as exc:  # not UTF-8, a line too long, not a regular file
+            raise DataError(f"{exc}: not a profile record; {fix}") from None
+        if item is None:
+            return records
+        number, line = item
+        try:
+            data = loads_json(line, what="the line")
+            problem = first_bad_value(data, "record", max_number=MAX_RECORD_NUMBER)
+            if problem:
+                raise DataError(problem)
+            records.append(from_jsonable(Measurement, data))
+        except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+            raise DataError(f"{path}:{number} is not a profile record ({exc}); {fix}") from None
 
 
 class ProfileStore:
@@ -189,7 +173,7 @@ class ProfileStore:
         target = Path(path)
         lines = "".join(json.dumps(to_jsonable(m), sort_keys=True) + "\n" for m in measurements)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with _locked_folder(target.parent):
+        with locked_folder(target.parent):
             existing = ""
             if target.exists():
                 existing = read_text_limited(

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from catalog import atomic_write_text
+from catalog import atomic_write_text, read_json_file
 from profiler import Method
 from runners._types import LaunchSpec
 
@@ -46,6 +46,7 @@ RNG_FILE = "rng.safetensors"
 MODEL_DIR = "model"
 ACCELERATE_DIR = "accelerate_state"
 KEEP_LAST = 2  # older checkpoints are deleted; two survive a crash during the newest save
+_MAX_JSON = 16 * 1024 * 1024  # a marker or state file is a few kB
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,7 +130,7 @@ def verify_digests(folder: Path) -> None:
     Raises:
         ValueError: A file's content differs from when it was written.
     """
-    marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+    marker = read_json_file(folder / MARKER_FILE, what="marker", max_bytes=_MAX_JSON)
     for name, expected in sorted((marker.get("sha256") or {}).items()):
         if file_sha256(folder / name) != expected:
             raise ValueError(
@@ -141,7 +142,7 @@ def verify_digests(folder: Path) -> None:
 def is_complete(folder: Path) -> bool:
     """True when the marker exists and every file it lists is there with its size."""
     try:
-        marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+        marker = read_json_file(folder / MARKER_FILE, what="marker", max_bytes=_MAX_JSON)
         files = marker["files"]
         if not isinstance(files, dict) or STATE_FILE not in files:
             return False
@@ -165,7 +166,7 @@ def list_checkpoints(checkpoint_dir: str | Path) -> list[CheckpointInfo]:
         if not is_complete(child):
             continue  # interrupted save or upload: an older checkpoint is used
         try:
-            state = json.loads((child / STATE_FILE).read_text(encoding="utf-8"))
+            state = read_json_file(child / STATE_FILE, what="state", max_bytes=_MAX_JSON)
             identity = state.get("run") or {}
             found.append(
                 CheckpointInfo(
@@ -318,7 +319,7 @@ def _read(info: CheckpointInfo) -> _Loaded:
     import torch
     from safetensors.torch import load_file
 
-    state = json.loads((info.path / STATE_FILE).read_text(encoding="utf-8"))
+    state = read_json_file(info.path / STATE_FILE, what="checkpoint state", max_bytes=_MAX_JSON)
     optimizer_state = torch.load(info.path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     return _Loaded(
         weights=_read_safetensors(info.path / MODEL_DIR),

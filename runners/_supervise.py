@@ -7,7 +7,6 @@ Usage: ``python -m runners._supervise RUN_DIR -- COMMAND...``
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,13 +14,14 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from catalog import DataError, open_regular, read_json_file
 from runners._types import RunState
 from runners.local import LOG_FILE, STATUS_FILE, _now, write_status
 
 
 def supervise(run_dir: Path, command: list[str]) -> int:
     """Run ``command`` to completion, keeping ``status.json`` current; returns its exit code."""
-    status = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    status = read_json_file(run_dir / STATUS_FILE, what="run status", max_bytes=1024 * 1024)
     with (run_dir / LOG_FILE).open("ab") as log:
         child = subprocess.Popen(
             command,
@@ -67,11 +67,11 @@ def supervise(run_dir: Path, command: list[str]) -> int:
 def last_log_line(path: Path, *, tail_bytes: int = 16_384) -> str:
     """The last non-empty line of a log (the error of a failed run), at most 300 characters."""
     try:
-        with path.open("rb") as handle:
+        with open_regular(path, what="run log") as handle:
             handle.seek(0, os.SEEK_END)
             handle.seek(max(0, handle.tell() - tail_bytes))
             text = handle.read().decode("utf-8", errors="replace")
-    except OSError:
+    except (OSError, DataError):
         return ""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""

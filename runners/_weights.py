@@ -5,13 +5,14 @@ their tokenizer loads. Checked before anything starts, is uploaded or is billed.
 
 from __future__ import annotations
 
-import json
+import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from catalog import ModelSpec, expand_user
+from catalog import ModelSpec, expand_user, printable, read_json_file
 from runners._types import RunnerError
 
 CONFIG_FILE = "config.json"
@@ -38,6 +39,12 @@ _ARCHITECTURE_FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("num_experts", "experts", ("num_local_experts", "num_experts")),
     ("head_dim", "head dimension", ("head_dim",)),
 )
+
+
+#: Largest config or tokenizer file of a weights folder (a 256k-vocabulary tokenizer.json is
+#: ~35 MB): Hugging Face reads these whole before a run starts.
+MAX_WEIGHTS_TEXT_BYTES = 256 * 1024 * 1024
+_TEXT_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
 
 
 class MissingWeightsError(RunnerError):
@@ -103,32 +110,92 @@ def architecture_mismatch(planned: ModelSpec, config: Mapping[str, Any]) -> str 
                 found = int(config["hidden_size"]) // int(config["num_attention_heads"])
             else:
                 return f"the checkpoint's config.json has no {keys[0]!r} ({label})"
+        whole = isinstance(found, int) or (isinstance(found, float) and found.is_integer())
+        if isinstance(found, bool) or not whole:
+            return f"the checkpoint's config.json has {keys[0]}={str(found)[:40]!r}, not a count"
         if int(found) != int(planned_value):
             return (
-                f"{label} ({keys[0]}): the checkpoint has {found}, the plan's model "
+                f"{label} ({keys[0]}): the checkpoint has {str(found)[:40]}, the plan's model "
                 f"{planned.name!r} has {planned_value}"
             )
     return None
 
 
-def read_local_config(folder: str | Path) -> dict[str, Any]:
-    """``config.json`` of a local weights folder.
+def check_weights_folder(folder: str | Path) -> None:
+    """Refuse a local weights folder that would hang or flood whatever reads it (ftplan's
+    config check, the tokenizer, transformers): an entry that is a FIFO, device or socket (also
+    behind a symbolic link, or a link loop), or a config/tokenizer file over
+    :data:`MAX_WEIGHTS_TEXT_BYTES`.
 
     Raises:
-        RunnerError: If the folder holds no readable config.json.
+        RunnerError: On the first such entry, naming it.
     """
+    root = Path(folder)
+    shown = printable(root)
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise RunnerError(f"weights folder {shown!r} cannot be read: {exc.strerror}") from None
+    for entry in entries:
+        try:
+            info = os.stat(entry.path)  # follows links: what a reader would open
+        except FileNotFoundError:
+            continue  # a dangling link: the loaders report the file they miss
+        except OSError as exc:
+            raise RunnerError(
+                f"weights folder {shown!r}: {printable(entry.name)!r} cannot be opened "
+                f"({exc.strerror}). To fix: replace it with the file save_pretrained wrote"
+            ) from None
+        if stat.S_ISDIR(info.st_mode):
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            raise RunnerError(
+                f"weights folder {shown!r}: {printable(entry.name)!r} is not a regular file (a "
+                "FIFO, device or socket). To fix: replace it with the file save_pretrained wrote"
+            )
+        if entry.name.endswith(_TEXT_SUFFIXES) and info.st_size > MAX_WEIGHTS_TEXT_BYTES:
+            raise RunnerError(
+                f"weights folder {shown!r}: {printable(entry.name)!r} is "
+                f"{info.st_size >> 20} MiB, more than any config or tokenizer file "
+                f"({MAX_WEIGHTS_TEXT_BYTES >> 20} MiB). To fix: replace it with the file "
+                "save_pretrained wrote"
+            )
+
+
+def read_local_config(folder: str | Path) -> dict[str, Any]:
+    """``config.json`` of a local weights folder, through the bounded reader (after
+    :func:`check_weights_folder`).
+
+    Raises:
+        RunnerError: If the folder holds no readable config.json, or an entry that is not a
+            regular file.
+        DataError: If config.json is not UTF-8 JSON (nested too deep, a huge number, ...).
+    """
+    check_weights_folder(folder)
     path = Path(folder) / CONFIG_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path, what="weights config", max_bytes=MAX_WEIGHTS_TEXT_BYTES)
     except OSError:
         raise RunnerError(
-            f"weights folder {str(folder)!r} holds no {CONFIG_FILE}. To fix: pass the folder "
-            "save_pretrained wrote (config.json, weights, tokenizer)"
+            f"weights folder {printable(folder)!r} holds no {CONFIG_FILE}. To fix: pass the "
+            "folder save_pretrained wrote (config.json, weights, tokenizer)"
         ) from None
-    except json.JSONDecodeError as exc:
-        raise RunnerError(f"{str(path)!r} is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise RunnerError(f"{str(path)!r} is not a JSON object")
+        raise RunnerError(
+            f"{printable(path)!r} holds a JSON {type(data).__name__}, not an object. To fix: "
+            "pass the folder save_pretrained wrote"
+        )
+    arch = data.get("text_config") if "num_hidden_layers" not in data else data
+    for _field, label, keys in _ARCHITECTURE_FIELDS:
+        for key in keys:
+            value = arch.get(key) if isinstance(arch, dict) else None
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10**9
+            ):
+                raise RunnerError(
+                    f"{printable(path)!r}: {key} ({label}) is {str(value)[:40]!r}, not a count "
+                    "between 0 and 10**9. To fix: pass the folder save_pretrained wrote"
+                )
     return data
 
 
@@ -154,6 +221,7 @@ def check_tokenizer(folder: str | Path) -> str:
         RunnerError: If no tokenizer files are there or they do not load.
     """
     root = Path(folder)
+    check_weights_folder(root)
     if not any((root / name).is_file() for name in _TOKENIZER_FILES):
         raise RunnerError(
             f"weights folder {str(root)!r} holds no tokenizer ({', '.join(_TOKENIZER_FILES)}). "

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from catalog import DataError
+from catalog import DataError, iter_lines, loads_json
 
 
 class DataFormatError(DataError):
@@ -120,9 +120,17 @@ def load_tokenizer(
     """
     if force_byte:
         return ByteTokenizer(vocab_size=vocab_size)
+    local = Path(source).is_absolute() or Path(source).exists()
+    if local and Path(source).is_dir():
+        from runners._weights import CONFIG_FILE, check_weights_folder, read_local_config
+
+        # Before transformers opens the folder's files: a FIFO or /dev/zero there would hang
+        # it, and a config.json that is not a JSON object would crash it.
+        check_weights_folder(source)
+        if (Path(source) / CONFIG_FILE).exists():
+            read_local_config(source)
     from transformers import AutoTokenizer  # deferred: heavy
 
-    local = Path(source).is_absolute() or Path(source).exists()
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not allow_download or local
     attempts = [True] if offline else [True, False]
     last_error: Exception | None = None
@@ -130,7 +138,8 @@ def load_tokenizer(
         try:
             tok = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
             return HFTokenizer(tok, name=source)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - transformers raises TypeError, KeyError, its
+            # own validation errors ... for a malformed folder: all mean "does not load"
             last_error = exc
     reason = str(last_error).strip().splitlines()[0] if last_error and str(last_error) else ""
     if required:
@@ -178,25 +187,33 @@ def _record_text(record: Any, tokenizer: Tokenizer, where: str) -> str:
 
 def iter_texts(path: str | Path, tokenizer: Tokenizer) -> Iterator[str]:
     """Every sample of a JSONL file as one training string, one line at a time (bounded
-    memory).
+    memory: lines of at most :data:`catalog.MAX_JSONL_LINE_BYTES`, read through ftplan's
+    bounded reader, so a FIFO, ``/dev/zero`` or a one-line 1 GB file is refused, not read).
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        DataFormatError: On the first malformed line (message names file and line number).
+        DataFormatError: On the first malformed line (message names file and line): not UTF-8,
+            not JSON (NaN, a 5000-digit number, a lone surrogate, deep nesting included), or
+            not one of the accepted shapes.
     """
     source = Path(path)
     if not source.is_file():
         raise FileNotFoundError(f"dataset {str(source)!r} does not exist")
-    with source.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{source}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{where}: not valid JSON ({exc.msg})") from None
-            yield _record_text(record, tokenizer, where)
+    lines = iter_lines(source, what="dataset")
+    while True:
+        try:
+            item = next(lines, None)
+        except DataError as exc:  # not UTF-8, a line too long
+            raise DataFormatError(str(exc)) from None
+        if item is None:
+            return
+        number, line = item
+        where = f"{source}:{number}"
+        try:
+            record = loads_json(line, what=where)
+        except DataError as exc:
+            raise DataFormatError(f"{exc}; each line must be one JSON object") from None
+        yield _record_text(record, tokenizer, where)
 
 
 def read_texts(path: str | Path, tokenizer: Tokenizer) -> list[str]:
@@ -217,9 +234,12 @@ def count_tokens(path: str | Path, tokenizer: Tokenizer) -> int:
     line at a time.
 
     Raises:
-        FileNotFoundError, DataFormatError: As :func:`iter_texts`.
+        FileNotFoundError, DataFormatError: As :func:`iter_texts`, or no samples at all.
     """
-    return sum(len(tokenizer.encode_text(text)) + 1 for text in iter_texts(path, tokenizer))
+    total = sum(len(tokenizer.encode_text(text)) + 1 for text in iter_texts(path, tokenizer))
+    if not total:
+        raise DataFormatError(f"{Path(path)}: no samples (the file is empty)")
+    return total
 
 
 def find_jsonl(path: str | Path) -> Path:

@@ -482,12 +482,11 @@ class LocalRunner:
         position = 0
         while True:
             finished = self.status(run_id).state.finished
-            if log_path.is_file():
-                with log_path.open(encoding="utf-8", errors="replace") as handle:
-                    handle.seek(position)
-                    chunk = handle.read()
-                    position = handle.tell()
-                yield from chunk.splitlines()
+            while True:  # everything written so far, a bounded piece at a time
+                lines, position, more = read_log(log_path, position)
+                yield from lines
+                if not more:
+                    break
             if finished:
                 return
             time.sleep(poll_s)
@@ -503,9 +502,10 @@ class LocalRunner:
             yield from self.follow(run_id, poll_s=poll_s)
             return
         log_path = run_dir_for(self.runs_dir, run_id) / LOG_FILE
-        if log_path.is_file():
-            with log_path.open(encoding="utf-8", errors="replace") as handle:
-                yield from (line.rstrip("\n") for line in handle)
+        position, more = 0, True
+        while more:
+            lines, position, more = read_log(log_path, position)
+            yield from lines
 
     def stop(self, run_id: str) -> None:
         """SIGTERM to the run's supervisor, which forwards it (or, when the supervisor was
@@ -620,6 +620,25 @@ def prepare_weights(spec: LaunchSpec) -> LaunchSpec:
         if not spec.random_init and spec.tokenizer != BYTE_TOKENIZER:
             check_tokenizer(weights)
     return dataclasses.replace(spec, checkpoint=weights)
+
+
+#: Most of a run's log read at once (``ftplan logs``): a log is printed a piece at a time, so a
+#: multi-GB log, or one that is a single line, never sits in memory whole.
+MAX_LOG_READ_BYTES = 4 * 1024 * 1024
+
+
+def read_log(path: Path, position: int) -> tuple[list[str], int, bool]:
+    """``(lines, next position, more to read)`` of a run's log from byte ``position``, at most
+    :data:`MAX_LOG_READ_BYTES` at a time, through the bounded reader: a log that is a FIFO,
+    a device or missing reads as empty."""
+    try:
+        with open_regular(path, what="run log") as handle:
+            handle.seek(position)
+            chunk = handle.read(MAX_LOG_READ_BYTES)
+    except (OSError, DataError):
+        return [], position, False
+    text = chunk.decode("utf-8", errors="replace")
+    return text.splitlines(), position + len(chunk), len(chunk) == MAX_LOG_READ_BYTES
 
 
 def write_status(run_dir: Path, data: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from catalog import GIB, atomic_write_text
+from catalog import GIB, atomic_write_text, read_text_limited
 from profiler import Method, TuningConfig
 from runners._checkpoint import (
     check_resumable,
@@ -123,7 +123,8 @@ def resolve_spec(args: argparse.Namespace, env: dict[str, str]) -> LaunchSpec:
     """
     if args.spec:
         spec = launch_spec_from_json(
-            Path(args.spec).read_text(encoding="utf-8"), where=f"launch spec {args.spec!r}"
+            read_text_limited(args.spec, what="launch spec", max_bytes=16 * 1024 * 1024),
+            where=f"launch spec {args.spec!r}",
         )
     elif args.spec_json:
         spec = launch_spec_from_json(args.spec_json, where=f"--{SPEC_HYPERPARAMETER}")

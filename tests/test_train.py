@@ -83,7 +83,7 @@ def test_reads_text_prompt_completion_and_chat_lines(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("{not json", r"d\.jsonl:3: not valid JSON"),
+        ("{not json", r"d\.jsonl:3 is not valid JSON"),
         ('{"input": "x", "output": "y"}', r"d\.jsonl:3: no usable field.*\['input', 'output'\]"),
         ('{"messages": [{"role": "user"}]}', r"d\.jsonl:3: messages\[0\] must be an object"),
         ('["text"]', r"d\.jsonl:3: expected a JSON object, got list"),
@@ -331,7 +331,7 @@ def test_main_reports_a_malformed_line_and_exits_2(
         ["--spec", str(spec_file), "--data", str(data), "--output-dir", str(tmp_path / "o")]
     )
     assert code == 2
-    assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
+    assert "bad.jsonl:2 is not valid JSON" in capsys.readouterr().err
 
 
 def test_weights_come_from_the_hub_id_a_folder_or_nowhere(tmp_path: Path) -> None:
@@ -425,7 +425,7 @@ def test_sagemaker_eval_channel_supplies_the_eval_data(tmp_path: Path) -> None:
     ("case", "message"),
     [
         ("missing", r"--eval-data: dataset '.*missing\.jsonl' does not exist"),
-        ("not_json", r"heldout\.jsonl:2: not valid JSON"),
+        ("not_json", r"heldout\.jsonl:2 is not valid JSON"),
         ("no_field", r"heldout\.jsonl:1: no usable field"),
         ("short", r"heldout\.jsonl' packs into zero blocks: its \d+ tokens are fewer than one"),
     ],

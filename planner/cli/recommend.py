@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from catalog import InputError, printable
+from catalog import InputError, printable, read_text_limited
 from planner._types import Budget, Plan, QualityPolicy, Task, TokensSource
 from planner.cli.params import (
     MAX_GPUS_PER_NODE,
@@ -449,7 +449,7 @@ def render(plan: Plan, *, fmt: str, quiet: bool, report: Path) -> None:
         )
     elif fmt == "md":
         click.echo(
-            report.with_suffix(".md").read_text(encoding="utf-8")
+            read_text_limited(report.with_suffix(".md"), what="report")
             if report.with_suffix(".md").is_file()
             else f"report: {report}"
         )

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalog import DataError, loads_json, open_regular
+from catalog import MAX_JSONL_LINE_BYTES, DataError, iter_lines, loads_json
 
 # ~4 characters per token for English text with BPE tokenizers (OpenAI's tokenizer guidance;
 # Llama/Mistral tokenizers land between 3.5 and 4.5). No tokenizer is loaded.
 CHARS_PER_TOKEN = 4.0
 #: Longest single dataset line read (one sample); a longer "line" is not a JSONL sample.
-MAX_DATASET_LINE_BYTES = 64 * 1024 * 1024
+MAX_DATASET_LINE_BYTES = MAX_JSONL_LINE_BYTES
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,30 +81,23 @@ def count_dataset(
     """
     source = Path(path)
     lengths: Counter[int] = Counter()
-    done = reported = number = 0
-    with open_regular(source, what=what) as handle:
-        while raw := handle.readline(MAX_DATASET_LINE_BYTES + 1):
-            number += 1
-            where = f"{what} {str(source)!r} line {number}"
-            if len(raw) > MAX_DATASET_LINE_BYTES:
-                raise DataError(
-                    f"{where} is longer than {MAX_DATASET_LINE_BYTES >> 20} MiB; is it JSONL?"
-                )
-            done += len(raw)
-            if on_progress is not None and done - reported >= 4 << 20:
-                on_progress(done)
-                reported = done
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise DataError(f"{where} is not UTF-8 text; pass a UTF-8 .jsonl file") from None
-            if not line:
-                continue
-            try:
-                record = loads_json(line, what=where)
-            except DataError as exc:
-                raise DataError(f"{exc}; each line must be one JSON object") from None
-            lengths[math.ceil(_chars(record) / CHARS_PER_TOKEN)] += 1
+    done = reported = 0
+
+    def read(total: int) -> None:
+        nonlocal done, reported
+        done = total
+        if on_progress is not None and done - reported >= 4 << 20:
+            on_progress(done)
+            reported = done
+
+    lines = iter_lines(source, what=what, max_line_bytes=MAX_DATASET_LINE_BYTES, on_bytes=read)
+    for number, line in lines:
+        where = f"{what} {str(source)!r} line {number}"
+        try:
+            record = loads_json(line, what=where)
+        except DataError as exc:
+            raise DataError(f"{exc}; each line must be one JSON object") from None
+        lengths[math.ceil(_chars(record) / CHARS_PER_TOKEN)] += 1
     if on_progress is not None:
         on_progress(done)
     histogram = tuple(sorted(lengths.items()))
