@@ -24,6 +24,8 @@ from catalog._io import (
     read_json_file,
     read_text_limited,
     stage_text,
+    write_file_set,
+    write_target,
 )
 from catalog._load import (
     PRICE_AGE_WARNING_DAYS,
@@ -121,6 +123,8 @@ __all__ = [
     "iter_lines",
     "csv_rows",
     "locked_folder",
+    "write_file_set",
+    "write_target",
     "MAX_JSONL_LINE_BYTES",
     "pid_alive",
     "read_json_file",

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
 import io
 import json
 import math
 import os
 import re
+import signal
 import stat
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -58,15 +61,33 @@ def stage_text(path: str | os.PathLike[str], text: str) -> Path:
     return Path(tmp)
 
 
+def write_target(path: str | os.PathLike[str]) -> Path:
+    """Where writing ``path`` lands: the file a symbolic link at ``path`` points to (followed to
+    the end), so that replacing it updates what the link names instead of swapping the link for
+    a plain file; ``path`` itself otherwise.
+
+    Raises:
+        OSError: ELOOP when the links go round in a circle.
+    """
+    target = Path(path)
+    if not target.is_symlink():
+        return target
+    resolved = Path(os.path.realpath(target, strict=False))
+    if resolved.is_symlink():  # realpath gives up on a loop and returns a link
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), os.fspath(path))
+    return resolved
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``.
 
-    The folder is created if needed. Readers see either the old file or the whole new one.
+    The folder is created if needed. Readers see either the old file or the whole new one. A
+    symbolic link at ``path`` is followed: the file it names is replaced and the link stays.
 
     Returns:
-        The path written.
+        The path written (the link's target when ``path`` is a link).
     """
-    target = Path(path)
+    target = write_target(path)
     tmp = stage_text(target, text)
     try:
         os.replace(tmp, target)
@@ -134,6 +155,138 @@ def locked_folder(folder: str | os.PathLike[str]) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+#: Signals a terminal or a scheduler sends to stop a process; held back while a set of files
+#: is moved into place, so a stop lands before the first rename or after the last.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_JOURNAL_SUFFIX = ".set"
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Record stop signals instead of acting on them, then act on them once the block is done
+    (their own handlers, or the default: the process ends). Handlers rather than a signal mask:
+    a mask holds only this thread, and the kernel hands a process signal to any thread that
+    does not block it (OpenBLAS's, for one). Only the main thread can set handlers; elsewhere
+    the block runs unguarded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous: dict[int, Any] = {}
+
+    def hold(signum: int, _frame: Any) -> None:
+        caught.append(signum)
+
+    try:
+        for sig in _STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, hold)
+        yield
+    finally:
+        for held, handler in previous.items():
+            signal.signal(held, signal.SIG_DFL if handler is None else handler)
+        for number in dict.fromkeys(caught):
+            signal.raise_signal(number)
+
+
+def _journal_path(folder: Path, name: str) -> Path:
+    return folder / f".{name}.{os.getpid()}-{os.urandom(4).hex()}{_JOURNAL_SUFFIX}"
+
+
+def _finish_interrupted_sets(folder: Path) -> None:
+    """Complete the renames of a set whose writer died between them (SIGKILL, power loss): its
+    journal names each staged file and its target, and every staged file was whole on disk
+    before the first rename, so moving the rest into place finishes the set. Called with the
+    folder locked, so every journal found is an orphan."""
+    try:
+        journals = [e.path for e in os.scandir(folder) if e.name.endswith(_JOURNAL_SUFFIX)]
+    except OSError:
+        return
+    for journal in journals:
+        try:
+            moves = json.loads(read_text_limited(journal, what="set journal", max_bytes=1 << 20))
+            for staged, name in moves:
+                staged_path, target = folder / str(staged), folder / str(name)
+                if Path(str(staged)).name != staged or Path(str(name)).name != name:
+                    continue  # only plain names inside this folder
+                if staged_path.is_file() and not staged_path.is_symlink():
+                    os.replace(staged_path, target)
+        except (OSError, ValueError, TypeError, DataError):
+            pass  # a journal that cannot be used is dropped; the files stay as they are
+        with contextlib.suppress(OSError):
+            os.unlink(journal)
+
+
+def write_file_set(folder: str | os.PathLike[str], files: Mapping[str, str]) -> list[Path]:
+    """Write several files of ``folder`` as one unit: readers see the old set or the new set,
+    never a mix.
+
+    All files are staged (written and synced) first; then, under an exclusive lock on the
+    folder (two writers of the same names take turns) and with stop signals held back, they are
+    moved into place in order, the last name last. A failure between the renames puts the
+    earlier files back as they were; a writer killed outright (SIGKILL) leaves a journal that
+    the next write into the folder uses to finish the set.
+
+    Args:
+        folder: Created if missing.
+        files: Plain file name (no folder part) -> text, in the order to move them.
+
+    Returns:
+        The paths written, in order.
+    """
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        if not name or Path(name).name != name or name in (".", ".."):
+            raise ValueError(f"{name!r} is not a plain file name")
+    with locked_folder(root):
+        _finish_interrupted_sets(root)
+        clean_stale_temp_files(root)
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for name, text in files.items():
+                staged.append((stage_text(root / name, text), root / name))
+            _commit(root, staged)
+        except BaseException:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+            raise
+    return [target for _, target in staged]
+
+
+def _commit(root: Path, staged: list[tuple[Path, Path]]) -> None:
+    """Move the staged files into place as one unit (see :func:`write_file_set`)."""
+    # (target, hard link to what it was; None: there was nothing; the target itself: it could
+    # not be linked (a file system without hard links), so it is left as it ends up)
+    backups: list[tuple[Path, Path | None]] = []
+    journal = _journal_path(root, staged[-1][1].name)
+    with _signals_held():
+        atomic_write_text(journal, json.dumps([[t.name, target.name] for t, target in staged]))
+        try:
+            for tmp, target in staged:
+                backup: Path | None = None
+                if os.path.lexists(target) and not target.is_dir():
+                    # A temporary-file name, so a killed run's leftover is cleaned later.
+                    backup = root / f".{target.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
+                    try:
+                        os.link(target, backup, follow_symlinks=False)
+                    except OSError:
+                        backup = target
+                backups.append((target, backup))
+                os.replace(tmp, target)
+        except BaseException:
+            for target, backup in reversed(backups):
+                if backup is None:
+                    target.unlink(missing_ok=True)
+                elif backup != target:
+                    os.replace(backup, target)
+            raise
+        finally:
+            for target, backup in backups:
+                if backup is not None and backup != target:
+                    backup.unlink(missing_ok=True)
+            journal.unlink(missing_ok=True)
 
 
 #: Default ceilings for files ftplan reads whole: a plan, a config.json, a status or calibration

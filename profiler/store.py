@@ -25,6 +25,7 @@ from catalog import (
     locked_folder,
     read_text_limited,
     to_jsonable,
+    write_target,
 )
 from profiler._types import (
     ALL_LINEAR_MODULES,
@@ -167,10 +168,12 @@ class ProfileStore:
 
         The records also become visible to this store's lookups when ``path`` is one of its files.
 
+        A symbolic link at ``path`` is followed: the file it names gets the records.
+
         Returns:
             The path written.
         """
-        target = Path(path)
+        target = write_target(path)
         lines = "".join(json.dumps(to_jsonable(m), sort_keys=True) + "\n" for m in measurements)
         target.parent.mkdir(parents=True, exist_ok=True)
         with locked_folder(target.parent):

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from catalog import atomic_write_text, printable
+from planner.cli.errors import UserInputError
 
 _FORMATS = ("html", "md")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether writing ``a`` would replace ``b``: the same file by inode (a symbolic or hard
+    link included), or the same path once resolved."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 @click.command("report")
@@ -40,6 +51,18 @@ def report(plan_file: Path, fmt: str, out_path: Path | None) -> None:
     """
     from planner.plan_io import read_plan
 
+    to_stdout = out_path is not None and str(out_path) == "-"
+    target = out_path if out_path is not None else plan_file.with_suffix(f".{fmt}")
+    if not to_stdout and same_file(target, plan_file):
+        if out_path is None:
+            raise UserInputError(
+                f"the {fmt} report of {printable(plan_file)!r} would go to the same file and "
+                f"replace the plan. To fix: pass --out FILE.{fmt}, or name the plan .json"
+            )
+        raise UserInputError(
+            f"--out {printable(out_path)!r} is the plan file being read; writing the report "
+            "there would replace the plan. To fix: choose another --out"
+        )
     plan = read_plan(plan_file)
     if fmt == "html":
         from planner.report.html import render_html
@@ -49,10 +72,9 @@ def report(plan_file: Path, fmt: str, out_path: Path | None) -> None:
         from planner.report.markdown import render_markdown
 
         text = render_markdown(plan)
-    if out_path is not None and str(out_path) == "-":
+    if to_stdout:
         click.echo(text, nl=False)
         return
-    target = out_path if out_path is not None else plan_file.with_suffix(f".{fmt}")
     written = atomic_write_text(target, text)
     click.echo(f"wrote {printable(written)}")
 

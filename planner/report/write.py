@@ -7,12 +7,11 @@ one format from a plan file. Rendering imports jinja2 only when it runs.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalog import clean_stale_temp_files, stage_text
+from catalog import write_file_set
 from planner._types import Plan
 from planner.plan_io import plan_to_json
 from planner.report.html import render_html
@@ -58,8 +57,11 @@ def report_slug(model: str, budget_usd: float, inputs_hash: str) -> str:
 
 
 def write_reports(plan: Plan, out_dir: Path, *, slug: str) -> ReportPaths:
-    """Write ``<out_dir>/<slug>.md``, ``.html`` and ``.json`` as a set: each atomically, all
-    staged before the first appears, and stale temporary files of killed runs cleaned.
+    """Write ``<out_dir>/<slug>.md``, ``.html`` and ``.json`` as one set
+    (:func:`catalog.write_file_set`): all three rendered and staged before the first appears,
+    moved into place under a lock on the folder with stop signals held back, so two runs with
+    the same slug never leave the markdown of one beside the JSON of the other, and a Ctrl-C or
+    a kill between the renames leaves the old set or the new one, never a mix.
 
     Args:
         plan: The plan to report.
@@ -77,26 +79,8 @@ def write_reports(plan: Plan, out_dir: Path, *, slug: str) -> ReportPaths:
     folder = Path(out_dir)
     # Render everything before writing anything: a rendering error leaves old files untouched.
     markdown, page, plan_json = render_markdown(plan), render_html(plan), plan_to_json(plan)
-    paths = ReportPaths(
-        markdown=folder / f"{slug}.md", html=folder / f"{slug}.html", json=folder / f"{slug}.json"
+    # The plan JSON last: 'report' and 'launch' read it, so it never precedes its pages.
+    md, html, js = write_file_set(
+        folder, {f"{slug}.md": markdown, f"{slug}.html": page, f"{slug}.json": plan_json}
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    clean_stale_temp_files(folder)  # what a killed earlier run left behind
-    # Stage all three (the slow part: writing and syncing), then move them into place in three
-    # back-to-back renames, the plan JSON last: a run killed while writing leaves no new report
-    # file at all, and the JSON (which 'report' and 'launch' read) never precedes its pages.
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for target, text in (
-            (paths.markdown, markdown),
-            (paths.html, page),
-            (paths.json, plan_json),
-        ):
-            staged.append((stage_text(target, text), target))
-        for tmp, target in staged:
-            os.replace(tmp, target)
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    return paths
+    return ReportPaths(markdown=md, html=html, json=js)
