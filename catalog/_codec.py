@@ -15,6 +15,16 @@ from typing import Any, TypeVar
 from catalog.errors import DataError
 
 T = TypeVar("T")
+#: Longest reason a decoding error gives, and longest value it quotes: one terminal line.
+MAX_REASON_CHARS = 300
+_MAX_SHOWN_CHARS = 60
+
+
+def _shown(data: Any) -> str:
+    """``repr(data)``, cut to a few dozen characters (a wrong-typed field may hold a whole
+    candidate)."""
+    text = repr(data)
+    return text if len(text) <= _MAX_SHOWN_CHARS else text[: _MAX_SHOWN_CHARS - 3] + "..."
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -71,7 +81,10 @@ def from_tagged_json(
     try:
         return from_jsonable(cls, data.get(key))
     except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
-        raise DataError(f"{where} is invalid: {exc}") from None
+        reason = str(exc)
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 3] + "..."
+        raise DataError(f"{where} is invalid: {reason}; {fix}") from None
 
 
 def from_jsonable(cls: type[T], data: Any) -> T:
@@ -89,19 +102,20 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if data is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # X | None: the error of X itself
+            return _decode(options[0], data, where)
+        for arg in options:
             try:
                 return _decode(arg, data, where)
-            except (TypeError, ValueError) as exc:
-                errors.append(str(exc))
-        raise ValueError(f"{where}: {data!r} fits none of {args}: {'; '.join(errors)}")
+            except (TypeError, ValueError):
+                continue
+        names = " or ".join(getattr(arg, "__name__", str(arg)) for arg in options)
+        raise ValueError(f"{where}: {_shown(data)} is not a {names}")
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(data, list | tuple):
-            raise ValueError(f"{where}: expected a list, got {data!r}")
+            raise ValueError(f"{where}: expected a list, got {_shown(data)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(data))
         if len(args) != len(data):
@@ -112,18 +126,18 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
     if origin is dict:
         key_tp, val_tp = typing.get_args(tp)
         if not isinstance(data, dict):
-            raise ValueError(f"{where}: expected an object, got {data!r}")
+            raise ValueError(f"{where}: expected an object, got {_shown(data)}")
         return {
             _decode(key_tp, k, where): _decode(val_tp, v, f"{where}.{k}") for k, v in data.items()
         }
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
-            raise ValueError(f"{where}: expected an object, got {data!r}")
+            raise ValueError(f"{where}: expected an object, got {_shown(data)}")
         hints = typing.get_type_hints(tp)
         fields = {f.name: f for f in dataclasses.fields(tp)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise ValueError(f"{where}: unknown fields {unknown}")
+            raise ValueError(f"{where}: unknown fields {_shown(unknown)}")
         kwargs = {
             name: _decode(hints[name], data[name], f"{where}.{name}")
             for name in fields
@@ -138,18 +152,18 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
             return tp(data)
         except ValueError as exc:
             allowed = ", ".join(str(m.value) for m in tp)
-            raise ValueError(f"{where}: {data!r} is not one of {allowed}") from exc
+            raise ValueError(f"{where}: {_shown(data)} is not one of {allowed}") from exc
     if tp is float:
         if isinstance(data, bool) or not isinstance(data, int | float):
-            raise ValueError(f"{where}: expected a number, got {data!r}")
+            raise ValueError(f"{where}: expected a number, got {_shown(data)}")
         return float(data)
     if tp is int:
         if isinstance(data, bool) or not isinstance(data, int):
-            raise ValueError(f"{where}: expected an integer, got {data!r}")
+            raise ValueError(f"{where}: expected an integer, got {_shown(data)}")
         return data
     if tp in (str, bool):
         if not isinstance(data, tp):
-            raise ValueError(f"{where}: expected {tp.__name__}, got {data!r}")
+            raise ValueError(f"{where}: expected {tp.__name__}, got {_shown(data)}")
         return data
     if tp is Any:
         return data

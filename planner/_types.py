@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from catalog import Offer
 from profiler import FitVerdict, Measurement, Method, TuningConfig
+from profiler._types import MAX_EPOCHS, MAX_GRAD_ACCUM_STEPS, MAX_LEARNING_RATE
 
 
 class Task(enum.StrEnum):
@@ -32,6 +33,14 @@ class RiskLevel(enum.StrEnum):
 
 
 RISK_ORDER = (RiskLevel.LOW, RiskLevel.MEDIUM, RiskLevel.HIGH)
+
+#: Ranges of a budget: generous (a frontier-scale job), finite, and small enough that every
+#: figure derived from them stays a plain float. ``ftplan recommend`` takes the same ranges, and
+#: a plan edited past them is refused when it is read.
+MAX_BUDGET_USD = 1e9
+MAX_TOKENS = 10**15
+MAX_HOURS = 1e6
+MAX_EVALUATIONS = 100_000
 """Risk levels from the lowest to the highest."""
 
 METHOD_NAMES = {Method.FULL: "Full fine-tuning", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
@@ -76,14 +85,25 @@ class Budget:
                 "an eval set needs both its size and a number of evaluations, got "
                 f"eval_tokens={self.eval_tokens} and evaluations={self.evaluations}"
             )
-        if not self.max_usd > 0:
-            raise ValueError(f"budget must be > 0 USD, got {self.max_usd}")
-        if self.dataset_tokens <= 0:
-            raise ValueError(f"dataset_tokens must be > 0, got {self.dataset_tokens}")
-        if not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.max_hours is not None and not self.max_hours > 0:
-            raise ValueError(f"max_hours must be > 0, got {self.max_hours}")
+        if not 0 < self.max_usd <= MAX_BUDGET_USD:
+            raise ValueError(
+                f"budget must be > 0 and at most {MAX_BUDGET_USD:g} USD, got {self.max_usd:g}"
+            )
+        if not 0 < self.dataset_tokens <= MAX_TOKENS:
+            raise ValueError(
+                f"dataset_tokens must be between 1 and {MAX_TOKENS:g}, got {self.dataset_tokens:g}"
+            )
+        if not 0 < self.epochs <= MAX_EPOCHS:
+            raise ValueError(f"epochs must be > 0 and at most {MAX_EPOCHS:g}, got {self.epochs:g}")
+        if self.max_hours is not None and not 0 < self.max_hours <= MAX_HOURS:
+            raise ValueError(
+                f"max_hours must be > 0 and at most {MAX_HOURS:g}, got {self.max_hours:g}"
+            )
+        if self.eval_tokens > MAX_TOKENS or self.evaluations > MAX_EVALUATIONS:
+            raise ValueError(
+                f"eval_tokens and evaluations must be at most {MAX_TOKENS:g} and "
+                f"{MAX_EVALUATIONS:,}, got {self.eval_tokens:g} and {self.evaluations:,}"
+            )
 
     @property
     def total_tokens(self) -> float:
@@ -158,6 +178,21 @@ class Candidate:
     fit: FitVerdict | None = None
 
     def __post_init__(self) -> None:
+        if not 0 < self.grad_accum_steps <= MAX_GRAD_ACCUM_STEPS:
+            raise ValueError(
+                f"grad_accum_steps must be between 1 and {MAX_GRAD_ACCUM_STEPS:,}, got "
+                f"{self.grad_accum_steps:,}"
+            )
+        rate = self.suggested_learning_rate
+        if rate is not None and not 0 < rate <= MAX_LEARNING_RATE:
+            raise ValueError(
+                f"suggested_learning_rate must be > 0 and at most {MAX_LEARNING_RATE:g}, got "
+                f"{rate:g}"
+            )
+        if not 0 < self.nodes <= self.config.gpu_count:
+            raise ValueError(
+                f"nodes must be between 1 and the {self.config.gpu_count} GPUs, got {self.nodes:,}"
+            )
         if self.fit is None:
             object.__setattr__(self, "fit", FitVerdict.FITS if self.fits else FitVerdict.NO)
         elif self.fit.fits != self.fits:

@@ -170,6 +170,18 @@ class Source(enum.StrEnum):
 
 
 # Named LoRA target presets; anything else is an explicit comma-separated module list.
+#: Upper bounds of a run's shape, far beyond any real run. The CLI takes the same ranges, and
+#: a config or plan edited past them is refused where it is built (a seq_len of 10**29 is a
+#: typo, not a config, and would overflow the float arithmetic it goes into).
+MAX_SEQ_LEN = 1_048_576  # tokens: 1M, beyond every catalog model's context
+MAX_MICRO_BATCH = 65_536
+MAX_LORA_RANK = 65_536
+MAX_LORA_ALPHA = 1_048_576
+MAX_GPU_COUNT = 1_048_576  # all nodes together
+MAX_GRAD_ACCUM_STEPS = 1_048_576
+MAX_LEARNING_RATE = 1.0  # AdamW on these models diverges far below it
+MAX_EPOCHS = 1000.0
+
 TARGETS_ALL_LINEAR = "all-linear"
 TARGETS_ATTENTION = "attention"
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -273,12 +285,16 @@ class TuningConfig:
                     "precision=bf16 (pure bf16 weights and states) applies to full FT only; "
                     "LoRA/QLoRA use bf16-mixed or fp16-mixed"
                 )
-        if self.micro_batch_size <= 0:
-            raise ValueError(f"micro_batch_size must be > 0, got {self.micro_batch_size}")
-        if self.seq_len <= 0:
-            raise ValueError(f"seq_len must be > 0, got {self.seq_len}")
-        if self.gpu_count <= 0:
-            raise ValueError(f"gpu_count must be > 0, got {self.gpu_count}")
+        for name, most in (
+            ("micro_batch_size", MAX_MICRO_BATCH),
+            ("seq_len", MAX_SEQ_LEN),
+            ("gpu_count", MAX_GPU_COUNT),
+            ("lora_rank", MAX_LORA_RANK),
+            ("lora_alpha", MAX_LORA_ALPHA),
+        ):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= most:
+                raise ValueError(f"{name} must be between 1 and {most:,}, got {value:,}")
         problem = sharding_problem(
             self.sharding, method=self.method, gpu_count=self.gpu_count, optimizer=self.optimizer
         )

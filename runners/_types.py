@@ -8,6 +8,7 @@ runners never import the planner.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -17,9 +18,13 @@ from catalog import (
     ModelSpec,
     Offer,
     from_tagged_json,
+    mask_secrets,
+    printable,
     tagged_json,
 )
+from catalog.errors import CONTROL_CHARS_OR_NEWLINES
 from profiler import TuningConfig
+from profiler._types import MAX_EPOCHS, MAX_GRAD_ACCUM_STEPS, MAX_LEARNING_RATE
 from profiler.recipes import DEFAULT_LEARNING_RATE
 
 LAUNCH_SPEC_FORMAT = "ftplan-launch/1"
@@ -40,6 +45,9 @@ DEFAULT_MEMORY_TOLERANCE_FRACTION = 0.10
 DEFAULT_THROUGHPUT_TOLERANCE_FRACTION = 0.15
 
 BYTE_TOKENIZER = "byte"
+#: Most epochs a launch spec may ask for: a plan's budget allows MAX_EPOCHS; smoke runs that
+#: are stopped by hand ask for more, and past this the step count stops being a plain float.
+MAX_SPEC_EPOCHS = 1000 * MAX_EPOCHS
 
 
 class RunnerError(FtplanError, RuntimeError):
@@ -49,6 +57,33 @@ class RunnerError(FtplanError, RuntimeError):
     """
 
     kind = ErrorKind.ENVIRONMENT
+
+
+# scheme://user:password@ (the password may hold '/' and '@') or scheme://token@host.
+_URL_CREDENTIALS = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://(?:[^/@:]*:[^@]*@|[^/@:]+@)")
+
+
+def refuse_credentials_in_uri(uri: str, *, option: str) -> None:
+    """Refuse a storage URI that carries credentials (``s3://KEY:SECRET@bucket/...``): no
+    storage service reads them from the URI, and they would be printed, logged and written
+    into the run's files.
+
+    Raises:
+        RunnerError: The URI has a ``user:password@`` or ``token@`` part, or control
+            characters (a newline would end a line of the task or request it goes into).
+    """
+    shown = mask_secrets(printable(uri))[:200]
+    if CONTROL_CHARS_OR_NEWLINES.search(uri):
+        raise RunnerError(
+            f"{option} {shown!r} holds a newline or control characters. To fix: rename the file "
+            "(or object) to a plain name and pass that"
+        )
+    if _URL_CREDENTIALS.match(uri):
+        raise RunnerError(
+            f"{option} {shown!r} holds credentials; storage URIs take none. To fix: give the "
+            "plain URI (s3://BUCKET/PREFIX) and set credentials with 'aws configure', "
+            "environment variables or a profile"
+        )
 
 
 class RunState(enum.StrEnum):
@@ -143,10 +178,20 @@ class LaunchSpec:
         for name in ("grad_accum_steps", "nodes", "log_every_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.learning_rate is not None and not 0 < self.learning_rate <= MAX_LEARNING_RATE:
+            raise ValueError(
+                f"learning_rate must be > 0 and at most {MAX_LEARNING_RATE:g}, got "
+                f"{self.learning_rate:g}"
+            )
+        if not 0 < self.epochs <= MAX_SPEC_EPOCHS:
+            raise ValueError(
+                f"epochs must be > 0 and at most {MAX_SPEC_EPOCHS:g}, got {self.epochs:g}"
+            )
+        if self.grad_accum_steps > MAX_GRAD_ACCUM_STEPS:
+            raise ValueError(
+                f"grad_accum_steps must be at most {MAX_GRAD_ACCUM_STEPS:,}, got "
+                f"{self.grad_accum_steps:,}"
+            )
         if self.max_steps is not None and self.max_steps <= 0:
             raise ValueError(f"max_steps must be > 0, got {self.max_steps}")
         if self.eval_every_steps is not None and self.eval_every_steps <= 0:

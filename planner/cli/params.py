@@ -19,15 +19,17 @@ from typing import Any
 import click
 
 from catalog import InputError, expand_user, printable
+from profiler import _types as run_shape
 
 #: Longest text any option takes (a path, a URL, a comma list); longer is a mistake or an attack.
 MAX_TEXT_CHARS = 4096
-#: Upper bounds shared by several commands.
+#: Upper bounds shared by several commands (a run's shape: profiler._types, where a config is
+#: checked against the same ones).
 MAX_GPUS_PER_NODE = 64
-MAX_BATCH = 65_536
-MAX_SEQ_LEN = 1_048_576  # 1M tokens: beyond every catalog model's context
-MAX_LORA_RANK = 65_536
-MAX_LORA_ALPHA = 1_048_576
+MAX_BATCH = run_shape.MAX_MICRO_BATCH
+MAX_SEQ_LEN = run_shape.MAX_SEQ_LEN
+MAX_LORA_RANK = run_shape.MAX_LORA_RANK
+MAX_LORA_ALPHA = run_shape.MAX_LORA_ALPHA
 MAX_SEED = 2**32 - 1  # numpy's RandomState (optuna's samplers) takes 0..2**32-1
 #: Ceiling for any count option that states no maximum of its own.
 MAX_INT_OPTION = 10**15

@@ -16,7 +16,17 @@ from typing import Any
 import click
 
 from catalog import InputError, printable, read_text_limited
-from planner._types import Budget, Plan, QualityPolicy, Task, TokensSource
+from planner._types import (
+    MAX_BUDGET_USD,
+    MAX_EVALUATIONS,
+    MAX_HOURS,
+    MAX_TOKENS,
+    Budget,
+    Plan,
+    QualityPolicy,
+    Task,
+    TokensSource,
+)
 from planner.cli.params import (
     MAX_GPUS_PER_NODE,
     MAX_SEED,
@@ -26,14 +36,12 @@ from planner.cli.params import (
     int_range,
 )
 from planner.cli.storage import check_storage_url
+from profiler._types import MAX_EPOCHS
 
 #: Ranges of recommend's numbers: generous (a frontier-scale job), finite, and small enough that
 #: every figure derived from them stays a plain float (no overflow, no 300-digit file names).
-MAX_BUDGET_USD = 1e9
-MAX_TOKENS = 10**15
-MAX_EPOCHS = 1000.0
+#: The budget's own (USD, tokens, epochs, hours, evaluations) are the Budget's.
 MAX_USD_PER_HOUR = 1e6
-MAX_HOURS = 1e6
 MAX_HOST_RAM_GIB = 1e6
 MAX_TRIALS = 100_000
 
@@ -41,7 +49,6 @@ EXIT_NO_PLAN = 1
 #: Eval passes over a run when an eval set is given and --evaluations is not: often enough to
 #: see a trend and catch overfitting, few enough to cost little (a judgement, stated in the plan).
 DEFAULT_EVALUATIONS = 10
-MAX_EVALUATIONS = 100_000
 
 
 def _build_request(o: dict[str, Any]) -> Any:
