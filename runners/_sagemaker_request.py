@@ -27,6 +27,7 @@ from runners._types import (
     SAGEMAKER_TRAIN_CHANNEL,
     LaunchSpec,
     RunnerError,
+    refuse_credentials_in_uri,
 )
 
 if TYPE_CHECKING:
@@ -273,8 +274,24 @@ def check_remote_weights(weights: str) -> None:
         )
 
 
+#: S3 bucket names: up to 63 lower-case letters, digits, dots and hyphens (AWS's naming rules;
+#: S3 itself refuses names shorter than 3).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{0,62}$")
+
+
 def split_s3(uri: str, *, option: str = "--data", example: str = "train.jsonl") -> tuple[str, str]:
+    """``(bucket, key)`` of an ``s3://BUCKET/KEY`` URI.
+
+    Raises:
+        RunnerError: Not an s3:// URI, credentials in it, or a bucket name S3 does not allow.
+    """
+    refuse_credentials_in_uri(uri, option=option)
     match = re.match(r"^s3://([^/]+)/?(.*)$", uri)
+    if match and not _BUCKET.match(match.group(1)):
+        raise RunnerError(
+            f"{option} {uri[:120]!r}: {match.group(1)[:70]!r} is not an S3 bucket name (up to 63 "
+            "lower-case letters, digits, dots and hyphens). To fix: pass s3://BUCKET/PREFIX"
+        )
     if not match:
         raise RunnerError(
             f"{uri!r} is not an s3:// URI. To fix: upload the data first "

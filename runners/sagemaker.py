@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from catalog import Provider
+from catalog import Provider, mask_secrets
 from runners._distributed import deepspeed_config_json, uses_accelerate
 from runners._sagemaker_ops import fetch_summary, ftplan_jobs, job_cost, log_lines, stop_job
 from runners._sagemaker_request import (
@@ -55,6 +56,12 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
 ROLE_ENV_VARS = ("FTPLAN_SAGEMAKER_ROLE", "SAGEMAKER_ROLE_ARN")
+#: botocore's RoleArn pattern for CreateTrainingJob (partitions aws, aws-cn, aws-us-gov, ...).
+#: A container image reference: [registry/]name[:tag][@digest], no scheme, no credentials.
+_IMAGE = re.compile(
+    r"^[a-z0-9][a-z0-9._\-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._\-]*)*(:[\w.\-]{1,128})?(@sha256:[0-9a-f]{64})?$"
+)
+ROLE_ARN_PATTERN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$")
 
 # The variable huggingface_hub reads a token from (gated models such as Llama 2); the job gets
 # the caller's token under this key. What ftplan prints or writes shows MASK instead.
@@ -163,6 +170,14 @@ class SageMakerRunner:
                 region, no SageMaker instance for the offer, or no execution role.
         """
         bucket, _key = split_s3(data)
+        if self._prefix is not None:
+            split_s3(self._prefix, option="--output-dir", example="DIR")
+        if self._image is not None and not _IMAGE.match(self._image):
+            raise RunnerError(
+                f"--image-uri {mask_secrets(self._image[:200])!r} is not a container image "
+                "reference (ACCOUNT.dkr.ecr.REGION.amazonaws.com/NAME:TAG). To fix: pass the "
+                "image's URI as 'docker images' or ECR shows it; nothing was sent"
+            )
         if eval_data is not None:
             check_eval_uri(eval_data, data=data)
         if spec.checkpoint is not None and not spec.random_init:
@@ -174,6 +189,12 @@ class SageMakerRunner:
             raise RunnerError(
                 "no SageMaker execution role. To fix: pass --role arn:aws:iam::ACCOUNT:role/NAME "
                 f"or set ${ROLE_ENV_VARS[0]} (or ${ROLE_ENV_VARS[1]}); nothing was sent"
+            )
+        if not ROLE_ARN_PATTERN.match(self._role):
+            raise RunnerError(
+                f"the execution role {self._role[:80]!r} is not an IAM role ARN. To fix: pass "
+                "--role arn:aws:iam::ACCOUNT:role/NAME (the role's ARN, not a key or a name); "
+                "nothing was sent"
             )
         prefix = self._prefix or f"s3://{bucket}/ftplan/{name}"
         spec_compact = launch_spec_to_json(spec, indent=None)

@@ -6,6 +6,7 @@ where expected errors become a one-line message and exit code 2 (never a traceba
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from planner.cli.errors import (
     EXIT_INTERRUPTED,
     EXIT_NO_PLAN,
     EXIT_USAGE,
+    MaskedStream,
     UserInputError,
     clean_message,
     to_click_exception,
@@ -58,9 +60,27 @@ class _FtplanGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        """Like click's, but a usage error is one line too, and Ctrl-C exits 130."""
+        """Like click's, but a usage error is one line too, Ctrl-C exits 130, and every line on
+        stdout and stderr goes through :func:`catalog.mask_secrets`."""
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, **extra)
+        streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = MaskedStream(sys.stdout), MaskedStream(sys.stderr)
+        try:
+            return self._main(args, prog_name, complete_var, **extra)
+        finally:
+            for masked in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing to say
+                    masked.flush()
+            sys.stdout, sys.stderr = streams
+
+    def _main(
+        self,
+        args: Sequence[str] | None,
+        prog_name: str | None,
+        complete_var: str | None,
+        **extra: Any,
+    ) -> Any:
         try:
             result = super().main(args, prog_name, complete_var, False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import importlib.util
+import io
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -20,6 +22,7 @@ from typing import Any
 import click
 
 from catalog import FtplanError, mask_secrets, printable
+from catalog.errors import mask_argv
 
 EXIT_OK = 0
 EXIT_NO_PLAN = 1
@@ -55,6 +58,64 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "deepspeed": ("deepspeed",),
     "skypilot": ("sky",),
 }
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+class MaskedStream(io.TextIOBase):
+    """A terminal stream (stdout, stderr) that writes every line through
+    :func:`catalog.mask_secrets`, whoever prints it (click, rich, a runner's dry run).
+
+    Text is held until a newline or a flush, so a credential printed in pieces is still seen
+    whole. Bytes a file name carried that are not UTF-8 (surrogate escapes) print as ``\\xff``
+    instead of failing the write.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self._stream = stream
+        self._pending = ""
+
+    @property
+    def wrapped(self) -> Any:
+        return self._stream
+
+    @property
+    def encoding(self) -> Any:  # type: ignore[override]
+        return getattr(self._stream, "encoding", "utf-8")
+
+    @property
+    def errors(self) -> Any:  # type: ignore[override]
+        return getattr(self._stream, "errors", "strict")
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return bool(getattr(self._stream, "isatty", lambda: False)())
+
+    def fileno(self) -> int:
+        return int(self._stream.fileno())
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._pending += text
+        if "\n" in self._pending:
+            done, _, self._pending = self._pending.rpartition("\n")
+            self._emit(done + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._emit(self._pending)
+            self._pending = ""
+        self._stream.flush()
+
+    def _emit(self, text: str) -> None:
+        text = _SURROGATE.sub(lambda m: f"\\x{ord(m.group(0)) - 0xDC00:02x}", mask_secrets(text))
+        self._stream.write(text)
 
 
 class UserInputError(click.ClickException):
@@ -140,7 +201,7 @@ def write_crash_log(exc: BaseException, *, argv: list[str] | None = None) -> Pat
     text = "".join(
         [
             f"ftplan internal error at {stamp} UTC\n",
-            f"argv: {' '.join(argv if argv is not None else sys.argv)}\n",
+            f"argv: {' '.join(mask_argv(list(argv if argv is not None else sys.argv)))}\n",
             f"python: {sys.version.split()[0]}\n\n",
             *traceback.format_exception(exc),
         ]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from catalog import atomic_write_text, printable
+from catalog import atomic_write_text, mask_secrets, printable
 from planner.cli.errors import UserInputError
 
 _FORMATS = ("html", "md")
@@ -75,7 +75,7 @@ def report(plan_file: Path, fmt: str, out_path: Path | None) -> None:
     if to_stdout:
         click.echo(text, nl=False)
         return
-    written = atomic_write_text(target, text)
+    written = atomic_write_text(target, mask_secrets(text))
     click.echo(f"wrote {printable(written)}")
 
 

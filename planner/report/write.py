@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalog import write_file_set
+from catalog import mask_secrets, write_file_set
 from planner._types import Plan
 from planner.plan_io import plan_to_json
 from planner.report.html import render_html
@@ -78,7 +78,11 @@ def write_reports(plan: Plan, out_dir: Path, *, slug: str) -> ReportPaths:
         )
     folder = Path(out_dir)
     # Render everything before writing anything: a rendering error leaves old files untouched.
-    markdown, page, plan_json = render_markdown(plan), render_html(plan), plan_to_json(plan)
+    # A credential the plan's inputs carried (a path, a storage URL) never reaches a file.
+    markdown, page, plan_json = (
+        mask_secrets(text)
+        for text in (render_markdown(plan), render_html(plan), plan_to_json(plan))
+    )
     # The plan JSON last: 'report' and 'launch' read it, so it never precedes its pages.
     md, html, js = write_file_set(
         folder, {f"{slug}.md": markdown, f"{slug}.html": page, f"{slug}.json": plan_json}
