@@ -6,7 +6,7 @@ import enum
 import math
 from dataclasses import dataclass
 
-from catalog.errors import ErrorKind, FtplanError
+from catalog.errors import CONTROL_CHARS_OR_NEWLINES, ErrorKind, FtplanError, printable
 
 GIB = 1024**3
 """Bytes per GiB: every ``*_gib`` quantity in ftplan is in these units."""
@@ -197,6 +197,18 @@ class GPU:
         return self.achievable_bandwidth_tbps or self.memory_bandwidth_tbps
 
 
+_OFFER_TEXT_FIELDS = (
+    "service",
+    "instance_type",
+    "region",
+    "gpu",
+    "as_of",
+    "source",
+    "billing_source",
+    "startup_source",
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Offer:
     """A rentable machine (or the user's own) at one price.
@@ -231,6 +243,12 @@ class Offer:
     startup_source: str = ""
 
     def __post_init__(self) -> None:
+        for name in _OFFER_TEXT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str) or CONTROL_CHARS_OR_NEWLINES.search(value):
+                # Offer names reach terminals, reports and cloud task files (YAML) verbatim: a
+                # newline there would start a new key.
+                raise ValueError(f"offer {name} {printable(value)[:80]!r} is not one line of text")
         if not self.billing_increment_s > 0:
             raise ValueError(
                 f"offer {self.instance_type!r}: billing_increment_s must be > 0, "

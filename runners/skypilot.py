@@ -28,12 +28,16 @@ from catalog import (
     DataError,
     Offer,
     Provider,
+    atomic_write_text,
     expand_user,
     list_offers,
+    mask_secrets,
+    printable,
     read_json_file,
     sky_accelerator_for_gpu,
     sky_name_is_ambiguous,
 )
+from catalog.errors import CONTROL_CHARS, CONTROL_CHARS_OR_NEWLINES
 from profiler.estimator import checkpoint_bytes, download_bytes
 from runners._sagemaker_request import SOURCE_PACKAGES, distribution_environment
 from runners._sky_follow import update_record
@@ -55,6 +59,7 @@ from runners._types import (
     RunStatus,
     Target,
     launch_spec_to_json,
+    refuse_credentials_in_uri,
 )
 from runners._weights import gated_token_problem
 from runners.local import process_running, run_dir_for
@@ -125,8 +130,15 @@ def region_to_pin(offer: Offer, offers: tuple[Offer, ...]) -> str | None:
     return offer.region if len(prices | {offer.usd_per_hour}) > 1 else None
 
 
-def _data_mount(data: str, *, remote_dir: str = REMOTE_DATA_DIR) -> tuple[str, str]:
-    """(remote path, source) of the training (or eval) data: a local file or a bucket URI."""
+def _data_mount(
+    data: str, *, remote_dir: str = REMOTE_DATA_DIR, option: str = "--data"
+) -> tuple[str, str]:
+    """(remote path, source) of the training (or eval) data: a local file or a bucket URI.
+
+    Raises:
+        RunnerError: A URI with credentials, or a name holding control characters.
+    """
+    refuse_credentials_in_uri(data, option=option)
     if data.startswith(_BUCKET_SCHEMES):
         name = data.rstrip("/").rsplit("/", 1)[-1] or "data"
         remote = f"{remote_dir}/{name}"
@@ -241,7 +253,9 @@ def task_config(
     file_mounts: dict[str, Any] = {data_path: data_source}
     eval_path: str | None = None
     if eval_data is not None:
-        eval_path, eval_source = _data_mount(eval_data, remote_dir=REMOTE_EVAL_DIR)
+        eval_path, eval_source = _data_mount(
+            eval_data, remote_dir=REMOTE_EVAL_DIR, option="--eval-data"
+        )
         file_mounts[eval_path] = eval_source
     file_mounts.update(output_mount(output_uri))
     config: dict[str, Any] = {
@@ -262,7 +276,59 @@ def task_config(
         # Declared without a value: SkyPilot redacts secrets, and the value never reaches
         # anything ftplan prints or writes.
         config["secrets"] = {HF_TOKEN_ENV: None}
-    return config
+    return checked_task(config)
+
+
+#: The task keys whose text may span lines: the shell scripts ftplan writes itself.
+_SCRIPT_KEYS = frozenset({"setup", "run"})
+
+
+def checked_task(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The one gate between plan text and the SkyPilot task: every key and value of
+    ``config`` checked, so that nothing taken from a plan, a path or a flag can change the
+    task's shape once it is YAML.
+
+    Keys are plain text; values are text, numbers, booleans, None, lists or mappings of the
+    same; text holds no control characters or newlines (the ``setup`` and ``run`` scripts
+    excepted, which ftplan writes) and no credential. Returns a plain-JSON copy.
+
+    Raises:
+        RunnerError: Naming the first value that fails and where it came from.
+    """
+
+    def check(value: Any, where: str, *, script: bool = False) -> Any:
+        if isinstance(value, Mapping):
+            out = {}
+            for key, item in value.items():
+                if not isinstance(key, str) or not key or CONTROL_CHARS_OR_NEWLINES.search(key):
+                    raise RunnerError(f"SkyPilot task {where}: key {printable(key)!r} is not text")
+                out[key] = check(
+                    item, f"{where}.{key}", script=where == "task" and key in _SCRIPT_KEYS
+                )
+            return out
+        if isinstance(value, list | tuple):
+            return [check(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        if isinstance(value, str):
+            unsafe = CONTROL_CHARS if script else CONTROL_CHARS_OR_NEWLINES
+            if unsafe.search(value):
+                raise RunnerError(
+                    f"SkyPilot task {where}: {printable(value)[:120]!r} holds a newline or "
+                    "control characters. To fix: rename the file, or re-plan rather than edit "
+                    "the plan"
+                )
+            if mask_secrets(value) != value:
+                raise RunnerError(
+                    f"SkyPilot task {where} holds a credential ({mask_secrets(value)[:120]!r}). "
+                    "To fix: pass credentials through the cloud's own configuration, not a path"
+                )
+            return value
+        if value is None or isinstance(value, bool | int):
+            return value
+        if isinstance(value, float) and math.isfinite(value):
+            return value
+        raise RunnerError(f"SkyPilot task {where}: {printable(value)[:80]!r} is not a plain value")
+
+    return check(config, "task")
 
 
 # Clouds where SkyPilot cannot mount a bucket (sky/clouds/runpod.py: STORAGE_MOUNTING is in
@@ -324,15 +390,25 @@ def network_resources(offer: Offer, *, nodes: int) -> dict[str, Any]:
 
 
 def task_yaml(config: Mapping[str, Any], *, spec: LaunchSpec) -> str:
-    """The task as YAML, headed by comments naming the priced offer (the YAML stays valid)."""
+    """The task as YAML, headed by comments naming the priced offer.
+
+    The values go through :func:`checked_task`; the comments are escaped to one line each; and
+    the text is parsed back and compared with ``config``, so the YAML says exactly what the task
+    holds (a newline in a plan's instance type cannot add a key).
+
+    Raises:
+        RunnerError: ``config`` fails :func:`checked_task` (or the YAML does not read back as
+            it, which would be a bug).
+    """
     import yaml  # deferred: only printing a task needs PyYAML
 
+    checked = checked_task(config)
     offer = spec.offer
-    header = [f"# SkyPilot task written by ftplan for {spec.model.name}: {spec.config.label()}"]
+    header = [f"SkyPilot task written by ftplan for {spec.model.name}: {spec.config.label()}"]
     if offer is not None:
         kind = "spot" if offer.spot else "on-demand"
         header.append(
-            f"# offer: {offer.provider.value} {offer.instance_type} {offer.region}, {kind}, "
+            f"offer: {offer.provider.value} {offer.instance_type} {offer.region}, {kind}, "
             f"{offer.usd_per_hour:.4g} USD/h per node ({offer.source}, {offer.as_of})"
         )
 
@@ -344,8 +420,11 @@ def task_yaml(config: Mapping[str, Any], *, spec: LaunchSpec) -> str:
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     _Dumper.add_representer(str, _text)
-    body = yaml.dump(dict(config), Dumper=_Dumper, sort_keys=False, width=100)
-    return "\n".join(header) + "\n" + body
+    body = yaml.dump(checked, Dumper=_Dumper, sort_keys=False, width=100)
+    text = "".join(f"# {printable(line)}\n" for line in header) + body
+    if yaml.safe_load(text) != checked:
+        raise RunnerError("the SkyPilot task does not read back as written; nothing was started")
+    return text
 
 
 def validate_task(config: Mapping[str, Any], *, autodown: bool = False) -> Any:
@@ -403,7 +482,7 @@ def stage_workdir(spec_json: str, workdir: Path, *, code_root: Path | None = Non
     for name in ("pyproject.toml", "constraints.txt", "README.md"):
         if (root / name).is_file():
             shutil.copy2(root / name, workdir / name)
-    (workdir / SPEC_FILE).write_text(spec_json, encoding="utf-8")
+    atomic_write_text(workdir / SPEC_FILE, spec_json)
     return workdir
 
 
@@ -436,6 +515,8 @@ class SkyPilotRunner:
         env: Mapping[str, str] | None = None,
         start_follower: Callable[[Path], int] | None = None,
     ) -> None:
+        if output_uri is not None:
+            refuse_credentials_in_uri(output_uri, option="--output-dir")
         if output_uri is not None and not output_uri.startswith(_BUCKET_SCHEMES):
             raise RunnerError(
                 f"--output-dir {output_uri!r} must be a bucket URI for SkyPilot "
@@ -503,8 +584,8 @@ class SkyPilotRunner:
                 continue
             what = "data" if option == "--data" else "eval data"
             message = (
-                f"{what} file {path} does not exist. To fix: pass {option} FILE.jsonl or a "
-                "bucket URI"
+                f"{what} file {printable(path)} does not exist. To fix: pass {option} FILE.jsonl "
+                "or a bucket URI"
             )
             if not dry_run:
                 raise RunnerError(message)
@@ -539,7 +620,7 @@ class SkyPilotRunner:
         # SkyPilot refuses before anything is staged or billed
         task = validate_task(config, autodown=kind == "cluster")
         stage_workdir(spec_json, run_dir / "workdir")
-        (run_dir / TASK_FILE).write_text(text, encoding="utf-8")
+        atomic_write_text(run_dir / TASK_FILE, text)
         if self._token:
             task.update_secrets({HF_TOKEN_ENV: self._token})
         record = {
@@ -550,7 +631,7 @@ class SkyPilotRunner:
             "output": f"{self._output_uri}/{run_id}" if self._output_uri else "",
             "launched_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
-        (run_dir / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+        atomic_write_text(run_dir / RECORD_FILE, json.dumps(record, indent=2, sort_keys=True))
         sky = import_sky()
         try:
             if kind == "managed-job":
