@@ -88,6 +88,32 @@ _STATES = {
 }
 
 
+def boto_client(service: str, *, region: str) -> Any:
+    """A boto3 client, or one line saying what is wrong with this machine's AWS set-up: a
+    mistyped ``AWS_PROFILE``, a malformed ``~/.aws/config`` or credentials file (botocore
+    raises those while it builds the client).
+
+    Raises:
+        RunnerError: botocore could not build the client.
+    """
+    import boto3  # deferred: only SageMaker users need boto3
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return boto3.client(service, region_name=region)
+    except BotoCoreError as exc:
+        raise RunnerError(aws_setup_problem(exc)) from None
+
+
+def aws_setup_problem(exc: Exception) -> str:
+    """One line for a botocore error about this machine's AWS set-up, with what to check."""
+    return (
+        f"AWS is not set up on this machine: {mask_secrets(str(exc))[:300]}. To fix: check "
+        "AWS_PROFILE and AWS_CONFIG_FILE, ~/.aws/config and ~/.aws/credentials ('aws "
+        "configure list' shows what is used)"
+    )
+
+
 class SageMakerRunner:
     """Launch and follow SageMaker training jobs.
 
@@ -482,24 +508,18 @@ class SageMakerRunner:
     # -- clients --------------------------------------------------------------------------
     def _sagemaker_client(self, request: dict[str, Any] | None) -> Any:
         if self._client is None:
-            import boto3  # deferred: only SageMaker users need boto3
-
-            self._client = boto3.client("sagemaker", region_name=self._region_hint(request))
+            self._client = boto_client("sagemaker", region=self._region_hint(request))
         return self._client
 
     def _client_for(self, service: str, request: dict[str, Any] | None) -> Any:
         """An injected client (``clients`` argument) or a new boto3 one for ``service``."""
         if service not in self._clients:
-            import boto3  # deferred: only SageMaker users need boto3
-
-            self._clients[service] = boto3.client(service, region_name=self._region_hint(request))
+            self._clients[service] = boto_client(service, region=self._region_hint(request))
         return self._clients[service]
 
     def _s3_client(self, request: dict[str, Any] | None) -> Any:
         if self._s3 is None:
-            import boto3  # deferred: only SageMaker users need boto3
-
-            self._s3 = boto3.client("s3", region_name=self._region_hint(request))
+            self._s3 = boto_client("s3", region=self._region_hint(request))
         return self._s3
 
     def _region_hint(self, request: dict[str, Any] | None) -> str:

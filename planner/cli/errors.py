@@ -172,6 +172,10 @@ _OS_HINTS = {
     errno.ENOSPC: "free some disk space",
     errno.ENAMETOOLONG: "use a shorter path",
     errno.ELOOP: "the path loops through symbolic links",
+    errno.EMFILE: "raise this shell's limit ('ulimit -n 4096') and run it again",
+    errno.ENFILE: "the system has too many files open: close other programs and run it again",
+    errno.ENOMEM: "close other programs or use a machine with more memory",
+    errno.EILSEQ: "the name is not valid in this file system's encoding; rename it",
 }
 
 
@@ -182,7 +186,8 @@ def describe_os_error(exc: OSError) -> str:
     if exc.filename2:
         where += f" -> {exc.filename2!s}"
     hint = _OS_HINTS.get(exc.errno or -1)
-    return f"{reason}:{where}" + (f". To fix: {hint}" if hint else "") if where else reason
+    text = f"{reason}:{where}" if where else reason
+    return text + (f". To fix: {hint}" if hint else "")
 
 
 def _crash_dir() -> Path:
@@ -222,12 +227,33 @@ def write_crash_log(exc: BaseException, *, argv: list[str] | None = None) -> Pat
     return None
 
 
+def environment_problem(exc: BaseException) -> str | None:
+    """The one line for an exception that says this machine cannot go on (out of memory, the
+    AWS set-up broken) rather than that ftplan has a bug; None for anything else."""
+    if isinstance(exc, MemoryError):
+        return (
+            "ran out of memory. To fix: close other programs or use a machine with more memory; "
+            "if an input file is huge, check it is the one you meant"
+        )
+    botocore = sys.modules.get("botocore.exceptions")  # only when botocore was in use
+    if botocore is not None and isinstance(exc, botocore.BotoCoreError):
+        if isinstance(exc, botocore.ParamValidationError):
+            return None  # a request ftplan built wrong: a bug
+        from runners.sagemaker import aws_setup_problem
+
+        return aws_setup_problem(exc)
+    return None
+
+
 def to_click_exception(exc: Exception) -> click.ClickException:
     """The one-line error a caught exception becomes (exit 2 for expected, 3 for bugs)."""
     if isinstance(exc, FtplanError):
         return UserInputError(str(exc))
     if isinstance(exc, OSError):
         return UserInputError(describe_os_error(exc))
+    problem = environment_problem(exc)
+    if problem is not None:
+        return UserInputError(problem)
     path = write_crash_log(exc)
     where = f"the traceback is in {path}" if path else "no crash log could be written"
     return InternalError(

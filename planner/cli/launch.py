@@ -724,10 +724,12 @@ def sagemaker_price_warning(spec: LaunchSpec) -> str | None:
     usd = priced[0].usd_per_hour
     if usd <= offer.usd_per_hour:
         return None
+    # A plan priced at 0 USD/h (a hand edit, a local offer) has no ratio to state.
+    ratio = f", {usd / offer.usd_per_hour:.2f}× the planned cost" if offer.usd_per_hour else ""
     return (
-        f"{planned}; SageMaker's {ml_type} costs {usd:.4g} USD/h, {usd / offer.usd_per_hour:.2f}× "
-        "the planned cost. To fix: re-plan with --provider aws --service sagemaker, or "
-        "launch on that EC2 instance (--target local there)"
+        f"{planned}; SageMaker's {ml_type} costs {usd:.4g} USD/h{ratio}. To fix: re-plan with "
+        "--provider aws --service sagemaker, or launch on that EC2 instance (--target local "
+        "there)"
     )
 
 
