@@ -29,6 +29,7 @@ from runners._types import (
     RunnerError,
     refuse_credentials_in_uri,
 )
+from runners.local import model_slug
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -146,10 +147,16 @@ def sagemaker_instance_type(spec: LaunchSpec, *, known: Iterable[str] | None = N
     return instance
 
 
+#: The model's share of a job name: with "ftplan-", the method and the time stamp, the name
+#: fits SageMaker's 63 characters without cutting the method off.
+MAX_JOB_MODEL_CHARS = 30
+
+
 def job_name(spec: LaunchSpec, *, now: dt.datetime | None = None) -> str:
     """``ftplan-<model>-<method>-<UTC time>``, cut to SageMaker's 63-character pattern."""
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d-%H%M%S")
-    return sanitize_job_name(f"ftplan-{spec.model.name}-{spec.config.method.value}", stamp)
+    model = model_slug(spec.model.name)[:MAX_JOB_MODEL_CHARS].strip("-")
+    return sanitize_job_name(f"ftplan-{model}-{spec.config.method.value}", stamp)
 
 
 def sanitize_job_name(base: str, suffix: str = "") -> str:

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,10 +161,25 @@ def run_dir_for(runs_dir: str | os.PathLike[str], run_id: str) -> Path:
     return folder
 
 
+#: Most characters of the model's part of a run id: ids stay short, valid folder, cluster and
+#: job names whatever the model folder is called.
+RUN_ID_MODEL_CHARS = 40
+
+
+def model_slug(name: str) -> str:
+    """``name`` as lower-case ASCII letters, digits and single hyphens, at most
+    :data:`RUN_ID_MODEL_CHARS` long (accents dropped: ``Café`` -> ``cafe``), or ``model`` when
+    nothing is left (a name in another script, or only punctuation)."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
+    return slug[:RUN_ID_MODEL_CHARS].strip("-") or "model"
+
+
 def new_run_id(spec: LaunchSpec, *, now: dt.datetime | None = None) -> str:
-    """``<model>-<method>-<UTC time>-<4 hex>``, safe as a folder name."""
+    """``<model>-<method>-<UTC time>-<4 hex>``: always a valid run id
+    (:data:`RUN_ID_PATTERN`), so ``launch --resume``, ``status`` and ``stop`` take it back."""
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d-%H%M%S")
-    model = re.sub(r"[^a-z0-9]+", "-", spec.model.name.lower()).strip("-")
+    model = model_slug(spec.model.name)
     return f"{model}-{spec.config.method.value}-{stamp}-{secrets.token_hex(2)}"
 
 

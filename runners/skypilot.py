@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import math
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -62,7 +61,7 @@ from runners._types import (
     refuse_credentials_in_uri,
 )
 from runners._weights import gated_token_problem
-from runners.local import process_running, run_dir_for
+from runners.local import model_slug, process_running, run_dir_for
 
 #: SkyPilot's cloud name for each provider it launches on.
 SKYPILOT_CLOUDS: dict[Provider, str] = {
@@ -83,7 +82,6 @@ HF_TOKEN_ENV = "HF_TOKEN"
 TORCHRUN_PORT = 29500  # torch.distributed's conventional rendezvous port
 _BUCKET_SCHEMES = ("s3://", "gs://", "r2://", "cos://", "oci://", "https://")
 _NO_REGION = ("", "unspecified")
-_NAME_PATTERN = re.compile(r"[^a-z0-9]+")
 
 
 def default_target(offer: Offer | None) -> Target:
@@ -96,10 +94,10 @@ def default_target(offer: Offer | None) -> Target:
 
 
 def task_name(spec: LaunchSpec, *, now: dt.datetime | None = None) -> str:
-    """``ftplan-<model>-<method>-<UTC time>``: a valid SkyPilot cluster and job name."""
+    """``ftplan-<model>-<method>-<UTC time>``: a valid SkyPilot cluster and job name, and a
+    valid run id (``ftplan status``, ``logs`` and ``stop`` take it back)."""
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d-%H%M%S")
-    model = _NAME_PATTERN.sub("-", spec.model.name.lower()).strip("-")
-    return f"ftplan-{model}-{spec.config.method.value}-{stamp}"
+    return f"ftplan-{model_slug(spec.model.name)}-{spec.config.method.value}-{stamp}"
 
 
 def disk_size_gib(spec: LaunchSpec) -> int:
