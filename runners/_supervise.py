@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from catalog import DataError, open_regular, read_json_file
+from runners._process import start_ticks
 from runners._types import RunState
 from runners.local import LOG_FILE, STATUS_FILE, _now, write_status
 
@@ -36,7 +37,15 @@ def supervise(run_dir: Path, command: list[str]) -> int:
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
         status.update(
-            {"state": RunState.RUNNING.value, "pid": child.pid, "supervisor_pid": os.getpid()}
+            {
+                "state": RunState.RUNNING.value,
+                "pid": child.pid,
+                "supervisor_pid": os.getpid(),
+                # With the run's token (in this process's environment), what 'ftplan stop'
+                # checks before it signals this pid.
+                "supervisor_start_ticks": start_ticks(os.getpid()),
+                "pid_start_ticks": start_ticks(child.pid),
+            }
         )
         write_status(run_dir, status)
         code = child.wait()

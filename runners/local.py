@@ -49,6 +49,7 @@ from runners._distributed import (
     uses_accelerate,
     yaml_text,
 )
+from runners._process import RUN_TOKEN_ENV, RunProcess, process_problem, signal_run_process
 from runners._types import (
     BYTE_TOKENIZER,
     LaunchResult,
@@ -460,16 +461,19 @@ class LocalRunner:
         data = read_status(path)
         state = data.state
         detail = data.detail
+        supervisor = data.supervisor(run_dir)
         if (
             not state.finished
-            and data.supervisor_pid is not None
-            and not process_running(data.supervisor_pid)
+            and supervisor is not None
+            and not is_run_process(supervisor)  # gone, or its pid reused since
             and (child is None or child.returncode is not None)
         ):
             data = read_status(path)  # it may have just finished
             state, detail = data.state, data.detail
             if not state.finished:
-                state, detail = _without_supervisor(data, run_dir / OUTPUT_DIR / METRICS_FILE)
+                state, detail = _without_supervisor(
+                    data, run_dir / OUTPUT_DIR / METRICS_FILE, run_dir=run_dir
+                )
         # The run's own folder, never a path status.json names: a status file is data.
         progress = _progress(run_dir / OUTPUT_DIR / METRICS_FILE)
         summary = run_dir / OUTPUT_DIR / "summary.json"
@@ -528,19 +532,41 @@ class LocalRunner:
         killed, to the training process itself): the training process finishes its step,
         writes a checkpoint and exits; ``status`` then says ``stopped``.
 
+        A pid in ``status.json`` is signalled only when that process is the run's own
+        (:func:`runners._process.process_problem`): a stale pid after a reboot, or a status
+        file edited by hand, never stops an unrelated process.
+
         Raises:
-            RunnerError: If the run is unknown or already finished.
+            RunnerError: If the run is unknown, already finished, or its processes are not
+                the run's.
         """
         status = self.status(run_id)
-        data = read_status(run_dir_for(self.runs_dir, run_id) / STATUS_FILE)
-        targets = [pid for pid in (data.supervisor_pid, data.pid) if pid is not None]
-        alive = [pid for pid in targets if process_running(pid)]
-        if status.state.finished or not alive:
-            raise RunnerError(f"run {run_id!r} is {status.state.value}; there is nothing to stop")
-        try:
-            os.kill(alive[0], signal.SIGTERM)
-        except ProcessLookupError:
-            raise RunnerError(f"run {run_id!r}: its process is gone") from None
+        run_dir = run_dir_for(self.runs_dir, run_id)
+        data = read_status(run_dir / STATUS_FILE)
+        candidates = [
+            process
+            for process in (data.supervisor(run_dir), data.trainer(run_dir))
+            if process is not None and process_running(process.pid)
+        ]
+        if status.state.finished or not candidates:
+            why = f" ({status.detail})" if status.detail else ""
+            raise RunnerError(
+                f"run {run_id!r} is {status.state.value}{why}; there is nothing to stop"
+            )
+        problems = []
+        for process in candidates:
+            try:
+                problem = signal_run_process(process, signal.SIGTERM)
+            except ProcessLookupError:
+                problem = f"process {process.pid} is gone"
+            if problem is None:
+                return
+            problems.append(problem)
+        raise RunnerError(
+            f"run {run_id!r}: {problems[0]}, so nothing was signalled. To fix: if the run is "
+            "still training, stop its process yourself (see 'ftplan logs'); ftplan only "
+            "signals the processes it started"
+        )
 
     def list_runs(self) -> list[RunStatus]:
         """Every run under ``runs_dir``, newest first."""
@@ -580,6 +606,7 @@ class LocalRunner:
             "data_sha256": file_sha256(Path(data)),
         }
         atomic_write_text(run_dir / COMMAND_FILE, json.dumps(record, indent=2) + "\n")
+        token = secrets.token_hex(16)  # proves which process is this run's (ftplan stop)
         write_status(
             run_dir,
             {
@@ -588,6 +615,7 @@ class LocalRunner:
                 "log_path": result.log_path,
                 "started_at": _now(),
                 "command": list(result.command),
+                "run_token": token,
             },
         )
         supervisor = [
@@ -600,7 +628,7 @@ class LocalRunner:
         ]
         child = subprocess.Popen(  # noqa: S603 - argv built above, no shell
             supervisor,
-            env={**os.environ, **env},
+            env={**os.environ, **env, RUN_TOKEN_ENV: token},
             cwd=str(run_dir),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -672,6 +700,39 @@ class StatusFile:
     ended_at: str = ""
     pid: int | None = None
     supervisor_pid: int | None = None
+    supervisor_start_ticks: int | None = None
+    pid_start_ticks: int | None = None
+    run_token: str | None = None
+
+    def supervisor(self, run_dir: Path) -> RunProcess | None:
+        """What the file says the run's supervisor is (to check before believing it)."""
+        if self.supervisor_pid is None:
+            return None
+        return RunProcess(
+            pid=self.supervisor_pid,
+            run_dir=run_dir,
+            token=self.run_token,
+            start_ticks=self.supervisor_start_ticks,
+        )
+
+    def trainer(self, run_dir: Path) -> RunProcess | None:
+        """What the file says the run's training process is (to check before believing it)."""
+        if self.pid is None:
+            return None
+        return RunProcess(
+            pid=self.pid,
+            run_dir=run_dir,
+            token=self.run_token,
+            start_ticks=self.pid_start_ticks,
+            trainer=True,
+        )
+
+
+def is_run_process(process: RunProcess | None) -> bool:
+    """Whether ``process`` runs and is the run's own (not a pid reused since, or edited in)."""
+    return (
+        process is not None and process_running(process.pid) and process_problem(process) is None
+    )
 
 
 def read_status(path: Path) -> StatusFile:
@@ -708,6 +769,17 @@ def read_status(path: Path) -> StatusFile:
             raise DataError(f"run status {str(path)!r}: {key} must be a process id, got {value!r}")
         return value
 
+    def ticks(key: str) -> int | None:
+        value = data.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise DataError(f"run status {str(path)!r}: {key} must be a count")
+        return value
+
+    token = data.get("run_token")
+    if token is not None and not (isinstance(token, str) and _TOKEN.fullmatch(token)):
+        raise DataError(f"run status {str(path)!r}: run_token is not a token ftplan writes")
     return StatusFile(
         state=state,
         detail=text("detail"),
@@ -715,7 +787,13 @@ def read_status(path: Path) -> StatusFile:
         ended_at=text("ended_at"),
         pid=pid("pid"),
         supervisor_pid=pid("supervisor_pid"),
+        supervisor_start_ticks=ticks("supervisor_start_ticks"),
+        pid_start_ticks=ticks("pid_start_ticks"),
+        run_token=token,
     )
+
+
+_TOKEN = re.compile(r"[0-9a-f]{16,64}")
 
 
 def _local_token_available() -> bool:
@@ -751,11 +829,11 @@ def _recorded_data_digest(run_dir: Path) -> str | None:
     return digest if isinstance(digest, str) else None
 
 
-def _without_supervisor(data: StatusFile, metrics: Path) -> tuple[RunState, str]:
+def _without_supervisor(data: StatusFile, metrics: Path, *, run_dir: Path) -> tuple[RunState, str]:
     """State of a run whose supervisor is gone before it recorded an exit: the training
     process may still run (it is followed, and ``stop`` signals it directly), else its own
     metrics tell how it ended."""
-    if data.pid is not None and process_running(data.pid):
+    if is_run_process(data.trainer(run_dir)):
         return RunState.RUNNING, (
             f"its supervisor is gone; the training process (pid {data.pid}) still runs"
         )
