@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from planner.cli import main
+from planner._entry import main
 
 if __name__ == "__main__":
     main()

@@ -70,6 +70,10 @@ def test_crash_logs_mask_credentials(home: Path, monkeypatch: pytest.MonkeyPatch
     assert "hunter2" not in log + result.stderr and "token=abc" not in log + result.stderr
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_real_sigint_exits_130(home: Path) -> None:
     """SIGINT delivered to a running process (as Ctrl-C does), not a simulated exception."""
     script = (
@@ -91,6 +95,9 @@ def test_a_real_sigint_exits_130(home: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A test run started in the background ('pytest &') hands its children an ignored
+        # SIGINT, and Python keeps it ignored: give the child the terminal's default.
+        preexec_fn=_default_sigint,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
@@ -99,3 +106,61 @@ def test_a_real_sigint_exits_130(home: Path) -> None:
     assert proc.returncode == EXIT_INTERRUPTED
     assert "Traceback" not in stderr and "interrupted" in stderr
     assert not (home / "r").exists()
+
+
+_CTRL_C_WHILE_LOADING = """
+import os, signal, sys
+from importlib.abc import MetaPathFinder
+
+
+class CtrlC(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == {module!r}:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the CLI is still loading
+        return None
+
+
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["ftplan", "catalog", "gpus"]
+from planner._entry import main
+
+main()
+"""
+
+
+@pytest.mark.parametrize("module", ["planner.cli", "click", "planner.cli.recommend", "optuna"])
+def test_ctrl_c_while_the_cli_loads_exits_130_without_traceback(home: Path, module: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_WHILE_LOADING.format(module=module)],
+        cwd=home,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        preexec_fn=_default_sigint,
+        timeout=120,
+        check=False,
+    )
+    if module == "optuna" and proc.returncode == 0:
+        return  # 'catalog gpus' never loads optuna: nothing was interrupted
+    assert proc.returncode == EXIT_INTERRUPTED, proc.stderr
+    assert "Traceback" not in proc.stderr and "interrupted" in proc.stderr
+
+
+def test_the_ftplan_command_starts_in_the_entry_that_catches_ctrl_c() -> None:
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["ftplan"] == "planner._entry:main"
+    # And loading that entry loads nothing of the CLI yet (so it is running within moments).
+    code = (
+        "import sys, planner._entry\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('planner.', 'click', 'catalog'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "['planner._entry']"

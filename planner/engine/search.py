@@ -115,7 +115,9 @@ def search(request: RecommendRequest, measurer: Measurer) -> SearchResult:
     seed, trials, storage = request.seed, request.trials, request.storage
     if trials is not None and trials <= 0:
         raise ValueError(f"--trials must be > 0, got {trials}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # ERROR, not WARNING: a trial that fails re-raises its error, which the CLI reports in one
+    # line (Ctrl-C: "interrupted"); optuna's warning would print its traceback first.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     evaluator = Evaluator(request, measurer)
     low_risk_only = request.budget.quality is QualityPolicy.BALANCED
     cells = {
