@@ -129,7 +129,7 @@ _SECRET_ASSIGNMENT = re.compile(
 )
 _BEARER = re.compile(
     r"(?i)(?P<key>\bbearer\s+|\bauthorization\s*[:=]\s*[A-Za-z]+\s+)"
-    r"(?P<value>[A-Za-z0-9._~+/\-]{8,}=*)"
+    r"(?P<value>[^\s'\",;]{8,})"
 )
 
 
@@ -152,7 +152,8 @@ def _assignment(match: re.Match[str]) -> str:
 
 # Credentials with a recognisable shape, wherever they appear.
 _TOKEN_SHAPES = re.compile(
-    r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"  # AWS access key ids
+    # AWS access key ids, with a ':secret' after one
+    r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b(?::[^\s'\"@]+)?"
     r"|\bhf_[A-Za-z0-9]{20,}"  # Hugging Face
     r"|\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{20,}|\bgithub_pat_[A-Za-z0-9_]{20,}"  # GitHub
     r"|\bsk-[A-Za-z0-9_\-]{20,}"  # OpenAI, Anthropic
@@ -177,7 +178,7 @@ _NUMBER = re.compile(r"[-+]?[0-9][0-9_.eE+\-]*")
 # Names that say "secret" only loosely (a tokenizer's bos_token, a signal's sig): their values
 # are masked only when long enough to be a credential.
 _WEAK_SECRET_NAME = re.compile(r"(?i)(token|auth|sig|pwd)$")
-_CREDENTIAL_CHARS = re.compile(r"[A-Za-z0-9_\-./+=:~]{8,}")
+_CREDENTIAL_CHARS = re.compile(r"[^\s<>|{}\[\]()'\"]{8,}")  # not "<s>" or "<|eot_id|>"
 
 
 def _aws_secret(match: re.Match[str]) -> str:

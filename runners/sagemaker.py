@@ -218,9 +218,10 @@ class SageMakerRunner:
             )
         if not ROLE_ARN_PATTERN.match(self._role):
             raise RunnerError(
-                f"the execution role {self._role[:80]!r} is not an IAM role ARN. To fix: pass "
-                "--role arn:aws:iam::ACCOUNT:role/NAME (the role's ARN, not a key or a name); "
-                "nothing was sent"
+                # Not echoed: what was given instead of an ARN may well be a key.
+                "the execution role (--role or $FTPLAN_SAGEMAKER_ROLE) is not an IAM role ARN. "
+                "To fix: pass --role arn:aws:iam::ACCOUNT:role/NAME (the role's ARN, not a key "
+                "or a name); nothing was sent"
             )
         prefix = self._prefix or f"s3://{bucket}/ftplan/{name}"
         spec_compact = launch_spec_to_json(spec, indent=None)

@@ -8,6 +8,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -533,3 +534,221 @@ def test_runs_lists_good_runs_beside_damaged_ones(world: Path) -> None:
     assert code == 0, stderr
     assert "good" in stdout and "Traceback" not in stderr
     _assert_bad_input(["runs", "--runs-dir", "runs", "--region", "x y"], world)
+
+
+HOSTILE_DATA = {
+    "latin1.jsonl": b'{"text": "caf\xe9"}\n',
+    "surrogate.jsonl": b'{"text": "bad \\ud800 here"}\n',
+    "digits.jsonl": b'{"text": "x", "n": ' + b"1" * 5000 + b"}\n",
+    "only-digits.jsonl": b"1" * 5000 + b"\n",
+    "deep.jsonl": b"[" * 100_000 + b"]" * 100_000 + b"\n",
+    "nan.jsonl": b'{"text": NaN}\n',
+    "overflow.jsonl": b'{"text": "x", "n": 1e999}\n',
+    "empty.jsonl": b"",
+    "list.jsonl": b"[1, 2]\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_DATA))
+@pytest.mark.parametrize("option", ["--data", "--eval-data"])
+def test_launch_refuses_hostile_datasets_as_recommend_does(
+    world: Path, name: str, option: str
+) -> None:
+    (world / "d").mkdir()
+    (world / "d" / name).write_bytes(HOSTILE_DATA[name])
+    data = ["--data", f"d/{name}"] if option == "--data" else ["--eval-data", f"d/{name}"]
+    args = ["--data", "train.jsonl", *data] if option == "--eval-data" else data
+    _assert_bad_input(
+        [
+            "launch",
+            "plan.json",
+            "--target",
+            "local",
+            "--device",
+            "cpu",
+            "--random-init",
+            "--dry-run",
+            *args,
+        ],
+        world,
+    )
+    _assert_bad_input([*RECOMMEND, "--budget", "200", "--dataset", f"d/{name}"], world)
+
+
+def test_a_dataset_line_longer_than_16_mib_is_refused(world: Path) -> None:
+    (world / "big.jsonl").write_bytes(b'{"text": "' + b"a" * (17 << 20) + b'"}\n')
+    _assert_bad_input([*LAUNCH, "--random-init", "--dry-run", "--data", "big.jsonl"], world)
+
+
+WEIGHT_CONFIGS: dict[str, Any] = {
+    "fifo": None,
+    "zero": None,
+    "latin1": b'{"model_type": "llama", "name": "caf\xe9"}',
+    "deep": b"[" * 100_000 + b"]" * 100_000,
+    "list": b"[1, 2, 3]",
+    "digits": b'{"num_hidden_layers": ' + b"9" * 5000 + b"}",
+    "float-layers": json.dumps({**LLAMA_CONFIG, "num_hidden_layers": 1e300}).encode(),
+    "text-layers": json.dumps({**LLAMA_CONFIG, "num_hidden_layers": "32x"}).encode(),
+    "nan": b'{"num_hidden_layers": NaN}',
+    "utf16": '{"model_type": "llama"}'.encode("utf-16"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WEIGHT_CONFIGS))
+def test_launch_weights_with_a_hostile_config_json(world: Path, kind: str) -> None:
+    folder = world / "weights"
+    folder.mkdir()
+    config = folder / "config.json"
+    if kind == "fifo":
+        os.mkfifo(config)
+    elif kind == "zero":
+        config.symlink_to("/dev/zero")
+    else:
+        config.write_bytes(WEIGHT_CONFIGS[kind])
+    _assert_bad_input([*LAUNCH, "--dry-run", "--weights", "weights"], world)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "dup-price", "huge-number"])
+def test_catalog_refresh_from_a_hostile_vms_csv(world: Path, kind: str) -> None:
+    folder = world / "sky" / "aws"
+    folder.mkdir(parents=True)
+    vms = folder / "vms.csv"
+    header = "InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Price,SpotPrice,Region"
+    if kind == "fifo":
+        os.mkfifo(vms)
+    elif kind == "zero":
+        vms.symlink_to("/dev/zero")
+    elif kind == "dup-price":
+        vms.write_text(f"{header},Price\np5.48xlarge,H100,8,192,2048,98.32,40,us-east-1,0.01\n")
+    else:
+        vms.write_text(f"{header}\np5.48xlarge,H100,{'9' * 5000},192,2048,98.32,40,us-east-1\n")
+    _assert_bad_input(["catalog", "refresh", "--from", "skypilot", "--catalog-dir", "sky"], world)
+
+
+def test_a_cached_offers_file_naming_a_column_twice_is_refused(world: Path) -> None:
+    from catalog._load import DATA_DIR
+
+    lines = (DATA_DIR / "offers.csv").read_text().splitlines()
+    (world / "cache").mkdir(exist_ok=True)
+    (world / "cache" / "offers.csv").write_text(
+        "\n".join([lines[0] + ",usd_per_hour", *(line + ",0.01" for line in lines[1:])]) + "\n"
+    )
+    code, _, stderr = _run([*RECOMMEND, "--budget", "200"])
+    assert code == 2 and "appears twice" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "files"),
+    [
+        ({"AWS_PROFILE": "no-such-profile"}, {}),
+        ({}, {"home/.aws/config": "[default\nregion = us-east-1\n[[[\n"}),
+    ],
+)
+@pytest.mark.parametrize(
+    "args", [["runs", "--sagemaker"], ["status", "ftplan-x-1", "--target", "sagemaker"]]
+)
+def test_a_broken_aws_setup_is_exit_2(
+    world: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    files: dict[str, str],
+    args: list[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name, text in files.items():
+        (world / name).parent.mkdir(parents=True, exist_ok=True)
+        (world / name).write_text(text)
+    code, _, stderr = _run(args)
+    assert code == 2 and stderr.startswith("error: AWS is not set up"), stderr
+    assert "To fix" in stderr and len(stderr.splitlines()) == 1
+
+
+def _aws_plan() -> dict[str, Any]:
+    from plan_fixtures import OFFER_L4_SPOT
+
+    plan = make_plan()
+    spot = next(c for c in plan.ranked if c.offer == OFFER_L4_SPOT)
+    return json.loads(plan_to_json(make_plan(chosen=spot)))
+
+
+def test_a_plan_priced_at_zero_dollars_dry_runs_on_sagemaker(world: Path) -> None:
+    plan = _aws_plan()
+    (world / "zero.json").write_text(_edit(plan, ["chosen", "offer", "usd_per_hour"], 0.0))
+    code, _, stderr = _run(
+        [
+            "launch",
+            "zero.json",
+            "--target",
+            "sagemaker",
+            "--data",
+            "s3://b/t.jsonl",
+            "--dry-run",
+            "--role",
+            "arn:aws:iam::123456789012:role/x",
+        ]
+    )
+    assert code == 0 and "Traceback" not in stderr, stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "hint"),
+    [(MemoryError(), "ran out of memory"), (OSError(24, "Too many open files"), "ulimit -n")],
+)
+def test_running_out_of_memory_or_files_is_exit_2(
+    world: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException, hint: str
+) -> None:
+    import planner.cli.recommend as recommend_cli
+
+    def fail(*_args: object, **_kwargs: object) -> object:
+        raise error
+
+    monkeypatch.setattr(recommend_cli, "_plan", fail)
+    code, _, stderr = _run([*RECOMMEND, "--budget", "200"])
+    assert code == 2 and hint in stderr and "Traceback" not in stderr, stderr
+    assert not (world / "cache" / "crashes").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report", os.fsdecode(b"plan\xff.json")],
+        ["launch", os.fsdecode(b"plan\xff.json"), "--data", "train.jsonl"],
+        [*LAUNCH, "--dry-run", "--data", os.fsdecode(b"d\xff.jsonl")],
+        ["estimate", "--model", os.fsdecode(b"m\xff"), "--method", "lora"],
+    ],
+)
+def test_a_path_with_bytes_that_are_not_utf8_is_exit_2(world: Path, args: list[str]) -> None:
+    _assert_bad_input(args, world)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--data", "s3://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG/bPxRfiCY@bucket/t.jsonl"],
+        ["--data", "s3://user:s3cr3t/with@chars@bucket/t.jsonl"],
+        ["--data", "s3://b/t.jsonl", "--output-dir", "s3://me:pa ss@wd@b/out"],
+        ["--data", "s3://b/t.jsonl", "--role", "AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI/K7MDENG"],
+        ["--data", "s3://b/t.jsonl", "--image-uri", "https://me:s3cr3t/x@registry/img"],
+    ],
+)
+def test_credentials_in_sagemaker_arguments_are_refused_and_never_shown(
+    world: Path, extra: list[str]
+) -> None:
+    (world / "aws.json").write_text(json.dumps(_aws_plan()))
+    code, stdout, stderr = _run(
+        [
+            "launch",
+            "aws.json",
+            "--target",
+            "sagemaker",
+            "--dry-run",
+            "--role",
+            "arn:aws:iam::123456789012:role/x",
+            *extra,
+        ]
+    )
+    assert code == 2 and stderr.startswith("error: "), stderr
+    assert "SageMaker runs AWS instances only" not in stderr  # refused for the argument
+    for secret in ("wJalrXUtnFEMI", "s3cr3t", "pa ss@wd"):
+        assert secret not in stdout + stderr
