@@ -160,13 +160,16 @@ def load_tokenizer(
     return ByteTokenizer(vocab_size=vocab_size)
 
 
-def _record_text(record: Any, tokenizer: Tokenizer, where: str) -> str:
+def sample_problem(record: Any) -> str | None:
+    """Why a parsed dataset line is not a sample a run can train on (one of the shapes in the
+    module docstring), or None. Pure: ``ftplan recommend`` checks a dataset with it too, so a
+    file it plans for is one ``ftplan launch`` takes."""
     if not isinstance(record, dict):
-        raise DataFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        return f"expected a JSON object, got {type(record).__name__}"
     if isinstance(record.get("text"), str):
-        return str(record["text"])
+        return None
     if isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
-        return str(record["prompt"]) + str(record["completion"])
+        return None
     messages = record.get("messages")
     if isinstance(messages, list) and messages:
         for i, m in enumerate(messages):
@@ -175,14 +178,24 @@ def _record_text(record: Any, tokenizer: Tokenizer, where: str) -> str:
                 and isinstance(m.get("role"), str)
                 and isinstance(m.get("content"), str)
             ):
-                raise DataFormatError(
-                    f"{where}: messages[{i}] must be an object with string 'role' and 'content'"
-                )
-        return tokenizer.render_chat(messages)
-    raise DataFormatError(
-        f"{where}: no usable field; expected 'text', 'prompt'+'completion' or 'messages' "
-        f"(strings), got keys {sorted(record)}"
+                return f"messages[{i}] must be an object with string 'role' and 'content'"
+        return None
+    keys = sorted(str(k) for k in record)[:10]
+    return (
+        "no usable field; expected 'text', 'prompt'+'completion' or 'messages' (strings), got "
+        f"keys {keys}"
     )
+
+
+def _record_text(record: Any, tokenizer: Tokenizer, where: str) -> str:
+    problem = sample_problem(record)
+    if problem is not None:
+        raise DataFormatError(f"{where}: {problem}")
+    if isinstance(record.get("text"), str):
+        return str(record["text"])
+    if isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
+        return str(record["prompt"]) + str(record["completion"])
+    return tokenizer.render_chat(record["messages"])
 
 
 def iter_texts(path: str | Path, tokenizer: Tokenizer) -> Iterator[str]:

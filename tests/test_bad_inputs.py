@@ -546,6 +546,8 @@ HOSTILE_DATA = {
     "overflow.jsonl": b'{"text": "x", "n": 1e999}\n',
     "empty.jsonl": b"",
     "list.jsonl": b"[1, 2]\n",
+    "alpaca.jsonl": b'{"instruction": "x", "output": "y"}\n',
+    "bad-messages.jsonl": b'{"messages": [{"role": 1, "content": "x"}]}\n',
 }
 
 

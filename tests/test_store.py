@@ -59,6 +59,19 @@ def test_append_round_trips_and_keeps_existing_lines(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_append_through_a_symbolic_link_writes_the_store_it_names(tmp_path: Path) -> None:
+    # 'ftplan profile --out link.jsonl' where the link names a shared store.
+    store_dir = tmp_path / "shared"
+    store_dir.mkdir()
+    real = store_dir / "profiles.jsonl"
+    real.write_text(json.dumps(to_jsonable(_record(peak=1.0))) + "\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    ProfileStore([link]).append(link, [_record(peak=2.0, date="2026-11-24")])
+    assert link.is_symlink()
+    assert [r.peak_allocated_gib for r in ProfileStore([real]).records()] == [1.0, 2.0]
+
+
 def test_lookup_prefers_measured_then_newest(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     store = ProfileStore([path])

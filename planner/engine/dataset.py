@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catalog import MAX_JSONL_LINE_BYTES, DataError, iter_lines, loads_json
+from runners.data import sample_problem
 
 # ~4 characters per token for English text with BPE tokenizers (OpenAI's tokenizer guidance;
 # Llama/Mistral tokenizers land between 3.5 and 4.5). No tokenizer is loaded.
@@ -97,6 +98,9 @@ def count_dataset(
             record = loads_json(line, what=where)
         except DataError as exc:
             raise DataError(f"{exc}; each line must be one JSON object") from None
+        problem = sample_problem(record)  # what 'ftplan launch' refuses, refused here too
+        if problem is not None:
+            raise DataError(f"{where}: {problem}")
         lengths[math.ceil(_chars(record) / CHARS_PER_TOKEN)] += 1
     if on_progress is not None:
         on_progress(done)
