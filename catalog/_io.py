@@ -78,16 +78,23 @@ def write_target(path: str | os.PathLike[str]) -> Path:
     return resolved
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+def atomic_write_text(
+    path: str | os.PathLike[str], text: str, *, follow_link: bool = False
+) -> Path:
     """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``.
 
-    The folder is created if needed. Readers see either the old file or the whole new one. A
-    symbolic link at ``path`` is followed: the file it names is replaced and the link stays.
+    The folder is created if needed. Readers see either the old file or the whole new one.
+
+    Args:
+        follow_link: For a file the user named (``--out``): a symbolic link there is followed,
+            the file it names is replaced and the link stays. Otherwise (ftplan's own files in
+            a runs or cache folder) a link is replaced like a file, so a link planted there
+            never sends a write outside the folder.
 
     Returns:
-        The path written (the link's target when ``path`` is a link).
+        The path written (the link's target when a link was followed).
     """
-    target = write_target(path)
+    target = write_target(path) if follow_link else Path(path)
     tmp = stage_text(target, text)
     try:
         os.replace(tmp, target)

@@ -141,16 +141,31 @@ def test_writes_through_a_symbolic_link_reach_its_target(tmp_path: Path) -> None
     (store / "real.jsonl").write_text("old\n")
     link = tmp_path / "link.jsonl"
     link.symlink_to(store / "real.jsonl")
-    written = atomic_write_text(link, "new\n")
+    written = atomic_write_text(link, "new\n", follow_link=True)
     assert link.is_symlink() and (store / "real.jsonl").read_text() == "new\n"
     assert written == (store / "real.jsonl").resolve()
+
+
+def test_ftplan_s_own_files_replace_a_planted_link_instead_of_writing_through_it(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep\n")
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "status.json").symlink_to(outside)
+    atomic_write_text(run / "status.json", "{}\n")
+    assert outside.read_text() == "keep\n" and not (run / "status.json").is_symlink()
+    (run / "report.html").symlink_to(outside)
+    write_file_set(run, {"report.html": "x", "report.json": "{}"})
+    assert outside.read_text() == "keep\n"
 
 
 def test_a_symbolic_link_loop_is_an_os_error(tmp_path: Path) -> None:
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
     with pytest.raises(OSError):
-        atomic_write_text(tmp_path / "a", "x")
+        atomic_write_text(tmp_path / "a", "x", follow_link=True)
 
 
 @pytest.fixture

@@ -441,3 +441,20 @@ def test_a_status_file_naming_a_bad_token_or_start_time_is_bad_data(tmp_path: Pa
 def test_check_run_id_is_the_click_callback() -> None:
     with pytest.raises(click.BadParameter):
         check_run_id(None, None, "../x")
+
+
+def test_an_ascii_terminal_gets_escapes_not_a_crash(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "planner", "recommend", "--model", "llama2-7b", "--budget", "200"],
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONIOENCODING": "ascii",
+            "PYTHONPATH": str(REPO),
+            "FTPLAN_CACHE_DIR": str(tmp_path / "cache"),
+        },
+        capture_output=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert b"\\xd7" in proc.stdout  # the plan's "x" sign, escaped

@@ -68,7 +68,8 @@ class MaskedStream(io.TextIOBase):
     :func:`catalog.mask_secrets`, whoever prints it (click, rich, a runner's dry run).
 
     Text is held until a newline or a flush, so a credential printed in pieces is still seen
-    whole. Bytes a file name carried that are not UTF-8 (surrogate escapes) print as ``\\xff``
+    whole. Bytes a file name carried that are not UTF-8 (surrogate escapes) print as ``\\xff``,
+    and characters the terminal's encoding lacks (``×`` on an ASCII terminal) as ``\\xd7``,
     instead of failing the write.
     """
 
@@ -115,6 +116,13 @@ class MaskedStream(io.TextIOBase):
 
     def _emit(self, text: str) -> None:
         text = _SURROGATE.sub(lambda m: f"\\x{ord(m.group(0)) - 0xDC00:02x}", mask_secrets(text))
+        encoding = getattr(self._stream, "encoding", None) or "utf-8"
+        try:
+            text.encode(encoding)
+        except UnicodeEncodeError:  # an ASCII terminal (PYTHONIOENCODING=ascii, LANG=C ...)
+            text = text.encode(encoding, "backslashreplace").decode(encoding)
+        except LookupError:
+            pass
         self._stream.write(text)
 
 

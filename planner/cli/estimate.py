@@ -592,7 +592,7 @@ def calibrate_command(gpu_name: str, sources: tuple[Path, ...], out: Path | None
     before = load_calibration(gpu.name) or calibration_for(gpu)
     before_errors = _errors(records, gpu, before if before.fit_inputs else FIRST_PRINCIPLES)
     target = out or user_calibration_dir() / calibration_file_name(gpu.name)
-    atomic_write_text(target, calibration_to_json(fitted))
+    atomic_write_text(target, calibration_to_json(fitted), follow_link=out is not None)
     load_calibration.cache_clear()  # type: ignore[attr-defined]
     click.echo(f"fitted {gpu.name} on {fitted.fit_inputs} measurements")
     click.echo(

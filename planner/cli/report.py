@@ -75,7 +75,8 @@ def report(plan_file: Path, fmt: str, out_path: Path | None) -> None:
     if to_stdout:
         click.echo(text, nl=False)
         return
-    written = atomic_write_text(target, mask_secrets(text))
+    # Through a link only when the user named the file (--out); not next to the plan.
+    written = atomic_write_text(target, mask_secrets(text), follow_link=out_path is not None)
     click.echo(f"wrote {printable(written)}")
 
 
