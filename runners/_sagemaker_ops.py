@@ -211,6 +211,10 @@ def ftplan_jobs(client: Any, *, max_results: int = 50) -> list[dict[str, Any]]:
 
 
 SUMMARY_FILE = "summary.json"
+#: Largest job output archive read back (it holds summary.json and a few logs; the model is in
+#: model.tar.gz), and largest summary.json in it.
+MAX_OUTPUT_ARCHIVE_BYTES = 256 * 1024 * 1024
+MAX_SUMMARY_BYTES = 16 * 1024 * 1024
 
 
 def fetch_summary(s3: Any, job: dict[str, Any], *, dest_dir: Path) -> Path | None:
@@ -223,7 +227,7 @@ def fetch_summary(s3: Any, job: dict[str, Any], *, dest_dir: Path) -> Path | Non
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from catalog import atomic_write_text
+    from catalog import atomic_write_text, loads_json
 
     output = job.get("OutputDataConfig", {}).get("S3OutputPath", "")
     name = job.get("TrainingJobName", "")
@@ -233,22 +237,41 @@ def fetch_summary(s3: Any, job: dict[str, Any], *, dest_dir: Path) -> Path | Non
     bucket, prefix = match.group(1), match.group(2).strip("/")
     key = "/".join(part for part in (prefix, name, "output", "output.tar.gz") if part)
     try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        response = s3.get_object(Bucket=bucket, Key=key)
+        if int(response.get("ContentLength") or 0) > MAX_OUTPUT_ARCHIVE_BYTES:
+            raise RunnerError(
+                f"s3://{bucket}/{key} is larger than {MAX_OUTPUT_ARCHIVE_BYTES >> 20} MiB; "
+                "ftplan's job output holds a few files. To fix: look at it with 'aws s3 cp'"
+            )
+        body = response["Body"].read(MAX_OUTPUT_ARCHIVE_BYTES + 1)
     except ClientError as exc:
         if str(exc.response.get("Error", {}).get("Code")) in ("NoSuchKey", "404"):
             return None
         raise RunnerError(f"cannot read s3://{bucket}/{key}: {exc}") from None
     except BotoCoreError as exc:
         raise RunnerError(f"cannot read s3://{bucket}/{key}: {exc}") from None
-    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as archive:
-        member = next(
-            (m for m in archive.getmembers() if Path(m.name).name == SUMMARY_FILE and m.isfile()),
-            None,
-        )
-        handle = archive.extractfile(member) if member is not None else None
-        if handle is None:
-            return None
-        text = handle.read().decode("utf-8")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as archive:
+            member = next(
+                (
+                    m
+                    for m in archive.getmembers()
+                    if Path(m.name).name == SUMMARY_FILE and m.isfile()
+                ),
+                None,
+            )
+            handle = archive.extractfile(member) if member is not None else None
+            if handle is None:
+                return None
+            text = handle.read(MAX_SUMMARY_BYTES + 1).decode("utf-8")
+        if len(text) > MAX_SUMMARY_BYTES:
+            raise ValueError(f"its {SUMMARY_FILE} is larger than {MAX_SUMMARY_BYTES >> 20} MiB")
+        loads_json(text, what=SUMMARY_FILE)
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:  # DataError included
+        raise RunnerError(
+            f"s3://{bucket}/{key} is not the job output ftplan wrote ({str(exc)[:200]}). To fix: "
+            "look at it with 'aws s3 cp'; nothing was copied"
+        ) from None
     target = dest_dir / name / SUMMARY_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, text)

@@ -13,6 +13,7 @@ from pathlib import Path
 from catalog import read_text_limited
 from profiler import Method
 from runners._types import LaunchSpec, RunnerError, launch_spec_from_json
+from runners._weights import check_weights_folder
 from runners.local import OUTPUT_DIR, RUN_ID_PATTERN, SPEC_FILE, run_dir_for
 
 FINAL_DIR = "final"
@@ -84,6 +85,10 @@ def merge_run(run_dir: Path, *, out: Path | None = None) -> Path:
     target = (out or run_dir / OUTPUT_DIR / MERGED_DIR).resolve()
     if target.exists():
         raise RunnerError(f"{str(target)!r} already exists. To fix: pass --out NEW_DIR")
+    # Before transformers and peft open them: no FIFO, device or oversized config there.
+    check_weights_folder(adapters)
+    if Path(base).is_dir():
+        check_weights_folder(base)
     import torch
     import transformers
     from peft import PeftModel
