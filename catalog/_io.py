@@ -78,6 +78,15 @@ def write_target(path: str | os.PathLike[str]) -> Path:
     return resolved
 
 
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether writing ``a`` would replace ``b``: the same file by inode (through a symbolic or
+    a hard link), or the same path once resolved."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def atomic_write_text(
     path: str | os.PathLike[str], text: str, *, follow_link: bool = False
 ) -> Path:

@@ -208,3 +208,14 @@ def test_report_out_through_a_symbolic_link_writes_its_target(saved: Path) -> No
     assert result.exit_code == 0, result.output
     assert (saved / "out.html").is_symlink()
     assert "<html" in (saved / "site" / "index.html").read_text().lower()
+
+
+def test_calibrate_never_writes_over_the_measurements_it_reads(saved: Path) -> None:
+    reference = REPO / "profiler" / "data" / "reference-h100.jsonl"
+    (saved / "ref.jsonl").write_bytes(reference.read_bytes())
+    before = (saved / "ref.jsonl").read_bytes()
+    result = CliRunner().invoke(
+        main, ["calibrate", "--gpu", "h100", "--from", "ref.jsonl", "--out", "ref.jsonl"]
+    )
+    assert result.exit_code == 2 and "--out" in result.stderr, result.output
+    assert (saved / "ref.jsonl").read_bytes() == before

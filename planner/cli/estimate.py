@@ -26,6 +26,7 @@ from catalog import (
     loads_json,
     open_regular,
     printable,
+    same_file,
     to_jsonable,
 )
 from planner.cli.errors import NothingFitsError, UserInputError
@@ -592,6 +593,12 @@ def calibrate_command(gpu_name: str, sources: tuple[Path, ...], out: Path | None
     before = load_calibration(gpu.name) or calibration_for(gpu)
     before_errors = _errors(records, gpu, before if before.fit_inputs else FIRST_PRINCIPLES)
     target = out or user_calibration_dir() / calibration_file_name(gpu.name)
+    for source in sources:
+        if same_file(target, source):
+            raise UserInputError(
+                f"--out {printable(target)!r} is the measurements file being read (--from); "
+                "writing the calibration there would replace them. To fix: choose another --out"
+            )
     atomic_write_text(target, calibration_to_json(fitted), follow_link=out is not None)
     load_calibration.cache_clear()  # type: ignore[attr-defined]
     click.echo(f"fitted {gpu.name} on {fitted.fit_inputs} measurements")

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from catalog import atomic_write_text, mask_secrets, printable
+from catalog import atomic_write_text, mask_secrets, printable, same_file
 from planner.cli.errors import UserInputError
 
 _FORMATS = ("html", "md")
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """Whether writing ``a`` would replace ``b``: the same file by inode (a symbolic or hard
-    link included), or the same path once resolved."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
 
 
 @click.command("report")
