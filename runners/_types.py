@@ -206,6 +206,15 @@ class LaunchSpec:
             )
         if not self.max_hours > 0:
             raise ValueError(f"max_hours must be > 0, got {self.max_hours}")
+        if self.checkpoint is not None and (
+            _URL_CREDENTIALS.match(self.checkpoint)
+            or CONTROL_CHARS_OR_NEWLINES.search(self.checkpoint)
+        ):
+            # It travels in the spec to the run, its files and SageMaker's hyperparameters.
+            raise ValueError(
+                "checkpoint (--weights) holds credentials or control characters; give a plain "
+                "hub id, folder or s3:// URI and set credentials in the environment"
+            )
         if self.tokenizer not in (None, BYTE_TOKENIZER):
             raise ValueError(
                 f"tokenizer must be None (the model's) or 'byte', got {self.tokenizer!r}"

@@ -52,6 +52,7 @@ from runners import (
     parse_checkpoint_every,
 )
 from runners._length import RunLength, dataset_tokens, difference_note, run_length
+from runners._types import refuse_credentials_in_uri
 from runners.local import DEFAULT_RUNS_DIR, run_dir_for
 
 DEFAULT_CHECKPOINT_MINUTES = 30.0
@@ -448,6 +449,8 @@ def launch_command(
     """
     from planner.plan_io import read_plan
 
+    if weights is not None:
+        refuse_credentials_in_uri(weights, option="--weights")
     plan = read_plan(plan_file)
     candidate = plan_candidate(plan, rank=rank)
     spec = launch_spec_from_plan(
