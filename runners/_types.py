@@ -8,6 +8,7 @@ runners never import the planner.
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -24,7 +25,7 @@ from catalog import (
 )
 from catalog.errors import CONTROL_CHARS_OR_NEWLINES
 from profiler import TuningConfig
-from profiler._types import MAX_EPOCHS, MAX_GRAD_ACCUM_STEPS, MAX_LEARNING_RATE
+from profiler._types import MAX_EPOCHS, MAX_GRAD_ACCUM_STEPS
 from profiler.recipes import DEFAULT_LEARNING_RATE
 
 LAUNCH_SPEC_FORMAT = "ftplan-launch/1"
@@ -178,11 +179,12 @@ class LaunchSpec:
         for name in ("grad_accum_steps", "nodes", "log_every_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.learning_rate is not None and not 0 < self.learning_rate <= MAX_LEARNING_RATE:
-            raise ValueError(
-                f"learning_rate must be > 0 and at most {MAX_LEARNING_RATE:g}, got "
-                f"{self.learning_rate:g}"
-            )
+        # Finite and positive only: a plan's rate is held to MAX_LEARNING_RATE when the plan is
+        # read (planner._types.Candidate); a spec may ask for more (a divergence test does).
+        if self.learning_rate is not None and not (
+            math.isfinite(self.learning_rate) and self.learning_rate > 0
+        ):
+            raise ValueError(f"learning_rate must be > 0 and finite, got {self.learning_rate}")
         if not 0 < self.epochs <= MAX_SPEC_EPOCHS:
             raise ValueError(
                 f"epochs must be > 0 and at most {MAX_SPEC_EPOCHS:g}, got {self.epochs:g}"

@@ -40,7 +40,7 @@ from planner.cli import main
 from planner.cli.params import check_run_id
 from planner.plan_io import plan_to_json, read_plan
 from runners import LaunchSpec, RunnerError
-from runners._process import RUN_TOKEN_ENV, RunProcess, signal_supervisor, supervisor_problem
+from runners._process import RUN_TOKEN_ENV, RunProcess, process_problem, signal_run_process
 from runners._sagemaker_request import JOB_NAME_PATTERN, job_name
 from runners.data import ByteTokenizer, DataFormatError, count_tokens
 from runners.local import RUN_ID_PATTERN, model_slug, new_run_id
@@ -422,12 +422,10 @@ def test_the_run_s_own_supervisor_is_signalled(tmp_path: Path, sleeper: Any) -> 
         env={RUN_TOKEN_ENV: token},
     )
     process = RunProcess(pid=supervisor.pid, run_dir=run, token=token)
-    assert supervisor_problem(process) is None
-    assert "token" in (supervisor_problem(dataclasses.replace(process, token="ef" * 16)) or "")
-    assert "pid was reused" in (
-        supervisor_problem(dataclasses.replace(process, start_ticks=1)) or ""
-    )
-    assert signal_supervisor(process) is None
+    assert process_problem(process) is None
+    assert "token" in (process_problem(dataclasses.replace(process, token="ef" * 16)) or "")
+    assert "pid was reused" in (process_problem(dataclasses.replace(process, start_ticks=1)) or "")
+    assert signal_run_process(process) is None
     assert supervisor.wait(timeout=30) < 0  # ended by the signal
 
 
