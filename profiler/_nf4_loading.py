@@ -18,10 +18,11 @@ torch, transformers, safetensors and bitsandbytes are imported inside the functi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from catalog import read_json_file
 
 # bitsandbytes' default block size for 4-bit quantization (bnb.nn.Params4bit, and what
 # BitsAndBytesConfig uses): one absmax per 64 weights.
@@ -77,7 +78,7 @@ def checkpoint_tensors(checkpoint: str) -> Iterator[tuple[str, Any]]:
         folder = Path(snapshot_download(checkpoint, allow_patterns=["*.safetensors", "*.json"]))
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        weight_map = read_json_file(index, what="weights index", max_bytes=256 << 20)["weight_map"]
         files = [folder / name for name in sorted(set(weight_map.values()))]
     else:
         files = sorted(folder.glob("*.safetensors"))

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from catalog import atomic_write_text, read_json_file
+from catalog import atomic_write_text, open_regular, read_json_file
 from profiler import Method
 from runners._types import LaunchSpec
 
@@ -85,7 +85,7 @@ def _file_sizes(folder: Path) -> dict[str, int]:
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in chunks."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open_regular(path, what="file") as handle:  # a FIFO or device is refused, not read
         while chunk := handle.read(_HASH_CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
