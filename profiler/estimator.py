@@ -371,6 +371,11 @@ def _state_bytes(spec: ModelSpec, config: TuningConfig, trainable: int) -> State
         unit_gradient_bytes=t.layer_params * float(state_bytes_each)
         if method is Method.FULL
         else 0,
+        # QLoRA's absmax and second-level quantization states are not parameters: whole on
+        # every GPU however the packed weights are sharded or offloaded.
+        unsharded_weights=t.quantized_params * (NF4_BYTES_PER_PARAM - 0.5)
+        if method is Method.QLORA
+        else 0.0,
     )
 
 

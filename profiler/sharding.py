@@ -50,7 +50,10 @@ class StateBytes:
     ``layer_gather_bytes`` is one decoder layer (one FSDP unit) as gathered for compute,
     ``root_gather_bytes`` the parameters outside the decoder layers (embedding, head, final norm;
     FSDP's root unit), ``head_gather_bytes`` the LM head alone, and ``unit_gradient_bytes`` one
-    layer's unsharded gradients before the reduce-scatter (full FT only).
+    layer's unsharded gradients before the reduce-scatter (full FT only). ``unsharded_weights``
+    is the part of ``weights`` that is not a parameter, so no strategy shards or offloads it:
+    every GPU holds it whole (QLoRA's quantization states: bitsandbytes keeps them beside the
+    packed 4-bit weights, which are FSDP's parameters).
     """
 
     weights: float
@@ -62,6 +65,7 @@ class StateBytes:
     root_gather_bytes: float
     head_gather_bytes: float
     unit_gradient_bytes: float
+    unsharded_weights: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,12 +104,13 @@ def place(state: StateBytes, *, sharding: Sharding, gpu_count: int) -> Placement
         extra = state.gradients
     else:
         extra = working_set_bytes(state, sharding=sharding)
+    whole = state.unsharded_weights
     if sharding.offloads:
         # DeepSpeedCPUAdam updates in place; torch AdamW on the CPU keeps its temporary.
         temp = state.optimizer_temp if sharding is Sharding.FSDP_OFFLOAD else 0.0
-        host = (state.weights + state.gradients + state.optimizer_states + temp) / n
+        host = (state.weights - whole + state.gradients + state.optimizer_states + temp) / n
         return Placement(
-            weights=0.0,
+            weights=whole,
             gradients=0.0,
             optimizer_states=0.0,
             optimizer_temp=0.0,
@@ -114,7 +119,7 @@ def place(state: StateBytes, *, sharding: Sharding, gpu_count: int) -> Placement
             host_bytes_per_gpu=host,
         )
     return Placement(
-        weights=state.weights / n,
+        weights=(state.weights - whole) / n + whole,
         gradients=state.gradients / n,
         optimizer_states=state.optimizer_states / n,
         optimizer_temp=state.optimizer_temp / n,

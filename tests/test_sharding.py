@@ -109,7 +109,10 @@ def test_sharded_qlora_weights_and_working_set_by_hand() -> None:
     linear = spec.params_per_layer() * spec.num_layers
     other = spec.param_count - linear
     adapters = 16 * ((8192 + 8192) * 2 + (8192 + 1024) * 2 + (8192 + 28672) * 3) * spec.num_layers
-    weights = (linear * NF4_BYTES_PER_PARAM + other * 2 + adapters * 2) / 2
+    # The packed 4-bit weights are split two ways; their quantization states (not parameters)
+    # stay whole on both GPUs.
+    states = linear * (NF4_BYTES_PER_PARAM - 0.5)
+    weights = (linear * 0.5 + other * 2 + adapters * 2) / 2 + states
     assert terms["weights_gib"] * GIB == pytest.approx(weights)
     working = other * 2 + 2 * spec.params_per_layer() * NF4_BYTES_PER_PARAM
     assert terms["overhead_gib"] * GIB == pytest.approx(working + 0.06 * GIB)
