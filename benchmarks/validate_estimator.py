@@ -46,10 +46,11 @@ from profiler.calibration import (  # noqa: E402
     load_calibration,
     regime_of,
 )
-from profiler.estimator import estimate, host_seconds, time_terms  # noqa: E402
+from profiler.estimator import estimate  # noqa: E402
 from profiler.fit import fit_calibration, held_out_predictions  # noqa: E402
 from profiler.published import published_measurements  # noqa: E402
 from profiler.store import ProfileStore  # noqa: E402
+from profiler.timing import host_seconds, time_terms  # noqa: E402
 from profiler.transfer import calibrate_transfer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -26,7 +26,6 @@ from planner.engine.quality import (
 from planner.engine.search import SearchResult
 from planner.engine.space import RecommendRequest
 from profiler import Method, Precision, Source, TuningConfig
-from profiler.estimator import load_peak_gib, weight_bytes
 from profiler.headroom import (
     CUDA_CONTEXT_GIB,
     ESTIMATE_UNDER_PREDICTION,
@@ -34,6 +33,7 @@ from profiler.headroom import (
     capacity_gib,
     measurement_fit,
 )
+from profiler.memory import load_peak_gib, weight_bytes
 
 
 def describe(c: Candidate) -> str:

@@ -23,7 +23,20 @@ from profiler.calibration import (
     band_of,
     regime_of,
 )
-from profiler.estimator import compute_seconds, estimate, memory_terms, time_terms
+from profiler.estimator import estimate
+from profiler.memory import memory_terms
+from profiler.timing import (
+    GpuPass,
+    PassFeatures,
+    TimeTerms,
+    combine_passes,
+    compute_seconds,
+    gpu_pass_gradient,
+    gpu_pass_seconds,
+    host_pass_seconds,
+    pass_features,
+    time_terms,
+)
 
 if TYPE_CHECKING:
     from catalog import GPU, ModelSpec
@@ -89,7 +102,7 @@ def fit_calibration(
 ) -> Calibration:
     """Fit the estimator's free parameters to measurements of one GPU by least squares.
 
-    Time: the ``host-overlap`` model of :func:`profiler.estimator.compute_seconds`. Per pass,
+    Time: the ``host-overlap`` model of :func:`profiler.timing.compute_seconds`. Per pass,
     ``hypot(gpu, host)``; GPU time ``flops/(peak·eff) + recompute/(peak·eff_recompute)
     + (lora_traffic·k_lora + nf4_cast_traffic·k_cast + elementwise·k_elem) + dequantization``,
     host time per forward ``layers·t_layer + autocast_layers·t_autocast
@@ -183,12 +196,10 @@ def fit_calibration(
     return _with_errors(fitted, rows, specs, gpu, provenance)
 
 
-# The host-overlap model's coefficients, in the order _fit_host_overlap returns them: 1/MFU,
+# The host-overlap model's coefficients, in the order of profiler.timing.coefficients: 1/MFU,
 # 1/recompute efficiency, the LoRA-path, NF4-cast and elementwise traffic factors, then host
 # seconds per forward call of a decoder layer, of autocast per layer, of a LoRA-adapted linear
-# and of an NF4 linear. GPU terms first (_GPU_COLUMNS), host terms after (_HOST_COLUMNS).
-_GPU_COLUMNS = 5
-_HOST_COLUMNS = ("host_layers", "host_autocast_layers", "host_lora_linears", "host_nf4_linears")
+# and of an NF4 linear.
 # Lower bounds: the MFU cap, efficiencies <= 1, factors and host seconds >= 0.
 _LOWER = (1.0 / MAX_COMPUTE_EFFICIENCY, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 # Where the solver starts (a typical H100 fit; the problem is small and smooth, and starting
@@ -214,8 +225,8 @@ def _fit_bnb8(
     for m in rows:
         assert m.step_time_s is not None
         tt = time_terms(spec_lookup(m.model), m.config, gpu, calibration=calibration)
-        design.append([tt["bnb8_traffic_s"], tt["bnb8_tensors"]])
-        left.append(m.step_time_s - (compute_seconds(tt, calibration) - tt["optimizer_s"]))
+        design.append([tt.bnb8_traffic_s, tt.bnb8_tensors])
+        left.append(m.step_time_s - (compute_seconds(tt, calibration) - tt.optimizer_s))
         weights.append(1.0 / m.step_time_s)
     a = np.array(design) * np.array(weights)[:, None]
     b = np.array(left) * np.array(weights)
@@ -235,65 +246,87 @@ def _fit_bnb8(
 
 
 def _fit_host_overlap(
-    terms: Sequence[dict[str, float]],
+    terms: Sequence[TimeTerms],
     measured_s: Any,
     weights: Any,
     backward_host_fraction: float,
 ) -> Any:
     """Least squares of ``weights · (predicted - measured)`` for the host-overlap step time of
-    :func:`profiler.estimator.compute_seconds`, by projected Levenberg-Marquardt with the bounds
-    of :data:`_LOWER`; coefficients whose feature is zero on every row stay 0 (e.g. NF4 costs
+    :func:`profiler.timing.combine_passes` over :func:`profiler.timing.pass_features` (the
+    formula the estimate uses), by projected Levenberg-Marquardt with the bounds of
+    :data:`_LOWER`; coefficients whose feature is zero on every row stay 0 (e.g. NF4 costs
     without QLoRA rows; the recompute efficiency without checkpointed rows is then unfitted).
-    The optimizer step is not fitted: it adds as a constant at ``base``'s efficiencies.
+    The optimizer step is not fitted: it adds as a constant at the terms' efficiencies.
     """
     import numpy as np
 
-    def column(key: str, scale: str | None = None, complement: bool = False) -> Any:
-        values = []
-        for t in terms:
-            share = 1.0 if scale is None else t[scale]
-            values.append(t[key] * ((1.0 - share) if complement else share))
-        return np.array(values, dtype=float)
+    features = [pass_features(t, backward_host_fraction=backward_host_fraction) for t in terms]
 
-    # GPU forward / backward: design matrices over the 4 GPU coefficients, plus constants.
-    zeros = np.zeros(len(terms))
-    traffic = ("lora_traffic_s", "nf4_cast_traffic_s", "elementwise_s")
-    gpu_fwd = np.column_stack(
-        [column("forward_s_at_peak"), zeros]
-        + [column(key, "forward_traffic_share") for key in traffic]
+    def stacked(passes: Sequence[GpuPass]) -> GpuPass:
+        """The rows' passes as one pass of numpy arrays (the formula is elementwise)."""
+
+        def column(get: Callable[[GpuPass], float]) -> Any:
+            return np.array([get(p) for p in passes], dtype=float)
+
+        return GpuPass(
+            flops_s=column(lambda p: p.flops_s),
+            recompute_s=column(lambda p: p.recompute_s),
+            traffic=(
+                column(lambda p: p.traffic[0]),
+                column(lambda p: p.traffic[1]),
+                column(lambda p: p.traffic[2]),
+            ),
+            traffic_share=column(lambda p: p.traffic_share),
+            dequant_s=column(lambda p: p.dequant_s),
+            dequant_share=column(lambda p: p.dequant_share),
+            extra_s=column(lambda p: p.extra_s),
+        )
+
+    forward = stacked([f.forward for f in features])
+    backward = stacked([f.backward for f in features])
+    rows = PassFeatures(
+        forward=forward,
+        backward=backward,
+        host=(
+            np.array([f.host[0] for f in features], dtype=float),
+            np.array([f.host[1] for f in features], dtype=float),
+            np.array([f.host[2] for f in features], dtype=float),
+            np.array([f.host[3] for f in features], dtype=float),
+        ),
+        host_backward_multiplier=np.array([f.host_backward_multiplier for f in features]),
+        optimizer_s=np.array([f.optimizer_s for f in features], dtype=float),
     )
-    gpu_bwd = np.column_stack(
-        [column("backward_s_at_peak"), column("recompute_s_at_peak")]
-        + [column(key, "forward_traffic_share", complement=True) for key in traffic]
-    )
-    const_fwd = column("dequant_s", "forward_pass_share") + column("eager_forward_s")
-    const_bwd = column("dequant_s", "forward_pass_share", complement=True) + column(
-        "eager_backward_s"
-    )
-    host = np.column_stack([column(key) for key in _HOST_COLUMNS])
-    host_bwd = backward_host_fraction + column("recompute_host_passes")
-    optimizer = column("optimizer_s")
+    gpu_fwd = np.column_stack(gpu_pass_gradient(forward))
+    gpu_bwd = np.column_stack(gpu_pass_gradient(backward))
+    host = np.column_stack(rows.host)
+    host_bwd = rows.host_backward_multiplier
     design = np.hstack([gpu_fwd + gpu_bwd, host])
     active = np.array([bool(design[:, j].any()) for j in range(design.shape[1])])
-    # Work in units where every active coefficient's feature peaks at 1 (they span 1e-4 to 3).
+    # Solve in units where every active coefficient's feature peaks at 1 (they span 1e-4 to 3):
+    # theta is the scaled coefficient vector, theta / unit the physical one.
     unit = np.where(active, np.abs(design).max(axis=0), 1.0)
     lower = np.array(_LOWER) * unit
     theta = np.where(active, np.maximum(np.array(_START) * unit, lower), 0.0)
-    g = _GPU_COLUMNS
-    gpu_fwd, gpu_bwd, host = gpu_fwd / unit[:g], gpu_bwd / unit[:g], host / unit[g:]
 
     def residuals(t: Any) -> tuple[Any, Any]:
-        g_f, g_b = gpu_fwd @ t[:g] + const_fwd, gpu_bwd @ t[:g] + const_bwd
-        c_f = host @ t[g:]
+        physical = t / unit
+        g_f = gpu_pass_seconds(forward, physical)
+        g_b = gpu_pass_seconds(backward, physical)
+        c_f = host_pass_seconds(rows, physical)
         c_b = c_f * host_bwd
-        s_f, s_b = np.hypot(g_f, c_f), np.hypot(g_b, c_b)
-        s_f, s_b = np.maximum(s_f, 1e-30), np.maximum(s_b, 1e-30)
-        predicted = s_f + s_b + optimizer
-        jacobian = np.hstack(
-            [
-                (g_f / s_f)[:, None] * gpu_fwd + (g_b / s_b)[:, None] * gpu_bwd,
-                ((c_f / s_f) + (c_b / s_b) * host_bwd)[:, None] * host,
-            ]
+        predicted = combine_passes(g_f, g_b, c_f, c_b, rows.optimizer_s, hypot=np.hypot)
+        # d hypot(a, b) = (a·da + b·db) / hypot(a, b), per pass; the formula is linear in the
+        # coefficients inside each hypot.
+        s_f = np.maximum(np.hypot(g_f, c_f), 1e-30)
+        s_b = np.maximum(np.hypot(g_b, c_b), 1e-30)
+        jacobian = (
+            np.hstack(
+                [
+                    (g_f / s_f)[:, None] * gpu_fwd + (g_b / s_b)[:, None] * gpu_bwd,
+                    ((c_f / s_f) + (c_b / s_b) * host_bwd)[:, None] * host,
+                ]
+            )
+            / unit
         )
         return (predicted - measured_s) * weights, jacobian * weights[:, None]
 
@@ -335,12 +368,12 @@ def _fit_memory(
         if m.peak_reserved_gib is not None:
             ratios.append(m.peak_reserved_gib / m.peak_allocated_gib)
         terms = memory_terms(spec, m.config, gpu)
-        if terms["fb_static_gib"] + terms["dynamic_gib"] < terms["optimizer_step_gib"]:
+        if terms.fb_static_gib + terms.dynamic_gib < terms.optimizer_step_gib:
             continue  # the optimizer step sets this peak; it carries no activation information
         # Relative least squares of measured - static = scale * dynamic.
         w = 1.0 / m.peak_allocated_gib
-        numerator += w * w * terms["dynamic_gib"] * (m.peak_allocated_gib - terms["fb_static_gib"])
-        denominator += w * w * terms["dynamic_gib"] ** 2
+        numerator += w * w * terms.dynamic_gib * (m.peak_allocated_gib - terms.fb_static_gib)
+        denominator += w * w * terms.dynamic_gib**2
     scale = numerator / denominator if denominator > 0 else 1.0
     reserved = _median(ratios) if ratios else calibration.reserved_ratio
     return replace(calibration, activation_scale=scale, reserved_ratio=max(1.0, reserved))

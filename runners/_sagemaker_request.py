@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog import GIB, Provider, expand_user
-from profiler.estimator import checkpoint_bytes, download_bytes
+from profiler.memory import checkpoint_bytes, download_bytes
 from runners._distributed import DEEPSPEED_CONFIG_FILE
 from runners._distributed import (
     distribution_environment as _distribution_environment,

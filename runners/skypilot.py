@@ -37,7 +37,7 @@ from catalog import (
     sky_name_is_ambiguous,
 )
 from catalog.errors import CONTROL_CHARS, CONTROL_CHARS_OR_NEWLINES
-from profiler.estimator import checkpoint_bytes, download_bytes
+from profiler.memory import checkpoint_bytes, download_bytes
 from runners._sagemaker_request import SOURCE_PACKAGES, distribution_environment
 from runners._sky_follow import update_record
 from runners._sky_ops import (

@@ -76,7 +76,7 @@ def test_chunked_loss_equals_the_models_own(spec: ModelSpec, method: Method) -> 
 
 
 def test_the_recipe_runs_the_chunk_size_the_estimator_assumes() -> None:
-    from profiler.estimator import CHUNKED_LOSS_TOKENS
+    from profiler.memory import CHUNKED_LOSS_TOKENS
 
     prepared = recipes.setup_lora(TINY_LLAMA, _config(Method.LORA, chunked=True), device="cpu")
     assert prepared.loss_chunk_tokens == CHUNKED_LOSS_TOKENS

@@ -26,13 +26,12 @@ from profiler import (
     estimate,
     eval_pass,
 )
-from profiler.estimator import (
+from profiler.memory import (
     CHUNKED_LOSS_TOKENS,
     LOGITS_BYTES_PER_TOKEN_VOCAB,
     _logits_bytes_per_token_vocab,
-    compute_seconds,
-    time_terms,
 )
+from profiler.timing import compute_seconds, time_terms
 
 LONG = TuningConfig(
     method=Method.LORA,
@@ -69,10 +68,10 @@ def test_chunked_loss_trades_the_logits_for_one_more_head_forward(method: Method
         time_terms(spec, chunked, gpu, calibration=cal),
     )
     head_flops = 2.0 * tokens * spec.vocab_size * spec.hidden_size
-    assert tb["backward_s_at_peak"] - ta["backward_s_at_peak"] == pytest.approx(
+    assert tb.backward_s_at_rate - ta.backward_s_at_rate == pytest.approx(
         head_flops / (gpu.sustained_matmul_tflops * 1e12), rel=1e-6
     )
-    assert tb["elementwise_s"] > ta["elementwise_s"]
+    assert tb.elementwise_s > ta.elementwise_s
     assert a.step_time_s and b.step_time_s
     assert a.step_time_s < b.step_time_s < 1.1 * a.step_time_s
     assert compute_seconds(tb, cal) > compute_seconds(ta, cal)
@@ -162,7 +161,9 @@ def test_the_recipe_refuses_models_whose_loss_it_would_change() -> None:
 
     ids = torch.zeros((1, 8), dtype=torch.long)
     with pytest.raises(ValueError, match="cohere"):
-        recipes._chunked_causal_lm_loss(Model(), ids, ids, attention_mask=None, chunk_tokens=4)
+        recipes.step._chunked_causal_lm_loss(
+            Model(), ids, ids, attention_mask=None, chunk_tokens=4
+        )
 
 
 def test_launch_refuses_a_chunked_loss_the_recipe_cannot_run(

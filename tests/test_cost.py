@@ -15,7 +15,7 @@ from planner.engine.cost import (
     estimate_cost,
 )
 from profiler import Measurement, Method, Provenance, Source, Status, TuningConfig
-from profiler.estimator import trainable_params
+from profiler.memory import trainable_params
 
 CONFIG = TuningConfig(method=Method.LORA, lora_rank=16, lora_targets="all-linear")
 BUDGET = Budget(

@@ -14,14 +14,14 @@ from model_specs import TINY_LLAMA
 
 from catalog import ModelSpec, get_gpu, get_model
 from profiler import Method, Precision, TuningConfig, calibration_for, estimate
-from profiler.estimator import (
+from profiler.memory import (
     _EXTRA_H_COEF,
     _EXTRA_LOGITS_BYTES_PER_TOKEN_VOCAB,
     EAGER_ATTENTION_MODEL_TYPES,
     EAGER_SCORE_SAVED_BYTES,
     memory_terms,
-    time_terms,
 )
+from profiler.timing import time_terms
 
 RECIPES = [
     (Method.LORA, Precision.BF16_MIXED, "lora"),
@@ -129,14 +129,14 @@ def test_eager_scores_grow_with_the_square_of_the_sequence(method: Method) -> No
     eager, sdpa = (memory_terms(s, config, gpu) for s in (gemma2, like_llama))
     scores = gemma2.num_heads * 4096**2
     # Without checkpointing every layer keeps its scores, on top of the four norms' bytes.
-    extra = eager["activations_gib"] - sdpa["activations_gib"]
+    extra = eager.activations_gib - sdpa.activations_gib
     assert extra * 1024**3 >= gemma2.num_layers * EAGER_SCORE_SAVED_BYTES * scores
     # Time: every score computed (no causal skip) and the score chain's traffic.
     cal = calibration_for(gpu)
     t_eager, t_sdpa = (time_terms(s, config, gpu, calibration=cal) for s in (gemma2, like_llama))
-    assert t_sdpa["eager_forward_s"] == t_sdpa["eager_backward_s"] == 0.0
-    assert t_eager["eager_backward_s"] > t_eager["eager_forward_s"] > 0.0
-    assert t_eager["forward_s_at_peak"] > t_sdpa["forward_s_at_peak"]
+    assert t_sdpa.eager_forward_s == t_sdpa.eager_backward_s == 0.0
+    assert t_eager.eager_backward_s > t_eager.eager_forward_s > 0.0
+    assert t_eager.forward_s_at_rate > t_sdpa.forward_s_at_rate
     long, short = (
         estimate(gemma2, _config(method, s), gpu, calibration=cal) for s in (8192, 2048)
     )

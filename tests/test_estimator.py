@@ -9,7 +9,7 @@ import statistics
 import pytest
 from click.testing import CliRunner
 
-from catalog import GPU, Interconnect, ModelSpec, get_gpu, get_model
+from catalog import GIB, GPU, Interconnect, ModelSpec, get_gpu, get_model
 from planner.cli import main
 from profiler import (
     ATTENTION_MODULES,
@@ -28,20 +28,16 @@ from profiler.calibration import (
     reference_measurements,
     transfer_factor,
 )
-from profiler.estimator import (
+from profiler.estimator import estimate, memory_fits
+from profiler.headroom import CUDA_CONTEXT_GIB
+from profiler.memory import (
     ALLOCATOR_OVERHEAD_GIB,
-    GIB,
     LOGITS_BYTES_PER_TOKEN_VOCAB,
     NF4_BYTES_PER_PARAM,
-    estimate,
-    link_gbps_per_direction,
     lora_params,
-    memory_fits,
     memory_terms,
-    optimizer_seconds,
-    time_terms,
 )
-from profiler.headroom import CUDA_CONTEXT_GIB
+from profiler.timing import link_gbps_per_direction, optimizer_seconds, time_terms
 
 
 def estimate_(spec: ModelSpec, config: TuningConfig, gpu: GPU, **kwargs: object) -> Measurement:
@@ -120,31 +116,31 @@ def test_tiny_lora_adapter_count_by_hand() -> None:
 
 def test_full_bf16_mixed_components_by_hand() -> None:
     terms = memory_terms(TINY, _config(Method.FULL), H100)
-    assert terms["weights_gib"] == pytest.approx(_gib(4 * PARAMS))
-    assert terms["autocast_cache_gib"] == pytest.approx(_gib(2 * PARAMS))
-    assert terms["gradients_gib"] == pytest.approx(_gib(4 * PARAMS))
-    assert terms["optimizer_gib"] == pytest.approx(_gib(8 * PARAMS))
-    assert terms["optimizer_step_gib"] == pytest.approx(_gib(20 * PARAMS) + ALLOCATOR_OVERHEAD_GIB)
+    assert terms.weights_gib == pytest.approx(_gib(4 * PARAMS))
+    assert terms.autocast_cache_gib == pytest.approx(_gib(2 * PARAMS))
+    assert terms.gradients_gib == pytest.approx(_gib(4 * PARAMS))
+    assert terms.optimizer_gib == pytest.approx(_gib(8 * PARAMS))
+    assert terms.optimizer_step_gib == pytest.approx(_gib(20 * PARAMS) + ALLOCATOR_OVERHEAD_GIB)
     layer = 25 * H + 6 * Q + 4 * KV + 8 * FFN
-    assert terms["activations_gib"] == pytest.approx(_gib(LAYERS * TOKENS * layer))
-    assert terms["logits_gib"] == pytest.approx(_gib(LOGITS_BYTES_PER_TOKEN_VOCAB * TOKENS * V))
+    assert terms.activations_gib == pytest.approx(_gib(LAYERS * TOKENS * layer))
+    assert terms.logits_gib == pytest.approx(_gib(LOGITS_BYTES_PER_TOKEN_VOCAB * TOKENS * V))
 
 
 def test_full_pure_bf16_components_by_hand() -> None:
     terms = memory_terms(TINY, _config(Method.FULL, precision=Precision.BF16), H100)
-    assert terms["weights_gib"] == pytest.approx(_gib(2 * PARAMS))
-    assert terms["autocast_cache_gib"] == 0
-    assert terms["optimizer_gib"] == pytest.approx(_gib(4 * PARAMS))
-    assert terms["optimizer_step_gib"] == pytest.approx(_gib(10 * PARAMS) + ALLOCATOR_OVERHEAD_GIB)
+    assert terms.weights_gib == pytest.approx(_gib(2 * PARAMS))
+    assert terms.autocast_cache_gib == 0
+    assert terms.optimizer_gib == pytest.approx(_gib(4 * PARAMS))
+    assert terms.optimizer_step_gib == pytest.approx(_gib(10 * PARAMS) + ALLOCATOR_OVERHEAD_GIB)
 
 
 def test_lora_components_by_hand() -> None:
     terms = memory_terms(TINY, _config(Method.LORA), H100)
-    assert terms["weights_gib"] == pytest.approx(_gib(2 * PARAMS + 4 * ADAPTERS))
-    assert terms["gradients_gib"] == pytest.approx(_gib(4 * ADAPTERS))
-    assert terms["optimizer_gib"] == pytest.approx(_gib(8 * ADAPTERS))
+    assert terms.weights_gib == pytest.approx(_gib(2 * PARAMS + 4 * ADAPTERS))
+    assert terms.gradients_gib == pytest.approx(_gib(4 * ADAPTERS))
+    assert terms.optimizer_gib == pytest.approx(_gib(8 * ADAPTERS))
     layer = 18 * H + 6 * Q + 4 * KV + 8 * FFN
-    assert terms["activations_gib"] == pytest.approx(_gib(LAYERS * TOKENS * layer))
+    assert terms.activations_gib == pytest.approx(_gib(LAYERS * TOKENS * layer))
 
 
 def test_qlora_components_by_hand() -> None:
@@ -152,16 +148,16 @@ def test_qlora_components_by_hand() -> None:
     other = PARAMS - LAYERS * LAYER_LINEAR  # embeddings, head, norms: upcast to fp32
     expected = LAYERS * LAYER_LINEAR * NF4_BYTES_PER_PARAM + 4 * other + 4 * ADAPTERS
     assert abs(NF4_BYTES_PER_PARAM - 0.516) < 1e-3
-    assert terms["weights_gib"] == pytest.approx(_gib(expected))
-    assert terms["logits_gib"] == pytest.approx(
+    assert terms.weights_gib == pytest.approx(_gib(expected))
+    assert terms.logits_gib == pytest.approx(
         _gib(LOGITS_BYTES_PER_TOKEN_VOCAB * TOKENS * V + 2 * V * H)
     )
 
 
 def test_8bit_adamw_states_are_two_bytes_per_param() -> None:
     terms = memory_terms(TINY, _config(Method.FULL, optimizer=OptimizerKind.ADAMW_8BIT), H100)
-    assert terms["optimizer_gib"] == pytest.approx(_gib(2 * PARAMS))
-    assert terms["optimizer_temp_gib"] == 0
+    assert terms.optimizer_gib == pytest.approx(_gib(2 * PARAMS))
+    assert terms.optimizer_temp_gib == 0
 
 
 @pytest.mark.parametrize(
@@ -219,8 +215,8 @@ def test_checkpointing_cuts_activations_but_not_logits() -> None:
     )
     plain = memory_terms(spec, base, gpu)
     ckpt = memory_terms(spec, dataclasses.replace(base, grad_checkpointing=True), gpu)
-    assert ckpt["activations_gib"] < plain["activations_gib"] / 10
-    assert ckpt["logits_gib"] == plain["logits_gib"] > 5  # 12 B x 4096 tokens x 128256 vocab
+    assert ckpt.activations_gib < plain.activations_gib / 10
+    assert ckpt.logits_gib == plain.logits_gib > 5  # 12 B x 4096 tokens x 128256 vocab
 
 
 def test_peak_is_the_max_of_phases_and_reserved_exceeds_allocated() -> None:
@@ -262,7 +258,7 @@ def test_memory_counts_saved_inputs_per_adapted_linear() -> None:
     spec = get_model("llama2-7b")
     base = {"method": Method.LORA, "lora_rank": 16, "micro_batch_size": 4, "seq_len": 1024}
     per_token = {
-        t: memory_terms(spec, TuningConfig(lora_targets=t, **base), gpu)["layer_bytes_per_token"]
+        t: memory_terms(spec, TuningConfig(lora_targets=t, **base), gpu).layer_bytes_per_token
         for t in ("all-linear", "attention", "q_proj,v_proj")
     }
     h, i, q = spec.hidden_size, spec.intermediate_size, spec.q_dim
@@ -366,16 +362,16 @@ def test_only_autocast_recipes_pay_the_autocast_layer_cost() -> None:
     terms = {
         c: time_terms(spec, c, h100, calibration=FIRST_PRINCIPLES) for c in (mixed, pure, lora)
     }
-    assert terms[mixed]["autocast_layer_passes"] == terms[mixed]["layer_passes"] == 16 * 2
-    assert terms[pure]["autocast_layer_passes"] == 0 and terms[pure]["layer_passes"] == 32
-    assert terms[lora]["autocast_layer_passes"] == 16 * 3  # checkpointing re-runs the forward
+    assert terms[mixed].autocast_layer_passes == terms[mixed].layer_passes == 16 * 2
+    assert terms[pure].autocast_layer_passes == 0 and terms[pure].layer_passes == 32
+    assert terms[lora].autocast_layer_passes == 16 * 3  # checkpointing re-runs the forward
     cal = dataclasses.replace(FIRST_PRINCIPLES, autocast_layer_pass_overhead_s=1e-3)
     for config in (mixed, pure):
         extra = (
             estimate(spec, config, h100, calibration=cal).step_time_s
             - estimate(spec, config, h100, calibration=FIRST_PRINCIPLES).step_time_s
         )
-        assert extra == pytest.approx(terms[config]["autocast_layer_passes"] * 1e-3)
+        assert extra == pytest.approx(terms[config].autocast_layer_passes * 1e-3)
 
 
 def test_moe_keeps_all_experts_resident_but_computes_with_active_ones() -> None:
@@ -390,17 +386,16 @@ def test_moe_keeps_all_experts_resident_but_computes_with_active_ones() -> None:
     config = _config(Method.FULL)
     extra_experts = 7 * LAYERS * 3 * H * FFN
     assert (
-        memory_terms(moe, config, H100)["weights_gib"]
-        - memory_terms(dense, config, H100)["weights_gib"]
+        memory_terms(moe, config, H100).weights_gib - memory_terms(dense, config, H100).weights_gib
     ) == pytest.approx(_gib(4 * extra_experts))
     # One expert per token: the same matmul FLOPs as the dense model.
     flops = [
-        time_terms(s, config, H100, calibration=FIRST_PRINCIPLES)["compute_s_at_peak"]
+        time_terms(s, config, H100, calibration=FIRST_PRINCIPLES).compute_s_at_rate
         for s in (dense, moe)
     ]
     assert flops[0] == pytest.approx(flops[1])
-    assert memory_terms(moe, config, H100)["activations_gib"] == pytest.approx(
-        memory_terms(dense, config, H100)["activations_gib"]
+    assert memory_terms(moe, config, H100).activations_gib == pytest.approx(
+        memory_terms(dense, config, H100).activations_gib
     )
 
 
@@ -553,10 +548,10 @@ def test_eight_bit_adamw_costs_more_than_its_bandwidth_term() -> None:
     # bf16 params and grads: param r/w + grad read (2 B each) + two 1-byte states r/w = 10 B.
     traffic_s = spec.param_count * 10 / (bandwidth * calibration.bnb8_bandwidth_efficiency)
     tensors = 9 * spec.num_layers + 2  # tied embeddings: no separate head
-    assert terms["optimizer_s"] == pytest.approx(
+    assert terms.optimizer_s == pytest.approx(
         traffic_s + tensors * calibration.bnb8_host_s_per_tensor
     )
-    assert terms["optimizer_s"] == pytest.approx(optimizer_seconds(terms, calibration))
+    assert terms.optimizer_s == pytest.approx(optimizer_seconds(terms, calibration))
     adamw = dataclasses.replace(config, optimizer=OptimizerKind.ADAMW)
     assert estimate_(spec, config, gpu).step_time_s > estimate_(spec, adamw, gpu).step_time_s
     # The short full fine-tuning steps where the optimizer is a large share: within 15% on the
@@ -614,7 +609,7 @@ def test_moe_lora_adapts_the_fused_experts_through_target_parameters() -> None:
     lora_A of a × r·E and a lora_B of r·E × b (rank r per expert), as the recipe builds them."""
     from catalog import get_model
     from profiler import adapted_modules, expert_parameters
-    from profiler.estimator import lora_params, trainable_params
+    from profiler.memory import lora_params, trainable_params
 
     mixtral = get_model("mixtral-8x7b")
     assert adapted_modules("all-linear", num_experts=8) == ATTENTION_MODULES + (
@@ -640,7 +635,7 @@ def test_moe_qlora_quantizes_the_experts() -> None:
     """The recipe quantizes the fused experts to NF4 (bitsandbytes parametrization), so QLoRA
     Mixtral holds ~0.52 B/param, not 16-bit experts upcast to fp32."""
     from catalog import get_gpu, get_model
-    from profiler.estimator import NF4_BYTES_PER_PARAM, memory_terms
+    from profiler.memory import NF4_BYTES_PER_PARAM, memory_terms
 
     mixtral = get_model("mixtral-8x7b")
     linear = mixtral.params_per_layer() * mixtral.num_layers
@@ -651,5 +646,5 @@ def test_moe_qlora_quantizes_the_experts() -> None:
     terms = memory_terms(mixtral, config, get_gpu("h200"))
     attention_adapters = 16 * ((4096 + 4096) * 2 + (4096 + 1024) * 2) * 32
     expected = linear * NF4_BYTES_PER_PARAM + other * 4 + attention_adapters * 4
-    assert terms["weights_gib"] * 1024**3 == pytest.approx(expected)
-    assert terms["weights_gib"] < 24.5  # 46.7B at ~0.52 B/param
+    assert terms.weights_gib * 1024**3 == pytest.approx(expected)
+    assert terms.weights_gib < 24.5  # 46.7B at ~0.52 B/param

@@ -28,7 +28,7 @@ from profiler import (
     eval_pass,
 )
 from profiler.calibration import TimeModel
-from profiler.estimator import compute_seconds, forward_seconds, time_terms
+from profiler.timing import compute_seconds, forward_seconds, time_terms
 
 QLORA = TuningConfig(
     method=Method.QLORA,
@@ -83,7 +83,7 @@ def test_forward_seconds_under_both_time_models() -> None:
         c = dataclasses.replace(cal, time_model=model)
         tt = time_terms(spec, QLORA, gpu, calibration=c)
         forward, step = forward_seconds(tt, c), compute_seconds(tt, c)
-        assert 0 < forward < step - tt["optimizer_s"]
+        assert 0 < forward < step - tt.optimizer_s
 
 
 def _measurement(tokens_per_s: float) -> Measurement:

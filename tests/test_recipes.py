@@ -110,7 +110,7 @@ def test_moe_experts_are_target_parameters_not_modules() -> None:
 def test_moe_qlora_quantizes_and_adapts_the_experts(ckpt: bool) -> None:
     """Fused experts become NF4 (bitsandbytes parametrization) and get LoRA through PEFT
     target_parameters; the trainable count is the estimator's; a step trains them."""
-    from profiler.estimator import lora_params
+    from profiler.memory import lora_params
 
     config = TuningConfig(
         method=Method.QLORA,

@@ -13,8 +13,9 @@ from catalog import GPU, ModelSpec, get_gpu, get_model
 from planner.cli import main
 from profiler import Measurement, Method, OptimizerKind, Sharding, TuningConfig, sharding_problem
 from profiler.calibration import calibration_for
-from profiler.estimator import NF4_BYTES_PER_PARAM, estimate, memory_fits, memory_terms
+from profiler.estimator import estimate, memory_fits
 from profiler.headroom import capacity_gib
+from profiler.memory import NF4_BYTES_PER_PARAM, memory_terms
 from profiler.sharding import (
     HOST_RAM_PER_PROCESS_GIB,
     StateBytes,
@@ -113,11 +114,11 @@ def test_sharded_qlora_weights_and_working_set_by_hand() -> None:
     # stay whole on both GPUs.
     states = linear * (NF4_BYTES_PER_PARAM - 0.5)
     weights = (linear * 0.5 + other * 2 + adapters * 2) / 2 + states
-    assert terms["weights_gib"] * GIB == pytest.approx(weights)
+    assert terms.weights_gib * GIB == pytest.approx(weights)
     working = other * 2 + 2 * spec.params_per_layer() * NF4_BYTES_PER_PARAM
-    assert terms["overhead_gib"] * GIB == pytest.approx(working + 0.06 * GIB)
+    assert terms.overhead_gib * GIB == pytest.approx(working + 0.06 * GIB)
     # bf16 adapters under FSDP: gradient 2 B, AdamW states 2 × 2 B, per shard.
-    assert terms["optimizer_gib"] * GIB == pytest.approx(adapters * 4 / 2)
+    assert terms.optimizer_gib * GIB == pytest.approx(adapters * 4 / 2)
 
 
 def test_offload_moves_state_to_host_ram_and_costs_time() -> None:
@@ -231,7 +232,7 @@ def test_loading_never_needs_more_than_training_except_zero3_qlora(
     """FSDP loads every method on rank 0 and ZeRO-3 builds full fine-tuning and LoRA under
     zero.Init, so the loading peak per GPU stays below the training peak; only ZeRO-3 QLoRA
     still builds the whole NF4 model on every GPU."""
-    from profiler.estimator import load_peak_gib
+    from profiler.memory import load_peak_gib
     from profiler.sharding import loads_whole_model_per_gpu
 
     spec, gpu = get_model("llama3.1-70b"), get_gpu("rtx4090")
@@ -264,7 +265,7 @@ def test_loading_never_needs_more_than_training_except_zero3_qlora(
 def test_load_peak_is_the_whole_model_where_the_runner_loads_it_whole(
     sharding: Sharding, bytes_per_param: tuple[float, float]
 ) -> None:
-    from profiler.estimator import load_peak_gib
+    from profiler.memory import load_peak_gib
 
     spec = get_model("llama3.1-70b")
     config = TuningConfig(
@@ -286,7 +287,7 @@ def test_qlora_fsdp_offload_loads_within_a_24_gb_card() -> None:
     """llama3.1-70b QLoRA with FSDP offload over 2 x RTX 4090 (what recommend picks there):
     37.5 GiB per GPU when every rank quantized the whole model; with rank-0 loading one unit
     and the quantization states (the shards go to host memory)."""
-    from profiler.estimator import load_peak_gib
+    from profiler.memory import load_peak_gib
 
     spec, gpu = get_model("llama3.1-70b"), get_gpu("rtx4090")
     config = TuningConfig(

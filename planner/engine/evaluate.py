@@ -32,13 +32,9 @@ from profiler import (
     measurement_fit,
     sharding_problem,
 )
-from profiler.estimator import (
-    checkpoint_bytes,
-    download_bytes,
-    min_flops_per_token,
-    weight_bytes,
-)
+from profiler.memory import checkpoint_bytes, download_bytes, weight_bytes
 from profiler.sharding import loads_on_rank0
+from profiler.timing import min_flops_per_token
 
 EstimateFn = Callable[..., Measurement]
 """``estimate(spec, config, gpu, *, nodes, inter_node_gbps) -> Measurement`` (profiler)."""

@@ -31,7 +31,7 @@ from planner.engine.quality import (
 from planner.engine.search import SearchResult, search
 from planner.engine.space import Hardware, RecommendRequest
 from profiler import FitVerdict, Method
-from profiler.estimator import CHUNKED_LOSS_TOKENS
+from profiler.memory import CHUNKED_LOSS_TOKENS
 
 RANKED_SIZE = 8
 PARETO_SIZE = 12

@@ -23,7 +23,7 @@ from __future__ import annotations
 from catalog import ModelSpec
 from planner._types import RISK_ORDER, Budget, QualityPolicy, QualityRisk, RiskLevel, Task
 from profiler import Method, Precision, TuningConfig, adapted_modules
-from profiler.estimator import trainable_params
+from profiler.memory import trainable_params
 from profiler.recipes import DEFAULT_LEARNING_RATE
 
 SCHULMAN_2025 = 'Schulman et al., "LoRA Without Regret", Thinking Machines Lab, 2025'

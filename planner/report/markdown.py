@@ -31,7 +31,7 @@ from planner.report.rows import (
     source_counts,
     source_rows,
 )
-from profiler.estimator import CHUNKED_LOSS_TOKENS
+from profiler.memory import CHUNKED_LOSS_TOKENS
 
 _MD_SPECIAL = re.compile(r"([\\`*\[\]|])")
 

@@ -1,51 +1,28 @@
-"""Training recipes: the one definition of full, LoRA and QLoRA fine-tuning in ftplan.
-
-The profiler measures these functions and the runners launch them, so what ftplan prices is what
-it trains (DESIGN.md, "The recipes"). torch, transformers, peft and bitsandbytes are imported
-inside the functions only, so that ``import profiler`` stays light.
-
-On CPU the recipes are unchanged except where CPU lacks a feature: bitsandbytes 8-bit and paged
-optimizers need CUDA, so on CPU they fail with a clear error instead of being swapped silently.
-CPU autocast (bf16 and fp16) is supported by torch and kept.
+"""Recipes, part 1: the model. The transformers config from the catalog's architecture facts,
+PEFT's target names, dtypes per recipe, and building the base model (random, from a checkpoint,
+in NF4, on rank 0 only under FSDP) that :mod:`profiler.recipes.methods` wraps. torch,
+transformers, peft and bitsandbytes are imported inside the functions only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import tempfile
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from profiler._types import (
     MLP_MODULES,
     Method,
-    OptimizerKind,
     Precision,
     TuningConfig,
     adapted_modules,
-    chunked_loss_problem,
     expert_parameters,
 )
-from profiler.estimator import CHUNKED_LOSS_TOKENS, EAGER_ATTENTION_MODEL_TYPES
+from profiler.memory import EAGER_ATTENTION_MODEL_TYPES
 
 if TYPE_CHECKING:
     from catalog import ModelSpec
 
-# Starting AdamW learning rates, the one table the recipes, the planner's suggestions and launches
-# use: 2e-5 for full fine-tuning (7B-class SFT, e.g. Llama 2's SFT, Touvron et al. 2023), and
-# ~10x that for LoRA and QLoRA (Schulman et al., "LoRA Without Regret", 2025).
-DEFAULT_LEARNING_RATE: dict[Method, float] = {
-    Method.FULL: 2e-5,
-    Method.LORA: 2e-4,
-    Method.QLORA: 2e-4,
-}
-
-# Gradient clipping of every recipe, under every sharding: the global L2 norm of the gradients
-# is clipped to 1.0, the common fine-tuning default (transformers' TrainingArguments.max_grad_norm,
-# TRL's SFT scripts); DeepSpeed runs get the same value as their config's gradient_clipping.
-MAX_GRAD_NORM = 1.0
 
 # Architectures whose decoder layers fuse some Llama-named linears into one module.
 # phi3: q/k/v live in ``qkv_proj`` and gate/up in ``gate_up_proj`` (transformers modeling_phi3).
@@ -58,57 +35,12 @@ _FUSED_LINEAR_NAMES: dict[str, dict[str, str]] = {
         "up_proj": "gate_up_proj",
     },
 }
-# transformers refuses SDPA for gemma2 (attention-logit soft-capping), so it runs eager attention.
 
 
 def attention_implementation(spec: ModelSpec) -> str:
     """``sdpa`` (PyTorch scaled-dot-product attention), or ``eager`` where transformers has no
     SDPA path for the architecture."""
     return "eager" if spec.model_type in EAGER_ATTENTION_MODEL_TYPES else "sdpa"
-
-
-@dataclass(slots=True)
-class PreparedModel:
-    """Live torch objects of one recipe, ready for :func:`train_step` (a holder, not a record).
-
-    Attributes:
-        model: transformers causal LM (PEFT-wrapped for LoRA/QLoRA).
-        optimizer: torch optimizer over the trainable parameters.
-        trainable_params: Number of trainable parameters.
-        total_params: Number of parameters (4-bit weights counted unpacked, as PEFT counts them).
-        autocast_dtype: ``torch.bfloat16`` / ``torch.float16`` for autocast, ``None`` for none.
-        grad_scaler: ``torch.amp.GradScaler`` for fp16-mixed, else ``None``.
-        device: torch device string, e.g. ``cuda`` or ``cpu``.
-        loss_chunk_tokens: Chunked cross-entropy (``config.chunked_loss``): the head and the
-            loss run this many tokens at a time and are recomputed in backward; ``None`` runs
-            them over the whole micro-batch (the model's own forward).
-    """
-
-    model: Any
-    optimizer: Any
-    trainable_params: int
-    total_params: int
-    autocast_dtype: Any | None
-    grad_scaler: Any | None
-    device: str
-    loss_chunk_tokens: int | None = None
-
-
-def loss_chunk_tokens(config: TuningConfig) -> int | None:
-    """Tokens per chunk of the cross-entropy for ``config`` (None: not chunked).
-
-    The chunked loss calls the decoder and the head directly, past any DDP/FSDP/DeepSpeed
-    wrapper, so it runs on one unsharded GPU only.
-
-    Raises:
-        ValueError: ``chunked_loss`` with several GPUs or a sharding strategy.
-    """
-    if not config.chunked_loss:
-        return None
-    problem = chunked_loss_problem(gpu_count=config.gpu_count, sharding=config.sharding)
-    if problem is not None:
-        raise ValueError(f"{problem}. To fix: drop chunked_loss or plan one GPU")
-    return CHUNKED_LOSS_TOKENS
 
 
 def hf_config_for(spec: ModelSpec, *, num_layers: int | None = None) -> Any:
@@ -238,7 +170,7 @@ def quantize_experts_nf4(model: Any) -> int:
     return done
 
 
-def _fix_peft_stacked_parametrization() -> None:
+def fix_peft_stacked_parametrization() -> None:
     """Work around a peft 0.21.2 bug with LoRA on already-parametrized (4-bit) parameters.
 
     ``lora.ParamWrapper`` folds a single adapter into a fused expert stack with a
@@ -278,12 +210,12 @@ def _fix_peft_stacked_parametrization() -> None:
     setattr(layer.ParamWrapper, "_ftplan_fixed", True)  # noqa: B010
 
 
-def _sharded(config: TuningConfig) -> bool:
+def is_sharded(config: TuningConfig) -> bool:
     """LoRA/QLoRA under FSDP/ZeRO-3: every parameter stays 16-bit (one dtype per flat tensor)."""
     return config.sharding.shards_state and config.method is not Method.FULL
 
 
-def _dtype_kwarg(dtype: Any) -> dict[str, Any]:
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
     """transformers >= 4.56 names the load dtype ``dtype``; older releases ``torch_dtype`` (the
     SageMaker images ftplan launches on may carry an older transformers)."""
     import transformers
@@ -292,7 +224,7 @@ def _dtype_kwarg(dtype: Any) -> dict[str, Any]:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
-def _weight_dtype(config: TuningConfig) -> Any:
+def weight_dtype(config: TuningConfig) -> Any:
     import torch
 
     if config.method is Method.FULL:
@@ -300,7 +232,7 @@ def _weight_dtype(config: TuningConfig) -> Any:
     return torch.float16 if config.precision is Precision.FP16_MIXED else torch.bfloat16
 
 
-def _compute_dtype(config: TuningConfig) -> Any:
+def compute_dtype(config: TuningConfig) -> Any:
     import torch
 
     return torch.float16 if config.precision is Precision.FP16_MIXED else torch.bfloat16
@@ -398,7 +330,7 @@ def build_base_model(
         if checkpoint is None
         else checkpoint_config(checkpoint, num_layers=num_layers)
     )
-    dtype = _weight_dtype(config)
+    dtype = weight_dtype(config)
     attention = attention_implementation(spec)
     if config.method is Method.QLORA:
         return _build_nf4_model(
@@ -408,7 +340,7 @@ def build_base_model(
     rank0_only = loads_on_rank0_only()
     if checkpoint is not None and rank0_only is not False:
         model = AutoModelForCausalLM.from_pretrained(
-            checkpoint, config=hf_config, attn_implementation=attention, **_dtype_kwarg(dtype)
+            checkpoint, config=hf_config, attn_implementation=attention, **dtype_kwarg(dtype)
         )
         if rank0_only is None:
             model = model.to(device)
@@ -420,7 +352,7 @@ def build_base_model(
         build_on = device if rank0_only is None else ("cpu" if rank0_only else "meta")
         with torch.device(build_on):
             model = AutoModelForCausalLM.from_config(
-                hf_config, attn_implementation=attention, **_dtype_kwarg(dtype)
+                hf_config, attn_implementation=attention, **dtype_kwarg(dtype)
             )
     model.train()
     return model
@@ -465,7 +397,7 @@ def write_random_checkpoint(
     torch.manual_seed(0)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(
-            hf_config, attn_implementation=attention, **_dtype_kwarg(dtype)
+            hf_config, attn_implementation=attention, **dtype_kwarg(dtype)
         )
     skeleton.config.save_pretrained(folder)
     weight_map: dict[str, str] = {}
@@ -510,15 +442,15 @@ def _build_nf4_model(
     # FSDP/ZeRO-3 shard flat tensors of one dtype: NF4 packed into bf16 elements
     # (bnb_4bit_quant_storage) can be sharded next to the bf16 parameters (Answer.AI's FSDP+QLoRA,
     # in transformers and PEFT since 2024).
-    storage = {"bnb_4bit_quant_storage": _compute_dtype(config)} if _sharded(config) else {}
+    storage = {"bnb_4bit_quant_storage": compute_dtype(config)} if is_sharded(config) else {}
     quantization = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=_compute_dtype(config),
+        bnb_4bit_compute_dtype=compute_dtype(config),
         **storage,
     )
-    if _sharded(config) and loads_on_rank0_only() is not None:
+    if is_sharded(config) and loads_on_rank0_only() is not None:
         return _build_nf4_model_on_rank0(
             hf_config,
             quantization,
@@ -537,7 +469,7 @@ def _build_nf4_model(
         if source is None:
             source = stack.enter_context(tempfile.TemporaryDirectory(prefix="ftplan-nf4-"))
             write_random_checkpoint(
-                hf_config, source, dtype=_weight_dtype(config), attention=attention, device=device
+                hf_config, source, dtype=weight_dtype(config), attention=attention, device=device
             )
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()  # the modules' blocks: not part of the run's reserve
@@ -547,7 +479,7 @@ def _build_nf4_model(
             quantization_config=quantization,
             device_map=device_map,
             attn_implementation=attention,
-            **_dtype_kwarg(_weight_dtype(config)),
+            **dtype_kwarg(weight_dtype(config)),
         )
     quantize_experts_nf4(model)
     model.train()
@@ -578,7 +510,7 @@ def _build_nf4_model_on_rank0(
         random_tensors,
     )
 
-    dtype = _weight_dtype(config)
+    dtype = weight_dtype(config)
     model = nf4_skeleton(hf_config, quantization, dtype=dtype, attention=attention)
     tensors = None
     if loads_on_rank0_only():
@@ -586,7 +518,7 @@ def _build_nf4_model_on_rank0(
             torch.manual_seed(0)
             with torch.device("meta"):
                 plain = AutoModelForCausalLM.from_config(
-                    hf_config, attn_implementation=attention, **_dtype_kwarg(dtype)
+                    hf_config, attn_implementation=attention, **dtype_kwarg(dtype)
                 )
             tensors = random_tensors(plain, device=device)
         else:
@@ -594,387 +526,3 @@ def _build_nf4_model_on_rank0(
     load_nf4_on_rank0(model, tensors, dtype=dtype, device=device)
     model.train()
     return model
-
-
-def make_optimizer(
-    params: list[Any], config: TuningConfig, *, learning_rate: float, device: str
-) -> Any:
-    """The recipe's optimizer over ``params`` (also used to make it again after FSDP sharding,
-    when the parameters it was made over were meta tensors)."""
-    return _make_optimizer(params, config, learning_rate=learning_rate, device=device)
-
-
-def _make_optimizer(
-    params: list[Any], config: TuningConfig, *, learning_rate: float, device: str
-) -> Any:
-    import torch
-
-    if config.optimizer is OptimizerKind.ADAMW:
-        return torch.optim.AdamW(params, lr=learning_rate)
-    if not device.startswith("cuda"):
-        raise ValueError(
-            f"optimizer {config.optimizer.value} (bitsandbytes) needs a CUDA GPU; "
-            f"use --optimizer adamw on {device}"
-        )
-    import bitsandbytes as bnb
-
-    if config.optimizer is OptimizerKind.ADAMW_8BIT:
-        return bnb.optim.AdamW8bit(params, lr=learning_rate)
-    return bnb.optim.PagedAdamW8bit(params, lr=learning_rate)
-
-
-def _grad_scaler(config: TuningConfig, device: str) -> Any | None:
-    import torch
-
-    if config.precision is not Precision.FP16_MIXED:
-        return None
-    return torch.amp.GradScaler(device.split(":")[0])
-
-
-def _enable_checkpointing(model: Any) -> None:
-    """Non-reentrant activation checkpointing, as in the reference H100 measurements."""
-    with warnings.catch_warnings():
-        # transformers 5 renamed it activation_checkpointing_enable; the old name still works.
-        warnings.simplefilter("ignore", FutureWarning)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
-def setup_full(
-    spec: ModelSpec,
-    config: TuningConfig,
-    *,
-    device: str,
-    num_layers: int | None = None,
-    checkpoint: str | None = None,
-    learning_rate: float = DEFAULT_LEARNING_RATE[Method.FULL],
-) -> PreparedModel:
-    """Full fine-tuning: every parameter trains.
-
-    bf16-mixed: fp32 weights + bf16 autocast + AdamW (fp32 states). bf16: bf16 weights, no
-    autocast, AdamW (bf16 states). fp16-mixed: fp32 weights + fp16 autocast + GradScaler.
-
-    Args:
-        spec: Architecture facts.
-        config: A ``method=full`` config.
-        device: torch device string.
-        num_layers: Truncate to this many decoder layers (``None``: all).
-        checkpoint: Hub id or local path of real weights (``None``: random weights).
-        learning_rate: AdamW learning rate.
-
-    Raises:
-        ValueError: If ``config.method`` is not full.
-    """
-    if config.method is not Method.FULL:
-        raise ValueError(f"setup_full got method={config.method.value}")
-    model = build_base_model(
-        spec, config, device=device, num_layers=num_layers, checkpoint=checkpoint
-    )
-    if config.grad_checkpointing:
-        _enable_checkpointing(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    count = sum(p.numel() for p in params)
-    autocast = None if config.precision is Precision.BF16 else _compute_dtype(config)
-    return PreparedModel(
-        model=model,
-        optimizer=_make_optimizer(params, config, learning_rate=learning_rate, device=device),
-        trainable_params=count,
-        total_params=sum(p.numel() for p in model.parameters()),
-        autocast_dtype=autocast,
-        grad_scaler=_grad_scaler(config, device),
-        device=device,
-        loss_chunk_tokens=loss_chunk_tokens(config),
-    )
-
-
-def _lora_config(spec: ModelSpec, config: TuningConfig, model: Any) -> Any:
-    from peft import LoraConfig
-
-    rank, alpha = config.lora_rank, config.effective_lora_alpha
-    if rank is None or alpha is None:
-        raise ValueError(f"method={config.method.value} needs lora_rank")
-    parameters = peft_target_parameters(model, spec, config)
-    return LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=0.0,
-        target_modules=peft_target_modules(spec, config),
-        target_parameters=parameters or None,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-
-
-def _prepared_lora(
-    model: Any, config: TuningConfig, *, device: str, learning_rate: float
-) -> PreparedModel:
-    trainable, total = model.get_nb_trainable_parameters()
-    params = [p for p in model.parameters() if p.requires_grad]
-    return PreparedModel(
-        model=model,
-        optimizer=_make_optimizer(params, config, learning_rate=learning_rate, device=device),
-        trainable_params=int(trainable),
-        total_params=int(total),
-        autocast_dtype=_compute_dtype(config),
-        grad_scaler=_grad_scaler(config, device),
-        device=device,
-        loss_chunk_tokens=loss_chunk_tokens(config),
-    )
-
-
-def setup_lora(
-    spec: ModelSpec,
-    config: TuningConfig,
-    *,
-    device: str,
-    num_layers: int | None = None,
-    checkpoint: str | None = None,
-    learning_rate: float = DEFAULT_LEARNING_RATE[Method.LORA],
-) -> PreparedModel:
-    """LoRA: 16-bit frozen base, PEFT adapters (PEFT's default fp32 adapter dtype), autocast.
-
-    Args and Raises: as :func:`setup_full`, for a ``method=lora`` config.
-    """
-    from peft import get_peft_model
-
-    if config.method is not Method.LORA:
-        raise ValueError(f"setup_lora got method={config.method.value}")
-    model = build_base_model(
-        spec, config, device=device, num_layers=num_layers, checkpoint=checkpoint
-    )
-    if config.grad_checkpointing:
-        _enable_checkpointing(model)
-        # Frozen embeddings output no grad; checkpointed blocks need an input that requires one.
-        model.enable_input_require_grads()
-    # Sharded: adapters in the base's bf16, not PEFT's fp32 default, so FSDP can flatten them
-    # with the frozen weights (use_orig_params keeps them separately trainable).
-    model = get_peft_model(
-        model, _lora_config(spec, config, model), autocast_adapter_dtype=not _sharded(config)
-    )
-    return _prepared_lora(model, config, device=device, learning_rate=learning_rate)
-
-
-def setup_qlora(
-    spec: ModelSpec,
-    config: TuningConfig,
-    *,
-    device: str,
-    num_layers: int | None = None,
-    checkpoint: str | None = None,
-    learning_rate: float = DEFAULT_LEARNING_RATE[Method.QLORA],
-) -> PreparedModel:
-    """QLoRA: NF4 + double-quant base, ``prepare_model_for_kbit_training``, then LoRA.
-
-    ``prepare_model_for_kbit_training`` casts embeddings, head and norms to fp32, so without
-    checkpointing QLoRA can need more memory than LoRA (DESIGN.md).
-
-    Args and Raises: as :func:`setup_full`, for a ``method=qlora`` config.
-    """
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
-    if config.method is not Method.QLORA:
-        raise ValueError(f"setup_qlora got method={config.method.value}")
-    model = build_base_model(
-        spec, config, device=device, num_layers=num_layers, checkpoint=checkpoint
-    )
-    if peft_target_parameters(model, spec, config):
-        _fix_peft_stacked_parametrization()
-    if _sharded(config):
-        # Sharded QLoRA skips prepare_model_for_kbit_training: its fp32 upcast of embeddings,
-        # head and norms would break FSDP's one-dtype flat tensors (TRL does the same).
-        if config.grad_checkpointing:
-            _enable_checkpointing(model)
-            model.enable_input_require_grads()
-    else:
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=config.grad_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    # Sharded: adapters in the base's bf16, not PEFT's fp32 default, so FSDP can flatten them
-    # with the frozen weights (use_orig_params keeps them separately trainable).
-    model = get_peft_model(
-        model, _lora_config(spec, config, model), autocast_adapter_dtype=not _sharded(config)
-    )
-    return _prepared_lora(model, config, device=device, learning_rate=learning_rate)
-
-
-SETUP_FUNCTIONS: dict[Method, Callable[..., PreparedModel]] = {
-    Method.FULL: setup_full,
-    Method.LORA: setup_lora,
-    Method.QLORA: setup_qlora,
-}
-
-
-def _causal_lm_loss(
-    prepared: PreparedModel, input_ids: Any, labels: Any, *, attention_mask: Any = None
-) -> Any:
-    """Forward under the recipe's autocast; the model's mean causal-LM loss (a tensor)."""
-    import torch
-
-    device_type = prepared.device.split(":")[0]
-    autocast = (
-        torch.autocast(device_type=device_type, dtype=prepared.autocast_dtype)
-        if prepared.autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
-    if prepared.loss_chunk_tokens is not None:
-        with autocast:
-            return _chunked_causal_lm_loss(
-                prepared.model,
-                input_ids,
-                labels,
-                attention_mask=attention_mask,
-                chunk_tokens=prepared.loss_chunk_tokens,
-            )
-    with autocast:
-        outputs = prepared.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
-    loss = outputs.loss
-    # Holding the outputs through backward keeps their logits alive: one more batch x seq x vocab
-    # copy at the peak (2.3-9.3 GiB on the H200's 8k-32k-token steps, benchmarks/results/).
-    del outputs
-    return loss
-
-
-def _chunked_causal_lm_loss(
-    model: Any, input_ids: Any, labels: Any, *, attention_mask: Any, chunk_tokens: int
-) -> Any:
-    """The causal-LM loss of the model's own forward (mean over labels other than -100, next
-    token), with the head and the cross-entropy run ``chunk_tokens`` tokens at a time under
-    non-reentrant checkpointing: only one chunk's logits (and their fp32 copies) are ever
-    alive, and backward recomputes each chunk. Final-logit soft-capping (Gemma 2) is applied as
-    the model applies it.
-    """
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    problem = chunked_loss_problem(model_type=getattr(base.config, "model_type", ""))
-    if problem is None and getattr(base.config, "output_router_logits", False):
-        problem = "ftplan's chunked cross-entropy leaves out the router's auxiliary loss"
-    if problem is not None:
-        raise ValueError(f"{problem}. To fix: train it without chunked_loss")
-    decoder, head = base.get_decoder(), base.get_output_embeddings()
-    softcap = getattr(base.config, "final_logit_softcapping", None)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    hidden = hidden[:, :-1, :].reshape(-1, hidden.shape[-1])
-    targets = labels[:, 1:].reshape(-1).to(hidden.device)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_tokens):
-        end = start + chunk_tokens
-        total = total + checkpoint(
-            _chunk_loss_sum,
-            head,
-            softcap,
-            hidden[start:end],
-            targets[start:end],
-            use_reentrant=False,
-        )
-    return total / (targets != -100).sum().clamp(min=1)
-
-
-def _chunk_loss_sum(head: Any, softcap: float | None, hidden: Any, targets: Any) -> Any:
-    """Summed fp32 cross-entropy of one chunk of final hidden states (the model's upcast)."""
-    import torch
-
-    logits = head(hidden).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
-
-
-def eval_loss(prepared: PreparedModel, input_ids: Any) -> tuple[float, int]:
-    """Forward only (no gradients), labels = inputs as in training, under the same autocast.
-
-    The caller switches the model to eval mode (no dropout) and back.
-
-    Args:
-        prepared: Output of a ``setup_*`` function.
-        input_ids: Token ids, shape (micro_batch, seq_len), on ``prepared.device``; every
-            position is a real token (packed blocks, no padding).
-
-    Returns:
-        (sum of the per-token cross-entropy in nats, number of predicted tokens): the model
-        shifts the labels, so each block predicts ``seq_len - 1`` tokens. Synchronizes with the
-        device.
-    """
-    import torch
-
-    with torch.no_grad():
-        loss = _causal_lm_loss(prepared, input_ids, input_ids)
-    tokens = int(input_ids.shape[0]) * (int(input_ids.shape[1]) - 1)
-    return float(loss) * tokens, tokens
-
-
-def forward_backward(
-    prepared: PreparedModel,
-    input_ids: Any,
-    labels: Any,
-    *,
-    attention_mask: Any = None,
-    backward: Callable[[Any], None] | None = None,
-) -> Any:
-    """Forward (under the recipe's autocast) with causal-LM loss, then backward.
-
-    Returns:
-        The loss tensor (detached), not yet synchronized to the host.
-    """
-    loss = _causal_lm_loss(prepared, input_ids, labels, attention_mask=attention_mask)
-    if backward is not None:  # DeepSpeed: its engine runs backward (and its step)
-        backward(loss)
-        return loss.detach()
-    if prepared.grad_scaler is not None:
-        prepared.grad_scaler.scale(loss).backward()
-    else:
-        loss.backward()
-    return loss.detach()
-
-
-def clip_gradients(prepared: PreparedModel, *, max_norm: float = MAX_GRAD_NORM) -> float:
-    """Scale the gradients so that their global L2 norm is at most ``max_norm``; returns the
-    norm before clipping (inf or nan when a gradient is not finite).
-
-    Under FSDP the norm must cover every rank's shard: FSDP's own ``clip_grad_norm_`` reduces
-    it across ranks (what ``Accelerator.clip_grad_norm_`` calls). Otherwise (one process, DDP's
-    identical gradients) torch's ``clip_grad_norm_`` over the trainable parameters. fp16-mixed
-    unscales first. DeepSpeed clips inside its engine (``gradient_clipping`` in its config).
-    """
-    import torch
-
-    if prepared.grad_scaler is not None:
-        prepared.grad_scaler.unscale_(prepared.optimizer)
-    fsdp_clip = getattr(prepared.model, "clip_grad_norm_", None)
-    if callable(fsdp_clip):
-        return float(fsdp_clip(max_norm))
-    params = [p for p in prepared.model.parameters() if p.grad is not None]
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-
-
-def optimizer_step(prepared: PreparedModel) -> None:
-    """Clip the gradients (:func:`clip_gradients`), step the optimizer (through the GradScaler
-    for fp16-mixed), then ``zero_grad(set_to_none)``."""
-    clip_gradients(prepared)
-    if prepared.grad_scaler is not None:
-        prepared.grad_scaler.step(prepared.optimizer)
-        prepared.grad_scaler.update()
-    else:
-        prepared.optimizer.step()
-    prepared.optimizer.zero_grad(set_to_none=True)
-
-
-def train_step(
-    prepared: PreparedModel, input_ids: Any, labels: Any, *, attention_mask: Any = None
-) -> float:
-    """One training step: forward, causal-LM loss, backward, optimizer step, zero_grad.
-
-    Args:
-        prepared: Output of a ``setup_*`` function.
-        input_ids: Token ids, shape (micro_batch, seq_len), on ``prepared.device``.
-        labels: Target ids (the inputs for causal LM; the model shifts them).
-        attention_mask: Optional mask of shape (micro_batch, seq_len).
-
-    Returns:
-        The loss of this step (float; synchronizes with the device).
-    """
-    loss = forward_backward(prepared, input_ids, labels, attention_mask=attention_mask)
-    optimizer_step(prepared)
-    return float(loss)
