@@ -1,5 +1,5 @@
-"""The calibrated estimator object (profiler.Estimator): the estimate, eval pass and fit the planner
-and the CLI reach through one object."""
+"""The calibrated estimator object (profiler.Estimator): estimate, eval pass and fit, which the
+planner and the CLI reach through one object."""
 
 from __future__ import annotations
 
