@@ -11,11 +11,96 @@ from dataclasses import dataclass, field
 
 
 class Method(enum.StrEnum):
-    """Fine-tuning method (DESIGN.md, "The recipes")."""
+    """Fine-tuning method (DESIGN.md, "The recipes"). What each one is lives in one table,
+    :data:`METHOD_TRAITS` (:attr:`traits`)."""
 
     FULL = "full"
     LORA = "lora"
     QLORA = "qlora"
+
+    @property
+    def traits(self) -> MethodTraits:
+        """This method's row of :data:`METHOD_TRAITS`."""
+        # Keyed by the plain value: hashing an Enum member runs Python code, a str's does not.
+        return _TRAITS_BY_VALUE[self._value_]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MethodTraits:
+    """What ftplan knows of a fine-tuning method to price, run and explain it: a new method
+    (DoRA, ...) is a new row of :data:`METHOD_TRAITS`, and the few places that still branch on
+    the method itself use an exhaustive ``match`` with :func:`typing.assert_never`, so the type
+    checker lists each one it must touch.
+
+    Attributes:
+        label: How plans and reports name it.
+        adapters: Trains LoRA adapters on a frozen base (else every weight is trained).
+        quantized_base: The base's linears are NF4 (bitsandbytes), prepared for k-bit training.
+        learning_rate: Starting AdamW learning rate: 2e-5 for full fine-tuning (7B-class SFT,
+            e.g. Llama 2's, Touvron et al. 2023), ~10x that for LoRA and QLoRA (Schulman et al.,
+            "LoRA Without Regret", 2025).
+        hidden_activation_bytes: Bytes one decoder layer saves per token per hidden feature
+            (its RMSNorms' fp32 upcasts and outputs, the residual stream) under bf16-mixed;
+            fp32 residual streams (full bf16-mixed, QLoRA after k-bit preparation) save more.
+        hidden_activation_bytes_bf16: The same with pure bf16 weights (full FT), else None.
+        mlp_activation_bytes: Bytes per token per MLP feature (gate, up, SiLU output and their
+            product), more for QLoRA, whose Linear4bit returns the fp32 input dtype.
+        mlp_activation_bytes_sharded: The same under FSDP/ZeRO-3 (one dtype per flat
+            parameter: a bf16 stream throughout).
+        band_regime: The regime name of its estimates' error bands.
+    """
+
+    label: str
+    adapters: bool
+    quantized_base: bool
+    learning_rate: float
+    hidden_activation_bytes: float
+    hidden_activation_bytes_bf16: float | None
+    mlp_activation_bytes: float
+    mlp_activation_bytes_sharded: float
+    band_regime: str
+
+
+# The activation coefficients were counted per saved tensor for HF Llama-style layers and
+# reconciled with the 24 H100 reference runs of the first set (docs/estimator.md, "Memory").
+METHOD_TRAITS: dict[Method, MethodTraits] = {
+    Method.FULL: MethodTraits(
+        label="full fine-tuning",
+        adapters=False,
+        quantized_base=False,
+        learning_rate=2e-5,
+        hidden_activation_bytes=25.0,
+        hidden_activation_bytes_bf16=14.5,
+        mlp_activation_bytes=8.0,
+        mlp_activation_bytes_sharded=8.0,
+        band_regime="full",
+    ),
+    Method.LORA: MethodTraits(
+        label="LoRA",
+        adapters=True,
+        quantized_base=False,
+        learning_rate=2e-4,
+        hidden_activation_bytes=18.0,
+        hidden_activation_bytes_bf16=None,
+        mlp_activation_bytes=8.0,
+        mlp_activation_bytes_sharded=8.0,
+        band_regime="lora",
+    ),
+    Method.QLORA: MethodTraits(
+        label="QLoRA",
+        adapters=True,
+        quantized_base=True,
+        learning_rate=2e-4,
+        hidden_activation_bytes=18.0,
+        hidden_activation_bytes_bf16=None,
+        mlp_activation_bytes=13.5,
+        mlp_activation_bytes_sharded=8.0,
+        band_regime="qlora",
+    ),
+}
+if set(METHOD_TRAITS) != set(Method):  # a new Method without its row fails at import
+    raise RuntimeError(f"METHOD_TRAITS lacks {sorted(set(Method) - set(METHOD_TRAITS))}")
+_TRAITS_BY_VALUE = {method.value: traits for method, traits in METHOD_TRAITS.items()}
 
 
 class Precision(enum.StrEnum):
@@ -140,12 +225,12 @@ def sharding_problem(
             f"sharding {sharding.value} runs the optimizer on the CPU, where bitsandbytes' "
             f"{optimizer.value} cannot run: use optimizer adamw"
         )
-    if sharding is Sharding.ZERO3_OFFLOAD and method is Method.QLORA:
+    if sharding is Sharding.ZERO3_OFFLOAD and method.traits.quantized_base:
         return (
             "zero3-offload cannot offload bitsandbytes 4-bit weights (DeepSpeed moves 16-bit "
             "parameters only): use fsdp-offload for QLoRA with CPU offload, or zero3"
         )
-    if method is Method.QLORA and num_experts > 1 and sharding.shards_state:
+    if method.traits.quantized_base and num_experts > 1 and sharding.shards_state:
         return (
             f"QLoRA keeps MoE experts as uint8 4-bit parameters (bitsandbytes parametrization), "
             f"which {sharding.value} cannot shard next to bf16 ones: use none on one GPU or ddp"
@@ -269,7 +354,7 @@ class TuningConfig:
     chunked_loss: bool = False
 
     def __post_init__(self) -> None:
-        if self.method is Method.FULL:
+        if not self.method.traits.adapters:
             if self.lora_rank is not None or self.lora_targets is not None:
                 raise ValueError("lora_rank/lora_targets are meaningless for method=full")
         else:
@@ -316,7 +401,7 @@ class TuningConfig:
     def label(self) -> str:
         """Short description, e.g. ``lora r16 all-linear bf16-mixed b4 s1024 ckpt``."""
         parts = [self.method.value]
-        if self.method is not Method.FULL:
+        if self.method.traits.adapters:
             parts += [f"r{self.lora_rank}", str(self.lora_targets)]
         parts += [self.precision.value, f"b{self.micro_batch_size}", f"s{self.seq_len}"]
         if self.grad_checkpointing:

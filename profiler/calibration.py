@@ -285,14 +285,10 @@ def regime_of(config: TuningConfig) -> str:
     ``full`` (bf16-mixed), ``full-bf16``, ``lora`` or ``qlora`` (fp16-mixed counts as its bf16
     twin), e.g. ``qlora-ckpt``.
     """
-    # Identity tests, not Enum.value or a dict of members: this runs on every estimate.
-    method = config.method
-    if method is Method.LORA:
-        recipe = "lora"
-    elif method is Method.QLORA:
-        recipe = "qlora"
-    else:
-        recipe = "full-bf16" if config.precision is Precision.BF16 else "full"
+    traits = config.method.traits
+    recipe = traits.band_regime
+    if not traits.adapters and config.precision is Precision.BF16:
+        recipe += "-bf16"
     return recipe + "-ckpt" if config.grad_checkpointing else recipe
 
 

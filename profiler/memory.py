@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from catalog import GIB
 from profiler._types import (
     ATTENTION_MODULES,
-    Method,
     OptimizerKind,
     Precision,
     TuningConfig,
@@ -94,20 +93,13 @@ LOGITS_BYTES_PER_TOKEN_VOCAB = 12.0
 # Activation bytes saved per token per decoder layer, as coefficients on hidden (h), query width
 # (q = heads*head_dim), key/value width (kv) and MLP width (i), for bf16 activations. Counted per
 # saved tensor for HF Llama-style layers with PyTorch SDPA (no s^2 term): q, k, v and the
-# attention output saved by SDPA and the o_proj input copy (6q + 4kv); gate, up, SiLU output and
-# their product in the gated MLP (8i); RMSNorm saves its fp32 upcast and its bf16 output (the
-# h term, larger when the residual stream is fp32: full bf16-mixed and QLoRA after
-# prepare_model_for_kbit_training). QLoRA's Linear4bit returns the input dtype, so part of the
-# MLP chain is fp32 (+5.5i). Reconciled with the 24 H100 reference runs (docs/estimator.md).
-_H_COEF = {
-    ("full", True): 25.0,
-    ("full", False): 14.5,
-    ("lora", False): 18.0,
-    ("qlora", False): 18.0,
-}
+# attention output saved by SDPA and the o_proj input copy (6q + 4kv); the h and i coefficients
+# depend on the method and live in its traits (profiler._types.METHOD_TRAITS: RMSNorm's fp32
+# upcast and bf16 output, larger with an fp32 residual stream; the gated MLP's gate, up, SiLU
+# output and product, more for QLoRA, whose Linear4bit returns the fp32 input dtype).
+# Reconciled with the 24 H100 reference runs (docs/estimator.md).
 _Q_COEF = 6.0
 _KV_COEF = 4.0
-_I_COEF = {"full": 8.0, "lora": 8.0, "qlora": 13.5}
 
 
 # Eager attention (the model types transformers runs without SDPA, EAGER_ATTENTION_MODEL_TYPES)
@@ -134,7 +126,7 @@ EAGER_MASK_BYTES_PER_SCORE_PAIR = 4.0
 # coefficient on h; and beyond LOGITS_BYTES_PER_TOKEN_VOCAB. Gemma 2's four RMSNorms per layer
 # (two more than Llama's, with trained weights under full fine-tuning) and its final-logit soft
 # cap (the tanh output, bf16), counted with the same hooks on 2-layer models of two widths.
-_EXTRA_H_COEF = {"gemma2": {"lora": 8.0, "qlora": 8.0, "full": 21.0, "full-mixed": 16.0}}
+_EXTRA_H_COEF = {"gemma2": {"adapters": 8.0, "full": 21.0, "full-mixed": 16.0}}
 _EXTRA_LOGITS_BYTES_PER_TOKEN_VOCAB = {"gemma2": 2.0}
 
 
@@ -175,8 +167,8 @@ class SpecTerms:
     # (qlora, targets, sharded adapters) -> (LoRA path, NF4 cast) forward bytes per token per
     # layer, and the adapted linears per layer
     traffic: dict[tuple[bool, str, bool], tuple[float, float, int]]
-    # (lora, qlora, full bf16-mixed, targets, sharded adapters) -> activation bytes per token
-    activations: dict[tuple[bool, bool, bool, str | None, bool], float]
+    # (method value, full bf16-mixed, targets, sharded adapters) -> activation bytes per token
+    activations: dict[tuple[str, bool, str | None, bool], float]
 
 
 # Keyed by id() with an identity check: hashing a ModelSpec (17 fields) costs more than the
@@ -262,7 +254,7 @@ def lora_params(spec: ModelSpec, rank: int, targets: str) -> int:
 
 def trainable_params(spec: ModelSpec, config: TuningConfig) -> int:
     """Parameters the optimizer updates: all for full FT, the adapters for LoRA/QLoRA."""
-    if config.method is Method.FULL:
+    if not config.method.traits.adapters:
         return spec.param_count
     return _adapter_params(spec, config)
 
@@ -286,7 +278,7 @@ def checkpoint_bytes(spec: ModelSpec, config: TuningConfig) -> float:
     (8); pure bf16 saves 2 + 4; LoRA adapters are saved with fp32 AdamW moments (4 + 8). 8-bit
     AdamW keeps 2 bytes of moments instead (bitsandbytes, Dettmers et al. 2022).
     """
-    if config.method is Method.FULL and config.precision is Precision.BF16:
+    if not config.method.traits.adapters and config.precision is Precision.BF16:
         weights, states = 2.0, 4.0
     else:
         weights, states = 4.0, 8.0
@@ -303,23 +295,23 @@ def sharded_adapters(config: TuningConfig) -> bool:
     """LoRA/QLoRA under FSDP/ZeRO-3 keep every parameter 16-bit: FSDP flattens tensors of one
     dtype, so the adapters stay bf16 and QLoRA skips prepare_model_for_kbit_training's fp32
     upcast (the sharded-QLoRA recipe of Answer.AI and TRL)."""
-    return config.sharding.shards_state and config.method is not Method.FULL
+    return config.sharding.shards_state and config.method.traits.adapters
 
 
 def model_state_bytes(spec: ModelSpec, config: TuningConfig, trainable: int) -> StateBytes:
     """Whole-model state bytes of the recipe (see :class:`profiler.sharding.StateBytes`)."""
     t = spec_terms(spec)
-    method = config.method
-    full_mixed = method is Method.FULL and config.precision is not Precision.BF16
+    traits = config.method.traits
+    full_mixed = not traits.adapters and config.precision is not Precision.BF16
     adapter_bytes = 2 if sharded_adapters(config) else 4
     weight_bytes: float
     other_bytes = 2.0  # per non-linear parameter (embedding, head, norms) as gathered
-    if method is Method.FULL:
+    if not traits.adapters:
         weight_bytes = spec.param_count * (4 if full_mixed else 2)
         state_bytes_each = 4 if full_mixed else 2
         other_bytes = 4.0 if full_mixed else 2.0  # the recipe's own autocast: FSDP gathers fp32
         layer_gather = t.layer_params * other_bytes
-    elif method is Method.LORA:
+    elif not traits.quantized_base:
         weight_bytes = spec.param_count * 2 + trainable * adapter_bytes  # bf16 base
         state_bytes_each = adapter_bytes
         layer_gather = t.layer_params * 2.0
@@ -349,13 +341,11 @@ def model_state_bytes(spec: ModelSpec, config: TuningConfig, trainable: int) -> 
         layer_gather_bytes=layer_gather,
         root_gather_bytes=t.other_params * other_bytes,
         head_gather_bytes=t.head_params * other_bytes,
-        unit_gradient_bytes=t.layer_params * float(state_bytes_each)
-        if method is Method.FULL
-        else 0,
+        unit_gradient_bytes=t.layer_params * float(state_bytes_each) if not traits.adapters else 0,
         # QLoRA's absmax and second-level quantization states are not parameters: whole on
         # every GPU however the packed weights are sharded or offloaded.
         unsharded_weights=t.quantized_params * (NF4_BYTES_PER_PARAM - 0.5)
-        if method is Method.QLORA
+        if traits.quantized_base
         else 0.0,
     )
 
@@ -370,12 +360,13 @@ def _expert_stack_bytes(spec: ModelSpec, config: TuningConfig) -> tuple[float, f
     materializes the folded stack when the experts are adapted. Assumption until measured.
     """
     stack = spec_terms(spec).expert_stack_params * 2.0
-    if not stack or config.method is Method.FULL:
+    traits = config.method.traits
+    if not stack or not traits.adapters:
         return 0.0, 0.0
     adapted = bool(expert_parameters(config.lora_targets or "attention"))
-    if config.method is Method.LORA and not adapted:
+    if not traits.quantized_base and not adapted:
         return 0.0, 0.0
-    stacks = 2 if (config.method is Method.QLORA and adapted) else 1
+    stacks = 2 if (traits.quantized_base and adapted) else 1
     return stack, stack * stacks
 
 
@@ -396,7 +387,7 @@ def _logits_bytes_per_token_vocab(spec: ModelSpec) -> float:
 def _head_cast_bytes(spec: ModelSpec, config: TuningConfig) -> float:
     """QLoRA's bf16 copy of the fp32 head, made at every head call (a frozen weight: autocast
     does not cache it); 0 for other recipes and sharded adapters."""
-    if config.method is Method.QLORA and not sharded_adapters(config):
+    if config.method.traits.quantized_base and not sharded_adapters(config):
         return 2.0 * spec_terms(spec).head_params
     return 0.0
 
@@ -419,9 +410,9 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> MemoryTerms
     """Memory components of one config per GPU, before calibration scaling (:class:`MemoryTerms`).
     Where state lives per sharding: :mod:`profiler.sharding`."""
     t = spec_terms(spec)
-    method = config.method
-    trainable = t.param_count if method is Method.FULL else _adapter_params(spec, config)
-    full_mixed = method is Method.FULL and config.precision is not Precision.BF16
+    traits = config.method.traits
+    trainable = _adapter_params(spec, config) if traits.adapters else t.param_count
+    full_mixed = not traits.adapters and config.precision is not Precision.BF16
     placed = place(
         model_state_bytes(spec, config, trainable),
         sharding=config.sharding,
@@ -441,7 +432,7 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> MemoryTerms
     pairs = config.micro_batch_size * config.seq_len**2
     masks = EAGER_MASK_BYTES_PER_SCORE_PAIR * pairs if scores else 0.0
     if config.grad_checkpointing:
-        fp32_residual = full_mixed or (method is Method.QLORA and not sharded_adapters(config))
+        fp32_residual = full_mixed or (traits.quantized_base and not sharded_adapters(config))
         residual_bytes = 4 if fp32_residual else 2
         saved = spec.num_layers * tokens * residual_bytes * spec.hidden_size + masks
         recompute = (
@@ -482,30 +473,31 @@ def memory_terms(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> MemoryTerms
 
 def _layer_bytes_per_token(spec: ModelSpec, config: TuningConfig, *, full_mixed: bool) -> float:
     """Activation bytes one decoder layer saves per token, for the recipe and its LoRA targets."""
-    method = config.method
+    traits = config.method.traits
     cache = spec_terms(spec).activations
-    # Enum members hash through Python code; identity tests and a string hash in C do not.
-    key = (
-        method is Method.LORA,
-        method is Method.QLORA,
-        full_mixed,
-        config.lora_targets,
-        sharded_adapters(config),
-    )
+    # Enum members hash through Python code; a str's hash and plain values do not.
+    key = (config.method._value_, full_mixed, config.lora_targets, sharded_adapters(config))
     found = cache.get(key)
     if found is not None:
         return found
-    h_coef = _H_COEF[
-        (method.value, full_mixed) if method is Method.FULL else (method.value, False)
-    ]
+    bf16_weights = not traits.adapters and not full_mixed
+    h_coef = (
+        traits.hidden_activation_bytes_bf16 or traits.hidden_activation_bytes
+        if bf16_weights
+        else traits.hidden_activation_bytes
+    )
     extra = _EXTRA_H_COEF.get(spec.model_type)
     if extra is not None:
-        h_coef += extra["full-mixed" if full_mixed else method.value]
+        h_coef += extra["adapters" if traits.adapters else "full-mixed" if full_mixed else "full"]
     q_coef = _Q_COEF
     # Sharded QLoRA keeps a bf16 residual stream (no kbit fp32 upcast), so Linear4bit returns
     # bf16 and its MLP chain costs what LoRA's does. Assumption until measured.
-    i_coef = _I_COEF["lora" if sharded_adapters(config) else method.value]
-    if method is not Method.FULL:
+    i_coef = (
+        traits.mlp_activation_bytes_sharded
+        if sharded_adapters(config)
+        else traits.mlp_activation_bytes
+    )
+    if traits.adapters:
         assert config.lora_targets is not None
         adapted = adapted_modules(config.lora_targets, num_experts=spec.num_experts)
         copy = _ADAPTER_INPUT_BYTES_PER_FEATURE
@@ -545,17 +537,16 @@ def load_peak_gib(spec: ModelSpec, config: TuningConfig) -> float:
     Plus the allocator's overhead.
     """
     state = model_state_bytes(spec, config, trainable_params(spec, config))
-    qlora = config.method is Method.QLORA
+    qlora = config.method.traits.quantized_base
     in_flight = 2.0 * max(a * b for a, b in spec.linear_shapes().values()) if qlora else 0.0
     whole = state.weights + in_flight
     if not config.sharding.shards_state or loads_whole_model_per_gpu(
         sharding=config.sharding, method=config.method
     ):
         return whole / GIB + ALLOCATOR_OVERHEAD_GIB
-    quant_states = (
-        spec_terms(spec).quantized_params * (NF4_BYTES_PER_PARAM - 0.5) if qlora else 0.0
-    )
-    shards = 0.0 if config.sharding.offloads else state.weights / shard_divisor(config)
+    quant_states = state.unsharded_weights  # QLoRA's quantization states, whole on every GPU
+    packed = state.weights - quant_states
+    shards = 0.0 if config.sharding.offloads else packed / shard_divisor(config)
     if loads_on_rank0(sharding=config.sharding, method=config.method):
         unit = max(state.root_gather_bytes, state.layer_gather_bytes)
     else:

@@ -148,8 +148,8 @@ def config_of_command(command: str) -> tuple[str, str, TuningConfig]:
     elif gpu_count == 1:
         sharding = Sharding.NONE
     else:
-        sharding = Sharding.FSDP if method is Method.FULL else Sharding.DDP
-    lora = method is not Method.FULL
+        sharding = Sharding.DDP if method.traits.adapters else Sharding.FSDP
+    lora = method.traits.adapters
     rank = int(values.get("--rank", "16")) if lora else None
     config = TuningConfig(
         method=method,

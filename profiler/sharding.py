@@ -148,7 +148,7 @@ def loads_partitioned(*, sharding: Sharding, method: Method) -> bool:
     created or loaded, so no GPU holds more than its shard and one module at a time.
     transformers leaves quantized models out of ``zero.Init`` (modeling_utils:
     ``is_deepspeed_zero3_enabled() and not is_quantized``), so ZeRO-3 QLoRA is not."""
-    return sharding.deepspeed and method is not Method.QLORA
+    return sharding.deepspeed and not method.traits.quantized_base
 
 
 def loads_whole_model_per_gpu(*, sharding: Sharding, method: Method) -> bool:
@@ -184,7 +184,7 @@ def working_set_bytes(state: StateBytes, *, sharding: Sharding) -> float:
 def zero3_master_copy_bytes(*, method: Method, full_mixed: bool, param_count: int) -> float:
     """Extra host bytes DeepSpeed ZeRO-3 offload keeps for full bf16-mixed FT: the 16-bit
     parameters next to the fp32 master weights (2 B/param); none for LoRA/QLoRA."""
-    return 2.0 * param_count if method is Method.FULL and full_mixed else 0.0
+    return 2.0 * param_count if not method.traits.adapters and full_mixed else 0.0
 
 
 def host_ram_gib(

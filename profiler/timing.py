@@ -89,7 +89,7 @@ def min_flops_per_token(spec: ModelSpec, method: Method) -> float:
     """Training FLOPs per token that no config of ``method`` goes below: 6 × the decoder-linear
     weights a token passes through for full FT, 4 × for LoRA/QLoRA (forward and input gradients;
     adapters, attention scores, the head and recomputation only add; see :func:`_step_flops`)."""
-    return (6.0 if method is Method.FULL else 4.0) * spec_terms(spec).active_linear_params
+    return (4.0 if method.traits.adapters else 6.0) * spec_terms(spec).active_linear_params
 
 
 def _passes(config: TuningConfig) -> int:
@@ -124,7 +124,7 @@ def _step_flops(
         * spec.q_dim
         * spec.num_layers
     )
-    if config.method is Method.FULL:
+    if not config.method.traits.adapters:
         forward = layers_fwd + head_fwd + attn_fwd
         backward = 2.0 * (layers_fwd + head_fwd + attn_fwd)
     else:
@@ -151,12 +151,13 @@ def _adapter_traffic_bytes_per_token(
     bf16 (read 4, write 2) and its output back to fp32 (read 2, write 4): 6·in + 6·out. The
     backward pass is counted as twice the forward's traffic by the caller.
     """
-    if config.method is Method.FULL:
+    traits = config.method.traits
+    if not traits.adapters:
         return 0.0, 0.0, 0
     assert config.lora_targets is not None
     cache = spec_terms(spec).traffic
     sharded = sharded_adapters(config)
-    key = (config.method is Method.QLORA, config.lora_targets, sharded)
+    key = (traits.quantized_base, config.lora_targets, sharded)
     found = cache.get(key)
     if found is None:
         shapes = spec.linear_shapes()
@@ -169,7 +170,7 @@ def _adapter_traffic_bytes_per_token(
         cast = 0.0
         # Linear4bit casts an fp32 input (the kbit-prepared residual stream) to bf16 and back;
         # sharded QLoRA keeps a bf16 stream, so there is nothing to cast.
-        if config.method is Method.QLORA and not sharded:
+        if traits.quantized_base and not sharded:
             # Linear4bit modules: not the (parametrized) experts
             quantized = ATTENTION_MODULES if spec.num_experts > 1 else tuple(shapes)
             cast = sum(6.0 * shapes[n][0] + 6.0 * shapes[n][1] for n in quantized)
@@ -267,8 +268,9 @@ def time_terms_of(
     # Recipes that run under autocast (all but pure-bf16 full FT) pay a second fixed per-layer
     # cost: the autocast dispatch of every op and the cast kernels it launches (fp32 weights or
     # LoRA adapters to the compute dtype and their gradients back), which pure bf16 does without.
-    autocast = config.method is not Method.FULL or config.precision is not Precision.BF16
-    if config.method is Method.QLORA:
+    traits = config.method.traits
+    autocast = traits.adapters or config.precision is not Precision.BF16
+    if traits.quantized_base:
         dequant_s = (
             spec_terms(spec).quantized_params
             * passes
@@ -332,13 +334,14 @@ def _optimizer_features(
     parameter. bitsandbytes 8-bit AdamW reads and writes the parameter, reads the gradient and
     reads and writes two 1-byte states (3·p + 4 bytes, p the parameter's bytes), one kernel per
     trainable tensor, each followed by a device synchronize (``Calibration.bnb8_*``)."""
-    pure_bf16 = config.method is Method.FULL and config.precision is Precision.BF16
+    adapters = config.method.traits.adapters
+    pure_bf16 = not adapters and config.precision is Precision.BF16
     param_bytes = 2 if pure_bf16 else 4  # also the gradient dtype; LoRA adapters are fp32
     bandwidth_bytes_per_s = gpu.sustained_bandwidth_tbps * 1e12
     if config.optimizer is OptimizerKind.ADAMW:
         return trainable * _OPT_PASSES * param_bytes / bandwidth_bytes_per_s, 0.0, 0.0
     traffic_s = trainable * (3 * param_bytes + 4) / bandwidth_bytes_per_s
-    if config.method is Method.FULL:
+    if not adapters:
         # Per layer: 7 linear weights and 2 norms; plus embeddings, final norm and an untied head.
         tensors = 9 * spec.num_layers + 2 + (0 if spec.tied_embeddings else 1)
     else:
@@ -617,7 +620,7 @@ def _collective_bytes(spec: ModelSpec, config: TuningConfig) -> float:
     t = spec_terms(spec)
     trainable = trainable_params(spec, config)
     if config.sharding.shards_state:
-        if config.method is Method.QLORA:  # NF4 in bf16 storage is gathered as 4-bit bytes
+        if config.method.traits.quantized_base:  # NF4 in bf16 storage: gathered 4-bit bytes
             gather = t.quantized_params * NF4_BYTES_PER_PARAM
             gather += (t.param_count - t.quantized_params) * 2.0
         else:
@@ -625,7 +628,7 @@ def _collective_bytes(spec: ModelSpec, config: TuningConfig) -> float:
         grads = trainable * 2.0  # reduce-scattered in bf16 (full FT) / bf16 adapters
     else:
         gather = 0.0
-        full_bf16 = config.method is Method.FULL and config.precision is Precision.BF16
+        full_bf16 = not config.method.traits.adapters and config.precision is Precision.BF16
         grads = trainable * (2.0 if full_bf16 else 4.0)
     return collective_bytes_per_gpu(
         sharding=config.sharding,

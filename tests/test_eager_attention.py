@@ -24,7 +24,7 @@ from profiler.memory import (
 from profiler.timing import time_terms
 
 RECIPES = [
-    (Method.LORA, Precision.BF16_MIXED, "lora"),
+    (Method.LORA, Precision.BF16_MIXED, "adapters"),
     (Method.FULL, Precision.BF16, "full"),
     (Method.FULL, Precision.BF16_MIXED, "full-mixed"),
 ]

@@ -392,7 +392,7 @@ def test_source_tarball_ships_the_packages_and_an_entry_point(tmp_path: Path) ->
     assert {
         "runners/train.py",
         "runners/sagemaker.py",
-        "profiler/recipes.py",
+        "profiler/recipes/methods.py",
         "catalog/data/models.csv",
         "ftplan_entry.py",
         "ftplan_launch.json",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from profiler._types import (
+    METHOD_TRAITS,
     Method,
     OptimizerKind,
     Precision,
@@ -32,13 +33,10 @@ if TYPE_CHECKING:
     from catalog import ModelSpec
 
 
-# Starting AdamW learning rates, the one table the recipes, the planner's suggestions and launches
-# use: 2e-5 for full fine-tuning (7B-class SFT, e.g. Llama 2's SFT, Touvron et al. 2023), and
-# ~10x that for LoRA and QLoRA (Schulman et al., "LoRA Without Regret", 2025).
+# Starting AdamW learning rates by method, from the method traits (the one table the recipes, the
+# planner's suggestions and launches use).
 DEFAULT_LEARNING_RATE: dict[Method, float] = {
-    Method.FULL: 2e-5,
-    Method.LORA: 2e-4,
-    Method.QLORA: 2e-4,
+    method: traits.learning_rate for method, traits in METHOD_TRAITS.items()
 }
 
 
@@ -293,3 +291,5 @@ SETUP_FUNCTIONS: dict[Method, Callable[..., PreparedModel]] = {
     Method.LORA: setup_lora,
     Method.QLORA: setup_qlora,
 }
+if set(SETUP_FUNCTIONS) != set(Method):  # a new Method needs its recipe
+    raise RuntimeError(f"SETUP_FUNCTIONS lacks {sorted(set(Method) - set(SETUP_FUNCTIONS))}")

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from profiler._types import (
     MLP_MODULES,
-    Method,
     Precision,
     TuningConfig,
     adapted_modules,
@@ -212,7 +211,7 @@ def fix_peft_stacked_parametrization() -> None:
 
 def is_sharded(config: TuningConfig) -> bool:
     """LoRA/QLoRA under FSDP/ZeRO-3: every parameter stays 16-bit (one dtype per flat tensor)."""
-    return config.sharding.shards_state and config.method is not Method.FULL
+    return config.sharding.shards_state and config.method.traits.adapters
 
 
 def dtype_kwarg(dtype: Any) -> dict[str, Any]:
@@ -227,7 +226,7 @@ def dtype_kwarg(dtype: Any) -> dict[str, Any]:
 def weight_dtype(config: TuningConfig) -> Any:
     import torch
 
-    if config.method is Method.FULL:
+    if not config.method.traits.adapters:
         return torch.bfloat16 if config.precision is Precision.BF16 else torch.float32
     return torch.float16 if config.precision is Precision.FP16_MIXED else torch.bfloat16
 
@@ -332,7 +331,7 @@ def build_base_model(
     )
     dtype = weight_dtype(config)
     attention = attention_implementation(spec)
-    if config.method is Method.QLORA:
+    if config.method.traits.quantized_base:
         return _build_nf4_model(
             hf_config, config, device=device, checkpoint=checkpoint, attention=attention
         )
