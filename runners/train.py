@@ -388,25 +388,49 @@ def _run_step(
     return float(sum(float(loss) for loss in losses) / len(losses))
 
 
-def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[str, Any]:
-    """Train ``spec`` on ``paths.data`` (evaluating ``paths.eval_data`` when given); returns
-    the summary (also written to summary.json).
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Session:
+    """This process's place in the run: its accelerator (None on one device), rank, world
+    size, torch device and metrics log."""
+
+    accelerator: Any
+    rank: int
+    world: int
+    device: str
+    log: _Log
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Inputs:
+    """What the run trains on, read before any weight loads: the checkpoint and its config,
+    the tokenizer, the packed blocks and their schedule, the eval blocks and the run's
+    identity (plan, data digest, processes)."""
+
+    checkpoint: str | None
+    original_config: dict[str, Any] | None
+    tokenizer: Any
+    blocks: list[list[int]]
+    schedule: BlockSchedule
+    total_steps: int
+    identity: dict[str, Any]
+    eval_blocks: list[list[int]] | None
+
+
+def _open_session(spec: LaunchSpec, paths: RunPaths) -> _Session:
+    """The accelerator, rank and device of this process, and its metrics log.
 
     Raises:
-        ValueError: On a bad dataset or eval dataset (the message names the file and line), an
-            eval set shorter than one sequence, or a mismatched checkpoint.
         RuntimeError: If the spec asks for CUDA and none is available.
     """
     import torch
-
-    from profiler.recipes import (
-        SETUP_FUNCTIONS,
-        eval_loss,
-        forward_backward,
-        loads_on_rank0_only,
-        optimizer_step,
-        train_step,
-    )
 
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
@@ -416,16 +440,20 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
     accelerator = _accelerator_if_distributed(spec.device)
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
-    is_main = rank == 0
     device = (
         str(accelerator.device)
         if accelerator is not None and spec.device == "cuda"
         else spec.device
     )
     paths.output_dir.mkdir(parents=True, exist_ok=True)
-    log = _Log(paths.output_dir / METRICS_FILE, enabled=is_main)
+    log = _Log(paths.output_dir / METRICS_FILE, enabled=rank == 0)
+    return _Session(accelerator=accelerator, rank=rank, world=world, device=device, log=log)
 
-    checkpoint = weights_checkpoint(spec, log=log)
+
+def _read_inputs(spec: LaunchSpec, paths: RunPaths, session: _Session, *, resume: bool) -> _Inputs:
+    """Tokenizer, data, schedule and eval data; on resume, the checkpoints' identity is checked
+    first, so checkpoints of another plan or data are refused before any weight loads."""
+    checkpoint = weights_checkpoint(spec, log=session.log)
     original_config = _check_checkpoint(spec, checkpoint)
     # Real weights need their own tokenizer (an error, never a fallback); random weights without
     # a checkpoint use a tokenizer only if it is already on disk, else bytes (logged).
@@ -435,7 +463,7 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         force_byte=spec.tokenizer == BYTE_TOKENIZER,
         allow_download=not (spec.random_init and spec.checkpoint is None),
         required=checkpoint is not None and spec.tokenizer != BYTE_TOKENIZER,
-        log=log,
+        log=session.log,
     )
     texts = read_texts(paths.data, tokenizer)
     blocks = pack(
@@ -447,12 +475,11 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         num_blocks=len(blocks),
         micro_batch_size=spec.config.micro_batch_size,
         grad_accum_steps=spec.grad_accum_steps,
-        world_size=world,
+        world_size=session.world,
         seed=spec.seed,
     )
-    total_steps = schedule.total_steps(epochs=spec.epochs, max_steps=spec.max_steps)
-    identity = run_identity(spec, world_size=world, data_sha256=file_sha256(paths.data))
-    if resume:  # before any weight loads: checkpoints of another plan or data are refused
+    identity = run_identity(spec, world_size=session.world, data_sha256=file_sha256(paths.data))
+    if resume:
         check_resumable(paths.checkpoint_dir, identity)
     # Read before the model loads: a bad eval file fails in seconds, not after setup.
     eval_blocks = (
@@ -460,119 +487,121 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
         if paths.eval_data is None
         else load_eval_blocks(paths.eval_data, tokenizer, seq_len=spec.config.seq_len)
     )
+    return _Inputs(
+        checkpoint=checkpoint,
+        original_config=original_config,
+        tokenizer=tokenizer,
+        blocks=blocks,
+        schedule=schedule,
+        total_steps=schedule.total_steps(epochs=spec.epochs, max_steps=spec.max_steps),
+        identity=identity,
+        eval_blocks=eval_blocks,
+    )
 
-    if device.startswith("cuda"):
+
+def _build_model(spec: LaunchSpec, session: _Session, checkpoint: str | None) -> Any:
+    """The recipe's prepared model on this process, wrapped for several processes.
+
+    Raises:
+        ValueError: If the weights cannot be loaded (one line: missing files, a gated repo).
+    """
+    import torch
+
+    from profiler.recipes import SETUP_FUNCTIONS, loads_on_rank0_only
+
+    if session.cuda:
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(spec.seed)
-    setup = SETUP_FUNCTIONS[spec.config.method]
     rank0_only = loads_on_rank0_only()
     if rank0_only is not None:
         # One line per rank (stderr, every rank): whether this process reads the weights.
         print(
-            json.dumps({"event": "weights_loading", "rank": rank, "materialises": rank0_only}),
+            json.dumps(
+                {"event": "weights_loading", "rank": session.rank, "materialises": rank0_only}
+            ),
             file=sys.stderr,
             flush=True,
         )
     try:
-        prepared = setup(
+        prepared = SETUP_FUNCTIONS[spec.config.method](
             spec.model,
             spec.config,
-            device=device,
+            device=session.device,
             checkpoint=checkpoint,
             learning_rate=spec.peak_learning_rate,
         )
     except OSError as exc:  # missing weight files, gated repo, no network: one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot load the weights {checkpoint!r}: {first}") from None
-    if accelerator is not None:
+    if session.accelerator is not None:
         prepare_distributed(
             prepared,
-            accelerator,
+            session.accelerator,
             spec.config,
             learning_rate=spec.peak_learning_rate,
             rank0_only=rank0_only is not None,
         )
+    return prepared
 
-    found = (
-        resume_from(
-            paths.checkpoint_dir,
-            prepared=prepared,
-            method=spec.config.method,
-            accelerator=accelerator,
-            log=log,
-        )
-        if resume
-        else None
-    )
-    start_step = found.step if found is not None else 0
-    tokens_per_step = spec.config.tokens_per_step * spec.grad_accum_steps * world
-    log(
-        {
-            "event": "start",
-            "model": spec.model.name,
-            "config": spec.config.label(),
-            "device": device,
-            "world_size": world,
-            "tokenizer": tokenizer.name,
-            "sequences": len(blocks),
-            "eval_sequences": None if eval_blocks is None else len(eval_blocks),
-            "steps_per_epoch": schedule.steps_per_epoch,
-            "total_steps": total_steps,
-            "start_step": start_step,
-            "resumed_from": str(found.path) if found else None,
-            "trainable_params": prepared.trainable_params,
-            "total_params": prepared.total_params,
-        }
-    )
 
-    step_times: list[float] = []
-    evaluations: list[EvalResult] | None = None if eval_blocks is None else []
+@dataclasses.dataclass(slots=True)
+class _Run:
+    """The training loop's state: where it started, what it has saved and measured."""
+
+    spec: LaunchSpec
+    paths: RunPaths
+    session: _Session
+    inputs: _Inputs
+    prepared: Any
+    start_step: int
+    tokens_per_step: int
+    clock: CheckpointClock
+    saved_steps: list[int]
+    step_times: list[float] = dataclasses.field(default_factory=list)
+    evaluations: list[EvalResult] | None = None
     first_loss: float | None = None
-    loss = math.nan
-    clock = CheckpointClock(
-        every_steps=spec.checkpoint_every_steps,
-        every_s=(
-            None if spec.checkpoint_every_minutes is None else spec.checkpoint_every_minutes * 60
-        ),
-        last_save_s=time.monotonic(),
-    )
+    loss: float = math.nan
 
-    saved_steps: list[int] = [] if found is None else [found.step]
-
-    def save(done: int) -> None:
+    def save(self, done: int) -> None:
+        """Checkpoint after ``done`` optimizer steps (atomically, with its identity)."""
         began_s = time.monotonic()
         path = save_checkpoint(
-            paths.checkpoint_dir,
-            prepared=prepared,
+            self.paths.checkpoint_dir,
+            prepared=self.prepared,
             step=done,
-            tokens_seen=done * tokens_per_step,
-            epoch=done / schedule.steps_per_epoch,
-            label=spec.config.label(),
-            method=spec.config.method,
-            accelerator=accelerator,
-            identity=identity,
+            tokens_seen=done * self.tokens_per_step,
+            epoch=done / self.inputs.schedule.steps_per_epoch,
+            label=self.spec.config.label(),
+            method=self.spec.config.method,
+            accelerator=self.session.accelerator,
+            identity=self.inputs.identity,
         )
-        saved_steps.append(done)
+        self.saved_steps.append(done)
         write_s = time.monotonic() - began_s
-        raised = clock.saved(now_s=time.monotonic(), write_s=write_s)
-        log({"event": "checkpoint", "step": done, "path": str(path), "write_s": write_s})
+        raised = self.clock.saved(now_s=time.monotonic(), write_s=write_s)
+        self.session.log(
+            {"event": "checkpoint", "step": done, "path": str(path), "write_s": write_s}
+        )
         if raised:
-            log({"event": "checkpoint_interval_raised", "min_interval_s": write_s})
+            self.session.log({"event": "checkpoint_interval_raised", "min_interval_s": write_s})
 
-    def run_eval(done: int) -> None:
-        if eval_blocks is None or evaluations is None:
+    def run_eval(self, done: int) -> None:
+        """Evaluate the held-out set after ``done`` steps (nothing without one)."""
+        from profiler.recipes import eval_loss
+
+        if self.inputs.eval_blocks is None or self.evaluations is None:
             return
         result = evaluate(
-            prepared,
-            eval_blocks,
+            self.prepared,
+            self.inputs.eval_blocks,
             step=done,
-            micro_batch_size=spec.config.micro_batch_size,
-            device=device,
-            accelerator=accelerator,
+            micro_batch_size=self.spec.config.micro_batch_size,
+            device=self.session.device,
+            accelerator=self.session.accelerator,
             eval_loss=eval_loss,
         )
-        evaluations.append(result)
-        log(
+        self.evaluations.append(result)
+        self.session.log(
             {
                 "event": "eval",
                 "step": done,
@@ -582,103 +611,222 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
             }
         )
 
-    stop = StopRequest.install()
-    try:
-        for step in range(start_step, total_steps):
-            batches = [
-                _batch(blocks, schedule.blocks_for(step=step, micro=k, rank=rank), device)
-                for k in range(spec.grad_accum_steps)
-            ]
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            began = time.perf_counter()
-            loss = _run_step(
-                prepared,
-                batches,
-                accelerator=accelerator,
-                forward_backward=forward_backward,
-                optimizer_step=optimizer_step,
-                train_step=train_step,
-            )
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - began
-            step_times.append(elapsed)
-            finite = math.isfinite(loss)
-            first_loss = loss if first_loss is None and finite else first_loss
-            done = step + 1
-            if done % spec.log_every_steps == 0 or done == total_steps or not finite:
-                record: dict[str, Any] = {
-                    "event": "step",
-                    "step": done,
-                    "loss": loss if finite else None,
-                    "step_time_s": elapsed,
-                    "tokens_per_s": tokens_per_step / elapsed,
-                    "epoch": done / schedule.steps_per_epoch,
-                }
-                if device.startswith("cuda"):
-                    record["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
-                log(record)
-            signum, nonfinite = stop.agreed_with(
-                accelerator=accelerator, device=device, nonfinite=not finite
-            )
-            if nonfinite:
-                log({"event": "failed", "reason": "non-finite loss", "step": done})
-                raise NonFiniteLoss(
-                    step=done,
-                    loss=loss,
-                    last_checkpoint_step=saved_steps[-1] if saved_steps else None,
-                )
-            if signum is not None:
-                save(done)
-                log({"event": "stopped", "signal": signum, "step": done})
-                raise TrainingStopped(signum=signum, step=done)
-            # After the stop check (a stop request saves at once; that step's eval is skipped)
-            # and before the periodic save (a resumed run never repeats a saved step's eval).
-            if is_eval_step(done, total_steps=total_steps, eval_every_steps=spec.eval_every_steps):
-                run_eval(done)
-            if done < total_steps and clock.due(done=done, now_s=time.monotonic()):
-                save(done)
-    finally:
-        stop.uninstall()
+    def step(self, step: int) -> tuple[int, float]:
+        """One optimizer step: its micro-batches, the loss, the step's metrics line; returns
+        (steps done, seconds)."""
+        import torch
 
-    end_step = max(total_steps, start_step)
-    if end_step == start_step:
-        run_eval(end_step)  # resumed after the last step: the final eval is always reported
-    if end_step > start_step or found is None:
-        save(end_step)
+        from profiler.recipes import forward_backward, optimizer_step, train_step
+
+        session, inputs = self.session, self.inputs
+        batches = [
+            _batch(
+                inputs.blocks,
+                inputs.schedule.blocks_for(step=step, micro=k, rank=session.rank),
+                session.device,
+            )
+            for k in range(self.spec.grad_accum_steps)
+        ]
+        if session.cuda:
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        self.loss = _run_step(
+            self.prepared,
+            batches,
+            accelerator=session.accelerator,
+            forward_backward=forward_backward,
+            optimizer_step=optimizer_step,
+            train_step=train_step,
+        )
+        if session.cuda:
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - began
+        self.step_times.append(elapsed)
+        finite = math.isfinite(self.loss)
+        if self.first_loss is None and finite:
+            self.first_loss = self.loss
+        done = step + 1
+        total = inputs.total_steps
+        if done % self.spec.log_every_steps == 0 or done == total or not finite:
+            record: dict[str, Any] = {
+                "event": "step",
+                "step": done,
+                "loss": self.loss if finite else None,
+                "step_time_s": elapsed,
+                "tokens_per_s": self.tokens_per_step / elapsed,
+                "epoch": done / inputs.schedule.steps_per_epoch,
+            }
+            if session.cuda:
+                record["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB
+            session.log(record)
+        return done, elapsed
+
+    def loop(self) -> None:
+        """Every step from the start step; stops (and saves) on a signal all ranks agree on,
+        fails on a non-finite loss, evaluates and checkpoints on schedule.
+
+        Raises:
+            NonFiniteLoss: At the step whose loss is NaN or infinite (nothing is saved).
+            TrainingStopped: After saving, when a stop signal arrived.
+        """
+        total = self.inputs.total_steps
+        stop = StopRequest.install()
+        try:
+            for step in range(self.start_step, total):
+                done, _ = self.step(step)
+                signum, nonfinite = stop.agreed_with(
+                    accelerator=self.session.accelerator,
+                    device=self.session.device,
+                    nonfinite=not math.isfinite(self.loss),
+                )
+                if nonfinite:
+                    self.session.log(
+                        {"event": "failed", "reason": "non-finite loss", "step": done}
+                    )
+                    raise NonFiniteLoss(
+                        step=done,
+                        loss=self.loss,
+                        last_checkpoint_step=self.saved_steps[-1] if self.saved_steps else None,
+                    )
+                if signum is not None:
+                    self.save(done)
+                    self.session.log({"event": "stopped", "signal": signum, "step": done})
+                    raise TrainingStopped(signum=signum, step=done)
+                # After the stop check (a stop request saves at once; that step's eval is
+                # skipped) and before the periodic save (a resumed run never repeats a saved
+                # step's eval).
+                if is_eval_step(
+                    done, total_steps=total, eval_every_steps=self.spec.eval_every_steps
+                ):
+                    self.run_eval(done)
+                if done < total and self.clock.due(done=done, now_s=time.monotonic()):
+                    self.save(done)
+        finally:
+            stop.uninstall()
+
+
+def _start(
+    spec: LaunchSpec, paths: RunPaths, session: _Session, inputs: _Inputs, *, resume: bool
+) -> _Run:
+    """The model (resumed from its last good checkpoint on resume) and the loop's state; logs
+    the start line."""
+    prepared = _build_model(spec, session, inputs.checkpoint)
+    found = (
+        resume_from(
+            paths.checkpoint_dir,
+            prepared=prepared,
+            method=spec.config.method,
+            accelerator=session.accelerator,
+            log=session.log,
+        )
+        if resume
+        else None
+    )
+    run = _Run(
+        spec=spec,
+        paths=paths,
+        session=session,
+        inputs=inputs,
+        prepared=prepared,
+        start_step=found.step if found is not None else 0,
+        tokens_per_step=spec.config.tokens_per_step * spec.grad_accum_steps * session.world,
+        clock=CheckpointClock(
+            every_steps=spec.checkpoint_every_steps,
+            every_s=(
+                None
+                if spec.checkpoint_every_minutes is None
+                else spec.checkpoint_every_minutes * 60
+            ),
+            last_save_s=time.monotonic(),
+        ),
+        saved_steps=[] if found is None else [found.step],
+        evaluations=None if inputs.eval_blocks is None else [],
+    )
+    session.log(
+        {
+            "event": "start",
+            "model": spec.model.name,
+            "config": spec.config.label(),
+            "device": session.device,
+            "world_size": session.world,
+            "tokenizer": inputs.tokenizer.name,
+            "sequences": len(inputs.blocks),
+            "eval_sequences": None if inputs.eval_blocks is None else len(inputs.eval_blocks),
+            "steps_per_epoch": inputs.schedule.steps_per_epoch,
+            "total_steps": inputs.total_steps,
+            "start_step": run.start_step,
+            "resumed_from": str(found.path) if found else None,
+            "trainable_params": prepared.trainable_params,
+            "total_params": prepared.total_params,
+        }
+    )
+    return run
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+    """The final checkpoint and eval, the final model, and the summary (written by rank 0)."""
+    import torch
+
+    spec, session, inputs = run.spec, run.session, run.inputs
+    end_step = max(inputs.total_steps, run.start_step)
+    if end_step == run.start_step:
+        run.run_eval(end_step)  # resumed after the last step: the final eval is always reported
+    if end_step > run.start_step or not run.saved_steps:
+        run.save(end_step)
     _save_final_model(
-        prepared,
-        paths.final_model_dir,
-        accelerator=accelerator,
-        tokenizer=tokenizer,
-        use_cache=None if original_config is None else original_config.get("use_cache"),
+        run.prepared,
+        run.paths.final_model_dir,
+        accelerator=session.accelerator,
+        tokenizer=inputs.tokenizer,
+        use_cache=None
+        if inputs.original_config is None
+        else inputs.original_config.get("use_cache"),
     )
     peak_alloc = peak_res = None
-    if device.startswith("cuda"):
+    if session.cuda:
         peak_alloc = torch.cuda.max_memory_allocated() / GIB
         peak_res = torch.cuda.max_memory_reserved() / GIB
-    device_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     summary = build_summary(
         spec,
-        step_times_s=step_times,
-        tokens_per_step=tokens_per_step,
+        step_times_s=run.step_times,
+        tokens_per_step=run.tokens_per_step,
         peak_allocated_gib=peak_alloc,
         peak_reserved_gib=peak_res,
-        first_loss=first_loss,
-        last_loss=None if math.isnan(loss) else loss,
+        first_loss=run.first_loss,
+        last_loss=None if math.isnan(run.loss) else run.loss,
         steps_done=end_step,
-        start_step=start_step,
-        device_name=device_name,
-        model_config=trained_model_config(prepared, accelerator=accelerator),
-        evaluations=evaluations,
+        start_step=run.start_step,
+        device_name=torch.cuda.get_device_name() if session.cuda else "cpu",
+        model_config=trained_model_config(run.prepared, accelerator=session.accelerator),
+        evaluations=run.evaluations,
     )
-    if is_main:
+    if session.is_main:
         atomic_write_text(
-            paths.output_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True) + "\n"
+            run.paths.output_dir / SUMMARY_FILE,
+            json.dumps(summary, indent=2, sort_keys=True) + "\n",
         )
-        log({"event": "summary", **summary["comparison"]})
+        session.log({"event": "summary", **summary["comparison"]})
     return summary
+
+
+def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[str, Any]:
+    """Train ``spec`` on ``paths.data`` (evaluating ``paths.eval_data`` when given); returns
+    the summary (also written to summary.json). The steps: this process's session, the inputs
+    (read and checked before any weight loads), the model and the loop's state, the loop, the
+    final checkpoint, model and summary.
+
+    Raises:
+        ValueError: On a bad dataset or eval dataset (the message names the file and line), an
+            eval set shorter than one sequence, or a mismatched checkpoint.
+        RuntimeError: If the spec asks for CUDA and none is available.
+        NonFiniteLoss: At a step whose loss is NaN or infinite.
+        TrainingStopped: After a stop signal (a checkpoint is saved first).
+    """
+    session = _open_session(spec, paths)
+    inputs = _read_inputs(spec, paths, session, resume=resume)
+    run = _start(spec, paths, session, inputs, resume=resume)
+    run.loop()
+    return _finish(run)
 
 
 def prepare_distributed(
