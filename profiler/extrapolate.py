@@ -10,6 +10,7 @@ phase (the optimizer step) than the truncated ones (backward). Pure; no torch, n
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from profiler._types import Measurement, Provenance, Source, Status
 
@@ -105,6 +106,74 @@ def _failed(
     )
 
 
+@dataclass(slots=True)
+class _Line:
+    """Least-squares lines in the layer count, each evaluated at ``target_layers``; ``fit``
+    collects the measured depths and every line's slope and intercept for the record."""
+
+    xs: list[float]
+    target_layers: int
+    fit: list[tuple[str, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.fit += [(f"layers_measured_{i}", x) for i, x in enumerate(self.xs)]
+        self.fit.append(("target_layers", float(self.target_layers)))
+
+    def predict(self, name: str, ys: Sequence[float]) -> float:
+        slope, intercept = fit_line(self.xs, ys)
+        self.fit.extend(((f"{name}_slope_per_layer", slope), (f"{name}_intercept", intercept)))
+        return slope * self.target_layers + intercept
+
+
+def _column(points: Sequence[Measurement], attr: str) -> list[float] | None:
+    values = [getattr(p, attr) for p in points]
+    return None if any(v is None for v in values) else [float(v) for v in values]
+
+
+def _peaks(
+    line: _Line, points: Sequence[Measurement], phase_peaks: tuple[tuple[str, float], ...]
+) -> tuple[float | None, float | None]:
+    """(peak allocated, peak reserved): allocated is the largest extrapolated phase peak (else
+    the line through the peaks); reserved at least allocated plus the smallest
+    reserved-minus-allocated gap the inputs show."""
+    peak_allocated: float | None = None
+    allocated = _column(points, "peak_allocated_gib")
+    if allocated is not None:
+        direct = line.predict("peak_allocated_gib", allocated)
+        peak_allocated = max(v for _, v in phase_peaks) if phase_peaks else direct
+    peak_reserved: float | None = None
+    reserved = _column(points, "peak_reserved_gib")
+    if reserved is not None:
+        peak_reserved = line.predict("peak_reserved_gib", reserved)
+        if peak_allocated is not None and allocated is not None:
+            gap = min(max(r - a, 0.0) for r, a in zip(reserved, allocated, strict=True))
+            peak_reserved = max(peak_reserved, peak_allocated + gap)
+    return peak_allocated, peak_reserved
+
+
+def _rejected(
+    points: Sequence[Measurement], *, model: str, step_time_s: float, fit: list[tuple[str, float]]
+) -> Measurement:
+    """The error record of an extrapolation whose step time is not positive."""
+    first = points[0]
+    return Measurement(
+        model=model,
+        gpu=first.gpu,
+        config=first.config,
+        status=Status.ERROR,
+        source=Source.EXTRAPOLATED,
+        provenance=Provenance(
+            device=first.provenance.device,
+            date=max(p.provenance.date for p in points),
+            versions=first.provenance.versions,
+            method="truncated-layer extrapolation (rejected)",
+        ),
+        error=f"extrapolated step time {step_time_s:.4g} s is not positive: the truncated "
+        f"timings are too noisy; use more timed steps or longer steps",
+        fit=tuple(fit),
+    )
+
+
 def extrapolate(
     points: Sequence[Measurement],
     *,
@@ -140,63 +209,24 @@ def extrapolate(
     _check_inputs(points, ints)
     if any(p.status is not Status.OK for p in points):
         return _failed(points, ints, target_layers=target_layers, model=model)
-    xs = [float(c) for c in ints]
-    fit: list[tuple[str, float]] = [(f"layers_measured_{i}", x) for i, x in enumerate(xs)]
-    fit.append(("target_layers", float(target_layers)))
-
-    def predict(name: str, ys: Sequence[float]) -> float:
-        slope, intercept = fit_line(xs, ys)
-        fit.extend(((f"{name}_slope_per_layer", slope), (f"{name}_intercept", intercept)))
-        return slope * target_layers + intercept
-
-    def column(attr: str) -> list[float] | None:
-        values = [getattr(p, attr) for p in points]
-        return None if any(v is None for v in values) else [float(v) for v in values]
-
-    step_time_s = predict("step_time_s", [p.step_time_s for p in points])  # type: ignore[misc]
+    line = _Line(xs=[float(c) for c in ints], target_layers=target_layers)
+    step_time_s = line.predict("step_time_s", [p.step_time_s for p in points])  # type: ignore[misc]
     if step_time_s <= 0:
-        first = points[0]
-        return Measurement(
-            model=model,
-            gpu=first.gpu,
-            config=first.config,
-            status=Status.ERROR,
-            source=Source.EXTRAPOLATED,
-            provenance=Provenance(
-                device=first.provenance.device,
-                date=max(p.provenance.date for p in points),
-                versions=first.provenance.versions,
-                method="truncated-layer extrapolation (rejected)",
-            ),
-            error=f"extrapolated step time {step_time_s:.4g} s is not positive: the truncated "
-            f"timings are too noisy; use more timed steps or longer steps",
-            fit=tuple(fit),
-        )
+        return _rejected(points, model=model, step_time_s=step_time_s, fit=line.fit)
     phases = _phase_names(points)
     phase_peaks = tuple(
-        (name, predict(f"phase_{name}_gib", [dict(p.phase_peaks_gib)[name] for p in points]))
+        (name, line.predict(f"phase_{name}_gib", [dict(p.phase_peaks_gib)[name] for p in points]))
         for name in phases
     )
-    peak_allocated: float | None = None
-    allocated = column("peak_allocated_gib")
-    if allocated is not None:
-        direct = predict("peak_allocated_gib", allocated)
-        peak_allocated = max(v for _, v in phase_peaks) if phase_peaks else direct
-    peak_reserved: float | None = None
-    reserved = column("peak_reserved_gib")
-    if reserved is not None:
-        peak_reserved = predict("peak_reserved_gib", reserved)
-        if peak_allocated is not None and allocated is not None:
-            gap = min(max(r - a, 0.0) for r, a in zip(reserved, allocated, strict=True))
-            peak_reserved = max(peak_reserved, peak_allocated + gap)
+    peak_allocated, peak_reserved = _peaks(line, points, phase_peaks)
     for key in TIMING_FIT_KEYS:
         timings = [dict(p.fit).get(key) for p in points]
         if all(t is not None for t in timings):
-            fit.append((key, predict(key, timings)))  # type: ignore[arg-type]
+            line.fit.append((key, line.predict(key, timings)))  # type: ignore[arg-type]
 
     def count(attr: str) -> int | None:
-        values = column(attr)
-        return None if values is None else round(predict(attr, values))
+        values = _column(points, attr)
+        return None if values is None else round(line.predict(attr, values))
 
     first = points[0]
     summary = "; ".join(
@@ -226,5 +256,5 @@ def extrapolate(
         trainable_params=count("trainable_params"),
         total_params=count("total_params"),
         phase_peaks_gib=phase_peaks,
-        fit=tuple(fit),
+        fit=tuple(line.fit),
     )
