@@ -303,6 +303,51 @@ def refresh_aws(
         if r["provider"] == "aws" and r["service"] in _REFRESHED_SERVICES and r["spot"] == "false"
     }
     stamp = (today or date.today()).isoformat()
+    fresh, not_offered = _fetch_prices(
+        templates, region_list, pricing_client, ec2_clients, stamp, progress, previous
+    )
+    if not fresh:
+        raise CatalogError(
+            f"AWS price refresh found no prices in {', '.join(region_list)}; nothing was "
+            f"written. Check the region names (e.g. us-east-1)."
+        )
+    replaced = [
+        r
+        for r in old_rows
+        if r["provider"] == "aws"
+        and r["service"] in _REFRESHED_SERVICES
+        and r["region"] in region_list
+    ]
+    kept = [r for r in old_rows if not any(r is x for x in replaced)]
+    new_rows = [*kept, *fresh]
+    text = _to_csv(new_rows)
+    parse_offers_csv(text, path=target)  # never write a file the loader would reject
+    atomic_write_text(target, text)
+    return RefreshResult(
+        offers_path=str(target),
+        regions=region_list,
+        as_of=stamp,
+        offer_count=len(new_rows),
+        refreshed_count=len(fresh),
+        changes=_changes(replaced, fresh),
+        not_offered=tuple(not_offered),
+    )
+
+
+def _fetch_prices(
+    templates: Mapping[tuple[str, str], dict[str, str]],
+    region_list: tuple[str, ...],
+    pricing_client: Any,
+    ec2_clients: Mapping[str, Any] | None,
+    stamp: str,
+    progress: Callable[[str], None] | None,
+    previous: Path,
+) -> tuple[list[dict[str, str]], list[str]]:
+    """Freshly priced rows for ``region_list`` and the instance types AWS no longer offers there.
+
+    Clients are created with boto3 when not given. Any AWS error becomes a ``CatalogError`` that
+    says nothing was written and ``previous`` stays in use.
+    """
     now = datetime.now(UTC)
     report = progress or (lambda _line: None)
     try:
@@ -339,32 +384,7 @@ def refresh_aws(
             f"{previous}. Check your AWS credentials (pricing:GetProducts and "
             f"ec2:DescribeSpotPriceHistory) and retry in a minute if AWS throttled the calls."
         ) from None
-    if not fresh:
-        raise CatalogError(
-            f"AWS price refresh found no prices in {', '.join(region_list)}; nothing was "
-            f"written. Check the region names (e.g. us-east-1)."
-        )
-    replaced = [
-        r
-        for r in old_rows
-        if r["provider"] == "aws"
-        and r["service"] in _REFRESHED_SERVICES
-        and r["region"] in region_list
-    ]
-    kept = [r for r in old_rows if not any(r is x for x in replaced)]
-    new_rows = [*kept, *fresh]
-    text = _to_csv(new_rows)
-    parse_offers_csv(text, path=target)  # never write a file the loader would reject
-    atomic_write_text(target, text)
-    return RefreshResult(
-        offers_path=str(target),
-        regions=region_list,
-        as_of=stamp,
-        offer_count=len(new_rows),
-        refreshed_count=len(fresh),
-        changes=_changes(replaced, fresh),
-        not_offered=tuple(not_offered),
-    )
+    return fresh, not_offered
 
 
 def _to_csv(rows: list[dict[str, str]]) -> str:

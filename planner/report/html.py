@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog import cache_dir
-from planner._types import METHOD_NAMES, Candidate, Plan
+from planner._types import METHOD_NAMES, Budget, Candidate, Plan
 from planner.report.rows import (
     MEMORY_COMPONENTS,
     all_candidates,
@@ -111,6 +111,30 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
     set, the deadline line."""
     candidates = all_candidates(plan)
     log_usd = all(c.cost.usd > 0 for c in candidates)
+    traces = _candidate_traces(plan, candidates)
+    shapes, annotations = _limit_lines(plan.budget, log_usd)
+    layout = {
+        "xaxis": {
+            "title": {"text": "wall-clock hours (log scale)"},
+            "type": "log",
+            "zeroline": False,
+        },
+        "yaxis": (
+            {"title": {"text": "total cost, USD (log scale)"}, "type": "log"}
+            if log_usd
+            else {"title": {"text": "total cost, USD"}, "rangemode": "tozero"}
+        )
+        | {"tickprefix": "$"},
+        "shapes": shapes,
+        "annotations": annotations,
+        "margin": {"l": 70, "r": 20, "t": 30, "b": 40},
+        "height": 440,
+    }
+    return {"data": traces, "layout": layout}
+
+
+def _candidate_traces(plan: Plan, candidates: list[Candidate]) -> list[dict[str, Any]]:
+    """One marker trace per method and feasibility, then the Pareto front and the chosen star."""
     traces: list[dict[str, Any]] = []
     for method in Method:
         for feasible in (True, False):
@@ -169,10 +193,16 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
                 },
             }
         )
+    return traces
+
+
+def _limit_lines(
+    budget: Budget, log_usd: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The budget line (and the deadline line when set) as plotly shapes and their labels."""
     # Both axes are logarithmic: costs and times span decades, and a budget far above every
     # candidate would otherwise squash them onto the x axis. On a log axis annotations take
     # log10 units and shapes data units (plotly's convention, which planner.report.svg follows).
-    budget = plan.budget
     shapes: list[dict[str, Any]] = [
         {
             "type": "line",
@@ -225,24 +255,7 @@ def cost_time_figure(plan: Plan) -> dict[str, Any]:
                 "text": f"deadline {fmt_hours(budget.max_hours)}",
             }
         )
-    layout = {
-        "xaxis": {
-            "title": {"text": "wall-clock hours (log scale)"},
-            "type": "log",
-            "zeroline": False,
-        },
-        "yaxis": (
-            {"title": {"text": "total cost, USD (log scale)"}, "type": "log"}
-            if log_usd
-            else {"title": {"text": "total cost, USD"}, "rangemode": "tozero"}
-        )
-        | {"tickprefix": "$"},
-        "shapes": shapes,
-        "annotations": annotations,
-        "margin": {"l": 70, "r": 20, "t": 30, "b": 40},
-        "height": 440,
-    }
-    return {"data": traces, "layout": layout}
+    return shapes, annotations
 
 
 def memory_figure(plan: Plan) -> dict[str, Any]:
