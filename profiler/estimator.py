@@ -41,6 +41,7 @@ from profiler.memory import (
     CHUNKED_LOSS_TOKENS,
     EAGER_SCORE_SAVED_BYTES,
     EVAL_LOGITS_BYTES_PER_TOKEN_VOCAB,
+    MemoryTerms,
     eager_scores,
     memory_terms,
     model_state_bytes,
@@ -202,6 +203,99 @@ def _bands(
     )
 
 
+def _phase_peaks(mem: MemoryTerms, cal: Calibration) -> tuple[float, float, MemoryBreakdown]:
+    """Peak allocated GiB of the forward/backward and optimizer-step phases, and the breakdown
+    of the higher one (activations scaled by the fitted ``activation_scale``)."""
+    scaled_dynamic = mem.dynamic_gib * cal.activation_scale
+    forward_only = mem.forward_only_cache_gib
+    fb_peak = (
+        mem.fb_static_gib - forward_only + max(scaled_dynamic + forward_only, mem.gradients_gib)
+    )
+    opt_peak = mem.optimizer_step_gib
+    if fb_peak >= opt_peak:
+        breakdown = MemoryBreakdown(
+            weights_gib=mem.weights_gib + mem.autocast_cache_gib,
+            gradients_gib=max(0.0, mem.gradients_gib - scaled_dynamic - forward_only),
+            optimizer_gib=mem.optimizer_gib,
+            activations_gib=mem.activations_gib * cal.activation_scale,
+            logits_gib=mem.logits_gib * cal.activation_scale,
+            overhead_gib=mem.overhead_gib,
+        )
+    else:
+        breakdown = MemoryBreakdown(
+            weights_gib=mem.weights_gib,
+            gradients_gib=mem.gradients_gib,
+            optimizer_gib=mem.optimizer_gib + mem.optimizer_temp_gib,
+            activations_gib=0.0,
+            logits_gib=0.0,
+            overhead_gib=mem.overhead_gib,
+        )
+    return fb_peak, opt_peak, breakdown
+
+
+def _step_seconds(
+    spec: ModelSpec,
+    config: TuningConfig,
+    gpu: GPU,
+    mem: MemoryTerms,
+    cal: Calibration,
+    *,
+    nodes: int,
+    inter_node_gbps: float,
+) -> float:
+    """Seconds per optimizer step: compute, collectives and PCIe offload traffic overlapped by
+    ``COMM_OVERLAP``, plus the CPU optimizer step in full."""
+    tt = time_terms_of(spec, config, gpu, mem, cal)
+    compute_s = compute_seconds(tt, cal)
+    comm_s = communication_seconds(spec, config, gpu, nodes=nodes, inter_node_gbps=inter_node_gbps)
+    gpus_per_node = max(1, config.gpu_count // max(1, nodes))
+    pcie_s = cpu_optimizer_s = 0.0
+    if config.sharding.offloads:
+        shards = shard_divisor(config)
+        weights = model_state_bytes(spec, config, mem.trainable_params).weights
+        pcie_s, cpu_optimizer_s = offload_seconds(
+            sharding=config.sharding,
+            gpu=gpu,
+            offloaded_weight_bytes_per_gpu=weights / shards,
+            gradient_bytes_per_gpu=mem.trainable_params * 2.0 / shards,
+            trainable_params_per_node=mem.trainable_params * gpus_per_node / shards,
+        )
+    # PCIe offload traffic overlaps compute like the collectives (prefetch); the CPU optimizer
+    # step runs after backward and adds in full. Both are assumptions until measured.
+    link_s = comm_s + pcie_s
+    step_s = compute_s + link_s - COMM_OVERLAP * min(compute_s, link_s) + cpu_optimizer_s
+    return step_s
+
+
+def _host_gib(spec: ModelSpec, config: TuningConfig, mem: MemoryTerms, *, nodes: int) -> float:
+    """Host RAM GiB per node: pinned and offloaded state, ZeRO-3's fp32 master copy, and rank 0
+    holding the whole model while it loads where the method loads that way."""
+    gpus_per_node = max(1, config.gpu_count // max(1, nodes))
+    host_gib = host_ram_gib(
+        mem.host_bytes_per_gpu,
+        gpus_per_node=gpus_per_node,
+        extra_host_bytes_per_gpu=(
+            zero3_master_copy_bytes(
+                method=config.method,
+                full_mixed=config.precision is not Precision.BF16,
+                param_count=spec.param_count,
+            )
+            / shard_divisor(config)
+            if config.sharding is Sharding.ZERO3_OFFLOAD
+            else 0.0
+        ),
+    )
+    if loads_on_rank0(sharding=config.sharding, method=config.method):
+        # Rank 0 holds the whole model in CPU memory while it loads, before FSDP moves the
+        # shards to the GPUs (or, offloading, keeps them): its node needs that much at least.
+        whole = model_state_bytes(spec, config, mem.trainable_params).weights
+        loading = host_ram_gib(
+            0.0, gpus_per_node=gpus_per_node, extra_host_bytes_per_gpu=whole / gpus_per_node
+        )
+        host_gib = max(host_gib, loading)
+    return host_gib
+
+
 def estimate(
     spec: ModelSpec,
     config: TuningConfig,
@@ -239,74 +333,13 @@ def estimate(
     applied = _applied(calibration, gpu)
     cal = applied.on_gpu
     mem = memory_terms(spec, config, gpu)
-    scaled_dynamic = mem.dynamic_gib * cal.activation_scale
-    forward_only = mem.forward_only_cache_gib
-    fb_peak = (
-        mem.fb_static_gib - forward_only + max(scaled_dynamic + forward_only, mem.gradients_gib)
-    )
-    opt_peak = mem.optimizer_step_gib
+    fb_peak, opt_peak, breakdown = _phase_peaks(mem, cal)
     peak = max(fb_peak, opt_peak)
-    if fb_peak >= opt_peak:
-        breakdown = MemoryBreakdown(
-            weights_gib=mem.weights_gib + mem.autocast_cache_gib,
-            gradients_gib=max(0.0, mem.gradients_gib - scaled_dynamic - forward_only),
-            optimizer_gib=mem.optimizer_gib,
-            activations_gib=mem.activations_gib * cal.activation_scale,
-            logits_gib=mem.logits_gib * cal.activation_scale,
-            overhead_gib=mem.overhead_gib,
-        )
-    else:
-        breakdown = MemoryBreakdown(
-            weights_gib=mem.weights_gib,
-            gradients_gib=mem.gradients_gib,
-            optimizer_gib=mem.optimizer_gib + mem.optimizer_temp_gib,
-            activations_gib=0.0,
-            logits_gib=0.0,
-            overhead_gib=mem.overhead_gib,
-        )
-
-    tt = time_terms_of(spec, config, gpu, mem, cal)
-    compute_s = compute_seconds(tt, cal)
-    comm_s = communication_seconds(spec, config, gpu, nodes=nodes, inter_node_gbps=inter_node_gbps)
-    gpus_per_node = max(1, config.gpu_count // max(1, nodes))
-    pcie_s = cpu_optimizer_s = 0.0
-    if config.sharding.offloads:
-        shards = shard_divisor(config)
-        weights = model_state_bytes(spec, config, mem.trainable_params).weights
-        pcie_s, cpu_optimizer_s = offload_seconds(
-            sharding=config.sharding,
-            gpu=gpu,
-            offloaded_weight_bytes_per_gpu=weights / shards,
-            gradient_bytes_per_gpu=mem.trainable_params * 2.0 / shards,
-            trainable_params_per_node=mem.trainable_params * gpus_per_node / shards,
-        )
-    # PCIe offload traffic overlaps compute like the collectives (prefetch); the CPU optimizer
-    # step runs after backward and adds in full. Both are assumptions until measured.
-    link_s = comm_s + pcie_s
-    step_s = compute_s + link_s - COMM_OVERLAP * min(compute_s, link_s) + cpu_optimizer_s
-    host_gib = host_ram_gib(
-        mem.host_bytes_per_gpu,
-        gpus_per_node=gpus_per_node,
-        extra_host_bytes_per_gpu=(
-            zero3_master_copy_bytes(
-                method=config.method,
-                full_mixed=config.precision is not Precision.BF16,
-                param_count=spec.param_count,
-            )
-            / shard_divisor(config)
-            if config.sharding is Sharding.ZERO3_OFFLOAD
-            else 0.0
-        ),
+    step_s = _step_seconds(
+        spec, config, gpu, mem, cal, nodes=nodes, inter_node_gbps=inter_node_gbps
     )
+    host_gib = _host_gib(spec, config, mem, nodes=nodes)
     trainable = mem.trainable_params
-    if loads_on_rank0(sharding=config.sharding, method=config.method):
-        # Rank 0 holds the whole model in CPU memory while it loads, before FSDP moves the
-        # shards to the GPUs (or, offloading, keeps them): its node needs that much at least.
-        whole = model_state_bytes(spec, config, trainable).weights
-        loading = host_ram_gib(
-            0.0, gpus_per_node=gpus_per_node, extra_host_bytes_per_gpu=whole / gpus_per_node
-        )
-        host_gib = max(host_gib, loading)
     tokens = config.micro_batch_size * config.seq_len
     reserved = cal.reserved_gib(peak, config.sharding)
     bands = _bands(applied, config, (step_s, peak, reserved))

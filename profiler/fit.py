@@ -90,6 +90,37 @@ def usable_rows(measurements: Sequence[Measurement], gpu: GPU) -> list[Measureme
     ]
 
 
+def _fit_time(
+    base: Calibration, stage1: Sequence[Measurement], spec_lookup: SpecLookup, gpu: GPU
+) -> Calibration:
+    """``base`` with the nine step-time coefficients fitted to ``stage1`` (see
+    :func:`fit_calibration`)."""
+    import numpy as np
+
+    stage1_specs = [spec_lookup(m.model) for m in stage1]
+    measured_s = np.array([m.step_time_s for m in stage1], dtype=float)
+    tokens = np.array([m.config.micro_batch_size * m.config.seq_len for m in stage1], dtype=float)
+    terms = [
+        time_terms(spec, m.config, gpu, calibration=base)
+        for spec, m in zip(stage1_specs, stage1, strict=True)
+    ]
+    weights = (tokens / 4096.0) ** TOKEN_WEIGHT_POWER / measured_s
+    coef = _fit_host_overlap(terms, measured_s, weights, base.backward_host_fraction)
+    fitted = replace(
+        base,
+        compute_efficiency=float(1.0 / coef[0]),
+        recompute_efficiency=_efficiency(coef[1], None),
+        lora_traffic_factor=float(coef[2]),
+        nf4_cast_traffic_factor=float(coef[3]),
+        elementwise_traffic_factor=float(coef[4]),
+        layer_pass_overhead_s=float(coef[5]),
+        autocast_layer_pass_overhead_s=float(coef[6]),
+        lora_call_overhead_s=float(coef[7]),
+        nf4_call_overhead_s=float(coef[8]),
+    )
+    return fitted
+
+
 def fit_calibration(
     measurements: Sequence[Measurement],
     spec_lookup: SpecLookup,
@@ -113,9 +144,8 @@ def fit_calibration(
     weighted by ``(tokens / 4096) ** TOKEN_WEIGHT_POWER``, so production-sized steps count more
     than host-bound short ones. ``eff`` is capped at :data:`MAX_COMPUTE_EFFICIENCY` and
     ``eff_recompute`` at 1; factors and host costs are >= 0. Memory: one scale on activation +
-    logits bytes (relative
-    least squares on rows whose peak is the
-    forward/backward phase) and the median reserved/allocated ratio.
+    logits bytes (relative least squares on rows whose peak is the forward/backward phase) and
+    the median reserved/allocated ratio.
 
     Args:
         measurements: Records of real runs; only ok, measured, full-depth rows on ``gpu`` count.
@@ -135,7 +165,6 @@ def fit_calibration(
     Raises:
         ValueError: If fewer than 4 usable measurements are given.
     """
-    import numpy as np
 
     rows = usable_rows(measurements, gpu)
     if len(rows) < 4:
@@ -157,29 +186,7 @@ def fit_calibration(
     # stage 1 leaves of the 8-bit rows.
     eight_bit = [m.config.optimizer is not OptimizerKind.ADAMW for m in rows]
     stage1 = [m for m, e in zip(rows, eight_bit, strict=True) if not e]
-    if len(stage1) < 4:
-        stage1 = list(rows)
-    stage1_specs = [spec_lookup(m.model) for m in stage1]
-    measured_s = np.array([m.step_time_s for m in stage1], dtype=float)
-    tokens = np.array([m.config.micro_batch_size * m.config.seq_len for m in stage1], dtype=float)
-    terms = [
-        time_terms(spec, m.config, gpu, calibration=base)
-        for spec, m in zip(stage1_specs, stage1, strict=True)
-    ]
-    weights = (tokens / 4096.0) ** TOKEN_WEIGHT_POWER / measured_s
-    coef = _fit_host_overlap(terms, measured_s, weights, base.backward_host_fraction)
-    fitted = replace(
-        base,
-        compute_efficiency=float(1.0 / coef[0]),
-        recompute_efficiency=_efficiency(coef[1], None),
-        lora_traffic_factor=float(coef[2]),
-        nf4_cast_traffic_factor=float(coef[3]),
-        elementwise_traffic_factor=float(coef[4]),
-        layer_pass_overhead_s=float(coef[5]),
-        autocast_layer_pass_overhead_s=float(coef[6]),
-        lora_call_overhead_s=float(coef[7]),
-        nf4_call_overhead_s=float(coef[8]),
-    )
+    fitted = _fit_time(base, stage1 if len(stage1) >= 4 else list(rows), spec_lookup, gpu)
     fitted = _fit_bnb8(
         fitted, [m for m, e in zip(rows, eight_bit, strict=True) if e], spec_lookup, gpu
     )
@@ -245,19 +252,9 @@ def _fit_bnb8(
     )
 
 
-def _fit_host_overlap(
-    terms: Sequence[TimeTerms],
-    measured_s: Any,
-    weights: Any,
-    backward_host_fraction: float,
-) -> Any:
-    """Least squares of ``weights · (predicted - measured)`` for the host-overlap step time of
-    :func:`profiler.timing.combine_passes` over :func:`profiler.timing.pass_features` (the
-    formula the estimate uses), by projected Levenberg-Marquardt with the bounds of
-    :data:`_LOWER`; coefficients whose feature is zero on every row stay 0 (e.g. NF4 costs
-    without QLoRA rows; the recompute efficiency without checkpointed rows is then unfitted).
-    The optimizer step is not fitted: it adds as a constant at the terms' efficiencies.
-    """
+def _stacked_features(terms: Sequence[TimeTerms], backward_host_fraction: float) -> PassFeatures:
+    """Every row's pass features stacked as one ``PassFeatures`` of numpy arrays (the step-time
+    formula is elementwise, so the estimate's own functions evaluate all rows at once)."""
     import numpy as np
 
     features = [pass_features(t, backward_host_fraction=backward_host_fraction) for t in terms]
@@ -296,6 +293,62 @@ def _fit_host_overlap(
         host_backward_multiplier=np.array([f.host_backward_multiplier for f in features]),
         optimizer_s=np.array([f.optimizer_s for f in features], dtype=float),
     )
+    return rows
+
+
+def _levenberg_marquardt(
+    residuals: Callable[[Any], tuple[Any, Any]], theta: Any, lower: Any, active: Any
+) -> Any:
+    """Projected Levenberg-Marquardt from ``theta``: minimises ``|r|²`` of ``residuals`` (which
+    returns residuals and Jacobian) over the ``active`` coefficients, each kept at or above
+    ``lower``; at most 500 iterations. Returns the scaled coefficients."""
+    import numpy as np
+
+    damping = 1e-3
+    r, jac = residuals(theta)
+    cost = float(r @ r)
+    for _ in range(500):
+        jac = jac[:, active]
+        normal = jac.T @ jac
+        step = np.linalg.solve(
+            normal + damping * (np.diag(np.diag(normal)) + 1e-12 * np.eye(len(normal))),
+            -jac.T @ r,
+        )
+        candidate = theta.copy()
+        candidate[active] = np.maximum(theta[active] + step, lower[active])
+        r_new, jac_new = residuals(candidate)
+        cost_new = float(r_new @ r_new)
+        if cost_new < cost:
+            converged = cost - cost_new < 1e-12 * cost
+            theta, r, jac, cost = candidate, r_new, jac_new, cost_new
+            damping = max(damping * 0.3, 1e-12)
+            if converged:
+                break
+        else:
+            r, jac = residuals(theta)
+            damping *= 10.0
+            if damping > 1e12:
+                break
+    return theta
+
+
+def _fit_host_overlap(
+    terms: Sequence[TimeTerms],
+    measured_s: Any,
+    weights: Any,
+    backward_host_fraction: float,
+) -> Any:
+    """Least squares of ``weights · (predicted - measured)`` for the host-overlap step time of
+    :func:`profiler.timing.combine_passes` over :func:`profiler.timing.pass_features` (the
+    formula the estimate uses), by projected Levenberg-Marquardt with the bounds of
+    :data:`_LOWER`; coefficients whose feature is zero on every row stay 0 (e.g. NF4 costs
+    without QLoRA rows; the recompute efficiency without checkpointed rows is then unfitted).
+    The optimizer step is not fitted: it adds as a constant at the terms' efficiencies.
+    """
+    import numpy as np
+
+    rows = _stacked_features(terms, backward_host_fraction)
+    forward, backward = rows.forward, rows.backward
     gpu_fwd = np.column_stack(gpu_pass_gradient(forward))
     gpu_bwd = np.column_stack(gpu_pass_gradient(backward))
     host = np.column_stack(rows.host)
@@ -330,31 +383,7 @@ def _fit_host_overlap(
         )
         return (predicted - measured_s) * weights, jacobian * weights[:, None]
 
-    damping = 1e-3
-    r, jac = residuals(theta)
-    cost = float(r @ r)
-    for _ in range(500):
-        jac = jac[:, active]
-        normal = jac.T @ jac
-        step = np.linalg.solve(
-            normal + damping * (np.diag(np.diag(normal)) + 1e-12 * np.eye(len(normal))),
-            -jac.T @ r,
-        )
-        candidate = theta.copy()
-        candidate[active] = np.maximum(theta[active] + step, lower[active])
-        r_new, jac_new = residuals(candidate)
-        cost_new = float(r_new @ r_new)
-        if cost_new < cost:
-            converged = cost - cost_new < 1e-12 * cost
-            theta, r, jac, cost = candidate, r_new, jac_new, cost_new
-            damping = max(damping * 0.3, 1e-12)
-            if converged:
-                break
-        else:
-            r, jac = residuals(theta)
-            damping *= 10.0
-            if damping > 1e12:
-                break
+    theta = _levenberg_marquardt(residuals, theta, lower, active)
     return np.where(active, theta / unit, 0.0)
 
 
