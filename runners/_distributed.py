@@ -47,7 +47,7 @@ def fsdp_settings(config: TuningConfig) -> dict[str, str]:
     the meta device, ``sync_module_states`` broadcasts rank 0's weights when FSDP shards;
     :func:`profiler.sharding.loads_on_rank0`), so a 70B model is not built whole on every rank.
     LoRA/QLoRA replace the per-layer wrap with PEFT's policy at launch
-    (``runners.train.adapter_wrap_policy``: adapters in their own units).
+    (``runners._train_sharded.adapter_wrap_policy``: adapters in their own units).
     """
     if config.sharding not in (Sharding.FSDP, Sharding.FSDP_OFFLOAD):
         return {}

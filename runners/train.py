@@ -28,7 +28,6 @@ import dataclasses
 import json
 import math
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from catalog import GIB, atomic_write_text, read_text_limited
-from profiler import Method, TuningConfig
 from runners._checkpoint import (
     check_resumable,
     file_sha256,
@@ -44,8 +42,16 @@ from runners._checkpoint import (
     run_identity,
     save_checkpoint,
 )
-from runners._eval import EvalResult, eval_summary, evaluate, find_eval_jsonl, load_eval_blocks
+from runners._eval import EvalResult, evaluate, find_eval_jsonl, load_eval_blocks
 from runners._stop import CheckpointClock, NonFiniteLoss, StopRequest, TrainingStopped
+from runners._summary import build_summary
+from runners._train_sharded import (
+    accelerator_if_distributed,
+    is_deepspeed,
+    prepare_distributed,
+    save_final_model,
+    trained_model_config,
+)
 from runners._types import (
     BYTE_TOKENIZER,
     SAGEMAKER_CHECKPOINT_DIR,
@@ -59,14 +65,10 @@ from runners._types import (
 )
 from runners.data import BlockSchedule, find_jsonl, load_tokenizer, pack, read_texts
 
-SUMMARY_FORMAT = "ftplan-run-summary/1"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 FINAL_MODEL_DIR = "final"
 SPEC_HYPERPARAMETER = "ftplan_spec"
-# Steps left out of the throughput median: the first steps pay for allocator growth, kernel
-# selection and clock ramp-up (DESIGN.md, "Measuring on the GPU": warm-up, then the median).
-WARMUP_STEPS = 2
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,127 +206,6 @@ class _Log:
             handle.write(line + "\n")
 
 
-def _accelerator_if_distributed(device: str) -> Any:
-    """An accelerate Accelerator when started by ``accelerate launch`` / torchrun with several
-    processes (gloo on CPU, for smoke runs of the multi-process path), or with FSDP/DeepSpeed
-    on one GPU (CPU offload)."""
-    launched = os.environ.get("ACCELERATE_USE_FSDP") == "true" or (
-        os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
-    )
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not launched:
-        return None
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=device == "cpu")
-
-
-def _is_deepspeed(accelerator: Any) -> bool:
-    return (
-        accelerator is not None
-        and getattr(accelerator.state, "deepspeed_plugin", None) is not None
-    )
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    found = {}
-    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"):
-        try:
-            found[name] = md.version(name)
-        except md.PackageNotFoundError:
-            continue
-    return found
-
-
-def _compare(
-    measured: float | None, expected: float | None, tolerance: float, why_missing: str
-) -> dict[str, Any]:
-    if measured is None or expected is None or expected <= 0:
-        reason = why_missing if measured is None else "the plan gave no prediction"
-        return {
-            "measured": measured,
-            "expected": expected,
-            "ratio": None,
-            "tolerance_fraction": tolerance,
-            "within": None,
-            "note": reason,
-        }
-    ratio = measured / expected
-    return {
-        "measured": measured,
-        "expected": expected,
-        "ratio": ratio,
-        "tolerance_fraction": tolerance,
-        "within": abs(ratio - 1.0) <= tolerance,
-    }
-
-
-def build_summary(
-    spec: LaunchSpec,
-    *,
-    step_times_s: list[float],
-    tokens_per_step: int,
-    peak_allocated_gib: float | None,
-    peak_reserved_gib: float | None,
-    first_loss: float | None,
-    last_loss: float | None,
-    steps_done: int,
-    start_step: int,
-    device_name: str,
-    model_config: dict[str, Any] | None = None,
-    evaluations: list[EvalResult] | None = None,
-) -> dict[str, Any]:
-    """The end-of-run summary: measured vs planned tokens/s and peak allocated memory.
-
-    Throughput is the median over the steps after :data:`WARMUP_STEPS` (all steps when the
-    run is shorter; eval passes are never part of a step's time); memory is
-    ``torch.cuda.max_memory_allocated`` of this process, GiB. ``model_config`` is the
-    transformers config the run trained with (the checkpoint's own for real weights).
-    ``evaluations`` are this process's eval passes (None: no eval data; the summary's ``eval``
-    is then None).
-    """
-    timed = step_times_s[WARMUP_STEPS:] if len(step_times_s) > WARMUP_STEPS else step_times_s
-    step_time = statistics.median(timed) if timed else None
-    tokens_per_s = tokens_per_step / step_time if step_time else None
-    no_cuda = "not measured: no CUDA device (peak memory is read from torch.cuda)"
-    return {
-        "format": SUMMARY_FORMAT,
-        "model": spec.model.name,
-        "config": spec.config.label(),
-        "device": device_name,
-        "model_config": model_config,
-        "versions": _versions(),
-        "steps_completed": steps_done,
-        "resumed_from_step": start_step,
-        "first_loss": first_loss,
-        "last_loss": last_loss,
-        "eval": eval_summary(evaluations),
-        "measured": {
-            "step_time_s": step_time,
-            "tokens_per_s": tokens_per_s,
-            "peak_allocated_gib": peak_allocated_gib,
-            "peak_reserved_gib": peak_reserved_gib,
-            "timed_steps": len(timed),
-        },
-        "expected_source": spec.expected_source,
-        "comparison": {
-            "tokens_per_s": _compare(
-                tokens_per_s,
-                spec.expected_tokens_per_s,
-                spec.throughput_tolerance_fraction,
-                "no timed steps",
-            ),
-            "peak_allocated_gib": _compare(
-                peak_allocated_gib,
-                spec.expected_peak_allocated_gib,
-                spec.memory_tolerance_fraction,
-                no_cuda,
-            ),
-        },
-    }
-
-
 def weights_checkpoint(spec: LaunchSpec, *, log: Callable[[dict[str, Any]], None]) -> str | None:
     """Where the recipe loads weights from: None (random weights from the architecture) for
     ``random_init`` or a local folder that holds a config but no weight files (offline checks);
@@ -364,7 +245,7 @@ def _run_step(
     if len(batches) == 1 and accelerator is None:
         return train_step(prepared, batches[0], batches[0])
     losses = []
-    if _is_deepspeed(accelerator):
+    if is_deepspeed(accelerator):
         # DeepSpeed scales the loss, accumulates (the config's gradient_accumulation_steps is
         # the plan's) and steps its engine inside accelerator.backward.
         for ids in batches:
@@ -437,7 +318,7 @@ def _open_session(spec: LaunchSpec, paths: RunPaths) -> _Session:
             "the launch spec asks for CUDA but torch sees no GPU; run on a GPU "
             "machine or pass --device cpu for a smoke run"
         )
-    accelerator = _accelerator_if_distributed(spec.device)
+    accelerator = accelerator_if_distributed(spec.device)
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     device = (
@@ -773,7 +654,7 @@ def _finish(run: _Run) -> dict[str, Any]:
         run.run_eval(end_step)  # resumed after the last step: the final eval is always reported
     if end_step > run.start_step or not run.saved_steps:
         run.save(end_step)
-    _save_final_model(
+    save_final_model(
         run.prepared,
         run.paths.final_model_dir,
         accelerator=session.accelerator,
@@ -829,84 +710,6 @@ def train(spec: LaunchSpec, paths: RunPaths, *, resume: bool = False) -> dict[st
     return _finish(run)
 
 
-def prepare_distributed(
-    prepared: Any,
-    accelerator: Any,
-    config: TuningConfig,
-    *,
-    learning_rate: float,
-    rank0_only: bool,
-) -> None:
-    """Wrap the recipe's model and optimizer for several processes (DDP, FSDP or DeepSpeed, as
-    ``accelerate launch`` configured them), in place.
-
-    LoRA/QLoRA under FSDP use PEFT's wrap policy (:func:`wrap_adapters_apart`), so no gradient
-    buffer covers the frozen base. DeepSpeed with CPU offload names its own optimizer (its CPU
-    Adam): accelerate takes a placeholder. With rank-0 loading the optimizer is made after
-    sharding (:func:`shard_then_make_optimizer`).
-    """
-    wrap_adapters_apart(prepared.model, accelerator, config)
-    if _is_deepspeed(accelerator) and config.sharding.offloads:
-        from accelerate.utils import DummyOptim
-
-        params = [p for p in prepared.model.parameters() if p.requires_grad]
-        prepared.optimizer = DummyOptim(params, lr=learning_rate)
-    if rank0_only:
-        shard_then_make_optimizer(prepared, accelerator, config, learning_rate=learning_rate)
-        return
-    prepared.model, prepared.optimizer = accelerator.prepare(prepared.model, prepared.optimizer)
-
-
-def wrap_adapters_apart(model: Any, accelerator: Any, config: TuningConfig) -> bool:
-    """LoRA/QLoRA under FSDP: wrap with :func:`adapter_wrap_policy` instead of one unit per
-    decoder layer (accelerate keeps a callable policy as it is). Returns whether it applied."""
-    plugin = getattr(accelerator.state, "fsdp_plugin", None)
-    if plugin is None or config.method is Method.FULL:
-        return False
-    plugin.auto_wrap_policy = adapter_wrap_policy(model)
-    return True
-
-
-def adapter_wrap_policy(model: Any) -> Any:
-    """PEFT's FSDP wrap policy (``peft.utils.other.fsdp_auto_wrap_policy``, as transformers'
-    Trainer and PEFT's FSDP guides set it): each decoder layer is a unit, and so is every leaf
-    module whose weight trains (each adapter linear). A layer's flat parameter then holds only
-    frozen weights and gets no gradient; with the adapters inside it, its sharded gradient
-    covers the whole layer (41,088 elements per rank for 4,096 trainable on a 2-layer test
-    model)."""
-    from peft.utils.other import fsdp_auto_wrap_policy
-
-    return fsdp_auto_wrap_policy(model)
-
-
-def shard_then_make_optimizer(
-    prepared: Any, accelerator: Any, config: Any, *, learning_rate: float
-) -> None:
-    """FSDP with rank-0-only loading: wrap (and so shard) the model first, then make the
-    recipe's optimizer over the sharded parameters. The optimizer the recipe made before held
-    the meta tensors of ranks other than 0, which FSDP replaces when it materialises them."""
-    from profiler.recipes import make_optimizer
-
-    prepared.model = accelerator.prepare(prepared.model)
-    params = [p for p in prepared.model.parameters() if p.requires_grad]
-    prepared.optimizer = accelerator.prepare(
-        make_optimizer(params, config, learning_rate=learning_rate, device=prepared.device)
-    )
-
-
-def _base_model(prepared: Any, *, accelerator: Any) -> Any:
-    """The transformers model under the accelerate and PEFT wrappers."""
-    model = accelerator.unwrap_model(prepared.model) if accelerator is not None else prepared.model
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-def trained_model_config(prepared: Any, *, accelerator: Any = None) -> dict[str, Any]:
-    """The config dict the run trained with, JSON-safe (transformers' own serialization)."""
-    config = _base_model(prepared, accelerator=accelerator).config
-    return dict(json.loads(config.to_json_string(use_diff=False)))
-
-
 def _check_checkpoint(spec: LaunchSpec, checkpoint: str | None) -> dict[str, Any] | None:
     """Read the checkpoint's config (hub, SageMaker channel or folder) and refuse it when its
     architecture is not the plan's model; returns the config as saved (None: random weights).
@@ -925,36 +728,6 @@ def _check_checkpoint(spec: LaunchSpec, checkpoint: str | None) -> dict[str, Any
     if mismatch is not None:
         raise ValueError(f"weights {checkpoint!r} are not the planned model: {mismatch}")
     return saved
-
-
-def _save_final_model(
-    prepared: Any,
-    folder: Path,
-    *,
-    accelerator: Any,
-    tokenizer: Any = None,
-    use_cache: bool | None = None,
-) -> None:
-    """``save_pretrained`` of the trained model (adapters only for LoRA/QLoRA) and of its
-    tokenizer, so ``final/`` is ready to load or merge. Full fine-tuning's config is the
-    checkpoint's own; only ``use_cache``, turned off for training, is put back."""
-    is_main = accelerator is None or accelerator.is_main_process
-    base = _base_model(prepared, accelerator=accelerator)
-    if use_cache is not None:
-        base.config.use_cache = use_cache
-    try:
-        if accelerator is None:
-            prepared.model.save_pretrained(str(folder))
-        else:
-            state = accelerator.get_state_dict(prepared.model)
-            accelerator.unwrap_model(prepared.model).save_pretrained(
-                str(folder), state_dict=state, is_main_process=is_main
-            )
-    finally:
-        base.config.use_cache = False
-    save = getattr(tokenizer, "save_pretrained", None)
-    if is_main and callable(save):
-        save(str(folder))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -94,7 +94,7 @@ def test_lora_trains_under_fsdp_on_two_cpu_processes(tmp_path: Path) -> None:
 
 
 def _gradient_worker(rank: int, world: int, port: int, out: str, method_value: str) -> None:
-    """LoRA/QLoRA wrapped with the runner's policy (``runners.train.adapter_wrap_policy``) and
+    """LoRA/QLoRA wrapped with the runner's policy (``_train_sharded.adapter_wrap_policy``) and
     accelerate's other FSDP settings on two gloo processes (accelerate itself picks DDP on CPU);
     one backward, then the gradient elements each rank holds."""
     import torch.distributed as dist
@@ -107,7 +107,7 @@ def _gradient_worker(rank: int, world: int, port: int, out: str, method_value: s
 
     from profiler import Method, Sharding, TuningConfig
     from profiler.recipes import SETUP_FUNCTIONS, clip_gradients, forward_backward
-    from runners.train import adapter_wrap_policy
+    from runners._train_sharded import adapter_wrap_policy
 
     method = Method(method_value)
     config = TuningConfig(
@@ -179,7 +179,7 @@ def test_the_runner_hands_accelerate_the_adapter_policy() -> None:
 
     from profiler import Method, Sharding, TuningConfig
     from profiler.recipes import setup_lora
-    from runners.train import wrap_adapters_apart
+    from runners._train_sharded import wrap_adapters_apart
 
     config = TuningConfig(
         method=Method.LORA,

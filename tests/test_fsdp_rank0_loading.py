@@ -251,7 +251,7 @@ def _qlora_worker(rank: int, world: int, port: int, out: str, checkpoint: str) -
     from profiler import Method, Sharding, TuningConfig
     from profiler.recipes import loads_on_rank0_only, setup_qlora
     from runners._distributed import fsdp_settings
-    from runners.train import adapter_wrap_policy
+    from runners._train_sharded import adapter_wrap_policy
 
     config = TuningConfig(
         method=Method.QLORA,

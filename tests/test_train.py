@@ -251,7 +251,7 @@ def test_gradient_accumulation_consumes_more_data_per_step(
 
 
 def test_summary_compares_with_the_plan() -> None:
-    from runners.train import build_summary
+    from runners._summary import build_summary
 
     spec = tiny_spec(
         Method.LORA,
