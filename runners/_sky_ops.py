@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runners._run_files import process_running
 from runners._sky_follow import field_of, job_state, status_name
 from runners._types import RunState, RunStatus, Target
-from runners.local import process_running
 
 #: SkyPilot managed-job and job states (sky.jobs.ManagedJobStatus, sky.JobStatus) -> ftplan's.
 STATES: dict[str, RunState] = {

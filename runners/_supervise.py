@@ -16,8 +16,9 @@ from types import FrameType
 
 from catalog import DataError, open_regular, read_json_file
 from runners._process import start_ticks
+from runners._run_files import LOG_FILE, STATUS_FILE, write_status
 from runners._types import RunState
-from runners.local import LOG_FILE, STATUS_FILE, _now, write_status
+from runners.local import _now
 
 
 def supervise(run_dir: Path, command: list[str]) -> int:

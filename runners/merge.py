@@ -12,9 +12,10 @@ from pathlib import Path
 
 from catalog import read_text_limited
 from profiler import Method
+from runners._run_files import OUTPUT_DIR, SPEC_FILE
 from runners._types import LaunchSpec, RunnerError, launch_spec_from_json
 from runners._weights import check_weights_folder
-from runners.local import OUTPUT_DIR, RUN_ID_PATTERN, SPEC_FILE, run_dir_for
+from runners.local import RUN_ID_PATTERN, run_dir_for
 
 FINAL_DIR = "final"
 MERGED_DIR = "merged"

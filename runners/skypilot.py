@@ -38,6 +38,7 @@ from catalog import (
 )
 from catalog.errors import CONTROL_CHARS, CONTROL_CHARS_OR_NEWLINES
 from profiler.memory import checkpoint_bytes, download_bytes
+from runners._run_files import process_running
 from runners._sagemaker_request import SOURCE_PACKAGES, distribution_environment
 from runners._sky_follow import update_record
 from runners._sky_ops import (
@@ -61,7 +62,7 @@ from runners._types import (
     refuse_credentials_in_uri,
 )
 from runners._weights import gated_token_problem
-from runners.local import model_slug, process_running, run_dir_for
+from runners.local import model_slug, run_dir_for
 
 #: SkyPilot's cloud name for each provider it launches on.
 SKYPILOT_CLOUDS: dict[Provider, str] = {

@@ -24,7 +24,8 @@ from planner.cli import main as cli
 from planner.plan_io import write_plan
 from profiler import Method, Precision, Sharding, TuningConfig
 from runners import HostGPUs, LaunchSpec, LocalRunner, RunnerError, RunState
-from runners.local import accelerate_config_yaml, write_status
+from runners._run_files import write_status
+from runners.local import accelerate_config_yaml
 
 H100 = ("NVIDIA H100 80GB HBM3", 79.6)
 TINY = TINY_LLAMA

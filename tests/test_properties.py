@@ -31,7 +31,8 @@ from planner.report.write import report_slug
 from profiler.calibration import read_calibration
 from profiler.store import read_records
 from runners import launch_spec_from_json
-from runners.local import read_status, run_dir_for
+from runners._run_files import read_status
+from runners.local import run_dir_for
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Text a user can type: printable, control characters, NUL, path and URL punctuation.
