@@ -1,5 +1,9 @@
 """Test-session setup shared by every module.
 
+Every test sees its own empty ftplan cache (``$FTPLAN_CACHE_DIR`` in the test's ``tmp_path``,
+the ``user_cache`` fixture), never the user's ``~/.cache/ftplan``, and starts with no calibration
+or profile store loaded by a test before it.
+
 SkyPilot keeps its state and its price catalog under ``$SKY_RUNTIME_DIR/.sky`` (default ``~``).
 Tests point it, before anything imports ``sky``, at a private folder whose catalog is the
 fixture copy of SkyPilot's catalog, so SkyPilot's parser validates regions offline and no test
@@ -12,6 +16,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 SKYPILOT_CATALOG_FIXTURE = Path(__file__).parent / "fixtures" / "skypilot_catalog" / "v7"
@@ -43,3 +48,21 @@ def _no_real_skypilot_follower(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError(f"a test tried to start SkyPilot's follower for {run_dir}")
 
     monkeypatch.setattr(runners.skypilot, "spawn_follower", refuse)
+
+
+def _forget_loaded_user_state() -> None:
+    from profiler.calibration import load_calibration
+    from profiler.store import default_store
+
+    load_calibration.cache_clear()  # type: ignore[attr-defined]
+    default_store.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """This test's ftplan cache folder (not created): empty, private, forgotten afterwards."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(cache))
+    _forget_loaded_user_state()
+    yield cache
+    _forget_loaded_user_state()

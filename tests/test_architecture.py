@@ -15,6 +15,8 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("catalog", "profiler", "runners", "planner")  # each may import only those before it
 
@@ -171,6 +173,7 @@ def _import_alone(module: str) -> str | None:
     return f"{module}: {last}"
 
 
+@pytest.mark.slow
 def test_every_module_imports_alone() -> None:
     """One fresh interpreter per module, so import order cannot hide a cycle or missing import."""
     modules = sorted(first_party_modules(ROOT))

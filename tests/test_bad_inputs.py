@@ -36,7 +36,6 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working folder with a valid plan, dataset, a regular file 'f', a FIFO, bad configs."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(tmp_path / "cache"))
     write_plan(make_plan(), tmp_path / "plan.json")
     (tmp_path / "train.jsonl").write_text('{"text": "hello world"}\n')
     (tmp_path / "f").write_text("a regular file\n")
@@ -472,9 +471,10 @@ def test_storage_credentials_never_reach_a_file(world: Path) -> None:
     )
     assert code == 2 and "hunter2" not in stderr
     assert "Traceback" not in stderr
-    for path in world.rglob("*"):
-        if path.is_file() and path.name != "fifo":
-            assert b"hunter2" not in path.read_bytes()
+    files = [path for path in world.rglob("*") if path.is_file() and path.name != "fifo"]
+    assert files  # the plan, the dataset and the configs at least
+    for path in files:
+        assert b"hunter2" not in path.read_bytes()
 
 
 def test_valid_plan_with_a_folder_name_holding_escapes_prints_them_escaped(world: Path) -> None:

@@ -33,14 +33,6 @@ from profiler.fit import MAX_COMPUTE_EFFICIENCY, fit_calibration, held_out_predi
 H100_NAME = "H100 SXM 80GB"
 
 
-@pytest.fixture(autouse=True)
-def _empty_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(tmp_path / "cache"))
-    load_calibration.cache_clear()  # type: ignore[attr-defined]
-    yield
-    load_calibration.cache_clear()  # type: ignore[attr-defined]
-
-
 def test_reference_rows_convert_to_measurements() -> None:
     rows = reference_measurements()
     assert len(rows) == 24

@@ -68,14 +68,6 @@ LLAMA32_1B_CONFIG = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test sees an empty user cache, never the real ~/.cache/ftplan."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(cache))
-    return cache
-
-
 def _csv_rows(name: str) -> list[dict[str, str]]:
     with (DATA_DIR / name).open(encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
@@ -286,31 +278,31 @@ def _write_cached_offers(
     return path
 
 
-def test_refreshed_cache_is_used_when_present(_empty_cache: Path) -> None:
-    path = _write_cached_offers(_empty_cache)
+def test_refreshed_cache_is_used_when_present(user_cache: Path) -> None:
+    path = _write_cached_offers(user_cache)
     assert len(list_offers()) == 3
     info = catalog_info(today=date(2025, 6, 30))
     assert info.refreshed and info.offers_path == str(path)
     assert info.age_days == (date(2025, 6, 30) - date.fromisoformat(info.oldest_price_as_of)).days
 
 
-def test_broken_number_names_file_row_and_column(_empty_cache: Path) -> None:
-    path = _write_cached_offers(_empty_cache, mutate={"usd_per_hour": "1,2x"})
+def test_broken_number_names_file_row_and_column(user_cache: Path) -> None:
+    path = _write_cached_offers(user_cache, mutate={"usd_per_hour": "1,2x"})
     with pytest.raises(CatalogError) as excinfo:
         list_offers()
     message = str(excinfo.value)
     assert str(path) in message and "row 3" in message and "'usd_per_hour'" in message
 
 
-def test_missing_column_names_file_and_column(_empty_cache: Path) -> None:
-    path = _write_cached_offers(_empty_cache, drop_column="gpu_count")
+def test_missing_column_names_file_and_column(user_cache: Path) -> None:
+    path = _write_cached_offers(user_cache, drop_column="gpu_count")
     with pytest.raises(CatalogError, match="lacks column.*gpu_count") as excinfo:
         list_offers()
     assert str(path) in str(excinfo.value)
 
 
-def test_unknown_gpu_in_offers_file_is_reported(_empty_cache: Path) -> None:
-    _write_cached_offers(_empty_cache, mutate={"gpu": "Z100"})
+def test_unknown_gpu_in_offers_file_is_reported(user_cache: Path) -> None:
+    _write_cached_offers(user_cache, mutate={"gpu": "Z100"})
     with pytest.raises(CatalogError, match="row 3, column 'gpu'"):
         list_offers()
 

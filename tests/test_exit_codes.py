@@ -23,7 +23,6 @@ ARGS = ["recommend", "--model", "llama2-7b", "--budget", "200", "--out", "r", "-
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path
 
 

@@ -442,6 +442,7 @@ def test_the_real_request_carries_the_token_and_nothing_else_shows_it(tmp_path: 
     assert SECRET not in result.request_json and SECRET not in result.spec_json
 
 
+@pytest.mark.slow
 def test_wait_exits_1_with_the_failures_last_line(
     workdir: Path, tmp_path: Path, one_thread: None
 ) -> None:

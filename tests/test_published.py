@@ -191,6 +191,7 @@ def test_transfer_bands_widen_estimates_for_gpus_without_their_own_fit() -> None
     assert "widened" in on_4090.provenance.notes and "widened" not in on_h100.provenance.notes
 
 
+@pytest.mark.slow
 def test_calibrate_transfer_sets_everything_it_fits() -> None:
     base = dataclasses.replace(
         calibration_for(get_gpu("h100")),

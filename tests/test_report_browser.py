@@ -44,12 +44,6 @@ def _chromium_path() -> str | None:
     return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
 
 
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Compiled templates go to the ftplan cache; keep tests out of the user's home.
-    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     path = _chromium_path()

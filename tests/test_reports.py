@@ -46,12 +46,6 @@ SAFE_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 
 
-@pytest.fixture(autouse=True)
-def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Compiled templates go to the ftplan cache; keep tests out of the user's home.
-    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(tmp_path / "cache"))
-
-
 # --- markdown ------------------------------------------------------------------------------------
 
 

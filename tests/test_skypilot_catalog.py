@@ -35,13 +35,6 @@ FIXTURE = Path(__file__).parent / "fixtures" / "skypilot_catalog" / "v7"
 TODAY = date.today().isoformat()
 
 
-@pytest.fixture(autouse=True)
-def _empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(cache))
-    return cache
-
-
 def _catalog_copy(tmp_path: Path, clouds: tuple[str, ...] = ("lambda", "runpod")) -> Path:
     folder = tmp_path / "v7"
     for cloud in clouds:
@@ -145,12 +138,12 @@ def test_gcp_price_is_host_plus_gpu() -> None:
 
 
 def test_refresh_replaces_the_clouds_it_read_and_reports_unknowns(
-    tmp_path: Path, _empty_cache: Path
+    tmp_path: Path, user_cache: Path
 ) -> None:
     before_aws = [o for o in list_offers(providers=["aws"])]
     result = refresh_from_skypilot(catalog_dir=_catalog_copy(tmp_path))
     assert result.clouds == ("lambda", "runpod")
-    assert result.offers_path == str(_empty_cache / "offers.csv")
+    assert result.offers_path == str(user_cache / "offers.csv")
     assert ("runpod", "MI300X", 4) in result.unknown_accelerators
     assert ("lambda", "RTX6000", 2) in result.unknown_accelerators
     lam = list_offers(providers=["lambda"])
@@ -214,33 +207,33 @@ def _rewrite(path: Path, edit: dict[tuple[int, str], str] | None = None, drop: s
         writer.writerows(rows)
 
 
-def test_bad_price_names_file_line_and_column(tmp_path: Path, _empty_cache: Path) -> None:
+def test_bad_price_names_file_line_and_column(tmp_path: Path, user_cache: Path) -> None:
     folder = _catalog_copy(tmp_path)
     _rewrite(folder / "runpod" / "vms.csv", {(2, "Price"): "2,69x"})
     path = folder / "runpod" / "vms.csv"
-    _assert_refused(tmp_path, _empty_cache, folder, str(path), "line 4", "'Price'")
+    _assert_refused(tmp_path, user_cache, folder, str(path), "line 4", "'Price'")
 
 
-def test_missing_column_names_file_and_column(tmp_path: Path, _empty_cache: Path) -> None:
+def test_missing_column_names_file_and_column(tmp_path: Path, user_cache: Path) -> None:
     folder = _catalog_copy(tmp_path)
     _rewrite(folder / "lambda" / "vms.csv", drop="AcceleratorCount")
     path = folder / "lambda" / "vms.csv"
-    _assert_refused(tmp_path, _empty_cache, folder, str(path), "line 1", "'AcceleratorCount'")
+    _assert_refused(tmp_path, user_cache, folder, str(path), "line 1", "'AcceleratorCount'")
 
 
-def test_malformed_csv_names_the_line(tmp_path: Path, _empty_cache: Path) -> None:
+def test_malformed_csv_names_the_line(tmp_path: Path, user_cache: Path) -> None:
     folder = _catalog_copy(tmp_path)
     path = folder / "lambda" / "vms.csv"
     with path.open("a", encoding="utf-8") as handle:
         handle.write("gpu_1x_a10,A10,1.0,30.0,200.0,0.75,us-east-1,,,extra\n")
-    _assert_refused(tmp_path, _empty_cache, folder, str(path), "line 22", "more fields")
+    _assert_refused(tmp_path, user_cache, folder, str(path), "line 22", "more fields")
 
 
-def test_unknown_cloud_folder_is_refused(tmp_path: Path, _empty_cache: Path) -> None:
+def test_unknown_cloud_folder_is_refused(tmp_path: Path, user_cache: Path) -> None:
     folder = _catalog_copy(tmp_path)
     (folder / "lambada").mkdir()
     shutil.copy(FIXTURE / "lambda" / "vms.csv", folder / "lambada" / "vms.csv")
-    _assert_refused(tmp_path, _empty_cache, folder, "unknown cloud 'lambada'", "line 1")
+    _assert_refused(tmp_path, user_cache, folder, "unknown cloud 'lambada'", "line 1")
 
 
 def test_cli_refresh_changes_offers_json(tmp_path: Path) -> None:
@@ -326,7 +319,7 @@ def test_recommend_prices_the_cheapest_region_of_each_instance(tmp_path: Path) -
 
 
 def test_failed_skypilot_fetch_is_one_line_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _empty_cache: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_cache: Path
 ) -> None:
     pytest.importorskip("sky")
     from sky.catalog import common as sky_catalog
@@ -338,4 +331,4 @@ def test_failed_skypilot_fetch_is_one_line_and_writes_nothing(
     result = CliRunner().invoke(main, ["catalog", "refresh", "--from", "skypilot"])
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "could not fetch its aws catalog" in result.output
-    assert not _empty_cache.exists()
+    assert not user_cache.exists()
