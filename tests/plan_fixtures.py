@@ -268,10 +268,8 @@ def _measurement(
     )
 
 
-def make_candidates(
-    *, max_usd: float = 200.0, max_hours: float | None = 48.0
-) -> tuple[Candidate, ...]:
-    """Six priced candidates, feasible ones first by USD, then the infeasible ones."""
+def _fixture_measurements() -> dict[str, Measurement]:
+    """The measurements behind :func:`make_candidates` (measured, extrapolated, estimated)."""
     lora, qlora = _lora(Method.LORA), _lora(Method.QLORA)
     full_fsdp = TuningConfig(
         method=Method.FULL,
@@ -376,6 +374,24 @@ def make_candidates(
             overhead_gib=3.16,
         ),
     )
+    return {
+        "lora_h100": m_lora_h100,
+        "qlora_l4": m_qlora_l4,
+        "lora_a10g": m_lora_a10g,
+        "full_fsdp": m_full_fsdp,
+        "full_mixed": m_full_mixed,
+    }
+
+
+def make_candidates(
+    *, max_usd: float = 200.0, max_hours: float | None = 48.0
+) -> tuple[Candidate, ...]:
+    """Six priced candidates, feasible ones first by USD, then the infeasible ones."""
+    lora, qlora = _lora(Method.LORA), _lora(Method.QLORA)
+    m = _fixture_measurements()
+    full_fsdp, full_mixed = m["full_fsdp"].config, m["full_mixed"].config
+    m_lora_h100, m_qlora_l4, m_lora_a10g = m["lora_h100"], m["qlora_l4"], m["lora_a10g"]
+    m_full_fsdp, m_full_mixed = m["full_fsdp"], m["full_mixed"]
     kw: dict[str, Any] = {"max_usd": max_usd, "max_hours": max_hours}
     lora_risks = (_RISK_LORA, _RISK_CAPACITY)
     qlora_risks = (_RISK_NF4, _RISK_CAPACITY)
