@@ -162,8 +162,9 @@ class Evaluator:
         self._measurements: dict[tuple[Any, ...], Measurement] = {}
         self._risks: dict[tuple[Any, ...], Any] = {}
         self._loadable: dict[tuple[TuningConfig, str], bool] = {}
-        # Cheapest (USD, hours) per (method, risk level) of the plans no preference sets aside.
-        self._settled_best: dict[tuple[Method, int], tuple[float, float]] = {}
+        # Pareto front of (USD, hours) per (method, risk level) of the plans no preference sets
+        # aside (feasible, with margin, host RAM known): what bounds a walk (_beaten).
+        self._settled: dict[tuple[Method, int], list[tuple[float, float]]] = {}
         self.estimator_calls = 0
 
     def variants(self) -> tuple[Variant, ...]:
@@ -636,8 +637,11 @@ class Evaluator:
 
         top = batches[-1]
         if fits(top):
+            if self._beaten(priced_at(top)):
+                # The cheapest and fastest of this config is no better than a plan found.
+                return top if all(c.fits for c in priced_at(top)) else start
             keep(top)
-            if not roomy(top) and not self._beaten(priced_at(top)):
+            if not roomy(top):
                 found = largest(batches[:-1], roomy)
                 if found is not None:
                     out.extend(priced_at(found))
@@ -670,27 +674,35 @@ class Evaluator:
 
     def _beaten(self, bound: list[Candidate]) -> bool:
         """Whether a plan of the same method that no preference would set aside (feasible,
-        fits with its margin, host RAM known) at no more quality risk costs no more, in USD then
-        hours, than the cheapest of ``bound`` (one config on the cell's offers)."""
+        fits with its margin, host RAM known) at no more quality risk costs no more and takes
+        no longer than the cheapest of ``bound`` (one config on the cell's offers): then no
+        smaller micro-batch of that config can be chosen, ranked first for its hardware or
+        reach the Pareto front."""
         if not bound:
             return False
-        low = min(_usd_hours(c) for c in bound)
+        usd, hours = min(_usd_hours(c) for c in bound)
         risk = min(RISK_ORDER.index(c.risk_level) for c in bound)
         method = bound[0].config.method
         return any(
-            best <= low
-            for (m, level), best in self._settled_best.items()
+            best_usd <= usd and best_hours <= hours
+            for (m, level), front in self._settled.items()
             if m is method and level <= risk
+            for best_usd, best_hours in front
         )
 
     def _settle(self, candidates: list[Candidate]) -> None:
-        """Record the cheapest plan no preference would set aside, per method and risk level."""
+        """Record the plans no preference would set aside, per method and risk level, as a
+        Pareto front of (USD, hours)."""
         for c in candidates:
             if c.feasible and c.fit is FitVerdict.FITS and not host_ram_unknown(c):
-                key = (c.config.method, RISK_ORDER.index(c.risk_level))
-                value = _usd_hours(c)
-                if value < self._settled_best.get(key, (math.inf, math.inf)):
-                    self._settled_best[key] = value
+                front = self._settled.setdefault(
+                    (c.config.method, RISK_ORDER.index(c.risk_level)), []
+                )
+                usd, hours = _usd_hours(c)
+                if any(u <= usd and h <= hours for u, h in front):
+                    continue
+                front[:] = [(u, h) for u, h in front if not (usd <= u and hours <= h)]
+                front.append((usd, hours))
 
     def walk_cell_exhaustively(self, variant: Variant, hw: Hardware) -> list[Candidate]:
         """Every point of the cell: all ranks, optimizers, strategies, memory savers and
