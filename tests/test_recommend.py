@@ -466,3 +466,10 @@ def test_balanced_quality_searches_once_and_finds_the_low_risk_optimum(
     else:
         assert plan.chosen.cost.usd == pytest.approx(medium.cost.usd, rel=1e-9)
         assert low.cost.usd > medium.cost.usd * 1.2
+
+
+def test_the_machines_own_ram_is_read_for_local_plans() -> None:
+    from planner.cli.recommend import machine_ram_gib
+
+    ram = machine_ram_gib()
+    assert ram is not None and 0.5 < ram < 1e6  # GiB, from os.sysconf on Linux and macOS
