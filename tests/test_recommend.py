@@ -274,10 +274,11 @@ def test_70b_on_one_l4_fits_only_with_offload_and_says_what_it_costs(tmp_path: P
     if best is None:
         # The runner would build the whole NF4 model on the GPU while loading: dropped, and
         # the verdict says so.
-        assert "while loading" in qlora["reason"]
+        assert "while it loads" in qlora["reason"]
     else:
         assert best["config"]["sharding"] == "fsdp-offload"
-        assert best["measurement"]["host_ram_gib"] <= best["offer"]["memory_gib"]
+        have = best["offer"]["memory_gib"]  # unknown: allowed, as a risk the plan states
+        assert have is None or best["measurement"]["host_ram_gib"] <= have
 
 
 def test_balanced_quality_keeps_low_risk_unless_medium_risk_saves_real_money(
