@@ -62,17 +62,6 @@ GLOBAL_BATCH_TARGET_TOKENS = 131_072
 MIN_OPTIMIZER_STEPS_PER_EPOCH = 50
 
 
-# Sharding strategies in tiers of speed: each tier adds work to the one before (sharding gathers
-# every layer's weights for compute; offload also moves them over PCIe and runs the optimizer on
-# the CPU), so a point that fits with a faster tier is never cheaper with a slower one.
-SHARDING_TIER = {
-    Sharding.NONE: 0,
-    Sharding.DDP: 0,
-    Sharding.FSDP: 1,
-    Sharding.ZERO3: 1,
-    Sharding.FSDP_OFFLOAD: 2,
-    Sharding.ZERO3_OFFLOAD: 2,
-}
 # A plan whose host RAM nothing could check (the catalog does not list the offer's memory)
 # gives way to one whose RAM is known to fit when that costs at most this much more (a judgement
 # call, stated in every plan it affects; the same as the tight-memory premium).
@@ -206,11 +195,11 @@ class Evaluator:
     def shardings_for(
         self, variant: Variant, hw: Hardware, optimizer: OptimizerKind
     ) -> tuple[Sharding, ...]:
-        """Every strategy the recipes can run on the cell's GPUs, fastest tier first
-        (:data:`SHARDING_TIER`): one GPU: none, then CPU offload (FSDP's and ZeRO-3's); several:
-        DDP, FSDP and ZeRO-3, then both offloads. Each is a search option of its own; a
-        slower one is walked only where the faster ones stop fitting
-        (:meth:`solve_cell`). Combinations the recipes cannot run
+        """Every strategy the recipes can run on the cell's GPUs: one GPU: none, then CPU
+        offload (FSDP's and ZeRO-3's); several: DDP, FSDP and ZeRO-3, then both offloads. Each
+        is a search option of its own, walked in full (:meth:`solve_cell`): no strategy is
+        always the faster one (sharded QLoRA keeps its head and norms in bf16, so FSDP offload
+        can outrun plain QLoRA on one GPU). Combinations the recipes cannot run
         (:func:`profiler.sharding_problem`, e.g. 4-bit weights under ZeRO-3 offload) are left
         out."""
         space = self.request.space
@@ -526,13 +515,13 @@ class Evaluator:
         (:meth:`_walk_batches`): the largest that fits, and the largest that fits with its
         error margin, need not be powers of two. Two facts keep it short and exact:
 
-        * a point that fits on every offer with a faster strategy (a lower
-          :data:`SHARDING_TIER`) or fewer savers (:data:`SAVER_ORDER`) is never cheaper with a
-          slower one, so each walk starts above the largest micro-batch those settled;
+        * a point that fits with its margin on every offer with fewer memory savers
+          (:data:`SAVER_ORDER`) is never cheaper, nor roomier, with more, so each saver's walk
+          starts above the largest micro-batch the leaner ones settled;
         * a config's USD and hours only fall as its micro-batch grows (more tokens per step
           for the same fixed costs), so a batch's price bounds every smaller batch's: a range
-          whose bound is no better than a plan this cell already found (with margin, host RAM
-          known, no more risk) is skipped.
+          whose bound is no better, in USD and in hours, than a plan of the same method found
+          already (with margin, host RAM known, no more risk) is skipped.
 
         Every fitting point is priced on every offer of the cell, each with its own host RAM.
         """
@@ -544,20 +533,13 @@ class Evaluator:
         out: list[Candidate] = []
         for rank in ranks:
             for optimizer in self.optimizers_for(variant):
-                # (strategy, saver order) -> largest micro-batch fitting on every offer
-                settled: dict[tuple[Sharding, int], int] = {}
                 for sharding in self.shardings_for(variant, hw, optimizer):
-                    tier = SHARDING_TIER[sharding]
+                    # saver order -> largest micro-batch fitting with margin everywhere
+                    settled: dict[int, int] = {}
                     for ckpt, chunked in self.memory_savers(hw, sharding):
                         order = SAVER_ORDER.index((ckpt, chunked))
                         start = max(
-                            (
-                                batch
-                                for (other, other_order), batch in settled.items()
-                                if other_order <= order
-                                and (other is sharding or SHARDING_TIER[other] < tier)
-                            ),
-                            default=0,
+                            (b for other, b in settled.items() if other < order), default=0
                         )
                         base = self.config(
                             variant,
@@ -569,7 +551,7 @@ class Evaluator:
                             sharding=sharding,
                             chunked=chunked,
                         )
-                        settled[(sharding, order)] = self._walk_batches(base, hw, start, out)
+                        settled[order] = self._walk_batches(base, hw, start, out)
         return out
 
     def optimizers_for(self, variant: Variant) -> tuple[OptimizerKind, ...]:
@@ -594,8 +576,8 @@ class Evaluator:
         of them is priced. Else doubling upward until one fits on no offer, then bisection for
         the largest that fits below it and, when that one is ``tight``, for the largest that
         fits with its margin. Appends what it priced to ``out`` (with one near miss for the
-        verdicts) and returns the largest micro-batch that fits on every offer (``start`` if
-        none does)."""
+        verdicts) and returns the largest micro-batch that fits with its margin on every offer,
+        every smaller one too (``start`` if none does)."""
         batches = [b for b in sorted(self.request.space.micro_batches) if b > start]
         if not batches:
             return start
@@ -620,7 +602,9 @@ class Evaluator:
             nonlocal settled, everywhere
             priced = priced_at(batch)
             out.extend(priced)
-            everywhere = everywhere and all(c.fits for c in priced)
+            # Settled only with margin: where this setting is tight, a slower one that fits
+            # with margin may still be the plan the tight-memory preference takes.
+            everywhere = everywhere and all(c.fit is FitVerdict.FITS for c in priced)
             if everywhere:
                 settled = batch
 
@@ -639,7 +623,7 @@ class Evaluator:
         if fits(top):
             if self._beaten(priced_at(top)):
                 # The cheapest and fastest of this config is no better than a plan found.
-                return top if all(c.fits for c in priced_at(top)) else start
+                return top if all(c.fit is FitVerdict.FITS for c in priced_at(top)) else start
             keep(top)
             if not roomy(top):
                 found = largest(batches[:-1], roomy)
