@@ -519,9 +519,10 @@ class Evaluator:
           (:data:`SAVER_ORDER`) is never cheaper, nor roomier, with more, so each saver's walk
           starts above the largest micro-batch the leaner ones settled;
         * a config's USD and hours only fall as its micro-batch grows (more tokens per step
-          for the same fixed costs), so a batch's price bounds every smaller batch's: a range
-          whose bound is no better, in USD and in hours, than a plan of the same method found
-          already (with margin, host RAM known, no more risk) is skipped.
+          for the same fixed costs) and rise with each saver, so a batch's price bounds every
+          smaller batch's, and the largest micro-batch without a saver bounds the whole
+          strategy: a range whose bound is no better, in USD and in hours, than a plan of the
+          same method found already (with margin, host RAM known, no more risk) is skipped.
 
         Every fitting point is priced on every offer of the cell, each with its own host RAM.
         """
@@ -534,6 +535,17 @@ class Evaluator:
         for rank in ranks:
             for optimizer in self.optimizers_for(variant):
                 for sharding in self.shardings_for(variant, hw, optimizer):
+                    fastest = self.config(
+                        variant,
+                        hw,
+                        rank=rank,
+                        optimizer=optimizer,
+                        micro_batch=max(self.request.space.micro_batches),
+                        ckpt=False,
+                        sharding=sharding,
+                    )
+                    if self._beaten(self.price(fastest, hw)):
+                        continue  # even its largest micro-batch without a saver is no better
                     # saver order -> largest micro-batch fitting with margin everywhere
                     settled: dict[int, int] = {}
                     for ckpt, chunked in self.memory_savers(hw, sharding):
