@@ -388,6 +388,10 @@ SCENARIOS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "13B spot, cheapest",
         ("--model", "llama2-13b", "--budget", "50", "--spot", "--quality", "cheapest"),
     ),
+    (
+        "1B short sequences (the largest micro-batch fits)",
+        ("--model", "llama3.2-1b", "--budget", "20", "--seq-len", "128", "--tokens", "5000000"),
+    ),
     ("Phi-3 mini RL", ("--model", "phi3-mini", "--budget", "10", "--task", "rl")),
     (
         "8B local RTX 4090 at $0.30/h",

@@ -412,3 +412,13 @@ def test_host_ram_is_checked_on_every_offer_of_a_gpu_shape() -> None:
     assert exhaustive_search(p, measurer).best == best
     on_small = [c for c in exhaustive_search(p, measurer).candidates if c.offer is small]
     assert on_small and not any(c.fits for c in on_small if c.config.sharding.offloads)
+
+
+def test_a_plan_whose_largest_micro_batch_fits_is_found() -> None:
+    """Short sequences: every micro-batch of the space fits, so the largest is priced first and
+    kept (it bounds nothing but itself)."""
+    p = dataclasses.replace(problem(), seq_len=64)
+    fast, grid = search(p, FAKE), exhaustive_search(p, FAKE)
+    assert fast.best is not None and grid.best is not None
+    assert fast.best.config.micro_batch_size == max(SPACE.micro_batches)
+    assert fast.best.cost.usd == pytest.approx(grid.best.cost.usd)

@@ -451,7 +451,6 @@ class Evaluator:
                     global_batch_tokens=global_tokens,
                 )
             )
-        self._settle(out)
         return out
 
     def _loads(self, config: TuningConfig, gpu: GPU) -> bool:
@@ -614,6 +613,7 @@ class Evaluator:
             nonlocal settled, everywhere
             priced = priced_at(batch)
             out.extend(priced)
+            self._settle(priced)
             # Settled only with margin: where this setting is tight, a slower one that fits
             # with margin may still be the plan the tight-memory preference takes.
             everywhere = everywhere and all(c.fit is FitVerdict.FITS for c in priced)
@@ -641,6 +641,7 @@ class Evaluator:
                 found = largest(batches[:-1], roomy)
                 if found is not None:
                     out.extend(priced_at(found))
+                    self._settle(priced_at(found))
             return settled
         if self._beaten(priced_at(top)):
             return start  # even the largest micro-batch's price is no better
@@ -666,6 +667,7 @@ class Evaluator:
             found = largest([x for x in batches if x < last_fit], roomy)
             if found is not None:
                 out.extend(priced_at(found))
+                self._settle(priced_at(found))
         return settled
 
     def _beaten(self, bound: list[Candidate]) -> bool:
@@ -688,7 +690,8 @@ class Evaluator:
 
     def _settle(self, candidates: list[Candidate]) -> None:
         """Record the plans no preference would set aside, per method and risk level, as a
-        Pareto front of (USD, hours)."""
+        Pareto front of (USD, hours). Called on what a walk keeps, never on a bound it probes,
+        so a bound is not beaten by itself."""
         for c in candidates:
             if c.feasible and c.fit is FitVerdict.FITS and not host_ram_unknown(c):
                 front = self._settled.setdefault(
