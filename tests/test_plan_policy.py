@@ -229,3 +229,14 @@ def test_a_plan_whose_host_ram_nothing_checked_gives_way_to_a_known_one(
         assert plan.chosen.offer.instance_type == "a-unknown"
         assert any(a.startswith("host RAM: kept") for a in plan.assumptions)
         assert any("does not list the memory" in w for w in plan.warnings)
+
+
+def test_balanced_frontier_and_full_option_take_the_low_risk_config(tmp_path: Path) -> None:
+    plan = _plan(tmp_path, "--model", "llama2-7b", "--budget", "200")
+    # Attention-only adapters and pure bf16 weights are medium risk; balanced prices the
+    # frontier and the full fine-tuning option on low-risk configs unless those cost over 20%.
+    for entry in plan["budget_frontier"]:
+        assert entry["config"] is not None
+        assert "attention" not in entry["config"] and " bf16 " not in f" {entry['config']} "
+    full = [s for s in plan["stronger_options"] if s.startswith("full fine-tuning")]
+    assert all("bf16-mixed" in s for s in full)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
-from planner._types import Budget, Candidate, FrontierEntry
+from planner._types import Budget, Candidate, FrontierEntry, QualityPolicy, RiskLevel
+from planner.engine.quality import BALANCED_RISK_PREMIUM
 from profiler import Method
 
 METHOD_LABELS = {Method.FULL: "full fine-tuning", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
@@ -58,13 +59,25 @@ def budget_frontier(
     """
     pool = [c for c in candidates if c.fits and c.quality_accepted]
     out: list[FrontierEntry] = []
-    for method in methods:
-        mine = [c for c in pool if c.config.method is method]
-        best = max(
-            mine,
+
+    def most(of: Iterable[Candidate]) -> Candidate | None:
+        return max(
+            of,
             key=lambda c: (affordable_tokens(c, budget), -c.cost.usd, c.offer.key),
             default=None,
         )
+
+    for method in methods:
+        mine = [c for c in pool if c.config.method is method]
+        best = most(mine)
+        if budget.quality is QualityPolicy.BALANCED and best is not None:
+            # balanced: a low-risk config unless the riskier one buys over 20% more tokens.
+            low = most(c for c in mine if c.risk_level is RiskLevel.LOW)
+            low_tokens = 0 if low is None else affordable_tokens(low, budget)
+            if low is not None and low_tokens * (1 + BALANCED_RISK_PREMIUM) >= affordable_tokens(
+                best, budget
+            ):
+                best = low
         tokens = 0 if best is None else affordable_tokens(best, budget)
         out.append(
             FrontierEntry(
@@ -100,6 +113,14 @@ def stronger_options(
             (c for c in candidates if c.config.method is Method.FULL and c.feasible),
             key=lambda c: (c.cost.usd, c.offer.key),
         )
+        low = [c for c in full if c.risk_level is RiskLevel.LOW]
+        if (
+            budget.quality is QualityPolicy.BALANCED
+            and full
+            and low
+            and low[0].cost.usd <= full[0].cost.usd * (1 + BALANCED_RISK_PREMIUM)
+        ):
+            full = low  # balanced: the low-risk option unless the riskier saves over 20%
         if full:
             best = full[0]
             risks = "; ".join(r.message for r in chosen.risks) or (

@@ -31,6 +31,7 @@ from planner.engine.evaluate import (
 )
 from planner.engine.frontier import budget_frontier, stronger_options
 from planner.engine.quality import (
+    BALANCED_RISK_PREMIUM,
     accepted,
     assess_quality,
     capacity_ratio,
@@ -42,9 +43,6 @@ from profiler.estimator import CHUNKED_LOSS_TOKENS
 
 RANKED_SIZE = 8
 PARETO_SIZE = 12
-# --quality balanced accepts medium quality risk only when it is more than this much cheaper than
-# the best low-risk plan (a judgement call, stated in every plan that it affects).
-BALANCED_RISK_PREMIUM = 0.20
 # A `tight` plan fits only without its estimate's error margin (an OOM is plausible). ftplan
 # takes a plan with the margin instead when it costs at most this much more (a judgement call,
 # stated in every plan that it affects).

@@ -77,6 +77,11 @@ GEMMA_FP16_SOURCE = (
     "sandwich norms"
 )
 
+# --quality balanced accepts medium quality risk only when it is more than this much better
+# (cheaper, or buying more tokens) than the best low-risk option (a judgement call, stated in
+# every plan that it affects).
+BALANCED_RISK_PREMIUM = 0.20
+
 ACCEPTED_LEVELS: dict[QualityPolicy, tuple[RiskLevel, ...]] = {
     QualityPolicy.STRICT: (RiskLevel.LOW,),
     QualityPolicy.BALANCED: (RiskLevel.LOW, RiskLevel.MEDIUM),
