@@ -872,7 +872,7 @@ def lines(
             rank = int(m[1])
             config = dataclasses.replace(plan.chosen.config, lora_rank=rank, lora_alpha=2 * rank)
             out.append(("stronger: rank", config, plan.chosen.offer, plan.chosen.nodes, (), None))
-        m = re.match(r"the budget buys ([\d,.]+) epochs", text)
+        m = re.match(r"the budget buys (?:over )?([\d,.]+) epochs", text)
         if m and plan.chosen is not None:
             epochs = float(m[1].replace(",", ""))
             budget = dataclasses.replace(plan.budget, epochs=epochs)

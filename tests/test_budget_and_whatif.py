@@ -265,3 +265,11 @@ def test_a_plan_with_margin_wins_over_a_tight_one_that_saves_little(
     assert kept["chosen"]["cost"]["usd"] == pytest.approx(tight_usd, abs=0.005)
     note = next(a for a in kept["assumptions"] if a.startswith("memory: kept"))
     assert "the cheapest plan of its method with margin costs" in note
+
+
+def test_more_epochs_than_the_flag_takes_say_over(tmp_path: Path) -> None:
+    # 4,000 tokens for $500: billions of epochs; --epochs takes at most MAX_EPOCHS.
+    args = ["--model", "llama3.2-1b", "--budget", "500", "--tokens", "40000", "--epochs", "1"]
+    plan = _plan(tmp_path, *args)
+    more = [s for s in plan["stronger_options"] if s.startswith("the budget buys")]
+    assert more and more[0].startswith("the budget buys over 1,000.0 epochs")

@@ -103,7 +103,8 @@ def test_a_deadline_holds_in_the_stronger_options(tmp_path: Path) -> None:
             ranked = [c for c in plan["ranked"] if c["offer"]["instance_type"] == instance]
             assert all(c["cost"]["hours"] <= 0.5 for c in ranked)
         if text.startswith("the budget buys"):
-            epochs = float(text.split("buys ")[1].split(" epochs")[0].replace(",", ""))
+            shown = text.split("buys ")[1].split(" epochs")[0].removeprefix("over ")
+            epochs = float(shown.replace(",", ""))
             hours = plan["chosen"]["cost"]
             train = hours["train_hours"] * epochs / plan["budget"]["epochs"]
             assert train + hours["startup_hours"] <= 0.5 + 1e-6

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from planner._types import Budget, Candidate, FrontierEntry, QualityPolicy, RiskLevel
 from planner.engine.quality import BALANCED_RISK_PREMIUM
 from profiler import Method
+from profiler._types import MAX_EPOCHS
 
 METHOD_LABELS = {Method.FULL: "full fine-tuning", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
 
@@ -139,14 +140,17 @@ def stronger_options(
     entry = next((e for e in frontier if e.method is chosen.config.method), None)
     # Rounded down to the tenth shown, so the figure stated is affordable as written.
     tenths = math.floor(affordable_tokens(chosen, budget) / budget.dataset_tokens * 10)
-    epochs_affordable = tenths / 10
+    # --epochs takes at most MAX_EPOCHS: past it the sentence says "over" and the quality
+    # policy is asked about what the flag can request.
+    epochs_affordable = min(tenths / 10, MAX_EPOCHS)
+    over = "over " if tenths / 10 > MAX_EPOCHS else ""
     if (
         entry is not None
         and epochs_affordable >= budget.epochs + 1
         and accepted_at(chosen, epochs_affordable)
     ):
         out.append(
-            f"the budget buys {epochs_affordable:,.1f} epochs of this dataset on the chosen "
+            f"the budget buys {over}{epochs_affordable:,.1f} epochs of this dataset on the chosen "
             f"offer (you asked for {budget.epochs:g}); more epochs help when the loss is still "
             "falling on held-out data and over-fit small datasets: raise --epochs "
             "deliberately, with an eval set"
