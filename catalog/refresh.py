@@ -335,7 +335,7 @@ def refresh_aws(
 
 
 def _fetch_prices(
-    templates: Mapping[tuple[str, str], dict[str, str]],
+    templates: dict[tuple[str, str], dict[str, str]],
     region_list: tuple[str, ...],
     pricing_client: Any,
     ec2_clients: Mapping[str, Any] | None,

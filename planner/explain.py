@@ -5,27 +5,32 @@ from __future__ import annotations
 
 import math
 
-from catalog import GIB, GPU, ModelSpec
+from catalog import GIB, GPU, ModelSpec, Provider
 from planner._types import (
     METHOD_NAMES,
     Candidate,
     MethodVerdict,
+    Task,
     TokensSource,
 )
 from planner.engine.dataset import CHARS_PER_TOKEN
 from planner.engine.evaluate import (
     GLOBAL_BATCH_TARGET_TOKENS,
+    HOST_RAM_PREMIUM,
     host_ram_fits,
+    host_ram_unknown,
     with_nodes_label,
 )
 from planner.engine.quality import (
     ACCEPTED_LEVELS,
     BITS_PER_TOKEN,
+    GEMMA_FP16_MODEL_TYPES,
+    GEMMA_FP16_SOURCE,
     LORA_BITS_PER_PARAM,
 )
 from planner.engine.search import SearchResult
 from planner.engine.space import RecommendRequest
-from profiler import Method, Precision, Source, TuningConfig
+from profiler import Method, Precision, Sharding, Source, TuningConfig
 from profiler.headroom import (
     CUDA_CONTEXT_GIB,
     ESTIMATE_UNDER_PREDICTION,
@@ -129,19 +134,31 @@ def verdict(
 def memory_reason(
     name: str, method: Method, mine: list[Candidate], request: RecommendRequest
 ) -> str:
+    """Why no candidate of ``method`` fits: its training peak, its loading peak, or the host
+    RAM its offers have, whichever stopped the one closest to fitting."""
     largest = max((g.usable_memory_gib for g in request.gpus.values()), default=0.0)
-    short_ram = [
-        c
-        for c in mine
-        if not host_ram_fits(c.measurement, c.offer) and peak_gib(c) <= c.usable_memory_gib
+    on_gpu = [c for c in mine if measurement_fit(c.measurement, request.gpus[c.offer.gpu]).fits]
+    cannot_load = [
+        c for c in on_gpu if load_problem(request.spec, c.config, request.gpus[c.offer.gpu])
     ]
+    short_ram = [c for c in on_gpu if not host_ram_fits(c.measurement, c.offer)]
     if short_ram:
         c = min(short_ram, key=lambda x: x.measurement.host_ram_gib or math.inf)
+        what = (
+            f"with CPU offload ({c.config.sharding.value})"
+            if c.config.sharding.offloads
+            else f"with {c.config.sharding.value}, whose rank 0 loads the whole model in CPU "
+            "memory,"
+        )
         return (
-            f"{name} fits the GPUs only with CPU offload ({c.config.sharding.value}), which "
-            f"needs {c.measurement.host_ram_gib or 0:.0f} GiB of host RAM per node; "
+            f"{name} fits the GPUs only {what} which needs "
+            f"{c.measurement.host_ram_gib or 0:.0f} GiB of host RAM per node; "
             f"{c.offer.instance_type} has {c.offer.memory_gib or 0:.0f} GiB."
         )
+    if cannot_load:
+        c = cannot_load[0]
+        problem = load_problem(request.spec, c.config, request.gpus[c.offer.gpu]) or ""
+        return f"{name} ({c.config.label()} on {with_nodes_label(c)}): {problem}."
     if mine:
         smallest = min(mine, key=peak_gib)
         return (
@@ -159,9 +176,17 @@ def memory_reason(
     )
     weights = weight_bytes(request.spec, probe) / GIB
     where = "over all GPUs of the largest offer (FSDP)" if method is Method.FULL else "per GPU"
+    offload = ""
+    if any(request.space.offload):
+        known = [o.memory_gib for o in request.offers if o.memory_gib is not None]
+        if known and len(known) == len(request.offers):
+            offload = (
+                f"; CPU offload would need as much host RAM, and the offers have at most "
+                f"{max(known):,.0f} GiB"
+            )
     return (
         f"{name} fits no offered GPU: the weights alone need ≥ {weights:,.1f} GiB {where} "
-        f"(largest card here: {largest:.1f} GiB usable)."
+        f"(largest card here: {largest:.1f} GiB usable){offload}."
     )
 
 
@@ -180,9 +205,17 @@ def suggestions(result: SearchResult, request: RecommendRequest) -> tuple[str, .
                 f"raise --max-hours to {math.ceil(fastest.cost.hours * 10) / 10:g} "
                 f"(fastest: {describe(fastest)})"
             )
-    rejected = [c for c in result.candidates if c.fits and not c.quality_accepted]
+    rejected = [
+        c
+        for c in result.candidates
+        if c.fits and not c.quality_accepted and c.within_budget and c.within_deadline
+    ]
     if rejected and (not ok or rejected[0].cost.usd < ok[0].cost.usd):
         out.append(f"accept more quality risk (--quality cheapest): {describe(rejected[0])}")
+    if not in_time and len(request.space.methods) == 1:
+        out.append(
+            f"let ftplan search every method: drop --method {request.space.methods[0].value}"
+        )
     if ok and not request.spot_allowed:
         out.append("allow spot offers with --spot (cheaper, with interruption overhead)")
     if not ok:
@@ -237,22 +270,31 @@ def assumptions(request: RecommendRequest) -> tuple[str, ...]:
         "billing: each offer's billing unit and minimum (per second, per minute, or whole days "
         "paid upfront for EC2 Capacity Blocks); cost = billed hours × price, and billed time "
         "the run does not use is stated as idle",
-        f"memory: the per-GPU peak reserved memory must fit torch's usable memory less the CUDA "
-        f"context ({CUDA_CONTEXT_GIB:g} GiB); 'tight' when it fits only without the figure's "
-        f"error margin (estimates: the high end of their band from the estimator's "
-        f"cross-validated residuals, else its worst under-prediction, "
-        f"{ESTIMATE_UNDER_PREDICTION:.1%}; extrapolated profiles 3%; measured none)",
+        f"memory: the per-GPU peak reserved memory, read as a band (estimates: the band of the "
+        f"estimator's cross-validated residuals, else the figure up to its worst "
+        f"under-prediction, {ESTIMATE_UNDER_PREDICTION:.1%}; extrapolated profiles up to 3%; "
+        f"measured exactly), against torch's usable memory less the CUDA context "
+        f"({CUDA_CONTEXT_GIB:g} GiB): 'fits' when the whole band is within it, 'tight' when the "
+        "band straddles it, 'no' when even its low end is over; the loading peak "
+        "(profiler.memory.load_peak_gib) must fit too",
         "speed and memory: stored profiles (measured/extrapolated) where they match, else the "
         "analytic estimator",
         f"quality: --task {budget.task.value}, --quality {budget.quality.value} accepts "
         f"{'/'.join(r.value for r in ACCEPTED_LEVELS[budget.quality])} risk; LoRA capacity "
         f"~{LORA_BITS_PER_PARAM:g} bits per trainable parameter vs "
         f"{BITS_PER_TOKEN[budget.task]:g} bit per training token",
-        "multi-GPU and offload: the fastest strategy that fits (one GPU: none, then CPU "
-        "offload; several: DDP for LoRA/QLoRA, then FSDP full-shard, then CPU offload: "
-        "fsdp-offload for LoRA/QLoRA, zero3-offload for full FT); offload plans need the "
-        "offer's host RAM; several nodes only on offers that support them",
+        "strategies: every one the recipes can run is searched (one GPU: none, fsdp-offload, "
+        "zero3-offload; several: DDP, FSDP, ZeRO-3 and both offloads), the slower only where "
+        "the faster stop fitting; several nodes only on offers that support them",
+        "host RAM: each offer's own memory (the catalog's, or your machine's with --provider "
+        "local) must hold what the plan keeps there (offloaded state, the whole model while "
+        "rank 0 loads it, the training processes); where the catalog does not list it, the plan "
+        "says so and prefers one whose host RAM is known if it costs at most "
+        f"{HOST_RAM_PREMIUM:.0%} more",
     ]
+    for offer in request.offers:
+        if offer.provider is Provider.LOCAL:
+            out.append(f"your machine ({offer.instance_type}): {offer.source}")
     if request.spot_allowed:
         out.append(
             f"spot: {spot.interruptions_per_hour:g} interruptions per instance-hour, "
@@ -301,7 +343,7 @@ def _idle_note(c: Candidate) -> str:
 
 def load_problem(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> str | None:
     """Why ftplan's runner cannot load this config on ``gpu`` although its training peak fits
-    (:func:`profiler.estimator.load_peak_gib`), or None."""
+    (:func:`profiler.memory.load_peak_gib`), or None."""
     load, limit = load_peak_gib(spec, config), capacity_gib(gpu)
     if load <= limit:
         return None
@@ -318,6 +360,106 @@ def load_problem(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> str | None:
 def _load_warning(request: RecommendRequest, chosen: Candidate) -> list[str]:
     problem = load_problem(request.spec, chosen.config, request.gpus[chosen.offer.gpu])
     return [] if problem is None else [problem]
+
+
+# DeepSpeed builds its CPU Adam (DeepSpeedCPUAdam, ZeRO-3 offload's optimizer) just in time and
+# vectorizes it only on x86-64: op_builder/builder.py's simd_width returns -D__AVX512__ or
+# -D__AVX256__ for X86_64 and -D__SCALAR__ for every other architecture (deepspeedai/DeepSpeed,
+# checked 2026-12).
+DEEPSPEED_CPU_ADAM_SOURCE = (
+    "deepspeedai/DeepSpeed op_builder/builder.py (simd_width: AVX-512/AVX2 on x86_64 only, "
+    "-D__SCALAR__ elsewhere)"
+)
+# A spot price under this fraction of the median spot price per GPU-hour of the same GPU at the
+# catalog's other providers is more likely an old or mis-scraped row than a bargain.
+SPOT_OUTLIER_FRACTION = 0.5
+PACKING_SOURCES = (
+    'Krell et al., "Efficient Sequence Packing without Cross-contamination", 2021 '
+    '(arXiv:2107.02027); Zhao et al., "Analysing the Impact of Sequence Composition on '
+    'Language Model Pre-Training", 2024 (arXiv:2402.13991); Shi et al., "Instruction Tuning '
+    'With Loss Over Instructions", 2024 (arXiv:2405.14394)'
+)
+
+
+def _gemma_fp16(request: RecommendRequest, c: Candidate) -> tuple[str, ...]:
+    """Gemma 2/3 planned in fp16 (T4, V100: no bf16) overflow; bf16 GPUs avoid it."""
+    if request.spec.model_type not in GEMMA_FP16_MODEL_TYPES:
+        return ()
+    if c.config.precision is not Precision.FP16_MIXED:
+        return ()
+    return (
+        f"{request.spec.name} ({request.spec.model_type}) in fp16 on {c.offer.gpu}: Gemma 2 "
+        "and 3 were trained in bf16 and their activations exceed fp16's 65504 after the "
+        "extra norms, so the loss can turn inf/NaN whatever the loss scaler does "
+        f"({GEMMA_FP16_SOURCE}); pick a GPU with bf16 (--gpu l4, a10g, a100, ...)",
+    )
+
+
+def _cpu_adam_on_arm(c: Candidate, gpu: GPU) -> tuple[str, ...]:
+    """ZeRO-3 offload on an Arm host runs DeepSpeed's CPU Adam unvectorized."""
+    if c.config.sharding is not Sharding.ZERO3_OFFLOAD or gpu.host_cpu_arch != "aarch64":
+        return ()
+    return (
+        f"{gpu.name} hosts are Arm (aarch64) and this plan runs DeepSpeed's CPU Adam "
+        "(zero3-offload): DeepSpeed compiles it on first use, vectorized only on x86_64, so "
+        "here it builds scalar code (the node needs a C++ toolchain) and the optimizer step "
+        f"can take several times the estimate ({DEEPSPEED_CPU_ADAM_SOURCE}); prefer "
+        "fsdp-offload (torch's AdamW) or an x86_64 offer",
+    )
+
+
+def _packing(request: RecommendRequest) -> tuple[str, ...]:
+    """What ftplan's runner does to instruction data (runners/data.py)."""
+    if request.budget.task is not Task.SFT:
+        return ()
+    return (
+        f"data: ftplan's runner packs samples into {request.seq_len}-token blocks separated "
+        "only by EOS, without cross-document attention masking, and computes the loss on "
+        "every token, prompts included (runners/data.py): a sample attends to the ones before "
+        "it in its block, and the model also learns to write prompts, which helps with long "
+        "prompts and short answers and can hurt otherwise; instruction recipes usually mask "
+        f"both ({PACKING_SOURCES})",
+    )
+
+
+def _spot_outliers(request: RecommendRequest, ranked: tuple[Candidate, ...]) -> list[str]:
+    """Spot prices far below the same GPU's spot price at the catalog's other providers."""
+    references = request.price_references or request.offers
+    out: list[str] = []
+    for offer in sorted({c.offer for c in ranked if c.offer.spot}, key=lambda o: o.key):
+        others = sorted(
+            o.usd_per_hour / o.gpu_count
+            for o in references
+            if o.spot and o.gpu == offer.gpu and o.provider is not offer.provider
+        )
+        if not others:
+            continue
+        median = (
+            others[len(others) // 2]
+            if len(others) % 2
+            else sum(others[len(others) // 2 - 1 : len(others) // 2 + 1]) / 2
+        )
+        per_gpu = offer.usd_per_hour / offer.gpu_count
+        if per_gpu < SPOT_OUTLIER_FRACTION * median:
+            out.append(
+                f"{offer.provider.value} {offer.instance_type} spot at "
+                f"${offer.usd_per_hour:,.2f}/h (${per_gpu:,.2f} per GPU-hour) is under "
+                f"{SPOT_OUTLIER_FRACTION:.0%} of the median {offer.gpu} spot price at the "
+                f"catalog's other providers (${median:,.2f} per GPU-hour, {len(others)} "
+                f"offers); its row (as of {offer.as_of}, {offer.source}) may be out of date: "
+                "check the current price before launching"
+            )
+    return out
+
+
+def _host_ram_unknown(c: Candidate) -> tuple[str, ...]:
+    if not host_ram_unknown(c):
+        return ()
+    return (
+        f"host RAM: this plan needs {c.measurement.host_ram_gib or 0:,.0f} GiB of host RAM "
+        f"per node ({c.config.sharding.value}) and the catalog does not list the memory of "
+        f"{c.offer.provider.value} {c.offer.instance_type}: check it before launching",
+    )
 
 
 def plan_warnings(request: RecommendRequest, ranked: tuple[Candidate, ...]) -> tuple[str, ...]:
@@ -345,7 +487,13 @@ def plan_warnings(request: RecommendRequest, ranked: tuple[Candidate, ...]) -> t
     if chosen is not None and chosen.cost.idle_billed_hours > 0.05 * chosen.cost.hours:
         out.append(_idle_note(chosen))
     if chosen is not None:
-        out += _arm_host_risk(chosen, request.gpus[chosen.offer.gpu])
+        gpu = request.gpus[chosen.offer.gpu]
+        out += _arm_host_risk(chosen, gpu)
+        out += _cpu_adam_on_arm(chosen, gpu)
+        out += _gemma_fp16(request, chosen)
+        out += _host_ram_unknown(chosen)
+        out += _packing(request)
+    out += _spot_outliers(request, ranked)
     stale = sorted({c.offer.instance_type for c in ranked if c.offer.stale})
     if stale:
         out.append(

@@ -8,9 +8,12 @@ extrapolated profile, and for an estimate the high end of its own error band (th
 cross-validated residuals of reserved memory for its regime, ``Measurement.band``), or, without
 a band, the estimator's worst cross-validated under-prediction.
 
-- ``fits``: the peak plus its margin fits the capacity;
-- ``tight``: the peak fits but the peak plus its margin does not (allowed, and plans say so);
-- ``no``: the peak itself is over the capacity.
+The verdict reads the figure as a band of GiB, ``[low, high]``: an estimate's own band where it
+has one (``peak_reserved_gib`` low/high), else ``[peak, peak × (1 + margin)]``.
+
+- ``fits``: the whole band fits the capacity (its high end is within it);
+- ``tight``: the band straddles the capacity (allowed, and plans say so);
+- ``no``: even the band's low end is over the capacity.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class FitCheck:
     peak_with_margin_gib: float
     capacity_gib: float
     margin_fraction: float
+    low_gib: float | None = None
+    """The band's low end (the peak itself when the figure has no band of its own)."""
 
     @property
     def fits(self) -> bool:
@@ -83,11 +88,14 @@ class FitCheck:
             return (
                 f"fits: {head}, with its {pct} error margin ({self.peak_with_margin_gib:.1f} GiB)"
             )
+        low = self.peak_reserved_gib if self.low_gib is None else self.low_gib
         if self.verdict is FitVerdict.TIGHT:
             return (
-                f"tight: {head}; with its {pct} error margin it would need "
-                f"{self.peak_with_margin_gib:.1f} GiB, so a real run may run out of memory"
+                f"tight: {head}; its error band, {low:.1f}-{self.peak_with_margin_gib:.1f} GiB, "
+                "straddles the card, so a real run may run out of memory"
             )
+        if self.peak_reserved_gib <= self.capacity_gib:
+            return f"does not fit: {head}; even its error band's low end, {low:.1f} GiB, is over"
         return f"does not fit: {head}"
 
 
@@ -102,6 +110,7 @@ def check_fit(
     *,
     source: Source = Source.ESTIMATED,
     high_gib: float | None = None,
+    low_gib: float | None = None,
 ) -> FitCheck:
     """Fit verdict of a per-GPU peak reserved memory (GiB) on ``gpu``.
 
@@ -111,18 +120,22 @@ def check_fit(
         source: Where the peak came from; sets the error margin (:data:`MARGIN_BY_SOURCE`).
         high_gib: The high end of the estimate's own error band (the estimator's
             cross-validated residuals for its regime); replaces the source's margin.
+        low_gib: The low end of that band; ``no`` only when it is over the capacity. Without
+            it the band starts at the peak.
 
     Returns:
-        The verdict with the peak, the peak plus margin and the capacity, GiB.
+        The verdict with the peak, the band's ends and the capacity, GiB.
     """
     capacity = capacity_gib(gpu)
-    if high_gib is not None and 0 < peak_reserved_gib < float("inf"):
+    finite = 0 < peak_reserved_gib < float("inf")
+    if high_gib is not None and finite:
         with_margin = max(high_gib, peak_reserved_gib)
         margin = with_margin / peak_reserved_gib - 1
     else:
         margin = MARGIN_BY_SOURCE[source]
         with_margin = peak_reserved_gib * (1 + margin)
-    if peak_reserved_gib > capacity:
+    low = low_gib if low_gib is not None and finite else peak_reserved_gib
+    if low > capacity:
         verdict = FitVerdict.NO
     elif with_margin > capacity:
         verdict = FitVerdict.TIGHT
@@ -134,6 +147,7 @@ def check_fit(
         peak_with_margin_gib=with_margin,
         capacity_gib=capacity,
         margin_fraction=margin,
+        low_gib=low,
     )
 
 
@@ -145,7 +159,11 @@ def measurement_fit(measurement: Measurement, gpu: GPU) -> FitCheck:
         peak = float("inf")
     band = measurement.band("peak_reserved_gib")
     return check_fit(
-        peak, gpu, source=measurement.source, high_gib=None if band is None else band[1]
+        peak,
+        gpu,
+        source=measurement.source,
+        high_gib=None if band is None else band[1],
+        low_gib=None if band is None else band[0],
     )
 
 

@@ -186,7 +186,7 @@ def stopping_condition(spec: LaunchSpec) -> dict[str, int]:
 
 def volume_size_gib(spec: LaunchSpec) -> int:
     """EBS volume per instance: the 16-bit weights twice (download + cache), two kept
-    checkpoints (:func:`profiler.estimator.checkpoint_bytes`, at least 1 GiB), and 30 GiB for
+    checkpoints (:func:`profiler.memory.checkpoint_bytes`, at least 1 GiB), and 30 GiB for
     the image."""
     weights = download_bytes(spec.model) / GIB
     checkpoints = max(1.0, 2 * checkpoint_bytes(spec.model, spec.config) / GIB)

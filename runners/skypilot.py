@@ -103,7 +103,7 @@ def task_name(spec: LaunchSpec, *, now: dt.datetime | None = None) -> str:
 
 def disk_size_gib(spec: LaunchSpec) -> int:
     """Boot disk per node: the 16-bit weights twice (download + cache), two kept checkpoints
-    (:func:`profiler.estimator.checkpoint_bytes`, at least 2 GiB), 100 GiB for the OS, CUDA and
+    (:func:`profiler.memory.checkpoint_bytes`, at least 2 GiB), 100 GiB for the OS, CUDA and
     the Python environment."""
     weights = download_bytes(spec.model) / GIB
     checkpoints = max(2.0, 2 * checkpoint_bytes(spec.model, spec.config) / GIB)

@@ -58,19 +58,34 @@ def test_bigger_budget_buys_more_tokens(tmp_path: Path) -> None:
         assert b["max_tokens"] > a["max_tokens"] * 5
 
 
-def test_method_full_pins_full_fine_tuning(tmp_path: Path) -> None:
-    plan = _plan(tmp_path, "--model", "llama2-7b", "--budget", "200", "--method", "full")
+def test_method_full_pins_full_fine_tuning_under_the_quality_policy(tmp_path: Path) -> None:
+    args = ("--model", "llama2-7b", "--budget", "200", "--method", "full")
+    plan = _plan(tmp_path, *args)
     assert plan["chosen"]["config"]["method"] == "full"
     assert all(c["config"]["method"] == "full" for c in plan["ranked"])
-    assert any("--method full" in w for w in plan["warnings"])
+    # --quality strict holds with the method pinned: no pure bf16 weights (medium risk).
+    strict = _plan(tmp_path, *args, "--quality", "strict")
+    assert strict["chosen"]["config"]["precision"] == "bf16-mixed"
+    assert all(r["level"] == "low" for c in strict["ranked"] for r in c["risks"])
 
 
-def test_method_pin_runs_even_where_the_policy_would_reject_it(tmp_path: Path) -> None:
-    args = ["--model", "llama2-7b", "--budget", "2000", "--tokens", "2000000000"]
-    args += ["--task", "cpt", "--quality", "strict", "--epochs", "1"]
-    plan = _plan(tmp_path, *args, "--method", "qlora")
-    assert plan["chosen"]["config"]["method"] == "qlora"
-    assert plan["chosen"]["risks"]  # the risk is stated, not hidden
+def test_a_pinned_method_keeps_the_quality_policy(tmp_path: Path) -> None:
+    args = ["--model", "llama2-7b", "--budget", "200", "--tokens", "500000000"]
+    args += ["--task", "cpt", "--epochs", "1", "--method", "lora"]
+    # balanced: the ranks, targets and precision follow the policy (all-linear, a rank with the
+    # capacity), not the cheapest high-risk adapter.
+    plan = _plan(tmp_path, *args)
+    chosen = plan["chosen"]
+    assert chosen["config"]["lora_targets"] == "all-linear"
+    assert {r["level"] for r in chosen["risks"]} <= {"low", "medium"}
+    assert all(r["level"] != "high" for c in plan["ranked"] for r in c["risks"])
+    # strict: LoRA on 500M tokens of continued pre-training is never low risk, so nothing is
+    # feasible, and the message says what would be.
+    result = CliRunner().invoke(
+        main, ["recommend", *args, "--quality", "strict", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert "--quality cheapest" in result.stderr and "drop --method lora" in result.stderr
 
 
 def _measurement(tokens_per_s: float) -> Measurement:
@@ -199,7 +214,9 @@ def test_balanced_cpt_prefers_full_fine_tuning_when_affordable(tmp_path: Path) -
     assert plan["chosen"]["config"]["method"] == "full"
     lora = next(v for v in plan["verdicts"] if v["method"] == "lora")
     assert lora["best"]["cost"]["usd"] < plan["chosen"]["cost"]["usd"]  # full costs more
-    assert any("--task cpt: chose full fine-tuning" in a for a in plan["assumptions"])
+    # bf16-mixed: pure bf16 weights lose updates below half a bf16 step (Zamirai et al. 2020).
+    assert plan["chosen"]["config"]["precision"] == "bf16-mixed"
+    assert any("--task cpt: chose the low-risk plan" in a for a in plan["assumptions"])
 
 
 def test_affordable_higher_rank_is_priced_on_the_chosen_offer(tmp_path: Path) -> None:
@@ -228,7 +245,8 @@ def test_reports_show_the_budget_frontier_billing_and_fit() -> None:
 def test_a_plan_with_margin_wins_over_a_tight_one_that_saves_little(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    args = ["--model", "llama2-13b", "--budget", "30", "--gpu", "l4"]
+    args = ["--model", "llama2-13b", "--budget", "30", "--gpu", "l4", "--gpu-count", "1"]
+    args += ["--method", "lora", "--service", "ec2"]
     plan = _plan(tmp_path, *args)
     chosen = plan["chosen"]
     assert chosen["fit"] == "fits"
@@ -247,3 +265,11 @@ def test_a_plan_with_margin_wins_over_a_tight_one_that_saves_little(
     assert kept["chosen"]["cost"]["usd"] == pytest.approx(tight_usd, abs=0.005)
     note = next(a for a in kept["assumptions"] if a.startswith("memory: kept"))
     assert "the cheapest plan of its method with margin costs" in note
+
+
+def test_more_epochs_than_the_flag_takes_say_over(tmp_path: Path) -> None:
+    # 4,000 tokens for $500: billions of epochs; --epochs takes at most MAX_EPOCHS.
+    args = ["--model", "llama3.2-1b", "--budget", "500", "--tokens", "40000", "--epochs", "1"]
+    plan = _plan(tmp_path, *args)
+    more = [s for s in plan["stronger_options"] if s.startswith("the budget buys")]
+    assert more and more[0].startswith("the budget buys over 1,000.0 epochs")

@@ -99,3 +99,17 @@ def test_an_estimate_with_a_band_uses_its_high_end_as_the_margin() -> None:
     check = measurement_fit(m, gpu)
     assert check.peak_with_margin_gib == pytest.approx(max(band[1], m.peak_reserved_gib))
     assert check.verdict is FitVerdict.TIGHT  # fits only below the band's high end
+
+
+def test_the_verdict_reads_the_band_no_only_when_its_low_end_is_over() -> None:
+    gpu = get_gpu("rtx4090")
+    capacity = gpu.usable_memory_gib - CUDA_CONTEXT_GIB
+    # llama3.1-8b QLoRA b3 on an RTX 4090: point 22.2 GiB, band 23.6-26.2, limit 23.25.
+    over = check_fit(22.2, gpu, high_gib=26.2, low_gib=23.6)
+    assert capacity == pytest.approx(23.25) and over.verdict is FitVerdict.NO
+    assert "low end" in over.describe()
+    # The band straddles the card: tight, even with the point itself over it.
+    assert check_fit(23.5, gpu, high_gib=25.0, low_gib=22.0).verdict is FitVerdict.TIGHT
+    assert check_fit(20.0, gpu, high_gib=23.0, low_gib=18.0).verdict is FitVerdict.FITS
+    # Without a band of its own the figure's band starts at the point.
+    assert check_fit(capacity + 0.01, gpu).verdict is FitVerdict.NO

@@ -13,6 +13,7 @@ from planner.engine.quality import (
     ZAMIRAI_2020,
     accepted,
     assess_quality,
+    bf16_spacing,
     capacity_ratio,
     max_level,
     suggested_learning_rate,
@@ -142,3 +143,28 @@ def test_policies_accept_levels() -> None:
 def test_lora_learning_rate_is_ten_times_full() -> None:
     full = suggested_learning_rate(TuningConfig(method=Method.FULL))
     assert suggested_learning_rate(_lora()) == pytest.approx(10 * full)
+
+
+def test_pure_bf16_risk_grows_with_the_tokens_trained_and_names_the_alternative() -> None:
+    full_bf16 = TuningConfig(method=Method.FULL, precision=Precision.BF16)
+    # 2e-5 (the full-FT learning rate) is under half the 1.2e-4 bf16 spacing at |w| = 0.02:
+    # most updates round away, which matters more the longer the run.
+    assert bf16_spacing(0.02) == pytest.approx(2**-13)
+    assert suggested_learning_rate(full_bf16) < bf16_spacing(0.02) / 2
+    short = assess_quality(SPEC, full_bf16, _budget(30_000_000))
+    long = assess_quality(SPEC, full_bf16, _budget(2_000_000_000, Task.CPT))
+    assert max_level(short) is RiskLevel.MEDIUM and max_level(long) is RiskLevel.HIGH
+    assert long[0].source == ZAMIRAI_2020
+    # The recipes offer neither Kahan summation nor stochastic rounding: bf16-mixed is the fix.
+    assert "offer neither" in long[0].message and "bf16-mixed" in long[0].message
+    mixed = TuningConfig(method=Method.FULL, precision=Precision.BF16_MIXED)
+    assert assess_quality(SPEC, mixed, _budget(2_000_000_000, Task.CPT)) == ()
+
+
+def test_gemma_2_in_fp16_is_a_risk_with_its_source() -> None:
+    gemma = get_model("gemma2-2b")
+    fp16 = TuningConfig(method=Method.FULL, precision=Precision.FP16_MIXED)
+    risks = assess_quality(gemma, fp16, _budget())
+    assert max_level(risks) is RiskLevel.MEDIUM
+    assert any("transformers#36822" in r.source for r in risks)
+    assert max_level(assess_quality(SPEC, fp16, _budget())) is RiskLevel.LOW  # Llama: a note

@@ -26,6 +26,7 @@ from profiler import (
     Source,
     Status,
     TuningConfig,
+    sharding_problem,
 )
 
 GIB = 1024**3
@@ -154,7 +155,9 @@ def fits_usable(measurement: Measurement, gpu: GPU) -> FitVerdict:
     return FitVerdict.FITS if peak <= gpu.usable_memory_gib else FitVerdict.NO
 
 
-SPACE = SearchSpace(lora_ranks=(8, 16, 64), micro_batches=(1, 2, 4, 8, 16), node_counts=(1, 2))
+SPACE = SearchSpace(
+    lora_ranks=(8, 16, 64), micro_batches=(1, 2, 3, 4, 6, 8, 12, 16), node_counts=(1, 2)
+)
 
 
 def problem(
@@ -229,19 +232,22 @@ def test_strategies_per_method_on_several_gpus() -> None:
     multi = [c for c in result.candidates if c.config.gpu_count > 1]
     assert multi
     for c in multi:
-        allowed = (
-            {Sharding.FSDP, Sharding.ZERO3_OFFLOAD}
-            if c.config.method is Method.FULL
-            else {Sharding.DDP, Sharding.FSDP, Sharding.FSDP_OFFLOAD}
-        )
-        assert c.config.sharding in allowed
+        assert c.config.sharding is not Sharding.NONE
         assert c.config.gpu_count == c.offer.gpu_count * c.nodes
-    fast = search(problem(), FAKE)
-    # The fake model's memory does not depend on the strategy: the fastest always fits.
-    assert {c.config.sharding for c in fast.candidates if c.config.gpu_count > 1} <= {
-        Sharding.DDP,
-        Sharding.FSDP,
-    }
+        assert (
+            sharding_problem(
+                c.config.sharding,
+                method=c.config.method,
+                gpu_count=c.config.gpu_count,
+                optimizer=c.config.optimizer,
+            )
+            is None
+        )
+    # Every strategy is a search option of its own: DDP, FSDP, ZeRO-3 and both offloads.
+    lora = {c.config.sharding for c in multi if c.config.method is Method.LORA}
+    assert lora == {s for s in Sharding if s is not Sharding.NONE}
+    single = {c.config.sharding for c in result.candidates if c.config.gpu_count == 1}
+    assert single == {Sharding.NONE, Sharding.FSDP_OFFLOAD, Sharding.ZERO3_OFFLOAD}
 
 
 def test_same_seed_same_result_and_sorted() -> None:
@@ -358,3 +364,61 @@ def test_memory_savers_cost_the_least_time_first_and_chunk_only_where_the_recipe
             batches.setdefault(key, []).append(c.config.micro_batch_size)
     assert set(batches) == {(True, False), (True, True)}
     assert min(batches[True, True]) > max(batches[True, False])
+
+
+def test_the_largest_micro_batch_that_fits_need_not_be_a_power_of_two() -> None:
+    # In the fake model LoRA on toy-7b needs ~22.6 GiB at b1 plus ~9 GiB per sequence without
+    # checkpointing: on a 45 GiB card b3 fits and b4 does not.
+    gpu = make_gpu("L45", 45.0, 300.0)
+    p = dataclasses.replace(
+        problem(offers=(make_offer("l1", "L45", 1, 1.0),)),
+        gpus={"L45": gpu},
+        space=dataclasses.replace(
+            SPACE, methods=(Method.LORA,), grad_checkpointing=(False,), chunked_loss=(False,)
+        ),
+    )
+    fast, grid = search(p, FAKE), exhaustive_search(p, FAKE)
+    assert fast.best is not None and grid.best is not None
+    assert fast.best.config.micro_batch_size == grid.best.config.micro_batch_size == 3
+    assert fast.best.cost.usd == pytest.approx(grid.best.cost.usd)
+
+
+def test_host_ram_is_checked_on_every_offer_of_a_gpu_shape() -> None:
+    """Two offers of one GPU shape: the first (by name) lacks the host RAM an offload plan
+    needs, the second has it; the search finds the plan on the second."""
+
+    def with_host_ram(
+        spec: ModelSpec, config: TuningConfig, gpu: GPU, **kw: object
+    ) -> Measurement:
+        m = fake_estimate(spec, config, gpu, **kw)  # type: ignore[arg-type]
+        if config.sharding.offloads:
+            # Offloaded weights leave the GPU (the fake keeps them) and need 20 GiB of RAM.
+            peak = (m.peak_reserved_gib or 0) - 12.0
+            return dataclasses.replace(
+                m, peak_reserved_gib=peak, peak_allocated_gib=peak, host_ram_gib=20.0
+            )
+        return dataclasses.replace(m, host_ram_gib=3.0)
+
+    small = dataclasses.replace(make_offer("a-small", "T4", 1, 0.50), memory_gib=16.0)
+    large = dataclasses.replace(make_offer("b-large", "T4", 1, 0.55), memory_gib=28.0)
+    p = dataclasses.replace(
+        problem(offers=(small, large), quality=QualityPolicy.CHEAPEST),
+        space=dataclasses.replace(SPACE, methods=(Method.LORA,)),
+    )
+    measurer = Measurer(with_host_ram, fits=fits_usable)
+    best = search(p, measurer).best
+    assert best is not None and best.config.sharding.offloads
+    assert best.offer.instance_type == "b-large"
+    assert exhaustive_search(p, measurer).best == best
+    on_small = [c for c in exhaustive_search(p, measurer).candidates if c.offer is small]
+    assert on_small and not any(c.fits for c in on_small if c.config.sharding.offloads)
+
+
+def test_a_plan_whose_largest_micro_batch_fits_is_found() -> None:
+    """Short sequences: every micro-batch of the space fits, so the largest is priced first and
+    kept (it bounds nothing but itself)."""
+    p = dataclasses.replace(problem(), seq_len=64)
+    fast, grid = search(p, FAKE), exhaustive_search(p, FAKE)
+    assert fast.best is not None and grid.best is not None
+    assert fast.best.config.micro_batch_size == max(SPACE.micro_batches)
+    assert fast.best.cost.usd == pytest.approx(grid.best.cost.usd)

@@ -89,9 +89,9 @@ def _build_request(o: dict[str, Any]) -> Any:
         tokens_source=source,
         max_hours=o["max_hours"],
         task=Task(o["task"]),
-        # A pinned method runs even where the quality policy would reject it; its risks are
-        # still assessed and reported.
-        quality=QualityPolicy.CHEAPEST if o["method"] else QualityPolicy(o["quality"]),
+        # The policy holds whatever is pinned: --method narrows the search to one method, whose
+        # ranks, targets and precisions are still chosen under --quality.
+        quality=QualityPolicy(o["quality"]),
         longest_sample_tokens=longest,
         p50_sample_tokens=None if stats is None else stats.p50_sample_tokens,
         p95_sample_tokens=None if stats is None else stats.p95_sample_tokens,
@@ -112,11 +112,6 @@ def _build_request(o: dict[str, Any]) -> Any:
         interruptions_per_hour=o["spot_interruptions_per_hour"],
         restart_minutes=o["spot_restart_minutes"],
     )
-    if o["method"]:
-        warnings += (
-            f"--method {o['method']} pins the method: the quality policy does not reject it, "
-            "and its quality risks are listed with the plan",
-        )
     config_path, config_digest = _config_identity(spec)
     return RecommendRequest(
         spec=spec,
@@ -143,6 +138,7 @@ def _build_request(o: dict[str, Any]) -> Any:
             else "ftplan's shipped catalog (catalog/data/offers.csv)"
         ),
         warnings=warnings,
+        price_references=catalog.list_offers(),
         ftplan_version=_version(),
         model_config_path=config_path,
         model_config_sha256=config_digest,
@@ -215,8 +211,13 @@ def _offers(providers: list[Any] | None, gpus: list[Any], o: dict[str, Any]) -> 
         local = catalog.local_offer(
             gpu=gpus[0], gpu_count=o["gpu_count"] or 1, usd_per_hour=o["usd_per_hour"] or 0.0
         )
-        if o.get("host_ram_gib") is not None:
-            local = dataclasses.replace(local, memory_gib=o["host_ram_gib"])
+        ram, origin = o.get("host_ram_gib"), "given with --host-ram-gib"
+        if ram is None:
+            ram = machine_ram_gib()
+            origin = "read from this machine (--host-ram-gib names another's)"
+        if ram is not None:
+            source = f"{local.source}; host RAM {ram:,.0f} GiB {origin}"
+            local = dataclasses.replace(local, memory_gib=ram, source=source)
         offers.append(local)
     elif o["usd_per_hour"] is not None or o.get("host_ram_gib") is not None:
         raise InputError(
@@ -224,6 +225,21 @@ def _offers(providers: list[Any] | None, gpus: list[Any], o: dict[str, Any]) -> 
             "--provider local"
         )
     return tuple(offers)
+
+
+def machine_ram_gib() -> float | None:
+    """This machine's physical memory, GiB (``os.sysconf``: pages × page size, the MemTotal of
+    /proc/meminfo on Linux); None where the platform does not say. ``--provider local`` plans
+    are checked against it unless ``--host-ram-gib`` names another machine's."""
+    import os
+
+    from catalog import GIB
+
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * size / GIB if pages > 0 and size > 0 else None
 
 
 def _of_services(offers: list[Any], services: tuple[str, ...]) -> list[Any]:
@@ -338,7 +354,8 @@ def _write(plan: Plan, o: dict[str, Any]) -> Path:
 @click.option(
     "--host-ram-gib",
     type=finite_float(0, MAX_HOST_RAM_GIB, min_open=True),
-    help="Your own machine's RAM (with --provider local): offload plans are checked against it.",
+    help="Your own machine's RAM, GiB (with --provider local; default: this machine's): plans "
+    "that offload or load on rank 0 are checked against it.",
 )
 @click.option("--max-hours", type=finite_float(0, MAX_HOURS, min_open=True), help="Deadline, h.")
 @click.option("--spot/--no-spot", default=False, help="Consider spot offers (default: no).")
@@ -370,7 +387,8 @@ def _write(plan: Plan, o: dict[str, Any]) -> Path:
     "--method",
     type=click.Choice(["full", "lora", "qlora"]),
     default=None,
-    help="Pin the method (default: search all three). Runs even if --quality would reject it.",
+    help="Pin the method (default: search all three); its ranks, targets and precision still "
+    "follow --quality.",
 )
 @click.option(
     "--chunked-loss/--no-chunked-loss",

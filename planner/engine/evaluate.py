@@ -8,13 +8,14 @@ either fast (:meth:`Evaluator.solve_cell`) or point by point
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from catalog import GIB, GPU, ModelSpec, Offer, Provider
-from planner._types import Budget, Candidate, QualityPolicy
+from catalog import GIB, GPU, ModelSpec, Offer
+from planner._types import RISK_ORDER, Budget, Candidate, QualityPolicy
 from planner.engine.cost import estimate_cost, provision_s
 from planner.engine.quality import accepted, assess_quality, suggested_learning_rate
 from planner.engine.space import Hardware, RecommendRequest, Variant
@@ -32,8 +33,9 @@ from profiler import (
     measurement_fit,
     sharding_problem,
 )
-from profiler.memory import checkpoint_bytes, download_bytes, weight_bytes
-from profiler.sharding import loads_on_rank0
+from profiler.headroom import capacity_gib
+from profiler.memory import checkpoint_bytes, download_bytes, load_peak_gib, weight_bytes
+from profiler.sharding import HOST_RAM_PER_PROCESS_GIB, shard_count
 from profiler.timing import min_flops_per_token
 
 EstimateFn = Callable[..., Measurement]
@@ -55,17 +57,31 @@ GLOBAL_BATCH_TARGET_TOKENS = 131_072
 MIN_OPTIMIZER_STEPS_PER_EPOCH = 50
 
 
+# A plan whose host RAM nothing could check (the catalog does not list the offer's memory)
+# gives way to one whose RAM is known to fit when that costs at most this much more (a judgement
+# call, stated in every plan it affects; the same as the tight-memory premium).
+HOST_RAM_PREMIUM = 0.20
+# Memory savers (gradient checkpointing, chunked loss) in the order they add time.
+SAVER_ORDER = ((False, False), (False, True), (True, False), (True, True))
+
+
 def sort_key(candidate: Candidate) -> tuple[Any, ...]:
-    """Explicit, total ranking key: feasible first, then USD, hours and names."""
+    """Explicit, total ranking key: feasible first, then USD, hours (what decides between plans
+    on free own GPUs), quality risk and names."""
     return (
         not candidate.feasible,
         round(candidate.cost.usd, 6),
         round(candidate.cost.hours, 6),
+        RISK_ORDER.index(candidate.risk_level),
         candidate.offer.instance_type,
         candidate.offer.key,
         candidate.nodes,
         candidate.config.label(),
     )
+
+
+def _usd_hours(candidate: Candidate) -> tuple[float, float]:
+    return (round(candidate.cost.usd, 6), round(candidate.cost.hours, 6))
 
 
 def default_fits(measurement: Measurement, gpu: GPU) -> FitVerdict:
@@ -75,19 +91,29 @@ def default_fits(measurement: Measurement, gpu: GPU) -> FitVerdict:
 
 
 def host_ram_fits(measurement: Measurement, offer: Offer) -> bool:
-    """Whether the offer's host memory (``memory_gib`` per instance) holds what an offload plan
-    puts there, or what rank-0 loading holds while it loads the whole model
-    (``host_ram_gib`` per node). Other plans pass. A cloud offer whose memory the catalog does
-    not know cannot be checked: refused for offload plans, allowed for rank-0 loading; your own
-    machine's (``--host-ram-gib``) is trusted when not given, and the plan says so."""
-    config = measurement.config
-    offloads = config.sharding.offloads
-    if not offloads and not loads_on_rank0(sharding=config.sharding, method=config.method):
-        return True
-    if offer.memory_gib is None:
-        return offer.provider is Provider.LOCAL or not offloads
-    needed = measurement.host_ram_gib
-    return needed is None or needed <= offer.memory_gib
+    """Whether the offer's host memory (``memory_gib`` per instance) holds what the run keeps
+    there (``host_ram_gib`` per node: the training processes, offloaded state, the whole model
+    while rank 0 loads it). An offer whose memory the catalog does not know passes: the plan
+    says so as a risk (:func:`host_ram_unknown`) and prefers plans that need less."""
+    needed, have = measurement.host_ram_gib, offer.memory_gib
+    return needed is None or have is None or needed <= have
+
+
+def host_ram_unknown(candidate: Candidate) -> bool:
+    """Whether ``candidate`` needs host RAM beyond its training processes (offload, rank-0
+    loading) on an offer whose memory the catalog does not list, so nothing could check it."""
+    needed = candidate.measurement.host_ram_gib
+    if needed is None or candidate.offer.memory_gib is not None:
+        return False
+    processes = HOST_RAM_PER_PROCESS_GIB * candidate.config.gpu_count / candidate.nodes
+    return needed > processes + 1e-6
+
+
+def loads(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> bool:
+    """Whether ftplan's runner can load ``config`` on ``gpu``: its loading peak
+    (:func:`profiler.memory.load_peak_gib`, 0 where the runner never holds more than the
+    training peak while loading) within the card's capacity."""
+    return load_peak_gib(spec, config) <= capacity_gib(gpu)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,25 +145,24 @@ class Evaluator:
         self._eval_fractions: dict[tuple[TuningConfig, str], float] = {}
         self._measurements: dict[tuple[Any, ...], Measurement] = {}
         self._risks: dict[tuple[Any, ...], Any] = {}
-        self._fitting_cells: set[tuple[str, str]] = set()
+        self._loadable: dict[tuple[TuningConfig, str], bool] = {}
+        # Pareto front of (USD, hours) per (method, risk level) of the plans no preference sets
+        # aside (feasible, with margin, host RAM known): what bounds a walk (_beaten).
+        self._settled: dict[tuple[Method, int], list[tuple[float, float]]] = {}
         self.estimator_calls = 0
 
     def variants(self) -> tuple[Variant, ...]:
-        """Method variants of the space, respecting bf16 support later per GPU."""
+        """Method variants of the space (targets for LoRA/QLoRA, precision for full FT); bf16
+        support is applied per GPU in :meth:`config`."""
         space = self.request.space
         out: list[Variant] = []
         for method in space.methods:
             if method is Method.FULL:
-                out += [
-                    Variant(method=method, precision=p, offload=o)
-                    for p in space.full_precisions
-                    for o in space.offload
-                ]
+                out += [Variant(method=method, precision=p) for p in space.full_precisions]
             else:
                 out += [
-                    Variant(method=method, precision=Precision.BF16_MIXED, targets=t, offload=o)
+                    Variant(method=method, precision=Precision.BF16_MIXED, targets=t)
                     for t in space.lora_targets
-                    for o in space.offload
                 ]
         return tuple(out)
 
@@ -165,24 +190,22 @@ class Evaluator:
     def shardings_for(
         self, variant: Variant, hw: Hardware, optimizer: OptimizerKind
     ) -> tuple[Sharding, ...]:
-        """Strategies to try in a cell, fastest first; the search moves to the next only when
-        nothing fits with the previous one (sharding only ever costs speed).
-
-        One GPU: none. Several: DDP (LoRA/QLoRA), then FSDP full-shard. Offload variants (their
-        own cells, searched only where the cell without offload fits nothing): ZeRO-3's for full
-        FT (DeepSpeedCPUAdam), FSDP's for LoRA/QLoRA (DeepSpeed cannot offload 4-bit weights).
-        Combinations the recipes cannot run (:func:`profiler.sharding_problem`) are left out.
-        """
-        full = variant.method is Method.FULL
-        order: tuple[Sharding, ...]
-        if variant.offload:
-            order = (Sharding.ZERO3_OFFLOAD if full else Sharding.FSDP_OFFLOAD,)
-        elif hw.gpu_count == 1:
-            order = (Sharding.NONE,)
-        elif full:
-            order = (Sharding.FSDP,)
+        """Every strategy the recipes can run on the cell's GPUs: one GPU: none, then CPU
+        offload (FSDP's and ZeRO-3's); several: DDP, FSDP and ZeRO-3, then both offloads. Each
+        is a search option of its own, walked in full (:meth:`solve_cell`): no strategy is
+        always the faster one (sharded QLoRA keeps its head and norms in bf16, so FSDP offload
+        can outrun plain QLoRA on one GPU). Combinations the recipes cannot run
+        (:func:`profiler.sharding_problem`, e.g. 4-bit weights under ZeRO-3 offload) are left
+        out."""
+        space = self.request.space
+        if hw.gpu_count == 1:
+            order: tuple[Sharding, ...] = (Sharding.NONE,)
         else:
-            order = (Sharding.DDP, Sharding.FSDP)
+            order = (Sharding.DDP, Sharding.FSDP, Sharding.ZERO3)
+        if any(space.offload):
+            order += (Sharding.FSDP_OFFLOAD, Sharding.ZERO3_OFFLOAD)
+        if not any(not o for o in space.offload):
+            order = tuple(s for s in order if s.offloads)
         return tuple(
             s
             for s in order
@@ -196,62 +219,53 @@ class Evaluator:
             is None
         )
 
-    @property
-    def fitting_cell_count(self) -> int:
-        """How many solved cells found a fitting plan (grows as the search goes)."""
-        return len(self._fitting_cells)
-
-    @property
-    def fitting_cells(self) -> set[tuple[str, str]]:
-        """(variant key, hardware key) of the solved cells that found a fitting plan."""
-        return self._fitting_cells
-
-    def redundant(self, variant: Variant, hw: Hardware) -> bool:
-        """An offload cell whose twin without offload already found a fitting plan: offload
-        would only add PCIe and CPU time to it."""
-        if not variant.offload:
-            return False
-        return (variant.key.removesuffix("~offload"), hw.key) in self._fitting_cells
-
-    def can_hold_weights(self, variant: Variant, hw: Hardware) -> bool:
-        """False when the per-GPU memory is below the weights alone (an obvious OOM) under the
-        most memory-saving strategy the cell allows; offload moves them to host memory."""
-        shardings = self.shardings_for(variant, hw, OptimizerKind.ADAMW)
-        if not shardings:
-            return False
-        if variant.offload:
-            # The weights move to host memory; offers whose RAM is unknown cannot be checked.
-            # (Short RAM is priced and refused per offer, so the verdict can say why.)
-            return any(o.memory_gib is not None or o.provider is Provider.LOCAL for o in hw.offers)
+    def can_hold_weights(self, variant: Variant, hw: Hardware, *, offload: bool = True) -> bool:
+        """False when no strategy of the cell can hold the weights: below the per-GPU memory
+        (sharded n ways where the strategy shards) or, offloading (unless ``offload`` is
+        False), within the largest host memory among the cell's offers (unknown counts as
+        enough)."""
         lora = variant.method is not Method.FULL
-        weights = min(
-            weight_bytes(
-                self.request.spec,
-                TuningConfig(
-                    method=variant.method,
-                    precision=variant.precision,
-                    lora_rank=min(self.request.space.lora_ranks) if lora else None,
-                    lora_targets=variant.targets,
-                    gpu_count=hw.gpu_count,
-                    sharding=sharding,
-                ),
-            )
-            / (hw.gpu_count if sharding.shards_state else 1)
-            for sharding in shardings
+        host_gib = max(
+            (math.inf if o.memory_gib is None else o.memory_gib for o in hw.offers),
+            default=0.0,
         )
-        return weights / GIB < hw.gpu.usable_memory_gib
+        for sharding in self.shardings_for(variant, hw, OptimizerKind.ADAMW):
+            if sharding.offloads and not offload:
+                continue
+            weights_gib = (
+                weight_bytes(
+                    self.request.spec,
+                    TuningConfig(
+                        method=variant.method,
+                        precision=variant.precision,
+                        lora_rank=min(self.request.space.lora_ranks) if lora else None,
+                        lora_targets=variant.targets,
+                        gpu_count=hw.gpu_count,
+                        sharding=sharding,
+                    ),
+                )
+                / GIB
+            )
+            if sharding.offloads:
+                if weights_gib / hw.nodes < host_gib:
+                    return True
+            elif weights_gib / shard_count(sharding, hw.gpu_count) < hw.gpu.usable_memory_gib:
+                return True
+        return False
 
     def worth_searching(self, variant: Variant, hw: Hardware) -> bool:
-        """Prune cells that cannot win: the weights do not fit, or several nodes of DDP
-        (LoRA/QLoRA) without a deadline. DDP replicates the model, so more nodes never lower the
-        per-GPU memory or raise per-GPU speed: they only buy time, at a higher price."""
+        """Prune cells that cannot win: the weights do not fit, or several nodes of LoRA/QLoRA
+        without a deadline where one node could hold the weights sharded. Adapters train on
+        every GPU alike, so more nodes never lower the per-GPU activations or raise per-GPU
+        speed: they only buy time, at a higher price, or room for weights one node lacks."""
         if not self.can_hold_weights(variant, hw):
             return False
-        return (
-            hw.nodes == 1
-            or variant.method is Method.FULL
-            or self.request.budget.max_hours is not None
-        )
+        if hw.nodes == 1 or variant.method is Method.FULL:
+            return True
+        if self.request.budget.max_hours is not None:
+            return True
+        one_node = Hardware(gpu=hw.gpu, gpus_per_node=hw.gpus_per_node, nodes=1, offers=hw.offers)
+        return not self.can_hold_weights(variant, one_node, offload=False)
 
     def lower_bound_usd(self, variant: Variant, hw: Hardware) -> float:
         """USD the cell costs at least: every GPU at its dense 16-bit peak FLOP/s.
@@ -389,11 +403,14 @@ class Evaluator:
         ok_quality = accepted(risks, request.budget.quality)
         ckpt_size = checkpoint_bytes(request.spec, config) / GIB
         weights = download_bytes(request.spec) / GIB
+        loadable = self._loads(config, hw.gpu)
         out: list[Candidate] = []
         for offer in hw.offers:
             measurement = self.measure(config, hw, offer.inter_node_gbps)
             fit = self.fit(measurement, hw.gpu)
-            if not host_ram_fits(measurement, offer):
+            # A plan that cannot load, or whose host RAM the offer lacks, never starts: it is
+            # dropped like one whose training peak does not fit.
+            if not loadable or not host_ram_fits(measurement, offer):
                 fit = FitVerdict.NO
             if measurement.status is not Status.OK or not measurement.tokens_per_s:
                 continue
@@ -430,6 +447,13 @@ class Evaluator:
                 )
             )
         return out
+
+    def _loads(self, config: TuningConfig, gpu: GPU) -> bool:
+        key = (config, gpu.name)
+        found = self._loadable.get(key)
+        if found is None:
+            found = self._loadable[key] = loads(self.request.spec, config, gpu)
+        return found
 
     def _risks_for(self, config: TuningConfig, global_tokens: int) -> Any:
         key = (
@@ -480,45 +504,60 @@ class Evaluator:
     def solve_cell(self, variant: Variant, hw: Hardware) -> list[Candidate]:
         """Fast exact-by-construction inner solve of one structural cell.
 
-        Ranks: :meth:`ranks`.
-        For each optimizer: micro-batches upward without a memory saver until one does not fit,
-        then with the next saver (:meth:`memory_savers`: chunked loss, checkpointing, both) from
-        the first size that did not fit (a saver only pays when it lets a larger micro-batch
-        fit; at a size that fits without it, it only adds recomputation). Every fitting point is
-        priced on every offer of the cell.
+        Ranks: :meth:`ranks`. For each optimizer, every strategy (:meth:`shardings_for`) and
+        memory saver (:meth:`memory_savers`) is walked over the micro-batches
+        (:meth:`_walk_batches`): the largest that fits, and the largest that fits with its
+        error margin, need not be powers of two. Two facts keep it short and exact:
+
+        * a point that fits with its margin on every offer with fewer memory savers
+          (:data:`SAVER_ORDER`) is never cheaper, nor roomier, with more, so each saver's walk
+          starts above the largest micro-batch the leaner ones settled;
+        * a config's USD and hours only fall as its micro-batch grows (more tokens per step
+          for the same fixed costs) and rise with each saver, so a batch's price bounds every
+          smaller batch's, and the largest micro-batch without a saver bounds the whole
+          strategy: a range whose bound is no better, in USD and in hours, than a plan of the
+          same method found already (with margin, host RAM known, no more risk) is skipped.
+
+        Every fitting point is priced on every offer of the cell, each with its own host RAM.
         """
         if not self.can_hold_weights(variant, hw):
             return []
-        if self.redundant(variant, hw):
-            return []  # the faster strategy fits: offload only costs time
-        space = self.request.space
         ranks: tuple[int | None, ...] = (None,)
         if variant.method is not Method.FULL:
             ranks = self.ranks(variant)
         out: list[Candidate] = []
-        batches = sorted(space.micro_batches)
         for rank in ranks:
             for optimizer in self.optimizers_for(variant):
                 for sharding in self.shardings_for(variant, hw, optimizer):
-                    found = len(out)
-                    start = 0
+                    fastest = self.config(
+                        variant,
+                        hw,
+                        rank=rank,
+                        optimizer=optimizer,
+                        micro_batch=max(self.request.space.micro_batches),
+                        ckpt=False,
+                        sharding=sharding,
+                    )
+                    if self._beaten(self.price(fastest, hw)):
+                        continue  # even its largest micro-batch without a saver is no better
+                    # saver order -> largest micro-batch fitting with margin everywhere
+                    settled: dict[int, int] = {}
                     for ckpt, chunked in self.memory_savers(hw, sharding):
-                        start = self._walk_batches(
+                        order = SAVER_ORDER.index((ckpt, chunked))
+                        start = max(
+                            (b for other, b in settled.items() if other < order), default=0
+                        )
+                        base = self.config(
                             variant,
                             hw,
-                            rank,
-                            optimizer,
-                            ckpt,
-                            batches[start:],
-                            out,
-                            start,
+                            rank=rank,
+                            optimizer=optimizer,
+                            micro_batch=1,
+                            ckpt=ckpt,
                             sharding=sharding,
                             chunked=chunked,
                         )
-                    if any(c.fits for c in out[found:]):
-                        break
-        if any(c.fits for c in out):
-            self._fitting_cells.add((variant.key, hw.key))
+                        settled[order] = self._walk_batches(base, hw, start, out)
         return out
 
     def optimizers_for(self, variant: Variant) -> tuple[OptimizerKind, ...]:
@@ -534,40 +573,134 @@ class Evaluator:
         return space.optimizers
 
     def _walk_batches(
-        self,
-        variant: Variant,
-        hw: Hardware,
-        rank: int | None,
-        optimizer: OptimizerKind,
-        ckpt: bool,
-        batches: list[int],
-        out: list[Candidate],
-        offset: int,
-        *,
-        sharding: Sharding | None = None,
-        chunked: bool = False,
+        self, base: TuningConfig, hw: Hardware, start: int, out: list[Candidate]
     ) -> int:
-        """Price micro-batches upward until one does not fit; return the index to resume at."""
-        for i, batch in enumerate(batches):
-            config = self.config(
-                variant,
-                hw,
-                rank=rank,
-                optimizer=optimizer,
-                micro_batch=batch,
-                ckpt=ckpt,
-                sharding=sharding,
-                chunked=chunked,
-            )
-            priced = self.price(config, hw)
-            if not priced or not priced[0].fits:
-                out.extend(priced[:1])  # keep one near miss for the verdicts
-                return offset + i
+        """Price ``base`` at the micro-batches of the space above ``start``.
+
+        The largest first: when it fits it is the cheapest. Otherwise its price bounds every
+        smaller one's (:meth:`solve_cell`), and when the cell already has a plan as good, none
+        of them is priced. Else doubling upward until one fits on no offer, then bisection for
+        the largest that fits below it and, when that one is ``tight``, for the largest that
+        fits with its margin. Appends what it priced to ``out`` (with one near miss for the
+        verdicts) and returns the largest micro-batch that fits with its margin on every offer,
+        every smaller one too (``start`` if none does)."""
+        batches = [b for b in sorted(self.request.space.micro_batches) if b > start]
+        if not batches:
+            return start
+        settled, everywhere = start, True
+        memo: dict[int, list[Candidate]] = {}
+
+        def priced_at(batch: int) -> list[Candidate]:
+            found = memo.get(batch)
+            if found is None:
+                found = memo[batch] = self.price(
+                    dataclasses.replace(base, micro_batch_size=batch), hw
+                )
+            return found
+
+        def fits(batch: int) -> bool:
+            return any(c.fits for c in priced_at(batch))
+
+        def roomy(batch: int) -> bool:
+            return any(c.fit is FitVerdict.FITS for c in priced_at(batch))
+
+        def keep(batch: int) -> None:
+            nonlocal settled, everywhere
+            priced = priced_at(batch)
             out.extend(priced)
-        return offset + len(batches)
+            self._settle(priced)
+            # Settled only with margin: where this setting is tight, a slower one that fits
+            # with margin may still be the plan the tight-memory preference takes.
+            everywhere = everywhere and all(c.fit is FitVerdict.FITS for c in priced)
+            if everywhere:
+                settled = batch
+
+        def largest(values: list[int], test: Callable[[int], bool]) -> int | None:
+            """The largest of ``values`` passing ``test`` (true up to a point, then false)."""
+            lo, hi = 0, len(values)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if test(values[mid]):
+                    lo = mid + 1
+                else:
+                    hi = mid
+            return values[lo - 1] if lo else None
+
+        top = batches[-1]
+        if fits(top):
+            if self._beaten(priced_at(top)):
+                # The cheapest and fastest of this config is no better than a plan found.
+                return top if all(c.fit is FitVerdict.FITS for c in priced_at(top)) else start
+            keep(top)
+            if not roomy(top):
+                found = largest(batches[:-1], roomy)
+                if found is not None:
+                    out.extend(priced_at(found))
+                    self._settle(priced_at(found))
+            return settled
+        if self._beaten(priced_at(top)):
+            return start  # even the largest micro-batch's price is no better
+        steps: list[int] = []
+        for b in batches:
+            if not steps or b >= 2 * steps[-1]:
+                steps.append(b)
+        last_fit = start
+        for b in steps:
+            if fits(b):
+                keep(b)
+                last_fit = b
+                continue
+            out.extend(priced_at(b)[:1])  # one near miss for the verdicts
+            if self._beaten(priced_at(b)):
+                break
+            found = largest([x for x in batches if last_fit < x < b], fits)
+            if found is not None:
+                keep(found)
+                last_fit = found
+            break
+        if last_fit > start and not roomy(last_fit) and not self._beaten(priced_at(last_fit)):
+            found = largest([x for x in batches if x < last_fit], roomy)
+            if found is not None:
+                out.extend(priced_at(found))
+                self._settle(priced_at(found))
+        return settled
+
+    def _beaten(self, bound: list[Candidate]) -> bool:
+        """Whether a plan of the same method that no preference would set aside (feasible,
+        fits with its margin, host RAM known) at no more quality risk costs no more and takes
+        no longer than the cheapest of ``bound`` (one config on the cell's offers): then no
+        smaller micro-batch of that config can be chosen, ranked first for its hardware or
+        reach the Pareto front."""
+        if not bound:
+            return False
+        usd, hours = min(_usd_hours(c) for c in bound)
+        risk = min(RISK_ORDER.index(c.risk_level) for c in bound)
+        method = bound[0].config.method
+        return any(
+            best_usd <= usd and best_hours <= hours
+            for (m, level), front in self._settled.items()
+            if m is method and level <= risk
+            for best_usd, best_hours in front
+        )
+
+    def _settle(self, candidates: list[Candidate]) -> None:
+        """Record the plans no preference would set aside, per method and risk level, as a
+        Pareto front of (USD, hours). Called on what a walk keeps, never on a bound it probes,
+        so a bound is not beaten by itself."""
+        for c in candidates:
+            if c.feasible and c.fit is FitVerdict.FITS and not host_ram_unknown(c):
+                front = self._settled.setdefault(
+                    (c.config.method, RISK_ORDER.index(c.risk_level)), []
+                )
+                usd, hours = _usd_hours(c)
+                if any(u <= usd and h <= hours for u, h in front):
+                    continue
+                front[:] = [(u, h) for u, h in front if not (usd <= u and hours <= h)]
+                front.append((usd, hours))
 
     def walk_cell_exhaustively(self, variant: Variant, hw: Hardware) -> list[Candidate]:
-        """Every point of the cell: all ranks, optimizers, memory savers and micro-batches."""
+        """Every point of the cell: all ranks, optimizers, strategies, memory savers and
+        micro-batches."""
         space = self.request.space
         ranks: tuple[int | None, ...] = (None,)
         if variant.method is not Method.FULL:

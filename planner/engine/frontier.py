@@ -10,10 +10,12 @@ candidate's tokens/s.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from planner._types import Budget, Candidate, FrontierEntry
+from planner._types import Budget, Candidate, FrontierEntry, QualityPolicy, RiskLevel
+from planner.engine.quality import BALANCED_RISK_PREMIUM
 from profiler import Method
+from profiler._types import MAX_EPOCHS
 
 METHOD_LABELS = {Method.FULL: "full fine-tuning", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
 
@@ -51,20 +53,32 @@ def usd_per_million_tokens(candidate: Candidate) -> float:
 def budget_frontier(
     candidates: Iterable[Candidate], budget: Budget, methods: Iterable[Method]
 ) -> tuple[FrontierEntry, ...]:
-    """Per method, the candidate that fits in memory and buys the most tokens for the budget.
-
-    Quality policy and the user's token count play no part: this is what the money buys.
-    A method with no candidate that fits gets an entry with ``max_tokens`` 0 and no offer.
+    """Per method, the candidate that buys the most tokens for the budget among those that
+    meet the plan's own checks: it fits in memory (training, loading and host RAM) and the
+    quality policy accepts it; ``--max-hours`` caps the tokens (:func:`affordable_tokens`).
+    A method with no such candidate gets an entry with ``max_tokens`` 0 and no offer.
     """
-    pool = [c for c in candidates if c.fits]
+    pool = [c for c in candidates if c.fits and c.quality_accepted]
     out: list[FrontierEntry] = []
-    for method in methods:
-        mine = [c for c in pool if c.config.method is method]
-        best = max(
-            mine,
+
+    def most(of: Iterable[Candidate]) -> Candidate | None:
+        return max(
+            of,
             key=lambda c: (affordable_tokens(c, budget), -c.cost.usd, c.offer.key),
             default=None,
         )
+
+    for method in methods:
+        mine = [c for c in pool if c.config.method is method]
+        best = most(mine)
+        if budget.quality is QualityPolicy.BALANCED and best is not None:
+            # balanced: a low-risk config unless the riskier one buys over 20% more tokens.
+            low = most(c for c in mine if c.risk_level is RiskLevel.LOW)
+            low_tokens = 0 if low is None else affordable_tokens(low, budget)
+            if low is not None and low_tokens * (1 + BALANCED_RISK_PREMIUM) >= affordable_tokens(
+                best, budget
+            ):
+                best = low
         tokens = 0 if best is None else affordable_tokens(best, budget)
         out.append(
             FrontierEntry(
@@ -84,21 +98,30 @@ def stronger_options(
     candidates: Iterable[Candidate],
     budget: Budget,
     frontier: Iterable[FrontierEntry],
+    *,
+    accepted_at: Callable[[Candidate, float], bool] = lambda _c, _epochs: True,
 ) -> tuple[str, ...]:
     """Sentences on what a stronger option costs and changes, when the budget affords it:
-    full fine-tuning instead of an adapter, and more epochs on the chosen offer."""
+    full fine-tuning instead of an adapter, and more epochs on the chosen offer. Each meets
+    the plan's own checks: feasible (memory, loading, host RAM, budget, deadline, quality
+    policy), and more epochs only as many as the budget and deadline pay for and the quality
+    policy still accepts (``accepted_at(candidate, epochs)``)."""
     if chosen is None:
         return ()
     out: list[str] = []
     if chosen.config.method is not Method.FULL:
         full = sorted(
-            (
-                c
-                for c in candidates
-                if c.config.method is Method.FULL and c.fits and c.within_budget
-            ),
+            (c for c in candidates if c.config.method is Method.FULL and c.feasible),
             key=lambda c: (c.cost.usd, c.offer.key),
         )
+        low = [c for c in full if c.risk_level is RiskLevel.LOW]
+        if (
+            budget.quality is QualityPolicy.BALANCED
+            and full
+            and low
+            and low[0].cost.usd <= full[0].cost.usd * (1 + BALANCED_RISK_PREMIUM)
+        ):
+            full = low  # balanced: the low-risk option unless the riskier saves over 20%
         if full:
             best = full[0]
             risks = "; ".join(r.message for r in chosen.risks) or (
@@ -115,10 +138,19 @@ def stronger_options(
                 f"{risks}{own}"
             )
     entry = next((e for e in frontier if e.method is chosen.config.method), None)
-    epochs_affordable = affordable_tokens(chosen, budget) / budget.dataset_tokens
-    if entry is not None and epochs_affordable >= budget.epochs + 1:
+    # Rounded down to the tenth shown, so the figure stated is affordable as written.
+    tenths = math.floor(affordable_tokens(chosen, budget) / budget.dataset_tokens * 10)
+    # --epochs takes at most MAX_EPOCHS: past it the sentence says "over" and the quality
+    # policy is asked about what the flag can request.
+    epochs_affordable = min(tenths / 10, MAX_EPOCHS)
+    over = "over " if tenths / 10 > MAX_EPOCHS else ""
+    if (
+        entry is not None
+        and epochs_affordable >= budget.epochs + 1
+        and accepted_at(chosen, epochs_affordable)
+    ):
         out.append(
-            f"the budget buys {epochs_affordable:,.1f} epochs of this dataset on the chosen "
+            f"the budget buys {over}{epochs_affordable:,.1f} epochs of this dataset on the chosen "
             f"offer (you asked for {budget.epochs:g}); more epochs help when the loss is still "
             "falling on held-out data and over-fit small datasets: raise --epochs "
             "deliberately, with an eval set"

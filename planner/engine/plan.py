@@ -22,10 +22,18 @@ from planner._types import (
     SearchInfo,
     Task,
 )
-from planner.engine.evaluate import Evaluator, Measurer, sort_key
+from planner.engine.evaluate import (
+    HOST_RAM_PREMIUM,
+    Evaluator,
+    Measurer,
+    host_ram_unknown,
+    sort_key,
+)
 from planner.engine.frontier import budget_frontier, stronger_options
 from planner.engine.quality import (
+    BALANCED_RISK_PREMIUM,
     accepted,
+    assess_quality,
     capacity_ratio,
 )
 from planner.engine.search import SearchResult, search
@@ -35,9 +43,6 @@ from profiler.memory import CHUNKED_LOSS_TOKENS
 
 RANKED_SIZE = 8
 PARETO_SIZE = 12
-# --quality balanced accepts medium quality risk only when it is more than this much cheaper than
-# the best low-risk plan (a judgement call, stated in every plan that it affects).
-BALANCED_RISK_PREMIUM = 0.20
 # A `tight` plan fits only without its estimate's error margin (an OOM is plausible). ftplan
 # takes a plan with the margin instead when it costs at most this much more (a judgement call,
 # stated in every plan that it affects).
@@ -58,9 +63,9 @@ def recommend(request: RecommendRequest, measurer: Measurer) -> Plan:
     notes: tuple[str, ...] = ()
     if request.budget.quality is QualityPolicy.BALANCED:
         result, notes = _prefer_low_risk(request, result)
-    result, load_notes = _prefer_loadable(request, result)
     result, margin_notes = _prefer_margin(request, result, measurer)
-    notes += load_notes + margin_notes
+    result, ram_notes = _prefer_known_host_ram(result)
+    notes += margin_notes + ram_notes
     ranked = _distinct(result.feasible, RANKED_SIZE)
     chosen = ranked[0] if ranked else None
     if any(c.config.chunked_loss for c in ranked):
@@ -98,9 +103,25 @@ def recommend(request: RecommendRequest, measurer: Measurer) -> Plan:
         near_misses=near,
         suggestions=() if chosen else explain.suggestions(result, request),
         budget_frontier=frontier,
-        stronger_options=stronger_options(chosen, result.candidates, request.budget, frontier)
+        stronger_options=stronger_options(
+            chosen,
+            result.candidates,
+            request.budget,
+            frontier,
+            accepted_at=lambda c, epochs: _accepted_at(request, c, epochs),
+        )
         + _higher_rank_option(request, chosen, measurer),
     )
+
+
+def _accepted_at(request: RecommendRequest, candidate: Candidate, epochs: float) -> bool:
+    """Whether the quality policy accepts ``candidate`` trained for ``epochs`` epochs (the risk
+    of continued pre-training, and of pure bf16 weights, grows with the tokens trained)."""
+    budget = dataclasses.replace(request.budget, epochs=epochs)
+    risks = assess_quality(
+        request.spec, candidate.config, budget, global_batch_tokens=candidate.global_batch_tokens
+    )
+    return accepted(risks, request.budget.quality)
 
 
 def _higher_rank_option(
@@ -115,11 +136,9 @@ def _higher_rank_option(
     for rank in sorted((r for r in ranks if r > chosen.config.lora_rank), reverse=True):
         config = dataclasses.replace(chosen.config, lora_rank=rank, lora_alpha=2 * rank)
         priced = evaluator.price(config, hw)
-        if not priced or not priced[0].fits or not priced[0].within_budget:
-            continue
+        if not priced or not priced[0].feasible:
+            continue  # every line of the plan meets the same limits as the plan itself
         better = priced[0]
-        if not better.within_deadline:
-            continue
         before = capacity_ratio(request.spec, chosen.config, request.budget)
         after = capacity_ratio(request.spec, config, request.budget)
         change = (
@@ -158,22 +177,47 @@ def _prefer_low_risk(
     The cheapest plan that accepts medium risk (e.g. attention-only LoRA) often saves a few
     cents over a low-risk one (all-linear LoRA, which matches full FT on instruction data per
     Schulman et al. 2025). Balanced keeps the low-risk plan unless the medium-risk one is more
-    than ``BALANCED_RISK_PREMIUM`` cheaper. The one search priced both (see ``search``).
+    than ``BALANCED_RISK_PREMIUM`` cheaper. Continued pre-training takes the low-risk plan
+    (bf16-mixed full fine-tuning, or LoRA with the capacity on a small corpus) whenever one fits
+    the limits, else full fine-tuning over LoRA. On free (own) GPUs there is no money to save:
+    plans are ranked by time, then by risk. The one search priced all of these (``search``).
     """
-    best = balanced.feasible[0] if balanced.feasible else None
+    best = balanced.best
     if best is None or best.risk_level is RiskLevel.LOW:
         return balanced, ()
-    if request.budget.task is Task.CPT and best.config.method is not Method.FULL:
+    strict = _as_strict(balanced)
+    low = strict.best
+    risk = best.risks[0].message if best.risks else best.risk_level.value
+    if request.budget.task is Task.CPT:
+        if low is not None:
+            return strict, (
+                f"quality balanced, --task cpt: chose the low-risk plan (${low.cost.usd:,.2f}, "
+                f"{low.config.label()}) over the cheapest one (${best.cost.usd:,.2f}, "
+                f"{best.config.label()}, {best.risk_level.value} risk: {risk}): continued "
+                "pre-training is where LoRA learns less (Biderman et al. 2024) and pure bf16 "
+                "loses the most updates (Zamirai et al. 2020), and the low-risk plan fits the "
+                "limits",
+            )
         full = next((c for c in balanced.feasible if c.config.method is Method.FULL), None)
-        if full is not None:
+        if full is not None and best.config.method is not Method.FULL:
             return _put_first(balanced, full), (
                 f"quality balanced, --task cpt: chose full fine-tuning (${full.cost.usd:,.2f}) "
                 f"over {METHOD_NAMES[best.config.method]} (${best.cost.usd:,.2f}): on continued "
                 "pre-training LoRA learns less, more so the more tokens it trains (Biderman "
                 "et al. 2024), and full FT fits the budget",
             )
-    strict = _as_strict(balanced)
-    low = strict.best
+    if best.cost.usd <= 0:
+        return balanced, (
+            "quality balanced on free (own) GPUs: no plan costs money, so plans are ranked by "
+            f"time, then by quality risk; the fastest is {best.risk_level.value} risk "
+            f"({best.config.label()}, {best.cost.hours:,.1f} h)"
+            + (
+                f"; the fastest low-risk plan takes {low.cost.hours:,.1f} h "
+                f"({low.config.label()}): use --quality strict for it"
+                if low is not None
+                else ""
+            ),
+        )
     premium = f"{BALANCED_RISK_PREMIUM:.0%}"
     if low is not None and low.cost.usd <= best.cost.usd * (1 + BALANCED_RISK_PREMIUM):
         return strict, (
@@ -192,35 +236,54 @@ def _prefer_low_risk(
     )
 
 
-def _prefer_loadable(
-    request: RecommendRequest, result: SearchResult
-) -> tuple[SearchResult, tuple[str, ...]]:
-    """When ftplan's runner cannot load the best plan on its GPUs although its training peak
-    fits (:func:`planner.explain.load_problem`), take the cheapest feasible plan it can load,
-    whatever it costs: the other would stop before its first step. Without one, keep the best
-    plan; its warning says why it cannot start."""
+def _within_premium(alt: Candidate, best: Candidate, premium: float) -> bool:
+    """Whether ``alt`` costs at most ``premium`` more than ``best``; on free (own) GPUs, where
+    both cost nothing, whether it takes at most ``premium`` more time."""
+    if best.cost.usd > 0:
+        return alt.cost.usd <= best.cost.usd * (1 + premium)
+    return alt.cost.usd <= 0 and alt.cost.hours <= best.cost.hours * (1 + premium)
+
+
+def _premium_text(alt: Candidate, best: Candidate) -> str:
+    """``+12%`` in money, or in time on free (own) GPUs."""
+    if best.cost.usd > 0:
+        return f"+{alt.cost.usd / best.cost.usd - 1:.0%}"
+    return f"+{alt.cost.hours / max(best.cost.hours, 1e-9) - 1:.0%} time"
+
+
+def _prefer_known_host_ram(result: SearchResult) -> tuple[SearchResult, tuple[str, ...]]:
+    """When the best plan needs host RAM beyond its processes on an offer whose memory the
+    catalog does not list (:func:`planner.engine.evaluate.host_ram_unknown`), take the cheapest
+    plan whose host RAM is known to fit, with no more quality risk and no less memory margin,
+    if it costs at most :data:`~planner.engine.evaluate.HOST_RAM_PREMIUM` more (on free own
+    GPUs: takes at most that much more time); otherwise keep it (its warning says what to
+    check)."""
     best = result.best
-    if best is None or _loads(request, best):
+    if best is None or not host_ram_unknown(best):
         return result, ()
-    alt = next((c for c in result.feasible if _loads(request, c)), None)
-    if alt is None:
-        return result, (
-            "load: no plan within the limits can be loaded by ftplan's runner today (see the "
-            "warning); the cheapest is kept so its memory and cost stay visible",
-        )
-    return _put_first(result, alt), (
-        f"load: chose ${alt.cost.usd:,.2f} ({alt.config.label()} on "
-        f"{alt.offer.instance_type}) over the ${best.cost.usd:,.2f} plan "
-        f"({best.config.label()} on {best.offer.instance_type}): ftplan's runner would build "
-        "the whole model on each of its GPUs before sharding it, which does not fit",
+    risk = RISK_ORDER.index(best.risk_level)
+    alt = next(
+        (
+            c
+            for c in result.feasible
+            if not host_ram_unknown(c)
+            and RISK_ORDER.index(c.risk_level) <= risk
+            and (c.fit is FitVerdict.FITS or best.fit is not FitVerdict.FITS)
+        ),
+        None,
     )
-
-
-def _loads(request: RecommendRequest, candidate: Candidate) -> bool:
-    """Whether ftplan's runner can load ``candidate`` on its GPUs
-    (:func:`planner.explain.load_problem`)."""
-    gpu = request.gpus[candidate.offer.gpu]
-    return explain.load_problem(request.spec, candidate.config, gpu) is None
+    needs = (
+        f"the ${best.cost.usd:,.2f} plan ({best.config.label()} on "
+        f"{best.offer.instance_type}) needs {best.measurement.host_ram_gib or 0:,.0f} GiB of "
+        "host RAM per node, and the catalog does not list that instance's memory"
+    )
+    if alt is not None and _within_premium(alt, best, HOST_RAM_PREMIUM):
+        return _put_first(result, alt), (
+            f"host RAM: chose ${alt.cost.usd:,.2f} ({alt.config.label()} on "
+            f"{alt.offer.instance_type}, {_premium_text(alt, best)}), whose host RAM is known "
+            f"to fit, over {needs}",
+        )
+    return result, (f"host RAM: kept {needs}; check it before launching",)
 
 
 def _put_first(result: SearchResult, chosen: Candidate) -> SearchResult:
@@ -234,9 +297,10 @@ def _prefer_margin(
 ) -> tuple[SearchResult, tuple[str, ...]]:
     """When the best plan is ``tight``, take the cheapest plan of the same method and no more
     quality risk that fits with its error margin, if it costs at most :data:`TIGHT_PREMIUM`
-    more: one the search priced, or the best plan's config on the same offer with a smaller
-    micro-batch (gradient accumulation keeps the global batch) or gradient checkpointing.
-    Otherwise keep it and say what the margin would cost."""
+    more (on free own GPUs: takes at most that much more time): one the search priced, or the
+    best plan's config on the same offer with a smaller micro-batch (gradient accumulation
+    keeps the global batch), the chunked loss or gradient checkpointing. Otherwise keep it and
+    say what the margin would cost."""
     best = result.best
     if best is None or best.fit is not FitVerdict.TIGHT:
         return result, ()
@@ -245,28 +309,29 @@ def _prefer_margin(
         c
         for c in (*result.feasible, *_roomier(request, best, measurer))
         if _roomy(c)
-        and _loads(request, c)
         and c.config.method is best.config.method
         and RISK_ORDER.index(c.risk_level) <= risk
     ]
     alt = min(roomy, key=sort_key, default=None)
     premium = f"{TIGHT_PREMIUM:.0%}"
+    more = "more" if best.cost.usd > 0 else "more time"
     tight = (
         f"the ${best.cost.usd:,.2f} plan ({best.config.label()} on "
-        f"{best.offer.instance_type}), which is tight: it fits only without its estimate's "
-        "error margin"
+        f"{best.offer.instance_type}, {best.cost.hours:,.1f} h), which is tight: its error band "
+        "straddles the card's memory"
     )
-    if alt is not None and alt.cost.usd <= best.cost.usd * (1 + TIGHT_PREMIUM):
+    if alt is not None and _within_premium(alt, best, TIGHT_PREMIUM):
         return _put_first(result, alt), (
             f"memory: chose a plan that fits with its error margin (${alt.cost.usd:,.2f}, "
-            f"{alt.config.label()}) over {tight}: it costs less than {premium} more",
+            f"{alt.cost.hours:,.1f} h, {alt.config.label()}) over {tight}: it costs less than "
+            f"{premium} {more}",
         )
     if alt is None:
         return result, (f"memory: kept {tight}; no plan of its method with margin is feasible",)
     return result, (
         f"memory: kept {tight}; the cheapest plan of its method with margin costs "
-        f"${alt.cost.usd:,.2f} (+{alt.cost.usd / max(best.cost.usd, 1e-9) - 1:.0%}, "
-        f"{alt.config.label()} on {alt.offer.instance_type})",
+        f"${alt.cost.usd:,.2f} ({_premium_text(alt, best)}, {alt.config.label()} on "
+        f"{alt.offer.instance_type})",
     )
 
 

@@ -12,13 +12,16 @@ The rules follow published results, not measurements of ftplan's own:
 * Dettmers et al., "QLoRA: Efficient Finetuning of Quantized LLMs" (2023, arXiv:2305.14314):
   NF4 QLoRA reaches 16-bit LoRA quality.
 * Zamirai et al., "Revisiting BFloat16 Training" (2020, arXiv:2010.06192): pure bf16 weight
-  updates with nearest rounding lose small updates.
+  updates with nearest rounding lose small updates (an update under half the spacing of bf16
+  numbers near the weight rounds away); Kahan summation or stochastic rounding recover them.
 * Micikevicius et al., "Mixed Precision Training" (2018, arXiv:1710.03740): fp16 training needs
   loss scaling so small gradients do not underflow; fp16's range (max 65504) still bounds the
   forward pass.
 """
 
 from __future__ import annotations
+
+import math
 
 from catalog import ModelSpec
 from planner._types import RISK_ORDER, Budget, QualityPolicy, QualityRisk, RiskLevel, Task
@@ -51,9 +54,33 @@ CAPACITY_MEDIUM_FRACTION = 0.5
 # medium, beyond that high. Tokens seen count (dataset × epochs), as in their plots.
 CPT_MEDIUM_RISK_TOKENS = 100_000_000
 CPT_HIGH_RISK_TOKENS = 1_000_000_000
+# Pure bf16 weights (Zamirai et al. 2020): bf16 keeps 8 significant bits, so numbers in
+# [2^e, 2^(e+1)) are 2^(e-7) apart and a weight update under half that spacing rounds to nothing.
+# AdamW moves each weight by about the learning rate per step. The weight scale is ftplan's
+# assumption: 0.02, the initializer_range of the Llama, Mistral and Qwen configs.
+BF16_FRACTION_BITS = 7
+TYPICAL_WEIGHT_MAGNITUDE = 0.02
+# Updates lost at every step add up with the steps taken: from this many training tokens on (a
+# continued pre-training run rather than an instruction set), losing most of them is a high risk.
+BF16_LONG_RUN_TOKENS = 100_000_000
 # Schulman et al. (2025) see LoRA fall behind full FT as the batch grows; ftplan flags global
 # batches above this many tokens (≈ 512 sequences of 2048 tokens).
 LORA_LARGE_BATCH_TOKENS = 1_048_576
+
+# Gemma 2 and 3 put RMSNorms after attention and the MLP too, scale by (1 + weight) and were
+# trained in bf16: in fp16 their activations overflow 65504 to inf and the loss turns NaN, which
+# loss scaling (it scales gradients, not activations) does not prevent.
+GEMMA_FP16_MODEL_TYPES = ("gemma2", "gemma3", "gemma3_text")
+GEMMA_FP16_SOURCE = (
+    'huggingface/transformers#36822 ("Gemma 3 is broken with fp16") and #39972 (where its '
+    'activations overflow); Gemma Team, "Gemma 2", 2024 (arXiv:2408.00118) for the same '
+    "sandwich norms"
+)
+
+# --quality balanced accepts medium quality risk only when it is more than this much better
+# (cheaper, or buying more tokens) than the best low-risk option (a judgement call, stated in
+# every plan that it affects).
+BALANCED_RISK_PREMIUM = 0.20
 
 ACCEPTED_LEVELS: dict[QualityPolicy, tuple[RiskLevel, ...]] = {
     QualityPolicy.STRICT: (RiskLevel.LOW,),
@@ -106,18 +133,20 @@ def assess_quality(
     risks: list[QualityRisk] = []
     if config.precision is Precision.FP16_MIXED:
         risks.append(_fp16_risk())
-    if config.method is Method.FULL:
-        if config.precision is Precision.BF16:
+        if spec.model_type in GEMMA_FP16_MODEL_TYPES:
             risks.append(
                 QualityRisk(
                     level=RiskLevel.MEDIUM,
-                    message="pure bf16 weights and AdamW states round away small updates; "
-                    "bf16-mixed (fp32 master weights) or a Kahan-summation optimizer avoids "
-                    "it",
-                    source=ZAMIRAI_2020,
+                    message=f"{spec.model_type} in fp16: trained in bf16, its activations "
+                    "exceed fp16's 65504 after the extra norms, so the loss can turn inf/NaN; "
+                    "a GPU with bf16 avoids it",
+                    source=GEMMA_FP16_SOURCE,
                 )
             )
-        return tuple(risks)
+    if config.method is Method.FULL:
+        if config.precision is Precision.BF16:
+            risks.append(pure_bf16_risk(config, budget))
+        return tuple(sorted(risks, key=lambda r: -RISK_ORDER.index(r.level)))
     risks.extend(_lora_risks(spec, config, budget, global_batch_tokens))
     if config.method is Method.QLORA:
         risks.append(
@@ -128,6 +157,38 @@ def assess_quality(
             )
         )
     return tuple(sorted(risks, key=lambda r: -RISK_ORDER.index(r.level)))
+
+
+def bf16_spacing(magnitude: float) -> float:
+    """Distance between neighbouring bf16 numbers near ``magnitude`` (> 0)."""
+    return 2.0 ** (math.floor(math.log2(magnitude)) - BF16_FRACTION_BITS)
+
+
+def pure_bf16_risk(config: TuningConfig, budget: Budget) -> QualityRisk:
+    """Full fine-tuning with pure bf16 weights: updates below half a bf16 step round away.
+
+    Medium in any case (nearest rounding loses the low bits of every update); high when the
+    suggested learning rate is under half the bf16 spacing at |w| ≈ 0.02 (most updates vanish)
+    and the run trains :data:`BF16_LONG_RUN_TOKENS` or more. ftplan's recipes offer neither
+    Kahan summation nor stochastic rounding, so the alternative named is bf16-mixed.
+    """
+    lr = suggested_learning_rate(config)
+    spacing = bf16_spacing(TYPICAL_WEIGHT_MAGNITUDE)
+    lost = lr < spacing / 2
+    tokens = budget.total_tokens
+    level = RiskLevel.HIGH if lost and tokens >= BF16_LONG_RUN_TOKENS else RiskLevel.MEDIUM
+    what = (
+        "is under half of that and rounds to nothing" if lost else "loses its low bits to rounding"
+    )
+    return QualityRisk(
+        level=level,
+        message=f"pure bf16 weights: near |w| ≈ {TYPICAL_WEIGHT_MAGNITUDE:g} bf16 numbers are "
+        f"{spacing:.2g} apart, so an AdamW update of about the learning rate ({lr:.0e}) {what}; "
+        f"over {tokens / 1e6:,.0f}M tokens the lost updates add up. Kahan summation or "
+        "stochastic rounding would keep them, but ftplan's recipes offer neither: use "
+        "bf16-mixed (fp32 master weights)",
+        source=ZAMIRAI_2020,
+    )
 
 
 def _lora_risks(

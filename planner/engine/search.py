@@ -19,9 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 from catalog import EnvironmentProblem, InputError, mask_secrets
 from planner._types import Budget, Candidate, QualityPolicy, RiskLevel
-from planner.engine.evaluate import CONSTRAINT_NAMES, Evaluator, Measurer, constraints, sort_key
+from planner.engine.evaluate import (
+    CONSTRAINT_NAMES,
+    Evaluator,
+    Measurer,
+    constraints,
+    host_ram_unknown,
+    sort_key,
+)
 from planner.engine.space import Hardware, RecommendRequest, Variant
-from profiler import Method
+from profiler import FitVerdict, Method
 
 if TYPE_CHECKING:
     import optuna
@@ -143,10 +150,14 @@ def search(request: RecommendRequest, measurer: Measurer) -> SearchResult:
         found = evaluator.solve_cell(*cells[name])
         out.extend(found)
         for c in found:
+            # Only plans no preference would set aside bound the rest: a tight plan gives way
+            # to one with margin, one whose host RAM nothing checked to one whose RAM is known,
+            # and those may cost more (plan.py), so they must not be pruned by it.
             if (
-                c.fits
+                c.fit is FitVerdict.FITS
                 and c.quality_accepted
                 and c.within_deadline
+                and not host_ram_unknown(c)
                 and (c.risk_level is RiskLevel.LOW or not low_risk_only)
             ):
                 method = c.config.method
@@ -189,13 +200,7 @@ def search(request: RecommendRequest, measurer: Measurer) -> SearchResult:
             trial.set_constraint(key, value)
         return values
 
-    twin_of = {
-        n: (v.key.removesuffix("~offload"), h.key) for n, (v, h) in cells.items() if v.offload
-    }
-    # Offload cells whose twin without offload fits are never needed (re-checked only when a
-    # cell newly fits).
-    seen_fitting = [evaluator.fitting_cell_count]
-    pending = [n for n in todo if twin_of.get(n) not in evaluator.fitting_cells] if exact else []
+    pending = list(todo)
 
     def bounded() -> bool:
         return exact and all(
@@ -213,10 +218,6 @@ def search(request: RecommendRequest, measurer: Measurer) -> SearchResult:
             return
         if pending:
             pending.pop(0)
-        if evaluator.fitting_cell_count != seen_fitting[0]:
-            seen_fitting[0] = evaluator.fitting_cell_count
-            fitting = evaluator.fitting_cells
-            pending[:] = [n for n in pending if twin_of.get(n) not in fitting]
         if not pending or bounded():
             study.stop()
         else:

@@ -29,11 +29,12 @@ class SearchSpace:
     lora_targets: tuple[str, ...] = (TARGETS_ALL_LINEAR, TARGETS_ATTENTION)
     full_precisions: tuple[Precision, ...] = (Precision.BF16_MIXED, Precision.BF16)
     optimizers: tuple[OptimizerKind, ...] = (OptimizerKind.ADAMW, OptimizerKind.ADAMW_8BIT)
-    micro_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    # Every micro-batch up to 64: the search doubles through them and bisects the last gap.
+    micro_batches: tuple[int, ...] = tuple(range(1, 65))
     grad_checkpointing: tuple[bool, ...] = (False, True)
     chunked_loss: tuple[bool, ...] = (False, True)  # one GPU, no sharding (Evaluator)
     node_counts: tuple[int, ...] = (1, 2, 4, 8)
-    offload: tuple[bool, ...] = (False, True)
+    offload: tuple[bool, ...] = (False, True)  # CPU offload strategies (Evaluator.shardings_for)
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -44,20 +45,16 @@ class SearchSpace:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Variant:
-    """The method-level structural choice: method plus targets (LoRA) or precision (full), and
-    whether parameters and optimizer states are offloaded to CPU memory."""
+    """The method-level structural choice: method plus targets (LoRA) or precision (full).
+    Strategies (DDP, FSDP, ZeRO-3, CPU offload) are searched inside each cell."""
 
     method: Method
     precision: Precision
     targets: str | None = None
-    offload: bool = False  # CPU offload (fsdp-offload / zero3-offload): its own cells
 
     @property
     def key(self) -> str:
-        base = f"{self.method.value}/{self.targets or self.precision.value}"
-        # "~" sorts after "@": a cell without offload comes before its offload twin, which
-        # shares its lower bound, so the twin is known to fit (or not) first.
-        return base + "~offload" if self.offload else base
+        return f"{self.method.value}/{self.targets or self.precision.value}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +101,9 @@ class RecommendRequest:
     catalog_as_of: str = ""
     catalog_source: str = ""
     warnings: tuple[str, ...] = ()
+    price_references: tuple[Offer, ...] = ()
+    """The catalog's offers (all providers, spot included) that prices are compared with;
+    the request's own offers when empty."""
     ftplan_version: str = "0"
     model_config_path: str | None = None
     model_config_sha256: str | None = None
