@@ -126,29 +126,68 @@ def search(request: RecommendRequest, measurer: Measurer) -> SearchResult:
     # line (Ctrl-C: "interrupted"); optuna's warning would print its traceback first.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     evaluator = Evaluator(request, measurer)
-    low_risk_only = request.budget.quality is QualityPolicy.BALANCED
     cells = {
         f"{v.key}@{h.key}": (v, h)
         for v in evaluator.variants()
         for h in evaluator.hardware()
         if evaluator.worth_searching(v, h)
     }
-    names = sorted(cells)
-    if not names:
+    if not cells:
         return _finish(
             [], sampler="none (no hardware can hold the weights)", trials=0, evaluated=0
         )
-    bound = {n: evaluator.lower_bound_usd(*cells[n]) for n in names}
-    exact = trials is None or trials >= len(names)
-    study = _create_study(optuna, request, exact=exact, seed=seed, storage=storage)
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    done = {_cell_name(t.params, names) for t in finished}
-    out: list[Candidate] = []
-    incumbent: dict[Method, float] = {}
+    exact = trials is None or trials >= len(cells)
+    run = _StudyRun(
+        optuna,
+        evaluator,
+        cells,
+        study=_create_study(optuna, request, exact=exact, seed=seed, storage=storage),
+        exact=exact,
+        low_risk_only=request.budget.quality is QualityPolicy.BALANCED,
+    )
+    run.optimize(trials)
+    label = (
+        "optuna: every cell queued in lower-bound order, branch-and-bound pruning"
+        if exact
+        else f"optuna TPESampler(seed={seed}), warm-started"
+    )
+    return _finish(
+        run.found,
+        sampler=f"{label}; exact inner solve",
+        trials=sum(t.state.is_finished() for t in run.study.get_trials(deepcopy=False)),
+        evaluated=evaluator.estimator_calls,
+        storage=storage,
+    )
 
-    def solve(name: str) -> list[Candidate]:
-        found = evaluator.solve_cell(*cells[name])
-        out.extend(found)
+
+class _StudyRun:
+    """One search's optuna study as named steps: replay the cells a stored study finished,
+    queue the rest in lower-bound order (exact) or warm-start TPE, solve each trial's cell,
+    prune by branch and bound against the cheapest plan found per method."""
+
+    def __init__(
+        self,
+        optuna: Any,
+        evaluator: Evaluator,
+        cells: dict[str, tuple[Variant, Hardware]],
+        *,
+        study: optuna.Study,
+        exact: bool,
+        low_risk_only: bool,
+    ) -> None:
+        self.optuna, self.evaluator, self.cells, self.study = optuna, evaluator, cells, study
+        self.exact, self.low_risk_only = exact, low_risk_only
+        self.names = sorted(cells)
+        self.bound = {n: evaluator.lower_bound_usd(*cells[n]) for n in self.names}
+        self.found: list[Candidate] = []
+        self.incumbent: dict[Method, float] = {}
+        self.pending: list[str] = []
+        self.waiting: set[str | None] = set()
+
+    def solve(self, name: str) -> list[Candidate]:
+        """Price the cell's points; plans no preference would set aside become incumbents."""
+        found = self.evaluator.solve_cell(*self.cells[name])
+        self.found.extend(found)
         for c in found:
             # Only plans no preference would set aside bound the rest: a tight plan gives way
             # to one with margin, one whose host RAM nothing checked to one whose RAM is known,
@@ -158,88 +197,87 @@ def search(request: RecommendRequest, measurer: Measurer) -> SearchResult:
                 and c.quality_accepted
                 and c.within_deadline
                 and not host_ram_unknown(c)
-                and (c.risk_level is RiskLevel.LOW or not low_risk_only)
+                and (c.risk_level is RiskLevel.LOW or not self.low_risk_only)
             ):
                 method = c.config.method
-                incumbent[method] = min(incumbent.get(method, math.inf), c.cost.usd)
+                self.incumbent[method] = min(self.incumbent.get(method, math.inf), c.cost.usd)
         return found
 
-    for t in finished:  # cells an earlier run of this stored study completed
-        name = _cell_name(t.params, names)
-        if t.state == optuna.trial.TrialState.COMPLETE and name in cells:
-            solve(name)
-    todo: list[str] = []
-    waiting: set[str | None] = set()
-    if exact:
-        waiting = {
-            _cell_name(t.system_attrs.get("fixed_params", t.params), names)
-            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-        }
-        ordered = [n for n in sorted(names, key=lambda n: (bound[n], n)) if n not in done]
-        # Cells a stored study already queued run first; the rest are queued one at a time, in
-        # lower-bound order, so incumbents prune early and bounded-out cells are never written.
-        todo = [n for n in ordered if n in waiting] + [n for n in ordered if n not in waiting]
-        n_trials = len(todo)
-    else:
-        _warm_start(study, cells, names, done)
-        n_trials = max(0, (trials or 0) - len(finished))
-
-    def objective(trial: optuna.Trial) -> tuple[float, float]:
-        if exact:  # an int index: a 300-way categorical costs optuna ms per trial to compare
-            name = names[trial.suggest_int("cell_index", 0, len(names) - 1)]
+    def optimize(self, trials: int | None) -> None:
+        """Replay what a stored study finished, then run the trials left."""
+        optuna = self.optuna
+        finished = [t for t in self.study.get_trials(deepcopy=False) if t.state.is_finished()]
+        done = {_cell_name(t.params, self.names) for t in finished}
+        for t in finished:  # cells an earlier run of this stored study completed
+            name = _cell_name(t.params, self.names)
+            if t.state == optuna.trial.TrialState.COMPLETE and name in self.cells:
+                self.solve(name)
+        if self.exact:
+            self.waiting = {
+                _cell_name(t.system_attrs.get("fixed_params", t.params), self.names)
+                for t in self.study.get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.WAITING,)
+                )
+            }
+            ordered = [
+                n for n in sorted(self.names, key=lambda n: (self.bound[n], n)) if n not in done
+            ]
+            # Cells a stored study already queued run first; the rest are queued one at a time,
+            # in lower-bound order, so incumbents prune early and bounded-out cells are never
+            # written.
+            self.pending = [n for n in ordered if n in self.waiting]
+            self.pending += [n for n in ordered if n not in self.waiting]
+            n_trials = len(self.pending)
         else:
-            name = str(trial.suggest_categorical("cell", names))
-        method = cells[name][0].method
-        if bound[name] > incumbent.get(method, math.inf):
+            _warm_start(self.study, self.cells, self.names, done)
+            n_trials = max(0, (trials or 0) - len(finished))
+        if n_trials and not self.bounded():
+            self.enqueue_next()
+            self.study.optimize(
+                self.objective,
+                n_trials=n_trials,
+                gc_after_trial=False,
+                callbacks=[self.stop_when_bounded],
+            )
+
+    def objective(self, trial: optuna.Trial) -> tuple[float, float]:
+        if self.exact:  # an int index: a 300-way categorical costs optuna ms per trial to compare
+            name = self.names[trial.suggest_int("cell_index", 0, len(self.names) - 1)]
+        else:
+            name = str(trial.suggest_categorical("cell", self.names))
+        method = self.cells[name][0].method
+        if self.bound[name] > self.incumbent.get(method, math.inf):
             # Branch and bound: even at peak FLOP/s this cell costs more than a plan already
             # found for the same method, so it cannot hold that method's optimum.
-            trial.set_user_attr("lower_bound_usd", bound[name])
-            raise optuna.TrialPruned()
-        values, cons = _trial_values(solve(name), request.budget)
+            trial.set_user_attr("lower_bound_usd", self.bound[name])
+            raise self.optuna.TrialPruned()
+        values, cons = _trial_values(self.solve(name), self.evaluator.request.budget)
         for key, value in zip(CONSTRAINT_NAMES, cons, strict=True):
             trial.set_constraint(key, value)
         return values
 
-    pending = list(todo)
-
-    def bounded() -> bool:
-        return exact and all(
-            bound[n] > incumbent.get(cells[n][0].method, math.inf) for n in pending
+    def bounded(self) -> bool:
+        """Whether every cell left costs more, at its lower bound, than its method's incumbent."""
+        return self.exact and all(
+            self.bound[n] > self.incumbent.get(self.cells[n][0].method, math.inf)
+            for n in self.pending
         )
 
-    def enqueue_next() -> None:
-        if exact and pending and pending[0] not in waiting:
-            study.enqueue_trial({"cell_index": names.index(pending[0])})
+    def enqueue_next(self) -> None:
+        if self.exact and self.pending and self.pending[0] not in self.waiting:
+            self.study.enqueue_trial({"cell_index": self.names.index(self.pending[0])})
 
-    def stop_when_bounded(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def stop_when_bounded(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Stop once every cell left would be pruned (they come in bound order), else queue
         the next one."""
-        if not exact:
+        if not self.exact:
             return
-        if pending:
-            pending.pop(0)
-        if not pending or bounded():
+        if self.pending:
+            self.pending.pop(0)
+        if not self.pending or self.bounded():
             study.stop()
         else:
-            enqueue_next()
-
-    if n_trials and not bounded():
-        enqueue_next()
-        study.optimize(
-            objective, n_trials=n_trials, gc_after_trial=False, callbacks=[stop_when_bounded]
-        )
-    label = (
-        "optuna: every cell queued in lower-bound order, branch-and-bound pruning"
-        if exact
-        else f"optuna TPESampler(seed={seed}), warm-started"
-    )
-    return _finish(
-        out,
-        sampler=f"{label}; exact inner solve",
-        trials=sum(t.state.is_finished() for t in study.get_trials(deepcopy=False)),
-        evaluated=evaluator.estimator_calls,
-        storage=storage,
-    )
+            self.enqueue_next()
 
 
 def _cell_name(params: Mapping[str, Any], names: list[str]) -> str | None:
