@@ -22,23 +22,13 @@ from planner import Budget, QualityPolicy, TokensSource
 from planner.engine.evaluate import Evaluator, Measurer
 from planner.engine.search import exhaustive_search, search
 from planner.engine.space import RecommendRequest, SearchSpace
-from profiler import Measurement, Method, TuningConfig
-from profiler.calibration import calibration_for
-from profiler.estimator import estimate as _estimate
-from profiler.store import default_store
+from profiler import Method
 
 MAX_REGRET = 0.01
 # The grid walks every value of the space; the default space has every micro-batch 1-64, which
 # makes the grid ~6x slower and its candidate list several GiB. Both searches here get this
 # subset, non-powers of two included (benchmarks/policy_grid.py checks the full range).
 MICRO_BATCHES = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
-
-
-def estimate(
-    spec: catalog.ModelSpec, config: TuningConfig, gpu: catalog.GPU, **kw: float
-) -> Measurement:
-    """The estimator with each GPU's calibration, as ``ftplan recommend`` calls it."""
-    return _estimate(spec, config, gpu, calibration=calibration_for(gpu), **kw)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,12 +128,7 @@ def build_problem(s: Scenario) -> RecommendRequest:
 
 def run(s: Scenario) -> dict[str, object]:
     problem = build_problem(s)
-    store = default_store()
-
-    def lookup(model: str, config: TuningConfig, gpu: str) -> Measurement | None:
-        return store.lookup(model=model, config=config, gpu=gpu)
-
-    measurer = Measurer(estimate, lookup)
+    measurer = Measurer.calibrated()  # as ftplan recommend plans
     t0 = time.perf_counter()
     fast = search(problem, measurer)
     t1 = time.perf_counter()

@@ -200,7 +200,7 @@ def test_a_plan_whose_host_ram_nothing_checked_gives_way_to_a_known_one(
     from test_search import SPACE, fake_estimate, fits_usable, make_offer, problem
 
     from planner import QualityPolicy, recommend
-    from planner.engine.evaluate import Measurer
+    from planner.engine.evaluate import EstimateFunctions, Measurer
 
     def offload_only(spec: ModelSpec, config: TuningConfig, gpu: GPU, **kw: object) -> Measurement:
         """The fake model, where only CPU offload fits a T4 and needs 40 GiB of host RAM."""
@@ -221,7 +221,7 @@ def test_a_plan_whose_host_ram_nothing_checked_gives_way_to_a_known_one(
         problem(offers=(unknown, known), quality=QualityPolicy.CHEAPEST),
         space=dataclasses.replace(SPACE, methods=(Method.QLORA,)),
     )
-    plan = recommend(p, Measurer(offload_only, fits=fits_usable))
+    plan = recommend(p, Measurer(EstimateFunctions(offload_only), fits=fits_usable))
     assert plan.chosen is not None and plan.chosen.config.sharding.offloads
     if takes_known:  # +10%: within the premium
         assert plan.chosen.offer.instance_type == "b-known"

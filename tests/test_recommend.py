@@ -220,14 +220,21 @@ def test_local_offer_is_free_when_no_price_is_given(tmp_path: Path) -> None:
 def test_recommend_with_fake_estimator_explains_losing_methods() -> None:
     from test_search import GPUS, OFFERS, SPEC, fake_estimate, fits_usable
 
-    from planner import Budget, Measurer, RecommendRequest, TokensSource, recommend
+    from planner import (
+        Budget,
+        EstimateFunctions,
+        Measurer,
+        RecommendRequest,
+        TokensSource,
+        recommend,
+    )
 
     budget = Budget(
         max_usd=3.0, dataset_tokens=30_000_000, epochs=1.0, tokens_source=TokensSource.GIVEN
     )
     plan = recommend(
         RecommendRequest(spec=SPEC, budget=budget, offers=OFFERS, gpus=GPUS),
-        Measurer(fake_estimate, fits=fits_usable),
+        Measurer(EstimateFunctions(fake_estimate), fits=fits_usable),
     )
     assert plan.chosen is not None and plan.chosen.cost.usd <= 3.0
     verdicts = {v.method: v for v in plan.verdicts}

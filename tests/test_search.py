@@ -12,7 +12,7 @@ from model_specs import LLAMA2_7B
 
 from catalog import GPU, Interconnect, ModelSpec, Offer, Provider
 from planner import Budget, QualityPolicy, TokensSource
-from planner.engine.evaluate import Evaluator, Measurer, constraints
+from planner.engine.evaluate import EstimateFunctions, Evaluator, Measurer, constraints
 from planner.engine.search import exhaustive_search, search
 from planner.engine.space import Hardware, RecommendRequest, SearchSpace, Variant
 from profiler import (
@@ -181,7 +181,7 @@ def problem(
     )
 
 
-FAKE = Measurer(fake_estimate, fits=fits_usable)
+FAKE = Measurer(EstimateFunctions(fake_estimate), fits=fits_usable)
 
 
 def _run(p: RecommendRequest, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -322,7 +322,7 @@ def test_stored_profile_is_used_and_labelled() -> None:
         return None
 
     p = problem()
-    result = search(p, Measurer(fake_estimate, lookup, fits_usable))
+    result = search(p, Measurer(EstimateFunctions(fake_estimate), lookup, fits_usable))
     best = result.best
     assert best is not None
     assert best.measurement.source is Source.MEASURED  # the (fast) stored profile wins
@@ -405,7 +405,7 @@ def test_host_ram_is_checked_on_every_offer_of_a_gpu_shape() -> None:
         problem(offers=(small, large), quality=QualityPolicy.CHEAPEST),
         space=dataclasses.replace(SPACE, methods=(Method.LORA,)),
     )
-    measurer = Measurer(with_host_ram, fits=fits_usable)
+    measurer = Measurer(EstimateFunctions(with_host_ram), fits=fits_usable)
     best = search(p, measurer).best
     assert best is not None and best.config.sharding.offloads
     assert best.offer.instance_type == "b-large"

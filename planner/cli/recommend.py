@@ -440,22 +440,8 @@ def recommend_command(**o: Any) -> None:
 def _plan(request: Any) -> Plan:
     from planner.engine.evaluate import Measurer
     from planner.engine.plan import recommend
-    from profiler.calibration import calibration_for
-    from profiler.estimator import estimate, eval_pass
-    from profiler.store import default_store
 
-    store = default_store()
-
-    def lookup(model: str, config: Any, gpu: str) -> Any:
-        return store.lookup(model=model, config=config, gpu=gpu)
-
-    def calibrated_estimate(spec: Any, config: Any, gpu: Any, **kwargs: Any) -> Any:
-        return estimate(spec, config, gpu, calibration=calibration_for(gpu), **kwargs)
-
-    def calibrated_eval(spec: Any, config: Any, gpu: Any) -> Any:
-        return eval_pass(spec, config, gpu, calibration=calibration_for(gpu))
-
-    return recommend(request, Measurer(calibrated_estimate, lookup, eval_pass=calibrated_eval))
+    return recommend(request, Measurer.calibrated())
 
 
 def render(plan: Plan, *, fmt: str, quiet: bool, report: Path) -> None:

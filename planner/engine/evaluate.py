@@ -12,7 +12,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from catalog import GIB, GPU, ModelSpec, Offer
 from planner._types import RISK_ORDER, Budget, Candidate, QualityPolicy
@@ -20,6 +20,7 @@ from planner.engine.cost import estimate_cost, provision_s
 from planner.engine.quality import accepted, assess_quality, suggested_learning_rate
 from planner.engine.space import Hardware, RecommendRequest, Variant
 from profiler import (
+    Estimator,
     EvalEstimate,
     FitVerdict,
     Measurement,
@@ -116,19 +117,72 @@ def loads(spec: ModelSpec, config: TuningConfig, gpu: GPU) -> bool:
     return load_peak_gib(spec, config) <= capacity_gib(gpu)
 
 
+class Estimating(Protocol):
+    """What the search asks of an estimator (:class:`profiler.Estimator` is one)."""
+
+    def estimate(
+        self,
+        spec: ModelSpec,
+        config: TuningConfig,
+        gpu: GPU,
+        *,
+        nodes: int = 1,
+        inter_node_gbps: float = 0.0,
+    ) -> Measurement: ...
+
+    def eval_pass(self, spec: ModelSpec, config: TuningConfig, gpu: GPU) -> EvalEstimate: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EstimateFunctions:
+    """An estimator made of bare functions, for stand-ins (tests, benchmarks that time a
+    variant): ``estimate`` has :meth:`Estimating.estimate`'s signature; without ``eval_pass``
+    a plan with evaluations is refused."""
+
+    estimate_fn: EstimateFn
+    eval_pass_fn: EvalFn | None = None
+
+    def estimate(
+        self,
+        spec: ModelSpec,
+        config: TuningConfig,
+        gpu: GPU,
+        *,
+        nodes: int = 1,
+        inter_node_gbps: float = 0.0,
+    ) -> Measurement:
+        return self.estimate_fn(spec, config, gpu, nodes=nodes, inter_node_gbps=inter_node_gbps)
+
+    def eval_pass(self, spec: ModelSpec, config: TuningConfig, gpu: GPU) -> EvalEstimate:
+        if self.eval_pass_fn is None:
+            raise ValueError("the budget has eval passes but this estimator cannot time them")
+        return self.eval_pass_fn(spec, config, gpu)
+
+
 @dataclass(frozen=True, slots=True)
 class Measurer:
     """Where the search gets memory and speed: the estimator, stored profiles and the memory-fit
-    rule, passed together (the CLI builds one; tests pass stand-ins)."""
+    rule, passed together (:meth:`calibrated` for ``ftplan recommend``; tests pass stand-ins)."""
 
-    estimate: EstimateFn
-    """``profiler.estimate`` with a calibration bound, or a stand-in with its signature."""
+    estimator: Estimating
+    """The calibrated :class:`profiler.Estimator`, or a stand-in (:class:`EstimateFunctions`)."""
     lookup: LookupFn | None = None
     """Stored measured/extrapolated profiles, or None for the estimator alone."""
     fits: FitsFn = default_fits
     """The fit verdict of a figure on a card (the profiler's rule by default)."""
-    eval_pass: EvalFn | None = None
-    """The eval pass of a config (needed when the budget has evaluations)."""
+
+    @classmethod
+    def calibrated(cls) -> Measurer:
+        """The calibrated estimator (each GPU's own fit, else the H100's carried over) and the
+        profile store (shipped profiles and the user's), as ``ftplan recommend`` plans."""
+        from profiler.store import default_store
+
+        store = default_store()
+
+        def lookup(model: str, config: TuningConfig, gpu: str) -> Measurement | None:
+            return store.lookup(model=model, config=config, gpu=gpu)
+
+        return cls(Estimator(), lookup)
 
 
 class Evaluator:
@@ -136,12 +190,10 @@ class Evaluator:
 
     def __init__(self, request: RecommendRequest, measurer: Measurer) -> None:
         self.request = request
-        self._estimate = measurer.estimate
+        self._estimate = measurer.estimator.estimate
         self._lookup = measurer.lookup
         self._fits = measurer.fits
-        self._eval_pass = measurer.eval_pass
-        if request.budget.evaluations and self._eval_pass is None:
-            raise ValueError("the budget has eval passes but the measurer cannot time them")
+        self._eval_pass = measurer.estimator.eval_pass
         self._eval_fractions: dict[tuple[TuningConfig, str], float] = {}
         self._measurements: dict[tuple[Any, ...], Measurement] = {}
         self._risks: dict[tuple[Any, ...], Any] = {}
@@ -363,7 +415,7 @@ class Evaluator:
     def eval_step_fraction(self, config: TuningConfig, gpu: GPU) -> float | None:
         """An eval micro-batch's time over a training step's on ``gpu`` (the estimator's ratio,
         applied to measured steps too); None when the budget has no evaluations. Cached."""
-        if self._eval_pass is None or not self.request.budget.evaluations:
+        if not self.request.budget.evaluations:
             return None
         key = (config, gpu.name)
         found = self._eval_fractions.get(key)
@@ -758,6 +810,8 @@ __all__ = [
     "CONSTRAINT_NAMES",
     "GLOBAL_BATCH_TARGET_TOKENS",
     "EstimateFn",
+    "EstimateFunctions",
+    "Estimating",
     "Evaluator",
     "Measurer",
     "FitsFn",
