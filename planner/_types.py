@@ -43,8 +43,8 @@ MAX_HOURS = 1e6
 MAX_EVALUATIONS = 100_000
 """Risk levels from the lowest to the highest."""
 
-METHOD_NAMES = {Method.FULL: "Full fine-tuning", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
-"""How plans and reports name each method."""
+METHOD_NAMES = {m: m.traits.label[:1].upper() + m.traits.label[1:] for m in Method}
+"""How plans and reports name each method, capitalised (``MethodTraits.label``)."""
 
 
 class TokensSource(enum.StrEnum):

@@ -170,12 +170,12 @@ def memory_reason(
     # The smallest weights the method can have: pure bf16 for full FT, the smallest rank.
     probe = TuningConfig(
         method=method,
-        precision=Precision.BF16 if method is Method.FULL else Precision.BF16_MIXED,
-        lora_rank=None if method is Method.FULL else min(request.space.lora_ranks),
-        lora_targets=None if method is Method.FULL else request.space.lora_targets[0],
+        precision=Precision.BF16_MIXED if method.traits.adapters else Precision.BF16,
+        lora_rank=min(request.space.lora_ranks) if method.traits.adapters else None,
+        lora_targets=request.space.lora_targets[0] if method.traits.adapters else None,
     )
     weights = weight_bytes(request.spec, probe) / GIB
-    where = "over all GPUs of the largest offer (FSDP)" if method is Method.FULL else "per GPU"
+    where = "per GPU" if method.traits.adapters else "over all GPUs of the largest offer (FSDP)"
     offload = ""
     if any(request.space.offload):
         known = [o.memory_gib for o in request.offers if o.memory_gib is not None]
@@ -320,10 +320,10 @@ BNB_AARCH64_CHECK = (
 
 def _arm_host_risk(c: Candidate, gpu: GPU) -> tuple[str, ...]:
     """A plan on an Arm (aarch64) host that needs bitsandbytes (QLoRA, 8-bit AdamW) says so."""
-    needs_bnb = c.config.method is Method.QLORA or c.config.optimizer.value != "adamw"
+    needs_bnb = c.config.method.traits.quantized_base or c.config.optimizer.value != "adamw"
     if gpu.host_cpu_arch != "aarch64" or not needs_bnb:
         return ()
-    what = "QLoRA (NF4)" if c.config.method is Method.QLORA else "8-bit AdamW"
+    what = "QLoRA (NF4)" if c.config.method.traits.quantized_base else "8-bit AdamW"
     return (
         f"{gpu.name} hosts are Arm (aarch64) and this plan needs bitsandbytes for {what}: "
         f"{BNB_AARCH64_CHECK}. Install it there first (pip install bitsandbytes==0.50.2) "

@@ -209,7 +209,7 @@ class Evaluator:
         space = self.request.space
         out: list[Variant] = []
         for method in space.methods:
-            if method is Method.FULL:
+            if not method.traits.adapters:
                 out += [Variant(method=method, precision=p) for p in space.full_precisions]
             else:
                 out += [
@@ -276,7 +276,7 @@ class Evaluator:
         (sharded n ways where the strategy shards) or, offloading (unless ``offload`` is
         False), within the largest host memory among the cell's offers (unknown counts as
         enough)."""
-        lora = variant.method is not Method.FULL
+        lora = variant.method.traits.adapters
         host_gib = max(
             (math.inf if o.memory_gib is None else o.memory_gib for o in hw.offers),
             default=0.0,
@@ -312,7 +312,7 @@ class Evaluator:
         speed: they only buy time, at a higher price, or room for weights one node lacks."""
         if not self.can_hold_weights(variant, hw):
             return False
-        if hw.nodes == 1 or variant.method is Method.FULL:
+        if hw.nodes == 1 or not variant.method.traits.adapters:
             return True
         if self.request.budget.max_hours is not None:
             return True
@@ -575,7 +575,7 @@ class Evaluator:
         if not self.can_hold_weights(variant, hw):
             return []
         ranks: tuple[int | None, ...] = (None,)
-        if variant.method is not Method.FULL:
+        if variant.method.traits.adapters:
             ranks = self.ranks(variant)
         out: list[Candidate] = []
         for rank in ranks:
@@ -620,7 +620,7 @@ class Evaluator:
         DESIGN.md's recipes. Full fine-tuning tries every optimizer in the space.
         """
         space = self.request.space
-        if variant.method is not Method.FULL and OptimizerKind.ADAMW in space.optimizers:
+        if variant.method.traits.adapters and OptimizerKind.ADAMW in space.optimizers:
             return (OptimizerKind.ADAMW,)
         return space.optimizers
 
@@ -755,7 +755,7 @@ class Evaluator:
         micro-batches."""
         space = self.request.space
         ranks: tuple[int | None, ...] = (None,)
-        if variant.method is not Method.FULL:
+        if variant.method.traits.adapters:
             ranks = tuple(sorted(space.lora_ranks))
         out: list[Candidate] = []
         for rank in ranks:

@@ -17,8 +17,6 @@ from planner.engine.quality import BALANCED_RISK_PREMIUM
 from profiler import Method
 from profiler._types import MAX_EPOCHS
 
-METHOD_LABELS = {Method.FULL: "full fine-tuning", Method.LORA: "LoRA", Method.QLORA: "QLoRA"}
-
 
 def affordable_tokens(candidate: Candidate, budget: Budget) -> int:
     """Training tokens ``budget.max_usd`` buys on this candidate (0 when not even the start-up
@@ -109,9 +107,9 @@ def stronger_options(
     if chosen is None:
         return ()
     out: list[str] = []
-    if chosen.config.method is not Method.FULL:
+    if chosen.config.method.traits.adapters:
         full = sorted(
-            (c for c in candidates if c.config.method is Method.FULL and c.feasible),
+            (c for c in candidates if not c.config.method.traits.adapters and c.feasible),
             key=lambda c: (c.cost.usd, c.offer.key),
         )
         low = [c for c in full if c.risk_level is RiskLevel.LOW]
@@ -125,7 +123,7 @@ def stronger_options(
         if full:
             best = full[0]
             risks = "; ".join(r.message for r in chosen.risks) or (
-                f"{METHOD_LABELS[chosen.config.method]} on all linear layers matches full "
+                f"{chosen.config.method.traits.label} on all linear layers matches full "
                 "fine-tuning on small/medium instruction data (Schulman et al. 2025), so expect "
                 "little gain; it matters for continued pre-training and large corpora "
                 "(Biderman et al. 2024)"

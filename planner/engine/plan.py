@@ -38,7 +38,7 @@ from planner.engine.quality import (
 )
 from planner.engine.search import SearchResult, search
 from planner.engine.space import Hardware, RecommendRequest
-from profiler import FitVerdict, Method
+from profiler import FitVerdict
 from profiler.memory import CHUNKED_LOSS_TOKENS
 
 RANKED_SIZE = 8
@@ -198,8 +198,8 @@ def _prefer_low_risk(
                 "loses the most updates (Zamirai et al. 2020), and the low-risk plan fits the "
                 "limits",
             )
-        full = next((c for c in balanced.feasible if c.config.method is Method.FULL), None)
-        if full is not None and best.config.method is not Method.FULL:
+        full = next((c for c in balanced.feasible if not c.config.method.traits.adapters), None)
+        if full is not None and best.config.method.traits.adapters:
             return _put_first(balanced, full), (
                 f"quality balanced, --task cpt: chose full fine-tuning (${full.cost.usd:,.2f}) "
                 f"over {METHOD_NAMES[best.config.method]} (${best.cost.usd:,.2f}): on continued "

@@ -25,7 +25,7 @@ import math
 
 from catalog import ModelSpec
 from planner._types import RISK_ORDER, Budget, QualityPolicy, QualityRisk, RiskLevel, Task
-from profiler import Method, Precision, TuningConfig, adapted_modules
+from profiler import Precision, TuningConfig, adapted_modules
 from profiler.memory import trainable_params
 from profiler.recipes import DEFAULT_LEARNING_RATE
 
@@ -106,7 +106,7 @@ def suggested_learning_rate(config: TuningConfig) -> float:
 
 def capacity_ratio(spec: ModelSpec, config: TuningConfig, budget: Budget) -> float:
     """Bits the data asks for ÷ bits the adapters hold (0 for full FT and RL)."""
-    if config.method is Method.FULL:
+    if not config.method.traits.adapters:
         return 0.0
     capacity_bits = LORA_BITS_PER_PARAM * trainable_params(spec, config)
     return budget.dataset_tokens * BITS_PER_TOKEN[budget.task] / capacity_bits
@@ -143,12 +143,12 @@ def assess_quality(
                     source=GEMMA_FP16_SOURCE,
                 )
             )
-    if config.method is Method.FULL:
+    if not config.method.traits.adapters:
         if config.precision is Precision.BF16:
             risks.append(pure_bf16_risk(config, budget))
         return tuple(sorted(risks, key=lambda r: -RISK_ORDER.index(r.level)))
     risks.extend(_lora_risks(spec, config, budget, global_batch_tokens))
-    if config.method is Method.QLORA:
+    if config.method.traits.quantized_base:
         risks.append(
             QualityRisk(
                 level=RiskLevel.LOW,

@@ -24,7 +24,7 @@ DEFAULT_SEQ_LEN = 2048
 class SearchSpace:
     """The values each dimension may take."""
 
-    methods: tuple[Method, ...] = (Method.FULL, Method.LORA, Method.QLORA)
+    methods: tuple[Method, ...] = tuple(Method)
     lora_ranks: tuple[int, ...] = (8, 16, 32, 64, 128)
     lora_targets: tuple[str, ...] = (TARGETS_ALL_LINEAR, TARGETS_ATTENTION)
     full_precisions: tuple[Precision, ...] = (Precision.BF16_MIXED, Precision.BF16)

@@ -50,7 +50,10 @@ if TYPE_CHECKING:
 TEMPLATE_NAME = "report.html.j2"
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 # Okabe & Ito (2008) colour-blind-safe palette, one colour per method.
-_METHOD_COLOURS = {Method.FULL: "#D55E00", Method.LORA: "#0072B2", Method.QLORA: "#009E73"}
+# Okabe-Ito colours, one per method in declaration order (a new method takes the next one).
+_METHOD_COLOURS = dict(
+    zip(Method, ("#D55E00", "#0072B2", "#009E73", "#CC79A7", "#56B4E9"), strict=False)
+)
 
 
 def _bytecode_cache_dir() -> Path:
