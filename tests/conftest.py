@@ -59,9 +59,15 @@ def _forget_loaded_user_state() -> None:
 
 
 @pytest.fixture(autouse=True)
-def user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """This test's ftplan cache folder (not created): empty, private, forgotten afterwards."""
-    cache = tmp_path / "cache"
+def user_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """This test's ftplan cache folder (not created): empty, private, forgotten afterwards.
+
+    It lies beside ``tmp_path``, not in it, so tests that list what a command wrote into
+    ``tmp_path`` do not see the template cache the HTML report keeps.
+    """
+    cache = tmp_path_factory.mktemp("ftplan-cache") / "cache"
     monkeypatch.setenv("FTPLAN_CACHE_DIR", str(cache))
     _forget_loaded_user_state()
     yield cache

@@ -36,6 +36,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A working folder with a valid plan, dataset, a regular file 'f', a FIFO, bad configs."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(tmp_path / "cache"))
     write_plan(make_plan(), tmp_path / "plan.json")
     (tmp_path / "train.jsonl").write_text('{"text": "hello world"}\n')
     (tmp_path / "f").write_text("a regular file\n")

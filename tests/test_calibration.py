@@ -196,11 +196,11 @@ def test_shipped_calibration_loads_and_round_trips(tmp_path: Path) -> None:
     assert read_calibration(path) == shipped
 
 
-def test_user_cache_overrides_shipped(tmp_path: Path) -> None:
+def test_user_cache_overrides_shipped(user_cache: Path) -> None:
     shipped = load_calibration(H100_NAME)
     assert shipped is not None
     mine = dataclasses.replace(shipped, compute_efficiency=0.25)
-    cache = tmp_path / "cache"
+    cache = user_cache
     cache.mkdir()
     (cache / calibration_file_name(H100_NAME)).write_text(calibration_to_json(mine))
     load_calibration.cache_clear()  # type: ignore[attr-defined]

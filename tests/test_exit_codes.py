@@ -21,8 +21,10 @@ ARGS = ["recommend", "--model", "llama2-7b", "--budget", "200", "--out", "r", "-
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The working folder; ``home / "cache"`` is the test's ftplan cache (crash logs go there)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path
 
 
