@@ -50,9 +50,12 @@ from typing import Any
 
 from catalog import GIB, GPU, Offer
 from planner._types import RISK_ORDER, Budget, Plan, QualityPolicy, QualityRisk, RiskLevel, Task
-from planner.cli.recommend import _build_request, _plan, recommend_command
+from planner.cli.recommend import recommend_command
 from planner.engine.cost import estimate_cost
+from planner.engine.evaluate import Measurer
+from planner.engine.plan import recommend
 from planner.engine.quality import ACCEPTED_LEVELS, assess_quality
+from planner.engine.request import RecommendOptions, build_request
 from planner.engine.space import RecommendRequest
 from profiler import (
     CUDA_CONTEXT_GIB,
@@ -915,11 +918,11 @@ def lines(
 
 def run(name: str, args: tuple[str, ...]) -> dict[str, Any]:
     ctx = recommend_command.make_context("recommend", [*args, "--out", "/tmp/ftplan-policy-grid"])
-    options = dict(ctx.params)
-    request = _build_request(options)
+    options = {k: v for k, v in ctx.params.items() if k not in ("out", "fmt", "quiet")}
+    request = build_request(RecommendOptions(**options))
     policy = QualityPolicy(options["quality"])
     t0 = time.perf_counter()
-    plan = _plan(request)
+    plan = recommend(request, Measurer.calibrated())
     plan_s = time.perf_counter() - t0
     grid = Grid(request=request, policy=policy)
     points = grid.points()

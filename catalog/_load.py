@@ -8,6 +8,7 @@ only: this runs in every ``ftplan recommend`` and must stay fast (a few ms) and 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -638,6 +639,44 @@ def cheapest_per_instance(offers: Iterable[Offer]) -> tuple[Offer, ...]:
         if kept is None or (offer.usd_per_hour, offer.region) < (kept.usd_per_hour, kept.region):
             best[key] = offer
     return tuple(best.values())
+
+
+def plannable_offers(
+    *,
+    providers: Iterable[Provider] | None = None,
+    gpus: Iterable[GPU] = (),
+    gpu_count: int | None = None,
+    services: Iterable[str] = (),
+    include_spot: bool = False,
+) -> tuple[Offer, ...]:
+    """The cloud offers a plan chooses among: the cheapest region of each instance
+    (:func:`cheapest_per_instance`), of these providers (None: all clouds; ``local`` is not a
+    cloud and is skipped), GPUs (empty: all), GPUs per instance and services (e.g.
+    ``sagemaker`` to price what SageMaker would run; empty: all).
+
+    Raises:
+        CatalogError: An unknown GPU, or a service none of these offers has (with close matches).
+    """
+    cloud = None if providers is None else [p for p in providers if p is not Provider.LOCAL]
+    if cloud is not None and not cloud:
+        return ()
+    gpu_list = list(gpus)
+    listed = list_offers(providers=cloud, gpus=gpu_list or None, include_spot=include_spot)
+    offers = list(cheapest_per_instance(listed))
+    if gpu_count is not None:
+        offers = [x for x in offers if x.gpu_count == gpu_count]
+    wanted = {s.strip().lower() for s in services}
+    if not wanted:
+        return tuple(offers)
+    known = sorted({x.service for x in offers})
+    for name in sorted(wanted - set(known)):
+        close = difflib.get_close_matches(name, known, n=2, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise CatalogError(
+            f"unknown service {name!r} for these offers.{hint} Known: {', '.join(known)}.",
+            kind=ErrorKind.USER_INPUT,
+        )
+    return tuple(x for x in offers if x.service in wanted)
 
 
 def local_offer(

@@ -55,6 +55,11 @@ class TokensSource(enum.StrEnum):
     ASSUMED = "assumed"
 
 
+#: Eval passes over a run when an eval set is given and ``--evaluations`` is not: often enough to
+#: see a trend and catch overfitting, few enough to cost little (a judgement, stated in the plan).
+DEFAULT_EVALUATIONS = 10
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Budget:
     """The job and its limits. ``dataset_tokens`` is per epoch; with ``--dataset`` the sample

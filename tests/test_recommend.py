@@ -433,9 +433,9 @@ def test_70b_on_two_local_4090s_is_sharded_qlora_with_host_ram_checked(
     reasons = " ".join(v["reason"] for v in json.loads(report.read_text())["plan"]["verdicts"])
     assert "host RAM" in reasons and "16 GiB" in reasons
     # Without --host-ram-gib the machine's own RAM is read and stated.
-    import planner.cli.recommend as recommend_module
+    import planner.engine.request as request_module
 
-    monkeypatch.setattr(recommend_module, "machine_ram_gib", lambda: 512.0)
+    monkeypatch.setattr(request_module, "machine_ram_gib", lambda: 512.0)
     plan = _json_plan(*args, out=tmp_path / "c")
     assert plan["chosen"]["offer"]["memory_gib"] == 512.0
     assert "512 GiB read from this machine" in plan["chosen"]["offer"]["source"]
@@ -477,7 +477,7 @@ def test_balanced_quality_searches_once_and_finds_the_low_risk_optimum(
 
 
 def test_the_machines_own_ram_is_read_for_local_plans() -> None:
-    from planner.cli.recommend import machine_ram_gib
+    from planner.engine.request import machine_ram_gib
 
     ram = machine_ram_gib()
     assert ram is not None and 0.5 < ram < 1e6  # GiB, from os.sysconf on Linux and macOS
