@@ -22,6 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from catalog import cache_dir
 from profiler._types import (
+    DEFAULT_LORA_RANK,
+    DEFAULT_LORA_TARGETS,
+    TARGETS_ALL_LINEAR,
+    TARGETS_ATTENTION,
     Measurement,
     Method,
     OptimizerKind,
@@ -30,6 +34,7 @@ from profiler._types import (
     Sharding,
     Source,
     Status,
+    default_lora_alpha,
 )
 
 if TYPE_CHECKING:
@@ -470,9 +475,9 @@ _REFERENCE_OPTIMIZERS = {None: OptimizerKind.ADAMW, "adamw": OptimizerKind.ADAMW
 _REFERENCE_OPTIMIZERS["adamw8bit"] = OptimizerKind.ADAMW_8BIT
 # Target names of the reference files -> ftplan's target specs.
 _REFERENCE_TARGETS = {
-    None: "all-linear",
-    "all-linear": "all-linear",
-    "attn": "attention",
+    None: DEFAULT_LORA_TARGETS,
+    "all-linear": TARGETS_ALL_LINEAR,
+    "attn": TARGETS_ATTENTION,
     "qv": "q_proj,v_proj",
 }
 
@@ -552,12 +557,12 @@ def _reference_row(
         return None
     method, precision = _REFERENCE_MODES[row["mode"]]
     lora = method != "full"
-    rank = int(row.get("lora_r") or 16)
+    rank = int(row.get("lora_r") or DEFAULT_LORA_RANK)
     config = TuningConfig(
         method=Method(method),
         precision=Precision(precision),
         lora_rank=rank if lora else None,
-        lora_alpha=2 * rank if lora else None,
+        lora_alpha=default_lora_alpha(rank) if lora else None,
         lora_targets=_REFERENCE_TARGETS[row.get("lora_targets")] if lora else None,
         micro_batch_size=row["batch"],
         seq_len=row["seq"],
