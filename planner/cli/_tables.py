@@ -1,0 +1,143 @@
+"""Tables the CLI prints: the catalog's models, GPUs and offers, as rich tables written through
+``click.echo`` (so ``CliRunner`` sees them)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from catalog import GPU, ModelSpec, Offer
+
+MODEL_COLUMNS = (
+    "name",
+    "hf id",
+    "params B",
+    "layers",
+    "hidden",
+    "heads/kv",
+    "vocab",
+    "tied",
+    "max seq",
+    "experts",
+)
+GPU_COLUMNS = (
+    "name",
+    "aliases",
+    "usable GiB",
+    "mem TB/s",
+    "bf16 TFLOP/s",
+    "fp16 TFLOP/s",
+    "measured TFLOP/s / TB/s",
+    "link GB/s",
+)
+OFFER_COLUMNS = (
+    "provider",
+    "service",
+    "instance",
+    "region",
+    "gpu",
+    "#",
+    "$/h",
+    "per GPU $/h",
+    "pricing",
+    "billing",
+    "as of",
+)
+
+
+def echo_table(table: Table, *, min_width: int) -> None:
+    """Print ``table`` through ``click.echo``, at least ``min_width`` columns wide (wider on a
+    wider terminal), so pipes and ``CliRunner`` get whole rows."""
+    from rich.console import Console  # deferred: only table output needs rich
+
+    console = Console(width=max(min_width, shutil.get_terminal_size().columns))
+    with console.capture() as captured:
+        console.print(table)
+    click.echo(captured.get(), nl=False)
+
+
+def echo_catalog_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    caption: str | None = None,
+) -> None:
+    """A catalog listing: numeric columns (by their unit) right-aligned."""
+    from rich.table import Table
+
+    table = Table(title=title, caption=caption, header_style="bold")
+    for column in columns:
+        numeric = column.endswith(("GiB", "$/h", "TB/s", "TFLOP/s", "GB/s", "B", "#"))
+        table.add_column(column, justify="right" if numeric else "left")
+    for row in rows:
+        table.add_row(*row)
+    echo_table(table, min_width=160)
+
+
+def model_row(spec: ModelSpec) -> list[str]:
+    """A row of :data:`MODEL_COLUMNS`."""
+    moe = f"{spec.num_experts}x (top {spec.experts_per_token})" if spec.num_experts > 1 else ""
+    return [
+        spec.name,
+        spec.hf_id,
+        f"{spec.param_count / 1e9:.2f}",
+        str(spec.num_layers),
+        str(spec.hidden_size),
+        f"{spec.num_heads}/{spec.num_kv_heads}",
+        str(spec.vocab_size),
+        "yes" if spec.tied_embeddings else "no",
+        str(spec.max_seq_len),
+        moe,
+    ]
+
+
+def gpu_row(gpu: GPU) -> list[str]:
+    """A row of :data:`GPU_COLUMNS`."""
+    bf16 = f"{gpu.bf16_tflops:g}" if gpu.bf16_supported and gpu.bf16_tflops else "no bf16"
+    return [
+        gpu.name,
+        ", ".join(gpu.aliases),
+        f"{gpu.usable_memory_gib:.1f}",
+        f"{gpu.memory_bandwidth_tbps:g}",
+        bf16,
+        f"{gpu.fp16_tflops:g}",
+        f"{gpu.sustained_matmul_tflops:g} / {gpu.sustained_bandwidth_tbps:g}",
+        f"{gpu.intra_node_interconnect.value} {gpu.intra_node_gbps:g}",
+    ]
+
+
+def billing_short(offer: Offer) -> str:
+    """``s ≥1m`` style: billing increment, minimum, upfront (:attr:`Offer.billing_label` in
+    a table cell's width)."""
+    units = {1.0: "s", 60.0: "min", 3600.0: "h", 86400.0: "day"}
+    text = units.get(float(offer.billing_increment_s), f"{offer.billing_increment_s:g}s")
+    minimum = offer.min_billing_hours
+    if minimum >= 1:
+        text += f" ≥{minimum:g}h"
+    elif minimum > 0:
+        text += f" ≥{minimum * 60:.0f}m"
+    return text + (" upfront" if offer.billing_upfront else "")
+
+
+def offer_row(offer: Offer) -> list[str]:
+    """A row of :data:`OFFER_COLUMNS`."""
+    return [
+        offer.provider.value,
+        offer.service,
+        offer.instance_type,
+        offer.region,
+        offer.gpu,
+        str(offer.gpu_count),
+        f"{offer.usd_per_hour:.4g}",
+        f"{offer.usd_per_hour / offer.gpu_count:.4g}",
+        "spot" if offer.spot else "on-demand",
+        billing_short(offer),
+        offer.as_of + (" (stale)" if offer.stale else ""),
+    ]
