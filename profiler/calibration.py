@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -437,10 +437,26 @@ def calibration_for(gpu: GPU) -> Calibration:
     host costs are reused unchanged, while FLOP/s and bandwidth come from the GPU's catalog row,
     so a GPU with half the bandwidth gets twice the memory-bound time and the same host time.
     """
-    own = load_calibration(gpu.name)
+    return _first_found(gpu, load_calibration)
+
+
+def shipped_calibration(gpu_name: str) -> Calibration | None:
+    """The calibration shipped with ftplan for a GPU (never the user's), else ``None``."""
+    path = SHIPPED_DATA_DIR / calibration_file_name(gpu_name)
+    return read_calibration(path) if path.is_file() else None
+
+
+def shipped_calibration_for(gpu: GPU) -> Calibration:
+    """:func:`calibration_for` from the shipped calibrations alone, as ftplan is installed: what
+    a new fit takes the terms its measurements cannot show from, whatever the user fitted."""
+    return _first_found(gpu, shipped_calibration)
+
+
+def _first_found(gpu: GPU, load: Callable[[str], Calibration | None]) -> Calibration:
+    own = load(gpu.name)
     if own is not None:
         return own
-    reference = load_calibration(REFERENCE_GPU)
+    reference = load(REFERENCE_GPU)
     return reference if reference is not None else FIRST_PRINCIPLES
 
 

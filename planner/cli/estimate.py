@@ -1,5 +1,4 @@
-"""CLI commands: ``ftplan estimate`` (memory and speed of one config, without a GPU) and
-``ftplan calibrate`` (fit the estimator to measurements of one GPU).
+"""CLI command: ``ftplan estimate`` (memory and speed of one config, without a GPU).
 
 ``estimate`` prefers a stored measured/extrapolated profile (the profile store) and falls back to
 the analytic estimator; ``--analytic-only`` skips the store.
@@ -9,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,15 +16,9 @@ import click
 
 from catalog import (
     GPU,
-    DataError,
     ModelSpec,
-    atomic_write_text,
     get_gpu,
     get_model,
-    loads_json,
-    open_regular,
-    printable,
-    same_file,
     to_jsonable,
 )
 from planner.cli.errors import NothingFitsError, UserInputError
@@ -548,117 +540,4 @@ def _nearest_change(
     return "a GPU with more memory, or several GPUs (--gpu-count) to shard over"
 
 
-@click.command("calibrate")
-@click.option("--gpu", "gpu_name", required=True, help="GPU the measurements were taken on.")
-@click.option(
-    "--from",
-    "sources",
-    multiple=True,
-    type=SafePath(exists=True, dir_okay=False, regular_file=True, path_type=Path),
-    help="Measurement JSONL files (default: the profile store).",
-)
-@click.option(
-    "--out",
-    type=SafePath(dir_okay=False, path_type=Path),
-    default=None,
-    help="Where to write (default: the user cache, where the estimator finds it).",
-)
-def calibrate_command(gpu_name: str, sources: tuple[Path, ...], out: Path | None) -> None:
-    """Fit the estimator to stored measurements of one GPU and save the calibration.
-
-    \b
-    Examples:
-      ftplan calibrate --gpu h100
-      ftplan calibrate --gpu h100 --from benchmarks/results/h100-validation.jsonl
-    """
-    from profiler.calibration import (
-        FIRST_PRINCIPLES,
-        REFERENCE_GPU,
-        SHIPPED_DATA_DIR,
-        calibration_file_name,
-        calibration_for,
-        calibration_to_json,
-        load_calibration,
-        read_calibration,
-        user_calibration_dir,
-    )
-    from profiler.fit import fit_calibration
-    from profiler.store import default_store
-
-    gpu = get_gpu(gpu_name)
-    records = _read_sources(sources, gpu) if sources else default_store().records()
-    shipped = SHIPPED_DATA_DIR / calibration_file_name(REFERENCE_GPU)
-    fallback = read_calibration(shipped) if shipped.is_file() else None
-    fitted = fit_calibration(records, get_model, gpu, fallback=fallback)
-    before = load_calibration(gpu.name) or calibration_for(gpu)
-    before_errors = _errors(records, gpu, before if before.fit_inputs else FIRST_PRINCIPLES)
-    target = out or user_calibration_dir() / calibration_file_name(gpu.name)
-    for source in sources:
-        if same_file(target, source):
-            raise UserInputError(
-                f"--out {printable(target)!r} is the measurements file being read (--from); "
-                "writing the calibration there would replace them. To fix: choose another --out"
-            )
-    atomic_write_text(target, calibration_to_json(fitted), follow_link=out is not None)
-    load_calibration.cache_clear()  # type: ignore[attr-defined]
-    click.echo(f"fitted {gpu.name} on {fitted.fit_inputs} measurements")
-    click.echo(
-        f"before: peak memory error median {before_errors[0]:.1f}% (worst "
-        f"{before_errors[1]:.1f}%), step time median {before_errors[2]:.1f}% (worst "
-        f"{before_errors[3]:.1f}%)"
-    )
-    click.echo(
-        f"after:  peak memory error median {fitted.memory_error_median_pct:.1f}% (worst "
-        f"{fitted.memory_error_max_pct:.1f}%), step time median "
-        f"{fitted.time_error_median_pct:.1f}% (worst {fitted.time_error_max_pct:.1f}%)"
-    )
-    click.echo(f"wrote {printable(target)}")
-
-
-def _read_sources(sources: Sequence[Path], gpu: GPU) -> list[Measurement]:
-    """Measurements from JSONL files: profile-store records, or raw reference rows (``mode``)."""
-    from profiler.calibration import reference_measurements
-    from profiler.store import ProfileStore
-
-    records: list[Measurement] = []
-    for path in sources:
-        with open_regular(path, what="--from") as handle:
-            first = b"{}"
-            while line := handle.readline(1024 * 1024):
-                if line.strip():
-                    first = line
-                    break
-        try:
-            head = loads_json(first.decode("utf-8", errors="replace"), what=f"--from {path}")
-        except DataError:
-            head = {}  # the reader below names the line
-        if isinstance(head, dict) and "mode" in head:
-            records += reference_measurements(path, gpu_name=gpu.name)
-        else:
-            records += ProfileStore([path]).records()
-    return records
-
-
-def _errors(
-    records: Sequence[Measurement], gpu: GPU, calibration: Any
-) -> tuple[float, float, float, float]:
-    """Median and worst absolute % error of peak allocated memory and step time."""
-    from profiler.estimator import estimate
-    from profiler.fit import usable_rows
-
-    memory, time = [], []
-    for m in usable_rows(records, gpu):
-        predicted = estimate(get_model(m.model), m.config, gpu, calibration=calibration)
-        assert m.peak_allocated_gib and m.step_time_s  # usable_rows keeps positive ones only
-        if not (predicted.peak_allocated_gib and predicted.step_time_s):
-            continue
-        memory.append(abs(predicted.peak_allocated_gib / m.peak_allocated_gib - 1) * 100)
-        time.append(abs(predicted.step_time_s / m.step_time_s - 1) * 100)
-    if not memory:
-        return (math.nan, math.nan, math.nan, math.nan)
-    memory.sort()
-    time.sort()
-    return (memory[len(memory) // 2], memory[-1], time[len(time) // 2], time[-1])
-
-
-COMMANDS: list[click.Command] = [estimate_command, calibrate_command]
+COMMANDS: list[click.Command] = [estimate_command]
