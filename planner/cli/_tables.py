@@ -1,5 +1,5 @@
-"""Tables the CLI prints: the catalog's models, GPUs and offers, as rich tables written through
-``click.echo`` (so ``CliRunner`` sees them)."""
+"""Tables the CLI prints: the catalog's models, GPUs and offers and ``ftplan profile``'s
+measurements, as rich tables written through ``click.echo`` (so ``CliRunner`` sees them)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from catalog import GPU, ModelSpec, Offer
+    from profiler import Measurement
 
 MODEL_COLUMNS = (
     "name",
@@ -48,6 +49,19 @@ OFFER_COLUMNS = (
     "pricing",
     "billing",
     "as of",
+)
+PROFILE_COLUMNS = (
+    "model",
+    "config",
+    "gpu",
+    "source",
+    "status",
+    "alloc GiB",
+    "reserved GiB",
+    "fwd+bwd GiB",
+    "optim GiB",
+    "step s",
+    "tokens/s",
 )
 
 
@@ -141,3 +155,43 @@ def offer_row(offer: Offer) -> list[str]:
         billing_short(offer),
         offer.as_of + (" (stale)" if offer.stale else ""),
     ]
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def echo_profile_table(results: Sequence[Measurement], note: str) -> None:
+    """``ftplan profile``'s measurements, one row each, ``note`` as the caption; then each
+    failed run's error."""
+    from rich.table import Table
+
+    from profiler._worker import PHASE_FORWARD_BACKWARD, PHASE_OPTIMIZER_STEP
+
+    table = Table(title="ftplan profile", caption=note or None, header_style="bold")
+    for column in PROFILE_COLUMNS:
+        numeric = column.endswith(("GiB", "s"))
+        table.add_column(
+            column,
+            justify="right" if numeric else "left",
+            no_wrap=column in ("model", "config", "gpu", "source"),
+        )
+    for m in results:
+        phases = dict(m.phase_peaks_gib)
+        table.add_row(
+            m.model,
+            m.config.label(),
+            m.gpu,
+            m.source.value,
+            m.status.value,
+            _cell(m.peak_allocated_gib, 2),
+            _cell(m.peak_reserved_gib, 2),
+            _cell(phases.get(PHASE_FORWARD_BACKWARD), 2),
+            _cell(phases.get(PHASE_OPTIMIZER_STEP), 2),
+            _cell(m.step_time_s, 4),
+            _cell(m.tokens_per_s, 0),
+        )
+    echo_table(table, min_width=200)
+    for m in results:
+        if m.error:
+            click.echo(f"{m.model} {m.config.label()}: {m.status.value}: {m.error[:300]}")

@@ -30,9 +30,7 @@ from planner.cli.params import (
     MAX_LORA_RANK,
     MAX_SEQ_LEN,
     SafePath,
-    check_targets,
     int_range,
-    user_config,
 )
 from profiler import (
     Measurement,
@@ -42,76 +40,8 @@ from profiler import (
     Sharding,
     TuningConfig,
     chunked_loss_problem,
-    sharding_problem,
 )
-
-
-def _build_config(
-    *,
-    method: Method,
-    precision: Precision | None,
-    rank: int | None,
-    alpha: int | None,
-    targets: str | None,
-    batch: int,
-    seq_len: int,
-    grad_checkpointing: bool,
-    optimizer: OptimizerKind,
-    gpu: GPU,
-    gpu_count: int,
-    sharding: Sharding | None = None,
-    chunked_loss: bool = False,
-    num_experts: int = 1,
-) -> tuple[TuningConfig, list[str]]:
-    """The TuningConfig the flags describe, with notes on defaults that were switched."""
-    notes: list[str] = []
-    if method is Method.FULL and (rank is not None or alpha is not None or targets is not None):
-        raise UserInputError(
-            "--rank/--alpha/--targets apply to LoRA and QLoRA only, not "
-            "--method full. To fix: drop them or use --method lora"
-        )
-    if precision is None:
-        precision = Precision.BF16_MIXED if gpu.bf16_supported else Precision.FP16_MIXED
-        if not gpu.bf16_supported:
-            notes.append(f"{gpu.name} has no bf16: using fp16-mixed")
-    elif precision is not Precision.FP16_MIXED and not gpu.bf16_supported:
-        raise UserInputError(
-            f"{gpu.name} has no bf16, so --precision {precision.value} cannot "
-            f"run on it. To fix: use --precision fp16-mixed"
-        )
-    lora = method is not Method.FULL
-    if sharding is None:
-        sharding = Sharding.NONE
-        if gpu_count > 1:
-            sharding = Sharding.FSDP if method is Method.FULL else Sharding.DDP
-    problem = sharding_problem(
-        sharding,
-        method=method,
-        gpu_count=gpu_count,
-        optimizer=optimizer,
-        num_experts=num_experts,
-    )
-    if problem is not None:
-        raise UserInputError(
-            f"--sharding {sharding.value} with --gpu-count {gpu_count}: {problem}"
-        )
-    if lora and targets is not None:
-        check_targets(targets)
-    config = user_config(
-        method=method,
-        precision=precision,
-        lora_rank=(rank if rank is not None else 16) if lora else None,
-        lora_alpha=(alpha if alpha is not None else 32) if lora else None,
-        lora_targets=(targets or "all-linear") if lora else None,
-        micro_batch_size=batch,
-        seq_len=seq_len,
-        grad_checkpointing=grad_checkpointing,
-        optimizer=optimizer,
-        gpu_count=gpu_count,
-        sharding=sharding,
-        chunked_loss=chunked_loss,
-    )
-    return config, notes
+from profiler.request import ConfigRequest, estimate_config
 
 
 def _stored(model: str, config: TuningConfig, gpu: GPU) -> Measurement | None:
@@ -367,7 +297,7 @@ def estimate_command(
     if eval_dataset is not None and eval_tokens is not None:
         raise UserInputError("give either --eval-tokens or --eval-dataset, not both")
     spec, gpu = get_model(model), get_gpu(gpu_name)
-    config, notes = _build_config(
+    request = ConfigRequest(
         method=Method(method),
         precision=Precision(precision) if precision else None,
         rank=rank,
@@ -377,19 +307,11 @@ def estimate_command(
         seq_len=seq_len,
         grad_checkpointing=grad_checkpointing,
         optimizer=OptimizerKind(optimizer),
-        gpu=gpu,
         gpu_count=gpu_count,
         sharding=Sharding(sharding) if sharding else None,
         chunked_loss=chunked_loss,
-        num_experts=spec.num_experts,
     )
-    problem = None
-    if config.chunked_loss:
-        problem = chunked_loss_problem(
-            model_type=spec.model_type, gpu_count=config.gpu_count, sharding=config.sharding
-        )
-    if problem is not None:
-        notes.append(f"{problem}, so 'ftplan profile' and 'ftplan launch' cannot run this config")
+    config, notes = estimate_config(request, spec, gpu)
     if max_batch or max_seq_len:
         _what_if(spec, config, gpu, knob="micro_batch" if max_batch else "seq_len", fmt=fmt)
         return
