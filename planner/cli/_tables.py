@@ -1,11 +1,12 @@
 """Tables the CLI prints: the catalog's models, GPUs and offers and ``ftplan profile``'s
-measurements, as rich tables written through ``click.echo`` (so ``CliRunner`` sees them)."""
+measurements, as rich tables written through ``click.echo`` (so ``CliRunner`` sees them), and
+``ftplan estimate``'s answer."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -195,3 +196,62 @@ def echo_profile_table(results: Sequence[Measurement], note: str) -> None:
     for m in results:
         if m.error:
             click.echo(f"{m.model} {m.config.label()}: {m.status.value}: {m.error[:300]}")
+
+
+def _range(result: dict[str, Any], quantity: str, spec: str, unit: str) -> str:
+    """`` (80% band 0.41–0.52 s)`` when the result has a band for ``quantity``, else ''."""
+    low, high = result.get(f"{quantity}_low"), result.get(f"{quantity}_high")
+    if low is None or high is None:
+        return ""
+    return f" (80% band {format(low, spec)}–{format(high, spec)} {unit})"
+
+
+def print_estimate_table(result: dict[str, Any]) -> None:
+    """``ftplan estimate``'s answer (:func:`profiler.results.estimate_result`): a table of the
+    figures, the fit sentence and the notes, printed by rich on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['model']} on {result['gpu']} ({result['source']})")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+
+    def fmt(value: Any, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    table.add_row(
+        "peak allocated",
+        f"{fmt(result['peak_allocated_gib'], '.2f')} GiB"
+        + _range(result, "peak_allocated_gib", ".2f", "GiB"),
+    )
+    table.add_row(
+        "peak reserved",
+        f"{fmt(result['peak_reserved_gib'], '.2f')} GiB"
+        + _range(result, "peak_reserved_gib", ".2f", "GiB"),
+    )
+    table.add_row("memory limit (torch's − CUDA context)", f"{result['memory_limit_gib']:.2f} GiB")
+    table.add_row("fit", result["fit"] if result["fits"] else "NO")
+    table.add_row("sharding", result["sharding"])
+    table.add_row("host RAM per node", f"{fmt(result['host_ram_gib'], '.1f')} GiB")
+    table.add_row(
+        "step time",
+        f"{fmt(result['step_time_s'], '.4f')} s" + _range(result, "step_time_s", ".4f", "s"),
+    )
+    table.add_row("throughput", f"{fmt(result['tokens_per_s'], ',.0f')} tokens/s")
+    table.add_row("trainable params", fmt(result["trainable_params"], ","))
+    for name, value in (result["breakdown"] or {}).items():
+        table.add_row(f"  {name.removesuffix('_gib')}", f"{value:.2f} GiB")
+    for phase, value in result["phase_peaks_gib"].items():
+        table.add_row(f"  phase {phase}", f"{value:.2f} GiB")
+    if result.get("eval"):
+        ev = result["eval"]
+        table.add_row(
+            "eval pass",
+            f"{ev['pass_s']:,.1f} s for {ev['tokens']:,} tokens ({ev['tokens_per_s']:,.0f} "
+            "tokens/s, estimated)",
+        )
+    console = Console()
+    console.print(table)
+    console.print(result["fit_detail"])
+    for note in result["notes"]:
+        console.print(f"note: {note}")
