@@ -226,16 +226,14 @@ def nearest_change(estimate: EstimateFn, spec: ModelSpec, config: TuningConfig, 
 def _as_qlora(config: TuningConfig) -> TuningConfig:
     """``config`` as QLoRA: its LoRA options (else the defaults), AdamW, the default sharding,
     bf16-mixed in place of pure bf16."""
-    rank = config.lora_rank or DEFAULT_LORA_RANK
-    qlora = dataclasses.replace(
+    # One replace: QLoRA with pure bf16 is not a valid config, even for a moment.
+    return dataclasses.replace(
         config,
         method=Method.QLORA,
-        lora_rank=rank,
+        precision=Precision.BF16_MIXED if config.precision is Precision.BF16 else config.precision,
+        lora_rank=config.lora_rank or DEFAULT_LORA_RANK,
         lora_alpha=config.lora_alpha or default_lora_alpha(DEFAULT_LORA_RANK),
         lora_targets=config.lora_targets or DEFAULT_LORA_TARGETS,
         optimizer=OptimizerKind.ADAMW,
         sharding=default_sharding(Method.QLORA, config.gpu_count),
     )
-    if qlora.precision is Precision.BF16:
-        qlora = dataclasses.replace(qlora, precision=Precision.BF16_MIXED)
-    return qlora
