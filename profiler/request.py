@@ -95,7 +95,7 @@ def estimate_config(
     recipe cannot run for this model or GPU count (estimated all the same).
 
     Defaults: the GPU's precision (:func:`~profiler._types.default_precision`), LoRA rank
-    :data:`~profiler._types.DEFAULT_LORA_RANK` with alpha 32 and targets
+    :data:`~profiler._types.DEFAULT_LORA_RANK` with alpha 2 × rank and targets
     :data:`~profiler._types.DEFAULT_LORA_TARGETS`, the sharding for the GPU count
     (:func:`~profiler._types.default_sharding`).
 
@@ -124,12 +124,12 @@ def estimate_config(
         raise InputError(f"--sharding {sharding.value} with --gpu-count {r.gpu_count}: {problem}")
     if lora and r.targets is not None:
         checked_targets(r.targets)
-    # Alpha 32 whatever the rank: the estimate command's own default so far.
-    alpha = r.alpha if r.alpha is not None else default_lora_alpha(DEFAULT_LORA_RANK)
+    rank = r.rank if r.rank is not None else DEFAULT_LORA_RANK
+    alpha = r.alpha if r.alpha is not None else default_lora_alpha(rank)
     config = config_from_options(
         method=r.method,
         precision=precision,
-        lora_rank=(r.rank if r.rank is not None else DEFAULT_LORA_RANK) if lora else None,
+        lora_rank=rank if lora else None,
         lora_alpha=alpha if lora else None,
         lora_targets=(r.targets or DEFAULT_LORA_TARGETS) if lora else None,
         micro_batch_size=r.batch,

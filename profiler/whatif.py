@@ -232,7 +232,7 @@ def _as_qlora(config: TuningConfig) -> TuningConfig:
         method=Method.QLORA,
         precision=Precision.BF16_MIXED if config.precision is Precision.BF16 else config.precision,
         lora_rank=config.lora_rank or DEFAULT_LORA_RANK,
-        lora_alpha=config.lora_alpha or default_lora_alpha(DEFAULT_LORA_RANK),
+        lora_alpha=config.lora_alpha or default_lora_alpha(config.lora_rank or DEFAULT_LORA_RANK),
         lora_targets=config.lora_targets or DEFAULT_LORA_TARGETS,
         optimizer=OptimizerKind.ADAMW,
         sharding=default_sharding(Method.QLORA, config.gpu_count),

@@ -40,6 +40,7 @@ from profiler.calibration import (
     shipped_calibration_for,
 )
 from profiler.request import ConfigRequest, estimate_config, layer_counts, sweep_configs
+from profiler.store import ProfileStore, default_store, profile_for_estimate, user_profiles_path
 
 LLAMA = get_model("llama2-7b")
 
@@ -200,3 +201,32 @@ def test_a_new_fit_falls_back_on_the_shipped_h100_fit_not_the_users(tmp_path: Pa
     assert found.fitted.bnb8_host_s_per_tensor == shipped.bnb8_host_s_per_tensor
     assert found.fitted.reserved_by_sharding == shipped.reserved_by_sharding
     assert 0 <= found.errors_before.memory_median_pct <= found.errors_before.memory_max_pct
+
+
+def test_estimate_alpha_follows_the_rank_so_it_finds_what_profile_stored(tmp_path: Path) -> None:
+    """``ftplan profile --rank 8`` stores alpha None (2 × rank = 16); ``ftplan estimate --rank 8``
+    asks for the same config, so it shows that profile."""
+    config, _ = estimate_config(ConfigRequest(method=Method.LORA, rank=8), LLAMA, get_gpu("h100"))
+    assert config.lora_alpha == 16
+    stored = sweep_configs(
+        Method.LORA,
+        precision=Precision.BF16_MIXED,
+        rank=8,
+        alpha=None,
+        targets=DEFAULT_LORA_TARGETS,
+        batches=(1,),
+        seq_lens=(2048,),
+        grad_checkpointing=False,
+        optimizer=config.optimizer,
+    )[0]
+    measured = dataclasses.replace(
+        _measured(peak_allocated_gib=20.0, peak_reserved_gib=22.0), model=LLAMA.name, config=stored
+    )
+    path = user_profiles_path()
+    ProfileStore([path]).append(path, [measured])
+    default_store.cache_clear()
+    try:
+        found = profile_for_estimate(LLAMA.name, config, "H100 SXM 80GB")
+    finally:
+        default_store.cache_clear()
+    assert found is not None and found.peak_reserved_gib == 22.0

@@ -46,7 +46,10 @@ from profiler.whatif import Knob, WhatIf, what_if
     "--rank", type=int_range(1, MAX_LORA_RANK), default=None, help="LoRA rank (default 16)."
 )
 @click.option(
-    "--alpha", type=int_range(1, MAX_LORA_ALPHA), default=None, help="LoRA alpha (default 32)."
+    "--alpha",
+    type=int_range(1, MAX_LORA_ALPHA),
+    default=None,
+    help="LoRA alpha (default 2 x rank).",
 )
 @click.option(
     "--targets",
