@@ -5,7 +5,6 @@ the LoRA defaults, a GPU without bf16, the default sharding, the peak a fit comp
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,14 +42,6 @@ from profiler.request import ConfigRequest, estimate_config, layer_counts, sweep
 from profiler.store import ProfileStore, default_store, profile_for_estimate, user_profiles_path
 
 LLAMA = get_model("llama2-7b")
-
-
-@pytest.fixture(autouse=True)
-def _empty_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("FTPLAN_CACHE_DIR", str(tmp_path / "cache"))
-    load_calibration.cache_clear()  # type: ignore[attr-defined]
-    yield
-    load_calibration.cache_clear()  # type: ignore[attr-defined]
 
 
 def test_lora_defaults_are_rank_16_alpha_32_all_linear() -> None:
@@ -182,16 +173,15 @@ def test_offers_listed_cheapest_per_gpu_hour_first() -> None:
         select_offers(providers=("mars",))
 
 
-def test_a_new_fit_falls_back_on_the_shipped_h100_fit_not_the_users(tmp_path: Path) -> None:
+def test_a_new_fit_falls_back_on_the_shipped_h100_fit_not_the_users(user_cache: Path) -> None:
     """A user's own H100 calibration changes what estimates use (the errors before), never what
     a new fit takes the terms its measurements cannot show from."""
     h100 = get_gpu("h100")
     shipped = shipped_calibration(h100.name)
     assert shipped is not None and shipped_calibration_for(h100) == shipped
     odd = dataclasses.replace(shipped, bnb8_host_s_per_tensor=1.0, reserved_by_sharding=())
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / calibration_file_name(h100.name)).write_text(calibration_to_json(odd))
+    user_cache.mkdir()
+    (user_cache / calibration_file_name(h100.name)).write_text(calibration_to_json(odd))
     load_calibration.cache_clear()  # type: ignore[attr-defined]
     assert load_calibration(h100.name) == odd and shipped_calibration_for(h100) == shipped
     records = read_measurement_files([REFERENCE_H100_FILE], h100, what="--from")
@@ -203,7 +193,7 @@ def test_a_new_fit_falls_back_on_the_shipped_h100_fit_not_the_users(tmp_path: Pa
     assert 0 <= found.errors_before.memory_median_pct <= found.errors_before.memory_max_pct
 
 
-def test_estimate_alpha_follows_the_rank_so_it_finds_what_profile_stored(tmp_path: Path) -> None:
+def test_estimate_alpha_follows_the_rank_so_it_finds_what_profile_stored() -> None:
     """``ftplan profile --rank 8`` stores alpha None (2 × rank = 16); ``ftplan estimate --rank 8``
     asks for the same config, so it shows that profile."""
     config, _ = estimate_config(ConfigRequest(method=Method.LORA, rank=8), LLAMA, get_gpu("h100"))
@@ -225,8 +215,5 @@ def test_estimate_alpha_follows_the_rank_so_it_finds_what_profile_stored(tmp_pat
     path = user_profiles_path()
     ProfileStore([path]).append(path, [measured])
     default_store.cache_clear()
-    try:
-        found = profile_for_estimate(LLAMA.name, config, "H100 SXM 80GB")
-    finally:
-        default_store.cache_clear()
+    found = profile_for_estimate(LLAMA.name, config, "H100 SXM 80GB")
     assert found is not None and found.peak_reserved_gib == 22.0
