@@ -12,7 +12,7 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
@@ -622,6 +622,20 @@ def list_offers(
     if not include_spot:
         offers = tuple(o for o in offers if not o.spot)
     return offers
+
+
+def select_offers(
+    *, providers: Sequence[str] = (), gpus: Sequence[str] = (), include_spot: bool = True
+) -> tuple[Offer, ...]:
+    """The offers ``ftplan catalog offers`` lists: those of ``providers`` and ``gpus`` (names or
+    aliases; empty keeps all), cheapest per GPU-hour first (ties: by :attr:`Offer.key`).
+
+    Raises:
+        CatalogError: Unknown provider or GPU name, or a broken offers file.
+    """
+    wanted = [parse_provider(p) for p in providers] or None
+    offers = list_offers(providers=wanted, gpus=list(gpus) or None, include_spot=include_spot)
+    return tuple(sorted(offers, key=lambda o: (o.usd_per_hour / o.gpu_count, o.key)))
 
 
 def cheapest_per_instance(offers: Iterable[Offer]) -> tuple[Offer, ...]:

@@ -44,7 +44,7 @@ from profiler.memory import load_peak_gib, weight_bytes
 def describe(c: Candidate) -> str:
     """One-line description of a candidate, e.g. for ``--quiet``."""
     kind = "spot" if c.offer.spot else "on-demand"
-    peak = c.measurement.peak_reserved_gib or c.measurement.peak_allocated_gib or 0.0
+    peak = c.measurement.peak_memory_gib or 0.0
     return (
         f"{c.config.label()} on {with_nodes_label(c)} ({c.offer.provider.value} "
         f"{c.offer.instance_type}, {kind}): ${c.cost.usd:,.2f}, {c.cost.hours:,.1f} h, "
@@ -64,7 +64,9 @@ def host_ram_text(c: Candidate) -> str:
 
 
 def peak_gib(c: Candidate) -> float:
-    return c.measurement.peak_reserved_gib or c.measurement.peak_allocated_gib or math.inf
+    """The candidate's per-GPU peak (:attr:`profiler.Measurement.peak_memory_gib`), inf when
+    unknown: sorts and compares last."""
+    return c.measurement.peak_memory_gib or math.inf
 
 
 def verdict(

@@ -7,6 +7,8 @@ from __future__ import annotations
 from profiler._types import (
     ALL_LINEAR_MODULES,
     ATTENTION_MODULES,
+    DEFAULT_LORA_RANK,
+    DEFAULT_LORA_TARGETS,
     MLP_MODULES,
     TARGETS_ALL_LINEAR,
     TARGETS_ATTENTION,
@@ -23,7 +25,11 @@ from profiler._types import (
     TuningConfig,
     adapted_modules,
     chunked_loss_problem,
+    default_lora_alpha,
+    default_precision,
+    default_sharding,
     expert_parameters,
+    precision_problem,
     resolve_targets,
     sharding_problem,
 )
@@ -40,6 +46,7 @@ from profiler.headroom import (
     check_fit,
     fit_verdict,
     measurement_fit,
+    peak_for_fit_gib,
 )
 from profiler.measure import profile_extrapolated
 from profiler.memory import (
@@ -72,6 +79,8 @@ __all__ = [
     "ATTENTION_MODULES",
     "CHUNKED_LOSS_TOKENS",
     "CUDA_CONTEXT_GIB",
+    "DEFAULT_LORA_RANK",
+    "DEFAULT_LORA_TARGETS",
     "MLP_MODULES",
     "PCIE_EFFICIENCY",
     "SETUP_FUNCTIONS",
@@ -104,6 +113,9 @@ __all__ = [
     "checkpoint_bytes",
     "checkpoint_config",
     "chunked_loss_problem",
+    "default_lora_alpha",
+    "default_precision",
+    "default_sharding",
     "default_store",
     "download_bytes",
     "estimate",
@@ -120,6 +132,8 @@ __all__ = [
     "memory_fits",
     "memory_terms",
     "min_flops_per_token",
+    "peak_for_fit_gib",
+    "precision_problem",
     "profile_extrapolated",
     "resolve_targets",
     "setup_full",

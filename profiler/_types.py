@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from catalog import GPU
 
 
 class Method(enum.StrEnum):
@@ -117,6 +121,23 @@ class Precision(enum.StrEnum):
     FP16_MIXED = "fp16-mixed"
 
 
+def default_precision(gpu: GPU) -> Precision:
+    """The precision a run uses on ``gpu`` unless told otherwise: bf16-mixed, or fp16-mixed on
+    a GPU without bf16 (T4, V100)."""
+    return Precision.BF16_MIXED if gpu.bf16_supported else Precision.FP16_MIXED
+
+
+def precision_problem(gpu: GPU, precision: Precision) -> str | None:
+    """Why ``precision`` cannot run on ``gpu``, e.g. ``T4 has no bf16``; ``None`` when it can.
+
+    The rule: a GPU without bf16 runs fp16-mixed only (:func:`default_precision`); callers say
+    what to use instead in their own terms (a flag, a field).
+    """
+    if precision is Precision.FP16_MIXED or gpu.bf16_supported:
+        return None
+    return f"{gpu.name} has no bf16"
+
+
 class OptimizerKind(enum.StrEnum):
     """Optimizer of the trainable parameters. 8-bit variants come from bitsandbytes."""
 
@@ -164,6 +185,15 @@ class Sharding(enum.StrEnum):
 
 
 _SHARDED = frozenset({"fsdp", "fsdp-offload", "zero3", "zero3-offload"})
+
+
+def default_sharding(method: Method, gpu_count: int) -> Sharding:
+    """The sharding where a user names none: none on one GPU; on several, DDP for LoRA/QLoRA
+    (small trainable state, replicated) and FSDP for full fine-tuning (states sharded)."""
+    if gpu_count <= 1:
+        return Sharding.NONE
+    return Sharding.DDP if method.traits.adapters else Sharding.FSDP
+
 
 # Model types whose output is the LM head's logits, at most soft-capped (Gemma 2's
 # final_logit_softcapping), so the chunked loss reproduces the model's own loss. Others (logit
@@ -254,7 +284,6 @@ class Source(enum.StrEnum):
     ESTIMATED = "estimated"
 
 
-# Named LoRA target presets; anything else is an explicit comma-separated module list.
 #: Upper bounds of a run's shape, far beyond any real run. The CLI takes the same ranges, and
 #: a config or plan edited past them is refused where it is built (a seq_len of 10**29 is a
 #: typo, not a config, and would overflow the float arithmetic it goes into).
@@ -267,11 +296,22 @@ MAX_GRAD_ACCUM_STEPS = 1_048_576
 MAX_LEARNING_RATE = 1.0  # AdamW on these models diverges far below it
 MAX_EPOCHS = 1000.0
 
+# Named LoRA target presets; anything else is an explicit comma-separated module list.
 TARGETS_ALL_LINEAR = "all-linear"
 TARGETS_ATTENTION = "attention"
+# LoRA defaults where a user names none (DESIGN.md: r=16, alpha=32, targets all-linear). Alpha's
+# default follows the rank, 2 x rank: :func:`default_lora_alpha`.
+DEFAULT_LORA_RANK = 16
+DEFAULT_LORA_TARGETS = TARGETS_ALL_LINEAR
+
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 ALL_LINEAR_MODULES = ATTENTION_MODULES + MLP_MODULES
+
+
+def default_lora_alpha(rank: int) -> int:
+    """LoRA alpha where none is given: 2 × rank (32 at the default rank 16)."""
+    return 2 * rank
 
 
 def adapted_modules(targets: str, *, num_experts: int = 1) -> tuple[str, ...]:
@@ -388,10 +428,12 @@ class TuningConfig:
 
     @property
     def effective_lora_alpha(self) -> int | None:
-        """LoRA alpha, defaulting to 2 × rank (DESIGN.md default r=16, alpha=32)."""
+        """LoRA alpha, defaulting to 2 × rank (:func:`default_lora_alpha`)."""
         if self.lora_rank is None:
             return None
-        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_rank
+        if self.lora_alpha is not None:
+            return self.lora_alpha
+        return default_lora_alpha(self.lora_rank)
 
     @property
     def tokens_per_step(self) -> int:
@@ -505,6 +547,15 @@ class Measurement:
     bands: tuple[tuple[str, float, float], ...] = ()
     error: str = ""
     fit: tuple[tuple[str, float], ...] = field(default=())
+
+    @property
+    def peak_memory_gib(self) -> float | None:
+        """The per-GPU peak compared with a GPU's memory, GiB: peak reserved (what the caching
+        allocator held, which is what runs out) when known, else peak allocated; None when
+        neither is (a CPU run). A reserved figure of 0 counts as unknown, as no run reserves
+        nothing. Fit checks that need a number for every figure use
+        :func:`profiler.headroom.peak_for_fit_gib`."""
+        return self.peak_reserved_gib or self.peak_allocated_gib
 
     def band(self, quantity: str) -> tuple[float, float] | None:
         """``(low, high)`` of a quantity (e.g. ``step_time_s``), or None without a band."""

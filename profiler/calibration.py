@@ -15,13 +15,17 @@ from __future__ import annotations
 import enum
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog import cache_dir
 from profiler._types import (
+    DEFAULT_LORA_RANK,
+    DEFAULT_LORA_TARGETS,
+    TARGETS_ALL_LINEAR,
+    TARGETS_ATTENTION,
     Measurement,
     Method,
     OptimizerKind,
@@ -30,6 +34,7 @@ from profiler._types import (
     Sharding,
     Source,
     Status,
+    default_lora_alpha,
 )
 
 if TYPE_CHECKING:
@@ -432,10 +437,26 @@ def calibration_for(gpu: GPU) -> Calibration:
     host costs are reused unchanged, while FLOP/s and bandwidth come from the GPU's catalog row,
     so a GPU with half the bandwidth gets twice the memory-bound time and the same host time.
     """
-    own = load_calibration(gpu.name)
+    return _first_found(gpu, load_calibration)
+
+
+def shipped_calibration(gpu_name: str) -> Calibration | None:
+    """The calibration shipped with ftplan for a GPU (never the user's), else ``None``."""
+    path = SHIPPED_DATA_DIR / calibration_file_name(gpu_name)
+    return read_calibration(path) if path.is_file() else None
+
+
+def shipped_calibration_for(gpu: GPU) -> Calibration:
+    """:func:`calibration_for` from the shipped calibrations alone, as ftplan is installed: what
+    a new fit takes the terms its measurements cannot show from, whatever the user fitted."""
+    return _first_found(gpu, shipped_calibration)
+
+
+def _first_found(gpu: GPU, load: Callable[[str], Calibration | None]) -> Calibration:
+    own = load(gpu.name)
     if own is not None:
         return own
-    reference = load_calibration(REFERENCE_GPU)
+    reference = load(REFERENCE_GPU)
     return reference if reference is not None else FIRST_PRINCIPLES
 
 
@@ -470,9 +491,9 @@ _REFERENCE_OPTIMIZERS = {None: OptimizerKind.ADAMW, "adamw": OptimizerKind.ADAMW
 _REFERENCE_OPTIMIZERS["adamw8bit"] = OptimizerKind.ADAMW_8BIT
 # Target names of the reference files -> ftplan's target specs.
 _REFERENCE_TARGETS = {
-    None: "all-linear",
-    "all-linear": "all-linear",
-    "attn": "attention",
+    None: DEFAULT_LORA_TARGETS,
+    "all-linear": TARGETS_ALL_LINEAR,
+    "attn": TARGETS_ATTENTION,
     "qv": "q_proj,v_proj",
 }
 
@@ -552,12 +573,12 @@ def _reference_row(
         return None
     method, precision = _REFERENCE_MODES[row["mode"]]
     lora = method != "full"
-    rank = int(row.get("lora_r") or 16)
+    rank = int(row.get("lora_r") or DEFAULT_LORA_RANK)
     config = TuningConfig(
         method=Method(method),
         precision=Precision(precision),
         lora_rank=rank if lora else None,
-        lora_alpha=2 * rank if lora else None,
+        lora_alpha=default_lora_alpha(rank) if lora else None,
         lora_targets=_REFERENCE_TARGETS[row.get("lora_targets")] if lora else None,
         micro_batch_size=row["batch"],
         seq_len=row["seq"],

@@ -27,6 +27,8 @@ from profiler._types import (
     Source,
     Status,
     TuningConfig,
+    default_precision,
+    precision_problem,
 )
 from profiler.calibration import (
     ALL_REGIMES,
@@ -325,10 +327,11 @@ def estimate(
     Raises:
         ValueError: For bf16 on a GPU without bf16, or several nodes without a bandwidth.
     """
-    if config.precision is not Precision.FP16_MIXED and not gpu.bf16_supported:
+    problem = precision_problem(gpu, config.precision)
+    if problem is not None:
         raise ValueError(
-            f"{gpu.name} has no bf16; precision={config.precision.value} cannot run on it. "
-            f"To fix: use precision fp16-mixed"
+            f"{problem}; precision={config.precision.value} cannot run on it. "
+            f"To fix: use precision {default_precision(gpu).value}"
         )
     applied = _applied(calibration, gpu)
     cal = applied.on_gpu

@@ -151,15 +151,22 @@ def check_fit(
     )
 
 
-def measurement_fit(measurement: Measurement, gpu: GPU) -> FitCheck:
-    """Fit check of a measurement or estimate: its peak reserved memory (allocated when reserved
-    is unknown; inf on OOM), with its own error band when it has one, else its source's margin."""
-    peak = measurement.peak_reserved_gib or measurement.peak_allocated_gib
+def peak_for_fit_gib(measurement: Measurement) -> float:
+    """The peak a fit check compares with the capacity, GiB per GPU:
+    :attr:`~profiler._types.Measurement.peak_memory_gib` (reserved, else allocated), and inf for
+    a run that did not finish (OOM, error) or has no memory figure, which then fits nothing."""
+    peak = measurement.peak_memory_gib
     if measurement.status is not Status.OK or peak is None:
-        peak = float("inf")
+        return float("inf")
+    return peak
+
+
+def measurement_fit(measurement: Measurement, gpu: GPU) -> FitCheck:
+    """Fit check of a measurement or estimate: its :func:`peak_for_fit_gib`, with its own error
+    band when it has one, else its source's margin."""
     band = measurement.band("peak_reserved_gib")
     return check_fit(
-        peak,
+        peak_for_fit_gib(measurement),
         gpu,
         source=measurement.source,
         high_gib=None if band is None else band[1],

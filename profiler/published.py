@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from profiler._types import (
-    TARGETS_ALL_LINEAR,
+    DEFAULT_LORA_RANK,
+    DEFAULT_LORA_TARGETS,
     Method,
     OptimizerKind,
     Precision,
     Sharding,
     TuningConfig,
+    default_sharding,
 )
 
 PUBLISHED_FILE = Path(__file__).resolve().parent / "data" / "published-measurements.jsonl"
@@ -145,18 +147,16 @@ def config_of_command(command: str) -> tuple[str, str, TuningConfig]:
     gpu_count = int(values.get("--gpu-count", "1"))
     if "--sharding" in values:
         sharding = Sharding(values["--sharding"])
-    elif gpu_count == 1:
-        sharding = Sharding.NONE
     else:
-        sharding = Sharding.DDP if method.traits.adapters else Sharding.FSDP
+        sharding = default_sharding(method, gpu_count)
     lora = method.traits.adapters
-    rank = int(values.get("--rank", "16")) if lora else None
+    rank = int(values.get("--rank", DEFAULT_LORA_RANK)) if lora else None
     config = TuningConfig(
         method=method,
         precision=Precision(values.get("--precision", Precision.BF16_MIXED.value)),
         lora_rank=rank,
         lora_alpha=int(values["--alpha"]) if lora and "--alpha" in values else None,
-        lora_targets=values.get("--targets", TARGETS_ALL_LINEAR) if lora else None,
+        lora_targets=values.get("--targets", DEFAULT_LORA_TARGETS) if lora else None,
         micro_batch_size=int(values.get("--batch", "1")),
         seq_len=int(values.get("--seq-len", "2048")),
         grad_checkpointing="--grad-checkpointing" in switches,

@@ -202,3 +202,11 @@ def default_store() -> ProfileStore:
     Call ``default_store.cache_clear()`` after writing to the user's file from elsewhere.
     """
     return ProfileStore([*shipped_profile_paths(), user_profiles_path()])
+
+
+def profile_for_estimate(model: str, config: TuningConfig, gpu: str) -> Measurement | None:
+    """The stored profile ``ftplan estimate`` shows in place of the estimator's figures: the
+    default store's best record of exactly this model, config and GPU, when it has peak reserved
+    memory (the figure the fit verdict compares; without it the estimator answers instead)."""
+    found = default_store().lookup(model=model, config=config, gpu=gpu)
+    return found if found is not None and found.peak_reserved_gib is not None else None

@@ -208,6 +208,15 @@ def test_estimate_max_batch_when_nothing_fits_exits_1_with_the_nearest_change() 
     assert FitVerdict.NO.value == "no"
 
 
+def test_nearest_change_from_pure_bf16_full_fine_tuning_is_qlora_in_bf16_mixed() -> None:
+    """QLoRA has no pure-bf16 recipe: the suggestion switches precision with the method."""
+    args = ["estimate", "--model", "llama2-13b", "--method", "full", "--precision", "bf16"]
+    result = CliRunner().invoke(main, [*args, "--gpu", "a100", "--max-batch"])
+    assert result.exit_code == 1, result.output
+    assert "Nearest change: --method qlora with --grad-checkpointing" in result.stderr
+    assert "internal error" not in result.stderr
+
+
 def test_balanced_cpt_prefers_full_fine_tuning_when_affordable(tmp_path: Path) -> None:
     args = ["--model", "llama2-7b", "--budget", "3000", "--tokens", "300000000"]
     plan = _plan(tmp_path, *args, "--epochs", "1", "--task", "cpt")

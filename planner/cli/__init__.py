@@ -119,10 +119,20 @@ def main() -> None:
 
 
 def _register() -> None:
-    from planner.cli import catalog, estimate, launch, merge, profile, recommend, report, runs
+    from planner.cli import (
+        calibrate,
+        catalog,
+        estimate,
+        launch,
+        merge,
+        profile,
+        recommend,
+        report,
+        runs,
+    )
     from planner.cli.params import harden
 
-    for module in (recommend, estimate, catalog, profile, report, launch, merge, runs):
+    for module in (recommend, estimate, calibrate, catalog, profile, report, launch, merge, runs):
         for command in module.COMMANDS:
             main.add_command(command)
     harden(main.commands.values())

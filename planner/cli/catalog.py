@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -12,21 +11,27 @@ from typing import Any
 import click
 
 from catalog import (
-    GPU,
-    ModelSpec,
-    Offer,
     RefreshResult,
     SkyPilotRefreshResult,
     catalog_age_warning,
     catalog_info,
     list_gpus,
     list_models,
-    list_offers,
     model_aliases,
     parse_provider,
     refresh_aws,
     refresh_from_skypilot,
+    select_offers,
     to_jsonable,
+)
+from planner.cli._tables import (
+    GPU_COLUMNS,
+    MODEL_COLUMNS,
+    OFFER_COLUMNS,
+    echo_catalog_table,
+    gpu_row,
+    model_row,
+    offer_row,
 )
 from planner.cli.params import check_region
 
@@ -44,44 +49,6 @@ def _echo_json(value: Any) -> None:
     click.echo(json.dumps(to_jsonable(value), indent=2, sort_keys=True))
 
 
-def _table(
-    title: str,
-    columns: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    *,
-    caption: str | None = None,
-) -> None:
-    from rich.console import Console  # deferred: only table output needs rich
-    from rich.table import Table
-
-    table = Table(title=title, caption=caption, header_style="bold")
-    for column in columns:
-        numeric = column.endswith(("GiB", "$/h", "TB/s", "TFLOP/s", "GB/s", "B", "#"))
-        table.add_column(column, justify="right" if numeric else "left")
-    for row in rows:
-        table.add_row(*row)
-    console = Console(width=max(160, shutil.get_terminal_size().columns))
-    with console.capture() as captured:  # through click.echo, so CliRunner sees it
-        console.print(table)
-    click.echo(captured.get(), nl=False)
-
-
-def _model_row(spec: ModelSpec) -> list[str]:
-    moe = f"{spec.num_experts}x (top {spec.experts_per_token})" if spec.num_experts > 1 else ""
-    return [
-        spec.name,
-        spec.hf_id,
-        f"{spec.param_count / 1e9:.2f}",
-        str(spec.num_layers),
-        str(spec.hidden_size),
-        f"{spec.num_heads}/{spec.num_kv_heads}",
-        str(spec.vocab_size),
-        "yes" if spec.tied_embeddings else "no",
-        str(spec.max_seq_len),
-        moe,
-    ]
-
-
 @click.command("models")
 @_FORMAT
 def models_command(output_format: str) -> None:
@@ -97,36 +64,7 @@ def models_command(output_format: str) -> None:
     if output_format == "json":
         _echo_json([{**to_jsonable(m), "aliases": list(model_aliases(m.name))} for m in models])
         return
-    _table(
-        "Models",
-        [
-            "name",
-            "hf id",
-            "params B",
-            "layers",
-            "hidden",
-            "heads/kv",
-            "vocab",
-            "tied",
-            "max seq",
-            "experts",
-        ],
-        [_model_row(m) for m in models],
-    )
-
-
-def _gpu_row(gpu: GPU) -> list[str]:
-    bf16 = f"{gpu.bf16_tflops:g}" if gpu.bf16_supported and gpu.bf16_tflops else "no bf16"
-    return [
-        gpu.name,
-        ", ".join(gpu.aliases),
-        f"{gpu.usable_memory_gib:.1f}",
-        f"{gpu.memory_bandwidth_tbps:g}",
-        bf16,
-        f"{gpu.fp16_tflops:g}",
-        f"{gpu.sustained_matmul_tflops:g} / {gpu.sustained_bandwidth_tbps:g}",
-        f"{gpu.intra_node_interconnect.value} {gpu.intra_node_gbps:g}",
-    ]
+    echo_catalog_table("Models", MODEL_COLUMNS, [model_row(m) for m in models])
 
 
 @click.command("gpus")
@@ -144,51 +82,14 @@ def gpus_command(output_format: str) -> None:
     if output_format == "json":
         _echo_json(list(gpus))
         return
-    _table(
+    echo_catalog_table(
         "GPUs",
-        [
-            "name",
-            "aliases",
-            "usable GiB",
-            "mem TB/s",
-            "bf16 TFLOP/s",
-            "fp16 TFLOP/s",
-            "measured TFLOP/s / TB/s",
-            "link GB/s",
-        ],
-        [_gpu_row(g) for g in gpus],
+        GPU_COLUMNS,
+        [gpu_row(g) for g in gpus],
         caption="TFLOP/s are dense datasheet peaks; measured = what microbenchmarks reached "
         "(the estimator's rates; sources: --format json, achievable_source); link = intra-node "
         "GPU-to-GPU bandwidth",
     )
-
-
-def _billing_short(offer: Offer) -> str:
-    """``s ≥1m`` style: billing increment, minimum, upfront."""
-    units = {1.0: "s", 60.0: "min", 3600.0: "h", 86400.0: "day"}
-    text = units.get(float(offer.billing_increment_s), f"{offer.billing_increment_s:g}s")
-    minimum = offer.min_billing_hours
-    if minimum >= 1:
-        text += f" ≥{minimum:g}h"
-    elif minimum > 0:
-        text += f" ≥{minimum * 60:.0f}m"
-    return text + (" upfront" if offer.billing_upfront else "")
-
-
-def _offer_row(offer: Offer) -> list[str]:
-    return [
-        offer.provider.value,
-        offer.service,
-        offer.instance_type,
-        offer.region,
-        offer.gpu,
-        str(offer.gpu_count),
-        f"{offer.usd_per_hour:.4g}",
-        f"{offer.usd_per_hour / offer.gpu_count:.4g}",
-        "spot" if offer.spot else "on-demand",
-        _billing_short(offer),
-        offer.as_of + (" (stale)" if offer.stale else ""),
-    ]
 
 
 @click.command("offers")
@@ -224,9 +125,7 @@ def offers_command(
       ftplan catalog offers --provider aws --no-spot
       ftplan catalog offers --gpu a100 --gpu a100-40gb --format json
     """
-    providers = [parse_provider(p) for p in provider_names] or None
-    offers = list_offers(providers=providers, gpus=list(gpu_names) or None, include_spot=spot)
-    offers = tuple(sorted(offers, key=lambda o: (o.usd_per_hour / o.gpu_count, o.key)))
+    offers = select_offers(providers=provider_names, gpus=gpu_names, include_spot=spot)
     if output_format == "json":
         _echo_json(list(offers))
         return
@@ -236,24 +135,7 @@ def offers_command(
         "catalog/data/services.csv (--format json has them per offer, with sources)"
     )
     warning = catalog_age_warning(info, date.today())
-    _table(
-        "Offers",
-        [
-            "provider",
-            "service",
-            "instance",
-            "region",
-            "gpu",
-            "#",
-            "$/h",
-            "per GPU $/h",
-            "pricing",
-            "billing",
-            "as of",
-        ],
-        [_offer_row(o) for o in offers],
-        caption=caption,
-    )
+    echo_catalog_table("Offers", OFFER_COLUMNS, [offer_row(o) for o in offers], caption=caption)
     if warning:
         click.echo(f"warning: {warning}", err=True)
 

@@ -1,34 +1,20 @@
-"""CLI commands: ``ftplan estimate`` (memory and speed of one config, without a GPU) and
-``ftplan calibrate`` (fit the estimator to measurements of one GPU).
+"""CLI command: ``ftplan estimate`` (memory and speed of one config, without a GPU).
 
 ``estimate`` prefers a stored measured/extrapolated profile (the profile store) and falls back to
-the analytic estimator; ``--analytic-only`` skips the store.
+the analytic estimator; ``--analytic-only`` skips the store. The config comes from
+:mod:`profiler.request`, the answers from :mod:`profiler.results` and :mod:`profiler.whatif`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from catalog import (
-    GPU,
-    DataError,
-    ModelSpec,
-    atomic_write_text,
-    get_gpu,
-    get_model,
-    loads_json,
-    open_regular,
-    printable,
-    same_file,
-    to_jsonable,
-)
+from catalog import GPU, ModelSpec, get_gpu, get_model
+from planner.cli._tables import print_estimate_table
 from planner.cli.errors import NothingFitsError, UserInputError
 from planner.cli.params import (
     MAX_BATCH,
@@ -38,218 +24,13 @@ from planner.cli.params import (
     MAX_LORA_RANK,
     MAX_SEQ_LEN,
     SafePath,
-    check_targets,
     int_range,
-    user_config,
 )
-from profiler import (
-    Measurement,
-    Method,
-    OptimizerKind,
-    Precision,
-    Sharding,
-    TuningConfig,
-    chunked_loss_problem,
-    sharding_problem,
-)
-
-
-def _build_config(
-    *,
-    method: Method,
-    precision: Precision | None,
-    rank: int | None,
-    alpha: int | None,
-    targets: str | None,
-    batch: int,
-    seq_len: int,
-    grad_checkpointing: bool,
-    optimizer: OptimizerKind,
-    gpu: GPU,
-    gpu_count: int,
-    sharding: Sharding | None = None,
-    chunked_loss: bool = False,
-    num_experts: int = 1,
-) -> tuple[TuningConfig, list[str]]:
-    """The TuningConfig the flags describe, with notes on defaults that were switched."""
-    notes: list[str] = []
-    if method is Method.FULL and (rank is not None or alpha is not None or targets is not None):
-        raise UserInputError(
-            "--rank/--alpha/--targets apply to LoRA and QLoRA only, not "
-            "--method full. To fix: drop them or use --method lora"
-        )
-    if precision is None:
-        precision = Precision.BF16_MIXED if gpu.bf16_supported else Precision.FP16_MIXED
-        if not gpu.bf16_supported:
-            notes.append(f"{gpu.name} has no bf16: using fp16-mixed")
-    elif precision is not Precision.FP16_MIXED and not gpu.bf16_supported:
-        raise UserInputError(
-            f"{gpu.name} has no bf16, so --precision {precision.value} cannot "
-            f"run on it. To fix: use --precision fp16-mixed"
-        )
-    lora = method is not Method.FULL
-    if sharding is None:
-        sharding = Sharding.NONE
-        if gpu_count > 1:
-            sharding = Sharding.FSDP if method is Method.FULL else Sharding.DDP
-    problem = sharding_problem(
-        sharding,
-        method=method,
-        gpu_count=gpu_count,
-        optimizer=optimizer,
-        num_experts=num_experts,
-    )
-    if problem is not None:
-        raise UserInputError(
-            f"--sharding {sharding.value} with --gpu-count {gpu_count}: {problem}"
-        )
-    if lora and targets is not None:
-        check_targets(targets)
-    config = user_config(
-        method=method,
-        precision=precision,
-        lora_rank=(rank if rank is not None else 16) if lora else None,
-        lora_alpha=(alpha if alpha is not None else 32) if lora else None,
-        lora_targets=(targets or "all-linear") if lora else None,
-        micro_batch_size=batch,
-        seq_len=seq_len,
-        grad_checkpointing=grad_checkpointing,
-        optimizer=optimizer,
-        gpu_count=gpu_count,
-        sharding=sharding,
-        chunked_loss=chunked_loss,
-    )
-    return config, notes
-
-
-def _stored(model: str, config: TuningConfig, gpu: GPU) -> Measurement | None:
-    """A stored measured/extrapolated profile for this config, if the store is available."""
-    try:
-        from profiler.store import default_store
-    except ImportError:
-        return None
-    found = default_store().lookup(model=model, config=config, gpu=gpu.name)
-    return found if found is not None and found.peak_reserved_gib is not None else None
-
-
-def _result(measurement: Measurement, gpu: GPU, notes: Sequence[str]) -> dict[str, Any]:
-    from profiler.headroom import capacity_gib, measurement_fit
-
-    reserved = measurement.peak_reserved_gib
-    # The band from the cross-validated residuals of the estimate's regime (null when measured
-    # or when the calibration has none).
-    bands = {
-        f"{quantity}_{end}": None if measurement.band(quantity) is None else value
-        for quantity in ("step_time_s", "peak_allocated_gib", "peak_reserved_gib")
-        for end, value in zip(
-            ("low", "high"), measurement.band(quantity) or (0.0, 0.0), strict=True
-        )
-    }
-    fit = measurement_fit(measurement, gpu)
-    return {
-        **bands,
-        "model": measurement.model,
-        "gpu": gpu.name,
-        "config": to_jsonable(measurement.config),
-        "source": measurement.source.value,
-        "status": measurement.status.value,
-        "peak_allocated_gib": measurement.peak_allocated_gib,
-        "peak_reserved_gib": reserved,
-        "sharding": measurement.config.sharding.value,
-        "host_ram_gib": measurement.host_ram_gib,
-        "step_time_s": measurement.step_time_s,
-        "tokens_per_s": measurement.tokens_per_s,
-        "trainable_params": measurement.trainable_params,
-        "total_params": measurement.total_params,
-        "usable_memory_gib": gpu.usable_memory_gib,
-        "memory_limit_gib": capacity_gib(gpu),
-        "fit": fit.verdict.value,
-        "fits": fit.fits,
-        "fit_margin_fraction": fit.margin_fraction,
-        "fit_detail": fit.describe(),
-        "breakdown": to_jsonable(measurement.breakdown) if measurement.breakdown else None,
-        "phase_peaks_gib": dict(measurement.phase_peaks_gib),
-        "provenance": to_jsonable(measurement.provenance),
-        "notes": list(notes),
-    }
-
-
-def _eval_result(
-    spec: ModelSpec, config: TuningConfig, gpu: GPU, measurement: Measurement, tokens: int
-) -> dict[str, Any]:
-    """One eval pass over ``tokens`` tokens: its memory phase and time, estimated (the
-    estimator's forward share applied to the training step, measured or estimated)."""
-    from profiler.calibration import calibration_for
-    from profiler.estimator import eval_pass
-
-    found = eval_pass(spec, config, gpu, calibration=calibration_for(gpu))
-    step_s = (measurement.step_time_s or found.train_step_time_s) * found.step_fraction
-    tokens_per_s = config.tokens_per_step * config.gpu_count / step_s
-    return {
-        "source": "estimated",
-        "tokens": tokens,
-        "peak_allocated_gib": found.peak_allocated_gib,
-        "step_time_s": step_s,
-        "tokens_per_s": tokens_per_s,
-        "pass_s": tokens / tokens_per_s,
-    }
-
-
-def _range(result: dict[str, Any], quantity: str, spec: str, unit: str) -> str:
-    """`` (80% band 0.41–0.52 s)`` when the result has a band for ``quantity``, else ''."""
-    low, high = result.get(f"{quantity}_low"), result.get(f"{quantity}_high")
-    if low is None or high is None:
-        return ""
-    return f" (80% band {format(low, spec)}–{format(high, spec)} {unit})"
-
-
-def _render_table(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{result['model']} on {result['gpu']} ({result['source']})")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
-
-    def fmt(value: Any, spec: str) -> str:
-        return "n/a" if value is None else format(value, spec)
-
-    table.add_row(
-        "peak allocated",
-        f"{fmt(result['peak_allocated_gib'], '.2f')} GiB"
-        + _range(result, "peak_allocated_gib", ".2f", "GiB"),
-    )
-    table.add_row(
-        "peak reserved",
-        f"{fmt(result['peak_reserved_gib'], '.2f')} GiB"
-        + _range(result, "peak_reserved_gib", ".2f", "GiB"),
-    )
-    table.add_row("memory limit (torch's − CUDA context)", f"{result['memory_limit_gib']:.2f} GiB")
-    table.add_row("fit", result["fit"] if result["fits"] else "NO")
-    table.add_row("sharding", result["sharding"])
-    table.add_row("host RAM per node", f"{fmt(result['host_ram_gib'], '.1f')} GiB")
-    table.add_row(
-        "step time",
-        f"{fmt(result['step_time_s'], '.4f')} s" + _range(result, "step_time_s", ".4f", "s"),
-    )
-    table.add_row("throughput", f"{fmt(result['tokens_per_s'], ',.0f')} tokens/s")
-    table.add_row("trainable params", fmt(result["trainable_params"], ","))
-    for name, value in (result["breakdown"] or {}).items():
-        table.add_row(f"  {name.removesuffix('_gib')}", f"{value:.2f} GiB")
-    for phase, value in result["phase_peaks_gib"].items():
-        table.add_row(f"  phase {phase}", f"{value:.2f} GiB")
-    if result.get("eval"):
-        ev = result["eval"]
-        table.add_row(
-            "eval pass",
-            f"{ev['pass_s']:,.1f} s for {ev['tokens']:,} tokens ({ev['tokens_per_s']:,.0f} "
-            "tokens/s, estimated)",
-        )
-    console = Console()
-    console.print(table)
-    console.print(result["fit_detail"])
-    for note in result["notes"]:
-        console.print(f"note: {note}")
+from profiler import Estimator, Method, OptimizerKind, Precision, Sharding, TuningConfig
+from profiler.request import ConfigRequest, estimate_config
+from profiler.results import estimate_result, what_if_result, with_eval_pass
+from profiler.store import profile_for_estimate
+from profiler.whatif import Knob, WhatIf, what_if
 
 
 @click.command("estimate")
@@ -265,7 +46,10 @@ def _render_table(result: dict[str, Any]) -> None:
     "--rank", type=int_range(1, MAX_LORA_RANK), default=None, help="LoRA rank (default 16)."
 )
 @click.option(
-    "--alpha", type=int_range(1, MAX_LORA_ALPHA), default=None, help="LoRA alpha (default 32)."
+    "--alpha",
+    type=int_range(1, MAX_LORA_ALPHA),
+    default=None,
+    help="LoRA alpha (default 2 x rank).",
 )
 @click.option(
     "--targets",
@@ -333,25 +117,14 @@ def _render_table(result: dict[str, Any]) -> None:
 )
 def estimate_command(
     model: str,
-    method: str,
-    precision: str | None,
-    rank: int | None,
-    alpha: int | None,
-    targets: str | None,
-    batch: int,
-    seq_len: int,
-    grad_checkpointing: bool,
-    optimizer: str,
     gpu_name: str,
-    gpu_count: int,
-    sharding: str | None,
-    chunked_loss: bool,
     analytic_only: bool,
     max_batch: bool,
     max_seq_len: bool,
     eval_dataset: Path | None,
     eval_tokens: int | None,
     fmt: str,
+    **config_options: Any,
 ) -> None:
     """Peak GPU memory and step time of one fine-tuning config, without a GPU.
 
@@ -369,13 +142,45 @@ def estimate_command(
       ftplan estimate --model llama3.1-8b --method full --gpu rtx4090 --sharding zero3-offload
       ftplan estimate --model llama2-7b --method lora --batch 4 --eval-dataset eval.jsonl
     """
-    from profiler.calibration import calibration_for
-    from profiler.estimator import estimate
-
     if eval_dataset is not None and eval_tokens is not None:
         raise UserInputError("give either --eval-tokens or --eval-dataset, not both")
     spec, gpu = get_model(model), get_gpu(gpu_name)
-    config, notes = _build_config(
+    config, notes = estimate_config(_config_request(**config_options), spec, gpu)
+    estimator = Estimator()
+    if max_batch or max_seq_len:
+        knob = Knob.MICRO_BATCH if max_batch else Knob.SEQ_LEN
+        _what_if(estimator, spec, config, gpu, knob=knob, fmt=fmt)
+        return
+    stored = None if analytic_only else profile_for_estimate(spec.name, config, gpu.name)
+    measurement = stored if stored is not None else estimator.estimate(spec, config, gpu)
+    result = estimate_result(measurement, gpu, notes)
+    tokens = eval_tokens if eval_dataset is None else _count_tokens(eval_dataset)
+    if tokens is not None:
+        eval_pass = estimator.eval_pass(spec, config, gpu)
+        result = with_eval_pass(result, eval_pass, config, measurement, tokens)
+    if fmt == "json":
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print_estimate_table(result)
+
+
+def _config_request(
+    *,
+    method: str,
+    precision: str | None,
+    rank: int | None,
+    alpha: int | None,
+    targets: str | None,
+    batch: int,
+    seq_len: int,
+    grad_checkpointing: bool,
+    optimizer: str,
+    gpu_count: int,
+    sharding: str | None,
+    chunked_loss: bool,
+) -> ConfigRequest:
+    """The config options of ``ftplan estimate``, parsed (None: ftplan's default)."""
+    return ConfigRequest(
         method=Method(method),
         precision=Precision(precision) if precision else None,
         rank=rank,
@@ -385,97 +190,45 @@ def estimate_command(
         seq_len=seq_len,
         grad_checkpointing=grad_checkpointing,
         optimizer=OptimizerKind(optimizer),
-        gpu=gpu,
         gpu_count=gpu_count,
         sharding=Sharding(sharding) if sharding else None,
         chunked_loss=chunked_loss,
-        num_experts=spec.num_experts,
     )
-    problem = None
-    if config.chunked_loss:
-        problem = chunked_loss_problem(
-            model_type=spec.model_type, gpu_count=config.gpu_count, sharding=config.sharding
-        )
-    if problem is not None:
-        notes.append(f"{problem}, so 'ftplan profile' and 'ftplan launch' cannot run this config")
-    if max_batch or max_seq_len:
-        _what_if(spec, config, gpu, knob="micro_batch" if max_batch else "seq_len", fmt=fmt)
-        return
-    stored = None if analytic_only else _stored(spec.name, config, gpu)
-    measurement = (
-        stored
-        if stored is not None
-        else estimate(spec, config, gpu, calibration=calibration_for(gpu))
-    )
-    result = _result(measurement, gpu, notes)
-    if eval_dataset is not None or eval_tokens is not None:
-        if eval_dataset is not None:
-            from planner.engine.dataset import count_dataset
-
-            eval_tokens = count_dataset(
-                eval_dataset, what="eval dataset", size_flag="--eval-tokens"
-            ).tokens
-        assert eval_tokens is not None
-        result["eval"] = _eval_result(spec, config, gpu, measurement, eval_tokens)
-        result["phase_peaks_gib"]["eval"] = result["eval"]["peak_allocated_gib"]
-    if fmt == "json":
-        click.echo(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        _render_table(result)
 
 
-def _what_if(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, knob: str, fmt: str) -> None:
+def _count_tokens(path: Path) -> int:
+    """Tokens of the eval set at ``path``."""
+    from planner.engine.dataset import count_dataset
+
+    return count_dataset(path, what="eval dataset", size_flag="--eval-tokens").tokens
+
+
+def _what_if(
+    estimator: Estimator, spec: ModelSpec, config: TuningConfig, gpu: GPU, *, knob: Knob, fmt: str
+) -> None:
     """--max-batch / --max-seq-len: bisection over the analytic estimator; exit 1 when even
     batch 1 (or one token) does not fit, naming the nearest change that would."""
-    from profiler.calibration import calibration_for
-    from profiler.estimator import estimate
-    from profiler.whatif import max_micro_batch, max_seq_len
-
-    calibration = calibration_for(gpu)
-
-    def run(c: TuningConfig) -> Measurement:
-        return estimate(spec, c, gpu, calibration=calibration)
-
-    def search(c: TuningConfig) -> Any:
-        if knob == "micro_batch":
-            return max_micro_batch(run, c, gpu)
-        return max_seq_len(run, c, gpu, spec=spec)
-
-    found = search(config)
-    if knob == "micro_batch":
-        key, label = "max_micro_batch", f"micro-batch at seq-len {config.seq_len}"
-    else:
-        key, label = "max_seq_len", f"sequence length at micro-batch {config.micro_batch_size}"
-    # What the chunked loss would allow, where ftplan's recipe can run it and it was not asked.
-    chunked = None
-    if _can_chunk(spec, config):
-        chunked = search(dataclasses.replace(config, chunked_loss=True)).value
-        if chunked is not None and found.value is not None and chunked <= found.value:
-            chunked = None
+    answer = what_if(lambda c: estimator.estimate(spec, c, gpu), spec, config, gpu, knob=knob)
+    found = answer.found
     if found.value_tight is None:
-        start = "batch 1" if knob == "micro_batch" else "sequence length 1"
+        start = "batch 1" if knob is Knob.MICRO_BATCH else "sequence length 1"
         raise NothingFitsError(
             f"nothing fits at {start} on {gpu.name}: {found.check.describe()}. "
-            f"Nearest change: {_nearest_change(run, spec, config, gpu)}"
+            f"Nearest change: {answer.nearest_change}"
         )
-    result = {
-        "model": spec.name,
-        "gpu": gpu.name,
-        "config": to_jsonable(config),
-        "source": "estimated",
-        key: found.value,
-        f"{key}_tight": found.value_tight,
-        "fit": found.check.verdict.value,
-        "fits": found.check.fits,
-        "peak_reserved_gib": found.check.peak_reserved_gib,
-        "memory_limit_gib": found.check.capacity_gib,
-        "fit_detail": found.check.describe(),
-        "capped_at": found.limit,
-        f"{key}_with_chunked_loss": chunked,
-    }
     if fmt == "json":
+        result = what_if_result(answer, spec, config, gpu, knob=knob)
         click.echo(json.dumps(result, indent=2, sort_keys=True))
-        return
+    else:
+        _echo_what_if(answer, config, gpu, knob=knob)
+
+
+def _echo_what_if(answer: WhatIf, config: TuningConfig, gpu: GPU, *, knob: Knob) -> None:
+    found = answer.found
+    if knob is Knob.MICRO_BATCH:
+        label = f"micro-batch at seq-len {config.seq_len}"
+    else:
+        label = f"sequence length at micro-batch {config.micro_batch_size}"
     cap = f" (the search stops at {found.limit})" if found.limit else ""
     if found.value is not None:
         click.echo(
@@ -489,176 +242,11 @@ def _what_if(spec: ModelSpec, config: TuningConfig, gpu: GPU, *, knob: str, fmt:
             f"its error margin)"
         )
     click.echo(f"  {found.check.describe()}")
-    if chunked is not None:
-        click.echo(f"  with --chunked-loss (the LM head and loss a chunk at a time): {chunked}")
-
-
-def _can_chunk(spec: ModelSpec, config: TuningConfig) -> bool:
-    """Whether the chunked loss is off and ftplan's recipe could run it for this config."""
-    return not config.chunked_loss and (
-        chunked_loss_problem(
-            model_type=spec.model_type, gpu_count=config.gpu_count, sharding=config.sharding
+    if answer.with_chunked_loss is not None:
+        click.echo(
+            "  with --chunked-loss (the LM head and loss a chunk at a time): "
+            f"{answer.with_chunked_loss}"
         )
-        is None
-    )
 
 
-def _nearest_change(
-    run: Callable[[TuningConfig], Measurement], spec: ModelSpec, config: TuningConfig, gpu: GPU
-) -> str:
-    """The first of: the chunked loss, gradient checkpointing, both, QLoRA with checkpointing
-    (and the chunked loss), a shorter sequence, that makes batch 1 fit."""
-    from profiler.headroom import measurement_fit
-    from profiler.whatif import max_seq_len
-
-    one = dataclasses.replace(config, micro_batch_size=1)
-    ckpt = dataclasses.replace(one, grad_checkpointing=True)
-    steps: list[tuple[str, TuningConfig]] = []
-    if not config.grad_checkpointing:
-        steps.append(("add --grad-checkpointing", ckpt))
-    if config.method is not Method.QLORA:
-        qlora = dataclasses.replace(
-            ckpt,
-            method=Method.QLORA,
-            lora_rank=config.lora_rank or 16,
-            lora_alpha=config.lora_alpha or 32,
-            lora_targets=config.lora_targets or "all-linear",
-            optimizer=OptimizerKind.ADAMW,
-            sharding=Sharding.DDP if config.gpu_count > 1 else Sharding.NONE,
-        )
-        if qlora.precision is Precision.BF16:
-            qlora = dataclasses.replace(qlora, precision=Precision.BF16_MIXED)
-        steps.append(("--method qlora with --grad-checkpointing", qlora))
-    options: list[tuple[str, TuningConfig]] = []
-    chunk = _can_chunk(spec, config)
-    if chunk:
-        options.append(("add --chunked-loss", dataclasses.replace(one, chunked_loss=True)))
-    for text, candidate in steps:
-        options.append((text, candidate))
-        if chunk:
-            chunked = dataclasses.replace(candidate, chunked_loss=True)
-            options.append((f"{text} and --chunked-loss", chunked))
-    for text, candidate in options:
-        probe = run(candidate)
-        if measurement_fit(probe, gpu).fits:
-            return f"{text} ({probe.peak_reserved_gib or 0:.1f} GiB at batch 1)"
-    shorter = max_seq_len(run, one, gpu, spec=spec).value
-    if shorter:
-        return f"a shorter --seq-len (at most {shorter} tokens at batch 1)"
-    return "a GPU with more memory, or several GPUs (--gpu-count) to shard over"
-
-
-@click.command("calibrate")
-@click.option("--gpu", "gpu_name", required=True, help="GPU the measurements were taken on.")
-@click.option(
-    "--from",
-    "sources",
-    multiple=True,
-    type=SafePath(exists=True, dir_okay=False, regular_file=True, path_type=Path),
-    help="Measurement JSONL files (default: the profile store).",
-)
-@click.option(
-    "--out",
-    type=SafePath(dir_okay=False, path_type=Path),
-    default=None,
-    help="Where to write (default: the user cache, where the estimator finds it).",
-)
-def calibrate_command(gpu_name: str, sources: tuple[Path, ...], out: Path | None) -> None:
-    """Fit the estimator to stored measurements of one GPU and save the calibration.
-
-    \b
-    Examples:
-      ftplan calibrate --gpu h100
-      ftplan calibrate --gpu h100 --from benchmarks/results/h100-validation.jsonl
-    """
-    from profiler.calibration import (
-        FIRST_PRINCIPLES,
-        REFERENCE_GPU,
-        SHIPPED_DATA_DIR,
-        calibration_file_name,
-        calibration_for,
-        calibration_to_json,
-        load_calibration,
-        read_calibration,
-        user_calibration_dir,
-    )
-    from profiler.fit import fit_calibration
-    from profiler.store import default_store
-
-    gpu = get_gpu(gpu_name)
-    records = _read_sources(sources, gpu) if sources else default_store().records()
-    shipped = SHIPPED_DATA_DIR / calibration_file_name(REFERENCE_GPU)
-    fallback = read_calibration(shipped) if shipped.is_file() else None
-    fitted = fit_calibration(records, get_model, gpu, fallback=fallback)
-    before = load_calibration(gpu.name) or calibration_for(gpu)
-    before_errors = _errors(records, gpu, before if before.fit_inputs else FIRST_PRINCIPLES)
-    target = out or user_calibration_dir() / calibration_file_name(gpu.name)
-    for source in sources:
-        if same_file(target, source):
-            raise UserInputError(
-                f"--out {printable(target)!r} is the measurements file being read (--from); "
-                "writing the calibration there would replace them. To fix: choose another --out"
-            )
-    atomic_write_text(target, calibration_to_json(fitted), follow_link=out is not None)
-    load_calibration.cache_clear()  # type: ignore[attr-defined]
-    click.echo(f"fitted {gpu.name} on {fitted.fit_inputs} measurements")
-    click.echo(
-        f"before: peak memory error median {before_errors[0]:.1f}% (worst "
-        f"{before_errors[1]:.1f}%), step time median {before_errors[2]:.1f}% (worst "
-        f"{before_errors[3]:.1f}%)"
-    )
-    click.echo(
-        f"after:  peak memory error median {fitted.memory_error_median_pct:.1f}% (worst "
-        f"{fitted.memory_error_max_pct:.1f}%), step time median "
-        f"{fitted.time_error_median_pct:.1f}% (worst {fitted.time_error_max_pct:.1f}%)"
-    )
-    click.echo(f"wrote {printable(target)}")
-
-
-def _read_sources(sources: Sequence[Path], gpu: GPU) -> list[Measurement]:
-    """Measurements from JSONL files: profile-store records, or raw reference rows (``mode``)."""
-    from profiler.calibration import reference_measurements
-    from profiler.store import ProfileStore
-
-    records: list[Measurement] = []
-    for path in sources:
-        with open_regular(path, what="--from") as handle:
-            first = b"{}"
-            while line := handle.readline(1024 * 1024):
-                if line.strip():
-                    first = line
-                    break
-        try:
-            head = loads_json(first.decode("utf-8", errors="replace"), what=f"--from {path}")
-        except DataError:
-            head = {}  # the reader below names the line
-        if isinstance(head, dict) and "mode" in head:
-            records += reference_measurements(path, gpu_name=gpu.name)
-        else:
-            records += ProfileStore([path]).records()
-    return records
-
-
-def _errors(
-    records: Sequence[Measurement], gpu: GPU, calibration: Any
-) -> tuple[float, float, float, float]:
-    """Median and worst absolute % error of peak allocated memory and step time."""
-    from profiler.estimator import estimate
-    from profiler.fit import usable_rows
-
-    memory, time = [], []
-    for m in usable_rows(records, gpu):
-        predicted = estimate(get_model(m.model), m.config, gpu, calibration=calibration)
-        assert m.peak_allocated_gib and m.step_time_s  # usable_rows keeps positive ones only
-        if not (predicted.peak_allocated_gib and predicted.step_time_s):
-            continue
-        memory.append(abs(predicted.peak_allocated_gib / m.peak_allocated_gib - 1) * 100)
-        time.append(abs(predicted.step_time_s / m.step_time_s - 1) * 100)
-    if not memory:
-        return (math.nan, math.nan, math.nan, math.nan)
-    memory.sort()
-    time.sort()
-    return (memory[len(memory) // 2], memory[-1], time[len(time) // 2], time[-1])
-
-
-COMMANDS: list[click.Command] = [estimate_command, calibrate_command]
+COMMANDS: list[click.Command] = [estimate_command]

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from catalog import InputError, expand_user, printable
+from catalog import expand_user, printable
 from profiler import _types as run_shape
 
 #: Longest text any option takes (a path, a URL, a comma list); longer is a mistake or an attack.
@@ -201,28 +201,8 @@ def harden(commands: Iterable[click.Command]) -> None:
             harden(command.commands.values())
 
 
-def check_targets(text: str) -> str:
-    """``text`` when it is a LoRA target spec (all-linear, attention, q_proj,v_proj, ...)."""
-    from profiler._types import resolve_targets
-
-    try:
-        resolve_targets(text)
-    except ValueError as exc:
-        raise InputError(f"--targets: {exc}") from None
-    return text
-
-
-def user_config(**fields: Any) -> Any:
-    """A :class:`profiler.TuningConfig` from flags; a contradiction among them is bad input."""
-    from profiler import TuningConfig
-
-    try:
-        return TuningConfig(**fields)
-    except ValueError as exc:
-        raise InputError(f"these options do not go together: {exc}") from None
-
-
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{1,40}$")
+_DEVICE = re.compile(r"^(cpu|cuda(:[0-9]{1,3})?)$")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
@@ -235,6 +215,13 @@ def check_region(_ctx: click.Context | None, _param: click.Parameter | None, val
                 f"{printable(region)!r} is not a region name (e.g. us-east-1)"
             )
     return value
+
+
+def check_device(text: str) -> str:
+    """``text`` when it names a device ftplan can profile on: ``cuda``, ``cuda:<i>`` or ``cpu``."""
+    if not _DEVICE.match(text.strip().lower()):
+        raise click.BadParameter(f"{text!r} is not cuda, cuda:<index> or cpu")
+    return text.strip().lower()
 
 
 def check_env_var(

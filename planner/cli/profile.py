@@ -7,25 +7,14 @@ profile store, where ``ftplan recommend`` and ``ftplan estimate`` find them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import re
-import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from catalog import (
-    EnvironmentProblem,
-    InputError,
-    ModelSpec,
-    get_gpu,
-    get_model,
-    printable,
-    to_jsonable,
-)
+from catalog import EnvironmentProblem, ModelSpec, get_gpu, get_model, printable, to_jsonable
+from planner.cli._tables import echo_profile_table
 from planner.cli.errors import require_extra
 from planner.cli.params import (
     MAX_BATCH,
@@ -33,127 +22,27 @@ from planner.cli.params import (
     MAX_LORA_RANK,
     MAX_SEQ_LEN,
     SafePath,
-    check_targets,
+    check_device,
     finite_float,
     int_range,
-    user_config,
 )
 from profiler import (
+    DEFAULT_LORA_RANK,
+    DEFAULT_LORA_TARGETS,
     Measurement,
     Method,
     OptimizerKind,
     Precision,
     TuningConfig,
-    chunked_loss_problem,
 )
-from profiler._worker import PHASE_FORWARD_BACKWARD, PHASE_OPTIMIZER_STEP
+from profiler.request import checked_targets, layer_counts, profiled_model, sweep_configs
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-# CPU runs time a tiny stand-in of the model: wide layers and a 100k+ vocabulary would take
-# minutes per step on a laptop CPU and tell nothing about GPU memory anyway.
-CPU_MAX_LAYERS = 2
-CPU_MAX_HIDDEN = 256
-CPU_MAX_VOCAB = 4096
-MAX_LAYERS = 1024
 MAX_WARMUP_STEPS = 1000
 MAX_TIMED_STEPS = 10_000
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
-_DEVICE = re.compile(r"^(cpu|cuda(:[0-9]{1,3})?)$")
-
-
-def check_device(text: str) -> str:
-    """``text`` when it names a device ftplan can profile on: ``cuda``, ``cuda:<i>`` or ``cpu``."""
-    if not _DEVICE.match(text.strip().lower()):
-        raise click.BadParameter(f"{text!r} is not cuda, cuda:<index> or cpu")
-    return text.strip().lower()
-
-
-def cpu_stand_in(spec: ModelSpec) -> tuple[ModelSpec, str]:
-    """A tiny model of the same architecture type for CPU timing, and a note on what shrank.
-
-    Layers are cut to 2, and hidden size, heads, MLP width and vocabulary are scaled down where
-    they exceed 256 / 4096, keeping the attention grouping (heads per KV head) and head size.
-    """
-    heads, kv_heads, head_dim, hidden = (
-        spec.num_heads,
-        spec.num_kv_heads,
-        spec.head_dim,
-        spec.hidden_size,
-    )
-    if hidden > CPU_MAX_HIDDEN:
-        group = spec.num_heads // spec.num_kv_heads  # query heads per KV head, kept
-        head_dim = min(spec.head_dim, 32)
-        kv_heads = max(1, CPU_MAX_HIDDEN // (group * head_dim))
-        heads = kv_heads * group
-        hidden = heads * head_dim
-    layers = min(spec.num_layers, CPU_MAX_LAYERS)
-    vocab = min(spec.vocab_size, CPU_MAX_VOCAB)
-    tiny = dataclasses.replace(
-        spec,
-        name=f"{spec.name}-cpu-tiny",
-        num_layers=layers,
-        hidden_size=hidden,
-        intermediate_size=max(1, round(spec.intermediate_size * hidden / spec.hidden_size)),
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        vocab_size=vocab,
-        param_count=1,
-        source=f"CPU stand-in of {spec.name}",
-    )
-    note = (
-        f"CPU run on a tiny stand-in of {spec.name}: {layers} of {spec.num_layers} layers, "
-        f"hidden {hidden} (was {spec.hidden_size}), vocab {vocab} (was {spec.vocab_size}); "
-        f"step time only, no memory figures, not representative of a GPU"
-    )
-    return tiny, note
-
-
-def _parse_layers(text: str) -> tuple[int, ...]:
-    try:
-        counts = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
-    except ValueError:
-        counts = ()
-    if len(counts) < 2 or counts[0] <= 0 or counts[-1] > MAX_LAYERS or len(counts) > 8:
-        raise InputError(
-            f"--layers {text!r}: give two to eight layer counts between 1 and {MAX_LAYERS}, "
-            "e.g. 2,4"
-        )
-    return counts
-
-
-def _configs(
-    method: Method,
-    *,
-    precision: Precision,
-    rank: int,
-    alpha: int | None,
-    targets: str,
-    batches: Sequence[int],
-    seq_lens: Sequence[int],
-    grad_checkpointing: bool,
-    optimizer: OptimizerKind,
-    chunked_loss: bool = False,
-) -> list[TuningConfig]:
-    lora = method is not Method.FULL
-    return [
-        user_config(
-            method=method,
-            precision=precision,
-            lora_rank=rank if lora else None,
-            lora_alpha=alpha if lora else None,
-            lora_targets=targets if lora else None,
-            micro_batch_size=batch,
-            seq_len=seq_len,
-            grad_checkpointing=grad_checkpointing,
-            optimizer=optimizer,
-            chunked_loss=chunked_loss,
-        )
-        for batch in batches
-        for seq_len in seq_lens
-    ]
 
 
 def _require_cuda(device: str) -> None:
@@ -193,58 +82,6 @@ def _run(
     return [*inputs, result]
 
 
-def _cell(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _render_table(results: Sequence[Measurement], note: str) -> None:
-    from rich.console import Console  # deferred: only table output needs rich
-    from rich.table import Table
-
-    table = Table(title="ftplan profile", caption=note or None, header_style="bold")
-    for column in (
-        "model",
-        "config",
-        "gpu",
-        "source",
-        "status",
-        "alloc GiB",
-        "reserved GiB",
-        "fwd+bwd GiB",
-        "optim GiB",
-        "step s",
-        "tokens/s",
-    ):
-        numeric = column.endswith(("GiB", "s"))
-        table.add_column(
-            column,
-            justify="right" if numeric else "left",
-            no_wrap=column in ("model", "config", "gpu", "source"),
-        )
-    for m in results:
-        phases = dict(m.phase_peaks_gib)
-        table.add_row(
-            m.model,
-            m.config.label(),
-            m.gpu,
-            m.source.value,
-            m.status.value,
-            _cell(m.peak_allocated_gib, 2),
-            _cell(m.peak_reserved_gib, 2),
-            _cell(phases.get(PHASE_FORWARD_BACKWARD), 2),
-            _cell(phases.get(PHASE_OPTIMIZER_STEP), 2),
-            _cell(m.step_time_s, 4),
-            _cell(m.tokens_per_s, 0),
-        )
-    console = Console(width=max(200, shutil.get_terminal_size().columns))
-    with console.capture() as captured:  # through click.echo, so CliRunner sees it
-        console.print(table)
-    click.echo(captured.get(), nl=False)
-    for m in results:
-        if m.error:
-            click.echo(f"{m.model} {m.config.label()}: {m.status.value}: {m.error[:300]}")
-
-
 @click.command("profile")
 @click.option(
     "--model",
@@ -260,7 +97,11 @@ def _render_table(results: Sequence[Measurement], note: str) -> None:
     show_default=True,
 )
 @click.option(
-    "--rank", type=int_range(1, MAX_LORA_RANK), default=16, show_default=True, help="LoRA rank."
+    "--rank",
+    type=int_range(1, MAX_LORA_RANK),
+    default=DEFAULT_LORA_RANK,
+    show_default=True,
+    help="LoRA rank.",
 )
 @click.option(
     "--alpha",
@@ -270,9 +111,9 @@ def _render_table(results: Sequence[Measurement], note: str) -> None:
 )
 @click.option(
     "--targets",
-    default="all-linear",
+    default=DEFAULT_LORA_TARGETS,
     show_default=True,
-    callback=lambda _ctx, _param, value: check_targets(value),
+    callback=lambda _ctx, _param, value: checked_targets(value),
     help="LoRA targets: all-linear, attention, or e.g. q_proj,v_proj.",
 )
 @click.option(
@@ -377,22 +218,12 @@ def profile_command(
       ftplan profile --model llama2-7b --method lora --device cpu      (tiny stand-in, time only)
       ftplan profile --model llama3.1-8b --method lora --seq-len 8192 --chunked-loss
     """
-    from rich.console import Console
-    from rich.progress import Progress
-
-    from profiler.store import ProfileStore, default_store, user_profiles_path
-
     require_extra("train", "ftplan profile")
-    spec, note = get_model(model_name), ""
-    problem = chunked_loss_problem(model_type=spec.model_type) if chunked_loss else None
-    if problem is not None:
-        raise InputError(f"--chunked-loss: {problem}. To fix: drop --chunked-loss")
     cpu = device == "cpu"
-    if cpu:
-        spec, note = cpu_stand_in(spec)
+    spec, note = profiled_model(get_model(model_name), chunked_loss=chunked_loss, cpu=cpu)
     if not cpu:
         _require_cuda(device)
-    configs = _configs(
+    configs = sweep_configs(
         Method(method),
         precision=Precision(precision),
         rank=rank,
@@ -404,7 +235,7 @@ def profile_command(
         optimizer=OptimizerKind(optimizer),
         chunked_loss=chunked_loss,
     )
-    layers = None if (full_depth or cpu) else _parse_layers(layers_text)
+    layers = None if (full_depth or cpu) else layer_counts(layers_text)
     options = dict(
         device=device,
         warmup_steps=warmup_steps,
@@ -413,6 +244,24 @@ def profile_command(
         timeout_s=timeout_s,
         gpu=get_gpu(gpu_name).name if gpu_name else None,
     )
+    results = _run_all(spec, configs, layers=layers, options=options)
+    target = _store(results, out)
+    _print(results, note, output_format)
+    click.echo(f"{len(results)} records appended to {printable(target)}", err=True)
+
+
+def _run_all(
+    spec: ModelSpec,
+    configs: list[TuningConfig],
+    *,
+    layers: tuple[int, ...] | None,
+    options: dict[str, Any],
+) -> list[Measurement]:
+    """Every config's measurements (a truncated depth's and the extrapolation, or the full
+    depth's), in order, with a progress bar on stderr."""
+    from rich.console import Console
+    from rich.progress import Progress
+
     results: list[Measurement] = []
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(
@@ -422,16 +271,26 @@ def profile_command(
             results.extend(
                 _run(spec, config, layers=layers, options=options, progress=progress, task=task)
             )
+    return results
+
+
+def _store(results: list[Measurement], out: Path | None) -> Path:
+    """Append ``results`` to ``out`` (default: the user's profile store); the file written."""
+    from profiler.store import ProfileStore, default_store, user_profiles_path
+
     target = out or user_profiles_path()
     ProfileStore([target]).append(target, results)
     default_store.cache_clear()
+    return target
+
+
+def _print(results: list[Measurement], note: str, output_format: str) -> None:
     if output_format == "json":
         click.echo(json.dumps([to_jsonable(m) for m in results], indent=2, sort_keys=True))
+        if note:
+            click.echo(note, err=True)
     else:
-        _render_table(results, note)
-    if note and output_format == "json":
-        click.echo(note, err=True)
-    click.echo(f"{len(results)} records appended to {printable(target)}", err=True)
+        echo_profile_table(results, note)
 
 
 COMMANDS: list[click.Command] = [profile_command]

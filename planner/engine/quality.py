@@ -25,7 +25,7 @@ import math
 
 from catalog import ModelSpec
 from planner._types import RISK_ORDER, Budget, QualityPolicy, QualityRisk, RiskLevel, Task
-from profiler import Precision, TuningConfig, adapted_modules
+from profiler import DEFAULT_LORA_TARGETS, Precision, TuningConfig, adapted_modules
 from profiler.memory import trainable_params
 from profiler.recipes import DEFAULT_LEARNING_RATE
 
@@ -195,7 +195,9 @@ def _lora_risks(
     spec: ModelSpec, config: TuningConfig, budget: Budget, global_batch_tokens: int | None
 ) -> list[QualityRisk]:
     risks: list[QualityRisk] = []
-    modules = adapted_modules(config.lora_targets or "all-linear", num_experts=spec.num_experts)
+    modules = adapted_modules(
+        config.lora_targets or DEFAULT_LORA_TARGETS, num_experts=spec.num_experts
+    )
     if budget.task is Task.RL:
         risks.append(
             QualityRisk(

@@ -90,10 +90,9 @@ def offer_label(offer: Offer) -> str:
 
 
 def memory_used_gib(measurement: Measurement) -> float | None:
-    """The per-GPU figure compared with usable memory: reserved if known, else allocated."""
-    if measurement.peak_reserved_gib is not None:
-        return measurement.peak_reserved_gib
-    return measurement.peak_allocated_gib
+    """The per-GPU figure compared with usable memory: reserved if known, else allocated
+    (:attr:`profiler.Measurement.peak_memory_gib`)."""
+    return measurement.peak_memory_gib
 
 
 def all_candidates(plan: Plan) -> list[Candidate]:
