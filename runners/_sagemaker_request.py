@@ -80,7 +80,6 @@ SOURCE_REQUIREMENTS = (
 ENTRY_POINT = "ftplan_entry.py"
 SPEC_FILE_IN_SOURCE = "ftplan_launch.json"
 SOURCE_PACKAGES = ("runners", "profiler", "catalog")
-SPEC_HYPERPARAMETER = "ftplan_spec"
 HYPERPARAMETER_MAX_CHARS = 2500  # botocore sagemaker service model: HyperParameterValue max
 JOB_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # botocore TrainingJobName
 # Stopping condition = planned hours × (1 + margin) + start-up allowance. The margin covers

@@ -36,6 +36,10 @@ SAGEMAKER_TRAIN_CHANNEL = "train"  # input channel; the container sets SM_CHANNE
 SAGEMAKER_EVAL_CHANNEL = "eval"  # held-out data (--eval-data); the container sets SM_CHANNEL_EVAL
 SAGEMAKER_MODEL_CHANNEL = "model"  # --weights s3://... arrives as /opt/ml/input/data/model
 SAGEMAKER_FAILURE_FILE = "/opt/ml/output/failure"  # first 1024 chars: the job's FailureReason
+# The hyperparameter carrying the launch spec as compact JSON: written into the job request
+# (runners/_sagemaker_request.py), read back from a job (runners/_sagemaker_ops.py) and by the
+# entry point in the container (runners/train.py, as --ftplan_spec or SM_HPS).
+SAGEMAKER_SPEC_HYPERPARAMETER = "ftplan_spec"
 
 # Default accuracy the summary judges a run against. Peak memory: the 2/4-layer extrapolation
 # came within 0.2% on the H100 in 22 of 24 configs, and the analytic estimator is looser, so 10%

@@ -26,7 +26,6 @@ from runners._sagemaker_request import (
     HYPERPARAMETER_MAX_CHARS,
     IMAGE_REGISTRIES,
     SOURCE_PACKAGES,
-    SPEC_HYPERPARAMETER,
     check_eval_uri,
     check_remote_weights,
     distribution_environment,
@@ -42,6 +41,7 @@ from runners._sagemaker_request import (
 )
 from runners._types import (
     SAGEMAKER_CHECKPOINT_DIR,
+    SAGEMAKER_SPEC_HYPERPARAMETER,
     LaunchResult,
     LaunchSpec,
     RunnerError,
@@ -232,7 +232,7 @@ class SageMakerRunner:
             "sagemaker_container_log_level": "20",
         }
         if len(spec_compact) <= HYPERPARAMETER_MAX_CHARS:
-            hyperparameters[SPEC_HYPERPARAMETER] = spec_compact
+            hyperparameters[SAGEMAKER_SPEC_HYPERPARAMETER] = spec_compact
         if uses_accelerate(spec.config):
             # torchrun on every node (the SDK's distribution={"torch_distributed": ...}).
             hyperparameters["sagemaker_torch_distributed_enabled"] = "true"

@@ -58,6 +58,7 @@ from runners._types import (
     SAGEMAKER_EVAL_CHANNEL,
     SAGEMAKER_FAILURE_FILE,
     SAGEMAKER_MODEL_CHANNEL,
+    SAGEMAKER_SPEC_HYPERPARAMETER,
     SAGEMAKER_TRAIN_CHANNEL,
     LaunchSpec,
     is_eval_step,
@@ -68,7 +69,6 @@ from runners.data import BlockSchedule, find_jsonl, load_tokenizer, pack, read_t
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 FINAL_MODEL_DIR = "final"
-SPEC_HYPERPARAMETER = "ftplan_spec"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,7 +109,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="override the spec's device")
     parser.add_argument(
-        f"--{SPEC_HYPERPARAMETER}",
+        f"--{SAGEMAKER_SPEC_HYPERPARAMETER}",
         dest="spec_json",
         help="the launch spec as JSON (SageMaker hyperparameter)",
     )
@@ -129,15 +129,16 @@ def resolve_spec(args: argparse.Namespace, env: dict[str, str]) -> LaunchSpec:
             where=f"launch spec {args.spec!r}",
         )
     elif args.spec_json:
-        spec = launch_spec_from_json(args.spec_json, where=f"--{SPEC_HYPERPARAMETER}")
-    elif SPEC_HYPERPARAMETER in json.loads(env.get("SM_HPS", "{}")):
-        value = json.loads(env["SM_HPS"])[SPEC_HYPERPARAMETER]
+        spec = launch_spec_from_json(args.spec_json, where=f"--{SAGEMAKER_SPEC_HYPERPARAMETER}")
+    elif SAGEMAKER_SPEC_HYPERPARAMETER in json.loads(env.get("SM_HPS", "{}")):
+        value = json.loads(env["SM_HPS"])[SAGEMAKER_SPEC_HYPERPARAMETER]
         # The SageMaker toolkit JSON-decodes hyperparameter values, so this may be an object.
-        spec = launch_spec_from_json(value, where=f"SM_HPS[{SPEC_HYPERPARAMETER!r}]")
+        spec = launch_spec_from_json(value, where=f"SM_HPS[{SAGEMAKER_SPEC_HYPERPARAMETER!r}]")
     else:
         raise ValueError(
             "no launch spec: pass --spec launch.json (ftplan launch --dry-run "
-            "writes one) or run on SageMaker with the ftplan_spec hyperparameter"
+            f"writes one) or run on SageMaker with the {SAGEMAKER_SPEC_HYPERPARAMETER} "
+            "hyperparameter"
         )
     overrides: dict[str, Any] = {}
     if args.max_steps is not None:
