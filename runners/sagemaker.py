@@ -37,8 +37,8 @@ from runners._sagemaker_request import (
     source_tarball,
     split_s3,
     stopping_condition,
-    volume_size_gib,
 )
+from runners._sizing import SAGEMAKER_VOLUME, node_disk_gib
 from runners._types import (
     SAGEMAKER_CHECKPOINT_DIR,
     SAGEMAKER_SPEC_HYPERPARAMETER,
@@ -259,7 +259,7 @@ class SageMakerRunner:
             "ResourceConfig": {
                 "InstanceType": instance,
                 "InstanceCount": spec.nodes,
-                "VolumeSizeInGB": volume_size_gib(spec),
+                "VolumeSizeInGB": node_disk_gib(spec, SAGEMAKER_VOLUME),
             },
             "StoppingCondition": stopping_condition(spec),
             "EnableManagedSpotTraining": spot,

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from catalog import (
-    GIB,
     DataError,
     Offer,
     Provider,
@@ -37,9 +36,9 @@ from catalog import (
     sky_name_is_ambiguous,
 )
 from catalog.errors import CONTROL_CHARS, CONTROL_CHARS_OR_NEWLINES
-from profiler.memory import checkpoint_bytes, download_bytes
 from runners._run_files import process_running
 from runners._sagemaker_request import SOURCE_PACKAGES, distribution_environment
+from runners._sizing import SKYPILOT_DISK, node_disk_gib
 from runners._sky_follow import update_record
 from runners._sky_ops import (
     AUTODOWN_IDLE_MINUTES,
@@ -99,15 +98,6 @@ def task_name(spec: LaunchSpec, *, now: dt.datetime | None = None) -> str:
     valid run id (``ftplan status``, ``logs`` and ``stop`` take it back)."""
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d-%H%M%S")
     return f"ftplan-{model_slug(spec.model.name)}-{spec.config.method.value}-{stamp}"
-
-
-def disk_size_gib(spec: LaunchSpec) -> int:
-    """Boot disk per node: the 16-bit weights twice (download + cache), two kept checkpoints
-    (:func:`profiler.estimator.checkpoint_bytes`, at least 2 GiB), 100 GiB for the OS, CUDA and
-    the Python environment."""
-    weights = download_bytes(spec.model) / GIB
-    checkpoints = max(2.0, 2 * checkpoint_bytes(spec.model, spec.config) / GIB)
-    return max(256, math.ceil(2 * weights + checkpoints + 100))
 
 
 def region_to_pin(offer: Offer, offers: tuple[Offer, ...]) -> str | None:
@@ -236,7 +226,7 @@ def task_config(
         "infra": SKYPILOT_CLOUDS[offer.provider] + (f"/{region}" if region else ""),
         "accelerators": f"{accelerator}:{spec.gpus_per_node}",
         "use_spot": offer.spot,
-        "disk_size": disk_size_gib(spec),
+        "disk_size": node_disk_gib(spec, SKYPILOT_DISK),
         **network_resources(offer, nodes=spec.nodes),
     }
     if sky_name_is_ambiguous(accelerator, provider=offer.provider):
