@@ -36,6 +36,7 @@ from catalog import (
     atomic_write_text,
     read_json_file,
 )
+from profiler.headroom import CUDA_CONTEXT_GIB
 from runners._checkpoint import file_sha256, identity_mismatch, run_identity
 from runners._distributed import (
     DEEPSPEED_CONFIG_FILE,
@@ -84,10 +85,13 @@ from runners._weights import (
 )
 
 DEFAULT_RUNS_DIR = Path("runs")
-# Free memory the CUDA context and the allocator's fragmentation take beyond peak allocated
-# memory; PyTorch's caching allocator typically reserves a few percent more than it allocates.
-# A coarse guard: the planner already sized the config against usable memory with headroom.
-CONTEXT_RESERVE_GIB = 1.0
+# What PyTorch's caching allocator reserves beyond the peak it allocates (typically a few
+# percent): a coarse margin, since the planner already sized the config against usable memory
+# with headroom.
+ALLOCATOR_FRAGMENTATION_GIB = 0.25
+# Memory a GPU must have beyond the plan's peak allocated memory before a local run starts: the
+# measured CUDA context (profiler.headroom.CUDA_CONTEXT_GIB, 0.75 GiB) and the allocator's margin.
+CONTEXT_RESERVE_GIB = CUDA_CONTEXT_GIB + ALLOCATOR_FRAGMENTATION_GIB
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
