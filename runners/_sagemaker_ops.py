@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runners._run_files import SUMMARY_FILE
 from runners._types import SAGEMAKER_SPEC_HYPERPARAMETER, RunnerError, launch_spec_from_json
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"  # where SageMaker writes training jobs' stdout/stderr
@@ -209,7 +210,6 @@ def ftplan_jobs(client: Any, *, max_results: int = 50) -> list[dict[str, Any]]:
     return jobs
 
 
-SUMMARY_FILE = "summary.json"
 #: Largest job output archive read back (it holds summary.json and a few logs; the model is in
 #: model.tar.gz), and largest summary.json in it.
 MAX_OUTPUT_ARCHIVE_BYTES = 256 * 1024 * 1024

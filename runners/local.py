@@ -54,6 +54,7 @@ from runners._run_files import (
     OUTPUT_DIR,
     SPEC_FILE,
     STATUS_FILE,
+    SUMMARY_FILE,
     is_run_process,
     process_running,
     progress_line,
@@ -75,6 +76,7 @@ from runners._types import (
     launch_spec_to_json,
 )
 from runners._weights import (
+    HF_TOKEN_ENV,
     MissingWeightsError,
     check_architecture,
     check_tokenizer,
@@ -393,7 +395,7 @@ class LocalRunner:
             weights=spec.checkpoint,
             random_init=spec.random_init,
             has_token=_local_token_available(),
-            where="export HF_TOKEN=hf_... or log in with 'hf auth login'",
+            where=f"export {HF_TOKEN_ENV}=hf_... or log in with 'hf auth login'",
         )
         if token_problem is not None:
             if not dry_run:
@@ -483,7 +485,7 @@ class LocalRunner:
                 )
         # The run's own folder, never a path status.json names: a status file is data.
         progress = progress_line(run_dir / OUTPUT_DIR / METRICS_FILE)
-        summary = run_dir / OUTPUT_DIR / "summary.json"
+        summary = run_dir / OUTPUT_DIR / SUMMARY_FILE
         return RunStatus(
             run_id=run_id,
             target=Target.LOCAL,
@@ -676,7 +678,7 @@ def prepare_weights(spec: LaunchSpec) -> LaunchSpec:
 def _local_token_available() -> bool:
     """Whether a Hugging Face token reaches a local run: ``$HF_TOKEN`` or the login's cache
     (huggingface_hub reads both)."""
-    if os.environ.get("HF_TOKEN"):
+    if os.environ.get(HF_TOKEN_ENV):
         return True
     try:
         from huggingface_hub import get_token  # deferred: the train extra's

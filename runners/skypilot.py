@@ -35,11 +35,16 @@ from catalog import (
     sky_accelerator_for_gpu,
     sky_name_is_ambiguous,
 )
+from catalog._sky_vms import CLOUD_PROVIDERS
 from catalog.errors import CONTROL_CHARS, CONTROL_CHARS_OR_NEWLINES
-from runners._run_files import process_running
-from runners._sagemaker_request import SOURCE_PACKAGES, distribution_environment
+from runners._run_files import LOG_FILE, process_running
+from runners._sagemaker_request import (
+    SOURCE_PACKAGES,
+    SPEC_FILE_IN_SOURCE,
+    distribution_environment,
+)
 from runners._sizing import SKYPILOT_DISK, node_disk_gib
-from runners._sky_follow import update_record
+from runners._sky_follow import RECORD_FILE, REMOTE_OUTPUT_DIR, REMOTE_ROOT, update_record
 from runners._sky_ops import (
     AUTODOWN_IDLE_MINUTES,
     cluster_state,
@@ -60,25 +65,17 @@ from runners._types import (
     launch_spec_to_json,
     refuse_credentials_in_uri,
 )
-from runners._weights import gated_token_problem
+from runners._weights import HF_TOKEN_ENV, gated_token_problem, read_hf_token
 from runners.local import model_slug, run_dir_for
 
-#: SkyPilot's cloud name for each provider it launches on.
+#: SkyPilot's cloud name for each provider it launches on: the catalog's map from SkyPilot's
+#: cloud names to providers (``catalog._sky_vms.CLOUD_PROVIDERS``), turned around.
 SKYPILOT_CLOUDS: dict[Provider, str] = {
-    Provider.AWS: "aws",
-    Provider.GCP: "gcp",
-    Provider.AZURE: "azure",
-    Provider.LAMBDA: "lambda",
-    Provider.RUNPOD: "runpod",
+    provider: cloud for cloud, (provider, _service) in CLOUD_PROVIDERS.items()
 }
-REMOTE_ROOT = "/ftplan"
 REMOTE_DATA_DIR = f"{REMOTE_ROOT}/data"
 REMOTE_EVAL_DIR = f"{REMOTE_ROOT}/eval"  # its own folder: train and eval files may share a name
-REMOTE_OUTPUT_DIR = f"{REMOTE_ROOT}/output"
-SPEC_FILE = "ftplan_launch.json"
-RECORD_FILE = "skypilot.json"
 TASK_FILE = "task.yaml"
-HF_TOKEN_ENV = "HF_TOKEN"
 TORCHRUN_PORT = 29500  # torch.distributed's conventional rendezvous port
 _BUCKET_SCHEMES = ("s3://", "gs://", "r2://", "cos://", "oci://", "https://")
 _NO_REGION = ("", "unspecified")
@@ -141,7 +138,7 @@ def _run_script(spec: LaunchSpec, *, data_path: str, eval_path: str | None = Non
         "-m",
         "runners.train",
         "--spec",
-        SPEC_FILE,
+        SPEC_FILE_IN_SOURCE,
         "--data",
         data_path,
         *(("--eval-data", eval_path) if eval_path is not None else ()),
@@ -471,7 +468,7 @@ def stage_workdir(spec_json: str, workdir: Path, *, code_root: Path | None = Non
     for name in ("pyproject.toml", "constraints.txt", "README.md"):
         if (root / name).is_file():
             shutil.copy2(root / name, workdir / name)
-    atomic_write_text(workdir / SPEC_FILE, spec_json)
+    atomic_write_text(workdir / SPEC_FILE_IN_SOURCE, spec_json)
     return workdir
 
 
@@ -516,14 +513,8 @@ class SkyPilotRunner:
         self._region = region
         self._echo = echo
         self._env = dict(os.environ if env is None else env)
-        self._token = self._env.get(hf_token_env or HF_TOKEN_ENV) or None
+        self._token = read_hf_token(self._env, hf_token_env)
         self._start_follower = start_follower or spawn_follower
-        if hf_token_env is not None and self._token is None:
-            raise RunnerError(
-                f"--hf-token-env {hf_token_env}: the variable is not set (or empty). To fix: "
-                f"export {hf_token_env}=hf_... (a token that can read the model), or leave the "
-                f"option out"
-            )
 
     def build_task(
         self, spec: LaunchSpec, *, data: str, name: str, eval_data: str | None = None
@@ -706,7 +697,7 @@ class SkyPilotRunner:
         """Stream the run's log through SkyPilot; when SkyPilot cannot (the cluster is gone,
         the jobs controller is down), print the copy ftplan's follower kept, and why."""
         record = self._record(run_id)
-        local = run_dir_for(self._runs_dir, run_id) / "train.log"
+        local = run_dir_for(self._runs_dir, run_id) / LOG_FILE
         out = self._echo or sys.stdout
         if record["kind"] == "cluster" and isinstance(record.get("final"), dict):
             self._print_copy(local, out, why="the run has ended and its cluster is down")

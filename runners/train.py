@@ -43,6 +43,7 @@ from runners._checkpoint import (
     save_checkpoint,
 )
 from runners._eval import EvalResult, evaluate, find_eval_jsonl, load_eval_blocks
+from runners._run_files import METRICS_FILE, SUMMARY_FILE
 from runners._stop import CheckpointClock, NonFiniteLoss, StopRequest, TrainingStopped
 from runners._summary import build_summary
 from runners._train_sharded import (
@@ -66,8 +67,6 @@ from runners._types import (
 )
 from runners.data import BlockSchedule, find_jsonl, load_tokenizer, pack, read_texts
 
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
 FINAL_MODEL_DIR = "final"
 
 
