@@ -50,6 +50,10 @@ DEFAULT_MEMORY_TOLERANCE_FRACTION = 0.10
 DEFAULT_THROUGHPUT_TOLERANCE_FRACTION = 0.15
 
 BYTE_TOKENIZER = "byte"
+#: Where a run trains: the GPUs, or the CPU (tests and smoke checks; ``launch --device cpu``).
+CUDA_DEVICE = "cuda"
+CPU_DEVICE = "cpu"
+DEVICES = (CUDA_DEVICE, CPU_DEVICE)
 #: Most epochs a launch spec may ask for: a plan's budget allows MAX_EPOCHS; smoke runs that
 #: are stopped by hand ask for more, and past this the step count stops being a plain float.
 MAX_SPEC_EPOCHS = 1000 * MAX_EPOCHS
@@ -160,7 +164,7 @@ class LaunchSpec:
     tokenizer: str | None = None
     offer: Offer | None = None
     nodes: int = 1
-    device: str = "cuda"
+    device: str = CUDA_DEVICE
     grad_accum_steps: int = 1
     learning_rate: float | None = None
     epochs: float = 1.0
@@ -178,8 +182,9 @@ class LaunchSpec:
     eval_every_steps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.device not in ("cuda", "cpu"):
-            raise ValueError(f"device must be 'cuda' or 'cpu', got {self.device!r}")
+        if self.device not in DEVICES:
+            allowed = " or ".join(repr(device) for device in DEVICES)
+            raise ValueError(f"device must be {allowed}, got {self.device!r}")
         for name in ("grad_accum_steps", "nodes", "log_every_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

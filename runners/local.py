@@ -66,6 +66,8 @@ from runners._run_files import (
 )
 from runners._types import (
     BYTE_TOKENIZER,
+    CPU_DEVICE,
+    CUDA_DEVICE,
     LaunchResult,
     LaunchSpec,
     RunnerError,
@@ -254,7 +256,7 @@ class LocalRunner:
         ]
         if resume:
             train_args.append("--resume")
-        if spec.device == "cuda" and uses_accelerate(spec.config):
+        if spec.device == CUDA_DEVICE and uses_accelerate(spec.config):
             return (
                 self._python,
                 "-m",
@@ -269,7 +271,7 @@ class LocalRunner:
         """Extra environment variables of the run."""
         code_root = str(Path(__file__).resolve().parent.parent)
         env = {"PYTHONPATH": code_root, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-        if spec.device == "cpu":
+        if spec.device == CPU_DEVICE:
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env
 
@@ -284,7 +286,7 @@ class LocalRunner:
                 f"the plan uses {spec.nodes} nodes; the local runner drives one machine. "
                 "To fix: launch with --target sagemaker, or re-plan with one node"
             )
-        if spec.device == "cpu":
+        if spec.device == CPU_DEVICE:
             return ["device=cpu: a smoke run; speed and memory say nothing about the GPU plan"]
         host = self._probe()
         need = spec.gpus_per_node
@@ -598,7 +600,7 @@ class LocalRunner:
         run_dir = Path(result.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / SPEC_FILE, result.spec_json + "\n")
-        if spec.device == "cuda" and uses_accelerate(spec.config):
+        if spec.device == CUDA_DEVICE and uses_accelerate(spec.config):
             atomic_write_text(run_dir / ACCELERATE_CONFIG_FILE, accelerate_config_yaml(spec))
             if spec.config.sharding.deepspeed:
                 atomic_write_text(

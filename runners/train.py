@@ -55,6 +55,8 @@ from runners._train_sharded import (
 )
 from runners._types import (
     BYTE_TOKENIZER,
+    CUDA_DEVICE,
+    DEVICES,
     SAGEMAKER_CHECKPOINT_DIR,
     SAGEMAKER_EVAL_CHANNEL,
     SAGEMAKER_FAILURE_FILE,
@@ -106,7 +108,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="random weights from the model's config (no download)",
     )
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    parser.add_argument("--device", choices=("cuda", "cpu"), help="override the spec's device")
+    parser.add_argument("--device", choices=DEVICES, help="override the spec's device")
     parser.add_argument(
         f"--{SAGEMAKER_SPEC_HYPERPARAMETER}",
         dest="spec_json",
@@ -313,7 +315,7 @@ def _open_session(spec: LaunchSpec, paths: RunPaths) -> _Session:
     """
     import torch
 
-    if spec.device == "cuda" and not torch.cuda.is_available():
+    if spec.device == CUDA_DEVICE and not torch.cuda.is_available():
         raise RuntimeError(
             "the launch spec asks for CUDA but torch sees no GPU; run on a GPU "
             "machine or pass --device cpu for a smoke run"
@@ -323,7 +325,7 @@ def _open_session(spec: LaunchSpec, paths: RunPaths) -> _Session:
     world = accelerator.num_processes if accelerator is not None else 1
     device = (
         str(accelerator.device)
-        if accelerator is not None and spec.device == "cuda"
+        if accelerator is not None and spec.device == CUDA_DEVICE
         else spec.device
     )
     paths.output_dir.mkdir(parents=True, exist_ok=True)
