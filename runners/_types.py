@@ -11,6 +11,7 @@ import enum
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from catalog import (
@@ -385,4 +386,23 @@ class Runner(Protocol):
         Raises:
             RunnerError: If no such run exists.
         """
+        ...
+
+
+@runtime_checkable
+class WaitingRunner(Protocol):
+    """A runner that can follow a run until it ends (``ftplan launch --wait``)."""
+
+    def wait(self, run_id: str) -> RunStatus:
+        """Block until the run has finished; its final status."""
+        ...
+
+
+@runtime_checkable
+class SummaryFetchingRunner(Protocol):
+    """A runner whose runs write their summary elsewhere (SageMaker: into the job's output on
+    S3), so ``ftplan status`` copies it next to the local runs."""
+
+    def fetch_summary(self, run_id: str, *, dest_dir: str | Path) -> Path | None:
+        """Copy the finished run's summary.json under ``dest_dir``; None while it runs."""
         ...

@@ -121,8 +121,8 @@ class SageMakerRunner:
         region: AWS region; default: the offer's region, else $AWS_REGION /
             $AWS_DEFAULT_REGION, else us-east-1.
         role_arn: Execution role; default: $FTPLAN_SAGEMAKER_ROLE, else $SAGEMAKER_ROLE_ARN.
-        s3_prefix: Where the source, output and checkpoints go (default: the data's bucket,
-            ``s3://<bucket>/ftplan/<job>``).
+        s3_prefix: Where the source, output and checkpoints go, an ``s3://`` prefix (default:
+            the data's bucket, ``s3://<bucket>/ftplan/<job>``).
         image: Training image URI override (default: the Hugging Face DLC for the region).
         echo: Where dry runs and progress are printed (None: silent).
         env: Environment to read defaults from (default: os.environ).
@@ -151,6 +151,8 @@ class SageMakerRunner:
         hf_token_env: str | None = None,
         clients: Mapping[str, Any] | None = None,
     ) -> None:
+        if s3_prefix is not None and not s3_prefix.startswith("s3://"):
+            raise RunnerError(f"--output-dir {s3_prefix!r} must be an s3:// prefix for SageMaker")
         self._env = dict(os.environ if env is None else env)
         self._clients: dict[str, Any] = dict(clients or {})
         self._hf_token = read_hf_token(self._env, hf_token_env)
