@@ -2,8 +2,9 @@
 on any cloud through SkyPilot, each with a dry-run that prints the exact command or request.
 
 :data:`TARGETS` is the one place that knows every target: how its runner is built from the
-command line's options and how a launch there resumes an earlier run. A new target is a runner
-module and a row here (and its flags in ``planner/cli/launch.py``).
+command line's options, how a launch there resumes an earlier run, what a real launch needs on
+this machine. A new target is a runner module, a :class:`Target` value and a row here (and its
+flags in ``planner/cli/launch.py``).
 """
 
 from __future__ import annotations
