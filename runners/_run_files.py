@@ -31,6 +31,7 @@ LOG_FILE = "train.log"
 SPEC_FILE = "launch.json"
 COMMAND_FILE = "command.json"
 METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"  # written by runners.train next to metrics.jsonl
 ACCELERATE_CONFIG_FILE = "accelerate_config.yaml"
 OUTPUT_DIR = "output"
 #: Most of a metrics.jsonl read for the progress line (its tail holds the newest step).

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runners._types import RunnerError, launch_spec_from_json
+from runners._run_files import SUMMARY_FILE
+from runners._types import SAGEMAKER_SPEC_HYPERPARAMETER, RunnerError, launch_spec_from_json
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"  # where SageMaker writes training jobs' stdout/stderr
-SPEC_HYPERPARAMETER = "ftplan_spec"
 FTPLAN_TAG = "ftplan:model"
 
 
@@ -55,7 +55,7 @@ class JobCost:
 def job_cost(job: dict[str, Any]) -> JobCost | None:
     """Cost so far of a ``describe_training_job`` answer; None when the job carries no ftplan
     spec (no planned offer)."""
-    raw = job.get("HyperParameters", {}).get(SPEC_HYPERPARAMETER)
+    raw = job.get("HyperParameters", {}).get(SAGEMAKER_SPEC_HYPERPARAMETER)
     if not raw:
         return None
     try:
@@ -210,7 +210,6 @@ def ftplan_jobs(client: Any, *, max_results: int = 50) -> list[dict[str, Any]]:
     return jobs
 
 
-SUMMARY_FILE = "summary.json"
 #: Largest job output archive read back (it holds summary.json and a few logs; the model is in
 #: model.tar.gz), and largest summary.json in it.
 MAX_OUTPUT_ARCHIVE_BYTES = 256 * 1024 * 1024

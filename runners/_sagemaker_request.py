@@ -15,8 +15,7 @@ import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from catalog import GIB, Provider, expand_user
-from profiler.memory import checkpoint_bytes, download_bytes
+from catalog import Provider, expand_user
 from runners._distributed import DEEPSPEED_CONFIG_FILE
 from runners._distributed import (
     distribution_environment as _distribution_environment,
@@ -80,7 +79,6 @@ SOURCE_REQUIREMENTS = (
 ENTRY_POINT = "ftplan_entry.py"
 SPEC_FILE_IN_SOURCE = "ftplan_launch.json"
 SOURCE_PACKAGES = ("runners", "profiler", "catalog")
-SPEC_HYPERPARAMETER = "ftplan_spec"
 HYPERPARAMETER_MAX_CHARS = 2500  # botocore sagemaker service model: HyperParameterValue max
 JOB_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # botocore TrainingJobName
 # Stopping condition = planned hours × (1 + margin) + start-up allowance. The margin covers
@@ -182,15 +180,6 @@ def stopping_condition(spec: LaunchSpec) -> dict[str, int]:
             runtime, min(math.ceil(runtime * SPOT_WAIT_FACTOR), MAX_RUNTIME_S)
         )
     return condition
-
-
-def volume_size_gib(spec: LaunchSpec) -> int:
-    """EBS volume per instance: the 16-bit weights twice (download + cache), two kept
-    checkpoints (:func:`profiler.memory.checkpoint_bytes`, at least 1 GiB), and 30 GiB for
-    the image."""
-    weights = download_bytes(spec.model) / GIB
-    checkpoints = max(1.0, 2 * checkpoint_bytes(spec.model, spec.config) / GIB)
-    return max(50, math.ceil(2 * weights + checkpoints + 30))
 
 
 def distribution_environment(spec: LaunchSpec) -> dict[str, str]:

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from catalog import atomic_write_text, read_json_file
+from runners._run_files import LOG_FILE, OUTPUT_DIR
 from runners._types import RunState
 
-RECORD_FILE = "skypilot.json"
-LOG_FILE = "train.log"
-LOCAL_OUTPUT_DIR = "output"
-REMOTE_OUTPUT_DIR = "/ftplan/output"
+RECORD_FILE = "skypilot.json"  # the run's record in runs/RUN_ID
+# Where the task keeps its files on the node (runners.skypilot lays out the rest under the root).
+REMOTE_ROOT = "/ftplan"
+REMOTE_OUTPUT_DIR = f"{REMOTE_ROOT}/output"
 POLL_S = 30.0
 COPY_ATTEMPTS = 3
 
@@ -140,7 +141,7 @@ def follow(
     detail = f"cluster {name}: job {state}" if state else f"cluster {name} went down early"
     output = record.get("output") or ""
     if not record.get("bucket") and state is not None:
-        dest = run_dir / LOCAL_OUTPUT_DIR
+        dest = run_dir / OUTPUT_DIR
         problem = copy(name, dest)
         if problem is None:
             output = str(dest)

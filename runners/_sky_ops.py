@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runners._run_files import process_running
+from runners._run_files import LOG_FILE, OUTPUT_DIR, SUMMARY_FILE, process_running
 from runners._sky_follow import field_of, job_state, status_name
 from runners._types import RunState, RunStatus, Target
 
@@ -78,14 +78,14 @@ def recorded_outcome(record: dict[str, Any], run_id: str, run_dir: Path) -> RunS
         state = RunState(str(final.get("state")))
     except ValueError:
         state = RunState.UNKNOWN
-    summary = run_dir / "output" / "summary.json"
+    summary = run_dir / OUTPUT_DIR / SUMMARY_FILE
     return RunStatus(
         run_id=run_id,
         target=Target.SKYPILOT,
         state=state,
         detail=str(final.get("detail", ""))[:2000],
         ended_at=str(final.get("ended_at", "")),
-        log_path=str(run_dir / "train.log"),
+        log_path=str(run_dir / LOG_FILE),
         summary_path=str(summary) if summary.is_file() else "",
     )
 

@@ -11,6 +11,7 @@ import enum
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from catalog import (
@@ -36,6 +37,10 @@ SAGEMAKER_TRAIN_CHANNEL = "train"  # input channel; the container sets SM_CHANNE
 SAGEMAKER_EVAL_CHANNEL = "eval"  # held-out data (--eval-data); the container sets SM_CHANNEL_EVAL
 SAGEMAKER_MODEL_CHANNEL = "model"  # --weights s3://... arrives as /opt/ml/input/data/model
 SAGEMAKER_FAILURE_FILE = "/opt/ml/output/failure"  # first 1024 chars: the job's FailureReason
+# The hyperparameter carrying the launch spec as compact JSON: written into the job request
+# (runners/_sagemaker_request.py), read back from a job (runners/_sagemaker_ops.py) and by the
+# entry point in the container (runners/train.py, as --ftplan_spec or SM_HPS).
+SAGEMAKER_SPEC_HYPERPARAMETER = "ftplan_spec"
 
 # Default accuracy the summary judges a run against. Peak memory: the 2/4-layer extrapolation
 # came within 0.2% on the H100 in 22 of 24 configs, and the analytic estimator is looser, so 10%
@@ -46,6 +51,10 @@ DEFAULT_MEMORY_TOLERANCE_FRACTION = 0.10
 DEFAULT_THROUGHPUT_TOLERANCE_FRACTION = 0.15
 
 BYTE_TOKENIZER = "byte"
+#: Where a run trains: the GPUs, or the CPU (tests and smoke checks; ``launch --device cpu``).
+CUDA_DEVICE = "cuda"
+CPU_DEVICE = "cpu"
+DEVICES = (CUDA_DEVICE, CPU_DEVICE)
 #: Most epochs a launch spec may ask for: a plan's budget allows MAX_EPOCHS; smoke runs that
 #: are stopped by hand ask for more, and past this the step count stops being a plain float.
 MAX_SPEC_EPOCHS = 1000 * MAX_EPOCHS
@@ -156,7 +165,7 @@ class LaunchSpec:
     tokenizer: str | None = None
     offer: Offer | None = None
     nodes: int = 1
-    device: str = "cuda"
+    device: str = CUDA_DEVICE
     grad_accum_steps: int = 1
     learning_rate: float | None = None
     epochs: float = 1.0
@@ -174,8 +183,9 @@ class LaunchSpec:
     eval_every_steps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.device not in ("cuda", "cpu"):
-            raise ValueError(f"device must be 'cuda' or 'cpu', got {self.device!r}")
+        if self.device not in DEVICES:
+            allowed = " or ".join(repr(device) for device in DEVICES)
+            raise ValueError(f"device must be {allowed}, got {self.device!r}")
         for name in ("grad_accum_steps", "nodes", "log_every_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -376,4 +386,23 @@ class Runner(Protocol):
         Raises:
             RunnerError: If no such run exists.
         """
+        ...
+
+
+@runtime_checkable
+class WaitingRunner(Protocol):
+    """A runner that can follow a run until it ends (``ftplan launch --wait``)."""
+
+    def wait(self, run_id: str) -> RunStatus:
+        """Block until the run has finished; its final status."""
+        ...
+
+
+@runtime_checkable
+class SummaryFetchingRunner(Protocol):
+    """A runner whose runs write their summary elsewhere (SageMaker: into the job's output on
+    S3), so ``ftplan status`` copies it next to the local runs."""
+
+    def fetch_summary(self, run_id: str, *, dest_dir: str | Path) -> Path | None:
+        """Copy the finished run's summary.json under ``dest_dir``; None while it runs."""
         ...

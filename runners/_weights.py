@@ -16,6 +16,9 @@ from catalog import ModelSpec, expand_user, printable, read_json_file
 from runners._types import RunnerError
 
 CONFIG_FILE = "config.json"
+#: The variable huggingface_hub reads a token from (gated models such as Llama 2); a run gets
+#: the caller's token under this name.
+HF_TOKEN_ENV = "HF_TOKEN"
 # A Hugging Face repo id: ``name`` or ``owner/name`` (letters, digits, ``-_.``), as the hub's
 # validate_repo_id accepts; anything with more slashes can only be a path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -239,6 +242,22 @@ def check_tokenizer(folder: str | Path) -> str:
             "with tokenizer.save_pretrained(DIR)"
         ) from None
     return type(tokenizer).__name__
+
+
+def read_hf_token(env: Mapping[str, str], variable: str | None) -> str | None:
+    """The Hugging Face token a cloud run gets: ``$variable`` (``--hf-token-env``), else
+    ``$HF_TOKEN``; None when that is unset or empty.
+
+    Raises:
+        RunnerError: ``variable`` is named but unset or empty.
+    """
+    token = env.get(variable or HF_TOKEN_ENV) or None
+    if variable is not None and token is None:
+        raise RunnerError(
+            f"--hf-token-env {variable}: the variable is not set (or empty). To fix: export "
+            f"{variable}=hf_... (a token that can read the model), or leave the option out"
+        )
+    return token
 
 
 def gated_token_problem(

@@ -36,6 +36,7 @@ from catalog import (
     atomic_write_text,
     read_json_file,
 )
+from profiler.headroom import CUDA_CONTEXT_GIB
 from runners._checkpoint import file_sha256, identity_mismatch, run_identity
 from runners._distributed import (
     DEEPSPEED_CONFIG_FILE,
@@ -53,6 +54,7 @@ from runners._run_files import (
     OUTPUT_DIR,
     SPEC_FILE,
     STATUS_FILE,
+    SUMMARY_FILE,
     is_run_process,
     process_running,
     progress_line,
@@ -64,6 +66,8 @@ from runners._run_files import (
 )
 from runners._types import (
     BYTE_TOKENIZER,
+    CPU_DEVICE,
+    CUDA_DEVICE,
     LaunchResult,
     LaunchSpec,
     RunnerError,
@@ -74,6 +78,7 @@ from runners._types import (
     launch_spec_to_json,
 )
 from runners._weights import (
+    HF_TOKEN_ENV,
     MissingWeightsError,
     check_architecture,
     check_tokenizer,
@@ -84,10 +89,13 @@ from runners._weights import (
 )
 
 DEFAULT_RUNS_DIR = Path("runs")
-# Free memory the CUDA context and the allocator's fragmentation take beyond peak allocated
-# memory; PyTorch's caching allocator typically reserves a few percent more than it allocates.
-# A coarse guard: the planner already sized the config against usable memory with headroom.
-CONTEXT_RESERVE_GIB = 1.0
+# What PyTorch's caching allocator reserves beyond the peak it allocates (typically a few
+# percent): a coarse margin, since the planner already sized the config against usable memory
+# with headroom.
+ALLOCATOR_FRAGMENTATION_GIB = 0.25
+# Memory a GPU must have beyond the plan's peak allocated memory before a local run starts: the
+# measured CUDA context (profiler.headroom.CUDA_CONTEXT_GIB, 0.75 GiB) and the allocator's margin.
+CONTEXT_RESERVE_GIB = CUDA_CONTEXT_GIB + ALLOCATOR_FRAGMENTATION_GIB
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -248,7 +256,7 @@ class LocalRunner:
         ]
         if resume:
             train_args.append("--resume")
-        if spec.device == "cuda" and uses_accelerate(spec.config):
+        if spec.device == CUDA_DEVICE and uses_accelerate(spec.config):
             return (
                 self._python,
                 "-m",
@@ -263,7 +271,7 @@ class LocalRunner:
         """Extra environment variables of the run."""
         code_root = str(Path(__file__).resolve().parent.parent)
         env = {"PYTHONPATH": code_root, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-        if spec.device == "cpu":
+        if spec.device == CPU_DEVICE:
             env["CUDA_VISIBLE_DEVICES"] = ""
         return env
 
@@ -278,7 +286,7 @@ class LocalRunner:
                 f"the plan uses {spec.nodes} nodes; the local runner drives one machine. "
                 "To fix: launch with --target sagemaker, or re-plan with one node"
             )
-        if spec.device == "cpu":
+        if spec.device == CPU_DEVICE:
             return ["device=cpu: a smoke run; speed and memory say nothing about the GPU plan"]
         host = self._probe()
         need = spec.gpus_per_node
@@ -389,7 +397,7 @@ class LocalRunner:
             weights=spec.checkpoint,
             random_init=spec.random_init,
             has_token=_local_token_available(),
-            where="export HF_TOKEN=hf_... or log in with 'hf auth login'",
+            where=f"export {HF_TOKEN_ENV}=hf_... or log in with 'hf auth login'",
         )
         if token_problem is not None:
             if not dry_run:
@@ -479,7 +487,7 @@ class LocalRunner:
                 )
         # The run's own folder, never a path status.json names: a status file is data.
         progress = progress_line(run_dir / OUTPUT_DIR / METRICS_FILE)
-        summary = run_dir / OUTPUT_DIR / "summary.json"
+        summary = run_dir / OUTPUT_DIR / SUMMARY_FILE
         return RunStatus(
             run_id=run_id,
             target=Target.LOCAL,
@@ -592,7 +600,7 @@ class LocalRunner:
         run_dir = Path(result.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / SPEC_FILE, result.spec_json + "\n")
-        if spec.device == "cuda" and uses_accelerate(spec.config):
+        if spec.device == CUDA_DEVICE and uses_accelerate(spec.config):
             atomic_write_text(run_dir / ACCELERATE_CONFIG_FILE, accelerate_config_yaml(spec))
             if spec.config.sharding.deepspeed:
                 atomic_write_text(
@@ -672,7 +680,7 @@ def prepare_weights(spec: LaunchSpec) -> LaunchSpec:
 def _local_token_available() -> bool:
     """Whether a Hugging Face token reaches a local run: ``$HF_TOKEN`` or the login's cache
     (huggingface_hub reads both)."""
-    if os.environ.get("HF_TOKEN"):
+    if os.environ.get(HF_TOKEN_ENV):
         return True
     try:
         from huggingface_hub import get_token  # deferred: the train extra's

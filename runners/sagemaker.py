@@ -26,7 +26,6 @@ from runners._sagemaker_request import (
     HYPERPARAMETER_MAX_CHARS,
     IMAGE_REGISTRIES,
     SOURCE_PACKAGES,
-    SPEC_HYPERPARAMETER,
     check_eval_uri,
     check_remote_weights,
     distribution_environment,
@@ -38,10 +37,11 @@ from runners._sagemaker_request import (
     source_tarball,
     split_s3,
     stopping_condition,
-    volume_size_gib,
 )
+from runners._sizing import SAGEMAKER_VOLUME, node_disk_gib
 from runners._types import (
     SAGEMAKER_CHECKPOINT_DIR,
+    SAGEMAKER_SPEC_HYPERPARAMETER,
     LaunchResult,
     LaunchSpec,
     RunnerError,
@@ -50,7 +50,7 @@ from runners._types import (
     Target,
     launch_spec_to_json,
 )
-from runners._weights import gated_token_problem
+from runners._weights import HF_TOKEN_ENV, gated_token_problem, read_hf_token
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -63,9 +63,7 @@ _IMAGE = re.compile(
 )
 ROLE_ARN_PATTERN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$")
 
-# The variable huggingface_hub reads a token from (gated models such as Llama 2); the job gets
-# the caller's token under this key. What ftplan prints or writes shows MASK instead.
-HF_TOKEN_KEY = "HF_TOKEN"
+# What ftplan prints or writes instead of the job's Hugging Face token.
 MASK = "********"
 
 __all__ = [
@@ -123,8 +121,8 @@ class SageMakerRunner:
         region: AWS region; default: the offer's region, else $AWS_REGION /
             $AWS_DEFAULT_REGION, else us-east-1.
         role_arn: Execution role; default: $FTPLAN_SAGEMAKER_ROLE, else $SAGEMAKER_ROLE_ARN.
-        s3_prefix: Where the source, output and checkpoints go (default: the data's bucket,
-            ``s3://<bucket>/ftplan/<job>``).
+        s3_prefix: Where the source, output and checkpoints go, an ``s3://`` prefix (default:
+            the data's bucket, ``s3://<bucket>/ftplan/<job>``).
         image: Training image URI override (default: the Hugging Face DLC for the region).
         echo: Where dry runs and progress are printed (None: silent).
         env: Environment to read defaults from (default: os.environ).
@@ -153,9 +151,11 @@ class SageMakerRunner:
         hf_token_env: str | None = None,
         clients: Mapping[str, Any] | None = None,
     ) -> None:
+        if s3_prefix is not None and not s3_prefix.startswith("s3://"):
+            raise RunnerError(f"--output-dir {s3_prefix!r} must be an s3:// prefix for SageMaker")
         self._env = dict(os.environ if env is None else env)
         self._clients: dict[str, Any] = dict(clients or {})
-        self._hf_token = self._read_token(hf_token_env)
+        self._hf_token = read_hf_token(self._env, hf_token_env)
         self._client = client
         self._s3 = s3_client
         self._region = region
@@ -166,17 +166,6 @@ class SageMakerRunner:
         self._image = image
         self._echo = echo
         self._instance_types = frozenset(instance_types) if instance_types is not None else None
-
-    def _read_token(self, variable: str | None) -> str | None:
-        if variable is None:
-            return self._env.get(HF_TOKEN_KEY) or None
-        token = self._env.get(variable)
-        if not token:
-            raise RunnerError(
-                f"--hf-token-env {variable}: the variable is not set (or empty). To fix: export "
-                f"{variable}=hf_... (a token that can read the model), or leave the option out"
-            )
-        return token
 
     def region_for(self, spec: LaunchSpec) -> str:
         """The region the job runs in (see the class docstring for the order)."""
@@ -232,7 +221,7 @@ class SageMakerRunner:
             "sagemaker_container_log_level": "20",
         }
         if len(spec_compact) <= HYPERPARAMETER_MAX_CHARS:
-            hyperparameters[SPEC_HYPERPARAMETER] = spec_compact
+            hyperparameters[SAGEMAKER_SPEC_HYPERPARAMETER] = spec_compact
         if uses_accelerate(spec.config):
             # torchrun on every node (the SDK's distribution={"torch_distributed": ...}).
             hyperparameters["sagemaker_torch_distributed_enabled"] = "true"
@@ -259,7 +248,7 @@ class SageMakerRunner:
             "ResourceConfig": {
                 "InstanceType": instance,
                 "InstanceCount": spec.nodes,
-                "VolumeSizeInGB": volume_size_gib(spec),
+                "VolumeSizeInGB": node_disk_gib(spec, SAGEMAKER_VOLUME),
             },
             "StoppingCondition": stopping_condition(spec),
             "EnableManagedSpotTraining": spot,
@@ -271,7 +260,7 @@ class SageMakerRunner:
                 "PYTHONUNBUFFERED": "1",
                 "TOKENIZERS_PARALLELISM": "false",
                 **distribution_environment(spec),
-                **({HF_TOKEN_KEY: self._hf_token} if self._hf_token else {}),
+                **({HF_TOKEN_ENV: self._hf_token} if self._hf_token else {}),
             },
             "Tags": [
                 {"Key": "ftplan:model", "Value": spec.model.name},
@@ -283,8 +272,8 @@ class SageMakerRunner:
     def masked(self, request: dict[str, Any]) -> dict[str, Any]:
         """The request with the token's value replaced by :data:`MASK` (for printing)."""
         environment = dict(request.get("Environment", {}))
-        if HF_TOKEN_KEY in environment:
-            environment[HF_TOKEN_KEY] = MASK
+        if HF_TOKEN_ENV in environment:
+            environment[HF_TOKEN_ENV] = MASK
         return {**request, "Environment": environment}
 
     # -- Runner protocol ------------------------------------------------------------------
@@ -328,7 +317,7 @@ class SageMakerRunner:
             weights=spec.checkpoint,
             random_init=spec.random_init,
             has_token=self._hf_token is not None,
-            where=f"export {HF_TOKEN_KEY}=hf_... (or --hf-token-env VAR)",
+            where=f"export {HF_TOKEN_ENV}=hf_... (or --hf-token-env VAR)",
         )
         if dry_run:
             if token_problem is not None:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from catalog import (
-    GIB,
     DataError,
     Offer,
     Provider,
@@ -36,11 +35,16 @@ from catalog import (
     sky_accelerator_for_gpu,
     sky_name_is_ambiguous,
 )
+from catalog._sky_vms import CLOUD_PROVIDERS
 from catalog.errors import CONTROL_CHARS, CONTROL_CHARS_OR_NEWLINES
-from profiler.memory import checkpoint_bytes, download_bytes
-from runners._run_files import process_running
-from runners._sagemaker_request import SOURCE_PACKAGES, distribution_environment
-from runners._sky_follow import update_record
+from runners._run_files import LOG_FILE, process_running
+from runners._sagemaker_request import (
+    SOURCE_PACKAGES,
+    SPEC_FILE_IN_SOURCE,
+    distribution_environment,
+)
+from runners._sizing import SKYPILOT_DISK, node_disk_gib
+from runners._sky_follow import RECORD_FILE, REMOTE_OUTPUT_DIR, REMOTE_ROOT, update_record
 from runners._sky_ops import (
     AUTODOWN_IDLE_MINUTES,
     cluster_state,
@@ -61,25 +65,17 @@ from runners._types import (
     launch_spec_to_json,
     refuse_credentials_in_uri,
 )
-from runners._weights import gated_token_problem
+from runners._weights import HF_TOKEN_ENV, gated_token_problem, read_hf_token
 from runners.local import model_slug, run_dir_for
 
-#: SkyPilot's cloud name for each provider it launches on.
+#: SkyPilot's cloud name for each provider it launches on: the catalog's map from SkyPilot's
+#: cloud names to providers (``catalog._sky_vms.CLOUD_PROVIDERS``), turned around.
 SKYPILOT_CLOUDS: dict[Provider, str] = {
-    Provider.AWS: "aws",
-    Provider.GCP: "gcp",
-    Provider.AZURE: "azure",
-    Provider.LAMBDA: "lambda",
-    Provider.RUNPOD: "runpod",
+    provider: cloud for cloud, (provider, _service) in CLOUD_PROVIDERS.items()
 }
-REMOTE_ROOT = "/ftplan"
 REMOTE_DATA_DIR = f"{REMOTE_ROOT}/data"
 REMOTE_EVAL_DIR = f"{REMOTE_ROOT}/eval"  # its own folder: train and eval files may share a name
-REMOTE_OUTPUT_DIR = f"{REMOTE_ROOT}/output"
-SPEC_FILE = "ftplan_launch.json"
-RECORD_FILE = "skypilot.json"
 TASK_FILE = "task.yaml"
-HF_TOKEN_ENV = "HF_TOKEN"
 TORCHRUN_PORT = 29500  # torch.distributed's conventional rendezvous port
 _BUCKET_SCHEMES = ("s3://", "gs://", "r2://", "cos://", "oci://", "https://")
 _NO_REGION = ("", "unspecified")
@@ -99,15 +95,6 @@ def task_name(spec: LaunchSpec, *, now: dt.datetime | None = None) -> str:
     valid run id (``ftplan status``, ``logs`` and ``stop`` take it back)."""
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%d-%H%M%S")
     return f"ftplan-{model_slug(spec.model.name)}-{spec.config.method.value}-{stamp}"
-
-
-def disk_size_gib(spec: LaunchSpec) -> int:
-    """Boot disk per node: the 16-bit weights twice (download + cache), two kept checkpoints
-    (:func:`profiler.memory.checkpoint_bytes`, at least 2 GiB), 100 GiB for the OS, CUDA and
-    the Python environment."""
-    weights = download_bytes(spec.model) / GIB
-    checkpoints = max(2.0, 2 * checkpoint_bytes(spec.model, spec.config) / GIB)
-    return max(256, math.ceil(2 * weights + checkpoints + 100))
 
 
 def region_to_pin(offer: Offer, offers: tuple[Offer, ...]) -> str | None:
@@ -151,7 +138,7 @@ def _run_script(spec: LaunchSpec, *, data_path: str, eval_path: str | None = Non
         "-m",
         "runners.train",
         "--spec",
-        SPEC_FILE,
+        SPEC_FILE_IN_SOURCE,
         "--data",
         data_path,
         *(("--eval-data", eval_path) if eval_path is not None else ()),
@@ -236,7 +223,7 @@ def task_config(
         "infra": SKYPILOT_CLOUDS[offer.provider] + (f"/{region}" if region else ""),
         "accelerators": f"{accelerator}:{spec.gpus_per_node}",
         "use_spot": offer.spot,
-        "disk_size": disk_size_gib(spec),
+        "disk_size": node_disk_gib(spec, SKYPILOT_DISK),
         **network_resources(offer, nodes=spec.nodes),
     }
     if sky_name_is_ambiguous(accelerator, provider=offer.provider):
@@ -481,7 +468,7 @@ def stage_workdir(spec_json: str, workdir: Path, *, code_root: Path | None = Non
     for name in ("pyproject.toml", "constraints.txt", "README.md"):
         if (root / name).is_file():
             shutil.copy2(root / name, workdir / name)
-    atomic_write_text(workdir / SPEC_FILE, spec_json)
+    atomic_write_text(workdir / SPEC_FILE_IN_SOURCE, spec_json)
     return workdir
 
 
@@ -526,14 +513,8 @@ class SkyPilotRunner:
         self._region = region
         self._echo = echo
         self._env = dict(os.environ if env is None else env)
-        self._token = self._env.get(hf_token_env or HF_TOKEN_ENV) or None
+        self._token = read_hf_token(self._env, hf_token_env)
         self._start_follower = start_follower or spawn_follower
-        if hf_token_env is not None and self._token is None:
-            raise RunnerError(
-                f"--hf-token-env {hf_token_env}: the variable is not set (or empty). To fix: "
-                f"export {hf_token_env}=hf_... (a token that can read the model), or leave the "
-                f"option out"
-            )
 
     def build_task(
         self, spec: LaunchSpec, *, data: str, name: str, eval_data: str | None = None
@@ -716,7 +697,7 @@ class SkyPilotRunner:
         """Stream the run's log through SkyPilot; when SkyPilot cannot (the cluster is gone,
         the jobs controller is down), print the copy ftplan's follower kept, and why."""
         record = self._record(run_id)
-        local = run_dir_for(self._runs_dir, run_id) / "train.log"
+        local = run_dir_for(self._runs_dir, run_id) / LOG_FILE
         out = self._echo or sys.stdout
         if record["kind"] == "cluster" and isinstance(record.get("final"), dict):
             self._print_copy(local, out, why="the run has ended and its cluster is down")

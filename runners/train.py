@@ -43,6 +43,7 @@ from runners._checkpoint import (
     save_checkpoint,
 )
 from runners._eval import EvalResult, evaluate, find_eval_jsonl, load_eval_blocks
+from runners._run_files import METRICS_FILE, SUMMARY_FILE
 from runners._stop import CheckpointClock, NonFiniteLoss, StopRequest, TrainingStopped
 from runners._summary import build_summary
 from runners._train_sharded import (
@@ -54,10 +55,13 @@ from runners._train_sharded import (
 )
 from runners._types import (
     BYTE_TOKENIZER,
+    CUDA_DEVICE,
+    DEVICES,
     SAGEMAKER_CHECKPOINT_DIR,
     SAGEMAKER_EVAL_CHANNEL,
     SAGEMAKER_FAILURE_FILE,
     SAGEMAKER_MODEL_CHANNEL,
+    SAGEMAKER_SPEC_HYPERPARAMETER,
     SAGEMAKER_TRAIN_CHANNEL,
     LaunchSpec,
     is_eval_step,
@@ -65,10 +69,7 @@ from runners._types import (
 )
 from runners.data import BlockSchedule, find_jsonl, load_tokenizer, pack, read_texts
 
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
 FINAL_MODEL_DIR = "final"
-SPEC_HYPERPARAMETER = "ftplan_spec"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,9 +108,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="random weights from the model's config (no download)",
     )
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    parser.add_argument("--device", choices=("cuda", "cpu"), help="override the spec's device")
+    parser.add_argument("--device", choices=DEVICES, help="override the spec's device")
     parser.add_argument(
-        f"--{SPEC_HYPERPARAMETER}",
+        f"--{SAGEMAKER_SPEC_HYPERPARAMETER}",
         dest="spec_json",
         help="the launch spec as JSON (SageMaker hyperparameter)",
     )
@@ -129,15 +130,16 @@ def resolve_spec(args: argparse.Namespace, env: dict[str, str]) -> LaunchSpec:
             where=f"launch spec {args.spec!r}",
         )
     elif args.spec_json:
-        spec = launch_spec_from_json(args.spec_json, where=f"--{SPEC_HYPERPARAMETER}")
-    elif SPEC_HYPERPARAMETER in json.loads(env.get("SM_HPS", "{}")):
-        value = json.loads(env["SM_HPS"])[SPEC_HYPERPARAMETER]
+        spec = launch_spec_from_json(args.spec_json, where=f"--{SAGEMAKER_SPEC_HYPERPARAMETER}")
+    elif SAGEMAKER_SPEC_HYPERPARAMETER in json.loads(env.get("SM_HPS", "{}")):
+        value = json.loads(env["SM_HPS"])[SAGEMAKER_SPEC_HYPERPARAMETER]
         # The SageMaker toolkit JSON-decodes hyperparameter values, so this may be an object.
-        spec = launch_spec_from_json(value, where=f"SM_HPS[{SPEC_HYPERPARAMETER!r}]")
+        spec = launch_spec_from_json(value, where=f"SM_HPS[{SAGEMAKER_SPEC_HYPERPARAMETER!r}]")
     else:
         raise ValueError(
             "no launch spec: pass --spec launch.json (ftplan launch --dry-run "
-            "writes one) or run on SageMaker with the ftplan_spec hyperparameter"
+            f"writes one) or run on SageMaker with the {SAGEMAKER_SPEC_HYPERPARAMETER} "
+            "hyperparameter"
         )
     overrides: dict[str, Any] = {}
     if args.max_steps is not None:
@@ -313,7 +315,7 @@ def _open_session(spec: LaunchSpec, paths: RunPaths) -> _Session:
     """
     import torch
 
-    if spec.device == "cuda" and not torch.cuda.is_available():
+    if spec.device == CUDA_DEVICE and not torch.cuda.is_available():
         raise RuntimeError(
             "the launch spec asks for CUDA but torch sees no GPU; run on a GPU "
             "machine or pass --device cpu for a smoke run"
@@ -323,7 +325,7 @@ def _open_session(spec: LaunchSpec, paths: RunPaths) -> _Session:
     world = accelerator.num_processes if accelerator is not None else 1
     device = (
         str(accelerator.device)
-        if accelerator is not None and spec.device == "cuda"
+        if accelerator is not None and spec.device == CUDA_DEVICE
         else spec.device
     )
     paths.output_dir.mkdir(parents=True, exist_ok=True)

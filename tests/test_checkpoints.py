@@ -111,7 +111,7 @@ def test_interval_is_never_shorter_than_writing_a_checkpoint() -> None:
 def test_cli_checkpoint_every_reaches_the_spec(tmp_path: Path) -> None:
     from plan_fixtures import make_plan
 
-    from planner.cli.launch import launch_spec_from_plan, plan_candidate
+    from planner.handoff import launch_spec_from_plan, plan_candidate
 
     plan = make_plan()
     candidate = plan_candidate(plan)

@@ -281,7 +281,7 @@ def test_launch_eval_every_steps_overrides_and_needs_eval_data(tmp_path: Path) -
 
 
 def test_launch_prices_the_eval_set_it_really_gets(tmp_path: Path) -> None:
-    from planner.cli.launch import launch_spec_from_plan, with_real_length
+    from planner.handoff import launch_spec_from_plan, with_real_length
     from planner.plan_io import read_plan
 
     plan = read_plan(_eval_plan(tmp_path, evaluations=10))

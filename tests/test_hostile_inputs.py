@@ -234,7 +234,7 @@ def _sky_spec(**offer_fields: Any) -> LaunchSpec:
     offer = dataclasses.replace(
         OFFER_L4_SPOT, provider=OFFER_L4_SPOT.provider, spot=False, **offer_fields
     )
-    from planner.cli.launch import launch_spec_from_plan
+    from planner.handoff import launch_spec_from_plan
 
     candidate = dataclasses.replace(plan.chosen, offer=offer)  # type: ignore[arg-type]
     return launch_spec_from_plan(plan, candidate, device="cuda")
@@ -311,7 +311,7 @@ SKY_NAME = re.compile(r"^[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?$")
 def test_every_run_id_ftplan_builds_is_one_it_accepts(name: str) -> None:
     plan = make_plan()
     assume(plan.chosen is not None)
-    from planner.cli.launch import launch_spec_from_plan
+    from planner.handoff import launch_spec_from_plan
 
     spec = launch_spec_from_plan(plan, plan.chosen)  # type: ignore[arg-type]
     spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, name=name))

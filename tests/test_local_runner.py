@@ -433,7 +433,7 @@ def test_cli_resume_reuses_the_run_folder(tmp_path: Path, data: Path) -> None:
 
 
 def test_launch_spec_takes_accumulation_and_learning_rate_from_the_candidate() -> None:
-    from planner.cli.launch import launch_spec_from_plan
+    from planner.handoff import launch_spec_from_plan
 
     plan = make_plan()
     assert plan.chosen is not None

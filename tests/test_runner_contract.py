@@ -14,19 +14,27 @@ import pytest
 from botocore.stub import Stubber
 from model_specs import TINY_LLAMA
 
-from catalog import Offer, Provider
+from catalog import Offer, Provider, get_model
 from profiler import Method, TuningConfig
 from runners import (
+    TARGETS,
     LaunchResult,
     LaunchSpec,
     LocalRunner,
     Runner,
     RunnerError,
+    RunnerOptions,
     RunState,
     SageMakerRunner,
     SkyPilotRunner,
+    SummaryFetchingRunner,
     Target,
+    WaitingRunner,
+    launch_on,
+    runner_for,
+    target_of_run,
 )
+from runners._sizing import SAGEMAKER_VOLUME, SKYPILOT_DISK, node_disk_gib
 
 TINY = TINY_LLAMA
 CONFIG = TuningConfig(
@@ -219,3 +227,69 @@ def test_launch_then_status_until_it_succeeds(harness: Harness) -> None:
         summary = json.loads(Path(final.summary_path).read_text())
         assert summary["steps_completed"] == 3 and summary["measured"]["tokens_per_s"] > 0
         assert (Path(result.run_dir) / "output/checkpoints/checkpoint-00000003").is_dir()
+
+
+# -- the registry of targets ------------------------------------------------------------------
+def test_every_target_has_one_registry_row_that_builds_its_runner(tmp_path: Path) -> None:
+    assert set(TARGETS) == set(Target)
+    for target in Target:
+        runner = runner_for(target, RunnerOptions(runs_dir=tmp_path, region="us-east-1"))
+        assert isinstance(runner, Runner) and runner.target is target
+
+
+def test_output_dir_means_what_each_target_says(tmp_path: Path) -> None:
+    local = runner_for(
+        Target.LOCAL, RunnerOptions(runs_dir=tmp_path / "a", output_dir=str(tmp_path / "b"))
+    )
+    assert isinstance(local, LocalRunner) and local.runs_dir == tmp_path / "b"
+    assert TARGETS[Target.LOCAL].output_dir_is_runs_dir
+    with pytest.raises(RunnerError, match="must be an s3:// prefix for SageMaker"):
+        runner_for(Target.SAGEMAKER, RunnerOptions(output_dir=str(tmp_path)))
+    with pytest.raises(RunnerError, match="must be a bucket URI for SkyPilot"):
+        runner_for(Target.SKYPILOT, RunnerOptions(output_dir=str(tmp_path)))
+
+
+def test_launch_wait_follows_local_runs_and_sagemaker_jobs_only() -> None:
+    assert issubclass(LocalRunner, WaitingRunner) and issubclass(SageMakerRunner, WaitingRunner)
+    assert not issubclass(SkyPilotRunner, WaitingRunner)
+    summaries = [
+        r
+        for r in (LocalRunner, SageMakerRunner, SkyPilotRunner)
+        if issubclass(r, SummaryFetchingRunner)
+    ]
+    assert summaries == [SageMakerRunner]
+
+
+def test_a_run_id_finds_its_target(tmp_path: Path) -> None:
+    assert target_of_run("run-1", runs_dir=tmp_path) is Target.SAGEMAKER  # a job name
+    (tmp_path / "run-1").mkdir()
+    assert target_of_run("run-1", runs_dir=tmp_path) is Target.LOCAL
+    (tmp_path / "run-1" / "skypilot.json").write_text("{}")
+    assert target_of_run("run-1", runs_dir=tmp_path) is Target.SKYPILOT
+
+
+def test_launch_on_a_target_dry_runs_with_its_own_runner(tmp_path: Path) -> None:
+    gen = _local(tmp_path)
+    harness = next(gen)
+    options = RunnerOptions(runs_dir=tmp_path / "runs", resume="no-such-run")
+    with pytest.raises(RunnerError, match="no local run 'no-such-run' to resume"):
+        launch_on(Target.LOCAL, harness.spec, options, data=harness.data, dry_run=True)
+    options = RunnerOptions(runs_dir=tmp_path / "runs")
+    runner, result = launch_on(
+        Target.LOCAL, harness.spec, options, data=harness.data, dry_run=True
+    )
+    assert isinstance(runner, LocalRunner) and result.target is Target.LOCAL and result.dry_run
+    assert harness.created() == []
+    gen.close()
+
+
+def test_node_disks_of_every_target_share_one_formula() -> None:
+    big = LaunchSpec(
+        model=get_model("llama2-70b"),
+        config=TuningConfig(method=Method.FULL, micro_batch_size=1, seq_len=2048),
+    )
+    # Same weights and checkpoints; SkyPilot allows 100 GiB for the system, SageMaker 30.
+    assert node_disk_gib(big, SKYPILOT_DISK) - node_disk_gib(big, SAGEMAKER_VOLUME) == 70
+    tiny = LaunchSpec(model=TINY, config=CONFIG)
+    assert node_disk_gib(tiny, SKYPILOT_DISK) == SKYPILOT_DISK.floor_gib == 256
+    assert node_disk_gib(tiny, SAGEMAKER_VOLUME) == SAGEMAKER_VOLUME.floor_gib == 50

@@ -495,7 +495,7 @@ def test_cli_sagemaker_bad_input_exit_2(
 
 
 def test_ec2_priced_plan_warns_about_the_sagemaker_price() -> None:
-    from planner.cli.launch import sagemaker_price_warning
+    from planner.handoff import sagemaker_price_warning
 
     # The shipped catalog prices ml.g5.xlarge above g5.xlarge (on demand): the plan's dollars
     # would not hold on SageMaker, and the user is told by how much.

@@ -1,5 +1,6 @@
-"""CLI commands that operate runs: ``logs`` (train.log locally, CloudWatch for SageMaker,
-SkyPilot's log tail), ``stop`` and ``runs`` (local runs and ftplan's SageMaker jobs)."""
+"""CLI commands that operate runs: ``status``, ``logs`` (train.log locally, CloudWatch for
+SageMaker, SkyPilot's log tail), ``stop`` and ``runs`` (local runs and ftplan's SageMaker jobs).
+Which runner a run id goes to is :func:`runners.target_of_run` (unless ``--target`` says)."""
 
 from __future__ import annotations
 
@@ -8,33 +9,30 @@ from typing import Any
 
 import click
 
+from catalog import printable
 from planner.cli.errors import UserInputError
 from planner.cli.params import check_region, check_run_id
-from runners import LocalRunner, RunnerError, SageMakerRunner, SkyPilotRunner, Target
-from runners.local import DEFAULT_RUNS_DIR, run_dir_for
+from runners import (
+    LocalRunner,
+    RunnerError,
+    RunnerOptions,
+    RunStatus,
+    SageMakerRunner,
+    SkyPilotRunner,
+    Target,
+    run_status,
+    runner_for,
+    target_of_run,
+)
+from runners.local import DEFAULT_RUNS_DIR
 
 _TARGETS = [t.value for t in Target]
-SKYPILOT_RECORD = "skypilot.json"  # what SkyPilotRunner keeps in runs/RUN_ID
-
-
-def run_target(run_id: str, *, target: str | None, runs_dir: str) -> Target:
-    """``--target``, else SkyPilot when runs/RUN_ID holds its record, local when the folder
-    exists, else SageMaker."""
-    if target:
-        return Target(target)
-    run_dir = run_dir_for(runs_dir, run_id)
-    if (run_dir / SKYPILOT_RECORD).is_file():
-        return Target.SKYPILOT
-    return Target.LOCAL if run_dir.is_dir() else Target.SAGEMAKER
 
 
 def _runner(run_id: str, *, target: str | None, runs_dir: str, region: str | None) -> Any:
-    chosen = run_target(run_id, target=target, runs_dir=runs_dir)
-    if chosen is Target.LOCAL:
-        return LocalRunner(runs_dir=runs_dir)
-    if chosen is Target.SKYPILOT:
-        return SkyPilotRunner(runs_dir=runs_dir)
-    return SageMakerRunner(region=region)
+    """The runner of the run: ``--target``, else where :func:`runners.target_of_run` finds it."""
+    chosen = Target(target) if target else target_of_run(run_id, runs_dir=runs_dir)
+    return runner_for(chosen, RunnerOptions(runs_dir=runs_dir, region=region))
 
 
 # The local runs folder, for every command that finds or writes runs (launch, status, logs,
@@ -60,6 +58,50 @@ def _where(func: Any) -> Any:
     ):
         func = option(func)
     return func
+
+
+def print_status(status: RunStatus, *, fmt: str) -> None:
+    """A run's status as ``key: value`` lines (empty fields left out), or JSON."""
+    record: dict[str, Any] = {
+        "run_id": status.run_id,
+        "target": status.target.value,
+        "state": status.state.value,
+        "detail": status.detail,
+        "started_at": status.started_at,
+        "ended_at": status.ended_at,
+        "log": status.log_path,
+        "summary": status.summary_path,
+        "cost_usd": None if status.cost_usd is None else round(status.cost_usd, 2),
+        "spot_saved": (
+            None if status.spot_savings_fraction is None else f"{status.spot_savings_fraction:.0%}"
+        ),
+    }
+    if fmt == "json":
+        click.echo(json.dumps(record, indent=2, sort_keys=True))
+        return
+    for key, value in record.items():
+        if value not in ("", None):
+            click.echo(f"{key + ':':12}{printable(value)}")
+
+
+@click.command("status")
+@click.argument("run_id", callback=check_run_id)
+@_where
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+def status_command(
+    run_id: str, target: str | None, runs_dir: str, region: str | None, fmt: str
+) -> None:
+    """Show where a local run or SageMaker job stands (state, progress, log, summary).
+
+    \b
+    Examples:
+      ftplan status llama2-7b-lora-20261123-193000-a1b2
+      ftplan status ftplan-llama2-7b-lora-20261123-193000 --target sagemaker --region us-east-1
+    """
+    runner = _runner(run_id, target=target, runs_dir=runs_dir, region=region)
+    print_status(run_status(runner, run_id, runs_dir=runs_dir), fmt=fmt)
 
 
 @click.command("logs")
@@ -155,4 +197,4 @@ def runs_command(runs_dir: str, sagemaker: bool, region: str | None, fmt: str) -
         click.echo(f"{row['run_id']:<52} {row['target']:<10} {row['state']:<10} {row['started']}")
 
 
-COMMANDS: list[click.Command] = [logs_command, stop_command, runs_command]
+COMMANDS: list[click.Command] = [status_command, logs_command, stop_command, runs_command]
