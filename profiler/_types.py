@@ -32,9 +32,10 @@ class Method(enum.StrEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MethodTraits:
     """What ftplan knows of a fine-tuning method to price, run and explain it: a new method
-    (DoRA, ...) is a new row of :data:`METHOD_TRAITS`, and the few places that still branch on
-    the method itself use an exhaustive ``match`` with :func:`typing.assert_never`, so the type
-    checker lists each one it must touch.
+    (DoRA, ...) is a new row of :data:`METHOD_TRAITS` and its setup in
+    ``profiler.recipes.methods.SETUP_FUNCTIONS``; a method without either fails at import. The
+    rest of ftplan reads the traits; only the QLoRA suggestions (``profiler.whatif``,
+    ``planner.explain``) name a method, because they suggest that one.
 
     Attributes:
         label: How plans and reports name it.

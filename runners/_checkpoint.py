@@ -217,7 +217,7 @@ def _uses_accelerate_state(method: Method, accelerator: Any) -> bool:
     if accelerator is None:
         return False
     kind = str(getattr(accelerator, "distributed_type", "")).upper()
-    return method is Method.FULL or "FSDP" in kind or "DEEPSPEED" in kind
+    return not method.traits.adapters or "FSDP" in kind or "DEEPSPEED" in kind
 
 
 def save_checkpoint(
@@ -361,7 +361,7 @@ def load_checkpoint(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"checkpoint {str(info.path)!r} cannot be read: {first}") from None
     model = _unwrap(prepared.model, accelerator)
-    if method is Method.FULL:
+    if not method.traits.adapters:
         result = model.load_state_dict(loaded.weights, strict=False)
         tied = set()
         if getattr(model.config, "tie_word_embeddings", False):

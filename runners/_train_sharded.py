@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from profiler import Method, TuningConfig
+from profiler import TuningConfig
 
 
 def accelerator_if_distributed(device: str) -> Any:
@@ -67,7 +67,7 @@ def wrap_adapters_apart(model: Any, accelerator: Any, config: TuningConfig) -> b
     """LoRA/QLoRA under FSDP: wrap with :func:`adapter_wrap_policy` instead of one unit per
     decoder layer (accelerate keeps a callable policy as it is). Returns whether it applied."""
     plugin = getattr(accelerator.state, "fsdp_plugin", None)
-    if plugin is None or config.method is Method.FULL:
+    if plugin is None or not config.method.traits.adapters:
         return False
     plugin.auto_wrap_policy = adapter_wrap_policy(model)
     return True

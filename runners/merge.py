@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 from catalog import read_text_limited
-from profiler import Method
 from runners._run_files import OUTPUT_DIR, SPEC_FILE
 from runners._types import LaunchSpec, RunnerError, launch_spec_from_json
 from runners._weights import check_weights_folder
@@ -46,7 +45,7 @@ def merge_source(spec: LaunchSpec) -> str:
     Raises:
         RunnerError: Full fine-tuning (nothing to merge) or a random-init run (no base weights).
     """
-    if spec.config.method is Method.FULL:
+    if not spec.config.method.traits.adapters:
         raise RunnerError(
             "this run is full fine-tuning: its final/ folder is already the whole model "
             "(with the tokenizer); there are no adapters to merge"
