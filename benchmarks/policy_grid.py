@@ -52,7 +52,7 @@ from catalog import GIB, GPU, Offer
 from planner._types import RISK_ORDER, Budget, Plan, QualityPolicy, QualityRisk, RiskLevel, Task
 from planner.cli.recommend import recommend_command
 from planner.engine.cost import estimate_cost
-from planner.engine.evaluate import Measurer
+from planner.engine.measurer import Measurer
 from planner.engine.plan import recommend
 from planner.engine.quality import ACCEPTED_LEVELS, assess_quality
 from planner.engine.request import RecommendOptions, build_request

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import catalog
 from planner import Budget, QualityPolicy, TokensSource
-from planner.engine.evaluate import Evaluator, Measurer
+from planner.engine.evaluate import Evaluator
+from planner.engine.measurer import Measurer
 from planner.engine.search import exhaustive_search, search
 from planner.engine.space import RecommendRequest, SearchSpace
 from profiler import Method
@@ -181,13 +182,14 @@ def main() -> int:
     failed = False
     for r in rows:
         regret = r["regret"]
+        assert regret is None or isinstance(regret, float)
         bad = (
             not r["feasibility_agrees"]
             or r["bound_violations"]
-            or (regret is not None and float(regret) > MAX_REGRET)
-        )  # type: ignore[arg-type]
+            or (regret is not None and regret > MAX_REGRET)
+        )
         failed |= bool(bad)
-        shown = "n/a" if regret is None else f"{float(regret):+.4%}"  # type: ignore[arg-type]
+        shown = "n/a" if regret is None else f"{regret:+.4%}"
         print(
             f"{'FAIL' if bad else 'ok  '} {r['scenario']:<46} regret {shown:>9}  "
             f"search ${r['search_usd'] or 0:,.2f} ({r['search_s']} s, "

@@ -76,7 +76,7 @@ def figures(rows: Sequence[PublishedMeasurement]) -> None:
                 "yes" if inside else "no",
             ]
         speed = ["", "", "", ""]
-        if row.tokens_per_s:
+        if row.tokens_per_s and e.tokens_per_s is not None:
             band = e.band("step_time_s")
             tokens = row.config.micro_batch_size * row.config.seq_len * row.config.gpu_count
             real_step = tokens / row.tokens_per_s
@@ -186,7 +186,7 @@ def coverage(rows: Sequence[PublishedMeasurement], calibration: Calibration) -> 
             counts.setdefault(row.statistic.value, []).append(
                 band is not None and band[0] <= row.memory_gib <= band[1]
             )
-        if row.tokens_per_s:
+        if row.tokens_per_s and e.tokens_per_s is not None:
             band = e.band("step_time_s")
             real = row.config.micro_batch_size * row.config.seq_len * row.config.gpu_count
             step = real / row.tokens_per_s

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         TokensSource,
     )
     from planner.engine.cost import SpotAssumptions, StartupAssumptions, estimate_cost
-    from planner.engine.evaluate import EstimateFunctions, Measurer
+    from planner.engine.measurer import EstimateFunctions, Measurer
     from planner.engine.plan import recommend
     from planner.engine.quality import assess_quality
     from planner.engine.search import exhaustive_search, search
@@ -47,7 +47,7 @@ _HOMES = {
         "TokensSource",
     ),
     "planner.engine.cost": ("SpotAssumptions", "StartupAssumptions", "estimate_cost"),
-    "planner.engine.evaluate": ("EstimateFunctions", "Measurer"),
+    "planner.engine.measurer": ("EstimateFunctions", "Measurer"),
     "planner.engine.plan": ("recommend",),
     "planner.engine.quality": ("assess_quality",),
     "planner.engine.search": ("exhaustive_search", "search"),

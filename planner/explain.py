@@ -14,13 +14,8 @@ from planner._types import (
     TokensSource,
 )
 from planner.engine.dataset import CHARS_PER_TOKEN
-from planner.engine.evaluate import (
-    GLOBAL_BATCH_TARGET_TOKENS,
-    HOST_RAM_PREMIUM,
-    host_ram_fits,
-    host_ram_unknown,
-    with_nodes_label,
-)
+from planner.engine.evaluate import GLOBAL_BATCH_TARGET_TOKENS, HOST_RAM_PREMIUM, with_nodes_label
+from planner.engine.measurer import host_ram_fits, host_ram_unknown
 from planner.engine.quality import (
     ACCEPTED_LEVELS,
     BITS_PER_TOKEN,

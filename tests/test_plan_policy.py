@@ -200,7 +200,7 @@ def test_a_plan_whose_host_ram_nothing_checked_gives_way_to_a_known_one(
     from test_search import SPACE, fake_estimate, fits_usable, make_offer, problem
 
     from planner import QualityPolicy, recommend
-    from planner.engine.evaluate import EstimateFunctions, Measurer
+    from planner.engine.measurer import EstimateFunctions, Measurer
 
     def offload_only(spec: ModelSpec, config: TuningConfig, gpu: GPU, **kw: object) -> Measurement:
         """The fake model, where only CPU offload fits a T4 and needs 40 GiB of host RAM."""

@@ -12,7 +12,8 @@ from model_specs import LLAMA2_7B
 
 from catalog import GPU, Interconnect, ModelSpec, Offer, Provider
 from planner import Budget, QualityPolicy, TokensSource
-from planner.engine.evaluate import EstimateFunctions, Evaluator, Measurer, constraints
+from planner.engine.evaluate import Evaluator, constraints
+from planner.engine.measurer import EstimateFunctions, Measurer
 from planner.engine.search import exhaustive_search, search
 from planner.engine.space import Hardware, RecommendRequest, SearchSpace, Variant
 from profiler import (

@@ -303,7 +303,7 @@ def test_qlora_fsdp_offload_loads_within_a_24_gb_card() -> None:
 
 def test_rank0_loading_needs_the_whole_model_in_host_ram() -> None:
     from catalog import Offer, Provider
-    from planner.engine.evaluate import host_ram_fits
+    from planner.engine.measurer import host_ram_fits
 
     spec, h100 = get_model("llama2-70b"), get_gpu("h100")
     full = TuningConfig(method=Method.FULL, gpu_count=8, sharding=Sharding.FSDP)

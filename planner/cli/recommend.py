@@ -245,7 +245,7 @@ def recommend_command(**o: Any) -> None:
 
 
 def _plan(request: RecommendRequest) -> Plan:
-    from planner.engine.evaluate import Measurer
+    from planner.engine.measurer import Measurer
     from planner.engine.plan import recommend
 
     return recommend(request, Measurer.calibrated())

@@ -22,14 +22,9 @@ from planner._types import (
     SearchInfo,
     Task,
 )
-from planner.engine.evaluate import (
-    HOST_RAM_PREMIUM,
-    Evaluator,
-    Measurer,
-    host_ram_unknown,
-    sort_key,
-)
+from planner.engine.evaluate import HOST_RAM_PREMIUM, Evaluator, sort_key
 from planner.engine.frontier import budget_frontier, stronger_options
+from planner.engine.measurer import Measurer, host_ram_unknown
 from planner.engine.quality import (
     BALANCED_RISK_PREMIUM,
     accepted,
@@ -253,7 +248,7 @@ def _premium_text(alt: Candidate, best: Candidate) -> str:
 
 def _prefer_known_host_ram(result: SearchResult) -> tuple[SearchResult, tuple[str, ...]]:
     """When the best plan needs host RAM beyond its processes on an offer whose memory the
-    catalog does not list (:func:`planner.engine.evaluate.host_ram_unknown`), take the cheapest
+    catalog does not list (:func:`planner.engine.measurer.host_ram_unknown`), take the cheapest
     plan whose host RAM is known to fit, with no more quality risk and no less memory margin,
     if it costs at most :data:`~planner.engine.evaluate.HOST_RAM_PREMIUM` more (on free own
     GPUs: takes at most that much more time); otherwise keep it (its warning says what to

@@ -19,14 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from catalog import EnvironmentProblem, InputError, mask_secrets
 from planner._types import Budget, Candidate, QualityPolicy, RiskLevel
-from planner.engine.evaluate import (
-    CONSTRAINT_NAMES,
-    Evaluator,
-    Measurer,
-    constraints,
-    host_ram_unknown,
-    sort_key,
-)
+from planner.engine.evaluate import CONSTRAINT_NAMES, Evaluator, constraints, sort_key
+from planner.engine.measurer import Measurer, host_ram_unknown
 from planner.engine.space import Hardware, RecommendRequest, Variant
 from profiler import FitVerdict, Method
 
