@@ -49,6 +49,31 @@ def test_default_recommend_is_within_budget_and_writes_reports(tmp_path: Path) -
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".html", ".json", ".md"]
 
 
+def test_the_same_model_typed_two_ways_names_the_same_reports(tmp_path: Path) -> None:
+    for model in ("llama3.2-1b", "meta-llama/Llama-3.2-1B", "LLAMA3.2-1B"):
+        assert _invoke("--model", model, "--budget", "50", "--quiet", out=tmp_path / "a")[0] == 0
+    assert len(list((tmp_path / "a").glob("*.json"))) == 1
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    config = {
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "vocab_size": 32000,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    for model in (str(folder), str(folder / "config.json"), str(folder / ".." / "cfg")):
+        assert _invoke("--model", model, "--budget", "50", "--quiet", out=tmp_path / "b")[0] == 0
+    (report,) = (tmp_path / "b").glob("*.json")
+    assert report.name.startswith("cfg-50usd-")
+    # Another budget is another plan, with its own reports.
+    assert _invoke("--model", str(folder), "--budget", "60", "--quiet", out=tmp_path / "b")[0] == 0
+    assert len(list((tmp_path / "b").glob("*.json"))) == 2
+
+
 def test_same_seed_gives_the_same_plan(tmp_path: Path) -> None:
     args = ("--model", "llama3.2-1b", "--budget", "50", "--seed", "3")
     assert _json_plan(*args, out=tmp_path) == _json_plan(*args, out=tmp_path)

@@ -83,7 +83,9 @@ def _count_with_progress(
         )
 
 
-def _inputs_hash(o: dict[str, Any]) -> str:
+def _inputs_hash(o: dict[str, Any], model_identity: str) -> str:
+    """Eight hex digits naming the inputs: the model by what it is (the catalog name an alias or
+    Hugging Face id resolves to, a config file's SHA-256), not by how it was typed."""
     # --method joined the flags later: leaving it out when unset keeps earlier slugs stable.
     keys = sorted(
         k
@@ -96,15 +98,18 @@ def _inputs_hash(o: dict[str, Any]) -> str:
         )
         and not (k == "chunked_loss" and o[k])
     )
-    return hashlib.sha256(repr([(k, o[k]) for k in keys]).encode()).hexdigest()[:8]
+    named = {**o, "model": model_identity}
+    return hashlib.sha256(repr([(k, named[k]) for k in keys]).encode()).hexdigest()[:8]
 
 
 def _write(plan: Plan, o: dict[str, Any]) -> Path:
     """Reports (.md, .html and the plan .json) named by model, budget and an input hash;
-    returns the plan's path."""
+    returns the plan's path. The same model typed two ways (``llama2-7b``,
+    ``meta-llama/Llama-2-7b-hf``, two paths to one config.json) names the same reports."""
     from planner.report.write import report_slug, write_reports
 
-    slug = report_slug(o["model"], o["budget"], _inputs_hash(o))
+    identity = plan.model_config_sha256 or plan.model
+    slug = report_slug(plan.model, o["budget"], _inputs_hash(o, identity))
     return write_reports(plan, o["out"], slug=slug).json
 
 

@@ -45,7 +45,7 @@ def report_slug(model: str, budget_usd: float, inputs_hash: str) -> str:
     name inside the reports folder, never a path.
 
     Args:
-        model: The model name as the user typed it.
+        model: The model's name (the catalog's, or a config's).
         budget_usd: The budget in USD.
         inputs_hash: A hash of the recommend inputs (first 8 safe characters are used).
     """
