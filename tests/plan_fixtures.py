@@ -270,24 +270,12 @@ def _measurement(
 
 def _fixture_measurements() -> dict[str, Measurement]:
     """The measurements behind :func:`make_candidates` (measured, extrapolated, estimated)."""
+    return {**_adapter_measurements(), **_full_measurements()}
+
+
+def _adapter_measurements() -> dict[str, Measurement]:
+    """LoRA on an H100 (measured) and an A10G (estimated), QLoRA on an L4 (extrapolated)."""
     lora, qlora = _lora(Method.LORA), _lora(Method.QLORA)
-    full_fsdp = TuningConfig(
-        method=Method.FULL,
-        precision=Precision.BF16,
-        micro_batch_size=4,
-        seq_len=1024,
-        grad_checkpointing=True,
-        gpu_count=8,
-        sharding=Sharding.FSDP,
-    )
-    full_mixed = TuningConfig(
-        method=Method.FULL,
-        precision=Precision.BF16_MIXED,
-        micro_batch_size=1,
-        seq_len=1024,
-        grad_checkpointing=True,
-        optimizer=OptimizerKind.ADAMW,
-    )
     m_lora_h100 = _measurement(
         lora,
         "H100 SXM 80GB",
@@ -341,6 +329,28 @@ def _fixture_measurements() -> dict[str, Measurement]:
             overhead_gib=0.465,
         ),
     )
+    return {"lora_h100": m_lora_h100, "qlora_l4": m_qlora_l4, "lora_a10g": m_lora_a10g}
+
+
+def _full_measurements() -> dict[str, Measurement]:
+    """Full fine-tuning on H100s: FSDP over 8 (estimated), bf16-mixed on one (does not fit)."""
+    full_fsdp = TuningConfig(
+        method=Method.FULL,
+        precision=Precision.BF16,
+        micro_batch_size=4,
+        seq_len=1024,
+        grad_checkpointing=True,
+        gpu_count=8,
+        sharding=Sharding.FSDP,
+    )
+    full_mixed = TuningConfig(
+        method=Method.FULL,
+        precision=Precision.BF16_MIXED,
+        micro_batch_size=1,
+        seq_len=1024,
+        grad_checkpointing=True,
+        optimizer=OptimizerKind.ADAMW,
+    )
     m_full_fsdp = _measurement(
         full_fsdp,
         "H100 SXM 80GB",
@@ -374,13 +384,7 @@ def _fixture_measurements() -> dict[str, Measurement]:
             overhead_gib=3.16,
         ),
     )
-    return {
-        "lora_h100": m_lora_h100,
-        "qlora_l4": m_qlora_l4,
-        "lora_a10g": m_lora_a10g,
-        "full_fsdp": m_full_fsdp,
-        "full_mixed": m_full_mixed,
-    }
+    return {"full_fsdp": m_full_fsdp, "full_mixed": m_full_mixed}
 
 
 def make_candidates(
