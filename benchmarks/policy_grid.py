@@ -30,7 +30,7 @@ For each scenario (the flags of one ``ftplan recommend`` call) this script
    false "no feasible plan" answers.
 
 Run: ``.venv/bin/python benchmarks/policy_grid.py [--only NAME] [--json out.json]`` (CPU, about
-ten minutes for the 33 scenarios). Exits 1 on any regret over 1% (or a plan over 1% cheaper than
+ten minutes for the 34 scenarios). Exits 1 on any regret over 1% (or a plan over 1% cheaper than
 the grid's: one the policy would not take), any violating line or any false "no feasible plan".
 """
 
@@ -47,6 +47,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from policy_scenarios import SCENARIOS
 
 from catalog import GIB, GPU, Offer
 from planner._types import RISK_ORDER, Budget, Plan, QualityPolicy, QualityRisk, RiskLevel, Task
@@ -89,351 +91,6 @@ MARGIN = {Source.MEASURED: 0.0, Source.EXTRAPOLATED: 0.03 / 0.97, Source.ESTIMAT
 # to nothing. |w| = 0.02 is the usual initialiser scale of these models' linears.
 TYPICAL_WEIGHT = 0.02
 LONG_RUN_TOKENS = 100_000_000
-
-SCENARIOS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("7B default", ("--model", "llama2-7b", "--budget", "200")),
-    (
-        "7B CPT LoRA 500M tokens",
-        (
-            "--model",
-            "llama2-7b",
-            "--budget",
-            "200",
-            "--task",
-            "cpt",
-            "--method",
-            "lora",
-            "--tokens",
-            "500000000",
-            "--epochs",
-            "1",
-        ),
-    ),
-    (
-        "7B CPT LoRA 500M strict",
-        (
-            "--model",
-            "llama2-7b",
-            "--budget",
-            "500",
-            "--task",
-            "cpt",
-            "--method",
-            "lora",
-            "--tokens",
-            "500000000",
-            "--epochs",
-            "1",
-            "--quality",
-            "strict",
-        ),
-    ),
-    (
-        "7B full strict",
-        ("--model", "llama2-7b", "--budget", "200", "--method", "full", "--quality", "strict"),
-    ),
-    (
-        "8B CPT 2B tokens $2000",
-        (
-            "--model",
-            "llama3.1-8b",
-            "--budget",
-            "2000",
-            "--task",
-            "cpt",
-            "--tokens",
-            "2000000000",
-            "--epochs",
-            "1",
-        ),
-    ),
-    (
-        "7B CPT 50M tokens $100",
-        (
-            "--model",
-            "llama2-7b",
-            "--budget",
-            "100",
-            "--task",
-            "cpt",
-            "--tokens",
-            "50000000",
-            "--epochs",
-            "1",
-        ),
-    ),
-    (
-        "8B QLoRA local RTX 4090",
-        (
-            "--model",
-            "llama3.1-8b",
-            "--budget",
-            "100",
-            "--method",
-            "qlora",
-            "--provider",
-            "local",
-            "--gpu",
-            "rtx4090",
-            "--gpu-count",
-            "1",
-            "--host-ram-gib",
-            "64",
-        ),
-    ),
-    (
-        "7B local RTX 4090 $0",
-        (
-            "--model",
-            "llama2-7b",
-            "--budget",
-            "100",
-            "--provider",
-            "local",
-            "--gpu",
-            "rtx4090",
-            "--gpu-count",
-            "1",
-            "--host-ram-gib",
-            "64",
-        ),
-    ),
-    (
-        "13B local 2x RTX 4090 $0",
-        (
-            "--model",
-            "llama2-13b",
-            "--budget",
-            "100",
-            "--provider",
-            "local",
-            "--gpu",
-            "rtx4090",
-            "--gpu-count",
-            "2",
-            "--host-ram-gib",
-            "64",
-        ),
-    ),
-    (
-        "T4 x1 LoRA",
-        (
-            "--model",
-            "llama2-7b",
-            "--budget",
-            "200",
-            "--gpu",
-            "t4",
-            "--gpu-count",
-            "1",
-            "--method",
-            "lora",
-        ),
-    ),
-    (
-        "70B on 8x H100",
-        ("--model", "llama2-70b", "--budget", "5000", "--gpu", "h100", "--gpu-count", "8"),
-    ),
-    (
-        "70B local 2x RTX 4090, 128 GiB RAM",
-        (
-            "--model",
-            "llama2-70b",
-            "--budget",
-            "100",
-            "--provider",
-            "local",
-            "--gpu",
-            "rtx4090",
-            "--gpu-count",
-            "2",
-            "--host-ram-gib",
-            "128",
-        ),
-    ),
-    (
-        "70B local 2x RTX 3090, 64 GiB RAM",
-        (
-            "--model",
-            "llama2-70b",
-            "--budget",
-            "100",
-            "--provider",
-            "local",
-            "--gpu",
-            "rtx3090",
-            "--gpu-count",
-            "2",
-            "--host-ram-gib",
-            "64",
-        ),
-    ),
-    (
-        "Gemma 2 9B on T4",
-        ("--model", "gemma2-9b", "--budget", "100", "--gpu", "t4", "--tokens", "2000000"),
-    ),
-    ("7B spot", ("--model", "llama2-7b", "--budget", "200", "--spot")),
-    (
-        "7B 0.5 h deadline",
-        ("--model", "llama2-7b", "--budget", "500", "--max-hours", "0.5"),
-    ),
-    (
-        "8B strict one GPU L4/A10G",
-        (
-            "--model",
-            "llama3.1-8b",
-            "--budget",
-            "50",
-            "--gpu",
-            "l4",
-            "--gpu",
-            "a10g",
-            "--gpu-count",
-            "1",
-            "--quality",
-            "strict",
-        ),
-    ),
-    (
-        "14B SFT 100M tokens",
-        ("--model", "qwen2.5-14b", "--budget", "300", "--tokens", "100000000", "--epochs", "1"),
-    ),
-    (
-        "1B CPT 2B tokens $100",
-        (
-            "--model",
-            "llama3.2-1b",
-            "--budget",
-            "100",
-            "--task",
-            "cpt",
-            "--tokens",
-            "2000000000",
-            "--epochs",
-            "1",
-        ),
-    ),
-    (
-        "8B full on GH200",
-        ("--model", "llama3.1-8b", "--budget", "100", "--gpu", "gh200", "--method", "full"),
-    ),
-    (
-        "Azure T4 spot",
-        ("--model", "llama3.2-3b", "--budget", "20", "--provider", "azure", "--spot"),
-    ),
-    ("Mixtral 8x7B $500", ("--model", "mixtral-8x7b", "--budget", "500")),
-    (
-        "72B CPT 100M tokens $3000",
-        (
-            "--model",
-            "qwen2.5-72b",
-            "--budget",
-            "3000",
-            "--task",
-            "cpt",
-            "--tokens",
-            "100000000",
-            "--epochs",
-            "1",
-        ),
-    ),
-    (
-        "8B full on V100 (fp16)",
-        ("--model", "llama3.1-8b", "--budget", "100", "--gpu", "v100-32gb", "--method", "full"),
-    ),
-    ("Gemma 2 9B, all GPUs", ("--model", "gemma2-9b", "--budget", "100")),
-    (
-        "3B strict, 2 h deadline",
-        ("--model", "llama3.2-3b", "--budget", "5", "--quality", "strict", "--max-hours", "2"),
-    ),
-    (
-        "7B local 4x RTX 3090, 32 GiB RAM",
-        (
-            "--model",
-            "llama2-7b",
-            "--budget",
-            "200",
-            "--provider",
-            "local",
-            "--gpu",
-            "rtx3090",
-            "--gpu-count",
-            "4",
-            "--host-ram-gib",
-            "32",
-        ),
-    ),
-    (
-        "70B full on 8x A100",
-        (
-            "--model",
-            "llama3.1-70b",
-            "--budget",
-            "1000",
-            "--gpu",
-            "a100",
-            "--gpu-count",
-            "8",
-            "--method",
-            "full",
-            "--tokens",
-            "20000000",
-            "--epochs",
-            "1",
-        ),
-    ),
-    (
-        "13B spot, cheapest",
-        ("--model", "llama2-13b", "--budget", "50", "--spot", "--quality", "cheapest"),
-    ),
-    (
-        "1B short sequences (the largest micro-batch fits)",
-        ("--model", "llama3.2-1b", "--budget", "20", "--seq-len", "128", "--tokens", "5000000"),
-    ),
-    ("Phi-3 mini RL", ("--model", "phi3-mini", "--budget", "10", "--task", "rl")),
-    (
-        "8B local RTX 4090 at $0.30/h",
-        (
-            "--model",
-            "llama3.1-8b",
-            "--budget",
-            "100",
-            "--provider",
-            "local",
-            "--gpu",
-            "rtx4090",
-            "--gpu-count",
-            "1",
-            "--usd-per-hour",
-            "0.3",
-            "--host-ram-gib",
-            "64",
-        ),
-    ),
-    (
-        "8B with an eval set",
-        ("--model", "llama3.1-8b", "--budget", "50", "--eval-tokens", "1000000"),
-    ),
-    (
-        "70B CPT 200M strict, 8-GPU nodes",
-        (
-            "--model",
-            "llama3.1-70b",
-            "--budget",
-            "20000",
-            "--task",
-            "cpt",
-            "--tokens",
-            "200000000",
-            "--epochs",
-            "1",
-            "--quality",
-            "strict",
-            "--gpu-count",
-            "8",
-        ),
-    ),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -802,12 +459,26 @@ _DESCRIBE = re.compile(
 )
 
 
-def lines(
-    plan: Plan, request: RecommendRequest
-) -> list[tuple[str, TuningConfig, Offer, int, tuple[str, ...], Budget | None]]:
-    """(what, config, offer, nodes, limits the line may break, budget to judge it by) of every
-    line of the plan that offers a plan."""
-    out: list[tuple[str, TuningConfig, Offer, int, tuple[str, ...], Budget | None]] = []
+Line = tuple[str, TuningConfig, Offer, int, tuple[str, ...], Budget | None]
+"""(what, config, offer, nodes, limits the line may break, budget to judge it by)."""
+
+
+def lines(plan: Plan, request: RecommendRequest) -> list[Line]:
+    """Every line of the plan that offers a plan: the chosen, ranked and Pareto candidates and
+    the verdicts' best, the budget frontier, the stronger options and the suggestions."""
+    by_instance: dict[str, list[Offer]] = {}
+    for o in request.offers:
+        by_instance.setdefault(o.instance_type, []).append(o)
+    return [
+        *_candidate_lines(plan),
+        *_frontier_lines(plan, {o.key: o for o in request.offers}),
+        *_stronger_lines(plan, by_instance),
+        *_suggestion_lines(plan, by_instance),
+    ]
+
+
+def _candidate_lines(plan: Plan) -> list[Line]:
+    out: list[Line] = []
 
     def add(what: str, c: Any, skip: tuple[str, ...] = ()) -> None:
         out.append((what, c.config, c.offer, c.nodes, skip, None))
@@ -827,10 +498,12 @@ def lines(
             add(f"verdict {v.method.value} (over a limit)", v.best, ("budget", "deadline"))
         elif "is rejected by --quality" in v.reason:
             add(f"verdict {v.method.value} (rejected)", v.best, ("quality",))
-    by_key = {o.key: o for o in request.offers}
-    by_instance: dict[str, list[Offer]] = {}
-    for o in request.offers:
-        by_instance.setdefault(o.instance_type, []).append(o)
+    return out
+
+
+def _frontier_lines(plan: Plan, by_key: dict[str, Offer]) -> list[Line]:
+    """What the budget buys: within the budget and --max-hours for the tokens it states."""
+    out: list[Line] = []
     for e in plan.budget_frontier:
         if e.offer is None or e.config is None:
             continue
@@ -838,33 +511,21 @@ def lines(
         offer = by_key.get(e.offer)
         if config is None or offer is None:
             continue
-        out.append(
-            # What the budget buys: within the budget and --max-hours for the tokens it states.
-            (
-                f"frontier {e.method.value}",
-                config,
-                offer,
-                config.gpu_count // offer.gpu_count,
-                ("budget",),
-                None,
-            )
-        )
+        nodes = config.gpu_count // offer.gpu_count
+        out.append((f"frontier {e.method.value}", config, offer, nodes, ("budget",), None))
+    return out
+
+
+def _stronger_lines(plan: Plan, by_instance: dict[str, list[Offer]]) -> list[Line]:
+    out: list[Line] = []
     for text in plan.stronger_options:
         m = re.search(r"on (\S+) \((full [^)]*)\)", text)
         if text.startswith("full fine-tuning is affordable") and m:
             config = parse_label(m[2])
             for offer in by_instance.get(m[1], [])[:1]:
                 if config is not None:
-                    out.append(
-                        (
-                            "stronger: full",
-                            config,
-                            offer,
-                            config.gpu_count // offer.gpu_count,
-                            (),
-                            None,
-                        )
-                    )
+                    nodes = config.gpu_count // offer.gpu_count
+                    out.append(("stronger: full", config, offer, nodes, (), None))
         m = re.match(r"a higher rank is affordable: r(\d+)", text)
         if m and plan.chosen is not None:
             rank = int(m[1])
@@ -872,18 +533,23 @@ def lines(
             out.append(("stronger: rank", config, plan.chosen.offer, plan.chosen.nodes, (), None))
         m = re.match(r"the budget buys (?:over )?([\d,.]+) epochs", text)
         if m and plan.chosen is not None:
-            epochs = float(m[1].replace(",", ""))
-            budget = dataclasses.replace(plan.budget, epochs=epochs)
+            budget = dataclasses.replace(plan.budget, epochs=float(m[1].replace(",", "")))
+            chosen = plan.chosen
             out.append(
                 (
                     "stronger: epochs",
-                    plan.chosen.config,
-                    plan.chosen.offer,
-                    plan.chosen.nodes,
+                    chosen.config,
+                    chosen.offer,
+                    chosen.nodes,
                     ("budget",),
                     budget,
                 )
             )
+    return out
+
+
+def _suggestion_lines(plan: Plan, by_instance: dict[str, list[Offer]]) -> list[Line]:
+    out: list[Line] = []
     for text in plan.suggestions:
         skip: tuple[str, ...]
         if text.startswith("raise --budget"):
@@ -903,16 +569,9 @@ def lines(
         config = parse_label(m["label"])
         offers = [o for o in by_instance.get(m["instance"], []) if o.spot == (m["kind"] == "spot")]
         if config is not None and offers:
-            out.append(
-                (
-                    f"suggestion {text.split(' (')[0][:30]}",
-                    config,
-                    offers[0],
-                    config.gpu_count // offers[0].gpu_count,
-                    skip,
-                    None,
-                )
-            )
+            nodes = config.gpu_count // offers[0].gpu_count
+            what = f"suggestion {text.split(' (')[0][:30]}"
+            out.append((what, config, offers[0], nodes, skip, None))
     return out
 
 
