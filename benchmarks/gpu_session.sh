@@ -76,11 +76,11 @@ if want heldout; then
         --optimizer adamw-8bit --batch 4 --seq-len 2048
 fi
 if want tests; then
-    step gpu-tests 150 $PY -m pytest tests/test_gpu.py -m gpu -q -rs
+    step gpu-tests 150 $PY -m pytest tests/profiler/test_gpu.py -m gpu -q -rs
 fi
 if want launch; then
     # A real local launch from a plan (llama2-7b LoRA, 30 steps), measured against the plan.
-    step local-launch 110 $PY -m pytest tests/test_local_runner.py -m gpu -q -s -rs
+    step local-launch 110 $PY -m pytest tests/runners/test_local_runner.py -m gpu -q -s -rs
 fi
 if want launches; then
     # Random-init LoRA and QLoRA launched from their plans, then one FSDP QLoRA launch (CPU

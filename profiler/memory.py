@@ -106,15 +106,15 @@ _KV_COEF = 4.0
 # materializes the b·H·s² attention scores of a layer. Saved for backward, per score: the
 # soft-cap's tanh output (bf16), the softmax output (fp32) and its bf16 cast that the value matmul
 # keeps: 8 bytes, counted with autograd's saved-tensor hooks on a 2-layer Gemma 2
-# (tests/test_eager_attention.py). The backward of a layer holds about 6 more at once (the bf16
-# score gradient and its fp32 upcast for the softmax backward), and the two 4-D masks (causal and
-# sliding window, bf16) take 4 bytes per b·s² while the step runs. Traffic per score in a
-# forward: the scores written, scaled, soft-capped (divide, tanh, multiply), masked, soft-maxed
-# to fp32, cast back and read by the value matmul, about 38 bytes; in the backward the same
-# chain's gradients, about 50 (the fp32 softmax backward reads two fp32 tensors and writes one);
-# a checkpointed re-run pays the forward's again. At peak bandwidth (not fitted: no reference
-# run uses eager attention). The matmuls compute every score (4·b·s²·q FLOPs a layer forward,
-# no causal skipping).
+# (tests/profiler/test_eager_attention.py). The backward of a layer holds about 6 more at once
+# (the bf16 score gradient and its fp32 upcast for the softmax backward), and the two 4-D masks
+# (causal and sliding window, bf16) take 4 bytes per b·s² while the step runs. Traffic per score
+# in a forward: the scores written, scaled, soft-capped (divide, tanh, multiply), masked,
+# soft-maxed to fp32, cast back and read by the value matmul, about 38 bytes; in the backward
+# the same chain's gradients, about 50 (the fp32 softmax backward reads two fp32 tensors and
+# writes one); a checkpointed re-run pays the forward's again. At peak bandwidth (not fitted: no
+# reference run uses eager attention). The matmuls compute every score (4·b·s²·q FLOPs a layer
+# forward, no causal skipping).
 # Assumptions until measured on a GPU.
 EAGER_ATTENTION_MODEL_TYPES = frozenset({"gemma2"})
 EAGER_SCORE_SAVED_BYTES = 8.0

@@ -354,7 +354,7 @@ class RunStatus:
 @runtime_checkable
 class Runner(Protocol):
     """Launches a LaunchSpec somewhere and reports on it. Implemented by LocalRunner and
-    SageMakerRunner; tests/test_runner_contract.py holds both to the same contract."""
+    SageMakerRunner; tests/runners/test_runner_contract.py holds both to the same contract."""
 
     target: Target
 

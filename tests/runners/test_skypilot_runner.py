@@ -554,7 +554,7 @@ def test_refreshed_lambda_offer_launches_without_pinning_a_region(
     from catalog import refresh_from_skypilot
 
     monkeypatch.setenv("FTPLAN_CACHE_DIR", str(tmp_path / "cache"))
-    fixture = Path(__file__).parent / "fixtures" / "skypilot_catalog" / "v7"
+    fixture = Path(__file__).parents[1] / "fixtures" / "skypilot_catalog" / "v7"
     refresh_from_skypilot(catalog_dir=fixture, clouds=["lambda", "aws"])
     gh200 = next(o for o in list_offers(providers=["lambda"]) if o.instance_type == "gpu_1x_gh200")
     assert gh200.region in ("us-east-1", "us-west-1")

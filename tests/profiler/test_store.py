@@ -16,7 +16,7 @@ LORA = TuningConfig(
     method=Method.LORA, lora_rank=16, lora_targets="all-linear", micro_batch_size=4, seq_len=1024
 )
 GPU = "H100 SXM 80GB"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "profiler" / "data" / "reference-h100.jsonl"
 
 

@@ -31,7 +31,7 @@ from runners._checkpoint import (
 )
 from runners._stop import CheckpointClock
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SENTENCE = "the quick brown fox jumps over the lazy dog. "
 
 

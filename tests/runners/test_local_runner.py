@@ -1,7 +1,7 @@
 """The local runner: exact commands for one and several GPUs (FSDP vs DDP accelerate configs),
 refusals when the host lacks the planned GPUs or memory, the supervisor's status records, and
 ``ftplan launch --target local`` / ``ftplan status`` from a plan file. The real CPU training
-launch through the runner is in tests/test_runner_contract.py."""
+launch through the runner is in tests/runners/test_runner_contract.py."""
 
 from __future__ import annotations
 
@@ -369,7 +369,7 @@ def test_gpu_launch_from_a_plan_matches_the_prediction(tmp_path: Path) -> None:
     gradient checkpointing on one H100, measured at 15.588 GiB peak allocated and 7277.6
     tokens/s. Random weights from the catalog's architecture (no download needed).
 
-    Run on a GPU machine: ``python -m pytest tests/test_local_runner.py -m gpu -q``
+    Run on a GPU machine: ``python -m pytest tests/runners/test_local_runner.py -m gpu -q``
     """
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():

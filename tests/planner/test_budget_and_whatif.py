@@ -242,7 +242,7 @@ def test_reports_show_the_budget_frontier_billing_and_fit() -> None:
     from planner.report.html import render_html
     from planner.report.markdown import render_markdown
 
-    example = sorted((Path(__file__).parent.parent / "reports" / "examples").glob("*.json"))[0]
+    example = sorted((Path(__file__).parents[2] / "reports" / "examples").glob("*.json"))[0]
     plan = read_plan(example)
     assert {e.method for e in plan.budget_frontier} == {Method.FULL, Method.LORA, Method.QLORA}
     assert plan.chosen is not None and plan.chosen.fit is not None

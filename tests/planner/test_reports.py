@@ -3,7 +3,7 @@ slugs, atomic writes and the ``ftplan report`` command. CPU only, no browser (se
 test_report_browser.py for the page in Chromium).
 
 Regenerate the golden files after an intended change:
-``FTPLAN_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_reports.py -q``.
+``FTPLAN_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/planner/test_reports.py -q``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from planner.report.rows import (
 )
 from planner.report.write import report_slug, write_reports
 
-GOLDEN_DIR = Path(__file__).parent / "golden"
+GOLDEN_DIR = Path(__file__).parents[1] / "golden"
 SAFE_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 
@@ -481,7 +481,7 @@ def test_source_rows_group_figures_by_provenance() -> None:
 
 def test_committed_example_plan_renders() -> None:
     """The example in reports/examples/ is a real planner output: it must load and render."""
-    examples = sorted((Path(__file__).parent.parent / "reports" / "examples").glob("*.json"))
+    examples = sorted((Path(__file__).parents[2] / "reports" / "examples").glob("*.json"))
     assert examples, "reports/examples/ holds no plan"
     plan = read_plan(examples[0])
     text = render_markdown(plan)

@@ -1,6 +1,6 @@
 """The HTML report in a real browser: headless Chromium via playwright's Python API.
 
-Run: ``.venv/bin/python -m pytest tests/test_report_browser.py -q`` (needs the Debian
+Run: ``.venv/bin/python -m pytest tests/planner/test_report_browser.py -q`` (needs the Debian
 ``chromium`` package; playwright's own browser download is not used). Screenshots go to
 ``tmp_path`` and, when ``FTPLAN_SCREENSHOT_DIR`` is set, there too.
 """

@@ -114,7 +114,8 @@ def test_fsdp_loads_on_rank_0_only_for_every_method(tmp_path: Path, method: Meth
     path = tmp_path / "accelerate_config.yaml"
     path.write_text(yaml_text(accelerate_config(config, num_processes=4)))
     fsdp = load_config_from_file(str(path)).fsdp_config
-    # QLoRA too: profiler._nf4_loading quantizes on rank 0 (tests/test_fsdp_rank0_loading.py).
+    # QLoRA too: profiler._nf4_loading quantizes on rank 0
+    # (tests/profiler/test_fsdp_rank0_loading.py).
     assert fsdp["fsdp_cpu_ram_efficient_loading"] is True
     assert fsdp["fsdp_sync_module_states"] is True  # rank 0's weights reach the other ranks
     env = distribution_environment(config, deepspeed_config_path="unused")

@@ -565,7 +565,7 @@ def test_two_processes_split_the_eval_set_and_agree(
     spec_file.write_text(launch_spec_to_json(spec))
     port = free_port()
     out = tmp_path / "out"
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     argv += ["--master_port", str(port), "-m", "runners.train", "--spec", str(spec_file)]

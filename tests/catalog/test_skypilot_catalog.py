@@ -31,7 +31,7 @@ from catalog._sky_names import SKY_ACCELERATORS
 from catalog._sky_vms import CLOUD_PROVIDERS, parse_gcp, parse_vms_csv
 from planner.cli import main
 
-FIXTURE = Path(__file__).parent / "fixtures" / "skypilot_catalog" / "v7"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "skypilot_catalog" / "v7"
 TODAY = date.today().isoformat()
 
 

@@ -2,7 +2,7 @@
 
 Run on a machine with an NVIDIA GPU and bitsandbytes installed::
 
-    python -m pytest tests/test_gpu.py -m gpu -q
+    python -m pytest tests/profiler/test_gpu.py -m gpu -q
 """
 
 from __future__ import annotations

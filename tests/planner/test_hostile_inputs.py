@@ -47,7 +47,7 @@ from runners.local import RUN_ID_PATTERN, model_slug, new_run_id
 from runners.skypilot import checked_task, task_config, task_name, task_yaml
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _file(data: bytes) -> Iterator[Path]:

@@ -78,7 +78,7 @@ def test_a_command_the_parser_cannot_read_is_refused(command: str) -> None:
 
 
 def test_a_broken_row_names_its_file_and_line(tmp_path: Path) -> None:
-    good = Path(__file__).parent.parent / "profiler/data/published-measurements.jsonl"
+    good = Path(__file__).parents[2] / "profiler/data/published-measurements.jsonl"
     first = json.loads(good.read_text().splitlines()[0])
     path = tmp_path / "p.jsonl"
     path.write_text(

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import planner.cli.recommend as recommend_cli
 from planner.cli import EXIT_INTERNAL, EXIT_INTERRUPTED, main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ARGS = ["recommend", "--model", "llama2-7b", "--budget", "200", "--out", "r", "--quiet"]
 
 

@@ -22,7 +22,7 @@ from catalog import atomic_write_text, write_file_set
 from planner.cli import main
 from planner.plan_io import write_plan
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NAMES = ("r.md", "r.html", "r.json")
 
 
