@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from ports import free_port
+from ports import free_port, spawn_workers
 
 torch = pytest.importorskip("torch")
 
@@ -77,12 +77,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 def test_lora_trains_under_fsdp_on_two_cpu_processes(tmp_path: Path) -> None:
     import sys
 
-    import torch.multiprocessing as mp
-
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch without gloo")
     sys.path.insert(0, str(Path(__file__).parent))
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    spawn_workers(_worker, (2, free_port(), str(tmp_path)))
     for rank in range(2):
         first, last, changed, trainable, local, total, dtypes = (
             Path(tmp_path, f"rank{rank}.txt").read_text().split(" ", 6)
@@ -149,12 +147,10 @@ def test_adapters_get_their_own_fsdp_units_so_only_they_hold_gradients(
 ) -> None:
     import sys
 
-    import torch.multiprocessing as mp
-
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch without gloo")
     sys.path.insert(0, str(Path(__file__).parent))
-    mp.spawn(_gradient_worker, args=(2, free_port(), str(tmp_path), method_value), nprocs=2)
+    spawn_workers(_gradient_worker, (2, free_port(), str(tmp_path), method_value))
     norms = []
     for rank in range(2):
         fields = Path(tmp_path, f"grad-{method_value}-{rank}.txt").read_text().split()

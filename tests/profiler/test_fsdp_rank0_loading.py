@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ports import free_port
+from ports import free_port, spawn_workers
 
 torch = pytest.importorskip("torch")
 
@@ -140,7 +140,6 @@ def _run_two_ranks(worker: Any, tmp_path: Path, prefix: str) -> list[dict[str, A
     values must travel), run ``worker`` on two gloo processes, return each rank's JSON record."""
     import sys
 
-    import torch.multiprocessing as mp
     from transformers import AutoModelForCausalLM
 
     from profiler.recipes import hf_config_for
@@ -153,7 +152,7 @@ def _run_two_ranks(worker: Any, tmp_path: Path, prefix: str) -> list[dict[str, A
     checkpoint = tmp_path / "weights"
     torch.manual_seed(123)
     AutoModelForCausalLM.from_config(hf_config_for(TINY_LLAMA)).save_pretrained(checkpoint)
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path), str(checkpoint)), nprocs=2)
+    spawn_workers(worker, (2, free_port(), str(tmp_path), str(checkpoint)))
     return [json.loads(Path(tmp_path, f"{prefix}{r}.json").read_text()) for r in range(2)]
 
 

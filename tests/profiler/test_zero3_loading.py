@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ports import free_port
+from ports import free_port, spawn_workers
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("deepspeed")
@@ -41,6 +41,13 @@ def _worker(rank: int, world: int, port: int, out: str, checkpoint: str) -> None
     from profiler.recipes import SETUP_FUNCTIONS
     from runners._distributed import deepspeed_config, zero3_init
 
+    # DeepSpeed JIT-compiles a shared-memory all-reduce for CPU ranks under a file lock in
+    # ~/.cache/torch_extensions; a run killed mid-build leaves the lock behind and every later
+    # run waits on it for ever. The test needs gloo's collectives only.
+    deepspeed.ops.__compatible_ops__ = {  # type: ignore[attr-defined]
+        **deepspeed.ops.__compatible_ops__,  # type: ignore[attr-defined]
+        "deepspeed_shm_comm": False,
+    }
     deepspeed.init_distributed(dist_backend="gloo")
     ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
     results: dict[str, Any] = {}
@@ -83,12 +90,12 @@ def _worker(rank: int, world: int, port: int, out: str, checkpoint: str) -> None
         results[method.value] = record
         del hf_ds, engine
     Path(out, f"zero3-rank{rank}.json").write_text(json.dumps(results))
+    torch.distributed.destroy_process_group()  # a live group can keep the worker from exiting
 
 
 def test_zero3_full_and_lora_build_partitioned_and_train(tmp_path: Path) -> None:
     import sys
 
-    import torch.multiprocessing as mp
     from transformers import AutoModelForCausalLM
 
     from profiler.recipes import hf_config_for
@@ -99,7 +106,7 @@ def test_zero3_full_and_lora_build_partitioned_and_train(tmp_path: Path) -> None
     checkpoint = tmp_path / "weights"
     torch.manual_seed(123)
     AutoModelForCausalLM.from_config(hf_config_for(TINY_LLAMA)).save_pretrained(checkpoint)
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), str(checkpoint)), nprocs=2)
+    spawn_workers(_worker, (2, free_port(), str(tmp_path), str(checkpoint)))
     ranks = [json.loads(Path(tmp_path, f"zero3-rank{r}.json").read_text()) for r in range(2)]
     for method in ("full", "lora"):
         for r in ranks:
