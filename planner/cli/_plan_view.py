@@ -129,7 +129,7 @@ def _row(rank: int, c: Any, gpus: str) -> tuple[str, ...]:
         + (" chunked-ce" if cfg.chunked_loss else "")
     )
     offer = f"{c.offer.provider.value} {c.offer.instance_type}" + (" spot" if c.offer.spot else "")
-    peak = m.peak_reserved_gib or m.peak_allocated_gib or 0.0
+    peak = m.peak_memory_gib or 0.0
     return (
         str(rank),
         method,

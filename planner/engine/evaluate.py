@@ -29,6 +29,7 @@ from profiler import (
     Status,
     TuningConfig,
     chunked_loss_problem,
+    default_lora_alpha,
     sharding_problem,
 )
 from profiler.memory import checkpoint_bytes, download_bytes, weight_bytes
@@ -250,7 +251,7 @@ class Evaluator:
             method=variant.method,
             precision=precision,
             lora_rank=rank,
-            lora_alpha=None if rank is None else 2 * rank,
+            lora_alpha=None if rank is None else default_lora_alpha(rank),
             lora_targets=variant.targets,
             micro_batch_size=micro_batch,
             seq_len=self.request.seq_len,
@@ -310,13 +311,6 @@ class Evaluator:
                 self.request.spec, config, gpu
             ).step_fraction
         return found
-
-    def peak_gib(self, measurement: Measurement) -> float:
-        """Per-GPU peak reserved memory (allocated when reserved is unknown); inf on OOM."""
-        if measurement.status is Status.OOM:
-            return math.inf
-        peak = measurement.peak_reserved_gib or measurement.peak_allocated_gib
-        return math.inf if peak is None else peak
 
     def fit(self, measurement: Measurement, gpu: GPU) -> FitVerdict:
         """Fit verdict of a measurement on ``gpu`` (``no`` unless it ran or estimated OK)."""

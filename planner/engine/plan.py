@@ -33,7 +33,7 @@ from planner.engine.quality import (
 )
 from planner.engine.search import SearchResult, search
 from planner.engine.space import Hardware, RecommendRequest
-from profiler import FitVerdict
+from profiler import FitVerdict, default_lora_alpha
 from profiler.memory import CHUNKED_LOSS_TOKENS
 
 RANKED_SIZE = 8
@@ -129,7 +129,9 @@ def _higher_rank_option(
         return ()
     evaluator, hw = _on_its_offer(request, chosen, measurer)
     for rank in sorted((r for r in ranks if r > chosen.config.lora_rank), reverse=True):
-        config = dataclasses.replace(chosen.config, lora_rank=rank, lora_alpha=2 * rank)
+        config = dataclasses.replace(
+            chosen.config, lora_rank=rank, lora_alpha=default_lora_alpha(rank)
+        )
         priced = evaluator.price(config, hw)
         if not priced or not priced[0].feasible:
             continue  # every line of the plan meets the same limits as the plan itself
